@@ -1,0 +1,206 @@
+"""compactobs: what your Claude traffic really costs, where the cache pays, when compaction runs away.
+
+```python
+import compactobs
+compactobs.instrument()                       # every Anthropic / AsyncAnthropic client, new and existing
+with compactobs.conversation("ticket-42"):
+    client.beta.messages.create(...)
+compactobs.flush(); compactobs.shutdown()     # shutdown also runs at interpreter exit and on SIGTERM
+client = anthropic.Anthropic(middleware=[compactobs.Middleware()])   # or explicitly, per client
+```
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+from opentelemetry import metrics, trace
+
+from compactobs._version import __version__
+from compactobs.instrument import auto, state
+from compactobs.instrument.conversation import conversation
+from compactobs.instrument.middleware import Middleware
+from compactobs.telemetry import Telemetry
+
+__all__ = [
+    "Middleware",
+    "__version__",
+    "conversation",
+    "flush",
+    "instrument",
+    "shutdown",
+    "uninstrument",
+]
+
+log = logging.getLogger("compactobs")
+
+_lock = threading.Lock()
+_own_providers: list[Any] = []
+"""What compactobs made itself (its providers when the application had none, the store's processor):
+compactobs shuts these down. The application's own providers are only flushed."""
+_flushables: list[Any] = []
+_exit_hooks_installed = False
+
+
+def _otlp_configured(signal_name: str) -> bool:
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal_name}_ENDPOINT")
+    )
+
+
+def _resource(service_name: str | None) -> Any:
+    from opentelemetry.sdk.resources import Resource
+
+    return Resource.create({"service.name": service_name} if service_name else {})
+
+
+def _tracer_provider(given: Any, service_name: str | None) -> Any:
+    """The application's TracerProvider when it has one, else one of compactobs' own (not made global,
+    so other libraries' tracing is not switched on behind the application's back)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    if given is not None:
+        return given
+    app = trace.get_tracer_provider()
+    if isinstance(app, TracerProvider):
+        return app
+    provider = TracerProvider(resource=_resource(service_name))
+    if _otlp_configured("TRACES"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    _own_providers.append(provider)
+    return provider
+
+
+def _meter_provider(given: Any, service_name: str | None) -> Any:
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    if given is not None:
+        return given
+    app = metrics.get_meter_provider()
+    if isinstance(app, MeterProvider):
+        return app
+    if not _otlp_configured("METRICS"):
+        return metrics.NoOpMeterProvider()
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    provider = MeterProvider(
+        resource=_resource(service_name), metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())]
+    )
+    _own_providers.append(provider)
+    return provider
+
+
+def _setup(
+    database_url: str | None,
+    tracer_provider: Any,
+    meter_provider: Any,
+    service_name: str | None,
+    store: bool,
+) -> Telemetry:
+    """Providers, the SQL store on the tracer provider, and the pricer. Raises on bad configuration."""
+    from compactobs.pricing import default_pricer
+
+    pricer = default_pricer()
+    tracer = _tracer_provider(tracer_provider, service_name)
+    meter = _meter_provider(meter_provider, service_name)
+    _flushables.extend(p for p in (tracer, meter) if hasattr(p, "force_flush"))
+    if store:
+        from compactobs.store import install
+
+        processor = install(tracer, database_url)
+        _flushables.append(processor)
+        _own_providers.append(processor)
+    _install_exit_hooks()
+    return Telemetry(tracer, meter, pricer)
+
+
+def _lazy_setup() -> Telemetry:
+    """For a bare `Middleware()` used without `instrument()`: defaults, and never raise into a call."""
+    try:
+        return _setup(None, None, None, None, store=True)
+    except Exception as err:
+        log.error("compactobs: %s; recording without the SQL store", err)
+        from compactobs.pricing import Pricer
+
+        return Telemetry(_tracer_provider(None, None), _meter_provider(None, None), Pricer())
+
+
+state.set_factory(_lazy_setup)
+
+
+def instrument(
+    database_url: str | None = None,
+    *,
+    tracer_provider: Any = None,
+    meter_provider: Any = None,
+    service_name: str | None = None,
+    store: bool = True,
+) -> None:
+    """Record every Anthropic and AsyncAnthropic client's Messages calls. Idempotent.
+
+    `database_url`: the SQL store (default `COMPACTOBS_DATABASE_URL`, else SQLite in the user data
+    directory); `store=False` records to OpenTelemetry only. Spans go to the application's TracerProvider
+    when it has one (or `tracer_provider`), else to compactobs' own, exported over OTLP when
+    `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Raises on bad configuration (a malformed pricing file, a bad
+    database URL), once, here, never inside a call.
+    """
+    with _lock:
+        if state.get_telemetry_if_set() is None:
+            state.set_telemetry(_setup(database_url, tracer_provider, meter_provider, service_name, store))
+        auto.patch()
+
+
+def uninstrument() -> None:
+    """Stop recording: clients lose compactobs' middleware and get their SDK span setting back."""
+    auto.unpatch()
+
+
+def flush(timeout_millis: int = 30_000) -> None:
+    """Export everything recorded so far (spans to their exporters, rows to the store)."""
+    for flushable in list(_flushables):
+        try:
+            flushable.force_flush(timeout_millis)
+        except Exception:
+            log.warning("compactobs: flushing %s failed", type(flushable).__name__, exc_info=True)
+
+
+def shutdown() -> None:
+    """Flush, then close what compactobs opened. Runs by itself at interpreter exit and on SIGTERM."""
+    flush()
+    for owned in list(_own_providers):
+        try:
+            owned.shutdown()
+        except Exception:
+            log.debug("compactobs: shutdown of %s failed", type(owned).__name__, exc_info=True)
+    _flushables.clear()
+    _own_providers.clear()
+    state.set_telemetry(None)
+
+
+def _install_exit_hooks() -> None:
+    global _exit_hooks_installed
+    if _exit_hooks_installed:
+        return
+    _exit_hooks_installed = True
+    atexit.register(shutdown)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous not in (signal.SIG_DFL, None):
+        return  # the application handles SIGTERM (and, we trust, exits through atexit)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        shutdown()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)

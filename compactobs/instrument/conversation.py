@@ -1,0 +1,67 @@
+"""Group calls into conversations: `compactobs.conversation(...)`, else the SDK's, else a fingerprint.
+
+A ContextVar carries the conversation, so it follows threads started with `contextvars.copy_context()`
+and every asyncio task (tasks copy the context they are created in).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from compactobs.usage import field_of
+
+__all__ = ["Conversation", "conversation", "current_conversation", "fingerprint"]
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    id: str
+    budget_usd: float | None = None
+    budget_tokens: int | None = None
+
+
+_current: ContextVar[Conversation | None] = ContextVar("compactobs_conversation", default=None)
+
+
+@contextmanager
+def conversation(
+    conversation_id: str, *, budget_usd: float | None = None, budget_tokens: int | None = None
+) -> Iterator[Conversation]:
+    """Group the calls made inside this block under `conversation_id`, with an optional budget.
+
+    Budgets are recorded on every call so the anomaly report can flag a conversation that exceeds them.
+    """
+    if not isinstance(conversation_id, str) or not conversation_id:
+        raise ValueError("conversation id must be a non-empty string")
+    if budget_usd is not None and budget_usd < 0:
+        raise ValueError("budget_usd must be >= 0")
+    if budget_tokens is not None and budget_tokens < 0:
+        raise ValueError("budget_tokens must be >= 0")
+    value = Conversation(conversation_id, budget_usd, budget_tokens)
+    token = _current.set(value)
+    try:
+        yield value
+    finally:
+        _current.reset(token)
+
+
+def current_conversation() -> Conversation | None:
+    return _current.get()
+
+
+def fingerprint(body: object) -> str | None:
+    """A stable id from the system prompt and the first message, which a re-sent history keeps. Never raises."""
+    try:
+        messages = field_of(body, "messages")
+        first = messages[0] if isinstance(messages, list) and messages else None
+        if first is None:
+            return None
+        payload = json.dumps([field_of(body, "system"), first], sort_keys=True, default=str, ensure_ascii=False)
+        return "fp-" + hashlib.blake2b(payload.encode(), digest_size=8).hexdigest()
+    except Exception:
+        return None

@@ -1,0 +1,30 @@
+"""An OpenTelemetry Instrumentor, so `opentelemetry-instrument python app.py` picks compactobs up."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+
+__all__ = ["CompactobsInstrumentor"]
+
+
+class CompactobsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Instruments every Anthropic client with compactobs (`tracer_provider`, `meter_provider` honoured)."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ("anthropic >= 2.10",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        import compactobs
+
+        compactobs.instrument(
+            tracer_provider=kwargs.get("tracer_provider"),
+            meter_provider=kwargs.get("meter_provider"),
+        )
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        import compactobs
+
+        compactobs.uninstrument()

@@ -1,0 +1,283 @@
+"""compactobs' SDK middleware: one observation per API call, across all its HTTP attempts.
+
+The SDK runs middleware once per HTTP attempt, inside its retry loop. The attempts of one call share the
+request's idempotency key, and run one after another in the same thread or task, so a ContextVar keyed by
+that key carries the call from attempt to attempt. Whether an error attempt is the last one follows the
+SDK's documented retry policy (`x-should-retry`, 408/409/429/5xx, connection errors, `max_retries`).
+
+Never raises into the caller, never changes the request or what the SDK returns: every step that could
+fail is guarded, and the response object is passed through as it came.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+import anthropic
+from anthropic import APIConnectionError
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from compactobs.instrument import state
+from compactobs.instrument.conversation import current_conversation, fingerprint
+from compactobs.instrument.streams import StreamObserver, observe_body
+from compactobs.telemetry import CONVERSATION_ID
+from compactobs.usage import (
+    CallObservation,
+    StreamAccumulator,
+    compaction_blocks,
+    field_of,
+    normalise_message,
+    request_facts,
+)
+
+if TYPE_CHECKING:
+    import httpx2
+    from anthropic._middleware import AsyncCallNext, CallNext
+    from anthropic._request import APIRequest
+    from anthropic._response import APIResponse, AsyncAPIResponse
+
+    from compactobs.telemetry import Telemetry
+
+__all__ = ["Middleware"]
+
+log = logging.getLogger("compactobs")
+
+_SDK_SCOPE_PREFIX = "com.anthropic.sdk"
+
+
+class _Call:
+    """One API call in flight: its observation and where its span goes."""
+
+    __slots__ = ("key", "observation", "parent", "under_sdk_span")
+
+    def __init__(self, key: str, observation: CallObservation, parent: otel_context.Context, under_sdk: bool) -> None:
+        self.key = key
+        self.observation = observation
+        self.parent = parent
+        self.under_sdk_span = under_sdk
+
+
+# The call whose error attempt the SDK is about to retry, keyed by idempotency key.
+_retrying: ContextVar[_Call | None] = ContextVar("compactobs_retrying_call", default=None)
+
+
+def _is_messages_create(request: APIRequest) -> bool:
+    url = request.url
+    return request.method.lower() == "post" and (url == "/v1/messages" or url.startswith("/v1/messages?"))
+
+
+def _sdk_would_retry(response: httpx2.Response) -> bool:
+    """The SDK's retry policy for an error response (anthropic's README, `_should_retry`)."""
+    header = response.headers.get("x-should-retry")
+    if header == "true":
+        return True
+    if header == "false":
+        return False
+    status = response.status_code
+    return status in (408, 409, 429) or status >= 500
+
+
+def _sdk_parent(span: trace.Span) -> bool:
+    """Whether the current span is the SDK's own call span (its tracing is on for this client)."""
+    scope = getattr(span, "instrumentation_scope", None)
+    name = getattr(scope, "name", None)
+    return isinstance(name, str) and name.startswith(_SDK_SCOPE_PREFIX) and span.is_recording()
+
+
+class Middleware(anthropic.Middleware):
+    """Records every Messages call of the client it is given to: `Anthropic(middleware=[Middleware()])`.
+
+    Works for sync and async clients, every call style (create, stream, create(stream=True), beta and GA,
+    the tool runner). `compactobs.instrument()` adds one to every client for you.
+    """
+
+    def __init__(self, *, max_retries: int | None = None, conversation_id: str | None = None) -> None:
+        self._max_retries = max_retries
+        self._client_conversation_id = conversation_id
+        self._client_ref: weakref.ReferenceType[Any] | None = None
+
+    def bind(self, client: Any) -> None:
+        """Learn the client's retry budget and SDK conversation id (used by `instrument()`)."""
+        self._client_ref = weakref.ref(client)
+        try:
+            self._client_conversation_id = client.open_telemetry.get("conversation_id")
+        except Exception:
+            self._client_conversation_id = None
+
+    # -- the SDK's middleware interface --------------------------------------------------------------
+
+    def handle(self, request: APIRequest, call_next: CallNext) -> APIResponse[Any]:
+        call = self._begin(request)
+        if call is None:
+            return call_next(request)
+        try:
+            response = call_next(request)
+        except BaseException as err:
+            self._raised(call, request, err)
+            raise
+        self._returned(call, request, response)
+        return response
+
+    async def handle_async(self, request: APIRequest, call_next: AsyncCallNext) -> AsyncAPIResponse[Any]:
+        call = self._begin(request)
+        if call is None:
+            return await call_next(request)
+        try:
+            response = await call_next(request)
+        except BaseException as err:
+            self._raised(call, request, err)
+            raise
+        self._returned(call, request, response)
+        return response
+
+    # -- one attempt -----------------------------------------------------------------------------------
+
+    def _begin(self, request: APIRequest) -> _Call | None:
+        """The call this attempt belongs to, or None when compactobs does not observe it. Never raises."""
+        try:
+            if not state.active or not _is_messages_create(request):
+                return None
+            key = request.options.idempotency_key or ""
+            retrying = _retrying.get()
+            if retrying is not None and retrying.key == key and request.retries_taken > 0:
+                retrying.observation.attempts = request.retries_taken + 1
+                return retrying
+            if state.get_telemetry() is None:
+                return None
+            body = request.json
+            headers: Any = request.headers
+            facts = request_facts(body, headers.get("anthropic-beta") if hasattr(headers, "get") else None)
+            observation = CallObservation(request=facts, start_ns=time.time_ns(), attempts=request.retries_taken + 1)
+            parent = otel_context.get_current()
+            current_span = trace.get_current_span(parent)
+            under_sdk = _sdk_parent(current_span)
+            conversation = current_conversation()
+            if conversation is not None:
+                observation.conversation_id = conversation.id
+                observation.budget_usd = conversation.budget_usd
+                observation.budget_tokens = conversation.budget_tokens
+            else:
+                sdk_conversation = self._client_conversation_id
+                if sdk_conversation is None and under_sdk:
+                    attributes = getattr(current_span, "attributes", None) or {}
+                    sdk_conversation = attributes.get(CONVERSATION_ID)
+                observation.conversation_id = sdk_conversation or fingerprint(body)
+            return _Call(key, observation, parent, under_sdk)
+        except Exception:
+            log.debug("compactobs could not start observing a call", exc_info=True)
+            return None
+
+    def _remaining_retries(self, request: APIRequest) -> int:
+        max_retries = request.max_retries
+        if not isinstance(max_retries, int):
+            client = self._client_ref() if self._client_ref is not None else None
+            client_retries = getattr(client, "max_retries", None)
+            if isinstance(client_retries, int):
+                max_retries = client_retries
+            elif self._max_retries is not None:
+                max_retries = self._max_retries
+            else:
+                max_retries = anthropic.DEFAULT_MAX_RETRIES
+        return max_retries - request.retries_taken
+
+    def _raised(self, call: _Call, request: APIRequest, error: BaseException) -> None:
+        """An attempt that raised: retried (connection errors) or the call's end. Never raises."""
+        try:
+            if isinstance(error, APIConnectionError) and self._remaining_retries(request) > 0:
+                _retrying.set(call)
+                return
+            _retrying.set(None)
+            observation = call.observation
+            status = getattr(getattr(error, "response", None), "status_code", None)
+            observation.status_code = status if isinstance(status, int) else None
+            observation.error_type = str(status) if isinstance(status, int) else type(error).__name__
+            self._finish(call)
+        except Exception:
+            log.debug("compactobs could not record a failed call", exc_info=True)
+
+    def _returned(self, call: _Call, request: APIRequest, response: Any) -> None:
+        """An attempt that got an HTTP response. Never raises."""
+        try:
+            http = response.http_response
+            observation = call.observation
+            observation.status_code = http.status_code
+            observation.request_id = http.headers.get("request-id") or observation.request_id
+            if observation.server_address is None:
+                observation.server_address = http.request.url.host
+            if not http.is_success:
+                if self._remaining_retries(request) > 0 and _sdk_would_retry(http):
+                    _retrying.set(call)
+                    return
+                _retrying.set(None)
+                observation.error_type = str(http.status_code)
+                self._finish(call)
+                return
+            _retrying.set(None)
+            if request.stream:
+                observe_body(http, StreamObserver(lambda observer, how, err: self._stream_done(call, observer, how, err)))
+            elif http.is_stream_consumed:
+                self._message_done(call, response.parse())
+            else:
+                # A raw streaming response of a non-streamed call: the caller reads the JSON body itself.
+                observer = StreamObserver(lambda obs, how, err: self._body_done(call, obs, how, err), json_body=True)
+                observe_body(http, observer)
+        except Exception:
+            log.debug("compactobs could not observe a response", exc_info=True)
+
+    # -- the end of a call -------------------------------------------------------------------------------
+
+    def _message_done(self, call: _Call, message: object) -> None:
+        observation = call.observation
+        observation.usage = normalise_message(message)
+        observation.response_id = field_of(message, "id") if isinstance(field_of(message, "id"), str) else None
+        observation.response_model = observation.usage.response_model
+        stop_reason = field_of(message, "stop_reason")
+        observation.stop_reason = stop_reason if isinstance(stop_reason, str) else None
+        observation.compactions = compaction_blocks(field_of(message, "content"))
+        self._finish(call)
+
+    def _body_done(self, call: _Call, observer: StreamObserver, how: str, error: BaseException | None) -> None:
+        import json
+
+        parts = observer.body_parts or []
+        try:
+            message = json.loads(b"".join(parts)) if how == "read" and error is None else None
+        except ValueError:
+            message = None
+        if message is None:
+            call.observation.stream_end = how
+            call.observation.error_type = type(error).__name__ if error is not None else None
+            self._finish(call)
+            return
+        self._message_done(call, message)
+
+    def _stream_done(self, call: _Call, observer: StreamObserver, how: str, error: BaseException | None) -> None:
+        observation = call.observation
+        accumulator: StreamAccumulator = observer.accumulator
+        observation.stream_end = how
+        if observer.first_event_ns is not None:
+            observation.time_to_first_chunk_s = (observer.first_event_ns - observation.start_ns) / 1e9
+        observation.response_id = accumulator.message_id
+        observation.response_model = accumulator.model
+        observation.stop_reason = accumulator.stop_reason
+        observation.compactions = accumulator.compaction_blocks()
+        if accumulator.model is not None or accumulator.saw_delta:
+            observation.usage = accumulator.usage()
+        if error is not None:
+            observation.error_type = type(error).__name__
+        elif how == "read" and not accumulator.saw_stop:
+            # The body ended before message_stop: the server cut the stream short.
+            observation.error_type = "incomplete_stream"
+        self._finish(call)
+
+    def _finish(self, call: _Call) -> None:
+        observation = call.observation
+        observation.end_ns = time.time_ns()
+        telemetry: Telemetry | None = state.get_telemetry()
+        if telemetry is not None:
+            telemetry.record(observation, call.parent, call.under_sdk_span)

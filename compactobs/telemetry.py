@@ -1,0 +1,363 @@
+"""OpenTelemetry for compactobs: the one vocabulary of span, attribute and metric names (DESIGN.md section 4). A closed set.
+
+GenAI semantic-convention names first; `compactobs.*` for what the conventions do not cover.
+Every other module imports names from here, so a misspelling is an import or type error, not a silent
+new attribute.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from compactobs._version import __version__
+from compactobs.usage import CallObservation, IterationUsage, TokenCounts
+
+INSTRUMENTATION_SCOPE: Final = "compactobs"
+
+# Span kinds of record, stored in `compactobs.span.kind` so any sink can tell them apart.
+SPAN_KIND_CALL: Final = "call"
+SPAN_KIND_ITERATION: Final = "iteration"
+
+# --- attributes (GenAI semconv) ---
+PROVIDER_NAME: Final = "gen_ai.provider.name"
+OPERATION_NAME: Final = "gen_ai.operation.name"
+REQUEST_MODEL: Final = "gen_ai.request.model"
+REQUEST_STREAM: Final = "gen_ai.request.stream"
+REQUEST_MAX_TOKENS: Final = "gen_ai.request.max_tokens"
+RESPONSE_MODEL: Final = "gen_ai.response.model"
+RESPONSE_ID: Final = "gen_ai.response.id"
+RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
+RESPONSE_TIME_TO_FIRST_CHUNK: Final = "gen_ai.response.time_to_first_chunk"
+CONVERSATION_ID: Final = "gen_ai.conversation.id"
+USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
+USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+USAGE_CACHE_READ: Final = "gen_ai.usage.cache_read.input_tokens"
+USAGE_CACHE_WRITE: Final = "gen_ai.usage.cache_write.input_tokens"
+USAGE_REASONING: Final = "gen_ai.usage.reasoning.output_tokens"
+TOKEN_TYPE: Final = "gen_ai.token.type"
+
+# --- attributes (other conventions) ---
+ERROR_TYPE: Final = "error.type"
+HTTP_RESEND_COUNT: Final = "http.request.resend_count"
+HTTP_STATUS_CODE: Final = "http.response.status_code"
+SERVER_ADDRESS: Final = "server.address"
+ANTHROPIC_REQUEST_ID: Final = "anthropic.request.id"
+ANTHROPIC_BETA: Final = "anthropic.beta"
+ANTHROPIC_SERVICE_TIER: Final = "anthropic.response.service_tier"
+
+# --- attributes (compactobs) ---
+SPAN_KIND: Final = "compactobs.span.kind"
+SERVICE_NAME: Final = "compactobs.service.name"
+COST_USD: Final = "compactobs.cost.usd"
+COST_PRICED: Final = "compactobs.cost.priced"
+PRICING_VERSION: Final = "compactobs.pricing.version"
+COST_INPUT: Final = "compactobs.cost.input_usd"
+COST_OUTPUT: Final = "compactobs.cost.output_usd"
+COST_CACHE_READ: Final = "compactobs.cost.cache_read_usd"
+COST_CACHE_WRITE_5M: Final = "compactobs.cost.cache_write_5m_usd"
+COST_CACHE_WRITE_1H: Final = "compactobs.cost.cache_write_1h_usd"
+COST_SERVER_TOOLS: Final = "compactobs.cost.server_tools_usd"
+ITERATIONS_COUNT: Final = "compactobs.iterations.count"
+COMPACTIONS_COUNT: Final = "compactobs.compactions.count"
+COMPACTIONS_FAILED: Final = "compactobs.compactions.failed"
+COMPACTION_TRIGGER: Final = "compactobs.compaction.trigger_tokens"
+COMPACTION_PAUSE_AFTER: Final = "compactobs.compaction.pause_after"
+COMPACTION_ON_DEMAND: Final = "compactobs.compaction.on_demand"
+CONTEXT_TOKENS: Final = "compactobs.context.tokens"
+ITERATION_INDEX: Final = "compactobs.iteration.index"
+ITERATION_TYPE: Final = "compactobs.iteration.type"
+ITERATION_KNOWN_TYPE: Final = "compactobs.iteration.known_type"
+ITERATION_DECLINED: Final = "compactobs.iteration.declined"
+ITERATION_TIMING: Final = "compactobs.iteration.timing"
+"""Iterations run on the server: their spans carry the call's end time, and say so here."""
+# Billed token classes under compactobs.* (always set; gen_ai.usage.* is left to a parent SDK span).
+TOKENS_INPUT: Final = "compactobs.usage.input_tokens"
+"""Uncached input only (Anthropic's convention), unlike gen_ai.usage.input_tokens."""
+TOKENS_OUTPUT: Final = "compactobs.usage.output_tokens"
+TOKENS_CACHE_READ: Final = "compactobs.usage.cache_read_tokens"
+TOKENS_CACHE_WRITE_5M: Final = "compactobs.usage.cache_write_5m_tokens"
+TOKENS_CACHE_WRITE_1H: Final = "compactobs.usage.cache_write_1h_tokens"
+TOKENS_TOP_LEVEL_INPUT: Final = "compactobs.usage.top_level_input_tokens"
+TOKENS_TOP_LEVEL_OUTPUT: Final = "compactobs.usage.top_level_output_tokens"
+WEB_SEARCH_REQUESTS: Final = "compactobs.usage.web_search_requests"
+WEB_FETCH_REQUESTS: Final = "compactobs.usage.web_fetch_requests"
+SERVICE_TIER: Final = "compactobs.request.service_tier"
+SPEED: Final = "compactobs.request.speed"
+INFERENCE_GEO: Final = "compactobs.request.inference_geo"
+STOP_REASON: Final = "compactobs.response.stop_reason"
+STREAM_END: Final = "compactobs.stream.end"
+"""How a streamed body ended: read, closed (abandoned by the caller) or failed."""
+BUDGET_USD: Final = "compactobs.budget.usd"
+BUDGET_TOKENS: Final = "compactobs.budget.tokens"
+
+# --- metrics ---
+METRIC_TOKEN_USAGE: Final = "gen_ai.client.token.usage"
+METRIC_OPERATION_DURATION: Final = "gen_ai.client.operation.duration"
+METRIC_COST: Final = "compactobs.cost"
+METRIC_TOKENS: Final = "compactobs.tokens"
+METRIC_COMPACTIONS: Final = "compactobs.compactions"
+# Metric dimension names.
+DIM_TOKEN_CLASS: Final = "compactobs.token.class"
+
+TokenClass = Literal["input", "output", "cache_read", "cache_write_5m", "cache_write_1h"]
+TOKEN_CLASSES: Final[tuple[TokenClass, ...]] = ("input", "output", "cache_read", "cache_write_5m", "cache_write_1h")
+
+# ---------------------------------------------------------------------------------------------------------
+# Emission: one call span, one child span per iteration, and the metrics, from a CallObservation.
+# ---------------------------------------------------------------------------------------------------------
+
+
+
+
+if TYPE_CHECKING:
+    from compactobs.pricing import PricedCall, PricedIteration, Pricer
+
+log = logging.getLogger("compactobs")
+
+# Semconv's advised buckets: tokens in powers of 4, durations in doubling seconds.
+_TOKEN_BUCKETS = [4.0**n for n in range(14)]
+_DURATION_BUCKETS = [0.01 * 2**n for n in range(14)]
+
+ITERATION_TIMING_VALUE: Final = "server-side: no timing of its own, shares the call's end time"
+
+
+def _usd(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _token_attributes(tokens: TokenCounts) -> dict[str, Any]:
+    return {
+        TOKENS_INPUT: tokens.input,
+        TOKENS_OUTPUT: tokens.output,
+        TOKENS_CACHE_READ: tokens.cache_read,
+        TOKENS_CACHE_WRITE_5M: tokens.cache_write_5m,
+        TOKENS_CACHE_WRITE_1H: tokens.cache_write_1h,
+    }
+
+
+def _semconv_usage(tokens: TokenCounts) -> dict[str, Any]:
+    """gen_ai.usage.* as the conventions define them: input includes cache reads and writes."""
+    return {
+        USAGE_INPUT_TOKENS: tokens.total_input,
+        USAGE_OUTPUT_TOKENS: tokens.output,
+        USAGE_CACHE_READ: tokens.cache_read,
+        USAGE_CACHE_WRITE: tokens.cache_write,
+    }
+
+
+def _cost_attributes(priced: PricedCall | PricedIteration) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        COST_PRICED: priced.priced,
+        COST_INPUT: float(priced.input_usd),
+        COST_OUTPUT: float(priced.output_usd),
+        COST_CACHE_READ: float(priced.cache_read_usd),
+        COST_CACHE_WRITE_5M: float(priced.cache_write_5m_usd),
+        COST_CACHE_WRITE_1H: float(priced.cache_write_1h_usd),
+    }
+    if priced.cost_usd is not None:
+        attributes[COST_USD] = float(priced.cost_usd)
+    return attributes
+
+
+def _drop_none(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in attributes.items() if value is not None}
+
+
+class Telemetry:
+    """Turns observations into spans and metrics on the given providers. Nothing here raises to the caller."""
+
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider,
+        meter_provider: metrics.MeterProvider,
+        pricer: Pricer,
+    ) -> None:
+        self.pricer = pricer
+        self.tracer = tracer_provider.get_tracer(INSTRUMENTATION_SCOPE, __version__)
+        meter = meter_provider.get_meter(INSTRUMENTATION_SCOPE, __version__)
+        self._token_usage = meter.create_histogram(
+            METRIC_TOKEN_USAGE,
+            unit="{token}",
+            description="Billed tokens per call (all iterations, compaction included)",
+            explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
+        )
+        self._duration = meter.create_histogram(
+            METRIC_OPERATION_DURATION,
+            unit="s",
+            description="Duration of a GenAI call, all retries and stream reading included",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self._cost = meter.create_counter(METRIC_COST, unit="USD", description="Billed cost")
+        self._tokens = meter.create_counter(METRIC_TOKENS, unit="{token}", description="Billed tokens by class")
+        self._compactions = meter.create_counter(
+            METRIC_COMPACTIONS, unit="{compaction}", description="Server-side compactions"
+        )
+        self._warned: set[str] = set()
+
+    def warn_once(self, key: str, message: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+
+    def record(self, observation: CallObservation, parent: otel_context.Context | None, under_sdk_span: bool) -> None:
+        """Emit the call's spans and metrics. Never raises."""
+        try:
+            self._record(observation, parent, under_sdk_span)
+        except Exception:
+            self.warn_once("record", "compactobs could not record a call; the call itself is unaffected", exc_info=True)
+
+    def _record(self, obs: CallObservation, parent: otel_context.Context | None, under_sdk_span: bool) -> None:
+        request = obs.request
+        usage = obs.usage
+        when = datetime.fromtimestamp(obs.start_ns / 1e9, tz=timezone.utc)
+        priced = self.pricer.price_call(usage, when) if usage is not None else None
+        response_model = obs.response_model or (usage.response_model if usage else None)
+        model = request.model or response_model or "unknown"
+        attributes: dict[str, Any] = {
+            SPAN_KIND: SPAN_KIND_CALL,
+            PROVIDER_NAME: "anthropic",
+            OPERATION_NAME: "chat",
+            REQUEST_MODEL: request.model,
+            REQUEST_STREAM: request.stream,
+            REQUEST_MAX_TOKENS: request.max_tokens,
+            RESPONSE_MODEL: response_model,
+            RESPONSE_ID: obs.response_id,
+            STOP_REASON: obs.stop_reason,
+            CONVERSATION_ID: obs.conversation_id,
+            ANTHROPIC_REQUEST_ID: obs.request_id,
+            HTTP_RESEND_COUNT: obs.attempts - 1,
+            HTTP_STATUS_CODE: obs.status_code,
+            ERROR_TYPE: obs.error_type,
+            SERVER_ADDRESS: obs.server_address,
+            COMPACTION_TRIGGER: request.compaction_trigger,
+            COMPACTION_PAUSE_AFTER: request.pause_after_compaction,
+            COMPACTION_ON_DEMAND: request.on_demand_compaction or None,
+            RESPONSE_TIME_TO_FIRST_CHUNK: obs.time_to_first_chunk_s,
+            STREAM_END: obs.stream_end,
+            BUDGET_USD: obs.budget_usd,
+            BUDGET_TOKENS: obs.budget_tokens,
+        }
+        if request.betas:
+            attributes[ANTHROPIC_BETA] = list(request.betas)
+        if obs.stop_reason:
+            attributes[RESPONSE_FINISH_REASONS] = [obs.stop_reason]
+        if usage is not None and priced is not None:
+            totals = usage.totals
+            attributes.update(_token_attributes(totals))
+            if not under_sdk_span:
+                # One token-carrying span per call: under the SDK's own span, the billed totals stay in compactobs.*.
+                attributes.update(_semconv_usage(totals))
+            attributes.update(_cost_attributes(priced))
+            attributes.update(
+                {
+                    COST_SERVER_TOOLS: float(priced.server_tools_usd),
+                    PRICING_VERSION: priced.pricing_version,
+                    TOKENS_TOP_LEVEL_INPUT: usage.top_level.input,
+                    TOKENS_TOP_LEVEL_OUTPUT: usage.top_level.output,
+                    WEB_SEARCH_REQUESTS: usage.web_search_requests,
+                    WEB_FETCH_REQUESTS: usage.web_fetch_requests,
+                    USAGE_REASONING: usage.thinking_tokens,
+                    SERVICE_TIER: usage.service_tier or request.service_tier,
+                    ANTHROPIC_SERVICE_TIER: usage.service_tier,
+                    SPEED: usage.speed or request.speed,
+                    INFERENCE_GEO: usage.inference_geo or request.inference_geo,
+                    ITERATIONS_COUNT: len(usage.iterations),
+                    COMPACTIONS_COUNT: usage.compactions,
+                    COMPACTIONS_FAILED: obs.failed_compactions,
+                    CONTEXT_TOKENS: usage.context_tokens,
+                }
+            )
+            if usage.unknown_types:
+                self.warn_once(
+                    "unknown-type:" + ",".join(usage.unknown_types),
+                    "compactobs: usage.iterations has entry types this SDK does not know (%s); "
+                    "billed at the response model",
+                    ", ".join(usage.unknown_types),
+                )
+        span = self.tracer.start_span(
+            f"chat {model}",
+            context=parent,
+            kind=SpanKind.CLIENT,
+            attributes=_drop_none(attributes),
+            start_time=obs.start_ns,
+        )
+        if obs.error_type is not None:
+            span.set_status(Status(StatusCode.ERROR, obs.error_type))
+        end_ns = max(obs.end_ns, obs.start_ns)
+        if usage is not None and priced is not None:
+            call_context = trace.set_span_in_context(span, parent)
+            for iteration, priced_iteration in zip(usage.iterations, priced.iterations):
+                self._iteration_span(iteration, priced_iteration, call_context, end_ns)
+        span.end(end_time=end_ns)
+        self._metrics(obs, model, response_model, priced)
+
+    def _iteration_span(
+        self,
+        iteration: IterationUsage,
+        priced: PricedIteration,
+        call_context: otel_context.Context,
+        end_ns: int,
+    ) -> None:
+        attributes: dict[str, Any] = {
+            SPAN_KIND: SPAN_KIND_ITERATION,
+            PROVIDER_NAME: "anthropic",
+            ITERATION_INDEX: iteration.index,
+            ITERATION_TYPE: iteration.type,
+            ITERATION_KNOWN_TYPE: iteration.known_type,
+            ITERATION_DECLINED: iteration.declined,
+            ITERATION_TIMING: ITERATION_TIMING_VALUE,
+            RESPONSE_MODEL: iteration.model,
+        }
+        attributes.update(_token_attributes(iteration.tokens))
+        attributes.update(_cost_attributes(priced))
+        span = self.tracer.start_span(
+            f"{iteration.type} {iteration.model or 'unknown'}",
+            context=call_context,
+            kind=SpanKind.INTERNAL,
+            attributes=_drop_none(attributes),
+            start_time=end_ns,
+        )
+        span.end(end_time=end_ns)
+
+    def _metrics(
+        self, obs: CallObservation, model: str, response_model: str | None, priced: PricedCall | None
+    ) -> None:
+        base = {PROVIDER_NAME: "anthropic", OPERATION_NAME: "chat", REQUEST_MODEL: model}
+        if response_model:
+            base[RESPONSE_MODEL] = response_model
+        duration_attributes = dict(base)
+        if obs.error_type is not None:
+            duration_attributes[ERROR_TYPE] = obs.error_type
+        self._duration.record(max(obs.end_ns - obs.start_ns, 0) / 1e9, duration_attributes)
+        usage = obs.usage
+        if usage is None or priced is None:
+            return
+        totals = usage.totals
+        self._token_usage.record(totals.total_input, {**base, TOKEN_TYPE: "input"})
+        self._token_usage.record(totals.output, {**base, TOKEN_TYPE: "output"})
+        for iteration, priced_iteration in zip(usage.iterations, priced.iterations):
+            dims = {PROVIDER_NAME: "anthropic", RESPONSE_MODEL: iteration.model or "unknown", ITERATION_TYPE: iteration.type}
+            tokens = iteration.tokens
+            for token_class, count in zip(
+                TOKEN_CLASSES,
+                (tokens.input, tokens.output, tokens.cache_read, tokens.cache_write_5m, tokens.cache_write_1h),
+            ):
+                if count:
+                    self._tokens.add(count, {**dims, DIM_TOKEN_CLASS: token_class})
+            if priced_iteration.cost_usd:
+                self._cost.add(float(priced_iteration.cost_usd), dims)
+        if priced.server_tools_usd:
+            self._cost.add(
+                float(priced.server_tools_usd),
+                {PROVIDER_NAME: "anthropic", RESPONSE_MODEL: response_model or model, ITERATION_TYPE: "server_tools"},
+            )
+        if usage.compactions:
+            self._compactions.add(usage.compactions, {PROVIDER_NAME: "anthropic", RESPONSE_MODEL: response_model or model})

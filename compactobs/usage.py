@@ -1,0 +1,435 @@
+"""Normalise a Messages API response's usage into typed, billable per-iteration records.
+
+The accounting rules (DESIGN.md section 3) live here as data shapes; prices live in `compactobs.pricing`.
+
+- When `usage.iterations` is present, the bill is the sum over *every* entry: the top-level fields leave
+  compaction (and advisor) entries out, so top-level and iterations are never added together.
+- Without `iterations`, the top-level usage is the bill, as one `message` iteration.
+- A `message` attempt declined before any output by a server-side fallback is kept, but marked
+  `declined` so pricing bills it $0.
+
+Responses are read defensively: the SDK does not validate responses unless told to, so any field can be
+missing or of another type. Nothing here raises on odd input; it counts what it can and flags the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+__all__ = [
+    "KNOWN_ITERATION_TYPES",
+    "CallObservation",
+    "CallUsage",
+    "CompactionBlock",
+    "IterationUsage",
+    "RequestFacts",
+    "StreamAccumulator",
+    "TokenCounts",
+    "compaction_blocks",
+    "field_of",
+    "normalise_message",
+    "normalise_usage",
+    "request_facts",
+]
+
+KNOWN_ITERATION_TYPES: Final = frozenset({"message", "compaction", "advisor_message", "fallback_message"})
+"""The `usage.iterations` entry types the installed SDK (2.10+) knows. Others are kept and flagged."""
+
+
+def field_of(obj: object, name: str) -> Any:
+    """`obj[name]` for a mapping, `obj.name` for a model, else None. Never raises."""
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    try:
+        return getattr(obj, name, None)
+    except Exception:
+        return None
+
+
+def _count(obj: object, name: str) -> int:
+    """A token count: a non-negative int, else 0 (bool, float, str and negatives are not counts)."""
+    value = field_of(obj, name)
+    if type(value) is int and value >= 0:
+        return value
+    return 0
+
+
+def _text(obj: object, name: str) -> str | None:
+    value = field_of(obj, name)
+    return value if isinstance(value, str) and value else None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCounts:
+    """Billable token classes. `input` is uncached input only (Anthropic's `input_tokens`)."""
+
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write_5m: int = 0
+    cache_write_1h: int = 0
+
+    @property
+    def cache_write(self) -> int:
+        return self.cache_write_5m + self.cache_write_1h
+
+    @property
+    def total_input(self) -> int:
+        """Input including cache reads and writes: what tiers are judged on, and GenAI semconv's input."""
+        return self.input + self.cache_read + self.cache_write_5m + self.cache_write_1h
+
+    def __add__(self, other: TokenCounts) -> TokenCounts:
+        return TokenCounts(
+            self.input + other.input,
+            self.output + other.output,
+            self.cache_read + other.cache_read,
+            self.cache_write_5m + other.cache_write_5m,
+            self.cache_write_1h + other.cache_write_1h,
+        )
+
+
+def _token_counts(entry: object) -> TokenCounts:
+    """Token classes of a usage object or an iteration entry.
+
+    Cache writes split by `cache_creation` when it is there; without the breakdown every write is 5-minute
+    (the API's default TTL). A breakdown that adds up to less than the total puts the rest in 5-minute.
+    """
+    written = _count(entry, "cache_creation_input_tokens")
+    breakdown = field_of(entry, "cache_creation")
+    one_hour = _count(breakdown, "ephemeral_1h_input_tokens") if breakdown is not None else 0
+    five_min = _count(breakdown, "ephemeral_5m_input_tokens") if breakdown is not None else 0
+    if breakdown is None or five_min + one_hour == 0:
+        five_min, one_hour = written, 0
+    elif five_min + one_hour < written:
+        five_min += written - five_min - one_hour
+    return TokenCounts(
+        input=_count(entry, "input_tokens"),
+        output=_count(entry, "output_tokens"),
+        cache_read=_count(entry, "cache_read_input_tokens"),
+        cache_write_5m=five_min,
+        cache_write_1h=one_hour,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class IterationUsage:
+    """One billed sampling step: a `usage.iterations` entry, or the whole call when it has none."""
+
+    index: int
+    type: str
+    model: str | None
+    """The model that served it: the entry's own `model`, else the response's."""
+    tokens: TokenCounts
+    known_type: bool = True
+    """False for an entry type the installed SDK does not know; it is still billed, at `model`."""
+    declined: bool = False
+    """A `message` attempt declined before any output by a server-side fallback: kept, priced $0."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallUsage:
+    """The billed usage of one API call."""
+
+    iterations: tuple[IterationUsage, ...]
+    has_iterations: bool
+    """Whether the response carried `usage.iterations` (if not, the top level is the bill)."""
+    response_model: str | None = None
+    service_tier: str | None = None
+    speed: str | None = None
+    inference_geo: str | None = None
+    web_search_requests: int = 0
+    web_fetch_requests: int = 0
+    thinking_tokens: int | None = None
+    """Reasoning tokens, already inside `output`: shown apart, never billed twice."""
+    top_level: TokenCounts = field(default_factory=TokenCounts)
+    """What the top-level fields say (compaction left out): kept to show what other tools under-report."""
+
+    @property
+    def totals(self) -> TokenCounts:
+        """The billed totals: the sum over every iteration."""
+        total = TokenCounts()
+        for iteration in self.iterations:
+            total = total + iteration.tokens
+        return total
+
+    @property
+    def compactions(self) -> int:
+        return sum(1 for iteration in self.iterations if iteration.type == "compaction")
+
+    @property
+    def context_tokens(self) -> int | None:
+        """Context size after the call: total input of the last `message`-like iteration.
+
+        A compaction entry reports the cost of summarising, not the context size, so it never counts here.
+        """
+        for iteration in reversed(self.iterations):
+            if iteration.type in ("message", "fallback_message") and not iteration.declined:
+                return iteration.tokens.total_input
+        return None
+
+    @property
+    def unknown_types(self) -> tuple[str, ...]:
+        return tuple(sorted({i.type for i in self.iterations if not i.known_type}))
+
+
+def normalise_usage(usage: object, response_model: str | None) -> CallUsage:
+    """Typed records from a `usage` object (Usage, BetaUsage, BetaMessageDeltaUsage or a decoded dict)."""
+    top_level = _token_counts(usage)
+    entries = field_of(usage, "iterations")
+    iterations: list[IterationUsage] = []
+    has_iterations = isinstance(entries, (list, tuple)) and len(entries) > 0
+    if has_iterations:
+        assert isinstance(entries, (list, tuple))
+        types = [_text(entry, "type") or "unknown" for entry in entries]
+        fallback_served = "fallback_message" in types
+        for index, (entry, kind) in enumerate(zip(entries, types)):
+            tokens = _token_counts(entry)
+            declined = (
+                fallback_served
+                and kind == "message"
+                and index < types.index("fallback_message")
+                and tokens.output == 0
+                and tokens.cache_write == 0
+            )
+            iterations.append(
+                IterationUsage(
+                    index=index,
+                    type=kind,
+                    model=_text(entry, "model") or response_model,
+                    tokens=tokens,
+                    known_type=kind in KNOWN_ITERATION_TYPES,
+                    declined=declined,
+                )
+            )
+    else:
+        iterations.append(IterationUsage(index=0, type="message", model=response_model, tokens=top_level))
+
+    server_tools = field_of(usage, "server_tool_use")
+    details = field_of(usage, "output_tokens_details")
+    thinking = field_of(details, "thinking_tokens")
+    return CallUsage(
+        iterations=tuple(iterations),
+        has_iterations=has_iterations,
+        response_model=response_model,
+        service_tier=_text(usage, "service_tier"),
+        speed=_text(usage, "speed"),
+        inference_geo=_text(usage, "inference_geo"),
+        web_search_requests=_count(server_tools, "web_search_requests"),
+        web_fetch_requests=_count(server_tools, "web_fetch_requests"),
+        thinking_tokens=thinking if type(thinking) is int and thinking >= 0 else None,
+        top_level=top_level,
+    )
+
+
+def normalise_message(message: object) -> CallUsage:
+    """Typed records from a Message, BetaMessage, or decoded response body. Never raises."""
+    return normalise_usage(field_of(message, "usage"), _text(message, "model"))
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionBlock:
+    """A compaction content block as seen in the response: `failed` when its summary is null."""
+
+    index: int
+    failed: bool
+
+
+def compaction_blocks(content: object) -> tuple[CompactionBlock, ...]:
+    """The compaction blocks of a response's `content` list. Never raises."""
+    if not isinstance(content, (list, tuple)):
+        return ()
+    blocks = []
+    for index, block in enumerate(content):
+        if field_of(block, "type") == "compaction":
+            # A block that carries only `encrypted_content` still holds a summary.
+            summary = field_of(block, "content")
+            failed = not (isinstance(summary, str) and summary) and not field_of(block, "encrypted_content")
+            blocks.append(CompactionBlock(index=index, failed=failed))
+    return tuple(blocks)
+
+
+class StreamAccumulator:
+    """Builds a call's usage from its stream events as the caller reads them, without keeping the body.
+
+    `message_delta` usage is cumulative: each one overwrites, never adds, and a field it leaves out keeps
+    its `message_start` value. `iterations` is replaced wholesale. Text deltas are ignored.
+    """
+
+    __slots__ = (
+        "_compaction_open",
+        "_usage",
+        "compactions",
+        "first_event_ns",
+        "message_id",
+        "model",
+        "saw_delta",
+        "saw_stop",
+        "stop_reason",
+    )
+
+    def __init__(self) -> None:
+        self._usage: dict[str, Any] = {}
+        self.model: str | None = None
+        self.message_id: str | None = None
+        self.stop_reason: str | None = None
+        self.saw_delta = False
+        self.saw_stop = False
+        self.first_event_ns: int | None = None
+        self.compactions: list[CompactionBlock] = []
+        self._compaction_open: dict[int, bool] = {}
+
+    def event(self, event: object) -> None:
+        """Take one stream event (a typed model or a decoded dict). Never raises."""
+        try:
+            self._event(event)
+        except Exception:  # an odd event must not break the caller's stream
+            pass
+
+    def _merge_usage(self, usage: object, *, start: bool) -> None:
+        if usage is None:
+            return
+        fields: Iterable[str] = (
+            "input_tokens",
+            "output_tokens",
+            "cache_read_input_tokens",
+            "cache_creation_input_tokens",
+            "cache_creation",
+            "iterations",
+            "server_tool_use",
+            "service_tier",
+            "speed",
+            "inference_geo",
+            "output_tokens_details",
+        )
+        for name in fields:
+            value = field_of(usage, name)
+            if value is not None:
+                self._usage[name] = value
+        if start:
+            # message_start's output_tokens is a placeholder; only message_delta makes it final.
+            self._usage.setdefault("output_tokens", 0)
+
+    def _event(self, event: object) -> None:
+        kind = field_of(event, "type")
+        if kind == "message_start":
+            message = field_of(event, "message")
+            self.model = _text(message, "model")
+            self.message_id = _text(message, "id")
+            self._merge_usage(field_of(message, "usage"), start=True)
+        elif kind == "message_delta":
+            self.saw_delta = True
+            self.stop_reason = _text(field_of(event, "delta"), "stop_reason") or self.stop_reason
+            self._merge_usage(field_of(event, "usage"), start=False)
+        elif kind == "content_block_start":
+            block = field_of(event, "content_block")
+            if field_of(block, "type") == "compaction":
+                index = field_of(event, "index")
+                summary = field_of(block, "content")
+                # On-demand compaction arrives whole here; threshold compaction fills in with a delta.
+                self._compaction_open[index if type(index) is int else -1] = bool(
+                    (isinstance(summary, str) and summary) or field_of(block, "encrypted_content")
+                )
+        elif kind == "content_block_delta":
+            delta = field_of(event, "delta")
+            if field_of(delta, "type") == "compaction_delta":
+                index = field_of(event, "index")
+                key = index if type(index) is int else -1
+                summary = field_of(delta, "content")
+                if (isinstance(summary, str) and summary) or field_of(delta, "encrypted_content"):
+                    self._compaction_open[key] = True
+        elif kind == "content_block_stop":
+            index = field_of(event, "index")
+            key = index if type(index) is int else -1
+            if key in self._compaction_open:
+                self.compactions.append(CompactionBlock(index=key, failed=not self._compaction_open.pop(key)))
+        elif kind == "message_stop":
+            self.saw_stop = True
+
+    def compaction_blocks(self) -> tuple[CompactionBlock, ...]:
+        """Compaction blocks seen so far, including one the stream was cut inside of."""
+        still_open = [CompactionBlock(index=i, failed=not ok) for i, ok in self._compaction_open.items()]
+        return (*self.compactions, *still_open)
+
+    def usage(self) -> CallUsage:
+        """The usage seen so far. Before `message_delta`, output is unknown and counted as 0."""
+        return normalise_usage(self._usage, self.model)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the request asked for, read off its JSON body and headers (no prompt text is kept)."""
+
+    model: str | None = None
+    stream: bool = False
+    max_tokens: int | None = None
+    betas: tuple[str, ...] = ()
+    compaction_trigger: int | None = None
+    """The `compact_20260112` edit's input-token trigger (150,000 when the edit leaves it out)."""
+    pause_after_compaction: bool | None = None
+    on_demand_compaction: bool = False
+    service_tier: str | None = None
+    speed: str | None = None
+    inference_geo: str | None = None
+
+
+DEFAULT_COMPACTION_TRIGGER: Final = 150_000
+"""The API's default trigger for `compact_20260112` (its param docstring: 150000 input tokens)."""
+
+
+def request_facts(body: object, beta_header: str | None) -> RequestFacts:
+    """Read the facts of a Messages request body. Never raises."""
+    trigger: int | None = None
+    pause: bool | None = None
+    edits = field_of(field_of(body, "context_management"), "edits")
+    if isinstance(edits, (list, tuple)):
+        for edit in edits:
+            if field_of(edit, "type") == "compact_20260112":
+                value = field_of(field_of(edit, "trigger"), "value")
+                trigger = value if type(value) is int else DEFAULT_COMPACTION_TRIGGER
+                pause = field_of(edit, "pause_after_compaction") is True
+    max_tokens = field_of(body, "max_tokens")
+    betas = tuple(b.strip() for b in beta_header.split(",") if b.strip()) if isinstance(beta_header, str) else ()
+    return RequestFacts(
+        model=_text(body, "model"),
+        stream=field_of(body, "stream") is True,
+        max_tokens=max_tokens if type(max_tokens) is int else None,
+        betas=betas,
+        compaction_trigger=trigger,
+        pause_after_compaction=pause,
+        on_demand_compaction=field_of(field_of(body, "compaction"), "type") == "summarize",
+        service_tier=_text(body, "service_tier"),
+        speed=_text(body, "speed"),
+        inference_geo=_text(body, "inference_geo"),
+    )
+
+
+@dataclass(slots=True)
+class CallObservation:
+    """Everything compactobs learned about one API call, across all its HTTP attempts."""
+
+    request: RequestFacts
+    start_ns: int
+    end_ns: int = 0
+    attempts: int = 1
+    status_code: int | None = None
+    error_type: str | None = None
+    request_id: str | None = None
+    response_id: str | None = None
+    response_model: str | None = None
+    stop_reason: str | None = None
+    usage: CallUsage | None = None
+    compactions: tuple[CompactionBlock, ...] = ()
+    time_to_first_chunk_s: float | None = None
+    stream_end: str | None = None
+    conversation_id: str | None = None
+    server_address: str | None = None
+    budget_usd: float | None = None
+    budget_tokens: int | None = None
+
+    @property
+    def failed_compactions(self) -> int:
+        return sum(1 for block in self.compactions if block.failed)
