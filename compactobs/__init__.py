@@ -30,6 +30,7 @@ from compactobs.telemetry import Telemetry
 __all__ = [
     "Middleware",
     "__version__",
+    "configure",
     "conversation",
     "flush",
     "instrument",
@@ -49,7 +50,8 @@ _exit_hooks_installed = False
 
 def _otlp_configured(signal_name: str) -> bool:
     return bool(
-        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal_name}_ENDPOINT")
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal_name}_ENDPOINT")
     )
 
 
@@ -137,6 +139,25 @@ def _lazy_setup() -> Telemetry:
 state.set_factory(_lazy_setup)
 
 
+def configure(
+    database_url: str | None = None,
+    *,
+    tracer_provider: Any = None,
+    meter_provider: Any = None,
+    service_name: str | None = None,
+    store: bool = True,
+) -> None:
+    """Set where compactobs records (see `instrument`) without instrumenting any client.
+
+    For applications that add `compactobs.Middleware()` to chosen clients. Without it, the first
+    recorded call sets up the defaults. Calling it again replaces the previous setup.
+    """
+    with _lock:
+        if state.get_telemetry_if_set() is not None:
+            shutdown()
+        state.set_telemetry(_setup(database_url, tracer_provider, meter_provider, service_name, store))
+
+
 def instrument(
     database_url: str | None = None,
     *,
@@ -153,14 +174,20 @@ def instrument(
     `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Raises on bad configuration (a malformed pricing file, a bad
     database URL), once, here, never inside a call.
     """
-    with _lock:
-        if state.get_telemetry_if_set() is None:
-            state.set_telemetry(_setup(database_url, tracer_provider, meter_provider, service_name, store))
-        auto.patch()
+    if state.get_telemetry_if_set() is None:
+        configure(
+            database_url,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            service_name=service_name,
+            store=store,
+        )
+    auto.patch()
 
 
 def uninstrument() -> None:
-    """Stop recording: clients lose compactobs' middleware and get their SDK span setting back."""
+    """Stop recording the clients `instrument()` reached: they lose compactobs' middleware and get their
+    SDK span setting back. Middleware the application added itself keeps recording."""
     auto.unpatch()
 
 

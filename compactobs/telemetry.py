@@ -1,4 +1,6 @@
-"""OpenTelemetry for compactobs: the one vocabulary of span, attribute and metric names (DESIGN.md section 4). A closed set.
+"""OpenTelemetry for compactobs: the one vocabulary of span, attribute and metric names (DESIGN.md §4).
+
+A closed set.
 
 GenAI semantic-convention names first; `compactobs.*` for what the conventions do not cover.
 Every other module imports names from here, so a misspelling is an import or type error, not a silent
@@ -108,13 +110,17 @@ METRIC_COMPACTIONS: Final = "compactobs.compactions"
 DIM_TOKEN_CLASS: Final = "compactobs.token.class"
 
 TokenClass = Literal["input", "output", "cache_read", "cache_write_5m", "cache_write_1h"]
-TOKEN_CLASSES: Final[tuple[TokenClass, ...]] = ("input", "output", "cache_read", "cache_write_5m", "cache_write_1h")
+TOKEN_CLASSES: Final[tuple[TokenClass, ...]] = (
+    "input",
+    "output",
+    "cache_read",
+    "cache_write_5m",
+    "cache_write_1h",
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # Emission: one call span, one child span per iteration, and the metrics, from a CallObservation.
 # ---------------------------------------------------------------------------------------------------------
-
-
 
 
 if TYPE_CHECKING:
@@ -196,7 +202,9 @@ class Telemetry:
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
         )
         self._cost = meter.create_counter(METRIC_COST, unit="USD", description="Billed cost")
-        self._tokens = meter.create_counter(METRIC_TOKENS, unit="{token}", description="Billed tokens by class")
+        self._tokens = meter.create_counter(
+            METRIC_TOKENS, unit="{token}", description="Billed tokens by class"
+        )
         self._compactions = meter.create_counter(
             METRIC_COMPACTIONS, unit="{compaction}", description="Server-side compactions"
         )
@@ -207,14 +215,20 @@ class Telemetry:
             self._warned.add(key)
             log.warning(message, *args)
 
-    def record(self, observation: CallObservation, parent: otel_context.Context | None, under_sdk_span: bool) -> None:
+    def record(
+        self, observation: CallObservation, parent: otel_context.Context | None, under_sdk_span: bool
+    ) -> None:
         """Emit the call's spans and metrics. Never raises."""
         try:
             self._record(observation, parent, under_sdk_span)
         except Exception:
-            self.warn_once("record", "compactobs could not record a call; the call itself is unaffected", exc_info=True)
+            self.warn_once(
+                "record", "compactobs could not record a call; the call itself is unaffected", exc_info=True
+            )
 
-    def _record(self, obs: CallObservation, parent: otel_context.Context | None, under_sdk_span: bool) -> None:
+    def _record(
+        self, obs: CallObservation, parent: otel_context.Context | None, under_sdk_span: bool
+    ) -> None:
         request = obs.request
         usage = obs.usage
         when = datetime.fromtimestamp(obs.start_ns / 1e9, tz=timezone.utc)
@@ -253,7 +267,7 @@ class Telemetry:
             totals = usage.totals
             attributes.update(_token_attributes(totals))
             if not under_sdk_span:
-                # One token-carrying span per call: under the SDK's own span, the billed totals stay in compactobs.*.
+                # One token-carrying span per call: under the SDK's span, billed totals stay in compactobs.*.
                 attributes.update(_semconv_usage(totals))
             attributes.update(_cost_attributes(priced))
             attributes.update(
@@ -294,7 +308,7 @@ class Telemetry:
         end_ns = max(obs.end_ns, obs.start_ns)
         if usage is not None and priced is not None:
             call_context = trace.set_span_in_context(span, parent)
-            for iteration, priced_iteration in zip(usage.iterations, priced.iterations):
+            for iteration, priced_iteration in zip(usage.iterations, priced.iterations, strict=True):
                 self._iteration_span(iteration, priced_iteration, call_context, end_ns)
         span.end(end_time=end_ns)
         self._metrics(obs, model, response_model, priced)
@@ -343,12 +357,23 @@ class Telemetry:
         totals = usage.totals
         self._token_usage.record(totals.total_input, {**base, TOKEN_TYPE: "input"})
         self._token_usage.record(totals.output, {**base, TOKEN_TYPE: "output"})
-        for iteration, priced_iteration in zip(usage.iterations, priced.iterations):
-            dims = {PROVIDER_NAME: "anthropic", RESPONSE_MODEL: iteration.model or "unknown", ITERATION_TYPE: iteration.type}
+        for iteration, priced_iteration in zip(usage.iterations, priced.iterations, strict=True):
+            dims = {
+                PROVIDER_NAME: "anthropic",
+                RESPONSE_MODEL: iteration.model or "unknown",
+                ITERATION_TYPE: iteration.type,
+            }
             tokens = iteration.tokens
             for token_class, count in zip(
                 TOKEN_CLASSES,
-                (tokens.input, tokens.output, tokens.cache_read, tokens.cache_write_5m, tokens.cache_write_1h),
+                (
+                    tokens.input,
+                    tokens.output,
+                    tokens.cache_read,
+                    tokens.cache_write_5m,
+                    tokens.cache_write_1h,
+                ),
+                strict=True,
             ):
                 if count:
                     self._tokens.add(count, {**dims, DIM_TOKEN_CLASS: token_class})
@@ -357,7 +382,13 @@ class Telemetry:
         if priced.server_tools_usd:
             self._cost.add(
                 float(priced.server_tools_usd),
-                {PROVIDER_NAME: "anthropic", RESPONSE_MODEL: response_model or model, ITERATION_TYPE: "server_tools"},
+                {
+                    PROVIDER_NAME: "anthropic",
+                    RESPONSE_MODEL: response_model or model,
+                    ITERATION_TYPE: "server_tools",
+                },
             )
         if usage.compactions:
-            self._compactions.add(usage.compactions, {PROVIDER_NAME: "anthropic", RESPONSE_MODEL: response_model or model})
+            self._compactions.add(
+                usage.compactions, {PROVIDER_NAME: "anthropic", RESPONSE_MODEL: response_model or model}
+            )

@@ -14,6 +14,7 @@ missing or of another type. Nothing here raises on odd input; it counts what it 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -186,7 +187,7 @@ def normalise_usage(usage: object, response_model: str | None) -> CallUsage:
         assert isinstance(entries, (list, tuple))
         types = [_text(entry, "type") or "unknown" for entry in entries]
         fallback_served = "fallback_message" in types
-        for index, (entry, kind) in enumerate(zip(entries, types)):
+        for index, (entry, kind) in enumerate(zip(entries, types, strict=True)):
             tokens = _token_counts(entry)
             declined = (
                 fallback_served
@@ -284,10 +285,9 @@ class StreamAccumulator:
 
     def event(self, event: object) -> None:
         """Take one stream event (a typed model or a decoded dict). Never raises."""
-        try:
+        # An odd event must not break the caller's stream.
+        with contextlib.suppress(Exception):
             self._event(event)
-        except Exception:  # an odd event must not break the caller's stream
-            pass
 
     def _merge_usage(self, usage: object, *, start: bool) -> None:
         if usage is None:
@@ -392,7 +392,9 @@ def request_facts(body: object, beta_header: str | None) -> RequestFacts:
                 trigger = value if type(value) is int else DEFAULT_COMPACTION_TRIGGER
                 pause = field_of(edit, "pause_after_compaction") is True
     max_tokens = field_of(body, "max_tokens")
-    betas = tuple(b.strip() for b in beta_header.split(",") if b.strip()) if isinstance(beta_header, str) else ()
+    betas = (
+        tuple(b.strip() for b in beta_header.split(",") if b.strip()) if isinstance(beta_header, str) else ()
+    )
     return RequestFacts(
         model=_text(body, "model"),
         stream=field_of(body, "stream") is True,

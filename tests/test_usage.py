@@ -81,11 +81,15 @@ def test_cache_writes_split_5m_1h_and_absent_breakdown_is_5m() -> None:
             },
         }
     )
-    assert split.totals == TokenCounts(input=10, output=5, cache_read=7000, cache_write_5m=1000, cache_write_1h=2000)
+    assert split.totals == TokenCounts(
+        input=10, output=5, cache_read=7000, cache_write_5m=1000, cache_write_1h=2000
+    )
     # total input = 10 + 7,000 + 3,000 = 10,010
     assert split.totals.total_input == 10010
     # No breakdown: all 3,000 are 5-minute writes (the API's default TTL).
-    plain = normalise_message({"model": "m", "usage": {"input_tokens": 1, "output_tokens": 1, "cache_creation_input_tokens": 3000}})
+    plain = normalise_message(
+        {"model": "m", "usage": {"input_tokens": 1, "output_tokens": 1, "cache_creation_input_tokens": 3000}}
+    )
     assert plain.totals.cache_write_5m == 3000 and plain.totals.cache_write_1h == 0
 
 
@@ -99,8 +103,18 @@ def test_other_models_and_a_declined_fallback_attempt() -> None:
                 "iterations": [
                     # declined before any output by the primary: kept, marked, priced $0 later
                     {"type": "message", "model": "claude-opus-4-8", "input_tokens": 900, "output_tokens": 0},
-                    {"type": "advisor_message", "model": "claude-opus-5", "input_tokens": 400, "output_tokens": 80},
-                    {"type": "fallback_message", "model": "claude-sonnet-4-6", "input_tokens": 900, "output_tokens": 50},
+                    {
+                        "type": "advisor_message",
+                        "model": "claude-opus-5",
+                        "input_tokens": 400,
+                        "output_tokens": 80,
+                    },
+                    {
+                        "type": "fallback_message",
+                        "model": "claude-sonnet-4-6",
+                        "input_tokens": 900,
+                        "output_tokens": 50,
+                    },
                 ],
             },
         }
@@ -118,8 +132,14 @@ def test_other_models_and_a_declined_fallback_attempt() -> None:
 
 def test_unknown_iteration_type_is_kept_at_the_response_model_and_flagged() -> None:
     usage = normalise_message(
-        {"model": "claude-opus-4-8", "usage": {"input_tokens": 1, "output_tokens": 1, "iterations": [
-            {"type": "reflection", "input_tokens": 500, "output_tokens": 20}]}}
+        {
+            "model": "claude-opus-4-8",
+            "usage": {
+                "input_tokens": 1,
+                "output_tokens": 1,
+                "iterations": [{"type": "reflection", "input_tokens": 500, "output_tokens": 20}],
+            },
+        }
     )
     (only,) = usage.iterations
     assert (only.type, only.model, only.known_type) == ("reflection", "claude-opus-4-8", False)
@@ -128,7 +148,14 @@ def test_unknown_iteration_type_is_kept_at_the_response_model_and_flagged() -> N
 
 def test_thinking_tokens_shown_apart_never_added_to_output() -> None:
     usage = normalise_message(
-        {"model": "m", "usage": {"input_tokens": 5, "output_tokens": 900, "output_tokens_details": {"thinking_tokens": 700}}}
+        {
+            "model": "m",
+            "usage": {
+                "input_tokens": 5,
+                "output_tokens": 900,
+                "output_tokens_details": {"thinking_tokens": 700},
+            },
+        }
     )
     assert usage.thinking_tokens == 700
     assert usage.totals.output == 900
@@ -136,8 +163,16 @@ def test_thinking_tokens_shown_apart_never_added_to_output() -> None:
 
 def test_wrong_types_count_as_zero_and_never_raise() -> None:
     usage = normalise_message(
-        {"model": 7, "usage": {"input_tokens": "12", "output_tokens": -3, "cache_read_input_tokens": True,
-                               "iterations": "nope", "server_tool_use": {"web_search_requests": 2.5}}}
+        {
+            "model": 7,
+            "usage": {
+                "input_tokens": "12",
+                "output_tokens": -3,
+                "cache_read_input_tokens": True,
+                "iterations": "nope",
+                "server_tool_use": {"web_search_requests": 2.5},
+            },
+        }
     )
     assert usage.totals == TokenCounts()
     assert usage.response_model is None and usage.web_search_requests == 0
@@ -146,19 +181,49 @@ def test_wrong_types_count_as_zero_and_never_raise() -> None:
 
 def test_stream_usage_overwrites_never_adds_and_keeps_message_start_values() -> None:
     acc = StreamAccumulator()
-    acc.event({"type": "message_start", "message": {"id": "msg_s", "model": "claude-opus-4-8", "usage": {
-        "input_tokens": 23000, "output_tokens": 1, "cache_read_input_tokens": 4000}}})
-    acc.event({"type": "content_block_start", "index": 0, "content_block": {"type": "compaction", "content": None}})
-    acc.event({"type": "content_block_delta", "index": 0, "delta": {"type": "compaction_delta", "content": "sum"}})
+    acc.event(
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_s",
+                "model": "claude-opus-4-8",
+                "usage": {"input_tokens": 23000, "output_tokens": 1, "cache_read_input_tokens": 4000},
+            },
+        }
+    )
+    acc.event(
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "compaction", "content": None}}
+    )
+    acc.event(
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "compaction_delta", "content": "sum"}}
+    )
     acc.event({"type": "content_block_stop", "index": 0})
-    acc.event({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 400}})
-    acc.event({"type": "message_delta", "delta": {}, "usage": {"output_tokens": 1000, "iterations": [
-        {"type": "compaction", "input_tokens": 180000, "output_tokens": 3500},
-        {"type": "message", "input_tokens": 23000, "output_tokens": 1000, "cache_read_input_tokens": 4000}]}})
+    acc.event(
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 400}}
+    )
+    acc.event(
+        {
+            "type": "message_delta",
+            "delta": {},
+            "usage": {
+                "output_tokens": 1000,
+                "iterations": [
+                    {"type": "compaction", "input_tokens": 180000, "output_tokens": 3500},
+                    {
+                        "type": "message",
+                        "input_tokens": 23000,
+                        "output_tokens": 1000,
+                        "cache_read_input_tokens": 4000,
+                    },
+                ],
+            },
+        }
+    )
     acc.event({"type": "message_stop"})
     usage = acc.usage()
     # Cumulative deltas: output is 1,000 (the last), not 1 + 400 + 1,000; the cache read 4,000 from
-    # message_start survives deltas that leave it out. Billed = 180,000+23,000 in, 3,500+1,000 out, 4,000 read.
+    # message_start survives deltas that leave it out.
+    # Billed = 180,000+23,000 in, 3,500+1,000 out, 4,000 read.
     assert usage.top_level == TokenCounts(input=23000, output=1000, cache_read=4000)
     assert usage.totals == TokenCounts(input=203000, output=4500, cache_read=4000)
     assert acc.stop_reason == "end_turn" and acc.saw_stop

@@ -58,10 +58,13 @@ def _wrap_init(original: Callable[..., None]) -> Callable[..., None]:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         ours: Middleware | None = None
         try:
-            if state.active:
-                # A copy (`with_options`) passes the original's middleware: re-bind ours to the new client.
-                given = [m for m in (kwargs.get("middleware") or ()) if not isinstance(m, Middleware)]
-                ours = Middleware()
+            # A copy (`with_options`) passes the original's middleware: ours is re-bound to the new client.
+            given = [
+                m for m in (kwargs.get("middleware") or ()) if not (isinstance(m, Middleware) and m._auto)
+            ]
+            # A client given compactobs.Middleware() explicitly is the application's to configure.
+            if state.active and not any(isinstance(m, Middleware) for m in given):
+                ours = Middleware(_auto=True)
                 kwargs["middleware"] = [*given, ours]
                 option = kwargs.get("open_telemetry")
                 if not _keeps_sdk_spans(option):
@@ -83,7 +86,7 @@ def _wrap_init(original: Callable[..., None]) -> Callable[..., None]:
 def _instrument_existing(client: Any) -> None:
     if any(isinstance(m, Middleware) for m in client._middleware):
         return
-    ours = Middleware()
+    ours = Middleware(_auto=True)
     ours.bind(client)
     client._middleware = (*client._middleware, ours)
     client._middleware_chain = client._build_middleware_chain()
@@ -104,7 +107,9 @@ def patch() -> None:
                 _original_inits[cls] = cls.__init__
                 cls.__init__ = _wrap_init(cls.__init__)  # type: ignore[method-assign]
         try:
-            existing = [obj for obj in gc.get_objects() if isinstance(obj, CLIENT_CLASSES) and obj not in _clients]
+            existing = [
+                obj for obj in gc.get_objects() if isinstance(obj, CLIENT_CLASSES) and obj not in _clients
+            ]
         except Exception:
             existing = []
         for client in existing:

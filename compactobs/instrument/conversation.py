@@ -55,13 +55,15 @@ def current_conversation() -> Conversation | None:
 
 
 def fingerprint(body: object) -> str | None:
-    """A stable id from the system prompt and the first message, which a re-sent history keeps. Never raises."""
+    """A stable id from the system prompt and first message, which a re-sent history keeps. Never raises."""
     try:
         messages = field_of(body, "messages")
         first = messages[0] if isinstance(messages, list) and messages else None
         if first is None:
             return None
-        payload = json.dumps([field_of(body, "system"), first], sort_keys=True, default=str, ensure_ascii=False)
+        payload = json.dumps(
+            [field_of(body, "system"), first], sort_keys=True, default=str, ensure_ascii=False
+        )
         return "fp-" + hashlib.blake2b(payload.encode(), digest_size=8).hexdigest()
     except Exception:
         return None

@@ -11,6 +11,7 @@ fail is guarded, and the response object is passed through as it came.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import weakref
@@ -55,7 +56,9 @@ class _Call:
 
     __slots__ = ("key", "observation", "parent", "under_sdk_span")
 
-    def __init__(self, key: str, observation: CallObservation, parent: otel_context.Context, under_sdk: bool) -> None:
+    def __init__(
+        self, key: str, observation: CallObservation, parent: otel_context.Context, under_sdk: bool
+    ) -> None:
         self.key = key
         self.observation = observation
         self.parent = parent
@@ -96,7 +99,11 @@ class Middleware(anthropic.Middleware):
     the tool runner). `compactobs.instrument()` adds one to every client for you.
     """
 
-    def __init__(self, *, max_retries: int | None = None, conversation_id: str | None = None) -> None:
+    def __init__(
+        self, *, max_retries: int | None = None, conversation_id: str | None = None, _auto: bool = False
+    ) -> None:
+        """`max_retries`: the client's, if it is not the SDK default (only the client knows it)."""
+        self._auto = _auto
         self._max_retries = max_retries
         self._client_conversation_id = conversation_id
         self._client_ref: weakref.ReferenceType[Any] | None = None
@@ -120,7 +127,7 @@ class Middleware(anthropic.Middleware):
         except BaseException as err:
             self._raised(call, request, err)
             raise
-        self._returned(call, request, response)
+        self._returned(call, request, response, is_async=False)
         return response
 
     async def handle_async(self, request: APIRequest, call_next: AsyncCallNext) -> AsyncAPIResponse[Any]:
@@ -132,7 +139,7 @@ class Middleware(anthropic.Middleware):
         except BaseException as err:
             self._raised(call, request, err)
             raise
-        self._returned(call, request, response)
+        self._returned(call, request, response, is_async=True)
         return response
 
     # -- one attempt -----------------------------------------------------------------------------------
@@ -140,7 +147,7 @@ class Middleware(anthropic.Middleware):
     def _begin(self, request: APIRequest) -> _Call | None:
         """The call this attempt belongs to, or None when compactobs does not observe it. Never raises."""
         try:
-            if not state.active or not _is_messages_create(request):
+            if (self._auto and not state.active) or not _is_messages_create(request):
                 return None
             key = request.options.idempotency_key or ""
             retrying = _retrying.get()
@@ -152,7 +159,9 @@ class Middleware(anthropic.Middleware):
             body = request.json
             headers: Any = request.headers
             facts = request_facts(body, headers.get("anthropic-beta") if hasattr(headers, "get") else None)
-            observation = CallObservation(request=facts, start_ns=time.time_ns(), attempts=request.retries_taken + 1)
+            observation = CallObservation(
+                request=facts, start_ns=time.time_ns(), attempts=request.retries_taken + 1
+            )
             parent = otel_context.get_current()
             current_span = trace.get_current_span(parent)
             under_sdk = _sdk_parent(current_span)
@@ -200,7 +209,7 @@ class Middleware(anthropic.Middleware):
         except Exception:
             log.debug("compactobs could not record a failed call", exc_info=True)
 
-    def _returned(self, call: _Call, request: APIRequest, response: Any) -> None:
+    def _returned(self, call: _Call, request: APIRequest, response: Any, *, is_async: bool) -> None:
         """An attempt that got an HTTP response. Never raises."""
         try:
             http = response.http_response
@@ -219,12 +228,19 @@ class Middleware(anthropic.Middleware):
                 return
             _retrying.set(None)
             if request.stream:
-                observe_body(http, StreamObserver(lambda observer, how, err: self._stream_done(call, observer, how, err)))
+                observe_body(
+                    http,
+                    StreamObserver(lambda observer, how, err: self._stream_done(call, observer, how, err)),
+                )
             elif http.is_stream_consumed:
-                self._message_done(call, response.parse())
+                # The sync parse is cached and reused by the SDK; the async one is a coroutine that this
+                # synchronous step cannot await, so read the already-buffered JSON body instead.
+                self._message_done(call, json.loads(http.content) if is_async else response.parse())
             else:
                 # A raw streaming response of a non-streamed call: the caller reads the JSON body itself.
-                observer = StreamObserver(lambda obs, how, err: self._body_done(call, obs, how, err), json_body=True)
+                observer = StreamObserver(
+                    lambda obs, how, err: self._body_done(call, obs, how, err), json_body=True
+                )
                 observe_body(http, observer)
         except Exception:
             log.debug("compactobs could not observe a response", exc_info=True)
@@ -234,16 +250,18 @@ class Middleware(anthropic.Middleware):
     def _message_done(self, call: _Call, message: object) -> None:
         observation = call.observation
         observation.usage = normalise_message(message)
-        observation.response_id = field_of(message, "id") if isinstance(field_of(message, "id"), str) else None
+        observation.response_id = (
+            field_of(message, "id") if isinstance(field_of(message, "id"), str) else None
+        )
         observation.response_model = observation.usage.response_model
         stop_reason = field_of(message, "stop_reason")
         observation.stop_reason = stop_reason if isinstance(stop_reason, str) else None
         observation.compactions = compaction_blocks(field_of(message, "content"))
         self._finish(call)
 
-    def _body_done(self, call: _Call, observer: StreamObserver, how: str, error: BaseException | None) -> None:
-        import json
-
+    def _body_done(
+        self, call: _Call, observer: StreamObserver, how: str, error: BaseException | None
+    ) -> None:
         parts = observer.body_parts or []
         try:
             message = json.loads(b"".join(parts)) if how == "read" and error is None else None
@@ -256,7 +274,9 @@ class Middleware(anthropic.Middleware):
             return
         self._message_done(call, message)
 
-    def _stream_done(self, call: _Call, observer: StreamObserver, how: str, error: BaseException | None) -> None:
+    def _stream_done(
+        self, call: _Call, observer: StreamObserver, how: str, error: BaseException | None
+    ) -> None:
         observation = call.observation
         accumulator: StreamAccumulator = observer.accumulator
         observation.stream_end = how

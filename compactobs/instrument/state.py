@@ -11,7 +11,7 @@ _lock = threading.Lock()
 _telemetry: Telemetry | None = None
 _factory: Callable[[], Telemetry] | None = None
 active = True
-"""False after `uninstrument()`: middleware already inside clients then passes calls straight through."""
+"""False after `uninstrument()`: middleware `instrument()` added then passes calls straight through."""
 
 
 def set_factory(factory: Callable[[], Telemetry]) -> None:

@@ -11,6 +11,7 @@ then it reads the server-sent events itself from the bytes, decoding only the fe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -66,10 +67,8 @@ class SseScanner:
             wanted = any(b"compaction_delta" in part for part in data)
         if not wanted:
             return
-        try:
+        with contextlib.suppress(ValueError):
             self._accumulator.event(json.loads(b"\n".join(data)))
-        except ValueError:
-            pass
 
 
 class StreamObserver:
@@ -199,7 +198,7 @@ class BothObservedStream(ObservedStream, AsyncObservedStream):
 
 
 def observe_body(response: httpx2.Response, observer: StreamObserver) -> None:
-    """Wrap `response`'s byte stream so `observer` sees it read. Keeps httpx2's sync/async kind checks true."""
+    """Wrap `response`'s byte stream so `observer` sees it read; httpx2's sync/async kind checks stay true."""
     body: Any = response.stream
     if isinstance(body, httpx2.SyncByteStream) and isinstance(body, httpx2.AsyncByteStream):
         response.stream = BothObservedStream(body, observer)

@@ -1,0 +1,137 @@
+"""What compactobs adds to a call's wall time, as ratios to a plain client measured in the same run.
+
+Three clients against the loopback simulator, non-streaming and streaming:
+  plain       SDK tracing off, no compactobs
+  sdk-trace   the SDK's own OpenTelemetry spans on (BatchSpanProcessor, spans dropped by the exporter)
+  compactobs  compactobs' middleware, spans and metrics, exported to its SQL store on a background thread
+
+Configurations run interleaved in rounds so drift on a shared machine hits all of them alike; the
+figure is the median per-call wall time. Run: `python bench/overhead.py [--calls 2000]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anthropic
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+import compactobs
+from compactobs.testing import Reply, Simulator, message
+
+USAGE = {
+    "input_tokens": 23000,
+    "output_tokens": 1000,
+    "cache_read_input_tokens": 4000,
+    "cache_creation_input_tokens": 0,
+    "iterations": [
+        {
+            "type": "compaction",
+            "input_tokens": 180000,
+            "output_tokens": 3500,
+            "cache_read_input_tokens": 40000,
+            "cache_creation_input_tokens": 0,
+        },
+        {
+            "type": "message",
+            "input_tokens": 23000,
+            "output_tokens": 1000,
+            "cache_read_input_tokens": 4000,
+            "cache_creation_input_tokens": 0,
+        },
+    ],
+}
+BODY = message(
+    model="claude-opus-4-8",
+    content=[
+        {"type": "compaction", "content": "Summary."},
+        {"type": "text", "text": " ".join(["word"] * 60)},
+    ],
+    usage=USAGE,
+)
+ARGS: dict[str, Any] = {
+    "model": "claude-opus-4-8",
+    "max_tokens": 1024,
+    "messages": [{"role": "user", "content": "hello"}],
+    "betas": ["compact-2026-01-12"],
+    "context_management": {"edits": [{"type": "compact_20260112"}]},
+}
+
+
+class DropExporter(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def time_calls(client: anthropic.Anthropic, sim: Simulator, calls: int, stream: bool) -> list[float]:
+    samples = []
+    for _ in range(calls):
+        sim.enqueue(Reply(BODY))
+        start = time.perf_counter()
+        if stream:
+            for _ in client.beta.messages.create(**ARGS, stream=True):
+                pass
+        else:
+            client.beta.messages.create(**ARGS)
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--calls", type=int, default=2000, help="calls per configuration and mode (>= 2000)")
+    parser.add_argument("--rounds", type=int, default=10)
+    options = parser.parse_args()
+    per_round = max(1, options.calls // options.rounds)
+
+    with Simulator() as sim, tempfile.TemporaryDirectory() as tmp:
+        sdk_provider = TracerProvider()
+        sdk_provider.add_span_processor(BatchSpanProcessor(DropExporter()))
+        compactobs_provider = TracerProvider()
+        compactobs.configure(
+            f"sqlite:///{Path(tmp) / 'bench.db'}",
+            tracer_provider=compactobs_provider,
+            meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+        )
+        clients: dict[str, Callable[[], anthropic.Anthropic]] = {
+            "plain": lambda: anthropic.Anthropic(base_url=sim.base_url, api_key="k", open_telemetry=False),
+            "sdk-trace": lambda: anthropic.Anthropic(
+                base_url=sim.base_url,
+                api_key="k",
+                open_telemetry={"traces": True, "tracer_provider": sdk_provider},
+            ),
+            "compactobs": lambda: anthropic.Anthropic(
+                base_url=sim.base_url, api_key="k", open_telemetry=False, middleware=[compactobs.Middleware()]
+            ),
+        }
+        built = {name: make() for name, make in clients.items()}
+        for stream in (False, True):
+            for client in built.values():  # warm-up: connections, imports, price lookups
+                time_calls(client, sim, 50, stream)
+            samples: dict[str, list[float]] = {name: [] for name in built}
+            for _ in range(options.rounds):
+                for name, client in built.items():
+                    samples[name].extend(time_calls(client, sim, per_round, stream))
+            medians = {name: statistics.median(values) for name, values in samples.items()}
+            plain = medians["plain"]
+            mode = "streaming" if stream else "non-streaming"
+            print(f"{mode}: {len(samples['plain'])} calls per configuration")
+            for name, median in medians.items():
+                print(f"  {name:<11} median {median * 1e6:8.1f} us   ratio to plain {median / plain:5.3f}")
+        compactobs.flush()
+        compactobs.shutdown()
+
+
+if __name__ == "__main__":
+    main()
