@@ -1,0 +1,1 @@
+"""Alembic revisions. A package only so that setuptools ships them; Alembic skips this file."""

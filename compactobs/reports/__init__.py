@@ -1,0 +1,1 @@
+"""compactobs.reports."""

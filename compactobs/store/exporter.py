@@ -1,0 +1,499 @@
+"""SqlSpanExporter: the SQL store as an OpenTelemetry span exporter, behind a BatchSpanProcessor.
+
+A batch is mapped to rows, then either committed in one transaction or, when the database is unreachable,
+locked, or not at this code's schema, appended to the on-disk spool. While rows wait in the spool, new
+batches queue behind them, so replay keeps the order they were exported in. The database is tried again
+after a growing pause (0.5 s doubling to 30 s), and at every flush; `shutdown` flushes too.
+
+Nothing here raises into the caller: the processor runs it on its own thread, and problems are logged
+once per outage, as the one-line StoreError message that says what to do.
+
+What a hard kill (SIGKILL) can lose is what only memory holds: the spans queued in the processor (it
+exports as soon as a batch of 2,048 spans is queued, and at least every second) and the batch whose
+transaction the kill cuts. Committed and spooled rows survive; what is stored has no holes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from sqlalchemy import URL, Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from compactobs import telemetry as t
+from compactobs.store.engine import (
+    DEFAULT_BUSY_TIMEOUT_S,
+    EXPORT_CONNECT_TIMEOUT_S,
+    data_dir,
+    default_database_url,
+    display_url,
+    explain_error,
+    is_sqlite,
+    make_engine,
+    parse_url,
+    sqlite_path,
+)
+from compactobs.store.errors import StoreError
+from compactobs.store.mapping import Row, RowMapper, sanitize
+from compactobs.store.models import calls, iterations
+from compactobs.store.schema import ensure_schema, head_revision
+from compactobs.store.spool import DEFAULT_SPOOL_MAX_BYTES, Spool, spool_key
+from compactobs.store.writer import writer_for
+
+__all__ = ["ExporterStats", "SqlSpanExporter", "StoreSpanProcessor", "install", "shutdown_all", "spool_for"]
+
+log = logging.getLogger("compactobs.store")
+
+RETRY_FIRST_S: Final = 0.5
+RETRY_MAX_S: Final = 30.0
+REPLAY_BUDGET_S: Final = 2.0
+"""How long one export may spend replaying the spool before it returns to the processor's queue."""
+RESCAN_S: Final = 30.0
+"""How often a healthy exporter looks for segments left by a process that died."""
+DEFAULT_SCHEDULE_DELAY_MS: Final = 1000
+"""The SDK's default is 5 s. Shorter: less is held in memory, where a hard kill would lose it."""
+DEFAULT_MAX_QUEUE_SIZE: Final = 8192
+DEFAULT_MAX_EXPORT_BATCH_SIZE: Final = 2048
+"""The SDK's default is 512 spans: 2048 (512 calls of 1 + 3 spans) amortises each commit over more rows."""
+
+
+class _Unavailable(Exception):
+    """The database cannot take rows now (connection, lock, schema): they go to the spool."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _transient(err: BaseException, dbapi: Any) -> bool:
+    """A failure a later retry can cure: connection lost or refused, database locked, pool exhausted.
+    `err` may come from SQLAlchemy or, on the row writers' raw connection, from the driver itself."""
+    if isinstance(err, (OperationalError, InterfaceError, PoolTimeoutError)):
+        return True
+    if isinstance(err, DBAPIError):
+        return err.connection_invalidated
+    kinds = [getattr(dbapi, "OperationalError", None)]
+    if getattr(dbapi, "__name__", "") != "sqlite3":
+        # sqlite3 (Python 3.10) raises InterfaceError for a value it cannot bind: that is the row's fault,
+        # and retrying it would hold every later row behind it. For psycopg it means a lost connection.
+        kinds.append(getattr(dbapi, "InterfaceError", None))
+    return isinstance(err, tuple(kind for kind in kinds if kind is not None))
+
+
+def _spool(
+    url: URL | None,
+    shown: str,
+    spool_dir: str | os.PathLike[str] | None,
+    max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+) -> Spool:
+    path = sqlite_path(url) if url is not None and is_sqlite(url) else None
+    # An SQLite file is named by its absolute path, so the same file gets one spool from any directory.
+    key = spool_key(f"sqlite:///{path}" if path is not None else shown)
+    root = Path(spool_dir) if spool_dir is not None else data_dir() / "spool"
+    return Spool(root / key, max_bytes=max_bytes, label=shown)
+
+
+def spool_for(database_url: str | None = None, spool_dir: str | os.PathLike[str] | None = None) -> Spool:
+    """The spool where rows for this database wait (what an exporter for it would use). Raises StoreError
+    for a URL that does not parse."""
+    url = parse_url(database_url or default_database_url())
+    return _spool(url, display_url(url), spool_dir)
+
+
+@dataclass
+class ExporterStats:
+    """Counts of calls (not spans) since the exporter started."""
+
+    written: int = 0
+    """Committed straight from an export."""
+    spooled: int = 0
+    """Appended to the spool."""
+    replayed: int = 0
+    """Committed from the spool (this process's or a dead one's)."""
+    dropped: int = 0
+    """Lost because the spool was full."""
+    rejected: int = 0
+    """Refused by the database for their values; kept in the spool's `rejected/` directory."""
+
+
+class SqlSpanExporter(SpanExporter):
+    """Writes compactobs' call and iteration spans to the SQL store; every other span is ignored.
+
+    `database_url`: default `COMPACTOBS_DATABASE_URL`, else SQLite in the data directory. An empty SQLite
+    database is brought to the current schema; PostgreSQL must be upgraded with `compactobs db upgrade`
+    (until then rows wait in the spool, and the log says what to run). Construction never raises, so an
+    application with a bad URL keeps running: the problem is logged and rows are spooled.
+
+    `spool_dir`: where spools live (default `<data dir>/spool`; each database gets its own subdirectory).
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+    ) -> None:
+        raw = database_url or default_database_url()
+        self._lock = threading.RLock()
+        self._engine: Engine | None = None
+        self._url: URL | None = None
+        self._config_error: StoreError | None = None
+        try:
+            self._url = parse_url(raw)
+            self._engine = make_engine(
+                self._url,
+                writer=True,
+                busy_timeout_s=busy_timeout_s,
+                connect_timeout_s=EXPORT_CONNECT_TIMEOUT_S,
+            )
+        except StoreError as err:
+            self._config_error = err
+            log.error("compactobs: %s (rows are kept in the spool until this is fixed)", err)
+        self.database_url: str = display_url(self._url or raw)
+        """The URL, password hidden."""
+        # Rows for a URL that does not parse are kept in PostgreSQL's form (an explicit UTC offset).
+        backend = self._url.get_backend_name() if self._url is not None else "postgresql"
+        self._mapper = RowMapper(backend)
+        self._writer = writer_for(backend)
+        self.spool = _spool(self._url, self.database_url, spool_dir, spool_max_bytes)
+        self.stats = ExporterStats()
+        self._schema_ok = False
+        self._replay_pending: bool | None = None  # None: not looked yet (done on the export thread)
+        self._next_scan = 0.0
+        self._retry_at = 0.0
+        self._delay = RETRY_FIRST_S
+        self._outage = False
+        self._closed = False
+
+    # --- SpanExporter -------------------------------------------------------------------------------
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Commit or spool the batch. SUCCESS once the rows are in the database or the spool."""
+        if self._closed:
+            return SpanExportResult.FAILURE
+        try:
+            call_rows, iteration_rows = self._mapper.map(spans)
+        except Exception:
+            log.exception("compactobs: could not read a batch of %d spans", len(spans))
+            return SpanExportResult.FAILURE
+        if not call_rows and not iteration_rows:
+            return SpanExportResult.SUCCESS
+        with self._lock:
+            return self._deliver(call_rows, iteration_rows)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Replay the spool now, whatever the retry pause. True when nothing is left waiting."""
+        with self._lock:
+            if self._closed:
+                return True
+            try:
+                if not self.spool.has_replayable():
+                    self._replay_pending = False
+                    return True
+                return self._replay(time.monotonic() + timeout_millis / 1000)
+            except OSError:
+                log.warning("compactobs: cannot read the spool %s", self.spool.directory, exc_info=True)
+                return False
+
+    def shutdown(self) -> None:
+        """Flush, then release the spool and the connections. Later exports fail."""
+        with self._lock:
+            if self._closed:
+                return
+            self.force_flush()
+            if self._safe_has_replayable():
+                log.warning(
+                    "compactobs: %s is unavailable; rows wait in %s and are written by the next compactobs "
+                    "that reaches it",
+                    self.database_url,
+                    self.spool.directory,
+                )
+            self.spool.close()
+            if self._engine is not None:
+                self._engine.dispose()
+            self._closed = True
+
+    def prepare(self) -> None:
+        """Load the migrations and check (or, for an empty SQLite file, create) the schema ahead of the first
+        export, off the caller's thread: otherwise the first batch waits ~0.3 s for it while spans queue
+        up. Never raises; an unreachable database is logged and retried as at an export."""
+        try:
+            head_revision()
+            with self._lock:
+                if not self._closed and self._config_error is None:
+                    self._ensure_ready()
+        except _Unavailable as err:
+            with self._lock:
+                self._unavailable(err.cause)
+        except Exception:
+            log.warning("compactobs: preparing the SQL store failed", exc_info=True)
+
+    def check(self) -> None:
+        """Connect and bring the schema up (an empty SQLite file) or check it, now: for an application that
+        wants a bad database reported at start-up. Raises StoreError; exports never do."""
+        with self._lock:
+            try:
+                self._ensure_ready()
+            except _Unavailable as err:
+                cause = err.cause
+                if self._url is not None and not isinstance(cause, StoreError):
+                    cause = explain_error(cause, self._url)
+                raise (cause if isinstance(cause, StoreError) else StoreError(str(cause))) from None
+
+    # --- delivery ----------------------------------------------------------------------------------
+
+    def _deliver(self, call_rows: list[Row], iteration_rows: list[Row]) -> SpanExportResult:
+        now = time.monotonic()
+        if self._replay_pending is None or (not self._replay_pending and now >= self._next_scan):
+            self._next_scan = now + RESCAN_S
+            self._replay_pending = self._safe_has_replayable()
+        if now >= self._retry_at:
+            if self._replay_pending:
+                self._replay(now + REPLAY_BUDGET_S)  # earlier rows first
+            if not self._replay_pending and time.monotonic() >= self._retry_at:
+                try:
+                    self._commit(call_rows, iteration_rows)
+                    self.stats.written += len(call_rows)
+                    self._available()
+                    return SpanExportResult.SUCCESS
+                except _Unavailable as err:
+                    self._unavailable(err.cause)
+        # The database is away, or earlier rows are still waiting: queue behind them, on disk.
+        if not self._spool_append(call_rows, iteration_rows):
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def _safe_has_replayable(self) -> bool:
+        try:
+            return self.spool.has_replayable()
+        except OSError:
+            return False
+
+    def _spool_append(self, call_rows: list[Row], iteration_rows: list[Row]) -> bool:
+        try:
+            kept = self.spool.append(call_rows, iteration_rows)
+        except OSError as err:
+            log.error(
+                "compactobs: cannot write the spool %s (%s): %d calls lost",
+                self.spool.directory,
+                err,
+                len(call_rows),
+            )
+            kept = False
+        if kept:
+            self.stats.spooled += len(call_rows)
+            self._replay_pending = True
+        else:
+            self.stats.dropped += len(call_rows)
+        return kept
+
+    def _replay(self, deadline: float) -> bool:
+        """Replay what the spool holds. True when nothing this process can replay is left."""
+        try:
+            result = self.spool.replay(self._commit_replayed, deadline)
+        except _Unavailable as err:
+            self._unavailable(err.cause)
+            return False
+        except OSError:
+            log.warning("compactobs: cannot read the spool %s", self.spool.directory, exc_info=True)
+            return False
+        self._available()
+        if result.calls:
+            log.info("compactobs: wrote %d spooled calls to %s", result.calls, self.database_url)
+        self._replay_pending = result.stopped
+        return not result.stopped
+
+    def _commit_replayed(self, call_rows: list[Row], iteration_rows: list[Row]) -> None:
+        self._commit(call_rows, iteration_rows)
+        self.stats.replayed += len(call_rows)
+
+    def _commit(self, call_rows: list[Row], iteration_rows: list[Row]) -> None:
+        """Commit the rows in one transaction. Raises _Unavailable when the database cannot take them now;
+        rows it refuses for their values are coerced, retried, and set aside if still refused."""
+        self._ensure_ready()
+        try:
+            self._write(call_rows, iteration_rows)
+            return
+        except Exception as err:
+            if self._transient(err):
+                if "no such table" in str(err):  # SQLite's tables dropped under us
+                    self._schema_ok = False
+                raise _Unavailable(err) from err
+            refusal = err
+        # Not the connection: the schema may have been changed under us, else the values are at fault.
+        self._schema_ok = False
+        self._ensure_ready()
+        call_rows, iteration_rows = sanitize(call_rows, calls), sanitize(iteration_rows, iterations)
+        try:
+            self._write(call_rows, iteration_rows)
+        except Exception as err:
+            if self._transient(err):
+                raise _Unavailable(err) from err
+            self._commit_each(call_rows, iteration_rows, refusal)
+
+    def _transient(self, err: BaseException) -> bool:
+        assert self._engine is not None
+        return _transient(err, self._engine.dialect.loaded_dbapi)
+
+    def _write(self, call_rows: list[Row], iteration_rows: list[Row]) -> None:
+        assert self._engine is not None
+        with self._engine.begin() as connection:
+            self._writer.write(connection, call_rows, iteration_rows)
+
+    def _commit_each(self, call_rows: list[Row], iteration_rows: list[Row], refusal: BaseException) -> None:
+        """One transaction per row, so one bad row does not hold back the batch; the refused rows go to the
+        spool's `rejected/` directory, kept for a human, never replayed by themselves."""
+        assert self._engine is not None
+        refused_calls: list[Row] = []
+        refused_iterations: list[Row] = []
+        reason = explain_error(refusal, self._engine.url).message
+        for row in call_rows:
+            try:
+                self._write([row], [])
+            except Exception as err:
+                if self._transient(err):
+                    raise _Unavailable(err) from err
+                refused_calls.append(row)
+        for row in iteration_rows:
+            try:
+                self._write([], [row])
+            except Exception as err:
+                if self._transient(err):
+                    raise _Unavailable(err) from err
+                refused_iterations.append(row)
+        if not refused_calls and not refused_iterations:
+            return
+        self.stats.rejected += len(refused_calls)
+        try:
+            where = str(self.spool.quarantine(refused_calls, refused_iterations, reason))
+        except OSError:
+            where = "nowhere (the spool is not writable)"
+        log.error(
+            "compactobs: %s refused %d calls and %d iterations (%s); they are kept in %s",
+            self.database_url,
+            len(refused_calls),
+            len(refused_iterations),
+            reason,
+            where,
+        )
+
+    def _ensure_ready(self) -> None:
+        if self._config_error is not None:
+            raise _Unavailable(self._config_error)
+        if self._schema_ok:
+            return
+        assert self._engine is not None
+        try:
+            ensure_schema(self._engine)
+        except StoreError as err:
+            raise _Unavailable(err) from err
+        except SQLAlchemyError as err:
+            raise _Unavailable(explain_error(err, self._engine.url)) from err
+        self._schema_ok = True
+
+    def _unavailable(self, cause: BaseException) -> None:
+        if self._url is not None and not isinstance(cause, StoreError):
+            cause = explain_error(cause, self._url)
+        if not self._outage:
+            self._outage = True
+            self._delay = RETRY_FIRST_S
+            log.warning(
+                "compactobs: %s; keeping rows in the spool %s and retrying", cause, self.spool.directory
+            )
+        else:
+            self._delay = min(self._delay * 2, RETRY_MAX_S)
+        self._retry_at = time.monotonic() + self._delay
+
+    def _available(self) -> None:
+        if self._outage:
+            self._outage = False
+            log.warning("compactobs: %s is reachable again", self.database_url)
+        self._delay = RETRY_FIRST_S
+        self._retry_at = 0.0
+
+
+class StoreSpanProcessor(BatchSpanProcessor):
+    """BatchSpanProcessor for SqlSpanExporter: queues only compactobs' spans (others never take queue
+    room), and its flush also empties the exporter's spool."""
+
+    def __init__(
+        self,
+        exporter: SqlSpanExporter,
+        *,
+        schedule_delay_millis: float | None = None,
+        max_queue_size: int | None = None,
+        max_export_batch_size: int | None = None,
+    ) -> None:
+        # The OTEL_BSP_* variables still win over compactobs' defaults, as they do for any processor.
+        if schedule_delay_millis is None and "OTEL_BSP_SCHEDULE_DELAY" not in os.environ:
+            schedule_delay_millis = DEFAULT_SCHEDULE_DELAY_MS
+        if max_queue_size is None and "OTEL_BSP_MAX_QUEUE_SIZE" not in os.environ:
+            max_queue_size = DEFAULT_MAX_QUEUE_SIZE
+        # Only beside a queue size we know: the batch may not exceed the queue.
+        if (
+            max_export_batch_size is None
+            and "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" not in os.environ
+            and max_queue_size is not None
+        ):
+            max_export_batch_size = min(DEFAULT_MAX_EXPORT_BATCH_SIZE, max_queue_size)
+        super().__init__(
+            exporter,
+            max_queue_size=max_queue_size,
+            schedule_delay_millis=schedule_delay_millis,
+            max_export_batch_size=max_export_batch_size,
+        )
+        self.exporter = exporter
+
+    def on_end(self, span: ReadableSpan) -> None:
+        scope = span.instrumentation_scope
+        if scope is None or scope.name != t.INSTRUMENTATION_SCOPE:
+            return
+        super().on_end(span)
+
+    def force_flush(self, timeout_millis: int | None = 30_000) -> bool:
+        timeout = 30_000 if timeout_millis is None else timeout_millis
+        exported = super().force_flush(timeout)
+        return self.exporter.force_flush(timeout) and exported
+
+
+_installed: weakref.WeakSet[StoreSpanProcessor] = weakref.WeakSet()
+
+
+def install(
+    tracer_provider: TracerProvider,
+    database_url: str | None = None,
+    *,
+    spool_dir: str | os.PathLike[str] | None = None,
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+) -> StoreSpanProcessor:
+    """Add the SQL store to a TracerProvider: `StoreSpanProcessor(SqlSpanExporter(...))`. Never raises for
+    a bad URL or an unreachable database (see SqlSpanExporter); returns the processor, whose `force_flush`
+    and `shutdown` drain the spool. Register `shutdown_all` for interpreter exit and SIGTERM."""
+    exporter = SqlSpanExporter(database_url, spool_dir=spool_dir, spool_max_bytes=spool_max_bytes)
+    processor = StoreSpanProcessor(exporter)
+    tracer_provider.add_span_processor(processor)
+    _installed.add(processor)
+    threading.Thread(target=exporter.prepare, name="compactobs-store-prepare", daemon=True).start()
+    return processor
+
+
+def shutdown_all() -> None:
+    """Flush and close every store `install` added: the hook for atexit and SIGTERM. Never raises."""
+    for processor in list(_installed):
+        try:
+            processor.shutdown()  # type: ignore[no-untyped-call]
+        except Exception:
+            log.warning("compactobs: closing the SQL store failed", exc_info=True)

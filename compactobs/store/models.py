@@ -1,0 +1,158 @@
+"""The SQL schema: `calls` (one row per API call) and `iterations` (one row per billed usage entry).
+
+These models are the target of the Alembic revisions in `compactobs/_migrations/`; a test runs
+autogenerate against them, so a column added here without a revision fails the suite.
+
+Conventions the reports rely on:
+- times are stored twice: `start_time` (a UTC timestamp) for humans and SQL date functions, and
+  `start_ms` (integer epoch milliseconds), which Grafana's SQLite plugin can bucket and which the indexes
+  use: filter on `start_ms` (calls: alone, with `conversation_id`, with `request_model`);
+- token columns are NULL when the span did not carry them (a failed call), 0 when it said 0;
+- money is NUMERIC(20, 10): exact on PostgreSQL, summed in SQL by the reports;
+- `cost_usd` is NULL and `priced` false for a call whose model has no price (never $0).
+
+No foreign key from `iterations` to `calls`: iteration spans end before their call span and may reach
+the store in an earlier batch (or a replayed spool segment), so a constraint would reject them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, MetaData, Numeric, String, Table
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Base", "Call", "Iteration", "calls", "iterations", "metadata"]
+
+# Stable constraint names, so migrations and autogenerate agree on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Usd = Numeric(20, 10)
+"""USD amounts: 10 decimal places keep per-token prices (e.g. $0.0000003) exact."""
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Call(Base):
+    """One API call: the `chat {model}` span compactobs emits, keyed by its span id."""
+
+    __tablename__ = "calls"
+
+    call_id: Mapped[str] = mapped_column(String(16), primary_key=True, comment="span id, 16 hex digits")
+    trace_id: Mapped[str] = mapped_column(String(32))
+    service_name: Mapped[str | None] = mapped_column(String)
+    conversation_id: Mapped[str | None] = mapped_column(String)
+
+    start_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), comment="UTC")
+    start_ms: Mapped[int] = mapped_column(BigInteger, comment="epoch milliseconds, for Grafana")
+    end_ms: Mapped[int] = mapped_column(BigInteger)
+    duration_ms: Mapped[float] = mapped_column(Float)
+
+    provider: Mapped[str | None] = mapped_column(String)
+    operation: Mapped[str | None] = mapped_column(String)
+    request_model: Mapped[str | None] = mapped_column(String)
+    response_model: Mapped[str | None] = mapped_column(String)
+    response_id: Mapped[str | None] = mapped_column(String)
+    request_id: Mapped[str | None] = mapped_column(String)
+    stop_reason: Mapped[str | None] = mapped_column(String)
+
+    status: Mapped[str] = mapped_column(String(5), comment="OK, ERROR or UNSET (the span status)")
+    error_type: Mapped[str | None] = mapped_column(String)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer, comment="HTTP attempts: retries + 1")
+
+    stream: Mapped[bool | None] = mapped_column(Boolean)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    stream_end: Mapped[str | None] = mapped_column(String)
+
+    compaction_trigger: Mapped[int | None] = mapped_column(BigInteger)
+    compaction_pause_after: Mapped[bool | None] = mapped_column(Boolean)
+    compaction_on_demand: Mapped[bool | None] = mapped_column(Boolean)
+    service_tier: Mapped[str | None] = mapped_column(String)
+    speed: Mapped[str | None] = mapped_column(String)
+    inference_geo: Mapped[str | None] = mapped_column(String)
+
+    # Billed totals over every iteration.
+    input_tokens: Mapped[int | None] = mapped_column(BigInteger, comment="uncached input")
+    output_tokens: Mapped[int | None] = mapped_column(BigInteger, comment="thinking included")
+    cache_read_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cache_write_5m_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cache_write_1h_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    web_search_requests: Mapped[int | None] = mapped_column(BigInteger)
+    web_fetch_requests: Mapped[int | None] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int | None] = mapped_column(BigInteger, comment="inside output_tokens")
+    top_level_input_tokens: Mapped[int | None] = mapped_column(
+        BigInteger, comment="what the top-level usage said (compaction left out)"
+    )
+    top_level_output_tokens: Mapped[int | None] = mapped_column(BigInteger)
+
+    cost_usd: Mapped[Decimal | None] = mapped_column(Usd, comment="NULL when unpriced")
+    priced: Mapped[bool | None] = mapped_column(Boolean, comment="NULL when the call carried no usage")
+    pricing_version: Mapped[str | None] = mapped_column(String)
+    cost_input_usd: Mapped[Decimal | None] = mapped_column(Usd)
+    cost_output_usd: Mapped[Decimal | None] = mapped_column(Usd)
+    cost_cache_read_usd: Mapped[Decimal | None] = mapped_column(Usd)
+    cost_cache_write_5m_usd: Mapped[Decimal | None] = mapped_column(Usd)
+    cost_cache_write_1h_usd: Mapped[Decimal | None] = mapped_column(Usd)
+    cost_server_tools_usd: Mapped[Decimal | None] = mapped_column(Usd)
+
+    iterations_count: Mapped[int | None] = mapped_column(Integer)
+    compactions_count: Mapped[int | None] = mapped_column(Integer)
+    compactions_failed: Mapped[int | None] = mapped_column(Integer)
+    context_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    budget_usd: Mapped[Decimal | None] = mapped_column(Usd)
+    budget_tokens: Mapped[int | None] = mapped_column(BigInteger)
+
+    # Time filters use start_ms: an 8-byte integer makes smaller, cheaper indexes than a timestamp (and is
+    # what Grafana's SQLite plugin buckets). start_time is for display and date functions.
+    __table_args__ = (
+        Index(None, "start_ms"),
+        Index(None, "conversation_id", "start_ms"),
+        Index(None, "request_model", "start_ms"),
+    )
+
+
+class Iteration(Base):
+    """One billed sampling step of a call (a `usage.iterations` entry), from an iteration span."""
+
+    __tablename__ = "iterations"
+
+    call_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    start_ms: Mapped[int] = mapped_column(
+        BigInteger, comment="epoch ms of the iteration span: the call's end (iterations have no timing)"
+    )
+    type: Mapped[str | None] = mapped_column(String)
+    model: Mapped[str | None] = mapped_column(String)
+    known_type: Mapped[bool | None] = mapped_column(Boolean)
+    declined: Mapped[bool | None] = mapped_column(Boolean)
+
+    input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    output_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cache_read_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cache_write_5m_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cache_write_1h_tokens: Mapped[int | None] = mapped_column(BigInteger)
+
+    cost_usd: Mapped[Decimal | None] = mapped_column(Usd)
+    priced: Mapped[bool | None] = mapped_column(Boolean)
+    cost_input_usd: Mapped[Decimal | None] = mapped_column(Usd)
+    cost_output_usd: Mapped[Decimal | None] = mapped_column(Usd)
+    cost_cache_read_usd: Mapped[Decimal | None] = mapped_column(Usd)
+    cost_cache_write_5m_usd: Mapped[Decimal | None] = mapped_column(Usd)
+    cost_cache_write_1h_usd: Mapped[Decimal | None] = mapped_column(Usd)
+
+    # By call: the primary key. By time (reports by iteration model or type): start_ms.
+    __table_args__ = (Index(None, "start_ms"),)
+
+
+metadata: MetaData = Base.metadata
+calls: Table = Call.__table__  # type: ignore[assignment]
+iterations: Table = Iteration.__table__  # type: ignore[assignment]

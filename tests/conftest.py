@@ -1,0 +1,65 @@
+"""Database fixtures: an SQLite file per test, and a fresh PostgreSQL schema per test on the real server.
+
+PostgreSQL is `COMPACTOBS_TEST_POSTGRES_URL` (default postgresql+psycopg://postgres@127.0.0.1:5432/test).
+When it cannot be reached the PostgreSQL tests are skipped, except in CI (`CI=true`), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.exc import SQLAlchemyError
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def data_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """compactobs' data directory (default SQLite file, spools) moved under tmp_path; no database URL set."""
+    home = tmp_path / "xdg-data"
+    monkeypatch.setenv("XDG_DATA_HOME", str(home))
+    monkeypatch.delenv("COMPACTOBS_DATABASE_URL", raising=False)
+    return home / "compactobs"
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A URL to an SQLite file that does not exist yet."""
+    return f"sqlite:///{tmp_path / 'db' / 'compactobs.db'}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A URL to an empty schema of its own on the real PostgreSQL server (dropped afterwards)."""
+    base = make_url(os.environ.get("COMPACTOBS_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL))
+    admin = create_engine(base)
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f"CREATE SCHEMA {schema}"))
+    except SQLAlchemyError as err:
+        admin.dispose()
+        reason = f"PostgreSQL at {base.render_as_string(hide_password=True)} is unavailable: {err.args[0]}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI must run the PostgreSQL tests)")
+        pytest.skip(reason)
+    # Every connection made with this URL works in the new schema (tables, and alembic_version).
+    url = base.update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each test using it runs once on SQLite and once on PostgreSQL."""
+    fixture = {"sqlite": "sqlite_url", "postgresql": "postgres_url"}[request.param]
+    return str(request.getfixturevalue(fixture))

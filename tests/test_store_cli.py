@@ -1,0 +1,104 @@
+"""`compactobs db upgrade | db status`, as a user types them: right answers, and one-line errors (exit 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from compactobs import store
+from compactobs.cli import main
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def one_line_error(code: int, stderr: str) -> str:
+    assert code == 2, stderr
+    assert stderr.startswith("Error: ") and stderr.count("\n") == 1, stderr
+    assert "Traceback" not in stderr
+    return stderr
+
+
+def test_upgrade_then_status(database_url: str) -> None:
+    head = store.head_revision()
+    code, out, _ = run("--db", database_url, "db", "upgrade")
+    assert code == 0 and f"to revision {head}" in out
+    code, out, _ = run("--db", database_url, "db", "upgrade")
+    assert code == 0 and f"already at revision {head}" in out
+    code, out, _ = run("--db", database_url, "db", "status")
+    assert code == 0
+    assert f"schema:   {head} (this compactobs: {head}) - current" in out
+    assert "spool:    empty" in out
+
+
+def test_default_database_is_the_embedded_sqlite_file(data_home: Path) -> None:
+    code, out, err = run("db", "status")
+    assert "no database file yet" in out
+    assert "created on first use, or run `compactobs db upgrade`" in one_line_error(code, err)
+    assert not data_home.exists()  # status created nothing
+    code, out, _ = run("db", "upgrade")
+    assert code == 0 and str(data_home / "compactobs.db") in out
+
+
+def test_empty_postgres_says_exactly_what_to_run(postgres_url: str) -> None:
+    code, out, err = run("--db", postgres_url, "db", "status")
+    assert "- empty" in out
+    assert "compactobs --db 'postgresql+psycopg://postgres@" in one_line_error(code, err)
+    assert "db upgrade`" in err
+
+
+def test_schema_newer_than_the_code(sqlite_url: str) -> None:
+    store.upgrade_database(sqlite_url)
+    engine = store.make_engine(sqlite_url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'ffff'"))
+    engine.dispose()
+    for command in ("status", "upgrade"):
+        code, _, err = run("--db", sqlite_url, "db", command)
+        assert "upgrade compactobs" in one_line_error(code, err)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("not a url", "malformed database URL 'not a url': use e.g. sqlite:////"),
+        ("postgresql://u:secret@h:port/db", "malformed database URL 'postgresql://u:***@h:port/db'"),
+        ("mysql://u@h/db", "unsupported database 'mysql'"),
+        ("postgresql+psycopg2://u@h/db", "driver for 'postgresql+psycopg2' is not installed"),
+        ("postgresql+nope://u@h/db", "unknown database driver 'postgresql+nope'"),
+        ("postgresql+psycopg://postgres@127.0.0.1:1/test", "cannot connect to PostgreSQL at 127.0.0.1:1"),
+        ("postgresql+psycopg://no_such_role@127.0.0.1:5432/test", "refused the credentials of no_such_role"),
+        ("postgresql+psycopg://postgres@127.0.0.1:5432/no_such_db", "createdb no_such_db"),
+        ("sqlite:////proc/compactobs/x.db", "cannot create the SQLite file /proc/compactobs/x.db"),
+    ],
+)
+def test_bad_input_is_one_line_with_the_fix(url: str, expected: str) -> None:
+    code, _, err = run("--db", url, "db", "upgrade")
+    assert expected in one_line_error(code, err)
+    assert "secret" not in err
+
+
+def test_wrong_flag_is_a_usage_error() -> None:
+    code, _, err = run("db", "upgrade", "--revison", "head")
+    assert code == 2 and "No such option" in err and "Traceback" not in err
+
+
+def test_python_dash_m_is_the_same_cli(sqlite_url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "compactobs", "--db", sqlite_url, "db", "upgrade"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "to revision" in result.stdout
