@@ -7,18 +7,26 @@ A problem the user can fix is a `StoreError`: it is printed as one line, `Error:
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import click
+from sqlalchemy import Engine
 
 from compactobs._version import __version__
+from compactobs.reports._common import FORMATS, Filters, Report, ReportInputError, build_filters, render
 from compactobs.store import (
     ENV_DATABASE_URL,
     StoreError,
     database_status,
     default_database_url,
     display_url,
+    open_database,
     spool_status,
     upgrade_database,
 )
@@ -46,7 +54,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except StoreError as err:
+        except (StoreError, ReportInputError) as err:
             click.echo(f"Error: {err}", err=True)
             ctx.exit(EXIT_USER_ERROR)
 
@@ -112,3 +120,99 @@ def db_status(state: CliState) -> None:
         )
     if not status.ok:
         raise StoreError(status.fix or status.state)
+
+
+# -- reports ---------------------------------------------------------------------------------------------
+# Every `report` command takes the same options (`report_options`), builds `Filters` with `filters_from`,
+# calls a pure report function over `open_database(...)` (`report_engine`), and prints with `emit_report`.
+
+
+class _ReportGroup(_Group):
+    """Under `report`, click's own usage errors (a bad --format or --by value, an option missing its value)
+    are one line too: `Error: ...`, exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as err:
+            click.echo(f"Error: {err.format_message()}", err=True)
+            ctx.exit(EXIT_USER_ERROR)
+
+
+@main.group("report", cls=_ReportGroup)
+def report() -> None:
+    """Reports over the store: cost, cache, anomalies, ops, conversation.
+
+    Every report takes --since/--until (YYYY-MM-DD, ISO date-time, 7d, 24h, 30m, today, yesterday; an
+    --until date is inclusive), --tz (IANA zone, default local), --model/--conversation/--service filters
+    (repeatable, * globs) and --format table|json|csv|md.
+    """
+
+
+def report_options(func: Any) -> Any:
+    """The options every report command shares; the command receives `since`, `until`, `tz`, `models`,
+    `conversations`, `services` and `fmt` (build Filters with `filters_from`)."""
+    options = [
+        click.option(
+            "--since",
+            metavar="WHEN",
+            help="Calls started at or after: YYYY-MM-DD, ISO date-time, 7d, 24h, 30m, today, yesterday.",
+        ),
+        click.option("--until", metavar="WHEN", help="Calls started before (a date is inclusive)."),
+        click.option("--tz", metavar="ZONE", help="IANA time zone for dates and buckets (default: local)."),
+        click.option(
+            "--model", "models", multiple=True, metavar="MODEL", help="Only these models (repeatable, globs)."
+        ),
+        click.option(
+            "--conversation", "conversations", multiple=True, metavar="ID", help="Only these conversations."
+        ),
+        click.option("--service", "services", multiple=True, metavar="NAME", help="Only these services."),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(FORMATS),
+            default="table",
+            show_default=True,
+            help="Output format.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def filters_from(
+    since: str | None,
+    until: str | None,
+    tz: str | None,
+    models: tuple[str, ...] = (),
+    conversations: tuple[str, ...] = (),
+    services: tuple[str, ...] = (),
+) -> Filters:
+    """Filters from `report_options`' values; a bad value raises ReportInputError (exit 2)."""
+    return build_filters(since, until, tz, models, conversations, services)
+
+
+@contextmanager
+def report_engine(state: CliState) -> Iterator[Engine]:
+    """The store opened for reading (checked against the schema; StoreError otherwise), disposed after."""
+    engine = open_database(state.database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def use_color() -> bool:
+    """Colours only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    return not os.environ.get("NO_COLOR") and sys.stdout.isatty()
+
+
+def emit_report(report: Report, fmt: str) -> None:
+    """Print a report in `fmt`. CSV carries no warnings, so they go to stderr."""
+    color = fmt == "table" and use_color()
+    width = shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 100
+    click.echo(render(report, fmt, console_width=width, color=color), nl=False, color=color)
+    if fmt == "csv":
+        for warning in report.warnings:
+            click.echo(f"Warning: {warning}", err=True)

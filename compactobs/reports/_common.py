@@ -1,0 +1,687 @@
+"""What every report shares: input parsing (times, zones, filters), local-time buckets in SQL, the Report
+record, and its renderers (rich table, JSON, CSV, Markdown).
+
+```python
+filters = build_filters("7d", None, "Europe/Paris", models=("claude-sonnet-*",))
+report = cost.cost_report(engine, filters, by=("day",))      # any report: a pure function over the store
+print(render(report, "json"))
+```
+
+Input a user can get wrong raises `ReportInputError`, whose message is one line; the CLI prints it as
+`Error: ...` and exits 2, like a StoreError.
+
+Times: the store keeps UTC epoch milliseconds (`calls.start_ms`, indexed). A window is `since <= start <
+until` in UTC. Local buckets (hour, day, week, month in the report's zone) are computed in SQL as
+`(start_ms + offset) / unit`, where the offset is a CASE over the zone's UTC-offset changes (DST) inside
+the data's range, found here in Python: exact across DST changes, the same SQL on SQLite and PostgreSQL,
+and totals are conserved whatever the zone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any, Final, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import BigInteger, ColumnElement, case, literal_column, or_
+
+from compactobs.store.models import calls
+
+__all__ = [
+    "FORMATS",
+    "TIME_UNITS",
+    "ColumnKind",
+    "Filters",
+    "Format",
+    "Report",
+    "ReportInputError",
+    "bucket_label",
+    "build_filters",
+    "epoch_ms",
+    "format_cell",
+    "from_epoch_ms",
+    "local_bucket",
+    "local_zone",
+    "parse_tz",
+    "parse_when",
+    "render",
+    "to_json_number",
+    "to_json_value",
+    "utc_offsets",
+    "zone_name",
+]
+
+Format = Literal["table", "json", "csv", "md"]
+FORMATS: Final[tuple[str, ...]] = ("table", "json", "csv", "md")
+ColumnKind = Literal["key", "int", "usd", "ratio", "text"]
+TIME_UNITS: Final[tuple[str, ...]] = ("hour", "day", "week", "month")
+
+MS_PER_HOUR: Final = 3_600_000
+MS_PER_DAY: Final = 86_400_000
+_EPOCH_DATE: Final = date(1970, 1, 1)
+_SIX_DP: Final = Decimal("0.000001")
+
+
+class ReportInputError(ValueError):
+    """A report input the user can fix (a date, a zone, a grouping...): the message is one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+# -- zones and times ---------------------------------------------------------------------------------------
+
+
+def local_zone() -> tzinfo:
+    """The machine's zone, as an IANA zone when it can be named (`TZ`, /etc/localtime, /etc/timezone),
+    else the current fixed UTC offset."""
+    candidates: list[str] = []
+    env = os.environ.get("TZ", "").lstrip(":")
+    if env:
+        candidates.append(env.split("zoneinfo/", 1)[-1])
+    try:
+        link = os.readlink("/etc/localtime")
+    except OSError:
+        pass
+    else:
+        if "zoneinfo/" in link:
+            candidates.append(link.split("zoneinfo/", 1)[1])
+    try:
+        with open("/etc/timezone", encoding="utf-8") as handle:
+            candidates.append(handle.read().strip())
+    except OSError:
+        pass
+    for name in candidates:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            continue
+    fixed = datetime.now().astimezone().tzinfo
+    return fixed if fixed is not None else timezone.utc
+
+
+def parse_tz(name: str | None) -> tzinfo:
+    """An IANA zone (`Europe/Paris`, `UTC`); None, "" or "local" mean the machine's zone.
+
+    Raises ReportInputError for a name the zone database does not know.
+    """
+    if name is None or not name.strip() or name.strip().lower() == "local":
+        return local_zone()
+    text = name.strip()
+    if text.upper() in ("UTC", "Z", "GMT"):
+        return ZoneInfo("UTC")
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ReportInputError(
+            f"unknown time zone {name!r}: use an IANA name such as Europe/Paris or America/New_York, or UTC"
+        ) from None
+
+
+def zone_name(tz: tzinfo) -> str:
+    """The zone's IANA name when it has one, else its abbreviation or offset."""
+    key = getattr(tz, "key", None)
+    if isinstance(key, str):
+        return key
+    return tz.tzname(None) or str(tz)
+
+
+_RELATIVE = re.compile(r"^(\d+)\s*(m|min|mins|h|hr|hrs|d|day|days|w|wk|weeks?)$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_UNIT_DELTA: Final = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}
+
+
+def _local_midnight(day: date, tz: tzinfo) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=tz).astimezone(timezone.utc)
+
+
+def parse_when(text: str, tz: tzinfo, now: datetime, *, end: bool = False) -> datetime:
+    """A moment, as an aware UTC datetime, from what a user types after --since or --until.
+
+    - `YYYY-MM-DD`: local midnight in `tz` (with `end=True`: the next day's, so an --until date is
+      inclusive);
+    - an ISO datetime (`2025-05-01T13:00`, `2025-05-01 13:00:00+02:00`, `...Z`): naive means in `tz`;
+    - `30m`, `24h`, `7d`, `2w`: that long before `now`;
+    - `today`, `yesterday` (local midnight; `end=True`: the end of that day), `now`.
+
+    Raises ReportInputError for anything else.
+    """
+    raw = text.strip()
+    lowered = raw.lower()
+    local_today = now.astimezone(tz).date()
+    if lowered in ("today", "yesterday"):
+        day = local_today - timedelta(days=1 if lowered == "yesterday" else 0)
+        return _local_midnight(day + timedelta(days=1) if end else day, tz)
+    if lowered == "now":
+        return now.astimezone(timezone.utc)
+    match = _RELATIVE.match(lowered)
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        delta = timedelta(weeks=amount) if unit.startswith("w") else amount * _UNIT_DELTA[unit[0]]
+        try:
+            return (now - delta).astimezone(timezone.utc)
+        except OverflowError:
+            raise ReportInputError(f"{text!r} reaches too far back") from None
+    if _DATE.match(raw):
+        try:
+            day = date.fromisoformat(raw)
+        except ValueError:
+            raise ReportInputError(f"invalid date {text!r}: no such day") from None
+        return _local_midnight(day + timedelta(days=1) if end else day, tz)
+    iso = raw[:-1] + "+00:00" if raw.endswith(("Z", "z")) else raw
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        raise ReportInputError(
+            f"invalid date or time {text!r}: use YYYY-MM-DD, an ISO date-time (2025-05-01T13:00), "
+            "a duration back from now (30m, 24h, 7d, 2w), today or yesterday"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=tz)
+    return moment.astimezone(timezone.utc)
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Epoch milliseconds of an aware datetime."""
+    return int((moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1))
+
+
+def from_epoch_ms(ms: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=ms)
+
+
+# -- filters -----------------------------------------------------------------------------------------------
+
+
+def _glob_condition(columns: Sequence[ColumnElement[Any]], patterns: Sequence[str]) -> ColumnElement[bool]:
+    """Equality (index-friendly) for plain values, LIKE for `*`/`?` globs, OR-ed over columns and values."""
+    plain = [p for p in patterns if not any(ch in p for ch in "*?[")]
+    globs = [p for p in patterns if p not in plain]
+    conditions: list[ColumnElement[bool]] = []
+    for column in columns:
+        if plain:
+            conditions.append(column.in_(plain))
+        for pattern in globs:
+            escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            conditions.append(column.like(escaped.replace("*", "%").replace("?", "_"), escape="\\"))
+    return or_(*conditions)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a report looks at: the calls that started in `[since, until)` (UTC; None = unbounded), of the
+    given models, conversations and services (empty = all), with local times in `tz`."""
+
+    since: datetime | None
+    until: datetime | None
+    tz: tzinfo
+    models: tuple[str, ...] = ()
+    conversations: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
+
+    @property
+    def since_ms(self) -> int | None:
+        return None if self.since is None else epoch_ms(self.since)
+
+    @property
+    def until_ms(self) -> int | None:
+        return None if self.until is None else epoch_ms(self.until)
+
+    @property
+    def zone(self) -> str:
+        return zone_name(self.tz)
+
+    def call_conditions(self) -> list[ColumnElement[bool]]:
+        """Conditions on `store.calls`: the start_ms window (indexed), then model (request or response
+        model; `*` and `?` globs allowed), conversation and service."""
+        conditions: list[ColumnElement[bool]] = []
+        if self.since_ms is not None:
+            conditions.append(calls.c.start_ms >= self.since_ms)
+        if self.until_ms is not None:
+            conditions.append(calls.c.start_ms < self.until_ms)
+        if self.models:
+            conditions.append(_glob_condition([calls.c.request_model, calls.c.response_model], self.models))
+        if self.conversations:
+            conditions.append(_glob_condition([calls.c.conversation_id], self.conversations))
+        if self.services:
+            conditions.append(_glob_condition([calls.c.service_name], self.services))
+        return conditions
+
+    def with_window(self, since: datetime | None, until: datetime | None) -> Filters:
+        """The same filters over another window (e.g. the previous period for --compare prev)."""
+        return Filters(since, until, self.tz, self.models, self.conversations, self.services)
+
+    def describe(self) -> str:
+        """The window in the report's zone, for a header line."""
+
+        def show(moment: datetime) -> str:
+            local = moment.astimezone(self.tz)
+            return f"{local:%Y-%m-%d}" if local.time() == time(0) else f"{local:%Y-%m-%d %H:%M}"
+
+        if self.since is None and self.until is None:
+            window = "all time"
+        elif self.until is None:
+            assert self.since is not None
+            window = f"since {show(self.since)}"
+        elif self.since is None:
+            window = f"before {show(self.until)}"
+        else:
+            window = f"{show(self.since)} to {show(self.until)} (exclusive)"
+        parts = [window, f"tz {self.zone}"]
+        for label, values in (("model", self.models), ("conversation", self.conversations)):
+            if values:
+                parts.append(f"{label} {', '.join(values)}")
+        if self.services:
+            parts.append(f"service {', '.join(self.services)}")
+        return " · ".join(parts)
+
+
+def build_filters(
+    since: str | None,
+    until: str | None,
+    tz: str | None,
+    models: Iterable[str] = (),
+    conversations: Iterable[str] = (),
+    services: Iterable[str] = (),
+    now: datetime | None = None,
+) -> Filters:
+    """Filters from the CLI's strings. Raises ReportInputError (bad date or zone, an empty window)."""
+    zone = parse_tz(tz)
+    current = now if now is not None else datetime.now(timezone.utc)
+    if current.tzinfo is None:
+        current = current.replace(tzinfo=timezone.utc)
+    start = parse_when(since, zone, current) if since else None
+    stop = parse_when(until, zone, current, end=True) if until else None
+    if start is not None and stop is not None and start >= stop:
+        raise ReportInputError(f"--since {since!r} is not before --until {until!r}: the window is empty")
+
+    def clean(values: Iterable[str], what: str) -> tuple[str, ...]:
+        out = tuple(v.strip() for v in values)
+        if any(not v for v in out):
+            raise ReportInputError(f"empty {what} filter")
+        return out
+
+    return Filters(
+        start,
+        stop,
+        zone,
+        clean(models, "--model"),
+        clean(conversations, "--conversation"),
+        clean(services, "--service"),
+    )
+
+
+# -- local time buckets in SQL ------------------------------------------------------------------------------
+
+
+def utc_offsets(tz: tzinfo, lo_ms: int, hi_ms: int) -> list[tuple[int, int]]:
+    """The zone's UTC offsets over `[lo_ms, hi_ms]`: `[(from_ms, offset_ms), ...]`, the first from lo_ms.
+
+    Found by probing every 24 hours and bisecting each change to the millisecond (zones never change
+    offset twice within a day).
+    """
+
+    def offset(ms: int) -> int:
+        moment = from_epoch_ms(ms).astimezone(tz)
+        delta = moment.utcoffset() or timedelta(0)
+        return int(delta // timedelta(milliseconds=1))
+
+    result = [(lo_ms, offset(lo_ms))]
+    if hi_ms <= lo_ms or getattr(tz, "key", "UTC") in ("UTC", "Etc/UTC") or isinstance(tz, timezone):
+        return result
+    step = MS_PER_DAY
+    probe, current = lo_ms, result[0][1]
+    while probe < hi_ms:
+        nxt = min(probe + step, hi_ms)
+        value = offset(nxt)
+        if value != current:
+            low, high = probe, nxt  # offset(low) == current, offset(high) != current
+            while high - low > 1:
+                mid = (low + high) // 2
+                if offset(mid) == current:
+                    low = mid
+                else:
+                    high = mid
+            result.append((high, offset(high)))
+            current = result[-1][1]
+        probe = nxt
+    return result
+
+
+def local_bucket(
+    column: ColumnElement[int], unit: Literal["hour", "day", "week"], tz: tzinfo, lo_ms: int, hi_ms: int
+) -> ColumnElement[int]:
+    """SQL for the local bucket number of an epoch-ms column: hours or days since 1970-01-01 local time,
+    or weeks (Monday-based) numbered so that `bucket_label` can name them. Correct across DST changes
+    between lo_ms and hi_ms (the data's range); the same SQL on SQLite and PostgreSQL (integer division).
+    """
+    offsets = utc_offsets(tz, lo_ms, hi_ms)
+    offset: ColumnElement[Any]
+    if len(offsets) == 1:
+        offset = literal_column(str(offsets[0][1]), BigInteger)
+    else:
+        whens = [
+            (column < literal_column(str(start), BigInteger), literal_column(str(previous), BigInteger))
+            for (start, _), (_, previous) in zip(offsets[1:], offsets[:-1], strict=True)
+        ]
+        offset = case(*whens, else_=literal_column(str(offsets[-1][1]), BigInteger))
+    local_ms = column + offset
+    if unit == "hour":
+        return local_ms // literal_column(str(MS_PER_HOUR), BigInteger)
+    day = local_ms // literal_column(str(MS_PER_DAY), BigInteger)
+    if unit == "day":
+        return day
+    # Day 0 (1970-01-01) is a Thursday: (day + 3) // 7 counts Mondays, week w starts on day 7w - 3.
+    return (day + literal_column("3", BigInteger)) // literal_column("7", BigInteger)
+
+
+def bucket_label(unit: str, number: int) -> str:
+    """The label of a local bucket number from `local_bucket` (for `month`: a day number, rolled up):
+    hour `2025-05-01 13:00`, day `2025-05-01`, week `2025-04-28` (its Monday), month `2025-05`."""
+    if unit == "hour":
+        moment = datetime(1970, 1, 1) + timedelta(hours=number)
+        return f"{moment:%Y-%m-%d %H:00}"
+    if unit == "week":
+        return (_EPOCH_DATE + timedelta(days=7 * number - 3)).isoformat()
+    day = _EPOCH_DATE + timedelta(days=number)
+    if unit == "month":
+        return f"{day:%Y-%m}"
+    return day.isoformat()
+
+
+# -- the report record and its renderers -----------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """What every report returns. The renderers are generic: they read `columns`, `kinds` and `labels`.
+
+    - `rows`/`totals`: plain values (int, Decimal for money, float/Decimal for ratios, str, None);
+    - `header`: lines shown above a table (the window, the zone, the grouping, definitions);
+    - `warnings`: shown after a table, in JSON's `warnings`, on stderr for CSV (by the CLI);
+    - `extra`: more top-level JSON keys (e.g. `by`), placed after `report`;
+    - `table_columns`: the columns a table or Markdown shows (default: all); JSON and CSV carry all;
+    - `sections`: more tables shown below the main one (table and Markdown only);
+    - `empty_message`: shown instead of a table when there are no rows.
+    """
+
+    name: str
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    totals: dict[str, Any] | None = None
+    header: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    kinds: dict[str, ColumnKind] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    table_columns: list[str] | None = None
+    sections: list[Report] = field(default_factory=list)
+    title: str | None = None
+    empty_message: str = "No calls recorded in this window."
+    notes: list[str] = field(default_factory=list)
+
+    def kind(self, column: str) -> ColumnKind:
+        if column in self.kinds:
+            return self.kinds[column]
+        for row in self.rows:
+            value = row.get(column)
+            if value is None:
+                continue
+            if isinstance(value, (bool, str)):
+                return "text"
+            if isinstance(value, int):
+                return "int"
+            if isinstance(value, Decimal):
+                return "usd"
+            return "ratio"
+        return "text"
+
+    def label(self, column: str) -> str:
+        return self.labels.get(column, column)
+
+    def shown_columns(self) -> list[str]:
+        return list(self.table_columns) if self.table_columns is not None else list(self.columns)
+
+
+def to_json_number(value: Decimal | int | float | None) -> int | float | None:
+    """A number for JSON: ints as they are; money and ratios rounded half-even to 6 decimal places
+    (never -0.0); None stays None."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    exact = value if isinstance(value, Decimal) else Decimal(repr(value))
+    if not exact.is_finite():
+        return None
+    rounded = float(exact.quantize(_SIX_DP, rounding=ROUND_HALF_EVEN))
+    return 0.0 if rounded == 0 else rounded
+
+
+def to_json_value(value: Any) -> Any:
+    """Any report value as JSON data (recursing into dicts, lists and tuples)."""
+    if isinstance(value, (Decimal, float)) or (isinstance(value, int) and not isinstance(value, bool)):
+        return to_json_number(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): to_json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(v) for v in value]
+    return value
+
+
+def format_cell(value: Any, kind: ColumnKind) -> str:
+    """A value as a table or Markdown shows it: thousands separators, $ with 4 decimals, ratios as %."""
+    if value is None:
+        return "-" if kind != "key" else "(none)"
+    if kind == "int" and isinstance(value, (int, Decimal)):
+        return f"{int(value):,}"
+    if kind == "usd" and isinstance(value, (int, float, Decimal)):
+        amount = Decimal(value) if not isinstance(value, float) else Decimal(repr(value))
+        text = f"{abs(amount).quantize(Decimal('0.0001'), rounding=ROUND_HALF_EVEN):,}"
+        return f"-${text}" if amount < 0 and text.strip("0.,") else f"${text}"
+    if kind == "ratio" and isinstance(value, (int, float, Decimal)):
+        return f"{float(value) * 100:,.1f}%"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _cell(row: Mapping[str, Any], column: str, kind: ColumnKind) -> str:
+    """A row's cell as text: money left unpriced says so, never $0 or a blank."""
+    value = row.get(column)
+    if kind == "usd" and value is None and row.get("unpriced_calls"):
+        return "unpriced"
+    return format_cell(value, kind)
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, Decimal)):
+        return json.dumps(to_json_number(value))
+    return str(value)
+
+
+def _render_json(report: Report) -> str:
+    document: dict[str, Any] = {"report": report.name}
+    document.update({k: to_json_value(v) for k, v in report.extra.items()})
+    document["rows"] = [{c: to_json_value(row.get(c)) for c in report.columns} for row in report.rows]
+    document["totals"] = (
+        None if report.totals is None else {k: to_json_value(v) for k, v in report.totals.items()}
+    )
+    document["warnings"] = list(report.warnings)
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def _render_csv(report: Report) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(report.columns)
+    for row in report.rows:
+        writer.writerow([_csv_value(row.get(c)) for c in report.columns])
+    return out.getvalue()
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _render_md_table(report: Report) -> list[str]:
+    columns = report.shown_columns()
+    kinds = [report.kind(c) for c in columns]
+    lines = [
+        "| " + " | ".join(_md_escape(report.label(c)) for c in columns) + " |",
+        "|" + "|".join("---:" if k in ("int", "usd", "ratio") else "---" for k in kinds) + "|",
+    ]
+    for row in report.rows:
+        cells = [_md_escape(_cell(row, c, k)) for c, k in zip(columns, kinds, strict=True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if report.totals is not None:
+        cells = []
+        for index, (column, kind) in enumerate(zip(columns, kinds, strict=True)):
+            if kind == "key" or column not in report.totals:
+                cells.append("**Total**" if index == 0 else "")
+            else:
+                cells.append(f"**{_md_escape(format_cell(report.totals[column], kind))}**")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _render_md(report: Report) -> str:
+    lines = [f"## {report.title or report.name}", ""]
+    if report.header:
+        lines += [_md_escape(h) + "  " for h in report.header]
+        lines.append("")
+    if report.rows:
+        lines += _render_md_table(report)
+    else:
+        lines.append(report.empty_message)
+    for section in report.sections:
+        lines += ["", f"### {section.title or section.name}", ""]
+        lines += _render_md_table(section) if section.rows else [section.empty_message]
+    if report.notes:
+        lines.append("")
+        lines += [f"{note}  " for note in report.notes]
+    if report.warnings:
+        lines.append("")
+        lines += [f"> **Warning:** {_md_escape(w)}" for w in report.warnings]
+    return "\n".join(lines) + "\n"
+
+
+def _rich_table(report: Report, color: bool, titled: bool = False) -> Any:
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    columns = report.shown_columns()
+    kinds = [report.kind(c) for c in columns]
+    table = Table(
+        title=(report.title or report.name) if titled else None,
+        box=box.SIMPLE_HEAD,
+        show_footer=report.totals is not None,
+        header_style="bold" if color else "",
+        footer_style="bold" if color else "",
+        title_style="bold" if color else "",
+        title_justify="left",
+    )
+    for index, (column, kind) in enumerate(zip(columns, kinds, strict=True)):
+        footer = ""
+        if report.totals is not None:
+            if kind == "key" or column not in report.totals:
+                footer = "Total" if index == 0 else ""
+            else:
+                footer = format_cell(report.totals[column], kind)
+        table.add_column(
+            report.label(column),
+            footer=footer,
+            justify="right" if kind in ("int", "usd", "ratio") else "left",
+            no_wrap=True,
+            overflow="ignore",
+        )
+    for row in report.rows:
+        cells = []
+        for column, kind in zip(columns, kinds, strict=True):
+            text = escape(_cell(row, column, kind))
+            if color and text == "unpriced" and kind == "usd":
+                text = "[yellow]unpriced[/yellow]"
+            cells.append(text)
+        table.add_row(*cells)
+    return table
+
+
+def _render_table(report: Report, console_width: int | None, color: bool) -> str:
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    probe = Console(width=10_000, color_system=None, file=io.StringIO())
+    renderables: list[Any] = []
+    if report.rows:
+        renderables.append(_rich_table(report, color))
+    for section in report.sections:
+        if section.rows:
+            renderables.append(_rich_table(section, color, titled=True))
+    # Never truncate a digit: the console is as wide as the widest table needs, at least.
+    needed = max(
+        [Measurement.get(probe, probe.options, r).maximum for r in renderables] + [console_width or 80]
+    )
+    out = io.StringIO()
+    console = Console(
+        file=out,
+        width=needed,
+        color_system="standard" if color else None,
+        force_terminal=color,
+        no_color=not color,
+        highlight=False,
+        emoji=False,
+        soft_wrap=False,
+    )
+    title = report.title or report.name
+    console.print(f"[bold]{title}[/bold]" if color else title, markup=color, highlight=False)
+    for line in report.header:
+        console.print(line, markup=False, highlight=False, style="dim" if color else None)
+    if report.rows:
+        console.print(renderables[0])
+    else:
+        console.print()
+        console.print(report.empty_message, markup=False)
+    for renderable in renderables[1 if report.rows else 0 :]:
+        console.print(renderable)
+    for note in report.notes:
+        console.print(note, markup=False, highlight=False)
+    for warning in report.warnings:
+        console.print(f"Warning: {warning}", markup=False, highlight=False, style="yellow" if color else None)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines()) + "\n"
+
+
+def render(
+    report: Report, fmt: Format | str, console_width: int | None = None, *, color: bool = False
+) -> str:
+    """The report as text: `table` (rich: right-aligned numbers, thousands separators, a totals row,
+    never a truncated digit; ANSI colours only when `color`), `json`, `csv` (the rows, all columns) or
+    `md` (a Markdown document). Raises ReportInputError for another format."""
+    if fmt == "json":
+        return _render_json(report)
+    if fmt == "csv":
+        return _render_csv(report)
+    if fmt == "md":
+        return _render_md(report)
+    if fmt == "table":
+        return _render_table(report, console_width, color)
+    raise ReportInputError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
