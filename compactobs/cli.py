@@ -216,3 +216,72 @@ def emit_report(report: Report, fmt: str) -> None:
     if fmt == "csv":
         for warning in report.warnings:
             click.echo(f"Warning: {warning}", err=True)
+
+
+# -- demo ------------------------------------------------------------------------------------------------
+
+DEMO_REPORTS: tuple[tuple[str, ...], ...] = (
+    ("cost", "--by", "model"),
+    ("cache", "--by", "model"),
+    ("anomalies",),
+)
+"""The reports `compactobs demo` prints afterwards, restricted to the run's conversations."""
+
+
+@main.command("demo")
+@click.option("--reports/--no-reports", default=True, show_default=True, help="Print the reports afterwards.")
+@click.pass_context
+def demo(ctx: click.Context, reports: bool) -> None:
+    """Run a simulated compaction workload and report on it (no API key, no network).
+
+    About 45 calls in 10 conversations (streaming, prompt caching, a compaction loop, a paused and resumed
+    compaction, on-demand compaction, retries, errors, an unpriced model) go through the real anthropic SDK
+    to a loopback Messages API, and are recorded into the store under service.name compactobs-demo. Each
+    run gets conversation ids of its own, so running it again adds a separate set.
+    """
+    from compactobs.demo import SERVICE_NAME, progress_bar, run_demo
+    from compactobs.store import open_database
+
+    state = ctx.ensure_object(CliState)
+    # A store that cannot take the rows (PostgreSQL not upgraded yet...) fails here, before any call.
+    open_database(state.database_url).dispose()
+    click.echo(
+        "compactobs demo: a simulated workload through the real anthropic SDK against a loopback Messages "
+        "API (no API key, no network)."
+    )
+    click.echo(f"Recording into {state.shown_url} as service.name={SERVICE_NAME}")
+    with progress_bar() as progress:
+        summary = run_demo(state.database_url, progress=progress)
+    pattern = f"{summary.conversation_prefix}*"
+    priced = f"${summary.cost_usd:,.4f} billed" + (
+        f", {summary.unpriced_calls} unpriced call(s)" if summary.unpriced_calls else ""
+    )
+    click.echo(
+        f"Recorded {summary.stored_calls} calls in {len(summary.conversations)} conversations "
+        f"({summary.stored_iterations} iterations, {summary.compactions} compactions), {priced}, "
+        f"in {summary.elapsed_s:.1f} s; conversations {pattern}"
+    )
+    width = max(len(c.id) for c in summary.conversations)
+    for conversation in summary.conversations:
+        click.echo(
+            f"  {conversation.id:<{width}}  {conversation.model:<19} {conversation.calls:>3} calls  "
+            f"{conversation.shows}"
+        )
+    if not summary.complete:
+        click.echo(
+            f"Warning: only {summary.stored_calls} of {summary.calls} calls reached {state.shown_url}; the "
+            "rest wait in the spool (see `compactobs db status`)",
+            err=True,
+        )
+    if reports:
+        db = [] if state.database_url == default_database_url() else ["--db", state.database_url]
+        shown_db = [] if not db else ["--db", f"'{state.shown_url}'"]
+        available = getattr(main.commands.get("report"), "commands", {})
+        for args in DEMO_REPORTS:
+            if args[0] not in available:
+                continue
+            command = ["report", *args, "--conversation", pattern]
+            click.echo(f"\n$ compactobs {' '.join([*shown_db, *command[:-1]])} '{pattern}'")
+            main.main([*db, *command], prog_name="compactobs", standalone_mode=False)
+    if not summary.complete:
+        ctx.exit(1)
