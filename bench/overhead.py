@@ -1,21 +1,27 @@
 """What compactobs adds to a call's wall time, as ratios to a plain client measured in the same run.
 
-Three clients against the loopback simulator, non-streaming and streaming:
+Three clients against the loopback simulator, non-streaming and streaming, each call timed twice: its
+wall time, and the CPU time of the calling thread (`time.thread_time`), which is what instrumentation
+takes from the caller's own path (compactobs prices and emits spans on its recording thread):
   plain       SDK tracing off, no compactobs
   sdk-trace   the SDK's own OpenTelemetry spans on (BatchSpanProcessor, spans dropped by the exporter)
   compactobs  compactobs' middleware, spans and metrics, exported to its SQL store on a background thread
 
 Configurations run interleaved in rounds so drift on a shared machine hits all of them alike; the
-figure is the median per-call wall time. Run: `python bench/overhead.py [--calls 2000]`.
+figure is the median per-call wall time. The simulator runs in a child process, as the real API runs on
+another machine: in the same process its threads would compete with the caller for the GIL, and the
+benchmark would measure the server as much as the client. Run: `python bench/overhead.py [--calls 2000]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -72,17 +78,27 @@ class DropExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def time_calls(client: anthropic.Anthropic, sim: Simulator, calls: int, stream: bool) -> list[float]:
+def serve(replies: int, connection: Connection) -> None:
+    """The child process: a simulator with `replies` copies of BODY queued, until told to stop."""
+    with Simulator() as sim:
+        reply = Reply(BODY)
+        sim.enqueue(*([reply] * replies))
+        connection.send(sim.base_url)
+        connection.recv()
+
+
+def time_calls(client: anthropic.Anthropic, calls: int, stream: bool) -> list[tuple[float, float]]:
+    """(wall time, CPU time of the calling thread) per call."""
     samples = []
     for _ in range(calls):
-        sim.enqueue(Reply(BODY))
+        start_cpu = time.thread_time()
         start = time.perf_counter()
         if stream:
             for _ in client.beta.messages.create(**ARGS, stream=True):
                 pass
         else:
             client.beta.messages.create(**ARGS)
-        samples.append(time.perf_counter() - start)
+        samples.append((time.perf_counter() - start, time.thread_time() - start_cpu))
     return samples
 
 
@@ -95,7 +111,14 @@ def main() -> None:
     options = parser.parse_args()
     per_round = max(1, options.calls // options.rounds)
 
-    with Simulator() as sim, tempfile.TemporaryDirectory() as tmp:
+    warmup = 50
+    replies = 2 * len(("plain", "sdk-trace", "compactobs")) * (warmup + per_round * options.rounds)
+    parent_end, child_end = multiprocessing.Pipe()
+    spawn = multiprocessing.get_context("spawn")
+    server = spawn.Process(target=serve, args=(replies, child_end), daemon=True)
+    server.start()
+    base_url = parent_end.recv()
+    with tempfile.TemporaryDirectory() as tmp:
         sdk_provider = TracerProvider()
         sdk_provider.add_span_processor(BatchSpanProcessor(DropExporter()))
         compactobs_provider = TracerProvider()
@@ -105,32 +128,37 @@ def main() -> None:
             meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
         )
         clients: dict[str, Callable[[], anthropic.Anthropic]] = {
-            "plain": lambda: anthropic.Anthropic(base_url=sim.base_url, api_key="k", open_telemetry=False),
+            "plain": lambda: anthropic.Anthropic(base_url=base_url, api_key="k", open_telemetry=False),
             "sdk-trace": lambda: anthropic.Anthropic(
-                base_url=sim.base_url,
+                base_url=base_url,
                 api_key="k",
                 open_telemetry={"traces": True, "tracer_provider": sdk_provider},
             ),
             "compactobs": lambda: anthropic.Anthropic(
-                base_url=sim.base_url, api_key="k", open_telemetry=False, middleware=[compactobs.Middleware()]
+                base_url=base_url, api_key="k", open_telemetry=False, middleware=[compactobs.Middleware()]
             ),
         }
         built = {name: make() for name, make in clients.items()}
         for stream in (False, True):
             for client in built.values():  # warm-up: connections, imports, price lookups
-                time_calls(client, sim, 50, stream)
-            samples: dict[str, list[float]] = {name: [] for name in built}
+                time_calls(client, warmup, stream)
+            samples: dict[str, list[tuple[float, float]]] = {name: [] for name in built}
             for _ in range(options.rounds):
                 for name, client in built.items():
-                    samples[name].extend(time_calls(client, sim, per_round, stream))
-            medians = {name: statistics.median(values) for name, values in samples.items()}
-            plain = medians["plain"]
+                    samples[name].extend(time_calls(client, per_round, stream))
+            wall = {name: statistics.median(w for w, _ in values) for name, values in samples.items()}
+            cpu = {name: statistics.median(c for _, c in values) for name, values in samples.items()}
             mode = "streaming" if stream else "non-streaming"
-            print(f"{mode}: {len(samples['plain'])} calls per configuration")
-            for name, median in medians.items():
-                print(f"  {name:<11} median {median * 1e6:8.1f} us   ratio to plain {median / plain:5.3f}")
+            print(f"{mode}: {len(samples['plain'])} calls per configuration (medians)")
+            for name in built:
+                print(
+                    f"  {name:<11} wall {wall[name] * 1e6:8.1f} us  ratio {wall[name] / wall['plain']:5.3f}"
+                    f"   caller-thread CPU {cpu[name] * 1e6:8.1f} us  ratio {cpu[name] / cpu['plain']:5.3f}"
+                )
         compactobs.flush()
         compactobs.shutdown()
+    parent_end.send("stop")
+    server.join(10)
 
 
 if __name__ == "__main__":

@@ -193,6 +193,9 @@ def uninstrument() -> None:
 
 def flush(timeout_millis: int = 30_000) -> None:
     """Export everything recorded so far (spans to their exporters, rows to the store)."""
+    telemetry = state.get_telemetry_if_set()
+    if telemetry is not None and not telemetry.drain(timeout_millis / 1000):
+        log.warning("compactobs: calls were still being recorded when flush timed out")
     for flushable in list(_flushables):
         try:
             flushable.force_flush(timeout_millis)

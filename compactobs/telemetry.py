@@ -10,6 +10,9 @@ new attribute.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -177,6 +180,10 @@ def _drop_none(attributes: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in attributes.items() if value is not None}
 
 
+BACKLOG_LIMIT: Final = 10_000
+"""Calls waiting for the recording thread before callers record their own calls inline."""
+
+
 class Telemetry:
     """Turns observations into spans and metrics on the given providers. Nothing here raises to the caller."""
 
@@ -185,6 +192,8 @@ class Telemetry:
         tracer_provider: trace.TracerProvider,
         meter_provider: metrics.MeterProvider,
         pricer: Pricer,
+        *,
+        backlog_limit: int = BACKLOG_LIMIT,
     ) -> None:
         self.pricer = pricer
         self.tracer = tracer_provider.get_tracer(INSTRUMENTATION_SCOPE, __version__)
@@ -209,6 +218,12 @@ class Telemetry:
             METRIC_COMPACTIONS, unit="{compaction}", description="Server-side compactions"
         )
         self._warned: set[str] = set()
+        # Bounded, so a recorder that falls behind costs callers time (see `record`), never memory.
+        self._backlog: queue.Queue[tuple[CallObservation, otel_context.Context | None, bool]] = queue.Queue(
+            backlog_limit
+        )
+        self._worker: threading.Thread | None = None
+        self._worker_lock = threading.Lock()
 
     def warn_once(self, key: str, message: str, *args: object) -> None:
         if key not in self._warned:
@@ -218,9 +233,77 @@ class Telemetry:
     def record(
         self, observation: CallObservation, parent: otel_context.Context | None, under_sdk_span: bool
     ) -> None:
-        """Emit the call's spans and metrics. Never raises."""
+        """Hand the call to the recording thread, which prices it and emits its spans and metrics.
+
+        The caller's thread only enqueues: pricing and span work stay out of its latency. When the backlog
+        is full (the recording thread cannot keep up), the call is recorded here instead: slower, never
+        lost. Never raises.
+        """
+        item = (observation, parent, under_sdk_span)
         try:
-            self._record(observation, parent, under_sdk_span)
+            self._backlog.put_nowait(item)
+        except queue.Full:
+            self._record_safely(item)
+            return
+        if not self._worker_alive():
+            self._start_worker()
+
+    def drain(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every call handed to `record` has become spans and metrics; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        backlog = self._backlog
+        while True:
+            if not self._worker_alive():
+                self._start_worker()  # a forked child inherits the backlog but not the thread
+            with backlog.all_tasks_done:
+                if not backlog.unfinished_tasks:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                backlog.all_tasks_done.wait(min(remaining, 0.5))
+
+    def _worker_alive(self) -> bool:
+        worker = self._worker
+        return worker is not None and worker.is_alive()
+
+    def _start_worker(self) -> None:
+        """Start the recording thread; where no thread can start (interpreter exit), record inline."""
+        with self._worker_lock:
+            if self._worker_alive():
+                return
+            try:
+                self._worker = threading.Thread(target=self._work, name="compactobs-recorder", daemon=True)
+                self._worker.start()
+                return
+            except RuntimeError:
+                self._worker = None
+        self._record_waiting()
+
+    def _record_waiting(self) -> None:
+        backlog = self._backlog
+        while True:
+            try:
+                item = backlog.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._record_safely(item)
+            finally:
+                backlog.task_done()
+
+    def _work(self) -> None:
+        backlog = self._backlog
+        while True:
+            item = backlog.get()
+            try:
+                self._record_safely(item)
+            finally:
+                backlog.task_done()
+
+    def _record_safely(self, item: tuple[CallObservation, otel_context.Context | None, bool]) -> None:
+        try:
+            self._record(*item)
         except Exception:
             self.warn_once(
                 "record", "compactobs could not record a call; the call itself is unaffected", exc_info=True

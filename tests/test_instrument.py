@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import anthropic
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import compactobs
 from compactobs import telemetry as t
+from compactobs.instrument import state
+from compactobs.telemetry import Telemetry
 from compactobs.testing import ErrorReply, Reply, Simulator, message
 
 BETAS = ["compact-2026-01-12"]
@@ -81,12 +85,14 @@ def sim() -> Iterator[Simulator]:
 
 
 def call_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+    compactobs.flush()  # spans are emitted on compactobs' recording thread
     return [
         s for s in exporter.get_finished_spans() if (s.attributes or {}).get(t.SPAN_KIND) == t.SPAN_KIND_CALL
     ]
 
 
 def iteration_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+    compactobs.flush()
     return [
         s
         for s in exporter.get_finished_spans()
@@ -361,3 +367,48 @@ def test_opentelemetry_instrument_entry_point_is_registered() -> None:
 
     names = {ep.value for ep in entry_points(group="opentelemetry_instrumentor")}
     assert "compactobs.instrument.instrumentor:CompactobsInstrumentor" in names
+
+
+class _HoldRecorderThread(SimpleSpanProcessor):
+    """Exports spans, but holds compactobs' recording thread until released: a recorder that fell behind."""
+
+    def __init__(self, exporter: InMemorySpanExporter) -> None:
+        super().__init__(exporter)
+        self.release = threading.Event()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if threading.current_thread().name == "compactobs-recorder":
+            self.release.wait(30)
+        super().on_end(span)
+
+
+def test_a_full_backlog_records_inline_and_loses_nothing(sim: Simulator) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    held = _HoldRecorderThread(exporter)
+    provider.add_span_processor(held)
+    compactobs.configure(tracer_provider=provider, store=False)
+    telemetry = state.get_telemetry()
+    assert telemetry is not None
+    state.set_telemetry(Telemetry(provider, MeterProvider(), telemetry.pricer, backlog_limit=1))
+    try:
+        client = anthropic.Anthropic(
+            base_url=sim.base_url, api_key="k", middleware=[compactobs.Middleware()], open_telemetry=False
+        )
+        for _ in range(4):
+            sim.enqueue(compaction_reply())
+            client.beta.messages.create(**create_args())
+        # The held thread has at most one call and the backlog one more: the others were recorded inline.
+        inline = [
+            s
+            for s in exporter.get_finished_spans()
+            if (s.attributes or {}).get(t.SPAN_KIND) == t.SPAN_KIND_CALL
+        ]
+        assert len(inline) >= 2
+        held.release.set()
+        calls = call_spans(exporter)
+        assert len(calls) == 4
+        assert len({(s.attributes or {})[t.RESPONSE_ID] for s in calls}) == 4
+    finally:
+        held.release.set()
+        compactobs.shutdown()

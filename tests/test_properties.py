@@ -166,9 +166,11 @@ def test_stream_events_are_unchanged_even_when_cut(
 
 def test_every_generated_call_was_recorded(setup: Any) -> None:
     sim, _plain, instrumented, exporter = setup
+    compactobs.flush()  # the earlier tests' calls, recorded on compactobs' thread, land before the clear
     exporter.clear()
     sim.enqueue(Reply(message(model="claude-opus-4-8", usage={"input_tokens": "x", "iterations": 5})))
     instrumented.beta.messages.create(**ARGS)
+    compactobs.flush()  # spans are emitted on compactobs' recording thread
     (call,) = [
         s for s in exporter.get_finished_spans() if (s.attributes or {}).get(t.SPAN_KIND) == t.SPAN_KIND_CALL
     ]
