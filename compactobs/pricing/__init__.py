@@ -6,8 +6,11 @@ from compactobs.pricing import default_pricer
 pricer = default_pricer()                 # reads COMPACTOBS_PRICING_FILE, if set
 priced = pricer.price_call(usage, when)   # usage: compactobs.usage.CallUsage; when: request time (UTC)
 priced.cost_usd                           # Decimal, or None when a model is unknown (never a made-up $0)
-pricer.rates("claude-opus-4-8", when, speed="fast")   # the rate card, for `compactobs pricing show`
+pricer.rates("claude-opus-4-8", when, speed="fast")   # the rates in force, Decimal USD per MTok
+rate_card(pricer, "claude-opus-4-8", day).to_json()  # with its source, for `compactobs pricing show`
 ```
+
+(`rate_card` is in `compactobs.pricing.card`.)
 
 The accounting rules are in `compactobs.pricing.pricer`; the overrides file format (TOML) is in
 `compactobs.pricing.overrides`; what genai-prices provides, and what is added to it, in

@@ -285,6 +285,7 @@ class Pricer:
             if schedule.web_search_per_1k is not None
             else WEB_SEARCH_PER_1K,
             notes=(*schedule.notes, *notes),
+            by_overrides=schedule.by_overrides,
         )
         return _Card(schedule, rates, factor)
 

@@ -57,6 +57,8 @@ class Rates:
     web_search_per_1k: Decimal
     """USD per 1,000 web searches (never discounted or multiplied)."""
     notes: tuple[str, ...] = ()
+    by_overrides: bool = False
+    """Whether the overrides file priced the model (else genai-prices did)."""
 
 
 @dataclass(frozen=True, slots=True)

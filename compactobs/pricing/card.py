@@ -1,0 +1,145 @@
+"""The rate card of one model on one date, as `compactobs pricing show` prints it.
+
+```python
+from compactobs.pricing import default_pricer
+from compactobs.pricing.card import rate_card
+
+card = rate_card(default_pricer(), "claude-opus-4-8", date(2026, 11, 20), speed="fast")
+card.rates.input          # Decimal("10"): USD per million tokens
+card.source.describe()    # "genai-prices 0.2.3", or "overrides file /path/prices.toml (sha256 1a2b...)"
+card.to_json()            # plain JSON types, money rounded to 6 decimal places
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timezone
+from decimal import Decimal
+from typing import Any, Final, Literal
+
+from compactobs.pricing.pricer import PRICING_FILE_ENV, Pricer, _utc_day
+from compactobs.pricing.records import PricingError, Rates
+
+__all__ = ["PriceSource", "RateCard", "json_money", "rate_card", "unknown_model_error"]
+
+_SIX_PLACES: Final = Decimal("0.000001")
+
+
+def json_money(value: Decimal) -> float:
+    """A USD amount as JSON carries it: a number rounded to 6 decimal places (DESIGN.md section 3, rule 7)."""
+    return float(value.quantize(_SIX_PLACES))
+
+
+@dataclass(frozen=True, slots=True)
+class PriceSource:
+    """Where a rate card's prices come from."""
+
+    kind: Literal["genai-prices", "overrides"]
+    name: str
+    """As `Rates.source` says it: "genai-prices 0.2.3" (plus the data's date when auto-updated), or
+    "overrides 1a2b3c4d"."""
+    genai_prices_version: str
+    """The installed genai-prices (consulted for every model the overrides file does not match)."""
+    path: str | None = None
+    """The overrides file, when it priced the model."""
+    sha256: str | None = None
+
+    def describe(self) -> str:
+        if self.kind == "overrides":
+            return f"overrides file {self.path} (sha256 {self.sha256})"
+        return self.name
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "genai_prices_version": self.genai_prices_version,
+            "path": self.path,
+            "sha256": self.sha256,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RateCard:
+    """The rates in force for one model on one day, for the variants asked about."""
+
+    day: date
+    service_tier: str | None
+    speed: str | None
+    inference_geo: str | None
+    rates: Rates
+    """Base rates (no tier crossed); `rates.tiers` lists the premium tiers."""
+    source: PriceSource
+
+    def to_json(self) -> dict[str, Any]:
+        rates = self.rates
+        return {
+            "model": rates.model,
+            "model_id": rates.model_id,
+            "date": self.day.isoformat(),
+            "service_tier": self.service_tier,
+            "speed": self.speed,
+            "inference_geo": self.inference_geo,
+            "variant": rates.variant,
+            "unit": "USD per million tokens",
+            "input": json_money(rates.input),
+            "output": json_money(rates.output),
+            "cache_read": json_money(rates.cache_read),
+            "cache_write_5m": json_money(rates.cache_write_5m),
+            "cache_write_1h": json_money(rates.cache_write_1h),
+            "tiers": [
+                {
+                    "above_input_tokens": tier.above,
+                    "input": json_money(tier.input),
+                    "output": json_money(tier.output),
+                    "cache_read": json_money(tier.cache_read),
+                    "cache_write_5m": json_money(tier.cache_write_5m),
+                    "cache_write_1h": json_money(tier.cache_write_1h),
+                }
+                for tier in rates.tiers
+            ],
+            "web_search_per_1k": json_money(rates.web_search_per_1k),
+            "multiplier": json_money(rates.multiplier),
+            "source": self.source.to_json(),
+            "effective_from": rates.effective_from.isoformat() if rates.effective_from else None,
+            "notes": list(rates.notes),
+        }
+
+
+def unknown_model_error(pricer: Pricer, model: str) -> PricingError:
+    """The one-line error for a model no source prices, saying how to add a price."""
+    where = f"genai-prices {pricer.genai_prices_version}"
+    if pricer.overrides is not None:
+        where += f" or the overrides file {pricer.overrides.path}"
+    return PricingError(
+        f"no price for model {model!r} in {where}: add one to a TOML file named by {PRICING_FILE_ENV}, "
+        f'e.g. [models."{model}"] input = 3.0, output = 15.0 (USD per million tokens)'
+    )
+
+
+def rate_card(
+    pricer: Pricer,
+    model: str,
+    day: date | datetime,
+    *,
+    service_tier: str | None = None,
+    speed: str | None = None,
+    inference_geo: str | None = None,
+) -> RateCard:
+    """The rates in force for `model` on `day` (a date is read as its start, UTC).
+
+    Raises `PricingError` (one line, saying how to add a price) when neither genai-prices nor the
+    overrides file prices the model."""
+    when = day if isinstance(day, datetime) else datetime.combine(day, time(0), tzinfo=timezone.utc)
+    rates = pricer.rates(model, when, service_tier=service_tier, speed=speed, inference_geo=inference_geo)
+    if rates is None:
+        raise unknown_model_error(pricer, model)
+    overrides = pricer.overrides
+    if rates.by_overrides and overrides is not None:
+        source = PriceSource(
+            "overrides", rates.source, pricer.genai_prices_version, overrides.path, overrides.sha256
+        )
+    else:
+        source = PriceSource("genai-prices", rates.source, pricer.genai_prices_version)
+    return RateCard(_utc_day(when), service_tier, speed, inference_geo, rates, source)
