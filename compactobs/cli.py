@@ -1,24 +1,28 @@
 """The `compactobs` command: a thin shell over the library (all logic lives in compactobs.*).
 
 Commands share `ctx.obj`, a `CliState` carrying the database URL (`--db`, else the library's default).
-A problem the user can fix is a `StoreError`: it is printed as one line, `Error: ...`, with exit code 2
-(click's own code for usage errors), never as a traceback.
+A problem the user can fix is one of `USER_ERRORS` (StoreError, PricingError...): it is printed as one
+line, `Error: ...`, with exit code 2 (click's own code for usage errors), never as a traceback.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 import click
 from sqlalchemy import Engine
 
 from compactobs._version import __version__
+from compactobs.pricing import PRICING_FILE_ENV, PricingError
 from compactobs.reports._common import FORMATS, Filters, Report, ReportInputError, build_filters, render
 from compactobs.store import (
     ENV_DATABASE_URL,
@@ -34,6 +38,8 @@ from compactobs.store import (
 __all__ = ["CliState", "main"]
 
 EXIT_USER_ERROR = 2
+USER_ERRORS: tuple[type[Exception], ...] = (StoreError, ReportInputError, PricingError)
+"""What a user can fix (a bad --db URL, date, or pricing file): one line, `Error: ...`, exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -49,12 +55,12 @@ class CliState:
 
 
 class _Group(click.Group):
-    """Turns a StoreError raised anywhere under it into a one-line error and exit code 2."""
+    """Turns a user error (`USER_ERRORS`) raised anywhere under it into a one-line error and exit code 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (StoreError, ReportInputError) as err:
+        except USER_ERRORS as err:
             click.echo(f"Error: {err}", err=True)
             ctx.exit(EXIT_USER_ERROR)
 
@@ -285,3 +291,211 @@ def demo(ctx: click.Context, reports: bool) -> None:
             main.main([*db, *command], prog_name="compactobs", standalone_mode=False)
     if not summary.complete:
         ctx.exit(1)
+
+
+# -- pricing and reprice ---------------------------------------------------------------------------------
+
+
+def _rate(value: Decimal) -> str:
+    """A USD rate as printed: at least 2 decimals, never rounded (3.125 stays 3.125)."""
+    whole, _, fraction = f"{value.normalize():f}".partition(".")
+    return f"${int(whole):,}.{fraction.ljust(2, '0')}"
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _echo_columns(rows: list[list[str]], left: int) -> None:
+    """Rows as aligned columns: the first `left` columns left-aligned, the rest (numbers) right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = (
+            cell.ljust(width) if i < left else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        click.echo("  ".join(cells).rstrip())
+
+
+@main.group("pricing")
+def pricing_group() -> None:
+    """Prices: what a model costs on a day, and which recorded models have no price.
+
+    Prices come from genai-prices, under the TOML file named by COMPACTOBS_PRICING_FILE where it speaks.
+    """
+
+
+@pricing_group.command("show")
+@click.argument("model")
+@click.option(
+    "--date",
+    "day",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    metavar="YYYY-MM-DD",
+    help="The day (UTC) whose prices to show [default: today].",
+)
+@click.option("--speed", type=click.Choice(["standard", "fast"]), default="standard", show_default=True)
+@click.option(
+    "--service-tier",
+    type=click.Choice(["standard", "batch", "priority"]),
+    default="standard",
+    show_default=True,
+)
+@click.option("--inference-geo", type=click.Choice(["us", "global"]), default="global", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def pricing_show(
+    model: str, day: datetime | None, speed: str, service_tier: str, inference_geo: str, fmt: str
+) -> None:
+    """The rates in force for MODEL on a day, in USD per million tokens, and where they come from."""
+    from compactobs.pricing import default_pricer
+    from compactobs.pricing.card import rate_card
+
+    card = rate_card(
+        default_pricer(),
+        model,
+        day.date() if day is not None else datetime.now(timezone.utc),
+        service_tier=service_tier,
+        speed=speed,
+        inference_geo=inference_geo,
+    )
+    if fmt == "json":
+        _echo_json(card.to_json())
+        return
+    rates = card.rates
+    matched = "" if rates.model_id == rates.model else f" (priced as {rates.model_id})"
+    click.echo(f"{rates.model}{matched} on {card.day:%Y-%m-%d}")
+    click.echo(f"variants:       service tier {service_tier}, speed {speed}, inference geo {inference_geo}")
+    multiplier = f", x{rates.multiplier} on every token rate" if rates.multiplier != 1 else ""
+    click.echo(f"price list:     {rates.variant}{multiplier}")
+    click.echo(f"source:         {card.source.describe()}")
+    effective = f"{rates.effective_from:%Y-%m-%d}" if rates.effective_from else "not dated by the source"
+    click.echo(f"in force since: {effective}")
+    headers = ["USD per million tokens", "base"] + [f"input > {tier.above:,}" for tier in rates.tiers]
+    rows = [
+        [label, _rate(getattr(rates, name)), *(_rate(getattr(tier, name)) for tier in rates.tiers)]
+        for label, name in (
+            ("input", "input"),
+            ("output", "output"),
+            ("cache read", "cache_read"),
+            ("cache write 5m", "cache_write_5m"),
+            ("cache write 1h", "cache_write_1h"),
+        )
+    ]
+    click.echo("")
+    _echo_columns([headers, *rows], left=1)
+    if rates.tiers:
+        click.echo("A tier bills every token of a request whose total input (cache included) exceeds it.")
+    click.echo(f"\nweb search:     {_rate(rates.web_search_per_1k)} per 1,000 searches")
+    for note in rates.notes:
+        click.echo(f"note: {note}")
+
+
+@pricing_group.command("check")
+@click.argument("models", nargs=-1, metavar="[MODEL]...")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_state
+@click.pass_context
+def pricing_check(ctx: click.Context, state: CliState, models: tuple[str, ...], fmt: str) -> None:
+    """Which models have no price: those the store (--db) has recorded calls of, and any MODEL named.
+
+    Exit code: 0 when every model has a price, 1 when some have none, 2 for a usage error (a bad --db
+    URL, a malformed pricing file, no database yet and no MODEL named).
+    """
+    from compactobs.pricing import default_pricer
+    from compactobs.store.reprice import check_prices
+
+    result = check_prices(default_pricer(), state.database_url, models)
+    if not result.database_exists and not models:
+        raise StoreError(
+            f"no database at {result.database} yet, so no recorded models to check: record calls first, "
+            "or name models: compactobs pricing check MODEL..."
+        )
+    unpriced = result.unpriced
+    if fmt == "json":
+        _echo_json(
+            {
+                "check": "pricing",
+                "database": result.database,
+                "database_exists": result.database_exists,
+                "models": [
+                    {
+                        "model": m.model,
+                        "priced": m.priced,
+                        "source": m.source,
+                        "in_store": m.in_store,
+                        "named": m.named,
+                        "calls": m.calls,
+                        "unpriced_calls": m.unpriced_calls,
+                    }
+                    for m in result.models
+                ],
+                "unpriced_models": [m.model for m in unpriced],
+            }
+        )
+    else:
+        store = result.database if result.database_exists else f"{result.database} (no database yet)"
+        click.echo(f"database: {store}")
+        if not result.models:
+            click.echo("no calls recorded yet: nothing to check")
+        else:
+            headers = ["model", "price", "stored calls", "recorded unpriced"]
+            rows = [
+                [m.model, m.source or "NONE", f"{m.calls:,}", f"{m.unpriced_calls:,}"] for m in result.models
+            ]
+            _echo_columns([headers, *rows], left=2)
+        if unpriced:
+            click.echo(
+                f"\n{len(unpriced)} of {len(result.models)} models {'has' if len(unpriced) == 1 else 'have'} "
+                "no price: "
+                f"add them to a TOML file named by {PRICING_FILE_ENV} "
+                f'(e.g. [models."{unpriced[0].model}"] input = 3.0, output = 15.0, USD per million tokens)'
+            )
+        if any(m.priced and m.unpriced_calls for m in result.models):
+            click.echo("Calls recorded without a price now have one: run `compactobs reprice` to price them.")
+    if unpriced:
+        ctx.exit(1)
+
+
+@main.command("reprice")
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Calls started at or after: YYYY-MM-DD, ISO date-time, 7d, 24h, 30m, today, yesterday.",
+)
+@click.option("--until", metavar="WHEN", help="Calls started before (a date is inclusive).")
+@click.option("--tz", metavar="ZONE", help="IANA time zone for --since/--until dates (default: local).")
+@pass_state
+def reprice_command(state: CliState, since: str | None, until: str | None, tz: str | None) -> None:
+    """Price stored calls again with the current prices (genai-prices under COMPACTOBS_PRICING_FILE).
+
+    Each call is priced from its stored iteration token counts, at the prices in force on its date, and
+    keeps the new pricing version. Running it again with the same prices changes nothing.
+    """
+    from compactobs.pricing import default_pricer
+    from compactobs.store.reprice import reprice_database
+
+    pricer = default_pricer()
+    window = filters_from(since, until, tz)
+    result = reprice_database(state.database_url, pricer, since=window.since, until=window.until)
+    click.echo(f"database: {state.shown_url} ({window.describe()})")
+    if not result.calls and not result.skipped:
+        click.echo("no recorded calls to reprice")
+        return
+    versions = ", ".join(result.pricing_versions) or "-"
+    click.echo(f"repriced {result.calls:,} calls with {versions}: {result.changed:,} changed")
+    delta = result.cost_after - result.cost_before
+    sign = "-" if delta < 0 else "+"
+    click.echo(
+        f"cost: ${result.cost_before:,.6f} before, ${result.cost_after:,.6f} after ({sign}${abs(delta):,.6f})"
+    )
+    if result.unpriced_before or result.unpriced_after:
+        click.echo(
+            f"unpriced calls: {result.unpriced_before:,} before, {result.unpriced_after:,} after "
+            "(see `compactobs pricing check`)"
+        )
+    if result.skipped:
+        click.echo(
+            f"Warning: {result.skipped:,} calls left as they were: their iteration rows are missing",
+            err=True,
+        )
