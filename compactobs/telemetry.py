@@ -94,9 +94,11 @@ TOKENS_TOP_LEVEL_INPUT: Final = "compactobs.usage.top_level_input_tokens"
 TOKENS_TOP_LEVEL_OUTPUT: Final = "compactobs.usage.top_level_output_tokens"
 WEB_SEARCH_REQUESTS: Final = "compactobs.usage.web_search_requests"
 WEB_FETCH_REQUESTS: Final = "compactobs.usage.web_fetch_requests"
-SERVICE_TIER: Final = "compactobs.request.service_tier"
-SPEED: Final = "compactobs.request.speed"
-INFERENCE_GEO: Final = "compactobs.request.inference_geo"
+# The variants the response's usage reports, which are what is billed and priced (a request for fast mode
+# on a model without it runs, and is billed, at standard speed); absent when the usage does not say.
+SERVICE_TIER: Final = "compactobs.billed.service_tier"
+SPEED: Final = "compactobs.billed.speed"
+INFERENCE_GEO: Final = "compactobs.billed.inference_geo"
 STOP_REASON: Final = "compactobs.response.stop_reason"
 STREAM_END: Final = "compactobs.stream.end"
 """How a streamed body ended: read, closed (abandoned by the caller) or failed."""
@@ -180,7 +182,7 @@ def _drop_none(attributes: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in attributes.items() if value is not None}
 
 
-BACKLOG_LIMIT: Final = 10_000
+BACKLOG_LIMIT: Final = 2048
 """Calls waiting for the recording thread before callers record their own calls inline."""
 
 
@@ -362,10 +364,10 @@ class Telemetry:
                     WEB_SEARCH_REQUESTS: usage.web_search_requests,
                     WEB_FETCH_REQUESTS: usage.web_fetch_requests,
                     USAGE_REASONING: usage.thinking_tokens,
-                    SERVICE_TIER: usage.service_tier or request.service_tier,
+                    SERVICE_TIER: usage.service_tier,
                     ANTHROPIC_SERVICE_TIER: usage.service_tier,
-                    SPEED: usage.speed or request.speed,
-                    INFERENCE_GEO: usage.inference_geo or request.inference_geo,
+                    SPEED: usage.speed,
+                    INFERENCE_GEO: usage.inference_geo,
                     ITERATIONS_COUNT: len(usage.iterations),
                     COMPACTIONS_COUNT: usage.compactions,
                     COMPACTIONS_FAILED: obs.failed_compactions,

@@ -461,3 +461,29 @@ def test_reprice_user_errors_are_one_line(data_home: Path) -> None:
     code, out, _ = run("reprice")  # no database yet: nothing to do, and nothing created
     assert code == 0 and "no recorded calls to reprice" in out
     assert not data_home.exists()
+
+
+def test_the_billed_variant_is_stored_and_reprice_agrees(database_url: str, data_home: Path) -> None:
+    """A request for fast mode whose response does not report it ran, and is billed, at standard speed."""
+    store.upgrade_database(database_url)
+    compactobs.configure(database_url=database_url)
+    try:
+        with Simulator() as sim:
+            client = anthropic.Anthropic(
+                base_url=sim.base_url, api_key="k", open_telemetry=False, middleware=[compactobs.Middleware()]
+            )
+            sim.enqueue(Reply(message(model=KNOWN, usage={"input_tokens": 1000, "output_tokens": 100})))
+            client.beta.messages.create(
+                model=KNOWN,
+                max_tokens=64,
+                messages=[{"role": "user", "content": "hello"}],
+                extra_body={"speed": "fast"},
+            )
+    finally:
+        compactobs.shutdown()
+    # standard: 1,000 x $5/M + 100 x $25/M = $0.005 + $0.0025 = $0.0075 (fast would be $0.015)
+    call = stored(database_url)[0][KNOWN]
+    assert call.speed is None and usd(call.cost_usd) == Decimal("0.0075")
+    code, out, err = run("--db", database_url, "reprice")
+    assert code == 0 and ": 0 changed" in out, err
+    assert usd(stored(database_url)[0][KNOWN].cost_usd) == Decimal("0.0075")
