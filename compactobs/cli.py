@@ -224,6 +224,135 @@ def emit_report(report: Report, fmt: str) -> None:
             click.echo(f"Warning: {warning}", err=True)
 
 
+# -- report anomalies | ops | conversation ----------------------------------------------------------------
+
+
+def _terminal_width() -> int:
+    return shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 100
+
+
+@report.command("anomalies")
+@report_options
+@click.option(
+    "--fail-on",
+    type=click.Choice(["warning", "critical"]),
+    default=None,
+    help="Exit with code 3 when a finding at this severity or above exists (for CI and cron).",
+)
+@click.option(
+    "--budgets",
+    "budgets_file",
+    metavar="FILE",
+    envvar="COMPACTOBS_BUDGETS_FILE",
+    show_envvar=True,
+    help='TOML budgets by conversation id or glob: [budgets."ticket-*"] usd = 5.0, tokens = 2000000.',
+)
+@click.option("--loop-min", type=int, default=3, show_default=True, help="compaction_loop: compactions...")
+@click.option("--loop-window", type=int, default=5, show_default=True, help="...within this many calls.")
+@click.option(
+    "--ineffective-ratio",
+    type=float,
+    default=0.8,
+    show_default=True,
+    help="A compaction leaving the context at this share of the trigger or more is ineffective.",
+)
+@click.option(
+    "--cost-share", type=float, default=0.5, show_default=True, help="Compaction share of a conversation's cost."
+)
+@click.option(
+    "--error-share", type=float, default=0.1, show_default=True, help="429/529/5xx share of an hour's calls."
+)
+@click.option("--error-min-calls", type=int, default=20, show_default=True, help="Calls an hour needs to judge.")
+@click.option(
+    "--cache-drop-ratio",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Cache reads after a compaction at or below this share of those before count as a miss.",
+)
+@click.option(
+    "--cache-min-tokens", type=int, default=1024, show_default=True, help="Smallest cache read/write considered."
+)
+@pass_state
+@click.pass_context
+def report_anomalies(
+    ctx: click.Context,
+    state: CliState,
+    since: str | None,
+    until: str | None,
+    tz: str | None,
+    models: tuple[str, ...],
+    conversations: tuple[str, ...],
+    services: tuple[str, ...],
+    fmt: str,
+    fail_on: str | None,
+    budgets_file: str | None,
+    loop_min: int,
+    loop_window: int,
+    ineffective_ratio: float,
+    cost_share: float,
+    error_share: float,
+    error_min_calls: int,
+    cache_drop_ratio: float,
+    cache_min_tokens: int,
+) -> None:
+    """Compaction loops, ineffective and failed compactions, compaction cost share, budgets exceeded,
+    cache misses after compaction, unpriced models and error bursts, each with its evidence and a remedy.
+
+    Exit codes: 0, also when findings exist, unless --fail-on is given; with --fail-on LEVEL the command
+    exits 3 when a finding at LEVEL or above exists (critical: compaction_loop, budget_exceeded); 2 on bad
+    input.
+    """
+    from compactobs.reports.anomalies import Thresholds, anomalies_report, exit_code_for, load_budgets
+    from compactobs.reports.anomalies import render_anomalies
+
+    filters = filters_from(since, until, tz, models, conversations, services)
+    thresholds = Thresholds(
+        loop_min=loop_min,
+        loop_window=loop_window,
+        ineffective_ratio=ineffective_ratio,
+        cost_share=cost_share,
+        error_share=error_share,
+        error_min_calls=error_min_calls,
+        cache_drop_ratio=cache_drop_ratio,
+        cache_min_tokens=cache_min_tokens,
+    )
+    budgets = load_budgets(budgets_file) if budgets_file else None
+    with report_engine(state) as engine:
+        result = anomalies_report(engine, filters, thresholds, budgets, budgets_file)
+    color = fmt == "table" and use_color()
+    click.echo(render_anomalies(result, fmt, _terminal_width(), color=color), nl=False, color=color)
+    code = exit_code_for(result.extra["findings"], fail_on)  # type: ignore[arg-type]
+    if code:
+        ctx.exit(code)
+
+
+@report.command("ops")
+@report_options
+@pass_state
+def report_ops(
+    state: CliState,
+    since: str | None,
+    until: str | None,
+    tz: str | None,
+    models: tuple[str, ...],
+    conversations: tuple[str, ...],
+    services: tuple[str, ...],
+    fmt: str,
+) -> None:
+    """Calls, error rate by type, retries, and p50/p95/p99 latency and time to first token by model.
+
+    Percentiles interpolate linearly between the closest ranks (PostgreSQL's percentile_cont); latency
+    is the duration of successful calls, retries and back-off included.
+    """
+    from compactobs.reports.ops import ops_report
+
+    filters = filters_from(since, until, tz, models, conversations, services)
+    with report_engine(state) as engine:
+        result = ops_report(engine, filters)
+    emit_report(result, fmt)
+
+
 # -- demo ------------------------------------------------------------------------------------------------
 
 DEMO_REPORTS: tuple[tuple[str, ...], ...] = (

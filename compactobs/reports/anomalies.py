@@ -1,0 +1,1148 @@
+"""`report anomalies`: rules over the stored calls that say where money or reliability is leaking.
+
+Each finding has a kind, a severity (`warning` or `critical`), the conversation (None for the rules that
+look at models or hours), the calls involved, a one-line message, the evidence in numbers and a one-line
+remedy. The rules and their defaults (all configurable through `Thresholds`):
+
+- `compaction_loop` (critical): >= `loop_min` (3) compactions within `loop_window` (5) consecutive calls
+  of one conversation, each leaving the context >= `ineffective_ratio` (80%) of the trigger;
+- `ineffective_compaction` (warning): a compaction leaving the context >= `ineffective_ratio` of the
+  trigger (not reported again for a call that is part of a loop);
+- `failed_compaction` (warning): compaction blocks with null content (billed, no summary), one finding per
+  conversation;
+- `compaction_cost_share` (warning): compaction iterations cost > `cost_share` (50%) of the conversation's
+  priced cost;
+- `budget_exceeded` (critical): the conversation's billed tokens or USD exceed its budget (a budgets file
+  entry when one matches, else the budget stored with its calls);
+- `cache_miss_after_compaction` (warning): the call after a compaction reads <= `cache_drop_ratio` (5%) of
+  what the call before it read from the cache, while its cache writes jump (above the call before's, and
+  >= `cache_min_tokens`, 1024);
+- `unpriced_model` (warning): iterations of a model compactobs has no price for (cost NULL, never $0);
+- `error_burst` (warning): in one clock hour (UTC hours), >= `error_min_calls` (20) calls and more than
+  `error_share` (10%) of them ended in HTTP 429, 529 or another 5xx.
+
+Definitions:
+- a conversation's calls are taken in order of start time (then call id), counting only calls that returned
+  usage (a call that failed with an HTTP error is not a turn of the conversation);
+- "the context a compaction left" is the call's `context_tokens` (total input of its last `message`
+  iteration); for a paused call (`pause_after_compaction`), which has no message iteration, the next call's;
+- the trigger is the call's own `compaction_trigger`;
+- every rule looks at the calls the filters select (`--since/--until`...), except `budget_exceeded`, which
+  sums the whole of each conversation that has a selected call (a budget is for the conversation);
+- billed tokens (for token budgets) are uncached input + output + cache reads + cache writes.
+
+Scale: every rule is one SQL query (window functions narrow the per-conversation rules to the calls that
+compacted, in the database); rows are streamed, and only findings are kept in memory. `call_ids` lists at
+most `MAX_CALL_IDS` ids; `evidence` always carries the full count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from sqlalchemy import Engine, and_, case, func, literal_column, or_, select
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.util import ClauseAdapter
+
+from compactobs.reports._common import Filters, Report, ReportInputError, render, to_json_value
+from compactobs.store.models import calls, iterations
+
+__all__ = [
+    "ENV_BUDGETS_FILE",
+    "EXIT_FINDINGS",
+    "KINDS",
+    "MAX_CALL_IDS",
+    "Budget",
+    "Budgets",
+    "Finding",
+    "Severity",
+    "Thresholds",
+    "exit_code_for",
+    "find_anomalies",
+    "load_budgets",
+]
+
+Severity = Literal["warning", "critical"]
+SEVERITIES: Final[tuple[Severity, ...]] = ("warning", "critical")
+"""From least to most severe."""
+
+KINDS: Final = (
+    "compaction_loop",
+    "budget_exceeded",
+    "ineffective_compaction",
+    "failed_compaction",
+    "compaction_cost_share",
+    "cache_miss_after_compaction",
+    "error_burst",
+    "unpriced_model",
+)
+"""Every kind, in the order findings are listed (after severity)."""
+
+ENV_BUDGETS_FILE: Final = "COMPACTOBS_BUDGETS_FILE"
+EXIT_FINDINGS: Final = 3
+"""The exit code of `report anomalies --fail-on LEVEL` when a finding at LEVEL or above exists (2 is taken by
+usage errors, 1 by crashes)."""
+MAX_CALL_IDS: Final = 50
+"""A finding lists at most this many call ids (the evidence has the full count)."""
+
+_HOUR_MS: Final = 3_600_000
+_ERROR_STATUSES: Final = (429, 529)
+_ID_CHUNK: Final = 500
+"""Conversation ids per `IN (...)` list (SQLite allows 32766 parameters; PostgreSQL more)."""
+
+
+# --- thresholds ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """The rules' thresholds (the defaults are the CLI's)."""
+
+    loop_min: int = 3
+    """compaction_loop: at least this many ineffective compactions..."""
+    loop_window: int = 5
+    """...within this many consecutive calls of one conversation."""
+    ineffective_ratio: float = 0.8
+    """A compaction is ineffective when the context it left is >= this share of the trigger."""
+    cost_share: float = 0.5
+    """compaction_cost_share: compaction iterations cost more than this share of the conversation."""
+    error_share: float = 0.1
+    """error_burst: more than this share of an hour's calls ended in 429, 529 or another 5xx..."""
+    error_min_calls: int = 20
+    """...in an hour with at least this many calls."""
+    cache_drop_ratio: float = 0.05
+    """cache_miss_after_compaction: reads after <= this share of the reads before ("about zero")..."""
+    cache_min_tokens: int = 1024
+    """...where the call before read >= this many tokens and the call after wrote >= this many."""
+
+    def __post_init__(self) -> None:
+        if self.loop_min < 2:
+            raise ReportInputError(f"--loop-min must be at least 2, not {self.loop_min}")
+        if self.loop_window < 1:
+            raise ReportInputError(f"--loop-window must be at least 1, not {self.loop_window}")
+        for name, value in (
+            ("ineffective-ratio", self.ineffective_ratio),
+            ("cost-share", self.cost_share),
+            ("error-share", self.error_share),
+            ("cache-drop-ratio", self.cache_drop_ratio),
+        ):
+            if not (0.0 <= value <= 1.0):
+                raise ReportInputError(f"--{name} must be between 0 and 1, not {value}")
+        if self.error_min_calls < 1:
+            raise ReportInputError(f"--error-min-calls must be at least 1, not {self.error_min_calls}")
+        if self.cache_min_tokens < 0:
+            raise ReportInputError(f"--cache-min-tokens must be >= 0, not {self.cache_min_tokens}")
+
+
+# --- budgets ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A conversation's budget: USD and/or billed tokens, and where it came from."""
+
+    usd: Decimal | None = None
+    tokens: int | None = None
+    source: str = "stored"
+    """`stored` (from compactobs.conversation(..., budget_usd=..., budget_tokens=...)), or the file entry:
+    `FILE [budgets."KEY"]`."""
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Budgets by conversation id or glob, from a budgets file. Exact ids win; else the most specific glob
+    (most literal characters), then file order."""
+
+    exact: Mapping[str, Budget] = field(default_factory=dict)
+    globs: Sequence[tuple[str, Budget]] = ()
+
+    def for_conversation(self, conversation_id: str) -> Budget | None:
+        found = self.exact.get(conversation_id)
+        if found is not None:
+            return found
+        for pattern, budget in self.globs:
+            if fnmatchcase(conversation_id, pattern):
+                return budget
+        return None
+
+    def __bool__(self) -> bool:
+        return bool(self.exact) or bool(self.globs)
+
+
+_GLOB_CHARS: Final = frozenset("*?[")
+_BUDGET_KEYS: Final = frozenset({"usd", "tokens"})
+_BUDGETS_EXAMPLE: Final = '[budgets."ticket-42"] usd = 5.0, tokens = 2000000'
+
+
+def _toml_loads(text: str) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib.loads(text, parse_float=Decimal)
+    try:  # pragma: no cover - 3.10 only
+        import tomli
+    except ImportError as err:  # pragma: no cover
+        raise ReportInputError(
+            "reading a budgets file on Python 3.10 needs 'tomli' (pip install tomli)"
+        ) from err
+    return tomli.loads(text, parse_float=Decimal)  # pragma: no cover
+
+
+def load_budgets(path: str | os.PathLike[str]) -> Budgets:
+    """Read a budgets file (TOML). Raises ReportInputError with a one-line message on any problem.
+
+    ```toml
+    [budgets."ticket-42"]      # an exact conversation id
+    usd = 5.0                  # USD (optional)
+    tokens = 2_000_000         # billed tokens: input + output + cache reads + cache writes (optional)
+
+    [budgets."batch-*"]        # a glob (fnmatch: * ? [...]) over conversation ids
+    usd = 0.50
+    ```
+    """
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ReportInputError(f"budgets file {name} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ReportInputError(f"cannot read budgets file {name}: {err}") from None
+    try:
+        data = _toml_loads(text)
+    except ReportInputError:
+        raise
+    except Exception as err:  # tomllib.TOMLDecodeError (and tomli's)
+        raise ReportInputError(f"budgets file {name} is not valid TOML: {err}") from None
+    unknown = sorted(set(data) - {"budgets"})
+    if unknown:
+        raise ReportInputError(
+            f'budgets file {name}: unknown top-level key {unknown[0]!r}; expected only [budgets."ID"] '
+            f"tables, e.g. {_BUDGETS_EXAMPLE}"
+        )
+    table = data.get("budgets", {})
+    if not isinstance(table, dict):
+        raise ReportInputError(f"budgets file {name}: 'budgets' must be a table, e.g. {_BUDGETS_EXAMPLE}")
+    exact: dict[str, Budget] = {}
+    globs: list[tuple[int, int, str, Budget]] = []
+    for position, (key, entry) in enumerate(table.items()):
+        where = f'budgets file {name}: [budgets."{key}"]'
+        if not isinstance(entry, dict):
+            raise ReportInputError(f"{where} must be a table with usd and/or tokens, e.g. {_BUDGETS_EXAMPLE}")
+        bad = sorted(set(entry) - _BUDGET_KEYS)
+        if bad:
+            raise ReportInputError(f"{where}: unknown key {bad[0]!r} (allowed: usd, tokens)")
+        if not entry:
+            raise ReportInputError(f"{where} sets no budget: give usd and/or tokens")
+        usd = entry.get("usd")
+        tokens = entry.get("tokens")
+        if usd is not None:
+            if isinstance(usd, bool) or not isinstance(usd, (int, Decimal)):
+                raise ReportInputError(f"{where}.usd must be a number, not {usd!r}")
+            usd = Decimal(usd)
+            if not usd.is_finite() or usd < 0:
+                raise ReportInputError(f"{where}.usd must be a finite number >= 0, not {usd}")
+        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0):
+            raise ReportInputError(f"{where}.tokens must be a whole number >= 0, not {tokens!r}")
+        budget = Budget(usd=usd, tokens=tokens, source=f'{name} [budgets."{key}"]')
+        if _GLOB_CHARS & set(key):
+            literal_chars = sum(1 for char in key if char not in _GLOB_CHARS)
+            globs.append((-literal_chars, position, key, budget))
+        else:
+            exact[key] = budget
+    globs.sort(key=lambda item: (item[0], item[1]))
+    return Budgets(exact=exact, globs=tuple((pattern, budget) for _, _, pattern, budget in globs))
+
+
+# --- findings --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One anomaly. `evidence` holds plain JSON values (money as Decimal rounded to 6 places)."""
+
+    kind: str
+    severity: Severity
+    conversation_id: str | None
+    call_ids: tuple[str, ...]
+    message: str
+    evidence: Mapping[str, Any]
+    remedy: str
+    first_ms: int = 0
+    """When the first call involved started (epoch ms): the order findings are listed in."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "severity": self.severity,
+            "conversation_id": self.conversation_id,
+            "call_ids": list(self.call_ids),
+            "message": self.message,
+            "evidence": dict(self.evidence),
+            "remedy": self.remedy,
+        }
+
+
+def exit_code_for(findings: Iterable[Finding | Mapping[str, Any]], fail_on: str | None) -> int:
+    """EXIT_FINDINGS when a finding (a Finding or its JSON dict) is at `fail_on` or above, else 0 (always 0
+    when `fail_on` is None)."""
+    if fail_on is None:
+        return 0
+    floor = SEVERITIES.index(fail_on)  # type: ignore[arg-type]
+    for finding in findings:
+        severity = finding["severity"] if isinstance(finding, Mapping) else finding.severity
+        if SEVERITIES.index(severity) >= floor:
+            return EXIT_FINDINGS
+    return 0
+
+
+_SIX: Final = Decimal("0.000001")
+
+
+def _usd(value: Any) -> Decimal | None:
+    """Money for evidence: Decimal rounded to 6 places (never -0)."""
+    if value is None:
+        return None
+    amount = value if isinstance(value, Decimal) else Decimal(str(value))
+    amount = amount.quantize(_SIX)
+    return amount if amount != 0 else Decimal("0.000000")
+
+
+def _money(value: Any) -> str:
+    """Money in a message: $ with 4 decimals, as tables show it."""
+    return f"${Decimal(str(value)):,.4f}"
+
+
+def _span(low: float, high: float) -> str:
+    return _pct(low) if _pct(low) == _pct(high) else f"{_pct(low)}-{_pct(high)}"
+
+
+def _total_cost(values: Iterable[Decimal | None]) -> Decimal | None:
+    """The sum of the known amounts; None when none is known (unpriced, or no iteration rows)."""
+    known = [Decimal(str(v)) for v in values if v is not None]
+    return sum(known, Decimal(0)) if known else None
+
+
+def _ratio(value: float) -> float:
+    return round(value, 4)
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.0f}%"
+
+
+def _when(ms: int, tz: Any) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).astimezone(tz).isoformat(timespec="seconds")
+
+
+def _ids(ids: Sequence[str]) -> tuple[str, ...]:
+    return tuple(ids[:MAX_CALL_IDS])
+
+
+# --- the per-conversation compaction rules (one query) ------------------------------------------------
+
+
+_REMEDY_LOOP: Final = (
+    "raise the trigger or shrink what survives a compaction (instructions asking for a shorter summary, "
+    "fewer/lighter tool results), and use pause_after_compaction with a compaction counter as a breaker"
+)
+_REMEDY_INEFFECTIVE: Final = (
+    "the summary plus what follows it nearly fills the trigger: raise the trigger or ask for a shorter "
+    "summary in the compaction instructions"
+)
+_REMEDY_FAILED: Final = (
+    "a null summary is billed and changes nothing: avoid tool calls at the compaction point and check the "
+    "compaction instructions; retry the compaction on demand"
+)
+_REMEDY_SHARE: Final = (
+    "compaction dominates the bill: raise the trigger so it fires less often, keep the context cached so "
+    "the summarisation reads from cache, or end long conversations sooner"
+)
+_REMEDY_CACHE: Final = (
+    'put cache_control {"type": "ephemeral"} on the compaction block (and keep one on the system prompt) so '
+    "the calls after a compaction read the summary from the cache instead of writing it again"
+)
+_REMEDY_BUDGET: Final = (
+    "stop or cap the conversation (compactobs.conversation budgets, pause_after_compaction with a "
+    "compaction counter), or raise its budget"
+)
+_REMEDY_UNPRICED: Final = (
+    "add the model to a pricing overrides file (COMPACTOBS_PRICING_FILE) and run `compactobs reprice`"
+)
+_REMEDY_ERRORS: Final = (
+    "throttle or queue requests (rate limits: 429), retry 529/5xx with backoff, or spread load across hours "
+    "or the batch API"
+)
+
+
+@dataclass(slots=True)
+class _CompactionCall:
+    call_id: str
+    rn: int
+    start_ms: int
+    compactions: int
+    failed: int
+    trigger: int | None
+    context_after: int | None
+    cost: Decimal | None
+    compaction_cost: Decimal | None
+    prev_call_id: str | None
+    prev_reads: int | None
+    prev_writes: int | None
+    next_call_id: str | None
+    next_reads: int | None
+    next_writes: int | None
+
+    def ineffective(self, ratio: float) -> bool:
+        return (
+            self.trigger is not None
+            and self.trigger > 0
+            and self.context_after is not None
+            and self.context_after >= ratio * self.trigger
+        )
+
+
+def _compaction_rows(engine: Engine, conditions: Sequence[ColumnElement[bool]]) -> Iterator[tuple[Any, ...]]:
+    """Every compacting call of every conversation that compacted, with its neighbours, in conversation
+    order: (conversation_id, conversation_calls, conversation_cost, turns since the previous compacting call
+    (its own included), then the _CompactionCall fields without `rn`).
+
+    Only compacting calls are visited: the turns between two compacting calls are counted with an index
+    range on (conversation_id, start_ms), and the previous and next turns are index lookups. The work is
+    linear in the calls of the conversations that compact, even for a conversation that compacts at every
+    turn, and on SQLite much cheaper than window functions over all those calls (about 5x on 1M calls).
+    """
+    c, x = calls.alias("c"), calls.alias("x")
+    on_c = [ClauseAdapter(c).traverse(condition) for condition in conditions]
+    on_x = [ClauseAdapter(x).traverse(condition) for condition in conditions]
+    order = (c.c.start_ms, c.c.call_id)
+    i = iterations.c
+    compacting = (
+        select(
+            c.c.conversation_id,
+            c.c.call_id,
+            c.c.start_ms,
+            c.c.compactions_count,
+            c.c.compactions_failed,
+            c.c.compaction_trigger,
+            c.c.context_tokens,
+            c.c.cost_usd,
+            func.lag(c.c.start_ms).over(partition_by=c.c.conversation_id, order_by=order).label("last_ms"),
+            func.lag(c.c.call_id).over(partition_by=c.c.conversation_id, order_by=order).label("last_id"),
+        )
+        .where(
+            c.c.compactions_count > 0,
+            c.c.conversation_id.is_not(None),
+            c.c.input_tokens.is_not(None),
+            *on_c,
+        )
+        .subquery("compacting")
+    )
+    k = compacting.c
+    # The turns of k's conversation: calls that returned usage, in (start_ms, call_id) order.
+    turn = [x.c.conversation_id == k.conversation_id, x.c.input_tokens.is_not(None), *on_x]
+    before = and_(x.c.start_ms <= k.start_ms, or_(x.c.start_ms < k.start_ms, x.c.call_id < k.call_id))
+    after = and_(x.c.start_ms >= k.start_ms, or_(x.c.start_ms > k.start_ms, x.c.call_id > k.call_id))
+    since_last = and_(
+        x.c.start_ms >= func.coalesce(k.last_ms, -1),
+        or_(k.last_ms.is_(None), x.c.start_ms > k.last_ms, x.c.call_id > k.last_id),
+    )
+    gap = select(func.count()).select_from(x).where(*turn, before, since_last).scalar_subquery() + 1
+    previous = (
+        select(x.c.call_id)
+        .where(*turn, before)
+        .order_by(x.c.start_ms.desc(), x.c.call_id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    following = (
+        select(x.c.call_id).where(*turn, after).order_by(x.c.start_ms, x.c.call_id).limit(1).scalar_subquery()
+    )
+    compaction_cost = (
+        select(func.sum(i.cost_usd)).where(i.call_id == k.call_id, i.type == "compaction").scalar_subquery()
+    )
+    located = select(
+        compacting,
+        gap.label("gap"),
+        previous.label("prev_id"),
+        following.label("next_id"),
+        compaction_cost.label("compaction_cost"),
+    ).subquery("located")
+    m = located.c
+    t = calls.c
+    totals = (
+        select(t.conversation_id, func.count().label("calls"), func.sum(t.cost_usd).label("cost"))
+        .where(t.conversation_id.in_(select(m.conversation_id)), t.input_tokens.is_not(None), *conditions)
+        .group_by(t.conversation_id)
+        .subquery("totals")
+    )
+    p, n = calls.alias("p"), calls.alias("n")
+
+    def writes(table: Any) -> Any:
+        return func.coalesce(table.c.cache_write_5m_tokens, 0) + func.coalesce(
+            table.c.cache_write_1h_tokens, 0
+        )
+
+    query = (
+        select(
+            m.conversation_id,
+            totals.c.calls,
+            totals.c.cost,
+            m.gap,
+            m.call_id,
+            m.start_ms,
+            m.compactions_count,
+            func.coalesce(m.compactions_failed, 0),
+            m.compaction_trigger,
+            func.coalesce(m.context_tokens, n.c.context_tokens),
+            m.cost_usd,
+            m.compaction_cost,
+            m.prev_id,
+            func.coalesce(p.c.cache_read_tokens, 0),
+            writes(p),
+            m.next_id,
+            func.coalesce(n.c.cache_read_tokens, 0),
+            writes(n),
+        )
+        .select_from(
+            located.join(totals, totals.c.conversation_id == m.conversation_id)
+            .outerjoin(p, p.c.call_id == m.prev_id)
+            .outerjoin(n, n.c.call_id == m.next_id)
+        )
+        .order_by(m.conversation_id, m.start_ms, m.call_id)
+    )
+    with engine.connect() as connection:
+        result = connection.execution_options(stream_results=True, yield_per=2000).execute(query)
+        yield from result
+
+
+def _conversation_findings(
+    conversation_id: str,
+    conversation_calls: int,
+    conversation_cost: Any,
+    rows: list[_CompactionCall],
+    thresholds: Thresholds,
+) -> Iterator[Finding]:
+    """The compaction rules for one conversation, from its compacting calls."""
+    ratio = thresholds.ineffective_ratio
+    ineffective = [row for row in rows if row.ineffective(ratio)]
+
+    # compaction_loop: windows of `loop_window` consecutive calls holding >= loop_min ineffective
+    # compactions; overlapping windows merge into one loop.
+    in_loop: set[str] = set()
+    loops: list[list[_CompactionCall]] = []
+    start = 0
+    total = 0
+    for end, row in enumerate(ineffective):
+        total += row.compactions
+        while row.rn - ineffective[start].rn >= thresholds.loop_window:
+            total -= ineffective[start].compactions
+            start += 1
+        if total >= thresholds.loop_min:
+            window = ineffective[start : end + 1]
+            if loops and loops[-1][-1].rn >= window[0].rn:
+                known = {r.call_id for r in loops[-1]}
+                loops[-1].extend(r for r in window if r.call_id not in known)
+            else:
+                loops.append(list(window))
+    for loop in loops:
+        in_loop.update(r.call_id for r in loop)
+        compactions = sum(r.compactions for r in loop)
+        span = loop[-1].rn - loop[0].rn + 1
+        shares = [r.context_after / r.trigger for r in loop]  # type: ignore[operator]
+        cost = _total_cost(r.compaction_cost for r in loop)
+        yield Finding(
+            kind="compaction_loop",
+            severity="critical",
+            conversation_id=conversation_id,
+            call_ids=_ids([r.call_id for r in loop]),
+            message=(
+                f"{compactions} compactions within {span} consecutive calls, each leaving the context at "
+                f"{_span(min(shares), max(shares))} of the trigger: compaction keeps re-firing"
+            ),
+            evidence={
+                "compactions": compactions,
+                "calls_spanned": span,
+                "calls": len(loop),
+                "min_context_share": _ratio(min(shares)),
+                "max_context_share": _ratio(max(shares)),
+                "compaction_cost_usd": _usd(cost),
+                "steps": [
+                    {
+                        "call_id": r.call_id,
+                        "position": r.rn,
+                        "compactions": r.compactions,
+                        "context_tokens": r.context_after,
+                        "trigger_tokens": r.trigger,
+                        "context_share": _ratio(r.context_after / r.trigger),  # type: ignore[operator]
+                    }
+                    for r in loop[:MAX_CALL_IDS]
+                ],
+            },
+            remedy=_REMEDY_LOOP,
+            first_ms=loop[0].start_ms,
+        )
+
+    for row in ineffective:
+        if row.call_id in in_loop:
+            continue
+        share = row.context_after / row.trigger  # type: ignore[operator]
+        yield Finding(
+            kind="ineffective_compaction",
+            severity="warning",
+            conversation_id=conversation_id,
+            call_ids=(row.call_id,),
+            message=(
+                f"compaction left {row.context_after:,} tokens, {_pct(share)} of the {row.trigger:,}-token "
+                f"trigger: it freed too little room and will fire again soon"
+            ),
+            evidence={
+                "compactions": row.compactions,
+                "context_tokens": row.context_after,
+                "trigger_tokens": row.trigger,
+                "context_share": _ratio(share),
+                "position": row.rn,
+                "compaction_cost_usd": _usd(row.compaction_cost),
+            },
+            remedy=_REMEDY_INEFFECTIVE,
+            first_ms=row.start_ms,
+        )
+
+    failed = [row for row in rows if row.failed > 0]
+    if failed:
+        count = sum(row.failed for row in failed)
+        cost = _total_cost(r.compaction_cost for r in failed)
+        yield Finding(
+            kind="failed_compaction",
+            severity="warning",
+            conversation_id=conversation_id,
+            call_ids=_ids([row.call_id for row in failed]),
+            message=(
+                f"{count} compaction(s) returned no summary (content null) in {len(failed)} call(s): billed, "
+                f"and the context was not reduced"
+            ),
+            evidence={
+                "failed_compactions": count,
+                "calls": len(failed),
+                "compaction_cost_usd": _usd(cost),
+            },
+            remedy=_REMEDY_FAILED,
+            first_ms=failed[0].start_ms,
+        )
+
+    # compaction_cost_share: over priced calls only (an unpriced call's compaction has no cost to share).
+    total = Decimal(str(conversation_cost)) if conversation_cost is not None else None
+    priced = [r for r in rows if r.cost is not None and r.compaction_cost is not None]
+    if total is not None and total > 0 and priced:
+        compaction_cost = sum((Decimal(str(r.compaction_cost)) for r in priced), Decimal(0))
+        share = compaction_cost / total
+        if share > Decimal(str(thresholds.cost_share)):
+            yield Finding(
+                kind="compaction_cost_share",
+                severity="warning",
+                conversation_id=conversation_id,
+                call_ids=_ids([r.call_id for r in priced]),
+                message=(
+                    f"compaction cost {_money(compaction_cost)} of {_money(total)}, {_pct(float(share))} of "
+                    f"the conversation (threshold {_pct(thresholds.cost_share)})"
+                ),
+                evidence={
+                    "compaction_cost_usd": _usd(compaction_cost),
+                    "conversation_cost_usd": _usd(total),
+                    "share": _ratio(float(share)),
+                    "compactions": sum(r.compactions for r in priced),
+                    "conversation_calls": conversation_calls,
+                },
+                remedy=_REMEDY_SHARE,
+                first_ms=priced[0].start_ms,
+            )
+
+    for row in rows:
+        before, after, written_before, written = (
+            row.prev_reads,
+            row.next_reads,
+            row.prev_writes,
+            row.next_writes,
+        )
+        if before is None or after is None or written is None or row.next_call_id is None:
+            continue
+        if (
+            before >= thresholds.cache_min_tokens
+            and before > 0
+            and after <= thresholds.cache_drop_ratio * before
+            and written >= thresholds.cache_min_tokens
+            and written > (written_before or 0)
+        ):
+            assert row.prev_call_id is not None
+            yield Finding(
+                kind="cache_miss_after_compaction",
+                severity="warning",
+                conversation_id=conversation_id,
+                call_ids=(row.prev_call_id, row.call_id, row.next_call_id),
+                message=(
+                    f"after the compaction, cache reads fell from {before:,} to {after:,} tokens while cache "
+                    f"writes rose from {written_before or 0:,} to {written:,}: the summary is not cached"
+                ),
+                evidence={
+                    "cache_read_before": before,
+                    "cache_read_after": after,
+                    "cache_write_before": written_before or 0,
+                    "cache_write_after": written,
+                    "read_ratio": _ratio(after / before),
+                    "compaction_call_id": row.call_id,
+                },
+                remedy=_REMEDY_CACHE,
+                first_ms=row.start_ms,
+            )
+
+
+def _compaction_findings(
+    engine: Engine, conditions: Sequence[ColumnElement[bool]], thresholds: Thresholds
+) -> Iterator[Finding]:
+    current: str | None = None
+    head: tuple[Any, Any] = (0, None)
+    rows: list[_CompactionCall] = []
+    position = 0
+    for record in _compaction_rows(engine, conditions):
+        conversation_id = record[0]
+        if conversation_id != current:
+            if current is not None:
+                yield from _conversation_findings(current, head[0], head[1], rows, thresholds)
+            current, head, rows, position = conversation_id, (record[1], record[2]), [], 0
+        position += int(record[3])  # the turns since the previous compacting call
+        rows.append(_CompactionCall(record[4], position, *record[5:]))
+    if current is not None:
+        yield from _conversation_findings(current, head[0], head[1], rows, thresholds)
+
+
+# --- budgets ---------------------------------------------------------------------------------------------
+
+
+def _billed_tokens() -> ColumnElement[Any]:
+    c = calls.c
+    return (
+        func.coalesce(c.input_tokens, 0)
+        + func.coalesce(c.output_tokens, 0)
+        + func.coalesce(c.cache_read_tokens, 0)
+        + func.coalesce(c.cache_write_5m_tokens, 0)
+        + func.coalesce(c.cache_write_1h_tokens, 0)
+    )
+
+
+def _budget_findings(
+    engine: Engine, conditions: Sequence[ColumnElement[bool]], budgets: Budgets | None
+) -> Iterator[Finding]:
+    c = calls.c
+    selected = select(c.conversation_id).where(c.conversation_id.is_not(None), *conditions).distinct()
+    query = select(
+        c.conversation_id,
+        func.count(),
+        func.sum(c.cost_usd),
+        func.sum(_billed_tokens()),
+        func.max(c.budget_usd),
+        func.max(c.budget_tokens),
+        func.sum(case((c.priced.is_(False), 1), else_=0)),
+    ).where(c.conversation_id.is_not(None))
+    if conditions:
+        query = query.where(c.conversation_id.in_(selected.scalar_subquery()))
+    query = query.group_by(c.conversation_id)
+    if not budgets:
+        query = query.having(or_(func.max(c.budget_usd).is_not(None), func.max(c.budget_tokens).is_not(None)))
+    over: dict[str, tuple[Budget, int, Decimal | None, int, int]] = {}
+    with engine.connect() as connection:
+        result = connection.execution_options(stream_results=True, yield_per=2000).execute(query)
+        for conversation_id, count, cost, tokens, stored_usd, stored_tokens, unpriced in result:
+            budget = budgets.for_conversation(conversation_id) if budgets else None
+            if budget is None:
+                if stored_usd is None and stored_tokens is None:
+                    continue
+                budget = Budget(
+                    usd=Decimal(str(stored_usd)) if stored_usd is not None else None,
+                    tokens=int(stored_tokens) if stored_tokens is not None else None,
+                )
+            spent = Decimal(str(cost)) if cost is not None else None
+            tokens = int(tokens or 0)
+            over_usd = budget.usd is not None and spent is not None and spent > budget.usd
+            over_tokens = budget.tokens is not None and tokens > budget.tokens
+            if over_usd or over_tokens:
+                over[conversation_id] = (budget, count, spent, tokens, int(unpriced or 0))
+    if not over:
+        return
+    crossings = _budget_crossings(engine, over)
+    for conversation_id, (budget, count, spent, tokens, unpriced) in over.items():
+        first_ms, crossing = crossings.get(conversation_id, (0, None))
+        parts = []
+        if budget.usd is not None and spent is not None and spent > budget.usd:
+            share = _pct(float(spent / budget.usd)) if budget.usd else "over"
+            parts.append(f"{_money(spent)} of a {_money(budget.usd)} budget ({share})")
+        if budget.tokens is not None and tokens > budget.tokens:
+            share = f"{_pct(tokens / budget.tokens)}" if budget.tokens else "over"
+            parts.append(f"{tokens:,} of {budget.tokens:,} budgeted tokens ({share})")
+        evidence: dict[str, Any] = {
+            "spent_usd": _usd(spent),
+            "budget_usd": _usd(budget.usd),
+            "billed_tokens": tokens,
+            "budget_tokens": budget.tokens,
+            "calls": count,
+            "unpriced_calls": unpriced,
+            "budget_source": budget.source,
+            "crossed_at_call_id": crossing,
+        }
+        yield Finding(
+            kind="budget_exceeded",
+            severity="critical",
+            conversation_id=conversation_id,
+            call_ids=(crossing,) if crossing else (),
+            message="over budget: " + "; ".join(parts),
+            evidence=evidence,
+            remedy=_REMEDY_BUDGET,
+            first_ms=first_ms,
+        )
+
+
+def _budget_crossings(
+    engine: Engine, over: Mapping[str, tuple[Budget, int, Decimal | None, int, int]]
+) -> dict[str, tuple[int, str]]:
+    """(start_ms, call_id) of the first call at which each conversation's spend went over its budget.
+
+    One ordered pass over the calls of the conversations over budget (the (conversation_id, start_ms) index
+    gives the order), summing in Python: on SQLite this is about twice as fast as running sums in window
+    functions with the budgets joined in.
+    """
+    c = calls.c
+    found: dict[str, tuple[int, str]] = {}
+    ids = list(over)
+    with engine.connect() as connection:
+        for start in range(0, len(ids), _ID_CHUNK):
+            chunk = ids[start : start + _ID_CHUNK]
+            query = (
+                select(c.conversation_id, c.call_id, c.start_ms, c.cost_usd, _billed_tokens())
+                .where(c.conversation_id.in_(chunk))
+                .order_by(c.conversation_id, c.start_ms, c.call_id)
+            )
+            current: str | None = None
+            skip = False
+            usd_limit: Decimal | None = None
+            token_limit: int | None = None
+            spent = Decimal(0)
+            tokens = 0
+            for conversation_id, call_id, start_ms, cost, billed in connection.execute(query):
+                if conversation_id != current:
+                    current, skip, spent, tokens = conversation_id, False, Decimal(0), 0
+                    budget = over[conversation_id][0]
+                    usd_limit, token_limit = budget.usd, budget.tokens
+                if skip:
+                    continue
+                if cost is not None:
+                    spent += cost if isinstance(cost, Decimal) else Decimal(str(cost))
+                tokens += int(billed or 0)
+                if (usd_limit is not None and spent > usd_limit) or (
+                    token_limit is not None and tokens > token_limit
+                ):
+                    found[conversation_id] = (int(start_ms), call_id)
+                    skip = True
+    return found
+
+
+# --- models and hours ------------------------------------------------------------------------------------
+
+
+def _unpriced_findings(engine: Engine, conditions: Sequence[ColumnElement[bool]]) -> Iterator[Finding]:
+    c, i = calls.c, iterations.c
+    model = func.coalesce(i.model, c.response_model, c.request_model, literal_column("'(unknown)'"))
+    query = (
+        select(
+            model.label("model"),
+            func.count(func.distinct(c.call_id)),
+            func.count(),
+            func.count(func.distinct(c.conversation_id)),
+            func.sum(
+                func.coalesce(i.input_tokens, 0)
+                + func.coalesce(i.output_tokens, 0)
+                + func.coalesce(i.cache_read_tokens, 0)
+                + func.coalesce(i.cache_write_5m_tokens, 0)
+                + func.coalesce(i.cache_write_1h_tokens, 0)
+            ),
+            func.min(c.start_ms),
+            func.max(c.start_ms),
+        )
+        .select_from(iterations.join(calls, calls.c.call_id == i.call_id))
+        .where(i.priced.is_(False), *conditions)
+        .group_by(model)
+        .order_by(model)
+    )
+    with engine.connect() as connection:
+        groups = connection.execute(query).all()
+        for name, call_count, iteration_count, conversations, tokens, first_ms, last_ms in groups:
+            sample = connection.execute(
+                select(c.call_id)
+                .select_from(iterations.join(calls, calls.c.call_id == i.call_id))
+                .where(i.priced.is_(False), model == name, *conditions)
+                .group_by(c.call_id)
+                .order_by(func.min(c.start_ms), c.call_id)
+                .limit(MAX_CALL_IDS)
+            ).scalars()
+            yield Finding(
+                kind="unpriced_model",
+                severity="warning",
+                conversation_id=None,
+                call_ids=tuple(sample),
+                message=(
+                    f"model {name!r} has no price: {call_count:,} call(s) with {int(tokens or 0):,} tokens "
+                    f"are stored without cost, so every cost total leaves them out"
+                ),
+                evidence={
+                    "model": name,
+                    "calls": call_count,
+                    "iterations": iteration_count,
+                    "conversations": conversations,
+                    "tokens": int(tokens or 0),
+                    "first_ms": int(first_ms),
+                    "last_ms": int(last_ms),
+                },
+                remedy=_REMEDY_UNPRICED,
+                first_ms=int(first_ms),
+            )
+
+
+def _server_error() -> ColumnElement[bool]:
+    status = calls.c.http_status
+    return or_(status.in_(_ERROR_STATUSES), and_(status >= 500, status <= 599))
+
+
+def _error_findings(
+    engine: Engine, conditions: Sequence[ColumnElement[bool]], thresholds: Thresholds, tz: Any
+) -> Iterator[Finding]:
+    c = calls.c
+    hour = (c.start_ms // _HOUR_MS).label("hour")
+    failing = _server_error()
+    errors = func.sum(case((failing, 1), else_=0))
+    query = (
+        select(
+            hour,
+            func.count(),
+            errors,
+            func.sum(case((c.http_status == 429, 1), else_=0)),
+            func.sum(case((c.http_status == 529, 1), else_=0)),
+            func.sum(func.coalesce(c.attempts, 1) - 1),
+        )
+        .where(*conditions)
+        .group_by(hour)
+        .having(func.count() >= thresholds.error_min_calls)
+        .order_by(hour)
+    )
+    with engine.connect() as connection:
+        bursts = [
+            row for row in connection.execute(query) if row[2] and row[2] > thresholds.error_share * row[1]
+        ]
+        for hour_value, total, failed, rate_limited, overloaded, retries in bursts:
+            start_ms = int(hour_value) * _HOUR_MS
+            sample = connection.execute(
+                select(c.call_id)
+                .where(c.start_ms >= start_ms, c.start_ms < start_ms + _HOUR_MS, failing, *conditions)
+                .order_by(c.start_ms, c.call_id)
+                .limit(MAX_CALL_IDS)
+            ).scalars()
+            share = failed / total
+            other = failed - rate_limited - overloaded
+            yield Finding(
+                kind="error_burst",
+                severity="warning",
+                conversation_id=None,
+                call_ids=tuple(sample),
+                message=(
+                    f"{failed} of {total} calls ({_pct(share)}) failed with 429/529/5xx in the hour from "
+                    f"{_when(start_ms, tz)} (threshold {_pct(thresholds.error_share)})"
+                ),
+                evidence={
+                    "hour_start": _when(start_ms, tz),
+                    "hour_start_ms": start_ms,
+                    "calls": total,
+                    "error_calls": failed,
+                    "share": _ratio(share),
+                    "http_429": rate_limited,
+                    "http_529": overloaded,
+                    "http_5xx_other": other,
+                    "retries": int(retries or 0),
+                },
+                remedy=_REMEDY_ERRORS,
+                first_ms=start_ms,
+            )
+
+
+# --- entry point -----------------------------------------------------------------------------------------
+
+
+def find_anomalies(
+    engine: Engine,
+    filters: Filters,
+    thresholds: Thresholds | None = None,
+    budgets: Budgets | None = None,
+) -> list[Finding]:
+    """Every finding over the calls `filters` select, most severe first, then by kind (`KINDS` order),
+    then by the time of the first call involved."""
+    thresholds = thresholds or Thresholds()
+    conditions = filters.call_conditions()
+    findings: list[Finding] = []
+    findings.extend(_compaction_findings(engine, conditions, thresholds))
+    findings.extend(_budget_findings(engine, conditions, budgets))
+    findings.extend(_unpriced_findings(engine, conditions))
+    findings.extend(_error_findings(engine, conditions, thresholds, filters.tz))
+    findings.sort(
+        key=lambda f: (
+            -SEVERITIES.index(f.severity),
+            KINDS.index(f.kind),
+            f.first_ms,
+            f.conversation_id or "",
+        )
+    )
+    return findings
+
+
+COLUMNS: Final = ["severity", "kind", "conversation_id", "call_ids", "message", "evidence", "remedy"]
+
+
+def anomalies_report(
+    engine: Engine,
+    filters: Filters,
+    thresholds: Thresholds | None = None,
+    budgets: Budgets | None = None,
+    budgets_source: str | None = None,
+) -> Report:
+    """The `report anomalies` Report: one row per finding (`call_ids` space-separated and `evidence` as JSON
+    text in the rows, for CSV and Markdown); `extra["findings"]` holds the findings as JSON data."""
+    thresholds = thresholds or Thresholds()
+    findings = find_anomalies(engine, filters, thresholds, budgets)
+    rows = [
+        {
+            "severity": f.severity,
+            "kind": f.kind,
+            "conversation_id": f.conversation_id,
+            "call_ids": " ".join(f.call_ids),
+            "message": f.message,
+            "evidence": json.dumps(to_json_value(dict(f.evidence)), ensure_ascii=False, sort_keys=False),
+            "remedy": f.remedy,
+        }
+        for f in findings
+    ]
+    counts = {level: sum(1 for f in findings if f.severity == level) for level in reversed(SEVERITIES)}
+    header = [
+        filters.describe(),
+        "thresholds: "
+        + ", ".join(f"{name.replace('_', '-')} {value}" for name, value in _threshold_items(thresholds)),
+        f"budgets: {budgets_source}" if budgets_source else "budgets: as stored with the calls",
+    ]
+    return Report(
+        name="anomalies",
+        columns=list(COLUMNS),
+        rows=rows,
+        header=header,
+        extra={
+            "findings": [f.as_dict() for f in findings],
+            "counts": counts,
+            "thresholds": dict(_threshold_items(thresholds)),
+        },
+        kinds={column: "text" for column in COLUMNS},
+        table_columns=["severity", "kind", "conversation_id", "message", "remedy"],
+        title="Anomalies",
+        empty_message="No anomalies found.",
+    )
+
+
+def _threshold_items(thresholds: Thresholds) -> list[tuple[str, Any]]:
+    return [(name, getattr(thresholds, name)) for name in Thresholds.__slots__]  # type: ignore[attr-defined]
+
+
+def findings_of(report: Report) -> list[dict[str, Any]]:
+    """The findings of an anomalies Report, as JSON data."""
+    return list(report.extra.get("findings", []))
+
+
+def render_anomalies(
+    report: Report, fmt: str, console_width: int | None = None, *, color: bool = False
+) -> str:
+    """`json`: `{"report": "anomalies", "findings": [...], "counts", "thresholds", "warnings"}`; `table`: one
+    block per finding (severity, kind, conversation, calls, message, evidence, remedy); `csv` and `md`: the
+    generic renderers over the rows."""
+    if fmt == "json":
+        document = {
+            "report": "anomalies",
+            "findings": to_json_value(findings_of(report)),
+            "counts": report.extra.get("counts", {}),
+            "thresholds": to_json_value(report.extra.get("thresholds", {})),
+            "warnings": list(report.warnings),
+        }
+        return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if fmt != "table":
+        return render(report, fmt, console_width, color=color)
+    return _render_blocks(report, console_width or 100, color)
+
+
+_STYLE: Final = {"critical": "bold red", "warning": "yellow"}
+
+
+def _render_blocks(report: Report, width: int, color: bool) -> str:
+    import io
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.padding import Padding
+    from rich.text import Text
+
+    out = io.StringIO()
+    console = Console(
+        file=out,
+        width=max(width, 60),
+        color_system="standard" if color else None,
+        force_terminal=color,
+        no_color=not color,
+        highlight=False,
+        emoji=False,
+    )
+
+    def indent(line: str, style: str = "") -> None:
+        console.print(Padding(Text(line, style=style if color else ""), (0, 0, 0, 2)))
+
+    console.print(Text(report.title or report.name, style="bold" if color else ""))
+    for line in report.header:
+        console.print(Text(line, style="dim" if color else ""))
+    findings = findings_of(report)
+    console.print()
+    if not findings:
+        console.print(report.empty_message, markup=False)
+    counts = report.extra.get("counts", {})
+    for finding in findings:
+        severity = finding["severity"]
+        title = Text()
+        title.append(severity.upper(), style=_STYLE.get(severity, "") if color else "")
+        title.append(f"  {finding['kind']}")
+        if finding["conversation_id"] is not None:
+            title.append(f"  conversation {finding['conversation_id']}")
+        console.print(title)
+        # Wrapped lines stay indented under their finding.
+        indent(finding["message"])
+        ids = finding["call_ids"]
+        if ids:
+            indent("calls: " + " ".join(ids), "dim")
+        evidence = ", ".join(
+            f"{key}={json.dumps(to_json_value(value))}"
+            for key, value in finding["evidence"].items()
+            if key != "steps" and value is not None
+        )
+        indent("evidence: " + evidence)
+        indent("remedy: " + finding["remedy"], "green")
+        console.print()
+    if findings:
+        summary = ", ".join(f"{n} {level}" for level, n in counts.items())
+        console.print(f"{len(findings)} finding(s): {escape(summary)}", markup=False)
+    for warning in report.warnings:
+        console.print(Text(f"Warning: {warning}", style="yellow" if color else ""))
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines()) + "\n"
