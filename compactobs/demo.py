@@ -429,7 +429,7 @@ def _nightly_digest(run: _Run) -> None:
         chat.move_cache_breakpoint()
         chat.turn(_cached(_text(3000, "logs", "Log of job 3:")))  # compacts, and the cache is lost
         chat.move_cache_breakpoint()
-        chat.turn(_cached(_text(2000, "logs", "Log of job 4:")))  # writes the whole prefix again
+        chat.turn(_cached(_text(25_000, "logs", "Log of job 4:")))  # writes the whole prefix again
 
 
 def _preview_model(run: _Run) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,23 @@ def test_demo_on_sqlite_twice(sqlite_url: str, data_home: Path) -> None:
     first = run_prefix(out)
     assert first.startswith("demo-") and "Recorded 45 calls in 10 conversations" in out
     check_one_run(sqlite_url, first)
+    assert f"report anomalies --conversation '{first}*'" in out  # the reports ran on this run's calls
+
+    # what the workload is built to show, the anomaly report finds
+    code, out, err = run(
+        "--db", sqlite_url, "report", "anomalies", "--format", "json", "--conversation", f"{first}*"
+    )
+    assert code == 0, err
+    found = {
+        (f["kind"], (f["conversation_id"] or "").removeprefix(first)) for f in json.loads(out)["findings"]
+    }
+    assert {
+        ("compaction_loop", "research-loop"),
+        ("budget_exceeded", "research-loop"),
+        ("failed_compaction", "nightly-digest"),
+        ("cache_miss_after_compaction", "nightly-digest"),
+        ("unpriced_model", ""),
+    } <= found
 
     # a second run adds its own conversations beside the first's
     code, out, err = run("--db", sqlite_url, "demo", "--no-reports")
