@@ -353,6 +353,36 @@ def report_ops(
     emit_report(result, fmt)
 
 
+@report.command("conversation")
+@click.argument("conversation_id", metavar="ID")
+@report_options
+@pass_state
+def report_conversation(
+    state: CliState,
+    conversation_id: str,
+    since: str | None,
+    until: str | None,
+    tz: str | None,
+    models: tuple[str, ...],
+    conversations: tuple[str, ...],
+    services: tuple[str, ...],
+    fmt: str,
+) -> None:
+    """One conversation call by call: time, model, stop reason, iterations, context size after the call,
+    compaction marks, cost and running cost, then a chart of the context against the compaction trigger
+    (in colour on a terminal, plain text otherwise or with NO_COLOR). An unknown ID exits 2."""
+    from compactobs.reports.conversation import conversation_report, render_conversation
+
+    filters = filters_from(since, until, tz, models, conversations, services)
+    with report_engine(state) as engine:
+        result = conversation_report(engine, filters, conversation_id)
+    color = fmt == "table" and use_color()
+    click.echo(render_conversation(result, fmt, _terminal_width(), color=color), nl=False, color=color)
+    if fmt == "csv":
+        for warning in result.warnings:
+            click.echo(f"Warning: {warning}", err=True)
+
+
 # -- demo ------------------------------------------------------------------------------------------------
 
 DEMO_REPORTS: tuple[tuple[str, ...], ...] = (

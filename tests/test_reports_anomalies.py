@@ -151,15 +151,8 @@ def one_line_error(code: int, stderr: str) -> str:
 def compacting(call_id: str, at: float, conversation: str, context: int, **columns: Any) -> dict[str, Any]:
     """A call whose request compacted once (trigger 100,000) and left `context` tokens."""
     columns.setdefault("compactions_count", 1)
-    return call(
-        call_id,
-        at,
-        conversation,
-        compaction_trigger=TRIGGER,
-        context_tokens=context,
-        iterations_count=2,
-        **columns,
-    )
+    columns.setdefault("iterations_count", 2)
+    return call(call_id, at, conversation, compaction_trigger=TRIGGER, context_tokens=context, **columns)
 
 
 def plain(
