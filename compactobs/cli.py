@@ -658,3 +658,63 @@ def reprice_command(state: CliState, since: str | None, until: str | None, tz: s
             f"Warning: {result.skipped:,} calls left as they were: their iteration rows are missing",
             err=True,
         )
+
+
+_BY_HELP = "Group by hour, day, week, month, model, conversation, service, iteration-type (repeatable; a,b)."
+
+
+def _split_by(values: tuple[str, ...]) -> list[str]:
+    return [part for value in values for part in value.split(",") if part.strip()]
+
+
+@report.command("cost")
+@click.option("--by", "by", multiple=True, metavar="KEY", help=_BY_HELP + "  [default: day]")
+@click.option("--compare", metavar="prev", help="Add the change against the previous period, as long.")
+@report_options
+@pass_state
+def report_cost(
+    state: CliState,
+    by: tuple[str, ...],
+    compare: str | None,
+    since: str | None,
+    until: str | None,
+    tz: str | None,
+    models: tuple[str, ...],
+    conversations: tuple[str, ...],
+    services: tuple[str, ...],
+    fmt: str,
+) -> None:
+    """What the calls cost: billed tokens and USD per group, totals, the cost split by token class and the
+    share spent on compaction. Unpriced calls are rows of their own (cost: unpriced), never $0."""
+    from compactobs.reports.cost import cost_report, parse_by
+
+    groups = parse_by(_split_by(by) or ["day"])
+    filters = filters_from(since, until, tz, models, conversations, services)
+    with report_engine(state) as engine:
+        result = cost_report(engine, filters, groups, compare=compare)
+    emit_report(result, fmt)
+
+
+@report.command("cache")
+@click.option("--by", "by", multiple=True, metavar="KEY", help=_BY_HELP + "  [default: model]")
+@report_options
+@pass_state
+def report_cache(
+    state: CliState,
+    by: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    tz: str | None,
+    models: tuple[str, ...],
+    conversations: tuple[str, ...],
+    services: tuple[str, ...],
+    fmt: str,
+) -> None:
+    """Where the prompt cache pays: hit ratio, tokens read and written (5m, 1h), dollars saved by reads,
+    spent on the write premium, the net, and writes never read back within their TTL (waste)."""
+    from compactobs.reports.cache import cache_report
+
+    filters = filters_from(since, until, tz, models, conversations, services)
+    with report_engine(state) as engine:
+        result = cache_report(engine, filters, _split_by(by) or ["model"])
+    emit_report(result, fmt)

@@ -19,36 +19,55 @@ and totals are conserved whatever the zone.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import BigInteger, ColumnElement, case, literal_column, or_
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ColumnElement,
+    Connection,
+    FromClause,
+    Integer,
+    MetaData,
+    Table,
+    and_,
+    case,
+    func,
+    literal_column,
+    or_,
+)
 
 from compactobs.store.models import calls
 
 __all__ = [
     "FORMATS",
     "TIME_UNITS",
+    "Buckets",
     "ColumnKind",
     "Filters",
     "Format",
     "Report",
     "ReportInputError",
     "bucket_label",
+    "bucket_source",
     "build_filters",
     "epoch_ms",
     "format_cell",
     "from_epoch_ms",
     "local_bucket",
+    "local_buckets",
     "local_zone",
     "parse_tz",
     "parse_when",
@@ -61,7 +80,10 @@ __all__ = [
 
 Format = Literal["table", "json", "csv", "md"]
 FORMATS: Final[tuple[str, ...]] = ("table", "json", "csv", "md")
-ColumnKind = Literal["key", "int", "usd", "ratio", "text"]
+ColumnKind = Literal["key", "int", "usd", "ratio", "text", "usd_delta", "ratio_delta"]
+"""How a table shows a column: `key` (a group key: None is "(none)"), `int` (thousands separators), `usd`
+($ and 4 decimals), `ratio` (a percentage), `text`, and `usd_delta`/`ratio_delta` (signed changes)."""
+_NUMERIC_KINDS: Final = frozenset({"int", "usd", "ratio", "usd_delta", "ratio_delta"})
 TIME_UNITS: Final[tuple[str, ...]] = ("hour", "day", "week", "month")
 
 MS_PER_HOUR: Final = 3_600_000
@@ -401,6 +423,117 @@ def bucket_label(unit: str, number: int) -> str:
     return day.isoformat()
 
 
+@dataclass(frozen=True)
+class Buckets:
+    """Contiguous local time buckets: bucket i is `[starts[i], starts[i + 1])` (the last ends at `end`), in
+    UTC epoch ms, named `labels[i]` in the report's zone. Two buckets may share a label (the hour repeated
+    when clocks go back): group rows by label to merge them."""
+
+    unit: str
+    starts: tuple[int, ...]
+    end: int
+    labels: tuple[str, ...]
+
+
+def _label_day(unit: str, day: date) -> str:
+    return f"{day:%Y-%m}" if unit == "month" else day.isoformat()
+
+
+def local_buckets(unit: str, tz: tzinfo, lo_ms: int, hi_ms: int) -> Buckets:
+    """The local hours, days, weeks (from Monday) or months in `tz` that cover `[lo_ms, hi_ms]`.
+
+    Boundaries come from the zone database, so a DST day has 23 or 25 hours and a local hour is a wall
+    clock hour (a 30-minute DST shift makes one short bucket). Labels: hour `2025-05-01 13:00`, day
+    `2025-05-01`, week `2025-04-28` (its Monday), month `2025-05`.
+    """
+    if unit not in TIME_UNITS:
+        raise ReportInputError(f"unknown time unit {unit!r}: use one of {', '.join(TIME_UNITS)}")
+    if hi_ms < lo_ms:
+        hi_ms = lo_ms
+    if unit == "hour":
+        segments = utc_offsets(tz, lo_ms - 2 * MS_PER_HOUR, hi_ms + 2 * MS_PER_HOUR)
+        bounds: set[int] = set()
+        for index, (start, offset) in enumerate(segments):
+            stop = segments[index + 1][0] if index + 1 < len(segments) else hi_ms + 2 * MS_PER_HOUR
+            if index:
+                bounds.add(start)  # a change of offset starts a bucket, even mid-hour
+            moment = start + (-(start + offset)) % MS_PER_HOUR
+            while moment < stop:
+                bounds.add(moment)
+                moment += MS_PER_HOUR
+        ordered = sorted(bounds)
+        first = bisect.bisect_right(ordered, lo_ms) - 1
+        last = bisect.bisect_right(ordered, hi_ms)
+        starts = ordered[first:last]
+        labels = [f"{from_epoch_ms(t).astimezone(tz):%Y-%m-%d %H:00}" for t in starts]
+        return Buckets(unit, tuple(starts), ordered[last], tuple(labels))
+    day = from_epoch_ms(lo_ms).astimezone(tz).date()
+    if unit == "week":
+        day -= timedelta(days=day.weekday())
+    elif unit == "month":
+        day = day.replace(day=1)
+    starts, labels = [], []
+    while True:
+        start = epoch_ms(_local_midnight(day, tz))
+        if start > hi_ms:
+            return Buckets(unit, tuple(starts), start, tuple(labels))
+        starts.append(start)
+        labels.append(_label_day(unit, day))
+        if unit == "day":
+            day += timedelta(days=1)
+        elif unit == "week":
+            day += timedelta(days=7)
+        else:
+            day = date(day.year + day.month // 12, day.month % 12 + 1, 1)
+
+
+_BUCKET_TABLE: Final = "compactobs_report_buckets"
+
+
+@contextmanager
+def bucket_source(
+    connection: Connection, buckets: Buckets, column: ColumnElement[int], base: FromClause
+) -> Iterator[tuple[FromClause, ColumnElement[int]]]:
+    """(from clause, key): select from the returned clause (join more tables onto it) and group by `key`,
+    the 1-based index of the bucket of `column` (epoch ms) in `buckets`.
+
+    SQLite: a temporary table of the buckets, range-joined to `base` (`column` must be indexed): SQLite
+    then reads the rows in bucket order and aggregates without sorting them (a GROUP BY over an
+    expression would sort every row). PostgreSQL: `width_bucket(column, ARRAY[starts])`, hash-aggregated.
+    Rows of `base` outside the buckets are left out on SQLite and get key 0 on PostgreSQL: filter first.
+    """
+    if connection.dialect.name != "sqlite":
+        array = "ARRAY[" + ",".join(str(int(s)) for s in buckets.starts) + "]::bigint[]"
+        yield base, func.width_bucket(column, literal_column(array))
+        return
+    table = Table(
+        _BUCKET_TABLE,
+        MetaData(),
+        Column("id", Integer, primary_key=True),  # INTEGER PRIMARY KEY: the rowid, the scan order
+        Column("lo", BigInteger, nullable=False),
+        Column("hi", BigInteger, nullable=False),
+        prefixes=["TEMPORARY"],
+    )
+    connection.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{_BUCKET_TABLE}")
+    # An automatic index on a filter column would replace the start_ms range scan: keep the plan.
+    connection.exec_driver_sql("PRAGMA automatic_index = OFF")
+    try:
+        table.create(connection)
+        ends = (*buckets.starts[1:], buckets.end)
+        connection.execute(
+            table.insert(),
+            [
+                {"id": i + 1, "lo": lo, "hi": hi}
+                for i, (lo, hi) in enumerate(zip(buckets.starts, ends, strict=True))
+            ],
+        )
+        source = table.join(base, and_(column >= table.c.lo, column < table.c.hi))
+        yield source, table.c.id
+    finally:
+        connection.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{_BUCKET_TABLE}")
+        connection.exec_driver_sql("PRAGMA automatic_index = ON")
+
+
 # -- the report record and its renderers -----------------------------------------------------------------
 
 
@@ -484,18 +617,23 @@ def to_json_value(value: Any) -> Any:
     return value
 
 
-def format_cell(value: Any, kind: ColumnKind) -> str:
-    """A value as a table or Markdown shows it: thousands separators, $ with 4 decimals, ratios as %."""
+def format_cell(value: Any, kind: ColumnKind, signed: bool = False) -> str:
+    """A value as a table or Markdown shows it: thousands separators, $ with 4 decimals, ratios as %;
+    `signed`: a + before a positive amount or ratio (a change)."""
     if value is None:
         return "-" if kind != "key" else "(none)"
+    if kind in ("usd_delta", "ratio_delta"):
+        return format_cell(value, "usd" if kind == "usd_delta" else "ratio", signed=True)
     if kind == "int" and isinstance(value, (int, Decimal)):
         return f"{int(value):,}"
     if kind == "usd" and isinstance(value, (int, float, Decimal)):
         amount = Decimal(value) if not isinstance(value, float) else Decimal(repr(value))
         text = f"{abs(amount).quantize(Decimal('0.0001'), rounding=ROUND_HALF_EVEN):,}"
-        return f"-${text}" if amount < 0 and text.strip("0.,") else f"${text}"
+        if amount < 0 and text.strip("0.,"):
+            return f"-${text}"
+        return f"+${text}" if signed and text.strip("0.,") else f"${text}"
     if kind == "ratio" and isinstance(value, (int, float, Decimal)):
-        return f"{float(value) * 100:,.1f}%"
+        return f"{float(value) * 100:+,.1f}%" if signed else f"{float(value) * 100:,.1f}%"
     if isinstance(value, bool):
         return "yes" if value else "no"
     return str(value)
@@ -504,7 +642,7 @@ def format_cell(value: Any, kind: ColumnKind) -> str:
 def _cell(row: Mapping[str, Any], column: str, kind: ColumnKind) -> str:
     """A row's cell as text: money left unpriced says so, never $0 or a blank."""
     value = row.get(column)
-    if kind == "usd" and value is None and row.get("unpriced_calls"):
+    if kind in ("usd", "usd_delta") and value is None and row.get("unpriced_calls"):
         return "unpriced"
     return format_cell(value, kind)
 
@@ -548,7 +686,7 @@ def _render_md_table(report: Report) -> list[str]:
     kinds = [report.kind(c) for c in columns]
     lines = [
         "| " + " | ".join(_md_escape(report.label(c)) for c in columns) + " |",
-        "|" + "|".join("---:" if k in ("int", "usd", "ratio") else "---" for k in kinds) + "|",
+        "|" + "|".join("---:" if k in _NUMERIC_KINDS else "---" for k in kinds) + "|",
     ]
     for row in report.rows:
         cells = [_md_escape(_cell(row, c, k)) for c, k in zip(columns, kinds, strict=True)]
@@ -611,7 +749,7 @@ def _rich_table(report: Report, color: bool, titled: bool = False) -> Any:
         table.add_column(
             report.label(column),
             footer=footer,
-            justify="right" if kind in ("int", "usd", "ratio") else "left",
+            justify="right" if kind in _NUMERIC_KINDS else "left",
             no_wrap=True,
             overflow="ignore",
         )
@@ -655,7 +793,7 @@ def _render_table(report: Report, console_width: int | None, color: bool) -> str
     title = report.title or report.name
     console.print(f"[bold]{title}[/bold]" if color else title, markup=color, highlight=False)
     for line in report.header:
-        console.print(line, markup=False, highlight=False, style="dim" if color else None)
+        console.print(line, markup=False, highlight=False, style="dim" if color else None, soft_wrap=True)
     if report.rows:
         console.print(renderables[0])
     else:

@@ -1,0 +1,376 @@
+"""`report cache`: where the prompt cache pays, and where it is written for nothing.
+
+```python
+report = cache_report(engine, build_filters("7d", None, None), by=("model",))
+```
+
+A pure function over the store: SQL aggregates over `calls LEFT JOIN iterations` (each iteration at its own
+model and rates), the same SQL on SQLite and PostgreSQL. Per group:
+
+- hit ratio = cache read / (uncached input + cache write 5m + cache write 1h + cache read), weighted by
+  tokens (a ratio of the group's sums, never an average of per-call ratios);
+- saved by reads = read tokens x the uncached input rate - what the reads cost. The rate is each
+  iteration's own (its uncached input cost / its uncached input tokens: model, tier, batch and residency
+  included). An iteration with no uncached input takes it from its writes (5m writes bill 1.25x input,
+  1h writes 2x); with neither, reads are assumed to bill 0.1x input, and the figure is counted in
+  `estimated_iterations`;
+- write premium = what the writes cost - the same tokens at the uncached input rate;
+- net = saved - premium (negative: the cache costs more than it saves);
+- waste: a call's cache writes are never read back when the conversation's next call starts more than
+  the write's TTL (5 minutes, 1 hour) after the call ended, or never comes (and the TTL is over by
+  `now`). Wasted tokens and the premium paid on them are counted; calls without a conversation id are
+  never judged. The next call is looked up (index on conversation_id, start_ms) only for calls that
+  wrote, beyond the report's window if need be.
+
+Dollar figures cover priced iterations only; unpriced calls keep their tokens and are counted in
+`unpriced_calls`, with a warning. Groups, and which row a call counts on, are those of `report cost`
+(see `compactobs.reports.cost`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Final
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    case,
+    false,
+    func,
+    literal_column,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.sql.elements import Label
+
+from compactobs.reports._common import (
+    TIME_UNITS,
+    Buckets,
+    Filters,
+    Report,
+    bucket_source,
+    epoch_ms,
+    local_buckets,
+)
+from compactobs.reports.cost import KEY_OF, data_range, group_keys, parse_by
+from compactobs.store.models import calls, iterations
+
+__all__ = ["CACHE_MEASURES", "DEFINITIONS", "TTL_1H_MS", "TTL_5M_MS", "cache_report"]
+
+TTL_5M_MS: Final = 5 * 60 * 1000
+TTL_1H_MS: Final = 60 * 60 * 1000
+_ZERO: Final = Decimal(0)
+
+_TOKENS: Final[tuple[str, ...]] = (
+    "calls",
+    "input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_5m_input_tokens",
+    "cache_creation_1h_input_tokens",
+    "wasted_write_calls",
+    "wasted_5m_write_tokens",
+    "wasted_1h_write_tokens",
+    "estimated_iterations",
+    "unpriced_calls",
+)
+_MONEY: Final[tuple[str, ...]] = ("saved_usd", "write_premium_usd", "wasted_premium_usd")
+
+CACHE_MEASURES: Final[tuple[str, ...]] = (
+    "calls",
+    "input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "cache_creation_5m_input_tokens",
+    "cache_creation_1h_input_tokens",
+    "hit_ratio",
+    "saved_usd",
+    "write_premium_usd",
+    "net_usd",
+    "wasted_write_calls",
+    "wasted_write_tokens",
+    "wasted_5m_write_tokens",
+    "wasted_1h_write_tokens",
+    "wasted_premium_usd",
+    "estimated_iterations",
+    "unpriced_calls",
+)
+"""Every row's fields after its group keys, in JSON order."""
+
+DEFINITIONS: Final[dict[str, str]] = {
+    "hit_ratio": "cache_read / (input + cache_write_5m + cache_write_1h + cache_read), summed tokens",
+    "saved_usd": "cache_read tokens x the iteration's uncached input rate - the cost of those reads",
+    "write_premium_usd": "cost of cache writes - the same tokens at the iteration's uncached input rate",
+    "net_usd": "saved_usd - write_premium_usd",
+    "wasted": "writes whose conversation's next call started more than the TTL (5m, 1h) after the call "
+    "ended, or never came; wasted_premium_usd is the premium paid on them",
+}
+
+_LABELS: Final[dict[str, str]] = {
+    "conversation_id": "conversation",
+    "iteration_type": "iteration type",
+    "input_tokens": "input",
+    "cache_read_input_tokens": "cache read",
+    "cache_creation_5m_input_tokens": "write 5m",
+    "cache_creation_1h_input_tokens": "write 1h",
+    "hit_ratio": "hit ratio",
+    "saved_usd": "saved by reads",
+    "write_premium_usd": "write premium",
+    "net_usd": "net",
+    "wasted_write_tokens": "wasted writes",
+    "wasted_premium_usd": "wasted premium",
+    "unpriced_calls": "unpriced",
+}
+
+
+def _next_call_start() -> Any:
+    """The start of the conversation's next call (index on conversation_id, start_ms), or NULL."""
+    later = calls.alias("later")
+    return (
+        select(func.min(later.c.start_ms))
+        .where(later.c.conversation_id == calls.c.conversation_id, later.c.start_ms > calls.c.start_ms)
+        .scalar_subquery()
+    )
+
+
+def _wasted(ttl_ms: int, now_ms: int) -> ColumnElement[bool]:
+    """The call's writes of this TTL were never read back: its conversation's next call came too late,
+    or has not come and the TTL is over."""
+    following = _next_call_start()
+    gap = following - calls.c.end_ms
+    return and_(
+        calls.c.conversation_id.is_not(None),
+        or_(
+            and_(following.is_(None), literal_column(str(now_ms)) - calls.c.end_ms > ttl_ms),
+            gap > ttl_ms,
+        ),
+    )
+
+
+def _measures(now_ms: int) -> list[Label[Any]]:
+    c, i = calls.c, iterations.c
+    no_rows = i.call_id.is_(None)
+    carrier = or_(no_rows, i.idx == func.coalesce(c.iterations_count, 1) - 1)
+
+    def pick(iteration_column: ColumnElement[Any], call_column: ColumnElement[Any]) -> Any:
+        return case((no_rows, call_column), else_=iteration_column)
+
+    uncached = func.coalesce(pick(i.input_tokens, c.input_tokens), 0)
+    read = func.coalesce(pick(i.cache_read_tokens, c.cache_read_tokens), 0)
+    w5m = func.coalesce(pick(i.cache_write_5m_tokens, c.cache_write_5m_tokens), 0)
+    w1h = func.coalesce(pick(i.cache_write_1h_tokens, c.cache_write_1h_tokens), 0)
+    cost_input = func.coalesce(pick(i.cost_input_usd, c.cost_input_usd), 0)
+    cost_read = func.coalesce(pick(i.cost_cache_read_usd, c.cost_cache_read_usd), 0)
+    cost_w5m = func.coalesce(pick(i.cost_cache_write_5m_usd, c.cost_cache_write_5m_usd), 0)
+    cost_w1h = func.coalesce(pick(i.cost_cache_write_1h_usd, c.cost_cache_write_1h_usd), 0)
+    priced = case((no_rows, c.priced), else_=i.priced)
+    is_priced = priced == true()
+
+    def lit(text: str) -> Any:
+        return literal_column(text)
+
+    # tokens x the uncached input rate, the rate taken from the iteration's own costs (multiply first).
+    def at_input_rate(tokens: Any) -> Any:
+        return case(
+            (uncached > 0, tokens * cost_input / uncached),
+            (w5m > 0, tokens * cost_w5m / (lit("1.25") * w5m)),
+            (w1h > 0, tokens * cost_w1h / (lit("2") * w1h)),
+            else_=None,
+        )
+
+    saved = case(
+        (read == 0, lit("0")),
+        (and_(uncached == 0, w5m == 0, w1h == 0), cost_read * lit("9")),  # reads at 0.1x input: assumed
+        else_=at_input_rate(read) - cost_read,
+    )
+    premium_5m = case((w5m == 0, lit("0")), else_=cost_w5m - at_input_rate(w5m))
+    premium_1h = case((w1h == 0, lit("0")), else_=cost_w1h - at_input_rate(w1h))
+    wasted_5m = and_(w5m > 0, _wasted(TTL_5M_MS, now_ms))
+    wasted_1h = and_(w1h > 0, _wasted(TTL_1H_MS, now_ms))
+    call_wasted = or_(
+        and_(c.cache_write_5m_tokens > 0, _wasted(TTL_5M_MS, now_ms)),
+        and_(c.cache_write_1h_tokens > 0, _wasted(TTL_1H_MS, now_ms)),
+    )
+    return [
+        func.sum(case((carrier, 1), else_=0)).label("calls"),
+        func.sum(uncached).label("input_tokens"),
+        func.sum(read).label("cache_read_input_tokens"),
+        func.sum(w5m).label("cache_creation_5m_input_tokens"),
+        func.sum(w1h).label("cache_creation_1h_input_tokens"),
+        func.sum(case((and_(is_priced, read > 0), saved), else_=None)).label("saved_usd"),
+        func.sum(case((is_priced, premium_5m + premium_1h), else_=None)).label("write_premium_usd"),
+        func.sum(case((and_(carrier, call_wasted), 1), else_=0)).label("wasted_write_calls"),
+        func.sum(case((wasted_5m, w5m), else_=0)).label("wasted_5m_write_tokens"),
+        func.sum(case((wasted_1h, w1h), else_=0)).label("wasted_1h_write_tokens"),
+        func.sum(
+            case(
+                (
+                    is_priced,
+                    case((wasted_5m, premium_5m), else_=lit("0"))
+                    + case((wasted_1h, premium_1h), else_=lit("0")),
+                ),
+                else_=None,
+            )
+        ).label("wasted_premium_usd"),
+        func.sum(case((and_(is_priced, read > 0, uncached == 0, w5m == 0, w1h == 0), 1), else_=0)).label(
+            "estimated_iterations"
+        ),
+        func.sum(case((and_(carrier, c.priced == false()), 1), else_=0)).label("unpriced_calls"),
+    ]
+
+
+def _empty() -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(_TOKENS, 0)
+    row.update(dict.fromkeys(_MONEY, _ZERO))
+    return row
+
+
+def _as_decimal(value: Any) -> Decimal:
+    if value is None:
+        return _ZERO
+    if isinstance(value, Decimal):
+        return value
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+
+
+def _finish(row: dict[str, Any]) -> dict[str, Any]:
+    """Derived fields: write total, hit ratio, net, wasted total; money to 10 decimal places."""
+    for name in _MONEY:
+        row[name] = row[name].quantize(Decimal("1E-10"))
+    row["cache_creation_input_tokens"] = (
+        row["cache_creation_5m_input_tokens"] + row["cache_creation_1h_input_tokens"]
+    )
+    seen = row["input_tokens"] + row["cache_creation_input_tokens"] + row["cache_read_input_tokens"]
+    row["hit_ratio"] = Decimal(row["cache_read_input_tokens"]) / Decimal(seen) if seen else None
+    row["net_usd"] = row["saved_usd"] - row["write_premium_usd"]
+    row["wasted_write_tokens"] = row["wasted_5m_write_tokens"] + row["wasted_1h_write_tokens"]
+    return row
+
+
+def _aggregate(
+    connection: Connection, filters: Filters, by: Sequence[str], buckets: Buckets | None, now_ms: int
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    keys = group_keys(by, True)
+    result: dict[tuple[Any, ...], dict[str, Any]] = {}
+    with contextlib.ExitStack() as stack:
+        source: Any = calls
+        group: list[Any] = list(keys)
+        if buckets is not None:
+            source, bucket = stack.enter_context(bucket_source(connection, buckets, calls.c.start_ms, calls))
+            group.insert(0, bucket.label("t_bucket"))
+        source = source.outerjoin(iterations, iterations.c.call_id == calls.c.call_id)
+        statement = select(*group, *_measures(now_ms)).select_from(source).where(*filters.call_conditions())
+        if group:
+            statement = statement.group_by(*group)
+        for record in connection.execute(statement).mappings():
+            values: list[Any] = []
+            for name in by:
+                if name in TIME_UNITS:
+                    assert buckets is not None
+                    values.append(buckets.labels[int(record["t_bucket"]) - 1])
+                else:
+                    values.append(record[f"k_{KEY_OF[name]}"])
+            row = result.setdefault(tuple(values), _empty())
+            for name in _TOKENS:
+                row[name] += int(record[name] or 0)
+            for name in _MONEY:
+                row[name] += _as_decimal(record[name])
+    return result
+
+
+def cache_report(
+    engine: Engine, filters: Filters, by: Iterable[str] = ("model",), now: datetime | None = None
+) -> Report:
+    """The cache report: per group, hit ratio, read and write tokens (5m, 1h), dollars saved by reads,
+    spent on the write premium, the net, and wasted writes; totals over every group. `by` takes the
+    groupings of `report cost` (default: model). `now` decides whether a write with no next call yet is
+    still within its TTL. Raises ReportInputError for a bad grouping. Reads the store only."""
+    groups = parse_by(by)
+    now_ms = epoch_ms(now or datetime.now(timezone.utc))
+    keys = [KEY_OF[name] for name in groups]
+    time_key = next((KEY_OF[name] for name in groups if name in TIME_UNITS), None)
+
+    span = data_range(engine, filters)
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    if span is not None:
+        unit = next((name for name in groups if name in TIME_UNITS), None)
+        buckets = local_buckets(unit, filters.tz, span[0], span[1]) if unit else None
+        with engine.connect() as connection:
+            merged = _aggregate(connection, filters, groups, buckets, now_ms)
+    rows = [_finish({**dict(zip(keys, group, strict=True)), **row}) for group, row in merged.items()]
+    total = _empty()
+    for row in rows:
+        for name in (*_TOKENS, *_MONEY):
+            total[name] += row[name]
+    totals = _finish(total)
+
+    def order(row: Mapping[str, Any]) -> tuple[Any, ...]:
+        others = tuple("" if row[k] is None else str(row[k]) for k in keys if k != time_key)
+        return (row[time_key] if time_key else "", -row["cache_read_input_tokens"], -row["calls"], others)
+
+    rows.sort(key=order)
+
+    warnings: list[str] = []
+    if totals["unpriced_calls"]:
+        warnings.append(
+            f"{totals['unpriced_calls']:,} call(s) have no price: their tokens count in the hit ratio, "
+            "their dollars are not in saved, premium or net."
+        )
+    if totals["estimated_iterations"]:
+        warnings.append(
+            f"{totals['estimated_iterations']:,} iteration(s) read the cache with no uncached input and no "
+            "writes to take a rate from: their savings assume reads bill 0.1x input."
+        )
+    notes = [
+        "hit ratio = cache read / (input + cache write 5m + 1h + cache read), weighted by tokens.",
+        "saved = reads at the uncached input rate - their cost; premium = writes - the same tokens at the "
+        "input rate; net = saved - premium.",
+        "wasted = writes whose conversation's next call came after the TTL (5 min, 1 h) or never came.",
+    ]
+    kinds: dict[str, Any] = {k: "key" for k in keys}
+    kinds.update({name: "int" for name in _TOKENS})
+    kinds.update({"cache_creation_input_tokens": "int", "wasted_write_tokens": "int"})
+    kinds.update({name: "usd" for name in (*_MONEY, "net_usd")})
+    kinds["hit_ratio"] = "ratio"
+    table_columns = [
+        *keys,
+        "calls",
+        "hit_ratio",
+        "input_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_5m_input_tokens",
+        "cache_creation_1h_input_tokens",
+        "saved_usd",
+        "write_premium_usd",
+        "net_usd",
+        "wasted_write_tokens",
+        "wasted_premium_usd",
+    ]
+    if totals["unpriced_calls"]:
+        table_columns.append("unpriced_calls")
+    return Report(
+        name="cache",
+        title=f"Cache by {', '.join(groups)}" if groups else "Cache",
+        columns=[*keys, *CACHE_MEASURES],
+        rows=rows,
+        totals=totals,
+        header=[filters.describe()],
+        warnings=warnings,
+        extra={
+            "by": keys,
+            "timezone": filters.zone,
+            "since": filters.since,
+            "until": filters.until,
+            "definitions": dict(DEFINITIONS),
+        },
+        kinds=kinds,
+        labels=dict(_LABELS),
+        table_columns=table_columns,
+        notes=notes,
+    )
