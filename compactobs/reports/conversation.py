@@ -23,6 +23,7 @@ from typing import Any, Final
 from sqlalchemy import Engine, select
 
 from compactobs.reports._common import Filters, Report, ReportInputError, render
+from compactobs.reports.anomalies import reading
 from compactobs.store.models import calls
 
 __all__ = ["COLUMNS", "context_chart", "conversation_report", "marks", "render_conversation"]
@@ -89,7 +90,7 @@ def conversation_report(engine: Engine, filters: Filters, conversation_id: str) 
     """The calls of one conversation (those `filters` select), in start order. Raises ReportInputError
     when no call was ever recorded with this id."""
     c = calls.c
-    with engine.connect() as connection:
+    with reading(engine) as connection:
         known = connection.execute(
             select(c.call_id).where(c.conversation_id == conversation_id).limit(1)
         ).first()

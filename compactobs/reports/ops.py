@@ -21,17 +21,18 @@ import math
 from collections.abc import Sequence
 from typing import Any, Final
 
-from sqlalchemy import Engine, Integer, and_, case, cast, func, literal, literal_column, or_, select
+from sqlalchemy import Engine, and_, case, func, literal, literal_column, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from compactobs.reports._common import Filters, Report
+from compactobs.reports.anomalies import reading
 from compactobs.store.models import calls
 
-__all__ = ["PERCENTILES", "interpolate", "ops_report", "percentiles"]
+__all__ = ["PERCENTILES", "TOTAL", "interpolate", "ops_report", "percentiles", "percentiles_with_total"]
 
 PERCENTILES: Final = (0.5, 0.95, 0.99)
-_TOTAL: Final = object()
-"""The group key of the all-models percentiles."""
+TOTAL: Final = "(total)"
+"""The key of the overall percentiles in `percentiles(..., group=None)`."""
 
 DEFINITIONS: Final = (
     "latency = duration of successful calls (retries and back-off included); TTFT = time to first chunk of "
@@ -50,6 +51,15 @@ def interpolate(values: dict[int, float], n: int, p: float) -> float:
     return first + (values[high] - first) * (position - low)
 
 
+def _ranks(n: int, ps: Sequence[float]) -> set[int]:
+    """The 0-based ranks the percentiles of n values interpolate between."""
+    out: set[int] = set()
+    for p in ps:
+        position = (n - 1) * p
+        out.update((math.floor(position), math.ceil(position)))
+    return out
+
+
 def percentiles(
     engine: Engine,
     value: ColumnElement[Any],
@@ -58,10 +68,30 @@ def percentiles(
     ps: Sequence[float] = PERCENTILES,
 ) -> dict[Any, tuple[float, ...]]:
     """{group value: (percentile for each p)} over the non-NULL `value`s of the calls `conditions` select;
-    the key is `_TOTAL` when `group` is None. Groups without a value are absent."""
+    with `group` None, one entry keyed `TOTAL`. Groups without a value are absent."""
+    if group is None:
+        total = percentiles_with_total(engine, value, None, conditions, ps)[1]
+        return {} if total is None else {TOTAL: total}
+    return percentiles_with_total(engine, value, group, conditions, ps, with_total=False)[0]
+
+
+def percentiles_with_total(
+    engine: Engine,
+    value: ColumnElement[Any],
+    group: ColumnElement[Any] | None,
+    conditions: Sequence[ColumnElement[bool]],
+    ps: Sequence[float] = PERCENTILES,
+    *,
+    with_total: bool = True,
+) -> tuple[dict[Any, tuple[float, ...]], tuple[float, ...] | None]:
+    """(percentiles by group, percentiles over every group) in as few passes as the database allows."""
     if engine.dialect.name == "postgresql":
-        return _percentiles_postgresql(engine, value, group, conditions, ps)
-    return _percentiles_ranked(engine, value, group, conditions, ps)
+        by_group = _percentiles_postgresql(engine, value, group, conditions, ps) if group is not None else {}
+        total = (
+            _percentiles_postgresql(engine, value, None, conditions, ps).get(TOTAL) if with_total else None
+        )
+        return by_group, total
+    return _percentiles_ranked(engine, value, group, conditions, ps, with_total)
 
 
 def _percentiles_postgresql(
@@ -76,9 +106,9 @@ def _percentiles_postgresql(
     if group is not None:
         query = query.group_by(group)
     out: dict[Any, tuple[float, ...]] = {}
-    with engine.connect() as connection:
+    with reading(engine) as connection:
         for row in connection.execute(query):
-            key = row[0] if group is not None else _TOTAL
+            key = row[0] if group is not None else TOTAL
             found = row[1:] if group is not None else row
             if found[0] is not None:
                 out[key] = tuple(float(v) for v in found)
@@ -91,36 +121,50 @@ def _percentiles_ranked(
     group: ColumnElement[Any] | None,
     conditions: Sequence[ColumnElement[bool]],
     ps: Sequence[float],
-) -> dict[Any, tuple[float, ...]]:
-    key = (group if group is not None else literal(0)).label("key")
-    partition = [group] if group is not None else []
-    ranked = (
-        select(
-            key,
-            value.label("v"),
-            (func.row_number().over(partition_by=partition, order_by=value) - 1).label("r"),
-            func.count().over(partition_by=partition).label("n"),
-        )
-        .where(value.is_not(None), *conditions)
-        .subquery("ranked")
-    )
-    r = ranked.c
-    # The ranks each percentile needs: floor(h) and floor(h) + 1 (a superset of ceil(h)). CAST truncates,
-    # which is floor for h >= 0.
-    near = [
-        and_(
-            r.r >= cast((r.n - 1) * p, Integer),
-            r.r <= cast((r.n - 1) * p, Integer) + 1,
-        )
-        for p in ps
-    ]
-    query = select(r.key, r.n, r.r, r.v).where(or_(*near))
-    found: dict[Any, tuple[int, dict[int, float]]] = {}
-    with engine.connect() as connection:
-        for group_key, n, rank, v in connection.execute(query):
-            entry = found.setdefault(group_key if group is not None else _TOTAL, (int(n), {}))
-            entry[1][int(rank)] = float(v)
-    return {k: tuple(interpolate(values, n, p) for p in ps) for k, (n, values) in found.items()}
+    with_total: bool,
+) -> tuple[dict[Any, tuple[float, ...]], tuple[float, ...] | None]:
+    """SQLite: count the values of each group (GROUP BY), then rank them with ROW_NUMBER in one statement
+    (by group, and overall when there is more than one group) and fetch only the ranks needed."""
+    key = (group if group is not None else literal_column("0")).label("key")
+    with reading(engine) as connection:
+        counting = select(key, func.count(value)).where(value.is_not(None), *conditions)
+        if group is not None:  # (GROUP BY 0 would name a column by its position)
+            counting = counting.group_by(group)
+        counts = {k: int(n) for k, n in connection.execute(counting) if n}
+        if not counts:
+            return {}, None
+        n_total = sum(counts.values())
+        # One group holds every value: its percentiles are the overall ones, no second ranking needed.
+        overall = with_total and len(counts) > 1
+        columns = [key, value.label("v")]
+        if group is not None:
+            columns.append((func.row_number().over(partition_by=group, order_by=value) - 1).label("r"))
+        if overall or group is None:
+            columns.append((func.row_number().over(order_by=value) - 1).label("g"))
+        ranked = select(*columns).where(value.is_not(None), *conditions).subquery("ranked")
+        r = ranked.c
+        wanted: list[ColumnElement[bool]] = []
+        if group is not None:
+            wanted += [and_(r.key == k, r.r.in_(sorted(_ranks(n, ps)))) for k, n in counts.items()]
+        if overall or group is None:
+            wanted.append(r.g.in_(sorted(_ranks(n_total, ps))))
+        found: dict[Any, dict[int, float]] = {}
+        everything: dict[int, float] = {}
+        for row in connection.execute(select(ranked).where(or_(*wanted))):
+            fields = row._mapping
+            if group is not None:
+                found.setdefault(fields["key"], {})[int(fields["r"])] = float(fields["v"])
+            if "g" in fields:
+                everything[int(fields["g"])] = float(fields["v"])
+    by_group = {
+        k: tuple(interpolate(values, counts[k], p) for p in ps) for k, values in found.items() if k in counts
+    }
+    total: tuple[float, ...] | None = None
+    if overall or group is None:
+        total = tuple(interpolate(everything, n_total, p) for p in ps)
+    elif with_total:
+        total = next(iter(by_group.values()), None)
+    return by_group, total
 
 
 def _model() -> ColumnElement[Any]:
@@ -170,11 +214,10 @@ def ops_report(engine: Engine, filters: Filters) -> Report:
         func.sum(case((c.attempts > 1, 1), else_=0)),
         func.sum(func.coalesce(c.attempts, 1) - 1),
     ]
-    with engine.connect() as connection:
+    with reading(engine) as connection:
         by_model = connection.execute(
             select(model, *counts).where(*conditions).group_by(model).order_by(model)
         ).all()
-        total = connection.execute(select(*counts).where(*conditions)).one()
         error_type = func.coalesce(c.error_type, literal_column("'unknown'"))
         errors = connection.execute(
             select(error_type, func.count(), func.sum(func.coalesce(c.attempts, 1) - 1))
@@ -182,10 +225,8 @@ def ops_report(engine: Engine, filters: Filters) -> Report:
             .group_by(error_type)
             .order_by(func.count().desc(), error_type)
         ).all()
-    latency_by_model = percentiles(engine, latency, model, conditions)
-    ttft_by_model = percentiles(engine, ttft, model, conditions)
-    latency_all = percentiles(engine, latency, None, conditions).get(_TOTAL)
-    ttft_all = percentiles(engine, ttft, None, conditions).get(_TOTAL)
+    latency_by_model, latency_all = percentiles_with_total(engine, latency, model, conditions)
+    ttft_by_model, ttft_all = percentiles_with_total(engine, ttft, model, conditions)
 
     def row(
         key: str | None, n: int, errs: Any, retried: Any, retries: Any, lat: Any, first: Any
@@ -209,7 +250,9 @@ def ops_report(engine: Engine, filters: Filters) -> Report:
         row(name, n, errs, retried, retries, latency_by_model.get(name), ttft_by_model.get(name))
         for name, n, errs, retried, retries in by_model
     ]
-    n_total = int(total[0] or 0)
+    # Every call has a model key (COALESCE(..., '(unknown)')): the totals are the models' sums.
+    total = [sum(int(r[i] or 0) for r in by_model) for i in range(1, 5)]
+    n_total = total[0]
     totals = row(None, n_total, total[1], total[2], total[3], latency_all, ttft_all) if n_total else None
     n_errors = sum(int(e[1]) for e in errors)
     error_rows = [
