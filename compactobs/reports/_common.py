@@ -751,7 +751,7 @@ def _rich_table(report: Report, color: bool, titled: bool = False) -> Any:
             footer=footer,
             justify="right" if kind in _NUMERIC_KINDS else "left",
             no_wrap=True,
-            overflow="ignore",
+            overflow="fold",  # never used: the console is as wide as the table needs
         )
     for row in report.rows:
         cells = []
@@ -798,13 +798,14 @@ def _render_table(report: Report, console_width: int | None, color: bool) -> str
         console.print(renderables[0])
     else:
         console.print()
-        console.print(report.empty_message, markup=False)
+        console.print(report.empty_message, markup=False, soft_wrap=True)
     for renderable in renderables[1 if report.rows else 0 :]:
         console.print(renderable)
     for note in report.notes:
-        console.print(note, markup=False, highlight=False)
+        console.print(note, markup=False, highlight=False, soft_wrap=True)
     for warning in report.warnings:
-        console.print(f"Warning: {warning}", markup=False, highlight=False, style="yellow" if color else None)
+        style = "yellow" if color else None
+        console.print(f"Warning: {warning}", markup=False, highlight=False, style=style, soft_wrap=True)
     return "\n".join(line.rstrip() for line in out.getvalue().splitlines()) + "\n"
 
 

@@ -240,7 +240,8 @@ def _as_decimal(value: Any) -> Decimal:
 
 
 def _finish(row: dict[str, Any]) -> dict[str, Any]:
-    """Derived fields: write total, hit ratio, net, wasted total; money to 10 decimal places."""
+    """Derived fields (write total, hit ratio, net, wasted total); money to 10 decimal places, or None when
+    every call of the row is unpriced (never $0); group keys first, then CACHE_MEASURES in order."""
     for name in _MONEY:
         row[name] = row[name].quantize(Decimal("1E-10"))
     row["cache_creation_input_tokens"] = (
@@ -250,7 +251,10 @@ def _finish(row: dict[str, Any]) -> dict[str, Any]:
     row["hit_ratio"] = Decimal(row["cache_read_input_tokens"]) / Decimal(seen) if seen else None
     row["net_usd"] = row["saved_usd"] - row["write_premium_usd"]
     row["wasted_write_tokens"] = row["wasted_5m_write_tokens"] + row["wasted_1h_write_tokens"]
-    return row
+    if row["calls"] and row["unpriced_calls"] == row["calls"]:
+        row.update(dict.fromkeys((*_MONEY, "net_usd")))
+    keys = {k: v for k, v in row.items() if k not in CACHE_MEASURES}
+    return {**keys, **{name: row[name] for name in CACHE_MEASURES}}
 
 
 def _aggregate(
@@ -307,7 +311,8 @@ def cache_report(
     total = _empty()
     for row in rows:
         for name in (*_TOKENS, *_MONEY):
-            total[name] += row[name]
+            if row[name] is not None:
+                total[name] += row[name]
     totals = _finish(total)
 
     def order(row: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -269,10 +269,8 @@ def _iteration_measures() -> list[Label[Any]]:
 
 
 def _empty_measures() -> dict[str, Any]:
-    row: dict[str, Any] = {name: 0 for name in COUNTS}
-    row.update({name: _ZERO for name in MONEY})
-    row["unpriced_calls"] = 0
-    return row
+    """Zero of every measure, in JSON order (MEASURES)."""
+    return {name: _ZERO if name in MONEY else 0 for name in MEASURES}
 
 
 _Group = tuple[Any, ...]
