@@ -247,8 +247,16 @@ def _terminal_width() -> int:
     show_envvar=True,
     help='TOML budgets by conversation id or glob: [budgets."ticket-*"] usd = 5.0, tokens = 2000000.',
 )
-@click.option("--loop-min", type=int, default=3, show_default=True, help="compaction_loop: compactions...")
-@click.option("--loop-window", type=int, default=5, show_default=True, help="...within this many calls.")
+@click.option(
+    "--loop-min",
+    type=int,
+    default=3,
+    show_default=True,
+    help="compaction_loop: this many ineffective compactions...",
+)
+@click.option(
+    "--loop-window", type=int, default=5, show_default=True, help="...within this many consecutive calls."
+)
 @click.option(
     "--ineffective-ratio",
     type=float,
@@ -257,12 +265,18 @@ def _terminal_width() -> int:
     help="A compaction leaving the context at this share of the trigger or more is ineffective.",
 )
 @click.option(
-    "--cost-share", type=float, default=0.5, show_default=True, help="Compaction share of a conversation's cost."
+    "--cost-share",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Compaction share of a conversation's cost.",
 )
 @click.option(
     "--error-share", type=float, default=0.1, show_default=True, help="429/529/5xx share of an hour's calls."
 )
-@click.option("--error-min-calls", type=int, default=20, show_default=True, help="Calls an hour needs to judge.")
+@click.option(
+    "--error-min-calls", type=int, default=20, show_default=True, help="Calls an hour needs to judge."
+)
 @click.option(
     "--cache-drop-ratio",
     type=float,
@@ -271,7 +285,11 @@ def _terminal_width() -> int:
     help="Cache reads after a compaction at or below this share of those before count as a miss.",
 )
 @click.option(
-    "--cache-min-tokens", type=int, default=1024, show_default=True, help="Smallest cache read/write considered."
+    "--cache-min-tokens",
+    type=int,
+    default=1024,
+    show_default=True,
+    help="Smallest cache read/write considered.",
 )
 @pass_state
 @click.pass_context
@@ -303,8 +321,13 @@ def report_anomalies(
     exits 3 when a finding at LEVEL or above exists (critical: compaction_loop, budget_exceeded); 2 on bad
     input.
     """
-    from compactobs.reports.anomalies import Thresholds, anomalies_report, exit_code_for, load_budgets
-    from compactobs.reports.anomalies import render_anomalies
+    from compactobs.reports.anomalies import (
+        Thresholds,
+        anomalies_report,
+        exit_code_for,
+        load_budgets,
+        render_anomalies,
+    )
 
     filters = filters_from(since, until, tz, models, conversations, services)
     thresholds = Thresholds(
