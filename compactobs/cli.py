@@ -461,16 +461,20 @@ def demo(ctx: click.Context, reports: bool) -> None:
             "rest wait in the spool (see `compactobs db status`)",
             err=True,
         )
+    db = [] if state.database_url == default_database_url() else ["--db", state.database_url]
+    shown_db = [] if not db else ["--db", f"'{state.shown_url}'"]
+    available = getattr(main.commands.get("report"), "commands", {})
     if reports:
-        db = [] if state.database_url == default_database_url() else ["--db", state.database_url]
-        shown_db = [] if not db else ["--db", f"'{state.shown_url}'"]
-        available = getattr(main.commands.get("report"), "commands", {})
         for args in DEMO_REPORTS:
             if args[0] not in available:
                 continue
             command = ["report", *args, "--conversation", pattern]
             click.echo(f"\n$ compactobs {' '.join([*shown_db, *command[:-1]])} '{pattern}'")
             main.main([*db, *command], prog_name="compactobs", standalone_mode=False)
+    loop = next((c.id for c in summary.conversations if c.id.endswith("-research-loop")), None)
+    if loop is not None and "conversation" in available:
+        command_line = " ".join(["compactobs", *shown_db, "report", "conversation", loop])
+        click.echo(f"\nThe compaction loop, call by call: {command_line}")
     if not summary.complete:
         ctx.exit(1)
 
