@@ -329,7 +329,7 @@ def test_compaction_cost_share_worked_by_hand(database_url: str) -> None:
     assert evidence["compaction_cost_usd"] == Decimal("0.4")
     assert evidence["conversation_cost_usd"] == Decimal("0.65")
     assert evidence["share"] == 0.6154
-    assert "62% of the conversation" in findings[0].message
+    assert "$0.4000 of $0.6500, 61.5% of the conversation (threshold 50%)" in findings[0].message
     # --cost-share 0.3 catches "cheap" too (0.10 / 0.30 = 0.3333)
     found = anomalies(database_url, Thresholds(cost_share=0.3))
     assert [(f.conversation_id, f.evidence["share"]) for f in found] == [
@@ -497,6 +497,10 @@ def test_unpriced_model(database_url: str) -> None:
         2,
         3300,
     )
+    assert (evidence["first_call"], evidence["last_call"]) == (
+        "2026-01-01T00:00:00+00:00",
+        "2026-01-01T00:05:00+00:00",
+    )
     assert "pricing overrides file" in findings[0].remedy
 
 
@@ -518,6 +522,9 @@ def test_error_burst(database_url: str) -> None:
     findings = anomalies(database_url)
     assert summary(findings) == [("error_burst", "warning", None, ("h10e0", "h10e1", "h10e2", "h10e3"))]
     evidence = findings[0].evidence
+    assert "4 of 20 calls (20.0%) failed with 429/529/5xx in the hour from 2026-01-01T10:00:00+00:00" in (
+        findings[0].message
+    )
     assert evidence["hour_start"] == "2026-01-01T10:00:00+00:00"
     assert (evidence["calls"], evidence["error_calls"], evidence["share"]) == (20, 4, 0.2)
     assert (evidence["http_429"], evidence["http_529"], evidence["http_5xx_other"], evidence["retries"]) == (

@@ -12,8 +12,10 @@ remedy. The rules and their defaults (all configurable through `Thresholds`):
   conversation;
 - `compaction_cost_share` (warning): compaction iterations cost > `cost_share` (50%) of the conversation's
   priced cost;
-- `budget_exceeded` (critical): the conversation's billed tokens or USD exceed its budget (a budgets file
-  entry when one matches, else the budget stored with its calls);
+- `budget_exceeded` (critical): the conversation's billed tokens or USD exceed its budget: a budgets file
+  entry when one matches (`load_budgets`), else the budget stored with its calls by
+  `compactobs.conversation(..., budget_usd=..., budget_tokens=...)` (the largest one they carry); the
+  finding names the call at which the spend went over;
 - `cache_miss_after_compaction` (warning): the call after a compaction reads <= `cache_drop_ratio` (5%) of
   what the call before it read from the cache, while its cache writes jump (above the call before's, and
   >= `cache_min_tokens`, 1024);
@@ -31,9 +33,12 @@ Definitions:
   sums the whole of each conversation that has a selected call (a budget is for the conversation);
 - billed tokens (for token budgets) are uncached input + output + cache reads + cache writes.
 
-Scale: every rule is one SQL query (window functions narrow the per-conversation rules to the calls that
-compacted, in the database); rows are streamed, and only findings are kept in memory. `call_ids` lists at
-most `MAX_CALL_IDS` ids; `evidence` always carries the full count.
+Scale: each rule is one SQL query. The compaction rules visit only the calls that compacted: a call's
+position in its conversation and its neighbours are index range lookups on (conversation_id, start_ms),
+linear in the conversation's calls even when it compacts at every turn (on 1M calls and 10,000
+conversations on SQLite: ~2 s, the whole report ~4 s; with a budget on every conversation ~6.5 s). Rows
+are streamed and only findings are kept in memory. `call_ids` lists at most `MAX_CALL_IDS` ids;
+`evidence` always carries the full count.
 """
 
 from __future__ import annotations
@@ -666,8 +671,8 @@ def _conversation_findings(
                 conversation_id=conversation_id,
                 call_ids=_ids([r.call_id for r in priced]),
                 message=(
-                    f"compaction cost {_money(compaction_cost)} of {_money(total)}, {_pct(float(share))} of "
-                    f"the conversation (threshold {_pct(thresholds.cost_share)})"
+                    f"compaction cost {_money(compaction_cost)} of {_money(total)}, {float(share):.1%} of "
+                    f"the conversation (threshold {thresholds.cost_share:.0%})"
                 ),
                 evidence={
                     "compaction_cost_usd": _usd(compaction_cost),
@@ -870,7 +875,9 @@ def _budget_crossings(
 # --- models and hours ------------------------------------------------------------------------------------
 
 
-def _unpriced_findings(engine: Engine, conditions: Sequence[ColumnElement[bool]]) -> Iterator[Finding]:
+def _unpriced_findings(
+    engine: Engine, conditions: Sequence[ColumnElement[bool]], tz: Any
+) -> Iterator[Finding]:
     c, i = calls.c, iterations.c
     model = func.coalesce(i.model, c.response_model, c.request_model, literal_column("'(unknown)'"))
     query = (
@@ -920,8 +927,8 @@ def _unpriced_findings(engine: Engine, conditions: Sequence[ColumnElement[bool]]
                     "iterations": iteration_count,
                     "conversations": conversations,
                     "tokens": int(tokens or 0),
-                    "first_ms": int(first_ms),
-                    "last_ms": int(last_ms),
+                    "first_call": _when(int(first_ms), tz),
+                    "last_call": _when(int(last_ms), tz),
                 },
                 remedy=_REMEDY_UNPRICED,
                 first_ms=int(first_ms),
@@ -974,8 +981,8 @@ def _error_findings(
                 conversation_id=None,
                 call_ids=tuple(sample),
                 message=(
-                    f"{failed} of {total} calls ({_pct(share)}) failed with 429/529/5xx in the hour from "
-                    f"{_when(start_ms, tz)} (threshold {_pct(thresholds.error_share)})"
+                    f"{failed} of {total} calls ({share:.1%}) failed with 429/529/5xx in the hour from "
+                    f"{_when(start_ms, tz)} (threshold {thresholds.error_share:.0%})"
                 ),
                 evidence={
                     "hour_start": _when(start_ms, tz),
@@ -1009,7 +1016,7 @@ def find_anomalies(
     findings: list[Finding] = []
     findings.extend(_compaction_findings(engine, conditions, thresholds))
     findings.extend(_budget_findings(engine, conditions, budgets))
-    findings.extend(_unpriced_findings(engine, conditions))
+    findings.extend(_unpriced_findings(engine, conditions, filters.tz))
     findings.extend(_error_findings(engine, conditions, thresholds, filters.tz))
     findings.sort(
         key=lambda f: (
