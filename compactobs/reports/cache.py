@@ -29,7 +29,6 @@ Dollar figures cover priced iterations only; unpriced calls keep their tokens an
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -52,14 +51,13 @@ from sqlalchemy.sql.elements import Label
 
 from compactobs.reports._common import (
     TIME_UNITS,
-    Buckets,
     Filters,
     Report,
-    bucket_source,
+    bucket_label,
     epoch_ms,
-    local_buckets,
+    local_bucket,
 )
-from compactobs.reports.cost import KEY_OF, data_range, group_keys, parse_by
+from compactobs.reports.cost import KEY_OF, data_range, parse_by
 from compactobs.store.models import calls, iterations
 
 __all__ = ["CACHE_MEASURES", "DEFINITIONS", "TTL_1H_MS", "TTL_5M_MS", "cache_report"]
@@ -139,36 +137,74 @@ def _next_call_start() -> Any:
     )
 
 
-def _wasted(ttl_ms: int, now_ms: int) -> ColumnElement[bool]:
+def _calls_in_window(filters: Filters) -> Any:
+    """The window's calls with `next_start`, looked up once per call that wrote to the cache. OFFSET 0
+    keeps SQLite from flattening it into the join (which would repeat the lookup for every use)."""
+    c = calls.c
+    wrote = or_(c.cache_write_5m_tokens > 0, c.cache_write_1h_tokens > 0)
+    following = case((and_(c.conversation_id.is_not(None), wrote), _next_call_start()), else_=None)
+    columns = [
+        c.call_id,
+        c.conversation_id,
+        c.service_name,
+        c.request_model,
+        c.response_model,
+        c.start_ms,
+        c.end_ms,
+        c.priced,
+        c.iterations_count,
+        *(getattr(c, name) for name in _CALL_FIGURES),
+    ]
+    return (
+        select(*columns, following.label("next_start"))
+        .where(*filters.call_conditions())
+        .offset(0)
+        .subquery("c")
+    )
+
+
+_CALL_FIGURES: Final = (
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "cost_input_usd",
+    "cost_cache_read_usd",
+    "cost_cache_write_5m_usd",
+    "cost_cache_write_1h_usd",
+)
+
+
+def _wasted(c: Any, ttl_ms: int, now_ms: int) -> ColumnElement[bool]:
     """The call's writes of this TTL were never read back: its conversation's next call came too late,
-    or has not come and the TTL is over."""
-    following = _next_call_start()
-    gap = following - calls.c.end_ms
+    or has not come and the TTL is over (calls without a conversation are never judged)."""
     return and_(
-        calls.c.conversation_id.is_not(None),
+        c.conversation_id.is_not(None),
         or_(
-            and_(following.is_(None), literal_column(str(now_ms)) - calls.c.end_ms > ttl_ms),
-            gap > ttl_ms,
+            and_(c.next_start.is_(None), literal_column(str(now_ms)) - c.end_ms > ttl_ms),
+            c.next_start - c.end_ms > ttl_ms,
         ),
     )
 
 
-def _measures(now_ms: int) -> list[Label[Any]]:
-    c, i = calls.c, iterations.c
+def _measures(c: Any, now_ms: int) -> list[Label[Any]]:
+    """Measures over `c` (`_calls_in_window`) LEFT JOIN iterations."""
+    i = iterations.c
     no_rows = i.call_id.is_(None)
     carrier = or_(no_rows, i.idx == func.coalesce(c.iterations_count, 1) - 1)
 
     def pick(iteration_column: ColumnElement[Any], call_column: ColumnElement[Any]) -> Any:
-        return case((no_rows, call_column), else_=iteration_column)
+        # An iteration row always carries its tokens and class costs: the call's only without rows.
+        return func.coalesce(iteration_column, call_column, 0)
 
-    uncached = func.coalesce(pick(i.input_tokens, c.input_tokens), 0)
-    read = func.coalesce(pick(i.cache_read_tokens, c.cache_read_tokens), 0)
-    w5m = func.coalesce(pick(i.cache_write_5m_tokens, c.cache_write_5m_tokens), 0)
-    w1h = func.coalesce(pick(i.cache_write_1h_tokens, c.cache_write_1h_tokens), 0)
-    cost_input = func.coalesce(pick(i.cost_input_usd, c.cost_input_usd), 0)
-    cost_read = func.coalesce(pick(i.cost_cache_read_usd, c.cost_cache_read_usd), 0)
-    cost_w5m = func.coalesce(pick(i.cost_cache_write_5m_usd, c.cost_cache_write_5m_usd), 0)
-    cost_w1h = func.coalesce(pick(i.cost_cache_write_1h_usd, c.cost_cache_write_1h_usd), 0)
+    uncached = pick(i.input_tokens, c.input_tokens)
+    read = pick(i.cache_read_tokens, c.cache_read_tokens)
+    w5m = pick(i.cache_write_5m_tokens, c.cache_write_5m_tokens)
+    w1h = pick(i.cache_write_1h_tokens, c.cache_write_1h_tokens)
+    cost_input = pick(i.cost_input_usd, c.cost_input_usd)
+    cost_read = pick(i.cost_cache_read_usd, c.cost_cache_read_usd)
+    cost_w5m = pick(i.cost_cache_write_5m_usd, c.cost_cache_write_5m_usd)
+    cost_w1h = pick(i.cost_cache_write_1h_usd, c.cost_cache_write_1h_usd)
     priced = case((no_rows, c.priced), else_=i.priced)
     is_priced = priced == true()
 
@@ -191,11 +227,11 @@ def _measures(now_ms: int) -> list[Label[Any]]:
     )
     premium_5m = case((w5m == 0, lit("0")), else_=cost_w5m - at_input_rate(w5m))
     premium_1h = case((w1h == 0, lit("0")), else_=cost_w1h - at_input_rate(w1h))
-    wasted_5m = and_(w5m > 0, _wasted(TTL_5M_MS, now_ms))
-    wasted_1h = and_(w1h > 0, _wasted(TTL_1H_MS, now_ms))
+    wasted_5m = and_(w5m > 0, _wasted(c, TTL_5M_MS, now_ms))
+    wasted_1h = and_(w1h > 0, _wasted(c, TTL_1H_MS, now_ms))
     call_wasted = or_(
-        and_(c.cache_write_5m_tokens > 0, _wasted(TTL_5M_MS, now_ms)),
-        and_(c.cache_write_1h_tokens > 0, _wasted(TTL_1H_MS, now_ms)),
+        and_(c.cache_write_5m_tokens > 0, _wasted(c, TTL_5M_MS, now_ms)),
+        and_(c.cache_write_1h_tokens > 0, _wasted(c, TTL_1H_MS, now_ms)),
     )
     return [
         func.sum(case((carrier, 1), else_=0)).label("calls"),
@@ -257,34 +293,48 @@ def _finish(row: dict[str, Any]) -> dict[str, Any]:
     return {**keys, **{name: row[name] for name in CACHE_MEASURES}}
 
 
+def _keys(c: Any, by: Sequence[str], filters: Filters, span: tuple[int, int]) -> list[Label[Any]]:
+    """Group keys over `c` and iterations: `k_<json key>`; a time unit is the local hour, day or week
+    number (`local_bucket`; months are counted in days and named by `bucket_label`)."""
+    i = iterations.c
+    keys: list[Label[Any]] = []
+    for name in by:
+        if name in TIME_UNITS:
+            unit: Any = "day" if name == "month" else name
+            keys.append(local_bucket(c.start_ms, unit, filters.tz, span[0], span[1]).label("t_local"))
+        elif name == "conversation":
+            keys.append(c.conversation_id.label("k_conversation_id"))
+        elif name == "service":
+            keys.append(c.service_name.label("k_service"))
+        elif name == "model":
+            keys.append(func.coalesce(i.model, c.response_model, c.request_model).label("k_model"))
+        elif name == "iteration-type":
+            keys.append(i.type.label("k_iteration_type"))
+    return keys
+
+
 def _aggregate(
-    connection: Connection, filters: Filters, by: Sequence[str], buckets: Buckets | None, now_ms: int
+    connection: Connection, filters: Filters, by: Sequence[str], span: tuple[int, int], now_ms: int
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
-    keys = group_keys(by, True)
+    c = _calls_in_window(filters)
+    keys = _keys(c.c, by, filters, span)
+    source = c.outerjoin(iterations, iterations.c.call_id == c.c.call_id)
+    statement = select(*keys, *_measures(c.c, now_ms)).select_from(source)
+    if keys:
+        statement = statement.group_by(*keys)
     result: dict[tuple[Any, ...], dict[str, Any]] = {}
-    with contextlib.ExitStack() as stack:
-        source: Any = calls
-        group: list[Any] = list(keys)
-        if buckets is not None:
-            source, bucket = stack.enter_context(bucket_source(connection, buckets, calls.c.start_ms, calls))
-            group.insert(0, bucket.label("t_bucket"))
-        source = source.outerjoin(iterations, iterations.c.call_id == calls.c.call_id)
-        statement = select(*group, *_measures(now_ms)).select_from(source).where(*filters.call_conditions())
-        if group:
-            statement = statement.group_by(*group)
-        for record in connection.execute(statement).mappings():
-            values: list[Any] = []
-            for name in by:
-                if name in TIME_UNITS:
-                    assert buckets is not None
-                    values.append(buckets.labels[int(record["t_bucket"]) - 1])
-                else:
-                    values.append(record[f"k_{KEY_OF[name]}"])
-            row = result.setdefault(tuple(values), _empty())
-            for name in _TOKENS:
-                row[name] += int(record[name] or 0)
-            for name in _MONEY:
-                row[name] += _as_decimal(record[name])
+    for record in connection.execute(statement).mappings():
+        values: list[Any] = []
+        for name in by:
+            if name in TIME_UNITS:
+                values.append(bucket_label(name, int(record["t_local"])))
+            else:
+                values.append(record[f"k_{KEY_OF[name]}"])
+        row = result.setdefault(tuple(values), _empty())
+        for name in _TOKENS:
+            row[name] += int(record[name] or 0)
+        for name in _MONEY:
+            row[name] += _as_decimal(record[name])
     return result
 
 
@@ -303,10 +353,8 @@ def cache_report(
     span = data_range(engine, filters)
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
     if span is not None:
-        unit = next((name for name in groups if name in TIME_UNITS), None)
-        buckets = local_buckets(unit, filters.tz, span[0], span[1]) if unit else None
         with engine.connect() as connection:
-            merged = _aggregate(connection, filters, groups, buckets, now_ms)
+            merged = _aggregate(connection, filters, groups, span, now_ms)
     rows = [_finish({**dict(zip(keys, group, strict=True)), **row}) for group, row in merged.items()]
     total = _empty()
     for row in rows:

@@ -41,8 +41,10 @@ from compactobs.reports._common import (
     Filters,
     Report,
     ReportInputError,
+    bucket_label,
     bucket_source,
     format_cell,
+    local_bucket,
     local_buckets,
 )
 from compactobs.store.models import calls, iterations
@@ -233,7 +235,9 @@ def _iteration_measures() -> list[Label[Any]]:
     carrier = or_(no_rows, i.idx == func.coalesce(c.iterations_count, 1) - 1)
 
     def per_iteration(iteration_column: ColumnElement[Any], call_column: ColumnElement[Any]) -> Any:
-        return func.sum(case((no_rows, call_column), else_=iteration_column))
+        # An iteration row always carries its tokens and class costs (0, never NULL): coalesce picks the
+        # call's own figures only for a call without iteration rows, and costs less than a CASE.
+        return func.sum(func.coalesce(iteration_column, call_column))
 
     def per_call(call_column: ColumnElement[Any]) -> Any:
         return func.sum(case((carrier, call_column), else_=None))
@@ -294,10 +298,17 @@ def _aggregate(
     measures = _iteration_measures() if iteration_level else _call_measures()
     where = [*filters.call_conditions(), *conditions]
     result: dict[_Group, dict[str, Any]] = {}
+    unit = buckets.unit if buckets is not None else None
     with contextlib.ExitStack() as stack:
         source: Any = calls
         group: list[ColumnElement[Any]] = list(keys)
-        if buckets is not None:
+        if buckets is not None and with_model:
+            # The few unpriced calls: found by a scan (no index on `priced`), so their local bucket is
+            # computed per row (`local_bucket`: the same local hours, days, weeks; months from days).
+            sql_unit: Any = "day" if buckets.unit == "month" else buckets.unit
+            lo, hi = buckets.starts[0], buckets.end
+            group.insert(0, local_bucket(calls.c.start_ms, sql_unit, filters.tz, lo, hi).label("t_local"))
+        elif buckets is not None:
             source, bucket = stack.enter_context(bucket_source(connection, buckets, calls.c.start_ms, calls))
             group.insert(0, bucket.label("t_bucket"))
         if iteration_level:
@@ -309,8 +320,11 @@ def _aggregate(
             values: list[Any] = []
             for name in by:
                 if name in TIME_UNITS:
-                    assert buckets is not None
-                    values.append(buckets.labels[int(record["t_bucket"]) - 1])
+                    assert buckets is not None and unit is not None
+                    if with_model:
+                        values.append(bucket_label(unit, int(record["t_local"])))
+                    else:
+                        values.append(buckets.labels[int(record["t_bucket"]) - 1])
                 else:
                     values.append(record[f"k_{KEY_OF[name]}"])
             if with_model:
