@@ -847,7 +847,7 @@ def measure_one(name: str, url: str, repeat: int) -> dict[str, Any]:
         "first_s": first,
         "median_s": statistics.median(times) if times else first,
         "py_peak_bytes": peak,
-        "rss_delta_bytes": (rss_after - rss_before) * 1024,  # Linux: kilobytes
+        "rss_delta_bytes": max(0, rss_after - rss_before) * 1024,  # Linux: kilobytes
         "rows": _rows_of(result),
     }
 
