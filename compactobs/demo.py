@@ -181,7 +181,7 @@ class _Run:
             api_key="demo-key-not-used",
             max_retries=max_retries,
             # only the client knows its retry budget: the middleware needs it to tell a call's last attempt
-            middleware=[compactobs.Middleware(max_retries=max_retries)],
+            middleware=[compactobs.Middleware()],
         )
 
     def async_client(self, *, max_retries: int = 2) -> anthropic.AsyncAnthropic:
@@ -190,7 +190,7 @@ class _Run:
             api_key="demo-key-not-used",
             max_retries=max_retries,
             # only the client knows its retry budget: the middleware needs it to tell a call's last attempt
-            middleware=[compactobs.Middleware(max_retries=max_retries)],
+            middleware=[compactobs.Middleware()],
         )
 
     def begin(self, label: str) -> None:

@@ -412,3 +412,37 @@ def test_a_full_backlog_records_inline_and_loses_nothing(sim: Simulator) -> None
     finally:
         held.release.set()
         compactobs.shutdown()
+
+
+def test_explicit_middleware_learns_each_clients_retry_budget(sim: Simulator) -> None:
+    """One Middleware() shared by a client and its `with_options` copies, none with the default budget."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    compactobs.configure(tracer_provider=provider, store=False)
+    try:
+        client = anthropic.Anthropic(
+            base_url=sim.base_url,
+            api_key="k",
+            max_retries=0,
+            open_telemetry=False,
+            middleware=[compactobs.Middleware()],
+        )
+        sim.enqueue(ErrorReply(529, retry_after=0))
+        with pytest.raises(anthropic.InternalServerError):
+            client.beta.messages.create(**create_args())
+        sim.enqueue(ErrorReply(500, retry_after=0), ErrorReply(500, retry_after=0))
+        with pytest.raises(anthropic.InternalServerError):
+            client.with_options(max_retries=1).beta.messages.create(**create_args())
+        sim.enqueue(ErrorReply(529, retry_after=0), compaction_reply())
+        client.with_options(max_retries=3).beta.messages.create(**create_args())
+        assert len(sim.requests) == 5
+        first, second, third = call_spans(exporter)
+        assert (first.attributes or {})[t.ERROR_TYPE] == "529"
+        assert (first.attributes or {})[t.HTTP_RESEND_COUNT] == 0
+        assert (second.attributes or {})[t.ERROR_TYPE] == "500"
+        assert (second.attributes or {})[t.HTTP_RESEND_COUNT] == 1
+        assert t.ERROR_TYPE not in (third.attributes or {})
+        assert (third.attributes or {})[t.COST_USD] == pytest.approx(COMPACTION_COST, abs=1e-9)
+    finally:
+        compactobs.shutdown()

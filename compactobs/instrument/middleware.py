@@ -182,6 +182,9 @@ class Middleware(anthropic.Middleware):
             return None
 
     def _remaining_retries(self, request: APIRequest) -> int:
+        """Attempts the SDK may still make: the request's own `max_retries`, else its client's (learned from
+        the responses, which know their client; a connection error brings none, so the last client seen
+        answers), else the constructor's value, else the SDK default."""
         max_retries = request.max_retries
         if not isinstance(max_retries, int):
             client = self._client_ref() if self._client_ref is not None else None
@@ -213,6 +216,10 @@ class Middleware(anthropic.Middleware):
         """An attempt that got an HTTP response. Never raises."""
         try:
             http = response.http_response
+            client = getattr(response, "_client", None)
+            if client is not None and (self._client_ref is None or self._client_ref() is not client):
+                # One middleware may serve several clients (`with_options` copies pass it on).
+                self._client_ref = weakref.ref(client)
             observation = call.observation
             observation.status_code = http.status_code
             observation.request_id = http.headers.get("request-id") or observation.request_id
