@@ -201,8 +201,11 @@ def filters_from(
 
 @contextmanager
 def report_engine(state: CliState) -> Iterator[Engine]:
-    """The store opened for reading (checked against the schema; StoreError otherwise), disposed after."""
-    engine = open_database(state.database_url)
+    """The store opened for reading (checked against the schema; StoreError otherwise), disposed after.
+
+    Only the embedded default store is created when missing: a --db path that does not exist is an error.
+    """
+    engine = open_database(state.database_url, create=state.database_url == default_database_url())
     try:
         yield engine
     finally:

@@ -810,7 +810,9 @@ def test_cli_cost(scenario_url: str) -> None:
 
 
 def test_cli_empty_store(sqlite_url: str) -> None:
-    code, out, _ = run("--db", sqlite_url, "report", "cost")  # the embedded SQLite store is created
+    code, _, _ = run("--db", sqlite_url, "db", "upgrade")  # an explicit path is not created by a report
+    assert code == 0
+    code, out, _ = run("--db", sqlite_url, "report", "cost")
     assert code == 0 and "No calls recorded in this window." in out
     code, out, _ = run("--db", sqlite_url, "report", "cost", "--format", "json")
     assert code == 0 and json.loads(out)["rows"] == []

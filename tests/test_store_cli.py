@@ -102,3 +102,14 @@ def test_python_dash_m_is_the_same_cli(sqlite_url: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "to revision" in result.stdout
+
+
+def test_a_report_on_a_missing_sqlite_file_is_an_error(tmp_path: Path, data_home: Path) -> None:
+    missing = tmp_path / "typo" / "compactobs.db"
+    code, _, err = run("--db", f"sqlite:///{missing}", "report", "cost")
+    assert f"no database at {missing}" in one_line_error(code, err)
+    assert not missing.parent.exists()
+    # The embedded default store is another matter: created empty, so a fresh machine gets an empty report.
+    code, out, _ = run("report", "cost")
+    assert code == 0 and "No calls recorded" in out
+    assert (data_home / "compactobs.db").exists()

@@ -82,13 +82,20 @@ __all__ = [
 ]
 
 
-def open_database(database_url: str | None = None) -> Engine:
+def open_database(database_url: str | None = None, *, create: bool = True) -> Engine:
     """An Engine for reading the store (reports), checked against this code's schema.
 
-    The embedded SQLite store is created and brought to the current schema when empty, so a report on a
-    fresh machine shows an empty result rather than an error. Raises StoreError otherwise.
+    An SQLite store is created and brought to the current schema when missing or empty, so a report on a
+    fresh machine shows an empty result rather than an error; with `create=False` a missing SQLite file
+    is an error instead (the CLI's choice for a --db path, most likely mistyped). Raises StoreError.
     """
-    engine = make_engine(database_url)
+    url = parse_url(database_url or default_database_url())
+    path = sqlite_path(url) if url.get_backend_name() == "sqlite" else None
+    if path is not None and not create and not path.exists():
+        raise StoreError(
+            f"no database at {path}: check --db (or COMPACTOBS_DATABASE_URL), or record calls into it first"
+        )
+    engine = make_engine(url)
     try:
         ensure_schema(engine)
     except BaseException:
