@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from compactobs._version import __version__
 from compactobs.pricing import PRICING_FILE_ENV, PricingError
 from compactobs.reports._common import FORMATS, Filters, Report, ReportInputError, build_filters, render
+from compactobs.reports.anomalies import Thresholds
 from compactobs.store import (
     ENV_DATABASE_URL,
     StoreError,
@@ -229,6 +230,9 @@ def emit_report(report: Report, fmt: str) -> None:
 
 # -- report anomalies | ops | conversation ----------------------------------------------------------------
 
+_THRESHOLDS = Thresholds()
+"""The defaults the threshold options show."""
+
 
 def _terminal_width() -> int:
     return shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 100
@@ -253,44 +257,56 @@ def _terminal_width() -> int:
 @click.option(
     "--loop-min",
     type=int,
-    default=3,
+    default=_THRESHOLDS.loop_min,
     show_default=True,
     help="compaction_loop: this many ineffective compactions...",
 )
 @click.option(
-    "--loop-window", type=int, default=5, show_default=True, help="...within this many consecutive calls."
+    "--loop-window",
+    type=int,
+    default=_THRESHOLDS.loop_window,
+    show_default=True,
+    help="...within this many consecutive calls.",
 )
 @click.option(
     "--ineffective-ratio",
     type=float,
-    default=0.8,
+    default=_THRESHOLDS.ineffective_ratio,
     show_default=True,
     help="A compaction leaving the context at this share of the trigger or more is ineffective.",
 )
 @click.option(
     "--cost-share",
     type=float,
-    default=0.5,
+    default=_THRESHOLDS.cost_share,
     show_default=True,
     help="Compaction share of a conversation's cost.",
 )
 @click.option(
-    "--error-share", type=float, default=0.1, show_default=True, help="429/529/5xx share of an hour's calls."
+    "--error-share",
+    type=float,
+    default=_THRESHOLDS.error_share,
+    show_default=True,
+    help="429/529/5xx share of an hour's calls.",
 )
 @click.option(
-    "--error-min-calls", type=int, default=20, show_default=True, help="Calls an hour needs to judge."
+    "--error-min-calls",
+    type=int,
+    default=_THRESHOLDS.error_min_calls,
+    show_default=True,
+    help="Calls an hour needs to judge.",
 )
 @click.option(
     "--cache-drop-ratio",
     type=float,
-    default=0.05,
+    default=_THRESHOLDS.cache_drop_ratio,
     show_default=True,
     help="Cache reads after a compaction at or below this share of those before count as a miss.",
 )
 @click.option(
     "--cache-min-tokens",
     type=int,
-    default=1024,
+    default=_THRESHOLDS.cache_min_tokens,
     show_default=True,
     help="Smallest cache read/write considered.",
 )
@@ -325,7 +341,6 @@ def report_anomalies(
     input.
     """
     from compactobs.reports.anomalies import (
-        Thresholds,
         anomalies_report,
         exit_code_for,
         load_budgets,
