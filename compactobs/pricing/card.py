@@ -15,20 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
-from decimal import Decimal
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 from compactobs.pricing.pricer import PRICING_FILE_ENV, Pricer, _utc_day
-from compactobs.pricing.records import PricingError, Rates
+from compactobs.pricing.records import PricingError, Rates, to_json_number
 
-__all__ = ["PriceSource", "RateCard", "json_money", "rate_card", "unknown_model_error"]
-
-_SIX_PLACES: Final = Decimal("0.000001")
-
-
-def json_money(value: Decimal) -> float:
-    """A USD amount as JSON carries it: a number rounded to 6 decimal places (DESIGN.md section 3, rule 7)."""
-    return float(value.quantize(_SIX_PLACES))
+__all__ = ["PriceSource", "RateCard", "rate_card", "unknown_model_error"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,24 +75,24 @@ class RateCard:
             "inference_geo": self.inference_geo,
             "variant": rates.variant,
             "unit": "USD per million tokens",
-            "input": json_money(rates.input),
-            "output": json_money(rates.output),
-            "cache_read": json_money(rates.cache_read),
-            "cache_write_5m": json_money(rates.cache_write_5m),
-            "cache_write_1h": json_money(rates.cache_write_1h),
+            "input": to_json_number(rates.input),
+            "output": to_json_number(rates.output),
+            "cache_read": to_json_number(rates.cache_read),
+            "cache_write_5m": to_json_number(rates.cache_write_5m),
+            "cache_write_1h": to_json_number(rates.cache_write_1h),
             "tiers": [
                 {
                     "above_input_tokens": tier.above,
-                    "input": json_money(tier.input),
-                    "output": json_money(tier.output),
-                    "cache_read": json_money(tier.cache_read),
-                    "cache_write_5m": json_money(tier.cache_write_5m),
-                    "cache_write_1h": json_money(tier.cache_write_1h),
+                    "input": to_json_number(tier.input),
+                    "output": to_json_number(tier.output),
+                    "cache_read": to_json_number(tier.cache_read),
+                    "cache_write_5m": to_json_number(tier.cache_write_5m),
+                    "cache_write_1h": to_json_number(tier.cache_write_1h),
                 }
                 for tier in rates.tiers
             ],
-            "web_search_per_1k": json_money(rates.web_search_per_1k),
-            "multiplier": json_money(rates.multiplier),
+            "web_search_per_1k": to_json_number(rates.web_search_per_1k),
+            "multiplier": to_json_number(rates.multiplier),
             "source": self.source.to_json(),
             "effective_from": rates.effective_from.isoformat() if rates.effective_from else None,
             "notes": list(rates.notes),

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Final
 
-__all__ = ["PricedCall", "PricedIteration", "PricingError", "RateTier", "Rates"]
+__all__ = ["PricedCall", "PricedIteration", "PricingError", "RateTier", "Rates", "to_json_number"]
+
+_SIX_DP: Final = Decimal("0.000001")
 
 
 class PricingError(ValueError):
@@ -100,3 +103,17 @@ class PricedCall:
     """What priced it, e.g. "genai-prices==0.2.3" or "genai-prices==0.2.3+overrides:1a2b3c4d"."""
     unpriced_models: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+
+
+def to_json_number(value: Decimal | int | float | None) -> int | float | None:
+    """A number for JSON: ints as they are; money and ratios rounded half-even to 6 decimal places
+    (never -0.0); None stays None."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    exact = value if isinstance(value, Decimal) else Decimal(repr(value))
+    if not exact.is_finite():
+        return None
+    rounded = float(exact.quantize(_SIX_DP, rounding=ROUND_HALF_EVEN))
+    return 0.0 if rounded == 0 else rounded

@@ -49,7 +49,8 @@ from sqlalchemy import (
     or_,
 )
 
-from compactobs.store.models import calls
+from compactobs.pricing.records import to_json_number
+from compactobs.store.models import calls, epoch_ms
 
 __all__ = [
     "FORMATS",
@@ -89,7 +90,6 @@ TIME_UNITS: Final[tuple[str, ...]] = ("hour", "day", "week", "month")
 MS_PER_HOUR: Final = 3_600_000
 MS_PER_DAY: Final = 86_400_000
 _EPOCH_DATE: Final = date(1970, 1, 1)
-_SIX_DP: Final = Decimal("0.000001")
 
 
 class ReportInputError(ValueError):
@@ -213,11 +213,6 @@ def parse_when(text: str, tz: tzinfo, now: datetime, *, end: bool = False) -> da
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=tz)
     return moment.astimezone(timezone.utc)
-
-
-def epoch_ms(moment: datetime) -> int:
-    """Epoch milliseconds of an aware datetime."""
-    return int((moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1))
 
 
 def from_epoch_ms(ms: int) -> datetime:
@@ -586,20 +581,6 @@ class Report:
 
     def shown_columns(self) -> list[str]:
         return list(self.table_columns) if self.table_columns is not None else list(self.columns)
-
-
-def to_json_number(value: Decimal | int | float | None) -> int | float | None:
-    """A number for JSON: ints as they are; money and ratios rounded half-even to 6 decimal places
-    (never -0.0); None stays None."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return value
-    exact = value if isinstance(value, Decimal) else Decimal(repr(value))
-    if not exact.is_finite():
-        return None
-    rounded = float(exact.quantize(_SIX_DP, rounding=ROUND_HALF_EVEN))
-    return 0.0 if rounded == 0 else rounded
 
 
 def to_json_value(value: Any) -> Any:

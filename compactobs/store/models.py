@@ -17,13 +17,13 @@ the store in an earlier batch (or a replayed spool segment), so a constraint wou
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, MetaData, Numeric, String, Table
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Call", "Iteration", "calls", "iterations", "metadata"]
+__all__ = ["Base", "Call", "Iteration", "calls", "epoch_ms", "iterations", "metadata"]
 
 # Stable constraint names, so migrations and autogenerate agree on every backend.
 NAMING_CONVENTION = {
@@ -156,3 +156,8 @@ class Iteration(Base):
 metadata: MetaData = Base.metadata
 calls: Table = Call.__table__  # type: ignore[assignment]
 iterations: Table = Iteration.__table__  # type: ignore[assignment]
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Epoch milliseconds of an aware datetime, exactly (no float), as `start_ms` stores them."""
+    return int((moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1))

@@ -47,7 +47,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from compactobs.pricing import PricedCall, PricedIteration, Pricer
 from compactobs.store import database_status, default_database_url, open_database
 from compactobs.store.engine import display_url, explain_error, make_engine
-from compactobs.store.models import calls, iterations
+from compactobs.store.models import calls, epoch_ms, iterations
 from compactobs.store.schema import ensure_schema
 from compactobs.usage import CallUsage, IterationUsage, TokenCounts
 
@@ -76,10 +76,6 @@ _COST_COLUMNS: Final = (
 _CALL_COLUMNS: Final = (*_COST_COLUMNS, "cost_server_tools_usd", "priced", "pricing_version")
 _ITERATION_COLUMNS: Final = (*_COST_COLUMNS, "priced")
 _TEN_PLACES: Final = Decimal("1e-10")
-
-
-def _epoch_ms(when: datetime) -> int:
-    return int(when.timestamp() * 1000)
 
 
 # --- models seen in the store --------------------------------------------------------------------------
@@ -314,9 +310,9 @@ def reprice(
     columns.append(calls.c.web_search_requests)
     query = select(*columns).where(calls.c.priced.is_not(None))  # NULL: the call carried no usage
     if since is not None:
-        query = query.where(calls.c.start_ms >= _epoch_ms(since))
+        query = query.where(calls.c.start_ms >= epoch_ms(since))
     if until is not None:
-        query = query.where(calls.c.start_ms < _epoch_ms(until))
+        query = query.where(calls.c.start_ms < epoch_ms(until))
     query = query.order_by(calls.c.start_ms, calls.c.call_id).limit(batch_size)
     tally = _Tally()
     last: tuple[int, str] | None = None
