@@ -187,26 +187,50 @@ def _wasted(c: Any, ttl_ms: int, now_ms: int) -> ColumnElement[bool]:
     )
 
 
-def _measures(c: Any, now_ms: int) -> list[Label[Any]]:
-    """Measures over `c` (`_calls_in_window`) LEFT JOIN iterations."""
+def _per_row(c: Any, now_ms: int) -> list[Label[Any]]:
+    """What each row of `c` (`_calls_in_window`) LEFT JOIN iterations contributes, each computed once per
+    row: the iteration's figures (the call's own without iteration rows), whether the row carries the call
+    (its last iteration, or the call itself), and whether the call's writes were wasted."""
     i = iterations.c
     no_rows = i.call_id.is_(None)
-    carrier = or_(no_rows, i.idx == func.coalesce(c.iterations_count, 1) - 1)
 
     def pick(iteration_column: ColumnElement[Any], call_column: ColumnElement[Any]) -> Any:
         # An iteration row always carries its tokens and class costs: the call's only without rows.
         return func.coalesce(iteration_column, call_column, 0)
 
-    uncached = pick(i.input_tokens, c.input_tokens)
-    read = pick(i.cache_read_tokens, c.cache_read_tokens)
-    w5m = pick(i.cache_write_5m_tokens, c.cache_write_5m_tokens)
-    w1h = pick(i.cache_write_1h_tokens, c.cache_write_1h_tokens)
-    cost_input = pick(i.cost_input_usd, c.cost_input_usd)
-    cost_read = pick(i.cost_cache_read_usd, c.cost_cache_read_usd)
-    cost_w5m = pick(i.cost_cache_write_5m_usd, c.cost_cache_write_5m_usd)
-    cost_w1h = pick(i.cost_cache_write_1h_usd, c.cost_cache_write_1h_usd)
-    priced = case((no_rows, c.priced), else_=i.priced)
-    is_priced = priced == true()
+    return [
+        case((or_(no_rows, i.idx == func.coalesce(c.iterations_count, 1) - 1), 1), else_=0).label("carrier"),
+        pick(i.input_tokens, c.input_tokens).label("uncached"),
+        pick(i.cache_read_tokens, c.cache_read_tokens).label("read"),
+        pick(i.cache_write_5m_tokens, c.cache_write_5m_tokens).label("w5m"),
+        pick(i.cache_write_1h_tokens, c.cache_write_1h_tokens).label("w1h"),
+        pick(i.cost_input_usd, c.cost_input_usd).label("cost_input"),
+        pick(i.cost_cache_read_usd, c.cost_cache_read_usd).label("cost_read"),
+        pick(i.cost_cache_write_5m_usd, c.cost_cache_write_5m_usd).label("cost_w5m"),
+        pick(i.cost_cache_write_1h_usd, c.cost_cache_write_1h_usd).label("cost_w1h"),
+        case((no_rows, c.priced), else_=i.priced).label("row_priced"),
+        c.priced.label("call_priced"),
+        case((_wasted(c, TTL_5M_MS, now_ms), 1), else_=0).label("wasted_5m"),
+        case((_wasted(c, TTL_1H_MS, now_ms), 1), else_=0).label("wasted_1h"),
+        case(
+            (
+                or_(
+                    and_(c.cache_write_5m_tokens > 0, _wasted(c, TTL_5M_MS, now_ms)),
+                    and_(c.cache_write_1h_tokens > 0, _wasted(c, TTL_1H_MS, now_ms)),
+                ),
+                1,
+            ),
+            else_=0,
+        ).label("call_wasted"),
+    ]
+
+
+def _measures(r: Any) -> list[Label[Any]]:
+    """Measures over `r`, the rows of `_per_row`."""
+    carrier = r.carrier == 1
+    uncached, read, w5m, w1h = r.uncached, r.read, r.w5m, r.w1h
+    cost_input, cost_read, cost_w5m, cost_w1h = r.cost_input, r.cost_read, r.cost_w5m, r.cost_w1h
+    is_priced = r.row_priced == true()
 
     def lit(text: str) -> Any:
         return literal_column(text)
@@ -227,21 +251,17 @@ def _measures(c: Any, now_ms: int) -> list[Label[Any]]:
     )
     premium_5m = case((w5m == 0, lit("0")), else_=cost_w5m - at_input_rate(w5m))
     premium_1h = case((w1h == 0, lit("0")), else_=cost_w1h - at_input_rate(w1h))
-    wasted_5m = and_(w5m > 0, _wasted(c, TTL_5M_MS, now_ms))
-    wasted_1h = and_(w1h > 0, _wasted(c, TTL_1H_MS, now_ms))
-    call_wasted = or_(
-        and_(c.cache_write_5m_tokens > 0, _wasted(c, TTL_5M_MS, now_ms)),
-        and_(c.cache_write_1h_tokens > 0, _wasted(c, TTL_1H_MS, now_ms)),
-    )
+    wasted_5m = and_(w5m > 0, r.wasted_5m == 1)
+    wasted_1h = and_(w1h > 0, r.wasted_1h == 1)
     return [
-        func.sum(case((carrier, 1), else_=0)).label("calls"),
+        func.sum(r.carrier).label("calls"),
         func.sum(uncached).label("input_tokens"),
         func.sum(read).label("cache_read_input_tokens"),
         func.sum(w5m).label("cache_creation_5m_input_tokens"),
         func.sum(w1h).label("cache_creation_1h_input_tokens"),
         func.sum(case((and_(is_priced, read > 0), saved), else_=None)).label("saved_usd"),
         func.sum(case((is_priced, premium_5m + premium_1h), else_=None)).label("write_premium_usd"),
-        func.sum(case((and_(carrier, call_wasted), 1), else_=0)).label("wasted_write_calls"),
+        func.sum(case((and_(carrier, r.call_wasted == 1), 1), else_=0)).label("wasted_write_calls"),
         func.sum(case((wasted_5m, w5m), else_=0)).label("wasted_5m_write_tokens"),
         func.sum(case((wasted_1h, w1h), else_=0)).label("wasted_1h_write_tokens"),
         func.sum(
@@ -257,7 +277,7 @@ def _measures(c: Any, now_ms: int) -> list[Label[Any]]:
         func.sum(case((and_(is_priced, read > 0, uncached == 0, w5m == 0, w1h == 0), 1), else_=0)).label(
             "estimated_iterations"
         ),
-        func.sum(case((and_(carrier, c.priced == false()), 1), else_=0)).label("unpriced_calls"),
+        func.sum(case((and_(carrier, r.call_priced == false()), 1), else_=0)).label("unpriced_calls"),
     ]
 
 
@@ -319,9 +339,13 @@ def _aggregate(
     c = _calls_in_window(filters)
     keys = _keys(c.c, by, filters, span)
     source = c.outerjoin(iterations, iterations.c.call_id == c.c.call_id)
-    statement = select(*keys, *_measures(c.c, now_ms)).select_from(source)
-    if keys:
-        statement = statement.group_by(*keys)
+    # Each row's figures once (OFFSET 0: a co-routine SQLite does not flatten), then the measures over
+    # plain columns: the CASEs below read each figure several times.
+    rows = select(*keys, *_per_row(c.c, now_ms)).select_from(source).offset(0).subquery("r")
+    group = [rows.c[key.name] for key in keys]
+    statement = select(*group, *_measures(rows.c))
+    if group:
+        statement = statement.group_by(*group)
     result: dict[tuple[Any, ...], dict[str, Any]] = {}
     for record in connection.execute(statement).mappings():
         values: list[Any] = []
