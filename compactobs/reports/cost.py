@@ -302,9 +302,12 @@ def _aggregate(
     with contextlib.ExitStack() as stack:
         source: Any = calls
         group: list[ColumnElement[Any]] = list(keys)
-        if buckets is not None and with_model:
-            # The few unpriced calls: found by a scan (no index on `priced`), so their local bucket is
-            # computed per row (`local_bucket`: the same local hours, days, weeks; months from days).
+        # The few unpriced calls are found by a scan (no index on `priced`); on SQLite, so is every call
+        # joined to its iterations: reading calls in start_ms order (`bucket_source`) fetches each row at
+        # random, and the model key needs a sort anyway. Their local bucket is computed per row
+        # (`local_bucket`: the same local hours, days, weeks; months from days).
+        per_row = with_model or (iteration_level and connection.dialect.name == "sqlite")
+        if buckets is not None and per_row:
             sql_unit: Any = "day" if buckets.unit == "month" else buckets.unit
             lo, hi = buckets.starts[0], buckets.end
             group.insert(0, local_bucket(calls.c.start_ms, sql_unit, filters.tz, lo, hi).label("t_local"))
@@ -321,7 +324,7 @@ def _aggregate(
             for name in by:
                 if name in TIME_UNITS:
                     assert buckets is not None and unit is not None
-                    if with_model:
+                    if per_row:
                         values.append(bucket_label(unit, int(record["t_local"])))
                     else:
                         values.append(buckets.labels[int(record["t_bucket"]) - 1])
