@@ -38,6 +38,7 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Connection,
+    Engine,
     FromClause,
     Integer,
     MetaData,
@@ -132,6 +133,17 @@ def local_zone() -> tzinfo:
             continue
     fixed = datetime.now().astimezone().tzinfo
     return fixed if fixed is not None else timezone.utc
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A connection for a report's queries. On PostgreSQL, JIT compilation is switched off for its
+    transaction: these queries are index probes that run in milliseconds, but their estimated cost passes
+    `jit_above_cost`, and compiling them took 95% of the time (2.7 s of 2.8 s on 200k calls)."""
+    with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql("SET LOCAL jit = off")
+        yield connection
 
 
 def parse_tz(name: str | None) -> tzinfo:

@@ -47,7 +47,6 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -55,11 +54,11 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from sqlalchemy import Connection, Engine, and_, case, func, literal_column, or_, select
+from sqlalchemy import Engine, and_, case, func, literal_column, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.util import ClauseAdapter
 
-from compactobs.reports._common import Filters, Report, ReportInputError, render, to_json_value
+from compactobs.reports._common import Filters, Report, ReportInputError, reading, render, to_json_value
 from compactobs.store.models import calls, iterations
 
 __all__ = [
@@ -109,17 +108,6 @@ _HOUR_MS: Final = 3_600_000
 _ERROR_STATUSES: Final = (429, 529)
 _ID_CHUNK: Final = 500
 """Conversation ids per `IN (...)` list (SQLite allows 32766 parameters; PostgreSQL more)."""
-
-
-@contextmanager
-def reading(engine: Engine) -> Iterator[Connection]:
-    """A connection for a report's queries. On PostgreSQL, JIT compilation is switched off for its
-    transaction: these queries are index probes that run in milliseconds, but their estimated cost passes
-    `jit_above_cost`, and compiling them took 95% of the time (2.7 s of 2.8 s on 200k calls)."""
-    with engine.connect() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.exec_driver_sql("SET LOCAL jit = off")
-        yield connection
 
 
 # --- thresholds ------------------------------------------------------------------------------------------

@@ -22,8 +22,7 @@ from typing import Any, Final
 
 from sqlalchemy import Engine, select
 
-from compactobs.reports._common import Filters, Report, ReportInputError, render
-from compactobs.reports.anomalies import reading
+from compactobs.reports._common import Filters, Report, ReportInputError, reading, render
 from compactobs.store.models import calls
 
 __all__ = ["COLUMNS", "context_chart", "conversation_report", "marks", "render_conversation"]

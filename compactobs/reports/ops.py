@@ -24,8 +24,7 @@ from typing import Any, Final
 from sqlalchemy import Engine, case, func, literal, literal_column, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from compactobs.reports._common import Filters, Report
-from compactobs.reports.anomalies import reading
+from compactobs.reports._common import Filters, Report, reading
 from compactobs.store.models import calls
 
 __all__ = ["PERCENTILES", "TOTAL", "interpolate", "ops_report", "percentiles", "percentiles_with_total"]
