@@ -7,22 +7,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from compactobs import store
-from compactobs.cli import main
 from compactobs.demo import SERVICE_NAME, planned_calls
 from compactobs.store import calls, iterations
+from tests.cli import run
 
 CONVERSATIONS_PER_RUN = 10
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def rows(database_url: str, query: Any) -> list[Any]:

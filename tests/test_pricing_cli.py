@@ -17,33 +17,18 @@ from typing import Any
 import anthropic
 import genai_prices
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import select
 
 import compactobs
 from compactobs import store
-from compactobs.cli import main
 from compactobs.store import calls, iterations
 from compactobs.testing import Reply, Simulator, message
+from tests.cli import one_line_error, run
 
 GENAI = f"genai-prices {genai_prices.__version__}"
 KNOWN = "claude-opus-4-8"
 UNKNOWN = "acme-llm-1"
 DAY = "2026-11-20"  # batch prices are in force (from 2026-10-14), fast mode is still offered on Opus 4.8
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args), env=env)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def one_line_error(code: int, stderr: str) -> str:
-    assert code == 2, stderr
-    assert stderr.startswith("Error: ") and stderr.count("\n") == 1, stderr
-    assert "Traceback" not in stderr
-    return stderr
 
 
 @pytest.fixture(autouse=True)

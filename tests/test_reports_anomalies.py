@@ -13,11 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import insert
 
 from compactobs import store
-from compactobs.cli import main
 from compactobs.reports._common import ReportInputError, build_filters
 from compactobs.reports.anomalies import (
     EXIT_FINDINGS,
@@ -28,6 +26,7 @@ from compactobs.reports.anomalies import (
     find_anomalies,
     load_budgets,
 )
+from tests.cli import one_line_error, run
 
 BASE_MS = 1_767_225_600_000
 """2026-01-01T00:00:00Z."""
@@ -132,20 +131,6 @@ def anomalies(url: str, thresholds: Thresholds | None = None, **kwargs: Any) -> 
 
 def summary(findings: list[Finding]) -> list[tuple[str, str, str | None, tuple[str, ...]]]:
     return [(f.kind, f.severity, f.conversation_id, f.call_ids) for f in findings]
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args), env=env)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def one_line_error(code: int, stderr: str) -> str:
-    assert code == 2, stderr
-    assert stderr.startswith("Error: ") and stderr.count("\n") == 1, stderr
-    assert "Traceback" not in stderr
-    return stderr
 
 
 def compacting(call_id: str, at: float, conversation: str, context: int, **columns: Any) -> dict[str, Any]:

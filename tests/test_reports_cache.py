@@ -26,13 +26,12 @@ import pytest
 from compactobs import store
 from compactobs.reports._common import ReportInputError, build_filters, render
 from compactobs.reports.cache import CACHE_MEASURES, cache_report
+from tests.cli import one_line_error, run
 from tests.test_reports_cost import (
     HAIKU,
     SONNET,
     call_row,
     iteration_row,
-    one_line_error,
-    run,
     scenario,
     store_rows,
 )

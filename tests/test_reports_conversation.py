@@ -12,12 +12,11 @@ import pytest
 from compactobs import store
 from compactobs.reports._common import ReportInputError, build_filters
 from compactobs.reports.conversation import context_chart, conversation_report, marks
+from tests.cli import one_line_error, run
 from tests.test_reports_anomalies import (
     compacting,
     failed_call,
-    one_line_error,
     plain,
-    run,
     store_rows,
 )
 

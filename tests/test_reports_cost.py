@@ -32,13 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import insert
 
 from compactobs import store
-from compactobs.cli import main
 from compactobs.reports._common import ReportInputError, build_filters, render
 from compactobs.reports.cost import BY_CHOICES, MEASURES, cost_report, parse_by
+from tests.cli import one_line_error, run
 
 SONNET = "claude-sonnet-4-5"
 HAIKU = "claude-haiku-4-5"
@@ -736,19 +735,6 @@ def test_table_output(scenario_url: str) -> None:
 
 
 # -- the command ---------------------------------------------------------------------------------------------
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args), env=env)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def one_line_error(code: int, stderr: str) -> str:
-    assert code == 2, stderr
-    assert stderr.startswith("Error: ") and stderr.count("\n") == 1, stderr
-    return stderr
 
 
 def test_cli_cost(scenario_url: str) -> None:

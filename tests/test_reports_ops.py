@@ -14,7 +14,8 @@ from compactobs import store
 from compactobs.reports._common import build_filters
 from compactobs.reports.ops import ops_report, percentiles
 from compactobs.store.models import calls
-from tests.test_reports_anomalies import call, failed_call, one_line_error, run, store_rows
+from tests.cli import one_line_error, run
+from tests.test_reports_anomalies import call, failed_call, store_rows
 
 SONNET = "claude-sonnet-4-5"
 HAIKU = "claude-haiku-4-5"

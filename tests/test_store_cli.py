@@ -7,25 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import text
 
 from compactobs import store
-from compactobs.cli import main
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def one_line_error(code: int, stderr: str) -> str:
-    assert code == 2, stderr
-    assert stderr.startswith("Error: ") and stderr.count("\n") == 1, stderr
-    assert "Traceback" not in stderr
-    return stderr
+from tests.cli import one_line_error, run
 
 
 def test_upgrade_then_status(database_url: str) -> None:
