@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from sqlalchemy import Engine
@@ -55,8 +55,27 @@ class CliState:
         return display_url(self.database_url)
 
 
+def _usage_error(err: click.UsageError) -> NoReturn:
+    """click's usage errors (a wrong flag, a missing argument, a bad choice) as one line, exit code 2.
+    A group called with nothing to do shows its help, as click does."""
+    if isinstance(err, click.exceptions.NoArgsIsHelpError):
+        raise err
+    where = f" (see `{err.ctx.command_path} --help`)" if err.ctx is not None else ""
+    click.echo(f"Error: {err.format_message()}{where}", err=True)
+    raise click.exceptions.Exit(EXIT_USER_ERROR)
+
+
 class _Group(click.Group):
-    """Turns a user error (`USER_ERRORS`) raised anywhere under it into a one-line error and exit code 2."""
+    """Turns a user error (`USER_ERRORS`, or click's usage errors) raised anywhere under it into a one-line
+    error and exit code 2."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as err:
+            _usage_error(err)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -64,9 +83,11 @@ class _Group(click.Group):
         except USER_ERRORS as err:
             click.echo(f"Error: {err}", err=True)
             ctx.exit(EXIT_USER_ERROR)
+        except click.UsageError as err:
+            _usage_error(err)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("compactobs", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--db",
     "database_url",
@@ -134,19 +155,7 @@ def db_status(state: CliState) -> None:
 # calls a pure report function over `open_database(...)` (`report_engine`), and prints with `emit_report`.
 
 
-class _ReportGroup(_Group):
-    """Under `report`, click's own usage errors (a bad --format or --by value, an option missing its value)
-    are one line too: `Error: ...`, exit code 2."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except click.UsageError as err:
-            click.echo(f"Error: {err.format_message()}", err=True)
-            ctx.exit(EXIT_USER_ERROR)
-
-
-@main.group("report", cls=_ReportGroup)
+@main.group("report")
 def report() -> None:
     """Reports over the store: cost, cache, anomalies, ops, conversation.
 

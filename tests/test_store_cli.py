@@ -72,9 +72,23 @@ def test_bad_input_is_one_line_with_the_fix(url: str, expected: str) -> None:
     assert "secret" not in err
 
 
-def test_wrong_flag_is_a_usage_error() -> None:
-    code, _, err = run("db", "upgrade", "--revison", "head")
-    assert code == 2 and "No such option" in err and "Traceback" not in err
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["db", "upgrade", "--revison", "head"], "No such option '--revison'"),
+        (["--bogus"], "No such option '--bogus'. (see `compactobs --help`)"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["pricing", "show"], "Missing argument 'MODEL'. (see `compactobs pricing show --help`)"),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], expected: str) -> None:
+    code, _, err = run(*args)
+    assert expected in one_line_error(code, err)
+
+
+def test_a_group_without_a_command_shows_its_help() -> None:
+    code, out, err = run("report")
+    assert code == 2 and "Usage: compactobs report" in out + err and "Error:" not in out + err
 
 
 def test_python_dash_m_is_the_same_cli(sqlite_url: str) -> None:
