@@ -10,9 +10,11 @@ new attribute.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -221,10 +223,21 @@ class Telemetry:
         )
         self._warned: set[str] = set()
         # Bounded, so a recorder that falls behind costs callers time (see `record`), never memory.
+        self._backlog_limit = backlog_limit
         self._backlog: queue.Queue[tuple[CallObservation, otel_context.Context | None, bool]] = queue.Queue(
             backlog_limit
         )
         self._worker: threading.Thread | None = None
+        self._worker_lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):
+            forget = weakref.WeakMethod(self._forget_parents_backlog)
+            os.register_at_fork(after_in_child=lambda: (method := forget()) and method())
+
+    def _forget_parents_backlog(self) -> None:
+        """In a forked child: the calls waiting in the backlog are the parent's, which records them; the
+        child records its own, with fresh locks (a lock held at the fork would never be released)."""
+        self._backlog = queue.Queue(self._backlog_limit)
+        self._worker = None
         self._worker_lock = threading.Lock()
 
     def warn_once(self, key: str, message: str, *args: object) -> None:
@@ -256,7 +269,7 @@ class Telemetry:
         backlog = self._backlog
         while True:
             if not self._worker_alive():
-                self._start_worker()  # a forked child inherits the backlog but not the thread
+                self._start_worker()
             with backlog.all_tasks_done:
                 if not backlog.unfinished_tasks:
                     return True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -445,4 +446,32 @@ def test_explicit_middleware_learns_each_clients_retry_budget(sim: Simulator) ->
         assert t.ERROR_TYPE not in (third.attributes or {})
         assert (third.attributes or {})[t.COST_USD] == pytest.approx(COMPACTION_COST, abs=1e-9)
     finally:
+        compactobs.shutdown()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_record_its_parents_waiting_calls(sim: Simulator) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    held = _HoldRecorderThread(exporter)
+    provider.add_span_processor(held)
+    compactobs.configure(tracer_provider=provider, store=False)
+    try:
+        client = anthropic.Anthropic(
+            base_url=sim.base_url, api_key="k", middleware=[compactobs.Middleware()], open_telemetry=False
+        )
+        for _ in range(2):  # one call held by the recording thread, one waiting in the backlog
+            sim.enqueue(compaction_reply())
+            client.beta.messages.create(**create_args())
+        pid = os.fork()
+        if pid == 0:  # the child: the waiting call is the parent's to record, not the child's
+            telemetry = state.get_telemetry()
+            recorded = len(exporter.get_finished_spans())
+            os._exit(0 if telemetry is not None and telemetry.drain(5) and not recorded else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        held.release.set()
+        assert len(call_spans(exporter)) == 2
+    finally:
+        held.release.set()
         compactobs.shutdown()
