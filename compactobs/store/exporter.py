@@ -173,10 +173,20 @@ class SqlSpanExporter(SpanExporter):
         self._schema_ok = False
         self._replay_pending: bool | None = None  # None: not looked yet (done on the export thread)
         self._next_scan = 0.0
+        if hasattr(os, "register_at_fork"):
+            forked = weakref.WeakMethod(self._after_fork_in_child)
+            os.register_at_fork(after_in_child=lambda: (method := forked()) and method())
         self._retry_at = 0.0
         self._delay = RETRY_FIRST_S
         self._outage = False
         self._closed = False
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child must not use its parent's pooled connections (two processes on one socket):
+        it opens its own (SQLAlchemy's documented pattern), with a fresh lock."""
+        self._lock = threading.RLock()
+        if self._engine is not None:
+            self._engine.dispose(close=False)
 
     # --- SpanExporter -------------------------------------------------------------------------------
 
