@@ -24,7 +24,14 @@ def table_names(url: str) -> set[str]:
 def test_empty_to_head_and_back_down(database_url: str) -> None:
     head = store.head_revision()
     assert store.upgrade_database(database_url) == (None, head)
-    assert table_names(database_url) == {"alembic_version", "calls", "iterations"}
+    assert table_names(database_url) == {
+        "alembic_version",
+        "calls",
+        "iterations",
+        "rollups",
+        "rollup_dirty",
+        "rollup_open_calls",
+    }
     assert store.upgrade_database(database_url) == (head, head)  # idempotent
 
     engine = store.make_engine(database_url, writer=True)

@@ -280,12 +280,25 @@ class Filters:
             conditions.append(calls.c.start_ms >= self.since_ms)
         if self.until_ms is not None:
             conditions.append(calls.c.start_ms < self.until_ms)
-        if self.models:
-            conditions.append(_glob_condition([calls.c.request_model, calls.c.response_model], self.models))
         if self.conversations:
             conditions.append(_glob_condition([calls.c.conversation_id], self.conversations))
+        conditions += self.model_service_conditions(
+            calls.c.request_model, calls.c.response_model, calls.c.service_name
+        )
+        return conditions
+
+    def model_service_conditions(
+        self,
+        request_model: ColumnElement[Any],
+        response_model: ColumnElement[Any],
+        service_name: ColumnElement[Any],
+    ) -> list[ColumnElement[bool]]:
+        """The model and service filters over the given columns (of `calls`, or of `rollups`)."""
+        conditions: list[ColumnElement[bool]] = []
+        if self.models:
+            conditions.append(_glob_condition([request_model, response_model], self.models))
         if self.services:
-            conditions.append(_glob_condition([calls.c.service_name], self.services))
+            conditions.append(_glob_condition([service_name], self.services))
         return conditions
 
     def with_window(self, since: datetime | None, until: datetime | None) -> Filters:

@@ -29,7 +29,7 @@ Dollar figures cover priced iterations only; unpriced calls keep their tokens an
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Final
@@ -38,6 +38,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Select,
     and_,
     case,
     false,
@@ -49,6 +50,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import Label
 
+from compactobs.reports import rollup
 from compactobs.reports._common import (
     TIME_UNITS,
     Filters,
@@ -137,9 +139,10 @@ def _next_call_start() -> Any:
     )
 
 
-def _calls_in_window(filters: Filters) -> Any:
-    """The window's calls with `next_start`, looked up once per call that wrote to the cache. OFFSET 0
-    keeps SQLite from flattening it into the join (which would repeat the lookup for every use)."""
+def calls_with_next(conditions: Sequence[ColumnElement[bool]]) -> Any:
+    """The calls meeting `conditions` (over `store.calls`) with `next_start`, looked up once per call that
+    wrote to the cache. OFFSET 0 keeps SQLite from flattening it into the join (which would repeat the
+    lookup for every use)."""
     c = calls.c
     wrote = or_(c.cache_write_5m_tokens > 0, c.cache_write_1h_tokens > 0)
     following = case((and_(c.conversation_id.is_not(None), wrote), _next_call_start()), else_=None)
@@ -155,12 +158,14 @@ def _calls_in_window(filters: Filters) -> Any:
         c.iterations_count,
         *(getattr(c, name) for name in _CALL_FIGURES),
     ]
-    return (
-        select(*columns, following.label("next_start"))
-        .where(*filters.call_conditions())
-        .offset(0)
-        .subquery("c")
-    )
+    return select(*columns, following.label("next_start")).where(*conditions).offset(0).subquery("c")
+
+
+def open_write(c: Any) -> ColumnElement[bool]:
+    """A row of `calls_with_next` whose cache writes have no next call yet to judge them by: whether they
+    are wasted depends on the report's clock (see `_wasted`)."""
+    wrote = or_(c.cache_write_5m_tokens > 0, c.cache_write_1h_tokens > 0)
+    return and_(c.conversation_id.is_not(None), wrote, c.next_start.is_(None))
 
 
 _CALL_FIGURES: Final = (
@@ -188,7 +193,7 @@ def _wasted(c: Any, ttl_ms: int, now_ms: int) -> ColumnElement[bool]:
 
 
 def _per_row(c: Any, now_ms: int) -> list[Label[Any]]:
-    """What each row of `c` (`_calls_in_window`) LEFT JOIN iterations contributes, each computed once per
+    """What each row of `c` (`calls_with_next`) LEFT JOIN iterations contributes, each computed once per
     row: the iteration's figures (the call's own without iteration rows), whether the row carries the call
     (its last iteration, or the call itself), and whether the call's writes were wasted."""
     i = iterations.c
@@ -333,19 +338,42 @@ def _keys(c: Any, by: Sequence[str], filters: Filters, span: tuple[int, int]) ->
     return keys
 
 
-def _aggregate(
-    connection: Connection, filters: Filters, by: Sequence[str], span: tuple[int, int], now_ms: int
-) -> dict[tuple[Any, ...], dict[str, Any]]:
-    c = _calls_in_window(filters)
-    keys = _keys(c.c, by, filters, span)
+def cache_statement(
+    conditions: Sequence[ColumnElement[bool]],
+    keys_of: Callable[[Any], list[Label[Any]]],
+    now_ms: int,
+    settled_only: bool = False,
+) -> Select[Any]:
+    """The measures of the calls meeting `conditions` (over `store.calls`), grouped by `keys_of(c)` (labelled
+    expressions over `calls_with_next` and `store.iterations`). `settled_only` leaves out the calls whose
+    waste depends on `now_ms` (`open_write`): what the rollups keep."""
+    c = calls_with_next(conditions)
+    keys = keys_of(c.c)
     source = c.outerjoin(iterations, iterations.c.call_id == c.c.call_id)
     # Each row's figures once (OFFSET 0: a co-routine SQLite does not flatten), then the measures over
     # plain columns: the CASEs below read each figure several times.
-    rows = select(*keys, *_per_row(c.c, now_ms)).select_from(source).offset(0).subquery("r")
+    per_row = select(*keys, *_per_row(c.c, now_ms)).select_from(source)
+    if settled_only:
+        per_row = per_row.where(~open_write(c.c))
+    rows = per_row.offset(0).subquery("r")
     group = [rows.c[key.name] for key in keys]
     statement = select(*group, *_measures(rows.c))
     if group:
         statement = statement.group_by(*group)
+    return statement
+
+
+def _aggregate(
+    connection: Connection,
+    filters: Filters,
+    by: Sequence[str],
+    span: tuple[int, int],
+    now_ms: int,
+    conditions: Sequence[ColumnElement[bool]] = (),
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    statement = cache_statement(
+        [*filters.call_conditions(), *conditions], lambda c: _keys(c, by, filters, span), now_ms
+    )
     result: dict[tuple[Any, ...], dict[str, Any]] = {}
     for record in connection.execute(statement).mappings():
         values: list[Any] = []
@@ -354,12 +382,23 @@ def _aggregate(
                 values.append(bucket_label(name, int(record["t_local"])))
             else:
                 values.append(record[f"k_{KEY_OF[name]}"])
-        row = result.setdefault(tuple(values), _empty())
-        for name in _TOKENS:
-            row[name] += int(record[name] or 0)
-        for name in _MONEY:
-            row[name] += _as_decimal(record[name])
+        _add(result, tuple(values), record)
     return result
+
+
+_SUMMED: Final = (*_TOKENS, *_MONEY)
+
+
+def _add(
+    result: dict[tuple[Any, ...], dict[str, Any]], group: tuple[Any, ...], record: Mapping[str, Any]
+) -> None:
+    row = result.get(group)
+    if row is None:
+        row = result[group] = _empty()
+    for name in _TOKENS:
+        row[name] += int(record[name] or 0)
+    for name in _MONEY:
+        row[name] += _as_decimal(record[name])
 
 
 def cache_report(
@@ -374,11 +413,22 @@ def cache_report(
     keys = [KEY_OF[name] for name in groups]
     time_key = next((KEY_OF[name] for name in groups if name in TIME_UNITS), None)
 
+    use_rollups = "conversation" not in groups and not filters.conversations
+    if use_rollups:
+        rollup.try_refresh(engine)
     span = data_range(engine, filters)
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
     if span is not None:
         with engine.connect() as connection:
-            merged = _aggregate(connection, filters, groups, span, now_ms)
+            split = rollup.plan(connection, filters) if use_rollups else None
+            if split is None:
+                merged = _aggregate(connection, filters, groups, span, now_ms)
+            else:
+                # Whole clean slots from the rollups; the rest, and the writes whose waste depends on `now`,
+                # from `calls`.
+                merged = _aggregate(connection, filters, groups, span, now_ms, [split.raw_with_open()])
+                for group, record in rollup.read(connection, "cache", filters, split, groups, span, _SUMMED):
+                    _add(merged, group, record)
     rows = [_finish({**dict(zip(keys, group, strict=True)), **row}) for group, row in merged.items()]
     total = _empty()
     for row in rows:

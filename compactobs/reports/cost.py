@@ -35,6 +35,7 @@ from typing import Any, Final
 from sqlalchemy import ColumnElement, Connection, Engine, and_, case, false, func, or_, select
 from sqlalchemy.sql.elements import Label
 
+from compactobs.reports import rollup
 from compactobs.reports._common import (
     TIME_UNITS,
     Buckets,
@@ -195,7 +196,7 @@ def group_keys(by: Sequence[str], iteration_level: bool) -> list[Label[Any]]:
     return keys
 
 
-def _call_measures() -> list[Label[Any]]:
+def call_measures() -> list[Label[Any]]:
     """Measures over `calls` alone: one row per call, whose totals already sum its iterations."""
     c = calls.c
     compaction_cost = (
@@ -227,7 +228,7 @@ def _call_measures() -> list[Label[Any]]:
     ]
 
 
-def _iteration_measures() -> list[Label[Any]]:
+def iteration_measures() -> list[Label[Any]]:
     """Measures over `calls LEFT JOIN iterations`: tokens and class costs per iteration; what belongs to
     the call once, on its last iteration (or on the call itself when it has no iteration rows)."""
     c, i = calls.c, iterations.c
@@ -280,24 +281,25 @@ def _empty_measures() -> dict[str, Any]:
 _Group = tuple[Any, ...]
 
 
-def _aggregate(
+def _aggregate_raw(
     connection: Connection,
     filters: Filters,
     by: Sequence[str],
     buckets: Buckets | None,
     conditions: Sequence[ColumnElement[bool]] = (),
     with_model: bool = False,
+    result: dict[_Group, dict[str, Any]] | None = None,
 ) -> dict[_Group, dict[str, Any]]:
-    """One GROUP BY over the window: {group key values (in `by` order): measures}. Rows of buckets that
-    share a label (the hour repeated when clocks go back) are merged. `with_model`: the call's model
-    (response, else request) is one more key, last."""
+    """One GROUP BY over the window's rows in `calls` (and `iterations`), added into `result`: {group key
+    values (in `by` order): measures}. Rows of buckets that share a label (the hour repeated when clocks go
+    back) are merged. `with_model`: the call's model (response, else request) is one more key, last."""
     iteration_level = any(name in ITERATION_LEVEL for name in by)
     keys = group_keys(by, iteration_level)
     if with_model:
         keys.append(func.coalesce(calls.c.response_model, calls.c.request_model).label("k_call_model"))
-    measures = _iteration_measures() if iteration_level else _call_measures()
+    measures = iteration_measures() if iteration_level else call_measures()
     where = [*filters.call_conditions(), *conditions]
-    result: dict[_Group, dict[str, Any]] = {}
+    result = {} if result is None else result
     unit = buckets.unit if buckets is not None else None
     with contextlib.ExitStack() as stack:
         source: Any = calls
@@ -332,16 +334,52 @@ def _aggregate(
                     values.append(record[f"k_{KEY_OF[name]}"])
             if with_model:
                 values.append(record["k_call_model"])
-            row = result.setdefault(tuple(values), _empty_measures())
-            for name in (*COUNTS, "unpriced_calls"):
-                if name != "cache_creation_input_tokens":
-                    row[name] += _num(record[name])
-            for name in MONEY:
-                row[name] += _money(record[name])
-    for row in result.values():
-        row["cache_creation_input_tokens"] = (
-            row["cache_creation_5m_input_tokens"] + row["cache_creation_1h_input_tokens"]
+            _add(result, tuple(values), record)
+    return result
+
+
+_SUMMED: Final = tuple(
+    name for name in (*COUNTS, "unpriced_calls", *MONEY) if name != "cache_creation_input_tokens"
+)
+"""The measures a query sums (the write total is derived)."""
+
+
+def _add(result: dict[_Group, dict[str, Any]], group: _Group, record: Mapping[str, Any]) -> None:
+    row = result.get(group)
+    if row is None:
+        row = result[group] = _empty_measures()
+    for name in _SUMMED:
+        row[name] += _money(record[name]) if name in MONEY else _num(record[name])
+    row["cache_creation_input_tokens"] = (
+        row["cache_creation_5m_input_tokens"] + row["cache_creation_1h_input_tokens"]
+    )
+
+
+def _aggregate(
+    connection: Connection,
+    filters: Filters,
+    by: Sequence[str],
+    buckets: Buckets | None,
+    unpriced_only: bool = False,
+    with_model: bool = False,
+) -> dict[_Group, dict[str, Any]]:
+    """The window's measures by group (see `_aggregate_raw`): whole clean slots from the rollups, the rest
+    from `calls` (see `compactobs.reports.rollup`)."""
+    raw_conditions = [calls.c.priced == false()] if unpriced_only else []
+    split = None if "conversation" in by else rollup.plan(connection, filters)
+    if split is None:
+        return _aggregate_raw(connection, filters, by, buckets, raw_conditions, with_model)
+    result: dict[_Group, dict[str, Any]] = {}
+    if split.raw_condition is not None:
+        _aggregate_raw(
+            connection, filters, by, buckets, [*raw_conditions, split.raw_condition], with_model, result
         )
+    level = "iteration" if any(name in ITERATION_LEVEL for name in by) else "call"
+    span = (buckets.starts[0], buckets.end) if buckets is not None else (0, 0)
+    for group, record in rollup.read(
+        connection, level, filters, split, by, span, _SUMMED, unpriced_only, with_model
+    ):
+        _add(result, group, record)
     return result
 
 
@@ -362,7 +400,7 @@ def _window_rows(
         if any(row["unpriced_calls"] for row in everything.values()):
             # Rare, so a second pass over just those calls, rather than a priced flag in every group (which
             # costs SQLite a sort of every row).
-            by_model = _aggregate(connection, filters, by, buckets, [calls.c.priced == false()], True)
+            by_model = _aggregate(connection, filters, by, buckets, unpriced_only=True, with_model=True)
             for group, measures in by_model.items():
                 models.add(group[-1] if group[-1] is not None else "(no model)")
                 row = unpriced.setdefault(group[:-1], _empty_measures())
@@ -449,6 +487,8 @@ def cost_report(
         window = filters.with_window(filters.since, until)
         previous = filters.with_window(filters.since - (until - filters.since), filters.since)
 
+    if "conversation" not in groups and not filters.conversations:
+        rollup.try_refresh(engine)
     rows, totals, unpriced_models = _window_rows(engine, window, groups)
     rows.sort(key=_sort_key(keys, time_key))
 

@@ -40,7 +40,16 @@ from compactobs.store.exporter import (
     shutdown_all,
     spool_for,
 )
-from compactobs.store.models import Call, Iteration, calls, iterations, metadata
+from compactobs.store.models import (
+    Call,
+    Iteration,
+    calls,
+    iterations,
+    metadata,
+    rollup_dirty,
+    rollup_open_calls,
+    rollups,
+)
 from compactobs.store.schema import (
     SchemaStatus,
     downgrade,
@@ -73,6 +82,9 @@ __all__ = [
     "metadata",
     "open_database",
     "parse_url",
+    "rollup_dirty",
+    "rollup_open_calls",
+    "rollups",
     "schema_status",
     "shutdown_all",
     "spool_for",

@@ -19,11 +19,40 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Final
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, Index, Integer, MetaData, Numeric, String, Table
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Call", "Iteration", "calls", "epoch_ms", "iterations", "metadata"]
+__all__ = [
+    "ROLLUP_COUNTS",
+    "ROLLUP_LEVELS",
+    "ROLLUP_MONEY",
+    "SLOT_MS",
+    "Base",
+    "Call",
+    "Iteration",
+    "calls",
+    "epoch_ms",
+    "iterations",
+    "metadata",
+    "rollup_dirty",
+    "rollup_open_calls",
+    "rollups",
+]
 
 # Stable constraint names, so migrations and autogenerate agree on every backend.
 NAMING_CONVENTION = {
@@ -156,6 +185,88 @@ class Iteration(Base):
 metadata: MetaData = Base.metadata
 calls: Table = Call.__table__  # type: ignore[assignment]
 iterations: Table = Iteration.__table__  # type: ignore[assignment]
+
+# -- rollups: what the reports pre-aggregate ---------------------------------------------------------------
+#
+# The reports' measures, summed per 15-minute UTC slot of the calls' start. Every local hour, day, week
+# and month of every IANA zone is a whole number of such slots (UTC offsets are multiples of 15 minutes),
+# so a report reads whole slots here and only the partial slots at its window's edges from `calls`.
+# Triggers on `calls` and `iterations` (migration 0002) mark the slots a change touches in `rollup_dirty`,
+# whoever writes the rows; `compactobs.reports.rollup` recomputes them. See that module.
+
+SLOT_MS: Final = 15 * 60 * 1000
+
+ROLLUP_LEVELS: Final[tuple[str, ...]] = ("call", "iteration", "cache")
+"""A rollup row holds one report's measures: `call` (report cost by time or service: `calls` alone),
+`iteration` (report cost by model or iteration type: calls joined to their iterations), `cache`."""
+
+ROLLUP_COUNTS: Final[tuple[str, ...]] = (
+    "calls",
+    "error_calls",
+    "iterations",
+    "compactions",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_5m_input_tokens",
+    "cache_creation_1h_input_tokens",
+    "web_search_requests",
+    "unpriced_calls",
+    "wasted_write_calls",
+    "wasted_5m_write_tokens",
+    "wasted_1h_write_tokens",
+    "estimated_iterations",
+)
+ROLLUP_MONEY: Final[tuple[str, ...]] = (
+    "cost_usd",
+    "cost_input_usd",
+    "cost_output_usd",
+    "cost_cache_read_usd",
+    "cost_cache_write_5m_usd",
+    "cost_cache_write_1h_usd",
+    "cost_server_tools_usd",
+    "compaction_cost_usd",
+    "saved_usd",
+    "write_premium_usd",
+    "wasted_premium_usd",
+)
+
+rollups: Table = Table(
+    "rollups",
+    metadata,
+    Column("level", String(9), nullable=False, comment="call, iteration or cache: whose measures"),
+    Column("slot_ms", BigInteger, nullable=False, comment="start of the 15-minute UTC slot, epoch ms"),
+    Column("service_name", String),
+    Column("request_model", String),
+    Column("response_model", String),
+    Column("model", String, comment="the iteration's model (level iteration, cache)"),
+    Column("iteration_type", String),
+    Column("priced", Boolean, comment="the call's"),
+    *(Column(name, BigInteger) for name in ROLLUP_COUNTS),
+    # Unbounded NUMERIC: sums of the reports' exact figures (the cache's savings divide) stay exact.
+    *(Column(name, Numeric) for name in ROLLUP_MONEY),
+    Index(None, "level", "slot_ms"),
+    comment="the reports' measures per 15-minute slot; rebuilt from calls and iterations",
+)
+
+rollup_dirty: Table = Table(
+    "rollup_dirty",
+    metadata,
+    Column("slot_ms", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False, comment="PostgreSQL: the marking transaction; SQLite: 0"),
+    PrimaryKeyConstraint("slot_ms", "seq"),
+    comment="slots whose rows changed since their rollups were computed (marked by triggers)",
+)
+
+rollup_open_calls: Table = Table(
+    "rollup_open_calls",
+    metadata,
+    Column("call_id", String(16), primary_key=True),
+    Column("slot_ms", BigInteger, nullable=False),
+    Index(None, "slot_ms"),
+    comment="calls that wrote to the cache and had no next call when rolled up: the cache report judges "
+    "their waste against its own clock, so they are read from `calls`, not from `rollups`",
+)
 
 
 def epoch_ms(moment: datetime) -> int:
