@@ -222,6 +222,22 @@ def report_engine(state: CliState) -> Iterator[Engine]:
         engine.dispose()
 
 
+def refresh_rollups(engine: Engine) -> None:
+    """Bring the rollups the cost and cache reports read up to date, with a progress bar when there is
+    more than a day of slots to recompute (the first report after an upgrade, or after a bulk load)."""
+    from compactobs.demo import progress_bar
+    from compactobs.reports import rollup
+
+    total = rollup.pending(engine)
+    if not total:
+        return
+    with progress_bar(enabled=None if total > 96 else False, unit="slots", total=total) as progress:
+        if progress is None:
+            rollup.try_refresh(engine)
+        else:
+            rollup.try_refresh(engine, lambda done, total: progress("building rollups", done, total))
+
+
 def use_color() -> bool:
     """Colours only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
     return not os.environ.get("NO_COLOR") and sys.stdout.isatty()
@@ -745,6 +761,7 @@ def report_cost(
     groups = parse_by(_split_by(by) or ["day"])
     filters = filters_from(since, until, tz, models, conversations, services)
     with report_engine(state) as engine:
+        refresh_rollups(engine)
         result = cost_report(engine, filters, groups, compare=compare)
     emit_report(result, fmt)
 
@@ -770,5 +787,6 @@ def report_cache(
 
     filters = filters_from(since, until, tz, models, conversations, services)
     with report_engine(state) as engine:
+        refresh_rollups(engine)
         result = cache_report(engine, filters, _split_by(by) or ["model"])
     emit_report(result, fmt)

@@ -453,9 +453,12 @@ _WORKLOADS: Final[tuple[tuple[str, int, Callable[[_Run], None]], ...]] = (
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool | None = None) -> Iterator[ProgressCallback | None]:
-    """A transient rich progress bar on stderr, as a `ProgressCallback`; None (no bar) when `enabled` is
-    False, or by default when stderr is not a terminal or NO_COLOR is set."""
+def progress_bar(
+    enabled: bool | None = None, unit: str = "calls", total: int | None = None
+) -> Iterator[ProgressCallback | None]:
+    """A transient rich progress bar on stderr counting `unit`s (of `total`: the demo's calls by default),
+    as a `ProgressCallback`; None (no bar) when `enabled` is False, or by default when stderr is not a
+    terminal or NO_COLOR is set."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -469,11 +472,11 @@ def progress_bar(enabled: bool | None = None) -> Iterator[ProgressCallback | Non
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("calls"),
+        TextColumn(unit),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("starting", total=planned_calls())
+        task = bar.add_task("starting", total=planned_calls() if total is None else total)
 
         def update(description: str, done: int, total: int) -> None:
             bar.update(task, description=description, completed=done, total=total)
