@@ -10,6 +10,7 @@ test_reports_cache, which now run through the rollups too.
 from __future__ import annotations
 
 import random
+import threading
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -378,3 +379,93 @@ def test_rollups_are_used(database_url: str, monkeypatch: pytest.MonkeyPatch) ->
     finally:
         engine.dispose()
     assert seen[:1] == ["call"] and "iteration" in seen and "cache" in seen
+
+
+def test_refreshing_while_calls_arrive_loses_no_call(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer commits batches while refreshes run: once both are done, the rollups equal raw rows (a mark
+    committed during a refresh is kept for the next one, never deleted unseen)."""
+    store_rows(database_url, [], [])
+    batches = [random_store(10 + n, 40, first=1000 * n) for n in range(8)]
+    engine = store.make_engine(database_url, writer=True)
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for call_rows, iteration_rows in batches:
+                sqlite = engine.dialect.name == "sqlite"
+                with engine.begin() as connection:
+                    for table, rows in ((store.calls, call_rows), (store.iterations, iteration_rows)):
+                        connection.execute(
+                            table.insert(),
+                            [
+                                {
+                                    column.name: float(v) if sqlite and isinstance(v, Decimal) else v
+                                    for column in table.columns
+                                    for v in [row.get(column.name)]
+                                }
+                                for row in rows
+                            ],
+                        )
+        except BaseException as err:
+            errors.append(err)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    refreshes = 0
+    while writer.is_alive() or refreshes < 2:
+        refresh(database_url)
+        refreshes += 1
+    writer.join()
+    engine.dispose()
+    assert errors == []
+    refresh(database_url)
+    assert not marked(database_url)
+
+    sqlite = database_url.startswith("sqlite")
+    reader = store.make_engine(database_url, create=False)
+    try:
+        filters = build_filters(None, None, "UTC", now=NOW)
+        fresh = [_figures(cost_report(reader, filters, by=("day", "model")), sqlite)]
+        fresh.append(_figures(cache_report(reader, filters, by=("hour",), now=NOW), sqlite))
+        with monkeypatch.context() as patch:
+            patch.setattr(rollup, "plan", lambda connection, filters: None)
+            raw = [_figures(cost_report(reader, filters, by=("day", "model")), sqlite)]
+            raw.append(_figures(cache_report(reader, filters, by=("hour",), now=NOW), sqlite))
+    finally:
+        reader.dispose()
+    assert raw[0][1]["calls"] == 8 * 40
+    assert fresh == raw
+
+
+def test_a_call_committed_during_a_refresh_stays_marked(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL lets writers commit while a refresh runs. A call committed into a slot after the refresh
+    read that slot's marks keeps its own mark, so the next refresh counts it."""
+    store_rows(postgres_url, [call_row("first", "2025-06-01T09:01:00", cost_usd=D("1"))], [])
+    other = store.make_engine(postgres_url)
+    original = rollup._level_statements
+
+    def statements_then_a_concurrent_commit(lo: int, hi: int) -> list[Any]:
+        with other.begin() as connection:
+            connection.execute(
+                store.calls.insert(), [call_row("second", "2025-06-01T09:02:00", cost_usd=D("2"))]
+            )
+        return original(lo, hi)
+
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(rollup, "_level_statements", statements_then_a_concurrent_commit)
+            refresh(postgres_url)
+    finally:
+        other.dispose()
+    # 09:01 and 09:02 -> the 09:00 slot, marked again by the second call's transaction.
+    assert marked(postgres_url) == {slot("2025-06-01T09:00:00")}
+    engine = store.make_engine(postgres_url, create=False)
+    try:
+        totals = cost_report(engine, build_filters(None, None, "UTC"), by=()).totals
+    finally:
+        engine.dispose()
+    assert (totals["calls"], totals["cost_usd"]) == (2, D("3"))
