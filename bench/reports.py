@@ -23,7 +23,9 @@ Loading: SQLite through the sqlite3 module's executemany in one transaction (jou
 WAL restored after; no ANALYZE, as a user's store has none); PostgreSQL with COPY (psycopg), then VACUUM
 ANALYZE (what autovacuum does soon after a bulk load). A generated database is kept and reused when its
 parameters and the schema revision match (SQLite: a file under --data-dir; PostgreSQL: a schema named
-after the parameters), so only the first run pays for generation.
+after the parameters), so only the first run pays for generation. The load fires the store's triggers, which
+mark every slot; the rollups are then built once, timed (`rollups first built in`), as the first report
+after a bulk load would build them; `rollup-1-day` times the refresh a day of new calls costs.
 
 Measurement: each report runs in a fresh subprocess per (database, report): the engine is opened and the
 schema checked before the clock; the report function runs once (`first`), then --repeat more times
@@ -558,6 +560,8 @@ class Meta:
     largest_calls: int
     loop_conversation: str
     generate_s: float
+    rollup_s: float = 0.0
+    """The first refresh of the rollups after loading: every slot recomputed."""
 
     @classmethod
     def load(cls, text: str | None) -> Meta | None:
@@ -738,13 +742,56 @@ def prepare(params: Params, data_dir: Path, postgres: str | None) -> list[Databa
         print(f"generating {params.calls:,} calls into {backend} ...", file=sys.stderr)
         sinks.append(SqliteSink(path) if backend == "sqlite" else PostgresSink(postgres or "", schema))
     meta = generate(params, sinks) if sinks else None
+    built: dict[str, Meta] = {}
+    for sink in sinks:
+        assert meta is not None
+        backend = "sqlite" if isinstance(sink, SqliteSink) else "postgresql"
+        built[backend] = Meta(**{**asdict(meta), "rollup_s": build_rollups(sink.url, meta)})
     out = []
     for backend, _ in wanted:
         url = f"sqlite:///{path}" if backend == "sqlite" else schema_url(postgres or "", schema)
-        stored = fresh.get(backend) or meta
+        stored = fresh.get(backend) or built.get(backend)
         assert stored is not None
         out.append(Database(backend, url, stored, backend in fresh))
     return out
+
+
+def build_rollups(url: str, meta: Meta) -> float:
+    """Build every slot's rollups (what the first report after a bulk load does), recorded in bench_meta."""
+    from sqlalchemy import text
+
+    from compactobs.reports import rollup
+    from compactobs.store import open_database
+
+    engine = open_database(url)
+    try:
+        print("building rollups ...", file=sys.stderr)
+        seconds = rollup.refresh(engine).seconds
+        with engine.begin() as connection:
+            connection.execute(
+                text("UPDATE bench_meta SET value = :value"),
+                {"value": json.dumps({**asdict(meta), "rollup_s": seconds})},
+            )
+    finally:
+        engine.dispose()
+    return seconds
+
+
+def refresh_last_day(engine: Any, meta: Meta) -> Any:
+    """Mark the last day's 96 slots as changed, as a day of new calls would, and refresh them: what a daily
+    report pays before it reads."""
+    from sqlalchemy import insert
+
+    from compactobs.reports import rollup
+    from compactobs.store import rollup_dirty
+    from compactobs.store.models import SLOT_MS
+
+    last = int(datetime.fromisoformat(meta.end).timestamp() * 1000) - SLOT_MS
+    with engine.begin() as connection:
+        connection.execute(
+            insert(rollup_dirty), [{"slot_ms": last - n * SLOT_MS, "seq": 0} for n in range(96)]
+        )
+    return rollup.refresh(engine)
 
 
 # -- measuring ----------------------------------------------------------------------------------------------
@@ -767,9 +814,11 @@ REPORTS: dict[str, tuple[str, ReportFn]] = {
         ),
     ),
     "ops": ("ops", lambda m, engine, filters, meta: m.ops_report(engine, filters)),
+    "rollup-1-day": ("rollup", lambda m, engine, filters, meta: refresh_last_day(engine, meta)),
 }
 """What is timed: each report over the whole store; the timeline of the conversation whose size is nearest
-1,000 calls (the same size at every store size, so its figures show what the store's size costs)."""
+1,000 calls (the same size at every store size, so its figures show what the store's size costs); and the
+refresh of a day of rollups."""
 
 
 def conversation_near(engine: Any, size: int) -> str:
@@ -992,6 +1041,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for database in databases:
         m = database.meta
         how = "reused" if database.reused else f"generated in {m.generate_s:.0f} s"
+        how += f"; rollups first built in {m.rollup_s:.1f} s"
         print(
             f"  {database.backend:<10} {m.calls:>9,} calls {m.iterations:>10,} iterations "
             f"{m.errors:>7,} errors {m.compactions:>7,} compactions; largest conversation "
