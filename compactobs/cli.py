@@ -31,6 +31,7 @@ from compactobs.store import (
     database_status,
     default_database_url,
     display_url,
+    make_engine,
     open_database,
     spool_status,
     upgrade_database,
@@ -140,6 +141,8 @@ def db_status(state: CliState) -> None:
         click.echo(f"spool:    {segments} segment(s), {size} bytes waiting in {directory}")
     else:
         click.echo("spool:    empty")
+    if status is not None and status.ok:
+        click.echo(f"rollups:  {_rollup_status(state.database_url)}")
     if status is None:
         raise StoreError(
             "the SQLite file does not exist yet: it is created on first use, or run `compactobs db upgrade`"
@@ -148,6 +151,21 @@ def db_status(state: CliState) -> None:
         )
     if not status.ok:
         raise StoreError(status.fix or status.state)
+
+
+def _rollup_status(database_url: str) -> str:
+    from compactobs.reports import rollup
+
+    engine = make_engine(database_url, create=False)
+    try:
+        pending = rollup.pending(engine)
+    finally:
+        engine.dispose()
+    if not pending:
+        return "current"
+    return (
+        f"{pending:,} slot(s) of 15 minutes to recompute (the next `report cost` or `report cache` does it)"
+    )
 
 
 # -- reports ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,32 @@ def test_upgrade_then_status(database_url: str) -> None:
     assert code == 0
     assert f"schema:   {head} (this compactobs: {head}) - current" in out
     assert "spool:    empty" in out
+    assert "rollups:  current" in out
+
+    # Two calls in the 09:00 and 09:15 slots: two slots to recompute, until a cost report does it.
+    engine = store.make_engine(database_url, writer=True)
+    with engine.begin() as connection:
+        for call_id, at_ms in (("a", 1_748_768_400_000), ("b", 1_748_769_300_000)):  # 2025-06-01 09:00, 09:15
+            connection.execute(
+                store.calls.insert(),
+                {
+                    "call_id": call_id,
+                    "trace_id": call_id * 32,
+                    "start_time": datetime.fromtimestamp(at_ms / 1000, timezone.utc),
+                    "start_ms": at_ms,
+                    "end_ms": at_ms + 1000,
+                    "duration_ms": 1000.0,
+                    "status": "OK",
+                    "attempts": 1,
+                },
+            )
+    engine.dispose()
+    code, out, _ = run("--db", database_url, "db", "status")
+    assert code == 0 and "rollups:  2 slot(s) of 15 minutes to recompute" in out
+    code, out, _ = run("--db", database_url, "report", "cost", "--format", "json")
+    assert code == 0 and '"calls": 2' in out
+    code, out, _ = run("--db", database_url, "db", "status")
+    assert code == 0 and "rollups:  current" in out
 
 
 def test_default_database_is_the_embedded_sqlite_file(data_home: Path) -> None:
