@@ -46,6 +46,16 @@ def marked(url: str) -> set[int]:
         engine.dispose()
 
 
+def calls_and_cost(url: str) -> tuple[int, Decimal]:
+    """The store's calls and cost in all, by `report cost` (which refreshes the rollups first)."""
+    engine = store.make_engine(url, create=False)
+    try:
+        totals = cost_report(engine, build_filters(None, None, "UTC"), by=()).totals
+    finally:
+        engine.dispose()
+    return totals["calls"], totals["cost_usd"]
+
+
 def refresh(url: str) -> rollup.RefreshResult:
     engine = store.make_engine(url, create=False)
     try:
@@ -118,12 +128,7 @@ def test_upgrading_marks_the_stored_calls(database_url: str) -> None:
     finally:
         engine.dispose()
     assert marked(database_url) == {slot("2025-06-01T00:00:00")}
-    engine = store.make_engine(database_url, create=False)
-    try:
-        totals = cost_report(engine, build_filters(None, None, "UTC"), by=()).totals
-    finally:
-        engine.dispose()
-    assert (totals["calls"], totals["cost_usd"]) == (1, D("1.25"))
+    assert calls_and_cost(database_url) == (1, D("1.25"))
     assert marked(database_url) == set()
 
 
@@ -463,9 +468,4 @@ def test_a_call_committed_during_a_refresh_stays_marked(
         other.dispose()
     # 09:01 and 09:02 -> the 09:00 slot, marked again by the second call's transaction.
     assert marked(postgres_url) == {slot("2025-06-01T09:00:00")}
-    engine = store.make_engine(postgres_url, create=False)
-    try:
-        totals = cost_report(engine, build_filters(None, None, "UTC"), by=()).totals
-    finally:
-        engine.dispose()
-    assert (totals["calls"], totals["cost_usd"]) == (2, D("3"))
+    assert calls_and_cost(postgres_url) == (2, D("3"))
