@@ -256,6 +256,20 @@ def refresh_rollups(engine: Engine) -> None:
             rollup.try_refresh(engine, lambda done, total: progress("building rollups", done, total))
 
 
+@contextmanager
+def working(what: str) -> Iterator[None]:
+    """A spinner on stderr while a report's queries run (one SQL statement has no progress to measure);
+    nothing when stderr is not a terminal or NO_COLOR is set."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal or os.environ.get("NO_COLOR"):
+        yield
+        return
+    with console.status(what):
+        yield
+
+
 def use_color() -> bool:
     """Colours only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
     return not os.environ.get("NO_COLOR") and sys.stdout.isatty()
@@ -402,7 +416,7 @@ def report_anomalies(
         cache_min_tokens=cache_min_tokens,
     )
     budgets = load_budgets(budgets_file) if budgets_file else None
-    with report_engine(state) as engine:
+    with report_engine(state) as engine, working("looking for anomalies ..."):
         result = anomalies_report(engine, filters, thresholds, budgets, budgets_file)
     color = fmt == "table" and use_color()
     click.echo(render_anomalies(result, fmt, _terminal_width(), color=color), nl=False, color=color)
@@ -432,7 +446,7 @@ def report_ops(
     from compactobs.reports.ops import ops_report
 
     filters = filters_from(since, until, tz, models, conversations, services)
-    with report_engine(state) as engine:
+    with report_engine(state) as engine, working("reading the operations figures ..."):
         result = ops_report(engine, filters)
     emit_report(result, fmt)
 
@@ -458,7 +472,7 @@ def report_conversation(
     from compactobs.reports.conversation import conversation_report, render_conversation
 
     filters = filters_from(since, until, tz, models, conversations, services)
-    with report_engine(state) as engine:
+    with report_engine(state) as engine, working("reading the conversation ..."):
         result = conversation_report(engine, filters, conversation_id)
     color = fmt == "table" and use_color()
     click.echo(render_conversation(result, fmt, _terminal_width(), color=color), nl=False, color=color)
@@ -724,7 +738,8 @@ def reprice_command(state: CliState, since: str | None, until: str | None, tz: s
 
     pricer = default_pricer()
     window = filters_from(since, until, tz)
-    result = reprice_database(state.database_url, pricer, since=window.since, until=window.until)
+    with working("repricing ..."):
+        result = reprice_database(state.database_url, pricer, since=window.since, until=window.until)
     click.echo(f"database: {state.shown_url} ({window.describe()})")
     if not result.calls and not result.skipped:
         click.echo("no recorded calls to reprice")
@@ -780,7 +795,8 @@ def report_cost(
     filters = filters_from(since, until, tz, models, conversations, services)
     with report_engine(state) as engine:
         refresh_rollups(engine)
-        result = cost_report(engine, filters, groups, compare=compare)
+        with working("summing costs ..."):
+            result = cost_report(engine, filters, groups, compare=compare)
     emit_report(result, fmt)
 
 
@@ -806,5 +822,6 @@ def report_cache(
     filters = filters_from(since, until, tz, models, conversations, services)
     with report_engine(state) as engine:
         refresh_rollups(engine)
-        result = cache_report(engine, filters, _split_by(by) or ["model"])
+        with working("reading the cache figures ..."):
+            result = cache_report(engine, filters, _split_by(by) or ["model"])
     emit_report(result, fmt)
