@@ -30,8 +30,8 @@ after a bulk load would build them; `rollup-1-day` times the refresh a day of ne
 Measurement: each report runs in a fresh subprocess per (database, report): the engine is opened and the
 schema checked before the clock; the report function runs once (`first`), then --repeat more times
 (`median`); then once more under tracemalloc for the peak of Python allocations (`py peak`). `rss Δ` is
-the process's maximum resident set after all the runs (getrusage) less its resident set before the first
-(/proc/self/status), which also counts what the drivers allocate outside Python (SQLite's page cache,
+the process's peak resident set after all the runs (VmHWM) less its resident set before the first (VmRSS,
+both from /proc/self/status), which also counts what the drivers allocate outside Python (SQLite's page cache,
 libpq's result buffers). Memory that does not grow from 100k to 1M calls is memory that does not depend
 on the number of calls.
 
@@ -756,8 +756,9 @@ def prepare(params: Params, data_dir: Path, postgres: str | None) -> list[Databa
     return out
 
 
-def build_rollups(url: str, meta: Meta) -> float:
-    """Build every slot's rollups (what the first report after a bulk load does), recorded in bench_meta."""
+def build_rollups(url: str, meta: Meta, mark: bool = False) -> float:
+    """Build every slot's rollups (what the first report after a bulk load does), recorded in bench_meta.
+    `mark`: mark every slot first (a database loaded before, whose rollups are built already)."""
     from sqlalchemy import text
 
     from compactobs.reports import rollup
@@ -765,6 +766,14 @@ def build_rollups(url: str, meta: Meta) -> float:
 
     engine = open_database(url)
     try:
+        if mark:
+            with engine.begin() as connection:
+                connection.execute(
+                    text(
+                        "INSERT INTO rollup_dirty (slot_ms, seq) "
+                        "SELECT DISTINCT start_ms - start_ms % 900000, -1 FROM calls"
+                    )
+                )
         print("building rollups ...", file=sys.stderr)
         seconds = rollup.refresh(engine).seconds
         with engine.begin() as connection:
@@ -859,7 +868,6 @@ def _rows_of(result: Any) -> int | None:
 def measure_one(name: str, url: str, repeat: int) -> dict[str, Any]:
     """Run in the child process: time one report and measure its memory."""
     import importlib
-    import resource
     import tracemalloc
 
     from compactobs.reports._common import build_filters
@@ -890,29 +898,30 @@ def measure_one(name: str, url: str, repeat: int) -> dict[str, Any]:
     function(engine, filters, meta)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_after = _rss_kb("VmHWM")
     engine.dispose()
     return {
         "first_s": first,
         "median_s": statistics.median(times) if times else first,
         "py_peak_bytes": peak,
-        "rss_delta_bytes": max(0, rss_after - rss_before) * 1024,  # Linux: kilobytes
+        "rss_delta_bytes": max(0, rss_after - rss_before) * 1024,
         "rows": _rows_of(result),
     }
 
 
-def _current_rss_kb() -> int:
-    """The resident set now (Linux /proc), else the maximum so far (getrusage), in kilobytes."""
-    import resource
+def _rss_kb(field: str) -> int:
+    """A Linux /proc/self/status figure in kilobytes: VmRSS (now) or VmHWM (the peak of this process's
+    address space). Not getrusage's ru_maxrss: Linux carries it across exec, so a child started by the
+    parent that generated the data would report the parent's peak (1.2 GB at 1M calls)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def _current_rss_kb() -> int:
+    return _rss_kb("VmRSS")
 
 
 def _meta_text(engine: Any) -> str | None:
@@ -1019,6 +1028,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     default_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "compactobs-bench"
     parser.add_argument("--data-dir", type=Path, default=default_dir, help=f"default {default_dir}")
     parser.add_argument("--generate-only", action="store_true")
+    parser.add_argument(
+        "--rebuild-rollups", action="store_true", help="rebuild a reused database's rollups, timed"
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1036,7 +1048,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     databases: list[Database] = []
     for calls in sizes:
         params = Params(calls, args.days, args.conversations, args.seed)
-        databases.extend(prepare(params, args.data_dir, postgres))
+        prepared = prepare(params, args.data_dir, postgres)
+        if args.rebuild_rollups:
+            prepared = [
+                Database(
+                    d.backend,
+                    d.url,
+                    Meta(**{**asdict(d.meta), "rollup_s": build_rollups(d.url, d.meta, mark=True)}),
+                    d.reused,
+                )
+                if d.reused
+                else d
+                for d in prepared
+            ]
+        databases.extend(prepared)
     print("databases:")
     for database in databases:
         m = database.meta

@@ -197,6 +197,10 @@ def refresh(engine: Engine, progress: Callable[[int, int], None] | None = None) 
             with reading(writer) as connection:
                 if not sqlite:
                     connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK_KEY})")
+                    # A day of calls joins to its iterations by primary key; the planner, misjudging how
+                    # many iterations a call has, would hash-join the whole table instead (0.43 s a day
+                    # instead of 0.02 s at 3M iterations).
+                    connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
                 done += _refresh_range(connection, run_lo, run_hi)
                 connection.commit()
             if progress is not None:
