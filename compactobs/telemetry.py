@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -142,6 +142,9 @@ _DURATION_BUCKETS = [0.01 * 2**n for n in range(14)]
 ITERATION_TIMING_VALUE: Final = "server-side: no timing of its own, shares the call's end time"
 
 
+_ZERO: Final = Decimal(0)
+
+
 def _usd(value: Decimal | None) -> float | None:
     return None if value is None else float(value)
 
@@ -187,6 +190,29 @@ def _drop_none(attributes: Mapping[str, Any]) -> dict[str, Any]:
 BACKLOG_LIMIT: Final = 2048
 """Calls waiting for the recording thread before callers record their own calls inline."""
 
+BATCH: Final = 32
+"""Calls in the backlog that wake the recording thread early, before LINGER_S has passed."""
+LINGER_S: Final = 0.02
+"""How long the recording thread lets calls gather after a run of work. One wake-up per run, not per call:
+each wake-up is a GIL hand-over between threads, and the counter increments of a run are summed."""
+FLUSH_EVERY: Final = 64
+"""Calls recorded between two hand-overs of the summed counter increments to the SDK, at most."""
+
+_Item = tuple[CallObservation, "otel_context.Context | None", bool]
+
+
+class _Sums:
+    """Counter increments of a run of calls, summed per series (instrument and attribute set) before they
+    reach the SDK: one `add` per series instead of one per call, iteration and token class. Sums of counters
+    are what a Sum aggregation keeps anyway; costs are summed as Decimal, exactly."""
+
+    __slots__ = ("compactions", "cost", "tokens")
+
+    def __init__(self) -> None:
+        self.tokens: dict[tuple[str, str, str], int] = {}
+        self.cost: dict[tuple[str, str], Decimal] = {}
+        self.compactions: dict[str, int] = {}
+
 
 class Telemetry:
     """Turns observations into spans and metrics on the given providers. Nothing here raises to the caller."""
@@ -224,21 +250,25 @@ class Telemetry:
         self._warned: set[str] = set()
         # Bounded, so a recorder that falls behind costs callers time (see `record`), never memory.
         self._backlog_limit = backlog_limit
-        self._backlog: queue.Queue[tuple[CallObservation, otel_context.Context | None, bool]] = queue.Queue(
-            backlog_limit
-        )
-        self._worker: threading.Thread | None = None
-        self._worker_lock = threading.Lock()
+        self._reset_backlog()
         if hasattr(os, "register_at_fork"):
             forget = weakref.WeakMethod(self._forget_parents_backlog)
             os.register_at_fork(after_in_child=lambda: (method := forget()) and method())
 
+    def _reset_backlog(self) -> None:
+        # A deque, not a queue.Queue: a caller's hand-over is one append, with no lock and no wake-up unless
+        # the recording thread sleeps. Drain markers (Events) travel in it too, so FIFO order says when
+        # everything handed over before a drain has been recorded.
+        self._backlog: deque[_Item | threading.Event] = deque()
+        self._wake = threading.Event()
+        self._sleeping = False
+        self._worker: threading.Thread | None = None
+        self._worker_lock = threading.Lock()
+
     def _forget_parents_backlog(self) -> None:
         """In a forked child: the calls waiting in the backlog are the parent's, which records them; the
         child records its own, with fresh locks (a lock held at the fork would never be released)."""
-        self._backlog = queue.Queue(self._backlog_limit)
-        self._worker = None
-        self._worker_lock = threading.Lock()
+        self._reset_backlog()
 
     def warn_once(self, key: str, message: str, *args: object) -> None:
         if key not in self._warned:
@@ -250,33 +280,38 @@ class Telemetry:
     ) -> None:
         """Hand the call to the recording thread, which prices it and emits its spans and metrics.
 
-        The caller's thread only enqueues: pricing and span work stay out of its latency. When the backlog
-        is full (the recording thread cannot keep up), the call is recorded here instead: slower, never
-        lost. Never raises.
+        The caller's thread only appends to the backlog: reading the response body, pricing and span work
+        stay out of its latency. When the backlog is full (the recording thread cannot keep up), the call is
+        recorded here instead: slower, never lost. Never raises.
         """
         item = (observation, parent, under_sdk_span)
-        try:
-            self._backlog.put_nowait(item)
-        except queue.Full:
-            self._record_safely(item)
+        backlog = self._backlog
+        if len(backlog) >= self._backlog_limit:
+            sums = _Sums()
+            self._record_safely(item, sums)
+            self._add_sums(sums)
             return
-        if not self._worker_alive():
+        backlog.append(item)
+        if self._sleeping or len(backlog) == BATCH:
+            self._wake.set()
+        worker = self._worker
+        if worker is None or not worker.is_alive():
             self._start_worker()
 
     def drain(self, timeout_s: float = 30.0) -> bool:
         """Wait until every call handed to `record` has become spans and metrics; False on timeout."""
         deadline = time.monotonic() + timeout_s
-        backlog = self._backlog
+        marker = threading.Event()
+        self._backlog.append(marker)
+        self._wake.set()
         while True:
             if not self._worker_alive():
                 self._start_worker()
-            with backlog.all_tasks_done:
-                if not backlog.unfinished_tasks:
-                    return True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                backlog.all_tasks_done.wait(min(remaining, 0.5))
+            remaining = deadline - time.monotonic()
+            if marker.wait(max(0.0, min(remaining, 0.5))):
+                return True
+            if remaining <= 0.5:
+                return marker.is_set()
 
     def _worker_alive(self) -> bool:
         worker = self._worker
@@ -296,37 +331,86 @@ class Telemetry:
         self._record_waiting()
 
     def _record_waiting(self) -> None:
+        """Record everything in the backlog, oldest first, and release the drains waiting behind it."""
         backlog = self._backlog
+        sums = _Sums()
+        recorded = 0
         while True:
             try:
-                item = backlog.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                self._record_safely(item)
-            finally:
-                backlog.task_done()
+                item = backlog.popleft()
+            except IndexError:
+                break
+            if isinstance(item, threading.Event):
+                self._add_sums(sums)
+                recorded = 0
+                item.set()
+                continue
+            self._record_safely(item, sums)
+            recorded += 1
+            if recorded >= FLUSH_EVERY:
+                self._add_sums(sums)
+                recorded = 0
+        self._add_sums(sums)
 
     def _work(self) -> None:
-        backlog = self._backlog
+        backlog, wake = self._backlog, self._wake
         while True:
-            item = backlog.get()
-            try:
-                self._record_safely(item)
-            finally:
-                backlog.task_done()
+            self._record_waiting()
+            # Let calls gather: callers append without waking us, unless BATCH of them wait or a drain asks.
+            wake.wait(LINGER_S)
+            wake.clear()
+            if backlog:
+                continue
+            # No call came: sleep until one does. The flag goes up before the last look, so a caller that
+            # appends after that look sees it and wakes us.
+            self._sleeping = True
+            if not backlog:
+                wake.wait()
+            wake.clear()
+            self._sleeping = False
 
-    def _record_safely(self, item: tuple[CallObservation, otel_context.Context | None, bool]) -> None:
+    def _record_safely(self, item: _Item, sums: _Sums) -> None:
         try:
-            self._record(*item)
+            self._record(*item, sums)
         except Exception:
             self.warn_once(
                 "record", "compactobs could not record a call; the call itself is unaffected", exc_info=True
             )
 
+    def _add_sums(self, sums: _Sums) -> None:
+        """Hand the summed counter increments to the SDK, and start the sums afresh."""
+        try:
+            for (model, kind, token_class), count in sums.tokens.items():
+                self._tokens.add(
+                    count,
+                    {
+                        PROVIDER_NAME: "anthropic",
+                        RESPONSE_MODEL: model,
+                        ITERATION_TYPE: kind,
+                        DIM_TOKEN_CLASS: token_class,
+                    },
+                )
+            for (model, kind), usd in sums.cost.items():
+                self._cost.add(
+                    float(usd), {PROVIDER_NAME: "anthropic", RESPONSE_MODEL: model, ITERATION_TYPE: kind}
+                )
+            for model, count in sums.compactions.items():
+                self._compactions.add(count, {PROVIDER_NAME: "anthropic", RESPONSE_MODEL: model})
+        except Exception:
+            self.warn_once("metrics", "compactobs could not record metrics", exc_info=True)
+        finally:
+            sums.tokens.clear()
+            sums.cost.clear()
+            sums.compactions.clear()
+
     def _record(
-        self, obs: CallObservation, parent: otel_context.Context | None, under_sdk_span: bool
+        self,
+        obs: CallObservation,
+        parent: otel_context.Context | None,
+        under_sdk_span: bool,
+        sums: _Sums,
     ) -> None:
+        obs.complete()
         request = obs.request
         usage = obs.usage
         when = datetime.fromtimestamp(obs.start_ns / 1e9, tz=timezone.utc)
@@ -361,6 +445,7 @@ class Telemetry:
             attributes[ANTHROPIC_BETA] = list(request.betas)
         if obs.stop_reason:
             attributes[RESPONSE_FINISH_REASONS] = [obs.stop_reason]
+        totals = None
         if usage is not None and priced is not None:
             totals = usage.totals
             attributes.update(_token_attributes(totals))
@@ -409,7 +494,7 @@ class Telemetry:
             for iteration, priced_iteration in zip(usage.iterations, priced.iterations, strict=True):
                 self._iteration_span(iteration, priced_iteration, call_context, end_ns)
         span.end(end_time=end_ns)
-        self._metrics(obs, model, response_model, priced)
+        self._metrics(obs, model, response_model, priced, totals, sums)
 
     def _iteration_span(
         self,
@@ -440,8 +525,15 @@ class Telemetry:
         span.end(end_time=end_ns)
 
     def _metrics(
-        self, obs: CallObservation, model: str, response_model: str | None, priced: PricedCall | None
+        self,
+        obs: CallObservation,
+        model: str,
+        response_model: str | None,
+        priced: PricedCall | None,
+        totals: TokenCounts | None,
+        sums: _Sums,
     ) -> None:
+        """Histograms now (each call is one observation); counter increments into `sums`."""
         base = {PROVIDER_NAME: "anthropic", OPERATION_NAME: "chat", REQUEST_MODEL: model}
         if response_model:
             base[RESPONSE_MODEL] = response_model
@@ -450,17 +542,14 @@ class Telemetry:
             duration_attributes[ERROR_TYPE] = obs.error_type
         self._duration.record(max(obs.end_ns - obs.start_ns, 0) / 1e9, duration_attributes)
         usage = obs.usage
-        if usage is None or priced is None:
+        if usage is None or priced is None or totals is None:
             return
-        totals = usage.totals
         self._token_usage.record(totals.total_input, {**base, TOKEN_TYPE: "input"})
         self._token_usage.record(totals.output, {**base, TOKEN_TYPE: "output"})
+        tokens_sums, cost_sums = sums.tokens, sums.cost
         for iteration, priced_iteration in zip(usage.iterations, priced.iterations, strict=True):
-            dims = {
-                PROVIDER_NAME: "anthropic",
-                RESPONSE_MODEL: iteration.model or "unknown",
-                ITERATION_TYPE: iteration.type,
-            }
+            series = iteration.model or "unknown"
+            kind = iteration.type
             tokens = iteration.tokens
             for token_class, count in zip(
                 TOKEN_CLASSES,
@@ -474,19 +563,14 @@ class Telemetry:
                 strict=True,
             ):
                 if count:
-                    self._tokens.add(count, {**dims, DIM_TOKEN_CLASS: token_class})
+                    key = (series, kind, token_class)
+                    tokens_sums[key] = tokens_sums.get(key, 0) + count
             if priced_iteration.cost_usd:
-                self._cost.add(float(priced_iteration.cost_usd), dims)
+                cost_key = (series, kind)
+                cost_sums[cost_key] = cost_sums.get(cost_key, _ZERO) + priced_iteration.cost_usd
         if priced.server_tools_usd:
-            self._cost.add(
-                float(priced.server_tools_usd),
-                {
-                    PROVIDER_NAME: "anthropic",
-                    RESPONSE_MODEL: response_model or model,
-                    ITERATION_TYPE: "server_tools",
-                },
-            )
+            cost_key = (response_model or model, "server_tools")
+            cost_sums[cost_key] = cost_sums.get(cost_key, _ZERO) + priced.server_tools_usd
         if usage.compactions:
-            self._compactions.add(
-                usage.compactions, {PROVIDER_NAME: "anthropic", RESPONSE_MODEL: response_model or model}
-            )
+            series = response_model or model
+            sums.compactions[series] = sums.compactions.get(series, 0) + usage.compactions

@@ -14,7 +14,7 @@ missing or of another type. Nothing here raises on odd input; it counts what it 
 
 from __future__ import annotations
 
-import contextlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -32,6 +32,7 @@ __all__ = [
     "field_of",
     "normalise_message",
     "normalise_usage",
+    "observe_message",
     "request_facts",
 ]
 
@@ -39,13 +40,29 @@ KNOWN_ITERATION_TYPES: Final = frozenset({"message", "compaction", "advisor_mess
 """The `usage.iterations` entry types the installed SDK (2.10+) knows. Others are kept and flagged."""
 
 
+_MAPPING_TYPES: dict[type, bool] = {dict: True}
+"""Whether a type is a Mapping, per type: `isinstance` against the ABC costs more than the field read, and
+field_of runs for every stream event and usage field."""
+_MAPPING_TYPES_LIMIT: Final = 256
+
+
+def _is_mapping(obj: object) -> bool:
+    kind = type(obj)
+    known = _MAPPING_TYPES.get(kind)
+    if known is None:
+        known = isinstance(obj, Mapping)
+        if len(_MAPPING_TYPES) < _MAPPING_TYPES_LIMIT:
+            _MAPPING_TYPES[kind] = known
+    return known
+
+
 def field_of(obj: object, name: str) -> Any:
     """`obj[name]` for a mapping, `obj.name` for a model, else None. Never raises."""
     if obj is None:
         return None
-    if isinstance(obj, Mapping):
-        return obj.get(name)
     try:
+        if _is_mapping(obj):
+            return obj.get(name)  # type: ignore[attr-defined]
         return getattr(obj, name, None)
     except Exception:
         return None
@@ -285,9 +302,12 @@ class StreamAccumulator:
 
     def event(self, event: object) -> None:
         """Take one stream event (a typed model or a decoded dict). Never raises."""
-        # An odd event must not break the caller's stream.
-        with contextlib.suppress(Exception):
+        # An odd event must not break the caller's stream. (try/except, not contextlib.suppress: this runs
+        # for every event the caller reads.)
+        try:
             self._event(event)
+        except Exception:
+            return
 
     def _merge_usage(self, usage: object, *, start: bool) -> None:
         if usage is None:
@@ -315,7 +335,16 @@ class StreamAccumulator:
 
     def _event(self, event: object) -> None:
         kind = field_of(event, "type")
-        if kind == "message_start":
+        if kind == "content_block_delta":
+            # The bulk of a stream: text deltas, skipped after one look at the delta's type.
+            delta = field_of(event, "delta")
+            if field_of(delta, "type") == "compaction_delta":
+                index = field_of(event, "index")
+                key = index if type(index) is int else -1
+                summary = field_of(delta, "content")
+                if (isinstance(summary, str) and summary) or field_of(delta, "encrypted_content"):
+                    self._compaction_open[key] = True
+        elif kind == "message_start":
             message = field_of(event, "message")
             self.model = _text(message, "model")
             self.message_id = _text(message, "id")
@@ -333,14 +362,6 @@ class StreamAccumulator:
                 self._compaction_open[index if type(index) is int else -1] = bool(
                     (isinstance(summary, str) and summary) or field_of(block, "encrypted_content")
                 )
-        elif kind == "content_block_delta":
-            delta = field_of(event, "delta")
-            if field_of(delta, "type") == "compaction_delta":
-                index = field_of(event, "index")
-                key = index if type(index) is int else -1
-                summary = field_of(delta, "content")
-                if (isinstance(summary, str) and summary) or field_of(delta, "encrypted_content"):
-                    self._compaction_open[key] = True
         elif kind == "content_block_stop":
             index = field_of(event, "index")
             key = index if type(index) is int else -1
@@ -357,6 +378,10 @@ class StreamAccumulator:
     def usage(self) -> CallUsage:
         """The usage seen so far. Before `message_delta`, output is unknown and counted as 0."""
         return normalise_usage(self._usage, self.model)
+
+    def usage_fields(self) -> dict[str, Any]:
+        """A copy of the usage fields seen so far, for `normalise_usage` (with `model`) later, elsewhere."""
+        return dict(self._usage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,7 +456,38 @@ class CallObservation:
     server_address: str | None = None
     budget_usd: float | None = None
     budget_tokens: int | None = None
+    body: bytes | None = None
+    """The JSON body of a non-streamed response, not yet read: the caller's thread keeps only the bytes and
+    the recording thread reads them (`complete`)."""
+    stream_usage: dict[str, Any] | None = None
+    """A stream's accumulated usage fields (`StreamAccumulator.usage_fields`), normalised by `complete`."""
 
     @property
     def failed_compactions(self) -> int:
         return sum(1 for block in self.compactions if block.failed)
+
+    def complete(self) -> None:
+        """Do, once, what the caller's thread left for the recording thread: read `body` (one that is not
+        JSON leaves the call without usage: recorded, unpriced) or normalise `stream_usage`. Never raises."""
+        body, self.body = self.body, None
+        fields, self.stream_usage = self.stream_usage, None
+        if fields is not None:
+            self.usage = normalise_usage(fields, self.response_model)
+        if body is None:
+            return
+        try:
+            message = json.loads(body)
+        except (ValueError, RecursionError):
+            return
+        observe_message(self, message)
+
+
+def observe_message(observation: CallObservation, message: object) -> None:
+    """Fill in what a non-streamed response (a Message model or its decoded JSON) says. Never raises."""
+    observation.usage = normalise_message(message)
+    response_id = field_of(message, "id")
+    observation.response_id = response_id if isinstance(response_id, str) else None
+    observation.response_model = observation.usage.response_model
+    stop_reason = field_of(message, "stop_reason")
+    observation.stop_reason = stop_reason if isinstance(stop_reason, str) else None
+    observation.compactions = compaction_blocks(field_of(message, "content"))

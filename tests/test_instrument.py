@@ -15,6 +15,7 @@ from typing import Any
 import anthropic
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -412,6 +413,58 @@ def test_a_full_backlog_records_inline_and_loses_nothing(sim: Simulator) -> None
         assert len({(s.attributes or {})[t.RESPONSE_ID] for s in calls}) == 4
     finally:
         held.release.set()
+        compactobs.shutdown()
+
+
+def _metric_points(reader: InMemoryMetricReader, name: str) -> list[Any]:
+    data = reader.get_metrics_data()
+    return [
+        point
+        for resource in (data.resource_metrics if data else [])
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+
+
+def test_metrics_count_every_call_once_when_the_recorder_sums_a_run_of_calls(sim: Simulator) -> None:
+    """Counter increments of a run of calls are summed before they reach the SDK: the totals still add up
+    call by call, and every call is one histogram observation."""
+    reader = InMemoryMetricReader()
+    compactobs.configure(
+        tracer_provider=TracerProvider(), meter_provider=MeterProvider([reader]), store=False
+    )
+    try:
+        client = anthropic.Anthropic(
+            base_url=sim.base_url, api_key="k", middleware=[compactobs.Middleware()], open_telemetry=False
+        )
+        calls = 7
+        for _ in range(calls):
+            sim.enqueue(compaction_reply())
+            client.beta.messages.create(**create_args())
+        compactobs.flush()
+        cost = _metric_points(reader, t.METRIC_COST)
+        assert sum(p.value for p in cost) == pytest.approx(calls * COMPACTION_COST, abs=1e-9)
+        by_type = {p.attributes[t.ITERATION_TYPE]: p.value for p in cost}
+        assert by_type["compaction"] == pytest.approx(calls * 0.9875, abs=1e-9)
+        tokens = {
+            (p.attributes[t.ITERATION_TYPE], p.attributes[t.DIM_TOKEN_CLASS]): p.value
+            for p in _metric_points(reader, t.METRIC_TOKENS)
+        }
+        assert tokens == {
+            ("compaction", "input"): calls * 180000,
+            ("compaction", "output"): calls * 3500,
+            ("message", "input"): calls * 23000,
+            ("message", "output"): calls * 1000,
+        }
+        (compactions,) = _metric_points(reader, t.METRIC_COMPACTIONS)
+        assert compactions.value == calls
+        (duration,) = _metric_points(reader, t.METRIC_OPERATION_DURATION)
+        assert duration.count == calls
+        usage = {p.attributes[t.TOKEN_TYPE]: p for p in _metric_points(reader, t.METRIC_TOKEN_USAGE)}
+        assert usage["input"].count == calls and usage["input"].sum == calls * 203000
+    finally:
         compactobs.shutdown()
 
 

@@ -6,6 +6,8 @@ event go through the real SDK over real HTTP, once on a plain client and once on
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -162,6 +164,56 @@ def test_stream_events_are_unchanged_even_when_cut(
         kind, value = outcome(read)
         results.append((kind, value, seen))
     assert results[0] == results[1]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(usage=usage_shapes, model=models, use_async=st.booleans())
+def test_the_body_read_after_the_call_bills_what_the_server_sent(
+    setup: Any, usage: dict[str, Any], model: str, use_async: bool
+) -> None:
+    """A non-streamed body is read on the recording thread, after the call returned: one call span, billed
+    as the JSON the server sent (sync and async alike), whatever its shape."""
+    sim, _plain, instrumented, exporter = setup
+    body = message(model=model, usage=usage)
+    sim.enqueue(Reply(body))
+
+    async def create_async() -> None:
+        async with anthropic.AsyncAnthropic(
+            base_url=sim.base_url,
+            api_key="k",
+            max_retries=0,
+            open_telemetry=False,
+            middleware=[compactobs.Middleware()],
+        ) as client:
+            await client.beta.messages.create(**ARGS)
+
+    if use_async:
+        asyncio.run(create_async())
+    else:
+        instrumented.beta.messages.create(**ARGS)
+    compactobs.flush()
+    (call,) = [
+        s
+        for s in exporter.get_finished_spans()
+        if (s.attributes or {}).get(t.SPAN_KIND) == t.SPAN_KIND_CALL
+        and (s.attributes or {}).get(t.RESPONSE_ID) == body["id"]
+    ]
+    expected = normalise_message(json.loads(json.dumps(body))).totals
+    a = call.attributes or {}
+    recorded = (
+        a[t.TOKENS_INPUT],
+        a[t.TOKENS_OUTPUT],
+        a[t.TOKENS_CACHE_READ],
+        a[t.TOKENS_CACHE_WRITE_5M],
+        a[t.TOKENS_CACHE_WRITE_1H],
+    )
+    assert recorded == (
+        expected.input,
+        expected.output,
+        expected.cache_read,
+        expected.cache_write_5m,
+        expected.cache_write_1h,
+    )
 
 
 def test_every_generated_call_was_recorded(setup: Any) -> None:

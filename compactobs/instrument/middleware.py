@@ -27,14 +27,7 @@ from compactobs.instrument import state
 from compactobs.instrument.conversation import current_conversation, fingerprint
 from compactobs.instrument.streams import StreamObserver, observe_body
 from compactobs.telemetry import CONVERSATION_ID
-from compactobs.usage import (
-    CallObservation,
-    StreamAccumulator,
-    compaction_blocks,
-    field_of,
-    normalise_message,
-    request_facts,
-)
+from compactobs.usage import CallObservation, StreamAccumulator, observe_message, request_facts
 
 if TYPE_CHECKING:
     import httpx2
@@ -127,7 +120,7 @@ class Middleware(anthropic.Middleware):
         except BaseException as err:
             self._raised(call, request, err)
             raise
-        self._returned(call, request, response, is_async=False)
+        self._returned(call, request, response)
         return response
 
     async def handle_async(self, request: APIRequest, call_next: AsyncCallNext) -> AsyncAPIResponse[Any]:
@@ -139,7 +132,7 @@ class Middleware(anthropic.Middleware):
         except BaseException as err:
             self._raised(call, request, err)
             raise
-        self._returned(call, request, response, is_async=True)
+        self._returned(call, request, response)
         return response
 
     # -- one attempt -----------------------------------------------------------------------------------
@@ -212,7 +205,7 @@ class Middleware(anthropic.Middleware):
         except Exception:
             log.debug("compactobs could not record a failed call", exc_info=True)
 
-    def _returned(self, call: _Call, request: APIRequest, response: Any, *, is_async: bool) -> None:
+    def _returned(self, call: _Call, request: APIRequest, response: Any) -> None:
         """An attempt that got an HTTP response. Never raises."""
         try:
             http = response.http_response
@@ -240,9 +233,10 @@ class Middleware(anthropic.Middleware):
                     StreamObserver(lambda observer, how, err: self._stream_done(call, observer, how, err)),
                 )
             elif http.is_stream_consumed:
-                # The sync parse is cached and reused by the SDK; the async one is a coroutine that this
-                # synchronous step cannot await, so read the already-buffered JSON body instead.
-                self._message_done(call, json.loads(http.content) if is_async else response.parse())
+                # The body is already buffered: keep its bytes (immutable, unlike the parsed model the caller
+                # gets) and let the recording thread read them, off the caller's path.
+                observation.body = http.content
+                self._finish(call)
             else:
                 # A raw streaming response of a non-streamed call: the caller reads the JSON body itself.
                 observer = StreamObserver(
@@ -255,15 +249,7 @@ class Middleware(anthropic.Middleware):
     # -- the end of a call -------------------------------------------------------------------------------
 
     def _message_done(self, call: _Call, message: object) -> None:
-        observation = call.observation
-        observation.usage = normalise_message(message)
-        observation.response_id = (
-            field_of(message, "id") if isinstance(field_of(message, "id"), str) else None
-        )
-        observation.response_model = observation.usage.response_model
-        stop_reason = field_of(message, "stop_reason")
-        observation.stop_reason = stop_reason if isinstance(stop_reason, str) else None
-        observation.compactions = compaction_blocks(field_of(message, "content"))
+        observe_message(call.observation, message)
         self._finish(call)
 
     def _body_done(
@@ -294,7 +280,8 @@ class Middleware(anthropic.Middleware):
         observation.stop_reason = accumulator.stop_reason
         observation.compactions = accumulator.compaction_blocks()
         if accumulator.model is not None or accumulator.saw_delta:
-            observation.usage = accumulator.usage()
+            # Normalised on the recording thread (`CallObservation.complete`), off the caller's path.
+            observation.stream_usage = accumulator.usage_fields()
         if error is not None:
             observation.error_type = type(error).__name__
         elif how == "read" and not accumulator.saw_stop:
