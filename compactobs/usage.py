@@ -15,7 +15,7 @@ missing or of another type. Nothing here raises on odd input; it counts what it 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -459,20 +459,40 @@ class CallObservation:
     body: bytes | None = None
     """The JSON body of a non-streamed response, not yet read: the caller's thread keeps only the bytes and
     the recording thread reads them (`complete`)."""
-    stream_usage: dict[str, Any] | None = None
-    """A stream's accumulated usage fields (`StreamAccumulator.usage_fields`), normalised by `complete`."""
+    stream: tuple[StreamAccumulator, list[object]] | None = None
+    """A stream's accumulator and the usage-carrying events the caller read but nobody accumulated yet:
+    `complete` feeds them in and takes the result (`take_stream`), off the caller's path."""
+    request_body: object = None
+    """The request's JSON body, not yet read: `complete` reads `request` (and, with `conversation_of`, the
+    conversation id) from it on the recording thread. The SDK builds it for the request from the call's
+    parameters (new dicts and lists) and never changes it afterwards, so reading it later reads what was
+    sent; reading it never raises (`request_facts` and the fingerprint guard every step)."""
+    beta_header: str | None = None
+    """The request's `anthropic-beta` header, for `request_facts` with `request_body`."""
+    conversation_of: Callable[[object], str | None] | None = None
+    """How to derive the conversation id from `request_body` when nothing named one (a fingerprint)."""
 
     @property
     def failed_compactions(self) -> int:
         return sum(1 for block in self.compactions if block.failed)
 
     def complete(self) -> None:
-        """Do, once, what the caller's thread left for the recording thread: read `body` (one that is not
-        JSON leaves the call without usage: recorded, unpriced) or normalise `stream_usage`. Never raises."""
+        """Do, once, what the caller's thread left for the recording thread: read the request's facts from
+        `request_body`, and the response's `body` (one that is not JSON leaves the call without usage:
+        recorded, unpriced) or a stream's events (`stream`). Never raises."""
+        request_body, self.request_body = self.request_body, None
+        if request_body is not None:
+            self.request = request_facts(request_body, self.beta_header)
+            derive, self.conversation_of = self.conversation_of, None
+            if self.conversation_id is None and derive is not None:
+                self.conversation_id = derive(request_body)
         body, self.body = self.body, None
-        fields, self.stream_usage = self.stream_usage, None
-        if fields is not None:
-            self.usage = normalise_usage(fields, self.response_model)
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            accumulator, events = stream
+            for event in events:
+                accumulator.event(event)
+            self.take_stream(accumulator)
         if body is None:
             return
         try:
@@ -480,6 +500,18 @@ class CallObservation:
         except (ValueError, RecursionError):
             return
         observe_message(self, message)
+
+    def take_stream(self, accumulator: StreamAccumulator) -> None:
+        """What a stream said: its message, usage and compactions; a stream read to its end without
+        `message_stop` is an error (`incomplete_stream`): the server cut it short."""
+        self.response_id = accumulator.message_id
+        self.response_model = accumulator.model
+        self.stop_reason = accumulator.stop_reason
+        self.compactions = accumulator.compaction_blocks()
+        if accumulator.model is not None or accumulator.saw_delta:
+            self.usage = normalise_usage(accumulator.usage_fields(), accumulator.model)
+        if self.error_type is None and self.stream_end == "read" and not accumulator.saw_stop:
+            self.error_type = "incomplete_stream"
 
 
 def observe_message(observation: CallObservation, message: object) -> None:

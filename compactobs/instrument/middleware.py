@@ -27,7 +27,7 @@ from compactobs.instrument import state
 from compactobs.instrument.conversation import current_conversation, fingerprint
 from compactobs.instrument.streams import StreamObserver, observe_body
 from compactobs.telemetry import CONVERSATION_ID
-from compactobs.usage import CallObservation, StreamAccumulator, observe_message, request_facts
+from compactobs.usage import CallObservation, RequestFacts, observe_message
 
 if TYPE_CHECKING:
     import httpx2
@@ -42,6 +42,8 @@ __all__ = ["Middleware"]
 log = logging.getLogger("compactobs")
 
 _SDK_SCOPE_PREFIX = "com.anthropic.sdk"
+_UNREAD = RequestFacts()
+"""A call's request facts until the recording thread reads them from its body."""
 
 
 class _Call:
@@ -149,12 +151,14 @@ class Middleware(anthropic.Middleware):
                 return retrying
             if state.get_telemetry() is None:
                 return None
-            body = request.json
             headers: Any = request.headers
-            facts = request_facts(body, headers.get("anthropic-beta") if hasattr(headers, "get") else None)
+            # The body is read on the recording thread (`CallObservation.complete`): here, only references.
             observation = CallObservation(
-                request=facts, start_ns=time.time_ns(), attempts=request.retries_taken + 1
+                request=_UNREAD, start_ns=time.time_ns(), attempts=request.retries_taken + 1
             )
+            observation.request_body = request.json
+            beta = headers.get("anthropic-beta") if hasattr(headers, "get") else None
+            observation.beta_header = beta if isinstance(beta, str) else None
             parent = otel_context.get_current()
             current_span = trace.get_current_span(parent)
             under_sdk = _sdk_parent(current_span)
@@ -168,7 +172,10 @@ class Middleware(anthropic.Middleware):
                 if sdk_conversation is None and under_sdk:
                     attributes = getattr(current_span, "attributes", None) or {}
                     sdk_conversation = attributes.get(CONVERSATION_ID)
-                observation.conversation_id = sdk_conversation or fingerprint(body)
+                if isinstance(sdk_conversation, str) and sdk_conversation:
+                    observation.conversation_id = sdk_conversation
+                else:
+                    observation.conversation_of = fingerprint
             return _Call(key, observation, parent, under_sdk)
         except Exception:
             log.debug("compactobs could not start observing a call", exc_info=True)
@@ -271,22 +278,13 @@ class Middleware(anthropic.Middleware):
         self, call: _Call, observer: StreamObserver, how: str, error: BaseException | None
     ) -> None:
         observation = call.observation
-        accumulator: StreamAccumulator = observer.accumulator
         observation.stream_end = how
         if observer.first_event_ns is not None:
             observation.time_to_first_chunk_s = (observer.first_event_ns - observation.start_ns) / 1e9
-        observation.response_id = accumulator.message_id
-        observation.response_model = accumulator.model
-        observation.stop_reason = accumulator.stop_reason
-        observation.compactions = accumulator.compaction_blocks()
-        if accumulator.model is not None or accumulator.saw_delta:
-            # Normalised on the recording thread (`CallObservation.complete`), off the caller's path.
-            observation.stream_usage = accumulator.usage_fields()
         if error is not None:
             observation.error_type = type(error).__name__
-        elif how == "read" and not accumulator.saw_stop:
-            # The body ended before message_stop: the server cut the stream short.
-            observation.error_type = "incomplete_stream"
+        # Accumulated on the recording thread (`CallObservation.complete`), off the caller's path.
+        observation.stream = (observer.accumulator, observer.events)
         self._finish(call)
 
     def _finish(self, call: _Call) -> None:
