@@ -74,10 +74,21 @@ class SseScanner:
 class StreamObserver:
     """Receives the SDK's stream callbacks, or scans bytes when the SDK's tracing holds the callbacks."""
 
-    __slots__ = ("_done", "_ended", "_scanner", "accumulator", "begun", "body_parts", "first_event_ns")
+    __slots__ = (
+        "_done",
+        "_ended",
+        "_scanner",
+        "accumulator",
+        "begun",
+        "body_parts",
+        "events",
+        "first_event_ns",
+    )
 
     def __init__(self, done: StreamDone, *, json_body: bool = False) -> None:
         self.accumulator = StreamAccumulator()
+        self.events: list[object] = []
+        """The SDK's events that may carry usage, kept for the accumulator (fed later, elsewhere)."""
         self._done = done
         self._ended = False
         self._scanner: SseScanner | None = None
@@ -93,7 +104,14 @@ class StreamObserver:
     def item(self, item: object, /) -> None:
         if self.first_event_ns is None:
             self.first_event_ns = time.time_ns()
-        self.accumulator.event(item)
+        # Most of a stream is text deltas, which carry no usage: two attribute reads on the SDK's typed
+        # event skip one. The rest are kept, not read: the SDK's events are its parsed models, made for
+        # this stream, and the recording thread reads them later.
+        if getattr(item, "type", None) == "content_block_delta":
+            kind = getattr(getattr(item, "delta", None), "type", None)
+            if kind is not None and kind != "compaction_delta":
+                return
+        self.events.append(item)
 
     def end(self, how: str, error: BaseException | None = None) -> None:
         # The stream and the body both report the end; only the first one counts.
@@ -135,6 +153,15 @@ class ObservedStream(httpx2.SyncByteStream):
 
     def __iter__(self) -> Iterator[bytes]:
         observer = self.stream_observer
+        if observer.begun:
+            # The SDK's stream reports every event: the bytes only pass through. A failed read is reported
+            # here, before httpx closes the response (which would report "closed" first).
+            try:
+                yield from self._body
+            except Exception as err:
+                observer.end("failed", err)
+                raise
+            return
         try:
             for chunk in self._body:
                 observer.chunk(chunk)
