@@ -294,8 +294,8 @@ class Telemetry:
         backlog.append(item)
         if self._sleeping or len(backlog) == BATCH:
             self._wake.set()
-        worker = self._worker
-        if worker is None or not worker.is_alive():
+        # `_work` clears `_worker` if it ever ends: a plain read here, not Thread.is_alive (a lock, ~3 us).
+        if self._worker is None:
             self._start_worker()
 
     def drain(self, timeout_s: float = 30.0) -> bool:
@@ -353,6 +353,13 @@ class Telemetry:
         self._add_sums(sums)
 
     def _work(self) -> None:
+        try:
+            self._work_forever()
+        finally:
+            if self._worker is threading.current_thread():
+                self._worker = None
+
+    def _work_forever(self) -> None:
         backlog, wake = self._backlog, self._wake
         while True:
             self._record_waiting()

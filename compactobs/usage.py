@@ -469,6 +469,8 @@ class CallObservation:
     sent; reading it never raises (`request_facts` and the fingerprint guard every step)."""
     beta_header: str | None = None
     """The request's `anthropic-beta` header, for `request_facts` with `request_body`."""
+    http_response: Any = None
+    """The successful attempt's httpx response, for `complete` to read its request id and server address."""
     conversation_of: Callable[[object], str | None] | None = None
     """How to derive the conversation id from `request_body` when nothing named one (a fingerprint)."""
 
@@ -480,6 +482,14 @@ class CallObservation:
         """Do, once, what the caller's thread left for the recording thread: read the request's facts from
         `request_body`, and the response's `body` (one that is not JSON leaves the call without usage:
         recorded, unpriced) or a stream's events (`stream`). Never raises."""
+        http, self.http_response = self.http_response, None
+        if http is not None:
+            try:
+                self.request_id = http.headers.get("request-id") or self.request_id
+                if self.server_address is None:
+                    self.server_address = http.request.url.host
+            except Exception:  # an odd response object: the call is recorded without them
+                pass
         request_body, self.request_body = self.request_body, None
         if request_body is not None:
             self.request = request_facts(request_body, self.beta_header)

@@ -222,10 +222,10 @@ class Middleware(anthropic.Middleware):
                 self._client_ref = weakref.ref(client)
             observation = call.observation
             observation.status_code = http.status_code
-            observation.request_id = http.headers.get("request-id") or observation.request_id
-            if observation.server_address is None:
-                observation.server_address = http.request.url.host
             if not http.is_success:
+                observation.request_id = http.headers.get("request-id") or observation.request_id
+                if observation.server_address is None:
+                    observation.server_address = http.request.url.host
                 if self._remaining_retries(request) > 0 and _sdk_would_retry(http):
                     _retrying.set(call)
                     return
@@ -234,6 +234,8 @@ class Middleware(anthropic.Middleware):
                 self._finish(call)
                 return
             _retrying.set(None)
+            # Its request id and server address are read on the recording thread (`complete`).
+            observation.http_response = http
             if request.stream:
                 observe_body(
                     http,
