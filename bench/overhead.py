@@ -6,6 +6,7 @@ takes from the caller's own path (compactobs prices and emits spans on its recor
   plain       SDK tracing off, no compactobs
   sdk-trace   the SDK's own OpenTelemetry spans on (BatchSpanProcessor, spans dropped by the exporter)
   compactobs  compactobs' middleware, spans and metrics, exported to its SQL store on a background thread
+              (with --no-store: no SQL store, its spans dropped by the exporter as the SDK's are)
 
 Configurations run interleaved in rounds so drift on a shared machine hits all of them alike; the
 figure is the median per-call wall time. Work left on background threads at the end of a round (compactobs'
@@ -14,7 +15,8 @@ lands in another configuration's calls, and the mean figure counts it: (all call
 drains) / calls, the all-in cost per call, which the median does not show when work is batched. The
 simulator runs in a child process, as the real API runs on
 another machine: in the same process its threads would compete with the caller for the GIL, and the
-benchmark would measure the server as much as the client. Run: `python bench/overhead.py [--calls 2000]`.
+benchmark would measure the server as much as the client.
+Run: `python bench/overhead.py [--calls 2000] [--no-store]`.
 """
 
 from __future__ import annotations
@@ -112,6 +114,11 @@ def main() -> None:
     )
     parser.add_argument("--calls", type=int, default=2000, help="calls per configuration and mode (>= 2000)")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument(
+        "--no-store",
+        action="store_true",
+        help="compactobs without its SQL store, its spans to a dropping exporter like the SDK's tracing",
+    )
     options = parser.parse_args()
     per_round = max(1, options.calls // options.rounds)
 
@@ -126,10 +133,13 @@ def main() -> None:
         sdk_provider = TracerProvider()
         sdk_provider.add_span_processor(BatchSpanProcessor(DropExporter()))
         compactobs_provider = TracerProvider()
+        if options.no_store:
+            compactobs_provider.add_span_processor(BatchSpanProcessor(DropExporter()))
         compactobs.configure(
             f"sqlite:///{Path(tmp) / 'bench.db'}",
             tracer_provider=compactobs_provider,
             meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+            store=not options.no_store,
         )
         clients: dict[str, Callable[[], anthropic.Anthropic]] = {
             "plain": lambda: anthropic.Anthropic(base_url=base_url, api_key="k", open_telemetry=False),
