@@ -367,9 +367,18 @@ def test_reprice_applies_new_prices_and_is_idempotent(recorded: str, tmp_path: P
     short_hash = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
     env = {"COMPACTOBS_PRICING_FILE": str(path)}
 
+    def report_totals() -> tuple[str, int]:
+        # `report cost` by model reads the rollups; it must follow a reprice (the triggers mark its calls).
+        code, out, err = run("--db", recorded, "report", "cost", "--by", "model", "--format", "json")
+        assert code == 0, err
+        totals = json.loads(out)["totals"]
+        return str(Decimal(str(totals["cost_usd"]))), totals["unpriced_calls"]
+
+    assert report_totals() == ("0.64875", 1)
     code, out, err = run("--db", recorded, "reprice", env=env)
     assert code == 0, err
     assert "repriced 2 calls" in out and ": 2 changed" in out
+    assert report_totals() == ("0.525", 0)
     # before: $0.64875 (B unpriced); after: $0.523 + $0.002
     assert "cost: $0.648750 before, $0.525000 after (-$0.123750)" in out
     assert "unpriced calls: 1 before, 0 after" in out
