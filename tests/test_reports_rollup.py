@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import OperationalError
 
 from compactobs import store
 from compactobs.reports import rollup
@@ -469,3 +470,22 @@ def test_a_call_committed_during_a_refresh_stays_marked(
     # 09:01 and 09:02 -> the 09:00 slot, marked again by the second call's transaction.
     assert marked(postgres_url) == {slot("2025-06-01T09:00:00")}
     assert calls_and_cost(postgres_url) == (2, D("3"))
+
+
+def test_a_report_answers_when_the_rollups_cannot_be_refreshed(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user who may only read (or a database locked for writing): the report reads the marked slots from
+    `calls`, says so once in the log, and its figures are the same."""
+    store_rows(database_url, [call_row("a", "2025-06-01T09:00:00", cost_usd=D("1.5"))], [])
+    refresh(database_url)
+    store_rows(database_url, [call_row("b", "2025-06-01T09:20:00", cost_usd=D("2.25"))], [])
+
+    def refuse(*args: Any) -> int:
+        raise OperationalError("DELETE FROM rollups", {}, Exception("attempt to write a readonly database"))
+
+    monkeypatch.setattr(rollup, "_refresh_range", refuse)
+    with caplog.at_level("WARNING", logger="compactobs.reports.rollup"):
+        assert calls_and_cost(database_url) == (2, D("3.75"))  # 1.5 + 2.25, b read raw
+    assert marked(database_url) == {slot("2025-06-01T09:15:00")}  # 09:20 -> 09:15, still to do
+    assert "rollups not refreshed" in caplog.text
