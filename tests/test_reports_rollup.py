@@ -344,7 +344,7 @@ def test_rollups_answer_what_raw_rows_answer(
         stale = _reports(database_url, tz)
         assert marked(database_url)
     with monkeypatch.context() as patch:
-        patch.setattr(rollup, "plan", lambda connection, filters: None)
+        patch.setattr(rollup, "plan", lambda *args: None)
         patch.setattr(rollup, "try_refresh", lambda engine: None)
         raw = _reports(database_url, tz)
     fresh = _reports(database_url, tz)
@@ -436,7 +436,7 @@ def test_refreshing_while_calls_arrive_loses_no_call(
         fresh = [_figures(cost_report(reader, filters, by=("day", "model")), sqlite)]
         fresh.append(_figures(cache_report(reader, filters, by=("hour",), now=NOW), sqlite))
         with monkeypatch.context() as patch:
-            patch.setattr(rollup, "plan", lambda connection, filters: None)
+            patch.setattr(rollup, "plan", lambda *args: None)
             raw = [_figures(cost_report(reader, filters, by=("day", "model")), sqlite)]
             raw.append(_figures(cache_report(reader, filters, by=("hour",), now=NOW), sqlite))
     finally:
@@ -489,3 +489,19 @@ def test_a_report_answers_when_the_rollups_cannot_be_refreshed(
         assert calls_and_cost(database_url) == (2, D("3.75"))  # 1.5 + 2.25, b read raw
     assert marked(database_url) == {slot("2025-06-01T09:15:00")}  # 09:20 -> 09:15, still to do
     assert "rollups not refreshed" in caplog.text
+
+
+def test_a_zone_off_the_quarter_hour_reads_raw_rows(database_url: str) -> None:
+    """Liberia was UTC-0:44:30 until 1972: its local days did not start on a 15-minute slot, so a day report
+    in that zone must not read slots. A call at 1970-01-02 00:44:45 UTC is 00:00:15 local, on 1970-01-02,
+    while its slot (from 00:30 UTC, 23:45:30 local) starts on 1970-01-01."""
+    store_rows(database_url, [call_row("liberia", "1970-01-02T00:44:45", cost_usd=D("1"))], [])
+    refresh(database_url)
+    engine = store.make_engine(database_url, create=False)
+    try:
+        days = cost_report(engine, build_filters(None, None, "Africa/Monrovia"), by=("day",))
+        utc_days = cost_report(engine, build_filters(None, None, "UTC"), by=("day",))
+    finally:
+        engine.dispose()
+    assert [(row["day"], row["calls"]) for row in days.rows] == [("1970-01-02", 1)]
+    assert [(row["day"], row["calls"]) for row in utc_days.rows] == [("1970-01-02", 1)]

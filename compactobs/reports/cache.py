@@ -420,7 +420,8 @@ def cache_report(
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
     if span is not None:
         with engine.connect() as connection:
-            split = rollup.plan(connection, filters) if use_rollups else None
+            timed = any(name in TIME_UNITS for name in groups)
+            split = rollup.plan(connection, filters, span if timed else None) if use_rollups else None
             if split is None:
                 merged = _aggregate(connection, filters, groups, span, now_ms)
             else:

@@ -366,7 +366,8 @@ def _aggregate(
     """The window's measures by group (see `_aggregate_raw`): whole clean slots from the rollups, the rest
     from `calls` (see `compactobs.reports.rollup`)."""
     raw_conditions = [calls.c.priced == false()] if unpriced_only else []
-    split = None if "conversation" in by else rollup.plan(connection, filters)
+    span = (buckets.starts[0], buckets.end) if buckets is not None else None
+    split = None if "conversation" in by else rollup.plan(connection, filters, span)
     if split is None:
         return _aggregate_raw(connection, filters, by, buckets, raw_conditions, with_model)
     result: dict[_Group, dict[str, Any]] = {}
@@ -375,7 +376,6 @@ def _aggregate(
             connection, filters, by, buckets, [*raw_conditions, split.raw_condition], with_model, result
         )
     level = "iteration" if any(name in ITERATION_LEVEL for name in by) else "call"
-    span = (buckets.starts[0], buckets.end) if buckets is not None else (0, 0)
     for group, record in rollup.read(
         connection, level, filters, split, by, span, _SUMMED, unpriced_only, with_model
     ):

@@ -46,7 +46,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import Label
 
-from compactobs.reports._common import Filters, bucket_label, local_bucket, reading
+from compactobs.reports._common import Filters, bucket_label, local_bucket, reading, utc_offsets
 from compactobs.store.engine import is_sqlite, make_engine
 from compactobs.store.models import SLOT_MS, calls, iterations, rollup_dirty, rollup_open_calls, rollups
 
@@ -244,10 +244,17 @@ class Split:
         return self.open_calls if self.raw_condition is None else or_(self.raw_condition, self.open_calls)
 
 
-def plan(connection: Connection, filters: Filters) -> Split | None:
+def plan(connection: Connection, filters: Filters, time_span: tuple[int, int] | None = None) -> Split | None:
     """Which slots of the window the rollups answer; None when they answer none (a conversation filter,
-    a window shorter than a slot, or rollups far behind)."""
+    a window shorter than a slot, rollups far behind, or local time buckets over `time_span` (epoch ms)
+    that do not start on slot boundaries: a zone whose UTC offset was not a whole number of quarter
+    hours, as some were before the 1980s)."""
     if filters.conversations:
+        return None
+    if time_span is not None and any(
+        offset % SLOT_MS or (index and start % SLOT_MS)  # the first entry starts at time_span[0]
+        for index, (start, offset) in enumerate(utc_offsets(filters.tz, *time_span))
+    ):
         return None
     since, until = filters.since_ms, filters.until_ms
     first = None if since is None else -(-since // SLOT_MS) * SLOT_MS  # the first whole slot
@@ -292,17 +299,19 @@ def read(
     filters: Filters,
     split: Split,
     by: Sequence[str],
-    span: tuple[int, int],
+    span: tuple[int, int] | None,
     measures: Sequence[str],
     unpriced_only: bool = False,
     with_model: bool = False,
 ) -> Iterator[tuple[tuple[Any, ...], Any]]:
     """(group key values in `by` order [+ the call's model], record of summed `measures`) per group of the
-    level's rollups in the split. Time groups are labelled like `bucket_label` (months from days)."""
+    level's rollups in the split. Time groups are labelled like `bucket_label` (months from days), with the
+    zone's offsets over `span`, the data's range."""
     r = rollups.c
     keys: list[Label[Any]] = []
     for name in by:
         if name in ("hour", "day", "week", "month"):
+            assert span is not None, "time groups need the data's span"
             unit: Any = "day" if name == "month" else name
             keys.append(local_bucket(r.slot_ms, unit, filters.tz, span[0], span[1]).label("t_local"))
         elif name == "model":
