@@ -505,3 +505,40 @@ def test_a_zone_off_the_quarter_hour_reads_raw_rows(database_url: str) -> None:
         engine.dispose()
     assert [(row["day"], row["calls"]) for row in days.rows] == [("1970-01-02", 1)]
     assert [(row["day"], row["calls"]) for row in utc_days.rows] == [("1970-01-02", 1)]
+
+
+def test_a_refresh_during_a_report_moves_no_call_between_its_parts(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: between the report's raw query and its rollup query, another process records the next
+    call of a conversation and refreshes the slot, so a call read raw as an open write is now in the
+    rollups. The report reads one snapshot: it counts that call once, and not the call recorded after
+    it began."""
+    store_rows(
+        postgres_url,
+        [call_row("x", "2025-06-01T09:00:00", conversation_id="k", cache_write_5m_tokens=1000)],
+        [iteration_row("x", 0, "2025-06-01T09:00:00", cache_write_5m_tokens=1000)],
+    )
+    refresh(postgres_url)
+    original = rollup.read
+    interleaved: list[bool] = []
+
+    def read_after_a_concurrent_refresh(*args: Any, **kwargs: Any) -> Any:
+        if not interleaved:
+            interleaved.append(True)
+            store_rows(
+                postgres_url,
+                [call_row("y", "2025-06-01T09:02:00", conversation_id="k")],
+                [iteration_row("y", 0, "2025-06-01T09:02:00")],
+            )
+            refresh(postgres_url)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rollup, "read", read_after_a_concurrent_refresh)
+    engine = store.make_engine(postgres_url, create=False)
+    try:
+        totals = cache_report(engine, build_filters(None, None, "UTC"), by=(), now=NOW).totals
+    finally:
+        engine.dispose()
+    assert interleaved
+    assert (totals["calls"], totals["cache_creation_5m_input_tokens"]) == (1, 1000)

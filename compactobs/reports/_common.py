@@ -136,12 +136,18 @@ def local_zone() -> tzinfo:
 
 
 @contextmanager
-def reading(engine: Engine) -> Iterator[Connection]:
+def reading(engine: Engine, snapshot: bool = False) -> Iterator[Connection]:
     """A connection for a report's queries. On PostgreSQL, JIT compilation is switched off for its
     transaction: these queries are index probes that run in milliseconds, but their estimated cost passes
-    `jit_above_cost`, and compiling them took 95% of the time (2.7 s of 2.8 s on 200k calls)."""
+    `jit_above_cost`, and compiling them took 95% of the time (2.7 s of 2.8 s on 200k calls).
+
+    `snapshot`: every query of the transaction sees the same data (PostgreSQL REPEATABLE READ; an SQLite
+    transaction always does). A report that adds rollups to raw rows needs it: with a snapshot per query,
+    a refresh committing between two of them could move a call from one part to the other."""
     with engine.connect() as connection:
         if connection.dialect.name == "postgresql":
+            if snapshot:
+                connection = connection.execution_options(isolation_level="REPEATABLE READ")
             connection.exec_driver_sql("SET LOCAL jit = off")
         yield connection
 

@@ -58,6 +58,7 @@ from compactobs.reports._common import (
     bucket_label,
     epoch_ms,
     local_bucket,
+    reading,
 )
 from compactobs.reports.cost import KEY_OF, data_range, parse_by
 from compactobs.store.models import calls, iterations
@@ -419,7 +420,7 @@ def cache_report(
     span = data_range(engine, filters)
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
     if span is not None:
-        with engine.connect() as connection:
+        with reading(engine, snapshot=True) as connection:
             timed = any(name in TIME_UNITS for name in groups)
             split = rollup.plan(connection, filters, span if timed else None) if use_rollups else None
             if split is None:

@@ -47,6 +47,7 @@ from compactobs.reports._common import (
     format_cell,
     local_bucket,
     local_buckets,
+    reading,
 )
 from compactobs.store.models import calls, iterations
 
@@ -393,7 +394,7 @@ def _window_rows(
         return [], _totals([]), []
     unit = next((name for name in by if name in TIME_UNITS), None)
     buckets = local_buckets(unit, filters.tz, span[0], span[1]) if unit else None
-    with engine.connect() as connection:
+    with reading(engine, snapshot=True) as connection:
         everything = _aggregate(connection, filters, by, buckets)
         unpriced: dict[_Group, dict[str, Any]] = {}
         models: set[str] = set()
