@@ -454,12 +454,12 @@ def test_a_call_committed_during_a_refresh_stays_marked(
     other = store.make_engine(postgres_url)
     original = rollup._level_statements
 
-    def statements_then_a_concurrent_commit(lo: int, hi: int) -> list[Any]:
+    def statements_then_a_concurrent_commit() -> list[Any]:
         with other.begin() as connection:
             connection.execute(
                 store.calls.insert(), [call_row("second", "2025-06-01T09:02:00", cost_usd=D("2"))]
             )
-        return original(lo, hi)
+        return original()
 
     try:
         with monkeypatch.context() as patch:

@@ -21,6 +21,7 @@ How it stays exact:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -46,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import Label
 
-from compactobs.reports._common import Filters, bucket_label, local_bucket, reading, utc_offsets
+from compactobs.reports._common import TIME_UNITS, Filters, bucket_label, local_bucket, reading, utc_offsets
 from compactobs.store.engine import is_sqlite, make_engine
 from compactobs.store.models import SLOT_MS, calls, iterations, rollup_dirty, rollup_open_calls, rollups
 
@@ -89,13 +90,18 @@ def _runs(slots: Sequence[int], limit: int) -> list[tuple[int, int]]:
     return result
 
 
-def _level_statements(lo: int, hi: int) -> list[Any]:
-    """INSERT ... SELECT statements recomputing every level of the slots in [lo, hi)."""
+@functools.cache
+def _level_statements() -> list[Any]:
+    """INSERT ... SELECT statements recomputing every level of the slots in [`lo`, `hi`) (bound when
+    executed). Built once: each chunk of a refresh runs the same statements, compiled once by SQLAlchemy."""
     # Imported here: the report modules import this one.
     from compactobs.reports import cache, cost
 
     c, i = calls.c, iterations.c
-    in_range = [c.start_ms >= lo, c.start_ms < hi]
+    in_range = [
+        c.start_ms >= bindparam("lo", type_=BigInteger),
+        c.start_ms < bindparam("hi", type_=BigInteger),
+    ]
     slot = slot_of(c.start_ms).label("slot_ms")
     call_keys = [
         c.service_name.label("service_name"),
@@ -161,8 +167,8 @@ def _refresh_range(connection: Connection, lo: int, hi: int) -> int:
     for run_lo, run_hi in _runs(slots, _CHUNK_SLOTS):
         for table in (rollups, rollup_open_calls):
             connection.execute(table.delete().where(table.c.slot_ms >= run_lo, table.c.slot_ms < run_hi))
-        for statement in _level_statements(run_lo, run_hi):
-            connection.execute(statement)
+        for statement in _level_statements():
+            connection.execute(statement, {"lo": run_lo, "hi": run_hi})
     # Only the marks read above: one a concurrent writer commits meanwhile stays, for the next refresh.
     connection.execute(
         rollup_dirty.delete().where(
@@ -310,7 +316,7 @@ def read(
     r = rollups.c
     keys: list[Label[Any]] = []
     for name in by:
-        if name in ("hour", "day", "week", "month"):
+        if name in TIME_UNITS:
             assert span is not None, "time groups need the data's span"
             unit: Any = "day" if name == "month" else name
             keys.append(local_bucket(r.slot_ms, unit, filters.tz, span[0], span[1]).label("t_local"))
@@ -337,7 +343,7 @@ def read(
     for record in connection.execute(statement).mappings():
         values: list[Any] = []
         for name, key in zip(by, keys, strict=False):
-            if name in ("hour", "day", "week", "month"):
+            if name in TIME_UNITS:
                 values.append(bucket_label(name, int(record["t_local"])))
             else:
                 values.append(record[key.name])
