@@ -186,7 +186,8 @@ def _call_usage(call: Any, rows: Sequence[Any]) -> CallUsage:
     )
 
 
-def _iteration_values(priced: PricedIteration, stored: _Stored) -> dict[str, Any]:
+def _iteration_values(priced: PricedIteration | PricedCall, stored: _Stored) -> dict[str, Any]:
+    """The cost columns both tables share, from an iteration's or a call's prices."""
     return {
         "cost_usd": stored.bind(priced.cost_usd),
         "cost_input_usd": stored.bind(priced.input_usd),
@@ -200,14 +201,8 @@ def _iteration_values(priced: PricedIteration, stored: _Stored) -> dict[str, Any
 
 def _call_values(priced: PricedCall, stored: _Stored) -> dict[str, Any]:
     return {
-        "cost_usd": stored.bind(priced.cost_usd),
-        "cost_input_usd": stored.bind(priced.input_usd),
-        "cost_output_usd": stored.bind(priced.output_usd),
-        "cost_cache_read_usd": stored.bind(priced.cache_read_usd),
-        "cost_cache_write_5m_usd": stored.bind(priced.cache_write_5m_usd),
-        "cost_cache_write_1h_usd": stored.bind(priced.cache_write_1h_usd),
+        **_iteration_values(priced, stored),
         "cost_server_tools_usd": stored.bind(priced.server_tools_usd),
-        "priced": priced.priced,
         "pricing_version": priced.pricing_version,
     }
 
