@@ -361,14 +361,14 @@ def _aggregate(
     filters: Filters,
     by: Sequence[str],
     buckets: Buckets | None,
+    split: rollup.Split | None,
     unpriced_only: bool = False,
     with_model: bool = False,
 ) -> dict[_Group, dict[str, Any]]:
     """The window's measures by group (see `_aggregate_raw`): whole clean slots from the rollups, the rest
-    from `calls` (see `compactobs.reports.rollup`)."""
+    from `calls`, as `split` says (see `compactobs.reports.rollup`; None: all from `calls`)."""
     raw_conditions = [calls.c.priced == false()] if unpriced_only else []
     span = (buckets.starts[0], buckets.end) if buckets is not None else None
-    split = None if "conversation" in by else rollup.plan(connection, filters, span)
     if split is None:
         return _aggregate_raw(connection, filters, by, buckets, raw_conditions, with_model)
     result: dict[_Group, dict[str, Any]] = {}
@@ -395,13 +395,17 @@ def _window_rows(
     unit = next((name for name in by if name in TIME_UNITS), None)
     buckets = local_buckets(unit, filters.tz, span[0], span[1]) if unit else None
     with reading(engine, snapshot=True) as connection:
-        everything = _aggregate(connection, filters, by, buckets)
+        time_span = (buckets.starts[0], buckets.end) if buckets is not None else None
+        split = None if "conversation" in by else rollup.plan(connection, filters, time_span)
+        everything = _aggregate(connection, filters, by, buckets, split)
         unpriced: dict[_Group, dict[str, Any]] = {}
         models: set[str] = set()
         if any(row["unpriced_calls"] for row in everything.values()):
             # Rare, so a second pass over just those calls, rather than a priced flag in every group (which
             # costs SQLite a sort of every row).
-            by_model = _aggregate(connection, filters, by, buckets, unpriced_only=True, with_model=True)
+            by_model = _aggregate(
+                connection, filters, by, buckets, split, unpriced_only=True, with_model=True
+            )
             for group, measures in by_model.items():
                 models.add(group[-1] if group[-1] is not None else "(no model)")
                 row = unpriced.setdefault(group[:-1], _empty_measures())
