@@ -9,7 +9,7 @@ TracerProvider (a collecting processor keeps the ReadableSpans). For each databa
 Each round gets a fresh database (an SQLite file; a PostgreSQL schema), migrated before timing. The
 figure is the median over rounds; `ratio` is exporter / baseline throughput (>= 0.5 is "within 2x").
 
-Run: `python bench/ingest.py [--calls 20000] [--rounds 5] [--batch 2048]`; PostgreSQL is
+Run: `python bench/ingest.py [--calls 20000] [--rounds 5] [--batch 2048] [--conversations 97]`; PostgreSQL is
 COMPACTOBS_TEST_POSTGRES_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/test), skipped with
 --no-postgres.
 """
@@ -53,8 +53,9 @@ class Collect(SpanProcessor):
         self.spans.append(span)
 
 
-def make_spans(count: int) -> list[ReadableSpan]:
-    """`count` calls as compactobs emits them: a call span, then its three iteration spans."""
+def make_spans(count: int, conversations: int) -> list[ReadableSpan]:
+    """`count` calls as compactobs emits them, a call span then its three iteration spans, taking turns
+    among `conversations` conversations."""
     collect = Collect()
     provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
     provider.add_span_processor(collect)
@@ -73,7 +74,7 @@ def make_spans(count: int) -> list[ReadableSpan]:
                 t.RESPONSE_ID: f"msg_{i:012d}",
                 t.RESPONSE_FINISH_REASONS: ("end_turn",),
                 t.STOP_REASON: "end_turn",
-                t.CONVERSATION_ID: f"conversation-{i % 97}",
+                t.CONVERSATION_ID: f"conversation-{i % conversations}",
                 t.REQUEST_STREAM: i % 2 == 0,
                 t.RESPONSE_TIME_TO_FIRST_CHUNK: 0.42,
                 t.ANTHROPIC_REQUEST_ID: f"req_{i:012d}",
@@ -268,11 +269,19 @@ def main() -> None:
     parser.add_argument(
         "--batch", type=int, default=2048, help="spans per export (StoreSpanProcessor's default batch)"
     )
+    parser.add_argument(
+        "--conversations",
+        type=int,
+        default=97,
+        help="conversations the calls take turns in (1: one long conversation, as an agent's)",
+    )
     parser.add_argument("--no-postgres", action="store_true")
     options = parser.parse_args()
+    if options.conversations < 1:
+        parser.error("--conversations must be at least 1")
     postgres_url = os.environ.get("COMPACTOBS_TEST_POSTGRES_URL", DEFAULT_POSTGRES)
 
-    spans = make_spans(options.calls)
+    spans = make_spans(options.calls, options.conversations)
     span_batches = batches(spans, options.batch)
     # The pre-built spans are millions of objects no application holds at once: keep them out of the
     # collector's full passes, which would otherwise time the benchmark's heap instead of the store.
@@ -281,7 +290,8 @@ def main() -> None:
     kinds = ["sqlite"] + ([] if options.no_postgres else ["postgresql"])
     print(
         f"{options.calls} calls x (1 call + 3 iteration spans), {len(span_batches)} batches of "
-        f"{options.batch} spans, median of {options.rounds} rounds, {os.cpu_count()} CPUs"
+        f"{options.batch} spans, {options.conversations} conversations, median of {options.rounds} rounds, "
+        f"{os.cpu_count()} CPUs"
     )
     with tempfile.TemporaryDirectory() as directory:
         for kind in kinds:

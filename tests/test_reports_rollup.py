@@ -133,6 +133,88 @@ def test_upgrading_marks_the_stored_calls(database_url: str) -> None:
     assert marked(database_url) == set()
 
 
+def test_deleting_or_moving_a_call_marks_its_conversations_neighbours(database_url: str) -> None:
+    store_rows(
+        database_url,
+        [
+            call_row("a1", "2025-06-01T09:07:00", conversation_id="k"),
+            call_row("a2", "2025-06-01T10:40:00", conversation_id="k"),
+            call_row("a3", "2025-06-01T12:01:00", conversation_id="k"),
+        ],
+        [],
+    )
+    refresh(database_url)
+    engine = store.make_engine(database_url, writer=True)
+    try:
+        # Deleting a2 (10:40 -> 10:30) marks its slot and its predecessor a1's (09:07 -> 09:00), whose next
+        # call is now a3.
+        with engine.begin() as connection:
+            connection.execute(store.calls.delete().where(store.calls.c.call_id == "a2"))
+        assert marked(database_url) == {slot("2025-06-01T10:30:00"), slot("2025-06-01T09:00:00")}
+        refresh(database_url)
+        # Moving a3 from 12:01 to 08:50 (before a1): its old slot (12:00), its new one (08:45), its old
+        # predecessor a1 (09:00); at 08:50 it has no predecessor.
+        with engine.begin() as connection:
+            connection.execute(
+                update(store.calls)
+                .where(store.calls.c.call_id == "a3")
+                .values(
+                    start_ms=ms("2025-06-01T08:50:00"),
+                    start_time=datetime(2025, 6, 1, 8, 50, tzinfo=timezone.utc),
+                )
+            )
+        assert marked(database_url) == {
+            slot("2025-06-01T12:00:00"),
+            slot("2025-06-01T08:45:00"),
+            slot("2025-06-01T09:00:00"),
+        }
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_insert_work_does_not_grow_with_the_conversation(tmp_path: Any) -> None:
+    """The predecessor lookup is an index seek: an insert into a conversation of 2,000 calls runs as many
+    SQLite VM instructions as one into a conversation of 10 (0002's `max()` walked every earlier call)."""
+    url = f"sqlite:///{tmp_path / 'long.db'}"
+    start = datetime(2025, 6, 1, tzinfo=timezone.utc)
+
+    def at(i: int) -> str:
+        return (start + timedelta(seconds=i)).isoformat()[:19]
+
+    store_rows(
+        url,
+        [call_row(f"s{i}", at(i), conversation_id="short") for i in range(10)]
+        + [call_row(f"l{i}", at(i), conversation_id="long") for i in range(2000)],
+        [],
+    )
+    engine = store.make_engine(url, writer=True)
+    try:
+
+        def instructions_to_insert(row: dict[str, Any]) -> int:
+            steps = 0
+
+            def count() -> int:
+                nonlocal steps
+                steps += 1
+                return 0
+
+            with engine.begin() as connection:
+                raw = connection.connection.driver_connection
+                raw.set_progress_handler(count, 10)
+                try:
+                    connection.execute(store.calls.insert(), [{**row, "cost_usd": 0.0}])
+                finally:
+                    raw.set_progress_handler(None, 10)
+            return steps
+
+        short = instructions_to_insert(call_row("s-new", at(5000), conversation_id="short"))
+        long = instructions_to_insert(call_row("l-new", at(5000), conversation_id="long"))
+    finally:
+        engine.dispose()
+    # A scan of the long conversation would be 2,000 index entries, thousands of instructions more.
+    assert short > 0 and long <= short + 5
+
+
 # -- open writes: their waste is judged at the report's clock ------------------------------------------
 
 
