@@ -482,14 +482,6 @@ class CallObservation:
         """Do, once, what the caller's thread left for the recording thread: read the request's facts from
         `request_body`, and the response's `body` (one that is not JSON leaves the call without usage:
         recorded, unpriced) or a stream's events (`stream`). Never raises."""
-        http, self.http_response = self.http_response, None
-        if http is not None:
-            try:
-                self.request_id = http.headers.get("request-id") or self.request_id
-                if self.server_address is None:
-                    self.server_address = http.request.url.host
-            except Exception:  # an odd response object: the call is recorded without them
-                pass
         request_body, self.request_body = self.request_body, None
         if request_body is not None:
             self.request = request_facts(request_body, self.beta_header)
