@@ -15,7 +15,6 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -143,49 +142,15 @@ ITERATION_TIMING_VALUE: Final = "server-side: no timing of its own, shares the c
 
 
 _ZERO: Final = Decimal(0)
+_INPUT, _OUTPUT, _CACHE_READ, _CACHE_WRITE_5M, _CACHE_WRITE_1H = TOKEN_CLASSES
 
 
 def _usd(value: Decimal | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _token_attributes(tokens: TokenCounts) -> dict[str, Any]:
-    return {
-        TOKENS_INPUT: tokens.input,
-        TOKENS_OUTPUT: tokens.output,
-        TOKENS_CACHE_READ: tokens.cache_read,
-        TOKENS_CACHE_WRITE_5M: tokens.cache_write_5m,
-        TOKENS_CACHE_WRITE_1H: tokens.cache_write_1h,
-    }
-
-
-def _semconv_usage(tokens: TokenCounts) -> dict[str, Any]:
-    """gen_ai.usage.* as the conventions define them: input includes cache reads and writes."""
-    return {
-        USAGE_INPUT_TOKENS: tokens.total_input,
-        USAGE_OUTPUT_TOKENS: tokens.output,
-        USAGE_CACHE_READ: tokens.cache_read,
-        USAGE_CACHE_WRITE: tokens.cache_write,
-    }
-
-
-def _cost_attributes(priced: PricedCall | PricedIteration) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        COST_PRICED: priced.priced,
-        COST_INPUT: float(priced.input_usd),
-        COST_OUTPUT: float(priced.output_usd),
-        COST_CACHE_READ: float(priced.cache_read_usd),
-        COST_CACHE_WRITE_5M: float(priced.cache_write_5m_usd),
-        COST_CACHE_WRITE_1H: float(priced.cache_write_1h_usd),
-    }
-    if priced.cost_usd is not None:
-        attributes[COST_USD] = float(priced.cost_usd)
-    return attributes
-
-
-def _drop_none(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in attributes.items() if value is not None}
-
+_METRIC_ATTRIBUTE_SETS_LIMIT: Final = 1024
+"""Histogram attribute sets kept for reuse; the working set is (models) x (error types), so small."""
 
 BACKLOG_LIMIT: Final = 2048
 """Calls waiting for the recording thread before callers record their own calls inline."""
@@ -248,6 +213,9 @@ class Telemetry:
             METRIC_COMPACTIONS, unit="{compaction}", description="Server-side compactions"
         )
         self._warned: set[str] = set()
+        self._metric_attribute_sets: dict[
+            tuple[str, str | None, str | None], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
+        ] = {}
         # Bounded, so a recorder that falls behind costs callers time (see `record`), never memory.
         self._backlog_limit = backlog_limit
         self._reset_backlog()
@@ -424,61 +392,100 @@ class Telemetry:
         priced = self.pricer.price_call(usage, when) if usage is not None else None
         response_model = obs.response_model or (usage.response_model if usage else None)
         model = request.model or response_model or "unknown"
+        # One dict, built in place: a None value is left out, as OpenTelemetry would not take it.
         attributes: dict[str, Any] = {
             SPAN_KIND: SPAN_KIND_CALL,
             PROVIDER_NAME: "anthropic",
             OPERATION_NAME: "chat",
-            REQUEST_MODEL: request.model,
-            REQUEST_STREAM: request.stream,
-            REQUEST_MAX_TOKENS: request.max_tokens,
-            RESPONSE_MODEL: response_model,
-            RESPONSE_ID: obs.response_id,
-            STOP_REASON: obs.stop_reason,
-            CONVERSATION_ID: obs.conversation_id,
-            ANTHROPIC_REQUEST_ID: obs.request_id,
-            HTTP_RESEND_COUNT: obs.attempts - 1,
-            HTTP_STATUS_CODE: obs.status_code,
-            ERROR_TYPE: obs.error_type,
-            SERVER_ADDRESS: obs.server_address,
-            COMPACTION_TRIGGER: request.compaction_trigger,
-            COMPACTION_PAUSE_AFTER: request.pause_after_compaction,
-            COMPACTION_ON_DEMAND: request.on_demand_compaction or None,
-            RESPONSE_TIME_TO_FIRST_CHUNK: obs.time_to_first_chunk_s,
-            STREAM_END: obs.stream_end,
-            BUDGET_USD: obs.budget_usd,
-            BUDGET_TOKENS: obs.budget_tokens,
         }
+        if request.model is not None:
+            attributes[REQUEST_MODEL] = request.model
+        attributes[REQUEST_STREAM] = request.stream
+        if request.max_tokens is not None:
+            attributes[REQUEST_MAX_TOKENS] = request.max_tokens
+        if response_model is not None:
+            attributes[RESPONSE_MODEL] = response_model
+        if obs.response_id is not None:
+            attributes[RESPONSE_ID] = obs.response_id
+        stop_reason = obs.stop_reason
+        if stop_reason is not None:
+            attributes[STOP_REASON] = stop_reason
+        if obs.conversation_id is not None:
+            attributes[CONVERSATION_ID] = obs.conversation_id
+        if obs.request_id is not None:
+            attributes[ANTHROPIC_REQUEST_ID] = obs.request_id
+        attributes[HTTP_RESEND_COUNT] = obs.attempts - 1
+        if obs.status_code is not None:
+            attributes[HTTP_STATUS_CODE] = obs.status_code
+        error_type = obs.error_type
+        if error_type is not None:
+            attributes[ERROR_TYPE] = error_type
+        if obs.server_address is not None:
+            attributes[SERVER_ADDRESS] = obs.server_address
+        if request.compaction_trigger is not None:
+            attributes[COMPACTION_TRIGGER] = request.compaction_trigger
+        if request.pause_after_compaction is not None:
+            attributes[COMPACTION_PAUSE_AFTER] = request.pause_after_compaction
+        if request.on_demand_compaction:
+            attributes[COMPACTION_ON_DEMAND] = request.on_demand_compaction
+        if obs.time_to_first_chunk_s is not None:
+            attributes[RESPONSE_TIME_TO_FIRST_CHUNK] = obs.time_to_first_chunk_s
+        if obs.stream_end is not None:
+            attributes[STREAM_END] = obs.stream_end
+        if obs.budget_usd is not None:
+            attributes[BUDGET_USD] = obs.budget_usd
+        if obs.budget_tokens is not None:
+            attributes[BUDGET_TOKENS] = obs.budget_tokens
         if request.betas:
             attributes[ANTHROPIC_BETA] = list(request.betas)
-        if obs.stop_reason:
-            attributes[RESPONSE_FINISH_REASONS] = [obs.stop_reason]
+        if stop_reason:
+            attributes[RESPONSE_FINISH_REASONS] = [stop_reason]
         totals = None
         if usage is not None and priced is not None:
             totals = usage.totals
-            attributes.update(_token_attributes(totals))
+            attributes[TOKENS_INPUT] = totals.input
+            attributes[TOKENS_OUTPUT] = totals.output
+            attributes[TOKENS_CACHE_READ] = totals.cache_read
+            attributes[TOKENS_CACHE_WRITE_5M] = totals.cache_write_5m
+            attributes[TOKENS_CACHE_WRITE_1H] = totals.cache_write_1h
             if not under_sdk_span:
                 # One token-carrying span per call: under the SDK's span, billed totals stay in compactobs.*.
-                attributes.update(_semconv_usage(totals))
-            attributes.update(_cost_attributes(priced))
-            attributes.update(
-                {
-                    COST_SERVER_TOOLS: float(priced.server_tools_usd),
-                    PRICING_VERSION: priced.pricing_version,
-                    TOKENS_TOP_LEVEL_INPUT: usage.top_level.input,
-                    TOKENS_TOP_LEVEL_OUTPUT: usage.top_level.output,
-                    WEB_SEARCH_REQUESTS: usage.web_search_requests,
-                    WEB_FETCH_REQUESTS: usage.web_fetch_requests,
-                    USAGE_REASONING: usage.thinking_tokens,
-                    SERVICE_TIER: usage.service_tier,
-                    ANTHROPIC_SERVICE_TIER: usage.service_tier,
-                    SPEED: usage.speed,
-                    INFERENCE_GEO: usage.inference_geo,
-                    ITERATIONS_COUNT: len(usage.iterations),
-                    COMPACTIONS_COUNT: usage.compactions,
-                    COMPACTIONS_FAILED: obs.failed_compactions,
-                    CONTEXT_TOKENS: usage.context_tokens,
-                }
-            )
+                attributes[USAGE_INPUT_TOKENS] = totals.total_input
+                attributes[USAGE_OUTPUT_TOKENS] = totals.output
+                attributes[USAGE_CACHE_READ] = totals.cache_read
+                attributes[USAGE_CACHE_WRITE] = totals.cache_write
+            attributes[COST_PRICED] = priced.priced
+            attributes[COST_INPUT] = float(priced.input_usd)
+            attributes[COST_OUTPUT] = float(priced.output_usd)
+            attributes[COST_CACHE_READ] = float(priced.cache_read_usd)
+            attributes[COST_CACHE_WRITE_5M] = float(priced.cache_write_5m_usd)
+            attributes[COST_CACHE_WRITE_1H] = float(priced.cache_write_1h_usd)
+            if priced.cost_usd is not None:
+                attributes[COST_USD] = float(priced.cost_usd)
+            attributes[COST_SERVER_TOOLS] = float(priced.server_tools_usd)
+            if priced.pricing_version is not None:
+                attributes[PRICING_VERSION] = priced.pricing_version
+            top_level = usage.top_level
+            attributes[TOKENS_TOP_LEVEL_INPUT] = top_level.input
+            attributes[TOKENS_TOP_LEVEL_OUTPUT] = top_level.output
+            attributes[WEB_SEARCH_REQUESTS] = usage.web_search_requests
+            attributes[WEB_FETCH_REQUESTS] = usage.web_fetch_requests
+            if usage.thinking_tokens is not None:
+                attributes[USAGE_REASONING] = usage.thinking_tokens
+            service_tier = usage.service_tier
+            if service_tier is not None:
+                attributes[SERVICE_TIER] = service_tier
+                attributes[ANTHROPIC_SERVICE_TIER] = service_tier
+            if usage.speed is not None:
+                attributes[SPEED] = usage.speed
+            if usage.inference_geo is not None:
+                attributes[INFERENCE_GEO] = usage.inference_geo
+            attributes[ITERATIONS_COUNT] = len(usage.iterations)
+            attributes[COMPACTIONS_COUNT] = usage.compactions
+            attributes[COMPACTIONS_FAILED] = obs.failed_compactions
+            context_tokens = usage.context_tokens
+            if context_tokens is not None:
+                attributes[CONTEXT_TOKENS] = context_tokens
             if usage.unknown_types:
                 self.warn_once(
                     "unknown-type:" + ",".join(usage.unknown_types),
@@ -490,11 +497,11 @@ class Telemetry:
             f"chat {model}",
             context=parent,
             kind=SpanKind.CLIENT,
-            attributes=_drop_none(attributes),
+            attributes=attributes,
             start_time=obs.start_ns,
         )
-        if obs.error_type is not None:
-            span.set_status(Status(StatusCode.ERROR, obs.error_type))
+        if error_type is not None:
+            span.set_status(Status(StatusCode.ERROR, error_type))
         end_ns = max(obs.end_ns, obs.start_ns)
         if usage is not None and priced is not None:
             call_context = trace.set_span_in_context(span, parent)
@@ -510,6 +517,8 @@ class Telemetry:
         call_context: otel_context.Context,
         end_ns: int,
     ) -> None:
+        tokens = iteration.tokens
+        model = iteration.model
         attributes: dict[str, Any] = {
             SPAN_KIND: SPAN_KIND_ITERATION,
             PROVIDER_NAME: "anthropic",
@@ -518,18 +527,52 @@ class Telemetry:
             ITERATION_KNOWN_TYPE: iteration.known_type,
             ITERATION_DECLINED: iteration.declined,
             ITERATION_TIMING: ITERATION_TIMING_VALUE,
-            RESPONSE_MODEL: iteration.model,
+            RESPONSE_MODEL: model,
+            TOKENS_INPUT: tokens.input,
+            TOKENS_OUTPUT: tokens.output,
+            TOKENS_CACHE_READ: tokens.cache_read,
+            TOKENS_CACHE_WRITE_5M: tokens.cache_write_5m,
+            TOKENS_CACHE_WRITE_1H: tokens.cache_write_1h,
+            COST_PRICED: priced.priced,
+            COST_INPUT: float(priced.input_usd),
+            COST_OUTPUT: float(priced.output_usd),
+            COST_CACHE_READ: float(priced.cache_read_usd),
+            COST_CACHE_WRITE_5M: float(priced.cache_write_5m_usd),
+            COST_CACHE_WRITE_1H: float(priced.cache_write_1h_usd),
         }
-        attributes.update(_token_attributes(iteration.tokens))
-        attributes.update(_cost_attributes(priced))
+        if model is None:
+            del attributes[RESPONSE_MODEL]
+        if priced.cost_usd is not None:
+            attributes[COST_USD] = float(priced.cost_usd)
         span = self.tracer.start_span(
-            f"{iteration.type} {iteration.model or 'unknown'}",
+            f"{iteration.type} {model or 'unknown'}",
             context=call_context,
             kind=SpanKind.INTERNAL,
-            attributes=_drop_none(attributes),
+            attributes=attributes,
             start_time=end_ns,
         )
         span.end(end_time=end_ns)
+
+    def _metric_attributes(
+        self, model: str, response_model: str | None, error_type: str | None
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """The attribute sets of a call's histogram points, made once per (model, response model, error):
+        the SDK copies what it is given, so one dict serves every call of a series (and is never changed)."""
+        key = (model, response_model, error_type)
+        cached = self._metric_attribute_sets.get(key)
+        if cached is not None:
+            return cached
+        base = {PROVIDER_NAME: "anthropic", OPERATION_NAME: "chat", REQUEST_MODEL: model}
+        if response_model:
+            base[RESPONSE_MODEL] = response_model
+        duration_attributes = dict(base)
+        if error_type is not None:
+            duration_attributes[ERROR_TYPE] = error_type
+        cached = (duration_attributes, {**base, TOKEN_TYPE: "input"}, {**base, TOKEN_TYPE: "output"})
+        if len(self._metric_attribute_sets) >= _METRIC_ATTRIBUTE_SETS_LIMIT:
+            self._metric_attribute_sets.clear()
+        self._metric_attribute_sets[key] = cached
+        return cached
 
     def _metrics(
         self,
@@ -541,33 +584,26 @@ class Telemetry:
         sums: _Sums,
     ) -> None:
         """Histograms now (each call is one observation); counter increments into `sums`."""
-        base = {PROVIDER_NAME: "anthropic", OPERATION_NAME: "chat", REQUEST_MODEL: model}
-        if response_model:
-            base[RESPONSE_MODEL] = response_model
-        duration_attributes = dict(base)
-        if obs.error_type is not None:
-            duration_attributes[ERROR_TYPE] = obs.error_type
+        duration_attributes, input_attributes, output_attributes = self._metric_attributes(
+            model, response_model, obs.error_type
+        )
         self._duration.record(max(obs.end_ns - obs.start_ns, 0) / 1e9, duration_attributes)
         usage = obs.usage
         if usage is None or priced is None or totals is None:
             return
-        self._token_usage.record(totals.total_input, {**base, TOKEN_TYPE: "input"})
-        self._token_usage.record(totals.output, {**base, TOKEN_TYPE: "output"})
+        self._token_usage.record(totals.total_input, input_attributes)
+        self._token_usage.record(totals.output, output_attributes)
         tokens_sums, cost_sums = sums.tokens, sums.cost
         for iteration, priced_iteration in zip(usage.iterations, priced.iterations, strict=True):
             series = iteration.model or "unknown"
             kind = iteration.type
             tokens = iteration.tokens
-            for token_class, count in zip(
-                TOKEN_CLASSES,
-                (
-                    tokens.input,
-                    tokens.output,
-                    tokens.cache_read,
-                    tokens.cache_write_5m,
-                    tokens.cache_write_1h,
-                ),
-                strict=True,
+            for token_class, count in (
+                (_INPUT, tokens.input),
+                (_OUTPUT, tokens.output),
+                (_CACHE_READ, tokens.cache_read),
+                (_CACHE_WRITE_5M, tokens.cache_write_5m),
+                (_CACHE_WRITE_1H, tokens.cache_write_1h),
             ):
                 if count:
                     key = (series, kind, token_class)
@@ -578,6 +614,7 @@ class Telemetry:
         if priced.server_tools_usd:
             cost_key = (response_model or model, "server_tools")
             cost_sums[cost_key] = cost_sums.get(cost_key, _ZERO) + priced.server_tools_usd
-        if usage.compactions:
+        compactions = usage.compactions
+        if compactions:
             series = response_model or model
-            sums.compactions[series] = sums.compactions.get(series, 0) + usage.compactions
+            sums.compactions[series] = sums.compactions.get(series, 0) + compactions
