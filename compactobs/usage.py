@@ -58,6 +58,8 @@ def _is_mapping(obj: object) -> bool:
 
 def field_of(obj: object, name: str) -> Any:
     """`obj[name]` for a mapping, `obj.name` for a model, else None. Never raises."""
+    if type(obj) is dict:  # decoded JSON and request bodies: no look-up of the type, no try
+        return obj.get(name)
     if obj is None:
         return None
     try:
@@ -70,14 +72,14 @@ def field_of(obj: object, name: str) -> Any:
 
 def _count(obj: object, name: str) -> int:
     """A token count: a non-negative int, else 0 (bool, float, str and negatives are not counts)."""
-    value = field_of(obj, name)
+    value = obj.get(name) if type(obj) is dict else field_of(obj, name)
     if type(value) is int and value >= 0:
         return value
     return 0
 
 
 def _text(obj: object, name: str) -> str | None:
-    value = field_of(obj, name)
+    value = obj.get(name) if type(obj) is dict else field_of(obj, name)
     return value if isinstance(value, str) and value else None
 
 
@@ -116,21 +118,33 @@ def _token_counts(entry: object) -> TokenCounts:
     Cache writes split by `cache_creation` when it is there; without the breakdown every write is 5-minute
     (the API's default TTL). A breakdown that adds up to less than the total puts the rest in 5-minute.
     """
-    written = _count(entry, "cache_creation_input_tokens")
-    breakdown = field_of(entry, "cache_creation")
+    if type(entry) is dict:
+        # Decoded JSON, the common case: the same reads as `_count`, without a call per field.
+        get = entry.get
+        uncached, output, cache_read, written = (
+            get("input_tokens"),
+            get("output_tokens"),
+            get("cache_read_input_tokens"),
+            get("cache_creation_input_tokens"),
+        )
+        uncached = uncached if type(uncached) is int and uncached >= 0 else 0
+        output = output if type(output) is int and output >= 0 else 0
+        cache_read = cache_read if type(cache_read) is int and cache_read >= 0 else 0
+        written = written if type(written) is int and written >= 0 else 0
+        breakdown = get("cache_creation")
+    else:
+        uncached = _count(entry, "input_tokens")
+        output = _count(entry, "output_tokens")
+        cache_read = _count(entry, "cache_read_input_tokens")
+        written = _count(entry, "cache_creation_input_tokens")
+        breakdown = field_of(entry, "cache_creation")
     one_hour = _count(breakdown, "ephemeral_1h_input_tokens") if breakdown is not None else 0
     five_min = _count(breakdown, "ephemeral_5m_input_tokens") if breakdown is not None else 0
     if breakdown is None or five_min + one_hour == 0:
         five_min, one_hour = written, 0
     elif five_min + one_hour < written:
         five_min += written - five_min - one_hour
-    return TokenCounts(
-        input=_count(entry, "input_tokens"),
-        output=_count(entry, "output_tokens"),
-        cache_read=_count(entry, "cache_read_input_tokens"),
-        cache_write_5m=five_min,
-        cache_write_1h=one_hour,
-    )
+    return TokenCounts(uncached, output, cache_read, five_min, one_hour)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,14 +183,23 @@ class CallUsage:
     @property
     def totals(self) -> TokenCounts:
         """The billed totals: the sum over every iteration."""
-        total = TokenCounts()
+        uncached = output = cache_read = write_5m = write_1h = 0
         for iteration in self.iterations:
-            total = total + iteration.tokens
-        return total
+            tokens = iteration.tokens
+            uncached += tokens.input
+            output += tokens.output
+            cache_read += tokens.cache_read
+            write_5m += tokens.cache_write_5m
+            write_1h += tokens.cache_write_1h
+        return TokenCounts(uncached, output, cache_read, write_5m, write_1h)
 
     @property
     def compactions(self) -> int:
-        return sum(1 for iteration in self.iterations if iteration.type == "compaction")
+        count = 0
+        for iteration in self.iterations:
+            if iteration.type == "compaction":
+                count += 1
+        return count
 
     @property
     def context_tokens(self) -> int | None:
@@ -191,7 +214,10 @@ class CallUsage:
 
     @property
     def unknown_types(self) -> tuple[str, ...]:
-        return tuple(sorted({i.type for i in self.iterations if not i.known_type}))
+        for iteration in self.iterations:
+            if not iteration.known_type:
+                return tuple(sorted({i.type for i in self.iterations if not i.known_type}))
+        return ()
 
 
 def normalise_usage(usage: object, response_model: str | None) -> CallUsage:
@@ -469,8 +495,6 @@ class CallObservation:
     sent; reading it never raises (`request_facts` and the fingerprint guard every step)."""
     beta_header: str | None = None
     """The request's `anthropic-beta` header, for `request_facts` with `request_body`."""
-    http_response: Any = None
-    """The successful attempt's httpx response, for `complete` to read its request id and server address."""
     conversation_of: Callable[[object], str | None] | None = None
     """How to derive the conversation id from `request_body` when nothing named one (a fingerprint)."""
 

@@ -54,6 +54,10 @@ def current_conversation() -> Conversation | None:
     return _current.get()
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, default=str, ensure_ascii=False)
+"""What `json.dumps` with these options would build anew on every call."""
+
+
 def fingerprint(body: object) -> str | None:
     """A stable id from the system prompt and first message, which a re-sent history keeps. Never raises."""
     try:
@@ -61,9 +65,7 @@ def fingerprint(body: object) -> str | None:
         first = messages[0] if isinstance(messages, list) and messages else None
         if first is None:
             return None
-        payload = json.dumps(
-            [field_of(body, "system"), first], sort_keys=True, default=str, ensure_ascii=False
-        )
+        payload = _ENCODER.encode([field_of(body, "system"), first])
         return "fp-" + hashlib.blake2b(payload.encode(), digest_size=8).hexdigest()
     except Exception:
         return None
