@@ -123,6 +123,8 @@ class Pricer:
         self.genai_prices_version: str = genai_prices.__version__
         self._cards: dict[tuple[str, date, str | None, str | None, str | None], _Card | _Unpriced] = {}
         self._snapshot: data_snapshot.DataSnapshot | None = None
+        self._versions: tuple[data_snapshot.DataSnapshot | None, dict[bool, str]] = (None, {})
+        """`_version` per used-overrides flag, and the snapshot they were made for."""
         self._lock = threading.Lock()
         self._warned: set[str] = set()
         self._overrides_source = f"overrides {self.overrides.short_hash}" if self.overrides else ""
@@ -189,15 +191,13 @@ class Pricer:
         service_tier: str | None,
         speed: str | None,
         inference_geo: str | None,
+        snapshot: data_snapshot.DataSnapshot | None = None,
     ) -> _Card | _Unpriced:
+        """`snapshot`: genai-prices' current data, when the caller already has it (once per call)."""
         if model is None:
             return _Unpriced("no model reported for this iteration")
-        snapshot = data_snapshot.get_snapshot()
-        if snapshot is not self._snapshot:
-            # genai-prices' data was replaced (UpdatePrices or a custom snapshot): start afresh.
-            with self._lock:
-                self._cards = {}
-                self._snapshot = snapshot
+        if snapshot is None:
+            snapshot = self._current_snapshot()
         key = (model, day, service_tier, speed, inference_geo)
         card = self._cards.get(key)
         if card is None or (isinstance(card, _Card) and card.schedule.time_dependent):
@@ -207,6 +207,15 @@ class Pricer:
                     self._cards.clear()
                 self._cards[key] = card
         return card
+
+    def _current_snapshot(self) -> data_snapshot.DataSnapshot:
+        snapshot = data_snapshot.get_snapshot()
+        if snapshot is not self._snapshot:
+            # genai-prices' data was replaced (UpdatePrices or a custom snapshot): start afresh.
+            with self._lock:
+                self._cards = {}
+                self._snapshot = snapshot
+        return snapshot
 
     def _genai_source(self, snapshot: data_snapshot.DataSnapshot) -> str:
         source = f"genai-prices {self.genai_prices_version}"
@@ -294,36 +303,38 @@ class Pricer:
     def _price_call(self, usage: CallUsage, when: datetime) -> PricedCall:
         day = _utc_day(when)
         tier, speed, geo = usage.service_tier, usage.speed, usage.inference_geo
+        snapshot = self._current_snapshot()
         priced: list[PricedIteration] = []
         unpriced_models: set[str] = set()
         used_overrides = False
+        # The component totals, summed as each iteration is priced (Decimal sums, in iteration order).
+        input_usd = output_usd = cache_read_usd = write_5m_usd = write_1h_usd = cost_sum = _ZERO
         for iteration in usage.iterations:
             if iteration.declined:
-                priced.append(_declined_iteration(iteration))
-                continue
-            card = self._card(iteration.model, day, when, tier, speed, geo)
-            if isinstance(card, _Unpriced):
-                unpriced_models.add(iteration.model or "<none>")
-                priced.append(_unpriced_iteration(iteration, card.note))
-                continue
-            used_overrides = used_overrides or card.schedule.by_overrides
-            priced.append(_price_iteration(iteration, card))
+                one = _declined_iteration(iteration)
+            else:
+                card = self._card(iteration.model, day, when, tier, speed, geo, snapshot)
+                if isinstance(card, _Unpriced):
+                    unpriced_models.add(iteration.model or "<none>")
+                    one = _unpriced_iteration(iteration, card.note)
+                else:
+                    used_overrides = used_overrides or card.schedule.by_overrides
+                    one = _price_iteration(iteration, card)
+            priced.append(one)
+            input_usd += one.input_usd
+            output_usd += one.output_usd
+            cache_read_usd += one.cache_read_usd
+            write_5m_usd += one.cache_write_5m_usd
+            write_1h_usd += one.cache_write_1h_usd
+            if one.cost_usd is not None:
+                cost_sum += one.cost_usd
 
         web_search = _ZERO
         if usage.web_search_requests:
             web_search = usage.web_search_requests * self._web_search_per_1k(usage, day, when).scaleb(-3)
 
-        input_usd = sum((p.input_usd for p in priced), _ZERO)
-        output_usd = sum((p.output_usd for p in priced), _ZERO)
-        cache_read_usd = sum((p.cache_read_usd for p in priced), _ZERO)
-        write_5m_usd = sum((p.cache_write_5m_usd for p in priced), _ZERO)
-        write_1h_usd = sum((p.cache_write_1h_usd for p in priced), _ZERO)
         all_priced = not unpriced_models
-        cost = (
-            sum((p.cost_usd for p in priced if p.cost_usd is not None), _ZERO) + web_search
-            if all_priced
-            else None
-        )
+        cost = cost_sum + web_search if all_priced else None
         return PricedCall(
             cost_usd=cost,
             iterations=tuple(priced),
@@ -335,7 +346,7 @@ class Pricer:
             cache_write_1h_usd=write_1h_usd,
             priced=all_priced,
             pricing_version=self._version(used_overrides),
-            unpriced_models=tuple(sorted(unpriced_models)),
+            unpriced_models=tuple(sorted(unpriced_models)) if unpriced_models else (),
         )
 
     def _web_search_per_1k(self, usage: CallUsage, day: date, when: datetime) -> Decimal:
@@ -345,8 +356,18 @@ class Pricer:
         return card.rates.web_search_per_1k if isinstance(card, _Card) else WEB_SEARCH_PER_1K
 
     def _version(self, used_overrides: bool) -> str:
-        version = f"genai-prices=={self.genai_prices_version}"
         snapshot = self._snapshot
+        made_for, versions = self._versions
+        if made_for is not snapshot:
+            versions = {}
+            self._versions = (snapshot, versions)
+        version = versions.get(used_overrides)
+        if version is None:
+            version = versions[used_overrides] = self._make_version(snapshot, used_overrides)
+        return version
+
+    def _make_version(self, snapshot: data_snapshot.DataSnapshot | None, used_overrides: bool) -> str:
+        version = f"genai-prices=={self.genai_prices_version}"
         if snapshot is not None and snapshot.from_auto_update:
             version += f"+data:{snapshot.timestamp:%Y%m%dT%H%M%S}"
         if used_overrides and self.overrides is not None:
