@@ -58,12 +58,17 @@ def _is_mapping(obj: object) -> bool:
 
 def field_of(obj: object, name: str) -> Any:
     """`obj[name]` for a mapping, `obj.name` for a model, else None. Never raises."""
-    if type(obj) is dict:  # decoded JSON and request bodies: no look-up of the type, no try
-        return obj.get(name)
+    kind = type(obj)
+    if kind is dict:  # decoded JSON and request bodies: no look-up of the type, no try
+        return obj.get(name)  # type: ignore[attr-defined]
     if obj is None:
         return None
+    # `_is_mapping`, inlined for a type already seen: this runs for every field of every SDK model read.
+    known = _MAPPING_TYPES.get(kind)
     try:
-        if _is_mapping(obj):
+        if known is None:
+            known = _is_mapping(obj)
+        if known:
             return obj.get(name)  # type: ignore[attr-defined]
         return getattr(obj, name, None)
     except Exception:
