@@ -4,6 +4,8 @@ Three clients against the loopback simulator, non-streaming and streaming, each 
 wall time, and the CPU time of the calling thread (`time.thread_time`), which is what instrumentation
 takes from the caller's own path (compactobs prices and emits spans on its recording thread):
   plain       SDK tracing off, no compactobs
+  middleware  a middleware that only calls the next handler: what the SDK's middleware hook itself costs,
+              which any middleware-based instrumentation pays before doing anything
   sdk-trace   the SDK's own OpenTelemetry spans on (BatchSpanProcessor, spans dropped by the exporter)
   compactobs  compactobs' middleware, spans and metrics, exported to its SQL store on a background thread
               (with --no-store: no SQL store, its spans dropped by the exporter as the SDK's are)
@@ -84,6 +86,16 @@ class DropExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
+class PassThrough(anthropic.Middleware):
+    """Does nothing but hand the request on."""
+
+    def handle(self, request: Any, call_next: Any) -> Any:
+        return call_next(request)
+
+
+CONFIGURATIONS = ("plain", "middleware", "sdk-trace", "compactobs")
+
+
 def serve(replies: int, connection: Connection) -> None:
     """The child process: a simulator with `replies` copies of BODY queued, until told to stop."""
     with Simulator() as sim:
@@ -123,7 +135,7 @@ def main() -> None:
     per_round = max(1, options.calls // options.rounds)
 
     warmup = 50
-    replies = 2 * len(("plain", "sdk-trace", "compactobs")) * (warmup + per_round * options.rounds)
+    replies = 2 * len(CONFIGURATIONS) * (warmup + per_round * options.rounds)
     parent_end, child_end = multiprocessing.Pipe()
     spawn = multiprocessing.get_context("spawn")
     server = spawn.Process(target=serve, args=(replies, child_end), daemon=True)
@@ -143,6 +155,9 @@ def main() -> None:
         )
         clients: dict[str, Callable[[], anthropic.Anthropic]] = {
             "plain": lambda: anthropic.Anthropic(base_url=base_url, api_key="k", open_telemetry=False),
+            "middleware": lambda: anthropic.Anthropic(
+                base_url=base_url, api_key="k", open_telemetry=False, middleware=[PassThrough()]
+            ),
             "sdk-trace": lambda: anthropic.Anthropic(
                 base_url=base_url,
                 api_key="k",
@@ -152,9 +167,11 @@ def main() -> None:
                 base_url=base_url, api_key="k", open_telemetry=False, middleware=[compactobs.Middleware()]
             ),
         }
+        assert tuple(clients) == CONFIGURATIONS
         built = {name: make() for name, make in clients.items()}
         drains: dict[str, Callable[[], object]] = {
             "plain": lambda: None,
+            "middleware": lambda: None,
             "sdk-trace": sdk_provider.force_flush,
             "compactobs": compactobs.flush,
         }
