@@ -398,44 +398,30 @@ class Telemetry:
             PROVIDER_NAME: "anthropic",
             OPERATION_NAME: "chat",
         }
-        if request.model is not None:
-            attributes[REQUEST_MODEL] = request.model
-        attributes[REQUEST_STREAM] = request.stream
-        if request.max_tokens is not None:
-            attributes[REQUEST_MAX_TOKENS] = request.max_tokens
-        if response_model is not None:
-            attributes[RESPONSE_MODEL] = response_model
-        if obs.response_id is not None:
-            attributes[RESPONSE_ID] = obs.response_id
-        stop_reason = obs.stop_reason
-        if stop_reason is not None:
-            attributes[STOP_REASON] = stop_reason
-        if obs.conversation_id is not None:
-            attributes[CONVERSATION_ID] = obs.conversation_id
-        if obs.request_id is not None:
-            attributes[ANTHROPIC_REQUEST_ID] = obs.request_id
-        attributes[HTTP_RESEND_COUNT] = obs.attempts - 1
-        if obs.status_code is not None:
-            attributes[HTTP_STATUS_CODE] = obs.status_code
-        error_type = obs.error_type
-        if error_type is not None:
-            attributes[ERROR_TYPE] = error_type
-        if obs.server_address is not None:
-            attributes[SERVER_ADDRESS] = obs.server_address
-        if request.compaction_trigger is not None:
-            attributes[COMPACTION_TRIGGER] = request.compaction_trigger
-        if request.pause_after_compaction is not None:
-            attributes[COMPACTION_PAUSE_AFTER] = request.pause_after_compaction
-        if request.on_demand_compaction:
-            attributes[COMPACTION_ON_DEMAND] = request.on_demand_compaction
-        if obs.time_to_first_chunk_s is not None:
-            attributes[RESPONSE_TIME_TO_FIRST_CHUNK] = obs.time_to_first_chunk_s
-        if obs.stream_end is not None:
-            attributes[STREAM_END] = obs.stream_end
-        if obs.budget_usd is not None:
-            attributes[BUDGET_USD] = obs.budget_usd
-        if obs.budget_tokens is not None:
-            attributes[BUDGET_TOKENS] = obs.budget_tokens
+        stop_reason, error_type = obs.stop_reason, obs.error_type
+        for key, value in (
+            (REQUEST_MODEL, request.model),
+            (REQUEST_STREAM, request.stream),
+            (REQUEST_MAX_TOKENS, request.max_tokens),
+            (RESPONSE_MODEL, response_model),
+            (RESPONSE_ID, obs.response_id),
+            (STOP_REASON, stop_reason),
+            (CONVERSATION_ID, obs.conversation_id),
+            (ANTHROPIC_REQUEST_ID, obs.request_id),
+            (HTTP_RESEND_COUNT, obs.attempts - 1),
+            (HTTP_STATUS_CODE, obs.status_code),
+            (ERROR_TYPE, error_type),
+            (SERVER_ADDRESS, obs.server_address),
+            (COMPACTION_TRIGGER, request.compaction_trigger),
+            (COMPACTION_PAUSE_AFTER, request.pause_after_compaction),
+            (COMPACTION_ON_DEMAND, request.on_demand_compaction or None),
+            (RESPONSE_TIME_TO_FIRST_CHUNK, obs.time_to_first_chunk_s),
+            (STREAM_END, obs.stream_end),
+            (BUDGET_USD, obs.budget_usd),
+            (BUDGET_TOKENS, obs.budget_tokens),
+        ):
+            if value is not None:
+                attributes[key] = value
         if request.betas:
             attributes[ANTHROPIC_BETA] = list(request.betas)
         if stop_reason:
