@@ -665,3 +665,42 @@ def test_cli_help_says_the_exit_code() -> None:
     code, out, _ = run("report", "anomalies", "--help")
     assert code == 0
     assert "exits 3" in out and "--fail-on" in out
+
+
+# --- long conversations ----------------------------------------------------------------------------------
+
+
+def test_compaction_rules_do_work_linear_in_a_long_conversation(tmp_path: Path) -> None:
+    """An agent's conversation compacts for thousands of turns: the neighbour lookups must seek, not scan.
+    Counted in SQLite VM instructions (deterministic, unlike time) over a report window, which is what
+    once made SQLite scan the conversation's whole window for every lookup: 10 times the calls must cost
+    about 10 times the work, not 100."""
+    from sqlalchemy import event
+
+    def work(turns: int) -> int:
+        url = f"sqlite:///{tmp_path / f'agent-{turns}.db'}"
+        # Every turn compacts and leaves 95,000 of a 100,000 trigger: one long compaction loop.
+        store_rows(url, [compacting(f"t{i:05d}", i, "agent", 95_000) for i in range(turns)])
+        engine = store.open_database(url)
+        ticks = 0
+
+        def tick() -> int:
+            nonlocal ticks
+            ticks += 1
+            return 0
+
+        # On every checkout: the engine may already hold a connection from checking the schema.
+        event.listen(engine, "checkout", lambda connection, *_: connection.set_progress_handler(tick, 100))
+        try:
+            window = build_filters(
+                "2025-12-01", "2026-02-01", "UTC", now=datetime(2026, 3, 1, tzinfo=timezone.utc)
+            )
+            findings = find_anomalies(engine, window)
+        finally:
+            engine.dispose()
+        assert [f.kind for f in findings if f.kind == "compaction_loop"] == ["compaction_loop"]
+        return ticks
+
+    short, long = work(60), work(600)
+    assert short > 0
+    assert long < 20 * short, (short, long)

@@ -465,15 +465,18 @@ def _compaction_rows(engine: Engine, conditions: Sequence[ColumnElement[bool]]) 
         x.c.start_ms >= func.coalesce(k.last_ms, -1),
         or_(k.last_ms.is_(None), x.c.start_ms > k.last_ms, x.c.call_id > k.last_id),
     )
-    gap = select(func.count()).select_from(x).where(*turn, before, since_last).scalar_subquery() + 1
+    # The bounds set by k come first: SQLite takes the first range terms it meets on start_ms for the index
+    # search, and with the report window's terms first it scanned the conversation's whole window for each
+    # lookup (quadratic in a long conversation: 38 s instead of 0.5 s for 10,000 calls in one).
+    gap = select(func.count()).select_from(x).where(before, since_last, *turn).scalar_subquery() + 1
 
     def previous(column: Any) -> Any:
-        ordered = select(column).where(*turn, before).order_by(x.c.start_ms.desc(), x.c.call_id.desc())
+        ordered = select(column).where(before, *turn).order_by(x.c.start_ms.desc(), x.c.call_id.desc())
         return ordered.limit(1).scalar_subquery()
 
     def following(column: Any) -> Any:
         return (
-            select(column).where(*turn, after).order_by(x.c.start_ms, x.c.call_id).limit(1).scalar_subquery()
+            select(column).where(after, *turn).order_by(x.c.start_ms, x.c.call_id).limit(1).scalar_subquery()
         )
 
     reads = func.coalesce(x.c.cache_read_tokens, 0)
