@@ -222,18 +222,6 @@ class Middleware(anthropic.Middleware):
                 self._client_ref = weakref.ref(client)
             observation = call.observation
             observation.status_code = http.status_code
-            if not http.is_success:
-                observation.request_id = http.headers.get("request-id") or observation.request_id
-                if observation.server_address is None:
-                    observation.server_address = http.request.url.host
-                if self._remaining_retries(request) > 0 and _sdk_would_retry(http):
-                    _retrying.set(call)
-                    return
-                _retrying.set(None)
-                observation.error_type = str(http.status_code)
-                self._finish(call)
-                return
-            _retrying.set(None)
             # Read here, not on the recording thread: a header and the host cost about a microsecond, while
             # keeping the httpx response for the recorder kept some 75 container objects per call alive
             # through the batching window, which set off a garbage collection every few calls.
@@ -243,6 +231,15 @@ class Middleware(anthropic.Middleware):
                     observation.server_address = http.request.url.host
             except Exception:  # an odd response object: the call is recorded without them
                 pass
+            if not http.is_success:
+                if self._remaining_retries(request) > 0 and _sdk_would_retry(http):
+                    _retrying.set(call)
+                    return
+                _retrying.set(None)
+                observation.error_type = str(http.status_code)
+                self._finish(call)
+                return
+            _retrying.set(None)
             if request.stream:
                 observe_body(
                     http,
