@@ -149,6 +149,25 @@ def _usd(value: Decimal | None) -> float | None:
     return None if value is None else float(value)
 
 
+def _add_token_attributes(attributes: dict[str, Any], tokens: TokenCounts) -> None:
+    attributes[TOKENS_INPUT] = tokens.input
+    attributes[TOKENS_OUTPUT] = tokens.output
+    attributes[TOKENS_CACHE_READ] = tokens.cache_read
+    attributes[TOKENS_CACHE_WRITE_5M] = tokens.cache_write_5m
+    attributes[TOKENS_CACHE_WRITE_1H] = tokens.cache_write_1h
+
+
+def _add_cost_attributes(attributes: dict[str, Any], priced: PricedCall | PricedIteration) -> None:
+    attributes[COST_PRICED] = priced.priced
+    attributes[COST_INPUT] = float(priced.input_usd)
+    attributes[COST_OUTPUT] = float(priced.output_usd)
+    attributes[COST_CACHE_READ] = float(priced.cache_read_usd)
+    attributes[COST_CACHE_WRITE_5M] = float(priced.cache_write_5m_usd)
+    attributes[COST_CACHE_WRITE_1H] = float(priced.cache_write_1h_usd)
+    if priced.cost_usd is not None:
+        attributes[COST_USD] = float(priced.cost_usd)
+
+
 _METRIC_ATTRIBUTE_SETS_LIMIT: Final = 1024
 """Histogram attribute sets kept for reuse; the working set is (models) x (error types), so small."""
 
@@ -429,25 +448,14 @@ class Telemetry:
         totals = None
         if usage is not None and priced is not None:
             totals = usage.totals
-            attributes[TOKENS_INPUT] = totals.input
-            attributes[TOKENS_OUTPUT] = totals.output
-            attributes[TOKENS_CACHE_READ] = totals.cache_read
-            attributes[TOKENS_CACHE_WRITE_5M] = totals.cache_write_5m
-            attributes[TOKENS_CACHE_WRITE_1H] = totals.cache_write_1h
+            _add_token_attributes(attributes, totals)
             if not under_sdk_span:
                 # One token-carrying span per call: under the SDK's span, billed totals stay in compactobs.*.
                 attributes[USAGE_INPUT_TOKENS] = totals.total_input
                 attributes[USAGE_OUTPUT_TOKENS] = totals.output
                 attributes[USAGE_CACHE_READ] = totals.cache_read
                 attributes[USAGE_CACHE_WRITE] = totals.cache_write
-            attributes[COST_PRICED] = priced.priced
-            attributes[COST_INPUT] = float(priced.input_usd)
-            attributes[COST_OUTPUT] = float(priced.output_usd)
-            attributes[COST_CACHE_READ] = float(priced.cache_read_usd)
-            attributes[COST_CACHE_WRITE_5M] = float(priced.cache_write_5m_usd)
-            attributes[COST_CACHE_WRITE_1H] = float(priced.cache_write_1h_usd)
-            if priced.cost_usd is not None:
-                attributes[COST_USD] = float(priced.cost_usd)
+            _add_cost_attributes(attributes, priced)
             attributes[COST_SERVER_TOOLS] = float(priced.server_tools_usd)
             if priced.pricing_version is not None:
                 attributes[PRICING_VERSION] = priced.pricing_version
@@ -503,7 +511,6 @@ class Telemetry:
         call_context: otel_context.Context,
         end_ns: int,
     ) -> None:
-        tokens = iteration.tokens
         model = iteration.model
         attributes: dict[str, Any] = {
             SPAN_KIND: SPAN_KIND_ITERATION,
@@ -513,23 +520,11 @@ class Telemetry:
             ITERATION_KNOWN_TYPE: iteration.known_type,
             ITERATION_DECLINED: iteration.declined,
             ITERATION_TIMING: ITERATION_TIMING_VALUE,
-            RESPONSE_MODEL: model,
-            TOKENS_INPUT: tokens.input,
-            TOKENS_OUTPUT: tokens.output,
-            TOKENS_CACHE_READ: tokens.cache_read,
-            TOKENS_CACHE_WRITE_5M: tokens.cache_write_5m,
-            TOKENS_CACHE_WRITE_1H: tokens.cache_write_1h,
-            COST_PRICED: priced.priced,
-            COST_INPUT: float(priced.input_usd),
-            COST_OUTPUT: float(priced.output_usd),
-            COST_CACHE_READ: float(priced.cache_read_usd),
-            COST_CACHE_WRITE_5M: float(priced.cache_write_5m_usd),
-            COST_CACHE_WRITE_1H: float(priced.cache_write_1h_usd),
         }
-        if model is None:
-            del attributes[RESPONSE_MODEL]
-        if priced.cost_usd is not None:
-            attributes[COST_USD] = float(priced.cost_usd)
+        if model is not None:
+            attributes[RESPONSE_MODEL] = model
+        _add_token_attributes(attributes, iteration.tokens)
+        _add_cost_attributes(attributes, priced)
         span = self.tracer.start_span(
             f"{iteration.type} {model or 'unknown'}",
             context=call_context,
