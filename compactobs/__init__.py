@@ -12,6 +12,7 @@ client = anthropic.Anthropic(middleware=[compactobs.Middleware()])   # or explic
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import logging
 import os
@@ -229,8 +230,18 @@ def _install_exit_hooks() -> None:
         return  # the application handles SIGTERM (and, we trust, exits through atexit)
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        shutdown()
+        # The handler interrupts the main thread wherever it is, perhaps holding a lock the flush needs (the
+        # recorder's wake-up Event, mid hand-over): flushing here could wait on itself forever. So the flush
+        # runs on a thread of its own, started with `_thread` because `threading` takes a module lock the
+        # interrupted thread may hold too, and SIGTERM's default action follows it. A second SIGTERM kills.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+        _thread.start_new_thread(_shutdown_then_terminate, ())
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _shutdown_then_terminate() -> None:
+    try:
+        shutdown()
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -1,4 +1,5 @@
-"""The store across processes: concurrent writers on one SQLite file, and what a hard kill (SIGKILL) loses.
+"""The store across processes: concurrent writers on one SQLite file, what a hard kill (SIGKILL) loses, and
+what SIGTERM keeps.
 
 Children are real interpreters running compactobs' store behind the real BatchSpanProcessor.
 """
@@ -86,6 +87,31 @@ print(processor.exporter.stats.spooled, flush=True)
 time.sleep(600)
 """
 
+SIGTERM_INSIDE_A_HAND_OVER = """
+import os, signal, sys, time
+import anthropic, compactobs
+from compactobs.instrument import state
+from compactobs.testing import Reply, Simulator, message
+
+url, calls = sys.argv[1], int(sys.argv[2])
+compactobs.configure(url)
+with Simulator() as sim:
+    sim.enqueue(*[Reply(message(usage={"input_tokens": 10, "output_tokens": 2}))] * calls)
+    client = anthropic.Anthropic(base_url=sim.base_url, api_key="k", middleware=[compactobs.Middleware()])
+    for _ in range(calls):
+        client.messages.create(
+            model="claude-opus-4-8", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+        )
+    # SIGTERM lands while this thread holds the lock a call's hand-over to the recorder takes (Event.set
+    # holds it), as it can at any moment in a busy application; the flush needs that lock too.
+    with state.get_telemetry_if_set()._wake._cond:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+    print("handler returned", flush=True)
+    time.sleep(60)  # SIGTERM's default action, after the flush, ends the process long before this does
+print("not terminated", flush=True)
+"""
+
 
 def python(script: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
@@ -159,3 +185,19 @@ def test_rows_spooled_by_a_killed_process_are_written_by_the_next(postgres_url: 
     assert count(postgres_url) == (100, 200)
     assert exporter.spool.segments() == []
     exporter.shutdown()
+
+
+def test_sigterm_flushes_every_call_then_terminates_even_when_it_lands_inside_a_lock(sqlite_url: str) -> None:
+    """Before, the handler flushed on the interrupted thread and waited forever on a lock that thread held."""
+    store.upgrade_database(sqlite_url)
+    child = python(SIGTERM_INSIDE_A_HAND_OVER, sqlite_url, "25")
+    try:
+        out, err = child.communicate(timeout=50)
+    finally:
+        if child.poll() is None:  # hung: the deadlock this test is about
+            child.kill()
+            child.communicate()
+    assert child.returncode == -signal.SIGTERM, (child.returncode, out, err)
+    assert out.splitlines() == ["handler returned"], err  # the application went on until the flush ended
+    assert "Traceback" not in err, err
+    assert count(sqlite_url) == (25, 25)  # every call, each one message iteration (no iterations array)
