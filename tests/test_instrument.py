@@ -528,3 +528,25 @@ def test_a_forked_child_does_not_record_its_parents_waiting_calls(sim: Simulator
     finally:
         held.release.set()
         compactobs.shutdown()
+
+
+def test_the_package_and_its_cli_import_the_sdk_only_with_the_middleware() -> None:
+    """`import anthropic` takes over a second; the CLI's reports never touch a client."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, compactobs, compactobs.cli\n"
+        "print('anthropic' in sys.modules)\n"
+        "import anthropic\n"
+        "print(issubclass(compactobs.Middleware, anthropic.Middleware))\n"
+        "from compactobs import Middleware\n"
+        "from compactobs.instrument import Middleware as Same\n"
+        "print(Middleware is Same is compactobs.Middleware)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["False", "True", "True"], out.stderr
+    with pytest.raises(AttributeError, match="no attribute 'Middlewar'"):
+        compactobs.Middlewar  # noqa: B018

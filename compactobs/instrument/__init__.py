@@ -3,7 +3,20 @@
 Nothing in this package touches a database: it hands observations to `compactobs.telemetry`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from compactobs.instrument.conversation import conversation
-from compactobs.instrument.middleware import Middleware
+
+if TYPE_CHECKING:
+    from compactobs.instrument.middleware import Middleware
 
 __all__ = ["Middleware", "conversation"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, with the SDK (see compactobs.__getattr__).
+    if name == "Middleware":
+        from compactobs.instrument.middleware import Middleware
+
+        return Middleware
+    raise AttributeError(f"module 'compactobs.instrument' has no attribute {name!r}")
