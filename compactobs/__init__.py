@@ -252,7 +252,10 @@ def _install_exit_hooks() -> None:
         # runs on a thread of its own, started with `_thread` because `threading` takes a module lock the
         # interrupted thread may hold too, and SIGTERM's default action follows it. A second SIGTERM kills.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _thread.start_new_thread(_shutdown_then_terminate, ())
+        try:
+            _thread.start_new_thread(_shutdown_then_terminate, ())
+        except RuntimeError:  # no new thread (the interpreter is finalizing): terminate as by default
+            os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
