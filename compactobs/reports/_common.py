@@ -830,7 +830,7 @@ def _render_table(report: Report, console_width: int | None, color: bool) -> str
         if section.rows:
             tables.append(_table_lines(section, color, titled=True))
     # Never truncate a digit: the console is as wide as the widest table needs, at least.
-    needed = max([len(line) for lines in tables for line in lines] + [console_width or 80])
+    needed = max([line.cell_len for lines in tables for line in lines] + [console_width or 80])
     out = io.StringIO()
     console = Console(
         file=out,
