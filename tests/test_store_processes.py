@@ -106,8 +106,10 @@ with Simulator() as sim:
     # holds it), as it can at any moment in a busy application; the flush needs that lock too.
     with state.get_telemetry_if_set()._wake._cond:
         os.kill(os.getpid(), signal.SIGTERM)
+        while signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:  # until the handler has run
+            time.sleep(0.001)
+        print("handler returned", flush=True)  # still holding the lock: the flush waits for it
         time.sleep(0.2)
-    print("handler returned", flush=True)
     time.sleep(60)  # SIGTERM's default action, after the flush, ends the process long before this does
 print("not terminated", flush=True)
 """
