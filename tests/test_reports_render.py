@@ -151,6 +151,19 @@ CASES = {
         title="Anomalies",
     ),
     "only sections": Report(name="ops", columns=["a"], rows=[], sections=[cost_like(2)]),
+    "a section title longer than its table": Report(
+        name="ops",
+        columns=["a"],
+        rows=[{"a": 1}],
+        sections=[
+            Report(
+                name="s",
+                columns=["n"],
+                rows=[{"n": 7}],
+                title="A section title far longer than its one narrow column, wrapped within it",
+            )
+        ],
+    ),
 }
 
 
