@@ -123,26 +123,11 @@ def _token_counts(entry: object) -> TokenCounts:
     Cache writes split by `cache_creation` when it is there; without the breakdown every write is 5-minute
     (the API's default TTL). A breakdown that adds up to less than the total puts the rest in 5-minute.
     """
-    if type(entry) is dict:
-        # Decoded JSON, the common case: the same reads as `_count`, without a call per field.
-        get = entry.get
-        uncached, output, cache_read, written = (
-            get("input_tokens"),
-            get("output_tokens"),
-            get("cache_read_input_tokens"),
-            get("cache_creation_input_tokens"),
-        )
-        uncached = uncached if type(uncached) is int and uncached >= 0 else 0
-        output = output if type(output) is int and output >= 0 else 0
-        cache_read = cache_read if type(cache_read) is int and cache_read >= 0 else 0
-        written = written if type(written) is int and written >= 0 else 0
-        breakdown = get("cache_creation")
-    else:
-        uncached = _count(entry, "input_tokens")
-        output = _count(entry, "output_tokens")
-        cache_read = _count(entry, "cache_read_input_tokens")
-        written = _count(entry, "cache_creation_input_tokens")
-        breakdown = field_of(entry, "cache_creation")
+    uncached = _count(entry, "input_tokens")
+    output = _count(entry, "output_tokens")
+    cache_read = _count(entry, "cache_read_input_tokens")
+    written = _count(entry, "cache_creation_input_tokens")
+    breakdown = field_of(entry, "cache_creation")
     one_hour = _count(breakdown, "ephemeral_1h_input_tokens") if breakdown is not None else 0
     five_min = _count(breakdown, "ephemeral_5m_input_tokens") if breakdown is not None else 0
     if breakdown is None or five_min + one_hour == 0:
