@@ -1,6 +1,6 @@
 """What compactobs adds to a call's wall time, as ratios to a plain client measured in the same run.
 
-Three clients against the loopback simulator, non-streaming and streaming, each call timed twice: its
+Four clients against the loopback simulator, non-streaming and streaming, each call timed twice: its
 wall time, and the CPU time of the calling thread (`time.thread_time`), which is what instrumentation
 takes from the caller's own path (compactobs prices and emits spans on its recording thread):
   plain       SDK tracing off, no compactobs

@@ -145,10 +145,6 @@ _ZERO: Final = Decimal(0)
 _INPUT, _OUTPUT, _CACHE_READ, _CACHE_WRITE_5M, _CACHE_WRITE_1H = TOKEN_CLASSES
 
 
-def _usd(value: Decimal | None) -> float | None:
-    return None if value is None else float(value)
-
-
 def _add_token_attributes(attributes: dict[str, Any], tokens: TokenCounts) -> None:
     attributes[TOKENS_INPUT] = tokens.input
     attributes[TOKENS_OUTPUT] = tokens.output

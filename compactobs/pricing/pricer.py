@@ -346,7 +346,7 @@ class Pricer:
             cache_write_1h_usd=write_1h_usd,
             priced=all_priced,
             pricing_version=self._version(used_overrides),
-            unpriced_models=tuple(sorted(unpriced_models)) if unpriced_models else (),
+            unpriced_models=tuple(sorted(unpriced_models)),
         )
 
     def _web_search_per_1k(self, usage: CallUsage, day: date, when: datetime) -> Decimal:
