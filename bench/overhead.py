@@ -2,7 +2,9 @@
 
 Four clients against the loopback simulator, non-streaming and streaming, each call timed twice: its
 wall time, and the CPU time of the calling thread (`time.thread_time`), which is what instrumentation
-takes from the caller's own path (compactobs prices and emits spans on its recording thread):
+takes from the caller's own path (compactobs prices and emits spans on its recording thread); and per
+configuration, the CPU time of the whole process (every thread, drains included) per call, which is all
+the work instrumentation adds wherever it runs:
   plain       SDK tracing off, no compactobs
   middleware  a middleware that only calls the next handler: what the SDK's middleware hook itself costs,
               which any middleware-based instrumentation pays before doing anything
@@ -10,18 +12,25 @@ takes from the caller's own path (compactobs prices and emits spans on its recor
   compactobs  compactobs' middleware, spans and metrics, exported to its SQL store on a background thread
               (with --no-store: no SQL store, its spans dropped by the exporter as the SDK's are)
 
-Configurations run interleaved in rounds so drift on a shared machine hits all of them alike; the
-figure is the median per-call wall time. Work left on background threads at the end of a round (compactobs'
-recording and export, the SDK's span export) is drained before the next configuration's round, so it never
-lands in another configuration's calls, and the mean figure counts it: (all calls' wall time + those
-drains) / calls, the all-in cost per call, which the median does not show when work is batched. Rounds
-are 500 calls by default, long beside the recording thread's 100 ms runs, so that most of its work lands
-among the timed calls as it would in a steady workload, not in the drain (the store's export, every
-second, still falls partly in drains: the mean has it). The
-simulator runs in a child process, as the real API runs on
-another machine: in the same process its threads would compete with the caller for the GIL, and the
-benchmark would measure the server as much as the client.
-Run: `python bench/overhead.py [--calls 3000] [--rounds 6] [--no-store]`.
+Configurations run interleaved in rounds so drift on a shared machine hits all of them alike, each round
+in an order rotated by one (no configuration always runs first, or always after another's drain). Work
+left on background threads at the end of a round (compactobs' recording and export, the SDK's span
+export) is drained before the next configuration's round, so it never lands in another configuration's
+calls, and the mean figure counts it: (all calls' wall time + those drains) / calls, the all-in cost per
+call, which the median does not show when work is batched. Rounds are 500 calls by default, long beside
+the recording thread's 100 ms runs, so that most of its work lands among the timed calls as it would in a
+steady workload, not in the drain (the store's export, every second, still falls partly in drains: the
+mean has it).
+
+The figures are the median per-call wall time over all rounds, and, as the measure of a run's noise, each
+configuration's ratio to the plain client round by round (its round's median over plain's in the same
+round): the median of those ratios and their range. On a shared host whose speed drifts from second to
+second, the per-round ratios are the fairer comparison, and their range says how far to trust a figure.
+
+The simulator runs in a child process, as the real API runs on another machine: in the same process its
+threads would compete with the caller for the GIL, and the benchmark would measure the server as much as
+the client.
+Run: `python bench/overhead.py [--calls 6000] [--rounds 12] [--no-store]`.
 """
 
 from __future__ import annotations
@@ -127,8 +136,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--calls", type=int, default=3000, help="calls per configuration and mode (>= 2000)")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--calls", type=int, default=6000, help="calls per configuration and mode (>= 2000)")
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument(
         "--no-store",
         action="store_true",
@@ -183,30 +192,45 @@ def main() -> None:
                 time_calls(client, warmup, stream)
                 drains[name]()
             samples: dict[str, list[tuple[float, float]]] = {name: [] for name in built}
+            round_medians: dict[str, list[float]] = {name: [] for name in built}
             drained: dict[str, float] = dict.fromkeys(built, 0.0)
-            for _ in range(options.rounds):
-                for name, client in built.items():
-                    samples[name].extend(time_calls(client, per_round, stream))
+            process_cpu: dict[str, float] = dict.fromkeys(built, 0.0)
+            for round_index in range(options.rounds):
+                shift = round_index % len(CONFIGURATIONS)
+                for name in CONFIGURATIONS[shift:] + CONFIGURATIONS[:shift]:
+                    start_cpu = time.process_time()
+                    timed = time_calls(built[name], per_round, stream)
+                    samples[name].extend(timed)
+                    round_medians[name].append(statistics.median(w for w, _ in timed))
                     start = time.perf_counter()
                     drains[name]()
                     drained[name] += time.perf_counter() - start
+                    process_cpu[name] += time.process_time() - start_cpu
             wall = {name: statistics.median(w for w, _ in values) for name, values in samples.items()}
             cpu = {name: statistics.median(c for _, c in values) for name, values in samples.items()}
             mean = {
                 name: (sum(w for w, _ in values) + drained[name]) / len(values)
                 for name, values in samples.items()
             }
+            all_cpu = {name: process_cpu[name] / len(values) for name, values in samples.items()}
             mode = "streaming" if stream else "non-streaming"
             print(
-                f"{mode}: {len(samples['plain'])} calls per configuration; median wall, mean wall incl."
-                " drains, median caller-thread CPU (us, and ratio to plain)"
+                f"{mode}: {len(samples['plain'])} calls per configuration in {options.rounds} rounds; median"
+                " wall, mean wall incl. drains, median caller-thread CPU, the process's CPU (all threads) per"
+                " call incl. drains (us, and ratio to plain); per-round ratio of median wall to plain's:"
+                " median [min-max]"
             )
             for name in built:
                 figures = (
                     f"{figure[name] * 1e6:7.1f} {figure[name] / figure['plain']:5.3f}x"
-                    for figure in (wall, mean, cpu)
+                    for figure in (wall, mean, cpu, all_cpu)
                 )
-                print(f"  {name:<11} " + "   ".join(figures))
+                ratios = [
+                    median / plain
+                    for median, plain in zip(round_medians[name], round_medians["plain"], strict=True)
+                ]
+                spread = f"{statistics.median(ratios):5.3f}x [{min(ratios):5.3f}-{max(ratios):5.3f}]"
+                print(f"  {name:<11} " + "   ".join(figures) + "   " + spread)
         compactobs.flush()
         compactobs.shutdown()
     parent_end.send("stop")
