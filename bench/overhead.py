@@ -30,7 +30,9 @@ second, the per-round ratios are the fairer comparison, and their range says how
 The simulator runs in a child process, as the real API runs on another machine: in the same process its
 threads would compete with the caller for the GIL, and the benchmark would measure the server as much as
 the client.
-Run: `python bench/overhead.py [--calls 6000] [--rounds 12] [--no-store]`.
+With `--server-latency-ms`, the simulator answers each call that much later, as the real API does (its
+calls take hundreds of milliseconds and more): background work then overlaps the caller's wait.
+Run: `python bench/overhead.py [--calls 6000] [--rounds 12] [--no-store] [--server-latency-ms 0]`.
 """
 
 from __future__ import annotations
@@ -108,10 +110,11 @@ class PassThrough(anthropic.Middleware):
 CONFIGURATIONS = ("plain", "middleware", "sdk-trace", "compactobs")
 
 
-def serve(replies: int, connection: Connection) -> None:
-    """The child process: a simulator with `replies` copies of BODY queued, until told to stop."""
+def serve(replies: int, connection: Connection, latency_s: float = 0.0) -> None:
+    """The child process: a simulator with `replies` copies of BODY queued, each answered `latency_s`
+    after its request arrives, until told to stop."""
     with Simulator() as sim:
-        reply = Reply(BODY)
+        reply = Reply(BODY, delay_s=latency_s)
         sim.enqueue(*([reply] * replies))
         connection.send(sim.base_url)
         connection.recv()
@@ -143,14 +146,24 @@ def main() -> None:
         action="store_true",
         help="compactobs without its SQL store, its spans to a dropping exporter like the SDK's tracing",
     )
+    parser.add_argument(
+        "--server-latency-ms",
+        type=float,
+        default=0.0,
+        help="the simulator waits this long before each answer, as the real API takes its time (default 0)",
+    )
     options = parser.parse_args()
+    if not 0 <= options.server_latency_ms < 60_000:
+        parser.error("--server-latency-ms takes milliseconds from 0 to 60000")
     per_round = max(1, options.calls // options.rounds)
 
     warmup = 50
     replies = 2 * len(CONFIGURATIONS) * (warmup + per_round * options.rounds)
     parent_end, child_end = multiprocessing.Pipe()
     spawn = multiprocessing.get_context("spawn")
-    server = spawn.Process(target=serve, args=(replies, child_end), daemon=True)
+    server = spawn.Process(
+        target=serve, args=(replies, child_end, options.server_latency_ms / 1000), daemon=True
+    )
     server.start()
     base_url = parent_end.recv()
     with tempfile.TemporaryDirectory() as tmp:

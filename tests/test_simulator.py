@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -254,6 +255,22 @@ def test_a_cut_stream_fails_in_the_sdk(sim: Simulator) -> None:
     sim.enqueue(Reply(COMPACTION_BODY, cut_after_events=0))  # a non-streaming body cut in half
     with pytest.raises(anthropic.APIConnectionError):
         client_for(sim).messages.create(model=MODEL, max_tokens=9, messages=[{"role": "user", "content": ""}])
+
+
+def test_a_delayed_reply_answers_no_sooner_than_its_delay(sim: Simulator) -> None:
+    # Only a lower bound, which a sleep guarantees: the reply waits at least delay_s on the server.
+    client = client_for(sim)
+    sim.enqueue(Reply(message(model=MODEL, id="msg_late"), delay_s=0.25))
+    sim.enqueue(Reply(message(model=MODEL, id="msg_late_stream"), delay_s=0.25))
+    start = time.monotonic()
+    result = client.messages.create(model=MODEL, max_tokens=9, messages=[{"role": "user", "content": "a"}])
+    assert result.id == "msg_late" and time.monotonic() - start >= 0.25
+    start = time.monotonic()
+    with client.messages.stream(model=MODEL, max_tokens=9, messages=[{"role": "user", "content": "b"}]) as s:
+        assert s.get_final_message().id == "msg_late_stream" and time.monotonic() - start >= 0.25
+    for bad in (-1, float("nan"), float("inf"), "1", True):
+        with pytest.raises(ValueError, match="delay_s must be a finite number of seconds >= 0"):
+            Reply(message(), delay_s=bad)  # type: ignore[arg-type]
 
 
 # -- simulated conversation mode ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ with Simulator() as sim:
     assert len(sim.requests) == 2                                     # RecordedRequest(path, headers, body)
 
     sim.enqueue(Reply(message(), cut_after_events=4))                 # a stream that breaks after 4 events
+    sim.enqueue(Reply(message(), delay_s=0.3))                        # answered 300 ms after it arrives
 
     # nothing queued: simulated conversations, derived from each request
     sim.scenario = ConversationScenario(summary_tokens=140_000)       # compaction that loops every turn

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -76,12 +77,20 @@ class Reply:
     (see `stream_events`). `cut_after_events=n` sends only the first `n` events and then drops the
     connection without ending the chunked body, as a network failure would; on a non-streaming request
     it sends the headers and half of the JSON body, then drops the connection. `headers` are added to the
-    response (a `request-id` is always sent).
+    response (a `request-id` is always sent). `delay_s` seconds pass before the first byte of the answer,
+    as the real API takes its time (the request is recorded on arrival; other connections are served
+    meanwhile).
     """
 
     body: Mapping[str, Any]
     cut_after_events: int | None = None
     headers: Mapping[str, str] | None = None
+    delay_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        delay = self.delay_s
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay < math.inf:
+            raise ValueError(f"Reply: delay_s must be a finite number of seconds >= 0, not {delay!r}")
 
 
 _ERROR_TYPES = {

@@ -6,6 +6,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -216,6 +217,8 @@ class Simulator:
             self._requests.append(RecordedRequest(handler.path, headers, body, handler.command))
             reply = self._choose(handler.command, route, parsed, headers)
         streaming = isinstance(reply, Reply) and route == _MESSAGES and body.get("stream") is True
+        if isinstance(reply, Reply) and reply.delay_s > 0:
+            time.sleep(reply.delay_s)  # outside the lock: only this connection waits
         try:
             if isinstance(reply, ErrorReply):
                 _write_json(
