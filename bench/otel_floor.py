@@ -113,7 +113,8 @@ def main() -> None:
         attributes = sum(len(span.attributes or {}) for span in spans)
         mode = "streaming" if stream else "non-streaming"
         print(
-            f"{mode}: {options.calls} plain calls and replays (median us per call, and share of plain wall)"
+            f"{mode}: {options.calls} plain calls and replays (us per call, the median of the plain calls and"
+            " the mean of the replays, and their share of the plain call's wall time)"
         )
         print(f"  plain call, wall                     {wall * 1e6:7.1f}")
         print(f"  plain call, caller-thread CPU        {caller_cpu * 1e6:7.1f}  {caller_cpu / wall:5.3f}")
