@@ -66,7 +66,10 @@ def floor_cpu(
     """CPU seconds per call the OpenTelemetry SDK takes to emit `spans` and `points` again, spans batched
     to a dropping exporter as an application's would be."""
     tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(BatchSpanProcessor(DropExporter(), max_queue_size=3 * calls))
+    # Room for every replayed span (a dropped span would cost less than an exported one), and never less
+    # than the processor's default export batch, which may not exceed its queue.
+    queue = max(len(spans) * calls, 512)
+    tracer_provider.add_span_processor(BatchSpanProcessor(DropExporter(), max_queue_size=queue))
     tracer = tracer_provider.get_tracer("floor")
     meter = MeterProvider([InMemoryMetricReader()]).get_meter("floor")
     histograms = {name: meter.create_histogram(name) for name, _, _ in points}
