@@ -153,6 +153,8 @@ def main() -> None:
         help="the simulator waits this long before each answer, as the real API takes its time (default 0)",
     )
     options = parser.parse_args()
+    if options.rounds < 1 or options.calls < options.rounds:
+        parser.error("--rounds takes a whole number from 1 to --calls")
     if not 0 <= options.server_latency_ms < 60_000:
         parser.error("--server-latency-ms takes milliseconds from 0 to 60000")
     per_round = max(1, options.calls // options.rounds)
