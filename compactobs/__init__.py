@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 
+from compactobs import otlp
 from compactobs._version import __version__
 from compactobs.instrument import state
 from compactobs.instrument.conversation import conversation
@@ -62,20 +63,13 @@ _flushables: list[Any] = []
 _exit_hooks_installed = False
 
 
-def _otlp_configured(signal_name: str) -> bool:
-    return bool(
-        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal_name}_ENDPOINT")
-    )
-
-
 def _resource(service_name: str | None) -> Any:
     from opentelemetry.sdk.resources import Resource
 
     return Resource.create({"service.name": service_name} if service_name else {})
 
 
-def _tracer_provider(given: Any, service_name: str | None) -> Any:
+def _tracer_provider(given: Any, service_name: str | None, export: bool = True) -> Any:
     """The application's TracerProvider when it has one, else one of compactobs' own (not made global,
     so other libraries' tracing is not switched on behind the application's back)."""
     from opentelemetry.sdk.trace import TracerProvider
@@ -87,15 +81,14 @@ def _tracer_provider(given: Any, service_name: str | None) -> Any:
     if isinstance(app, TracerProvider):
         return app
     provider = TracerProvider(resource=_resource(service_name))
-    if _otlp_configured("TRACES"):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    if export and otlp.export_requested("TRACES"):
+        # The exporter reads endpoint, headers, timeout and compression from the standard OTEL_* variables.
+        provider.add_span_processor(BatchSpanProcessor(otlp.span_exporter()))
     _own_providers.append(provider)
     return provider
 
 
-def _meter_provider(given: Any, service_name: str | None) -> Any:
+def _meter_provider(given: Any, service_name: str | None, export: bool = True) -> Any:
     from opentelemetry.sdk.metrics import MeterProvider
 
     if given is not None:
@@ -103,13 +96,13 @@ def _meter_provider(given: Any, service_name: str | None) -> Any:
     app = metrics.get_meter_provider()
     if isinstance(app, MeterProvider):
         return app
-    if not _otlp_configured("METRICS"):
+    if not (export and otlp.export_requested("METRICS")):
         return metrics.NoOpMeterProvider()
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
     provider = MeterProvider(
-        resource=_resource(service_name), metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())]
+        resource=_resource(service_name),
+        metric_readers=[PeriodicExportingMetricReader(otlp.metric_exporter())],
     )
     _own_providers.append(provider)
     return provider
@@ -121,13 +114,14 @@ def _setup(
     meter_provider: Any,
     service_name: str | None,
     store: bool,
+    export: bool = True,
 ) -> Telemetry:
     """Providers, the SQL store on the tracer provider, and the pricer. Raises on bad configuration."""
     from compactobs.pricing import default_pricer
 
     pricer = default_pricer()
-    tracer = _tracer_provider(tracer_provider, service_name)
-    meter = _meter_provider(meter_provider, service_name)
+    tracer = _tracer_provider(tracer_provider, service_name, export)
+    meter = _meter_provider(meter_provider, service_name, export)
     _flushables.extend(p for p in (tracer, meter) if hasattr(p, "force_flush"))
     if store:
         from compactobs.store import install
@@ -144,10 +138,18 @@ def _lazy_setup() -> Telemetry:
     try:
         return _setup(None, None, None, None, store=True)
     except Exception as err:
-        log.error("compactobs: %s; recording without the SQL store", err)
         from compactobs.pricing import Pricer
 
-        return Telemetry(_tracer_provider(None, None), _meter_provider(None, None), Pricer())
+        if isinstance(err, otlp.OtlpConfigError):
+            log.error("compactobs: %s; recording without OTLP export", err)
+            try:
+                return _setup(None, None, None, None, store=True, export=False)
+            except Exception as second:
+                err = second
+        log.error("compactobs: %s; recording without the SQL store", err)
+        return Telemetry(
+            _tracer_provider(None, None, export=False), _meter_provider(None, None, export=False), Pricer()
+        )
 
 
 state.set_factory(_lazy_setup)
@@ -185,7 +187,8 @@ def instrument(
     `database_url`: the SQL store (default `COMPACTOBS_DATABASE_URL`, else SQLite in the user data
     directory); `store=False` records to OpenTelemetry only. Spans go to the application's TracerProvider
     when it has one (or `tracer_provider`), else to compactobs' own, exported over OTLP when
-    `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Raises on bad configuration (a malformed pricing file, a bad
+    `OTEL_EXPORTER_OTLP_ENDPOINT` is set, by gRPC or HTTP as `OTEL_EXPORTER_OTLP_PROTOCOL` says (see
+    `compactobs.otlp`). Raises on bad configuration (a malformed pricing file, a bad
     database URL), once, here, never inside a call.
     """
     if state.get_telemetry_if_set() is None:

@@ -43,12 +43,17 @@ RESPONSE_ID: Final = "gen_ai.response.id"
 RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
 RESPONSE_TIME_TO_FIRST_CHUNK: Final = "gen_ai.response.time_to_first_chunk"
 CONVERSATION_ID: Final = "gen_ai.conversation.id"
+CONVERSATION_COMPACTED: Final = "gen_ai.conversation.compacted"
+"""True on a call that compacted its context (a compaction with a summary); never set to false."""
 USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
 USAGE_CACHE_READ: Final = "gen_ai.usage.cache_read.input_tokens"
 USAGE_CACHE_WRITE: Final = "gen_ai.usage.cache_write.input_tokens"
 USAGE_REASONING: Final = "gen_ai.usage.reasoning.output_tokens"
 TOKEN_TYPE: Final = "gen_ai.token.type"
+TOKEN_MODALITY: Final = "gen_ai.token.modality"
+TOKEN_MODALITY_UNKNOWN: Final = "unknown"
+"""Anthropic's usage is not broken down by modality: the conventions ask for `unknown` then."""
 
 # --- attributes (other conventions) ---
 ERROR_TYPE: Final = "error.type"
@@ -114,6 +119,36 @@ METRIC_TOKENS: Final = "compactobs.tokens"
 METRIC_COMPACTIONS: Final = "compactobs.compactions"
 # Metric dimension names.
 DIM_TOKEN_CLASS: Final = "compactobs.token.class"
+
+# The GenAI metrics' current names, emitted instead of gen_ai.client.token.usage and
+# gen_ai.client.operation.duration when OTEL_SEMCONV_STABILITY_OPT_IN lists gen_ai_latest_experimental
+# (OpenTelemetry's migration switch; semantic-conventions-genai docs/gen-ai/gen-ai-token-metrics.md and
+# non-normative/migration.md). The compactobs.* metrics are the same either way.
+SEMCONV_OPT_IN_ENV: Final = "OTEL_SEMCONV_STABILITY_OPT_IN"
+SEMCONV_GEN_AI_LATEST: Final = "gen_ai_latest_experimental"
+METRIC_INFERENCE_DURATION: Final = "gen_ai.client.inference.duration"
+METRIC_INFERENCE_INPUT_TOKENS: Final = "gen_ai.client.inference.usage.input_tokens"
+"""Counter: billed input tokens, cache included."""
+METRIC_INFERENCE_OUTPUT_TOKENS: Final = "gen_ai.client.inference.usage.output_tokens"
+METRIC_INFERENCE_CACHE_READ_TOKENS: Final = "gen_ai.client.inference.usage.cache_read.input_tokens"
+METRIC_INFERENCE_CACHE_WRITE_TOKENS: Final = "gen_ai.client.inference.usage.cache_write.input_tokens"
+METRIC_INFERENCE_REASONING_TOKENS: Final = "gen_ai.client.inference.usage.reasoning.output_tokens"
+METRIC_INFERENCE_OPERATION_INPUT_TOKENS: Final = "gen_ai.client.inference.operation.input_tokens"
+"""Histogram: billed input tokens per call."""
+METRIC_INFERENCE_OPERATION_OUTPUT_TOKENS: Final = "gen_ai.client.inference.operation.output_tokens"
+
+
+def latest_gen_ai_semconv() -> bool:
+    """Whether OTEL_SEMCONV_STABILITY_OPT_IN (a comma-separated list) opts in to the latest GenAI names."""
+    value = os.environ.get(SEMCONV_OPT_IN_ENV, "")
+    return SEMCONV_GEN_AI_LATEST in {part.strip() for part in value.split(",")}
+
+
+def compacted(compactions: int | None, failed_compactions: int | None) -> bool:
+    """Whether a call is known to have compacted its context: a compaction that left a summary. The one
+    rule for live spans and replayed ones."""
+    return (compactions or 0) > (failed_compactions or 0)
+
 
 TokenClass = Literal["input", "output", "cache_read", "cache_write_5m", "cache_write_1h"]
 TOKEN_CLASSES: Final[tuple[TokenClass, ...]] = (
@@ -183,6 +218,16 @@ FLUSH_EVERY: Final = 64
 """Calls recorded between two hand-overs of the summed counter increments to the SDK, at most."""
 
 _Item = tuple[CallObservation, "otel_context.Context | None", bool]
+_MetricAttributes = tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]
+
+_INFERENCE_COUNTERS: Final = (
+    (METRIC_INFERENCE_INPUT_TOKENS, "Billed input tokens, cache and compaction included"),
+    (METRIC_INFERENCE_OUTPUT_TOKENS, "Billed output tokens, compaction and reasoning included"),
+    (METRIC_INFERENCE_CACHE_READ_TOKENS, "Billed input tokens read from the prompt cache"),
+    (METRIC_INFERENCE_CACHE_WRITE_TOKENS, "Billed input tokens written to the prompt cache (5m and 1h)"),
+    (METRIC_INFERENCE_REASONING_TOKENS, "Thinking tokens, part of the output tokens"),
+)
+"""The latest conventions' usage counters, in `_Sums.inference` order."""
 
 
 class _Sums:
@@ -190,12 +235,15 @@ class _Sums:
     reach the SDK: one `add` per series instead of one per call, iteration and token class. Sums of counters
     are what a Sum aggregation keeps anyway; costs are summed as Decimal, exactly."""
 
-    __slots__ = ("compactions", "cost", "tokens")
+    __slots__ = ("compactions", "cost", "inference", "tokens")
 
     def __init__(self) -> None:
         self.tokens: dict[tuple[str, str, str], int] = {}
         self.cost: dict[tuple[str, str], Decimal] = {}
         self.compactions: dict[str, int] = {}
+        self.inference: dict[tuple[str, str | None], list[int]] = {}
+        """The latest conventions' usage counters per (model, response model), in `_INFERENCE_COUNTERS`
+        order (only with OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental)."""
 
 
 class Telemetry:
@@ -212,14 +260,33 @@ class Telemetry:
         self.pricer = pricer
         self.tracer = tracer_provider.get_tracer(INSTRUMENTATION_SCOPE, __version__)
         meter = meter_provider.get_meter(INSTRUMENTATION_SCOPE, __version__)
-        self._token_usage = meter.create_histogram(
-            METRIC_TOKEN_USAGE,
-            unit="{token}",
-            description="Billed tokens per call (all iterations, compaction included)",
-            explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
-        )
+        self.latest_semconv = latest_gen_ai_semconv()
+        if self.latest_semconv:
+            self._input_tokens = meter.create_histogram(
+                METRIC_INFERENCE_OPERATION_INPUT_TOKENS,
+                unit="{token}",
+                description="Billed input tokens per call, cache and compaction included",
+                explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
+            )
+            self._output_tokens = meter.create_histogram(
+                METRIC_INFERENCE_OPERATION_OUTPUT_TOKENS,
+                unit="{token}",
+                description="Billed output tokens per call, compaction included",
+                explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
+            )
+            self._inference_counters = tuple(
+                meter.create_counter(name, unit="{token}", description=description)
+                for name, description in _INFERENCE_COUNTERS
+            )
+        else:
+            self._token_usage = meter.create_histogram(
+                METRIC_TOKEN_USAGE,
+                unit="{token}",
+                description="Billed tokens per call (all iterations, compaction included)",
+                explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
+            )
         self._duration = meter.create_histogram(
-            METRIC_OPERATION_DURATION,
+            METRIC_INFERENCE_DURATION if self.latest_semconv else METRIC_OPERATION_DURATION,
             unit="s",
             description="Duration of a GenAI call, all retries and stream reading included",
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
@@ -232,9 +299,7 @@ class Telemetry:
             METRIC_COMPACTIONS, unit="{compaction}", description="Server-side compactions"
         )
         self._warned: set[str] = set()
-        self._metric_attribute_sets: dict[
-            tuple[str, str | None, str | None], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
-        ] = {}
+        self._metric_attribute_sets: dict[tuple[str, str | None, str | None], _MetricAttributes] = {}
         # Bounded, so a recorder that falls behind costs callers time (see `record`), never memory.
         self._backlog_limit = backlog_limit
         self._reset_backlog()
@@ -390,12 +455,18 @@ class Telemetry:
                 )
             for model, count in sums.compactions.items():
                 self._compactions.add(count, {PROVIDER_NAME: "anthropic", RESPONSE_MODEL: model})
+            for (model, response_model), counts in sums.inference.items():
+                usage_attributes = self._metric_attributes(model, response_model, None)[3]
+                for counter, count in zip(self._inference_counters, counts, strict=True):
+                    if count >= 0:  # -1: not known (reasoning tokens the usage did not report)
+                        counter.add(count, usage_attributes)
         except Exception:
             self.warn_once("metrics", "compactobs could not record metrics", exc_info=True)
         finally:
             sums.tokens.clear()
             sums.cost.clear()
             sums.compactions.clear()
+            sums.inference.clear()
 
     def _record(
         self,
@@ -445,6 +516,8 @@ class Telemetry:
             attributes[ANTHROPIC_BETA] = list(request.betas)
         if stop_reason:
             attributes[RESPONSE_FINISH_REASONS] = [stop_reason]
+        if usage is not None and compacted(usage.compactions, obs.failed_compactions):
+            attributes[CONVERSATION_COMPACTED] = True
         totals = None
         if usage is not None and priced is not None:
             totals = usage.totals
@@ -536,9 +609,13 @@ class Telemetry:
 
     def _metric_attributes(
         self, model: str, response_model: str | None, error_type: str | None
-    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        """The attribute sets of a call's histogram points, made once per (model, response model, error):
-        the SDK copies what it is given, so one dict serves every call of a series (and is never changed)."""
+    ) -> _MetricAttributes:
+        """The attribute sets of a call's GenAI metric points, made once per (model, response model, error):
+        the SDK copies what it is given, so one dict serves every call of a series (and is never changed).
+
+        (duration, input tokens, output tokens, usage counters): by default the token histogram's two sets
+        carry `gen_ai.token.type`; with the latest conventions the token histograms are two instruments
+        that take the duration's set, and the usage counters carry `gen_ai.token.modality` instead."""
         key = (model, response_model, error_type)
         cached = self._metric_attribute_sets.get(key)
         if cached is not None:
@@ -549,7 +626,16 @@ class Telemetry:
         duration_attributes = dict(base)
         if error_type is not None:
             duration_attributes[ERROR_TYPE] = error_type
-        cached = (duration_attributes, {**base, TOKEN_TYPE: "input"}, {**base, TOKEN_TYPE: "output"})
+        usage_attributes = {**base, TOKEN_MODALITY: TOKEN_MODALITY_UNKNOWN}
+        if self.latest_semconv:
+            cached = (duration_attributes, duration_attributes, duration_attributes, usage_attributes)
+        else:
+            cached = (
+                duration_attributes,
+                {**base, TOKEN_TYPE: "input"},
+                {**base, TOKEN_TYPE: "output"},
+                usage_attributes,
+            )
         if len(self._metric_attribute_sets) >= _METRIC_ATTRIBUTE_SETS_LIMIT:
             self._metric_attribute_sets.clear()
         self._metric_attribute_sets[key] = cached
@@ -565,15 +651,20 @@ class Telemetry:
         sums: _Sums,
     ) -> None:
         """Histograms now (each call is one observation); counter increments into `sums`."""
-        duration_attributes, input_attributes, output_attributes = self._metric_attributes(
+        duration_attributes, input_attributes, output_attributes, _ = self._metric_attributes(
             model, response_model, obs.error_type
         )
         self._duration.record(max(obs.end_ns - obs.start_ns, 0) / 1e9, duration_attributes)
         usage = obs.usage
+        known = usage is not None and priced is not None and totals is not None
+        if self.latest_semconv:
+            # The latest conventions count every call, a failed one as 0 tokens.
+            self._latest_token_metrics(obs, model, response_model, totals if known else None, sums)
         if usage is None or priced is None or totals is None:
             return
-        self._token_usage.record(totals.total_input, input_attributes)
-        self._token_usage.record(totals.output, output_attributes)
+        if not self.latest_semconv:
+            self._token_usage.record(totals.total_input, input_attributes)
+            self._token_usage.record(totals.output, output_attributes)
         tokens_sums, cost_sums = sums.tokens, sums.cost
         for iteration, priced_iteration in zip(usage.iterations, priced.iterations, strict=True):
             series = iteration.model or "unknown"
@@ -599,3 +690,30 @@ class Telemetry:
         if compactions:
             series = response_model or model
             sums.compactions[series] = sums.compactions.get(series, 0) + compactions
+
+    def _latest_token_metrics(
+        self,
+        obs: CallObservation,
+        model: str,
+        response_model: str | None,
+        totals: TokenCounts | None,
+        sums: _Sums,
+    ) -> None:
+        """The latest conventions' token histograms now, their usage counters into `sums`."""
+        histogram_attributes = self._metric_attributes(model, response_model, obs.error_type)[0]
+        total_input = totals.total_input if totals is not None else 0
+        output = totals.output if totals is not None else 0
+        self._input_tokens.record(total_input, histogram_attributes)
+        self._output_tokens.record(output, histogram_attributes)
+        key = (model, response_model)
+        counts = sums.inference.get(key)
+        if counts is None:
+            counts = sums.inference[key] = [0, 0, 0, 0, -1]
+        counts[0] += total_input
+        counts[1] += output
+        if totals is not None:
+            counts[2] += totals.cache_read
+            counts[3] += totals.cache_write
+            thinking = obs.usage.thinking_tokens if obs.usage is not None else None
+            if thinking is not None:
+                counts[4] = max(counts[4], 0) + thinking
