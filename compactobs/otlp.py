@@ -23,6 +23,7 @@ __all__ = [
     "PROTOCOLS",
     "OtlpConfigError",
     "Signal",
+    "configured_endpoint",
     "export_requested",
     "metric_exporter",
     "protocol",
@@ -61,13 +62,19 @@ def protocol(signal: Signal, given: str | None = None) -> str:
     return chosen
 
 
+def configured_endpoint(signal: Signal) -> str | None:
+    """The endpoint the standard variables name for `signal` (per-signal first), if any."""
+    return os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+
+
 def export_requested(signal: Signal) -> bool:
     """Whether the application asked for `signal` over OTLP (see the module's docstring)."""
     exporters = os.environ.get(f"OTEL_{signal}_EXPORTER")
     if exporters is not None and exporters.strip():
         return "otlp" in {name.strip() for name in exporters.split(",")}
-    endpoint = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
-    return bool(endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    return configured_endpoint(signal) is not None
 
 
 def _signal_endpoint(endpoint: str | None, chosen: str, signal: Signal) -> str | None:

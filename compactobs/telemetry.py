@@ -56,6 +56,7 @@ TOKEN_MODALITY_UNKNOWN: Final = "unknown"
 """Anthropic's usage is not broken down by modality: the conventions ask for `unknown` then."""
 
 # --- attributes (other conventions) ---
+RESOURCE_SERVICE_NAME: Final = "service.name"
 ERROR_TYPE: Final = "error.type"
 HTTP_RESEND_COUNT: Final = "http.request.resend_count"
 HTTP_STATUS_CODE: Final = "http.response.status_code"

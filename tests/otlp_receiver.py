@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+import time
 import zlib
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,6 +56,8 @@ class OtlpReceiver:
         self.spans: list[dict[str, Any]] = []
         self.metrics: dict[str, list[Any]] = {}
         self.requests: list[dict[str, str]] = []
+        self.arrivals: list[float] = []
+        """time.monotonic() of each request's arrival."""
         self.refused = 0
         self._to_refuse = refuse
         self._lock = threading.Lock()
@@ -70,6 +73,7 @@ class OtlpReceiver:
     def _admit(self, headers: dict[str, str]) -> bool:
         """Record the request; False when it is to be refused."""
         with self._lock:
+            self.arrivals.append(time.monotonic())
             self.requests.append(headers)
             if self.refused < self._to_refuse:
                 self.refused += 1

@@ -65,7 +65,9 @@ def _compacting_call(sim: Simulator) -> None:
     )
     # A plain call: not compacted, so no gen_ai.conversation.compacted at all (never false).
     sim.enqueue(Reply(message(model="claude-opus-4-8", usage={"input_tokens": 10, "output_tokens": 5})))
-    client.messages.create(model="claude-opus-4-8", max_tokens=10, messages=[{"role": "user", "content": "y"}])
+    client.messages.create(
+        model="claude-opus-4-8", max_tokens=10, messages=[{"role": "user", "content": "y"}]
+    )
 
 
 def _stored(url: str) -> tuple[list[Any], list[Any]]:
@@ -204,7 +206,8 @@ def test_latest_semconv_metric_names(monkeypatch: pytest.MonkeyPatch) -> None:
     def last_sum(name: str) -> int:
         points = receiver.metrics[name][-1].sum.data_points
         assert all(
-            {kv.key: kv.value.string_value for kv in p.attributes}[t.TOKEN_MODALITY] == "unknown" for p in points
+            {kv.key: kv.value.string_value for kv in p.attributes}[t.TOKEN_MODALITY] == "unknown"
+            for p in points
         )
         return sum(p.as_int for p in points)
 
