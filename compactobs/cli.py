@@ -951,7 +951,7 @@ def export_otlp(
             ctx.exit(EXIT_USER_ERROR)
         finally:
             exporter.shutdown()
-    retried = f", {result.retries} retried" if result.retries else ""
+    retried = " (the exporter retried refused or failed ones)" if result.retried else ""
     click.echo(
         f"exported {result.calls:,} calls and {result.iterations:,} iteration spans over {chosen} to "
         f"{where} in {result.requests:,} requests{retried}, "

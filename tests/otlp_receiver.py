@@ -5,7 +5,8 @@ collector's `TraceService` and `MetricsService`. Both keep every span they accep
 attributes, resource, scope), the metrics by name, and the headers (gRPC metadata) of each request.
 
 `refuse` answers the first N export requests with a retryable refusal, as a collector under load does:
-HTTP 503 with `Retry-After: 0`, gRPC UNAVAILABLE with a `RetryInfo` of 0 s. Refused requests keep nothing.
+HTTP 503 with `Retry-After: 0`, gRPC UNAVAILABLE with a `RetryInfo` of 0 s; `accept` takes only the first N
+requests and refuses every one after, as a collector that went away mid-way. Refused requests keep nothing.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ class OtlpReceiver:
     """Collects what the official exporters send: `spans` (dicts), `metrics` (by name), `requests` (headers
     of every export request, refused ones included)."""
 
-    def __init__(self, protocol: str = "http/protobuf", *, refuse: int = 0) -> None:
+    def __init__(
+        self, protocol: str = "http/protobuf", *, refuse: int = 0, accept: int | None = None
+    ) -> None:
         self.protocol = protocol
         self.spans: list[dict[str, Any]] = []
         self.metrics: dict[str, list[Any]] = {}
@@ -60,6 +63,8 @@ class OtlpReceiver:
         """time.monotonic() of each request's arrival."""
         self.refused = 0
         self._to_refuse = refuse
+        self._to_accept = accept
+        self.accepted = 0
         self._lock = threading.Lock()
         if protocol == "grpc":
             self._start_grpc()
@@ -75,9 +80,12 @@ class OtlpReceiver:
         with self._lock:
             self.arrivals.append(time.monotonic())
             self.requests.append(headers)
-            if self.refused < self._to_refuse:
+            if self.refused < self._to_refuse or (
+                self._to_accept is not None and self.accepted >= self._to_accept
+            ):
                 self.refused += 1
                 return False
+            self.accepted += 1
             return True
 
     def _traces(self, request: ExportTraceServiceRequest) -> None:

@@ -27,12 +27,8 @@ from .cli import one_line_error, run
 from .otlp_receiver import OtlpReceiver
 from .test_otlp import COMPACTED_USAGE
 
-NOT_STORED: frozenset[str] = frozenset(
-    {t.ANTHROPIC_BETA, t.SERVER_ADDRESS, t.REQUEST_MAX_TOKENS, t.COMPACTION_PAUSE_AFTER}
-)
-"""Live call attributes the store has no column for, so a replay cannot send them (see store/replay.py).
-(`compactobs.compaction.pause_after` has a column, but only a live span with the request's flag set has it:
-it is the one here only because these calls never set it.)"""
+NOT_STORED: frozenset[str] = frozenset({t.ANTHROPIC_BETA, t.SERVER_ADDRESS, t.REQUEST_MAX_TOKENS})
+"""Live call attributes the store has no column for, so a replay cannot send them (see store/replay.py)."""
 
 
 def _record_workload(url: str, sim: Simulator) -> list[Any]:
@@ -217,12 +213,28 @@ def test_replay_filters_batches_paces_and_retries(store: tuple[str, list[Any]]) 
         )
         assert code == 0, err
     # The 503 (Retry-After: 0) was retried; nothing was kept from it, nothing doubled.
-    assert receiver.refused == 1 and len(receiver.requests) == 3 and "2 requests, 1 retried" in out, out
+    assert (
+        receiver.refused == 1 and len(receiver.requests) == 3 and "2 requests (the exporter retried" in out
+    ), out
     names = sorted(s["name"] for s in receiver.spans)
     assert names == ["chat claude-opus-4-8", "chat claude-unknown-9", "message claude-unknown-9"]
     assert {s["attributes"][t.CONVERSATION_ID] for s in receiver.spans if "chat" in s["name"]} == {"conv-b"}
     # Two requests of one call each: the second is not sent before the first call has had its 1/rate s.
     assert receiver.arrivals[-1] - started >= 1 / rate
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_endpoint_gone_mid_way(protocol: str, store: tuple[str, list[Any]]) -> None:
+    """The endpoint takes one request, then refuses (retryably) every one: the export stops after the
+    exporter's six attempts, says how many calls went, and what went arrived once."""
+    url, _ = store
+    with OtlpReceiver(protocol, accept=1) as receiver:
+        code, _, err = _export(url, receiver, "--batch", "3")
+    message = one_line_error(code, err)
+    assert "after retries" in message and "3 of 4 calls were sent before" in message, message
+    assert receiver.accepted == 1 and receiver.refused == 6
+    assert len([s for s in receiver.spans if s["name"].startswith("chat ")]) == 3
+    assert len({s["span_id"] for s in receiver.spans}) == len(receiver.spans)
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
