@@ -657,10 +657,9 @@ class Telemetry:
         )
         self._duration.record(max(obs.end_ns - obs.start_ns, 0) / 1e9, duration_attributes)
         usage = obs.usage
-        known = usage is not None and priced is not None and totals is not None
         if self.latest_semconv:
-            # The latest conventions count every call, a failed one as 0 tokens.
-            self._latest_token_metrics(obs, model, response_model, totals if known else None, sums)
+            # The latest conventions count every call, one without usage (failed) as 0 tokens.
+            self._latest_token_metrics(obs, model, response_model, totals, sums)
         if usage is None or priced is None or totals is None:
             return
         if not self.latest_semconv:
