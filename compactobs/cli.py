@@ -186,6 +186,20 @@ def report() -> None:
 def report_options(func: Any) -> Any:
     """The options every report command shares; the command receives `since`, `until`, `tz`, `models`,
     `conversations`, `services` and `fmt` (build Filters with `filters_from`)."""
+    func = click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(FORMATS),
+        default="table",
+        show_default=True,
+        help="Output format.",
+    )(func)
+    return filter_options(func)
+
+
+def filter_options(func: Any) -> Any:
+    """The window and filters of `report_options`, without --format (also for `export otlp`): the command
+    receives `since`, `until`, `tz`, `models`, `conversations` and `services`."""
     options = [
         click.option(
             "--since",
@@ -201,14 +215,6 @@ def report_options(func: Any) -> Any:
             "--conversation", "conversations", multiple=True, metavar="ID", help="Only these conversations."
         ),
         click.option("--service", "services", multiple=True, metavar="NAME", help="Only these services."),
-        click.option(
-            "--format",
-            "fmt",
-            type=click.Choice(FORMATS),
-            default="table",
-            show_default=True,
-            help="Output format.",
-        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -852,20 +858,7 @@ def export_group() -> None:
     help="grpc or http (HTTP/protobuf)  [default: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else "
     "OTEL_EXPORTER_OTLP_PROTOCOL, else http]",
 )
-@click.option(
-    "--since",
-    metavar="WHEN",
-    help="Calls started at or after: YYYY-MM-DD, ISO date-time, 7d, 24h, 30m, today, yesterday.",
-)
-@click.option("--until", metavar="WHEN", help="Calls started before (a date is inclusive).")
-@click.option("--tz", metavar="ZONE", help="IANA time zone for --since/--until dates (default: local).")
-@click.option(
-    "--conversation", "conversations", multiple=True, metavar="ID", help="Only these conversations."
-)
-@click.option("--service", "services", multiple=True, metavar="NAME", help="Only these services.")
-@click.option(
-    "--model", "models", multiple=True, metavar="MODEL", help="Only these models (repeatable, globs)."
-)
+@filter_options
 @click.option(
     "--rate",
     type=click.FloatRange(min=0, min_open=True),
@@ -897,9 +890,9 @@ def export_otlp(
     since: str | None,
     until: str | None,
     tz: str | None,
+    models: tuple[str, ...],
     conversations: tuple[str, ...],
     services: tuple[str, ...],
-    models: tuple[str, ...],
     rate: float | None,
     batch: int,
     timeout: float | None,
