@@ -143,8 +143,13 @@ def iteration_span_id(call_id: str, index: int) -> int:
     return int.from_bytes(digest[:8], "big") or 1
 
 
-def _value(value: Any) -> Any:
-    return float(value) if isinstance(value, Decimal) else value
+def _copy_columns(row: Any, pairs: Sequence[tuple[str, str]], attributes: dict[str, Any]) -> None:
+    """The attributes the store keeps as they are: every non-NULL column under its attribute's name
+    (NUMERIC money as the float the live span carried)."""
+    for column, attribute in pairs:
+        value = row[column]
+        if value is not None:
+            attributes[attribute] = float(value) if isinstance(value, Decimal) else value
 
 
 def _epoch_ns(moment: datetime) -> int:
@@ -169,10 +174,7 @@ class _SpanBuilder:
         """The call's span and its iterations' spans, children first, as the live provider ends them."""
         m = row._mapping
         attributes: dict[str, Any] = {t.SPAN_KIND: t.SPAN_KIND_CALL}
-        for column, attribute in _CALL_PAIRS:
-            value = m[column]
-            if value is not None:
-                attributes[attribute] = _value(value)
+        _copy_columns(m, _CALL_PAIRS, attributes)
         attributes[t.HTTP_RESEND_COUNT] = max(int(m["attempts"] or 1) - 1, 0)
         if m["ttft_ms"] is not None:
             attributes[t.RESPONSE_TIME_TO_FIRST_CHUNK] = m["ttft_ms"] / 1000.0
@@ -223,10 +225,7 @@ class _SpanBuilder:
             t.PROVIDER_NAME: "anthropic",
             t.ITERATION_TIMING: t.ITERATION_TIMING_VALUE,
         }
-        for column, attribute in _ITERATION_PAIRS:
-            value = m[column]
-            if value is not None:
-                attributes[attribute] = _value(value)
+        _copy_columns(m, _ITERATION_PAIRS, attributes)
         context = SpanContext(
             parent.trace_id, iteration_span_id(m["call_id"], m["idx"]), is_remote=False, trace_flags=_FLAGS
         )
