@@ -79,10 +79,12 @@ def export_requested(signal: Signal) -> bool:
 
 def _signal_endpoint(endpoint: str | None, chosen: str, signal: Signal) -> str | None:
     """An endpoint given as a base URL, as OTEL_EXPORTER_OTLP_ENDPOINT is: OTLP/HTTP appends the signal's
-    path; gRPC takes it as it is."""
+    path (unless it is there already); gRPC takes it as it is."""
     if endpoint is None or chosen == GRPC:
         return endpoint
-    return endpoint.rstrip("/") + "/" + _SIGNAL_PATH[signal]
+    base = endpoint.rstrip("/")
+    path = _SIGNAL_PATH[signal]
+    return base if base.endswith("/" + path) else f"{base}/{path}"
 
 
 def span_exporter(
