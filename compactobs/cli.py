@@ -878,7 +878,7 @@ def export_group() -> None:
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
     help="How long each request may take, the exporter's retries included  [default: "
-    "OTEL_EXPORTER_OTLP_TIMEOUT, else 10]",
+    "OTEL_EXPORTER_OTLP_TIMEOUT, which the Python exporters read in seconds, else 10]",
 )
 @pass_state
 @click.pass_context
