@@ -236,9 +236,11 @@ def fetch(
     *,
     workspace_ids: Sequence[str] = (),
     api_key_ids: Sequence[str] = (),
+    page_rows: int = PAGE_ROWS,
 ) -> Fetched:
     """Anthropic's usage and cost over `[since, until)` (whole UTC buckets of `width`: see `bucket_edges`),
-    by bucket and by `dimensions` (the endpoints' `group_by[]` names, at most 5), every page of every chunk.
+    by bucket and by `dimensions` (the endpoints' `group_by[]` names, at most 5), every page of every chunk
+(`page_rows` rows a page, at most 1000).
 
     Raises ReportFetchError for anything the API refuses (after the SDK's retries).
     """
@@ -274,7 +276,7 @@ def fetch(
                 "starting_at": _iso(lo),
                 "ending_at": _iso(hi),
                 "time_bucket_width": width,
-                "limit": PAGE_ROWS,
+                "limit": page_rows,
                 "order_by": "time",
                 "order": "asc",
                 **filters,

@@ -238,7 +238,7 @@ class Simulator:
                 reply = ErrorReply(err.status, error_type=err.error_type, message=err.message)
         elif route == _MESSAGES and isinstance(reply, Reply) and reply.cut_after_events is None:
             # booked as served: what the organisation reports count
-            self._ledger.record(reply.body, headers.get("x-api-key", ""), time.time())
+            self._ledger.record(reply.body, _api_key(headers), time.time())
         streaming = isinstance(reply, Reply) and route == _MESSAGES and body.get("stream") is True
         if isinstance(reply, Reply) and reply.delay_s > 0:
             time.sleep(reply.delay_s)  # outside the lock: only this connection waits
@@ -292,6 +292,12 @@ class Simulator:
             return ErrorReply(err.status, error_type=err.error_type, message=err.message)
         except Exception as err:  # a bug here must reach the test as a response, not a hung connection
             return ErrorReply(500, message=f"simulator error: {err!r}")
+
+
+def _api_key(headers: dict[str, str]) -> str:
+    """The key a request carried: `x-api-key`, or `authorization: Bearer ...` (what the SDK sends)."""
+    bearer = headers.get("authorization", "")
+    return headers.get("x-api-key") or (bearer[7:] if bearer.lower().startswith("bearer ") else "")
 
 
 _ANSWER_REPORT: dict[str, Any] = {}
