@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import compactobs
 from compactobs import anthropic_reports, store
-from compactobs.testing import ErrorReply, ReportScenario, Reply, Simulator, message
+from compactobs.testing import ErrorReply, Reply, ReportScenario, Simulator, message
 from tests.cli import one_line_error, run
 
 SONNET = "claude-sonnet-4-5"

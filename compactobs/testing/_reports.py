@@ -9,8 +9,9 @@ request, unless `ReportScenario` says otherwise. Knobs for the usual mismatches:
 - `price_factors`: the report's list rate of a class (`input`, `cache_read`, `cache_write_5m`,
   `cache_write_1h`, `output`, `web_search`) is this times compactobs' (a price table that drifted);
 - `discount`: the `amount` after discounts is the list amount times (1 - discount);
-- `keys`: an API key (the request's `x-api-key`, or its `authorization: Bearer` token) mapped to (api key id, workspace id), so traffic sent with
-  another key lands in another workspace; anything else is `api_key_id` / `workspace_id`;
+- `keys`: an API key (the request's `x-api-key`, or its `authorization: Bearer` token) mapped to
+  (api key id, workspace id), so traffic sent with another key lands in another workspace; any other key
+  is `api_key_id` in `workspace_id`;
 - `shift_s`: each response is counted this many seconds after it was served (a bucket-edge disagreement);
 - calls that compactobs never saw are simply calls made to the simulator by a client it does not instrument.
 """
