@@ -240,7 +240,7 @@ def fetch(
 ) -> Fetched:
     """Anthropic's usage and cost over `[since, until)` (whole UTC buckets of `width`: see `bucket_edges`),
     by bucket and by `dimensions` (the endpoints' `group_by[]` names, at most 5), every page of every chunk
-(`page_rows` rows a page, at most 1000).
+    (`page_rows` rows a page, at most 1000).
 
     Raises ReportFetchError for anything the API refuses (after the SDK's retries).
     """
