@@ -338,8 +338,8 @@ def _usd(value: Decimal) -> str:
     )
 
 
-def _per_mtok(value: Decimal) -> str:
-    return f"${value.normalize():f}/MTok"
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def _tokens_text(amounts: Mapping[str, int]) -> str:
@@ -376,7 +376,7 @@ def _explain(row: _Row, tolerance: Decimal, refreshed_at: datetime | None, windo
         row.explanations.append(
             Explanation(
                 "other_scope",
-                f"{out.requests:,} requests in other workspaces or API keys than compactobs records "
+                f"{_n(out.requests, 'request')} in other workspaces or API keys than compactobs records "
                 f"({_tokens_text(out.amounts)}; list {_usd(out.list_usd)})",
                 {"requests": out.requests, "amounts": dict(out.amounts), "list_usd": out.list_usd},
             )
@@ -385,8 +385,8 @@ def _explain(row: _Row, tolerance: Decimal, refreshed_at: datetime | None, windo
         row.explanations.append(
             Explanation(
                 "spool",
-                f"{spool.requests:,} calls recorded by compactobs still wait in the spool (the database was "
-                f"unreachable; they are written when it is back, or at the next flush): "
+                f"{_n(spool.requests, 'call')} recorded by compactobs still wait in the spool (the database "
+                f"was unreachable; they are written when it is back, or at the next flush): "
                 f"{_tokens_text(spool.amounts)}; list {_usd(spool.cost_usd)}",
                 {"requests": spool.requests, "amounts": dict(spool.amounts), "list_usd": spool.cost_usd},
             )
@@ -415,9 +415,9 @@ def _explain(row: _Row, tolerance: Decimal, refreshed_at: datetime | None, windo
         row.explanations.append(
             Explanation(
                 "uninstrumented",
-                f"Anthropic counted {extra_requests:,} requests more than compactobs recorded: calls from "
-                f"clients compactobs does not instrument ({_tokens_text(extra)}; list {_usd(money)} at the "
-                "report's rates)",
+                f"Anthropic counted {_n(extra_requests, 'request')} more than compactobs recorded: calls "
+                f"from clients compactobs does not instrument ({_tokens_text(extra)}; list {_usd(money)} "
+                "at the report's rates)",
                 {"requests": extra_requests, "amounts": extra, "list_usd": money},
             )
         )
@@ -434,7 +434,7 @@ def _explain(row: _Row, tolerance: Decimal, refreshed_at: datetime | None, windo
         row.explanations.append(
             Explanation(
                 "not_in_report",
-                f"compactobs recorded {-extra_requests:,} requests that Anthropic's report does not have "
+                f"compactobs recorded {_n(-extra_requests, 'request')} that Anthropic's report does not have "
                 f"({why}; {_tokens_text(extra)}; list {_usd(money)})",
                 {"requests": extra_requests, "amounts": extra, "list_usd": money},
             )
@@ -496,7 +496,7 @@ def _explain(row: _Row, tolerance: Decimal, refreshed_at: datetime | None, windo
         row.explanations.append(
             Explanation(
                 "unpriced",
-                f"{store.unpriced:,} calls compactobs could not price: their list cost is missing on "
+                f"{_n(store.unpriced, 'call')} compactobs could not price: their list cost is missing on "
                 "its side (add the model to COMPACTOBS_PRICING_FILE, then run `compactobs reprice`)",
                 {"calls": store.unpriced},
             )
@@ -556,7 +556,7 @@ def _bucket_edges(rows: dict[_Key, _Row], window: Window) -> None:
             target.explanations.append(
                 Explanation(
                     "bucket_edge",
-                    f"{count:,} requests dated {'earlier' if earlier else 'later'} by Anthropic than by "
+                    f"{_n(count, 'request')} dated {'earlier' if earlier else 'later'} by Anthropic than by "
                     f"compactobs, across the edge {edge} UTC (the two buckets together agree; compactobs "
                     "dates a call by its start)",
                     {

@@ -271,6 +271,9 @@ _CLASSES: Final = ("input", "cache_read", "cache_write_5m", "cache_write_1h", "o
 def _list_prices(pricer: Any, entry: _Entry, scenario: ReportScenario) -> dict[str, Decimal]:
     """The list amount of each class of one entry, in dollars: compactobs' rates times the drift factors."""
     when = datetime.fromtimestamp(entry.at, timezone.utc)
+    variants = (entry.service_tier, entry.speed, entry.inference_geo)
+    if not all(v is None or isinstance(v, str) for v in variants):
+        return {}  # a malformed queued usage: booked without a price
     rates = pricer.rates(
         entry.model,
         when,

@@ -237,8 +237,10 @@ class Simulator:
             except SimulationError as err:
                 reply = ErrorReply(err.status, error_type=err.error_type, message=err.message)
         elif route == _MESSAGES and isinstance(reply, Reply) and reply.cut_after_events is None:
-            # booked as served: what the organisation reports count
-            self._ledger.record(reply.body, _api_key(headers), time.time())
+            # booked as served: what the organisation reports count. Never fails the reply: a queued body
+            # may be deliberately malformed, and then it is simply not booked.
+            with contextlib.suppress(Exception):
+                self._ledger.record(reply.body, _api_key(headers), time.time())
         streaming = isinstance(reply, Reply) and route == _MESSAGES and body.get("stream") is True
         if isinstance(reply, Reply) and reply.delay_s > 0:
             time.sleep(reply.delay_s)  # outside the lock: only this connection waits
