@@ -222,6 +222,11 @@ def test_uninstrumented_calls_price_drift_and_a_discount_each_explained(recorded
     assert D(str(discount["figures"]["usd"])) == D("0.00675")
     assert D(str(discount["figures"]["share"])) == D("0.1")
 
+    code, out, err = recorded.reconcile("--since", "1d", "--group", "model")
+    assert code == 0, err
+    assert "Differences and what explains them" in out
+    assert "price_drift" in out and "$18/MTok" in out and "discount of 10.00%" in out
+
     # --fail-over: requests differ by 1 in 3 (33.3%), the list by 0.0255 in 0.0675 (37.8%).
     assert D(str(document["gap_pct"])) == (D("0.0255") / D("0.0675") * 100).quantize(D("0.000001"))
     code, _, err = recorded.reconcile("--since", "1d", "--fail-over", "10")
@@ -355,3 +360,17 @@ def test_errors_a_user_meets(recorded: Recorded) -> None:
     assert "cannot group by 'colour'" in one_line_error(code, err)
     code, _, err = recorded.reconcile("--since", "someday")
     assert "invalid date" in one_line_error(code, err)
+
+
+def test_unpriced_calls_are_named(recorded: Recorded) -> None:
+    """A model neither side has a price for: the tokens agree, and compactobs says its cost is missing."""
+    recorded.sim.enqueue(reply("mystery-1", C_USAGE))
+    recorded.client.messages.create(model="mystery-1", **ASK)
+    compactobs.flush()
+    document = recorded.json("--group", "model")
+    (row,) = document["rows"]
+    assert row["input"] == row["compactobs_input"] == 4000
+    assert row["output"] == row["compactobs_output"] == 1000
+    (unpriced,) = explanations(document, "unpriced")
+    assert unpriced["figures"]["calls"] == 1
+    assert row["explained"] == "unpriced"
