@@ -56,6 +56,8 @@ __all__ = [
     "COMPARE_CHOICES",
     "KEY_OF",
     "MEASURES",
+    "VARIANT_KEYS",
+    "aggregate_calls",
     "cost_report",
     "data_range",
     "group_keys",
@@ -82,7 +84,13 @@ KEY_OF: Final[dict[str, str]] = {
     "conversation": "conversation_id",
     "service": "service",
     "iteration-type": "iteration_type",
+    # Call-level variants: not `--by` choices of this report (its rollups do not keep them), but groupings
+    # that `_aggregate_raw` serves from `calls` for reconcile, beside Anthropic's own reports.
+    "service_tier": "service_tier",
+    "speed": "speed",
+    "inference_geo": "inference_geo",
 }
+VARIANT_KEYS: Final[tuple[str, ...]] = ("service_tier", "speed", "inference_geo")
 ITERATION_LEVEL: Final = frozenset({"model", "iteration-type"})
 """Groupings that read `calls LEFT JOIN iterations` (each iteration at its own model and type)."""
 
@@ -194,6 +202,8 @@ def group_keys(by: Sequence[str], iteration_level: bool) -> list[Label[Any]]:
         elif name == "iteration-type":
             assert iteration_level
             keys.append(i.type.label("k_iteration_type"))
+        elif name in VARIANT_KEYS:
+            keys.append(c[name].label(f"k_{name}"))
     return keys
 
 
@@ -280,6 +290,18 @@ def _empty_measures() -> dict[str, Any]:
 
 
 _Group = tuple[Any, ...]
+
+
+def aggregate_calls(
+    connection: Connection,
+    filters: Filters,
+    by: Sequence[str],
+    buckets: Buckets | None,
+    conditions: Sequence[ColumnElement[bool]] = (),
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The report's measures by group, read from `calls` (and `iterations`) alone, never the rollups: `by`
+    takes BY_CHOICES names and VARIANT_KEYS; `conditions` narrow the calls. {group values: measures}."""
+    return _aggregate_raw(connection, filters, by, buckets, conditions)
 
 
 def _aggregate_raw(

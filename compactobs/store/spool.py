@@ -190,6 +190,19 @@ class Spool:
             self._bytes = total
         return self._bytes
 
+    def waiting_calls(self) -> Iterator[dict[str, Any]]:
+        """Every call row waiting in the spool (all processes' segments, read without locking them), as
+        {column: value}: what the store does not hold yet. Read-only; a segment replayed meanwhile is
+        skipped."""
+        for path in self.segments():
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            for call_rows, _ in self._lines(data, path):
+                for row in call_rows:
+                    yield dict(zip(CALL_COLUMNS, row, strict=True))
+
     def has_replayable(self) -> bool:
         """Whether a segment is waiting that this process could replay now (not one being written)."""
         for path in self.segments():

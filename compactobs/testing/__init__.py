@@ -85,12 +85,24 @@ request's `speed` and `inference_geo` are echoed in `usage`.
 **Misbehaviour knobs** (`ConversationScenario`): `summary_tokens` near the trigger makes compaction free
 too little room, so it runs on every turn; `fail_compaction` returns `content: null` (still billed);
 `cache_miss_after_compaction` drops a conversation's cache entries whenever it compacts.
+
+## Organisation usage and cost reports
+`GET /v1/organizations/analytics/usage` and `/cost` (the SDK's `client.beta.organization.analytics.usage`
+and `.cost`) answer from the Messages responses the simulator served (queued or simulated; a cut reply is
+not counted): per UTC bucket of `time_bucket_width` (1m, 1h, 1d), grouped by `group_by[]` (model,
+service_tier, speed, inference_geo, workspace_id, api_key_id, context_window; cost also by cost_type and
+token_type), filtered by `workspace_ids[]` / `api_key_ids[]`, `limit` rows a page with `next_page`
+cursors; a range the API refuses (over 31 days, over 24 hours at 1m, before 2026-01-01) is a 400. A queued
+ErrorReply answers a report request too. List prices are compactobs' own (genai-prices, under
+COMPACTOBS_PRICING_FILE); `sim.report_scenario = ReportScenario(...)` injects the usual mismatches: price
+drift per token class, a discount, other workspaces by API key, a bucket-edge shift. See `ReportScenario`.
 """
 
 from __future__ import annotations
 
 from compactobs.testing._conversation import ConversationScenario, context_tokens
 from compactobs.testing._replies import ErrorReply, Reply, message, stream_events, text_tokens
+from compactobs.testing._reports import ReportScenario
 from compactobs.testing._server import RecordedRequest, Simulator
 
 __all__ = [
@@ -98,6 +110,7 @@ __all__ = [
     "ErrorReply",
     "RecordedRequest",
     "Reply",
+    "ReportScenario",
     "Simulator",
     "context_tokens",
     "message",

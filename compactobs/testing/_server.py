@@ -16,11 +16,13 @@ from typing import Any
 
 from compactobs.testing._conversation import ConversationEngine, ConversationScenario, SimulationError
 from compactobs.testing._replies import ErrorReply, Reply, encode_event, stream_events
+from compactobs.testing._reports import COST_ROUTE, USAGE_ROUTE, Ledger, ReportScenario
 
 __all__ = ["RecordedRequest", "Simulator"]
 
 _MESSAGES = "/v1/messages"
 _COUNT_TOKENS = "/v1/messages/count_tokens"
+_REPORTS = (USAGE_ROUTE, COST_ROUTE)
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class Simulator:
         self._requests: list[RecordedRequest] = []
         self._scenario = scenario if scenario is not None else ConversationScenario()
         self._engine = ConversationEngine()
+        self._ledger = Ledger()
         self._connections: set[socket.socket] = set()
         self._served = 0
         self._server = _Server((host, port), self)
@@ -148,6 +151,16 @@ class Simulator:
         with self._lock:
             self._scenario = scenario if scenario is not None else ConversationScenario()
 
+    @property
+    def report_scenario(self) -> ReportScenario:
+        """How the organisation usage and cost reports differ from the traffic served (see
+        `ReportScenario`); assign to change it (None restores the default)."""
+        return self._ledger.scenario
+
+    @report_scenario.setter
+    def report_scenario(self, scenario: ReportScenario | None) -> None:
+        self._ledger.scenario = scenario if scenario is not None else ReportScenario()
+
     def enqueue(self, *replies: Reply | ErrorReply) -> None:
         """Queue replies; each answers one later request, in order, before conversation mode resumes."""
         for reply in replies:
@@ -162,6 +175,7 @@ class Simulator:
             self._queue.clear()
             self._requests.clear()
             self._engine = ConversationEngine()
+        self._ledger.clear()
 
     def advance_clock(self, seconds: float) -> None:
         """Move the prompt cache's wall clock forward, to expire 5-minute (300 s) or 1-hour entries."""
@@ -216,6 +230,17 @@ class Simulator:
             request_id = f"req_sim_{self._served}"
             self._requests.append(RecordedRequest(handler.path, headers, body, handler.command))
             reply = self._choose(handler.command, route, parsed, headers)
+        if route in _REPORTS and isinstance(reply, Reply) and reply.body is _ANSWER_REPORT:
+            query = handler.path.split("?", 1)[1] if "?" in handler.path else ""
+            try:
+                reply = Reply(self._ledger.answer(route, query, headers))
+            except SimulationError as err:
+                reply = ErrorReply(err.status, error_type=err.error_type, message=err.message)
+        elif route == _MESSAGES and isinstance(reply, Reply) and reply.cut_after_events is None:
+            # booked as served: what the organisation reports count. Never fails the reply: a queued body
+            # may be deliberately malformed, and then it is simply not booked.
+            with contextlib.suppress(Exception):
+                self._ledger.record(reply.body, _api_key(headers), time.time())
         streaming = isinstance(reply, Reply) and route == _MESSAGES and body.get("stream") is True
         if isinstance(reply, Reply) and reply.delay_s > 0:
             time.sleep(reply.delay_s)  # outside the lock: only this connection waits
@@ -249,6 +274,11 @@ class Simulator:
 
     def _choose(self, method: str, route: str, parsed: Any, headers: dict[str, str]) -> Reply | ErrorReply:
         """What answers this request; called under the lock."""
+        if method == "GET" and route in _REPORTS:
+            # a queued error answers a report request too (to test a client's handling of 401, 429...)
+            if self._queue and isinstance(self._queue[0], ErrorReply):
+                return self._queue.popleft()
+            return Reply(_ANSWER_REPORT)
         if method != "POST" or route not in (_MESSAGES, _COUNT_TOKENS):
             return ErrorReply(404, error_type="not_found_error", message=f"Not found: {method} {route}")
         if self._queue:
@@ -264,6 +294,16 @@ class Simulator:
             return ErrorReply(err.status, error_type=err.error_type, message=err.message)
         except Exception as err:  # a bug here must reach the test as a response, not a hung connection
             return ErrorReply(500, message=f"simulator error: {err!r}")
+
+
+def _api_key(headers: dict[str, str]) -> str:
+    """The key a request carried: `x-api-key`, or `authorization: Bearer ...` (what the SDK sends)."""
+    bearer = headers.get("authorization", "")
+    return headers.get("x-api-key") or (bearer[7:] if bearer.lower().startswith("bearer ") else "")
+
+
+_ANSWER_REPORT: dict[str, Any] = {}
+"""Marks a report request to be answered from the ledger, outside the lock."""
 
 
 def _read_body(handler: _Handler) -> bytes:
