@@ -29,6 +29,7 @@ from typing import Any, Final, Generic, Literal, TypeVar
 from compactobs.usage import TokenCounts
 
 __all__ = [
+    "BILLED_TOKEN_COLUMNS",
     "ENV_BUDGETS_FILE",
     "ON_BREACH",
     "Budget",
@@ -83,6 +84,16 @@ class Budget:
 def billed_tokens(tokens: TokenCounts) -> int:
     """What a token budget counts: uncached input + output + cache reads + cache writes."""
     return tokens.input + tokens.output + tokens.cache_read + tokens.cache_write
+
+
+BILLED_TOKEN_COLUMNS: Final = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+)
+"""`billed_tokens` over the store: the `calls` columns a token budget sums."""
 
 
 def over_limits(

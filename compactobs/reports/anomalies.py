@@ -60,7 +60,15 @@ from sqlalchemy.sql.util import ClauseAdapter
 
 from compactobs import rules
 from compactobs.reports._common import Filters, Report, ReportInputError, reading, render, to_json_value
-from compactobs.rules import ENV_BUDGETS_FILE, Budget, Budgets, LoopRule, LoopWindow, over_limits
+from compactobs.rules import (
+    BILLED_TOKEN_COLUMNS,
+    ENV_BUDGETS_FILE,
+    Budget,
+    Budgets,
+    LoopRule,
+    LoopWindow,
+    over_limits,
+)
 from compactobs.store.models import calls, iterations
 
 __all__ = [
@@ -624,14 +632,11 @@ def _compaction_findings(
 
 
 def _billed_tokens() -> ColumnElement[Any]:
-    c = calls.c
-    return (
-        func.coalesce(c.input_tokens, 0)
-        + func.coalesce(c.output_tokens, 0)
-        + func.coalesce(c.cache_read_tokens, 0)
-        + func.coalesce(c.cache_write_5m_tokens, 0)
-        + func.coalesce(c.cache_write_1h_tokens, 0)
-    )
+    columns = [func.coalesce(calls.c[name], 0) for name in BILLED_TOKEN_COLUMNS]
+    total = columns[0]
+    for column in columns[1:]:
+        total = total + column
+    return total
 
 
 def _budget_findings(
