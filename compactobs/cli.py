@@ -550,8 +550,18 @@ def demo(ctx: click.Context, reports: bool) -> None:
     if loop is not None and "conversation" in available:
         command_line = " ".join(["compactobs", *shown_db, "report", "conversation", loop])
         click.echo(f"\nThe compaction loop, call by call: {command_line}")
+    _demo_guard()
     if not summary.complete:
         ctx.exit(1)
+
+
+def _demo_guard() -> None:
+    """The runtime guard's part of the demo: the research agent's script again, without and with it."""
+    from compactobs.demo import run_guard_comparison
+
+    click.echo("\nThe runtime guard on the research agent's script, run again without it and with it:")
+    for line in run_guard_comparison().lines():
+        click.echo(f"  {line}")
 
 
 # -- pricing and reprice ---------------------------------------------------------------------------------

@@ -455,3 +455,23 @@ def test_a_budget_shared_by_two_processes_through_postgresql(postgres_url: str, 
         assert spent.calls == 3 and spent.billed_tokens == 300_000
     finally:
         compactobs.shutdown()
+
+
+# -- the demo's comparison -------------------------------------------------------------------------------
+
+
+def test_the_demo_guard_saves_money_on_the_same_script() -> None:
+    from compactobs.demo import run_guard_comparison
+
+    result = run_guard_comparison()
+    # unguarded: the six turns worked out at the top of this file
+    assert (result.unguarded_calls, result.compactions, result.unguarded_usd) == (6, 5, spend_after(6))
+    # billed tokens: 50,300 + (98,300 + 1,000 + 50,500 + 800) + 4 x (51,300 + 1,000 + 50,500 + 800)
+    assert result.unguarded_tokens == 50_300 + 150_600 + 4 * 103_600 == 615_300
+    assert result.estimate_tokens == 5 * 50_000  # the docs' estimate: 2.5x under the bill
+    # guarded: turn 4 crosses $2; turn 5 pauses (its compaction alone, $0.2815); a small wrap-up turn
+    assert (result.crossed_at_call, result.paused_at_call, result.guarded_calls) == (4, 5, 6)
+    wrap_up = result.guarded_usd - spend_after(4) - Decimal("0.2815")
+    assert Decimal("0.02") < wrap_up < Decimal("0.04")  # ~2,600 tokens in, 800 out
+    assert result.saved_usd == spend_after(6) - result.guarded_usd > Decimal("0.75")
+    assert result.lines()[2].startswith(f"Saved ${result.saved_usd:,.4f} (24%)")

@@ -67,7 +67,9 @@ def conversation(
         if any(value is not None for value in given)
         else None
     )
-    value = Conversation(conversation_id, budget_usd, budget_tokens, policy)
+    # Recorded on the calls as span attributes: a float, whatever number type the application passed.
+    recorded_usd = float(budget_usd) if budget_usd is not None else None
+    value = Conversation(conversation_id, recorded_usd, budget_tokens, policy)
     token = _current.set(value)
     try:
         yield value
