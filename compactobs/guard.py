@@ -3,8 +3,10 @@
 A conversation is *guarded* when a policy applies to it: `compactobs.conversation(id, budget_usd=...,
 budget_tokens=..., max_compactions=..., loop=..., on_breach=...)`, an entry of the budgets file
 (`COMPACTOBS_BUDGETS_FILE`, globs on conversation ids), or a service-wide `compactobs.instrument(guard=
-GuardPolicy(...))`; field by field, the conversation's own arguments win over the file, and the file over
-the service. The guard judges with `compactobs.rules`, the rules `report anomalies` applies afterwards:
+GuardPolicy(...))`. A file entry that sets limits replaces the conversation's own limits, as in the report
+(`rules.effective_budget`), and the service's apply when neither sets any; `on_breach` and `loop` come from
+the file, then the conversation, then the service. The guard judges with `compactobs.rules`, the rules
+`report anomalies` applies afterwards:
 
 - a budget (USD, billed tokens, compactions) is crossed by the call whose billed total takes the
   conversation's spend above it: exactly one call, whatever the threads and tasks;
@@ -50,6 +52,7 @@ from compactobs.rules import (
     LoopWindow,
     OnBreach,
     billed_tokens,
+    effective_budget,
     over_limits,
 )
 from compactobs.usage import CallUsage
@@ -325,14 +328,25 @@ class Guard:
         if conversation_id is None:
             return None
         try:
-            policy = own
-            if self.budgets is not None:
-                found = self._file_policy(conversation_id)
-                policy = policy.over(found) if policy is not None else found
-            if self.policy is not None:
-                policy = policy.over(self.policy) if policy is not None else self.policy
-            if policy is None or (not policy.budget.has_limits and policy.loop is False):
-                return None  # nothing applies, or what applies watches nothing
+            found = self._file_policy(conversation_id) if self.budgets is not None else None
+            service = self.policy
+            if found is None and own is None and service is None:
+                return None
+            # Limits as report anomalies takes them (rules.effective_budget), then the service's; how to
+            # act and whether to watch loops: the file, then the conversation, then the service.
+            limits = effective_budget(found.budget if found else None, own.budget if own else None)
+            if limits is None and service is not None:
+                limits = service.budget
+            behaviour = (found or GuardPolicy()).over(own).over(service)
+            policy = GuardPolicy(
+                limits.usd if limits else None,
+                limits.tokens if limits else None,
+                limits.max_compactions if limits else None,
+                behaviour.loop,
+                behaviour.on_breach,
+            )
+            if not policy.budget.has_limits and policy.loop is False:
+                return None  # what applies watches nothing
             return policy
         except Exception:
             log.debug("compactobs guard: no policy for %r", conversation_id, exc_info=True)
@@ -638,7 +652,7 @@ class StoreSpend:
         self._lock = threading.Lock()
 
     def __call__(self, conversation_id: str) -> PriorSpend:
-        from sqlalchemy import func, select
+        from sqlalchemy import func, inspect, select
 
         from compactobs.store import calls, make_engine
 
@@ -658,6 +672,8 @@ class StoreSpend:
             func.sum(func.coalesce(c.compactions_count, 0)),
         ).where(c.conversation_id == conversation_id, c.input_tokens.is_not(None))
         with engine.connect() as connection:
+            if not inspect(connection).has_table("calls"):
+                return PriorSpend()  # a new store, being made by the exporter: nothing spent yet
             count, cost, billed_sum, compactions = connection.execute(query).one()
         return PriorSpend(
             spent_usd=Decimal(str(cost)) if cost is not None else Decimal(0),

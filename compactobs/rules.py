@@ -40,6 +40,7 @@ __all__ = [
     "OnBreach",
     "RulesInputError",
     "billed_tokens",
+    "effective_budget",
     "load_budgets",
     "over_limits",
 ]
@@ -79,6 +80,17 @@ class Budget:
     @property
     def has_limits(self) -> bool:
         return self.usd is not None or self.tokens is not None or self.max_compactions is not None
+
+
+def effective_budget(from_file: Budget | None, own: Budget | None) -> Budget | None:
+    """The limits a conversation is held to: a budgets-file entry that sets limits wins (where it speaks,
+    it replaces the limits the application gave, so operators can change them without a deploy), else the
+    application's own (`compactobs.conversation(..., budget_usd=...)`, stored with the calls)."""
+    if from_file is not None and from_file.has_limits:
+        return from_file
+    if own is not None and own.has_limits:
+        return own
+    return None
 
 
 def billed_tokens(tokens: TokenCounts) -> int:

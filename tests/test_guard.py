@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import subprocess
-import sys
-import textwrap
+import multiprocessing
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
@@ -386,11 +383,19 @@ def test_service_policy_and_budgets_file_globs(sim: Simulator, tmp_path: Any, mo
         assert [(b.kind, b.action, b.billed_tokens) for b in guard.spend("other").breaches] == [
             ("budget_tokens", "warn", 300_000)
         ]
-        # a conversation the application named explicitly wins over the file: its own $5 budget
-        flat_replies(sim, 1)
+        # the file's limits replace the application's own $5, as report anomalies takes them
+        flat_replies(sim, 2)
         with compactobs.conversation("batch-8", budget_usd=5):
             api.messages.create(**args)
-        assert guard.spend("batch-8").breaches == ()
+            api.messages.create(**args)  # $1.00 > $0.90
+        assert [(b.kind, b.limit, b.action) for b in guard.spend("batch-8").breaches] == [
+            ("budget_usd", Decimal("0.9"), "raise")
+        ]
+        # the file's `loop = false` entry sets no limit: the conversation's own $0.40 applies
+        flat_replies(sim, 1)
+        with compactobs.conversation("free-1", budget_usd=0.4):
+            api.messages.create(**args)
+        assert [b.kind for b in guard.spend("free-1").breaches] == ["budget_usd"]
     finally:
         compactobs.shutdown()
 
@@ -411,35 +416,28 @@ def test_a_bad_budgets_file_fails_at_configure(tmp_path: Any, monkeypatch: Any) 
 
 # -- a budget shared by two processes through PostgreSQL -------------------------------------------------
 
-FIRST_PROCESS = textwrap.dedent(
-    """
-    import sys, anthropic, compactobs
-    from compactobs.testing import Reply, Simulator, message
-    with Simulator() as sim:
-        sim.enqueue(*[Reply(message(usage={"input_tokens": 100_000, "output_tokens": 0})) for _ in range(2)])
-        compactobs.configure(sys.argv[1])
-        api = anthropic.Anthropic(base_url=sim.base_url, api_key="k", middleware=[compactobs.Middleware()])
+
+def first_process(database_url: str) -> None:
+    """The other process: two calls of $0.50 in the shared conversation, under its $1.20 budget; its calls
+    are stored by the time it exits (shutdown flushes)."""
+    with Simulator() as own:
+        flat_replies(own, 2)
+        compactobs.configure(database_url, tracer_provider=TracerProvider(), meter_provider=MeterProvider())
+        api = client(own)
         with compactobs.conversation("shared-ticket", budget_usd=1.2, on_breach="raise"):
             for _ in range(2):
-                api.messages.create(
-                    model="claude-opus-4-8", max_tokens=16, messages=[{"role": "user", "content": "x"}]
-                )
+                api.messages.create(model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "x"}])
         compactobs.shutdown()
-    """
-)
 
 
 def test_a_budget_shared_by_two_processes_through_postgresql(postgres_url: str, sim: Simulator) -> None:
     store.upgrade_database(postgres_url)
     # process 1: two calls of $0.50, under its $1.20 budget; it exits with its calls stored
-    first = subprocess.run(
-        [sys.executable, "-c", FIRST_PROCESS, postgres_url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-    )
-    assert first.returncode == 0, first.stderr
+    # A forked process (it has the SDK imported already; a fresh interpreter takes seconds to import it).
+    first = multiprocessing.get_context("fork").Process(target=first_process, args=(postgres_url,))
+    first.start()
+    first.join(60)
+    assert first.exitcode == 0
     # process 2 (this one) reads the $1.00 at its first call: its first $0.50 crosses, the next is refused
     compactobs.configure(postgres_url, tracer_provider=TracerProvider(), meter_provider=MeterProvider())
     try:
@@ -475,3 +473,44 @@ def test_the_demo_guard_saves_money_on_the_same_script() -> None:
     assert Decimal("0.02") < wrap_up < Decimal("0.04")  # ~2,600 tokens in, 800 out
     assert result.saved_usd == spend_after(6) - result.guarded_usd > Decimal("0.75")
     assert result.lines()[2].startswith(f"Saved ${result.saved_usd:,.4f} (24%)")
+
+
+# -- one rule for the guard and the report ---------------------------------------------------------------
+
+
+def test_the_guard_and_report_anomalies_agree(
+    sqlite_url: str, sim: Simulator, tmp_path: Any, monkeypatch: Any
+) -> None:
+    from sqlalchemy import select
+
+    from compactobs.reports._common import build_filters
+    from compactobs.reports.anomalies import find_anomalies, load_budgets
+
+    path = tmp_path / "budgets.toml"
+    path.write_text('[budgets."agree"]\nmax_compactions = 1\n')
+    monkeypatch.setenv("COMPACTOBS_BUDGETS_FILE", str(path))
+    sim.reset()
+    sim.scenario = ConversationScenario(reply_tokens=800)
+    compactobs.configure(sqlite_url, tracer_provider=TracerProvider(), meter_provider=MeterProvider())
+    try:
+        with compactobs.conversation("agree", budget_usd=2):  # the file's limit replaces the $2
+            research = Research(client(sim))
+            research.run()
+        breaches = {b.kind: b for b in guard.spend("agree").breaches}
+    finally:
+        compactobs.shutdown()
+    ids = [r.id for r in research.results]
+    # turn 3 makes 2 compactions (> 1); turns 2-4 are the first loop window
+    assert set(breaches) == {"max_compactions", "compaction_loop"}
+    assert breaches["max_compactions"].response_ids == (ids[2],)
+    assert breaches["compaction_loop"].response_ids == tuple(ids[1:4])
+    engine = store.open_database(sqlite_url)
+    with engine.connect() as connection:
+        response_of = dict(connection.execute(select(store.calls.c.call_id, store.calls.c.response_id)).all())
+    findings = find_anomalies(engine, build_filters(None, None, "UTC"), budgets=load_budgets(path))
+    engine.dispose()
+    by_kind = {f.kind: f for f in findings}
+    assert [response_of[c] for c in by_kind["budget_exceeded"].call_ids] == [ids[2]]
+    assert by_kind["budget_exceeded"].evidence["max_compactions"] == 1
+    # the report merges the overlapping windows into one loop of turns 2-6; the guard stopped at its first
+    assert [response_of[c] for c in by_kind["compaction_loop"].call_ids] == ids[1:6]

@@ -67,6 +67,7 @@ from compactobs.rules import (
     Budgets,
     LoopRule,
     LoopWindow,
+    effective_budget,
     over_limits,
 )
 from compactobs.store.models import calls, iterations
@@ -663,16 +664,13 @@ def _budget_findings(
     with reading(engine) as connection:
         result = connection.execution_options(stream_results=True, yield_per=2000).execute(query)
         for conversation_id, count, cost, tokens, stored_usd, stored_tokens, unpriced, compactions in result:
-            budget = budgets.for_conversation(conversation_id) if budgets else None
-            if budget is not None and not budget.has_limits:
-                budget = None  # an entry that only says how the guard acts sets no limit of its own
+            stored = Budget(
+                usd=Decimal(str(stored_usd)) if stored_usd is not None else None,
+                tokens=int(stored_tokens) if stored_tokens is not None else None,
+            )
+            budget = effective_budget(budgets.for_conversation(conversation_id) if budgets else None, stored)
             if budget is None:
-                if stored_usd is None and stored_tokens is None:
-                    continue
-                budget = Budget(
-                    usd=Decimal(str(stored_usd)) if stored_usd is not None else None,
-                    tokens=int(stored_tokens) if stored_tokens is not None else None,
-                )
+                continue
             spent = Decimal(str(cost)) if cost is not None else None
             tokens, compactions = int(tokens or 0), int(compactions or 0)
             if over_limits(budget, spent, tokens, compactions):
