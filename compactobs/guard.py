@@ -317,6 +317,8 @@ class Guard:
         self._lock = threading.Lock()
         self._states: OrderedDict[str, _State] = OrderedDict()
         self._file_policies: dict[str, GuardPolicy | None] = {}
+        self._policies: dict[tuple[str, GuardPolicy | None], GuardPolicy | None] = {}
+        """Resolved policies by (conversation, its own policy): the same every call of a conversation."""
 
     @property
     def watches_all(self) -> bool:
@@ -327,6 +329,17 @@ class Guard:
         """The policy guarding this conversation, or None when it is not guarded. Never raises."""
         if conversation_id is None:
             return None
+        key = (conversation_id, own)
+        cached = self._policies.get(key, ...)
+        if cached is not ...:
+            return cached  # type: ignore[return-value]
+        policy = self._resolve(conversation_id, own)
+        if len(self._policies) >= self._max:
+            self._policies.clear()
+        self._policies[key] = policy
+        return policy
+
+    def _resolve(self, conversation_id: str, own: GuardPolicy | None) -> GuardPolicy | None:
         try:
             found = self._file_policy(conversation_id) if self.budgets is not None else None
             service = self.policy
