@@ -500,7 +500,8 @@ def demo(ctx: click.Context, reports: bool) -> None:
     About 45 calls in 10 conversations (streaming, prompt caching, a compaction loop, a paused and resumed
     compaction, on-demand compaction, retries, errors, an unpriced model) go through the real anthropic SDK
     to a loopback Messages API, and are recorded into the store under service.name compactobs-demo. Each
-    run gets conversation ids of its own, so running it again adds a separate set.
+    run gets conversation ids of its own, so running it again adds a separate set. Last, the research
+    agent's script runs again without and with the runtime guard (not stored), to show the money it saves.
     """
     from compactobs.demo import SERVICE_NAME, progress_bar, run_demo
     from compactobs.store import open_database
