@@ -1,6 +1,6 @@
 """What compactobs adds to a call's wall time, as ratios to a plain client measured in the same run.
 
-Four clients against the loopback simulator, non-streaming and streaming, each call timed twice: its
+Five clients against the loopback simulator, non-streaming and streaming, each call timed twice: its
 wall time, and the CPU time of the calling thread (`time.thread_time`), which is what instrumentation
 takes from the caller's own path (compactobs prices and emits spans on its recording thread); and per
 configuration, the CPU time of the whole process (every thread, drains included) per call, which is all
@@ -11,6 +11,9 @@ the work instrumentation adds wherever it runs:
   sdk-trace   the SDK's own OpenTelemetry spans on (BatchSpanProcessor, spans dropped by the exporter)
   compactobs  compactobs' middleware, spans and metrics, exported to its SQL store on a background thread
               (with --no-store: no SQL store, its spans dropped by the exporter as the SDK's are)
+  guard       compactobs with every call in a guarded conversation within its limits
+              (`compactobs.conversation(..., budget_usd=..., max_compactions=...)`): each call is priced and
+              counted on the caller's thread as its response is read, then recorded as above
 
 Configurations run interleaved in rounds so drift on a shared machine hits all of them alike, each round
 in an order rotated by one (no configuration always runs first, or always after another's drain). Work
@@ -107,7 +110,7 @@ class PassThrough(anthropic.Middleware):
         return call_next(request)
 
 
-CONFIGURATIONS = ("plain", "middleware", "sdk-trace", "compactobs")
+CONFIGURATIONS = ("plain", "middleware", "sdk-trace", "compactobs", "guard")
 
 
 def serve(replies: int, connection: Connection, latency_s: float = 0.0) -> None:
@@ -120,8 +123,15 @@ def serve(replies: int, connection: Connection, latency_s: float = 0.0) -> None:
         connection.recv()
 
 
-def time_calls(client: anthropic.Anthropic, calls: int, stream: bool) -> list[tuple[float, float]]:
-    """(wall time, CPU time of the calling thread) per call."""
+def time_calls(
+    client: anthropic.Anthropic, calls: int, stream: bool, guarded: bool = False
+) -> list[tuple[float, float]]:
+    """(wall time, CPU time of the calling thread) per call; `guarded`: inside a guarded conversation whose
+    limits the run never reaches (each call compacts once, leaving 27,000 tokens of a 150,000 trigger: no
+    loop)."""
+    if guarded:
+        with compactobs.conversation("bench-guarded", budget_usd=10**9, max_compactions=10**9):
+            return time_calls(client, calls, stream)
     samples = []
     for _ in range(calls):
         start_cpu = time.thread_time()
@@ -193,6 +203,9 @@ def main() -> None:
             "compactobs": lambda: anthropic.Anthropic(
                 base_url=base_url, api_key="k", open_telemetry=False, middleware=[compactobs.Middleware()]
             ),
+            "guard": lambda: anthropic.Anthropic(
+                base_url=base_url, api_key="k", open_telemetry=False, middleware=[compactobs.Middleware()]
+            ),
         }
         assert tuple(clients) == CONFIGURATIONS
         built = {name: make() for name, make in clients.items()}
@@ -201,10 +214,11 @@ def main() -> None:
             "middleware": lambda: None,
             "sdk-trace": sdk_provider.force_flush,
             "compactobs": compactobs.flush,
+            "guard": compactobs.flush,
         }
         for stream in (False, True):
             for name, client in built.items():  # warm-up: connections, imports, price lookups
-                time_calls(client, warmup, stream)
+                time_calls(client, warmup, stream, name == "guard")
                 drains[name]()
             samples: dict[str, list[tuple[float, float]]] = {name: [] for name in built}
             round_medians: dict[str, list[float]] = {name: [] for name in built}
@@ -214,7 +228,7 @@ def main() -> None:
                 shift = round_index % len(CONFIGURATIONS)
                 for name in CONFIGURATIONS[shift:] + CONFIGURATIONS[:shift]:
                     start_cpu = time.process_time()
-                    timed = time_calls(built[name], per_round, stream)
+                    timed = time_calls(built[name], per_round, stream, name == "guard")
                     samples[name].extend(timed)
                     round_medians[name].append(statistics.median(w for w, _ in timed))
                     start = time.perf_counter()

@@ -18,12 +18,16 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 
+from compactobs import guard as guard_module
 from compactobs import otlp
 from compactobs._version import __version__
+from compactobs.checkpoint import Checkpoint, checkpoint
+from compactobs.guard import BudgetExceeded, CompactionLoopDetected, GuardError, GuardPolicy, wrap_up_message
 from compactobs.instrument import state
 from compactobs.instrument.conversation import conversation
 from compactobs.telemetry import Telemetry
@@ -32,14 +36,21 @@ if TYPE_CHECKING:
     from compactobs.instrument.middleware import Middleware
 
 __all__ = [
+    "BudgetExceeded",
+    "Checkpoint",
+    "CompactionLoopDetected",
+    "GuardError",
+    "GuardPolicy",
     "Middleware",
     "__version__",
+    "checkpoint",
     "configure",
     "conversation",
     "flush",
     "instrument",
     "shutdown",
     "uninstrument",
+    "wrap_up_message",
 ]
 
 log = logging.getLogger("compactobs")
@@ -115,11 +126,14 @@ def _setup(
     service_name: str | None,
     store: bool,
     export: bool = True,
+    guard: GuardPolicy | Mapping[str, Any] | None = None,
 ) -> Telemetry:
-    """Providers, the SQL store on the tracer provider, and the pricer. Raises on bad configuration."""
+    """Providers, the SQL store on the tracer provider, the pricer and the guard. Raises on bad
+    configuration."""
     from compactobs.pricing import default_pricer
 
     pricer = default_pricer()
+    _install_guard(guard, database_url if store else False)
     tracer = _tracer_provider(tracer_provider, service_name, export)
     meter = _meter_provider(meter_provider, service_name, export)
     _flushables.extend(p for p in (tracer, meter) if hasattr(p, "force_flush"))
@@ -147,12 +161,33 @@ def _lazy_setup() -> Telemetry:
             except Exception as second:
                 err = second
         log.error("compactobs: %s; recording without the SQL store", err)
+        if guard_module.installed() is None:
+            guard_module.install(guard_module.Guard())
         return Telemetry(
             _tracer_provider(None, None, export=False), _meter_provider(None, None, export=False), Pricer()
         )
 
 
 state.set_factory(_lazy_setup)
+
+
+def _install_guard(policy: GuardPolicy | Mapping[str, Any] | None, database_url: str | bool | None) -> None:
+    """The runtime guard: the service-wide policy, the budgets file (COMPACTOBS_BUDGETS_FILE) and, with a
+    store (`database_url` not False), conversations' earlier spend read from it. Raises on a bad file or
+    policy."""
+    from compactobs.rules import ENV_BUDGETS_FILE, load_budgets
+
+    if isinstance(policy, Mapping):
+        policy = GuardPolicy.of(**policy)
+    elif policy is not None and not isinstance(policy, GuardPolicy):
+        raise TypeError(f"guard must be a compactobs.GuardPolicy or a dict of its fields, not {policy!r}")
+    path = os.environ.get(ENV_BUDGETS_FILE)
+    budgets = load_budgets(path) if path else None
+    prior = guard_module.StoreSpend(database_url) if database_url is not False else None
+    previous = guard_module.installed()
+    if previous is not None:
+        previous.close()
+    guard_module.install(guard_module.Guard(policy, budgets, prior=prior))
 
 
 def configure(
@@ -162,6 +197,7 @@ def configure(
     meter_provider: Any = None,
     service_name: str | None = None,
     store: bool = True,
+    guard: GuardPolicy | Mapping[str, Any] | None = None,
 ) -> None:
     """Set where compactobs records (see `instrument`) without instrumenting any client.
 
@@ -171,7 +207,9 @@ def configure(
     with _lock:
         if state.get_telemetry_if_set() is not None:
             shutdown()
-        state.set_telemetry(_setup(database_url, tracer_provider, meter_provider, service_name, store))
+        state.set_telemetry(
+            _setup(database_url, tracer_provider, meter_provider, service_name, store, guard=guard)
+        )
 
 
 def instrument(
@@ -181,6 +219,7 @@ def instrument(
     meter_provider: Any = None,
     service_name: str | None = None,
     store: bool = True,
+    guard: GuardPolicy | Mapping[str, Any] | None = None,
 ) -> None:
     """Record every Anthropic and AsyncAnthropic client's Messages calls. Idempotent.
 
@@ -188,8 +227,10 @@ def instrument(
     directory); `store=False` records to OpenTelemetry only. Spans go to the application's TracerProvider
     when it has one (or `tracer_provider`), else to compactobs' own, exported over OTLP when
     `OTEL_EXPORTER_OTLP_ENDPOINT` is set, by gRPC or HTTP as `OTEL_EXPORTER_OTLP_PROTOCOL` says (see
-    `compactobs.otlp`). Raises on bad configuration (a malformed pricing file, a bad
-    database URL), once, here, never inside a call.
+    `compactobs.otlp`). `guard`: a service-wide `GuardPolicy` (or a dict of its fields) for the runtime
+    guard, which also reads the budgets file `COMPACTOBS_BUDGETS_FILE` (see `compactobs.guard`). Raises on
+    bad configuration (a malformed pricing or budgets file, a bad database URL), once, here, never inside
+    a call.
     """
     if state.get_telemetry_if_set() is None:
         configure(
@@ -198,6 +239,7 @@ def instrument(
             meter_provider=meter_provider,
             service_name=service_name,
             store=store,
+            guard=guard,
         )
     from compactobs.instrument import auto
 
@@ -235,6 +277,10 @@ def shutdown() -> None:
     _flushables.clear()
     _own_providers.clear()
     state.set_telemetry(None)
+    guard = guard_module.installed()
+    if guard is not None:
+        guard.close()
+    guard_module.install(None)
 
 
 def _install_exit_hooks() -> None:

@@ -506,7 +506,8 @@ def demo(ctx: click.Context, reports: bool) -> None:
     About 45 calls in 10 conversations (streaming, prompt caching, a compaction loop, a paused and resumed
     compaction, on-demand compaction, retries, errors, an unpriced model) go through the real anthropic SDK
     to a loopback Messages API, and are recorded into the store under service.name compactobs-demo. Each
-    run gets conversation ids of its own, so running it again adds a separate set.
+    run gets conversation ids of its own, so running it again adds a separate set. Last, the research
+    agent's script runs again without and with the runtime guard (not stored), to show the money it saves.
     """
     from compactobs.demo import SERVICE_NAME, progress_bar, run_demo
     from compactobs.store import open_database
@@ -556,8 +557,18 @@ def demo(ctx: click.Context, reports: bool) -> None:
     if loop is not None and "conversation" in available:
         command_line = " ".join(["compactobs", *shown_db, "report", "conversation", loop])
         click.echo(f"\nThe compaction loop, call by call: {command_line}")
+    _demo_guard()
     if not summary.complete:
         ctx.exit(1)
+
+
+def _demo_guard() -> None:
+    """The runtime guard's part of the demo: the research agent's script again, without and with it."""
+    from compactobs.demo import run_guard_comparison
+
+    click.echo("\nThe runtime guard on the research agent's script, run again without it and with it:")
+    for line in run_guard_comparison().lines():
+        click.echo(f"  {line}")
 
 
 # -- pricing and reprice ---------------------------------------------------------------------------------

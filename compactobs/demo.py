@@ -576,3 +576,144 @@ def run_demo(
         cache_read_tokens=stored.cache_read,
         elapsed_s=time.perf_counter() - started,
     )
+
+
+# -- the runtime guard on the research agent's script --------------------------------------------------------
+
+GUARD_BUDGET_USD: Final = Decimal(2)
+"""The research agent's budget, as in the workload above."""
+
+
+@dataclass(frozen=True)
+class GuardComparison:
+    """The research agent's script run twice on the same simulated papers: without the guard, and with
+    `compactobs.conversation(..., budget_usd=2, on_breach="pause")`. Figures are billed totals summed from
+    the call spans (every iteration, compaction included)."""
+
+    unguarded_usd: Decimal
+    unguarded_calls: int
+    unguarded_tokens: int
+    """Billed tokens: uncached input + output + cache reads + cache writes, over every iteration."""
+    compactions: int
+    trigger_tokens: int
+    guarded_usd: Decimal
+    guarded_calls: int
+    crossed_at_call: int | None
+    """The call (1-based) whose billed total took the guarded run over its budget."""
+    paused_at_call: int | None
+    """The call that came back paused (`stop_reason: "compaction"`), after which the script wrapped up."""
+
+    @property
+    def saved_usd(self) -> Decimal:
+        return self.unguarded_usd - self.guarded_usd
+
+    @property
+    def estimate_tokens(self) -> int:
+        """The docs' estimate of the unguarded run's spend: compactions x trigger."""
+        return self.compactions * self.trigger_tokens
+
+    def lines(self) -> list[str]:
+        """What `compactobs demo` prints about it."""
+        crossed = f"call {self.crossed_at_call}" if self.crossed_at_call else "no call"
+        paused = f"call {self.paused_at_call} came back paused" if self.paused_at_call else "nothing paused"
+        return [
+            f"Without the guard: {self.unguarded_calls} calls, {self.compactions} compactions, "
+            f"${self.unguarded_usd:,.4f} billed ({self.unguarded_tokens:,} billed tokens; the docs' "
+            f"estimate, compactions x trigger, says {self.estimate_tokens:,} tokens)",
+            f"With the guard (budget ${GUARD_BUDGET_USD:,.2f}, on_breach=pause): {crossed} crossed the "
+            f"budget, {paused} at the next compaction and the script wrapped up: {self.guarded_calls} calls, "
+            f"${self.guarded_usd:,.4f} billed",
+            f"Saved ${self.saved_usd:,.4f} ({self.saved_usd / self.unguarded_usd:.0%}) on the same script",
+        ]
+
+
+_RESEARCH_TRIGGER: Final = 50_000
+
+
+def _research_script(run: _Run, conversation_id: str, **policy: Any) -> None:
+    """The research agent as an application would write it: a turn per paper, and at a paused compaction
+    (which only the guard asks for here) a checkpoint, then one wrap-up turn."""
+    chat = _Chat(
+        run,
+        run.client(),
+        "claude-opus-4-8",
+        system=_text(1500, "research", "You are a research assistant reading papers."),
+        betas=[THRESHOLD_BETA],
+        context_management=_compact_edit(_RESEARCH_TRIGGER),
+    )
+    with compactobs.conversation(conversation_id, **policy):
+        for turn in range(1, 7):
+            result = chat.turn(
+                _text(48_000, "research", f"Tool result {turn}: the full text of paper {turn}.")
+            )
+            if result.stop_reason == "compaction":
+                point = compactobs.checkpoint(result, chat.history[:-1], keep=[f"paper {turn}"])
+                chat.history = point.next_messages(wrap_up=True)
+                chat.send()
+                return
+
+
+def run_guard_comparison() -> GuardComparison:
+    """Run the research agent's script without and with the guard, against a simulator of its own, and
+    compare the bill. Replaces compactobs' process-wide setup for the run (spans in memory only, nothing
+    stored) and shuts it down at the end; run it after `run_demo`, not during it."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from compactobs import telemetry as t
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    compactobs.configure(tracer_provider=provider, meter_provider=NoOpMeterProvider(), store=False)
+    run_id = _new_run_id(datetime.now(timezone.utc))
+    try:
+        with Simulator() as sim:
+            sim.scenario = ConversationScenario(reply_tokens=800)
+            run = _Run(sim=sim, run_id=run_id, planned=0, progress=None)
+            unguarded, guarded = (
+                run.conversation_id("research-unguarded"),
+                run.conversation_id("research-guarded"),
+            )
+            _research_script(run, unguarded)
+            _research_script(run, guarded, budget_usd=GUARD_BUDGET_USD, on_breach="pause")
+        compactobs.flush()
+    finally:
+        compactobs.shutdown()
+        provider.shutdown()
+
+    def calls_of(conversation_id: str) -> list[dict[str, Any]]:
+        found = [
+            s
+            for s in exporter.get_finished_spans()
+            if (s.attributes or {}).get(t.SPAN_KIND) == t.SPAN_KIND_CALL
+            and (s.attributes or {}).get(t.CONVERSATION_ID) == conversation_id
+        ]
+        found.sort(key=lambda s: s.start_time or 0)
+        return [{**(s.attributes or {}), "events": [e.name for e in s.events]} for s in found]
+
+    def usd(spans: list[dict[str, Any]]) -> Decimal:
+        return sum((Decimal(str(s.get(t.COST_USD, 0))) for s in spans), Decimal(0))
+
+    before, after = calls_of(unguarded), calls_of(guarded)
+    crossed = next((i for i, s in enumerate(after, 1) if t.EVENT_GUARD_BREACH in s["events"]), None)
+    paused = next((i for i, s in enumerate(after, 1) if s.get(t.STOP_REASON) == "compaction"), None)
+    billed = sum(
+        s.get(t.TOKENS_INPUT, 0)
+        + s.get(t.TOKENS_OUTPUT, 0)
+        + s.get(t.TOKENS_CACHE_READ, 0)
+        + s.get(t.TOKENS_CACHE_WRITE_5M, 0)
+        + s.get(t.TOKENS_CACHE_WRITE_1H, 0)
+        for s in before
+    )
+    return GuardComparison(
+        unguarded_usd=usd(before),
+        unguarded_calls=len(before),
+        unguarded_tokens=billed,
+        compactions=sum(s.get(t.COMPACTIONS_COUNT, 0) for s in before),
+        trigger_tokens=_RESEARCH_TRIGGER,
+        guarded_usd=usd(after),
+        guarded_calls=len(after),
+        crossed_at_call=crossed,
+        paused_at_call=paused,
+    )

@@ -112,6 +112,21 @@ STREAM_END: Final = "compactobs.stream.end"
 BUDGET_USD: Final = "compactobs.budget.usd"
 BUDGET_TOKENS: Final = "compactobs.budget.tokens"
 
+# --- the runtime guard's span event (compactobs.guard), on the call that crossed a limit ---
+EVENT_GUARD_BREACH: Final = "compactobs.guard.breach"
+GUARD_KIND: Final = "compactobs.guard.kind"
+"""budget_usd, budget_tokens, max_compactions or compaction_loop."""
+GUARD_ACTION: Final = "compactobs.guard.action"
+"""What the guard does from now on: warn, pause or raise."""
+GUARD_SPENT_USD: Final = "compactobs.guard.spent_usd"
+"""The conversation's billed USD, this call included."""
+GUARD_BILLED_TOKENS: Final = "compactobs.guard.billed_tokens"
+GUARD_COMPACTIONS: Final = "compactobs.guard.compactions"
+GUARD_LIMIT: Final = "compactobs.guard.limit"
+"""The limit crossed (USD, tokens or compactions); absent for a compaction loop."""
+GUARD_RESPONSE_IDS: Final = "compactobs.guard.response_ids"
+"""The calls that crossed the line (response ids): this call, or the loop's calls."""
+
 # --- metrics ---
 METRIC_TOKEN_USAGE: Final = "gen_ai.client.token.usage"
 METRIC_OPERATION_DURATION: Final = "gen_ai.client.operation.duration"
@@ -166,6 +181,7 @@ TOKEN_CLASSES: Final[tuple[TokenClass, ...]] = (
 
 
 if TYPE_CHECKING:
+    from compactobs.guard import Breach
     from compactobs.pricing import PricedCall, PricedIteration, Pricer
 
 log = logging.getLogger("compactobs")
@@ -229,6 +245,21 @@ _INFERENCE_COUNTERS: Final = (
     (METRIC_INFERENCE_REASONING_TOKENS, "Thinking tokens, part of the output tokens"),
 )
 """The latest conventions' usage counters, in `_Sums.inference` order."""
+
+
+def breach_event(breach: Breach) -> tuple[str, dict[str, Any]]:
+    """The span event (name, attributes) of a guard breach, for the call that crossed."""
+    attributes: dict[str, Any] = {
+        GUARD_KIND: breach.kind,
+        GUARD_ACTION: breach.action,
+        GUARD_SPENT_USD: float(breach.spent_usd),
+        GUARD_BILLED_TOKENS: breach.billed_tokens,
+        GUARD_COMPACTIONS: breach.compactions,
+        GUARD_RESPONSE_IDS: list(breach.response_ids),
+    }
+    if breach.limit is not None:
+        attributes[GUARD_LIMIT] = float(breach.limit) if isinstance(breach.limit, Decimal) else breach.limit
+    return EVENT_GUARD_BREACH, attributes
 
 
 class _Sums:
@@ -480,7 +511,10 @@ class Telemetry:
         request = obs.request
         usage = obs.usage
         when = datetime.fromtimestamp(obs.start_ns / 1e9, tz=timezone.utc)
-        priced = self.pricer.price_call(usage, when) if usage is not None else None
+        # A guarded conversation's call was priced where it was read (compactobs.guard): not again here.
+        priced = obs.priced
+        if priced is None and usage is not None:
+            priced = self.pricer.price_call(usage, when)
         response_model = obs.response_model or (usage.response_model if usage else None)
         model = request.model or response_model or "unknown"
         # One dict, built in place: a None value is left out, as OpenTelemetry would not take it.
@@ -571,6 +605,9 @@ class Telemetry:
         if error_type is not None:
             span.set_status(Status(StatusCode.ERROR, error_type))
         end_ns = max(obs.end_ns, obs.start_ns)
+        if obs.events:
+            for name, event_attributes in obs.events:
+                span.add_event(name, event_attributes, timestamp=end_ns)
         if usage is not None and priced is not None:
             call_context = trace.set_span_in_context(span, parent)
             for iteration, priced_iteration in zip(usage.iterations, priced.iterations, strict=True):

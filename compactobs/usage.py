@@ -487,6 +487,10 @@ class CallObservation:
     """The request's `anthropic-beta` header, for `request_facts` with `request_body`."""
     conversation_of: Callable[[object], str | None] | None = None
     """How to derive the conversation id from `request_body` when nothing named one (a fingerprint)."""
+    priced: Any = None
+    """The call's PricedCall when it was priced where it was read (a guarded conversation's call)."""
+    events: list[tuple[str, dict[str, Any]]] | None = None
+    """Span events (name, attributes) for the call span, e.g. the guard's breach."""
 
     @property
     def failed_compactions(self) -> int:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from compactobs.guard import GuardPolicy
 from compactobs.usage import field_of
 
 __all__ = ["Conversation", "conversation", "current_conversation", "fingerprint"]
@@ -23,6 +24,8 @@ class Conversation:
     id: str
     budget_usd: float | None = None
     budget_tokens: int | None = None
+    guard: GuardPolicy | None = None
+    """The runtime guard's policy from this block's arguments (None when it gave none)."""
 
 
 _current: ContextVar[Conversation | None] = ContextVar("compactobs_conversation", default=None)
@@ -30,11 +33,21 @@ _current: ContextVar[Conversation | None] = ContextVar("compactobs_conversation"
 
 @contextmanager
 def conversation(
-    conversation_id: str, *, budget_usd: float | None = None, budget_tokens: int | None = None
+    conversation_id: str,
+    *,
+    budget_usd: float | None = None,
+    budget_tokens: int | None = None,
+    max_compactions: int | None = None,
+    loop: bool | None = None,
+    on_breach: str | None = None,
 ) -> Iterator[Conversation]:
     """Group the calls made inside this block under `conversation_id`, with an optional budget.
 
-    Budgets are recorded on every call so the anomaly report can flag a conversation that exceeds them.
+    Budgets are recorded on every call so the anomaly report can flag a conversation that exceeds them, and
+    the runtime guard (`compactobs.guard`) watches them live: `budget_usd`, `budget_tokens` (billed tokens)
+    and `max_compactions` are limits; `loop` (default True once guarded) stops compaction loops too;
+    `on_breach` is "warn" (default: a log line and a span event), "pause" (`pause_after_compaction` on
+    the next requests) or "raise" (`BudgetExceeded` / `CompactionLoopDetected` before the next request).
     """
     if not isinstance(conversation_id, str) or not conversation_id:
         raise ValueError("conversation id must be a non-empty string")
@@ -42,7 +55,21 @@ def conversation(
         raise ValueError("budget_usd must be >= 0")
     if budget_tokens is not None and budget_tokens < 0:
         raise ValueError("budget_tokens must be >= 0")
-    value = Conversation(conversation_id, budget_usd, budget_tokens)
+    given = (budget_usd, budget_tokens, max_compactions, loop, on_breach)
+    policy = (
+        GuardPolicy.of(
+            budget_usd=budget_usd,
+            budget_tokens=budget_tokens,
+            max_compactions=max_compactions,
+            loop=loop,
+            on_breach=on_breach,
+        )
+        if any(value is not None for value in given)
+        else None
+    )
+    # Recorded on the calls as span attributes: a float, whatever number type the application passed.
+    recorded_usd = float(budget_usd) if budget_usd is not None else None
+    value = Conversation(conversation_id, recorded_usd, budget_tokens, policy)
     token = _current.set(value)
     try:
         yield value

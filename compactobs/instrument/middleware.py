@@ -16,6 +16,7 @@ import logging
 import time
 import weakref
 from contextvars import ContextVar
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import anthropic
@@ -23,10 +24,11 @@ from anthropic import APIConnectionError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from compactobs import guard as guard_module
 from compactobs.instrument import state
 from compactobs.instrument.conversation import current_conversation, fingerprint
 from compactobs.instrument.streams import StreamObserver, observe_body
-from compactobs.telemetry import CONVERSATION_ID
+from compactobs.telemetry import CONVERSATION_ID, breach_event
 from compactobs.usage import CallObservation, RequestFacts, observe_message
 
 if TYPE_CHECKING:
@@ -49,7 +51,7 @@ _UNREAD = RequestFacts()
 class _Call:
     """One API call in flight: its observation and where its span goes."""
 
-    __slots__ = ("key", "observation", "parent", "under_sdk_span")
+    __slots__ = ("guarded", "key", "observation", "parent", "under_sdk_span")
 
     def __init__(
         self, key: str, observation: CallObservation, parent: otel_context.Context, under_sdk: bool
@@ -58,6 +60,8 @@ class _Call:
         self.observation = observation
         self.parent = parent
         self.under_sdk_span = under_sdk
+        self.guarded: tuple[guard_module.Guard, str, guard_module.GuardPolicy] | None = None
+        """The guard, conversation id and policy of a guarded conversation's call."""
 
 
 # The call whose error attempt the SDK is about to retry, keyed by idempotency key.
@@ -117,6 +121,8 @@ class Middleware(anthropic.Middleware):
         call = self._begin(request)
         if call is None:
             return call_next(request)
+        if call.guarded is not None:
+            request = self._guard_request(call, request)  # may raise the guard's error, before sending
         try:
             response = call_next(request)
         except BaseException as err:
@@ -129,6 +135,8 @@ class Middleware(anthropic.Middleware):
         call = self._begin(request)
         if call is None:
             return await call_next(request)
+        if call.guarded is not None:
+            request = self._guard_request(call, request)  # may raise the guard's error, before sending
         try:
             response = await call_next(request)
         except BaseException as err:
@@ -176,10 +184,94 @@ class Middleware(anthropic.Middleware):
                     observation.conversation_id = sdk_conversation
                 else:
                     observation.conversation_of = fingerprint
-            return _Call(key, observation, parent, under_sdk)
+            call = _Call(key, observation, parent, under_sdk)
+            guard = guard_module.installed()
+            own = conversation.guard if conversation is not None else None
+            if guard is not None and (own is not None or guard.watches_all):
+                self._guard_call(guard, call, own)
+            return call
         except Exception:
             log.debug("compactobs could not start observing a call", exc_info=True)
             return None
+
+    # -- the runtime guard (compactobs.guard) ------------------------------------------------------------
+
+    @staticmethod
+    def _guard_call(guard: guard_module.Guard, call: _Call, own: guard_module.GuardPolicy | None) -> None:
+        """Mark the call of a guarded conversation. Never raises."""
+        try:
+            observation = call.observation
+            if observation.conversation_id is None and observation.conversation_of is not None:
+                # A policy may match a fingerprinted conversation: it is needed now, not on the recorder.
+                observation.conversation_id = observation.conversation_of(observation.request_body)
+                observation.conversation_of = None
+            conversation_id = observation.conversation_id
+            policy = guard.policy_for(conversation_id, own)
+            if policy is not None and conversation_id is not None:
+                call.guarded = (guard, conversation_id, policy)
+        except Exception:
+            log.debug("compactobs could not look up a guard policy", exc_info=True)
+
+    @staticmethod
+    def _guard_request(call: _Call, request: APIRequest) -> APIRequest:
+        """The request to send: as it is, or a copy with `pause_after_compaction: true` when the conversation
+        is pausing. Raises the guard's error (on_breach="raise") before anything is sent; nothing else."""
+        assert call.guarded is not None
+        guard, conversation_id, policy = call.guarded
+        first = request.retries_taken == 0
+        try:
+            pausing = guard.before_request(conversation_id, policy, first_attempt=first)
+        except guard_module.GuardError:
+            if not first:  # never stops a call already sent (before_request only raises on first attempts)
+                return request
+            _retrying.set(None)
+            raise
+        if not pausing:
+            return request
+        try:
+            body = guard_module.with_pause(request.json)
+            if body is None:
+                if first and request.json is not None:
+                    log.debug("compactobs guard: %r has no threshold compaction to pause", conversation_id)
+                return request
+            # The SDK's APIRequest is treated as immutable: `copy` gives the attempt a body of its own.
+            paused = request.copy(body=body)
+            call.observation.request_body = paused.json
+            return paused
+        except Exception:
+            log.debug("compactobs guard: could not add pause_after_compaction", exc_info=True)
+            return request
+
+    def _guard_observe(self, call: _Call, telemetry: Telemetry | None) -> None:
+        """Price a guarded call where its response was read, and count it before the caller goes on. The
+        recording thread then reuses the price. Never raises."""
+        try:
+            assert call.guarded is not None
+            guard, conversation_id, policy = call.guarded
+            observation = call.observation
+            observation.complete()
+            usage = observation.usage
+            if usage is None:
+                return
+            cost = None
+            if telemetry is not None:
+                when = datetime.fromtimestamp(observation.start_ns / 1e9, tz=timezone.utc)
+                observation.priced = telemetry.pricer.price_call(usage, when)
+                cost = observation.priced.cost_usd
+            breaches = guard.observe(
+                conversation_id,
+                policy,
+                usage,
+                cost,
+                trigger=observation.request.compaction_trigger,
+                response_id=observation.response_id,
+                request_id=observation.request_id,
+            )
+            for breach in breaches:
+                log.warning("compactobs guard: %s", breach.message)
+                observation.events = [*(observation.events or ()), breach_event(breach)]
+        except Exception:
+            log.debug("compactobs guard: could not count a call", exc_info=True)
 
     def _remaining_retries(self, request: APIRequest) -> int:
         """Attempts the SDK may still make: the request's own `max_retries`, else its client's (learned from
@@ -297,5 +389,7 @@ class Middleware(anthropic.Middleware):
         observation = call.observation
         observation.end_ns = time.time_ns()
         telemetry: Telemetry | None = state.get_telemetry()
+        if call.guarded is not None:
+            self._guard_observe(call, telemetry)
         if telemetry is not None:
             telemetry.record(observation, call.parent, call.under_sdk_span)

@@ -12,8 +12,8 @@ remedy. The rules and their defaults (all configurable through `Thresholds`):
   conversation;
 - `compaction_cost_share` (warning): compaction iterations cost > `cost_share` (50%) of the conversation's
   priced cost;
-- `budget_exceeded` (critical): the conversation's billed tokens or USD exceed its budget: a budgets file
-  entry when one matches (`load_budgets`), else the budget stored with its calls by
+- `budget_exceeded` (critical): the conversation's billed tokens, USD or compactions exceed its budget: a
+  budgets file entry when one matches (`load_budgets`), else the budget stored with its calls by
   `compactobs.conversation(..., budget_usd=..., budget_tokens=...)` (the largest one they carry); the
   finding names the call at which the spend went over;
 - `cache_miss_after_compaction` (warning): the call after a compaction reads <= `cache_drop_ratio` (5%) of
@@ -22,6 +22,9 @@ remedy. The rules and their defaults (all configurable through `Thresholds`):
 - `unpriced_model` (warning): iterations of a model compactobs has no price for (cost NULL, never $0);
 - `error_burst` (warning): in one clock hour (UTC hours), >= `error_min_calls` (20) calls and more than
   `error_share` (10%) of them ended in HTTP 429, 529 or another 5xx.
+
+The compaction-loop and budget rules are `compactobs.rules`, which the runtime guard (`compactobs.guard`)
+applies to conversations as they run: one implementation for both.
 
 Definitions:
 - a conversation's calls are taken in order of start time (then call id), counting only calls that returned
@@ -45,20 +48,28 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from fnmatch import fnmatchcase
-from pathlib import Path
 from typing import Any, Final, Literal
 
 from sqlalchemy import Engine, and_, case, func, literal_column, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.util import ClauseAdapter
 
+from compactobs import rules
 from compactobs.reports._common import Filters, Report, ReportInputError, reading, render, to_json_value
+from compactobs.rules import (
+    BILLED_TOKEN_COLUMNS,
+    ENV_BUDGETS_FILE,
+    Budget,
+    Budgets,
+    LoopRule,
+    LoopWindow,
+    effective_budget,
+    over_limits,
+)
 from compactobs.store.models import calls, iterations
 
 __all__ = [
@@ -97,7 +108,6 @@ KINDS: Final = (
 )
 """Every kind, in the order findings are listed (after severity)."""
 
-ENV_BUDGETS_FILE: Final = "COMPACTOBS_BUDGETS_FILE"
 EXIT_FINDINGS: Final = 3
 """The exit code of `report anomalies --fail-on LEVEL` when a finding at LEVEL or above exists (2 is taken by
 usage errors, 1 by crashes)."""
@@ -152,124 +162,22 @@ class Thresholds:
         if self.cache_min_tokens < 0:
             raise ReportInputError(f"--cache-min-tokens must be >= 0, not {self.cache_min_tokens}")
 
+    @property
+    def loop_rule(self) -> LoopRule:
+        """The compaction-loop rule these thresholds set (the runtime guard applies the same rule)."""
+        return LoopRule(self.loop_min, self.loop_window, self.ineffective_ratio)
+
 
 # --- budgets ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Budget:
-    """A conversation's budget: USD and/or billed tokens, and where it came from."""
-
-    usd: Decimal | None = None
-    tokens: int | None = None
-    source: str = "stored"
-    """`stored` (from compactobs.conversation(..., budget_usd=..., budget_tokens=...)), or the file entry:
-    `FILE [budgets."KEY"]`."""
-
-
-@dataclass(frozen=True)
-class Budgets:
-    """Budgets by conversation id or glob, from a budgets file. Exact ids win; else the most specific glob
-    (most literal characters), then file order."""
-
-    exact: Mapping[str, Budget] = field(default_factory=dict)
-    globs: Sequence[tuple[str, Budget]] = ()
-
-    def for_conversation(self, conversation_id: str) -> Budget | None:
-        found = self.exact.get(conversation_id)
-        if found is not None:
-            return found
-        for pattern, budget in self.globs:
-            if fnmatchcase(conversation_id, pattern):
-                return budget
-        return None
-
-    def __bool__(self) -> bool:
-        return bool(self.exact) or bool(self.globs)
-
-
-_GLOB_CHARS: Final = frozenset("*?[")
-_BUDGET_KEYS: Final = frozenset({"usd", "tokens"})
-_BUDGETS_EXAMPLE: Final = '[budgets."ticket-42"] usd = 5.0, tokens = 2000000'
-
-
-def _toml_loads(text: str) -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-
-        return tomllib.loads(text, parse_float=Decimal)
-    try:  # pragma: no cover - 3.10 only
-        import tomli
-    except ImportError as err:  # pragma: no cover
-        raise ReportInputError(
-            "reading a budgets file on Python 3.10 needs 'tomli' (pip install tomli)"
-        ) from err
-    return tomli.loads(text, parse_float=Decimal)  # pragma: no cover
-
-
 def load_budgets(path: str | os.PathLike[str]) -> Budgets:
-    """Read a budgets file (TOML). Raises ReportInputError with a one-line message on any problem.
-
-    ```toml
-    [budgets."ticket-42"]      # an exact conversation id
-    usd = 5.0                  # USD (optional)
-    tokens = 2_000_000         # billed tokens: input + output + cache reads + cache writes (optional)
-
-    [budgets."batch-*"]        # a glob (fnmatch: * ? [...]) over conversation ids
-    usd = 0.50
-    ```
-    """
-    name = str(path)
+    """Read a budgets file (TOML; see `compactobs.rules.load_budgets`, which the runtime guard reads it with
+    too). Raises ReportInputError with a one-line message on any problem."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ReportInputError(f"budgets file {name} does not exist") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ReportInputError(f"cannot read budgets file {name}: {err}") from None
-    try:
-        data = _toml_loads(text)
-    except ReportInputError:
-        raise
-    except Exception as err:  # tomllib.TOMLDecodeError (and tomli's)
-        raise ReportInputError(f"budgets file {name} is not valid TOML: {err}") from None
-    unknown = sorted(set(data) - {"budgets"})
-    if unknown:
-        raise ReportInputError(
-            f'budgets file {name}: unknown top-level key {unknown[0]!r}; expected only [budgets."ID"] '
-            f"tables, e.g. {_BUDGETS_EXAMPLE}"
-        )
-    table = data.get("budgets", {})
-    if not isinstance(table, dict):
-        raise ReportInputError(f"budgets file {name}: 'budgets' must be a table, e.g. {_BUDGETS_EXAMPLE}")
-    exact: dict[str, Budget] = {}
-    globs: list[tuple[int, int, str, Budget]] = []
-    for position, (key, entry) in enumerate(table.items()):
-        where = f'budgets file {name}: [budgets."{key}"]'
-        if not isinstance(entry, dict):
-            raise ReportInputError(f"{where} must be a table with usd and/or tokens, e.g. {_BUDGETS_EXAMPLE}")
-        bad = sorted(set(entry) - _BUDGET_KEYS)
-        if bad:
-            raise ReportInputError(f"{where}: unknown key {bad[0]!r} (allowed: usd, tokens)")
-        if not entry:
-            raise ReportInputError(f"{where} sets no budget: give usd and/or tokens")
-        usd = entry.get("usd")
-        tokens = entry.get("tokens")
-        if usd is not None:
-            if isinstance(usd, bool) or not isinstance(usd, (int, Decimal)):
-                raise ReportInputError(f"{where}.usd must be a number, not {usd!r}")
-            usd = Decimal(usd)
-            if not usd.is_finite() or usd < 0:
-                raise ReportInputError(f"{where}.usd must be a finite number >= 0, not {usd}")
-        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0):
-            raise ReportInputError(f"{where}.tokens must be a whole number >= 0, not {tokens!r}")
-        budget = Budget(usd=usd, tokens=tokens, source=f'{name} [budgets."{key}"]')
-        if _GLOB_CHARS & set(key):
-            literal_chars = sum(1 for char in key if char not in _GLOB_CHARS)
-            globs.append((-literal_chars, position, key, budget))
-        else:
-            exact[key] = budget
-    globs.sort(key=lambda item: (item[0], item[1]))
-    return Budgets(exact=exact, globs=tuple((pattern, budget) for _, _, pattern, budget in globs))
+        return rules.load_budgets(path)
+    except rules.RulesInputError as err:
+        raise ReportInputError(str(err)) from None
 
 
 # --- findings --------------------------------------------------------------------------------------------
@@ -411,14 +319,6 @@ class _CompactionCall:
     next_reads: int | None
     next_writes: int | None
 
-    def ineffective(self, ratio: float) -> bool:
-        return (
-            self.trigger is not None
-            and self.trigger > 0
-            and self.context_after is not None
-            and self.context_after >= ratio * self.trigger
-        )
-
 
 def _compaction_rows(engine: Engine, conditions: Sequence[ColumnElement[bool]]) -> Iterator[tuple[Any, ...]]:
     """Every compacting call of every conversation that compacted, with its neighbours, in conversation
@@ -543,22 +443,17 @@ def _conversation_findings(
     thresholds: Thresholds,
 ) -> Iterator[Finding]:
     """The compaction rules for one conversation, from its compacting calls."""
-    ratio = thresholds.ineffective_ratio
-    ineffective = [row for row in rows if row.ineffective(ratio)]
+    rule = thresholds.loop_rule
+    ineffective = [row for row in rows if rule.ineffective(row.context_after, row.trigger)]
 
-    # compaction_loop: windows of `loop_window` consecutive calls holding >= loop_min ineffective
-    # compactions; overlapping windows merge into one loop.
+    # compaction_loop (compactobs.rules, as the runtime guard judges it): windows of `loop_window`
+    # consecutive calls holding >= loop_min ineffective compactions; overlapping windows merge into one loop.
     in_loop: set[str] = set()
     loops: list[list[_CompactionCall]] = []
-    start = 0
-    total = 0
-    for end, row in enumerate(ineffective):
-        total += row.compactions
-        while row.rn - ineffective[start].rn >= thresholds.loop_window:
-            total -= ineffective[start].compactions
-            start += 1
-        if total >= thresholds.loop_min:
-            window = ineffective[start : end + 1]
+    sliding: LoopWindow[_CompactionCall] = LoopWindow(rule)
+    for row in ineffective:
+        window = sliding.add(row.rn, row.compactions, row)
+        if window is not None:
             if loops and loops[-1][-1].rn >= window[0].rn:
                 known = {r.call_id for r in loops[-1]}
                 loops[-1].extend(r for r in window if r.call_id not in known)
@@ -738,14 +633,11 @@ def _compaction_findings(
 
 
 def _billed_tokens() -> ColumnElement[Any]:
-    c = calls.c
-    return (
-        func.coalesce(c.input_tokens, 0)
-        + func.coalesce(c.output_tokens, 0)
-        + func.coalesce(c.cache_read_tokens, 0)
-        + func.coalesce(c.cache_write_5m_tokens, 0)
-        + func.coalesce(c.cache_write_1h_tokens, 0)
-    )
+    columns = [func.coalesce(calls.c[name], 0) for name in BILLED_TOKEN_COLUMNS]
+    total = columns[0]
+    for column in columns[1:]:
+        total = total + column
+    return total
 
 
 def _budget_findings(
@@ -761,47 +653,52 @@ def _budget_findings(
         func.max(c.budget_usd),
         func.max(c.budget_tokens),
         func.sum(case((c.priced.is_(False), 1), else_=0)),
+        func.sum(func.coalesce(c.compactions_count, 0)),
     ).where(c.conversation_id.is_not(None))
     if conditions:
         query = query.where(c.conversation_id.in_(selected.scalar_subquery()))
     query = query.group_by(c.conversation_id)
     if not budgets:
         query = query.having(or_(func.max(c.budget_usd).is_not(None), func.max(c.budget_tokens).is_not(None)))
-    over: dict[str, tuple[Budget, int, Decimal | None, int, int]] = {}
+    over: dict[str, tuple[Budget, int, Decimal | None, int, int, int]] = {}
     with reading(engine) as connection:
         result = connection.execution_options(stream_results=True, yield_per=2000).execute(query)
-        for conversation_id, count, cost, tokens, stored_usd, stored_tokens, unpriced in result:
-            budget = budgets.for_conversation(conversation_id) if budgets else None
+        for conversation_id, count, cost, tokens, stored_usd, stored_tokens, unpriced, compactions in result:
+            stored = Budget(
+                usd=Decimal(str(stored_usd)) if stored_usd is not None else None,
+                tokens=int(stored_tokens) if stored_tokens is not None else None,
+            )
+            budget = effective_budget(budgets.for_conversation(conversation_id) if budgets else None, stored)
             if budget is None:
-                if stored_usd is None and stored_tokens is None:
-                    continue
-                budget = Budget(
-                    usd=Decimal(str(stored_usd)) if stored_usd is not None else None,
-                    tokens=int(stored_tokens) if stored_tokens is not None else None,
-                )
+                continue
             spent = Decimal(str(cost)) if cost is not None else None
-            tokens = int(tokens or 0)
-            over_usd = budget.usd is not None and spent is not None and spent > budget.usd
-            over_tokens = budget.tokens is not None and tokens > budget.tokens
-            if over_usd or over_tokens:
-                over[conversation_id] = (budget, count, spent, tokens, int(unpriced or 0))
+            tokens, compactions = int(tokens or 0), int(compactions or 0)
+            if over_limits(budget, spent, tokens, compactions):
+                over[conversation_id] = (budget, count, spent, tokens, compactions, int(unpriced or 0))
     if not over:
         return
     crossings = _budget_crossings(engine, over)
-    for conversation_id, (budget, count, spent, tokens, unpriced) in over.items():
+    for conversation_id, (budget, count, spent, tokens, compactions, unpriced) in over.items():
         first_ms, crossing = crossings.get(conversation_id, (0, None))
         parts = []
-        if budget.usd is not None and spent is not None and spent > budget.usd:
+        limits = over_limits(budget, spent, tokens, compactions)
+        if "budget_usd" in limits:
+            assert budget.usd is not None and spent is not None
             share = _pct(float(spent / budget.usd)) if budget.usd else "over"
             parts.append(f"{_money(spent)} of a {_money(budget.usd)} budget ({share})")
-        if budget.tokens is not None and tokens > budget.tokens:
+        if "budget_tokens" in limits:
+            assert budget.tokens is not None
             share = f"{_pct(tokens / budget.tokens)}" if budget.tokens else "over"
             parts.append(f"{tokens:,} of {budget.tokens:,} budgeted tokens ({share})")
+        if "max_compactions" in limits:
+            parts.append(f"{compactions:,} compactions, more than the {budget.max_compactions:,} allowed")
         evidence: dict[str, Any] = {
             "spent_usd": _usd(spent),
             "budget_usd": _usd(budget.usd),
             "billed_tokens": tokens,
             "budget_tokens": budget.tokens,
+            "compactions": compactions,
+            "max_compactions": budget.max_compactions,
             "calls": count,
             "unpriced_calls": unpriced,
             "budget_source": budget.source,
@@ -820,7 +717,7 @@ def _budget_findings(
 
 
 def _budget_crossings(
-    engine: Engine, over: Mapping[str, tuple[Budget, int, Decimal | None, int, int]]
+    engine: Engine, over: Mapping[str, tuple[Budget, int, Decimal | None, int, int, int]]
 ) -> dict[str, tuple[int, str]]:
     """(start_ms, call_id) of the first call at which each conversation's spend went over its budget.
 
@@ -835,29 +732,33 @@ def _budget_crossings(
         for start in range(0, len(ids), _ID_CHUNK):
             chunk = ids[start : start + _ID_CHUNK]
             query = (
-                select(c.conversation_id, c.call_id, c.start_ms, c.cost_usd, _billed_tokens())
+                select(
+                    c.conversation_id,
+                    c.call_id,
+                    c.start_ms,
+                    c.cost_usd,
+                    _billed_tokens(),
+                    func.coalesce(c.compactions_count, 0),
+                )
                 .where(c.conversation_id.in_(chunk))
                 .order_by(c.conversation_id, c.start_ms, c.call_id)
             )
             current: str | None = None
             skip = False
-            usd_limit: Decimal | None = None
-            token_limit: int | None = None
+            budget = Budget()
             spent = Decimal(0)
-            tokens = 0
-            for conversation_id, call_id, start_ms, cost, billed in connection.execute(query):
+            tokens = compactions = 0
+            for conversation_id, call_id, start_ms, cost, billed, compacted in connection.execute(query):
                 if conversation_id != current:
-                    current, skip, spent, tokens = conversation_id, False, Decimal(0), 0
+                    current, skip, spent, tokens, compactions = conversation_id, False, Decimal(0), 0, 0
                     budget = over[conversation_id][0]
-                    usd_limit, token_limit = budget.usd, budget.tokens
                 if skip:
                     continue
                 if cost is not None:
                     spent += cost if isinstance(cost, Decimal) else Decimal(str(cost))
                 tokens += int(billed or 0)
-                if (usd_limit is not None and spent > usd_limit) or (
-                    token_limit is not None and tokens > token_limit
-                ):
+                compactions += int(compacted or 0)
+                if over_limits(budget, spent, tokens, compactions):
                     found[conversation_id] = (int(start_ms), call_id)
                     skip = True
     return found

@@ -1,0 +1,702 @@
+"""Runtime budgets and the compaction-loop breaker: stop a conversation while it runs, on its billed totals.
+
+A conversation is *guarded* when a policy applies to it: `compactobs.conversation(id, budget_usd=...,
+budget_tokens=..., max_compactions=..., loop=..., on_breach=...)`, an entry of the budgets file
+(`COMPACTOBS_BUDGETS_FILE`, globs on conversation ids), or a service-wide `compactobs.instrument(guard=
+GuardPolicy(...))`. A file entry that sets limits replaces the conversation's own limits, as in the report
+(`rules.effective_budget`), and the service's apply when neither sets any; `on_breach` and `loop` come from
+the file, then the conversation, then the service. The guard judges with `compactobs.rules`, the rules
+`report anomalies` applies afterwards:
+
+- a budget (USD, billed tokens, compactions) is crossed by the call whose billed total takes the
+  conversation's spend above it: exactly one call, whatever the threads and tasks;
+- a compaction loop is `LoopRule`'s (>= 3 ineffective compactions within 5 calls, by default); the context a
+  paused compaction left is the next call's, as in the report.
+
+What it does then (`on_breach`, default "warn"), always after a log line and a span event
+(`compactobs.guard.breach`) on the call that crossed:
+
+- `warn`: nothing more;
+- `pause`: the conversation's next requests carry `pause_after_compaction: true` (set on the request copy the
+  middleware hands on; the application's own objects are untouched), so the application gets control back at
+  the next compaction with `stop_reason: "compaction"` (see `compactobs.checkpoint`);
+- `raise`: the conversation's next request raises `BudgetExceeded` or `CompactionLoopDetected` before it is
+  sent (never in the middle of a response); `allow_wrap_up(id)` lets one more request through, for the
+  wrap-up turn (`wrap_up_message`).
+
+Billed totals are the bill: a guarded call is priced where its response is read, on the caller's thread,
+before the caller gets it (a non-streamed body) or as its stream ends, so the next request sees every call
+that has returned. Unguarded calls stay on the recording thread's path, untouched.
+
+Spend is kept in memory per conversation, for at most `max_conversations` (least recently used dropped).
+With a store configured, a conversation's spend before this process saw it is read once from the store at
+its first call in the process, so processes that take turns on a conversation share its budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Final, Literal
+
+from compactobs.rules import (
+    BILLED_TOKEN_COLUMNS,
+    ON_BREACH,
+    Budget,
+    Budgets,
+    LoopRule,
+    LoopWindow,
+    OnBreach,
+    billed_tokens,
+    effective_budget,
+    over_limits,
+)
+from compactobs.usage import CallUsage
+
+__all__ = [
+    "MAX_CONVERSATIONS",
+    "Breach",
+    "BudgetExceeded",
+    "CompactionLoopDetected",
+    "ConversationSpend",
+    "Guard",
+    "GuardError",
+    "GuardPolicy",
+    "PriorSpend",
+    "StoreSpend",
+    "allow_wrap_up",
+    "install",
+    "installed",
+    "spend",
+    "with_pause",
+    "wrap_up_message",
+]
+
+log = logging.getLogger("compactobs")
+
+MAX_CONVERSATIONS: Final = 10_000
+"""Conversations whose spend the guard keeps in memory; the least recently used beyond it are dropped (and
+read again from the store, when there is one, at their next call)."""
+
+BreachKind = Literal["budget_usd", "budget_tokens", "max_compactions", "compaction_loop"]
+
+
+def _usd(value: float | int | Decimal | None, name: str) -> Decimal | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        raise ValueError(f"{name} must be a number of dollars, not {value!r}")
+    amount = value if isinstance(value, Decimal) else Decimal(str(value))
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+    return amount
+
+
+def _count(value: int | None, name: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"{name} must be a whole number >= 0, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class GuardPolicy:
+    """Limits and what to do when one is crossed. A field left None is taken from the next source down
+    (conversation, then budgets file, then service); `on_breach` defaults to "warn", `loop` to True."""
+
+    budget_usd: Decimal | None = None
+    budget_tokens: int | None = None
+    max_compactions: int | None = None
+    loop: bool | None = None
+    on_breach: OnBreach | None = None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        budget_usd: float | int | Decimal | None = None,
+        budget_tokens: int | None = None,
+        max_compactions: int | None = None,
+        loop: bool | None = None,
+        on_breach: str | None = None,
+    ) -> GuardPolicy:
+        """A policy from user input; raises ValueError saying what is wrong."""
+        if loop is not None and not isinstance(loop, bool):
+            raise ValueError(f"loop must be True or False, not {loop!r}")
+        if on_breach is not None and on_breach not in ON_BREACH:
+            raise ValueError(f"on_breach must be one of {', '.join(ON_BREACH)}, not {on_breach!r}")
+        return cls(
+            _usd(budget_usd, "budget_usd"),
+            _count(budget_tokens, "budget_tokens"),
+            _count(max_compactions, "max_compactions"),
+            loop,
+            on_breach,  # type: ignore[arg-type]
+        )
+
+    @classmethod
+    def from_budget(cls, budget: Budget) -> GuardPolicy:
+        return cls(budget.usd, budget.tokens, budget.max_compactions, budget.loop, budget.on_breach)
+
+    def over(self, below: GuardPolicy | None) -> GuardPolicy:
+        """This policy, its unset fields taken from `below`."""
+        if below is None:
+            return self
+        return GuardPolicy(
+            self.budget_usd if self.budget_usd is not None else below.budget_usd,
+            self.budget_tokens if self.budget_tokens is not None else below.budget_tokens,
+            self.max_compactions if self.max_compactions is not None else below.max_compactions,
+            self.loop if self.loop is not None else below.loop,
+            self.on_breach if self.on_breach is not None else below.on_breach,
+        )
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(usd=self.budget_usd, tokens=self.budget_tokens, max_compactions=self.max_compactions)
+
+    @property
+    def action(self) -> OnBreach:
+        return self.on_breach or "warn"
+
+    @property
+    def watches_loops(self) -> bool:
+        return self.loop is not False
+
+
+@dataclass(frozen=True, slots=True)
+class Breach:
+    """A limit a conversation crossed, with the figures, and the call that crossed it (its response id and
+    request id; the store has the response id as `calls.response_id`). A conversation already over its
+    limit when this process first saw it has no crossing call here (`crossed_before=True`)."""
+
+    kind: BreachKind
+    conversation_id: str
+    action: OnBreach
+    spent_usd: Decimal
+    billed_tokens: int
+    compactions: int
+    limit: Decimal | int | None
+    """The limit crossed: USD, tokens or compactions; None for a compaction loop."""
+    response_ids: tuple[str, ...] = ()
+    """The calls that crossed the line: the crossing call, or the loop's calls."""
+    request_ids: tuple[str, ...] = ()
+    unpriced_calls: int = 0
+    crossed_before: bool = False
+
+    @property
+    def message(self) -> str:
+        spent = (
+            f"${self.spent_usd:,.4f} billed, {self.billed_tokens:,} tokens, {self.compactions} compactions"
+        )
+        where = " (already over when this process first saw it)" if self.crossed_before else ""
+        if self.kind == "budget_usd":
+            what = f"over its ${self.limit:,.4f} budget"
+        elif self.kind == "budget_tokens":
+            what = f"over its {self.limit:,} billed-token budget"
+        elif self.kind == "max_compactions":
+            what = f"over its {self.limit} allowed compactions"
+        else:
+            what = "in a compaction loop (compaction keeps re-firing without freeing room)"
+        return f"conversation {self.conversation_id!r} is {what}{where}: {spent}; on_breach={self.action}"
+
+    def error(self) -> GuardError:
+        kind = CompactionLoopDetected if self.kind == "compaction_loop" else BudgetExceeded
+        return kind(self)
+
+
+class GuardError(Exception):
+    """Raised, under `on_breach="raise"`, before a guarded conversation's next request is sent."""
+
+    def __init__(self, breach: Breach) -> None:
+        super().__init__(breach.message)
+        self.breach = breach
+        self.conversation_id = breach.conversation_id
+        self.spent_usd = breach.spent_usd
+        self.billed_tokens = breach.billed_tokens
+        self.limit = breach.limit
+        self.compactions = breach.compactions
+        self.response_ids = breach.response_ids
+        self.request_ids = breach.request_ids
+
+
+class BudgetExceeded(GuardError):
+    """The conversation's billed USD, tokens or compactions went over its budget."""
+
+
+class CompactionLoopDetected(GuardError):
+    """The conversation is in a compaction loop (`compactobs.rules.LoopRule`)."""
+
+
+def wrap_up_message(breach: Breach | GuardError | None = None) -> dict[str, Any]:
+    """The user message to append once a budget is crossed, asking the model to finish now."""
+    if isinstance(breach, GuardError):
+        breach = breach.breach
+    reason = "the budget for this task is spent"
+    if breach is not None and breach.kind == "compaction_loop":
+        reason = "the context keeps filling up faster than it can be summarised"
+    text = (
+        f"Stop here: {reason}. Do not start new work or call tools. Reply with a short wrap-up: what you "
+        "completed, what is left undone, and anything the next person must know to continue."
+    )
+    return {"role": "user", "content": [{"type": "text", "text": text}]}
+
+
+@dataclass(frozen=True, slots=True)
+class PriorSpend:
+    """What a conversation spent before this process saw it (read from the store)."""
+
+    spent_usd: Decimal = Decimal(0)
+    billed_tokens: int = 0
+    compactions: int = 0
+    calls: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSpend:
+    """A guarded conversation's figures as the guard sees them now."""
+
+    conversation_id: str
+    spent_usd: Decimal
+    billed_tokens: int
+    compactions: int
+    calls: int
+    unpriced_calls: int
+    breaches: tuple[Breach, ...]
+    pausing: bool
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A paused compaction (no message iteration) waits for the next call's context."""
+
+    position: int
+    compactions: int
+    trigger: int | None
+    ids: tuple[str | None, str | None]
+
+
+@dataclass(slots=True)
+class _State:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    spent_usd: Decimal = Decimal(0)
+    tokens: int = 0
+    compactions: int = 0
+    calls: int = 0
+    unpriced: int = 0
+    position: int = 0
+    window: LoopWindow[tuple[str | None, str | None]] | None = None
+    pending: _Pending | None = None
+    crossed: set[str] = field(default_factory=set)
+    breaches: list[Breach] = field(default_factory=list)
+    pausing: bool = False
+    stopping: Breach | None = None
+    allowance: int = 0
+    loaded: bool = False
+
+
+class Guard:
+    """The guard of one compactobs setup. Thread-safe; every method that runs inside a call never raises,
+    except `before_request`'s deliberate GuardError."""
+
+    def __init__(
+        self,
+        policy: GuardPolicy | None = None,
+        budgets: Budgets | None = None,
+        *,
+        rule: LoopRule | None = None,
+        prior: Callable[[str], PriorSpend | None] | None = None,
+        max_conversations: int = MAX_CONVERSATIONS,
+    ) -> None:
+        self.policy = policy
+        self.budgets = budgets if budgets else None
+        self.rule = rule or LoopRule()
+        self._prior = prior
+        self._max = max(1, max_conversations)
+        self._lock = threading.Lock()
+        self._states: OrderedDict[str, _State] = OrderedDict()
+        self._file_policies: dict[str, GuardPolicy | None] = {}
+        self._policies: dict[tuple[str, GuardPolicy | None], GuardPolicy | None] = {}
+        """Resolved policies by (conversation, its own policy): the same every call of a conversation."""
+
+    @property
+    def watches_all(self) -> bool:
+        """Whether conversations nobody named a policy for may still be guarded (service policy, file)."""
+        return self.policy is not None or self.budgets is not None
+
+    def policy_for(self, conversation_id: str | None, own: GuardPolicy | None) -> GuardPolicy | None:
+        """The policy guarding this conversation, or None when it is not guarded. Never raises."""
+        if conversation_id is None:
+            return None
+        key = (conversation_id, own)
+        cached = self._policies.get(key, ...)
+        if cached is not ...:
+            return cached  # type: ignore[return-value]
+        policy = self._resolve(conversation_id, own)
+        if len(self._policies) >= self._max:
+            self._policies.clear()
+        self._policies[key] = policy
+        return policy
+
+    def _resolve(self, conversation_id: str, own: GuardPolicy | None) -> GuardPolicy | None:
+        try:
+            found = self._file_policy(conversation_id) if self.budgets is not None else None
+            service = self.policy
+            if found is None and own is None and service is None:
+                return None
+            # Limits as report anomalies takes them (rules.effective_budget), then the service's; how to
+            # act and whether to watch loops: the file, then the conversation, then the service.
+            limits = effective_budget(found.budget if found else None, own.budget if own else None)
+            if limits is None and service is not None:
+                limits = service.budget
+            behaviour = (found or GuardPolicy()).over(own).over(service)
+            policy = GuardPolicy(
+                limits.usd if limits else None,
+                limits.tokens if limits else None,
+                limits.max_compactions if limits else None,
+                behaviour.loop,
+                behaviour.on_breach,
+            )
+            if not policy.budget.has_limits and policy.loop is False:
+                return None  # what applies watches nothing
+            return policy
+        except Exception:
+            log.debug("compactobs guard: no policy for %r", conversation_id, exc_info=True)
+            return None
+
+    def _file_policy(self, conversation_id: str) -> GuardPolicy | None:
+        cached = self._file_policies.get(conversation_id, ...)
+        if cached is not ...:
+            return cached  # type: ignore[return-value]
+        assert self.budgets is not None
+        budget = self.budgets.for_conversation(conversation_id)
+        found = GuardPolicy.from_budget(budget) if budget is not None else None
+        if len(self._file_policies) >= self._max:
+            self._file_policies.clear()
+        self._file_policies[conversation_id] = found
+        return found
+
+    # -- state --------------------------------------------------------------------------------------------
+
+    def _state(self, conversation_id: str, policy: GuardPolicy | None) -> _State:
+        """The conversation's state, its prior spend read from the store at its first call (once)."""
+        with self._lock:
+            state = self._states.get(conversation_id)
+            if state is not None:
+                self._states.move_to_end(conversation_id)
+                if state.loaded:
+                    return state
+            else:
+                state = _State()
+                self._states[conversation_id] = state
+                while len(self._states) > self._max:
+                    self._states.popitem(last=False)
+        with state.lock:
+            if not state.loaded:
+                # Read under the conversation's own lock: its other calls wait for the figure, others do not.
+                state.loaded = True
+                prior = self._read_prior(conversation_id)
+                if prior is not None:
+                    state.spent_usd += prior.spent_usd
+                    state.tokens += prior.billed_tokens
+                    state.compactions += prior.compactions
+                    state.calls += prior.calls
+                    if policy is not None:
+                        self._judge_prior(conversation_id, state, policy)
+        return state
+
+    def _read_prior(self, conversation_id: str) -> PriorSpend | None:
+        if self._prior is None:
+            return None
+        try:
+            return self._prior(conversation_id)
+        except Exception as err:
+            log.warning(
+                "compactobs guard: could not read conversation %r's earlier spend from the store (%s); "
+                "counting from zero in this process",
+                conversation_id,
+                err,
+            )
+            return None
+
+    def _judge_prior(self, conversation_id: str, state: _State, policy: GuardPolicy) -> None:
+        for kind in over_limits(policy.budget, state.spent_usd, state.tokens, state.compactions):
+            breach = self._breach(kind, conversation_id, state, policy, (), crossed_before=True)
+            self._act(state, breach)
+            log.warning("compactobs guard: %s", breach.message)
+
+    def _breach(
+        self,
+        kind: BreachKind,
+        conversation_id: str,
+        state: _State,
+        policy: GuardPolicy,
+        ids: tuple[tuple[str | None, str | None], ...],
+        *,
+        crossed_before: bool = False,
+    ) -> Breach:
+        budget = policy.budget
+        limit: Decimal | int | None = {
+            "budget_usd": budget.usd,
+            "budget_tokens": budget.tokens,
+            "max_compactions": budget.max_compactions,
+            "compaction_loop": None,
+        }[kind]
+        return Breach(
+            kind=kind,
+            conversation_id=conversation_id,
+            action=policy.action,
+            spent_usd=state.spent_usd,
+            billed_tokens=state.tokens,
+            compactions=state.compactions,
+            limit=limit,
+            response_ids=tuple(r for r, _ in ids if r),
+            request_ids=tuple(q for _, q in ids if q),
+            unpriced_calls=state.unpriced,
+            crossed_before=crossed_before,
+        )
+
+    @staticmethod
+    def _act(state: _State, breach: Breach) -> None:
+        state.crossed.add(breach.kind)
+        state.breaches.append(breach)
+        if breach.action == "pause":
+            state.pausing = True
+        elif breach.action == "raise" and state.stopping is None:
+            state.stopping = breach
+
+    # -- the call's path ----------------------------------------------------------------------------------
+
+    def before_request(
+        self, conversation_id: str, policy: GuardPolicy, *, first_attempt: bool = True
+    ) -> bool:
+        """Whether the request must carry `pause_after_compaction: true`. Raises the conversation's
+        GuardError under `raise` once it is over (a retry of a call already sent is never stopped)."""
+        try:
+            state = self._state(conversation_id, policy)
+            with state.lock:
+                stopping = state.stopping if first_attempt else None
+                if stopping is not None and state.allowance > 0:
+                    state.allowance -= 1
+                    stopping = None
+                pausing = state.pausing
+        except Exception:
+            log.debug("compactobs guard: could not check a request", exc_info=True)
+            return False
+        if stopping is not None:
+            raise stopping.error()
+        return pausing
+
+    def observe(
+        self,
+        conversation_id: str,
+        policy: GuardPolicy,
+        usage: CallUsage | None,
+        cost_usd: Decimal | None,
+        *,
+        trigger: int | None,
+        response_id: str | None,
+        request_id: str | None,
+    ) -> list[Breach]:
+        """Count a returned call's billed totals; the breaches this call crossed (each at most once per
+        conversation, so exactly one call crosses a budget). Never raises."""
+        if usage is None:
+            return []
+        try:
+            state = self._state(conversation_id, policy)
+            ids = (response_id, request_id)
+            with state.lock:
+                return self._count(conversation_id, state, policy, usage, cost_usd, trigger, ids)
+        except Exception:
+            log.debug("compactobs guard: could not count a call", exc_info=True)
+            return []
+
+    def _count(
+        self,
+        conversation_id: str,
+        state: _State,
+        policy: GuardPolicy,
+        usage: CallUsage,
+        cost_usd: Decimal | None,
+        trigger: int | None,
+        ids: tuple[str | None, str | None],
+    ) -> list[Breach]:
+        compactions = usage.compactions
+        state.calls += 1
+        state.position += 1
+        state.tokens += billed_tokens(usage.totals)
+        state.compactions += compactions
+        if cost_usd is None:
+            state.unpriced += 1
+        else:
+            state.spent_usd += cost_usd
+        found: list[Breach] = []
+        for kind in over_limits(policy.budget, state.spent_usd, state.tokens, state.compactions):
+            if kind not in state.crossed:
+                found.append(self._breach(kind, conversation_id, state, policy, (ids,)))
+        if policy.watches_loops:
+            loop = self._loop(state, usage, compactions, trigger, ids)
+            if loop is not None and "compaction_loop" not in state.crossed:
+                found.append(self._breach("compaction_loop", conversation_id, state, policy, loop))
+        for breach in found:
+            self._act(state, breach)
+        return found
+
+    def _loop(
+        self,
+        state: _State,
+        usage: CallUsage,
+        compactions: int,
+        trigger: int | None,
+        ids: tuple[str | None, str | None],
+    ) -> tuple[tuple[str | None, str | None], ...] | None:
+        """Feed the loop rule: this call's compaction, and a paused one before it now that its context (this
+        call's) is known."""
+        if state.window is None:
+            state.window = LoopWindow(self.rule)
+        context = usage.context_tokens
+        loop = None
+        pending, state.pending = state.pending, None
+        if pending is not None and context is not None and self.rule.ineffective(context, pending.trigger):
+            loop = state.window.add(pending.position, pending.compactions, pending.ids)
+        if compactions:
+            if context is None:
+                state.pending = _Pending(state.position, compactions, trigger, ids)
+            elif self.rule.ineffective(context, trigger):
+                loop = state.window.add(state.position, compactions, ids) or loop
+        return loop
+
+    # -- public views -------------------------------------------------------------------------------------
+
+    def spend(self, conversation_id: str) -> ConversationSpend | None:
+        with self._lock:
+            state = self._states.get(conversation_id)
+        if state is None:
+            return None
+        with state.lock:
+            return ConversationSpend(
+                conversation_id,
+                state.spent_usd,
+                state.tokens,
+                state.compactions,
+                state.calls,
+                state.unpriced,
+                tuple(state.breaches),
+                state.pausing,
+            )
+
+    def close(self) -> None:
+        """Release the store connection of the prior-spend reader, if any."""
+        close = getattr(self._prior, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.debug("compactobs guard: closing the store reader failed", exc_info=True)
+
+    def allow_wrap_up(self, conversation_id: str, requests: int = 1) -> None:
+        with self._lock:
+            state = self._states.get(conversation_id)
+        if state is not None:
+            with state.lock:
+                state.allowance += requests
+
+
+_installed: Guard | None = None
+
+
+def install(guard: Guard | None) -> None:
+    """Make `guard` the one calls are judged by (compactobs' setup does this)."""
+    global _installed
+    _installed = guard
+
+
+def installed() -> Guard | None:
+    return _installed
+
+
+def spend(conversation_id: str) -> ConversationSpend | None:
+    """What the guard counted for a guarded conversation so far (None if it has not seen it)."""
+    guard = _installed
+    return guard.spend(conversation_id) if guard is not None else None
+
+
+def allow_wrap_up(conversation_id: str, requests: int = 1) -> None:
+    """Under `on_breach="raise"`: let the conversation's next `requests` requests through (the wrap-up)."""
+    guard = _installed
+    if guard is not None:
+        guard.allow_wrap_up(conversation_id, requests)
+
+
+def with_pause(body: object) -> dict[str, Any] | None:
+    """A new request body whose `compact_20260112` edits carry `pause_after_compaction: true`; None when
+    there is nothing to change (no threshold compaction configured, or already pausing)."""
+    if not isinstance(body, dict):
+        return None
+    management = body.get("context_management")
+    edits = management.get("edits") if isinstance(management, dict) else None
+    if not isinstance(edits, list):
+        return None
+    changed = False
+    new_edits = []
+    for edit in edits:
+        if (
+            isinstance(edit, dict)
+            and edit.get("type") == "compact_20260112"
+            and edit.get("pause_after_compaction") is not True
+        ):
+            edit = {**edit, "pause_after_compaction": True}
+            changed = True
+        new_edits.append(edit)
+    if not changed:
+        return None
+    assert isinstance(management, dict)
+    return {**body, "context_management": {**management, "edits": new_edits}}
+
+
+class StoreSpend:
+    """Reads a conversation's spend so far from the SQL store (`PriorSpend`), for `Guard(prior=...)`: one
+    query on the (conversation_id, start_ms) index, at the conversation's first call in the process."""
+
+    def __init__(self, database_url: str | None) -> None:
+        self._url = database_url
+        self._engine: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self, conversation_id: str) -> PriorSpend:
+        from sqlalchemy import func, inspect, select
+
+        from compactobs.store import calls, make_engine
+
+        with self._lock:
+            if self._engine is None:
+                self._engine = make_engine(self._url)
+            engine = self._engine
+        c = calls.c
+        tokens = [func.coalesce(c[name], 0) for name in BILLED_TOKEN_COLUMNS]
+        billed = tokens[0]
+        for column in tokens[1:]:
+            billed = billed + column
+        query = select(
+            func.count(),
+            func.sum(c.cost_usd),
+            func.sum(billed),
+            func.sum(func.coalesce(c.compactions_count, 0)),
+        ).where(c.conversation_id == conversation_id, c.input_tokens.is_not(None))
+        with engine.connect() as connection:
+            if not inspect(connection).has_table("calls"):
+                return PriorSpend()  # a new store, being made by the exporter: nothing spent yet
+            count, cost, billed_sum, compactions = connection.execute(query).one()
+        return PriorSpend(
+            spent_usd=Decimal(str(cost)) if cost is not None else Decimal(0),
+            billed_tokens=int(billed_sum or 0),
+            compactions=int(compactions or 0),
+            calls=int(count or 0),
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.dispose()

@@ -1,0 +1,300 @@
+"""The rules a conversation is judged by, shared by `report anomalies` (after the fact, over the store) and
+the runtime guard (`compactobs.guard`, live, as calls return): one implementation, so a rule changed here
+changes both.
+
+- **Budgets**: a conversation is over a limit when its billed spend is *above* it: USD (the sum of its
+  priced calls), billed tokens (uncached input + output + cache reads + cache writes, summed over every
+  iteration) or compactions. `over_limits` says which.
+- **Budgets file** (TOML, `COMPACTOBS_BUDGETS_FILE`): budgets by conversation id or glob, read by
+  `load_budgets`; exact ids win, else the most specific glob (most literal characters), then file order.
+- **Compaction loop**: a compaction is *ineffective* when the context it left is >= `ineffective_ratio` of
+  its trigger; a loop is >= `loop_min` ineffective compactions within `loop_window` consecutive calls of one
+  conversation (`LoopWindow`, fed the conversation's compacting calls in order).
+
+Pure: no database, no SDK. Raises `RulesInputError` (one line) on a bad budgets file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Final, Generic, Literal, TypeVar
+
+from compactobs.usage import TokenCounts
+
+__all__ = [
+    "BILLED_TOKEN_COLUMNS",
+    "ENV_BUDGETS_FILE",
+    "ON_BREACH",
+    "Budget",
+    "Budgets",
+    "LimitKind",
+    "LoopRule",
+    "LoopWindow",
+    "OnBreach",
+    "RulesInputError",
+    "billed_tokens",
+    "effective_budget",
+    "load_budgets",
+    "over_limits",
+]
+
+ENV_BUDGETS_FILE: Final = "COMPACTOBS_BUDGETS_FILE"
+
+OnBreach = Literal["warn", "pause", "raise"]
+ON_BREACH: Final[tuple[OnBreach, ...]] = ("warn", "pause", "raise")
+
+LimitKind = Literal["budget_usd", "budget_tokens", "max_compactions"]
+
+
+class RulesInputError(ValueError):
+    """A bad budgets file or rule setting the user can fix: the message is one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+
+# --- budgets ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A conversation's limits, and where they came from. `loop` and `on_breach` are the guard's: how it
+    watches and acts (the report always looks for loops and only reports)."""
+
+    usd: Decimal | None = None
+    tokens: int | None = None
+    source: str = "stored"
+    """`stored` (from compactobs.conversation(..., budget_usd=..., budget_tokens=...)), or the file entry:
+    `FILE [budgets."KEY"]`."""
+    max_compactions: int | None = None
+    loop: bool | None = None
+    on_breach: OnBreach | None = None
+
+    @property
+    def has_limits(self) -> bool:
+        return self.usd is not None or self.tokens is not None or self.max_compactions is not None
+
+
+def effective_budget(from_file: Budget | None, own: Budget | None) -> Budget | None:
+    """The limits a conversation is held to: a budgets-file entry that sets limits wins (where it speaks,
+    it replaces the limits the application gave, so operators can change them without a deploy), else the
+    application's own (`compactobs.conversation(..., budget_usd=...)`, stored with the calls)."""
+    if from_file is not None and from_file.has_limits:
+        return from_file
+    if own is not None and own.has_limits:
+        return own
+    return None
+
+
+def billed_tokens(tokens: TokenCounts) -> int:
+    """What a token budget counts: uncached input + output + cache reads + cache writes."""
+    return tokens.input + tokens.output + tokens.cache_read + tokens.cache_write
+
+
+BILLED_TOKEN_COLUMNS: Final = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+)
+"""`billed_tokens` over the store: the `calls` columns a token budget sums."""
+
+
+def over_limits(
+    budget: Budget, spent_usd: Decimal | None, tokens: int, compactions: int = 0
+) -> tuple[LimitKind, ...]:
+    """The limits the spend is above (strictly: spending exactly the budget is within it)."""
+    over: list[LimitKind] = []
+    if budget.usd is not None and spent_usd is not None and spent_usd > budget.usd:
+        over.append("budget_usd")
+    if budget.tokens is not None and tokens > budget.tokens:
+        over.append("budget_tokens")
+    if budget.max_compactions is not None and compactions > budget.max_compactions:
+        over.append("max_compactions")
+    return tuple(over)
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Budgets by conversation id or glob, from a budgets file. Exact ids win; else the most specific glob
+    (most literal characters), then file order."""
+
+    exact: Mapping[str, Budget] = field(default_factory=dict)
+    globs: Sequence[tuple[str, Budget]] = ()
+
+    def for_conversation(self, conversation_id: str) -> Budget | None:
+        found = self.exact.get(conversation_id)
+        if found is not None:
+            return found
+        for pattern, budget in self.globs:
+            if fnmatchcase(conversation_id, pattern):
+                return budget
+        return None
+
+    def __bool__(self) -> bool:
+        return bool(self.exact) or bool(self.globs)
+
+
+_GLOB_CHARS: Final = frozenset("*?[")
+_BUDGET_KEYS: Final = ("usd", "tokens", "max_compactions", "loop", "on_breach")
+_LIMIT_KEYS: Final = frozenset({"usd", "tokens", "max_compactions", "loop"})
+_BUDGETS_EXAMPLE: Final = '[budgets."ticket-42"] usd = 5.0, tokens = 2000000'
+
+
+def _toml_loads(text: str) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib.loads(text, parse_float=Decimal)
+    try:  # pragma: no cover - 3.10 only
+        import tomli
+    except ImportError as err:  # pragma: no cover
+        raise RulesInputError(
+            "reading a budgets file on Python 3.10 needs 'tomli' (pip install tomli)"
+        ) from err
+    return tomli.loads(text, parse_float=Decimal)  # pragma: no cover
+
+
+def _whole(where: str, value: Any) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise RulesInputError(f"{where} must be a whole number >= 0, not {value!r}")
+    return value
+
+
+def load_budgets(path: str | os.PathLike[str]) -> Budgets:
+    """Read a budgets file (TOML). Raises RulesInputError with a one-line message on any problem.
+
+    ```toml
+    [budgets."ticket-42"]      # an exact conversation id
+    usd = 5.0                  # USD (optional)
+    tokens = 2_000_000         # billed tokens: input + output + cache reads + cache writes (optional)
+    max_compactions = 10       # compactions (optional)
+    on_breach = "pause"        # what the runtime guard does: warn (default), pause or raise (optional)
+    loop = true                # the guard stops compaction loops too (default true)
+
+    [budgets."batch-*"]        # a glob (fnmatch: * ? [...]) over conversation ids
+    usd = 0.50
+    ```
+    """
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RulesInputError(f"budgets file {name} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise RulesInputError(f"cannot read budgets file {name}: {err}") from None
+    try:
+        data = _toml_loads(text)
+    except RulesInputError:
+        raise
+    except Exception as err:  # tomllib.TOMLDecodeError (and tomli's)
+        raise RulesInputError(f"budgets file {name} is not valid TOML: {err}") from None
+    unknown = sorted(set(data) - {"budgets"})
+    if unknown:
+        raise RulesInputError(
+            f'budgets file {name}: unknown top-level key {unknown[0]!r}; expected only [budgets."ID"] '
+            f"tables, e.g. {_BUDGETS_EXAMPLE}"
+        )
+    table = data.get("budgets", {})
+    if not isinstance(table, dict):
+        raise RulesInputError(f"budgets file {name}: 'budgets' must be a table, e.g. {_BUDGETS_EXAMPLE}")
+    exact: dict[str, Budget] = {}
+    globs: list[tuple[int, int, str, Budget]] = []
+    for position, (key, entry) in enumerate(table.items()):
+        where = f'budgets file {name}: [budgets."{key}"]'
+        if not isinstance(entry, dict):
+            raise RulesInputError(f"{where} must be a table with usd and/or tokens, e.g. {_BUDGETS_EXAMPLE}")
+        bad = sorted(set(entry) - set(_BUDGET_KEYS))
+        if bad:
+            raise RulesInputError(f"{where}: unknown key {bad[0]!r} (allowed: {', '.join(_BUDGET_KEYS)})")
+        if not _LIMIT_KEYS & set(entry):
+            raise RulesInputError(f"{where} sets no budget: give usd and/or tokens")
+        usd = entry.get("usd")
+        if usd is not None:
+            if isinstance(usd, bool) or not isinstance(usd, (int, Decimal)):
+                raise RulesInputError(f"{where}.usd must be a number, not {usd!r}")
+            usd = Decimal(usd)
+            if not usd.is_finite() or usd < 0:
+                raise RulesInputError(f"{where}.usd must be a finite number >= 0, not {usd}")
+        tokens = _whole(f"{where}.tokens", entry.get("tokens"))
+        max_compactions = _whole(f"{where}.max_compactions", entry.get("max_compactions"))
+        loop = entry.get("loop")
+        if loop is not None and not isinstance(loop, bool):
+            raise RulesInputError(f"{where}.loop must be true or false, not {loop!r}")
+        on_breach = entry.get("on_breach")
+        if on_breach is not None and on_breach not in ON_BREACH:
+            raise RulesInputError(f"{where}.on_breach must be one of warn, pause, raise, not {on_breach!r}")
+        budget = Budget(
+            usd=usd,
+            tokens=tokens,
+            source=f'{name} [budgets."{key}"]',
+            max_compactions=max_compactions,
+            loop=loop,
+            on_breach=on_breach,
+        )
+        if _GLOB_CHARS & set(key):
+            literal_chars = sum(1 for char in key if char not in _GLOB_CHARS)
+            globs.append((-literal_chars, position, key, budget))
+        else:
+            exact[key] = budget
+    globs.sort(key=lambda item: (item[0], item[1]))
+    return Budgets(exact=exact, globs=tuple((pattern, budget) for _, _, pattern, budget in globs))
+
+
+# --- compaction loops ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoopRule:
+    """What counts as a compaction loop (the defaults are `report anomalies`' and the guard's)."""
+
+    loop_min: int = 3
+    """At least this many ineffective compactions..."""
+    loop_window: int = 5
+    """...within this many consecutive calls of one conversation."""
+    ineffective_ratio: float = 0.8
+    """A compaction is ineffective when the context it left is >= this share of the trigger."""
+
+    def ineffective(self, context_after: int | None, trigger: int | None) -> bool:
+        """Whether a compaction that left `context_after` tokens under `trigger` freed too little room."""
+        return (
+            trigger is not None
+            and trigger > 0
+            and context_after is not None
+            and context_after >= self.ineffective_ratio * trigger
+        )
+
+
+T = TypeVar("T")
+
+
+class LoopWindow(Generic[T]):
+    """The sliding window of one conversation's ineffective compactions. Feed it, in conversation order,
+    each ineffective compacting call: its position among the conversation's calls (1, 2, ...), its
+    compactions and any payload. Not thread-safe (the guard holds its lock)."""
+
+    __slots__ = ("_calls", "_rule", "_total")
+
+    def __init__(self, rule: LoopRule) -> None:
+        self._rule = rule
+        self._calls: deque[tuple[int, int, T]] = deque()
+        self._total = 0
+
+    def add(self, position: int, compactions: int, payload: T) -> tuple[T, ...] | None:
+        """The window's calls (payloads, oldest first) when they now hold a loop, else None."""
+        calls = self._calls
+        calls.append((position, compactions, payload))
+        self._total += compactions
+        while position - calls[0][0] >= self._rule.loop_window:
+            self._total -= calls.popleft()[1]
+        if self._total >= self._rule.loop_min:
+            return tuple(payload for _, _, payload in calls)
+        return None

@@ -1,0 +1,516 @@
+"""The runtime guard (compactobs.guard): real SDK, real HTTP and SSE against compactobs.testing's simulator.
+
+Costs are worked by hand from the list prices of claude-opus-4-8: $5 input, $25 output per MTok.
+
+The looping conversation is the demo's research agent: a 1,500-token system prompt, then each turn a
+48,000-token tool result and an 800-token reply, with a 50,000-token compaction trigger (the summary is 2%
+of it, 1,000 tokens). By the simulator's counting:
+- turn 1: 1,500 + 48,000 = 49,500 < 50,000, no compaction: 49,500 in, 800 out = $0.2475 + $0.02 = $0.2675;
+- turn 2: 49,500 + 800 + 48,000 = 98,300 compacts: the compaction reads 98,300 and writes the 1,000-token
+  summary ($0.4915 + $0.025 = $0.5165), the reply reads 1,500 + 1,000 + 48,000 = 50,500 ($0.2525 + $0.02
+  = $0.2725): $0.789;
+- turns 3 on: 1,500 + 1,000 + 800 + 48,000 = 51,300 compacts again ($0.2565 + $0.025 = $0.2815), reply as
+  above ($0.2725): $0.554.
+Every compaction leaves 50,500 tokens, 101% of the trigger (>= 80%: ineffective), so the loop rule (3
+ineffective compactions within 5 calls) fires at turn 4. Spend after each turn: $0.2675, $1.0565, $1.6105,
+$2.1645, $2.7185, $3.2725: a $2 budget is crossed at turn 4 too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import anthropic
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import compactobs
+from compactobs import guard, store
+from compactobs import telemetry as t
+from compactobs.testing import ConversationScenario, Reply, Simulator, message
+
+MODEL = "claude-opus-4-8"
+BETAS = ["compact-2026-01-12"]
+SYSTEM = "s" * (4 * 1500)
+TURN_COST = [Decimal(x) for x in ("0.2675", "0.789", "0.554", "0.554", "0.554", "0.554")]
+
+
+def spend_after(turns: int) -> Decimal:
+    return sum(TURN_COST[:turns], Decimal(0))
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[Simulator]:
+    with Simulator() as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def spans(sim: Simulator) -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    compactobs.configure(tracer_provider=provider, meter_provider=MeterProvider(), store=False)
+    sim.reset()
+    sim.scenario = ConversationScenario(reply_tokens=800)
+    try:
+        yield exporter
+    finally:
+        compactobs.shutdown()
+
+
+def client(sim: Simulator) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=sim.base_url, api_key="k", middleware=[compactobs.Middleware()])
+
+
+def call_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+    compactobs.flush()
+    found = [
+        s for s in exporter.get_finished_spans() if (s.attributes or {}).get(t.SPAN_KIND) == t.SPAN_KIND_CALL
+    ]
+    return sorted(found, key=lambda s: s.start_time or 0)
+
+
+def breach_events(exporter: InMemorySpanExporter) -> list[tuple[ReadableSpan, Any]]:
+    return [(s, e) for s in call_spans(exporter) for e in s.events if e.name == t.EVENT_GUARD_BREACH]
+
+
+def paper(turn: int) -> str:
+    lead = f"Tool result {turn}: paper {turn}. "
+    return lead + "p" * (4 * 48_000 - len(lead))
+
+
+class Research:
+    """The research agent's script: a turn per paper; at a paused compaction (`stop_reason: "compaction"`)
+    it wraps up through the checkpoint helper and stops. The same script runs guarded and unguarded."""
+
+    def __init__(self, api: anthropic.Anthropic, *, pause: bool = False) -> None:
+        self.api = api
+        self.messages: list[dict[str, Any]] = []
+        self.results: list[Any] = []
+        edit: dict[str, Any] = {
+            "type": "compact_20260112",
+            "trigger": {"type": "input_tokens", "value": 50_000},
+        }
+        if pause:
+            edit["pause_after_compaction"] = True
+        self.params: dict[str, Any] = {
+            "model": MODEL,
+            "max_tokens": 2048,
+            "system": SYSTEM,
+            "betas": BETAS,
+            "context_management": {"edits": [edit]},
+        }
+
+    def run(self, turns: int = 6) -> None:
+        for turn in range(1, turns + 1):
+            self.messages.append({"role": "user", "content": paper(turn)})
+            result = self.api.beta.messages.create(**self.params, messages=self.messages)
+            self.results.append(result)
+            if result.stop_reason == "compaction":
+                point = compactobs.checkpoint(result, self.messages, keep=[f"paper {turn}"])
+                self.messages = point.next_messages(wrap_up=True)
+                self.results.append(self.api.beta.messages.create(**self.params, messages=self.messages))
+                return
+            self.messages.append({"role": "assistant", "content": [b.to_dict() for b in result.content]})
+
+
+def cost(span: ReadableSpan) -> Decimal:
+    return Decimal(str((span.attributes or {})[t.COST_USD]))
+
+
+# -- a looping conversation under each action -----------------------------------------------------------
+
+
+def test_unguarded_the_loop_runs_its_six_turns(spans: InMemorySpanExporter, sim: Simulator) -> None:
+    with compactobs.conversation("loop-free"):
+        Research(client(sim)).run()
+    calls = call_spans(spans)
+    assert [(s.attributes or {})[t.COMPACTIONS_COUNT] for s in calls] == [0, 1, 1, 1, 1, 1]
+    assert [cost(s) for s in calls] == TURN_COST
+    assert guard.spend("loop-free") is None and breach_events(spans) == []
+
+
+def test_raise_stops_before_the_next_request_once_over_budget(
+    spans: InMemorySpanExporter, sim: Simulator
+) -> None:
+    research = Research(client(sim))
+    policy = {"budget_usd": 2, "loop": False, "on_breach": "raise"}
+    with compactobs.conversation("loop-raise", **policy), pytest.raises(compactobs.BudgetExceeded) as raised:
+        research.run()
+    assert len(sim.requests) == 4  # the fifth request was never sent
+    error = raised.value
+    calls = call_spans(spans)
+    assert error.spent_usd == spend_after(4) == Decimal("2.1645") and error.limit == Decimal(2)
+    assert error.compactions == 3 and error.breach.kind == "budget_usd"
+    assert error.response_ids == (research.results[3].id,)  # turn 4 crossed $2
+    assert [cost(s) for s in calls] == TURN_COST[:4]
+    # the span event is on the crossing call only
+    [(span, event)] = breach_events(spans)
+    assert span is calls[3] and event.attributes[t.GUARD_KIND] == "budget_usd"
+    assert event.attributes[t.GUARD_ACTION] == "raise" and event.attributes[t.GUARD_LIMIT] == 2.0
+    assert event.attributes[t.GUARD_SPENT_USD] == pytest.approx(2.1645)
+    # the conversation stays stopped, and allow_wrap_up lets exactly one more request through
+    with compactobs.conversation("loop-raise", **policy):
+        with pytest.raises(compactobs.BudgetExceeded):
+            client(sim).beta.messages.create(**research.params, messages=research.messages)
+        compactobs.guard.allow_wrap_up("loop-raise")
+        research.messages.append(compactobs.wrap_up_message(error))
+        client(sim).beta.messages.create(**research.params, messages=research.messages)
+        with pytest.raises(compactobs.BudgetExceeded):
+            client(sim).beta.messages.create(**research.params, messages=research.messages)
+    assert len(sim.requests) == 5
+
+
+def test_raise_on_a_compaction_loop(spans: InMemorySpanExporter, sim: Simulator) -> None:
+    research = Research(client(sim))
+    loop = pytest.raises(compactobs.CompactionLoopDetected)
+    with compactobs.conversation("loop-detect", on_breach="raise"), loop as raised:
+        research.run()
+    assert len(sim.requests) == 4
+    error = raised.value
+    assert error.compactions == 3 and error.limit is None and error.spent_usd == Decimal("2.1645")
+    # the loop's calls: turns 2, 3 and 4, each leaving 50,500 of 50,000 tokens
+    assert error.response_ids == tuple(r.id for r in research.results[1:4])
+
+
+def test_pause_gets_control_back_at_the_next_compaction(spans: InMemorySpanExporter, sim: Simulator) -> None:
+    research = Research(client(sim))
+    with compactobs.conversation("loop-pause", budget_usd=2, on_breach="pause"):
+        research.run()
+    bodies = [r.body for r in sim.requests]
+    paused = [b["context_management"]["edits"][0].get("pause_after_compaction") for b in bodies]
+    # turns 1-4 as the app wrote them; turn 5 and the wrap-up carry pause_after_compaction
+    assert paused == [None, None, None, None, True, True]
+    assert "pause_after_compaction" not in research.params["context_management"]["edits"][0]  # the app's own
+    fifth = research.results[4]
+    assert fifth.stop_reason == "compaction" and [b.type for b in fifth.content] == ["compaction"]
+    calls = call_spans(spans)
+    # turn 5 paused: only its compaction was billed, 51,300 in and 1,000 out = $0.2815; the wrap-up reads
+    # 1,500 + the 1,000-token summary + the wrap-up message and answers in 800 tokens
+    assert cost(calls[4]) == Decimal("0.2815")
+    assert (calls[4].attributes or {})[t.COMPACTION_PAUSE_AFTER] is True
+    wrap_up_input = (calls[5].attributes or {})[t.USAGE_INPUT_TOKENS]
+    assert 2_500 < wrap_up_input < 3_000 and research.results[5].stop_reason == "end_turn"
+    guarded = spend_after(4) + Decimal("0.2815") + cost(calls[5])
+    assert guard.spend("loop-pause").spent_usd == guarded == sum(cost(s) for s in calls)
+    assert spend_after(6) - guarded > Decimal("0.79")  # the unguarded script spends $3.2725
+    # the budget and the loop (on by default) are both crossed at turn 4
+    events = breach_events(spans)
+    assert [
+        (calls.index(s), e.attributes[t.GUARD_KIND], e.attributes[t.GUARD_ACTION]) for s, e in events
+    ] == [
+        (3, "budget_usd", "pause"),
+        (3, "compaction_loop", "pause"),
+    ]
+
+
+def test_warn_logs_once_and_marks_the_crossing_call(
+    spans: InMemorySpanExporter, sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="compactobs")
+    with compactobs.conversation("loop-warn", budget_usd=2):
+        Research(client(sim)).run()
+    calls = call_spans(spans)
+    assert len(calls) == 6  # warn does not stop anything
+    events = breach_events(spans)
+    # both the $2 budget and the loop are crossed at turn 4, once each
+    assert [(calls.index(s), e.attributes[t.GUARD_KIND]) for s, e in events] == [
+        (3, "budget_usd"),
+        (3, "compaction_loop"),
+    ]
+    lines = [r.getMessage() for r in caplog.records if "compactobs guard" in r.getMessage()]
+    assert len(lines) == 2
+    assert "'loop-warn' is over its $2.0000 budget: $2.1645 billed" in lines[0]
+    spent = guard.spend("loop-warn")
+    assert spent.spent_usd == spend_after(6) and spent.compactions == 5 and len(spent.breaches) == 2
+
+
+def test_a_healthy_conversation_is_never_touched(
+    spans: InMemorySpanExporter, sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="compactobs")
+    api = client(sim)
+    messages: list[dict[str, Any]] = []
+    params = Research(api).params
+    with compactobs.conversation("healthy", budget_usd=5, max_compactions=2, on_breach="raise"):
+        for turn in range(1, 5):
+            # 20,001-token turns: turn 3 compacts (63,103 tokens) and leaves 22,501, 45% of the trigger
+            messages.append({"role": "user", "content": f"turn {turn} " + "h" * 80_000})
+            result = api.beta.messages.create(**params, messages=messages)
+            messages.append({"role": "assistant", "content": [b.to_dict() for b in result.content]})
+    calls = call_spans(spans)
+    assert [(s.attributes or {})[t.COMPACTIONS_COUNT] for s in calls] == [0, 0, 1, 0]
+    assert all("pause_after_compaction" not in r.body["context_management"]["edits"][0] for r in sim.requests)
+    assert breach_events(spans) == [] and not [r for r in caplog.records if "guard" in r.getMessage()]
+    spent = guard.spend("healthy")
+    assert spent.breaches == () and spent.spent_usd == sum(cost(s) for s in calls) and spent.calls == 4
+
+
+def test_pause_on_a_streamed_conversation_and_the_checkpoint(
+    spans: InMemorySpanExporter, sim: Simulator
+) -> None:
+    api = client(sim)
+    research = Research(api)
+    messages: list[dict[str, Any]] = []
+    with compactobs.conversation("stream-pause", max_compactions=1, loop=False, on_breach="pause"):
+        for turn in range(1, 5):
+            messages.append({"role": "user", "content": paper(turn) + " see src/agent/loop.py, TICKET-42"})
+            with api.beta.messages.stream(**research.params, messages=messages) as stream:
+                result = stream.get_final_message()
+            if result.stop_reason == "compaction":
+                break
+            messages.append({"role": "assistant", "content": [b.to_dict() for b in result.content]})
+    # turn 2 compacts once (allowed), turn 3 a second time: over max_compactions=1, so turn 4 pauses
+    assert turn == 4 and result.stop_reason == "compaction"
+    point = compactobs.checkpoint(result, messages, keep=["src/agent/loop.py", "TICKET-42"])
+    # the simulator's summary is filler text: it keeps neither string, which the checkpoint says
+    assert point.summary_tokens == 1_000 and point.summary is not None and len(point.summary) == 4_000
+    assert point.kept == {"src/agent/loop.py": False, "TICKET-42": False}
+    assert point.missing == ("src/agent/loop.py", "TICKET-42")
+    following = point.next_messages()
+    assert following[-2] == {"role": "assistant", "content": [result.content[0].to_dict()]}
+    assert following[-1]["role"] == "user"
+    assert "src/agent/loop.py" in following[-1]["content"][0]["text"]
+    assert "TICKET-42" in following[-1]["content"][0]["text"]
+    answer = api.beta.messages.create(**research.params, messages=following)
+    assert answer.stop_reason == "end_turn"
+
+
+# -- exactly once, with threads and asyncio tasks --------------------------------------------------------
+
+# Each reply: 100,000 input tokens, no output: $0.50. 40 calls spend $20; a $10.20 budget is crossed by
+# the 21st call counted, at $10.50.
+FLAT = {"input_tokens": 100_000, "output_tokens": 0}
+
+
+def flat_replies(sim: Simulator, n: int) -> None:
+    sim.enqueue(*[Reply(message(model=MODEL, usage=FLAT, id=f"msg_flat_{i}")) for i in range(n)])
+
+
+def assert_crossed_once(spans: InMemorySpanExporter, conversation_id: str) -> None:
+    calls = call_spans(spans)
+    assert len(calls) == 40
+    [(span, event)] = breach_events(spans)
+    spent = guard.spend(conversation_id)
+    [breach] = spent.breaches
+    assert spent.spent_usd == Decimal(20) and spent.calls == 40
+    assert breach.spent_usd == Decimal("10.5") and breach.response_ids == (
+        (span.attributes or {})[t.RESPONSE_ID],
+    )
+    assert event.attributes[t.GUARD_SPENT_USD] == 10.5
+
+
+def test_exactly_once_with_8_threads(spans: InMemorySpanExporter, sim: Simulator) -> None:
+    flat_replies(sim, 40)
+    api = client(sim)
+
+    def work() -> None:
+        with compactobs.conversation("threads", budget_usd=10.2):
+            for _ in range(5):
+                api.messages.create(model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "x"}])
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert_crossed_once(spans, "threads")
+
+
+def test_exactly_once_with_20_asyncio_tasks(spans: InMemorySpanExporter, sim: Simulator) -> None:
+    flat_replies(sim, 40)
+
+    async def main() -> None:
+        api = anthropic.AsyncAnthropic(
+            base_url=sim.base_url, api_key="k", middleware=[compactobs.Middleware()]
+        )
+
+        async def task() -> None:
+            for _ in range(2):
+                stream = await api.messages.create(
+                    model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "x"}], stream=True
+                )
+                async for _event in stream:
+                    pass
+
+        with compactobs.conversation("tasks", budget_usd=10.2):
+            await asyncio.gather(*[task() for _ in range(20)])
+        await api.close()
+
+    asyncio.run(main())
+    assert_crossed_once(spans, "tasks")
+
+
+# -- policies from the service and the budgets file ------------------------------------------------------
+
+
+def test_service_policy_and_budgets_file_globs(sim: Simulator, tmp_path: Any, monkeypatch: Any) -> None:
+    path = tmp_path / "budgets.toml"
+    path.write_text('[budgets."batch-*"]\nusd = 0.9\non_breach = "raise"\n[budgets."free-*"]\nloop = false\n')
+    monkeypatch.setenv("COMPACTOBS_BUDGETS_FILE", str(path))
+    compactobs.configure(
+        store=False,
+        tracer_provider=TracerProvider(),
+        meter_provider=MeterProvider(),
+        guard={"budget_tokens": 250_000},
+    )
+    try:
+        api = client(sim)
+        args = {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "x"}]}
+        flat_replies(sim, 5)
+        # the file's glob: $0.90 and raise, under the service's 250,000 tokens (not reached here)
+        with compactobs.conversation("batch-7"):
+            api.messages.create(**args)
+            api.messages.create(**args)  # $1.00 > $0.90
+            with pytest.raises(compactobs.BudgetExceeded) as raised:
+                api.messages.create(**args)
+        assert raised.value.breach.kind == "budget_usd"
+        assert [b.kind for b in guard.spend("batch-7").breaches] == ["budget_usd"]
+        # the service's token budget alone, with the default action (warn): 300,000 > 250,000 at call 3
+        with compactobs.conversation("other"):
+            for _ in range(3):
+                api.messages.create(**args)
+        assert [(b.kind, b.action, b.billed_tokens) for b in guard.spend("other").breaches] == [
+            ("budget_tokens", "warn", 300_000)
+        ]
+        # the file's limits replace the application's own $5, as report anomalies takes them
+        flat_replies(sim, 2)
+        with compactobs.conversation("batch-8", budget_usd=5):
+            api.messages.create(**args)
+            api.messages.create(**args)  # $1.00 > $0.90
+        assert [(b.kind, b.limit, b.action) for b in guard.spend("batch-8").breaches] == [
+            ("budget_usd", Decimal("0.9"), "raise")
+        ]
+        # the file's `loop = false` entry sets no limit: the conversation's own $0.40 applies
+        flat_replies(sim, 1)
+        with compactobs.conversation("free-1", budget_usd=0.4):
+            api.messages.create(**args)
+        assert [b.kind for b in guard.spend("free-1").breaches] == ["budget_usd"]
+    finally:
+        compactobs.shutdown()
+
+
+def test_a_bad_budgets_file_fails_at_configure(tmp_path: Any, monkeypatch: Any) -> None:
+    path = tmp_path / "budgets.toml"
+    path.write_text('[budgets."x"]\non_breach = "stop"\nusd = 1\n')
+    monkeypatch.setenv("COMPACTOBS_BUDGETS_FILE", str(path))
+    with pytest.raises(ValueError, match=r'\[budgets."x"\].on_breach must be one of warn, pause, raise'):
+        compactobs.configure(store=False, tracer_provider=TracerProvider(), meter_provider=MeterProvider())
+    compactobs.shutdown()
+    with (
+        pytest.raises(ValueError, match="on_breach must be one of"),
+        compactobs.conversation("x", on_breach="stop"),
+    ):
+        pass
+
+
+# -- a budget shared by two processes through PostgreSQL -------------------------------------------------
+
+
+def first_process(database_url: str) -> None:
+    """The other process: two calls of $0.50 in the shared conversation, under its $1.20 budget; its calls
+    are stored by the time it exits (shutdown flushes)."""
+    with Simulator() as own:
+        flat_replies(own, 2)
+        compactobs.configure(database_url, tracer_provider=TracerProvider(), meter_provider=MeterProvider())
+        api = client(own)
+        with compactobs.conversation("shared-ticket", budget_usd=1.2, on_breach="raise"):
+            for _ in range(2):
+                api.messages.create(model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "x"}])
+        compactobs.shutdown()
+
+
+def test_a_budget_shared_by_two_processes_through_postgresql(postgres_url: str, sim: Simulator) -> None:
+    store.upgrade_database(postgres_url)
+    # process 1: two calls of $0.50, under its $1.20 budget; it exits with its calls stored
+    # A forked process (it has the SDK imported already; a fresh interpreter takes seconds to import it).
+    first = multiprocessing.get_context("fork").Process(target=first_process, args=(postgres_url,))
+    first.start()
+    first.join(60)
+    assert first.exitcode == 0
+    # process 2 (this one) reads the $1.00 at its first call: its first $0.50 crosses, the next is refused
+    compactobs.configure(postgres_url, tracer_provider=TracerProvider(), meter_provider=MeterProvider())
+    try:
+        flat_replies(sim, 2)
+        api = client(sim)
+        args = {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "x"}]}
+        with compactobs.conversation("shared-ticket", budget_usd=1.2, on_breach="raise"):
+            crossing = api.messages.create(**args)
+            with pytest.raises(compactobs.BudgetExceeded) as raised:
+                api.messages.create(**args)
+        assert raised.value.spent_usd == Decimal("1.5") and raised.value.response_ids == (crossing.id,)
+        spent = guard.spend("shared-ticket")
+        assert spent.calls == 3 and spent.billed_tokens == 300_000
+    finally:
+        compactobs.shutdown()
+
+
+# -- the demo's comparison -------------------------------------------------------------------------------
+
+
+def test_the_demo_guard_saves_money_on_the_same_script() -> None:
+    from compactobs.demo import run_guard_comparison
+
+    result = run_guard_comparison()
+    # unguarded: the six turns worked out at the top of this file
+    assert (result.unguarded_calls, result.compactions, result.unguarded_usd) == (6, 5, spend_after(6))
+    # billed tokens: 50,300 + (98,300 + 1,000 + 50,500 + 800) + 4 x (51,300 + 1,000 + 50,500 + 800)
+    assert result.unguarded_tokens == 50_300 + 150_600 + 4 * 103_600 == 615_300
+    assert result.estimate_tokens == 5 * 50_000  # the docs' estimate: 2.5x under the bill
+    # guarded: turn 4 crosses $2; turn 5 pauses (its compaction alone, $0.2815); a small wrap-up turn
+    assert (result.crossed_at_call, result.paused_at_call, result.guarded_calls) == (4, 5, 6)
+    wrap_up = result.guarded_usd - spend_after(4) - Decimal("0.2815")
+    assert Decimal("0.02") < wrap_up < Decimal("0.04")  # ~2,600 tokens in, 800 out
+    assert result.saved_usd == spend_after(6) - result.guarded_usd > Decimal("0.75")
+    assert result.lines()[2].startswith(f"Saved ${result.saved_usd:,.4f} (24%)")
+
+
+# -- one rule for the guard and the report ---------------------------------------------------------------
+
+
+def test_the_guard_and_report_anomalies_agree(
+    sqlite_url: str, sim: Simulator, tmp_path: Any, monkeypatch: Any
+) -> None:
+    from sqlalchemy import select
+
+    from compactobs.reports._common import build_filters
+    from compactobs.reports.anomalies import find_anomalies, load_budgets
+
+    path = tmp_path / "budgets.toml"
+    path.write_text('[budgets."agree"]\nmax_compactions = 1\n')
+    monkeypatch.setenv("COMPACTOBS_BUDGETS_FILE", str(path))
+    sim.reset()
+    sim.scenario = ConversationScenario(reply_tokens=800)
+    compactobs.configure(sqlite_url, tracer_provider=TracerProvider(), meter_provider=MeterProvider())
+    try:
+        with compactobs.conversation("agree", budget_usd=2):  # the file's limit replaces the $2
+            research = Research(client(sim))
+            research.run()
+        breaches = {b.kind: b for b in guard.spend("agree").breaches}
+    finally:
+        compactobs.shutdown()
+    ids = [r.id for r in research.results]
+    # turn 3 makes 2 compactions (> 1); turns 2-4 are the first loop window
+    assert set(breaches) == {"max_compactions", "compaction_loop"}
+    assert breaches["max_compactions"].response_ids == (ids[2],)
+    assert breaches["compaction_loop"].response_ids == tuple(ids[1:4])
+    engine = store.open_database(sqlite_url)
+    with engine.connect() as connection:
+        response_of = dict(connection.execute(select(store.calls.c.call_id, store.calls.c.response_id)).all())
+    findings = find_anomalies(engine, build_filters(None, None, "UTC"), budgets=load_budgets(path))
+    engine.dispose()
+    by_kind = {f.kind: f for f in findings}
+    assert [response_of[c] for c in by_kind["budget_exceeded"].call_ids] == [ids[2]]
+    assert by_kind["budget_exceeded"].evidence["max_compactions"] == 1
+    # the report merges the overlapping windows into one loop of turns 2-6; the guard stopped at its first
+    assert [response_of[c] for c in by_kind["compaction_loop"].call_ids] == ids[1:6]
