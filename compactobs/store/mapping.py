@@ -31,7 +31,15 @@ from sqlalchemy import Boolean, Float, Integer, Numeric, String, Table
 from compactobs import telemetry as t
 from compactobs.store.models import calls, iterations
 
-__all__ = ["CALL_COLUMNS", "ITERATION_COLUMNS", "Row", "RowMapper", "sanitize"]
+__all__ = [
+    "CALL_ATTRIBUTES",
+    "CALL_COLUMNS",
+    "ITERATION_ATTRIBUTES",
+    "ITERATION_COLUMNS",
+    "Row",
+    "RowMapper",
+    "sanitize",
+]
 
 Row = list[Any]
 
@@ -105,6 +113,9 @@ _ITERATION_ATTRIBUTES: Final = {
     "cost_cache_write_5m_usd": t.COST_CACHE_WRITE_5M,
     "cost_cache_write_1h_usd": t.COST_CACHE_WRITE_1H,
 }
+CALL_ATTRIBUTES: Final = _CALL_ATTRIBUTES
+"""Which span attribute fills which `calls` column (readers of other sinks, e.g. ClickHouse, use it too)."""
+ITERATION_ATTRIBUTES: Final = _ITERATION_ATTRIBUTES
 # "" is no attribute name, so a computed column starts as None.
 _CALL_KEYS: Final = tuple(_CALL_ATTRIBUTES.get(name, "") for name in CALL_COLUMNS)
 _ITERATION_KEYS: Final = tuple(_ITERATION_ATTRIBUTES.get(name, "") for name in ITERATION_COLUMNS)

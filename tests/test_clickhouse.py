@@ -1,0 +1,97 @@
+"""The ClickHouse source: the same traffic, recorded through the SQL store (PostgreSQL) and written into the
+Collector's `otel_traces` table in chdb, gives identical report JSON, report by report.
+
+The traffic is the demo's workload (`compactobs.demo`: caching, a compaction loop over a budget, a paused
+and an on-demand compaction, a failed one, 429/529 errors, an unpriced model) through the real SDK against
+the loopback simulator. Its finished spans are kept by an InMemorySpanExporter on the same TracerProvider as
+the store's exporter, and `tests/otel_traces.py` writes them as the exporter's documented mapping does
+(opentelemetry-collector-contrib, exporter/clickhouseexporter: `exporter_traces.go` `pushTraceData`,
+`internal/sql_templates/traces_table.sql`, and pdata's `Value.AsString` for attribute values; see that
+module's docstring).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy import create_engine, make_url, text
+
+from compactobs import store
+from compactobs.demo import run_demo
+from compactobs.reports._common import build_filters, render
+from compactobs.reports.clickhouse.source import ClickHouseSource
+from compactobs.reports.cost import BY_CHOICES, cost_report
+from tests.conftest import DEFAULT_POSTGRES_URL
+from tests.otel_traces import double_text, write_spans
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url() -> Iterator[str]:
+    """A PostgreSQL schema for the module (the demo runs once for every parity test)."""
+    base = make_url(os.environ.get("COMPACTOBS_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL))
+    admin = create_engine(base)
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f"CREATE SCHEMA {schema}"))
+    except Exception as err:
+        admin.dispose()
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is unavailable: {err}")
+        pytest.skip(f"PostgreSQL is unavailable: {err}")
+    url = base.update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def recorded(module_postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The demo recorded into PostgreSQL, and its spans written into otel_traces in a chdb directory."""
+    store.upgrade_database(module_postgres_url)
+    kept = InMemorySpanExporter()
+    summary = run_demo(module_postgres_url, span_processors=[SimpleSpanProcessor(kept)])
+    directory: Path = tmp_path_factory.mktemp("chdb")
+    source = ClickHouseSource(f"chdb://{directory}")
+    written = write_spans(source, kept.get_finished_spans())
+    engine = store.open_database(module_postgres_url)
+    try:
+        yield {"engine": engine, "source": source, "summary": summary, "spans": written, "dir": directory}
+    finally:
+        engine.dispose()
+        source.close()
+
+
+def _json(report: Any) -> dict[str, Any]:
+    return json.loads(render(report, "json"))
+
+
+def test_double_text_follows_es6_number_printing() -> None:
+    """The exporter's float text (pdata AsString), worked by hand: fixed from 1e-6, else e-notation."""
+    assert double_text(0.14) == "0.14"
+    assert double_text(3.0) == "3"
+    assert double_text(1.1275) == "1.1275"
+    assert double_text(0.000003) == "0.000003"
+    assert double_text(3e-7) == "3e-7"
+    assert double_text(1.5e21) == "1.5e+21"
+    assert double_text(-2.5e-8) == "-2.5e-8"
+
+
+@pytest.mark.parametrize("by", BY_CHOICES)
+def test_cost_by_every_grouping_is_the_same_json(recorded: dict[str, Any], by: str) -> None:
+    filters = build_filters(None, None, "Europe/Paris")
+    expected = _json(cost_report(recorded["engine"], filters, (by,)))
+    got = _json(cost_report(recorded["source"], filters, (by,)))
+    assert expected["rows"], "the demo recorded calls"
+    assert got == expected
