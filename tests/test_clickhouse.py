@@ -26,9 +26,11 @@ from sqlalchemy import create_engine, make_url, text
 
 from compactobs import store
 from compactobs.demo import run_demo
-from compactobs.reports._common import build_filters, render
+from compactobs.reports._common import ReportInputError, build_filters, render
 from compactobs.reports.clickhouse.source import ClickHouseSource
+from compactobs.reports.conversation import conversation_report
 from compactobs.reports.cost import BY_CHOICES, cost_report
+from compactobs.reports.ops import ops_report
 from tests.conftest import DEFAULT_POSTGRES_URL
 from tests.otel_traces import double_text, write_spans
 
@@ -95,3 +97,32 @@ def test_cost_by_every_grouping_is_the_same_json(recorded: dict[str, Any], by: s
     got = _json(cost_report(recorded["source"], filters, (by,)))
     assert expected["rows"], "the demo recorded calls"
     assert got == expected
+
+
+def test_ops_is_the_same_json(recorded: dict[str, Any]) -> None:
+    filters = build_filters(None, None, "UTC")
+    expected = _json(ops_report(recorded["engine"], filters))
+    got = _json(ops_report(recorded["source"], filters))
+    assert expected["errors"], "the demo has errors"
+    assert expected["totals"]["latency_p95_ms"] is not None
+    assert got == expected
+
+
+def test_every_conversation_is_the_same_json(recorded: dict[str, Any]) -> None:
+    filters = build_filters(None, None, "Asia/Kolkata")
+    ids = [c.id for c in recorded["summary"].conversations]
+    assert len(ids) >= 8
+    for conversation_id in ids:
+        expected = _json(conversation_report(recorded["engine"], filters, conversation_id))
+        got = _json(conversation_report(recorded["source"], filters, conversation_id))
+        assert expected["rows"]
+        assert got == expected, conversation_id
+
+
+def test_an_unknown_conversation_is_the_same_error(recorded: dict[str, Any]) -> None:
+    filters = build_filters(None, None, "UTC")
+    with pytest.raises(ReportInputError) as on_store:
+        conversation_report(recorded["engine"], filters, "no-such-conversation")
+    with pytest.raises(ReportInputError) as on_clickhouse:
+        conversation_report(recorded["source"], filters, "no-such-conversation")
+    assert str(on_clickhouse.value) == str(on_store.value)

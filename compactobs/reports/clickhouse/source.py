@@ -213,6 +213,16 @@ class ClickHouseSource(ExternalSource):
 
         return cost.data_range(self, filters)
 
+    def ops_figures(self, filters: Any) -> Any:
+        from compactobs.reports.clickhouse import ops
+
+        return ops.ops_figures(self, filters)
+
+    def conversation_calls(self, filters: Any, conversation_id: str) -> Any:
+        from compactobs.reports.clickhouse import conversation
+
+        return conversation.conversation_calls(self, filters, conversation_id)
+
     def cost_groups(self, *args: Any, **kwargs: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
         from compactobs.reports.clickhouse import cost
 
