@@ -16,6 +16,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from sqlalchemy import create_engine, make_url, text
 from compactobs import store
 from compactobs.demo import run_demo
 from compactobs.reports._common import ReportInputError, build_filters, render
+from compactobs.reports.cache import cache_report
 from compactobs.reports.clickhouse.source import ClickHouseSource
 from compactobs.reports.conversation import conversation_report
 from compactobs.reports.cost import BY_CHOICES, cost_report
@@ -126,3 +128,16 @@ def test_an_unknown_conversation_is_the_same_error(recorded: dict[str, Any]) -> 
     with pytest.raises(ReportInputError) as on_clickhouse:
         conversation_report(recorded["source"], filters, "no-such-conversation")
     assert str(on_clickhouse.value) == str(on_store.value)
+
+
+@pytest.mark.parametrize("by", [("model",), ("day",), ("conversation",), ("service", "iteration-type")])
+def test_cache_is_the_same_json(recorded: dict[str, Any], by: tuple[str, ...]) -> None:
+    """At the demo's end and an hour later: the writes still within their TTL are judged by the clock."""
+    filters = build_filters(None, None, "America/New_York")
+    for now in (datetime.now(timezone.utc), datetime.now(timezone.utc) + timedelta(hours=2)):
+        expected = _json(cache_report(recorded["engine"], filters, by, now=now))
+        got = _json(cache_report(recorded["source"], filters, by, now=now))
+        assert expected["totals"]["saved_usd"], "the demo reads the cache"
+        # Every call counts, the error call without usage too (the store's rollups once left it out).
+        assert expected["totals"]["calls"] == recorded["summary"].calls
+        assert got == expected

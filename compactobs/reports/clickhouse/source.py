@@ -223,6 +223,11 @@ class ClickHouseSource(ExternalSource):
 
         return conversation.conversation_calls(self, filters, conversation_id)
 
+    def cache_groups(self, *args: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
+        from compactobs.reports.clickhouse import cache
+
+        return cache.cache_groups(self, *args)
+
     def cost_groups(self, *args: Any, **kwargs: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
         from compactobs.reports.clickhouse import cost
 
