@@ -28,6 +28,7 @@ from sqlalchemy import create_engine, make_url, text
 from compactobs import store
 from compactobs.demo import run_demo
 from compactobs.reports._common import ReportInputError, build_filters, render
+from compactobs.reports.anomalies import Thresholds, anomalies_report, load_budgets
 from compactobs.reports.cache import cache_report
 from compactobs.reports.clickhouse.source import ClickHouseSource
 from compactobs.reports.conversation import conversation_report
@@ -141,3 +142,54 @@ def test_cache_is_the_same_json(recorded: dict[str, Any], by: tuple[str, ...]) -
         # Every call counts, the error call without usage too (the store's rollups once left it out).
         assert expected["totals"]["calls"] == recorded["summary"].calls
         assert got == expected
+
+
+def test_anomalies_are_the_same_json(recorded: dict[str, Any], tmp_path: Path) -> None:
+    """With the budgets stored with the calls, and with a budgets file; with the default thresholds and
+    with thresholds that make every rule fire on the demo (an error burst among them)."""
+    filters = build_filters(None, None, "UTC")
+    budgets_file = tmp_path / "budgets.toml"
+    budgets_file.write_text('[budgets."demo-*"]\nusd = 0.05\ntokens = 20000\n', encoding="utf-8")
+    eager = Thresholds(error_min_calls=2, error_share=0.01, cost_share=0.1, loop_min=2, loop_window=10)
+    seen: set[str] = set()
+    for thresholds, budgets in ((None, None), (eager, load_budgets(budgets_file))):
+        expected = _json(anomalies_report(recorded["engine"], filters, thresholds, budgets))
+        got = _json(anomalies_report(recorded["source"], filters, thresholds, budgets))
+        seen.update(finding["kind"] for finding in expected["findings"])
+        assert got == expected
+    assert seen >= {
+        "compaction_loop",
+        "budget_exceeded",
+        "failed_compaction",
+        "compaction_cost_share",
+        "cache_miss_after_compaction",
+        "unpriced_model",
+        "error_burst",
+    }, seen
+
+
+def test_filters_select_the_same_calls(recorded: dict[str, Any]) -> None:
+    """--model globs, --service, --conversation globs and a window, on every report."""
+    first = recorded["summary"].started_at
+    filters = build_filters(
+        (first - timedelta(minutes=1)).isoformat(),
+        (first + timedelta(days=1)).date().isoformat(),
+        "Europe/Paris",
+        models=("claude-opus-*", "claude-haiku-4-5"),
+        services=("compactobs-*",),
+    )
+    conversation = build_filters(None, None, "UTC", conversations=("demo-*-research-*", "demo-*-triage-?"))
+    now = datetime.now(timezone.utc)
+    for source_filters in (filters, conversation):
+        reports = [
+            lambda engine, f=source_filters: cost_report(engine, f, ("model", "day")),
+            lambda engine, f=source_filters: cost_report(engine, f, ("conversation",)),
+            lambda engine, f=source_filters: cache_report(engine, f, ("model",), now=now),
+            lambda engine, f=source_filters: ops_report(engine, f),
+            lambda engine, f=source_filters: anomalies_report(engine, f),
+        ]
+        for make in reports:
+            expected = _json(make(recorded["engine"]))
+            assert _json(make(recorded["source"])) == expected
+    assert _json(cost_report(recorded["engine"], filters, ("model",)))["totals"]["calls"] > 0
+    assert _json(cost_report(recorded["engine"], conversation, ("model",)))["totals"]["calls"] > 0

@@ -228,6 +228,11 @@ class ClickHouseSource(ExternalSource):
 
         return cache.cache_groups(self, *args)
 
+    def anomaly_data(self, filters: Any) -> Any:
+        from compactobs.reports.clickhouse.anomalies import ClickHouseAnomalyData
+
+        return ClickHouseAnomalyData(self, filters)
+
     def cost_groups(self, *args: Any, **kwargs: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
         from compactobs.reports.clickhouse import cost
 
