@@ -37,8 +37,8 @@ class ClickHouseAnomalyData:
         self.source = source
         self.filters = filters
         self.conditions = spans.call_conditions(filters, "c.")
-        self.window = spans.calls_relation(source.table, spans.timestamp_window(filters))
-        self.everything = spans.calls_relation(source.table)
+        self.window = spans.calls_of(source, filters)
+        self.everything = spans.calls_of(source)
 
     def _where(self, *extra: str) -> str:
         conditions = [*self.conditions, *extra]
@@ -72,7 +72,7 @@ class ClickHouseAnomalyData:
             "SELECT *, rn - coalesce(lagInFrame(toNullable(rn)) OVER "
             f"{_WHOLE}, 0) AS gap FROM ({turns}) WHERE compactions_count > 0"
         )
-        iterations = spans.iterations_relation(self.source.table)
+        iterations = spans.iterations_of(self.source)
         compaction_cost = (
             f"SELECT call_id, sum(cost_usd) AS compaction_cost FROM {iterations} WHERE type = 'compaction' "
             "GROUP BY call_id"
@@ -138,7 +138,7 @@ class ClickHouseAnomalyData:
     _MODEL: Final = "coalesce(i.model, c.response_model, c.request_model, '(unknown)')"
 
     def _unpriced_join(self) -> str:
-        iterations = spans.iterations_relation(self.source.table)
+        iterations = spans.iterations_of(self.source)
         return f"{iterations} AS i INNER JOIN {self.window} AS c ON c.call_id = i.call_id"
 
     def unpriced_groups(self) -> Iterable[Sequence[Any]]:

@@ -113,8 +113,8 @@ def _measures() -> list[tuple[str, str]]:
 
 def calls_with_next(source: ClickHouseSource, filters: Filters) -> str:
     """The window's calls with `next_start`, for those that wrote to the cache in a conversation."""
-    window = spans.calls_relation(source.table, spans.timestamp_window(filters))
-    everything = spans.calls_relation(source.table)
+    window = spans.calls_of(source, filters)
+    everything = spans.calls_of(source)
     where = spans.call_conditions(filters, "c.")
     condition = " WHERE " + " AND ".join(where) if where else ""
     wrote = (
@@ -146,12 +146,7 @@ def cache_groups(
             keys.append(("t_local", spans.local_bucket("c.start_ms", unit, filters.tz, span[0], span[1])))
         else:
             keys.append((f"k_{KEY_OF[name]}", group_key_sql(name, True)))
-    lower = (
-        f"Timestamp >= fromUnixTimestamp64Milli(toInt64({filters.since_ms}))"
-        if filters.since_ms is not None
-        else ""
-    )
-    iterations = spans.iterations_relation(source.table, lower)
+    iterations = spans.iterations_of(source, filters.since_ms)
     per_row = ", ".join(
         [
             *(f"{sql} AS {label}" for label, sql in keys),

@@ -82,7 +82,7 @@ costs per iteration; what belongs to the call once, on its last iteration."""
 
 def data_range(source: ClickHouseSource, filters: Filters) -> tuple[int, int] | None:
     """(first, last) start_ms of the calls in the window, None when there is none."""
-    calls = spans.calls_relation(source.table, spans.timestamp_window(filters))
+    calls = spans.calls_of(source, filters)
     row = source.rows(f"SELECT min(start_ms) AS lo, max(start_ms) AS hi, count() AS n FROM {calls}")[0]
     if not row["n"]:
         return None
@@ -131,20 +131,15 @@ def cost_groups(
     where = spans.call_conditions(filters, "c.")
     if unpriced_only:
         where.append("c.priced = false")
-    calls = spans.calls_relation(source.table, spans.timestamp_window(filters))
-    lower = (
-        f"Timestamp >= fromUnixTimestamp64Milli(toInt64({filters.since_ms}))"
-        if filters.since_ms is not None
-        else ""
-    )
+    calls = spans.calls_of(source, filters)
     if iteration_level:
         # An iteration span starts when its call ends: never before the window.
-        iterations = spans.iterations_relation(source.table, lower)
+        iterations = spans.iterations_of(source, filters.since_ms)
         source_sql = f"{calls} AS c LEFT JOIN {iterations} AS i ON i.call_id = c.call_id"
     else:
         compaction = (
             "(SELECT call_id, sum(cost_usd) AS compaction_cost "
-            f"FROM {spans.iterations_relation(source.table, lower)} "
+            f"FROM {spans.iterations_of(source, filters.since_ms)} "
             "WHERE type = 'compaction' GROUP BY call_id)"
         )
         source_sql = f"{calls} AS c LEFT JOIN {compaction} AS x ON x.call_id = c.call_id"

@@ -18,7 +18,7 @@ _FAILED: Final = "(c.status = 'ERROR' OR c.error_type IS NOT NULL)"
 
 def _calls(source: ClickHouseSource, filters: Filters, *extra: str) -> str:
     where = [*spans.call_conditions(filters, "c."), *extra]
-    relation = spans.calls_relation(source.table, spans.timestamp_window(filters))
+    relation = spans.calls_of(source, filters)
     return f"{relation} AS c" + (" WHERE " + " AND ".join(where) if where else "")
 
 

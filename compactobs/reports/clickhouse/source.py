@@ -126,6 +126,8 @@ class ClickHouseSource(ExternalSource):
         self.engine_name = "chdb" if scheme == "chdb" else "clickhouse"
         self._session: Any = None
         self._client: Any = None
+        self.typed = False
+        """Whether `compactobs clickhouse setup` made the typed tables the reports then read."""
         if scheme == "chdb":
             self._open_chdb(parts.path or "")
         else:
@@ -256,6 +258,23 @@ class ClickHouseSource(ExternalSource):
         )
         return bool(self.rows(f"SELECT count() AS n FROM system.tables WHERE {where}")[0]["n"])
 
+    def detect_typed(self) -> bool:
+        """Use the typed tables of `compactobs clickhouse setup` when both exist."""
+        from compactobs.reports.clickhouse.spans import typed_names
+
+        self.typed = all(self.exists(name) for name in typed_names(self.table))
+        return self.typed
+
+    def setup(self) -> list[str]:
+        """Create the typed tables and their materialised views, and fill them (idempotent)."""
+        from compactobs.reports.clickhouse.spans import setup_statements
+
+        statements = setup_statements(self.table)
+        for statement in statements:
+            self.execute(statement)
+        self.typed = True
+        return statements
+
     def check_table(self) -> None:
         """Raises StoreError, saying what to do, when the spans table is missing."""
         if not self.exists(self.table):
@@ -278,6 +297,7 @@ def open_source(url: str, table: str = DEFAULT_TABLE, check: bool = True) -> Cli
     if check:
         try:
             source.check_table()
+            source.detect_typed()
         except BaseException:
             source.close()
             raise

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import tzinfo
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import Boolean, Float, Integer, Numeric, String
 
@@ -104,24 +104,80 @@ def _of_kind(kind: str) -> str:
     return f"ScopeName = {scope} AND SpanAttributes[{quote(t.SPAN_KIND)}] = {quote(kind)}"
 
 
-def calls_relation(table: str, where: str = "") -> str:
-    """A subquery with the columns of the store's `calls`, one row per call span of `table`. `where`: a
+def calls_select(table: str, where: str = "") -> str:
+    """SELECT of the columns of the store's `calls`, one row per call span of `table`. `where`: a
     condition on otel_traces' own columns, pushed down (e.g. a Timestamp range)."""
     extra = f" AND ({where})" if where else ""
     select = _select_list(list(calls.columns), CALL_ATTRIBUTES, _COMPUTED_CALL)
-    return f"(SELECT\n    {select}\nFROM {table}\nWHERE {_of_kind(t.SPAN_KIND_CALL)}{extra})"
+    return f"SELECT\n    {select}\nFROM {table}\nWHERE {_of_kind(t.SPAN_KIND_CALL)}{extra}"
 
 
-def iterations_relation(table: str, where: str = "") -> str:
-    """A subquery with the columns of the store's `iterations`, one row per iteration span that can be
-    keyed (a parent and an integer index, as the store's mapping requires)."""
+def calls_relation(table: str, where: str = "") -> str:
+    return f"({calls_select(table, where)})"
+
+
+def iterations_select(table: str, where: str = "") -> str:
+    """SELECT of the columns of the store's `iterations`, one row per iteration span that can be keyed (a
+    parent and an integer index, as the store's mapping requires)."""
     extra = f" AND ({where})" if where else ""
     select = _select_list(list(iterations.columns), ITERATION_ATTRIBUTES, _COMPUTED_ITERATION)
     index = f"SpanAttributes[{quote(t.ITERATION_INDEX)}]"
     return (
-        f"(SELECT\n    {select}\nFROM {table}\nWHERE {_of_kind(t.SPAN_KIND_ITERATION)}"
-        f" AND ParentSpanId != '' AND toInt64OrNull({index}) IS NOT NULL{extra})"
+        f"SELECT\n    {select}\nFROM {table}\nWHERE {_of_kind(t.SPAN_KIND_ITERATION)}"
+        f" AND ParentSpanId != '' AND toInt64OrNull({index}) IS NOT NULL{extra}"
     )
+
+
+def iterations_relation(table: str, where: str = "") -> str:
+    return f"({iterations_select(table, where)})"
+
+
+def typed_names(table: str) -> tuple[str, str]:
+    """The typed tables `compactobs clickhouse setup` fills from `table`, in its database."""
+    database, dot, _ = table.rpartition(".")
+    prefix = f"{database}{dot}"
+    return f"{prefix}compactobs_calls", f"{prefix}compactobs_iterations"
+
+
+def calls_of(source: Any, filters: Filters | None = None) -> str:
+    """The calls of the spans table as a subquery (with `filters`, only its window's, pushed down): the
+    typed table of `compactobs clickhouse setup` when there is one, else read from the spans' attributes."""
+    if source.typed:
+        window = [] if filters is None else call_conditions(Filters(filters.since, filters.until, filters.tz))
+        where = " WHERE " + " AND ".join(window) if window else ""
+        return f"(SELECT * FROM {typed_names(source.table)[0]} FINAL{where})"
+    return calls_relation(source.table, timestamp_window(filters) if filters is not None else "")
+
+
+def iterations_of(source: Any, since_ms: int | None = None) -> str:
+    """The iterations (with `since_ms`: of calls that started then or later: an iteration span starts
+    when its call ends)."""
+    if source.typed:
+        where = f" WHERE start_ms >= {int(since_ms)}" if since_ms is not None else ""
+        return f"(SELECT * FROM {typed_names(source.table)[1]} FINAL{where})"
+    lower = f"Timestamp >= fromUnixTimestamp64Milli(toInt64({int(since_ms)}))" if since_ms is not None else ""
+    return iterations_relation(source.table, lower)
+
+
+def setup_statements(table: str) -> list[str]:
+    """`compactobs clickhouse setup`: typed tables of the calls and iterations, materialised views that fill
+    them as the Collector inserts spans, then the spans already there (a span inserted meanwhile lands twice,
+    once per way in; ReplacingMergeTree keeps one, and the reports read FINAL)."""
+    calls_table, iterations_table = typed_names(table)
+    out: list[str] = []
+    for name, select, order in (
+        (calls_table, calls_select(table), "start_ms, call_id"),
+        (iterations_table, iterations_select(table), "start_ms, call_id, idx"),
+    ):
+        out += [
+            f"CREATE TABLE IF NOT EXISTS {name} ENGINE = ReplacingMergeTree "
+            "PARTITION BY toYYYYMM(toDate(intDiv(start_ms, 1000))) "
+            f"ORDER BY ({order}) SETTINGS allow_nullable_key = 1 EMPTY AS {select}",
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name}_mv TO {name} AS {select}",
+            f"INSERT INTO {name} {select}",
+            f"OPTIMIZE TABLE {name} FINAL",
+        ]
+    return out
 
 
 def glob_condition(columns: Sequence[str], patterns: Sequence[str]) -> str:
