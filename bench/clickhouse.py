@@ -25,7 +25,6 @@ Run: `python bench/clickhouse.py` (1M and 10M), `python bench/clickhouse.py --ca
 from __future__ import annotations
 
 # ruff: noqa: E501  (the generator's SQL: one attribute per line)
-
 import argparse
 import importlib.util
 import json

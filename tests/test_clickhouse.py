@@ -34,6 +34,7 @@ from compactobs.reports.clickhouse.source import ClickHouseSource
 from compactobs.reports.conversation import conversation_report
 from compactobs.reports.cost import BY_CHOICES, cost_report
 from compactobs.reports.ops import ops_report
+from tests.cli import one_line_error, run
 from tests.conftest import DEFAULT_POSTGRES_URL
 from tests.otel_traces import double_text, write_spans
 
@@ -219,3 +220,25 @@ def test_after_setup_the_typed_tables_give_the_same_json(recorded: dict[str, Any
         assert rows[0]["n"] == recorded["summary"].calls
     finally:
         source.typed = False
+
+
+def test_the_cli_reads_chdb_and_refuses_writes_in_one_line(
+    recorded: dict[str, Any], module_postgres_url: str
+) -> None:
+    """Last in the module: the CLI opens (and closes) chdb on the fixture's directory."""
+    chdb_url = f"chdb://{recorded['dir']}"
+    for report in (["cost", "--by", "model,day"], ["ops"], ["anomalies"]):
+        args = ["report", *report, "--tz", "UTC", "--format", "json"]
+        code, on_store, _ = run("--db", module_postgres_url, *args)
+        assert code == 0
+        code, on_clickhouse, err = run("--db", chdb_url, *args)
+        assert code == 0, err
+        assert json.loads(on_clickhouse) == json.loads(on_store)
+    for command in (["reprice"], ["db", "upgrade"], ["db", "status"]):
+        message = one_line_error(*run("--db", chdb_url, *command)[::2])
+        assert "ClickHouse source" in message and "read-only" in message
+    one_line_error(*run("--db", module_postgres_url, "clickhouse", "setup")[::2])
+    message = one_line_error(*run("--db", chdb_url, "--clickhouse-table", "no_such", "report", "ops")[::2])
+    assert "no table 'no_such'" in message
+    missing = recorded["dir"] / "missing"
+    assert "no chdb directory" in one_line_error(*run("--db", f"chdb://{missing}", "report", "ops")[::2])

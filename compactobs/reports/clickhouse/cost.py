@@ -39,9 +39,11 @@ CALL_MEASURES: Final[tuple[tuple[str, str], ...]] = (
     ("cost_cache_write_5m_usd", "sum(c.cost_cache_write_5m_usd)"),
     ("cost_cache_write_1h_usd", "sum(c.cost_cache_write_1h_usd)"),
     ("cost_server_tools_usd", "sum(c.cost_server_tools_usd)"),
-    ("compaction_cost_usd", "sumIf(x.compaction_cost, c.compactions_count > 0)"),
+    ("compaction_cost_usd", "NULL"),
 )
-"""Over the call spans alone (`store` `call_measures`); the compaction iterations' cost joined by call id."""
+"""Over the call spans alone (`store` `call_measures`); the compaction iterations' cost comes from a second
+query (`COMPACTION_COST`), which joins only the calls that compacted to their compaction iterations."""
+COMPACTION_COST: Final = "sum(x.compaction_cost)"
 
 _NO_ROWS: Final = "i.call_id IS NULL"
 _CARRIER: Final = f"({_NO_ROWS} OR i.idx = coalesce(c.iterations_count, 1) - 1)"
@@ -137,22 +139,36 @@ def cost_groups(
         iterations = spans.iterations_of(source, filters.since_ms)
         source_sql = f"{calls} AS c LEFT JOIN {iterations} AS i ON i.call_id = c.call_id"
     else:
-        compaction = (
-            "(SELECT call_id, sum(cost_usd) AS compaction_cost "
-            f"FROM {spans.iterations_of(source, filters.since_ms)} "
-            "WHERE type = 'compaction' GROUP BY call_id)"
-        )
-        source_sql = f"{calls} AS c LEFT JOIN {compaction} AS x ON x.call_id = c.call_id"
+        source_sql = f"{calls} AS c"
     select = join(
         [*(f"{sql} AS {label}" for label, sql in keys), *(f"{sql} AS {name}" for name, sql in measures)]
     )
     sql = f"SELECT {select} FROM {source_sql}"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    if keys:
-        sql += " GROUP BY " + join([label for label, _ in keys])
+    group = " GROUP BY " + join([label for label, _ in keys]) if keys else ""
+    records = source.rows(sql + group, JOIN_SETTINGS)
+    if not iteration_level:
+        # The compaction iterations' cost of the calls that compacted, by the same keys (a small join).
+        compaction = (
+            "(SELECT call_id, sum(cost_usd) AS compaction_cost "
+            f"FROM {spans.iterations_of(source, filters.since_ms)} "
+            "WHERE type = 'compaction' GROUP BY call_id)"
+        )
+        labels = join([f"{sql} AS {label}" for label, sql in keys])
+        costs = (
+            f"SELECT {labels + ', ' if labels else ''}{COMPACTION_COST} AS compaction_cost_usd "
+            f"FROM {calls} AS c INNER JOIN {compaction} AS x ON x.call_id = c.call_id "
+            f"WHERE {' AND '.join([*where, 'c.compactions_count > 0'])}{group}"
+        )
+        by_key = {
+            tuple(r[label] for label, _ in keys): r["compaction_cost_usd"]
+            for r in source.rows(costs, JOIN_SETTINGS)
+        }
+        for record in records:
+            record["compaction_cost_usd"] = by_key.get(tuple(record[label] for label, _ in keys))
     result: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for record in source.rows(sql, JOIN_SETTINGS):
+    for record in records:
         values: list[Any] = []
         for name in by:
             if name in TIME_UNITS:

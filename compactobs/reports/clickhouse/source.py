@@ -143,7 +143,10 @@ class ClickHouseSource(ExternalSource):
         directory = Path(unquote(path)) if path not in ("", "/") else None
         if directory is not None and not directory.is_dir():
             raise StoreError(f"no chdb directory at {directory}: check --db (chdb:///path/to/directory)")
-        self._session = session.Session(str(directory)) if directory is not None else session.Session()
+        try:
+            self._session = session.Session(str(directory)) if directory is not None else session.Session()
+        except Exception as err:  # e.g. another process holds the directory's lock
+            raise StoreError(f"cannot open chdb at {directory}: {_first_line(err)}") from None
 
     def _open_http(self, parts: Any, secure: bool) -> None:
         try:
