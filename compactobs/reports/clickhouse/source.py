@@ -15,6 +15,7 @@ does not answer, a missing table) raises `StoreError`, one line, as the SQL stor
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
@@ -161,6 +162,10 @@ class ClickHouseSource(ExternalSource):
             port = parts.port
         except ValueError:
             raise StoreError(f"malformed ClickHouse URL {self.shown_url!r}: {_EXAMPLES}") from None
+        # clickhouse-connect logs a failed first request besides raising it: the error below says it once.
+        driver_log = logging.getLogger("clickhouse_connect")
+        level = driver_log.level
+        driver_log.setLevel(logging.CRITICAL)
         try:
             self._client = clickhouse_connect.get_client(
                 host=parts.hostname or "localhost",
@@ -173,6 +178,8 @@ class ClickHouseSource(ExternalSource):
             )
         except Exception as err:  # clickhouse-connect raises its own errors and the driver's
             raise StoreError(f"cannot reach ClickHouse at {self.shown_url}: {_first_line(err)}") from None
+        finally:
+            driver_log.setLevel(level)
 
     @property
     def shown_url(self) -> str:
