@@ -50,6 +50,8 @@ class CliState:
 
     database_url: str
     """The URL to use: `--db`, else `COMPACTOBS_DATABASE_URL`, else the embedded SQLite file."""
+    clickhouse_table: str = "otel_traces"
+    """The spans table a clickhouse:// or chdb:// --db reads (`--clickhouse-table`)."""
 
     @property
     def shown_url(self) -> str:
@@ -96,11 +98,19 @@ class _Group(click.Group):
     default=None,
     help=f"Database URL (default: ${ENV_DATABASE_URL}, else SQLite in the user data directory).",
 )
+@click.option(
+    "--clickhouse-table",
+    metavar="NAME",
+    default="otel_traces",
+    show_default=True,
+    envvar="COMPACTOBS_CLICKHOUSE_TABLE",
+    help="With --db clickhouse://... or chdb://...: the Collector's spans table.",
+)
 @click.version_option(__version__, prog_name="compactobs")
 @click.pass_context
-def main(ctx: click.Context, database_url: str | None) -> None:
+def main(ctx: click.Context, database_url: str | None, clickhouse_table: str) -> None:
     """compactobs: what your Claude traffic really costs, where the cache pays, when compaction runs away."""
-    ctx.obj = CliState(database_url or default_database_url())
+    ctx.obj = CliState(database_url or default_database_url(), clickhouse_table)
 
 
 pass_state = click.make_pass_decorator(CliState)
@@ -116,6 +126,7 @@ def db() -> None:
 @pass_state
 def db_upgrade(state: CliState, revision: str) -> None:
     """Create or migrate the store's tables to this version's schema."""
+    refuse_on_clickhouse(state, "db upgrade")
     before, after = upgrade_database(state.database_url, revision)
     if before == after:
         click.echo(f"{state.shown_url}: already at revision {after}")
@@ -130,6 +141,7 @@ def db_status(state: CliState) -> None:
 
     Exits 0 when the schema is this version's, else 2 with the fix on one line.
     """
+    refuse_on_clickhouse(state, "db status")
     status = database_status(state.database_url)
     directory, segments, size = spool_status(state.database_url)
     click.echo(f"database: {state.shown_url}")
@@ -233,12 +245,30 @@ def filters_from(
     return build_filters(since, until, tz, models, conversations, services)
 
 
+def refuse_on_clickhouse(state: CliState, command: str) -> None:
+    """A command that writes to (or migrates) the SQL store, run on a ClickHouse source: one line, exit 2."""
+    from compactobs.reports.clickhouse import is_clickhouse_url
+
+    if is_clickhouse_url(state.database_url):
+        raise StoreError(
+            f"`{command}` works on the SQL store, and {state.shown_url} is a ClickHouse source, read-only to "
+            "compactobs (the Collector writes its spans): run it with a sqlite:// or postgresql:// --db"
+        )
+
+
 @contextmanager
-def report_engine(state: CliState) -> Iterator[Engine]:
-    """The store opened for reading (checked against the schema; StoreError otherwise), disposed after.
+def report_engine(state: CliState) -> Iterator[Any]:
+    """The store opened for reading (checked against the schema; StoreError otherwise), disposed after;
+    for a clickhouse:// or chdb:// --db, the ClickHouse source over its spans table, closed after.
 
     Only the embedded default store is created when missing: a --db path that does not exist is an error.
     """
+    from compactobs.reports.clickhouse import is_clickhouse_url, open_source
+
+    if is_clickhouse_url(state.database_url):
+        with open_source(state.database_url, state.clickhouse_table) as source:
+            yield source
+        return
     engine = open_database(state.database_url, create=state.database_url == default_database_url())
     try:
         yield engine
@@ -251,6 +281,10 @@ def refresh_rollups(engine: Engine) -> None:
     more than a day of slots to recompute (the first report after an upgrade, or after a bulk load)."""
     from compactobs.demo import progress_bar
     from compactobs.reports import rollup
+    from compactobs.reports._common import ExternalSource
+
+    if isinstance(engine, ExternalSource):
+        return
 
     total = rollup.pending(engine)
     if not total:
@@ -753,6 +787,7 @@ def reprice_command(state: CliState, since: str | None, until: str | None, tz: s
     from compactobs.pricing import default_pricer
     from compactobs.store.reprice import reprice_database
 
+    refuse_on_clickhouse(state, "reprice")
     pricer = default_pricer()
     window = filters_from(since, until, tz)
     with working("repricing ..."):
@@ -916,6 +951,7 @@ def export_otlp(
     specification calls retryable are retried by the official exporter; an endpoint that still refuses or
     never answers stops the export with exit code 2 (run it again to resend).
     """
+    refuse_on_clickhouse(state, "export otlp")
     from compactobs import otlp
     from compactobs.demo import progress_bar
     from compactobs.store.replay import ReplayError, count_calls, replay
@@ -1022,6 +1058,7 @@ def reconcile_command(
 
     state: CliState = ctx.obj
     chosen = reconcile.parse_groups(groups)
+    refuse_on_clickhouse(state, "reconcile")
     scope = reconcile.Scope(tuple(workspaces), tuple(api_keys))
     filters = build_filters(since, until or "now", "UTC")
     assert filters.since is not None and filters.until is not None
@@ -1049,3 +1086,32 @@ def reconcile_command(
             err=True,
         )
         ctx.exit(3)
+
+
+# -- clickhouse ---------------------------------------------------------------------------------------------
+
+
+@main.group("clickhouse")
+def clickhouse_group() -> None:
+    """The ClickHouse source: --db clickhouse://user@host:8123/db or chdb:///path, the Collector's spans."""
+
+
+@clickhouse_group.command("setup")
+@pass_state
+def clickhouse_setup(state: CliState) -> None:
+    """Create typed tables of the calls and iterations, the materialised views that fill them as the
+    Collector inserts spans, and fill them with the spans already there; the reports then read them."""
+    from compactobs.reports.clickhouse import is_clickhouse_url, open_source
+
+    if not is_clickhouse_url(state.database_url):
+        raise StoreError(
+            f"`clickhouse setup` needs a ClickHouse source, not {state.shown_url}: "
+            "use --db clickhouse://user@host:8123/db or --db chdb:///path"
+        )
+    with open_source(state.database_url, state.clickhouse_table) as source, working("setting up ..."):
+        source.setup()
+        calls = source.rows("SELECT count() AS n FROM compactobs_calls FINAL")[0]["n"]
+    click.echo(
+        f"{state.shown_url}: compactobs_calls and compactobs_iterations filled from {state.clickhouse_table} "
+        f"({calls:,} calls) and kept current by materialised views; reports read them from now on"
+    )

@@ -39,7 +39,7 @@ import contextlib
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -49,7 +49,7 @@ from typing import Any, Final
 import anthropic
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from sqlalchemy import case, func, select
 
 import compactobs
@@ -522,7 +522,11 @@ def _stored(database_url: str, prefix: str) -> _Stored:
 
 
 def run_demo(
-    database_url: str | None = None, *, progress: ProgressCallback | None = None, run_id: str | None = None
+    database_url: str | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    run_id: str | None = None,
+    span_processors: Sequence[SpanProcessor] = (),
 ) -> DemoSummary:
     """Run the demo workload through the real SDK against a loopback simulator; record it into the store.
 
@@ -533,7 +537,8 @@ def run_demo(
 
     Uses compactobs' process-wide setup: it `configure()`s compactobs for the run (replacing any earlier
     configuration) and `shutdown()`s it at the end. Runs an asyncio loop of its own (`asyncio.run`), so call
-    it from synchronous code.
+    it from synchronous code. `span_processors`: more processors on the demo's TracerProvider, beside the
+    store's (a test keeps the finished spans this way, to write them to another sink).
     """
     url = database_url or default_database_url()
     open_database(url).dispose()  # create an empty SQLite store, or raise StoreError with the fix
@@ -548,6 +553,8 @@ def run_demo(
     # The demo's own TracerProvider: spans go to the store only (never to an OTLP endpoint the environment
     # names), under service.name compactobs-demo.
     provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
+    for processor in span_processors:
+        provider.add_span_processor(processor)
     compactobs.configure(
         url, tracer_provider=provider, meter_provider=NoOpMeterProvider(), service_name=SERVICE_NAME
     )

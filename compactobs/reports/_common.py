@@ -58,6 +58,7 @@ __all__ = [
     "TIME_UNITS",
     "Buckets",
     "ColumnKind",
+    "ExternalSource",
     "Filters",
     "Format",
     "Report",
@@ -102,6 +103,12 @@ class ReportInputError(ValueError):
     @property
     def message(self) -> str:
         return str(self.args[0])
+
+
+class ExternalSource:
+    """A report source other than the SQL store (ClickHouse: `compactobs.reports.clickhouse`). A report given
+    one in place of an Engine asks it for the same intermediate results its SQL queries produce, so the
+    rules, options, rendering and JSON stay the report's own."""
 
 
 # -- zones and times ---------------------------------------------------------------------------------------

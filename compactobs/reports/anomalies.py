@@ -48,18 +48,26 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from sqlalchemy import Engine, and_, case, func, literal_column, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.util import ClauseAdapter
 
 from compactobs import rules
-from compactobs.reports._common import Filters, Report, ReportInputError, reading, render, to_json_value
+from compactobs.reports._common import (
+    ExternalSource,
+    Filters,
+    Report,
+    ReportInputError,
+    reading,
+    render,
+    to_json_value,
+)
 from compactobs.rules import (
     BILLED_TOKEN_COLUMNS,
     ENV_BUDGETS_FILE,
@@ -610,14 +618,13 @@ def _conversation_findings(
             )
 
 
-def _compaction_findings(
-    engine: Engine, conditions: Sequence[ColumnElement[bool]], thresholds: Thresholds
-) -> Iterator[Finding]:
+def _compaction_findings(records: Iterable[Sequence[Any]], thresholds: Thresholds) -> Iterator[Finding]:
+    """The compaction rules over `_compaction_rows`' records (or a source's that match them)."""
     current: str | None = None
     head: tuple[Any, Any] = (0, None)
     rows: list[_CompactionCall] = []
     position = 0
-    for record in _compaction_rows(engine, conditions):
+    for record in records:
         conversation_id = record[0]
         if conversation_id != current:
             if current is not None:
@@ -640,9 +647,12 @@ def _billed_tokens() -> ColumnElement[Any]:
     return total
 
 
-def _budget_findings(
+def _budget_totals(
     engine: Engine, conditions: Sequence[ColumnElement[bool]], budgets: Budgets | None
-) -> Iterator[Finding]:
+) -> Iterator[Sequence[Any]]:
+    """(conversation_id, calls, cost, billed tokens, largest stored budget_usd and budget_tokens, unpriced
+    calls) of each conversation with a selected call, over all its calls; with no budgets file, only of
+    those that stored a budget."""
     c = calls.c
     selected = select(c.conversation_id).where(c.conversation_id.is_not(None), *conditions).distinct()
     query = select(
@@ -660,24 +670,33 @@ def _budget_findings(
     query = query.group_by(c.conversation_id)
     if not budgets:
         query = query.having(or_(func.max(c.budget_usd).is_not(None), func.max(c.budget_tokens).is_not(None)))
-    over: dict[str, tuple[Budget, int, Decimal | None, int, int, int]] = {}
     with reading(engine) as connection:
-        result = connection.execution_options(stream_results=True, yield_per=2000).execute(query)
-        for conversation_id, count, cost, tokens, stored_usd, stored_tokens, unpriced, compactions in result:
-            stored = Budget(
-                usd=Decimal(str(stored_usd)) if stored_usd is not None else None,
-                tokens=int(stored_tokens) if stored_tokens is not None else None,
-            )
-            budget = effective_budget(budgets.for_conversation(conversation_id) if budgets else None, stored)
-            if budget is None:
-                continue
-            spent = Decimal(str(cost)) if cost is not None else None
-            tokens, compactions = int(tokens or 0), int(compactions or 0)
-            if over_limits(budget, spent, tokens, compactions):
-                over[conversation_id] = (budget, count, spent, tokens, compactions, int(unpriced or 0))
+        yield from connection.execution_options(stream_results=True, yield_per=2000).execute(query)
+
+
+def _budget_findings(
+    totals: Iterable[Sequence[Any]],
+    crossings_of: Callable[[Mapping[str, tuple[Budget, int, Decimal | None, int, int, int]]], dict[str, Any]],
+    budgets: Budgets | None,
+) -> Iterator[Finding]:
+    """The budget rule (`rules.over_limits`) over `_budget_totals`' records; `crossings_of` is
+    `_budget_crossings` (or a source's)."""
+    over: dict[str, tuple[Budget, int, Decimal | None, int, int, int]] = {}
+    for conversation_id, count, cost, tokens, stored_usd, stored_tokens, unpriced, compactions in totals:
+        stored = Budget(
+            usd=Decimal(str(stored_usd)) if stored_usd is not None else None,
+            tokens=int(stored_tokens) if stored_tokens is not None else None,
+        )
+        budget = effective_budget(budgets.for_conversation(conversation_id) if budgets else None, stored)
+        if budget is None:
+            continue
+        spent = Decimal(str(cost)) if cost is not None else None
+        tokens, compactions = int(tokens or 0), int(compactions or 0)
+        if over_limits(budget, spent, tokens, compactions):
+            over[conversation_id] = (budget, count, spent, tokens, compactions, int(unpriced or 0))
     if not over:
         return
-    crossings = _budget_crossings(engine, over)
+    crossings = crossings_of(over)
     for conversation_id, (budget, count, spent, tokens, compactions, unpriced) in over.items():
         first_ms, crossing = crossings.get(conversation_id, (0, None))
         parts = []
@@ -767,11 +786,16 @@ def _budget_crossings(
 # --- models and hours ------------------------------------------------------------------------------------
 
 
-def _unpriced_findings(
-    engine: Engine, conditions: Sequence[ColumnElement[bool]], tz: Any
-) -> Iterator[Finding]:
+def _unpriced_model() -> ColumnElement[Any]:
     c, i = calls.c, iterations.c
-    model = func.coalesce(i.model, c.response_model, c.request_model, literal_column("'(unknown)'"))
+    return func.coalesce(i.model, c.response_model, c.request_model, literal_column("'(unknown)'"))
+
+
+def _unpriced_groups(engine: Engine, conditions: Sequence[ColumnElement[bool]]) -> list[Sequence[Any]]:
+    """(model, calls, iterations, conversations, tokens, first start_ms, last start_ms) of the unpriced
+    iterations, by model (their own, else the call's), in model order."""
+    c, i = calls.c, iterations.c
+    model = _unpriced_model()
     query = (
         select(
             model.label("model"),
@@ -794,37 +818,52 @@ def _unpriced_findings(
         .order_by(model)
     )
     with reading(engine) as connection:
-        groups = connection.execute(query).all()
-        for name, call_count, iteration_count, conversations, tokens, first_ms, last_ms in groups:
-            sample = connection.execute(
+        return list(connection.execute(query).all())
+
+
+def _unpriced_sample(engine: Engine, conditions: Sequence[ColumnElement[bool]], name: str) -> list[str]:
+    """The first MAX_CALL_IDS calls (by start) with an unpriced iteration of the model."""
+    c, i = calls.c, iterations.c
+    with reading(engine) as connection:
+        return list(
+            connection.execute(
                 select(c.call_id)
                 .select_from(iterations.join(calls, calls.c.call_id == i.call_id))
-                .where(i.priced.is_(False), model == name, *conditions)
+                .where(i.priced.is_(False), _unpriced_model() == name, *conditions)
                 .group_by(c.call_id)
                 .order_by(func.min(c.start_ms), c.call_id)
                 .limit(MAX_CALL_IDS)
             ).scalars()
-            yield Finding(
-                kind="unpriced_model",
-                severity="warning",
-                conversation_id=None,
-                call_ids=tuple(sample),
-                message=(
-                    f"model {name!r} has no price: {call_count:,} call(s) with {int(tokens or 0):,} tokens "
-                    f"are stored without cost, so every cost total leaves them out"
-                ),
-                evidence={
-                    "model": name,
-                    "calls": call_count,
-                    "iterations": iteration_count,
-                    "conversations": conversations,
-                    "tokens": int(tokens or 0),
-                    "first_call": _when(int(first_ms), tz),
-                    "last_call": _when(int(last_ms), tz),
-                },
-                remedy=_REMEDY_UNPRICED,
-                first_ms=int(first_ms),
-            )
+        )
+
+
+def _unpriced_findings(
+    groups: Iterable[Sequence[Any]], sample_of: Callable[[str], Sequence[str]], tz: Any
+) -> Iterator[Finding]:
+    """The unpriced-model rule over `_unpriced_groups`' records; `sample_of(model)`: its first call ids."""
+    for name, call_count, iteration_count, conversations, tokens, first_ms, last_ms in groups:
+        sample = sample_of(name)
+        yield Finding(
+            kind="unpriced_model",
+            severity="warning",
+            conversation_id=None,
+            call_ids=tuple(sample),
+            message=(
+                f"model {name!r} has no price: {call_count:,} call(s) with {int(tokens or 0):,} tokens "
+                f"are stored without cost, so every cost total leaves them out"
+            ),
+            evidence={
+                "model": name,
+                "calls": call_count,
+                "iterations": iteration_count,
+                "conversations": conversations,
+                "tokens": int(tokens or 0),
+                "first_call": _when(int(first_ms), tz),
+                "last_call": _when(int(last_ms), tz),
+            },
+            remedy=_REMEDY_UNPRICED,
+            first_ms=int(first_ms),
+        )
 
 
 def _server_error() -> ColumnElement[bool]:
@@ -832,9 +871,11 @@ def _server_error() -> ColumnElement[bool]:
     return or_(status.in_(_ERROR_STATUSES), and_(status >= 500, status <= 599))
 
 
-def _error_findings(
-    engine: Engine, conditions: Sequence[ColumnElement[bool]], thresholds: Thresholds, tz: Any
-) -> Iterator[Finding]:
+def _error_hours(
+    engine: Engine, conditions: Sequence[ColumnElement[bool]], thresholds: Thresholds
+) -> list[Sequence[Any]]:
+    """(UTC hour number, calls, 429/529/5xx calls, 429s, 529s, retries) of the hours with at least
+    `error_min_calls` calls, in order."""
     c = calls.c
     hour = (c.start_ms // _HOUR_MS).label("hour")
     failing = _server_error()
@@ -854,45 +895,103 @@ def _error_findings(
         .order_by(hour)
     )
     with reading(engine) as connection:
-        bursts = [
-            row for row in connection.execute(query) if row[2] and row[2] > thresholds.error_share * row[1]
-        ]
-        for hour_value, total, failed, rate_limited, overloaded, retries in bursts:
-            start_ms = int(hour_value) * _HOUR_MS
-            sample = connection.execute(
+        return list(connection.execute(query))
+
+
+def _error_sample(engine: Engine, conditions: Sequence[ColumnElement[bool]], start_ms: int) -> list[str]:
+    """The first MAX_CALL_IDS calls of the hour from `start_ms` that failed with 429/529/5xx."""
+    c = calls.c
+    with reading(engine) as connection:
+        return list(
+            connection.execute(
                 select(c.call_id)
-                .where(c.start_ms >= start_ms, c.start_ms < start_ms + _HOUR_MS, failing, *conditions)
+                .where(c.start_ms >= start_ms, c.start_ms < start_ms + _HOUR_MS, _server_error(), *conditions)
                 .order_by(c.start_ms, c.call_id)
                 .limit(MAX_CALL_IDS)
             ).scalars()
-            share = failed / total
-            other = failed - rate_limited - overloaded
-            yield Finding(
-                kind="error_burst",
-                severity="warning",
-                conversation_id=None,
-                call_ids=tuple(sample),
-                message=(
-                    f"{failed} of {total} calls ({share:.1%}) failed with 429/529/5xx in the hour from "
-                    f"{_when(start_ms, tz)} (threshold {thresholds.error_share:.0%})"
-                ),
-                evidence={
-                    "hour_start": _when(start_ms, tz),
-                    "hour_start_ms": start_ms,
-                    "calls": total,
-                    "error_calls": failed,
-                    "share": _ratio(share),
-                    "http_429": rate_limited,
-                    "http_529": overloaded,
-                    "http_5xx_other": other,
-                    "retries": int(retries or 0),
-                },
-                remedy=_REMEDY_ERRORS,
-                first_ms=start_ms,
-            )
+        )
+
+
+def _error_findings(
+    hours: Iterable[Sequence[Any]], sample_of: Callable[[int], Sequence[str]], thresholds: Thresholds, tz: Any
+) -> Iterator[Finding]:
+    """The error-burst rule over `_error_hours`' records; `sample_of(hour start)`: its first failed calls."""
+    bursts = [row for row in hours if row[2] and row[2] > thresholds.error_share * row[1]]
+    for hour_value, total, failed, rate_limited, overloaded, retries in bursts:
+        start_ms = int(hour_value) * _HOUR_MS
+        sample = sample_of(start_ms)
+        share = failed / total
+        other = failed - rate_limited - overloaded
+        yield Finding(
+            kind="error_burst",
+            severity="warning",
+            conversation_id=None,
+            call_ids=tuple(sample),
+            message=(
+                f"{failed} of {total} calls ({share:.1%}) failed with 429/529/5xx in the hour from "
+                f"{_when(start_ms, tz)} (threshold {thresholds.error_share:.0%})"
+            ),
+            evidence={
+                "hour_start": _when(start_ms, tz),
+                "hour_start_ms": start_ms,
+                "calls": total,
+                "error_calls": failed,
+                "share": _ratio(share),
+                "http_429": rate_limited,
+                "http_529": overloaded,
+                "http_5xx_other": other,
+                "retries": int(retries or 0),
+            },
+            remedy=_REMEDY_ERRORS,
+            first_ms=start_ms,
+        )
 
 
 # --- entry point -----------------------------------------------------------------------------------------
+
+
+class AnomalyData(Protocol):
+    """What the rules read, as records: the store's queries here (`_StoreData`), or a source's
+    (`compactobs.reports.clickhouse.anomalies`) giving the same records."""
+
+    def compaction_rows(self) -> Iterable[Sequence[Any]]: ...
+    def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[Any]]: ...
+    def budget_crossings(
+        self, over: Mapping[str, tuple[Budget, int, Decimal | None, int, int, int]]
+    ) -> dict[str, Any]: ...
+    def unpriced_groups(self) -> Iterable[Sequence[Any]]: ...
+    def unpriced_sample(self, model: str) -> Sequence[str]: ...
+    def error_hours(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]: ...
+    def error_sample(self, start_ms: int) -> Sequence[str]: ...
+
+
+@dataclass(frozen=True)
+class _StoreData:
+    engine: Engine
+    conditions: Sequence[ColumnElement[bool]]
+
+    def compaction_rows(self) -> Iterable[Sequence[Any]]:
+        return _compaction_rows(self.engine, self.conditions)
+
+    def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[Any]]:
+        return _budget_totals(self.engine, self.conditions, budgets)
+
+    def budget_crossings(
+        self, over: Mapping[str, tuple[Budget, int, Decimal | None, int, int, int]]
+    ) -> dict[str, Any]:
+        return _budget_crossings(self.engine, over)
+
+    def unpriced_groups(self) -> Iterable[Sequence[Any]]:
+        return _unpriced_groups(self.engine, self.conditions)
+
+    def unpriced_sample(self, model: str) -> Sequence[str]:
+        return _unpriced_sample(self.engine, self.conditions, model)
+
+    def error_hours(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]:
+        return _error_hours(self.engine, self.conditions, thresholds)
+
+    def error_sample(self, start_ms: int) -> Sequence[str]:
+        return _error_sample(self.engine, self.conditions, start_ms)
 
 
 def find_anomalies(
@@ -904,12 +1003,16 @@ def find_anomalies(
     """Every finding over the calls `filters` select, most severe first, then by kind (`KINDS` order),
     then by the time of the first call involved."""
     thresholds = thresholds or Thresholds()
-    conditions = filters.call_conditions()
+    data: AnomalyData = (
+        engine.anomaly_data(filters)  # type: ignore[attr-defined]
+        if isinstance(engine, ExternalSource)
+        else _StoreData(engine, filters.call_conditions())
+    )
     findings: list[Finding] = []
-    findings.extend(_compaction_findings(engine, conditions, thresholds))
-    findings.extend(_budget_findings(engine, conditions, budgets))
-    findings.extend(_unpriced_findings(engine, conditions, filters.tz))
-    findings.extend(_error_findings(engine, conditions, thresholds, filters.tz))
+    findings.extend(_compaction_findings(data.compaction_rows(), thresholds))
+    findings.extend(_budget_findings(data.budget_totals(budgets), data.budget_crossings, budgets))
+    findings.extend(_unpriced_findings(data.unpriced_groups(), data.unpriced_sample, filters.tz))
+    findings.extend(_error_findings(data.error_hours(thresholds), data.error_sample, thresholds, filters.tz))
     findings.sort(
         key=lambda f: (
             -SEVERITIES.index(f.severity),

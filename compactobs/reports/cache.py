@@ -53,6 +53,7 @@ from sqlalchemy.sql.elements import Label
 from compactobs.reports import rollup
 from compactobs.reports._common import (
     TIME_UNITS,
+    ExternalSource,
     Filters,
     Report,
     bucket_label,
@@ -164,8 +165,9 @@ def calls_with_next(conditions: Sequence[ColumnElement[bool]]) -> Any:
 
 def open_write(c: Any) -> ColumnElement[bool]:
     """A row of `calls_with_next` whose cache writes have no next call yet to judge them by: whether they
-    are wasted depends on the report's clock (see `_wasted`)."""
-    wrote = or_(c.cache_write_5m_tokens > 0, c.cache_write_1h_tokens > 0)
+    are wasted depends on the report's clock (see `_wasted`). Never NULL: a call without usage (NULL tokens)
+    is settled, not left out of both the rollups and the open calls."""
+    wrote = or_(func.coalesce(c.cache_write_5m_tokens, 0) > 0, func.coalesce(c.cache_write_1h_tokens, 0) > 0)
     return and_(c.conversation_id.is_not(None), wrote, c.next_start.is_(None))
 
 
@@ -414,12 +416,15 @@ def cache_report(
     keys = [KEY_OF[name] for name in groups]
     time_key = next((KEY_OF[name] for name in groups if name in TIME_UNITS), None)
 
-    use_rollups = "conversation" not in groups and not filters.conversations
+    external = isinstance(engine, ExternalSource)
+    use_rollups = "conversation" not in groups and not filters.conversations and not external
     if use_rollups:
         rollup.try_refresh(engine)
     span = data_range(engine, filters)
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
-    if span is not None:
+    if span is not None and external:
+        merged = engine.cache_groups(filters, groups, span, now_ms)  # type: ignore[attr-defined]
+    elif span is not None:
         with reading(engine, snapshot=True) as connection:
             timed = any(name in TIME_UNITS for name in groups)
             split = rollup.plan(connection, filters, span if timed else None) if use_rollups else None

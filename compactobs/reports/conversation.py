@@ -15,14 +15,14 @@ counted in a warning, never as $0.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Final
 
 from sqlalchemy import Engine, select
 
-from compactobs.reports._common import Filters, Report, ReportInputError, reading, render
+from compactobs.reports._common import ExternalSource, Filters, Report, ReportInputError, reading, render
 from compactobs.store.models import calls
 
 __all__ = ["COLUMNS", "context_chart", "conversation_report", "marks", "render_conversation"]
@@ -85,88 +85,105 @@ def _iso(ms: int, tz: Any) -> str:
     )
 
 
-def conversation_report(engine: Engine, filters: Filters, conversation_id: str) -> Report:
-    """The calls of one conversation (those `filters` select), in start order. Raises ReportInputError
-    when no call was ever recorded with this id."""
+FIELDS: Final = (
+    "call_id",
+    "start_ms",
+    "request_model",
+    "response_model",
+    "stop_reason",
+    "error_type",
+    "iterations_count",
+    "compactions_count",
+    "compactions_failed",
+    "compaction_pause_after",
+    "context_tokens",
+    "compaction_trigger",
+    "cost_usd",
+    "priced",
+    "budget_usd",
+    "budget_tokens",
+)
+"""The `calls` columns the report reads, per call."""
+
+
+def unknown_conversation(conversation_id: str) -> ReportInputError:
+    return ReportInputError(
+        f"unknown conversation {conversation_id!r}: no call was recorded with this id "
+        "(`compactobs report cost --by conversation` lists them)"
+    )
+
+
+def _calls_of(engine: Engine, filters: Filters, conversation_id: str) -> Iterator[Any]:
+    """The conversation's calls (FIELDS, as attributes), in (start_ms, call_id) order. Raises
+    ReportInputError when no call was ever recorded with this id."""
+    if isinstance(engine, ExternalSource):
+        yield from engine.conversation_calls(filters, conversation_id)  # type: ignore[attr-defined]
+        return
     c = calls.c
     with reading(engine) as connection:
         known = connection.execute(
             select(c.call_id).where(c.conversation_id == conversation_id).limit(1)
         ).first()
         if known is None:
-            raise ReportInputError(
-                f"unknown conversation {conversation_id!r}: no call was recorded with this id "
-                "(`compactobs report cost --by conversation` lists them)"
-            )
+            raise unknown_conversation(conversation_id)
         query = (
-            select(
-                c.call_id,
-                c.start_ms,
-                c.request_model,
-                c.response_model,
-                c.stop_reason,
-                c.error_type,
-                c.iterations_count,
-                c.compactions_count,
-                c.compactions_failed,
-                c.compaction_pause_after,
-                c.context_tokens,
-                c.compaction_trigger,
-                c.cost_usd,
-                c.priced,
-                c.budget_usd,
-                c.budget_tokens,
-            )
+            select(*(c[name] for name in FIELDS))
             .where(c.conversation_id == conversation_id, *filters.call_conditions())
             .order_by(c.start_ms, c.call_id)
         )
-        result = connection.execute(query)
-        rows: list[dict[str, Any]] = []
-        running = Decimal(0)
-        unpriced = 0
-        iterations = 0
-        compactions = 0
-        failed = 0
-        budget_usd: Decimal | None = None
-        budget_tokens: int | None = None
-        for n, record in enumerate(result, start=1):
-            cost = None if record.cost_usd is None else Decimal(str(record.cost_usd))
-            if cost is not None:
-                running += cost
-            elif record.priced is False:
-                unpriced += 1
-            count = int(record.compactions_count or 0)
-            paused = bool(count and record.compaction_pause_after and record.context_tokens is None)
-            context = record.context_tokens
-            trigger = record.compaction_trigger
-            iterations += int(record.iterations_count or 0)
-            compactions += count
-            failed += int(record.compactions_failed or 0)
-            if record.budget_usd is not None:
-                budget_usd = Decimal(str(record.budget_usd))
-            if record.budget_tokens is not None:
-                budget_tokens = int(record.budget_tokens)
-            rows.append(
-                {
-                    "n": n,
-                    "time": _when(int(record.start_ms), filters.tz),
-                    "started_at": _iso(int(record.start_ms), filters.tz),
-                    "call_id": record.call_id,
-                    "model": record.response_model or record.request_model,
-                    "stop_reason": record.stop_reason
-                    or (f"error {record.error_type}" if record.error_type else None),
-                    "iterations": record.iterations_count,
-                    "compactions": count,
-                    "marks": marks(count, record.compactions_failed, paused),
-                    "context_tokens": context,
-                    "trigger_tokens": trigger,
-                    "context_share": (context / trigger) if context is not None and trigger else None,
-                    "cost_usd": cost,
-                    "cumulative_cost_usd": running,
-                    # not a column: lets the table say "unpriced" rather than "-"
-                    "unpriced_calls": 1 if cost is None and record.priced is False else 0,
-                }
-            )
+        yield from connection.execute(query)
+
+
+def conversation_report(engine: Engine, filters: Filters, conversation_id: str) -> Report:
+    """The calls of one conversation (those `filters` select), in start order. Raises ReportInputError
+    when no call was ever recorded with this id."""
+    result = _calls_of(engine, filters, conversation_id)
+    rows: list[dict[str, Any]] = []
+    running = Decimal(0)
+    unpriced = 0
+    iterations = 0
+    compactions = 0
+    failed = 0
+    budget_usd: Decimal | None = None
+    budget_tokens: int | None = None
+    for n, record in enumerate(result, start=1):
+        cost = None if record.cost_usd is None else Decimal(str(record.cost_usd))
+        if cost is not None:
+            running += cost
+        elif record.priced is False:
+            unpriced += 1
+        count = int(record.compactions_count or 0)
+        paused = bool(count and record.compaction_pause_after and record.context_tokens is None)
+        context = record.context_tokens
+        trigger = record.compaction_trigger
+        iterations += int(record.iterations_count or 0)
+        compactions += count
+        failed += int(record.compactions_failed or 0)
+        if record.budget_usd is not None:
+            budget_usd = Decimal(str(record.budget_usd))
+        if record.budget_tokens is not None:
+            budget_tokens = int(record.budget_tokens)
+        rows.append(
+            {
+                "n": n,
+                "time": _when(int(record.start_ms), filters.tz),
+                "started_at": _iso(int(record.start_ms), filters.tz),
+                "call_id": record.call_id,
+                "model": record.response_model or record.request_model,
+                "stop_reason": record.stop_reason
+                or (f"error {record.error_type}" if record.error_type else None),
+                "iterations": record.iterations_count,
+                "compactions": count,
+                "marks": marks(count, record.compactions_failed, paused),
+                "context_tokens": context,
+                "trigger_tokens": trigger,
+                "context_share": (context / trigger) if context is not None and trigger else None,
+                "cost_usd": cost,
+                "cumulative_cost_usd": running,
+                # not a column: lets the table say "unpriced" rather than "-"
+                "unpriced_calls": 1 if cost is None and record.priced is False else 0,
+            }
+        )
     header = [filters.describe()]
     if rows:
         header.append(f"{rows[0]['time']} to {rows[-1]['time']} ({filters.zone})")

@@ -39,6 +39,7 @@ from compactobs.reports import rollup
 from compactobs.reports._common import (
     TIME_UNITS,
     Buckets,
+    ExternalSource,
     Filters,
     Report,
     ReportInputError,
@@ -163,6 +164,8 @@ def parse_by(values: Iterable[str]) -> tuple[str, ...]:
 
 def data_range(engine: Engine, filters: Filters) -> tuple[int, int] | None:
     """(first, last) start_ms of the calls in the window (two index lookups), None when there is none."""
+    if isinstance(engine, ExternalSource):
+        return engine.data_range(filters)  # type: ignore[attr-defined]
     conditions = []
     if filters.since_ms is not None:
         conditions.append(calls.c.start_ms >= filters.since_ms)
@@ -406,6 +409,28 @@ def _aggregate(
     return result
 
 
+def _groups(
+    engine: Engine, filters: Filters, by: Sequence[str], buckets: Buckets | None
+) -> tuple[dict[_Group, dict[str, Any]], dict[_Group, dict[str, Any]]]:
+    """(every group's measures, the unpriced calls' measures by group and call model)."""
+    if isinstance(engine, ExternalSource):
+        source: Any = engine
+        everything = source.cost_groups(filters, by, buckets)
+        if not any(row["unpriced_calls"] for row in everything.values()):
+            return everything, {}
+        return everything, source.cost_groups(filters, by, buckets, unpriced_only=True, with_model=True)
+    with reading(engine, snapshot=True) as connection:
+        time_span = (buckets.starts[0], buckets.end) if buckets is not None else None
+        split = None if "conversation" in by else rollup.plan(connection, filters, time_span)
+        everything = _aggregate(connection, filters, by, buckets, split)
+        if not any(row["unpriced_calls"] for row in everything.values()):
+            return everything, {}
+        # Rare, so a second pass over just those calls, rather than a priced flag in every group (which
+        # costs SQLite a sort of every row).
+        unpriced = _aggregate(connection, filters, by, buckets, split, unpriced_only=True, with_model=True)
+        return everything, unpriced
+
+
 def _window_rows(
     engine: Engine, filters: Filters, by: Sequence[str]
 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
@@ -416,23 +441,14 @@ def _window_rows(
         return [], _totals([]), []
     unit = next((name for name in by if name in TIME_UNITS), None)
     buckets = local_buckets(unit, filters.tz, span[0], span[1]) if unit else None
-    with reading(engine, snapshot=True) as connection:
-        time_span = (buckets.starts[0], buckets.end) if buckets is not None else None
-        split = None if "conversation" in by else rollup.plan(connection, filters, time_span)
-        everything = _aggregate(connection, filters, by, buckets, split)
-        unpriced: dict[_Group, dict[str, Any]] = {}
-        models: set[str] = set()
-        if any(row["unpriced_calls"] for row in everything.values()):
-            # Rare, so a second pass over just those calls, rather than a priced flag in every group (which
-            # costs SQLite a sort of every row).
-            by_model = _aggregate(
-                connection, filters, by, buckets, split, unpriced_only=True, with_model=True
-            )
-            for group, measures in by_model.items():
-                models.add(group[-1] if group[-1] is not None else "(no model)")
-                row = unpriced.setdefault(group[:-1], _empty_measures())
-                for name in (*COUNTS, *MONEY, "unpriced_calls"):
-                    row[name] += measures[name]
+    everything, by_model = _groups(engine, filters, by, buckets)
+    unpriced: dict[_Group, dict[str, Any]] = {}
+    models: set[str] = set()
+    for group, measures in by_model.items():
+        models.add(group[-1] if group[-1] is not None else "(no model)")
+        row = unpriced.setdefault(group[:-1], _empty_measures())
+        for name in (*COUNTS, *MONEY, "unpriced_calls"):
+            row[name] += measures[name]
     names = [KEY_OF[name] for name in by]
     rows: list[dict[str, Any]] = []
     for group, measures in everything.items():
@@ -514,7 +530,7 @@ def cost_report(
         window = filters.with_window(filters.since, until)
         previous = filters.with_window(filters.since - (until - filters.since), filters.since)
 
-    if "conversation" not in groups and not filters.conversations:
+    if "conversation" not in groups and not filters.conversations and not isinstance(engine, ExternalSource):
         rollup.try_refresh(engine)
     rows, totals, unpriced_models = _window_rows(engine, window, groups)
     rows.sort(key=_sort_key(keys, time_key))

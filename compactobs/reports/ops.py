@@ -24,7 +24,7 @@ from typing import Any, Final
 from sqlalchemy import Engine, case, func, literal, literal_column, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from compactobs.reports._common import Filters, Report, reading
+from compactobs.reports._common import ExternalSource, Filters, Report, reading
 from compactobs.store.models import calls
 
 __all__ = ["PERCENTILES", "TOTAL", "interpolate", "ops_report", "percentiles", "percentiles_with_total"]
@@ -195,8 +195,16 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def ops_report(engine: Engine, filters: Filters) -> Report:
-    """The `report ops` Report: one row per model (totals: every model), and a section of errors by type."""
+Percentiles = dict[Any, tuple[float, ...]]
+OpsFigures = tuple[
+    Sequence[Sequence[Any]], Sequence[Sequence[Any]], Percentiles, Any, Percentiles, Any
+]
+"""What the report is made of: (by model: (model, calls, error calls, retried calls, retries) in model
+order; errors: (error type, calls, retries), most first; latency percentiles by model and over all; TTFT
+percentiles by model and over all)."""
+
+
+def _figures(engine: Engine, filters: Filters) -> OpsFigures:
     c = calls.c
     conditions = filters.call_conditions()
     model = _model()
@@ -224,6 +232,16 @@ def ops_report(engine: Engine, filters: Filters) -> Report:
         ).all()
     latency_by_model, latency_all = percentiles_with_total(engine, c.duration_ms, model, succeeded)
     ttft_by_model, ttft_all = percentiles_with_total(engine, c.ttft_ms, model, succeeded)
+    return by_model, errors, latency_by_model, latency_all, ttft_by_model, ttft_all
+
+
+def ops_report(engine: Engine, filters: Filters) -> Report:
+    """The `report ops` Report: one row per model (totals: every model), and a section of errors by type."""
+    if isinstance(engine, ExternalSource):
+        figures: OpsFigures = engine.ops_figures(filters)  # type: ignore[attr-defined]
+    else:
+        figures = _figures(engine, filters)
+    by_model, errors, latency_by_model, latency_all, ttft_by_model, ttft_all = figures
 
     def row(
         key: str | None, n: int, errs: Any, retried: Any, retries: Any, lat: Any, first: Any

@@ -114,7 +114,8 @@ _ITERATION_ATTRIBUTES: Final = {
     "cost_cache_write_1h_usd": t.COST_CACHE_WRITE_1H,
 }
 CALL_ATTRIBUTES: Final = _CALL_ATTRIBUTES
-"""Which span attribute fills which `calls` column as it is (the replay reads it backwards)."""
+"""Which span attribute fills which `calls` column as it is (the OTLP replay reads it backwards; readers
+of other sinks, e.g. ClickHouse, use it too)."""
 ITERATION_ATTRIBUTES: Final = _ITERATION_ATTRIBUTES
 # "" is no attribute name, so a computed column starts as None.
 _CALL_KEYS: Final = tuple(_CALL_ATTRIBUTES.get(name, "") for name in CALL_COLUMNS)

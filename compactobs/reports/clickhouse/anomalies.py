@@ -1,0 +1,184 @@
+"""`report anomalies` on ClickHouse: the records the rules of `compactobs.reports.anomalies` read, from the
+spans table (`AnomalyData`).
+
+A conversation's turns, their positions and their neighbours come from window functions over the turns
+of the conversations that compacted (row_number, lagInFrame, leadInFrame), a budget's crossing from running
+sums: ClickHouse sorts each conversation once, in parallel, and only the compacting calls come back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any, Final
+
+from compactobs.reports._common import Filters
+from compactobs.reports.anomalies import _ERROR_STATUSES, _HOUR_MS, MAX_CALL_IDS, Budget, Budgets, Thresholds
+from compactobs.reports.clickhouse import spans
+from compactobs.reports.clickhouse.cost import JOIN_SETTINGS
+from compactobs.reports.clickhouse.source import ClickHouseSource, quote
+from compactobs.rules import BILLED_TOKEN_COLUMNS
+
+__all__ = ["ClickHouseAnomalyData"]
+
+_ORDER: Final = "PARTITION BY conversation_id ORDER BY start_ms, call_id"
+_WHOLE: Final = f"({_ORDER} ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
+_BILLED: Final = " + ".join(f"coalesce(c.{name}, 0)" for name in BILLED_TOKEN_COLUMNS)
+_STATUSES: Final = ", ".join(map(str, _ERROR_STATUSES))
+_SERVER_ERROR: Final = f"(c.http_status IN ({_STATUSES}) OR (c.http_status >= 500 AND c.http_status <= 599))"
+
+
+class ClickHouseAnomalyData:
+    """`anomalies.AnomalyData` over a ClickHouse source, for the calls `filters` select."""
+
+    def __init__(self, source: ClickHouseSource, filters: Filters) -> None:
+        self.source = source
+        self.filters = filters
+        self.conditions = spans.call_conditions(filters, "c.")
+        self.window = spans.calls_of(source, filters)
+        self.everything = spans.calls_of(source)
+
+    def _where(self, *extra: str) -> str:
+        conditions = [*self.conditions, *extra]
+        return " WHERE " + " AND ".join(conditions) if conditions else ""
+
+    def compaction_rows(self) -> Iterable[Sequence[Any]]:
+        turn = ("c.conversation_id IS NOT NULL", "c.input_tokens IS NOT NULL")
+        compacting = f"SELECT DISTINCT c.conversation_id FROM {self.window} AS c" + self._where(
+            *turn, "c.compactions_count > 0"
+        )
+        reads = "coalesce(c.cache_read_tokens, 0)"
+        writes = "coalesce(c.cache_write_5m_tokens, 0) + coalesce(c.cache_write_1h_tokens, 0)"
+        turns = (
+            "SELECT c.conversation_id AS conversation_id, c.call_id AS call_id, c.start_ms AS start_ms, "
+            "c.compactions_count AS compactions_count, c.compactions_failed AS compactions_failed, "
+            "c.compaction_trigger AS compaction_trigger, c.context_tokens AS context_tokens, "
+            "c.cost_usd AS cost_usd, "
+            f"row_number() OVER ({_ORDER}) AS rn, "
+            f"lagInFrame(toNullable(c.call_id)) OVER {_WHOLE} AS prev_id, "
+            f"lagInFrame(toNullable({reads})) OVER {_WHOLE} AS prev_reads, "
+            f"lagInFrame(toNullable({writes})) OVER {_WHOLE} AS prev_writes, "
+            f"leadInFrame(toNullable(c.call_id)) OVER {_WHOLE} AS next_id, "
+            f"leadInFrame(toNullable({reads})) OVER {_WHOLE} AS next_reads, "
+            f"leadInFrame(toNullable({writes})) OVER {_WHOLE} AS next_writes, "
+            f"leadInFrame(c.context_tokens) OVER {_WHOLE} AS next_context, "
+            "count() OVER (PARTITION BY conversation_id) AS conversation_calls, "
+            "sum(c.cost_usd) OVER (PARTITION BY conversation_id) AS conversation_cost "
+            f"FROM {self.window} AS c" + self._where(*turn, f"c.conversation_id IN ({compacting})")
+        )
+        located = (
+            "SELECT *, rn - coalesce(lagInFrame(toNullable(rn)) OVER "
+            f"{_WHOLE}, 0) AS gap FROM ({turns}) WHERE compactions_count > 0"
+        )
+        iterations = spans.iterations_of(self.source)
+        compaction_cost = (
+            f"SELECT call_id, sum(cost_usd) AS compaction_cost FROM {iterations} WHERE type = 'compaction' "
+            "GROUP BY call_id"
+        )
+        sql = (
+            "SELECT k.conversation_id, k.conversation_calls, k.conversation_cost, k.gap, k.call_id, "
+            "k.start_ms, k.compactions_count, coalesce(k.compactions_failed, 0), k.compaction_trigger, "
+            "coalesce(k.context_tokens, k.next_context), k.cost_usd, x.compaction_cost, k.prev_id, "
+            "k.prev_reads, k.prev_writes, k.next_id, k.next_reads, k.next_writes "
+            f"FROM ({located}) AS k LEFT JOIN ({compaction_cost}) AS x ON x.call_id = k.call_id "
+            "ORDER BY k.conversation_id, k.start_ms, k.call_id"
+        )
+        return [tuple(record.values()) for record in self.source.rows(sql, JOIN_SETTINGS)]
+
+    def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[Any]]:
+        where = ["c.conversation_id IS NOT NULL"]
+        if self.conditions:
+            selected = f"SELECT DISTINCT c.conversation_id FROM {self.window} AS c" + self._where()
+            where.append(f"c.conversation_id IN ({selected})")
+        sql = (
+            "SELECT c.conversation_id, count(), sum(c.cost_usd), "
+            f"sum({_BILLED}), max(c.budget_usd), max(c.budget_tokens), countIf(c.priced = false), "
+            "sum(coalesce(c.compactions_count, 0)) "
+            f"FROM {self.everything} AS c WHERE {' AND '.join(where)} GROUP BY c.conversation_id"
+        )
+        if not budgets:
+            sql += " HAVING max(c.budget_usd) IS NOT NULL OR max(c.budget_tokens) IS NOT NULL"
+        return [tuple(record.values()) for record in self.source.rows(sql)]
+
+    def budget_crossings(
+        self, over: Mapping[str, tuple[Budget, int, Decimal | None, int, int, int]]
+    ) -> dict[str, tuple[int, str]]:
+        """(start_ms, call_id) of the first call at which each conversation's running spend (all its calls,
+        in (start_ms, call_id) order) went over its budget."""
+        if not over:
+            return {}
+        limits = ", ".join(
+            f"({quote(conversation_id)}, {quote(budget.usd)}, {quote(budget.tokens)}, "
+            f"{quote(budget.max_compactions)})"
+            for conversation_id, (budget, *_) in over.items()
+        )
+        table = (
+            "SELECT * FROM values('conversation_id String, usd Nullable(Decimal(38, 10)), "
+            f"tokens Nullable(Int64), max_compactions Nullable(Int64)', {limits})"
+        )
+        running = (
+            "SELECT c.conversation_id AS conversation_id, c.call_id AS call_id, c.start_ms AS start_ms, "
+            "sum(coalesce(c.cost_usd, toDecimal128(0, 10))) OVER w AS spent, "
+            f"sum({_BILLED}) OVER w AS tokens, "
+            "sum(coalesce(c.compactions_count, 0)) OVER w AS compactions "
+            f"FROM {self.everything} AS c WHERE c.conversation_id IN (SELECT conversation_id FROM ({table})) "
+            f"WINDOW w AS ({_ORDER} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+        )
+        sql = (
+            "SELECT r.conversation_id AS conversation_id, min((r.start_ms, r.call_id)) AS first "
+            f"FROM ({running}) AS r JOIN ({table}) AS b ON b.conversation_id = r.conversation_id "
+            "WHERE (b.usd IS NOT NULL AND r.spent > b.usd) OR (b.tokens IS NOT NULL AND r.tokens > b.tokens) "
+            "OR (b.max_compactions IS NOT NULL AND r.compactions > b.max_compactions) "
+            "GROUP BY r.conversation_id"
+        )
+        found: dict[str, tuple[int, str]] = {}
+        for record in self.source.rows(sql, JOIN_SETTINGS):
+            start_ms, call_id = record["first"]
+            found[record["conversation_id"]] = (int(start_ms), call_id)
+        return found
+
+    _MODEL: Final = "coalesce(i.model, c.response_model, c.request_model, '(unknown)')"
+
+    def _unpriced_join(self) -> str:
+        iterations = spans.iterations_of(self.source)
+        return f"{iterations} AS i INNER JOIN {self.window} AS c ON c.call_id = i.call_id"
+
+    def unpriced_groups(self) -> Iterable[Sequence[Any]]:
+        tokens = (
+            "coalesce(i.input_tokens, 0) + coalesce(i.output_tokens, 0) + coalesce(i.cache_read_tokens, 0) + "
+            "coalesce(i.cache_write_5m_tokens, 0) + coalesce(i.cache_write_1h_tokens, 0)"
+        )
+        sql = (
+            f"SELECT {self._MODEL} AS model, count(DISTINCT c.call_id), count(), "
+            f"count(DISTINCT c.conversation_id), sum({tokens}), min(c.start_ms), max(c.start_ms) "
+            f"FROM {self._unpriced_join()}"
+            + self._where("i.priced = false")
+            + " GROUP BY model ORDER BY model"
+        )
+        return [tuple(record.values()) for record in self.source.rows(sql)]
+
+    def unpriced_sample(self, model: str) -> Sequence[str]:
+        sql = (
+            f"SELECT c.call_id AS call_id, min(c.start_ms) AS first FROM {self._unpriced_join()}"
+            + self._where("i.priced = false", f"{self._MODEL} = {quote(model)}")
+            + f" GROUP BY c.call_id ORDER BY first, call_id LIMIT {MAX_CALL_IDS}"
+        )
+        return [record["call_id"] for record in self.source.rows(sql)]
+
+    def error_hours(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]:
+        sql = (
+            f"SELECT intDiv(c.start_ms, {_HOUR_MS}) AS hour, count(), countIf({_SERVER_ERROR}), "
+            "countIf(c.http_status = 429), countIf(c.http_status = 529), sum(coalesce(c.attempts, 1) - 1) "
+            f"FROM {self.window} AS c"
+            + self._where()
+            + f" GROUP BY hour HAVING count() >= {int(thresholds.error_min_calls)} ORDER BY hour"
+        )
+        return [tuple(record.values()) for record in self.source.rows(sql)]
+
+    def error_sample(self, start_ms: int) -> Sequence[str]:
+        sql = (
+            f"SELECT c.call_id AS call_id FROM {self.window} AS c"
+            + self._where(f"c.start_ms >= {start_ms}", f"c.start_ms < {start_ms + _HOUR_MS}", _SERVER_ERROR)
+            + f" ORDER BY c.start_ms, c.call_id LIMIT {MAX_CALL_IDS}"
+        )
+        return [record["call_id"] for record in self.source.rows(sql)]

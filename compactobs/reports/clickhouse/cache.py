@@ -1,0 +1,175 @@
+"""`report cache` on ClickHouse: the groups `compactobs.reports.cache` sums, from the spans table.
+
+The same per-row figures and measures as the store's `_per_row` and `_measures`, in ClickHouse SQL. The next
+call of a conversation (whether a cache write was read back within its TTL) is a window function over the
+conversations that wrote in the window: the least start after the call's own, among all the conversation's
+calls (beyond the window too, as the store's lookup). Money is summed at 30 decimal places (Decimal256),
+then rounded as the store's report rounds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+from compactobs.reports._common import TIME_UNITS, Filters, bucket_label
+from compactobs.reports.cache import TTL_1H_MS, TTL_5M_MS
+from compactobs.reports.clickhouse import spans
+from compactobs.reports.clickhouse.cost import JOIN_SETTINGS, group_key_sql
+from compactobs.reports.clickhouse.source import ClickHouseSource
+from compactobs.reports.cost import KEY_OF
+
+__all__ = ["cache_groups"]
+
+_WIDE: Final = 30
+_WROTE: Final = "(c.cache_write_5m_tokens > 0 OR c.cache_write_1h_tokens > 0)"
+
+
+def _d(expression: str) -> str:
+    return f"toDecimal256({expression}, {_WIDE})"
+
+
+def _wasted(ttl_ms: int, now_ms: int) -> str:
+    return (
+        "(c.conversation_id IS NOT NULL AND ((c.next_start IS NULL AND "
+        f"{now_ms} - c.end_ms > {ttl_ms}) OR c.next_start - c.end_ms > {ttl_ms}))"
+    )
+
+
+def _per_row(now_ms: int) -> list[tuple[str, str]]:
+    """(name, SQL) of each row's figures over `c` (calls with next_start) LEFT JOIN `i` (iterations)."""
+
+    def pick(iteration: str, call: str) -> str:
+        return f"coalesce(i.{iteration}, c.{call}, 0)"
+
+    def money(iteration: str, call: str) -> str:
+        return _d(f"coalesce(i.{iteration}, c.{call}, toDecimal128(0, 10))")
+
+    w5m, w1h = _wasted(TTL_5M_MS, now_ms), _wasted(TTL_1H_MS, now_ms)
+    return [
+        ("carrier", "if(i.call_id IS NULL OR i.idx = coalesce(c.iterations_count, 1) - 1, 1, 0)"),
+        ("uncached", pick("input_tokens", "input_tokens")),
+        ("read", pick("cache_read_tokens", "cache_read_tokens")),
+        ("w5m", pick("cache_write_5m_tokens", "cache_write_5m_tokens")),
+        ("w1h", pick("cache_write_1h_tokens", "cache_write_1h_tokens")),
+        ("cost_input", money("cost_input_usd", "cost_input_usd")),
+        ("cost_read", money("cost_cache_read_usd", "cost_cache_read_usd")),
+        ("cost_w5m", money("cost_cache_write_5m_usd", "cost_cache_write_5m_usd")),
+        ("cost_w1h", money("cost_cache_write_1h_usd", "cost_cache_write_1h_usd")),
+        ("row_priced", "if(i.call_id IS NULL, c.priced, i.priced)"),
+        ("call_priced", "c.priced"),
+        ("wasted_5m", f"if({w5m}, 1, 0)"),
+        ("wasted_1h", f"if({w1h}, 1, 0)"),
+        (
+            "call_wasted",
+            f"if((c.cache_write_5m_tokens > 0 AND {w5m}) OR (c.cache_write_1h_tokens > 0 AND {w1h}), 1, 0)",
+        ),
+    ]
+
+
+def _at_input_rate(tokens: str) -> str:
+    # The rate from the iteration's own costs, multiplied first; writes bill 1.25x (5m) or 2x (1h) input.
+    return (
+        f"multiIf(r.uncached > 0, {tokens} * r.cost_input / r.uncached, "
+        f"r.w5m > 0, {tokens} * r.cost_w5m * 4 / (5 * r.w5m), "
+        f"r.w1h > 0, {tokens} * r.cost_w1h / (2 * r.w1h), NULL)"
+    )
+
+
+def _measures() -> list[tuple[str, str]]:
+    """(name, SQL) of the measures over `r`, the rows of `_per_row` (`cache._measures`)."""
+    zero = _d("0")
+    priced = "(r.row_priced = true)"
+    saved = (
+        f"multiIf(r.read = 0, {zero}, r.uncached = 0 AND r.w5m = 0 AND r.w1h = 0, r.cost_read * 9, "
+        f"{_at_input_rate('r.read')} - r.cost_read)"
+    )
+    premium_5m = f"if(r.w5m = 0, {zero}, r.cost_w5m - {_at_input_rate('r.w5m')})"
+    premium_1h = f"if(r.w1h = 0, {zero}, r.cost_w1h - {_at_input_rate('r.w1h')})"
+    wasted_5m = "(r.w5m > 0 AND r.wasted_5m = 1)"
+    wasted_1h = "(r.w1h > 0 AND r.wasted_1h = 1)"
+    return [
+        ("calls", "sum(r.carrier)"),
+        ("input_tokens", "sum(r.uncached)"),
+        ("cache_read_input_tokens", "sum(r.read)"),
+        ("cache_creation_5m_input_tokens", "sum(r.w5m)"),
+        ("cache_creation_1h_input_tokens", "sum(r.w1h)"),
+        ("saved_usd", f"sumIf({saved}, {priced} AND r.read > 0)"),
+        ("write_premium_usd", f"sumIf({premium_5m} + {premium_1h}, {priced})"),
+        ("wasted_write_calls", "countIf(r.carrier = 1 AND r.call_wasted = 1)"),
+        ("wasted_5m_write_tokens", f"sumIf(r.w5m, {wasted_5m})"),
+        ("wasted_1h_write_tokens", f"sumIf(r.w1h, {wasted_1h})"),
+        (
+            "wasted_premium_usd",
+            f"sumIf(if({wasted_5m}, {premium_5m}, {zero}) + if({wasted_1h}, {premium_1h}, {zero}), {priced})",
+        ),
+        (
+            "estimated_iterations",
+            f"countIf({priced} AND r.read > 0 AND r.uncached = 0 AND r.w5m = 0 AND r.w1h = 0)",
+        ),
+        ("unpriced_calls", "countIf(r.carrier = 1 AND r.call_priced = false)"),
+    ]
+
+
+def calls_with_next(source: ClickHouseSource, filters: Filters) -> str:
+    """The window's calls with `next_start`, for those that wrote to the cache in a conversation."""
+    window = spans.calls_of(source, filters)
+    everything = spans.calls_of(source)
+    where = spans.call_conditions(filters, "c.")
+    condition = " WHERE " + " AND ".join(where) if where else ""
+    wrote = (
+        f"SELECT DISTINCT c.conversation_id FROM {window} AS c"
+        + (condition + " AND " if condition else " WHERE ")
+        + f"c.conversation_id IS NOT NULL AND {_WROTE}"
+    )
+    following = (
+        "SELECT call_id, minOrNull(start_ms) OVER (PARTITION BY conversation_id ORDER BY start_ms "
+        "RANGE BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING) AS following "
+        f"FROM {everything} WHERE conversation_id IN ({wrote})"
+    )
+    return (
+        f"(SELECT c.*, if(c.conversation_id IS NOT NULL AND {_WROTE}, n.following, NULL) AS next_start "
+        f"FROM {window} AS c LEFT JOIN ({following}) AS n ON n.call_id = c.call_id{condition})"
+    )
+
+
+def cache_groups(
+    source: ClickHouseSource, filters: Filters, by: Sequence[str], span: tuple[int, int], now_ms: int
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """`cache._aggregate` on ClickHouse: {group key values (in `by` order): summed figures}."""
+    from compactobs.reports.cache import _add
+
+    keys: list[tuple[str, str]] = []
+    for name in by:
+        if name in TIME_UNITS:
+            unit = "day" if name == "month" else name
+            keys.append(("t_local", spans.local_bucket("c.start_ms", unit, filters.tz, span[0], span[1])))
+        else:
+            keys.append((f"k_{KEY_OF[name]}", group_key_sql(name, True)))
+    iterations = spans.iterations_of(source, filters.since_ms)
+    per_row = ", ".join(
+        [
+            *(f"{sql} AS {label}" for label, sql in keys),
+            *(f"{sql} AS {name}" for name, sql in _per_row(now_ms)),
+        ]
+    )
+    rows = (
+        f"SELECT {per_row} FROM {calls_with_next(source, filters)} AS c "
+        f"LEFT JOIN {iterations} AS i ON i.call_id = c.call_id"
+    )
+    select = ", ".join(
+        [*(f"r.{label} AS {label}" for label, _ in keys), *(f"{sql} AS {n}" for n, sql in _measures())]
+    )
+    sql = f"SELECT {select} FROM ({rows}) AS r"
+    if keys:
+        sql += " GROUP BY " + ", ".join(f"r.{label}" for label, _ in keys)
+    result: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for record in source.rows(sql, JOIN_SETTINGS):
+        values: list[Any] = []
+        for name in by:
+            if name in TIME_UNITS:
+                values.append(bucket_label(name, int(record["t_local"])))
+            else:
+                values.append(record[f"k_{KEY_OF[name]}"])
+        _add(result, tuple(values), record)
+    return result

@@ -1,0 +1,322 @@
+"""Where the spans are: a ClickHouse server over HTTP (clickhouse-connect) or chdb, the in-process engine.
+
+```python
+source = open_source("clickhouse://default@localhost:8123/otel", table="otel_traces")
+source = open_source("chdb:///var/lib/compactobs-chdb")        # a chdb data directory
+rows = source.rows("SELECT 1 AS one")                          # [{'one': 1}]
+```
+
+Both connections run the same SQL and read its results the same way: `FORMAT JSONCompactEachRowWithNames
+AndTypes`, 64-bit integers as numbers and decimals as strings (so money comes back as an exact Decimal),
+each value converted by its column's ClickHouse type. A problem a user can fix (a bad URL, a server that
+does not answer, a missing table) raises `StoreError`, one line, as the SQL store does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from compactobs.reports._common import ExternalSource
+from compactobs.store.errors import StoreError
+
+__all__ = [
+    "DEFAULT_TABLE",
+    "SCHEMES",
+    "ClickHouseSource",
+    "is_clickhouse_url",
+    "open_source",
+    "quote",
+]
+
+SCHEMES: Final = ("clickhouse", "clickhouse+http", "clickhouse+https", "chdb")
+DEFAULT_TABLE: Final = "otel_traces"
+"""The table the Collector's ClickHouse exporter writes spans to, unless its `traces_table_name` says."""
+_FORMAT: Final = "JSONCompactEachRowWithNamesAndTypes"
+_SETTINGS: Final = {
+    "output_format_json_quote_64bit_integers": 0,
+    "output_format_json_quote_decimals": 1,
+    "output_format_json_quote_denormals": 0,
+}
+_IDENTIFIER: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+_EXAMPLES: Final = "e.g. clickhouse://user@host:8123/database or chdb:///path/to/chdb-directory"
+
+
+def is_clickhouse_url(url: str | None) -> bool:
+    """Whether `--db` names a ClickHouse source rather than the SQL store."""
+    return bool(url) and url.split("://", 1)[0].lower() in SCHEMES  # type: ignore[union-attr]
+
+
+def quote(value: Any) -> str:
+    """A literal for ClickHouse SQL: strings quoted and escaped, numbers as they are, None as NULL."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, Decimal)):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
+
+
+def _unwrap(kind: str) -> str:
+    for wrapper in ("Nullable(", "LowCardinality("):
+        while kind.startswith(wrapper):
+            kind = kind[len(wrapper) : -1]
+    return kind
+
+
+def _convert(kind: str, value: Any) -> Any:
+    """A JSON value as the Python value of its ClickHouse type."""
+    if value is None:
+        return None
+    kind = _unwrap(kind)
+    if kind.startswith("Array("):
+        inner = kind[len("Array(") : -1]
+        return [_convert(inner, item) for item in value]
+    if kind.startswith("Decimal"):
+        return Decimal(value)
+    if kind.startswith(("Int", "UInt")):
+        return int(value)
+    if kind.startswith("Float"):
+        return float(value)
+    if kind == "Bool":
+        return bool(value)
+    return value
+
+
+def _parse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    names: list[str] | None = None
+    kinds: list[str] = []
+    for line in lines:
+        if not line.strip():
+            continue
+        values = json.loads(line)
+        if names is None:
+            names = values
+            continue
+        if not kinds:
+            kinds = values
+            continue
+        yield {name: _convert(kind, v) for name, kind, v in zip(names, kinds, values, strict=True)}
+
+
+class ClickHouseSource(ExternalSource):
+    """A ClickHouse database holding the Collector's spans table; the reports read it through
+    `compactobs.reports.clickhouse.reports`. Opened by `open_source`; close it when done."""
+
+    def __init__(self, url: str, table: str = DEFAULT_TABLE) -> None:
+        if not _IDENTIFIER.match(table):
+            raise StoreError(
+                f"invalid table name {table!r}: use a name such as otel_traces or db.otel_traces"
+            )
+        self.url = url
+        self.table = table
+        parts = urlsplit(url.strip())
+        scheme = parts.scheme.lower()
+        if scheme not in SCHEMES:
+            raise StoreError(f"not a ClickHouse URL {url!r}: {_EXAMPLES}")
+        self.engine_name = "chdb" if scheme == "chdb" else "clickhouse"
+        self._session: Any = None
+        self._client: Any = None
+        self.typed = False
+        """Whether `compactobs clickhouse setup` made the typed tables the reports then read."""
+        if scheme == "chdb":
+            self._open_chdb(parts.path or "")
+        else:
+            self._open_http(parts, secure=scheme == "clickhouse+https" or "secure=true" in parts.query)
+
+    # -- connections -------------------------------------------------------------------------------------
+
+    def _open_chdb(self, path: str) -> None:
+        try:
+            from chdb import session
+        except ImportError:
+            raise StoreError("chdb is not installed: pip install 'compactobs[clickhouse]'") from None
+        directory = Path(unquote(path)) if path not in ("", "/") else None
+        if directory is not None and not directory.is_dir():
+            raise StoreError(f"no chdb directory at {directory}: check --db (chdb:///path/to/directory)")
+        try:
+            self._session = session.Session(str(directory)) if directory is not None else session.Session()
+        except Exception as err:  # e.g. another process holds the directory's lock
+            raise StoreError(f"cannot open chdb at {directory}: {_first_line(err)}") from None
+
+    def _open_http(self, parts: Any, secure: bool) -> None:
+        try:
+            import clickhouse_connect
+        except ImportError:
+            raise StoreError(
+                "clickhouse-connect is not installed: pip install 'compactobs[clickhouse]'"
+            ) from None
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        database = parts.path.strip("/") or query.get("database") or "default"
+        try:
+            port = parts.port
+        except ValueError:
+            raise StoreError(f"malformed ClickHouse URL {self.shown_url!r}: {_EXAMPLES}") from None
+        # clickhouse-connect logs a failed first request besides raising it: the error below says it once.
+        driver_log = logging.getLogger("clickhouse_connect")
+        level = driver_log.level
+        driver_log.setLevel(logging.CRITICAL)
+        try:
+            self._client = clickhouse_connect.get_client(
+                host=parts.hostname or "localhost",
+                port=port or (8443 if secure else 8123),
+                username=unquote(parts.username or "default"),
+                password=unquote(parts.password or ""),
+                database=database,
+                secure=secure,
+                connect_timeout=5,
+            )
+        except Exception as err:  # clickhouse-connect raises its own errors and the driver's
+            raise StoreError(f"cannot reach ClickHouse at {self.shown_url}: {_first_line(err)}") from None
+        finally:
+            driver_log.setLevel(level)
+
+    @property
+    def shown_url(self) -> str:
+        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", self.url)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self._session is not None:
+            self._session.close()
+        self._client = self._session = None
+
+    def __enter__(self) -> ClickHouseSource:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- queries -----------------------------------------------------------------------------------------
+
+    def _text(self, sql: str, settings: Mapping[str, Any] | None = None) -> str:
+        merged = {**_SETTINGS, **(settings or {})}
+        try:
+            if self._session is not None:
+                result = self._session.query(sql + settings_clause(merged), _FORMAT)
+                return result.data() if hasattr(result, "data") else str(result)
+            raw = self._client.raw_query(sql, settings=merged, fmt=_FORMAT)
+            return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+        except StoreError:
+            raise
+        except Exception as err:
+            raise StoreError(f"ClickHouse query failed on {self.shown_url}: {_first_line(err)}") from None
+
+    def rows(self, sql: str, settings: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """The result of a SELECT (without FORMAT or SETTINGS: pass `settings`), a dict per row, values by
+        column type (Decimal for money)."""
+        return list(_parse(iter(self._text(sql, settings).splitlines())))
+
+    # -- what the reports ask an ExternalSource (see compactobs.reports._common) ------------------------
+
+    def data_range(self, filters: Any) -> tuple[int, int] | None:
+        from compactobs.reports.clickhouse import cost
+
+        return cost.data_range(self, filters)
+
+    def ops_figures(self, filters: Any) -> Any:
+        from compactobs.reports.clickhouse import ops
+
+        return ops.ops_figures(self, filters)
+
+    def conversation_calls(self, filters: Any, conversation_id: str) -> Any:
+        from compactobs.reports.clickhouse import conversation
+
+        return conversation.conversation_calls(self, filters, conversation_id)
+
+    def cache_groups(self, *args: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
+        from compactobs.reports.clickhouse import cache
+
+        return cache.cache_groups(self, *args)
+
+    def anomaly_data(self, filters: Any) -> Any:
+        from compactobs.reports.clickhouse.anomalies import ClickHouseAnomalyData
+
+        return ClickHouseAnomalyData(self, filters)
+
+    def cost_groups(self, *args: Any, **kwargs: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
+        from compactobs.reports.clickhouse import cost
+
+        return cost.cost_groups(self, *args, **kwargs)
+
+    def execute(self, sql: str) -> None:
+        """A statement without a result (DDL, INSERT ... SELECT)."""
+        try:
+            if self._session is not None:
+                self._session.query(sql)
+            else:
+                self._client.command(sql)
+        except Exception as err:
+            raise StoreError(f"ClickHouse statement failed on {self.shown_url}: {_first_line(err)}") from None
+
+    def exists(self, table: str) -> bool:
+        """Whether `table` (optionally `db.table`) exists."""
+        database, _, name = table.rpartition(".")
+        where = f"name = {quote(name)} AND database = " + (
+            quote(database) if database else "currentDatabase()"
+        )
+        return bool(self.rows(f"SELECT count() AS n FROM system.tables WHERE {where}")[0]["n"])
+
+    def detect_typed(self) -> bool:
+        """Use the typed tables of `compactobs clickhouse setup` when both exist."""
+        from compactobs.reports.clickhouse.spans import typed_names
+
+        self.typed = all(self.exists(name) for name in typed_names(self.table))
+        return self.typed
+
+    def setup(self) -> list[str]:
+        """Create the typed tables and their materialised views, and fill them (idempotent)."""
+        from compactobs.reports.clickhouse.spans import setup_statements
+
+        statements = setup_statements(self.table)
+        for statement in statements:
+            self.execute(statement)
+        self.typed = True
+        return statements
+
+    def check_table(self) -> None:
+        """Raises StoreError, saying what to do, when the spans table is missing."""
+        if not self.exists(self.table):
+            raise StoreError(
+                f"no table {self.table!r} in {self.shown_url}: point the Collector's ClickHouse exporter at "
+                "this "
+                "database, or name the spans table with --clickhouse-table"
+            )
+
+
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return (text[:300] + "...") if len(text) > 300 else text or type(err).__name__
+
+
+def open_source(url: str, table: str = DEFAULT_TABLE, check: bool = True) -> ClickHouseSource:
+    """A ClickHouseSource for `url` (clickhouse://user:password@host:8123/db, clickhouse+https://...,
+    chdb:///directory), its spans table checked when `check`. Raises StoreError."""
+    source = ClickHouseSource(url, table)
+    if check:
+        try:
+            source.check_table()
+            source.detect_typed()
+        except BaseException:
+            source.close()
+            raise
+    return source
+
+
+def settings_clause(settings: Mapping[str, Any] | None) -> str:
+    return "" if not settings else " SETTINGS " + ", ".join(f"{k} = {quote(v)}" for k, v in settings.items())
+
+
+def join(parts: Sequence[str], sep: str = ", ") -> str:
+    return sep.join(part for part in parts if part)

@@ -1,0 +1,244 @@
+"""The ClickHouse source: the same traffic, recorded through the SQL store (PostgreSQL) and written into the
+Collector's `otel_traces` table in chdb, gives identical report JSON, report by report.
+
+The traffic is the demo's workload (`compactobs.demo`: caching, a compaction loop over a budget, a paused
+and an on-demand compaction, a failed one, 429/529 errors, an unpriced model) through the real SDK against
+the loopback simulator. Its finished spans are kept by an InMemorySpanExporter on the same TracerProvider as
+the store's exporter, and `tests/otel_traces.py` writes them as the exporter's documented mapping does
+(opentelemetry-collector-contrib, exporter/clickhouseexporter: `exporter_traces.go` `pushTraceData`,
+`internal/sql_templates/traces_table.sql`, and pdata's `Value.AsString` for attribute values; see that
+module's docstring).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy import create_engine, make_url, text
+
+from compactobs import store
+from compactobs.demo import run_demo
+from compactobs.reports._common import ReportInputError, build_filters, render
+from compactobs.reports.anomalies import Thresholds, anomalies_report, load_budgets
+from compactobs.reports.cache import cache_report
+from compactobs.reports.clickhouse.source import ClickHouseSource
+from compactobs.reports.conversation import conversation_report
+from compactobs.reports.cost import BY_CHOICES, cost_report
+from compactobs.reports.ops import ops_report
+from tests.cli import one_line_error, run
+from tests.conftest import DEFAULT_POSTGRES_URL
+from tests.otel_traces import double_text, write_spans
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url() -> Iterator[str]:
+    """A PostgreSQL schema for the module (the demo runs once for every parity test)."""
+    base = make_url(os.environ.get("COMPACTOBS_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL))
+    admin = create_engine(base)
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f"CREATE SCHEMA {schema}"))
+    except Exception as err:
+        admin.dispose()
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is unavailable: {err}")
+        pytest.skip(f"PostgreSQL is unavailable: {err}")
+    url = base.update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def recorded(module_postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The demo recorded into PostgreSQL, and its spans written into otel_traces in a chdb directory."""
+    store.upgrade_database(module_postgres_url)
+    kept = InMemorySpanExporter()
+    summary = run_demo(module_postgres_url, span_processors=[SimpleSpanProcessor(kept)])
+    directory: Path = tmp_path_factory.mktemp("chdb")
+    source = ClickHouseSource(f"chdb://{directory}")
+    written = write_spans(source, kept.get_finished_spans())
+    engine = store.open_database(module_postgres_url)
+    try:
+        yield {"engine": engine, "source": source, "summary": summary, "spans": written, "dir": directory}
+    finally:
+        engine.dispose()
+        source.close()
+
+
+def _json(report: Any) -> dict[str, Any]:
+    return json.loads(render(report, "json"))
+
+
+def test_double_text_follows_es6_number_printing() -> None:
+    """The exporter's float text (pdata AsString), worked by hand: fixed from 1e-6, else e-notation."""
+    assert double_text(0.14) == "0.14"
+    assert double_text(3.0) == "3"
+    assert double_text(1.1275) == "1.1275"
+    assert double_text(0.000003) == "0.000003"
+    assert double_text(3e-7) == "3e-7"
+    assert double_text(1.5e21) == "1.5e+21"
+    assert double_text(-2.5e-8) == "-2.5e-8"
+
+
+@pytest.mark.parametrize("by", BY_CHOICES)
+def test_cost_by_every_grouping_is_the_same_json(recorded: dict[str, Any], by: str) -> None:
+    filters = build_filters(None, None, "Europe/Paris")
+    expected = _json(cost_report(recorded["engine"], filters, (by,)))
+    got = _json(cost_report(recorded["source"], filters, (by,)))
+    assert expected["rows"], "the demo recorded calls"
+    assert got == expected
+
+
+def test_ops_is_the_same_json(recorded: dict[str, Any]) -> None:
+    filters = build_filters(None, None, "UTC")
+    expected = _json(ops_report(recorded["engine"], filters))
+    got = _json(ops_report(recorded["source"], filters))
+    assert expected["errors"], "the demo has errors"
+    assert expected["totals"]["latency_p95_ms"] is not None
+    assert got == expected
+
+
+def test_every_conversation_is_the_same_json(recorded: dict[str, Any]) -> None:
+    filters = build_filters(None, None, "Asia/Kolkata")
+    ids = [c.id for c in recorded["summary"].conversations]
+    assert len(ids) >= 8
+    for conversation_id in ids:
+        expected = _json(conversation_report(recorded["engine"], filters, conversation_id))
+        got = _json(conversation_report(recorded["source"], filters, conversation_id))
+        assert expected["rows"]
+        assert got == expected, conversation_id
+
+
+def test_an_unknown_conversation_is_the_same_error(recorded: dict[str, Any]) -> None:
+    filters = build_filters(None, None, "UTC")
+    with pytest.raises(ReportInputError) as on_store:
+        conversation_report(recorded["engine"], filters, "no-such-conversation")
+    with pytest.raises(ReportInputError) as on_clickhouse:
+        conversation_report(recorded["source"], filters, "no-such-conversation")
+    assert str(on_clickhouse.value) == str(on_store.value)
+
+
+@pytest.mark.parametrize("by", [("model",), ("day",), ("conversation",), ("service", "iteration-type")])
+def test_cache_is_the_same_json(recorded: dict[str, Any], by: tuple[str, ...]) -> None:
+    """At the demo's end and an hour later: the writes still within their TTL are judged by the clock."""
+    filters = build_filters(None, None, "America/New_York")
+    for now in (datetime.now(timezone.utc), datetime.now(timezone.utc) + timedelta(hours=2)):
+        expected = _json(cache_report(recorded["engine"], filters, by, now=now))
+        got = _json(cache_report(recorded["source"], filters, by, now=now))
+        assert expected["totals"]["saved_usd"], "the demo reads the cache"
+        # Every call counts, the error call without usage too (the store's rollups once left it out).
+        assert expected["totals"]["calls"] == recorded["summary"].calls
+        assert got == expected
+
+
+def test_anomalies_are_the_same_json(recorded: dict[str, Any], tmp_path: Path) -> None:
+    """With the budgets stored with the calls, and with a budgets file; with the default thresholds and
+    with thresholds that make every rule fire on the demo (an error burst among them)."""
+    filters = build_filters(None, None, "UTC")
+    budgets_file = tmp_path / "budgets.toml"
+    budgets_file.write_text('[budgets."demo-*"]\nusd = 0.05\ntokens = 20000\n', encoding="utf-8")
+    eager = Thresholds(error_min_calls=2, error_share=0.01, cost_share=0.1, loop_min=2, loop_window=10)
+    seen: set[str] = set()
+    for thresholds, budgets in ((None, None), (eager, load_budgets(budgets_file))):
+        expected = _json(anomalies_report(recorded["engine"], filters, thresholds, budgets))
+        got = _json(anomalies_report(recorded["source"], filters, thresholds, budgets))
+        seen.update(finding["kind"] for finding in expected["findings"])
+        assert got == expected
+    assert seen >= {
+        "compaction_loop",
+        "budget_exceeded",
+        "failed_compaction",
+        "compaction_cost_share",
+        "cache_miss_after_compaction",
+        "unpriced_model",
+        "error_burst",
+    }, seen
+
+
+def test_filters_select_the_same_calls(recorded: dict[str, Any]) -> None:
+    """--model globs, --service, --conversation globs and a window, on every report."""
+    first = recorded["summary"].started_at
+    filters = build_filters(
+        (first - timedelta(minutes=1)).isoformat(),
+        (first + timedelta(days=1)).date().isoformat(),
+        "Europe/Paris",
+        models=("claude-opus-*", "claude-haiku-4-5"),
+        services=("compactobs-*",),
+    )
+    conversation = build_filters(None, None, "UTC", conversations=("demo-*-research-*", "demo-*-triage-?"))
+    now = datetime.now(timezone.utc)
+    for source_filters in (filters, conversation):
+        reports = [
+            lambda engine, f=source_filters: cost_report(engine, f, ("model", "day")),
+            lambda engine, f=source_filters: cost_report(engine, f, ("conversation",)),
+            lambda engine, f=source_filters: cache_report(engine, f, ("model",), now=now),
+            lambda engine, f=source_filters: ops_report(engine, f),
+            lambda engine, f=source_filters: anomalies_report(engine, f),
+        ]
+        for make in reports:
+            expected = _json(make(recorded["engine"]))
+            assert _json(make(recorded["source"])) == expected
+    assert _json(cost_report(recorded["engine"], filters, ("model",)))["totals"]["calls"] > 0
+    assert _json(cost_report(recorded["engine"], conversation, ("model",)))["totals"]["calls"] > 0
+
+
+def test_after_setup_the_typed_tables_give_the_same_json(recorded: dict[str, Any]) -> None:
+    """`compactobs clickhouse setup`: the typed tables (filled from the spans already there, then by the
+    materialised views as spans arrive, duplicates merged away) serve every report, identically."""
+    source: ClickHouseSource = recorded["source"]
+    try:
+        source.setup()
+        source.setup()  # idempotent: the spans are not counted twice
+        assert source.detect_typed()
+        now = datetime.now(timezone.utc)
+        filters = build_filters(None, None, "Europe/Paris")
+        conversation = recorded["summary"].conversations[1].id
+        for make in (
+            lambda engine: cost_report(engine, filters, ("day",)),
+            lambda engine: cost_report(engine, filters, ("model", "iteration-type")),
+            lambda engine: cache_report(engine, filters, ("model",), now=now),
+            lambda engine: ops_report(engine, filters),
+            lambda engine: anomalies_report(engine, filters),
+            lambda engine: conversation_report(engine, filters, conversation),
+        ):
+            assert _json(make(source)) == _json(make(recorded["engine"]))
+        rows = source.rows("SELECT count() AS n FROM compactobs_calls FINAL")
+        assert rows[0]["n"] == recorded["summary"].calls
+    finally:
+        source.typed = False
+
+
+def test_the_cli_reads_chdb_and_refuses_writes_in_one_line(
+    recorded: dict[str, Any], module_postgres_url: str
+) -> None:
+    """Last in the module: the CLI opens (and closes) chdb on the fixture's directory."""
+    chdb_url = f"chdb://{recorded['dir']}"
+    for report in (["cost", "--by", "model,day"], ["ops"], ["anomalies"]):
+        args = ["report", *report, "--tz", "UTC", "--format", "json"]
+        code, on_store, _ = run("--db", module_postgres_url, *args)
+        assert code == 0
+        code, on_clickhouse, err = run("--db", chdb_url, *args)
+        assert code == 0, err
+        assert json.loads(on_clickhouse) == json.loads(on_store)
+    for command in (["reprice"], ["db", "upgrade"], ["db", "status"]):
+        message = one_line_error(*run("--db", chdb_url, *command)[::2])
+        assert "ClickHouse source" in message and "read-only" in message
+    one_line_error(*run("--db", module_postgres_url, "clickhouse", "setup")[::2])
+    message = one_line_error(*run("--db", chdb_url, "--clickhouse-table", "no_such", "report", "ops")[::2])
+    assert "no table 'no_such'" in message
+    missing = recorded["dir"] / "missing"
+    assert "no chdb directory" in one_line_error(*run("--db", f"chdb://{missing}", "report", "ops")[::2])
