@@ -181,19 +181,24 @@ _CALL_FIGURES: Final = (
 )
 
 
-def _wasted(c: Any, ttl_ms: int, now_ms: int) -> ColumnElement[bool]:
+Now = int | ColumnElement[Any]
+"""The clock waste is judged by: epoch ms, or an SQL expression of it (a dashboard's range end)."""
+
+
+def _wasted(c: Any, ttl_ms: int, now_ms: Now) -> ColumnElement[bool]:
     """The call's writes of this TTL were never read back: its conversation's next call came too late,
     or has not come and the TTL is over (calls without a conversation are never judged)."""
+    now = now_ms if isinstance(now_ms, ColumnElement) else literal_column(str(now_ms))
     return and_(
         c.conversation_id.is_not(None),
         or_(
-            and_(c.next_start.is_(None), literal_column(str(now_ms)) - c.end_ms > ttl_ms),
+            and_(c.next_start.is_(None), now - c.end_ms > ttl_ms),
             c.next_start - c.end_ms > ttl_ms,
         ),
     )
 
 
-def _per_row(c: Any, now_ms: int) -> list[Label[Any]]:
+def _per_row(c: Any, now_ms: Now) -> list[Label[Any]]:
     """What each row of `c` (`calls_with_next`) LEFT JOIN iterations contributes, each computed once per
     row: the iteration's figures (the call's own without iteration rows), whether the row carries the call
     (its last iteration, or the call itself), and whether the call's writes were wasted."""
@@ -342,7 +347,7 @@ def _keys(c: Any, by: Sequence[str], filters: Filters, span: tuple[int, int]) ->
 def cache_statement(
     conditions: Sequence[ColumnElement[bool]],
     keys_of: Callable[[Any], list[Label[Any]]],
-    now_ms: int,
+    now_ms: Now,
     settled_only: bool = False,
 ) -> Select[Any]:
     """The measures of the calls meeting `conditions` (over `store.calls`), grouped by `keys_of(c)` (labelled
