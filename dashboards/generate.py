@@ -415,7 +415,11 @@ def prometheus_dashboard() -> dict[str, Any]:
 
 
 def _as_json(board: dashboard.Dashboard) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(json.dumps(board.build(), cls=JSONEncoder))
+    """The dashboard as JSON, read back once through the SDK's types: reading fills in the panels' defaults
+    (e.g. a table's `custom` field config), so what is written is what the types make of it."""
+    register_sql_query()
+    built = json.loads(json.dumps(board.build(), cls=JSONEncoder))
+    data: dict[str, Any] = json.loads(json.dumps(model.Dashboard.from_json(built), cls=JSONEncoder))
     return data
 
 

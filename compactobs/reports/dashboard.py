@@ -67,8 +67,8 @@ GRAFANA_POSTGRES: Final = Dialect(
     name="grafana-postgresql",
     # "named" paramstyle: no bound parameters are rendered, and no % is doubled.
     sql=postgresql.dialect(paramstyle="named"),
-    since_ms=literal_column("$__unixEpochFrom()") * 1000,
-    until_ms=literal_column("$__unixEpochTo()") * 1000,
+    since_ms=literal_column("$__unixEpochFrom()::bigint") * 1000,
+    until_ms=literal_column("$__unixEpochTo()::bigint") * 1000,
     bucket=lambda column: literal_column(f"$__unixEpochGroup({column} / 1000, $__interval)"),
 )
 
@@ -121,7 +121,7 @@ def _cost_by_model(d: Dialect) -> Select[Any]:
     time = d.bucket("calls.start_ms").label("time")
     source = calls.outerjoin(iterations, iterations.c.call_id == calls.c.call_id)
     return (
-        select(time, model.element.label("metric"), measure)
+        select(time, model.element.label("metric"), func.coalesce(measure.element, 0).label("cost_usd"))
         .select_from(source)
         .where(*d.window(calls.c.start_ms), _priced())
         .group_by(time, model.element)
@@ -209,7 +209,7 @@ def _error_bursts(d: Dialect) -> Select[Any]:
     burst = anomalies.error_burst_statement(d.window(calls.c.start_ms), anomalies.Thresholds()).subquery("b")
     b = burst.c
     return select(
-        (b.hour * 3600).label("hour_start"),
+        (b.hour * 3600000).label("hour_start"),
         b.calls,
         b.error_calls,
         _ratio(b.error_calls, b.calls).label("share"),
