@@ -324,3 +324,12 @@ def test_previous_range_is_as_long_as_the_range() -> None:
         f"{int(start.timestamp())} - ({int(end.timestamp())} - {int(start.timestamp())})"
     )
     assert int((start - (end - start)).timestamp()) == int((start - timedelta(days=3)).timestamp())
+
+
+def test_provisioning_sets_no_uid() -> None:
+    provisioning = generate.HERE / "provisioning"
+    datasources = (provisioning / "datasources.yaml").read_text(encoding="utf-8")
+    types = set(re.findall(r"^\s+type: (\S+)", datasources, re.MULTILINE))
+    assert {generate.POSTGRES_TYPE, generate.PROMETHEUS_TYPE} <= types
+    for path in provisioning.iterdir():
+        assert not re.search(r"^\s*uid:", path.read_text(encoding="utf-8"), re.MULTILINE), path.name
