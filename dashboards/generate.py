@@ -28,7 +28,7 @@ from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models import dashboard as model
 
 from compactobs.reports import promql
-from compactobs.reports.dashboard import GRAFANA_POSTGRES, sql_queries
+from compactobs.reports.dashboard import GRAFANA_POSTGRES, PanelQuery, sql_queries
 
 HERE: Final = Path(__file__).resolve().parent
 POSTGRES_FILE: Final = HERE / "compactobs-postgres.json"
@@ -85,8 +85,8 @@ class SqlQuery(cogvariants.Dataquery):
 
 
 class Sql(cogbuilder.Builder[SqlQuery]):
-    def __init__(self, raw_sql: str, format_val: str, ref_id: str = "A") -> None:
-        self._internal = SqlQuery(raw_sql, format_val, ref_id, _datasource(POSTGRES_TYPE))
+    def __init__(self, raw_sql: str, format_val: str, kind: str, ref_id: str = "A") -> None:
+        self._internal = SqlQuery(raw_sql, format_val, ref_id, _datasource(kind))
 
     def build(self) -> SqlQuery:
         return self._internal
@@ -291,21 +291,32 @@ def _with_overrides(panel: Any, key: str) -> Any:
     return panel
 
 
-def postgres_dashboard() -> dict[str, Any]:
-    queries = {q.key: q for q in sql_queries(GRAFANA_POSTGRES)}
-    assert set(queries) == set(POSTGRES_PANELS), "every query has a panel"
+def sql_dashboard(title: str, uid: str, kind: str, queries: Sequence[PanelQuery]) -> dict[str, Any]:
+    """A dashboard of POSTGRES_PANELS over the SQL data source `kind`, one query per panel by key. Another SQL
+    backend (e.g. ClickHouse) is its Dialect's queries and its data source type here."""
+    by_key = {q.key: q for q in queries}
+    assert set(by_key) == set(POSTGRES_PANELS), "every query has a panel"
     board = _dashboard(
-        "compactobs: cost, cache and compaction (PostgreSQL store)",
-        "compactobs-postgres",
-        POSTGRES_TYPE,
+        title,
+        uid,
+        kind,
         "compactobs' SQL store: billed cost over every usage.iterations entry, cache and compaction.",
     )
     grid = Grid()
     for panel_id, (key, spec) in enumerate(POSTGRES_PANELS.items(), start=1):
-        query = queries[key]
-        panel = _panel(spec, panel_id, grid, [Sql(query.sql, query.format)], POSTGRES_TYPE)
+        query = by_key[key]
+        panel = _panel(spec, panel_id, grid, [Sql(query.sql, query.format, kind)], kind)
         board = board.with_panel(_with_overrides(panel, key))
     return _as_json(board)
+
+
+def postgres_dashboard() -> dict[str, Any]:
+    return sql_dashboard(
+        "compactobs: cost, cache and compaction (PostgreSQL store)",
+        "compactobs-postgres",
+        POSTGRES_TYPE,
+        sql_queries(GRAFANA_POSTGRES),
+    )
 
 
 # -- Prometheus ---------------------------------------------------------------------------------------------
