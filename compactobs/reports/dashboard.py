@@ -105,8 +105,9 @@ def _spend(d: Dialect) -> Select[Any]:
         return select(func.coalesce(measure, 0)).where(*window, _priced()).scalar_subquery()
 
     now, before = total(d.window(calls.c.start_ms)), total(d.previous_window(calls.c.start_ms))
-    # A CTE, computed once: as a subquery PostgreSQL inlined each total at every use (4 scans of each range).
-    spans = select(now.label("cost_usd"), before.label("prev_cost_usd")).cte("spend")
+    # A materialized CTE, computed once: inlined, PostgreSQL ran each total at every use (4 scans a range).
+    totals = select(now.label("cost_usd"), before.label("prev_cost_usd"))
+    spans = totals.cte("spend").prefix_with("MATERIALIZED")
     return select(
         spans.c.cost_usd,
         spans.c.prev_cost_usd,
