@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,19 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A URL to an empty schema of its own on the real PostgreSQL server (dropped afterwards)."""
+    with postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url() -> Iterator[str]:
+    """As `postgres_url`, one schema shared by a module's tests (a store they only read)."""
+    with postgres_schema() as url:
+        yield url
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
     base = make_url(os.environ.get("COMPACTOBS_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL))
     admin = create_engine(base)
     schema = f"test_{uuid.uuid4().hex[:12]}"

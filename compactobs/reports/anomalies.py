@@ -92,12 +92,14 @@ __all__ = [
     "Severity",
     "Thresholds",
     "anomalies_report",
+    "error_burst_statement",
     "exit_code_for",
     "find_anomalies",
     "findings_of",
     "load_budgets",
     "reading",
     "render_anomalies",
+    "unpriced_models_statement",
 ]
 
 Severity = Literal["warning", "critical"]
@@ -791,34 +793,39 @@ def _unpriced_model() -> ColumnElement[Any]:
     return func.coalesce(i.model, c.response_model, c.request_model, literal_column("'(unknown)'"))
 
 
-def _unpriced_groups(engine: Engine, conditions: Sequence[ColumnElement[bool]]) -> list[Sequence[Any]]:
-    """(model, calls, iterations, conversations, tokens, first start_ms, last start_ms) of the unpriced
-    iterations, by model (their own, else the call's), in model order."""
+def unpriced_models_statement(conditions: Sequence[ColumnElement[bool]]) -> Any:
+    """The `unpriced_model` rule as one query over the calls meeting `conditions`: per model with no price,
+    `model`, `calls`, `iterations`, `conversations`, `tokens` and the first and last call's start (epoch
+    ms). The report and the dashboards both run it."""
     c, i = calls.c, iterations.c
     model = _unpriced_model()
-    query = (
+    return (
         select(
             model.label("model"),
-            func.count(func.distinct(c.call_id)),
-            func.count(),
-            func.count(func.distinct(c.conversation_id)),
+            func.count(func.distinct(c.call_id)).label("calls"),
+            func.count().label("iterations"),
+            func.count(func.distinct(c.conversation_id)).label("conversations"),
             func.sum(
                 func.coalesce(i.input_tokens, 0)
                 + func.coalesce(i.output_tokens, 0)
                 + func.coalesce(i.cache_read_tokens, 0)
                 + func.coalesce(i.cache_write_5m_tokens, 0)
                 + func.coalesce(i.cache_write_1h_tokens, 0)
-            ),
-            func.min(c.start_ms),
-            func.max(c.start_ms),
+            ).label("tokens"),
+            func.min(c.start_ms).label("first_ms"),
+            func.max(c.start_ms).label("last_ms"),
         )
         .select_from(iterations.join(calls, calls.c.call_id == i.call_id))
         .where(i.priced.is_(False), *conditions)
         .group_by(model)
         .order_by(model)
     )
+
+
+def _unpriced_groups(engine: Engine, conditions: Sequence[ColumnElement[bool]]) -> list[Sequence[Any]]:
+    """`unpriced_models_statement`'s records, in model order."""
     with reading(engine) as connection:
-        return list(connection.execute(query).all())
+        return list(connection.execute(unpriced_models_statement(conditions)).all())
 
 
 def _unpriced_sample(engine: Engine, conditions: Sequence[ColumnElement[bool]], name: str) -> list[str]:
@@ -871,31 +878,41 @@ def _server_error() -> ColumnElement[bool]:
     return or_(status.in_(_ERROR_STATUSES), and_(status >= 500, status <= 599))
 
 
-def _error_hours(
-    engine: Engine, conditions: Sequence[ColumnElement[bool]], thresholds: Thresholds
-) -> list[Sequence[Any]]:
-    """(UTC hour number, calls, 429/529/5xx calls, 429s, 529s, retries) of the hours with at least
-    `error_min_calls` calls, in order."""
+def error_burst_statement(conditions: Sequence[ColumnElement[bool]], thresholds: Thresholds) -> Any:
+    """The `error_burst` rule as one query over the calls meeting `conditions`: per UTC clock hour
+    (`hour`: epoch hours) with >= `error_min_calls` calls of which more than `error_share` failed with
+    429/529/5xx: `calls`, `error_calls`, `http_429`, `http_529`, `retries`. The report and the dashboards
+    both run it."""
     c = calls.c
     hour = (c.start_ms // _HOUR_MS).label("hour")
-    failing = _server_error()
-    errors = func.sum(case((failing, 1), else_=0))
-    query = (
+    errors = func.sum(case((_server_error(), 1), else_=0))
+    return (
         select(
             hour,
-            func.count(),
-            errors,
-            func.sum(case((c.http_status == 429, 1), else_=0)),
-            func.sum(case((c.http_status == 529, 1), else_=0)),
-            func.sum(func.coalesce(c.attempts, 1) - 1),
+            func.count().label("calls"),
+            errors.label("error_calls"),
+            func.sum(case((c.http_status == 429, 1), else_=0)).label("http_429"),
+            func.sum(case((c.http_status == 529, 1), else_=0)).label("http_529"),
+            func.sum(func.coalesce(c.attempts, 1) - 1).label("retries"),
         )
         .where(*conditions)
         .group_by(hour)
-        .having(func.count() >= thresholds.error_min_calls)
+        .having(
+            and_(
+                func.count() >= thresholds.error_min_calls,
+                errors > literal_column(repr(float(thresholds.error_share))) * func.count(),
+            )
+        )
         .order_by(hour)
     )
+
+
+def _error_hours(
+    engine: Engine, conditions: Sequence[ColumnElement[bool]], thresholds: Thresholds
+) -> list[Sequence[Any]]:
+    """`error_burst_statement`'s records, in hour order."""
     with reading(engine) as connection:
-        return list(connection.execute(query))
+        return list(connection.execute(error_burst_statement(conditions, thresholds)))
 
 
 def _error_sample(engine: Engine, conditions: Sequence[ColumnElement[bool]], start_ms: int) -> list[str]:

@@ -35,15 +35,18 @@ from decimal import Decimal
 from typing import Any, Final
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Connection,
     Engine,
     Select,
     and_,
     case,
+    cast,
     false,
     func,
     literal_column,
+    null,
     or_,
     select,
     true,
@@ -141,13 +144,15 @@ def _next_call_start() -> Any:
     )
 
 
-def calls_with_next(conditions: Sequence[ColumnElement[bool]]) -> Any:
+def calls_with_next(conditions: Sequence[ColumnElement[bool]], look_up: bool = True) -> Any:
     """The calls meeting `conditions` (over `store.calls`) with `next_start`, looked up once per call that
-    wrote to the cache. OFFSET 0 keeps SQLite from flattening it into the join (which would repeat the
-    lookup for every use)."""
+    wrote to the cache (`look_up` False: NULL, for a query that does not judge waste). OFFSET 0 keeps SQLite
+    from flattening it into the join (which would repeat the lookup for every use)."""
     c = calls.c
     wrote = or_(c.cache_write_5m_tokens > 0, c.cache_write_1h_tokens > 0)
     following = case((and_(c.conversation_id.is_not(None), wrote), _next_call_start()), else_=None)
+    if not look_up:
+        following = cast(null(), BigInteger)
     columns = [
         c.call_id,
         c.conversation_id,
@@ -346,11 +351,13 @@ def cache_statement(
     keys_of: Callable[[Any], list[Label[Any]]],
     now_ms: int,
     settled_only: bool = False,
+    waste: bool = True,
 ) -> Select[Any]:
     """The measures of the calls meeting `conditions` (over `store.calls`), grouped by `keys_of(c)` (labelled
     expressions over `calls_with_next` and `store.iterations`). `settled_only` leaves out the calls whose
-    waste depends on `now_ms` (`open_write`): what the rollups keep."""
-    c = calls_with_next(conditions)
+    waste depends on `now_ms` (`open_write`): what the rollups keep. `waste` False skips the next-call
+    lookups: the wasted-write measures are then meaningless, every other measure is the same."""
+    c = calls_with_next(conditions, look_up=waste)
     keys = keys_of(c.c)
     source = c.outerjoin(iterations, iterations.c.call_id == c.c.call_id)
     # Each row's figures once (OFFSET 0: a co-routine SQLite does not flatten), then the measures over

@@ -27,7 +27,15 @@ from sqlalchemy.sql.elements import ColumnElement
 from compactobs.reports._common import ExternalSource, Filters, Report, reading
 from compactobs.store.models import calls
 
-__all__ = ["PERCENTILES", "TOTAL", "interpolate", "ops_report", "percentiles", "percentiles_with_total"]
+__all__ = [
+    "PERCENTILES",
+    "TOTAL",
+    "failed_call",
+    "interpolate",
+    "ops_report",
+    "percentiles",
+    "percentiles_with_total",
+]
 
 PERCENTILES: Final = (0.5, 0.95, 0.99)
 TOTAL: Final = "(total)"
@@ -172,6 +180,10 @@ def _model() -> ColumnElement[Any]:
 def _failed() -> ColumnElement[bool]:
     c = calls.c
     return or_(c.status == "ERROR", c.error_type.is_not(None))
+
+
+failed_call = _failed
+"""A call that ended with an error (the report's and the dashboards' one definition)."""
 
 
 COLUMNS: Final = [

@@ -1,0 +1,269 @@
+"""The dashboards' SQL: the reports' own measures, over a time range a dashboard gives, compiled for it.
+
+```python
+for query in sql_queries(GRAFANA_POSTGRES):
+    print(query.key, query.sql)       # what dashboards/generate.py puts in the Grafana panels
+```
+
+One implementation: every money, token and count measure here is the expression `report cost`
+(`cost.call_measures`, `cost.iteration_measures`), `report cache` (`cache.cache_statement`), `report ops`
+(`ops.failed_call`) and `report anomalies` (`anomalies.error_burst_statement`,
+`anomalies.unpriced_models_statement`) compute; what is derived from their sums (the cache's hit ratio and
+net, shares, percentages) is derived here in SQL, and tests/test_dashboards.py holds every figure to the
+report's JSON on the same store.
+
+Panels show current data: they read `calls` and `iterations`, never the rollups (which only a report
+refreshes). The window is `since <= start_ms < until` on the indexed `start_ms`, as the reports' is.
+
+A `Dialect` says how a dashboard names its range, its time buckets and its SQL dialect: `GRAFANA_POSTGRES`
+is Grafana's PostgreSQL data source (`$__unixEpochFrom()`, `$__unixEpochTo()`, `$__unixEpochGroup`). Another
+backend (e.g. ClickHouse over the Collector's tables) is another Dialect with its own measure source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from sqlalchemy import ColumnElement, Select, case, func, literal_column, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect as SqlDialect
+
+from compactobs.reports import anomalies, cache, cost, ops
+from compactobs.store.models import calls, iterations
+
+__all__ = ["GRAFANA_POSTGRES", "TOP_CONVERSATIONS", "Dialect", "PanelQuery", "sql_queries"]
+
+TOP_CONVERSATIONS: Final = 10
+QueryFormat = Literal["table", "time_series"]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one dashboard backend says "the panel's time range" in SQL."""
+
+    name: str
+    sql: SqlDialect
+    since_ms: ColumnElement[Any]
+    """The range's start, epoch milliseconds."""
+    until_ms: ColumnElement[Any]
+    """The range's end (exclusive), epoch milliseconds."""
+    bucket: Callable[[str], ColumnElement[Any]]
+    """The time bucket (epoch seconds) of an epoch-ms column, given by its SQL text."""
+
+    def window(self, start_ms: ColumnElement[Any]) -> list[ColumnElement[bool]]:
+        return [start_ms >= self.since_ms, start_ms < self.until_ms]
+
+    def previous_window(self, start_ms: ColumnElement[Any]) -> list[ColumnElement[bool]]:
+        """The range of the same length just before (for "against the previous range")."""
+        return [start_ms >= self.since_ms - (self.until_ms - self.since_ms), start_ms < self.since_ms]
+
+    def compile(self, statement: Any) -> str:
+        return str(statement.compile(dialect=self.sql, compile_kwargs={"literal_binds": True}))
+
+
+GRAFANA_POSTGRES: Final = Dialect(
+    name="grafana-postgresql",
+    # "named" paramstyle: no bound parameters are rendered, and no % is doubled.
+    sql=postgresql.dialect(paramstyle="named"),
+    since_ms=literal_column("$__unixEpochFrom()::bigint") * 1000,
+    until_ms=literal_column("$__unixEpochTo()::bigint") * 1000,
+    bucket=lambda column: literal_column(f"$__unixEpochGroup({column} / 1000, $__interval)"),
+)
+
+
+@dataclass(frozen=True)
+class PanelQuery:
+    """One panel's query: `key` names it for the dashboard generator and the tests."""
+
+    key: str
+    sql: str
+    format: QueryFormat = "table"
+
+
+def _measures(names: tuple[str, ...], measures: list[Any]) -> list[Any]:
+    by_name = {m.name: m for m in measures}
+    return [by_name[name] for name in names]
+
+
+def _priced() -> ColumnElement[bool]:
+    """Money is summed over priced calls only, as the reports' priced rows hold (NULL: no usage, no cost)."""
+    return calls.c.priced.is_not(False)
+
+
+def _ratio(part: Any, whole: Any) -> Any:
+    """part / whole as a number, NULL when whole is 0 or NULL."""
+    return case((whole == 0, None), else_=func.cast(part, postgresql.NUMERIC) / whole)
+
+
+def _spend(d: Dialect) -> Select[Any]:
+    """Spend in range, in the previous range, and the change."""
+
+    def total(window: list[ColumnElement[bool]]) -> Any:
+        (measure,) = _measures(("cost_usd",), cost.call_measures())
+        return select(func.coalesce(measure, 0)).where(*window, _priced()).scalar_subquery()
+
+    now, before = total(d.window(calls.c.start_ms)), total(d.previous_window(calls.c.start_ms))
+    # A materialized CTE, computed once: inlined, PostgreSQL ran each total at every use (4 scans a range).
+    totals = select(now.label("cost_usd"), before.label("prev_cost_usd"))
+    spans = totals.cte("spend").prefix_with("MATERIALIZED")
+    return select(
+        spans.c.cost_usd,
+        spans.c.prev_cost_usd,
+        (spans.c.cost_usd - spans.c.prev_cost_usd).label("delta_cost_usd"),
+        _ratio(spans.c.cost_usd - spans.c.prev_cost_usd, spans.c.prev_cost_usd).label("delta_cost_pct"),
+    )
+
+
+def _cost_by_model(d: Dialect) -> Select[Any]:
+    """Cost per time bucket and model: each iteration at its own model (`report cost --by model`)."""
+    (model,) = cost.group_keys(["model"], iteration_level=True)
+    (measure,) = _measures(("cost_usd",), cost.iteration_measures())
+    time = d.bucket("calls.start_ms").label("time")
+    source = calls.outerjoin(iterations, iterations.c.call_id == calls.c.call_id)
+    return (
+        select(time, model.element.label("metric"), func.coalesce(measure.element, 0).label("cost_usd"))
+        .select_from(source)
+        .where(*d.window(calls.c.start_ms), _priced())
+        .group_by(time, model.element)
+        .order_by(time, model.element)
+    )
+
+
+_CLASS_COSTS: Final = (
+    "cost_input_usd",
+    "cost_output_usd",
+    "cost_cache_read_usd",
+    "cost_cache_write_5m_usd",
+    "cost_cache_write_1h_usd",
+    "cost_server_tools_usd",
+)
+
+
+def _cost_by_token_class(d: Dialect) -> Select[Any]:
+    return select(*_measures(_CLASS_COSTS, cost.call_measures())).where(
+        *d.window(calls.c.start_ms), _priced()
+    )
+
+
+def _compactions(d: Dialect) -> Select[Any]:
+    """Compactions (every call), their cost and share of the priced cost."""
+    (count,) = _measures(("compactions",), cost.call_measures())
+    money = select(*_measures(("cost_usd", "compaction_cost_usd"), cost.call_measures())).where(
+        *d.window(calls.c.start_ms), _priced()
+    )
+    m = money.subquery("priced")
+    counted = select(func.coalesce(count, 0)).where(*d.window(calls.c.start_ms)).scalar_subquery()
+    return select(
+        counted.label("compactions"),
+        func.coalesce(m.c.compaction_cost_usd, 0).label("compaction_cost_usd"),
+        _ratio(func.coalesce(m.c.compaction_cost_usd, 0), m.c.cost_usd).label("compaction_share"),
+    ).select_from(m)
+
+
+def _top_level(d: Dialect) -> Select[Any]:
+    """What the responses' top-level usage said (it leaves compaction iterations out) against the billed
+    totals over every iteration."""
+    c = calls.c
+    billed_in, billed_out = _measures(("input_tokens", "output_tokens"), cost.call_measures())
+    shown = func.sum(c.top_level_input_tokens) + func.sum(c.top_level_output_tokens)
+    billed = billed_in.element + billed_out.element
+    return select(
+        func.sum(c.top_level_input_tokens).label("top_level_input_tokens"),
+        billed_in,
+        func.sum(c.top_level_output_tokens).label("top_level_output_tokens"),
+        billed_out,
+        _ratio(billed - shown, billed).label("left_out_share"),
+    ).where(*d.window(c.start_ms))
+
+
+def _cache_over_time(d: Dialect) -> Select[Any]:
+    """Hit ratio and net savings per time bucket (`report cache --by hour`), from the cache report's sums
+    (without its wasted writes: their next-call lookups were most of the query's time)."""
+    grouped = cache.cache_statement(
+        d.window(calls.c.start_ms), lambda c: [d.bucket("c.start_ms").label("time")], 0, waste=False
+    ).subquery("g")
+    g = grouped.c
+    seen = g.input_tokens + g.cache_creation_5m_input_tokens + g.cache_creation_1h_input_tokens
+    seen = seen + g.cache_read_input_tokens
+    return select(
+        g.time,
+        _ratio(g.cache_read_input_tokens, seen).label("hit_ratio"),
+        (func.coalesce(g.saved_usd, 0) - func.coalesce(g.write_premium_usd, 0)).label("net_usd"),
+    ).order_by(g.time)
+
+
+def _top_conversations(d: Dialect) -> Select[Any]:
+    c = calls.c
+    names = ("calls", "error_calls", "compactions", "cost_usd", "compaction_cost_usd")
+    measures = _measures(names, cost.call_measures())
+    by_cost = measures[3].element
+    return (
+        select(c.conversation_id, *measures)
+        .where(*d.window(c.start_ms), c.conversation_id.is_not(None), _priced())
+        .group_by(c.conversation_id)
+        .order_by(by_cost.desc().nulls_last(), c.conversation_id)
+        .limit(TOP_CONVERSATIONS)
+    )
+
+
+def _error_bursts(d: Dialect) -> Select[Any]:
+    burst = anomalies.error_burst_statement(d.window(calls.c.start_ms), anomalies.Thresholds()).subquery("b")
+    b = burst.c
+    return select(
+        (b.hour * 3600000).label("hour_start"),
+        b.calls,
+        b.error_calls,
+        _ratio(b.error_calls, b.calls).label("share"),
+        b.http_429,
+        b.http_529,
+        b.retries,
+    ).order_by(b.hour)
+
+
+def _unpriced(d: Dialect) -> Select[Any]:
+    unpriced = anomalies.unpriced_models_statement(d.window(calls.c.start_ms)).subquery("u")
+    u = unpriced.c
+    return select(u.model, u.calls, u.iterations, u.conversations, u.tokens).order_by(u.model)
+
+
+def _errors_over_time(d: Dialect) -> Select[Any]:
+    """Error rate (`report ops`: failed calls / calls) and latency percentiles of successful calls."""
+    c = calls.c
+    failed = ops.failed_call()
+    time = d.bucket("calls.start_ms").label("time")
+    ok_duration = case((~failed, c.duration_ms / 1000.0), else_=None)
+    percentiles = [
+        func.percentile_cont(literal_column(str(p)))
+        .within_group(ok_duration)
+        .label(f"latency_p{round(p * 100)}")
+        for p in ops.PERCENTILES
+    ]
+    return (
+        select(
+            time,
+            _ratio(func.sum(case((failed, 1), else_=0)), func.count()).label("error_rate"),
+            *percentiles,
+        )
+        .where(*d.window(c.start_ms))
+        .group_by(time)
+        .order_by(time)
+    )
+
+
+def sql_queries(d: Dialect = GRAFANA_POSTGRES) -> list[PanelQuery]:
+    """Every panel's SQL for `d`, in the dashboard's order."""
+    statements: list[tuple[str, Any, QueryFormat]] = [
+        ("spend", _spend(d), "table"),
+        ("cost_by_model", _cost_by_model(d), "time_series"),
+        ("cost_by_token_class", _cost_by_token_class(d), "table"),
+        ("compactions", _compactions(d), "table"),
+        ("top_level_vs_bill", _top_level(d), "table"),
+        ("cache_over_time", _cache_over_time(d), "time_series"),
+        ("top_conversations", _top_conversations(d), "table"),
+        ("error_bursts", _error_bursts(d), "table"),
+        ("unpriced_models", _unpriced(d), "table"),
+        ("errors_latency", _errors_over_time(d), "time_series"),
+    ]
+    return [PanelQuery(key, d.compile(statement), fmt) for key, statement, fmt in statements]

@@ -1,0 +1,253 @@
+"""Every PromQL query of the Prometheus dashboard, run by a real Prometheus (Debian's `prometheus`)
+scraping an app instrumented with compactobs (tests/prometheus_app.py: the real SDK against the simulator,
+metrics through OpenTelemetry's Prometheus exporter, calls into an SQLite store), against
+`compactobs report ... --format json` over the same store.
+
+How exact: the queries' totals are `increase(...[$__range])`, evaluated (instant queries) at the last scrape
+with a range that starts before any series existed. Prometheus then extrapolates each counter back only to
+where it would have been 0 (its first sample is the tiny warm-up, far below one scrape interval's worth), so
+an increase is the counter's whole value: figures equal the store's to float precision (1e-9 relative).
+Latency percentiles come from histogram buckets: they must fall in the bucket holding the report's exact
+percentile.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compactobs.reports import promql
+from tests.cli import run
+
+PROMETHEUS = shutil.which("prometheus")
+if PROMETHEUS is None:
+    if os.environ.get("CI") == "true":
+        raise RuntimeError("prometheus is not installed: .ci/run installs Debian's package")
+    pytest.skip("Debian's prometheus package is not installed", allow_module_level=True)
+SCRAPE_S = 0.5
+RANGE = "10m"
+"""Longer than the app has lived: the range starts before every series."""
+TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body: bytes = response.read()
+        return body.decode()
+
+
+def wait_for(what: str, check: Any) -> Any:
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        try:
+            result = check()
+        except OSError:
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+class Prometheus:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def instant(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        body = json.loads(get(f"{self.url}/api/v1/query?{urllib.parse.urlencode(params)}"))
+        assert body["status"] == "success", body
+        assert body["data"]["resultType"] == "vector", body
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+
+def scraped_sum(metrics_url: str, name: str) -> float:
+    """The sum of a metric's series as the app serves them now. A series may be served more than once:
+    opentelemetry-exporter-prometheus (0.66b2) queues a collection per `force_flush` (compactobs.flush()
+    makes one) and serves every queued one at the next scrape; the last is the newest."""
+    series: dict[str, float] = {}
+    for line in get(metrics_url).splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            key, number = line.rsplit(" ", 1)
+            series[key] = float(number)
+    return sum(series.values())
+
+
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The app and Prometheus, after the traffic and its last scrape: {prometheus, at, db, metrics}."""
+    home = tmp_path_factory.mktemp("prometheus")
+    db = f"sqlite:///{home / 'store.db'}"
+    app_port, prom_port = free_port(), free_port()
+    metrics_url = f"http://127.0.0.1:{app_port}/metrics"
+    app = subprocess.Popen(
+        [sys.executable, "-m", "tests.prometheus_app", str(app_port), db],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    config = home / "prometheus.yml"
+    config.write_text(
+        f"global:\n  scrape_interval: {int(SCRAPE_S * 1000)}ms\n  scrape_timeout: {int(SCRAPE_S * 1000)}ms\n"
+        f"scrape_configs:\n  - job_name: app\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{app_port}']\n"
+    )
+    server = subprocess.Popen(
+        [
+            str(PROMETHEUS),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={home / 'data'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert app.stdin is not None and app.stdout is not None
+        assert app.stdout.readline().strip() == "warm"
+        prometheus = Prometheus(f"http://127.0.0.1:{prom_port}")
+        wait_for("Prometheus", lambda: "Ready" in get(f"{prometheus.url}/-/ready"))
+        # Every warm-up series has been scraped (twice) before the traffic starts.
+        wait_for(
+            "two scrapes of the warm-up",
+            lambda: prometheus.instant(f"count_over_time({promql.COST}[1m]) >= 2"),
+        )
+        app.stdin.write("go\n")
+        app.stdin.flush()
+        assert app.stdout.readline().strip() == "done"
+        final = scraped_sum(metrics_url, promql.COST)
+        def caught_up() -> Any:
+            now = prometheus.instant(f"sum({promql.COST})")
+            return any(math.isclose(float(r["value"][1]), final, rel_tol=1e-9) for r in now)
+
+        wait_for("a scrape after the traffic", caught_up)
+        (last,) = prometheus.instant(f"max(timestamp({promql.COST}))")
+        yield {"prometheus": prometheus, "at": float(last["value"][1]), "db": db, "metrics": metrics_url}
+    finally:
+        if app.stdin is not None:
+            app.stdin.close()
+        app.wait(timeout=30)
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def evaluate(scraped: dict[str, Any], query: promql.PromQuery) -> list[dict[str, Any]]:
+    """The query as Grafana would send it for the range `RANGE`, at the last scrape; a series query
+    evaluated as one point (its interval the whole range)."""
+    expr = query.expr.replace("$__range", RANGE).replace("$__interval", RANGE)
+    result: list[dict[str, Any]] = scraped["prometheus"].instant(expr, scraped["at"])
+    return result
+
+
+def report(scraped: dict[str, Any], name: str, *args: str) -> dict[str, Any]:
+    since = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
+    code, out, err = run("--db", scraped["db"], "report", name, "--since", since, *args, "--format", "json")
+    assert code == 0, err
+    document: dict[str, Any] = json.loads(out)
+    return document
+
+
+def by_key(scraped: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    (query,) = [q for q in promql.queries() if q.key == key]
+    return evaluate(scraped, query)
+
+
+def value(result: list[dict[str, Any]]) -> float:
+    (sample,) = result
+    return float(sample["value"][1])
+
+
+def same(a: float, b: Any) -> bool:
+    """Equal to float precision, or to the report JSON's 6 decimal places."""
+    return math.isclose(a, float(b), rel_tol=1e-9, abs_tol=5e-7)
+
+
+def test_every_query_returns_data_and_reads_scraped_names(scraped: dict[str, Any]) -> None:
+    exposed = {
+        line.split("{")[0].split(" ")[0]
+        for line in get(scraped["metrics"]).splitlines()
+        if line and not line.startswith("#")
+    }
+    for query in promql.queries():
+        names = set(re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?=[{\[])", query.expr))
+        assert names and names <= exposed, (query.key, names - exposed)
+        result = evaluate(scraped, query)
+        assert result, f"{query.key}: no data"
+        assert all(not math.isnan(float(r["value"][1])) for r in result), query.key
+
+
+def test_spend_and_compactions_equal_the_cost_report(scraped: dict[str, Any]) -> None:
+    totals = report(scraped, "cost", "--by", "model")["totals"]
+    assert totals["cost_usd"] > 0 and totals["compactions"] == 42  # (1 warm-up + 20) per model
+    assert same(value(by_key(scraped, "cost_usd")), totals["cost_usd"])
+    assert value(by_key(scraped, "prev_cost_usd")) == 0  # nothing before the range
+    assert same(value(by_key(scraped, "compactions")), totals["compactions"])
+    assert same(value(by_key(scraped, "compaction_share")), totals["compaction_share"])
+
+
+def test_cost_by_model_and_iteration_type(scraped: dict[str, Any]) -> None:
+    models = {r["model"]: r["cost_usd"] for r in report(scraped, "cost", "--by", "model")["rows"]}
+    got = {r["metric"][promql.MODEL]: float(r["value"][1]) for r in by_key(scraped, "cost_by_model")}
+    assert got.keys() == models.keys() and all(same(got[m], models[m]) for m in got)
+    rows = report(scraped, "cost", "--by", "iteration-type")["rows"]
+    kinds = {r["iteration_type"]: r["cost_usd"] for r in rows}
+    result = by_key(scraped, "cost_by_iteration_type")
+    got = {r["metric"][promql.ITERATION_TYPE]: float(r["value"][1]) for r in result}
+    assert got.keys() == {k for k, v in kinds.items() if v} and all(same(got[k], kinds[k]) for k in got)
+
+
+def test_tokens_by_class_and_hit_ratio(scraped: dict[str, Any]) -> None:
+    totals = report(scraped, "cost")["totals"]
+    got = {r["metric"][promql.TOKEN_CLASS]: float(r["value"][1]) for r in by_key(scraped, "tokens_by_class")}
+    expected = {
+        "input": totals["input_tokens"],
+        "output": totals["output_tokens"],
+        "cache_read": totals["cache_read_input_tokens"],
+        "cache_write_5m": totals["cache_creation_5m_input_tokens"],
+    }
+    assert got.keys() == expected.keys() and all(same(got[k], expected[k]) for k in got), (got, expected)
+    # By hand: per model, (1 warm-up + 20 x 1,000) x (20 + 90) uncached input tokens.
+    assert expected["input"] == 2 * (1 + 20 * 1000) * (20 + 90)
+    cache = report(scraped, "cache")["totals"]
+    # Every call reads 300 k of the (20 + 90) k + 300 k + 40 k input tokens it sees: 300 / 450.
+    assert same(value(by_key(scraped, "hit_ratio")), cache["hit_ratio"])
+    assert same(value(by_key(scraped, "hit_ratio")), 300 / 450)
+
+
+def test_error_rate_and_latency(scraped: dict[str, Any]) -> None:
+    ops = report(scraped, "ops")["totals"]
+    assert same(value(by_key(scraped, "error_rate")), ops["error_rate"])
+    assert same(value(by_key(scraped, "error_rate")), 0.5)  # one failed call beside each good one
+    bounds = [0.0] + [0.01 * 2**n for n in range(14)]  # gen_ai.client.operation.duration's buckets
+    for p in ("p50", "p95"):
+        exact = ops[f"latency_{p}_ms"] / 1000
+        estimated = value(by_key(scraped, f"latency_{p}"))
+        bucket = next(i for i, upper in enumerate(bounds) if exact <= upper)
+        assert bounds[max(bucket - 1, 0)] <= estimated <= bounds[bucket], (p, exact, estimated)
