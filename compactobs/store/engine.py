@@ -116,6 +116,14 @@ def parse_url(url: URL | str) -> URL:
             f"unsupported database {backend!r} in {display_url(parsed)}: compactobs stores to SQLite or "
             f"PostgreSQL, {_EXAMPLES}"
         )
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        raise StoreError(
+            f"unknown database driver {parsed.drivername!r}: use sqlite:// or postgresql+psycopg://"
+        ) from None
+    if getattr(dialect, "is_async", False):
+        raise StoreError(f"{parsed.drivername!r} is an asyncio driver: use postgresql+psycopg:// instead")
     if backend == "postgresql" and parsed.get_driver_name() not in _PG_DRIVERS:
         raise StoreError(
             f"compactobs cannot write through the PostgreSQL driver {parsed.get_driver_name()!r}: use "
@@ -125,14 +133,6 @@ def parse_url(url: URL | str) -> URL:
         raise StoreError(
             f"compactobs cannot write through the SQLite driver {parsed.get_driver_name()!r}: use sqlite:///PATH"
         )
-    try:
-        dialect = parsed.get_dialect()
-    except NoSuchModuleError:
-        raise StoreError(
-            f"unknown database driver {parsed.drivername!r}: use sqlite:// or postgresql+psycopg://"
-        ) from None
-    if getattr(dialect, "is_async", False):
-        raise StoreError(f"{parsed.drivername!r} is an asyncio driver: use postgresql+psycopg:// instead")
     try:
         dialect.import_dbapi()
     except ImportError:
