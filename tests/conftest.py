@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,9 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'db' / 'compactobs.db'}"
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A URL to an empty schema of its own on the real PostgreSQL server (dropped afterwards)."""
+@contextmanager
+def postgres_schema(driver: str = "psycopg") -> Iterator[str]:
+    """A URL (through `driver`) to an empty schema of its own on the real PostgreSQL server, dropped after."""
     base = make_url(os.environ.get("COMPACTOBS_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL))
     admin = create_engine(base)
     schema = f"test_{uuid.uuid4().hex[:12]}"
@@ -49,13 +50,41 @@ def postgres_url() -> Iterator[str]:
             pytest.fail(f"{reason} (CI must run the PostgreSQL tests)")
         pytest.skip(reason)
     # Every connection made with this URL works in the new schema (tables, and alembic_version).
-    url = base.update_query_dict({"options": f"-csearch_path={schema}"})
+    url = base.set(drivername=f"postgresql+{driver}")
+    url = url.update_query_dict({"options": f"-csearch_path={schema}"})
     try:
         yield url.render_as_string(hide_password=False)
     finally:
         with admin.begin() as connection:
             connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A URL to an empty schema of its own on the real PostgreSQL server (dropped afterwards)."""
+    with postgres_schema() as url:
+        yield url
+
+
+PG_DRIVERS = ("psycopg", "psycopg2")
+"""The PostgreSQL drivers compactobs supports. The store's tests run on each: a module overrides
+`postgres_url` and `database_url` with the two fixtures below (see tests/test_store_exporter.py)."""
+
+
+@pytest.fixture(params=PG_DRIVERS)
+def postgres_url_by_driver(request: pytest.FixtureRequest) -> Iterator[str]:
+    with postgres_schema(request.param) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", *(f"postgresql+{driver}" for driver in PG_DRIVERS)])
+def database_url_by_driver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db' / 'compactobs.db'}"
+        return
+    with postgres_schema(request.param.split("+")[1]) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

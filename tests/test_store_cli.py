@@ -14,6 +14,18 @@ from compactobs import store
 from tests.cli import one_line_error, run
 
 
+# The store's tests run on SQLite and on PostgreSQL through each driver compactobs supports.
+@pytest.fixture
+def postgres_url(postgres_url_by_driver: str) -> str:
+    return postgres_url_by_driver
+
+
+@pytest.fixture
+def database_url(database_url_by_driver: str) -> str:
+    return database_url_by_driver
+
+
+
 def test_upgrade_then_status(database_url: str) -> None:
     head = store.head_revision()
     code, out, _ = run("--db", database_url, "db", "upgrade")

@@ -51,6 +51,17 @@ MESSAGE = {
     "cost": 0.1725, "cost_input": 0.115, "cost_output": 0.025, "cost_read": 0.02, "cost_5m": 0.0125,
 }  # fmt: skip
 
+# The store's tests run on SQLite and on PostgreSQL through each driver compactobs supports.
+@pytest.fixture
+def postgres_url(postgres_url_by_driver: str) -> str:
+    return postgres_url_by_driver
+
+
+@pytest.fixture
+def database_url(database_url_by_driver: str) -> str:
+    return database_url_by_driver
+
+
 
 def emit_call(
     tracer: trace.Tracer,

@@ -197,7 +197,8 @@ class SqlSpanExporter(SpanExporter):
         # Rows for a URL that does not parse are kept in PostgreSQL's form (an explicit UTC offset).
         backend = self._url.get_backend_name() if self._url is not None else "postgresql"
         self._mapper = RowMapper(backend)
-        self._writer = writer_for(backend)
+        driver = self._url.get_driver_name() if self._url is not None else "psycopg"
+        self._writer = writer_for(backend, driver)
         self.spool = _spool(self._url, self.database_url, spool_dir, spool_max_bytes)
         self.stats = ExporterStats()
         self._spill_lock = threading.Lock()
