@@ -121,18 +121,23 @@ def _setup(
     meter_provider: Any,
     service_name: str | None,
     store: bool,
+    spool_max_bytes: int | None = None,
 ) -> Telemetry:
     """Providers, the SQL store on the tracer provider, and the pricer. Raises on bad configuration."""
     from compactobs.pricing import default_pricer
 
     pricer = default_pricer()
+    if store:
+        from compactobs.store import default_database_url, parse_url
+
+        parse_url(database_url or default_database_url())  # a bad URL or an unusable driver: raise here
     tracer = _tracer_provider(tracer_provider, service_name)
     meter = _meter_provider(meter_provider, service_name)
     _flushables.extend(p for p in (tracer, meter) if hasattr(p, "force_flush"))
     if store:
         from compactobs.store import install
 
-        processor = install(tracer, database_url)
+        processor = install(tracer, database_url, spool_max_bytes=spool_max_bytes)
         _flushables.append(processor)
         _own_providers.append(processor)
     _install_exit_hooks()
@@ -160,6 +165,7 @@ def configure(
     meter_provider: Any = None,
     service_name: str | None = None,
     store: bool = True,
+    spool_max_bytes: int | None = None,
 ) -> None:
     """Set where compactobs records (see `instrument`) without instrumenting any client.
 
@@ -169,7 +175,9 @@ def configure(
     with _lock:
         if state.get_telemetry_if_set() is not None:
             shutdown()
-        state.set_telemetry(_setup(database_url, tracer_provider, meter_provider, service_name, store))
+        state.set_telemetry(
+            _setup(database_url, tracer_provider, meter_provider, service_name, store, spool_max_bytes)
+        )
 
 
 def instrument(
@@ -179,14 +187,17 @@ def instrument(
     meter_provider: Any = None,
     service_name: str | None = None,
     store: bool = True,
+    spool_max_bytes: int | None = None,
 ) -> None:
     """Record every Anthropic and AsyncAnthropic client's Messages calls. Idempotent.
 
     `database_url`: the SQL store (default `COMPACTOBS_DATABASE_URL`, else SQLite in the user data
     directory); `store=False` records to OpenTelemetry only. Spans go to the application's TracerProvider
     when it has one (or `tracer_provider`), else to compactobs' own, exported over OTLP when
-    `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Raises on bad configuration (a malformed pricing file, a bad
-    database URL), once, here, never inside a call.
+    `OTEL_EXPORTER_OTLP_ENDPOINT` is set. `spool_max_bytes`: the bound of the on-disk spool that keeps
+    rows while the database is away (default `COMPACTOBS_SPOOL_MAX_BYTES`, else 256 MiB). Raises on bad
+    configuration (a malformed pricing file, a bad database URL, a PostgreSQL driver that is not
+    installed), once, here, never inside a call.
     """
     if state.get_telemetry_if_set() is None:
         configure(
@@ -195,6 +206,7 @@ def instrument(
             meter_provider=meter_provider,
             service_name=service_name,
             store=store,
+            spool_max_bytes=spool_max_bytes,
         )
     from compactobs.instrument import auto
 
@@ -223,7 +235,23 @@ def flush(timeout_millis: int = 30_000) -> None:
 
 def shutdown() -> None:
     """Flush, then close what compactobs opened. Runs by itself at interpreter exit and on SIGTERM."""
+    _shutdown(final=False)
+
+
+def _final_shutdown() -> None:
+    """Interpreter exit and SIGTERM: the process ends once this returns, while its other threads may still
+    make calls. Calls that return during the flush are recorded as usual; from the last drain on, each
+    call is recorded before it returns, and what ends after the store has closed goes to its spool (the
+    next compactobs to reach that database writes it). Recording stays in place, never set up anew."""
+    _shutdown(final=True)
+
+
+def _shutdown(final: bool) -> None:
     flush()
+    telemetry = state.get_telemetry_if_set()
+    if final and telemetry is not None:
+        telemetry.close()
+        telemetry.drain(5.0)
     for owned in list(_own_providers):
         try:
             owned.shutdown()
@@ -231,7 +259,8 @@ def shutdown() -> None:
             log.debug("compactobs: shutdown of %s failed", type(owned).__name__, exc_info=True)
     _flushables.clear()
     _own_providers.clear()
-    state.set_telemetry(None)
+    if not final:
+        state.set_telemetry(None)
 
 
 def _install_exit_hooks() -> None:
@@ -239,7 +268,7 @@ def _install_exit_hooks() -> None:
     if _exit_hooks_installed:
         return
     _exit_hooks_installed = True
-    atexit.register(shutdown)
+    atexit.register(_final_shutdown)
     if threading.current_thread() is not threading.main_thread():
         return
     previous = signal.getsignal(signal.SIGTERM)
@@ -262,6 +291,6 @@ def _install_exit_hooks() -> None:
 
 def _shutdown_then_terminate() -> None:
     try:
-        shutdown()
+        _final_shutdown()
     finally:
         os.kill(os.getpid(), signal.SIGTERM)
