@@ -176,8 +176,9 @@ class SqlSpanExporter(SpanExporter):
         self._config_error: StoreError | None = None
         self._watchdog: SocketWatchdog | None = None
         self.write_timeout_s = write_timeout_s
-        # The whole of one transaction: connecting, then each statement within its own bound.
-        self._transaction_bound_s = EXPORT_CONNECT_TIMEOUT_S + 2 * write_timeout_s
+        # The whole of one transaction once connected (connecting has its own bound, connect_timeout): its
+        # statements, each bounded by the server while it runs, and their round trips.
+        self._transaction_bound_s = 2 * write_timeout_s + 1.0
         try:
             self._url = parse_url(raw)
             self._engine = make_engine(
