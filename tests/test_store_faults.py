@@ -263,7 +263,14 @@ def test_out_of_range_values_are_cleared_and_flagged_alike_on_both_databases(
     assert (cost.input_tokens, cost.cost_usd) == (10**16, None)
     assert cost.out_of_range.split(",") == ["cost_usd", "cost_input_usd"]
     assert (count.input_tokens, count.cost_usd) == (None, None)
-    assert count.out_of_range.split(",") == ["input_tokens", "cost_usd", "cost_input_usd"]
+    # The billed input, the top-level input and the context after the call are all 2^63.
+    assert count.out_of_range.split(",") == [
+        "input_tokens",
+        "top_level_input_tokens",
+        "context_tokens",
+        "cost_usd",
+        "cost_input_usd",
+    ]
     assert its[count.call_id].input_tokens is None and "input_tokens" in its[count.call_id].out_of_range
     assert its[cost.call_id].input_tokens == 10**16
     assert Decimal(str(normal.cost_usd)).quantize(Decimal("1e-10")) == Decimal("0.0075")
