@@ -275,3 +275,78 @@ def test_out_of_range_values_are_cleared_and_flagged_alike_on_both_databases(
     assert its[cost.call_id].input_tokens == 10**16
     assert Decimal(str(normal.cost_usd)).quantize(Decimal("1e-10")) == Decimal("0.0075")
     assert normal.out_of_range is None and its[normal.call_id].out_of_range is None
+
+
+# --- rows the database refuses, and the spool commands ---------------------------------------------------
+
+
+def _refuse(url: str, conversation: str) -> None:
+    """A rule of the database (a DBA's trigger) that refuses one conversation's calls."""
+    engine = store.make_engine(url, create=False)
+    with engine.begin() as connection:
+        if url.startswith("sqlite"):
+            connection.exec_driver_sql(
+                f"CREATE TRIGGER refuse BEFORE INSERT ON calls WHEN NEW.conversation_id = '{conversation}' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by policy'); END"
+            )
+        else:
+            connection.exec_driver_sql(
+                "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN IF NEW.conversation_id = "
+                f"'{conversation}' THEN RAISE EXCEPTION 'refused by policy'; END IF; RETURN NEW; END $$ "
+                "LANGUAGE plpgsql"
+            )
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse BEFORE INSERT ON calls FOR EACH ROW EXECUTE FUNCTION refuse()"
+            )
+    engine.dispose()
+
+
+def _allow(url: str) -> None:
+    engine = store.make_engine(url, create=False)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP TRIGGER refuse" + ("" if url.startswith("sqlite") else " ON calls"))
+    engine.dispose()
+
+
+def test_a_refused_call_is_set_aside_whole_shown_and_replayed_once_fixed(
+    database_url: str, data_home: Path
+) -> None:
+    from tests.cli import run
+    from tests.test_store_exporter import collected_spans, count
+
+    store.upgrade_database(database_url)
+    _refuse(database_url, "bad")
+    exporter = store.SqlSpanExporter(database_url)
+    exporter.export(collected_spans(emit=3) + collected_spans(conversation="bad"))
+    exporter.shutdown()
+    assert exporter.stats.rejected == 1
+    assert count(database_url) == (3, 6)  # the refused call's iterations are set aside with it, not stored
+
+    code, out, err = run("--db", database_url, "db", "status")
+    assert code == 0, err
+    assert "set aside: 1 call(s) the database refused" in out and "refused by policy" in out, out
+    code, out, _ = run("--db", database_url, "spool", "show")
+    assert "1 calls, 2 iterations: " in out and "refused by policy" in out, out
+
+    code, out, _ = run("--db", database_url, "spool", "replay")  # waiting rows only: the set-aside stay
+    assert code == 0 and count(database_url) == (3, 6)
+    _allow(database_url)
+    code, out, err = run("--db", database_url, "spool", "replay", "--rejected")
+    assert code == 0, err
+    assert "1 call(s) written" in out
+    assert count(database_url) == (4, 8)
+    code, out, _ = run("--db", database_url, "spool", "status")
+    assert out.splitlines() == ["spool:    nothing waiting"]
+
+
+def test_spool_bound_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from compactobs.store.spool import DEFAULT_SPOOL_MAX_BYTES, spool_max_bytes
+
+    monkeypatch.setenv("COMPACTOBS_SPOOL_MAX_BYTES", "64M")
+    assert spool_max_bytes() == 64 * 1024 * 1024
+    exporter = store.SqlSpanExporter(f"sqlite:///{tmp_path / 'x.db'}", spool_dir=tmp_path / "spool")
+    assert exporter.spool.max_bytes == 64 * 1024 * 1024
+    exporter.shutdown()
+    assert spool_max_bytes(1000) == 1000  # instrument(spool_max_bytes=...) wins
+    monkeypatch.setenv("COMPACTOBS_SPOOL_MAX_BYTES", "lots")
+    assert spool_max_bytes() == DEFAULT_SPOOL_MAX_BYTES == 256 * 1024 * 1024

@@ -284,7 +284,7 @@ def explain_error(err: BaseException, url: URL) -> StoreError:
         return StoreError(f"SQLite error on {path}: {text}")
     host = f"{url.host or 'localhost'}:{url.port or 5432}"
     user = url.username or os.environ.get("PGUSER") or "the current user"
-    if "refused" in low:
+    if "connection refused" in low:
         return StoreError(
             f"cannot connect to PostgreSQL at {host} (connection refused): start the server, or fix the URL "
             f"(--db or {ENV_DATABASE_URL})"
