@@ -23,7 +23,7 @@ def spool_lines(database_url: str) -> list[str]:
             "(written when the database is reachable, or by `compactobs spool replay`)"
         )
     else:
-        lines.append("spool:    nothing waiting")
+        lines.append("spool:    empty")
     if found.set_aside:
         lines.append(
             f"set aside: {found.set_aside_calls:,} call(s) the database refused, in "
