@@ -1,9 +1,13 @@
-"""SqlSpanExporter: the SQL store as an OpenTelemetry span exporter, behind a BatchSpanProcessor.
+"""SqlSpanExporter: the SQL store as an OpenTelemetry span exporter, behind StoreSpanProcessor.
 
 A batch is mapped to rows, then either committed in one transaction or, when the database is unreachable,
 locked, or not at this code's schema, appended to the on-disk spool. While rows wait in the spool, new
 batches queue behind them, so replay keeps the order they were exported in. The database is tried again
 after a growing pause (0.5 s doubling to 30 s), and at every flush; `shutdown` flushes too.
+
+Every wait on the database is bounded (`write_timeout_s`: SQLite's busy timeout, PostgreSQL's statement
+and lock timeouts; a watchdog for a PostgreSQL server that stops answering): a write that exceeds its
+bound is an outage like any other, and its rows are spooled.
 
 Nothing here raises into the caller: the processor runs it on its own thread, and problems are logged
 once per outage, as the one-line StoreError message that says what to do.
