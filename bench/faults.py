@@ -6,8 +6,9 @@ recorded by compactobs into a real database, before, during and after a fault:
   pg-frozen   the PostgreSQL server stops answering (a loopback proxy that stops forwarding)
   sqlite-lock another process holds the SQLite file's write lock (BEGIN EXCLUSIVE)
 then drains the spool and counts, per call tried, what the store holds (tests/faults.py). "incomplete" is
-calls stored without all their iterations. One client thread makes the calls: on a shared 2-core machine
-it may not reach 1,000 calls/s; "tried" says how many it made. SIGTERM is covered by
+calls stored without all their iterations. Client threads (--threads, default 4) share the rate: on a
+shared 2-core machine, with the simulator in the same process, they may not reach 1,000 calls/s; "tried"
+says how many calls were made. SIGTERM is covered by
 tests/test_store_faults.py, not here.
 
     python bench/faults.py [--rate 100 --rate 1000] [--during 5] [--write-timeout 2]
@@ -48,6 +49,7 @@ def main() -> None:
     )
     parser.add_argument("--during", type=float, default=5.0, help="seconds the fault lasts (1-60, default 5)")
     parser.add_argument("--write-timeout", type=float, default=2.0, help="the exporter's bound (default 2 s)")
+    parser.add_argument("--threads", type=int, default=4, help="client threads making the calls (1-16)")
     parser.add_argument("--driver", default="psycopg", choices=["psycopg", "psycopg2"])
     args = parser.parse_args()
     if not 1 <= args.during <= 60:
@@ -80,6 +82,7 @@ def main() -> None:
                             during_s=args.during,
                             after_s=1,
                             write_timeout_s=args.write_timeout,
+                            threads=args.threads,
                         ),
                     )
                 )
@@ -108,6 +111,7 @@ def main() -> None:
                             during_s=frozen_for,
                             after_s=1,
                             write_timeout_s=args.write_timeout,
+                            threads=args.threads,
                         ),
                     )
                 )
@@ -126,6 +130,7 @@ def main() -> None:
                         during_s=args.during,
                         after_s=1,
                         write_timeout_s=args.write_timeout,
+                        threads=args.threads,
                     ),
                 )
             )

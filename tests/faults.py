@@ -102,8 +102,19 @@ class App:
         )
         self.conversations: list[str] = []
 
-    def traffic(self, seconds: float, rate: float, tag: str) -> None:
-        """Calls at about `rate` per second for `seconds`, each in a conversation of its own."""
+    def traffic(self, seconds: float, rate: float, tag: str, threads: int = 1) -> None:
+        """Calls at about `rate` per second for `seconds` (shared by `threads` client threads), each in a
+        conversation of its own."""
+        if threads > 1:
+            workers = [
+                threading.Thread(target=self.traffic, args=(seconds, rate / threads, f"{tag}-t{k}"))
+                for k in range(threads)
+            ]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+            return
         start = time.monotonic()
         n = 0
         while (now := time.monotonic()) - start < seconds:
@@ -238,15 +249,16 @@ def run_fault(
     after_s: float,
     write_timeout_s: float,
     tag: str = "c",
+    threads: int = 1,
 ) -> Outcome:
     """Traffic before, during and after the fault, then drain and count."""
     capacity = int(rate * (before_s + during_s + after_s) * 1.2) + 100
     app = App(url, spool_dir, write_timeout_s=write_timeout_s, calls=capacity)
     try:
-        app.traffic(before_s, rate, f"{tag}-before")
+        app.traffic(before_s, rate, f"{tag}-before", threads)
         with fault():
-            app.traffic(during_s, rate, f"{tag}-during")
-        app.traffic(after_s, rate, f"{tag}-after")
+            app.traffic(during_s, rate, f"{tag}-during", threads)
+        app.traffic(after_s, rate, f"{tag}-after", threads)
         app.drain()
         return outcome(url, app.conversations, app.spooled)
     finally:
