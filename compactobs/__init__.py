@@ -127,12 +127,17 @@ def _setup(
     store: bool,
     export: bool = True,
     guard: GuardPolicy | Mapping[str, Any] | None = None,
+    spool_max_bytes: int | None = None,
 ) -> Telemetry:
     """Providers, the SQL store on the tracer provider, the pricer and the guard. Raises on bad
     configuration."""
     from compactobs.pricing import default_pricer
 
     pricer = default_pricer()
+    if store:
+        from compactobs.store import default_database_url, parse_url
+
+        parse_url(database_url or default_database_url())  # a bad URL or an unusable driver: raise here
     _install_guard(guard, database_url if store else False)
     tracer = _tracer_provider(tracer_provider, service_name, export)
     meter = _meter_provider(meter_provider, service_name, export)
@@ -140,7 +145,7 @@ def _setup(
     if store:
         from compactobs.store import install
 
-        processor = install(tracer, database_url)
+        processor = install(tracer, database_url, spool_max_bytes=spool_max_bytes)
         _flushables.append(processor)
         _own_providers.append(processor)
     _install_exit_hooks()
@@ -198,6 +203,7 @@ def configure(
     service_name: str | None = None,
     store: bool = True,
     guard: GuardPolicy | Mapping[str, Any] | None = None,
+    spool_max_bytes: int | None = None,
 ) -> None:
     """Set where compactobs records (see `instrument`) without instrumenting any client.
 
@@ -208,7 +214,15 @@ def configure(
         if state.get_telemetry_if_set() is not None:
             shutdown()
         state.set_telemetry(
-            _setup(database_url, tracer_provider, meter_provider, service_name, store, guard=guard)
+            _setup(
+                database_url,
+                tracer_provider,
+                meter_provider,
+                service_name,
+                store,
+                guard=guard,
+                spool_max_bytes=spool_max_bytes,
+            )
         )
 
 
@@ -220,6 +234,7 @@ def instrument(
     service_name: str | None = None,
     store: bool = True,
     guard: GuardPolicy | Mapping[str, Any] | None = None,
+    spool_max_bytes: int | None = None,
 ) -> None:
     """Record every Anthropic and AsyncAnthropic client's Messages calls. Idempotent.
 
@@ -228,8 +243,10 @@ def instrument(
     when it has one (or `tracer_provider`), else to compactobs' own, exported over OTLP when
     `OTEL_EXPORTER_OTLP_ENDPOINT` is set, by gRPC or HTTP as `OTEL_EXPORTER_OTLP_PROTOCOL` says (see
     `compactobs.otlp`). `guard`: a service-wide `GuardPolicy` (or a dict of its fields) for the runtime
-    guard, which also reads the budgets file `COMPACTOBS_BUDGETS_FILE` (see `compactobs.guard`). Raises on
-    bad configuration (a malformed pricing or budgets file, a bad database URL), once, here, never inside
+    guard, which also reads the budgets file `COMPACTOBS_BUDGETS_FILE` (see `compactobs.guard`).
+    `spool_max_bytes`: the bound of the on-disk spool that keeps rows while the database is away (default
+    `COMPACTOBS_SPOOL_MAX_BYTES`, else 256 MiB). Raises on bad configuration (a malformed pricing or
+    budgets file, a bad database URL, a PostgreSQL driver that is not installed), once, here, never inside
     a call.
     """
     if state.get_telemetry_if_set() is None:
@@ -240,6 +257,7 @@ def instrument(
             service_name=service_name,
             store=store,
             guard=guard,
+            spool_max_bytes=spool_max_bytes,
         )
     from compactobs.instrument import auto
 
@@ -268,7 +286,23 @@ def flush(timeout_millis: int = 30_000) -> None:
 
 def shutdown() -> None:
     """Flush, then close what compactobs opened. Runs by itself at interpreter exit and on SIGTERM."""
+    _shutdown(final=False)
+
+
+def _final_shutdown() -> None:
+    """Interpreter exit and SIGTERM: the process ends once this returns, while its other threads may still
+    make calls. Calls that return during the flush are recorded as usual; from the last drain on, each
+    call is recorded before it returns, and what ends after the store has closed goes to its spool (the
+    next compactobs to reach that database writes it). Recording stays in place, never set up anew."""
+    _shutdown(final=True)
+
+
+def _shutdown(final: bool) -> None:
     flush()
+    telemetry = state.get_telemetry_if_set()
+    if final and telemetry is not None:
+        telemetry.close()
+        telemetry.drain(5.0)
     for owned in list(_own_providers):
         try:
             owned.shutdown()
@@ -276,6 +310,8 @@ def shutdown() -> None:
             log.debug("compactobs: shutdown of %s failed", type(owned).__name__, exc_info=True)
     _flushables.clear()
     _own_providers.clear()
+    if final:
+        return  # recording (and its guard) stays in place for the calls that return while the process ends
     state.set_telemetry(None)
     guard = guard_module.installed()
     if guard is not None:
@@ -288,7 +324,7 @@ def _install_exit_hooks() -> None:
     if _exit_hooks_installed:
         return
     _exit_hooks_installed = True
-    atexit.register(shutdown)
+    atexit.register(_final_shutdown)
     if threading.current_thread() is not threading.main_thread():
         return
     previous = signal.getsignal(signal.SIGTERM)
@@ -311,6 +347,6 @@ def _install_exit_hooks() -> None:
 
 def _shutdown_then_terminate() -> None:
     try:
-        shutdown()
+        _final_shutdown()
     finally:
         os.kill(os.getpid(), signal.SIGTERM)

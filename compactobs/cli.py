@@ -33,7 +33,6 @@ from compactobs.store import (
     display_url,
     make_engine,
     open_database,
-    spool_status,
     upgrade_database,
 )
 
@@ -143,16 +142,15 @@ def db_status(state: CliState) -> None:
     """
     refuse_on_clickhouse(state, "db status")
     status = database_status(state.database_url)
-    directory, segments, size = spool_status(state.database_url)
     click.echo(f"database: {state.shown_url}")
     if status is None:
         click.echo("schema:   no database file yet")
     else:
         click.echo(f"schema:   {status.current or 'none'} (this compactobs: {status.head}) - {status.state}")
-    if segments:
-        click.echo(f"spool:    {segments} segment(s), {size} bytes waiting in {directory}")
-    else:
-        click.echo("spool:    empty")
+    from compactobs.cli_spool import spool_lines
+
+    for line in spool_lines(state.database_url):
+        click.echo(line)
     if status is not None and status.ok:
         click.echo(f"rollups:  {_rollup_status(state.database_url)}")
     if status is None:
@@ -163,6 +161,16 @@ def db_status(state: CliState) -> None:
         )
     if not status.ok:
         raise StoreError(status.fix or status.state)
+
+
+def _register_spool() -> None:
+    from compactobs.cli_spool import spool
+
+    main.add_command(spool)
+    db.add_command(spool)
+
+
+_register_spool()
 
 
 def _rollup_status(database_url: str) -> str:

@@ -334,6 +334,7 @@ class Telemetry:
         self._metric_attribute_sets: dict[tuple[str, str | None, str | None], _MetricAttributes] = {}
         # Bounded, so a recorder that falls behind costs callers time (see `record`), never memory.
         self._backlog_limit = backlog_limit
+        self._closed = False
         self._reset_backlog()
         if hasattr(os, "register_at_fork"):
             forget = weakref.WeakMethod(self._forget_parents_backlog)
@@ -370,17 +371,27 @@ class Telemetry:
         """
         item = (observation, parent, under_sdk_span)
         backlog = self._backlog
-        if len(backlog) >= self._backlog_limit:
+        if len(backlog) >= self._backlog_limit or self._closed:
             sums = _Sums()
             self._record_safely(item, sums)
             self._add_sums(sums)
             return
         backlog.append(item)
+        if self._closed:  # closed between the look above and the append: record what waits, this one too
+            self._record_waiting()
+            return
         if self._sleeping or len(backlog) == BATCH:
             self._wake.set()
         # `_work` clears `_worker` if it ever ends: a plain read here, not Thread.is_alive (a lock, ~3 us).
         if self._worker is None:
             self._start_worker()
+
+    def close(self) -> None:
+        """From now on each call is recorded on its caller's thread before the call returns: for the final
+        shutdown, after which the recording thread may never run again (SIGTERM ends the process once the
+        flush is done). A call that returned has then been recorded. Drain afterwards for the calls handed
+        over before."""
+        self._closed = True
 
     def drain(self, timeout_s: float = 30.0) -> bool:
         """Wait until every call handed to `record` has become spans and metrics; False on timeout."""

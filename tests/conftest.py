@@ -34,6 +34,32 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'db' / 'compactobs.db'}"
 
 
+@contextmanager
+def postgres_schema(driver: str = "psycopg") -> Iterator[str]:
+    """A URL (through `driver`) to an empty schema of its own on the real PostgreSQL server, dropped after."""
+    base = make_url(os.environ.get("COMPACTOBS_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL))
+    admin = create_engine(base)
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f"CREATE SCHEMA {schema}"))
+    except SQLAlchemyError as err:
+        admin.dispose()
+        reason = f"PostgreSQL at {base.render_as_string(hide_password=True)} is unavailable: {err.args[0]}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI must run the PostgreSQL tests)")
+        pytest.skip(reason)
+    # Every connection made with this URL works in the new schema (tables, and alembic_version).
+    url = base.set(drivername=f"postgresql+{driver}")
+    url = url.update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A URL to an empty schema of its own on the real PostgreSQL server (dropped afterwards)."""
@@ -48,28 +74,24 @@ def module_postgres_url() -> Iterator[str]:
         yield url
 
 
-@contextmanager
-def postgres_schema() -> Iterator[str]:
-    base = make_url(os.environ.get("COMPACTOBS_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL))
-    admin = create_engine(base)
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.begin() as connection:
-            connection.execute(text(f"CREATE SCHEMA {schema}"))
-    except SQLAlchemyError as err:
-        admin.dispose()
-        reason = f"PostgreSQL at {base.render_as_string(hide_password=True)} is unavailable: {err.args[0]}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI must run the PostgreSQL tests)")
-        pytest.skip(reason)
-    # Every connection made with this URL works in the new schema (tables, and alembic_version).
-    url = base.update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+PG_DRIVERS = ("psycopg", "psycopg2")
+"""The PostgreSQL drivers compactobs supports. The store's tests run on each: a module overrides
+`postgres_url` and `database_url` with the two fixtures below (see tests/test_store_exporter.py)."""
+
+
+@pytest.fixture(params=PG_DRIVERS)
+def postgres_url_by_driver(request: pytest.FixtureRequest) -> Iterator[str]:
+    with postgres_schema(request.param) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", *(f"postgresql+{driver}" for driver in PG_DRIVERS)])
+def database_url_by_driver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db' / 'compactobs.db'}"
+        return
+    with postgres_schema(request.param.split("+")[1]) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

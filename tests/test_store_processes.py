@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from compactobs import store
@@ -113,6 +114,17 @@ with Simulator() as sim:
     time.sleep(60)  # SIGTERM's default action, after the flush, ends the process long before this does
 print("not terminated", flush=True)
 """
+
+# The store's tests run on SQLite and on PostgreSQL through each driver compactobs supports.
+@pytest.fixture
+def postgres_url(postgres_url_by_driver: str) -> str:
+    return postgres_url_by_driver
+
+
+@pytest.fixture
+def database_url(database_url_by_driver: str) -> str:
+    return database_url_by_driver
+
 
 
 def python(script: str, *args: str) -> subprocess.Popen[str]:

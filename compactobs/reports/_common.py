@@ -27,7 +27,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Final, Literal
@@ -51,6 +51,7 @@ from sqlalchemy import (
 )
 
 from compactobs.pricing.records import to_json_number
+from compactobs.reports._safe import csv_cell, printable
 from compactobs.store.models import calls, epoch_ms
 
 __all__ = [
@@ -655,7 +656,7 @@ def format_cell(value: Any, kind: ColumnKind, signed: bool = False) -> str:
         return f"{float(value) * 100:+,.1f}%" if signed else f"{float(value) * 100:,.1f}%"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return str(value)
+    return printable(str(value))
 
 
 def _cell(row: Mapping[str, Any], column: str, kind: ColumnKind) -> str:
@@ -673,7 +674,7 @@ def _csv_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float, Decimal)):
         return json.dumps(to_json_number(value))
-    return str(value)
+    return csv_cell(str(value))
 
 
 def _render_json(report: Report) -> str:
@@ -690,7 +691,7 @@ def _render_json(report: Report) -> str:
 def _render_csv(report: Report) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(report.columns)
+    writer.writerow([csv_cell(column) for column in report.columns])
     for row in report.rows:
         writer.writerow([_csv_value(row.get(c)) for c in report.columns])
     return out.getvalue()
@@ -878,14 +879,28 @@ def _print_lines(console: Any, out: io.StringIO, lines: list[Any], color: bool) 
     console.print(Text("\n").join(lines), no_wrap=True, crop=False)
 
 
+def _printable_texts(report: Report) -> Report:
+    """The report with its free texts (title, header, notes, warnings; its sections' too) printable."""
+    return replace(
+        report,
+        title=None if report.title is None else printable(report.title),
+        header=[printable(line) for line in report.header],
+        notes=[printable(line) for line in report.notes],
+        warnings=[printable(line) for line in report.warnings],
+        sections=[_printable_texts(section) for section in report.sections],
+    )
+
+
 def render(
     report: Report, fmt: Format | str, console_width: int | None = None, *, color: bool = False
 ) -> str:
     """The report as text: `table` (rich: right-aligned numbers, thousands separators, a totals row,
     never a truncated digit; ANSI colours only when `color`), `json`, `csv` (the rows, all columns) or
-    `md` (a Markdown document). Raises ReportInputError for another format."""
+    `md` (a Markdown document). Raises ReportInputError for another format. Data is printed safe: no
+    terminal control sequences in table, md or csv, no spreadsheet formulas in csv (see `_safe`)."""
     if fmt == "json":
         return _render_json(report)
+    report = _printable_texts(report)
     if fmt == "csv":
         return _render_csv(report)
     if fmt == "md":

@@ -2,7 +2,7 @@
 
 ```python
 from compactobs import store
-processor = store.install(tracer_provider)          # BatchSpanProcessor(SqlSpanExporter(default URL))
+processor = store.install(tracer_provider)          # StoreSpanProcessor(SqlSpanExporter(default URL))
 store.shutdown_all()                                # the hook for interpreter exit and SIGTERM
 engine = store.open_database()                      # for readers: checked against the schema
 store.upgrade_database("postgresql+psycopg://...")  # what `compactobs db upgrade` does

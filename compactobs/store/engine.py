@@ -63,20 +63,53 @@ def display_url(url: URL | str) -> str:
     return url.render_as_string(hide_password=True)
 
 
+_PG_DRIVERS: Final = ("psycopg", "psycopg2")
+"""The PostgreSQL drivers compactobs writes through, in order of preference."""
+
+
+def _installed_pg_driver() -> str | None:
+    """The preferred PostgreSQL driver that imports here, if any."""
+    import importlib.util
+
+    for driver in _PG_DRIVERS:
+        if importlib.util.find_spec(driver) is not None:
+            return driver
+    return None
+
+
+def _looks_like_path(text: str) -> bool:
+    """A plain filesystem path (`store.db`, `./data/obs.sqlite`, `/var/lib/x.db`, `~/obs.db`), not a URL.
+    A bare word without a directory or a suffix (`notaurl`) is neither: a mistake, reported as one."""
+    if "://" in text or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", text):
+        return False
+    return "/" in text or text.startswith(("~", ".")) or Path(text).suffix != ""
+
+
 def parse_url(url: URL | str) -> URL:
     """A database URL compactobs can use. Raises StoreError (malformed, unsupported, driver missing).
 
-    `postgresql://` and `postgres://` mean psycopg 3, the driver compactobs declares (extra `postgres`).
+    A plain filesystem path is an SQLite file. `postgresql://` and `postgres://` mean whichever supported
+    driver is installed, psycopg 3 first, else psycopg2; `postgresql+psycopg://` and
+    `postgresql+psycopg2://` name one.
     """
     if isinstance(url, URL):
         parsed = url
     else:
+        text = url.strip()
+        if text and _looks_like_path(text):
+            return URL.create("sqlite", database=str(Path(text).expanduser().absolute()))
         try:
-            parsed = make_url(url.strip())
+            parsed = make_url(text)
         except (ArgumentError, ValueError):  # ValueError: a port that is not a number
             raise StoreError(f"malformed database URL {_mask_raw(url)!r}: use {_EXAMPLES}") from None
     if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
+        driver = _installed_pg_driver()
+        if driver is None:
+            raise StoreError(
+                f"no PostgreSQL driver is installed for {display_url(parsed)}: "
+                "pip install 'compactobs[postgres]'"
+            )
+        parsed = parsed.set(drivername=f"postgresql+{driver}")
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise StoreError(
@@ -91,6 +124,15 @@ def parse_url(url: URL | str) -> URL:
         ) from None
     if getattr(dialect, "is_async", False):
         raise StoreError(f"{parsed.drivername!r} is an asyncio driver: use postgresql+psycopg:// instead")
+    if backend == "postgresql" and parsed.get_driver_name() not in _PG_DRIVERS:
+        raise StoreError(
+            f"compactobs cannot write through the PostgreSQL driver {parsed.get_driver_name()!r}: use "
+            "postgresql+psycopg:// (psycopg 3) or postgresql+psycopg2://"
+        )
+    if backend == "sqlite" and parsed.get_driver_name() != "pysqlite":
+        raise StoreError(
+            f"compactobs cannot write through the SQLite driver {parsed.get_driver_name()!r}: use sqlite:///PATH"
+        )
     try:
         dialect.import_dbapi()
     except ImportError:
@@ -98,7 +140,7 @@ def parse_url(url: URL | str) -> URL:
             hint = (
                 "pip install 'compactobs[postgres]'"
                 if parsed.get_driver_name() == "psycopg"
-                else f"install the {parsed.get_driver_name()!r} driver, or use postgresql+psycopg://"
+                else "pip install psycopg2-binary, or use postgresql+psycopg://"
             )
             raise StoreError(
                 f"the PostgreSQL driver for {parsed.drivername!r} is not installed: {hint}"
@@ -180,12 +222,15 @@ def make_engine(
     create: bool = True,
     busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
     connect_timeout_s: int = DEFAULT_CONNECT_TIMEOUT_S,
+    statement_timeout_s: float | None = None,
 ) -> Engine:
     """An Engine for the store. Raises StoreError for a bad URL or a missing driver; never connects.
 
     `writer`: transactions take SQLite's write lock when they begin. `create`: make a missing SQLite file
     (and its directory) with private modes; without it, SQLite would make it with the umask's. The
-    timeouts: SQLite's wait for another writer's lock; PostgreSQL's to connect (unless the URL sets one).
+    timeouts: SQLite's wait for another writer's lock; PostgreSQL's to connect (unless the URL sets one)
+    and, when `statement_timeout_s` is given, PostgreSQL's `statement_timeout` and `lock_timeout`, so the
+    server gives up on a statement that waits longer (a table lock held elsewhere, a stuck server process).
     """
     parsed = parse_url(url if url is not None else default_database_url())
     if is_sqlite(parsed):
@@ -202,6 +247,12 @@ def make_engine(
     connect_args: dict[str, Any] = {}
     if "connect_timeout" not in parsed.query:
         connect_args["connect_timeout"] = connect_timeout_s
+    if statement_timeout_s is not None:
+        millis = max(1, int(statement_timeout_s * 1000))
+        # libpq's `options` (both drivers pass it through), added to any the URL carries (a search_path).
+        given = str(parsed.query.get("options", "")).strip()
+        bounds = f"-c statement_timeout={millis} -c lock_timeout={millis}"
+        connect_args["options"] = f"{given} {bounds}".strip()
     # pre_ping: after an outage the pool holds dead connections; test them before a batch uses one.
     return create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
 
@@ -233,7 +284,7 @@ def explain_error(err: BaseException, url: URL) -> StoreError:
         return StoreError(f"SQLite error on {path}: {text}")
     host = f"{url.host or 'localhost'}:{url.port or 5432}"
     user = url.username or os.environ.get("PGUSER") or "the current user"
-    if "refused" in low:
+    if "connection refused" in low:
         return StoreError(
             f"cannot connect to PostgreSQL at {host} (connection refused): start the server, or fix the URL "
             f"(--db or {ENV_DATABASE_URL})"

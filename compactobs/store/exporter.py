@@ -1,9 +1,13 @@
-"""SqlSpanExporter: the SQL store as an OpenTelemetry span exporter, behind a BatchSpanProcessor.
+"""SqlSpanExporter: the SQL store as an OpenTelemetry span exporter, behind StoreSpanProcessor.
 
 A batch is mapped to rows, then either committed in one transaction or, when the database is unreachable,
 locked, or not at this code's schema, appended to the on-disk spool. While rows wait in the spool, new
 batches queue behind them, so replay keeps the order they were exported in. The database is tried again
 after a growing pause (0.5 s doubling to 30 s), and at every flush; `shutdown` flushes too.
+
+Every wait on the database is bounded (`write_timeout_s`: SQLite's busy timeout, PostgreSQL's statement
+and lock timeouts; a watchdog for a PostgreSQL server that stops answering): a write that exceeds its
+bound is an outage like any other, and its rows are spooled.
 
 Nothing here raises into the caller: the processor runs it on its own thread, and problems are logged
 once per outage, as the one-line StoreError message that says what to do.
@@ -15,6 +19,7 @@ transaction the kill cuts. Committed and spooled rows survive; what is stored ha
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -26,14 +31,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from sqlalchemy import URL, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from compactobs import telemetry as t
 from compactobs.store.engine import (
-    DEFAULT_BUSY_TIMEOUT_S,
     EXPORT_CONNECT_TIMEOUT_S,
     data_dir,
     default_database_url,
@@ -45,13 +48,32 @@ from compactobs.store.engine import (
     sqlite_path,
 )
 from compactobs.store.errors import StoreError
-from compactobs.store.mapping import Row, RowMapper, sanitize
+from compactobs.store.mapping import Row, RowMapper, group_by_call, sanitize
 from compactobs.store.models import calls, iterations
+from compactobs.store.processor import (
+    DEFAULT_MAX_EXPORT_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_SCHEDULE_DELAY_MS,
+    StoreSpanProcessor,
+)
 from compactobs.store.schema import ensure_schema, head_revision
-from compactobs.store.spool import DEFAULT_SPOOL_MAX_BYTES, Spool, spool_key
+from compactobs.store.spool import ENV_SPOOL_MAX_BYTES, Spool, spool_key, spool_max_bytes
+from compactobs.store.watchdog import SocketWatchdog
 from compactobs.store.writer import writer_for
 
-__all__ = ["ExporterStats", "SqlSpanExporter", "StoreSpanProcessor", "install", "shutdown_all", "spool_for"]
+__all__ = [
+    "DEFAULT_MAX_EXPORT_BATCH_SIZE",
+    "DEFAULT_MAX_QUEUE_SIZE",
+    "DEFAULT_SCHEDULE_DELAY_MS",
+    "DEFAULT_WRITE_TIMEOUT_S",
+    "ENV_SPOOL_MAX_BYTES",
+    "ExporterStats",
+    "SqlSpanExporter",
+    "StoreSpanProcessor",
+    "install",
+    "shutdown_all",
+    "spool_for",
+]
 
 log = logging.getLogger("compactobs.store")
 
@@ -61,11 +83,10 @@ REPLAY_BUDGET_S: Final = 2.0
 """How long one export may spend replaying the spool before it returns to the processor's queue."""
 RESCAN_S: Final = 30.0
 """How often a healthy exporter looks for segments left by a process that died."""
-DEFAULT_SCHEDULE_DELAY_MS: Final = 1000
-"""The SDK's default is 5 s. Shorter: less is held in memory, where a hard kill would lose it."""
-DEFAULT_MAX_QUEUE_SIZE: Final = 8192
-DEFAULT_MAX_EXPORT_BATCH_SIZE: Final = 2048
-"""The SDK's default is 512 spans: 2048 (512 calls of 1 + 3 spans) amortises each commit over more rows."""
+DEFAULT_WRITE_TIMEOUT_S: Final = 2.0
+"""How long one write may wait on the database before its rows go to the spool: SQLite's busy timeout,
+PostgreSQL's statement and lock timeouts. A healthy batch takes a few tens of milliseconds; the processor's
+queue (8,192 spans) holds about 2 s of 1,000 calls/s, and what would overflow it goes to the spool too."""
 
 
 class _Unavailable(Exception):
@@ -95,13 +116,13 @@ def _spool(
     url: URL | None,
     shown: str,
     spool_dir: str | os.PathLike[str] | None,
-    max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+    max_bytes: int | None = None,
 ) -> Spool:
     path = sqlite_path(url) if url is not None and is_sqlite(url) else None
     # An SQLite file is named by its absolute path, so the same file gets one spool from any directory.
     key = spool_key(f"sqlite:///{path}" if path is not None else shown)
     root = Path(spool_dir) if spool_dir is not None else data_dir() / "spool"
-    return Spool(root / key, max_bytes=max_bytes, label=shown)
+    return Spool(root / key, max_bytes=spool_max_bytes(max_bytes), label=shown)
 
 
 def spool_for(database_url: str | None = None, spool_dir: str | os.PathLike[str] | None = None) -> Spool:
@@ -121,8 +142,10 @@ class ExporterStats:
     """Appended to the spool."""
     replayed: int = 0
     """Committed from the spool (this process's or a dead one's)."""
+    overflowed: int = 0
+    """Spooled by the processor because its queue was full (the database slow), or after shutdown."""
     dropped: int = 0
-    """Lost because the spool was full."""
+    """Lost because the spool was full (or not writable): said in the log."""
     rejected: int = 0
     """Refused by the database for their values; kept in the spool's `rejected/` directory."""
 
@@ -136,6 +159,9 @@ class SqlSpanExporter(SpanExporter):
     application with a bad URL keeps running: the problem is logged and rows are spooled.
 
     `spool_dir`: where spools live (default `<data dir>/spool`; each database gets its own subdirectory).
+    `spool_max_bytes`: the spool's bound (default `COMPACTOBS_SPOOL_MAX_BYTES`, else 256 MiB).
+    `write_timeout_s`: how long a write may wait (a lock, a slow or silent server) before its rows are
+    spooled; `busy_timeout_s` overrides it for SQLite's busy timeout alone.
     """
 
     def __init__(
@@ -143,22 +169,31 @@ class SqlSpanExporter(SpanExporter):
         database_url: str | None = None,
         *,
         spool_dir: str | os.PathLike[str] | None = None,
-        spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
-        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+        spool_max_bytes: int | None = None,
+        write_timeout_s: float = DEFAULT_WRITE_TIMEOUT_S,
+        busy_timeout_s: float | None = None,
     ) -> None:
         raw = database_url or default_database_url()
         self._lock = threading.RLock()
         self._engine: Engine | None = None
         self._url: URL | None = None
         self._config_error: StoreError | None = None
+        self._watchdog: SocketWatchdog | None = None
+        self.write_timeout_s = write_timeout_s
+        # The whole of one transaction once connected (connecting has its own bound, connect_timeout): its
+        # statements, each bounded by the server while it runs, and their round trips.
+        self._transaction_bound_s = 2 * write_timeout_s + 1.0
         try:
             self._url = parse_url(raw)
             self._engine = make_engine(
                 self._url,
                 writer=True,
-                busy_timeout_s=busy_timeout_s,
+                busy_timeout_s=write_timeout_s if busy_timeout_s is None else busy_timeout_s,
                 connect_timeout_s=EXPORT_CONNECT_TIMEOUT_S,
+                statement_timeout_s=write_timeout_s,
             )
+            if not is_sqlite(self._url):
+                self._watchdog = SocketWatchdog(self._engine)
         except StoreError as err:
             self._config_error = err
             log.error("compactobs: %s (rows are kept in the spool until this is fixed)", err)
@@ -167,9 +202,11 @@ class SqlSpanExporter(SpanExporter):
         # Rows for a URL that does not parse are kept in PostgreSQL's form (an explicit UTC offset).
         backend = self._url.get_backend_name() if self._url is not None else "postgresql"
         self._mapper = RowMapper(backend)
-        self._writer = writer_for(backend)
+        driver = self._url.get_driver_name() if self._url is not None else "psycopg"
+        self._writer = writer_for(backend, driver)
         self.spool = _spool(self._url, self.database_url, spool_dir, spool_max_bytes)
         self.stats = ExporterStats()
+        self._spill_lock = threading.Lock()
         self._schema_ok = False
         self._replay_pending: bool | None = None  # None: not looked yet (done on the export thread)
         self._next_scan = 0.0
@@ -203,6 +240,27 @@ class SqlSpanExporter(SpanExporter):
             return SpanExportResult.SUCCESS
         with self._lock:
             return self._deliver(call_rows, iteration_rows)
+
+    def spill(self, spans: Sequence[ReadableSpan]) -> None:
+        """Write the spans' rows straight to the spool, on the calling thread: what the processor's queue
+        has no room for, or what ends after shutdown. Counted in `stats.overflowed`. Never raises."""
+        try:
+            call_rows, iteration_rows = self._mapper.map(spans)
+            if not call_rows and not iteration_rows:
+                return
+            with self._spill_lock:
+                try:
+                    kept = self.spool.append(call_rows, iteration_rows)
+                except OSError as err:
+                    log.error("compactobs: cannot write the spool %s (%s)", self.spool.directory, err)
+                    kept = False
+                if kept:
+                    self.stats.overflowed += len(call_rows)
+                    self._replay_pending = True
+                else:
+                    self.stats.dropped += len(call_rows)
+        except Exception:
+            log.warning("compactobs: could not spool %d spans", len(spans), exc_info=True)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Replay the spool now, whatever the retry pause. True when nothing is left waiting."""
@@ -358,32 +416,33 @@ class SqlSpanExporter(SpanExporter):
         assert self._engine is not None
         return _transient(err, self._engine.dialect.loaded_dbapi)
 
+    def _bounded(self) -> Any:
+        """The client-side bound on one transaction (PostgreSQL: a server that stops answering)."""
+        if self._watchdog is None:
+            return contextlib.nullcontext()
+        return self._watchdog.deadline(self._transaction_bound_s)
+
     def _write(self, call_rows: list[Row], iteration_rows: list[Row]) -> None:
         assert self._engine is not None
-        with self._engine.begin() as connection:
+        with self._bounded(), self._engine.begin() as connection:
             self._writer.write(connection, call_rows, iteration_rows)
 
     def _commit_each(self, call_rows: list[Row], iteration_rows: list[Row], refusal: BaseException) -> None:
-        """One transaction per row, so one bad row does not hold back the batch; the refused rows go to the
-        spool's `rejected/` directory, kept for a human, never replayed by themselves."""
+        """One transaction per call with its iterations, so one bad row does not hold back the batch; a call
+        still refused is set aside whole, iterations included, in the spool's `rejected/` directory: kept
+        for a human, replayed by `compactobs spool replay --rejected`, never by itself."""
         assert self._engine is not None
         refused_calls: list[Row] = []
         refused_iterations: list[Row] = []
         reason = explain_error(refusal, self._engine.url).message
-        for row in call_rows:
+        for group_calls, group_iterations in group_by_call(call_rows, iteration_rows):
             try:
-                self._write([row], [])
+                self._write(group_calls, group_iterations)
             except Exception as err:
                 if self._transient(err):
                     raise _Unavailable(err) from err
-                refused_calls.append(row)
-        for row in iteration_rows:
-            try:
-                self._write([], [row])
-            except Exception as err:
-                if self._transient(err):
-                    raise _Unavailable(err) from err
-                refused_iterations.append(row)
+                refused_calls.extend(group_calls)
+                refused_iterations.extend(group_iterations)
         if not refused_calls and not refused_iterations:
             return
         self.stats.rejected += len(refused_calls)
@@ -407,7 +466,8 @@ class SqlSpanExporter(SpanExporter):
             return
         assert self._engine is not None
         try:
-            ensure_schema(self._engine)
+            with self._bounded():
+                ensure_schema(self._engine)
         except StoreError as err:
             raise _Unavailable(err) from err
         except SQLAlchemyError as err:
@@ -435,50 +495,6 @@ class SqlSpanExporter(SpanExporter):
         self._retry_at = 0.0
 
 
-class StoreSpanProcessor(BatchSpanProcessor):
-    """BatchSpanProcessor for SqlSpanExporter: queues only compactobs' spans (others never take queue
-    room), and its flush also empties the exporter's spool."""
-
-    def __init__(
-        self,
-        exporter: SqlSpanExporter,
-        *,
-        schedule_delay_millis: float | None = None,
-        max_queue_size: int | None = None,
-        max_export_batch_size: int | None = None,
-    ) -> None:
-        # The OTEL_BSP_* variables still win over compactobs' defaults, as they do for any processor.
-        if schedule_delay_millis is None and "OTEL_BSP_SCHEDULE_DELAY" not in os.environ:
-            schedule_delay_millis = DEFAULT_SCHEDULE_DELAY_MS
-        if max_queue_size is None and "OTEL_BSP_MAX_QUEUE_SIZE" not in os.environ:
-            max_queue_size = DEFAULT_MAX_QUEUE_SIZE
-        # Only beside a queue size we know: the batch may not exceed the queue.
-        if (
-            max_export_batch_size is None
-            and "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" not in os.environ
-            and max_queue_size is not None
-        ):
-            max_export_batch_size = min(DEFAULT_MAX_EXPORT_BATCH_SIZE, max_queue_size)
-        super().__init__(
-            exporter,
-            max_queue_size=max_queue_size,
-            schedule_delay_millis=schedule_delay_millis,
-            max_export_batch_size=max_export_batch_size,
-        )
-        self.exporter = exporter
-
-    def on_end(self, span: ReadableSpan) -> None:
-        scope = span.instrumentation_scope
-        if scope is None or scope.name != t.INSTRUMENTATION_SCOPE:
-            return
-        super().on_end(span)
-
-    def force_flush(self, timeout_millis: int | None = 30_000) -> bool:
-        timeout = 30_000 if timeout_millis is None else timeout_millis
-        exported = super().force_flush(timeout)
-        return self.exporter.force_flush(timeout) and exported
-
-
 _installed: weakref.WeakSet[StoreSpanProcessor] = weakref.WeakSet()
 
 
@@ -487,12 +503,15 @@ def install(
     database_url: str | None = None,
     *,
     spool_dir: str | os.PathLike[str] | None = None,
-    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+    spool_max_bytes: int | None = None,
+    write_timeout_s: float = DEFAULT_WRITE_TIMEOUT_S,
 ) -> StoreSpanProcessor:
     """Add the SQL store to a TracerProvider: `StoreSpanProcessor(SqlSpanExporter(...))`. Never raises for
     a bad URL or an unreachable database (see SqlSpanExporter); returns the processor, whose `force_flush`
     and `shutdown` drain the spool. Register `shutdown_all` for interpreter exit and SIGTERM."""
-    exporter = SqlSpanExporter(database_url, spool_dir=spool_dir, spool_max_bytes=spool_max_bytes)
+    exporter = SqlSpanExporter(
+        database_url, spool_dir=spool_dir, spool_max_bytes=spool_max_bytes, write_timeout_s=write_timeout_s
+    )
     processor = StoreSpanProcessor(exporter)
     tracer_provider.add_span_processor(processor)
     _installed.add(processor)

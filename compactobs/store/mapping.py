@@ -20,16 +20,17 @@ Row values are plain JSON types (str, int, float, bool, None), so the spool can 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
-from sqlalchemy import Boolean, Float, Integer, Numeric, String, Table
+from sqlalchemy import BigInteger, Boolean, Float, Integer, Numeric, String, Table
 
 from compactobs import telemetry as t
-from compactobs.store.models import calls, iterations
+from compactobs.store.models import USD_LIMIT, calls, iterations
 
 __all__ = [
     "CALL_ATTRIBUTES",
@@ -38,6 +39,7 @@ __all__ = [
     "ITERATION_COLUMNS",
     "Row",
     "RowMapper",
+    "group_by_call",
     "sanitize",
 ]
 
@@ -129,8 +131,122 @@ _C_STATUS, _C_ATTEMPTS, _C_TTFT = _C["status"], _C["attempts"], _C["ttft_ms"]
 _I = {name: i for i, name in enumerate(ITERATION_COLUMNS)}
 _I_CALL_ID, _I_IDX, _I_START_MS = _I["call_id"], _I["idx"], _I["start_ms"]
 
+_C_OUT_OF_RANGE = _C["out_of_range"]
+_I_OUT_OF_RANGE = _I["out_of_range"]
+
 _EPOCH = datetime(1970, 1, 1)
 _STATUS = {StatusCode.UNSET: "UNSET", StatusCode.OK: "OK", StatusCode.ERROR: "ERROR"}
+
+
+# --- values no column can hold ------------------------------------------------------------------------
+# What SQLite and PostgreSQL can both store: 64-bit BIGINT, 32-bit INTEGER (SQLite's are 64-bit, but the
+# two stores must agree), NUMERIC(20, 10) below 10^10, finite floats. A value beyond is cleared (NULL) and
+# its column named in `out_of_range`, on either database, before the row is written.
+
+_INT64: Final = 2**63 - 1
+_INT32: Final = 2**31 - 1
+_USD_MAX: Final = float(USD_LIMIT)
+
+
+class _RangeCheck:
+    """The columns of one table that share a bound, read in one C-level pass per row."""
+
+    def __init__(self, table: Table, kind: type, limit: float, exact: bool) -> None:
+        keys = {column.name for column in table.primary_key.columns}
+        self.columns = [
+            (i, column.name)
+            for i, column in enumerate(table.columns)
+            if column.name not in keys and type(column.type) is kind
+        ]
+        self.limit = limit
+        self.exact = exact
+        """Integers: compared with max/min (exact). Floats: their absolute values summed, which is NaN,
+        infinite or beyond the limit whenever one of them is (a false alarm only costs the slow look)."""
+        indexes = [i for i, _ in self.columns]
+        # itemgetter of one index returns the value itself, not a tuple.
+        self._get: Callable[[Row], Any] = (
+            operator.itemgetter(*indexes)
+            if len(indexes) > 1
+            else lambda row: row[indexes[0] : indexes[0] + 1]
+        )
+
+    def suspect(self, row: Row) -> bool:
+        try:
+            present = list(filter(None, self._get(row)))
+            if not present:
+                return False
+            if self.exact:
+                return max(present) > self.limit or min(present) < -self.limit
+            return not sum(map(abs, present)) < self.limit
+        except TypeError:  # a value of another type: the database decides, see sanitize
+            return False
+
+    def clear(self, row: Row) -> list[str]:
+        """Clear the values that do not fit; returns their column names."""
+        cleared = []
+        for i, name in self.columns:
+            value = row[i]
+            if type(value) is int:
+                bad = not -self.limit <= value <= self.limit
+            elif type(value) is float:
+                bad = not (math.isfinite(value) and (self.exact or abs(value) < self.limit))
+                bad = bad or (self.exact and not -self.limit <= value <= self.limit)
+            else:
+                continue
+            if bad:
+                row[i] = None
+                cleared.append(name)
+        return cleared
+
+
+def _range_checks(table: Table) -> tuple[_RangeCheck, ...]:
+    keys = {column.name for column in table.primary_key.columns}
+    kinds = {type(column.type) for column in table.columns if column.name not in keys}
+    bounds = (
+        (BigInteger, _INT64, True),
+        (Integer, _INT32, True),
+        (Numeric, _USD_MAX, False),
+        (Float, math.inf, False),
+    )
+    return tuple(_RangeCheck(table, kind, limit, exact) for kind, limit, exact in bounds if kind in kinds)
+
+
+_CALL_CHECKS: Final = _range_checks(calls)
+_ITERATION_CHECKS: Final = _range_checks(iterations)
+
+
+def _quick_look(checks: tuple[_RangeCheck, ...]) -> Callable[[Row], Any]:
+    """One C-level read of every checked column but the span times (which always fit)."""
+    indexes = sorted(
+        {i for check in checks for i, name in check.columns if name not in ("start_ms", "end_ms")}
+    )
+    return operator.itemgetter(*indexes)
+
+
+_CALL_LOOK: Final = _quick_look(_CALL_CHECKS)
+_ITERATION_LOOK: Final = _quick_look(_ITERATION_CHECKS)
+
+
+def _clear_out_of_range(
+    row: Row, checks: tuple[_RangeCheck, ...], flag: int, look: Callable[[Row], Any]
+) -> None:
+    # The common case in one pass: every value within the narrowest bound (INTEGER's, which every other
+    # column holds too) and none NaN (a NaN makes the sum NaN). Else each column group looks exactly.
+    try:
+        present = list(filter(None, look(row)))
+        if not present:
+            return
+        total = sum(present)
+        if total == total and max(present) <= _INT32 and min(present) >= -_INT32:
+            return
+    except TypeError:
+        pass
+    cleared: list[str] = []
+    for check in checks:
+        if check.suspect(row):
+            cleared += check.clear(row)
+    if cleared:
+        row[flag] = ",".join(cleared)
 
 
 class RowMapper:
@@ -174,6 +290,7 @@ class RowMapper:
             if kind == call_kind:
                 row = list(map(get, _CALL_KEYS))
                 self._call(span, row)
+                _clear_out_of_range(row, _CALL_CHECKS, _C_OUT_OF_RANGE, _CALL_LOOK)
                 call_rows.append(row)
             elif kind == iteration_kind:
                 row = list(map(get, _ITERATION_KEYS))
@@ -182,6 +299,7 @@ class RowMapper:
                     continue
                 row[_I_CALL_ID] = format(parent.span_id, "016x")
                 row[_I_START_MS] = (span.start_time or 0) // 1_000_000
+                _clear_out_of_range(row, _ITERATION_CHECKS, _I_OUT_OF_RANGE, _ITERATION_LOOK)
                 iteration_rows.append(row)
         return call_rows, iteration_rows
 
@@ -267,3 +385,14 @@ def sanitize(rows: list[Row], table: Table) -> list[Row]:
     database refused. Computed columns (ids, times) are already right and pass unchanged."""
     coercers = _COERCERS[table.name]
     return [[coerce(value) for coerce, value in zip(coercers, row, strict=True)] for row in rows]
+
+
+def group_by_call(call_rows: list[Row], iteration_rows: list[Row]) -> list[tuple[list[Row], list[Row]]]:
+    """The rows as (call, its iterations) groups, in the calls' order; iterations whose call is not among
+    the rows form groups of their own, by call id."""
+    groups: dict[Any, tuple[list[Row], list[Row]]] = {}
+    for row in call_rows:
+        groups.setdefault(row[_C_CALL_ID], ([], []))[0].append(row)
+    for row in iteration_rows:
+        groups.setdefault(row[_I_CALL_ID], ([], []))[1].append(row)
+    return list(groups.values())

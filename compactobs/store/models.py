@@ -9,7 +9,10 @@ Conventions the reports rely on:
   use: filter on `start_ms` (calls: alone, with `conversation_id`, with `request_model`);
 - token columns are NULL when the span did not carry them (a failed call), 0 when it said 0;
 - money is NUMERIC(20, 10): exact on PostgreSQL, summed in SQL by the reports;
-- `cost_usd` is NULL and `priced` false for a call whose model has no price (never $0).
+- `cost_usd` is NULL and `priced` false for a call whose model has no price (never $0);
+- a value its column cannot hold (a count of 2^63 or more, a cost of $10^10 or more, a float that is not
+  finite) is stored NULL, and `out_of_range` names the columns so cleared: SQLite and PostgreSQL store the
+  same thing.
 
 No foreign key from `iterations` to `calls`: iteration spans end before their call span and may reach
 the store in an earlier batch (or a replayed spool segment), so a constraint would reject them.
@@ -64,6 +67,13 @@ NAMING_CONVENTION = {
 
 Usd = Numeric(20, 10)
 """USD amounts: 10 decimal places keep per-token prices (e.g. $0.0000003) exact."""
+
+
+USD_LIMIT: Final = Decimal(10) ** 10
+"""What NUMERIC(20, 10) holds: an absolute value below 10^10."""
+OUT_OF_RANGE_COMMENT: Final = (
+    "columns stored NULL because their value did not fit (comma-separated); NULL when all fitted"
+)
 
 
 class Base(DeclarativeBase):
@@ -139,6 +149,7 @@ class Call(Base):
     context_tokens: Mapped[int | None] = mapped_column(BigInteger)
     budget_usd: Mapped[Decimal | None] = mapped_column(Usd)
     budget_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    out_of_range: Mapped[str | None] = mapped_column(String, comment=OUT_OF_RANGE_COMMENT)
 
     # Time filters use start_ms: an 8-byte integer makes smaller, cheaper indexes than a timestamp (and is
     # what Grafana's SQLite plugin buckets). start_time is for display and date functions.
@@ -177,6 +188,7 @@ class Iteration(Base):
     cost_cache_read_usd: Mapped[Decimal | None] = mapped_column(Usd)
     cost_cache_write_5m_usd: Mapped[Decimal | None] = mapped_column(Usd)
     cost_cache_write_1h_usd: Mapped[Decimal | None] = mapped_column(Usd)
+    out_of_range: Mapped[str | None] = mapped_column(String, comment=OUT_OF_RANGE_COMMENT)
 
     # By call: the primary key. By time (reports by iteration model or type): start_ms.
     __table_args__ = (Index(None, "start_ms"),)

@@ -26,6 +26,7 @@ import itertools
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,11 +41,19 @@ try:
 except ImportError:  # Windows: no flock; one process per spool directory is assumed there.
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["DEFAULT_SPOOL_MAX_BYTES", "Replay", "Spool", "spool_key"]
+__all__ = [
+    "DEFAULT_SPOOL_MAX_BYTES",
+    "ENV_SPOOL_MAX_BYTES",
+    "Replay",
+    "Spool",
+    "spool_key",
+    "spool_max_bytes",
+]
 
 log = logging.getLogger("compactobs.store")
 
 DEFAULT_SPOOL_MAX_BYTES: Final = 256 * 1024 * 1024
+ENV_SPOOL_MAX_BYTES: Final = "COMPACTOBS_SPOOL_MAX_BYTES"
 SEGMENT_BYTES: Final = 4 * 1024 * 1024
 """A segment is sealed (and can be replayed by anyone) once it grows past this."""
 REPLAY_CHUNK_CALLS: Final = 2000
@@ -62,6 +71,32 @@ class Replay:
     """The deadline came first: segments are left."""
     locked: int = 0
     """Segments skipped because a live writer still holds them (it replays them itself)."""
+
+
+def spool_max_bytes(given: int | None = None) -> int:
+    """The spool's bound: `given`, else `COMPACTOBS_SPOOL_MAX_BYTES` (bytes, `k`/`M`/`G` suffixes taken),
+    else 256 MiB. A value that is not a size is reported once and the default used."""
+    if given is not None:
+        return given
+    raw = os.environ.get(ENV_SPOOL_MAX_BYTES, "").strip()
+    if not raw:
+        return DEFAULT_SPOOL_MAX_BYTES
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    scale = units.get(raw[-1].lower(), 1)
+    number = raw[:-1] if scale != 1 else raw
+    try:
+        value = int(float(number) * scale)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        log.warning(
+            "compactobs: %s=%r is not a size in bytes (e.g. 268435456 or 256M): using %d",
+            ENV_SPOOL_MAX_BYTES,
+            raw,
+            DEFAULT_SPOOL_MAX_BYTES,
+        )
+        return DEFAULT_SPOOL_MAX_BYTES
+    return value
 
 
 def spool_key(display_url: str) -> str:
@@ -95,7 +130,8 @@ def _decode_rows(part: Any, columns: Sequence[str]) -> list[Row]:
 class Spool:
     """Append-only, size-bounded JSON-lines segments in `directory`, replayed oldest first.
 
-    Not thread-safe by itself: the exporter calls it under its own lock.
+    Appending is thread-safe (the exporter's thread and, when the processor's queue is full, the thread
+    that ends spans both append); replaying is done by one thread at a time, under the exporter's lock.
     """
 
     def __init__(self, directory: Path, *, max_bytes: int = DEFAULT_SPOOL_MAX_BYTES, label: str = "") -> None:
@@ -109,6 +145,7 @@ class Spool:
         self._seq = itertools.count()
         self._bytes: int | None = None  # lazily measured; then tracked
         self._full_warned = False
+        self._mutex = threading.RLock()
 
     # --- writing -----------------------------------------------------------------------------------
 
@@ -117,6 +154,10 @@ class Spool:
         if not calls and not iterations:
             return True
         line = self._encode(calls, iterations)
+        with self._mutex:
+            return self._append_line(line)
+
+    def _append_line(self, line: bytes) -> bool:
         if self.size() + len(line) > self.max_bytes:
             self._bytes = None  # others may have drained since we last looked
             if self.size() + len(line) > self.max_bytes:
@@ -124,7 +165,8 @@ class Spool:
                     self._full_warned = True
                     log.warning(
                         "compactobs: the spool %s is full (%d MiB): dropping new rows until the database is "
-                        "back (raise spool_max_bytes, or fix the database)",
+                        "back (raise spool_max_bytes in instrument()/configure() or "
+                        "COMPACTOBS_SPOOL_MAX_BYTES, or fix the database)",
                         self.directory,
                         self.max_bytes // (1024 * 1024),
                     )
@@ -168,9 +210,10 @@ class Spool:
 
     def seal(self) -> None:
         """Close the segment being written: from now on any drainer may replay it."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd, self._segment, self._segment_size = None, None, 0
+        with self._mutex:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd, self._segment, self._segment_size = None, None, 0
 
     # --- reading -----------------------------------------------------------------------------------
 
@@ -270,8 +313,9 @@ class Spool:
                     write(chunk_calls, chunk_iterations)
                     result.calls += len(chunk_calls)
                 path.unlink()
-                if self._bytes is not None:
-                    self._bytes = max(0, self._bytes - len(data))
+                with self._mutex:
+                    if self._bytes is not None:
+                        self._bytes = max(0, self._bytes - len(data))
             finally:
                 os.close(fd)
         return result

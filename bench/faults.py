@@ -1,0 +1,144 @@
+"""The store under faults: tried / stored / lost / doubled / spooled per fault, at 100 and 1,000 calls/s.
+
+Each run makes real calls (the real `anthropic` SDK, in-process, against compactobs.testing's simulator),
+recorded by compactobs into a real database, before, during and after a fault:
+  pg-lock     LOCK TABLE calls IN ACCESS EXCLUSIVE MODE held by another session
+  pg-frozen   the PostgreSQL server stops answering (a loopback proxy that stops forwarding)
+  sqlite-lock another process holds the SQLite file's write lock (BEGIN EXCLUSIVE)
+then drains the spool and counts, per call tried, what the store holds (tests/faults.py). "incomplete" is
+calls stored without all their iterations. Client threads (--threads, default 4) share the rate: on a
+shared 2-core machine, with the simulator in the same process, they may not reach 1,000 calls/s; "tried"
+says how many calls were made. SIGTERM is covered by
+tests/test_store_faults.py, not here.
+
+    python bench/faults.py [--rate 100 --rate 1000] [--during 5] [--write-timeout 2]
+
+PostgreSQL is COMPACTOBS_TEST_POSTGRES_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/test), in a
+schema of its own per run, dropped after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import make_url
+
+from compactobs import store
+from tests.conftest import postgres_schema
+from tests.faults import (
+    FreezingProxy,
+    postgres_table_lock,
+    run_fault,
+    sqlite_locked_by_another_process,
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rate", type=float, action="append", help="calls/s (repeatable; default 100 and 1000)"
+    )
+    parser.add_argument("--during", type=float, default=5.0, help="seconds the fault lasts (1-60, default 5)")
+    parser.add_argument("--write-timeout", type=float, default=2.0, help="the exporter's bound (default 2 s)")
+    parser.add_argument("--threads", type=int, default=4, help="client threads making the calls (1-16)")
+    parser.add_argument("--driver", default="psycopg", choices=["psycopg", "psycopg2"])
+    args = parser.parse_args()
+    if not 1 <= args.during <= 60:
+        parser.error("--during must be 1 to 60 seconds")
+    rates = args.rate or [100.0, 1000.0]
+    if any(not 1 <= rate <= 5000 for rate in rates):
+        parser.error("--rate must be 1 to 5000 calls/s")
+    # A frozen server is noticed after one export pause (1 s), the transaction bound and a reconnect (2 s).
+    frozen_for = max(args.during, 2 * args.write_timeout + 1 + 1 + 2 + 1)
+
+    print(
+        f"fault table: the fault lasts {args.during:g} s (pg-frozen {frozen_for:g} s), write timeout "
+        f"{args.write_timeout:g} s, 1 s of traffic before and after; shared 2-core machine"
+    )
+    for rate in rates:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            results = []
+            with postgres_schema(args.driver) as url:
+                store.upgrade_database(url)
+                results.append(
+                    (
+                        "pg-lock",
+                        run_fault(
+                            url,
+                            work / "spool-lock",
+                            lambda url=url: postgres_table_lock(url),
+                            rate=rate,
+                            before_s=1,
+                            during_s=args.during,
+                            after_s=1,
+                            write_timeout_s=args.write_timeout,
+                            threads=args.threads,
+                        ),
+                    )
+                )
+            with postgres_schema(args.driver) as url:
+                store.upgrade_database(url)
+                direct = make_url(url)
+                proxy = FreezingProxy((direct.host or "127.0.0.1", direct.port or 5432))
+
+                @contextlib.contextmanager
+                def frozen(proxy: FreezingProxy = proxy):  # type: ignore[no-untyped-def]
+                    proxy.freeze()
+                    try:
+                        yield
+                    finally:
+                        proxy.thaw()
+
+                results.append(
+                    (
+                        "pg-frozen",
+                        run_fault(
+                            proxy.url(url),
+                            work / "spool-frozen",
+                            frozen,
+                            rate=rate,
+                            before_s=1,
+                            during_s=frozen_for,
+                            after_s=1,
+                            write_timeout_s=args.write_timeout,
+                            threads=args.threads,
+                        ),
+                    )
+                )
+                proxy.close()
+            sqlite_url = f"sqlite:///{work / 'store.db'}"
+            store.upgrade_database(sqlite_url)
+            results.append(
+                (
+                    "sqlite-lock",
+                    run_fault(
+                        sqlite_url,
+                        work / "spool-sqlite",
+                        lambda url=sqlite_url: sqlite_locked_by_another_process(url),
+                        rate=rate,
+                        before_s=1,
+                        during_s=args.during,
+                        after_s=1,
+                        write_timeout_s=args.write_timeout,
+                        threads=args.threads,
+                    ),
+                )
+            )
+            for name, result in results:
+                print(f"{rate:>6g} calls/s  {name:<12} {result.row()}", flush=True)
+
+
+if __name__ == "__main__":
+    started = time.monotonic()
+    main()
+    print(f"({time.monotonic() - started:.0f} s)")
