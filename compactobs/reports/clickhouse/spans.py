@@ -65,6 +65,23 @@ def _typed(column_type: object, attribute: str) -> str:
     raise TypeError(f"no ClickHouse conversion for {column_type!r}")
 
 
+def _null(column_type: object) -> str:
+    """NULL of the store column's type: a bare NULL is Nullable(Nothing), which no table can hold."""
+    if isinstance(column_type, Boolean):
+        kind = "Bool"
+    elif isinstance(column_type, Integer):
+        kind = "Int64"
+    elif isinstance(column_type, Numeric):
+        kind = f"Decimal(38, {MONEY_SCALE})"
+    elif isinstance(column_type, Float):
+        kind = "Float64"
+    elif isinstance(column_type, String):
+        kind = "String"
+    else:
+        raise TypeError(f"no ClickHouse conversion for {column_type!r}")
+    return f"CAST(NULL, 'Nullable({kind})')"
+
+
 _START_NS: Final = "toUnixTimestamp64Nano(Timestamp)"
 _COMPUTED_CALL: Final = {
     "call_id": "SpanId",
@@ -95,7 +112,7 @@ def _select_list(columns: Sequence[object], attributes: dict[str, str], computed
         elif name in attributes:
             parts.append(f"{_typed(column.type, attributes[name])} AS {name}")  # type: ignore[attr-defined]
         else:
-            parts.append(f"NULL AS {name}")
+            parts.append(f"{_null(column.type)} AS {name}")  # type: ignore[attr-defined]
     return ",\n    ".join(parts)
 
 
