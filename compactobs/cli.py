@@ -22,7 +22,7 @@ import click
 from sqlalchemy import Engine
 
 from compactobs._version import __version__
-from compactobs.pricing import PRICING_FILE_ENV, PricingError
+from compactobs.pricing import PricingError
 from compactobs.reports._common import FORMATS, Filters, Report, ReportInputError, build_filters, render
 from compactobs.reports.anomalies import Thresholds
 from compactobs.store import (
@@ -243,7 +243,7 @@ def report_engine(state: CliState) -> Iterator[Engine]:
 def refresh_rollups(engine: Engine) -> None:
     """Bring the rollups the cost and cache reports read up to date, with a progress bar when there is
     more than a day of slots to recompute (the first report after an upgrade, or after a bulk load)."""
-    from compactobs.demo import progress_bar
+    from compactobs.progress import progress_bar
     from compactobs.reports import rollup
 
     total = rollup.pending(engine)
@@ -663,7 +663,7 @@ def pricing_check(ctx: click.Context, state: CliState, models: tuple[str, ...], 
     Exit code: 0 when every model has a price, 1 when some have none, 2 for a usage error (a bad --db
     URL, a malformed pricing file, no database yet and no MODEL named).
     """
-    from compactobs.pricing import default_pricer
+    from compactobs.pricing import PRICING_FILE_ENV, default_pricer
     from compactobs.store.reprice import check_prices
 
     result = check_prices(default_pricer(), state.database_url, models)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -53,6 +52,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import case, func, select
 
 import compactobs
+from compactobs.progress import ProgressCallback
+from compactobs.progress import progress_bar as _progress_bar
 from compactobs.store import calls, default_database_url, display_url, make_engine, open_database
 from compactobs.testing import ConversationScenario, ErrorReply, Simulator
 
@@ -69,8 +70,7 @@ __all__ = [
 SERVICE_NAME: Final = "compactobs-demo"
 """The `service.name` of every span the demo records (the store's `calls.service_name`)."""
 
-ProgressCallback = Callable[[str, int, int], None]
-"""`progress(description, calls_done, calls_planned)`: called before each conversation and after each call."""
+# `progress(description, calls_done, calls_planned)`: called before each conversation and after each call.
 
 THRESHOLD_BETA: Final = "compact-2026-01-12"
 ON_DEMAND_BETA: Final = "compact-2026-09-04"
@@ -456,32 +456,9 @@ _WORKLOADS: Final[tuple[tuple[str, int, Callable[[_Run], None]], ...]] = (
 def progress_bar(
     enabled: bool | None = None, unit: str = "calls", total: int | None = None
 ) -> Iterator[ProgressCallback | None]:
-    """A transient rich progress bar on stderr counting `unit`s (of `total`: the demo's calls by default),
-    as a `ProgressCallback`; None (no bar) when `enabled` is False, or by default when stderr is not a
-    terminal or NO_COLOR is set."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    if enabled is None:
-        enabled = console.is_terminal and not os.environ.get("NO_COLOR")
-    if not enabled:
-        yield None
-        return
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn(unit),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("starting", total=planned_calls() if total is None else total)
-
-        def update(description: str, done: int, total: int) -> None:
-            bar.update(task, description=description, completed=done, total=total)
-
-        yield update
+    """`compactobs.progress.progress_bar`, counting the demo's planned calls unless `total` is given."""
+    with _progress_bar(enabled, unit, planned_calls() if total is None else total) as progress:
+        yield progress
 
 
 def planned_calls() -> int:
