@@ -40,6 +40,8 @@ from compactobs.store import (
 __all__ = ["CliState", "main"]
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+"""Ctrl-C: 128 + SIGINT, as shells report a process that SIGINT ended (click's own "Aborted!" exits 1)."""
 USER_ERRORS: tuple[type[Exception], ...] = (StoreError, ReportInputError, PricingError)
 """What a user can fix (a bad --db URL, date, or pricing file): one line, `Error: ...`, exit code 2."""
 
@@ -86,6 +88,9 @@ class _Group(click.Group):
             ctx.exit(EXIT_USER_ERROR)
         except click.UsageError as err:
             _usage_error(err)
+        except KeyboardInterrupt:
+            click.echo("Interrupted", err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
 
 @click.group("compactobs", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -279,7 +284,10 @@ def emit_report(report: Report, fmt: str) -> None:
     """Print a report in `fmt`. CSV carries no warnings, so they go to stderr."""
     color = fmt == "table" and use_color()
     width = shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 100
-    click.echo(render(report, fmt, console_width=width, color=color), nl=False, color=color)
+    # A wide table is fitted to a terminal (or to COLUMNS); piped elsewhere, it keeps every column.
+    fit = shutil.get_terminal_size().columns if sys.stdout.isatty() or os.environ.get("COLUMNS") else None
+    text = render(report, fmt, console_width=width, color=color, fit_width=fit)
+    click.echo(text, nl=False, color=color)
     if fmt == "csv":
         for warning in report.warnings:
             click.echo(f"Warning: {warning}", err=True)

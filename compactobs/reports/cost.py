@@ -22,6 +22,12 @@ Unpriced calls (a model with no price: `calls.priced` false) are rows of their o
 group keys, their tokens, `cost_usd` null and `unpriced_calls` = their count; every one of their
 iterations goes there, so priced rows hold only fully priced calls and cost totals agree whatever the
 grouping. Totals' money is the priced calls'; a warning names the unpriced models.
+
+The headline: what the top-level `usage` alone would have said, and the gap. The top-level fields leave
+the compaction iterations out (DESIGN.md section 3, rule 1), so a tool that prices them reports the bill
+less what compaction cost: `top_level_cost_usd` = `cost_usd` - `compaction_cost_usd`, and
+`hidden_cost_usd` = `compaction_cost_usd`, in every priced row and in the totals (null in unpriced rows).
+Other iteration types the top level may leave out (advisor_message) are not counted in the gap.
 """
 
 from __future__ import annotations
@@ -54,11 +60,13 @@ from compactobs.store.models import calls, iterations
 __all__ = [
     "BY_CHOICES",
     "COMPARE_CHOICES",
+    "HEADLINE",
     "KEY_OF",
     "MEASURES",
     "cost_report",
     "data_range",
     "group_keys",
+    "headline",
     "parse_by",
 ]
 
@@ -112,6 +120,9 @@ MONEY: Final[tuple[str, ...]] = (
 MEASURES: Final[tuple[str, ...]] = (*COUNTS[:11], "cost_usd", "unpriced_calls", *MONEY[1:])
 """Every row's measures, in JSON order: DESIGN.md's fields, then the cost split by token class."""
 
+HEADLINE: Final[tuple[str, ...]] = ("top_level_cost_usd", "hidden_cost_usd")
+"""Derived from each row's measures (see the module's docstring), after them in JSON and CSV."""
+
 _COMPARED: Final[tuple[str, ...]] = ("calls", "cost_usd")
 _ZERO: Final = Decimal(0)
 
@@ -126,6 +137,8 @@ _LABELS: Final[dict[str, str]] = {
     "cache_read_input_tokens": "cache read",
     "cache_creation_input_tokens": "cache write",
     "cost_usd": "cost",
+    "top_level_cost_usd": "top-level says",
+    "hidden_cost_usd": "hidden",
     "unpriced_calls": "unpriced",
     "prev_cost_usd": "prev cost",
     "delta_cost_usd": "Δ cost",
@@ -274,6 +287,25 @@ def iteration_measures() -> list[Label[Any]]:
     ]
 
 
+def _with_headline(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with HEADLINE: what the top-level usage says (the bill without its compaction iterations)
+    and the gap; None for an unpriced row."""
+    cost = row["cost_usd"]
+    hidden = row["compaction_cost_usd"] if cost is not None else None
+    row["top_level_cost_usd"] = cost - hidden if cost is not None and hidden is not None else None
+    row["hidden_cost_usd"] = hidden
+    return row
+
+
+def headline(top_level_usd: Decimal, billed_usd: Decimal, hidden_usd: Decimal) -> str:
+    """The product's headline in words, as the cost report and the demo say it."""
+    share = f" ({float(hidden_usd / billed_usd) * 100:.1f}% of the bill)" if billed_usd else ""
+    return (
+        f"top-level usage says ${top_level_usd:,.4f}; billed ${billed_usd:,.4f}; "
+        f"${hidden_usd:,.4f} hidden in compaction iterations{share}"
+    )
+
+
 def _empty_measures() -> dict[str, Any]:
     """Zero of every measure, in JSON order (MEASURES)."""
     return {name: _ZERO if name in MONEY else 0 for name in MEASURES}
@@ -417,13 +449,13 @@ def _window_rows(
         keys = dict(zip(names, group, strict=True))
         left_out = unpriced.get(group)
         if left_out is None:
-            rows.append({**keys, **measures})
+            rows.append(_with_headline({**keys, **measures}))
             continue
         priced = {name: measures[name] - left_out[name] for name in (*COUNTS, *MONEY, "unpriced_calls")}
         if priced["calls"] or priced["iterations"]:
-            rows.append({**keys, **priced})
+            rows.append(_with_headline({**keys, **priced}))
         left_out["unpriced_calls"] = left_out["calls"]
-        rows.append({**keys, **left_out, **dict.fromkeys(MONEY)})
+        rows.append(_with_headline({**keys, **left_out, **dict.fromkeys(MONEY)}))
     return rows, _totals(rows), sorted(models)
 
 
@@ -438,7 +470,7 @@ def _totals(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 totals[name] += row[name]
     cost = totals["cost_usd"]
     totals["compaction_share"] = (totals["compaction_cost_usd"] / cost) if cost else None
-    return totals
+    return _with_headline(totals)
 
 
 def _sort_key(keys: Sequence[str], time_key: str | None) -> Any:
@@ -548,7 +580,7 @@ def cost_report(
             "COMPACTOBS_PRICING_FILE, then run `compactobs reprice`."
         )
 
-    columns = [*keys, *MEASURES, *compare_columns]
+    columns = [*keys, *MEASURES, *HEADLINE, *compare_columns]
     table_columns = [
         *keys,
         "calls",
@@ -559,6 +591,7 @@ def cost_report(
         "cache_read_input_tokens",
         "cache_creation_input_tokens",
         "cost_usd",
+        *HEADLINE,
     ]
     if totals["unpriced_calls"]:
         table_columns.append("unpriced_calls")
@@ -568,7 +601,7 @@ def cost_report(
     kinds: dict[str, Any] = {k: "key" for k in keys}
     kinds.update({name: "int" for name in COUNTS})
     kinds["unpriced_calls"] = "int"
-    kinds.update({name: "usd" for name in (*MONEY, "prev_cost_usd")})
+    kinds.update({name: "usd" for name in (*MONEY, *HEADLINE, "prev_cost_usd")})
     kinds.update(
         {"delta_cost_usd": "usd_delta", "delta_cost_pct": "ratio_delta", "compaction_share": "ratio"}
     )
@@ -589,11 +622,8 @@ def cost_report(
         empty_message="No calls recorded in this window.",
     )
     if rows and totals["compaction_cost_usd"]:
-        share = totals["compaction_share"]
-        report.notes.append(
-            f"Compaction iterations cost ${totals['compaction_cost_usd']:,.4f}"
-            + (f", {float(share) * 100:.1f}% of the priced cost." if share is not None else ".")
-        )
+        words = headline(totals["top_level_cost_usd"], totals["cost_usd"], totals["hidden_cost_usd"])
+        report.notes.append(words[0].upper() + words[1:] + ".")
     if compare_columns and rows:
         prev_cost = totals["prev_cost_usd"]
         pct = totals["delta_cost_pct"]
