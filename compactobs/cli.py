@@ -501,26 +501,39 @@ DEMO_REPORTS: tuple[tuple[str, ...], ...] = (
 
 @main.command("demo")
 @click.option("--reports/--no-reports", default=True, show_default=True, help="Print the reports afterwards.")
+@click.option(
+    "--db",
+    "demo_db",
+    metavar="URL",
+    default=None,
+    help="Where to record (default: the demo's own SQLite file, demo.db in the data directory; never "
+    "your default store).",
+)
 @click.pass_context
-def demo(ctx: click.Context, reports: bool) -> None:
+def demo(ctx: click.Context, reports: bool, demo_db: str | None) -> None:
     """Run a simulated compaction workload and report on it (no API key, no network).
 
     About 45 calls in 10 conversations (streaming, prompt caching, a compaction loop, a paused and resumed
     compaction, on-demand compaction, retries, errors, an unpriced model) go through the real anthropic SDK
-    to a loopback Messages API, and are recorded into the store under service.name compactobs-demo. Each
-    run gets conversation ids of its own, so running it again adds a separate set.
+    to a loopback Messages API, and are recorded under service.name compactobs-demo into a store of the
+    demo's own (demo.db in the data directory), so simulated costs never mix with your real ones; --db (here
+    or before the command) records elsewhere. Each run gets conversation ids of its own, so running it
+    again adds a separate set.
     """
     from compactobs.demo import SERVICE_NAME, progress_bar, run_demo
-    from compactobs.store import open_database
+    from compactobs.reports.cost import headline
+    from compactobs.store import data_dir, open_database
 
-    state = ctx.ensure_object(CliState)
+    given = demo_db or ctx.find_root().params.get("database_url")
+    state = CliState(given or f"sqlite:///{data_dir() / 'demo.db'}")
     # A store that cannot take the rows (PostgreSQL not upgraded yet...) fails here, before any call.
     open_database(state.database_url).dispose()
     click.echo(
         "compactobs demo: a simulated workload through the real anthropic SDK against a loopback Messages "
         "API (no API key, no network)."
     )
-    click.echo(f"Recording into {state.shown_url} as service.name={SERVICE_NAME}")
+    whose = "" if given else " (the demo's own store; --db to record elsewhere)"
+    click.echo(f"Recording into {state.shown_url}{whose} as service.name={SERVICE_NAME}")
     with progress_bar() as progress:
         summary = run_demo(state.database_url, progress=progress)
     pattern = f"{summary.conversation_prefix}*"
@@ -532,6 +545,8 @@ def demo(ctx: click.Context, reports: bool) -> None:
         f"({summary.stored_iterations} iterations, {summary.compactions} compactions), {priced}, "
         f"in {summary.elapsed_s:.1f} s; conversations {pattern}"
     )
+    words = headline(summary.top_level_cost_usd, summary.cost_usd, summary.hidden_cost_usd)
+    click.echo(words[0].upper() + words[1:])
     width = max(len(c.id) for c in summary.conversations)
     for conversation in summary.conversations:
         click.echo(

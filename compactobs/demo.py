@@ -119,6 +119,10 @@ class DemoSummary:
     unpriced_calls: int
     cache_read_tokens: int
     elapsed_s: float
+    top_level_cost_usd: Decimal = Decimal(0)
+    """What the top-level usage of these calls says they cost (the bill less its compaction iterations)."""
+    hidden_cost_usd: Decimal = Decimal(0)
+    """The gap: what the compaction iterations cost, which the top-level usage leaves out."""
 
     @property
     def conversation_prefix(self) -> str:
@@ -538,6 +542,7 @@ def run_demo(
         compactobs.shutdown()  # flushes the store's processor
         provider.shutdown()
     stored = _stored(url, f"demo-{run.run_id}-")
+    top_level, hidden = _headline(url, f"demo-{run.run_id}-*")
     return DemoSummary(
         database_url=display_url(url),
         service_name=SERVICE_NAME,
@@ -552,4 +557,21 @@ def run_demo(
         unpriced_calls=stored.unpriced,
         cache_read_tokens=stored.cache_read,
         elapsed_s=time.perf_counter() - started,
+        top_level_cost_usd=top_level,
+        hidden_cost_usd=hidden,
     )
+
+
+def _headline(database_url: str, pattern: str) -> tuple[Decimal, Decimal]:
+    """(what the top-level usage says, what it leaves out) for the run's conversations, as `report cost`
+    computes them."""
+    from compactobs.reports._common import build_filters
+    from compactobs.reports.cost import cost_report
+
+    engine = make_engine(database_url)
+    try:
+        totals = cost_report(engine, build_filters(None, None, "UTC", (), (pattern,), ()), by=()).totals
+    finally:
+        engine.dispose()
+    assert totals is not None
+    return totals["top_level_cost_usd"], totals["hidden_cost_usd"]

@@ -536,9 +536,19 @@ def test_compare_with_the_previous_period(scenario_url: str) -> None:
     assert round(open_ended.totals["delta_cost_usd"], 6) == D("-0.0717")
 
 
-def test_compare_needs_since(scenario_url: str) -> None:
-    with pytest.raises(ReportInputError, match="needs --since"):
-        report(scenario_url, compare="prev")
+def test_compare_without_since_takes_the_last_7_days(scenario_url: str) -> None:
+    # now 2025-03-13 00:00 UTC: this period is 2025-03-06 to 03-13, every call of the scenario ($0.0897);
+    # the previous one, 2025-02-27 to 03-06, has none.
+    now = datetime(2025, 3, 13, tzinfo=timezone.utc)
+    result = report(scenario_url, compare="prev", now=now)
+    assert result.extra["since"] == datetime(2025, 3, 6, tzinfo=timezone.utc)
+    assert result.extra["compare"]["since"] == datetime(2025, 2, 27, tzinfo=timezone.utc)
+    assert round(result.totals["cost_usd"], 6) == D("0.0897")
+    assert result.totals["prev_cost_usd"] == 0
+    assert round(result.totals["delta_cost_usd"], 6) == D("0.0897")
+
+
+def test_compare_with_an_unknown_period(scenario_url: str) -> None:
     with pytest.raises(ReportInputError, match="cannot compare with 'last'"):
         report(scenario_url, since="7d", compare="last")
 
@@ -826,7 +836,6 @@ def test_cli_empty_store(sqlite_url: str) -> None:
         (["--by", "colour"], "Error: cannot group by 'colour': use one of hour, day, week"),
         (["--by", "day", "--by", "week"], "Error: group by one time unit at a time, not day and week"),
         (["--format", "xml"], "Error: Invalid value for '--format': 'xml' is not one of"),
-        (["--compare", "prev"], "Error: --compare prev needs --since"),
         (["--compare", "last", "--since", "7d"], "Error: cannot compare with 'last'"),
         (["--since"], "Error: Option '--since' requires an argument."),
         (["--bogus"], "Error: No such option '--bogus'."),

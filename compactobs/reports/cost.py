@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Final
 
@@ -81,6 +81,8 @@ BY_CHOICES: Final[tuple[str, ...]] = (
     "iteration-type",
 )
 COMPARE_CHOICES: Final[tuple[str, ...]] = ("prev",)
+DEFAULT_COMPARE_PERIOD: Final = timedelta(days=7)
+"""The window `--compare prev` takes without --since."""
 KEY_OF: Final[dict[str, str]] = {
     "hour": "hour",
     "day": "day",
@@ -504,7 +506,8 @@ def cost_report(
 ) -> Report:
     """The cost report: one row per group (and per unpriced group), totals, the cost split by token class
     and the share spent on compaction iterations. `by` takes BY_CHOICES names (see `parse_by`);
-    `compare="prev"` adds the delta against the previous period of the same length (needs --since).
+    `compare="prev"` adds the delta against the previous period of the same length (without a since: the
+    last 7 days against the 7 before).
 
     Raises ReportInputError for a bad grouping or comparison. Reads the store only.
     """
@@ -517,12 +520,12 @@ def cost_report(
     window = filters
     previous: Filters | None = None
     if compare == "prev":
-        if filters.since is None:
-            raise ReportInputError("--compare prev needs --since (the previous period has the same length)")
         # Pin "now", so both periods have exactly the same length.
         until = filters.until or (now or datetime.now(timezone.utc))
-        window = filters.with_window(filters.since, until)
-        previous = filters.with_window(filters.since - (until - filters.since), filters.since)
+        # Without --since: the last 7 days against the 7 before (all time has no previous period).
+        since = filters.since if filters.since is not None else until - DEFAULT_COMPARE_PERIOD
+        window = filters.with_window(since, until)
+        previous = filters.with_window(since - (until - since), since)
 
     if "conversation" not in groups and not filters.conversations:
         rollup.try_refresh(engine)
