@@ -284,8 +284,8 @@ def emit_report(report: Report, fmt: str) -> None:
     """Print a report in `fmt`. CSV carries no warnings, so they go to stderr."""
     color = fmt == "table" and use_color()
     width = shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 100
-    # A wide table is fitted to a terminal (or to COLUMNS); piped elsewhere, it keeps every column.
-    fit = shutil.get_terminal_size().columns if sys.stdout.isatty() or os.environ.get("COLUMNS") else None
+    # A wide table is fitted to a terminal (its width, or COLUMNS); piped elsewhere, it keeps every column.
+    fit = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
     text = render(report, fmt, console_width=width, color=color, fit_width=fit)
     click.echo(text, nl=False, color=color)
     if fmt == "csv":

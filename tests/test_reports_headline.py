@@ -98,3 +98,22 @@ def test_cost_and_cache_count_the_same_calls(recorded: str) -> None:
             assert code == 0, err
             counts.append(json.loads(out)["totals"]["calls"])
         assert counts == [2, 2], extra
+
+
+def test_the_cache_table_fits_80_and_120_columns(recorded: str) -> None:
+    from compactobs.reports._common import build_filters, render
+    from compactobs.reports.cache import cache_report
+
+    engine = store.open_database(recorded)
+    try:
+        result = cache_report(engine, build_filters(None, None, "UTC"), ("day", "model"))
+    finally:
+        engine.dispose()
+    full = render(result, "table")
+    assert max(len(line) for line in full.splitlines()) > 120  # every column, when not fitted
+    for width in (80, 120):
+        text = render(result, "table", console_width=width, fit_width=width)
+        assert max(len(line) for line in text.splitlines()) <= width, text
+        assert "hit ratio" in text and "wasted tokens" in text
+        words = " ".join(text.split())  # the hint wraps at the width too
+        assert "more column(s) (" in words and "--format json|csv|md" in words
