@@ -266,7 +266,8 @@ def instrument(
 
 def uninstrument() -> None:
     """Stop recording the clients `instrument()` reached: they lose compactobs' middleware and get their
-    SDK span setting back. Middleware the application added itself keeps recording."""
+    SDK span setting back, those that existed before `instrument()` and those constructed since alike.
+    Middleware the application added itself keeps recording."""
     from compactobs.instrument import auto
 
     auto.unpatch()

@@ -22,7 +22,7 @@ import click
 from sqlalchemy import Engine
 
 from compactobs._version import __version__
-from compactobs.pricing import PRICING_FILE_ENV, PricingError
+from compactobs.pricing import PricingError
 from compactobs.reports._common import FORMATS, Filters, Report, ReportInputError, build_filters, render
 from compactobs.reports.anomalies import Thresholds
 from compactobs.store import (
@@ -39,6 +39,8 @@ from compactobs.store import (
 __all__ = ["CliState", "main"]
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+"""Ctrl-C: 128 + SIGINT, as shells report a process that SIGINT ended (click's own "Aborted!" exits 1)."""
 USER_ERRORS: tuple[type[Exception], ...] = (StoreError, ReportInputError, PricingError)
 """What a user can fix (a bad --db URL, date, or pricing file): one line, `Error: ...`, exit code 2."""
 
@@ -87,6 +89,9 @@ class _Group(click.Group):
             ctx.exit(EXIT_USER_ERROR)
         except click.UsageError as err:
             _usage_error(err)
+        except KeyboardInterrupt:
+            click.echo("Interrupted", err=True)
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
 
 @click.group("compactobs", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -287,7 +292,7 @@ def report_engine(state: CliState) -> Iterator[Any]:
 def refresh_rollups(engine: Engine) -> None:
     """Bring the rollups the cost and cache reports read up to date, with a progress bar when there is
     more than a day of slots to recompute (the first report after an upgrade, or after a bulk load)."""
-    from compactobs.demo import progress_bar
+    from compactobs.progress import progress_bar
     from compactobs.reports import rollup
     from compactobs.reports._common import ExternalSource
 
@@ -327,7 +332,10 @@ def emit_report(report: Report, fmt: str) -> None:
     """Print a report in `fmt`. CSV carries no warnings, so they go to stderr."""
     color = fmt == "table" and use_color()
     width = shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 100
-    click.echo(render(report, fmt, console_width=width, color=color), nl=False, color=color)
+    # A wide table is fitted to a terminal (its width, or COLUMNS); piped elsewhere, it keeps every column.
+    fit = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    text = render(report, fmt, console_width=width, color=color, fit_width=fit)
+    click.echo(text, nl=False, color=color)
     if fmt == "csv":
         for warning in report.warnings:
             click.echo(f"Warning: {warning}", err=True)
@@ -541,27 +549,40 @@ DEMO_REPORTS: tuple[tuple[str, ...], ...] = (
 
 @main.command("demo")
 @click.option("--reports/--no-reports", default=True, show_default=True, help="Print the reports afterwards.")
+@click.option(
+    "--db",
+    "demo_db",
+    metavar="URL",
+    default=None,
+    help="Where to record (default: the demo's own SQLite file, demo.db in the data directory; never "
+    "your default store).",
+)
 @click.pass_context
-def demo(ctx: click.Context, reports: bool) -> None:
+def demo(ctx: click.Context, reports: bool, demo_db: str | None) -> None:
     """Run a simulated compaction workload and report on it (no API key, no network).
 
     About 45 calls in 10 conversations (streaming, prompt caching, a compaction loop, a paused and resumed
     compaction, on-demand compaction, retries, errors, an unpriced model) go through the real anthropic SDK
-    to a loopback Messages API, and are recorded into the store under service.name compactobs-demo. Each
-    run gets conversation ids of its own, so running it again adds a separate set. Last, the research
-    agent's script runs again without and with the runtime guard (not stored), to show the money it saves.
+    to a loopback Messages API, and are recorded under service.name compactobs-demo into a store of the
+    demo's own (demo.db in the data directory), so simulated costs never mix with your real ones; --db (here
+    or before the command) records elsewhere. Each run gets conversation ids of its own, so running it
+    again adds a separate set. Last, the research agent's script runs again without and with the runtime
+    guard (not stored), to show the money it saves.
     """
     from compactobs.demo import SERVICE_NAME, progress_bar, run_demo
-    from compactobs.store import open_database
+    from compactobs.reports.cost import headline
+    from compactobs.store import data_dir, open_database
 
-    state = ctx.ensure_object(CliState)
+    given = demo_db or ctx.find_root().params.get("database_url")
+    state = CliState(given or f"sqlite:///{data_dir() / 'demo.db'}")
     # A store that cannot take the rows (PostgreSQL not upgraded yet...) fails here, before any call.
     open_database(state.database_url).dispose()
     click.echo(
         "compactobs demo: a simulated workload through the real anthropic SDK against a loopback Messages "
         "API (no API key, no network)."
     )
-    click.echo(f"Recording into {state.shown_url} as service.name={SERVICE_NAME}")
+    whose = "" if given else " (the demo's own store; --db to record elsewhere)"
+    click.echo(f"Recording into {state.shown_url}{whose} as service.name={SERVICE_NAME}")
     with progress_bar() as progress:
         summary = run_demo(state.database_url, progress=progress)
     pattern = f"{summary.conversation_prefix}*"
@@ -573,6 +594,8 @@ def demo(ctx: click.Context, reports: bool) -> None:
         f"({summary.stored_iterations} iterations, {summary.compactions} compactions), {priced}, "
         f"in {summary.elapsed_s:.1f} s; conversations {pattern}"
     )
+    words = headline(summary.top_level_cost_usd, summary.cost_usd, summary.hidden_cost_usd)
+    click.echo(words[0].upper() + words[1:])
     width = max(len(c.id) for c in summary.conversations)
     for conversation in summary.conversations:
         click.echo(
@@ -722,7 +745,7 @@ def pricing_check(ctx: click.Context, state: CliState, models: tuple[str, ...], 
     Exit code: 0 when every model has a price, 1 when some have none, 2 for a usage error (a bad --db
     URL, a malformed pricing file, no database yet and no MODEL named).
     """
-    from compactobs.pricing import default_pricer
+    from compactobs.pricing import PRICING_FILE_ENV, default_pricer
     from compactobs.store.reprice import check_prices
 
     result = check_prices(default_pricer(), state.database_url, models)
@@ -961,7 +984,7 @@ def export_otlp(
     """
     refuse_on_clickhouse(state, "export otlp")
     from compactobs import otlp
-    from compactobs.demo import progress_bar
+    from compactobs.progress import progress_bar
     from compactobs.store.replay import ReplayError, count_calls, replay
 
     filters = filters_from(since, until, tz, models, conversations, services)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -53,6 +52,8 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from sqlalchemy import case, func, select
 
 import compactobs
+from compactobs.progress import ProgressCallback
+from compactobs.progress import progress_bar as _progress_bar
 from compactobs.store import calls, default_database_url, display_url, make_engine, open_database
 from compactobs.testing import ConversationScenario, ErrorReply, Simulator
 
@@ -69,8 +70,7 @@ __all__ = [
 SERVICE_NAME: Final = "compactobs-demo"
 """The `service.name` of every span the demo records (the store's `calls.service_name`)."""
 
-ProgressCallback = Callable[[str, int, int], None]
-"""`progress(description, calls_done, calls_planned)`: called before each conversation and after each call."""
+# `progress(description, calls_done, calls_planned)`: called before each conversation and after each call.
 
 THRESHOLD_BETA: Final = "compact-2026-01-12"
 ON_DEMAND_BETA: Final = "compact-2026-09-04"
@@ -119,6 +119,10 @@ class DemoSummary:
     unpriced_calls: int
     cache_read_tokens: int
     elapsed_s: float
+    top_level_cost_usd: Decimal = Decimal(0)
+    """What the top-level usage of these calls says they cost (the bill less its compaction iterations)."""
+    hidden_cost_usd: Decimal = Decimal(0)
+    """The gap: what the compaction iterations cost, which the top-level usage leaves out."""
 
     @property
     def conversation_prefix(self) -> str:
@@ -456,32 +460,9 @@ _WORKLOADS: Final[tuple[tuple[str, int, Callable[[_Run], None]], ...]] = (
 def progress_bar(
     enabled: bool | None = None, unit: str = "calls", total: int | None = None
 ) -> Iterator[ProgressCallback | None]:
-    """A transient rich progress bar on stderr counting `unit`s (of `total`: the demo's calls by default),
-    as a `ProgressCallback`; None (no bar) when `enabled` is False, or by default when stderr is not a
-    terminal or NO_COLOR is set."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    if enabled is None:
-        enabled = console.is_terminal and not os.environ.get("NO_COLOR")
-    if not enabled:
-        yield None
-        return
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn(unit),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("starting", total=planned_calls() if total is None else total)
-
-        def update(description: str, done: int, total: int) -> None:
-            bar.update(task, description=description, completed=done, total=total)
-
-        yield update
+    """`compactobs.progress.progress_bar`, counting the demo's planned calls unless `total` is given."""
+    with _progress_bar(enabled, unit, planned_calls() if total is None else total) as progress:
+        yield progress
 
 
 def planned_calls() -> int:
@@ -568,6 +549,7 @@ def run_demo(
         compactobs.shutdown()  # flushes the store's processor
         provider.shutdown()
     stored = _stored(url, f"demo-{run.run_id}-")
+    top_level, hidden = _headline(url, f"demo-{run.run_id}-*")
     return DemoSummary(
         database_url=display_url(url),
         service_name=SERVICE_NAME,
@@ -582,6 +564,8 @@ def run_demo(
         unpriced_calls=stored.unpriced,
         cache_read_tokens=stored.cache_read,
         elapsed_s=time.perf_counter() - started,
+        top_level_cost_usd=top_level,
+        hidden_cost_usd=hidden,
     )
 
 
@@ -724,3 +708,18 @@ def run_guard_comparison() -> GuardComparison:
         crossed_at_call=crossed,
         paused_at_call=paused,
     )
+
+
+def _headline(database_url: str, pattern: str) -> tuple[Decimal, Decimal]:
+    """(what the top-level usage says, what it leaves out) for the run's conversations, as `report cost`
+    computes them."""
+    from compactobs.reports._common import build_filters
+    from compactobs.reports.cost import cost_report
+
+    engine = make_engine(database_url)
+    try:
+        totals = cost_report(engine, build_filters(None, None, "UTC", (), (pattern,), ()), by=()).totals
+    finally:
+        engine.dispose()
+    assert totals is not None
+    return totals["top_level_cost_usd"], totals["hidden_cost_usd"]

@@ -157,12 +157,31 @@ def test_demo_on_sqlite_twice(sqlite_url: str, data_home: Path) -> None:
     check_billed_totals(sqlite_url)
 
 
-def test_demo_records_into_the_default_store(data_home: Path) -> None:
-    code, out, err = run("demo", "--no-reports")
+def test_demo_records_into_its_own_store_not_the_default(data_home: Path, tmp_path: Path) -> None:
+    """Simulated costs never land in the user's store: not the embedded default, nor the one
+    COMPACTOBS_DATABASE_URL names; the demo says where it records, and its headline."""
+    users = f"sqlite:///{tmp_path / 'users.db'}"
+    code, out, err = run("demo", "--no-reports", env={"COMPACTOBS_DATABASE_URL": users})
     assert code == 0, err
-    default = f"sqlite:///{data_home / 'compactobs.db'}"
-    assert f"Recording into {default} as service.name=compactobs-demo" in out
-    assert len(call_rows(default)) == 45
+    own = f"sqlite:///{data_home / 'demo.db'}"
+    assert f"Recording into {own} (the demo's own store; --db to record elsewhere)" in out
+    assert len(call_rows(own)) == 45
+    assert not (data_home / "compactobs.db").exists() and not (tmp_path / "users.db").exists()
+    # The headline: what the top level says, the bill, and the compaction iterations' cost between them,
+    # the last read here straight from the iterations table.
+    line = next(line for line in out.splitlines() if line.startswith("Top-level usage says $"))
+    top, billed, hidden = (Decimal(part.split("$")[1].split()[0].rstrip(";")) for part in line.split("; "))
+    compaction = rows(
+        own, select(func.sum(iterations.c.cost_usd)).where(iterations.c.type == "compaction")
+    )[0][0]
+    assert hidden == round(Decimal(str(compaction)), 4)
+    assert abs(top + hidden - billed) <= Decimal("0.0001")  # each rounded to 4 places
+    assert "hidden in compaction iterations" in line
+    # `demo --db` records where it is told.
+    there = f"sqlite:///{tmp_path / 'there.db'}"
+    code, out, err = run("demo", "--no-reports", "--db", there)
+    assert code == 0, err
+    assert f"Recording into {there} as service.name" in out and len(call_rows(there)) == 45
 
 
 def test_demo_on_postgres_needs_the_schema_first(postgres_url: str, data_home: Path) -> None:

@@ -299,12 +299,16 @@ def report(url: str, by: tuple[str, ...] = ("day",), tz: str = "UTC", **kwargs: 
 
 
 def measures(**values: Any) -> dict[str, Any]:
-    """A row's measures: zeros, then `values`."""
+    """A row's measures: zeros, then `values`; then the headline, whose rule (the top level leaves the
+    compaction iterations out) `test_the_headline_worked_by_hand` checks against figures worked by hand."""
     row: dict[str, Any] = dict.fromkeys(MEASURES, 0)
     for name in MEASURES:
         if name.endswith("_usd"):
             row[name] = D(0)
     row.update(values)
+    priced = row["cost_usd"] is not None
+    row["top_level_cost_usd"] = row["cost_usd"] - row["compaction_cost_usd"] if priced else None
+    row["hidden_cost_usd"] = row["compaction_cost_usd"] if priced else None
     return row
 
 
@@ -532,9 +536,19 @@ def test_compare_with_the_previous_period(scenario_url: str) -> None:
     assert round(open_ended.totals["delta_cost_usd"], 6) == D("-0.0717")
 
 
-def test_compare_needs_since(scenario_url: str) -> None:
-    with pytest.raises(ReportInputError, match="needs --since"):
-        report(scenario_url, compare="prev")
+def test_compare_without_since_takes_the_last_7_days(scenario_url: str) -> None:
+    # now 2025-03-13 00:00 UTC: this period is 2025-03-06 to 03-13, every call of the scenario ($0.0897);
+    # the previous one, 2025-02-27 to 03-06, has none.
+    now = datetime(2025, 3, 13, tzinfo=timezone.utc)
+    result = report(scenario_url, compare="prev", now=now)
+    assert result.extra["since"] == datetime(2025, 3, 6, tzinfo=timezone.utc)
+    assert result.extra["compare"]["since"] == datetime(2025, 2, 27, tzinfo=timezone.utc)
+    assert round(result.totals["cost_usd"], 6) == D("0.0897")
+    assert result.totals["prev_cost_usd"] == 0
+    assert round(result.totals["delta_cost_usd"], 6) == D("0.0897")
+
+
+def test_compare_with_an_unknown_period(scenario_url: str) -> None:
     with pytest.raises(ReportInputError, match="cannot compare with 'last'"):
         report(scenario_url, since="7d", compare="last")
 
@@ -721,16 +735,24 @@ def test_table_output(scenario_url: str) -> None:
     assert lines[0] == "Cost by day"
     # Right-aligned numbers with thousands separators, never cut even when the console is narrow.
     row = next(line for line in lines if line.strip().startswith("2025-03-10"))
-    assert row.split() == ["2025-03-10", "2", "0", "1", "21,200", "1,800", "22,000", "3,000", "$0.0807", "0"]
+    # cost $0.0807, of which $0.0250 in the compaction iteration: the top level says $0.0557.
+    assert row.split() == [
+        *["2025-03-10", "2", "0", "1", "21,200", "1,800", "22,000", "3,000"],
+        *["$0.0807", "$0.0557", "$0.0250", "0"],
+    ]
     header = next(line for line in lines if "cache read" in line and "calls" in line)
     assert header.index("input") + len("input") == row.index("21,200") + len("21,200")  # right-aligned
     total = next(line for line in lines if line.strip().startswith("Total") and "$0.0897" in line)
     assert "25,300" in total
     assert any(
-        line.split()[-2:] == ["unpriced", "1"] for line in lines if line.strip().startswith("2025-03-12")
+        line.split()[:2] == ["2025-03-12", "(unpriced)"] and line.split()[-2:] == ["unpriced", "1"]
+        for line in lines
     )
     assert "\x1b[" not in text  # plain unless asked for colour
-    assert "Compaction iterations cost $0.0250, 27.9% of the priced cost." in lines
+    assert (
+        "Top-level usage says $0.0647; billed $0.0897; $0.0250 hidden in compaction iterations "
+        "(27.9% of the bill)." in lines
+    )
     assert lines[-1].startswith("Warning: 1 call(s) could not be priced (model(s): mystery-1)")
 
 
@@ -814,7 +836,6 @@ def test_cli_empty_store(sqlite_url: str) -> None:
         (["--by", "colour"], "Error: cannot group by 'colour': use one of hour, day, week"),
         (["--by", "day", "--by", "week"], "Error: group by one time unit at a time, not day and week"),
         (["--format", "xml"], "Error: Invalid value for '--format': 'xml' is not one of"),
-        (["--compare", "prev"], "Error: --compare prev needs --since"),
         (["--compare", "last", "--since", "7d"], "Error: cannot compare with 'last'"),
         (["--since"], "Error: Option '--since' requires an argument."),
         (["--bogus"], "Error: No such option '--bogus'."),

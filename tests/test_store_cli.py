@@ -85,7 +85,7 @@ def test_schema_newer_than_the_code(sqlite_url: str) -> None:
     store.upgrade_database(sqlite_url)
     engine = store.make_engine(sqlite_url)
     with engine.begin() as connection:
-        connection.execute(text("UPDATE alembic_version SET version_num = 'ffff'"))
+        connection.execute(text("UPDATE compactobs_alembic_version SET version_num = 'ffff'"))
     engine.dispose()
     for command in ("status", "upgrade"):
         code, _, err = run("--db", sqlite_url, "db", command)

@@ -494,7 +494,7 @@ def test_schema_newer_than_the_code_spools(database_url: str, tmp_path: Path) ->
     prepare(database_url)
     engine = engine_for(database_url)
     with engine.begin() as connection:
-        connection.execute(text("UPDATE alembic_version SET version_num = 'ffff_from_the_future'"))
+        connection.execute(text("UPDATE compactobs_alembic_version SET version_num = 'ffff_from_the_future'"))
     engine.dispose()
     exporter = SqlSpanExporter(database_url, spool_dir=tmp_path / "spool")
     exporter.export(collected_spans())

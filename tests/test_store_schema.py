@@ -10,6 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from compactobs import store
+from compactobs.store.schema import VERSION_TABLE
 
 
 # The store's tests run on SQLite and on PostgreSQL through each driver compactobs supports.
@@ -37,7 +38,7 @@ def test_empty_to_head_and_back_down(database_url: str) -> None:
     head = store.head_revision()
     assert store.upgrade_database(database_url) == (None, head)
     assert table_names(database_url) == {
-        "alembic_version",
+        "compactobs_alembic_version",
         "calls",
         "iterations",
         "rollups",
@@ -49,7 +50,7 @@ def test_empty_to_head_and_back_down(database_url: str) -> None:
     engine = store.make_engine(database_url, writer=True)
     try:
         assert store.downgrade(engine, "base") == (head, None)
-        assert table_names(database_url) == {"alembic_version"}
+        assert table_names(database_url) == {"compactobs_alembic_version"}
         status = store.schema_status(engine)
         assert (status.state, status.current) == ("empty", None)
     finally:
@@ -62,7 +63,8 @@ def test_models_and_migrations_do_not_drift(database_url: str) -> None:
     engine = store.make_engine(database_url)
     try:
         with engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            opts = {"compare_type": True, "version_table": VERSION_TABLE}
+            context = MigrationContext.configure(connection, opts=opts)
             assert compare_metadata(context, store.metadata) == []
     finally:
         engine.dispose()
@@ -90,14 +92,14 @@ def test_a_schema_newer_than_the_code_is_refused_not_touched(database_url: str) 
     store.upgrade_database(database_url)
     engine = store.make_engine(database_url, writer=True)
     with engine.begin() as connection:
-        connection.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
+        connection.execute(text("UPDATE compactobs_alembic_version SET version_num = '9999_future'"))
     try:
         with pytest.raises(store.StoreError, match="9999_future, newer than this compactobs knows"):
             store.open_database(database_url)
         with pytest.raises(store.StoreError, match="newer than this compactobs"):
             store.upgrade_database(database_url)
         with engine.connect() as connection:
-            version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+            version = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar_one()
         assert version == "9999_future"
     finally:
         engine.dispose()
@@ -126,3 +128,14 @@ def test_migrations_ship_inside_the_package() -> None:
     assert MIGRATIONS_DIR.parent.name == "compactobs" and (MIGRATIONS_DIR / "__init__.py").exists()
     assert (MIGRATIONS_DIR / "versions" / "__init__.py").exists()
     assert list((MIGRATIONS_DIR / "versions").glob(f"{store.head_revision()}_*.py"))
+
+
+def test_revisions_read_from_the_scripts_agree_with_alembic() -> None:
+    """The schema status reads the revisions from the scripts' source, without Alembic: the same graph."""
+    from alembic.script import ScriptDirectory
+
+    from compactobs.store.schema import alembic_config, revision_graph
+
+    scripts = ScriptDirectory.from_config(alembic_config())
+    assert revision_graph() == {s.revision: s.down_revision for s in scripts.walk_revisions()}
+    assert store.head_revision() == scripts.get_current_head()

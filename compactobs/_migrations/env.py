@@ -12,6 +12,7 @@ from sqlalchemy import Connection
 
 from compactobs.store.engine import make_engine
 from compactobs.store.models import metadata
+from compactobs.store.schema import VERSION_TABLE
 
 config = context.config
 
@@ -23,6 +24,8 @@ def _migrate(connection: Connection) -> None:
         # SQLite cannot ALTER most things; batch mode copies the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # A table of its own, so an application's `alembic_version` in the same database is left alone.
+        version_table=VERSION_TABLE,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -33,6 +36,7 @@ def run_offline() -> None:
         url=config.get_main_option("sqlalchemy.url") or "sqlite://",
         target_metadata=metadata,
         literal_binds=True,
+        version_table=VERSION_TABLE,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -33,6 +33,8 @@ _lock = threading.Lock()
 _original_inits: dict[type[Any], Callable[..., None]] = {}
 _clients: weakref.WeakSet[Any] = weakref.WeakSet()
 _original_options: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+"""The `open_telemetry` option each client had, or was given, before compactobs switched its SDK spans off:
+`unpatch()` gives it back, to clients that existed at `patch()` and to those constructed since."""
 
 
 def _keeps_sdk_spans(option: object) -> bool:
@@ -57,6 +59,8 @@ def _wrap_init(original: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(original)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         ours: Middleware | None = None
+        given_option: Any = None
+        replaced_option = False
         try:
             # A copy (`with_options`) passes the original's middleware: ours is re-bound to the new client.
             given = [
@@ -66,9 +70,10 @@ def _wrap_init(original: Callable[..., None]) -> Callable[..., None]:
             if state.active and not any(isinstance(m, Middleware) for m in given):
                 ours = Middleware(_auto=True)
                 kwargs["middleware"] = [*given, ours]
-                option = kwargs.get("open_telemetry")
-                if not _keeps_sdk_spans(option):
-                    kwargs["open_telemetry"] = _without_sdk_spans(option)
+                given_option = kwargs.get("open_telemetry")
+                if not _keeps_sdk_spans(given_option):
+                    kwargs["open_telemetry"] = _without_sdk_spans(given_option)
+                    replaced_option = True
         except Exception:
             log.debug("compactobs could not prepare a client", exc_info=True)
         original(self, *args, **kwargs)
@@ -76,6 +81,9 @@ def _wrap_init(original: Callable[..., None]) -> Callable[..., None]:
             try:
                 ours.bind(self)
                 _clients.add(self)
+                if replaced_option:
+                    # What the application asked for (None: the SDK's defaults and environment), for unpatch.
+                    _original_options[self] = given_option
             except Exception:
                 log.debug("compactobs could not bind a client", exc_info=True)
 

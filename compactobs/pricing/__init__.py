@@ -17,9 +17,33 @@ The accounting rules are in `compactobs.pricing.pricer`; the overrides file form
 `compactobs.pricing.catalog`.
 """
 
-from compactobs.pricing.overrides import load_overrides
-from compactobs.pricing.pricer import PRICING_FILE_ENV, Pricer, default_pricer
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from compactobs.pricing.records import PricedCall, PricedIteration, PricingError, Rates, RateTier
+
+if TYPE_CHECKING:
+    from compactobs.pricing.overrides import load_overrides
+    from compactobs.pricing.pricer import PRICING_FILE_ENV, Pricer, default_pricer
+
+_LAZY = {
+    "load_overrides": "compactobs.pricing.overrides",
+    "PRICING_FILE_ENV": "compactobs.pricing.pricer",
+    "Pricer": "compactobs.pricing.pricer",
+    "default_pricer": "compactobs.pricing.pricer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # genai-prices (and pydantic under it) take a few hundred ms to import: loaded when a price is needed,
+    # not by a report that only reads stored costs (`compactobs.pricing.records`).
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "PRICING_FILE_ENV",

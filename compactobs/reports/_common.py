@@ -581,7 +581,9 @@ class Report:
     - `extra`: more top-level JSON keys (e.g. `by`), placed after `report`;
     - `table_columns`: the columns a table or Markdown shows (default: all); JSON and CSV carry all;
     - `sections`: more tables shown below the main one (table and Markdown only);
-    - `empty_message`: shown instead of a table when there are no rows.
+    - `empty_message`: shown instead of a table when there are no rows;
+    - `narrow_columns`: smaller sets of `table_columns`, widest first, for a table rendered to fit a
+      terminal (`render(..., fit_width=...)`): the first that fits is shown, with a hint to the rest.
     """
 
     name: str
@@ -598,6 +600,7 @@ class Report:
     title: str | None = None
     empty_message: str = "No calls recorded in this window."
     notes: list[str] = field(default_factory=list)
+    narrow_columns: list[list[str]] = field(default_factory=list)
 
     def kind(self, column: str) -> ColumnKind:
         if column in self.kinds:
@@ -659,12 +662,21 @@ def format_cell(value: Any, kind: ColumnKind, signed: bool = False) -> str:
     return printable(str(value))
 
 
-def _cell(row: Mapping[str, Any], column: str, kind: ColumnKind) -> str:
-    """A row's cell as text: money left unpriced says so, never $0 or a blank."""
+def _cell(row: Mapping[str, Any], column: str, kind: ColumnKind, last_key: bool = False) -> str:
+    """A row's cell as text: money left unpriced says so, never $0 or a blank; and the last group key of a
+    row of unpriced calls only says so too, so that it never reads as a repeat of the priced row beside it
+    (two `2026-12-02` rows)."""
     value = row.get(column)
     if kind in ("usd", "usd_delta") and value is None and row.get("unpriced_calls"):
         return "unpriced"
+    if last_key and row.get("unpriced_calls") and row.get("unpriced_calls") == row.get("calls"):
+        return f"{format_cell(value, kind)} (unpriced)"
     return format_cell(value, kind)
+
+
+def _last_key(kinds: Sequence[ColumnKind]) -> int:
+    """The index of the last group-key column, -1 when there is none."""
+    return max((i for i, kind in enumerate(kinds) if kind == "key"), default=-1)
 
 
 def _csv_value(value: Any) -> str:
@@ -708,8 +720,12 @@ def _render_md_table(report: Report) -> list[str]:
         "| " + " | ".join(_md_escape(report.label(c)) for c in columns) + " |",
         "|" + "|".join("---:" if k in _NUMERIC_KINDS else "---" for k in kinds) + "|",
     ]
+    last_key = _last_key(kinds)
     for row in report.rows:
-        cells = [_md_escape(_cell(row, c, k)) for c, k in zip(columns, kinds, strict=True)]
+        cells = [
+            _md_escape(_cell(row, c, k, i == last_key))
+            for i, (c, k) in enumerate(zip(columns, kinds, strict=True))
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     if report.totals is not None:
         cells = []
@@ -756,8 +772,12 @@ def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Any]
     kinds = [report.kind(c) for c in columns]
     labels = [strip_control_codes(report.label(c)) for c in columns]
     # Control codes out first, as Text takes them out, so that widths are measured on what is shown.
+    last_key = _last_key(kinds)
     rows = [
-        [strip_control_codes(_cell(row, column, kind)) for column, kind in zip(columns, kinds, strict=True)]
+        [
+            strip_control_codes(_cell(row, column, kind, i == last_key))
+            for i, (column, kind) in enumerate(zip(columns, kinds, strict=True))
+        ]
         for row in report.rows
     ]
     footers: list[str] | None = None
@@ -828,17 +848,54 @@ def _wrap(text: Any, width: int) -> list[Any]:
     return list(text.wrap(console, width, justify="left"))
 
 
-def _render_table(report: Report, console_width: int | None, color: bool) -> str:
+def _shown_width(lines: list[Any]) -> int:
+    """The widest of `lines` as printed (trailing spaces are stripped)."""
+    from rich.cells import cell_len
+
+    return max((cell_len(line.plain.rstrip()) for line in lines), default=0)
+
+
+def _fitted(report: Report, fit_width: int | None, color: bool) -> tuple[Report, list[Any]]:
+    """The report with the widest of its column sets whose table fits `fit_width` (the narrowest when none
+    does; all of them without a width), a hint to the columns left out among its notes; and its lines."""
+    from dataclasses import replace
+
+    lines = _table_lines(report, color)
+    if fit_width is None or not report.narrow_columns:
+        return report, lines
+    full = report.shown_columns()
+    full_width = _shown_width(lines)
+    for columns in report.narrow_columns:
+        if _shown_width(lines) <= fit_width:
+            break
+        report = replace(report, table_columns=list(columns))
+        lines = _table_lines(report, color)
+    shown = report.shown_columns()
+    if len(shown) < len(full):
+        left_out = [report.label(c) for c in full if c not in shown]
+        hint = (
+            f"{len(left_out)} more column(s) ({', '.join(left_out)}) on a wider terminal "
+            f"(COLUMNS={full_width}) "
+            "or with --format json|csv|md."
+        )
+        report = replace(report, notes=[*report.notes, hint])
+    return report, lines
+
+
+def _render_table(
+    report: Report, console_width: int | None, color: bool, fit_width: int | None = None
+) -> str:
     from rich.console import Console
 
     tables: list[list[Any]] = []
     if report.rows:
-        tables.append(_table_lines(report, color))
+        report, lines = _fitted(report, fit_width, color)
+        tables.append(lines)
     for section in report.sections:
         if section.rows:
             tables.append(_table_lines(section, color, titled=True))
     # Never truncate a digit: the console is as wide as the widest table needs, at least.
-    needed = max([line.cell_len for lines in tables for line in lines] + [console_width or 80])
+    needed = max([line.cell_len for lines in tables for line in lines] + [fit_width or console_width or 80])
     out = io.StringIO()
     console = Console(
         file=out,
@@ -861,11 +918,13 @@ def _render_table(report: Report, console_width: int | None, color: bool) -> str
         console.print(report.empty_message, markup=False, soft_wrap=True)
     for lines in tables[1 if report.rows else 0 :]:
         _print_lines(console, out, lines, color)
+    # Fitted to a terminal, the lines below the table wrap at its width too.
+    wrap = fit_width is None or max(_shown_width(lines) for lines in tables or [[]]) > fit_width
     for note in report.notes:
-        console.print(note, markup=False, highlight=False, soft_wrap=True)
+        console.print(note, markup=False, highlight=False, soft_wrap=wrap)
     for warning in report.warnings:
         style = "yellow" if color else None
-        console.print(f"Warning: {warning}", markup=False, highlight=False, style=style, soft_wrap=True)
+        console.print(f"Warning: {warning}", markup=False, highlight=False, style=style, soft_wrap=wrap)
     return "\n".join(line.rstrip() for line in out.getvalue().splitlines()) + "\n"
 
 
@@ -892,12 +951,18 @@ def _printable_texts(report: Report) -> Report:
 
 
 def render(
-    report: Report, fmt: Format | str, console_width: int | None = None, *, color: bool = False
+    report: Report,
+    fmt: Format | str,
+    console_width: int | None = None,
+    *,
+    color: bool = False,
+    fit_width: int | None = None,
 ) -> str:
     """The report as text: `table` (rich: right-aligned numbers, thousands separators, a totals row,
-    never a truncated digit; ANSI colours only when `color`), `json`, `csv` (the rows, all columns) or
-    `md` (a Markdown document). Raises ReportInputError for another format. Data is printed safe: no
-    terminal control sequences in table, md or csv, no spreadsheet formulas in csv (see `_safe`)."""
+    never a truncated digit; ANSI colours only when `color`; `fit_width`: a terminal's width, to which a
+    report with `narrow_columns` fits its table), `json`, `csv` (the rows, all columns) or `md` (a
+    Markdown document). Raises ReportInputError for another format. Data is printed safe: no terminal
+    control sequences in table, md or csv, no spreadsheet formulas in csv (see `_safe`)."""
     if fmt == "json":
         return _render_json(report)
     report = _printable_texts(report)
@@ -906,5 +971,5 @@ def render(
     if fmt == "md":
         return _render_md(report)
     if fmt == "table":
-        return _render_table(report, console_width, color)
+        return _render_table(report, console_width, color, fit_width)
     raise ReportInputError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")

@@ -128,7 +128,8 @@ _LABELS: Final[dict[str, str]] = {
     "saved_usd": "saved by reads",
     "write_premium_usd": "write premium",
     "net_usd": "net",
-    "wasted_write_tokens": "wasted writes",
+    "wasted_write_tokens": "wasted tokens",
+    "cache_creation_input_tokens": "cache write",
     "wasted_premium_usd": "wasted premium",
     "unpriced_calls": "unpriced",
 }
@@ -170,8 +171,9 @@ def calls_with_next(conditions: Sequence[ColumnElement[bool]], look_up: bool = T
 
 def open_write(c: Any) -> ColumnElement[bool]:
     """A row of `calls_with_next` whose cache writes have no next call yet to judge them by: whether they
-    are wasted depends on the report's clock (see `_wasted`). Never NULL: a call without usage (NULL tokens)
-    is settled, not left out of both the rollups and the open calls."""
+    are wasted depends on the report's clock (see `_wasted`)."""
+    # Coalesced: a call without usage (an error) has NULL tokens, and NOT (NULL) would leave it out of both
+    # the rollups and the open writes, so a rolled-up report would count one call fewer than a raw one.
     wrote = or_(func.coalesce(c.cache_write_5m_tokens, 0) > 0, func.coalesce(c.cache_write_1h_tokens, 0) > 0)
     return and_(c.conversation_id.is_not(None), wrote, c.next_start.is_(None))
 
@@ -472,7 +474,8 @@ def cache_report(
         "hit ratio = cache read / (input + cache write 5m + 1h + cache read), weighted by tokens.",
         "saved = reads at the uncached input rate - their cost; premium = writes - the same tokens at the "
         "input rate; net = saved - premium.",
-        "wasted = writes whose conversation's next call came after the TTL (5 min, 1 h) or never came.",
+        "wasted tokens = cache-write tokens whose conversation's next call came after the TTL (5 min, 1 h) "
+        "or never came; wasted premium = the write premium paid on them.",
     ]
     kinds: dict[str, Any] = {k: "key" for k in keys}
     kinds.update({name: "int" for name in _TOKENS})
@@ -493,6 +496,18 @@ def cache_report(
         "wasted_write_tokens",
         "wasted_premium_usd",
     ]
+    # Smaller sets for a terminal of 120 and of 80 columns: the hit ratio, what the cache saves net, and
+    # what was written for nothing stay.
+    medium = [
+        *keys,
+        "hit_ratio",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+        "saved_usd",
+        "net_usd",
+        "wasted_write_tokens",
+    ]
+    narrow = [*keys, "calls", "hit_ratio", "net_usd", "wasted_write_tokens"]
     if totals["unpriced_calls"]:
         table_columns.append("unpriced_calls")
     return Report(
@@ -514,4 +529,5 @@ def cache_report(
         labels=dict(_LABELS),
         table_columns=table_columns,
         notes=notes,
+        narrow_columns=[medium, narrow],
     )

@@ -22,13 +22,19 @@ Unpriced calls (a model with no price: `calls.priced` false) are rows of their o
 group keys, their tokens, `cost_usd` null and `unpriced_calls` = their count; every one of their
 iterations goes there, so priced rows hold only fully priced calls and cost totals agree whatever the
 grouping. Totals' money is the priced calls'; a warning names the unpriced models.
+
+The headline: what the top-level `usage` alone would have said, and the gap. The top-level fields leave
+the compaction iterations out (DESIGN.md section 3, rule 1), so a tool that prices them reports the bill
+less what compaction cost: `top_level_cost_usd` = `cost_usd` - `compaction_cost_usd`, and
+`hidden_cost_usd` = `compaction_cost_usd`, in every priced row and in the totals (null in unpriced rows).
+Other iteration types the top level may leave out (advisor_message) are not counted in the gap.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Final
 
@@ -55,6 +61,7 @@ from compactobs.store.models import calls, iterations
 __all__ = [
     "BY_CHOICES",
     "COMPARE_CHOICES",
+    "HEADLINE",
     "KEY_OF",
     "MEASURES",
     "VARIANT_KEYS",
@@ -62,6 +69,7 @@ __all__ = [
     "cost_report",
     "data_range",
     "group_keys",
+    "headline",
     "parse_by",
 ]
 
@@ -76,6 +84,8 @@ BY_CHOICES: Final[tuple[str, ...]] = (
     "iteration-type",
 )
 COMPARE_CHOICES: Final[tuple[str, ...]] = ("prev",)
+DEFAULT_COMPARE_PERIOD: Final = timedelta(days=7)
+"""The window `--compare prev` takes without --since."""
 KEY_OF: Final[dict[str, str]] = {
     "hour": "hour",
     "day": "day",
@@ -121,6 +131,9 @@ MONEY: Final[tuple[str, ...]] = (
 MEASURES: Final[tuple[str, ...]] = (*COUNTS[:11], "cost_usd", "unpriced_calls", *MONEY[1:])
 """Every row's measures, in JSON order: DESIGN.md's fields, then the cost split by token class."""
 
+HEADLINE: Final[tuple[str, ...]] = ("top_level_cost_usd", "hidden_cost_usd")
+"""Derived from each row's measures (see the module's docstring), after them in JSON and CSV."""
+
 _COMPARED: Final[tuple[str, ...]] = ("calls", "cost_usd")
 _ZERO: Final = Decimal(0)
 
@@ -135,6 +148,8 @@ _LABELS: Final[dict[str, str]] = {
     "cache_read_input_tokens": "cache read",
     "cache_creation_input_tokens": "cache write",
     "cost_usd": "cost",
+    "top_level_cost_usd": "top-level says",
+    "hidden_cost_usd": "hidden",
     "unpriced_calls": "unpriced",
     "prev_cost_usd": "prev cost",
     "delta_cost_usd": "Δ cost",
@@ -285,6 +300,25 @@ def iteration_measures() -> list[Label[Any]]:
         per_call(c.cost_server_tools_usd).label("cost_server_tools_usd"),
         func.sum(case((i.type == "compaction", i.cost_usd), else_=None)).label("compaction_cost_usd"),
     ]
+
+
+def _with_headline(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with HEADLINE: what the top-level usage says (the bill without its compaction iterations)
+    and the gap; None for an unpriced row."""
+    cost = row["cost_usd"]
+    hidden = row["compaction_cost_usd"] if cost is not None else None
+    row["top_level_cost_usd"] = cost - hidden if cost is not None and hidden is not None else None
+    row["hidden_cost_usd"] = hidden
+    return row
+
+
+def headline(top_level_usd: Decimal, billed_usd: Decimal, hidden_usd: Decimal) -> str:
+    """The product's headline in words, as the cost report and the demo say it."""
+    share = f" ({float(hidden_usd / billed_usd) * 100:.1f}% of the bill)" if billed_usd else ""
+    return (
+        f"top-level usage says ${top_level_usd:,.4f}; billed ${billed_usd:,.4f}; "
+        f"${hidden_usd:,.4f} hidden in compaction iterations{share}"
+    )
 
 
 def _empty_measures() -> dict[str, Any]:
@@ -455,13 +489,13 @@ def _window_rows(
         keys = dict(zip(names, group, strict=True))
         left_out = unpriced.get(group)
         if left_out is None:
-            rows.append({**keys, **measures})
+            rows.append(_with_headline({**keys, **measures}))
             continue
         priced = {name: measures[name] - left_out[name] for name in (*COUNTS, *MONEY, "unpriced_calls")}
         if priced["calls"] or priced["iterations"]:
-            rows.append({**keys, **priced})
+            rows.append(_with_headline({**keys, **priced}))
         left_out["unpriced_calls"] = left_out["calls"]
-        rows.append({**keys, **left_out, **dict.fromkeys(MONEY)})
+        rows.append(_with_headline({**keys, **left_out, **dict.fromkeys(MONEY)}))
     return rows, _totals(rows), sorted(models)
 
 
@@ -476,7 +510,7 @@ def _totals(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 totals[name] += row[name]
     cost = totals["cost_usd"]
     totals["compaction_share"] = (totals["compaction_cost_usd"] / cost) if cost else None
-    return totals
+    return _with_headline(totals)
 
 
 def _sort_key(keys: Sequence[str], time_key: str | None) -> Any:
@@ -510,7 +544,8 @@ def cost_report(
 ) -> Report:
     """The cost report: one row per group (and per unpriced group), totals, the cost split by token class
     and the share spent on compaction iterations. `by` takes BY_CHOICES names (see `parse_by`);
-    `compare="prev"` adds the delta against the previous period of the same length (needs --since).
+    `compare="prev"` adds the delta against the previous period of the same length (without a since: the
+    last 7 days against the 7 before).
 
     Raises ReportInputError for a bad grouping or comparison. Reads the store only.
     """
@@ -523,12 +558,12 @@ def cost_report(
     window = filters
     previous: Filters | None = None
     if compare == "prev":
-        if filters.since is None:
-            raise ReportInputError("--compare prev needs --since (the previous period has the same length)")
         # Pin "now", so both periods have exactly the same length.
         until = filters.until or (now or datetime.now(timezone.utc))
-        window = filters.with_window(filters.since, until)
-        previous = filters.with_window(filters.since - (until - filters.since), filters.since)
+        # Without --since: the last 7 days against the 7 before (all time has no previous period).
+        since = filters.since if filters.since is not None else until - DEFAULT_COMPARE_PERIOD
+        window = filters.with_window(since, until)
+        previous = filters.with_window(since - (until - since), since)
 
     if "conversation" not in groups and not filters.conversations and not isinstance(engine, ExternalSource):
         rollup.try_refresh(engine)
@@ -586,7 +621,7 @@ def cost_report(
             "COMPACTOBS_PRICING_FILE, then run `compactobs reprice`."
         )
 
-    columns = [*keys, *MEASURES, *compare_columns]
+    columns = [*keys, *MEASURES, *HEADLINE, *compare_columns]
     table_columns = [
         *keys,
         "calls",
@@ -597,6 +632,7 @@ def cost_report(
         "cache_read_input_tokens",
         "cache_creation_input_tokens",
         "cost_usd",
+        *HEADLINE,
     ]
     if totals["unpriced_calls"]:
         table_columns.append("unpriced_calls")
@@ -606,7 +642,7 @@ def cost_report(
     kinds: dict[str, Any] = {k: "key" for k in keys}
     kinds.update({name: "int" for name in COUNTS})
     kinds["unpriced_calls"] = "int"
-    kinds.update({name: "usd" for name in (*MONEY, "prev_cost_usd")})
+    kinds.update({name: "usd" for name in (*MONEY, *HEADLINE, "prev_cost_usd")})
     kinds.update(
         {"delta_cost_usd": "usd_delta", "delta_cost_pct": "ratio_delta", "compaction_share": "ratio"}
     )
@@ -627,11 +663,8 @@ def cost_report(
         empty_message="No calls recorded in this window.",
     )
     if rows and totals["compaction_cost_usd"]:
-        share = totals["compaction_share"]
-        report.notes.append(
-            f"Compaction iterations cost ${totals['compaction_cost_usd']:,.4f}"
-            + (f", {float(share) * 100:.1f}% of the priced cost." if share is not None else ".")
-        )
+        words = headline(totals["top_level_cost_usd"], totals["cost_usd"], totals["hidden_cost_usd"])
+        report.notes.append(words[0].upper() + words[1:] + ".")
     if compare_columns and rows:
         prev_cost = totals["prev_cost_usd"]
         pct = totals["delta_cost_pct"]

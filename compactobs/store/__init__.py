@@ -19,6 +19,7 @@ one line saying what to do.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -32,14 +33,16 @@ from compactobs.store.engine import (
     sqlite_path,
 )
 from compactobs.store.errors import StoreError
-from compactobs.store.exporter import (
-    ExporterStats,
-    SqlSpanExporter,
-    StoreSpanProcessor,
-    install,
-    shutdown_all,
-    spool_for,
-)
+
+if TYPE_CHECKING:
+    from compactobs.store.exporter import (
+        ExporterStats,
+        SqlSpanExporter,
+        StoreSpanProcessor,
+        install,
+        shutdown_all,
+        spool_for,
+    )
 from compactobs.store.models import (
     Call,
     Iteration,
@@ -93,13 +96,28 @@ __all__ = [
     "upgrade_database",
 ]
 
+_EXPORTER_NAMES = frozenset(
+    {"ExporterStats", "SqlSpanExporter", "StoreSpanProcessor", "install", "shutdown_all", "spool_for"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    # The exporter brings the OpenTelemetry SDK: loaded when recording, not by a report or `db status`.
+    if name in _EXPORTER_NAMES:
+        from compactobs.store import exporter
+
+        return getattr(exporter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def open_database(database_url: str | None = None, *, create: bool = True) -> Engine:
     """An Engine for reading the store (reports), checked against this code's schema.
 
-    An SQLite store is created and brought to the current schema when missing or empty, so a report on a
-    fresh machine shows an empty result rather than an error; with `create=False` a missing SQLite file
-    is an error instead (the CLI's choice for a --db path, most likely mistyped). Raises StoreError.
+    An SQLite store is created and brought to the current schema when missing or empty (no tables at all),
+    so a report on a fresh machine shows an empty result rather than an error; with `create=False` a
+    missing SQLite file is an error instead (the CLI's choice for a --db path, most likely mistyped), and
+    so is one without compactobs' tables: a reader never makes tables. A file that holds another
+    application's tables is never made a store but by `db upgrade`. Raises StoreError.
     """
     url = parse_url(database_url or default_database_url())
     path = sqlite_path(url) if url.get_backend_name() == "sqlite" else None
@@ -109,7 +127,7 @@ def open_database(database_url: str | None = None, *, create: bool = True) -> En
         )
     engine = make_engine(url)
     try:
-        ensure_schema(engine)
+        ensure_schema(engine, create=create)
     except BaseException:
         engine.dispose()
         raise
@@ -146,5 +164,7 @@ def spool_status(
     database_url: str | None = None, spool_dir: str | Path | None = None
 ) -> tuple[Path, int, int]:
     """(spool directory, segments, bytes) waiting for this database in this user's data directory."""
+    from compactobs.store.exporter import spool_for
+
     spool = spool_for(database_url, spool_dir)
     return spool.directory, len(spool.segments()), spool.size()

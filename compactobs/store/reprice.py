@@ -47,6 +47,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from compactobs.pricing import PricedCall, PricedIteration, Pricer
 from compactobs.store import database_status, default_database_url, open_database
 from compactobs.store.engine import display_url, explain_error, make_engine
+from compactobs.store.errors import StoreError
 from compactobs.store.models import calls, epoch_ms, iterations
 from compactobs.store.schema import ensure_schema
 from compactobs.usage import CallUsage, IterationUsage, TokenCounts
@@ -353,7 +354,7 @@ def reprice_database(
         return RepriceResult(0, 0, 0, Decimal(0), Decimal(0), 0, 0, ())
     engine = make_engine(database_url, writer=True)
     try:
-        ensure_schema(engine)
+        ensure_schema(engine, create=False)  # nothing to re-price in a database without a store
         return reprice(engine, pricer, since=since, until=until, batch_size=batch_size)
     except SQLAlchemyError as err:
         raise explain_error(err, engine.url) from None
@@ -410,6 +411,8 @@ def check_prices(
     when = when or datetime.now(timezone.utc)
     url = database_url or default_database_url()
     status = database_status(url)
+    if status is not None and status.other_tables:
+        raise StoreError(status.fix or f"{status.url} is not a compactobs store")
     exists = status is not None and status.state != "empty"
     seen: dict[str, StoredModel] = {}
     if exists:

@@ -1,0 +1,77 @@
+"""Start-up of the `compactobs` command: each command's wall time against `python -c pass`, in one run.
+
+    python bench/cli_startup.py [--rounds 5]
+
+Builds a demo store in a temporary directory (`compactobs demo`'s workload, 45 calls), then runs each
+command `--rounds` times as a fresh process, interleaved, and prints the median wall time and its ratio to
+the bare interpreter's. The target is under 0.5 s for `--help` and for a report on the demo store. A shared
+machine's figures move with its load: compare ratios from one run, not absolute times across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+COMMANDS: tuple[tuple[str, ...], ...] = (
+    ("--help",),
+    ("report", "cost"),
+    ("report", "cost", "--by", "day", "--by", "model"),
+    ("report", "cache"),
+    ("report", "anomalies"),
+    ("report", "ops"),
+    ("db", "status"),
+    ("pricing", "show", "claude-opus-4-8"),
+)
+
+
+def _wall(argv: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="Runs of each command (median shown).")
+    options = parser.parse_args()
+    if options.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    from compactobs.demo import run_demo
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'demo.db'}"
+        run_demo(url)
+        baseline = [sys.executable, "-c", "pass"]
+        runs = {"python -c pass": baseline}
+        for command in COMMANDS:
+            runs["compactobs " + " ".join(command)] = [
+                sys.executable,
+                "-m",
+                "compactobs",
+                "--db",
+                url,
+                *command,
+            ]
+        # A first run of each warms the page cache and the bytecode files.
+        for argv in runs.values():
+            _wall(argv)
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(options.rounds):
+            for name, argv in runs.items():
+                times[name].append(_wall(argv))
+    base = statistics.median(times["python -c pass"])
+    width = max(len(name) for name in runs)
+    print(f"{'command':<{width}}  median wall   x python -c pass   (demo store, {options.rounds} rounds)")
+    for name, walls in times.items():
+        median = statistics.median(walls)
+        print(f"{name:<{width}}  {median * 1000:8.0f} ms   {median / base:8.1f}x")
+
+
+if __name__ == "__main__":
+    main()

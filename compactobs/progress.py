@@ -1,0 +1,46 @@
+"""A transient progress bar on stderr, for the CLI's long steps (the demo's calls, a rollup rebuild).
+
+Kept apart from `compactobs.demo` so that a report can show one without importing the Anthropic SDK.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+
+__all__ = ["ProgressCallback", "progress_bar"]
+
+ProgressCallback = Callable[[str, int, int], None]
+"""`progress(description, done, total)`."""
+
+
+@contextlib.contextmanager
+def progress_bar(
+    enabled: bool | None = None, unit: str = "calls", total: int = 0
+) -> Iterator[ProgressCallback | None]:
+    """A transient rich progress bar on stderr counting `unit`s of `total`, as a `ProgressCallback`; None
+    (no bar) when `enabled` is False, or by default when stderr is not a terminal or NO_COLOR is set."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if enabled is None:
+        enabled = console.is_terminal and not os.environ.get("NO_COLOR")
+    if not enabled:
+        yield None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("starting", total=total)
+
+        def update(description: str, done: int, total: int) -> None:
+            bar.update(task, description=description, completed=done, total=total)
+
+        yield update

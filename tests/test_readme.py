@@ -1,0 +1,128 @@
+"""The README's examples run, and the CLI stays light: against a demo store, every `compactobs ...` line
+of the README's code blocks (read at test time, so an example added later is checked too) exits as
+documented; no command that makes no API call imports the Anthropic SDK."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import anthropic
+import pytest
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.trace import TracerProvider
+
+import compactobs
+from compactobs.demo import run_demo
+from compactobs.testing import Reply, Simulator, message
+from tests.cli import run
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_commands() -> list[tuple[list[str], str]]:
+    """(arguments after `compactobs`, the line's comment) of every line of a fenced code block that starts
+    with `compactobs `."""
+    commands = []
+    in_block = False
+    for line in README.read_text(encoding="utf-8").splitlines():
+        if line.lstrip().startswith("```"):
+            in_block = not in_block
+            continue
+        if in_block and line.startswith("compactobs "):
+            command, _, comment = line.partition("  #")
+            commands.append((shlex.split(command)[1:], comment.strip()))
+    return commands
+
+
+def allowed_codes(args: list[str], comment: str) -> set[int]:
+    """0, or what the README says the command exits with: `(exit code N)` in its comment, 3 for a finding
+    at the `--fail-on` level (README: `anomalies` exits 3 with --fail-on)."""
+    documented = {int(code) for code in re.findall(r"exit code (\d+)", comment)}
+    if "--fail-on" in args:
+        documented.add(3)
+    return documented or {0}
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A store holding a demo run, and the README's own `ticket-42` conversation (its "Use" example)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('readme') / 'demo.db'}"
+    run_demo(url)
+    provider = TracerProvider()
+    compactobs.configure(url, tracer_provider=provider, meter_provider=NoOpMeterProvider())
+    try:
+        with Simulator() as sim:
+            client = anthropic.Anthropic(
+                base_url=sim.base_url, api_key="k", middleware=[compactobs.Middleware()]
+            )
+            sim.enqueue(
+                Reply(message(model="claude-opus-4-8", usage={"input_tokens": 10, "output_tokens": 5}))
+            )
+            with compactobs.conversation("ticket-42"):
+                client.messages.create(
+                    model="claude-opus-4-8", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+                )
+    finally:
+        compactobs.shutdown()
+        provider.shutdown()
+    yield url
+
+
+def test_the_readme_has_examples() -> None:
+    assert len(readme_commands()) >= 8
+
+
+@pytest.mark.parametrize(
+    ("args", "comment"), readme_commands(), ids=lambda v: " ".join(v) if isinstance(v, list) else ""
+)
+def test_a_readme_example_runs(demo_store: str, args: list[str], comment: str) -> None:
+    code, _, err = run("--db", demo_store, *args)
+    assert code in allowed_codes(args, comment), f"compactobs {' '.join(args)} exited {code}: {err}"
+    assert "Traceback" not in err
+
+
+# -- no SDK where no call is made --------------------------------------------------------------------------
+
+LIGHT_COMMANDS = (
+    ("--help",),
+    ("report", "--help"),
+    ("report", "cost"),
+    ("report", "cost", "--by", "day", "--by", "model", "--compare", "prev"),
+    ("report", "cache"),
+    ("report", "anomalies"),
+    ("report", "ops"),
+    ("report", "conversation", "ticket-42"),
+    ("db", "status"),
+    ("pricing", "show", "claude-opus-4-8"),
+    ("pricing", "check"),
+)
+
+_CHILD = """
+import json, sys
+from compactobs.cli import main
+try:
+    main(sys.argv[1:], prog_name="compactobs")
+except SystemExit as done:
+    code = done.code
+sdk = sorted(m for m in sys.modules if m == "anthropic" or m.startswith("anthropic."))
+print(json.dumps({"code": code, "sdk": sdk}))
+"""
+
+
+def test_commands_that_make_no_call_do_not_import_the_sdk(demo_store: str) -> None:
+    for command in LIGHT_COMMANDS:
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD, "--db", demo_store, *command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        result = json.loads(done.stdout.splitlines()[-1])
+        assert result["code"] in (0, 1, None), (command, done.stderr)  # pricing check: 1, unpriced models
+        assert result["sdk"] == [], command
