@@ -1,26 +1,39 @@
 """The README's examples run, and the CLI stays light: against a demo store, every `compactobs ...` line
 of the README's code blocks (read at test time, so an example added later is checked too) exits as
-documented; no command that makes no API call imports the Anthropic SDK."""
+documented; no command that makes no API call imports the Anthropic SDK.
+
+The examples that name a server get a real one on loopback: `export otlp` a gRPC or HTTP OTLP receiver
+(tests/otlp_receiver.py) in place of `collector:4317` or the default endpoint; `reconcile` the simulator's
+usage and cost reports (ANTHROPIC_BASE_URL, as the SDK reads it); a ClickHouse `--db` the demo's spans
+written into otel_traces (and the README's `my_traces`) in chdb, the in-process ClickHouse engine running
+the same SQL a clickhouse:// server would (Debian's clickhouse-server is too old for the Map type)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anthropic
 import pytest
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import compactobs
 from compactobs.demo import run_demo
+from compactobs.reports.clickhouse.source import ClickHouseSource
 from compactobs.testing import Reply, Simulator, message
 from tests.cli import run
+from tests.otel_traces import write_spans
+from tests.otlp_receiver import OtlpReceiver
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -49,11 +62,24 @@ def allowed_codes(args: list[str], comment: str) -> set[int]:
     return documented or {0}
 
 
+_CHDB_KEY = "chdb"
+
+
 @pytest.fixture(scope="module")
 def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A store holding a demo run, and the README's own `ticket-42` conversation (its "Use" example)."""
+    """A store holding a demo run, and the README's own `ticket-42` conversation (its "Use" example); the
+    demo's spans are also written into otel_traces and my_traces in a chdb directory (`_servers`)."""
     url = f"sqlite:///{tmp_path_factory.mktemp('readme') / 'demo.db'}"
-    run_demo(url)
+    kept = InMemorySpanExporter()
+    run_demo(url, span_processors=[SimpleSpanProcessor(kept)])
+    directory = tmp_path_factory.mktemp("readme-chdb")
+    source = ClickHouseSource(f"chdb://{directory}")
+    try:
+        for table in ("otel_traces", "my_traces"):
+            write_spans(source, kept.get_finished_spans(), table)
+    finally:
+        source.close()
+    _servers[_CHDB_KEY] = f"chdb://{directory}"
     provider = TracerProvider()
     compactobs.configure(url, tracer_provider=provider, meter_provider=NoOpMeterProvider())
     try:
@@ -82,9 +108,35 @@ def test_the_readme_has_examples() -> None:
     ("args", "comment"), readme_commands(), ids=lambda v: " ".join(v) if isinstance(v, list) else ""
 )
 def test_a_readme_example_runs(demo_store: str, args: list[str], comment: str) -> None:
-    code, _, err = run("--db", demo_store, *args)
+    with _world(args) as (args, env):
+        code, _, err = run("--db", demo_store, *args, env=env)
     assert code in allowed_codes(args, comment), f"compactobs {' '.join(args)} exited {code}: {err}"
     assert "Traceback" not in err
+
+
+_servers: dict[str, str] = {}
+"""What `demo_store` set up beside the store: the chdb URL."""
+
+
+@contextmanager
+def _world(args: list[str]) -> Iterator[tuple[list[str], dict[str, str | None]]]:
+    """The example's arguments and environment, with the servers it names standing on loopback."""
+    env: dict[str, str | None] = {}
+    args = [
+        _servers[_CHDB_KEY] if arg.startswith(("clickhouse://", "chdb://")) else arg for arg in args
+    ]
+    with contextlib.ExitStack() as stack:
+        if args[:2] == ["export", "otlp"]:
+            protocol = "grpc" if "grpc" in args else "http/protobuf"
+            receiver = stack.enter_context(OtlpReceiver(protocol))
+            if "--endpoint" in args:
+                args[args.index("--endpoint") + 1] = receiver.endpoint
+            else:
+                env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
+        if args[:1] == ["reconcile"]:
+            sim = stack.enter_context(Simulator())
+            env.update(ANTHROPIC_ADMIN_KEY="sk-ant-admin-test", ANTHROPIC_BASE_URL=sim.base_url)
+        yield args, env
 
 
 # -- no SDK where no call is made --------------------------------------------------------------------------
