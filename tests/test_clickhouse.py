@@ -13,8 +13,6 @@ module's docstring).
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -23,7 +21,6 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from sqlalchemy import create_engine, make_url, text
 
 from compactobs import store
 from compactobs.demo import run_demo
@@ -35,31 +32,7 @@ from compactobs.reports.conversation import conversation_report
 from compactobs.reports.cost import BY_CHOICES, cost_report
 from compactobs.reports.ops import ops_report
 from tests.cli import one_line_error, run
-from tests.conftest import DEFAULT_POSTGRES_URL
 from tests.otel_traces import double_text, write_spans
-
-
-@pytest.fixture(scope="module")
-def module_postgres_url() -> Iterator[str]:
-    """A PostgreSQL schema for the module (the demo runs once for every parity test)."""
-    base = make_url(os.environ.get("COMPACTOBS_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL))
-    admin = create_engine(base)
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.begin() as connection:
-            connection.execute(text(f"CREATE SCHEMA {schema}"))
-    except Exception as err:
-        admin.dispose()
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is unavailable: {err}")
-        pytest.skip(f"PostgreSQL is unavailable: {err}")
-    url = base.update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 @pytest.fixture(scope="module")
