@@ -5,11 +5,12 @@ recorded by compactobs into a real database, before, during and after a fault:
   pg-lock     LOCK TABLE calls IN ACCESS EXCLUSIVE MODE held by another session
   pg-frozen   the PostgreSQL server stops answering (a loopback proxy that stops forwarding)
   sqlite-lock another process holds the SQLite file's write lock (BEGIN EXCLUSIVE)
+  pg-sigterm  SIGTERM to an application (3 threads at the rate) writing to PostgreSQL, after 2 s of calls;
+              "tried" is the calls that returned to it, "spooled" those that ended after the store closed
 then drains the spool and counts, per call tried, what the store holds (tests/faults.py). "incomplete" is
 calls stored without all their iterations. Client threads (--threads, default 4) share the rate: on a
 shared 2-core machine, with the simulator in the same process, they may not reach 1,000 calls/s; "tried"
-says how many calls were made. SIGTERM is covered by
-tests/test_store_faults.py, not here.
+says how many calls were made.
 
     python bench/faults.py [--rate 100 --rate 1000] [--during 5] [--write-timeout 2]
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 import tempfile
 import time
@@ -34,8 +36,10 @@ from compactobs import store
 from tests.conftest import postgres_schema
 from tests.faults import (
     FreezingProxy,
+    outcome,
     postgres_table_lock,
     run_fault,
+    sigterm_under_load,
     sqlite_locked_by_another_process,
 )
 
@@ -134,6 +138,13 @@ def main() -> None:
                     ),
                 )
             )
+            with postgres_schema(args.driver) as url:
+                store.upgrade_database(url)
+                after = max(100, int(2 * rate))
+                run = sigterm_under_load(url, work / "sigterm", after_calls=after, rate=rate)
+                if run.returncode != -signal.SIGTERM:
+                    print(f"pg-sigterm: the app exited {run.returncode}: {run.stderr}", file=sys.stderr)
+                results.append(("pg-sigterm", outcome(url, run.returned, run.spooled)))
             for name, result in results:
                 print(f"{rate:>6g} calls/s  {name:<12} {result.row()}", flush=True)
 

@@ -263,3 +263,87 @@ def run_fault(
         return outcome(url, app.conversations, app.spooled)
     finally:
         app.close()
+
+
+# --- SIGTERM to a busy application ------------------------------------------------------------------------
+
+_SIGTERM_APP = """
+import os, sys, threading, time
+import anthropic, compactobs
+from compactobs.testing import Reply, Simulator, message
+from tests.faults import USAGE
+
+url, progress, rate = sys.argv[1], sys.argv[2], float(sys.argv[3])
+compactobs.configure(url)
+fd = os.open(progress, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+THREADS = 3
+with Simulator() as sim:
+    sim.enqueue(*[Reply(message(usage=USAGE))] * 100_000)
+    client = anthropic.Anthropic(base_url=sim.base_url, api_key="k", middleware=[compactobs.Middleware()])
+
+    def work(k):
+        pause = THREADS / rate if rate > 0 else 0.0
+        for i in range(100_000):
+            started = time.monotonic()
+            name = f"{k}-{i}"
+            with compactobs.conversation(name):
+                client.messages.create(
+                    model="claude-opus-4-8", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+                )
+            os.write(fd, (name + "\\n").encode())  # returned to the application
+            time.sleep(max(0.0, pause - (time.monotonic() - started)))
+
+    for k in range(THREADS):
+        threading.Thread(target=work, args=(k,), daemon=True).start()
+    threading.Event().wait()
+"""
+"""An application making calls on 3 threads (at `rate` calls/s in all; 0: as fast as it can), writing each
+conversation id to the progress file once its call has returned."""
+
+
+@dataclass
+class SigtermRun:
+    returned: list[str]
+    """Conversation ids of the calls that returned to the application before it ended."""
+    returncode: int | None
+    stderr: str
+    spooled: int
+    """Calls that had gone to the spool (ended after the store closed), written from it afterwards."""
+
+
+def sigterm_under_load(url: str, work: Path, *, after_calls: int, rate: float = 0.0) -> SigtermRun:
+    """Run `_SIGTERM_APP` against the store at `url` (data directory under `work`), send it SIGTERM once
+    `after_calls` calls have returned, then write what waits in its spool (what ended after the store closed
+    waits there for the next compactobs on the database)."""
+    import os
+    import signal
+
+    progress = work / "progress"
+    env = {**os.environ, "XDG_DATA_HOME": str(work / "xdg")}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SIGTERM_APP, url, str(progress), str(rate)],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            if progress.exists() and progress.read_text().count("\n") >= after_calls:
+                break
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    exporter = store.SqlSpanExporter(url, spool_dir=work / "xdg" / "compactobs" / "spool")
+    try:
+        exporter.force_flush()
+        spooled = exporter.stats.replayed
+    finally:
+        exporter.shutdown()
+    returned = progress.read_text().splitlines() if progress.exists() else []
+    return SigtermRun(returned, child.returncode, err, spooled)

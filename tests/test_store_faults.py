@@ -5,11 +5,7 @@ Each asserts 0 lost, 0 doubled, every call stored with all its iterations (see t
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import subprocess
-import sys
-import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -23,6 +19,7 @@ from tests.faults import (
     outcome,
     postgres_table_lock,
     run_fault,
+    sigterm_under_load,
     sqlite_locked_by_another_process,
 )
 
@@ -133,66 +130,13 @@ def test_what_would_overflow_the_queue_goes_to_the_spool_and_is_counted(
     assert_whole(result)
 
 
-SIGTERM_UNDER_LOAD = """
-import os, sys, threading
-import anthropic, compactobs
-from compactobs.testing import Reply, Simulator, message
-from tests.faults import USAGE
-
-url, progress = sys.argv[1:]
-compactobs.configure(url)
-fd = os.open(progress, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-with Simulator() as sim:
-    sim.enqueue(*[Reply(message(usage=USAGE))] * 100_000)
-    client = anthropic.Anthropic(base_url=sim.base_url, api_key="k", middleware=[compactobs.Middleware()])
-
-    def work(k):
-        for i in range(100_000):
-            name = f"{k}-{i}"
-            with compactobs.conversation(name):
-                client.messages.create(
-                    model="claude-opus-4-8", max_tokens=8, messages=[{"role": "user", "content": "x"}]
-                )
-            os.write(fd, (name + "\\n").encode())  # returned to the application
-
-    for k in range(3):
-        threading.Thread(target=work, args=(k,), daemon=True).start()
-    threading.Event().wait()
-"""
-
-
 def test_sigterm_under_load_keeps_every_call_that_returned(sqlite_url: str, tmp_path: Path) -> None:
     store.upgrade_database(sqlite_url)
-    progress = tmp_path / "progress"
-    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
-    child = subprocess.Popen(
-        [sys.executable, "-c", SIGTERM_UNDER_LOAD, sqlite_url, str(progress)],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
-            if progress.exists() and progress.read_text().count("\n") >= 300:
-                break
-        child.send_signal(signal.SIGTERM)
-        _, err = child.communicate(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.communicate()
-    assert child.returncode == -signal.SIGTERM, err
-    assert "Traceback" not in err, err
-    returned = progress.read_text().splitlines()
-    assert len(returned) >= 300
-    # What ended after the store closed waits in the spool, for the next compactobs on this database.
-    exporter = store.SqlSpanExporter(sqlite_url, spool_dir=tmp_path / "xdg" / "compactobs" / "spool")
-    assert exporter.force_flush()
-    exporter.shutdown()
-    result = outcome(sqlite_url, returned, 0)
+    run = sigterm_under_load(sqlite_url, tmp_path, after_calls=300)
+    assert run.returncode == -signal.SIGTERM, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    assert len(run.returned) >= 300
+    result = outcome(sqlite_url, run.returned, 0)
     assert_whole(result)
 
 
