@@ -143,7 +143,7 @@ def main() -> None:
                 after = max(100, int(2 * rate))
                 run = sigterm_under_load(url, work / "sigterm", after_calls=after, rate=rate)
                 if run.returncode != -signal.SIGTERM:
-                    print(f"pg-sigterm: the app exited {run.returncode}: {run.stderr}", file=sys.stderr)
+                    sys.exit(f"pg-sigterm: the app exited {run.returncode}, not by SIGTERM:\n{run.stderr}")
                 results.append(("pg-sigterm", outcome(url, run.returned, run.spooled)))
             for name, result in results:
                 print(f"{rate:>6g} calls/s  {name:<12} {result.row()}", flush=True)

@@ -318,6 +318,7 @@ def sigterm_under_load(url: str, work: Path, *, after_calls: int, rate: float = 
     import os
     import signal
 
+    work.mkdir(parents=True, exist_ok=True)
     progress = work / "progress"
     env = {**os.environ, "XDG_DATA_HOME": str(work / "xdg")}
     child = subprocess.Popen(
