@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import click
 
-from compactobs.store import spool_admin
-
 __all__ = ["spool", "spool_lines"]
 
 
 def spool_lines(database_url: str) -> list[str]:
     """`db status`'s spool lines: rows waiting, rows set aside and why."""
+    from compactobs.store import spool_admin  # the exporter and the OTel SDK: only when a spool is read
+
     found = spool_admin.summary(database_url)
     lines = []
     if found.waiting:
@@ -54,6 +54,8 @@ def spool_status(state: object) -> None:
 @click.pass_obj
 def spool_show(state: object) -> None:
     """Every spool file: calls, iterations, bytes, and for set-aside files the database's reason."""
+    from compactobs.store import spool_admin
+
     found = spool_admin.summary(state.database_url)  # type: ignore[attr-defined]
     click.echo(f"spool of {found.database or state.database_url}: {found.directory}")  # type: ignore[attr-defined]
     if not found.waiting and not found.set_aside:
@@ -75,6 +77,8 @@ def spool_show(state: object) -> None:
 @click.pass_obj
 def spool_replay(state: object, rejected: bool) -> None:
     """Write the waiting rows to the database now (exit 2, with the reason, if it cannot take them)."""
+    from compactobs.store import spool_admin
+
     written, refused = spool_admin.replay(state.database_url, rejected=rejected)  # type: ignore[attr-defined]
     click.echo(f"{written:,} call(s) written from the spool")
     if refused:
