@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -36,6 +37,7 @@ from compactobs import store
 from tests.conftest import postgres_schema
 from tests.faults import (
     FreezingProxy,
+    Outcome,
     outcome,
     postgres_table_lock,
     run_fault,
@@ -69,27 +71,28 @@ def main() -> None:
         f"{args.write_timeout:g} s, 1 s of traffic before and after; shared 2-core machine"
     )
     for rate in rates:
+
+        def measure(url: str, spool: Path, fault: Any, during_s: float, rate: float = rate) -> Outcome:
+            return run_fault(
+                url,
+                spool,
+                fault,
+                rate=rate,
+                before_s=1,
+                during_s=during_s,
+                after_s=1,
+                write_timeout_s=args.write_timeout,
+                threads=args.threads,
+            )
+
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             results = []
             with postgres_schema(args.driver) as url:
                 store.upgrade_database(url)
-                results.append(
-                    (
-                        "pg-lock",
-                        run_fault(
-                            url,
-                            work / "spool-lock",
-                            lambda url=url: postgres_table_lock(url),
-                            rate=rate,
-                            before_s=1,
-                            during_s=args.during,
-                            after_s=1,
-                            write_timeout_s=args.write_timeout,
-                            threads=args.threads,
-                        ),
-                    )
-                )
+                held = lambda url=url: postgres_table_lock(url)  # noqa: E731
+                lock = measure(url, work / "spool-lock", held, args.during)
+                results.append(("pg-lock", lock))
             with postgres_schema(args.driver) as url:
                 store.upgrade_database(url)
                 direct = make_url(url)
@@ -103,41 +106,18 @@ def main() -> None:
                     finally:
                         proxy.thaw()
 
-                results.append(
-                    (
-                        "pg-frozen",
-                        run_fault(
-                            proxy.url(url),
-                            work / "spool-frozen",
-                            frozen,
-                            rate=rate,
-                            before_s=1,
-                            during_s=frozen_for,
-                            after_s=1,
-                            write_timeout_s=args.write_timeout,
-                            threads=args.threads,
-                        ),
-                    )
-                )
+                stalled = measure(proxy.url(url), work / "spool-frozen", frozen, frozen_for)
+                results.append(("pg-frozen", stalled))
                 proxy.close()
             sqlite_url = f"sqlite:///{work / 'store.db'}"
             store.upgrade_database(sqlite_url)
-            results.append(
-                (
-                    "sqlite-lock",
-                    run_fault(
-                        sqlite_url,
-                        work / "spool-sqlite",
-                        lambda url=sqlite_url: sqlite_locked_by_another_process(url),
-                        rate=rate,
-                        before_s=1,
-                        during_s=args.during,
-                        after_s=1,
-                        write_timeout_s=args.write_timeout,
-                        threads=args.threads,
-                    ),
-                )
+            locked = measure(
+                sqlite_url,
+                work / "spool-sqlite",
+                lambda url=sqlite_url: sqlite_locked_by_another_process(url),
+                args.during,
             )
+            results.append(("sqlite-lock", locked))
             with postgres_schema(args.driver) as url:
                 store.upgrade_database(url)
                 after = max(100, int(2 * rate))
