@@ -624,3 +624,62 @@ def test_a_refresh_during_a_report_moves_no_call_between_its_parts(
         engine.dispose()
     assert interleaved
     assert (totals["calls"], totals["cache_creation_5m_input_tokens"]) == (1, 1000)
+
+
+_TOKEN_COLUMNS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+)
+
+
+def test_upgrading_marks_the_slots_of_calls_without_usage(database_url: str) -> None:
+    """Migration 0005: rollups built before error calls (NULL tokens) were counted by the cache rollup
+    left them out; upgrading marks their slots, so the next report rebuilds them and counts them again.
+    The old rollup is reproduced by deleting the error call's cache row; its slot alone is marked."""
+    error_slot = slot("2025-06-01T09:00:00")
+    store_rows(
+        database_url,
+        [
+            call_row("a1", "2025-06-01T09:07:00", conversation_id="k", cache_write_5m_tokens=1000),
+            call_row(
+                "e1",
+                "2025-06-01T09:10:00",
+                conversation_id="k",
+                status="ERROR",
+                response_model=None,
+                priced=None,
+                **dict.fromkeys(_TOKEN_COLUMNS, None),
+            ),
+            call_row("b1", "2025-06-01T11:00:00", conversation_id="other"),
+        ],
+        [
+            iteration_row("a1", 0, "2025-06-01T09:07:00", cache_write_5m_tokens=1000),
+            iteration_row("b1", 0, "2025-06-01T11:00:00"),
+        ],
+    )
+    refresh(database_url)
+    engine = store.make_engine(database_url, writer=True)
+    try:
+        store.schema.downgrade(engine, "0004")
+        with engine.begin() as connection:
+            gone = connection.execute(
+                store.rollups.delete().where(
+                    store.rollups.c.level == "cache",
+                    store.rollups.c.slot_ms == error_slot,
+                    store.rollups.c.response_model.is_(None),
+                )
+            )
+            assert gone.rowcount == 1
+            connection.execute(store.rollup_dirty.delete())
+        stale = cache_report(engine, build_filters(None, None, "UTC"), by=(), now=NOW).totals
+        assert stale["calls"] == 2  # the old rollup is what the report reads
+
+        store.schema.upgrade(engine)
+        assert marked(database_url) == {error_slot}
+        totals = cache_report(engine, build_filters(None, None, "UTC"), by=(), now=NOW).totals
+    finally:
+        engine.dispose()
+    assert (totals["calls"], totals["cache_creation_5m_input_tokens"]) == (3, 1000)
