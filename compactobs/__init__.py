@@ -21,8 +21,6 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import metrics, trace
-
 from compactobs import guard as guard_module
 from compactobs import otlp
 from compactobs._version import __version__
@@ -30,10 +28,12 @@ from compactobs.checkpoint import Checkpoint, checkpoint
 from compactobs.guard import BudgetExceeded, CompactionLoopDetected, GuardError, GuardPolicy, wrap_up_message
 from compactobs.instrument import state
 from compactobs.instrument.conversation import conversation
-from compactobs.telemetry import Telemetry
 
+# OpenTelemetry and compactobs.telemetry are imported when recording is set up, not with the package: the
+# CLI imports the package too, and its reports need neither.
 if TYPE_CHECKING:
     from compactobs.instrument.middleware import Middleware
+    from compactobs.telemetry import Telemetry
 
 __all__ = [
     "BudgetExceeded",
@@ -83,6 +83,7 @@ def _resource(service_name: str | None) -> Any:
 def _tracer_provider(given: Any, service_name: str | None, export: bool = True) -> Any:
     """The application's TracerProvider when it has one, else one of compactobs' own (not made global,
     so other libraries' tracing is not switched on behind the application's back)."""
+    from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
@@ -100,6 +101,7 @@ def _tracer_provider(given: Any, service_name: str | None, export: bool = True) 
 
 
 def _meter_provider(given: Any, service_name: str | None, export: bool = True) -> Any:
+    from opentelemetry import metrics
     from opentelemetry.sdk.metrics import MeterProvider
 
     if given is not None:
@@ -132,6 +134,7 @@ def _setup(
     """Providers, the SQL store on the tracer provider, the pricer and the guard. Raises on bad
     configuration."""
     from compactobs.pricing import default_pricer
+    from compactobs.telemetry import Telemetry
 
     pricer = default_pricer()
     if store:
@@ -158,6 +161,7 @@ def _lazy_setup() -> Telemetry:
         return _setup(None, None, None, None, store=True)
     except Exception as err:
         from compactobs.pricing import Pricer
+        from compactobs.telemetry import Telemetry
 
         if isinstance(err, otlp.OtlpConfigError):
             log.error("compactobs: %s; recording without OTLP export", err)

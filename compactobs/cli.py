@@ -313,13 +313,14 @@ def refresh_rollups(engine: Engine) -> None:
 def working(what: str) -> Iterator[None]:
     """A spinner on stderr while a report's queries run (one SQL statement has no progress to measure);
     nothing when stderr is not a terminal or NO_COLOR is set."""
-    from rich.console import Console
+    from compactobs.progress import stderr_is_live
 
-    console = Console(stderr=True)
-    if not console.is_terminal or os.environ.get("NO_COLOR"):
+    if not stderr_is_live():
         yield
         return
-    with console.status(what):
+    from rich.console import Console
+
+    with Console(stderr=True).status(what):
         yield
 
 

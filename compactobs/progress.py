@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 
-__all__ = ["ProgressCallback", "progress_bar"]
+__all__ = ["ProgressCallback", "progress_bar", "stderr_is_live"]
 
 ProgressCallback = Callable[[str, int, int], None]
 """`progress(description, done, total)`."""
+
+
+def stderr_is_live() -> bool:
+    """Whether a transient display belongs on stderr: a terminal, and NO_COLOR unset (https://no-color.org).
+    Asked of the file itself, not of rich, so that a run without a display never imports rich for one."""
+    return sys.stderr.isatty() and not os.environ.get("NO_COLOR")
 
 
 @contextlib.contextmanager
@@ -21,15 +28,15 @@ def progress_bar(
 ) -> Iterator[ProgressCallback | None]:
     """A transient rich progress bar on stderr counting `unit`s of `total`, as a `ProgressCallback`; None
     (no bar) when `enabled` is False, or by default when stderr is not a terminal or NO_COLOR is set."""
+    if enabled is None:
+        enabled = stderr_is_live()
+    if not enabled:  # decided before rich is imported: most runs (pipes, CI, small stores) show no bar
+        yield None
+        return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
-    if enabled is None:
-        enabled = console.is_terminal and not os.environ.get("NO_COLOR")
-    if not enabled:
-        yield None
-        return
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),

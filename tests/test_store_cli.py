@@ -153,3 +153,48 @@ def test_a_report_on_a_missing_sqlite_file_is_an_error(tmp_path: Path, data_home
     code, out, _ = run("report", "cost")
     assert code == 0 and "No calls recorded" in out
     assert (data_home / "compactobs.db").exists()
+
+
+def test_ctrl_c_during_a_report_exits_130(postgres_url: str) -> None:
+    """SIGINT while a report waits on the database: "Interrupted", exit code 130 (128 + SIGINT, what shells
+    expect), no traceback. The report is held on a real lock: another transaction holds `calls` exclusively
+    until the signal has been sent (psycopg2 waits in libpq, so its interrupt lands when the wait ends)."""
+    import signal
+    import time
+    import uuid
+
+    from sqlalchemy import create_engine, make_url
+
+    assert run("--db", postgres_url, "db", "upgrade")[0] == 0
+    name = f"compactobs-sigint-{uuid.uuid4().hex[:8]}"
+    reporter_url = make_url(postgres_url).update_query_dict({"application_name": name})
+    holder = create_engine(postgres_url)
+    try:
+        with holder.connect() as locker, holder.connect() as watcher:
+            locker.execute(text("LOCK TABLE calls IN ACCESS EXCLUSIVE MODE"))
+            command = ["compactobs", "--db", reporter_url.render_as_string(False), "report", "cost"]
+            report = subprocess.Popen(
+                [sys.executable, "-m", *command],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            waiting = text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = :name AND wait_event_type = 'Lock'"
+            )
+            deadline = time.monotonic() + 60
+            while not watcher.execute(waiting, {"name": name}).scalar() and report.poll() is None:
+                watcher.rollback()  # pg_stat_activity is read once per transaction
+                assert time.monotonic() < deadline, "the report never waited on the lock"
+                time.sleep(0.05)
+            assert report.poll() is None, report.communicate()
+            report.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            locker.rollback()
+            out, err = report.communicate(timeout=60)
+    finally:
+        holder.dispose()
+    assert report.returncode == 130, (out, err)
+    assert err.strip().endswith("Interrupted"), err
+    assert "Traceback" not in err

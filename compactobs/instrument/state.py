@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from compactobs.telemetry import Telemetry
+if TYPE_CHECKING:  # imported with the recording it sets up, not with the package (see compactobs/__init__)
+    from compactobs.telemetry import Telemetry
 
 _lock = threading.Lock()
 _telemetry: Telemetry | None = None

@@ -44,8 +44,6 @@ if TYPE_CHECKING:
         spool_for,
     )
 from compactobs.store.models import (
-    Call,
-    Iteration,
     calls,
     iterations,
     metadata,
@@ -64,9 +62,7 @@ from compactobs.store.schema import (
 
 __all__ = [
     "ENV_DATABASE_URL",
-    "Call",
     "ExporterStats",
-    "Iteration",
     "SchemaStatus",
     "SqlSpanExporter",
     "StoreError",

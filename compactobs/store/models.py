@@ -1,6 +1,6 @@
 """The SQL schema: `calls` (one row per API call) and `iterations` (one row per billed usage entry).
 
-These models are the target of the Alembic revisions in `compactobs/_migrations/`; a test runs
+These tables are the target of the Alembic revisions in `compactobs/_migrations/`; a test runs
 autogenerate against them, so a column added here without a revision fails the suite.
 
 Conventions the reports rely on:
@@ -38,16 +38,12 @@ from sqlalchemy import (
     String,
     Table,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "ROLLUP_COUNTS",
     "ROLLUP_LEVELS",
     "ROLLUP_MONEY",
     "SLOT_MS",
-    "Base",
-    "Call",
-    "Iteration",
     "calls",
     "epoch_ms",
     "iterations",
@@ -76,127 +72,123 @@ OUT_OF_RANGE_COMMENT: Final = (
 )
 
 
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+metadata: MetaData = MetaData(naming_convention=NAMING_CONVENTION)
 
+# Core tables, not ORM classes: nothing maps rows to objects, and the ORM's import (~70 ms) was most of what
+# a report's start-up paid beyond SQLAlchemy Core.
 
-class Call(Base):
-    """One API call: the `chat {model}` span compactobs emits, keyed by its span id."""
+calls: Table = Table(
+    "calls",
+    metadata,
+    Column("call_id", String(16), primary_key=True, comment="span id, 16 hex digits"),
+    Column("trace_id", String(32), nullable=False),
+    Column("service_name", String),
+    Column("conversation_id", String),
 
-    __tablename__ = "calls"
+    Column("start_time", DateTime(timezone=True), comment="UTC", nullable=False),
+    Column("start_ms", BigInteger, comment="epoch milliseconds, for Grafana", nullable=False),
+    Column("end_ms", BigInteger, nullable=False),
+    Column("duration_ms", Float, nullable=False),
 
-    call_id: Mapped[str] = mapped_column(String(16), primary_key=True, comment="span id, 16 hex digits")
-    trace_id: Mapped[str] = mapped_column(String(32))
-    service_name: Mapped[str | None] = mapped_column(String)
-    conversation_id: Mapped[str | None] = mapped_column(String)
+    Column("provider", String),
+    Column("operation", String),
+    Column("request_model", String),
+    Column("response_model", String),
+    Column("response_id", String),
+    Column("request_id", String),
+    Column("stop_reason", String),
 
-    start_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), comment="UTC")
-    start_ms: Mapped[int] = mapped_column(BigInteger, comment="epoch milliseconds, for Grafana")
-    end_ms: Mapped[int] = mapped_column(BigInteger)
-    duration_ms: Mapped[float] = mapped_column(Float)
+    Column("status", String(5), comment="OK, ERROR or UNSET (the span status)", nullable=False),
+    Column("error_type", String),
+    Column("http_status", Integer),
+    Column("attempts", Integer, comment="HTTP attempts: retries + 1", nullable=False),
 
-    provider: Mapped[str | None] = mapped_column(String)
-    operation: Mapped[str | None] = mapped_column(String)
-    request_model: Mapped[str | None] = mapped_column(String)
-    response_model: Mapped[str | None] = mapped_column(String)
-    response_id: Mapped[str | None] = mapped_column(String)
-    request_id: Mapped[str | None] = mapped_column(String)
-    stop_reason: Mapped[str | None] = mapped_column(String)
+    Column("stream", Boolean),
+    Column("ttft_ms", Float),
+    Column("stream_end", String),
 
-    status: Mapped[str] = mapped_column(String(5), comment="OK, ERROR or UNSET (the span status)")
-    error_type: Mapped[str | None] = mapped_column(String)
-    http_status: Mapped[int | None] = mapped_column(Integer)
-    attempts: Mapped[int] = mapped_column(Integer, comment="HTTP attempts: retries + 1")
-
-    stream: Mapped[bool | None] = mapped_column(Boolean)
-    ttft_ms: Mapped[float | None] = mapped_column(Float)
-    stream_end: Mapped[str | None] = mapped_column(String)
-
-    compaction_trigger: Mapped[int | None] = mapped_column(BigInteger)
-    compaction_pause_after: Mapped[bool | None] = mapped_column(Boolean)
-    compaction_on_demand: Mapped[bool | None] = mapped_column(Boolean)
-    service_tier: Mapped[str | None] = mapped_column(String)
-    speed: Mapped[str | None] = mapped_column(String)
-    inference_geo: Mapped[str | None] = mapped_column(String)
+    Column("compaction_trigger", BigInteger),
+    Column("compaction_pause_after", Boolean),
+    Column("compaction_on_demand", Boolean),
+    Column("service_tier", String),
+    Column("speed", String),
+    Column("inference_geo", String),
 
     # Billed totals over every iteration.
-    input_tokens: Mapped[int | None] = mapped_column(BigInteger, comment="uncached input")
-    output_tokens: Mapped[int | None] = mapped_column(BigInteger, comment="thinking included")
-    cache_read_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    cache_write_5m_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    cache_write_1h_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    web_search_requests: Mapped[int | None] = mapped_column(BigInteger)
-    web_fetch_requests: Mapped[int | None] = mapped_column(BigInteger)
-    reasoning_tokens: Mapped[int | None] = mapped_column(BigInteger, comment="inside output_tokens")
-    top_level_input_tokens: Mapped[int | None] = mapped_column(
-        BigInteger, comment="what the top-level usage said (compaction left out)"
-    )
-    top_level_output_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    Column("input_tokens", BigInteger, comment="uncached input"),
+    Column("output_tokens", BigInteger, comment="thinking included"),
+    Column("cache_read_tokens", BigInteger),
+    Column("cache_write_5m_tokens", BigInteger),
+    Column("cache_write_1h_tokens", BigInteger),
+    Column("web_search_requests", BigInteger),
+    Column("web_fetch_requests", BigInteger),
+    Column("reasoning_tokens", BigInteger, comment="inside output_tokens"),
+    Column(
+        "top_level_input_tokens", BigInteger, comment="what the top-level usage said (compaction left out)"
+    ),
+    Column("top_level_output_tokens", BigInteger),
 
-    cost_usd: Mapped[Decimal | None] = mapped_column(Usd, comment="NULL when unpriced")
-    priced: Mapped[bool | None] = mapped_column(Boolean, comment="NULL when the call carried no usage")
-    pricing_version: Mapped[str | None] = mapped_column(String)
-    cost_input_usd: Mapped[Decimal | None] = mapped_column(Usd)
-    cost_output_usd: Mapped[Decimal | None] = mapped_column(Usd)
-    cost_cache_read_usd: Mapped[Decimal | None] = mapped_column(Usd)
-    cost_cache_write_5m_usd: Mapped[Decimal | None] = mapped_column(Usd)
-    cost_cache_write_1h_usd: Mapped[Decimal | None] = mapped_column(Usd)
-    cost_server_tools_usd: Mapped[Decimal | None] = mapped_column(Usd)
+    Column("cost_usd", Usd, comment="NULL when unpriced"),
+    Column("priced", Boolean, comment="NULL when the call carried no usage"),
+    Column("pricing_version", String),
+    Column("cost_input_usd", Usd),
+    Column("cost_output_usd", Usd),
+    Column("cost_cache_read_usd", Usd),
+    Column("cost_cache_write_5m_usd", Usd),
+    Column("cost_cache_write_1h_usd", Usd),
+    Column("cost_server_tools_usd", Usd),
 
-    iterations_count: Mapped[int | None] = mapped_column(Integer)
-    compactions_count: Mapped[int | None] = mapped_column(Integer)
-    compactions_failed: Mapped[int | None] = mapped_column(Integer)
-    context_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    budget_usd: Mapped[Decimal | None] = mapped_column(Usd)
-    budget_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    out_of_range: Mapped[str | None] = mapped_column(String, comment=OUT_OF_RANGE_COMMENT)
+    Column("iterations_count", Integer),
+    Column("compactions_count", Integer),
+    Column("compactions_failed", Integer),
+    Column("context_tokens", BigInteger),
+    Column("budget_usd", Usd),
+    Column("budget_tokens", BigInteger),
+    Column("out_of_range", String, comment=OUT_OF_RANGE_COMMENT),
 
     # Time filters use start_ms: an 8-byte integer makes smaller, cheaper indexes than a timestamp (and is
     # what Grafana's SQLite plugin buckets). start_time is for display and date functions.
-    __table_args__ = (
-        Index(None, "start_ms"),
-        Index(None, "conversation_id", "start_ms"),
-        Index(None, "request_model", "start_ms"),
-    )
+    Index(None, "start_ms"),
+    Index(None, "conversation_id", "start_ms"),
+    Index(None, "request_model", "start_ms"),
+)
+"""One API call: the `chat {model}` span compactobs emits, keyed by its span id."""
 
+iterations: Table = Table(
+    "iterations",
+    metadata,
+    Column("call_id", String(16), primary_key=True),
+    Column("idx", Integer, primary_key=True, autoincrement=False),
+    Column(
+        "start_ms",
+        BigInteger,
+        comment="epoch ms of the iteration span: the call's end (iterations have no timing)",
+        nullable=False,
+    ),
+    Column("type", String),
+    Column("model", String),
+    Column("known_type", Boolean),
+    Column("declined", Boolean),
 
-class Iteration(Base):
-    """One billed sampling step of a call (a `usage.iterations` entry), from an iteration span."""
+    Column("input_tokens", BigInteger),
+    Column("output_tokens", BigInteger),
+    Column("cache_read_tokens", BigInteger),
+    Column("cache_write_5m_tokens", BigInteger),
+    Column("cache_write_1h_tokens", BigInteger),
 
-    __tablename__ = "iterations"
-
-    call_id: Mapped[str] = mapped_column(String(16), primary_key=True)
-    idx: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    start_ms: Mapped[int] = mapped_column(
-        BigInteger, comment="epoch ms of the iteration span: the call's end (iterations have no timing)"
-    )
-    type: Mapped[str | None] = mapped_column(String)
-    model: Mapped[str | None] = mapped_column(String)
-    known_type: Mapped[bool | None] = mapped_column(Boolean)
-    declined: Mapped[bool | None] = mapped_column(Boolean)
-
-    input_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    output_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    cache_read_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    cache_write_5m_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    cache_write_1h_tokens: Mapped[int | None] = mapped_column(BigInteger)
-
-    cost_usd: Mapped[Decimal | None] = mapped_column(Usd)
-    priced: Mapped[bool | None] = mapped_column(Boolean)
-    cost_input_usd: Mapped[Decimal | None] = mapped_column(Usd)
-    cost_output_usd: Mapped[Decimal | None] = mapped_column(Usd)
-    cost_cache_read_usd: Mapped[Decimal | None] = mapped_column(Usd)
-    cost_cache_write_5m_usd: Mapped[Decimal | None] = mapped_column(Usd)
-    cost_cache_write_1h_usd: Mapped[Decimal | None] = mapped_column(Usd)
-    out_of_range: Mapped[str | None] = mapped_column(String, comment=OUT_OF_RANGE_COMMENT)
+    Column("cost_usd", Usd),
+    Column("priced", Boolean),
+    Column("cost_input_usd", Usd),
+    Column("cost_output_usd", Usd),
+    Column("cost_cache_read_usd", Usd),
+    Column("cost_cache_write_5m_usd", Usd),
+    Column("cost_cache_write_1h_usd", Usd),
+    Column("out_of_range", String, comment=OUT_OF_RANGE_COMMENT),
 
     # By call: the primary key. By time (reports by iteration model or type): start_ms.
-    __table_args__ = (Index(None, "start_ms"),)
-
-
-metadata: MetaData = Base.metadata
-calls: Table = Call.__table__  # type: ignore[assignment]
-iterations: Table = Iteration.__table__  # type: ignore[assignment]
+    Index(None, "start_ms"),
+)
+"""One billed sampling step of a call (a `usage.iterations` entry), from an iteration span."""
 
 # -- rollups: what the reports pre-aggregate ---------------------------------------------------------------
 #
