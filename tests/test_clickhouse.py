@@ -12,11 +12,12 @@ module's docstring).
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -27,6 +28,7 @@ from compactobs.demo import run_demo
 from compactobs.reports._common import ReportInputError, build_filters, render
 from compactobs.reports.anomalies import Thresholds, anomalies_report, load_budgets
 from compactobs.reports.cache import cache_report
+from compactobs.reports.clickhouse import slots
 from compactobs.reports.clickhouse.source import ClickHouseSource
 from compactobs.reports.conversation import conversation_report
 from compactobs.reports.cost import BY_CHOICES, cost_report
@@ -46,7 +48,14 @@ def recorded(module_postgres_url: str, tmp_path_factory: pytest.TempPathFactory)
     written = write_spans(source, kept.get_finished_spans())
     engine = store.open_database(module_postgres_url)
     try:
-        yield {"engine": engine, "source": source, "summary": summary, "spans": written, "dir": directory}
+        yield {
+            "engine": engine,
+            "source": source,
+            "summary": summary,
+            "spans": written,
+            "dir": directory,
+            "finished": kept.get_finished_spans(),
+        }
     finally:
         engine.dispose()
         source.close()
@@ -193,6 +202,98 @@ def test_after_setup_the_typed_tables_give_the_same_json(recorded: dict[str, Any
         assert rows[0]["n"] == recorded["summary"].calls
     finally:
         source.typed = False
+
+
+def _slot_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The levels `report cost` read from setup's slot sums, as they are read."""
+    seen: list[str] = []
+    original = slots.latest
+
+    def latest(source: Any, level: str, filters: Any) -> str:
+        seen.append(level)
+        return original(source, level, filters)
+
+    monkeypatch.setattr(slots, "latest", latest)
+    return seen
+
+
+_SLOT_GROUPINGS: Final = [*((by,) for by in BY_CHOICES if by != "conversation"), ("model", "day")]
+
+
+def test_slots_arrive_late_and_twice_and_still_give_the_same_json(
+    recorded: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Setup's per-slot sums, with spans as a Collector delivers them: half the calls before setup (some
+    without their iteration spans); then, each insert followed by a report, the held-back iteration spans
+    alone (their calls' slots are marked by nothing else), the other calls' iteration spans before their
+    calls, the calls, and that batch once more (a retry). After each, every `report cost` grouping on whole
+    slots reads the slots and equals the same report read from the calls; at the end both equal the SQL
+    store's JSON. An unaligned window reads the calls."""
+    source = copy.copy(recorded["source"])  # the fixture's chdb session, another database
+    source.execute("CREATE DATABASE IF NOT EXISTS late")
+    source.table, source.typed = "late.otel_traces", False
+    finished = list(recorded["finished"])
+
+    def is_call(span: Any) -> bool:
+        return span.attributes.get("compactobs.span.kind") == "call"
+
+    def call_of(span: Any) -> int:
+        return span.context.span_id if is_call(span) else span.parent.span_id
+
+    call_ids = sorted({s.context.span_id for s in finished if is_call(s)})
+    early = set(call_ids[::2])
+    held_back = set(sorted(early)[::4])
+    first = recorded["summary"].started_at
+    day = first.replace(hour=0, minute=0, second=0, microsecond=0)
+    windows = [
+        build_filters(None, None, "Europe/Paris"),
+        build_filters(None, None, "UTC", models=("claude-opus-*",), services=("compactobs-*",)),
+        build_filters(day.isoformat(), (day + timedelta(days=2)).isoformat(), "Asia/Kolkata"),
+    ]
+    reads = _slot_reads(monkeypatch)
+
+    def reports(make_source: Any, slotted: bool = False) -> list[dict[str, Any]]:
+        out = []
+        for filters in windows:
+            report_source = make_source()
+            for grouping in _SLOT_GROUPINGS:
+                reads.clear()
+                out.append(_json(cost_report(report_source, filters, grouping)))
+                assert bool(reads) == slotted, (grouping, filters)  # the slots answered, or did not
+        return out
+
+    def from_slots() -> ClickHouseSource:
+        fresh = copy.copy(source)  # a report's own source: it refreshes the slots marked since the last
+        fresh._slots = None
+        return fresh
+
+    def from_calls() -> ClickHouseSource:
+        raw = copy.copy(source)
+        raw._slots = False
+        return raw
+
+    def insert(spans: list[Any]) -> None:
+        write_spans(source, spans, table="late.otel_traces")
+
+    insert([s for s in finished if call_of(s) in early and (is_call(s) or call_of(s) not in held_back)])
+    source.setup()
+    late = [s for s in finished if call_of(s) not in early]
+    for batch in (
+        [s for s in finished if call_of(s) in held_back and not is_call(s)],
+        [s for s in late if not is_call(s)],
+        [s for s in late if is_call(s)],
+        [s for s in late if is_call(s)],
+    ):
+        insert(batch)
+        got = reports(from_slots, slotted=True)
+        assert got == reports(from_calls)
+    assert got == reports(lambda: recorded["engine"])
+    assert _json(cost_report(recorded["engine"], windows[0], ("model",)))["totals"]["calls"] == len(call_ids)
+    unaligned = build_filters((first - timedelta(minutes=1)).isoformat(), None, "UTC")
+    reads.clear()
+    expected = _json(cost_report(recorded["engine"], unaligned, ("day",)))
+    assert _json(cost_report(from_slots(), unaligned, ("day",))) == expected
+    assert reads == []
 
 
 def test_the_cli_reads_chdb_and_refuses_writes_in_one_line(

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from compactobs.reports._common import TIME_UNITS, Buckets, Filters, bucket_label
-from compactobs.reports.clickhouse import spans
+from compactobs.reports.clickhouse import slots, spans
 from compactobs.reports.clickhouse.source import ClickHouseSource, join
 from compactobs.reports.cost import ITERATION_LEVEL, KEY_OF
 
@@ -82,6 +82,14 @@ ITERATION_MEASURES: Final[tuple[tuple[str, str], ...]] = (
 costs per iteration; what belongs to the call once, on its last iteration."""
 
 
+def compaction_costs(iterations: str) -> str:
+    """Per call, the cost of its compaction iterations (`compaction_cost`), from an iterations subquery."""
+    return (
+        f"(SELECT call_id, sum(cost_usd) AS compaction_cost FROM {iterations} "
+        "WHERE type = 'compaction' GROUP BY call_id)"
+    )
+
+
 def data_range(source: ClickHouseSource, filters: Filters) -> tuple[int, int] | None:
     """(first, last) start_ms of the calls in the window, None when there is none."""
     calls = spans.calls_of(source, filters)
@@ -113,10 +121,10 @@ def cost_groups(
     with_model: bool = False,
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
     """`cost._aggregate_raw` on ClickHouse: {group key values (in `by` order): measures}, buckets that share
-    a label merged. `with_model`: the call's model is one more key, last."""
-    from compactobs.reports.cost import _add
-
+    a label merged. `with_model`: the call's model is one more key, last. From the slots of
+    `compactobs clickhouse setup` when they can answer (see `slots`), else from the calls."""
     iteration_level = any(name in ITERATION_LEVEL for name in by)
+    from_slots = "conversation" not in by and slots.aligned(filters) and source.slots_ready()
     keys: list[tuple[str, str]] = []
     unit = buckets.unit if buckets is not None else None
     for name in by:
@@ -124,12 +132,19 @@ def cost_groups(
             assert buckets is not None
             sql_unit = "day" if name == "month" else name
             lo, hi = buckets.starts[0], buckets.end
-            keys.append(("t_local", spans.local_bucket("c.start_ms", sql_unit, filters.tz, lo, hi)))
+            start = "s.slot_ms" if from_slots else "c.start_ms"  # a slot is in one bucket of any zone
+            keys.append(("t_local", spans.local_bucket(start, sql_unit, filters.tz, lo, hi)))
+        elif from_slots:
+            keys.append((f"k_{KEY_OF[name]}", _SLOT_KEY[name]))
         else:
             keys.append((f"k_{KEY_OF[name]}", group_key_sql(name, iteration_level)))
     if with_model:
-        keys.append(("k_call_model", "coalesce(c.response_model, c.request_model)"))
+        call_model = "coalesce({0}.response_model, {0}.request_model)".format("s" if from_slots else "c")
+        keys.append(("k_call_model", call_model))
     measures = ITERATION_MEASURES if iteration_level else CALL_MEASURES
+    if from_slots:
+        records = _slot_records(source, filters, keys, measures, iteration_level, unpriced_only)
+        return _grouped(records, by, unit, with_model)
     where = spans.call_conditions(filters, "c.")
     if unpriced_only:
         where.append("c.priced = false")
@@ -150,11 +165,7 @@ def cost_groups(
     records = source.rows(sql + group, JOIN_SETTINGS)
     if not iteration_level:
         # The compaction iterations' cost of the calls that compacted, by the same keys (a small join).
-        compaction = (
-            "(SELECT call_id, sum(cost_usd) AS compaction_cost "
-            f"FROM {spans.iterations_of(source, filters.since_ms)} "
-            "WHERE type = 'compaction' GROUP BY call_id)"
-        )
+        compaction = compaction_costs(spans.iterations_of(source, filters.since_ms))
         labels = join([f"{sql} AS {label}" for label, sql in keys])
         costs = (
             f"SELECT {labels + ', ' if labels else ''}{COMPACTION_COST} AS compaction_cost_usd "
@@ -167,6 +178,47 @@ def cost_groups(
         }
         for record in records:
             record["compaction_cost_usd"] = by_key.get(tuple(record[label] for label, _ in keys))
+    return _grouped(records, by, unit, with_model)
+
+
+_SLOT_KEY: Final = {
+    "service": "s.service_name",
+    "model": "s.model",
+    "iteration-type": "s.iteration_type",
+}
+"""`group_key_sql`'s keys as a slot keeps them (the model: at the iteration level, as `group_key_sql`)."""
+
+
+def _slot_records(
+    source: ClickHouseSource,
+    filters: Filters,
+    keys: Sequence[tuple[str, str]],
+    measures: Sequence[tuple[str, str]],
+    iteration_level: bool,
+    unpriced_only: bool,
+) -> list[dict[str, Any]]:
+    """The groups of `keys` summed over the window's slots: each measure is a sum or a count per slot, so
+    the sum of the slots' figures is the figure over the calls."""
+    level = "iteration" if iteration_level else "call"
+    where = spans.model_service_conditions(filters, "s.request_model", "s.response_model", "s.service_name")
+    if unpriced_only:
+        where.append("s.priced = false")
+    select = join(
+        [*(f"{sql} AS {label}" for label, sql in keys), *(f"sum(s.{name}) AS {name}" for name, _ in measures)]
+    )
+    sql = f"SELECT {select} FROM {slots.latest(source, level, filters)} AS s"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    if keys:
+        sql += " GROUP BY " + join([label for label, _ in keys])
+    return source.rows(sql)
+
+
+def _grouped(
+    records: Sequence[dict[str, Any]], by: Sequence[str], unit: str | None, with_model: bool
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    from compactobs.reports.cost import _add
+
     result: dict[tuple[Any, ...], dict[str, Any]] = {}
     for record in records:
         values: list[Any] = []

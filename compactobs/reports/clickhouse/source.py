@@ -47,6 +47,8 @@ _SETTINGS: Final = {
 _IDENTIFIER: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _EXAMPLES: Final = "e.g. clickhouse://user@host:8123/database or chdb:///path/to/chdb-directory"
 
+log = logging.getLogger(__name__)
+
 
 def is_clickhouse_url(url: str | None) -> bool:
     """Whether `--db` names a ClickHouse source rather than the SQL store."""
@@ -129,6 +131,8 @@ class ClickHouseSource(ExternalSource):
         self._client: Any = None
         self.typed = False
         """Whether `compactobs clickhouse setup` made the typed tables the reports then read."""
+        self._slots: bool | None = None
+        """Whether setup's per-slot sums are there and refreshed (None: not looked at yet)."""
         if scheme == "chdb":
             self._open_chdb(parts.path or "")
         else:
@@ -276,14 +280,34 @@ class ClickHouseSource(ExternalSource):
         return self.typed
 
     def setup(self) -> list[str]:
-        """Create the typed tables and their materialised views, and fill them (idempotent)."""
+        """Create the typed tables, the per-slot sums and their materialised views, and fill them
+        (idempotent)."""
+        from compactobs.reports.clickhouse import slots
         from compactobs.reports.clickhouse.spans import setup_statements
 
-        statements = setup_statements(self.table)
+        statements = [*setup_statements(self.table), *slots.setup_statements(self.table)]
         for statement in statements:
             self.execute(statement)
         self.typed = True
+        slots.refresh(self, everything=True)
+        self._slots = True
         return statements
+
+    def slots_ready(self) -> bool:
+        """Whether the reports can read setup's per-slot sums: they exist, and the slots marked since the
+        last refresh were recomputed now (once per source). A refresh that fails (a read-only user) leaves
+        the reports on the typed tables, which are always exact."""
+        if self._slots is None:
+            from compactobs.reports.clickhouse import slots
+
+            self._slots = False
+            if self.typed and slots.exists(self):
+                try:
+                    slots.refresh(self)
+                    self._slots = True
+                except StoreError as err:
+                    log.info("compactobs: the slot sums were not refreshed (%s); reading the calls", err)
+        return self._slots
 
     def check_table(self) -> None:
         """Raises StoreError, saying what to do, when the spans table is missing."""
