@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import make_url
 
@@ -95,6 +95,14 @@ ERRORS: tuple[tuple[int, float], ...] = ((429, 0.55), (529, 0.25), (500, 0.12), 
 PRICING_VERSION = "genai-prices==bench"
 WINDOW_LIMIT = 180_000
 """A conversation without compaction starts its context over past this many tokens (client-side)."""
+
+
+# The generator fills the columns up to `calls.budget_tokens` and `iterations.cost_cache_write_1h_usd`; the
+# columns added after them (out_of_range, ...) are NULL: no generated value is out of range.
+_UNSET_CALL_TAIL: Final = (None,) * (len(CALL_COLUMNS) - 1 - CALL_COLUMNS.index("budget_tokens"))
+_UNSET_ITERATION_TAIL: Final = (None,) * (
+    len(ITERATION_COLUMNS) - 1 - ITERATION_COLUMNS.index("cost_cache_write_1h_usd")
+)
 
 
 @dataclass(frozen=True)
@@ -300,7 +308,7 @@ class Generator:
                         None,
                         None,
                         None,
-                        *([None] * 25),
+                        *([None] * (len(CALL_COLUMNS) - 28)),  # no usage, no cost, no figures after
                     )
                 )
                 continue
@@ -478,6 +486,7 @@ class Generator:
                     cr,
                     c5,
                     c1,
+                    *_UNSET_ITERATION_TAIL,
                 )
             )
         web_cost = web * WEB_SEARCH_USD
@@ -536,6 +545,7 @@ class Generator:
                 context_tokens,
                 budget,
                 None,
+                *_UNSET_CALL_TAIL,
             )
         )
 
@@ -587,8 +597,13 @@ class SqliteSink:
         self.con.execute("PRAGMA synchronous=OFF")
         self.con.execute("PRAGMA cache_size=-1048576")  # 1 GiB while loading: random call ids
         self.con.execute("BEGIN")
-        self.insert_calls = f"INSERT INTO calls VALUES ({','.join('?' * len(CALL_COLUMNS))})"
-        self.insert_iterations = f"INSERT INTO iterations VALUES ({','.join('?' * len(ITERATION_COLUMNS))})"
+        self.insert_calls = (
+            f"INSERT INTO calls ({','.join(CALL_COLUMNS)}) VALUES ({','.join('?' * len(CALL_COLUMNS))})"
+        )
+        self.insert_iterations = (
+            f"INSERT INTO iterations ({','.join(ITERATION_COLUMNS)}) "
+            f"VALUES ({','.join('?' * len(ITERATION_COLUMNS))})"
+        )
 
     def write(self, call_rows: Rows, iteration_rows: Rows) -> None:
         self.con.executemany(self.insert_calls, call_rows)
