@@ -197,6 +197,22 @@ def prepare(calls: int, data_dir: Path) -> tuple[Path, float | None, int]:
     return directory, took, spans
 
 
+def prepare_one(calls: int, data_dir: Path, setup: bool) -> None:
+    """In the child: the chdb directory of `calls` generated (or reused) and set up; prints where."""
+    directory, took, spans = prepare(calls, data_dir)
+    how = "reused" if took is None else f"generated in {took:.0f} s"
+    if setup:
+        from compactobs.reports.clickhouse import open_source
+
+        with open_source(f"chdb://{directory}") as source:
+            if not source.typed:
+                started = time.perf_counter()
+                source.setup()
+                how += f"; `clickhouse setup` took {time.perf_counter() - started:.0f} s"
+    print(f"chdb {calls:,} calls: {spans:,} spans in {directory} ({how})")
+    print(json.dumps({"directory": str(directory)}))
+
+
 def _bench_reports() -> Any:
     spec = importlib.util.spec_from_file_location("bench_reports", Path(__file__).with_name("reports.py"))
     assert spec is not None and spec.loader is not None
@@ -292,10 +308,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="read the spans' attributes, not the typed tables",
     )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
         print(json.dumps(measure_one(args.measure, args.db, args.repeat)))
+        return
+    if args.prepare:
+        prepare_one(args.prepare, args.data_dir, args.setup)
         return
     names = args.reports.split(",")
     sources: list[tuple[str, int, str]] = []
@@ -305,17 +325,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         database = bench_reports.prepare(params, args.data_dir, None)[0]
         sources.append(("sqlite", args.sqlite_calls, database.url))
     for calls in args.calls or [1_000_000, 10_000_000]:
-        directory, took, spans = prepare(calls, args.data_dir)
-        how = "reused" if took is None else f"generated in {took:.0f} s"
-        if args.setup:
-            from compactobs.reports.clickhouse import open_source
-
-            with open_source(f"chdb://{directory}") as source:
-                if not source.typed:
-                    started = time.perf_counter()
-                    source.setup()
-                    how += f"; `clickhouse setup` took {time.perf_counter() - started:.0f} s"
-        print(f"chdb {calls:,} calls: {spans:,} spans in {directory} ({how})")
+        # In a child: chdb opens one directory per process, and each size has its own.
+        child = subprocess.run(
+            [sys.executable, __file__, "--prepare", str(calls), "--data-dir", str(args.data_dir)]
+            + ([] if args.setup else ["--no-setup"]),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        directory = Path(json.loads(child.stdout.strip().splitlines()[-1])["directory"])
+        print(child.stdout.strip().splitlines()[-2])
         sources.append(("chdb", calls, f"chdb://{directory}"))
     header = ("source", "calls", "report", "first s", "median s", "target", "py peak MB", "rss Δ MB", "rows")
     lines = [header]
@@ -355,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     import platform
 
     print(
-        f"\npython {platform.python_version()}, {os.cpu_count()} CPUs (shared with other work); reports over all "
+        f"\npython {platform.python_version()}, {os.cpu_count()} CPUs (shared with other work; load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end); reports over all "
         f"{DAYS} days, tz UTC; median of {args.repeat} after a first run; "
         + ("after `compactobs clickhouse setup`." if args.setup else "without `compactobs clickhouse setup`.")
     )

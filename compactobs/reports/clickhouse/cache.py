@@ -14,8 +14,8 @@ from typing import Any, Final
 
 from compactobs.reports._common import TIME_UNITS, Filters, bucket_label
 from compactobs.reports.cache import TTL_1H_MS, TTL_5M_MS
-from compactobs.reports.clickhouse import spans
-from compactobs.reports.clickhouse.cost import JOIN_SETTINGS, group_key_sql
+from compactobs.reports.clickhouse import slots, spans
+from compactobs.reports.clickhouse.cost import JOIN_SETTINGS, SLOT_KEY, group_key_sql
 from compactobs.reports.clickhouse.source import ClickHouseSource
 from compactobs.reports.cost import KEY_OF
 
@@ -111,11 +111,27 @@ def _measures() -> list[tuple[str, str]]:
     ]
 
 
-def calls_with_next(source: ClickHouseSource, filters: Filters) -> str:
-    """The window's calls with `next_start`, for those that wrote to the cache in a conversation."""
-    window = spans.calls_of(source, filters)
-    everything = spans.calls_of(source)
-    where = spans.call_conditions(filters, "c.")
+OPEN_WRITE: Final = (
+    "(c.conversation_id IS NOT NULL AND (coalesce(c.cache_write_5m_tokens, 0) > 0 OR "
+    "coalesce(c.cache_write_1h_tokens, 0) > 0) AND c.next_start IS NULL)"
+)
+"""A row of `calls_with_next` whose writes have no next call yet: whether they are wasted depends on the
+report's clock (`cache.open_write`); the slots keep the other calls, the report reads these."""
+
+
+def calls_with_next(source: ClickHouseSource, filters: Filters, extra: Sequence[str] = ()) -> str:
+    """The window's calls (and `extra` conditions over `c`) with `next_start`, for those that wrote to the
+    cache in a conversation."""
+    return next_of(
+        spans.calls_of(source, filters),
+        spans.calls_of(source),
+        [*spans.call_conditions(filters, "c."), *extra],
+    )
+
+
+def next_of(window: str, everything: str, where: Sequence[str]) -> str:
+    """The calls of `window` meeting `where` (over `c`) with `next_start`: the conversation's next call
+    among `everything`."""
     condition = " WHERE " + " AND ".join(where) if where else ""
     wrote = (
         f"SELECT DISTINCT c.conversation_id FROM {window} AS c"
@@ -133,38 +149,60 @@ def calls_with_next(source: ClickHouseSource, filters: Filters) -> str:
     )
 
 
-def cache_groups(
-    source: ClickHouseSource, filters: Filters, by: Sequence[str], span: tuple[int, int], now_ms: int
-) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """`cache._aggregate` on ClickHouse: {group key values (in `by` order): summed figures}."""
-    from compactobs.reports.cache import _add
-
-    keys: list[tuple[str, str]] = []
-    for name in by:
-        if name in TIME_UNITS:
-            unit = "day" if name == "month" else name
-            keys.append(("t_local", spans.local_bucket("c.start_ms", unit, filters.tz, span[0], span[1])))
-        else:
-            keys.append((f"k_{KEY_OF[name]}", group_key_sql(name, True)))
-    iterations = spans.iterations_of(source, filters.since_ms)
+def measures_sql(
+    calls: str, iterations: str, keys: Sequence[tuple[str, str]], now_ms: int, where: str = ""
+) -> str:
+    """SQL of the measures of `calls` (rows of `next_of`) LEFT JOIN `iterations`, grouped by `keys`
+    ((label, SQL over `c` and `i`)); `where` (over `c` and `i`) selects rows first."""
     per_row = ", ".join(
         [
             *(f"{sql} AS {label}" for label, sql in keys),
             *(f"{sql} AS {name}" for name, sql in _per_row(now_ms)),
         ]
     )
-    rows = (
-        f"SELECT {per_row} FROM {calls_with_next(source, filters)} AS c "
-        f"LEFT JOIN {iterations} AS i ON i.call_id = c.call_id"
-    )
+    rows = f"SELECT {per_row} FROM {calls} AS c LEFT JOIN {iterations} AS i ON i.call_id = c.call_id"
+    if where:
+        rows += f" WHERE {where}"
     select = ", ".join(
         [*(f"r.{label} AS {label}" for label, _ in keys), *(f"{sql} AS {n}" for n, sql in _measures())]
     )
     sql = f"SELECT {select} FROM ({rows}) AS r"
     if keys:
         sql += " GROUP BY " + ", ".join(f"r.{label}" for label, _ in keys)
+    return sql
+
+
+def cache_groups(
+    source: ClickHouseSource, filters: Filters, by: Sequence[str], span: tuple[int, int], now_ms: int
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """`cache._aggregate` on ClickHouse: {group key values (in `by` order): summed figures}. With the
+    slots of `compactobs clickhouse setup` when they can answer (see `slots`): the settled calls' sums from
+    the slots, the open writes (`OPEN_WRITE` when their slot was recomputed) from the calls; else every
+    call from the calls."""
+    from compactobs.reports.cache import _add
+
+    from_slots = "conversation" not in by and slots.aligned(filters) and source.slots_ready()
+    keys: list[tuple[str, str]] = []
+    slot_keys: list[tuple[str, str]] = []
+    for name in by:
+        if name in TIME_UNITS:
+            unit = "day" if name == "month" else name
+            keys.append(("t_local", spans.local_bucket("c.start_ms", unit, filters.tz, span[0], span[1])))
+            slot_keys.append(("t_local", spans.local_bucket("s.slot_ms", unit, filters.tz, span[0], span[1])))
+        else:
+            keys.append((f"k_{KEY_OF[name]}", group_key_sql(name, True)))
+            slot_keys.append((f"k_{KEY_OF[name]}", SLOT_KEY[name]))
+    extra = (
+        [f"c.call_id IN (SELECT call_id FROM {slots.latest(source, 'open', filters)})"] if from_slots else []
+    )
+    calls = calls_with_next(source, filters, extra)
+    records = source.rows(
+        measures_sql(calls, spans.iterations_of(source, filters.since_ms), keys, now_ms), JOIN_SETTINGS
+    )
+    if from_slots:
+        records += slots.sums(source, filters, "cache", slot_keys, [name for name, _ in _measures()])
     result: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for record in source.rows(sql, JOIN_SETTINGS):
+    for record in records:
         values: list[Any] = []
         for name in by:
             if name in TIME_UNITS:

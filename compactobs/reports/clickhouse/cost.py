@@ -135,7 +135,7 @@ def cost_groups(
             start = "s.slot_ms" if from_slots else "c.start_ms"  # a slot is in one bucket of any zone
             keys.append(("t_local", spans.local_bucket(start, sql_unit, filters.tz, lo, hi)))
         elif from_slots:
-            keys.append((f"k_{KEY_OF[name]}", _SLOT_KEY[name]))
+            keys.append((f"k_{KEY_OF[name]}", SLOT_KEY[name]))
         else:
             keys.append((f"k_{KEY_OF[name]}", group_key_sql(name, iteration_level)))
     if with_model:
@@ -143,7 +143,8 @@ def cost_groups(
         keys.append(("k_call_model", call_model))
     measures = ITERATION_MEASURES if iteration_level else CALL_MEASURES
     if from_slots:
-        records = _slot_records(source, filters, keys, measures, iteration_level, unpriced_only)
+        level = "iteration" if iteration_level else "call"
+        records = slots.sums(source, filters, level, keys, [name for name, _ in measures], unpriced_only)
         return _grouped(records, by, unit, with_model)
     where = spans.call_conditions(filters, "c.")
     if unpriced_only:
@@ -181,37 +182,12 @@ def cost_groups(
     return _grouped(records, by, unit, with_model)
 
 
-_SLOT_KEY: Final = {
+SLOT_KEY: Final = {
     "service": "s.service_name",
     "model": "s.model",
     "iteration-type": "s.iteration_type",
 }
 """`group_key_sql`'s keys as a slot keeps them (the model: at the iteration level, as `group_key_sql`)."""
-
-
-def _slot_records(
-    source: ClickHouseSource,
-    filters: Filters,
-    keys: Sequence[tuple[str, str]],
-    measures: Sequence[tuple[str, str]],
-    iteration_level: bool,
-    unpriced_only: bool,
-) -> list[dict[str, Any]]:
-    """The groups of `keys` summed over the window's slots: each measure is a sum or a count per slot, so
-    the sum of the slots' figures is the figure over the calls."""
-    level = "iteration" if iteration_level else "call"
-    where = spans.model_service_conditions(filters, "s.request_model", "s.response_model", "s.service_name")
-    if unpriced_only:
-        where.append("s.priced = false")
-    select = join(
-        [*(f"{sql} AS {label}" for label, sql in keys), *(f"sum(s.{name}) AS {name}" for name, _ in measures)]
-    )
-    sql = f"SELECT {select} FROM {slots.latest(source, level, filters)} AS s"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    if keys:
-        sql += " GROUP BY " + join([label for label, _ in keys])
-    return source.rows(sql)
 
 
 def _grouped(

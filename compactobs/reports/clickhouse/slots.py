@@ -29,7 +29,8 @@ a call longer than a day would not be found from its iteration's mark (its own m
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Final
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from compactobs.reports.clickhouse import spans
 from compactobs.reports.clickhouse.source import join, settings_clause
@@ -39,7 +40,17 @@ if TYPE_CHECKING:
     from compactobs.reports._common import Filters
     from compactobs.reports.clickhouse.source import ClickHouseSource
 
-__all__ = ["MARK_MARGIN_MS", "MAX_CALL_MS", "aligned", "refresh", "setup_statements", "slot_names"]
+__all__ = [
+    "MARK_MARGIN_MS",
+    "MAX_CALL_MS",
+    "aligned",
+    "cache_names",
+    "latest",
+    "refresh",
+    "setup_statements",
+    "slot_names",
+    "sums",
+]
 
 MARK_MARGIN_MS: Final = 10 * 60 * 1000
 """How far before the last refresh marks are read again: longer than any insert takes to commit."""
@@ -65,6 +76,12 @@ def slot_names(table: str) -> tuple[str, str, str]:
     return f"{prefix}compactobs_slots", f"{prefix}compactobs_slot_marks", f"{prefix}compactobs_slot_state"
 
 
+def cache_names(table: str) -> tuple[str, str]:
+    """(cache slots, open writes) tables beside the typed tables of `table` (`report cache`'s level)."""
+    slots_table = slot_names(table)[0]
+    return f"{slots_table}_cache", f"{slots_table}_open_writes"
+
+
 def _slot(column: str) -> str:
     return f"({column} - {column} % {SLOT_MS})"
 
@@ -75,14 +92,13 @@ def _level_select(source_table: str, level: str, version: str, calls_where: str)
         CALL_MEASURES,
         ITERATION_MEASURES,
         compaction_costs,
-        group_key_sql,
     )
 
     calls_table, iterations_table = spans.typed_names(source_table)
     keys = []
     for name, sql, kind in KEYS:
         if level == "iteration":
-            expression = group_key_sql("model", True) if name == "model" else sql
+            expression = group_key_sql_of(name) or sql
         else:
             expression = sql if sql.startswith("c.") else ""
         keys.append(f"CAST({expression or 'NULL'}, '{kind}') AS {name}")
@@ -103,6 +119,36 @@ def _level_select(source_table: str, level: str, version: str, calls_where: str)
     return f"SELECT {select} FROM {source_sql} GROUP BY {group}"
 
 
+def _cache_selects(source_table: str, version: str, calls_where: str) -> tuple[str, str]:
+    """(the settled calls' cache measures per slot and group, the open writes' (slot, call)) over the typed
+    calls that satisfy `calls_where` (on their own columns), with their next calls among all the calls."""
+    from compactobs.reports.clickhouse.cache import OPEN_WRITE, measures_sql, next_of
+
+    calls_table, iterations_table = spans.typed_names(source_table)
+    everything = f"(SELECT * FROM {calls_table} FINAL)"
+    window = f"(SELECT * FROM {calls_table} FINAL WHERE {calls_where})"
+    calls = next_of(window, everything, [])
+    keys = [("slot_ms", _slot("c.start_ms"))]
+    for name, sql, kind in KEYS:
+        keys.append((name, f"CAST({group_key_sql_of(name) or sql}, '{kind}')"))
+    iterations = f"(SELECT * FROM {iterations_table} FINAL)"
+    # now_ms 0: a settled call's waste does not depend on the clock.
+    measures = measures_sql(calls, iterations, keys, 0, f"NOT {OPEN_WRITE}")
+    settled = f"SELECT {version} AS version, * FROM ({measures})"
+    open_writes = (
+        f"SELECT {_slot('c.start_ms')} AS slot_ms, {version} AS version, c.call_id AS call_id "
+        f"FROM {calls} AS c WHERE {OPEN_WRITE}"
+    )
+    return settled, open_writes
+
+
+def group_key_sql_of(name: str) -> str:
+    """The iteration-level SQL of slot key `name` where it is not a call column (the model)."""
+    from compactobs.reports.clickhouse.cost import group_key_sql
+
+    return group_key_sql("model", True) if name == "model" else ""
+
+
 def _join_settings() -> dict[str, int]:
     from compactobs.reports.clickhouse.cost import JOIN_SETTINGS
 
@@ -114,6 +160,10 @@ def setup_statements(table: str) -> list[str]:
     slots_table, marks_table, state_table = slot_names(table)
     calls_table, iterations_table = spans.typed_names(table)
     empty = _level_select(table, "iteration", "toUInt64(0)", "false") + settings_clause(_join_settings())
+    cache_table, open_table = cache_names(table)
+    settled, open_writes = (
+        select + settings_clause(_join_settings()) for select in _cache_selects(table, "toUInt64(0)", "false")
+    )
     return [
         f"CREATE TABLE IF NOT EXISTS {slots_table} ENGINE = ReplacingMergeTree(version) "
         f"ORDER BY (level, slot_ms, {join([name for name, _, _ in KEYS])}) "
@@ -122,6 +172,14 @@ def setup_statements(table: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {marks_table} (slot_ms Nullable(Int64), call_id String, "
         "iteration_start_ms Nullable(Int64), marked_ms Int64) "
         "ENGINE = MergeTree ORDER BY marked_ms TTL toDateTime(intDiv(marked_ms, 1000)) + INTERVAL 7 DAY",
+        f"ALTER TABLE {marks_table} ADD COLUMN IF NOT EXISTS conversation_id Nullable(String)",
+        f"ALTER TABLE {marks_table} ADD COLUMN IF NOT EXISTS first_start_ms Nullable(Int64)",
+        f"ALTER TABLE {marks_table} ADD COLUMN IF NOT EXISTS last_start_ms Nullable(Int64)",
+        f"CREATE TABLE IF NOT EXISTS {cache_table} ENGINE = ReplacingMergeTree(version) "
+        f"ORDER BY (slot_ms, {join([name for name, _, _ in KEYS])}) "
+        f"SETTINGS allow_nullable_key = 1 EMPTY AS {settled}",
+        f"CREATE TABLE IF NOT EXISTS {open_table} ENGINE = ReplacingMergeTree(version) "
+        f"ORDER BY (slot_ms, call_id) EMPTY AS {open_writes}",
         f"CREATE TABLE IF NOT EXISTS {state_table} (k UInt8, refreshed_ms Int64) "
         "ENGINE = ReplacingMergeTree(refreshed_ms) ORDER BY k",
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {marks_table}_calls_mv TO {marks_table} AS "
@@ -131,11 +189,17 @@ def setup_statements(table: str) -> list[str]:
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {marks_table}_iterations_mv TO {marks_table} AS "
         "SELECT CAST(NULL, 'Nullable(Int64)') AS slot_ms, call_id, min(start_ms) AS iteration_start_ms, "
         f"toUnixTimestamp64Milli(now64(3)) AS marked_ms FROM {iterations_table} GROUP BY call_id",
+        # A call changes its conversation's previous call's next call, so that call's cache waste.
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {marks_table}_conversations_mv TO {marks_table} AS "
+        "SELECT CAST(NULL, 'Nullable(Int64)') AS slot_ms, '' AS call_id, "
+        "CAST(NULL, 'Nullable(Int64)') AS iteration_start_ms, toUnixTimestamp64Milli(now64(3)) AS marked_ms, "
+        "conversation_id, min(start_ms) AS first_start_ms, max(start_ms) AS last_start_ms "
+        f"FROM {calls_table} WHERE conversation_id IS NOT NULL GROUP BY conversation_id",
     ]
 
 
 def exists(source: ClickHouseSource) -> bool:
-    return all(source.exists(name) for name in slot_names(source.table))
+    return all(source.exists(name) for name in (*slot_names(source.table), *cache_names(source.table)))
 
 
 def refresh(source: ClickHouseSource, everything: bool = False) -> int:
@@ -159,7 +223,25 @@ def refresh(source: ClickHouseSource, everything: bool = False) -> int:
             f"{MAX_CALL_MS} AND c.start_ms >= (SELECT min(iteration_start_ms) - {MAX_CALL_MS} FROM {marks}) "
             f"AND c.start_ms <= (SELECT max(iteration_start_ms) FROM {marks})"
         )
-        dirty = f"SELECT slot_ms FROM {marks} WHERE slot_ms IS NOT NULL UNION DISTINCT {of_iterations}"
+        # A conversation's new calls change the next call of its calls just before and among them.
+        conversation_marks = (
+            f"(SELECT conversation_id, first_start_ms, last_start_ms FROM {marks} "
+            "WHERE conversation_id IS NOT NULL)"
+        )
+        before_conversations = (
+            f"SELECT {_slot('max(c.start_ms)')} AS slot_ms FROM {calls_table} AS c INNER JOIN "
+            f"{conversation_marks} AS m ON m.conversation_id = c.conversation_id "
+            "WHERE c.start_ms < m.first_start_ms GROUP BY m.conversation_id, m.first_start_ms"
+        )
+        among_conversations = (
+            f"SELECT {_slot('c.start_ms')} AS slot_ms FROM {calls_table} AS c INNER JOIN "
+            f"{conversation_marks} AS m ON m.conversation_id = c.conversation_id "
+            "WHERE c.start_ms >= m.first_start_ms AND c.start_ms < m.last_start_ms"
+        )
+        dirty = (
+            f"SELECT slot_ms FROM {marks} WHERE slot_ms IS NOT NULL UNION DISTINCT {of_iterations} "
+            f"UNION DISTINCT {before_conversations} UNION DISTINCT {among_conversations}"
+        )
         slots = [int(r["slot_ms"]) for r in source.rows(f"SELECT DISTINCT slot_ms FROM ({dirty})")]
         if not slots:
             source.execute(f"INSERT INTO {state_table} VALUES (0, {now})")
@@ -173,9 +255,17 @@ def refresh(source: ClickHouseSource, everything: bool = False) -> int:
     # The refresh's time, in microseconds, orders versions (a later refresh read later data); the random
     # microseconds keep two refreshes of one millisecond apart. One constant for every row of the refresh.
     version = f"toUInt64({now * 1000 + random.randrange(1000)})"
-    for level in ("call", "iteration"):
-        select = _level_select(source.table, level, version, where)
-        source.execute(f"INSERT INTO {slots_table} {select}{settings_clause(_join_settings())}")
+    cache_table, open_table = cache_names(source.table)
+    settled, open_writes = _cache_selects(source.table, version, where)
+    # The call level last: its rows say which version of a slot is the newest (`latest`), so a slot is
+    # never read at a version whose other levels are not all written.
+    for table, select in (
+        (slots_table, _level_select(source.table, "iteration", version, where)),
+        (cache_table, settled),
+        (open_table, open_writes),
+        (slots_table, _level_select(source.table, "call", version, where)),
+    ):
+        source.execute(f"INSERT INTO {table} {select}{settings_clause(_join_settings())}")
     source.execute(f"INSERT INTO {state_table} VALUES (0, {now})")
     return int(source.rows(count)[0]["n"])
 
@@ -190,15 +280,44 @@ def aligned(filters: Filters) -> bool:
 
 
 def latest(source: ClickHouseSource, level: str, filters: Filters) -> str:
-    """The slot rows of `level` in `filters`' window, each slot at its newest version, as a subquery `s`."""
+    """The slot rows of `level` (call, iteration; cache: `report cache`'s settled calls; open: its open
+    writes) in `filters`' window, each slot at its newest version (its call level's), as a subquery."""
     slots_table, _, _ = slot_names(source.table)
-    window = [f"level = '{level}'"]
+    cache_table, open_table = cache_names(source.table)
+    table = {"cache": cache_table, "open": open_table}.get(level, slots_table)
+    window = ["true"]
     if filters.since_ms is not None:
         window.append(f"slot_ms >= {filters.since_ms}")
     if filters.until_ms is not None:
         window.append(f"slot_ms < {filters.until_ms}")
     where = " AND ".join(window)
+    of_level = f" AND level = '{level}'" if table == slots_table else ""
     return (
-        f"(SELECT * FROM {slots_table} FINAL WHERE {where} AND (slot_ms, version) IN "
-        f"(SELECT slot_ms, max(version) FROM {slots_table} WHERE {where} GROUP BY slot_ms))"
+        f"(SELECT * FROM {table} FINAL WHERE {where}{of_level} AND (slot_ms, version) IN "
+        f"(SELECT slot_ms, max(version) FROM {slots_table} WHERE {where} AND level = 'call' "
+        "GROUP BY slot_ms))"
     )
+
+
+def sums(
+    source: ClickHouseSource,
+    filters: Filters,
+    level: str,
+    keys: Sequence[tuple[str, str]],
+    measures: Sequence[str],
+    unpriced_only: bool = False,
+) -> list[dict[str, Any]]:
+    """The groups of `keys` ((label, SQL over the slot rows `s`)) summed over the window's slots of
+    `level`: each measure is a sum or a count per slot, so the sum of the slots' is the one over the calls."""
+    where = spans.model_service_conditions(filters, "s.request_model", "s.response_model", "s.service_name")
+    if unpriced_only:
+        where.append("s.priced = false")
+    select = join(
+        [*(f"{sql} AS {label}" for label, sql in keys), *(f"sum(s.{name}) AS {name}" for name in measures)]
+    )
+    sql = f"SELECT {select} FROM {latest(source, level, filters)} AS s"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    if keys:
+        sql += " GROUP BY " + join([label for label, _ in keys])
+    return source.rows(sql)

@@ -307,7 +307,7 @@ class ClickHouseSource(ExternalSource):
                     self._slots = True
                 except StoreError as err:
                     log.info("compactobs: the slot sums were not refreshed (%s); reading the calls", err)
-        return self._slots
+        return self.typed and self._slots
 
     def check_table(self) -> None:
         """Raises StoreError, saying what to do, when the spans table is missing."""
