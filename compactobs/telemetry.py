@@ -111,6 +111,7 @@ STREAM_END: Final = "compactobs.stream.end"
 """How a streamed body ended: read, closed (abandoned by the caller) or failed."""
 BUDGET_USD: Final = "compactobs.budget.usd"
 BUDGET_TOKENS: Final = "compactobs.budget.tokens"
+BUDGET_MAX_COMPACTIONS: Final = "compactobs.budget.max_compactions"
 
 # --- the runtime guard's span event (compactobs.guard), on the call that crossed a limit ---
 EVENT_GUARD_BREACH: Final = "compactobs.guard.breach"
@@ -555,6 +556,7 @@ class Telemetry:
             (STREAM_END, obs.stream_end),
             (BUDGET_USD, obs.budget_usd),
             (BUDGET_TOKENS, obs.budget_tokens),
+            (BUDGET_MAX_COMPACTIONS, obs.budget_max_compactions),
         ):
             if value is not None:
                 attributes[key] = value

@@ -472,6 +472,7 @@ class CallObservation:
     server_address: str | None = None
     budget_usd: float | None = None
     budget_tokens: int | None = None
+    budget_max_compactions: int | None = None
     body: bytes | None = None
     """The JSON body of a non-streamed response, not yet read: the caller's thread keeps only the bytes and
     the recording thread reads them (`complete`)."""

@@ -514,3 +514,63 @@ def test_the_guard_and_report_anomalies_agree(
     assert by_kind["budget_exceeded"].evidence["max_compactions"] == 1
     # the report merges the overlapping windows into one loop of turns 2-6; the guard stopped at its first
     assert [response_of[c] for c in by_kind["compaction_loop"].call_ids] == ids[1:6]
+
+
+# -- max_compactions stored with the calls, for report anomalies -----------------------------------------
+
+# Four turns of the research agent under max_compactions=2: turns 2, 3 and 4 compact once each, so the
+# third compaction (turn 4) takes the conversation over. Billed tokens: 50,300 + 150,600 + 2 x 103,600.
+CAPPED_TOKENS = 50_300 + 150_600 + 2 * 103_600
+
+
+def record_capped_conversation(
+    database_url: str, sim: Simulator, conversation_id: str, tracer_provider: TracerProvider | None = None
+) -> list[Any]:
+    """The research agent's first four turns in a conversation with max_compactions=2 (warn), recorded into
+    the store; the responses, in order."""
+    store.upgrade_database(database_url)
+    sim.reset()
+    sim.scenario = ConversationScenario(reply_tokens=800)
+    compactobs.configure(
+        database_url, tracer_provider=tracer_provider or TracerProvider(), meter_provider=MeterProvider()
+    )
+    try:
+        with compactobs.conversation(conversation_id, max_compactions=2, loop=False):
+            research = Research(client(sim))
+            research.run(turns=4)
+    finally:
+        compactobs.shutdown()
+    return research.results
+
+
+def test_max_compactions_is_stored_and_report_anomalies_names_the_breach(
+    database_url: str, sim: Simulator
+) -> None:
+    import json
+
+    from sqlalchemy import select
+
+    from tests.cli import run
+
+    results = record_capped_conversation(database_url, sim, "capped")
+    engine = store.open_database(database_url)
+    with engine.connect() as connection:
+        c = store.calls.c
+        rows = connection.execute(
+            select(c.call_id, c.response_id, c.budget_max_compactions, c.budget_usd).order_by(c.start_ms)
+        ).all()
+    engine.dispose()
+    assert [(r.response_id, r.budget_max_compactions, r.budget_usd) for r in rows] == [
+        (result.id, 2, None) for result in results
+    ]
+    code, out, _ = run("--db", database_url, "report", "anomalies", "--format", "json")
+    assert code == 0
+    [finding] = [f for f in json.loads(out)["findings"] if f["kind"] == "budget_exceeded"]
+    assert finding["conversation_id"] == "capped" and finding["severity"] == "critical"
+    assert finding["call_ids"] == [rows[3].call_id]  # turn 4, the third compaction
+    assert finding["message"] == "over budget: 3 compactions, more than the 2 allowed"
+    evidence = finding["evidence"]
+    assert (evidence["compactions"], evidence["max_compactions"], evidence["calls"]) == (3, 2, 4)
+    assert evidence["budget_source"] == "stored" and evidence["budget_usd"] is None
+    assert evidence["billed_tokens"] == CAPPED_TOKENS == 408_100
+    assert Decimal(str(evidence["spent_usd"])) == spend_after(4) == Decimal("2.1645")

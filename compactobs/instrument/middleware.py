@@ -175,6 +175,7 @@ class Middleware(anthropic.Middleware):
                 observation.conversation_id = conversation.id
                 observation.budget_usd = conversation.budget_usd
                 observation.budget_tokens = conversation.budget_tokens
+                observation.budget_max_compactions = conversation.max_compactions
             else:
                 sdk_conversation = self._client_conversation_id
                 if sdk_conversation is None and under_sdk:
