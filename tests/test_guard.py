@@ -310,12 +310,19 @@ def assert_crossed_once(spans: InMemorySpanExporter, conversation_id: str) -> No
     assert event.attributes[t.GUARD_SPENT_USD] == 10.5
 
 
-def test_exactly_once_with_8_threads(spans: InMemorySpanExporter, sim: Simulator) -> None:
+# Under warn no request waits for the figures (the recording thread counts every call); under pause each
+# request first settles the calls that returned (counting them itself, or waiting for the thread counting
+# them). These requests have no compaction to pause: every call is sent.
+ACTIONS = ["warn", "pause"]
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+def test_exactly_once_with_8_threads(spans: InMemorySpanExporter, sim: Simulator, action: str) -> None:
     flat_replies(sim, 40)
     api = client(sim)
 
     def work() -> None:
-        with compactobs.conversation("threads", budget_usd=10.2):
+        with compactobs.conversation("threads", budget_usd=10.2, on_breach=action):
             for _ in range(5):
                 api.messages.create(model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "x"}])
 
@@ -327,7 +334,8 @@ def test_exactly_once_with_8_threads(spans: InMemorySpanExporter, sim: Simulator
     assert_crossed_once(spans, "threads")
 
 
-def test_exactly_once_with_20_asyncio_tasks(spans: InMemorySpanExporter, sim: Simulator) -> None:
+@pytest.mark.parametrize("action", ACTIONS)
+def test_exactly_once_with_20_asyncio_tasks(spans: InMemorySpanExporter, sim: Simulator, action: str) -> None:
     flat_replies(sim, 40)
 
     async def main() -> None:
@@ -343,7 +351,7 @@ def test_exactly_once_with_20_asyncio_tasks(spans: InMemorySpanExporter, sim: Si
                 async for _event in stream:
                     pass
 
-        with compactobs.conversation("tasks", budget_usd=10.2):
+        with compactobs.conversation("tasks", budget_usd=10.2, on_breach=action):
             await asyncio.gather(*[task() for _ in range(20)])
         await api.close()
 
