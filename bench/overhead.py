@@ -12,8 +12,11 @@ the work instrumentation adds wherever it runs:
   compactobs  compactobs' middleware, spans and metrics, exported to its SQL store on a background thread
               (with --no-store: no SQL store, its spans dropped by the exporter as the SDK's are)
   guard       compactobs with every call in a guarded conversation within its limits
-              (`compactobs.conversation(..., budget_usd=..., max_compactions=...)`): each call is priced and
-              counted on the caller's thread as its response is read, then recorded as above
+              (`compactobs.conversation(..., budget_usd=..., max_compactions=...)`, on_breach "warn"): the
+              recording thread prices and counts each call before it records it
+  guard-raise the same under on_breach="raise": each request first needs the figures of the call before
+              it, which came back a moment ago (calls back to back): counted by the recording thread if it
+              got to it, else by the request itself
 
 Configurations run interleaved in rounds so drift on a shared machine hits all of them alike, each round
 in an order rotated by one (no configuration always runs first, or always after another's drain). Work
@@ -110,7 +113,8 @@ class PassThrough(anthropic.Middleware):
         return call_next(request)
 
 
-CONFIGURATIONS = ("plain", "middleware", "sdk-trace", "compactobs", "guard")
+CONFIGURATIONS = ("plain", "middleware", "sdk-trace", "compactobs", "guard", "guard-raise")
+GUARDED = {"guard": "warn", "guard-raise": "raise"}
 
 
 def serve(replies: int, connection: Connection, latency_s: float = 0.0) -> None:
@@ -124,13 +128,14 @@ def serve(replies: int, connection: Connection, latency_s: float = 0.0) -> None:
 
 
 def time_calls(
-    client: anthropic.Anthropic, calls: int, stream: bool, guarded: bool = False
+    client: anthropic.Anthropic, calls: int, stream: bool, on_breach: str | None = None
 ) -> list[tuple[float, float]]:
-    """(wall time, CPU time of the calling thread) per call; `guarded`: inside a guarded conversation whose
-    limits the run never reaches (each call compacts once, leaving 27,000 tokens of a 150,000 trigger: no
-    loop)."""
-    if guarded:
-        with compactobs.conversation("bench-guarded", budget_usd=10**9, max_compactions=10**9):
+    """(wall time, CPU time of the calling thread) per call; `on_breach`: inside a guarded conversation
+    with that action, whose limits the run never reaches (each call compacts once, leaving 27,000 tokens of
+    a 150,000 trigger: no loop)."""
+    if on_breach is not None:
+        limits = {"budget_usd": 10**9, "max_compactions": 10**9, "on_breach": on_breach}
+        with compactobs.conversation(f"bench-guarded-{on_breach}", **limits):
             return time_calls(client, calls, stream)
     samples = []
     for _ in range(calls):
@@ -206,6 +211,9 @@ def main() -> None:
             "guard": lambda: anthropic.Anthropic(
                 base_url=base_url, api_key="k", open_telemetry=False, middleware=[compactobs.Middleware()]
             ),
+            "guard-raise": lambda: anthropic.Anthropic(
+                base_url=base_url, api_key="k", open_telemetry=False, middleware=[compactobs.Middleware()]
+            ),
         }
         assert tuple(clients) == CONFIGURATIONS
         built = {name: make() for name, make in clients.items()}
@@ -215,10 +223,11 @@ def main() -> None:
             "sdk-trace": sdk_provider.force_flush,
             "compactobs": compactobs.flush,
             "guard": compactobs.flush,
+            "guard-raise": compactobs.flush,
         }
         for stream in (False, True):
             for name, client in built.items():  # warm-up: connections, imports, price lookups
-                time_calls(client, warmup, stream, name == "guard")
+                time_calls(client, warmup, stream, GUARDED.get(name))
                 drains[name]()
             samples: dict[str, list[tuple[float, float]]] = {name: [] for name in built}
             round_medians: dict[str, list[float]] = {name: [] for name in built}
@@ -228,7 +237,7 @@ def main() -> None:
                 shift = round_index % len(CONFIGURATIONS)
                 for name in CONFIGURATIONS[shift:] + CONFIGURATIONS[:shift]:
                     start_cpu = time.process_time()
-                    timed = time_calls(built[name], per_round, stream, name == "guard")
+                    timed = time_calls(built[name], per_round, stream, GUARDED.get(name))
                     samples[name].extend(timed)
                     round_medians[name].append(statistics.median(w for w, _ in timed))
                     start = time.perf_counter()

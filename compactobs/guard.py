@@ -24,9 +24,15 @@ What it does then (`on_breach`, default "warn"), always after a log line and a s
   sent (never in the middle of a response); `allow_wrap_up(id)` lets one more request through, for the
   wrap-up turn (`wrap_up_message`).
 
-Billed totals are the bill: a guarded call is priced where its response is read, on the caller's thread,
-before the caller gets it (a non-streamed body) or as its stream ends, so the next request sees every call
-that has returned. Unguarded calls stay on the recording thread's path, untouched.
+Billed totals are the bill, counted off the caller's path: a guarded call's response goes to the recording
+thread as an unguarded one's does, registered with its conversation as returned (`ReturnedCall`). The
+recording thread prices and counts it before it records it, and at once, ahead of its backlog, when the
+conversation acts on a breach (`pause`, `raise`). A request whose conversation has a returned call still
+uncounted under such a policy settles it first: it waits for the recording thread if that is counting it
+right now, else counts it itself (the recorder is busy elsewhere or stalled, or the request came at once).
+One thread settles a conversation at a time, taking its returned calls in the order they returned, so each
+call is priced and counted once, whoever gets to it first. Under `warn` nothing about the next request
+depends on the figures, so it never waits; `spend()` settles first, so it sees every call that returned.
 
 Spend is kept in memory per conversation, for at most `max_conversations` (least recently used dropped).
 With a store configured, a conversation's spend before this process saw it is read once from the store at
@@ -35,13 +41,16 @@ its first call in the process, so processes that take turns on a conversation sh
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from compactobs.rules import (
     BILLED_TOKEN_COLUMNS,
@@ -55,7 +64,10 @@ from compactobs.rules import (
     effective_budget,
     over_limits,
 )
-from compactobs.usage import CallUsage
+from compactobs.usage import CallObservation, CallUsage
+
+if TYPE_CHECKING:
+    from compactobs.pricing import Pricer
 
 __all__ = [
     "MAX_CONVERSATIONS",
@@ -67,6 +79,7 @@ __all__ = [
     "GuardError",
     "GuardPolicy",
     "PriorSpend",
+    "ReturnedCall",
     "StoreSpend",
     "allow_wrap_up",
     "install",
@@ -81,6 +94,10 @@ log = logging.getLogger("compactobs")
 MAX_CONVERSATIONS: Final = 10_000
 """Conversations whose spend the guard keeps in memory; the least recently used beyond it are dropped (and
 read again from the store, when there is one, at their next call)."""
+
+SETTLE_WAIT_S: Final = 1.0
+"""How long a request waits for another thread that is counting its conversation's returned calls (which
+takes microseconds) before it goes on without their figures, saying so in a warning."""
 
 BreachKind = Literal["budget_usd", "budget_tokens", "max_compactions", "compaction_loop"]
 
@@ -277,9 +294,43 @@ class _Pending:
     ids: tuple[str | None, str | None]
 
 
+@dataclass(slots=True, eq=False)
+class ReturnedCall:
+    """A guarded call that has returned, until it is counted: whoever settles its conversation first (the
+    recording thread, the conversation's next request, `spend`) prices and counts it, once."""
+
+    guard: Guard
+    state: _State
+    conversation_id: str
+    policy: GuardPolicy
+    observation: CallObservation | None
+    """Dropped once counted (it refers back to this entry)."""
+    pricer: Pricer | None
+    counted: bool = False
+
+    @property
+    def acts(self) -> bool:
+        """Whether a breach it crosses changes the conversation's next requests (pause, raise)."""
+        return self.policy.action != "warn"
+
+    def settle(self, *, block: bool = True) -> None:
+        """Count this call and the conversation's calls that returned before it. Never raises; when
+        another thread is settling the conversation, waits for it (`block`) or leaves the call to it."""
+        self.guard._settle(self.state, self, block=block)
+
+
 @dataclass(slots=True)
 class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
+    changed: threading.Condition = field(init=False)
+    """Notified (under `lock`) when a settling thread has counted what it took."""
+    returned: deque[ReturnedCall] = field(default_factory=deque)
+    """Returned calls not yet taken by a settling thread, in the order they returned."""
+    acting: int = 0
+    """Returned calls not yet counted whose breach would change a request (their policy pauses or raises)."""
+    settling: bool = False
+    waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = field(default_factory=list)
+    """Requests on event loops waiting for the settling thread, woken through their loop."""
     spent_usd: Decimal = Decimal(0)
     tokens: int = 0
     compactions: int = 0
@@ -294,6 +345,9 @@ class _State:
     stopping: Breach | None = None
     allowance: int = 0
     loaded: bool = False
+
+    def __post_init__(self) -> None:
+        self.changed = threading.Condition(self.lock)
 
 
 class Guard:
@@ -469,12 +523,18 @@ class Guard:
     # -- the call's path ----------------------------------------------------------------------------------
 
     def before_request(
-        self, conversation_id: str, policy: GuardPolicy, *, first_attempt: bool = True
+        self, conversation_id: str, policy: GuardPolicy, *, first_attempt: bool = True, wait: bool = True
     ) -> bool:
         """Whether the request must carry `pause_after_compaction: true`. Raises the conversation's
-        GuardError under `raise` once it is over (a retry of a call already sent is never stopped)."""
+        GuardError under `raise` once it is over (a retry of a call already sent is never stopped).
+
+        First settles the conversation's returned calls when one of them could change this request (its
+        policy pauses or raises): counted here, or, when another thread is counting them right now, waited
+        for (`wait`; an event loop waits beforehand with `settled`, and passes wait=False)."""
         try:
             state = self._state(conversation_id, policy)
+            if state.acting:
+                self._settle(state, None, block=wait)
             with state.lock:
                 stopping = state.stopping if first_attempt else None
                 if stopping is not None and state.allowance > 0:
@@ -488,29 +548,143 @@ class Guard:
             raise stopping.error()
         return pausing
 
-    def observe(
-        self,
-        conversation_id: str,
-        policy: GuardPolicy,
-        usage: CallUsage | None,
-        cost_usd: Decimal | None,
-        *,
-        trigger: int | None,
-        response_id: str | None,
-        request_id: str | None,
-    ) -> list[Breach]:
-        """Count a returned call's billed totals; the breaches this call crossed (each at most once per
-        conversation, so exactly one call crosses a budget). Never raises."""
-        if usage is None:
-            return []
+    async def settled(self, conversation_id: str, policy: GuardPolicy) -> None:
+        """On an event loop, before `before_request(..., wait=False)`: count the conversation's returned
+        calls that could change the next request, here, or await the thread counting them without blocking
+        the loop. Never raises."""
         try:
             state = self._state(conversation_id, policy)
-            ids = (response_id, request_id)
-            with state.lock:
-                return self._count(conversation_id, state, policy, usage, cost_usd, trigger, ids)
+            deadline = time.monotonic() + SETTLE_WAIT_S
+            while state.acting and not self._settle(state, None, block=False):
+                loop = asyncio.get_running_loop()
+                future: asyncio.Future[None] = loop.create_future()
+                with state.lock:
+                    if not state.settling:
+                        continue
+                    state.waiters.append((loop, future))
+                remaining = deadline - time.monotonic()
+                try:
+                    await asyncio.wait_for(future, max(remaining, 0.0))
+                except asyncio.TimeoutError:
+                    self._late(state)
+                    return
         except Exception:
-            log.debug("compactobs guard: could not count a call", exc_info=True)
+            log.debug("compactobs guard: could not wait for a conversation's figures", exc_info=True)
+
+    def returned(
+        self, conversation_id: str, policy: GuardPolicy, observation: CallObservation, pricer: Pricer | None
+    ) -> ReturnedCall | None:
+        """Register a guarded call that has returned, to be priced and counted by whoever settles its
+        conversation first (`ReturnedCall.settle`). None when it cannot be registered. Never raises."""
+        try:
+            state = self._state(conversation_id, policy)
+            entry = ReturnedCall(self, state, conversation_id, policy, observation, pricer)
+            with state.lock:
+                state.returned.append(entry)
+                if entry.acts:
+                    state.acting += 1
+            return entry
+        except Exception:
+            log.debug("compactobs guard: could not register a returned call", exc_info=True)
+            return None
+
+    def _settle(self, state: _State, upto: ReturnedCall | None, *, block: bool) -> bool:
+        """Price and count the conversation's returned calls, in the order they returned, up to `upto` (all
+        when None). One thread settles a conversation at a time; another waits for it when `block`, else
+        returns False at once. True once the calls are counted. Never raises."""
+        try:
+            with state.changed:
+                deadline = None
+                while state.settling:
+                    if upto is not None and upto.counted:
+                        return True
+                    if not block:
+                        return False
+                    deadline = deadline or time.monotonic() + SETTLE_WAIT_S
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not state.changed.wait(remaining):
+                        self._late(state)
+                        return False
+                if upto is not None and upto.counted:
+                    return True
+                taken: list[ReturnedCall] = []
+                returned = state.returned
+                while returned:
+                    entry = returned.popleft()
+                    taken.append(entry)
+                    if entry is upto:
+                        break
+                if not taken:
+                    return True
+                state.settling = True
+            # Outside the lock: reading a body and pricing it are the slow part, and touch no shared state.
+            figures = [self._price(entry) for entry in taken]
+            crossed: list[Breach] = []
+            with state.changed:
+                try:
+                    for entry, (usage, cost) in zip(taken, figures, strict=True):
+                        try:
+                            crossed += self._count_returned(state, entry, usage, cost)
+                        except Exception:
+                            log.debug("compactobs guard: could not count a call", exc_info=True)
+                finally:
+                    state.settling = False
+                    state.changed.notify_all()
+                    waiters, state.waiters = state.waiters, []
+            for loop, future in waiters:
+                loop.call_soon_threadsafe(_wake, future)
+            for breach in crossed:
+                log.warning("compactobs guard: %s", breach.message)
+            return True
+        except Exception:
+            log.debug("compactobs guard: could not count a conversation's calls", exc_info=True)
+            return False
+
+    @staticmethod
+    def _late(state: _State) -> None:
+        log.warning(
+            "compactobs guard: a conversation's returned calls are still being counted after %.1f s; "
+            "a request goes on without their figures",
+            SETTLE_WAIT_S,
+        )
+
+    @staticmethod
+    def _price(entry: ReturnedCall) -> tuple[CallUsage | None, Decimal | None]:
+        """A returned call's usage and billed USD, read from its response. The recording thread reuses the
+        price (`CallObservation.priced`). Never raises."""
+        try:
+            observation = entry.observation
+            assert observation is not None  # taken by one settling thread, before it is counted
+            observation.complete()
+            usage = observation.usage
+            if usage is None or entry.pricer is None:
+                return usage, None
+            when = datetime.fromtimestamp(observation.start_ns / 1e9, tz=timezone.utc)
+            observation.priced = entry.pricer.price_call(usage, when)
+            return usage, observation.priced.cost_usd
+        except Exception:
+            log.debug("compactobs guard: could not price a call", exc_info=True)
+            return None, None
+
+    def _count_returned(
+        self, state: _State, entry: ReturnedCall, usage: CallUsage | None, cost: Decimal | None
+    ) -> list[Breach]:
+        """Count one returned call (under the conversation's lock); its breaches become span events on its
+        call span, which the recording thread emits only once the call is counted."""
+        entry.counted = True
+        if entry.acts:
+            state.acting -= 1
+        observation, entry.observation = entry.observation, None
+        if usage is None or observation is None:  # a call without usage (an error) spends nothing
             return []
+        ids = (observation.response_id, observation.request_id)
+        trigger = observation.request.compaction_trigger
+        breaches = self._count(entry.conversation_id, state, entry.policy, usage, cost, trigger, ids)
+        if breaches:
+            from compactobs.telemetry import breach_event  # loaded already: the call is being recorded
+
+            observation.events = [*(observation.events or ()), *map(breach_event, breaches)]
+        return breaches
 
     def _count(
         self,
@@ -570,10 +744,14 @@ class Guard:
     # -- public views -------------------------------------------------------------------------------------
 
     def spend(self, conversation_id: str) -> ConversationSpend | None:
+        """The conversation's figures, every call that has returned counted (settled here first, or waited
+        for while another thread counts them)."""
         with self._lock:
             state = self._states.get(conversation_id)
         if state is None:
             return None
+        if state.returned or state.settling:
+            self._settle(state, None, block=True)
         with state.lock:
             return ConversationSpend(
                 conversation_id,
@@ -601,6 +779,11 @@ class Guard:
         if state is not None:
             with state.lock:
                 state.allowance += requests
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 _installed: Guard | None = None

@@ -71,8 +71,8 @@ class Budget:
     usd: Decimal | None = None
     tokens: int | None = None
     source: str = "stored"
-    """`stored` (from compactobs.conversation(..., budget_usd=..., budget_tokens=...)), or the file entry:
-    `FILE [budgets."KEY"]`."""
+    """`stored` (from compactobs.conversation(..., budget_usd=..., budget_tokens=..., max_compactions=...)),
+    or the file entry: `FILE [budgets."KEY"]`."""
     max_compactions: int | None = None
     loop: bool | None = None
     on_breach: OnBreach | None = None

@@ -111,6 +111,7 @@ STREAM_END: Final = "compactobs.stream.end"
 """How a streamed body ended: read, closed (abandoned by the caller) or failed."""
 BUDGET_USD: Final = "compactobs.budget.usd"
 BUDGET_TOKENS: Final = "compactobs.budget.tokens"
+BUDGET_MAX_COMPACTIONS: Final = "compactobs.budget.max_compactions"
 
 # --- the runtime guard's span event (compactobs.guard), on the call that crossed a limit ---
 EVENT_GUARD_BREACH: Final = "compactobs.guard.breach"
@@ -345,6 +346,9 @@ class Telemetry:
         # the recording thread sleeps. Drain markers (Events) travel in it too, so FIFO order says when
         # everything handed over before a drain has been recorded.
         self._backlog: deque[_Item | threading.Event] = deque()
+        # Guarded calls whose conversation pauses or raises on a breach: counted ahead of the backlog (their
+        # conversation's next request needs the figures), then recorded in their place in it.
+        self._urgent: deque[Any] = deque()
         self._wake = threading.Event()
         self._sleeping = False
         self._worker: threading.Thread | None = None
@@ -361,13 +365,20 @@ class Telemetry:
             log.warning(message, *args)
 
     def record(
-        self, observation: CallObservation, parent: otel_context.Context | None, under_sdk_span: bool
+        self,
+        observation: CallObservation,
+        parent: otel_context.Context | None,
+        under_sdk_span: bool,
+        *,
+        urgent: bool = False,
     ) -> None:
         """Hand the call to the recording thread, which prices it and emits its spans and metrics.
 
         The caller's thread only appends to the backlog: reading the response body, pricing and span work
         stay out of its latency. When the backlog is full (the recording thread cannot keep up), the call is
-        recorded here instead: slower, never lost. Never raises.
+        recorded here instead: slower, never lost. `urgent`: a guarded call whose conversation's next
+        request waits for its figures (`observation.guarded`): the recording thread is woken now and counts
+        it first. Never raises.
         """
         item = (observation, parent, under_sdk_span)
         backlog = self._backlog
@@ -376,11 +387,13 @@ class Telemetry:
             self._record_safely(item, sums)
             self._add_sums(sums)
             return
+        if urgent:
+            self._urgent.append(observation.guarded)
         backlog.append(item)
         if self._closed:  # closed between the look above and the append: record what waits, this one too
             self._record_waiting()
             return
-        if self._sleeping or len(backlog) == BATCH:
+        if urgent or self._sleeping or len(backlog) == BATCH:
             self._wake.set()
         # `_work` clears `_worker` if it ever ends: a plain read here, not Thread.is_alive (a lock, ~3 us).
         if self._worker is None:
@@ -427,10 +440,12 @@ class Telemetry:
 
     def _record_waiting(self) -> None:
         """Record everything in the backlog, oldest first, and release the drains waiting behind it."""
-        backlog = self._backlog
+        backlog, urgent = self._backlog, self._urgent
         sums = _Sums()
         recorded = 0
         while True:
+            if urgent:
+                self._count_urgent()
             try:
                 item = backlog.popleft()
             except IndexError:
@@ -446,6 +461,16 @@ class Telemetry:
                 self._add_sums(sums)
                 recorded = 0
         self._add_sums(sums)
+
+    def _count_urgent(self) -> None:
+        """Count the guarded calls a request may be waiting for (`record(urgent=True)`); one whose
+        conversation another thread is counting is left to it."""
+        urgent = self._urgent
+        while urgent:
+            try:
+                urgent.popleft().settle(block=False)
+            except Exception:
+                self.warn_once("guard", "compactobs could not count a guarded call", exc_info=True)
 
     def _work(self) -> None:
         try:
@@ -518,11 +543,16 @@ class Telemetry:
         under_sdk_span: bool,
         sums: _Sums,
     ) -> None:
+        guarded = obs.guarded
+        if guarded is not None:
+            # Counted by its guard first (here, or already by a request that needed the figures): its price
+            # and any breach event are then on the observation.
+            guarded.settle()
+            obs.guarded = None
         obs.complete()
         request = obs.request
         usage = obs.usage
         when = datetime.fromtimestamp(obs.start_ns / 1e9, tz=timezone.utc)
-        # A guarded conversation's call was priced where it was read (compactobs.guard): not again here.
         priced = obs.priced
         if priced is None and usage is not None:
             priced = self.pricer.price_call(usage, when)
@@ -555,6 +585,7 @@ class Telemetry:
             (STREAM_END, obs.stream_end),
             (BUDGET_USD, obs.budget_usd),
             (BUDGET_TOKENS, obs.budget_tokens),
+            (BUDGET_MAX_COMPACTIONS, obs.budget_max_compactions),
         ):
             if value is not None:
                 attributes[key] = value

@@ -472,6 +472,7 @@ class CallObservation:
     server_address: str | None = None
     budget_usd: float | None = None
     budget_tokens: int | None = None
+    budget_max_compactions: int | None = None
     body: bytes | None = None
     """The JSON body of a non-streamed response, not yet read: the caller's thread keeps only the bytes and
     the recording thread reads them (`complete`)."""
@@ -488,9 +489,11 @@ class CallObservation:
     conversation_of: Callable[[object], str | None] | None = None
     """How to derive the conversation id from `request_body` when nothing named one (a fingerprint)."""
     priced: Any = None
-    """The call's PricedCall when it was priced where it was read (a guarded conversation's call)."""
+    """The call's PricedCall when the guard priced it (a guarded conversation's call): not priced again."""
     events: list[tuple[str, dict[str, Any]]] | None = None
     """Span events (name, attributes) for the call span, e.g. the guard's breach."""
+    guarded: Any = None
+    """A guarded conversation's call: its `compactobs.guard.ReturnedCall`, settled before it is recorded."""
 
     @property
     def failed_compactions(self) -> int:

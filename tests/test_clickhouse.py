@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -33,8 +34,10 @@ from compactobs.reports.clickhouse.source import ClickHouseSource
 from compactobs.reports.conversation import conversation_report
 from compactobs.reports.cost import BY_CHOICES, cost_report
 from compactobs.reports.ops import ops_report
+from compactobs.testing import Simulator
 from tests.cli import one_line_error, run
 from tests.otel_traces import double_text, write_spans
+from tests.test_guard import record_capped_conversation
 
 
 @pytest.fixture(scope="module")
@@ -294,6 +297,28 @@ def test_slots_arrive_late_and_twice_and_still_give_the_same_json(
     expected = _json(cost_report(recorded["engine"], unaligned, ("day",)))
     assert _json(cost_report(from_slots(), unaligned, ("day",))) == expected
     assert reads == []
+
+
+def test_a_stored_max_compactions_is_the_same_json(recorded: dict[str, Any], postgres_url: str) -> None:
+    """`compactobs.conversation(..., max_compactions=2)` compacting 3 times, recorded into PostgreSQL and
+    written into a spans table of its own in the fixture's chdb directory: the same budget finding."""
+    kept = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(kept))
+    with Simulator() as sim:
+        record_capped_conversation(postgres_url, sim, "capped-ch", provider)
+    source = ClickHouseSource(f"chdb://{recorded['dir']}", table="capped_traces")
+    engine = store.open_database(postgres_url)
+    try:
+        write_spans(source, kept.get_finished_spans(), table="capped_traces")
+        filters = build_filters(None, None, "UTC")
+        expected = _json(anomalies_report(engine, filters))
+        [finding] = [f for f in expected["findings"] if f["kind"] == "budget_exceeded"]
+        assert finding["evidence"]["max_compactions"] == 2 and finding["evidence"]["compactions"] == 3
+        assert _json(anomalies_report(source, filters)) == expected
+    finally:
+        engine.dispose()
+        source.close()
 
 
 def test_the_cli_reads_chdb_and_refuses_writes_in_one_line(

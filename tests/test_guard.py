@@ -310,12 +310,19 @@ def assert_crossed_once(spans: InMemorySpanExporter, conversation_id: str) -> No
     assert event.attributes[t.GUARD_SPENT_USD] == 10.5
 
 
-def test_exactly_once_with_8_threads(spans: InMemorySpanExporter, sim: Simulator) -> None:
+# Under warn no request waits for the figures (the recording thread counts every call); under pause each
+# request first settles the calls that returned (counting them itself, or waiting for the thread counting
+# them). These requests have no compaction to pause: every call is sent.
+ACTIONS = ["warn", "pause"]
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+def test_exactly_once_with_8_threads(spans: InMemorySpanExporter, sim: Simulator, action: str) -> None:
     flat_replies(sim, 40)
     api = client(sim)
 
     def work() -> None:
-        with compactobs.conversation("threads", budget_usd=10.2):
+        with compactobs.conversation("threads", budget_usd=10.2, on_breach=action):
             for _ in range(5):
                 api.messages.create(model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "x"}])
 
@@ -327,7 +334,8 @@ def test_exactly_once_with_8_threads(spans: InMemorySpanExporter, sim: Simulator
     assert_crossed_once(spans, "threads")
 
 
-def test_exactly_once_with_20_asyncio_tasks(spans: InMemorySpanExporter, sim: Simulator) -> None:
+@pytest.mark.parametrize("action", ACTIONS)
+def test_exactly_once_with_20_asyncio_tasks(spans: InMemorySpanExporter, sim: Simulator, action: str) -> None:
     flat_replies(sim, 40)
 
     async def main() -> None:
@@ -343,7 +351,7 @@ def test_exactly_once_with_20_asyncio_tasks(spans: InMemorySpanExporter, sim: Si
                 async for _event in stream:
                     pass
 
-        with compactobs.conversation("tasks", budget_usd=10.2):
+        with compactobs.conversation("tasks", budget_usd=10.2, on_breach=action):
             await asyncio.gather(*[task() for _ in range(20)])
         await api.close()
 
@@ -514,3 +522,197 @@ def test_the_guard_and_report_anomalies_agree(
     assert by_kind["budget_exceeded"].evidence["max_compactions"] == 1
     # the report merges the overlapping windows into one loop of turns 2-6; the guard stopped at its first
     assert [response_of[c] for c in by_kind["compaction_loop"].call_ids] == ids[1:6]
+
+
+# -- max_compactions stored with the calls, for report anomalies -----------------------------------------
+
+# Four turns of the research agent under max_compactions=2: turns 2, 3 and 4 compact once each, so the
+# third compaction (turn 4) takes the conversation over. Billed tokens: 50,300 + 150,600 + 2 x 103,600.
+CAPPED_TOKENS = 50_300 + 150_600 + 2 * 103_600
+
+
+def record_capped_conversation(
+    database_url: str, sim: Simulator, conversation_id: str, tracer_provider: TracerProvider | None = None
+) -> list[Any]:
+    """The research agent's first four turns in a conversation with max_compactions=2 (warn), recorded into
+    the store; the responses, in order."""
+    store.upgrade_database(database_url)
+    sim.reset()
+    sim.scenario = ConversationScenario(reply_tokens=800)
+    compactobs.configure(
+        database_url, tracer_provider=tracer_provider or TracerProvider(), meter_provider=MeterProvider()
+    )
+    try:
+        with compactobs.conversation(conversation_id, max_compactions=2, loop=False):
+            research = Research(client(sim))
+            research.run(turns=4)
+    finally:
+        compactobs.shutdown()
+    return research.results
+
+
+def test_max_compactions_is_stored_and_report_anomalies_names_the_breach(
+    database_url: str, sim: Simulator
+) -> None:
+    import json
+
+    from sqlalchemy import select
+
+    from tests.cli import run
+
+    results = record_capped_conversation(database_url, sim, "capped")
+    engine = store.open_database(database_url)
+    with engine.connect() as connection:
+        c = store.calls.c
+        rows = connection.execute(
+            select(c.call_id, c.response_id, c.budget_max_compactions, c.budget_usd).order_by(c.start_ms)
+        ).all()
+    engine.dispose()
+    assert [(r.response_id, r.budget_max_compactions, r.budget_usd) for r in rows] == [
+        (result.id, 2, None) for result in results
+    ]
+    code, out, _ = run("--db", database_url, "report", "anomalies", "--format", "json")
+    assert code == 0
+    [finding] = [f for f in json.loads(out)["findings"] if f["kind"] == "budget_exceeded"]
+    assert finding["conversation_id"] == "capped" and finding["severity"] == "critical"
+    assert finding["call_ids"] == [rows[3].call_id]  # turn 4, the third compaction
+    assert finding["message"] == "over budget: 3 compactions, more than the 2 allowed"
+    evidence = finding["evidence"]
+    assert (evidence["compactions"], evidence["max_compactions"], evidence["calls"]) == (3, 2, 4)
+    assert evidence["budget_source"] == "stored" and evidence["budget_usd"] is None
+    assert evidence["billed_tokens"] == CAPPED_TOKENS == 408_100
+    assert Decimal(str(evidence["spent_usd"])) == spend_after(4) == Decimal("2.1645")
+
+
+# -- the guard's counting runs off the caller's thread ---------------------------------------------------
+
+
+def pricing_threads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads that price guarded calls, in order (through the guard's one pricing hook)."""
+    names: list[str] = []
+    price = guard.Guard._price
+
+    def recorded(entry: guard.ReturnedCall) -> Any:
+        names.append(threading.current_thread().name)
+        return price(entry)
+
+    monkeypatch.setattr(guard.Guard, "_price", staticmethod(recorded))
+    return names
+
+
+FLAT_ARGS: dict[str, Any] = {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "x"}]}
+
+
+@pytest.mark.parametrize("action", ["warn", "raise"])
+def test_a_guarded_call_is_priced_on_the_recording_thread_when_it_is_free(
+    spans: InMemorySpanExporter, sim: Simulator, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    """$0.50 a call under a $1.20 budget: call 3 crosses ($1.50). Between calls the application waits for
+    the recorder (flush), as real applications do something between calls: no call is priced on the
+    caller's thread, and under raise the fourth request still sees call 3's figures."""
+    names = pricing_threads(monkeypatch)
+    flat_replies(sim, 4)
+    api = client(sim)
+    with compactobs.conversation("off-path", budget_usd=1.2, on_breach=action):
+        results = []
+        for _ in range(3):
+            results.append(api.messages.create(**FLAT_ARGS))
+            compactobs.flush()
+        if action == "raise":
+            with pytest.raises(compactobs.BudgetExceeded) as raised:
+                api.messages.create(**FLAT_ARGS)
+            assert raised.value.spent_usd == Decimal("1.5")
+            assert raised.value.response_ids == (results[2].id,)
+    assert names == ["compactobs-recorder"] * 3
+    spent = guard.spend("off-path")
+    assert (spent.calls, spent.spent_usd) == (3, Decimal("1.5"))
+    [(span, _)] = breach_events(spans)
+    assert (span.attributes or {})[t.RESPONSE_ID] == results[2].id
+
+
+def test_a_stalled_recorder_the_request_counts_what_returned_once(
+    spans: InMemorySpanExporter, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recording thread blocks: each request counts the call before it on its own thread (calls 1 to 3,
+    $0.50 each), so the fourth is refused at $1.50 over $1.20. Once the recorder resumes, it records the
+    three calls with the figures already counted: nothing lost, nothing counted twice."""
+    from compactobs.telemetry import Telemetry
+
+    names = pricing_threads(monkeypatch)
+    release = threading.Event()
+    record_waiting = Telemetry._record_waiting
+
+    def stalled(self: Telemetry) -> None:
+        if threading.current_thread().name == "compactobs-recorder":
+            release.wait(60)
+        record_waiting(self)
+
+    monkeypatch.setattr(Telemetry, "_record_waiting", stalled)
+    flat_replies(sim, 4)
+    api = client(sim)
+    try:
+        with compactobs.conversation("stalled", budget_usd=1.2, on_breach="raise"):
+            results = [api.messages.create(**FLAT_ARGS) for _ in range(3)]
+            with pytest.raises(compactobs.BudgetExceeded) as raised:
+                api.messages.create(**FLAT_ARGS)
+        assert raised.value.spent_usd == Decimal("1.5") and raised.value.response_ids == (results[2].id,)
+        assert len(sim.requests) == 3
+        assert names == [threading.current_thread().name] * 3  # the inline fallback, each call once
+        spent = guard.spend("stalled")
+        assert (spent.calls, spent.spent_usd, len(spent.breaches)) == (3, Decimal("1.5"), 1)
+    finally:
+        release.set()
+    calls = call_spans(spans)  # flushes: the recorder records the three calls
+    assert [cost(s) for s in calls] == [Decimal("0.5")] * 3
+    assert len(names) == 3  # not priced again
+    [(span, event)] = breach_events(spans)
+    assert span is calls[2] and event.attributes[t.GUARD_SPENT_USD] == 1.5
+    spent = guard.spend("stalled")
+    assert (spent.calls, spent.spent_usd, len(spent.breaches)) == (3, Decimal("1.5"), 1)
+
+
+def test_an_event_loop_is_not_blocked_while_the_recorder_counts(
+    spans: InMemorySpanExporter, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Call 1 ($0.50) crosses a $0.40 budget under raise. The recorder, counting it, is held inside its
+    pricing until a coroutine on the loop lets it go: the loop must keep running while request 2 waits for
+    the figures, and request 2 must then be refused with them."""
+    price = guard.Guard._price
+    pricing = threading.Event()
+    let_go = threading.Event()
+
+    def held(entry: guard.ReturnedCall) -> Any:
+        if threading.current_thread().name == "compactobs-recorder":
+            pricing.set()
+            let_go.wait(30)
+        return price(entry)
+
+    monkeypatch.setattr(guard.Guard, "_price", staticmethod(held))
+    flat_replies(sim, 2)
+
+    async def main() -> tuple[Any, BaseException | None]:
+        api = anthropic.AsyncAnthropic(
+            base_url=sim.base_url, api_key="k", middleware=[compactobs.Middleware()]
+        )
+        loop = asyncio.get_running_loop()
+        with compactobs.conversation("loop-wait", budget_usd=0.4, on_breach="raise"):
+            first = await api.messages.create(**FLAT_ARGS)
+            assert await loop.run_in_executor(None, pricing.wait, 30)  # the recorder is counting call 1
+            second = asyncio.ensure_future(api.messages.create(**FLAT_ARGS))
+            state = guard.installed()._states["loop-wait"]  # type: ignore[union-attr]
+            for _ in range(10_000):  # request 2 waits on the loop, then this coroutine lets the recorder go
+                if state.waiters:
+                    break
+                await asyncio.sleep(0.001)
+            let_go.set()
+            outcome = (await asyncio.gather(second, return_exceptions=True))[0]
+        await api.close()
+        return first, outcome
+
+    try:
+        first, outcome = asyncio.run(main())
+    finally:
+        let_go.set()
+    assert isinstance(outcome, compactobs.BudgetExceeded)
+    assert outcome.spent_usd == Decimal("0.5") and outcome.response_ids == (first.id,)
+    assert len(sim.requests) == 1

@@ -26,6 +26,7 @@ class Conversation:
     budget_tokens: int | None = None
     guard: GuardPolicy | None = None
     """The runtime guard's policy from this block's arguments (None when it gave none)."""
+    max_compactions: int | None = None
 
 
 _current: ContextVar[Conversation | None] = ContextVar("compactobs_conversation", default=None)
@@ -43,11 +44,12 @@ def conversation(
 ) -> Iterator[Conversation]:
     """Group the calls made inside this block under `conversation_id`, with an optional budget.
 
-    Budgets are recorded on every call so the anomaly report can flag a conversation that exceeds them, and
-    the runtime guard (`compactobs.guard`) watches them live: `budget_usd`, `budget_tokens` (billed tokens)
-    and `max_compactions` are limits; `loop` (default True once guarded) stops compaction loops too;
-    `on_breach` is "warn" (default: a log line and a span event), "pause" (`pause_after_compaction` on
-    the next requests) or "raise" (`BudgetExceeded` / `CompactionLoopDetected` before the next request).
+    Budgets (all three limits) are recorded on every call so the anomaly report can flag a conversation
+    that exceeds them, and the runtime guard (`compactobs.guard`) watches them live: `budget_usd`,
+    `budget_tokens` (billed tokens) and `max_compactions` are limits; `loop` (default True once guarded)
+    stops compaction loops too; `on_breach` is "warn" (default: a log line and a span event), "pause"
+    (`pause_after_compaction` on the next requests) or "raise" (`BudgetExceeded` /
+    `CompactionLoopDetected` before the next request).
     """
     if not isinstance(conversation_id, str) or not conversation_id:
         raise ValueError("conversation id must be a non-empty string")
@@ -69,7 +71,7 @@ def conversation(
     )
     # Recorded on the calls as span attributes: a float, whatever number type the application passed.
     recorded_usd = float(budget_usd) if budget_usd is not None else None
-    value = Conversation(conversation_id, recorded_usd, budget_tokens, policy)
+    value = Conversation(conversation_id, recorded_usd, budget_tokens, policy, max_compactions)
     token = _current.set(value)
     try:
         yield value

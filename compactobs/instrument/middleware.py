@@ -16,7 +16,6 @@ import logging
 import time
 import weakref
 from contextvars import ContextVar
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import anthropic
@@ -28,7 +27,7 @@ from compactobs import guard as guard_module
 from compactobs.instrument import state
 from compactobs.instrument.conversation import current_conversation, fingerprint
 from compactobs.instrument.streams import StreamObserver, observe_body
-from compactobs.telemetry import CONVERSATION_ID, breach_event
+from compactobs.telemetry import CONVERSATION_ID
 from compactobs.usage import CallObservation, RequestFacts, observe_message
 
 if TYPE_CHECKING:
@@ -136,7 +135,9 @@ class Middleware(anthropic.Middleware):
         if call is None:
             return await call_next(request)
         if call.guarded is not None:
-            request = self._guard_request(call, request)  # may raise the guard's error, before sending
+            guard, conversation_id, policy = call.guarded
+            await guard.settled(conversation_id, policy)  # without blocking the loop on another thread
+            request = self._guard_request(call, request, wait=False)  # may raise the guard's error
         try:
             response = await call_next(request)
         except BaseException as err:
@@ -175,6 +176,7 @@ class Middleware(anthropic.Middleware):
                 observation.conversation_id = conversation.id
                 observation.budget_usd = conversation.budget_usd
                 observation.budget_tokens = conversation.budget_tokens
+                observation.budget_max_compactions = conversation.max_compactions
             else:
                 sdk_conversation = self._client_conversation_id
                 if sdk_conversation is None and under_sdk:
@@ -213,14 +215,14 @@ class Middleware(anthropic.Middleware):
             log.debug("compactobs could not look up a guard policy", exc_info=True)
 
     @staticmethod
-    def _guard_request(call: _Call, request: APIRequest) -> APIRequest:
+    def _guard_request(call: _Call, request: APIRequest, *, wait: bool = True) -> APIRequest:
         """The request to send: as it is, or a copy with `pause_after_compaction: true` when the conversation
         is pausing. Raises the guard's error (on_breach="raise") before anything is sent; nothing else."""
         assert call.guarded is not None
         guard, conversation_id, policy = call.guarded
         first = request.retries_taken == 0
         try:
-            pausing = guard.before_request(conversation_id, policy, first_attempt=first)
+            pausing = guard.before_request(conversation_id, policy, first_attempt=first, wait=wait)
         except guard_module.GuardError:
             if not first:  # never stops a call already sent (before_request only raises on first attempts)
                 return request
@@ -241,37 +243,6 @@ class Middleware(anthropic.Middleware):
         except Exception:
             log.debug("compactobs guard: could not add pause_after_compaction", exc_info=True)
             return request
-
-    def _guard_observe(self, call: _Call, telemetry: Telemetry | None) -> None:
-        """Price a guarded call where its response was read, and count it before the caller goes on. The
-        recording thread then reuses the price. Never raises."""
-        try:
-            assert call.guarded is not None
-            guard, conversation_id, policy = call.guarded
-            observation = call.observation
-            observation.complete()
-            usage = observation.usage
-            if usage is None:
-                return
-            cost = None
-            if telemetry is not None:
-                when = datetime.fromtimestamp(observation.start_ns / 1e9, tz=timezone.utc)
-                observation.priced = telemetry.pricer.price_call(usage, when)
-                cost = observation.priced.cost_usd
-            breaches = guard.observe(
-                conversation_id,
-                policy,
-                usage,
-                cost,
-                trigger=observation.request.compaction_trigger,
-                response_id=observation.response_id,
-                request_id=observation.request_id,
-            )
-            for breach in breaches:
-                log.warning("compactobs guard: %s", breach.message)
-                observation.events = [*(observation.events or ()), breach_event(breach)]
-        except Exception:
-            log.debug("compactobs guard: could not count a call", exc_info=True)
 
     def _remaining_retries(self, request: APIRequest) -> int:
         """Attempts the SDK may still make: the request's own `max_retries`, else its client's (learned from
@@ -389,7 +360,16 @@ class Middleware(anthropic.Middleware):
         observation = call.observation
         observation.end_ns = time.time_ns()
         telemetry: Telemetry | None = state.get_telemetry()
+        urgent = False
         if call.guarded is not None:
-            self._guard_observe(call, telemetry)
+            # Priced and counted off this thread: by the recording thread, which prices it before recording
+            # it (at once when its conversation pauses or raises), or by the conversation's next request.
+            guard, conversation_id, policy = call.guarded
+            pricer = telemetry.pricer if telemetry is not None else None
+            returned = guard.returned(conversation_id, policy, observation, pricer)
+            observation.guarded = returned
+            if returned is not None and telemetry is None:
+                returned.settle()  # nobody would record it: count it now
+            urgent = returned is not None and returned.acts
         if telemetry is not None:
-            telemetry.record(observation, call.parent, call.under_sdk_span)
+            telemetry.record(observation, call.parent, call.under_sdk_span, urgent=urgent)

@@ -14,8 +14,8 @@ remedy. The rules and their defaults (all configurable through `Thresholds`):
   priced cost;
 - `budget_exceeded` (critical): the conversation's billed tokens, USD or compactions exceed its budget: a
   budgets file entry when one matches (`load_budgets`), else the budget stored with its calls by
-  `compactobs.conversation(..., budget_usd=..., budget_tokens=...)` (the largest one they carry); the
-  finding names the call at which the spend went over;
+  `compactobs.conversation(..., budget_usd=..., budget_tokens=..., max_compactions=...)` (the largest
+  each carries); the finding names the call at which the spend went over;
 - `cache_miss_after_compaction` (warning): the call after a compaction reads <= `cache_drop_ratio` (5%) of
   what the call before it read from the cache, while its cache writes jump (above the call before's, and
   >= `cache_min_tokens`, 1024);
@@ -653,8 +653,8 @@ def _budget_totals(
     engine: Engine, conditions: Sequence[ColumnElement[bool]], budgets: Budgets | None
 ) -> Iterator[Sequence[Any]]:
     """(conversation_id, calls, cost, billed tokens, largest stored budget_usd and budget_tokens, unpriced
-    calls) of each conversation with a selected call, over all its calls; with no budgets file, only of
-    those that stored a budget."""
+    calls, compactions, largest stored budget_max_compactions) of each conversation with a selected call,
+    over all its calls; with no budgets file, only of those that stored a budget."""
     c = calls.c
     selected = select(c.conversation_id).where(c.conversation_id.is_not(None), *conditions).distinct()
     query = select(
@@ -666,12 +666,14 @@ def _budget_totals(
         func.max(c.budget_tokens),
         func.sum(case((c.priced.is_(False), 1), else_=0)),
         func.sum(func.coalesce(c.compactions_count, 0)),
+        func.max(c.budget_max_compactions),
     ).where(c.conversation_id.is_not(None))
     if conditions:
         query = query.where(c.conversation_id.in_(selected.scalar_subquery()))
     query = query.group_by(c.conversation_id)
     if not budgets:
-        query = query.having(or_(func.max(c.budget_usd).is_not(None), func.max(c.budget_tokens).is_not(None)))
+        stored = (c.budget_usd, c.budget_tokens, c.budget_max_compactions)
+        query = query.having(or_(*(func.max(column).is_not(None) for column in stored)))
     with reading(engine) as connection:
         yield from connection.execution_options(stream_results=True, yield_per=2000).execute(query)
 
@@ -684,10 +686,13 @@ def _budget_findings(
     """The budget rule (`rules.over_limits`) over `_budget_totals`' records; `crossings_of` is
     `_budget_crossings` (or a source's)."""
     over: dict[str, tuple[Budget, int, Decimal | None, int, int, int]] = {}
-    for conversation_id, count, cost, tokens, stored_usd, stored_tokens, unpriced, compactions in totals:
+    for record in totals:
+        conversation_id, count, cost, tokens, stored_usd, stored_tokens, unpriced, compactions = record[:8]
+        stored_compactions = record[8]
         stored = Budget(
             usd=Decimal(str(stored_usd)) if stored_usd is not None else None,
             tokens=int(stored_tokens) if stored_tokens is not None else None,
+            max_compactions=int(stored_compactions) if stored_compactions is not None else None,
         )
         budget = effective_budget(budgets.for_conversation(conversation_id) if budgets else None, stored)
         if budget is None:

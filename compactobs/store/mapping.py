@@ -95,6 +95,7 @@ _CALL_ATTRIBUTES: Final = {
     "context_tokens": t.CONTEXT_TOKENS,
     "budget_usd": t.BUDGET_USD,
     "budget_tokens": t.BUDGET_TOKENS,
+    "budget_max_compactions": t.BUDGET_MAX_COMPACTIONS,
 }
 _ITERATION_ATTRIBUTES: Final = {
     "idx": t.ITERATION_INDEX,

@@ -144,6 +144,7 @@ calls: Table = Table(
     Column("context_tokens", BigInteger),
     Column("budget_usd", Usd),
     Column("budget_tokens", BigInteger),
+    Column("budget_max_compactions", Integer),
     Column("out_of_range", String, comment=OUT_OF_RANGE_COMMENT),
 
     # Time filters use start_ms: an 8-byte integer makes smaller, cheaper indexes than a timestamp (and is

@@ -93,11 +93,14 @@ class ClickHouseAnomalyData:
         sql = (
             "SELECT c.conversation_id, count(), sum(c.cost_usd), "
             f"sum({_BILLED}), max(c.budget_usd), max(c.budget_tokens), countIf(c.priced = false), "
-            "sum(coalesce(c.compactions_count, 0)) "
+            "sum(coalesce(c.compactions_count, 0)), max(c.budget_max_compactions) "
             f"FROM {self.everything} AS c WHERE {' AND '.join(where)} GROUP BY c.conversation_id"
         )
         if not budgets:
-            sql += " HAVING max(c.budget_usd) IS NOT NULL OR max(c.budget_tokens) IS NOT NULL"
+            sql += (
+                " HAVING max(c.budget_usd) IS NOT NULL OR max(c.budget_tokens) IS NOT NULL"
+                " OR max(c.budget_max_compactions) IS NOT NULL"
+            )
         return [tuple(record.values()) for record in self.source.rows(sql)]
 
     def budget_crossings(
