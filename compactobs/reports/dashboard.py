@@ -18,10 +18,11 @@ refreshes). The window is `since <= start_ms < until` on the indexed `start_ms`,
 A `Dialect` says how a dashboard names its range, its time buckets and its SQL dialect: `GRAFANA_POSTGRES`
 is Grafana's PostgreSQL data source (`$__unixEpochFrom()`, `$__unixEpochTo()`, `$__unixEpochGroup`);
 `GRAFANA_CLICKHOUSE` is Grafana's ClickHouse data source (grafana-clickhouse-datasource: `$__fromTime_ms`,
-`$__toTime_ms`, Grafana's `$__interval_ms`) over the Collector's spans table (`compactobs.reports.clickhouse`),
-whose `calls` and `iterations` are CTEs read from the spans (`spans.calls_select`, `spans.iterations_select`)
-and whose SQL is the same measures compiled by clickhouse-connect's SQLAlchemy dialect, with ClickHouse's
-differences from PostgreSQL handled in its compiler (see `_ClickHouseCompiler`).
+`$__toTime_ms`, Grafana's `$__interval_ms`) over the Collector's spans table
+(`compactobs.reports.clickhouse`), whose `calls` and `iterations` are CTEs read from the spans
+(`spans.calls_select`, `spans.iterations_select`), and whose SQL is the same measures compiled by
+clickhouse-connect's SQLAlchemy dialect, ClickHouse's differences from PostgreSQL handled in its compiler
+(`_ClickHouseCompiler`).
 """
 
 from __future__ import annotations
@@ -350,8 +351,8 @@ def _clickhouse_dialect() -> Dialect:
             if isinstance(binary.type, Numeric) and not isinstance(binary.type, Float):
                 # An exact division: ClickHouse keeps the dividend's scale (10 places for money) and
                 # refuses a divisor of more places; divideDecimal gives the quotient at _WIDE places.
-                wide = f"divideDecimal(toDecimal256({left}, {_WIDE}), toDecimal256({right}, {_WIDE}), {_WIDE})"
-                return wide
+                wide = f"toDecimal256({left}, {_WIDE}), toDecimal256({right}, {_WIDE})"
+                return f"divideDecimal({wide}, {_WIDE})"
             return f"{left} / {right}"
 
         def limit_clause(self, select: Any, **kw: Any) -> str:
@@ -395,6 +396,8 @@ def _clickhouse_dialect() -> Dialect:
     )
 
 
+GRAFANA_CLICKHOUSE: Dialect
+"""Grafana's ClickHouse data source (module attribute, built on first use: see `__getattr__`)."""
 _LAZY: dict[str, Dialect] = {}
 
 
