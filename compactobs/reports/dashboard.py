@@ -68,9 +68,9 @@ class Dialect:
     """The continuous percentile (linear interpolation, as `report ops`) of a column's non-NULL values."""
     materialize: bool = True
     """Whether a CTE computed once is marked MATERIALIZED (PostgreSQL's syntax)."""
-    frame: Callable[[str, bool], str] = lambda sql, reaches_back: sql
-    """The compiled SELECT as the data source runs it: for a backend without `calls` and `iterations`
-    tables, their CTEs in front (`reaches_back`: the query also reads the range before)."""
+    frame: Callable[[Dialect, Any, bool], str] | None = None
+    """The statement as the data source runs it, for a backend without `calls` and `iterations` tables
+    (`reaches_back`: the statement also reads the range before); None: `sql_text` of it."""
 
     def window(self, start_ms: ColumnElement[Any]) -> list[ColumnElement[bool]]:
         return [start_ms >= self.since_ms, start_ms < self.until_ms]
@@ -79,9 +79,13 @@ class Dialect:
         """The range of the same length just before (for "against the previous range")."""
         return [start_ms >= self.since_ms - (self.until_ms - self.since_ms), start_ms < self.since_ms]
 
+    def sql_text(self, statement: Any) -> str:
+        return str(statement.compile(dialect=self.sql, compile_kwargs={"literal_binds": True}))
+
     def compile(self, statement: Any, reaches_back: bool = False) -> str:
-        sql = str(statement.compile(dialect=self.sql, compile_kwargs={"literal_binds": True}))
-        return self.frame(sql, reaches_back)
+        if self.frame is None:
+            return self.sql_text(statement)
+        return self.frame(self, statement, reaches_back)
 
 
 GRAFANA_POSTGRES: Final = Dialect(
@@ -298,19 +302,67 @@ _SINCE_MS: Final = "toUnixTimestamp64Milli($__fromTime_ms)"
 _UNTIL_MS: Final = "toUnixTimestamp64Milli($__toTime_ms)"
 
 
-def _clickhouse_frame(sql: str, reaches_back: bool) -> str:
+def _per_call_lookups(statement: Any) -> tuple[Any, list[tuple[str, Any]]]:
+    """The statement with each scalar subquery over `iterations` correlated to its call by `call_id` (e.g.
+    `cost.call_measures`' compaction cost) replaced by a column of `calls`, and those columns: (name, the
+    subquery's own SELECT grouped by call_id instead). ClickHouse runs no correlated subquery inside an
+    aggregate's argument; a LEFT JOIN on call_id gives each call the same value (NULL without rows)."""
+    from sqlalchemy.sql.elements import BinaryExpression
+    from sqlalchemy.sql.selectable import ScalarSelect
+    from sqlalchemy.sql.visitors import replacement_traverse
+
+    lookups: list[tuple[str, Any]] = []
+
+    def correlated(clause: Any) -> bool:
+        return (
+            isinstance(clause, BinaryExpression)
+            and clause.left is iterations.c.call_id
+            and clause.right is calls.c.call_id
+        )
+
+    def replace(element: Any) -> Any:
+        if not isinstance(element, ScalarSelect):
+            return None
+        inner = element.element
+        conditions = list(inner._where_criteria)
+        if not any(correlated(c) for c in conditions):
+            return None
+        name = f"per_call_{len(lookups)}"
+        (value,) = inner.selected_columns
+        grouped = (
+            select(iterations.c.call_id.label("call_id"), value.label("value"))
+            .where(*(c for c in conditions if not correlated(c)))
+            .group_by(iterations.c.call_id)
+        )
+        lookups.append((name, grouped))
+        return literal_column(f"calls.{name}", type_=element.type)
+
+    return replacement_traverse(statement, {}, replace), lookups
+
+
+def _clickhouse_frame(d: Dialect, statement: Any, reaches_back: bool) -> str:
     """`calls` and `iterations` as CTEs read from the spans of `${spans_table}`, the range pushed down onto
     the spans' `Timestamp` (their sort key's time; an iteration span starts when its call ends, so no
     upper bound on them), and `join_use_nulls`: ClickHouse otherwise fills an outer join's missing side with
     0 and '', where the measures read NULL (a call without iteration rows)."""
     from compactobs.reports.clickhouse import spans
 
+    statement, lookups = _per_call_lookups(statement)
+    sql = d.sql_text(statement)
     lower = f"{_SINCE_MS} - ({_UNTIL_MS} - {_SINCE_MS})" if reaches_back else _SINCE_MS
     from_lower = f"Timestamp >= fromUnixTimestamp64Milli(toInt64({lower}))"
     table = "${" + SPANS_TABLE_VAR + "}"
+    call_rows = spans.calls_select(table, f"{from_lower} AND Timestamp < $__toTime_ms")
+    if lookups:
+        columns = ", ".join(f"{name}.value AS {name}" for name, _ in lookups)
+        joins = " ".join(
+            f"LEFT JOIN ({d.sql_text(grouped)}) AS {name} ON {name}.call_id = spans_calls.call_id"
+            for name, grouped in lookups
+        )
+        call_rows = f"SELECT spans_calls.*, {columns} FROM ({call_rows}) AS spans_calls {joins}"
     relations = (
-        f"calls AS ({spans.calls_select(table, f'{from_lower} AND Timestamp < $__toTime_ms')}), "
-        f"iterations AS ({spans.iterations_select(table, from_lower)})"
+        f"iterations AS ({spans.iterations_select(table, from_lower)}), "
+        f"calls AS ({call_rows})"
     )
     body = sql[len("WITH ") :] if sql.startswith("WITH ") else sql
     joiner = ", " if body is not sql else "\n"
@@ -323,6 +375,7 @@ def _clickhouse_dialect() -> Dialect:
     from clickhouse_connect.cc_sqlalchemy.sql.compiler import ChStatementCompiler
     from sqlalchemy import Float
     from sqlalchemy.ext.compiler import compiles
+    from sqlalchemy.sql.elements import Null
     from sqlalchemy.sql.compiler import GenericTypeCompiler
     from sqlalchemy.sql.functions import FunctionElement
 
@@ -351,9 +404,21 @@ def _clickhouse_dialect() -> Dialect:
             if isinstance(binary.type, Numeric) and not isinstance(binary.type, Float):
                 # An exact division: ClickHouse keeps the dividend's scale (10 places for money) and
                 # refuses a divisor of more places; divideDecimal gives the quotient at _WIDE places.
-                wide = f"toDecimal256({left}, {_WIDE}), toDecimal256({right}, {_WIDE})"
-                return f"divideDecimal({wide}, {_WIDE})"
+                # ClickHouse also computes a function on the rows its NULLs mask (as 0), and on both
+                # arms of a CASE: a divisor of 0 or NULL is made 1, and the quotient NULL, so that no
+                # arm raises (the measures guard their divisions; PostgreSQL never meets these rows).
+                zero = f"ifNull({right}, 0) = 0"
+                wide = f"toDecimal256({left}, {_WIDE}), toDecimal256(if({zero}, 1, {right}), {_WIDE})"
+                return f"if({zero}, NULL, divideDecimal({wide}, {_WIDE}))"
             return f"{left} / {right}"
+
+        def visit_cast(self, cast: Any, **kw: Any) -> str:
+            # A typed NULL (e.g. the cache measures' `next_start` when not looked up): ClickHouse casts
+            # NULL only to a Nullable type.
+            if isinstance(cast.clause, Null):
+                return f"CAST(NULL AS Nullable({self.dialect.type_compiler_instance.process(cast.type)}))"
+            text: str = super().visit_cast(cast, **kw)
+            return text
 
         def limit_clause(self, select: Any, **kw: Any) -> str:
             # A bare OFFSET (SQLite's optimisation fence in the cache measures): ClickHouse reads
