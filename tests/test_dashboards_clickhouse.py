@@ -118,14 +118,14 @@ def close(value: Any, expected: Any) -> bool:
 
 def same_rows(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
     """The same rows, in the same order, with the same columns: money (`*_usd`, sums of the stored
-    figures) exactly equal, counts equal, ratios and computed money to 1e-6."""
+    figures) exactly equal, counts and names equal, ratios and computed money to 1e-6."""
     assert len(got) == len(expected), (got, expected)
     for row, want in zip(got, expected, strict=True):
         assert list(row) == list(want)
         for name, value in row.items():
             if name == "time":
                 assert float(value) == float(want[name])
-            elif isinstance(want[name], int) or name.endswith("_usd") and name != "net_usd":
+            elif isinstance(want[name], (int, str)) or (name.endswith("_usd") and name != "net_usd"):
                 assert value == want[name], (name, value, want[name])
             else:
                 assert close(value, want[name]), (name, value, want[name])
@@ -182,7 +182,9 @@ def test_spend(traffic: dict[str, Any], committed: dict[str, str]) -> None:
 
 
 def test_cost_over_time_by_model(traffic: dict[str, Any], committed: dict[str, str]) -> None:
-    got = {(hour(r["time"]), r["metric"]): r["cost_usd"] for r in clickhouse(traffic, committed["cost_by_model"])}
+    got = {
+        (hour(r["time"]), r["metric"]): r["cost_usd"] for r in clickhouse(traffic, committed["cost_by_model"])
+    }
     expected = {
         (r["hour"], r["model"]): D(str(r["cost_usd"]))
         for r in report(traffic, "cost", "--by", "hour", "--by", "model")["rows"]

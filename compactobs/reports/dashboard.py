@@ -360,10 +360,7 @@ def _clickhouse_frame(d: Dialect, statement: Any, reaches_back: bool) -> str:
             for name, grouped in lookups
         )
         call_rows = f"SELECT spans_calls.*, {columns} FROM ({call_rows}) AS spans_calls {joins}"
-    relations = (
-        f"iterations AS ({spans.iterations_select(table, from_lower)}), "
-        f"calls AS ({call_rows})"
-    )
+    relations = f"iterations AS ({spans.iterations_select(table, from_lower)}), calls AS ({call_rows})"
     body = sql[len("WITH ") :] if sql.startswith("WITH ") else sql
     joiner = ", " if body is not sql else "\n"
     return f"WITH {relations}{joiner}{body}\nSETTINGS join_use_nulls = 1"
@@ -375,8 +372,8 @@ def _clickhouse_dialect() -> Dialect:
     from clickhouse_connect.cc_sqlalchemy.sql.compiler import ChStatementCompiler
     from sqlalchemy import Float
     from sqlalchemy.ext.compiler import compiles
-    from sqlalchemy.sql.elements import Null
     from sqlalchemy.sql.compiler import GenericTypeCompiler
+    from sqlalchemy.sql.elements import Null
     from sqlalchemy.sql.functions import FunctionElement
 
     from compactobs.reports.clickhouse.spans import _WIDE
