@@ -26,9 +26,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy import create_engine, text
 
 from compactobs import store
+from compactobs import telemetry as t
 from compactobs.demo import run_demo
 from compactobs.reports.clickhouse import source as clickhouse_source
-from compactobs.reports.clickhouse.source import ClickHouseSource
+from compactobs.reports.clickhouse.ddl import otel_traces_ddl
+from compactobs.reports.clickhouse.source import ClickHouseSource, quote
 from compactobs.reports.dashboard import GRAFANA_CLICKHOUSE, SPANS_TABLE_VAR, TOP_CONVERSATIONS, sql_queries
 from tests.cli import run
 from tests.grafana_macros import expand, expand_clickhouse
@@ -75,9 +77,16 @@ def committed() -> dict[str, str]:
     return dict(zip(keys, queries, strict=True))
 
 
-def clickhouse(traffic: dict[str, Any], sql: str, interval: str = "1h") -> list[dict[str, Any]]:
+def clickhouse(
+    traffic: dict[str, Any],
+    sql: str,
+    interval: str = "1h",
+    span: tuple[datetime, datetime] | None = None,
+    table: str = TABLE,
+) -> list[dict[str, Any]]:
     """The query as the plugin sends it (its own SETTINGS kept), run on the chdb session, values by type."""
-    expanded = expand_clickhouse(sql, traffic["since"], traffic["until"], interval, {SPANS_TABLE_VAR: TABLE})
+    since, until = span or (traffic["since"], traffic["until"])
+    expanded = expand_clickhouse(sql, since, until, interval, {SPANS_TABLE_VAR: table})
     session = traffic["source"]._session
     # Decimals as JSON strings, so that they parse exactly (the plugin reads them natively).
     session.query("SET output_format_json_quote_decimals = 1")
@@ -265,3 +274,45 @@ def test_error_rate_and_latency(traffic: dict[str, Any], committed: dict[str, st
     for p in ("p50", "p95", "p99"):
         # The report rounds to 0.1 ms.
         assert abs(row[f"latency_{p}"] * 1000 - ops[f"latency_{p}_ms"]) <= 0.05 + 1e-9, p
+
+
+def test_an_error_burst_in_another_spans_table(traffic: dict[str, Any], committed: dict[str, str]) -> None:
+    """The demo has no error burst: 20 call spans written here, in a table the `spans_table` variable
+    names, in the hour from 2025-03-12 14:00 UTC, 3 of them HTTP 429 after 2 resends each. By hand: 3 / 20
+    = 15% > 10% of >= 20 calls, a burst; 6 retries; error rate 0.15."""
+    source, table = traffic["source"], "burst_traces"
+    source.execute(otel_traces_ddl(table))
+    rows = []
+    scope = quote(t.INSTRUMENTATION_SCOPE)
+    for n in range(20):
+        failed = n < 3
+        attributes = {
+            t.SPAN_KIND: t.SPAN_KIND_CALL,
+            t.HTTP_STATUS_CODE: "429" if failed else "200",
+            **({t.ERROR_TYPE: "429", t.HTTP_RESEND_COUNT: "2"} if failed else {}),
+        }
+        pairs = ", ".join(f"{quote(k)}, {quote(v)}" for k, v in attributes.items())
+        start_ns = int(datetime(2025, 3, 12, 14, n, tzinfo=timezone.utc).timestamp()) * 10**9
+        status = "STATUS_CODE_ERROR" if failed else "STATUS_CODE_UNSET"
+        rows.append(
+            f"(fromUnixTimestamp64Nano(toInt64({start_ns})), 'burst{n:02d}', {scope}, "
+            f"map({pairs}), 1000000000, '{status}')"
+        )
+    source.execute(
+        f"INSERT INTO {table} (Timestamp, SpanId, ScopeName, SpanAttributes, Duration, StatusCode) "
+        f"VALUES {', '.join(rows)}"
+    )
+    span = (datetime(2025, 3, 10, tzinfo=timezone.utc), datetime(2025, 3, 13, tzinfo=timezone.utc))
+    (burst,) = clickhouse(traffic, committed["error_bursts"], span=span, table=table)
+    hour_start = int(datetime(2025, 3, 12, 14, tzinfo=timezone.utc).timestamp()) * 1000
+    assert burst == {
+        "hour_start": hour_start,
+        "calls": 20,
+        "error_calls": 3,
+        "share": D("0.15"),
+        "http_429": 3,
+        "http_529": 0,
+        "retries": 6,
+    }
+    (hourly,) = clickhouse(traffic, committed["errors_latency"], span=span, table=table)
+    assert hourly["error_rate"] == D("0.15") and hourly["latency_p50"] == 1.0
