@@ -160,7 +160,7 @@ def test_panels_read_the_spans_table_variable_and_the_plugin_macros(committed: d
     assert {q.key: q.sql for q in sql_queries(GRAFANA_CLICKHOUSE)} == committed
     for key, sql in committed.items():
         assert "FROM ${spans_table}" in sql and "$__fromTime_ms" in sql and "$__toTime_ms" in sql, key
-        assert sql.rstrip().endswith("SETTINGS join_use_nulls = 1"), key
+        assert sql.rstrip().endswith("SETTINGS join_use_nulls = 1, cast_keep_nullable = 1"), key
         assert "percentile_cont" not in sql and "LIMIT -1" not in sql, key
 
 

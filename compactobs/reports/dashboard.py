@@ -298,6 +298,7 @@ def sql_queries(d: Dialect = GRAFANA_POSTGRES) -> list[PanelQuery]:
 
 SPANS_TABLE_VAR: Final = "spans_table"
 """The dashboard variable naming the spans table (default `otel_traces`, the exporter's)."""
+_CLICKHOUSE_SETTINGS: Final = "join_use_nulls = 1, cast_keep_nullable = 1"
 _SINCE_MS: Final = "toUnixTimestamp64Milli($__fromTime_ms)"
 _UNTIL_MS: Final = "toUnixTimestamp64Milli($__toTime_ms)"
 
@@ -343,8 +344,10 @@ def _per_call_lookups(statement: Any) -> tuple[Any, list[tuple[str, Any]]]:
 def _clickhouse_frame(d: Dialect, statement: Any, reaches_back: bool) -> str:
     """`calls` and `iterations` as CTEs read from the spans of `${spans_table}`, the range pushed down onto
     the spans' `Timestamp` (their sort key's time; an iteration span starts when its call ends, so no
-    upper bound on them), and `join_use_nulls`: ClickHouse otherwise fills an outer join's missing side with
-    0 and '', where the measures read NULL (a call without iteration rows)."""
+    upper bound on them), and two settings: `join_use_nulls`, as ClickHouse otherwise fills an outer join's
+    missing side with 0 and '', where the measures read NULL (a call without iteration rows); and
+    `cast_keep_nullable`, as its CAST of a NULL to a plain type raises, where SQL's gives NULL (a sum of
+    no top-level tokens, cast for an exact division)."""
     from compactobs.reports.clickhouse import spans
 
     statement, lookups = _per_call_lookups(statement)
@@ -363,7 +366,7 @@ def _clickhouse_frame(d: Dialect, statement: Any, reaches_back: bool) -> str:
     relations = f"iterations AS ({spans.iterations_select(table, from_lower)}), calls AS ({call_rows})"
     body = sql[len("WITH ") :] if sql.startswith("WITH ") else sql
     joiner = ", " if body is not sql else "\n"
-    return f"WITH {relations}{joiner}{body}\nSETTINGS join_use_nulls = 1"
+    return f"WITH {relations}{joiner}{body}\nSETTINGS {_CLICKHOUSE_SETTINGS}"
 
 
 def _clickhouse_dialect() -> Dialect:
