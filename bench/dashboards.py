@@ -10,6 +10,10 @@ Shared 2-core machine: figures move by tens of percent between runs; the ratios 
 Run: `python bench/dashboards.py` (default 1,000,000 calls; `--calls 100000` for a quicker run).
 PostgreSQL is COMPACTOBS_TEST_POSTGRES_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/test); the
 generated store is kept in schema `bench_dashboards_<parameters>` and reused.
+
+`--clickhouse`: the ClickHouse dashboard's panels instead, on chdb over `otel_traces` as bench/clickhouse.py
+generates it (3 spans a call, 90 days; kept under --data-dir and reused), macros expanded by
+`expand_clickhouse`; the baseline is `SELECT count()` of the range's call spans (the sort key's range scan).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,8 +33,8 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
 import reports as bench_reports  # noqa: E402  (bench/reports.py: its generator, not another)
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from compactobs.reports.dashboard import sql_queries  # noqa: E402
-from tests.grafana_macros import expand  # noqa: E402
+from compactobs.reports.dashboard import SPANS_TABLE_VAR, sql_queries  # noqa: E402
+from tests.grafana_macros import expand, expand_clickhouse  # noqa: E402
 
 RANGES = (
     ("1 day", timedelta(days=1), "1m"),
@@ -60,13 +64,77 @@ def timed(connection: object, sql: str, repeat: int) -> tuple[float, int]:
     return statistics.median(times), rows
 
 
+def timed_chdb(session: object, sql: str, repeat: int) -> tuple[float, int]:
+    """As `timed`, on a chdb session."""
+
+    def rows() -> int:
+        return len(session.query(sql, "CSV").data().splitlines())  # type: ignore[attr-defined]
+
+    count = rows()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        rows()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), count
+
+
+def clickhouse(calls: int, repeat: int, data_dir: Path) -> None:
+    """The ClickHouse dashboard's panels on chdb, against a count() of the range's call spans."""
+    import clickhouse as bench_clickhouse  # bench/clickhouse.py: its generator, not another
+    from chdb import session as chdb_session
+
+    from compactobs import telemetry as t
+    from compactobs.reports.dashboard import GRAFANA_CLICKHOUSE
+
+    directory, _, spans = bench_clickhouse.prepare(calls, data_dir)
+    end = datetime.fromtimestamp(bench_clickhouse.T0_NS / 1e9 + bench_clickhouse.DAYS * 86400, timezone.utc)
+    print(f"chdb, {calls:,} calls, {spans:,} spans in otel_traces, data up to {end:%Y-%m-%d}")
+    print(bench_reports.platform_line())
+    variables = {SPANS_TABLE_VAR: "otel_traces"}
+    count = (
+        "SELECT count() FROM otel_traces WHERE Timestamp >= $__fromTime_ms AND Timestamp < $__toTime_ms "
+        f"AND SpanAttributes['{t.SPAN_KIND}'] = '{t.SPAN_KIND_CALL}'"
+    )
+    header = f"{'panel':<22}" + "".join(f"{name:>24}" for name, _, _ in RANGES)
+    with chdb_session.Session(str(directory)) as session:
+        baselines, calls_in = [], []
+        for _, span, interval in RANGES:
+            sql = expand_clickhouse(count, end - span, end, interval, variables)
+            seconds, _ = timed_chdb(session, sql, repeat)
+            baselines.append(seconds)
+            calls_in.append(int(session.query(sql, "CSV").data().strip()))
+        print(header)
+        print(
+            f"{'baseline count()':<22}"
+            + "".join(f"{s * 1000:>9.1f} ms {n:>9,} calls" for s, n in zip(baselines, calls_in, strict=True))
+        )
+        for query in sql_queries(GRAFANA_CLICKHOUSE):
+            cells = []
+            for (_, span, interval), baseline in zip(RANGES, baselines, strict=True):
+                sql = expand_clickhouse(query.sql, end - span, end, interval, variables)
+                seconds, rows = timed_chdb(session, sql, repeat)
+                cells.append(f"{seconds * 1000:>9.1f} ms {seconds / baseline:>6.1f}x {rows:>4}r")
+            print(f"{query.key:<22}" + "".join(f"{c:>24}" for c in cells))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--calls", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3, help="timed runs after the warm-up (median)")
+    parser.add_argument("--clickhouse", action="store_true", help="the ClickHouse dashboard, on chdb")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path.home() / ".cache" / "compactobs-bench",
+        help="where bench/clickhouse.py's generated chdb directory is kept (--clickhouse)",
+    )
     args = parser.parse_args(argv)
     if args.calls < 1000 or args.repeat < 1:
         parser.error("--calls must be at least 1000 and --repeat at least 1")
+    if args.clickhouse:
+        clickhouse(args.calls, args.repeat, args.data_dir)
+        return
     base = os.environ.get("COMPACTOBS_TEST_POSTGRES_URL", bench_reports.DEFAULT_POSTGRES)
     url, meta = store(bench_reports.Params(args.calls, 90, 10_000, 42), base)
     end = datetime.fromisoformat(meta.end)

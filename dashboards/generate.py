@@ -4,8 +4,9 @@
     python -m dashboards.generate --check   # exit 1 when a committed file differs from what this makes
 
 The SQL comes from `compactobs.reports.dashboard` (the reports' own measures, compiled with Grafana's
-PostgreSQL macros); the PromQL from `compactobs.reports.promql` (names derived from compactobs.telemetry).
-Both dashboards take their data source from a variable (`${datasource}`): no uid is written anywhere.
+PostgreSQL macros, or with the ClickHouse data source's over the Collector's spans table); the PromQL from
+`compactobs.reports.promql` (names derived from compactobs.telemetry). Every dashboard takes its data source
+from a variable (`${datasource}`): no uid is written anywhere.
 """
 
 from __future__ import annotations
@@ -27,13 +28,16 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models import dashboard as model
 
+from compactobs.reports import dashboard as sql
 from compactobs.reports import promql
 from compactobs.reports.dashboard import GRAFANA_POSTGRES, PanelQuery, sql_queries
 
 HERE: Final = Path(__file__).resolve().parent
 POSTGRES_FILE: Final = HERE / "compactobs-postgres.json"
 PROMETHEUS_FILE: Final = HERE / "compactobs-prometheus.json"
+CLICKHOUSE_FILE: Final = HERE / "compactobs-clickhouse.json"
 POSTGRES_TYPE: Final = "grafana-postgresql-datasource"
+CLICKHOUSE_TYPE: Final = "grafana-clickhouse-datasource"
 PROMETHEUS_TYPE: Final = "prometheus"
 DATASOURCE_VAR: Final = "datasource"
 
@@ -84,9 +88,41 @@ class SqlQuery(cogvariants.Dataquery):
         )
 
 
+class ClickHouseQuery(SqlQuery):
+    """A grafana-clickhouse-datasource query (SQL editor): its `format` is the plugin's number (1 table,
+    0 time series) and its `queryType` the matching name."""
+
+    _FORMATS: Final = {"table": (1, "table"), "time_series": (0, "timeseries")}
+
+    def to_json(self) -> dict[str, object]:
+        number, query_type = self._FORMATS[self.format_val]
+        payload: dict[str, object] = {
+            "refId": self.ref_id,
+            "editorType": "sql",
+            "format": number,
+            "queryType": query_type,
+            "rawSql": self.raw_sql,
+        }
+        if self.datasource is not None:
+            payload["datasource"] = self.datasource
+        return payload
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ClickHouseQuery:
+        ref = data.get("datasource")
+        by_number = {number: name for name, (number, _) in cls._FORMATS.items()}
+        return cls(
+            raw_sql=data.get("rawSql", ""),
+            format_val=by_number.get(data.get("format", 1), "table"),
+            ref_id=data.get("refId", "A"),
+            datasource=model.DataSourceRef.from_json(ref) if ref is not None else None,
+        )
+
+
 class Sql(cogbuilder.Builder[SqlQuery]):
     def __init__(self, raw_sql: str, format_val: str, kind: str, ref_id: str = "A") -> None:
-        self._internal = SqlQuery(raw_sql, format_val, ref_id, _datasource(kind))
+        query = ClickHouseQuery if kind == CLICKHOUSE_TYPE else SqlQuery
+        self._internal = query(raw_sql, format_val, ref_id, _datasource(kind))
 
     def build(self) -> SqlQuery:
         return self._internal
@@ -96,6 +132,9 @@ def register_sql_query() -> None:
     """Let the SDK read our SQL queries back into SqlQuery (a round trip through its types)."""
     register_default_plugins()
     cogruntime.register_dataquery_variant(cogruntime.DataqueryConfig(POSTGRES_TYPE, SqlQuery.from_json))
+    cogruntime.register_dataquery_variant(
+        cogruntime.DataqueryConfig(CLICKHOUSE_TYPE, ClickHouseQuery.from_json)
+    )
 
 
 def _datasource(kind: str) -> model.DataSourceRef:
@@ -291,17 +330,22 @@ def _with_overrides(panel: Any, key: str) -> Any:
     return panel
 
 
-def sql_dashboard(title: str, uid: str, kind: str, queries: Sequence[PanelQuery]) -> dict[str, Any]:
-    """A dashboard of POSTGRES_PANELS over the SQL data source `kind`, one query per panel by key. Another SQL
-    backend (e.g. ClickHouse) is its Dialect's queries and its data source type here."""
+def sql_dashboard(
+    title: str,
+    uid: str,
+    kind: str,
+    queries: Sequence[PanelQuery],
+    description: str = "compactobs' SQL store: billed cost over every usage.iterations entry, cache and "
+    "compaction.",
+    variables: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """A dashboard of POSTGRES_PANELS over the SQL data source `kind`, one query per panel by key: each SQL
+    backend is its Dialect's queries and its data source type here."""
     by_key = {q.key: q for q in queries}
     assert set(by_key) == set(POSTGRES_PANELS), "every query has a panel"
-    board = _dashboard(
-        title,
-        uid,
-        kind,
-        "compactobs' SQL store: billed cost over every usage.iterations entry, cache and compaction.",
-    )
+    board = _dashboard(title, uid, kind, description)
+    for variable in variables:
+        board = board.with_variable(variable)
     grid = Grid()
     for panel_id, (key, spec) in enumerate(POSTGRES_PANELS.items(), start=1):
         query = by_key[key]
@@ -316,6 +360,28 @@ def postgres_dashboard() -> dict[str, Any]:
         "compactobs-postgres",
         POSTGRES_TYPE,
         sql_queries(GRAFANA_POSTGRES),
+    )
+
+
+def clickhouse_dashboard() -> dict[str, Any]:
+    """The same panels over Grafana's ClickHouse data source, reading the Collector's spans table."""
+    table = (
+        dashboard.TextBoxVariable(sql.SPANS_TABLE_VAR)
+        .label("Spans table")
+        .default_value("otel_traces")
+        .description(
+            "The ClickHouse exporter's traces table (database.table, or a table of the data "
+            "source's default database)"
+        )
+    )
+    return sql_dashboard(
+        "compactobs: cost, cache and compaction (ClickHouse, the Collector's spans)",
+        "compactobs-clickhouse",
+        CLICKHOUSE_TYPE,
+        sql_queries(sql.GRAFANA_CLICKHOUSE),
+        "compactobs' spans in the OpenTelemetry Collector's ClickHouse exporter table, read as the SQL "
+        "store's calls and iterations: billed cost over every usage.iterations entry, cache and compaction.",
+        [table],
     )
 
 
@@ -440,7 +506,11 @@ def render(data: dict[str, Any]) -> str:
 
 def outputs() -> dict[Path, str]:
     """Every generated file and its text."""
-    return {POSTGRES_FILE: render(postgres_dashboard()), PROMETHEUS_FILE: render(prometheus_dashboard())}
+    return {
+        POSTGRES_FILE: render(postgres_dashboard()),
+        PROMETHEUS_FILE: render(prometheus_dashboard()),
+        CLICKHOUSE_FILE: render(clickhouse_dashboard()),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,6 @@
-"""Grafana's PostgreSQL data source macros, expanded as Grafana documents and does, for a fixed range: what
-a dashboard's SQL becomes before it reaches the database.
+"""Grafana's PostgreSQL data source macros (`expand`) and its ClickHouse data source's (`expand_clickhouse`),
+expanded as Grafana and the plugins document and do, for a fixed range: what a dashboard's SQL becomes
+before it reaches the database.
 
 Grafana first replaces its global variables (`$__interval`, `$__interval_ms`, `$__unixEpochFrom()`,
 `$__unixEpochTo()`) and the template variables (`$name`, `${name}`), then every `$__macro(args)` (arguments
@@ -79,6 +80,63 @@ def expand(
         raise ValueError(f"unknown macro ${name}")
 
     text = _MACRO.sub(macro, text)
+    if "$" in text:
+        raise ValueError(f"left unexpanded: {text[text.index('$') :][:40]!r}")
+    return text
+
+
+def expand_clickhouse(
+    sql: str,
+    since: datetime,
+    until: datetime,
+    interval: str = "1h",
+    variables: Mapping[str, str] | None = None,
+) -> str:
+    """`sql` with the macros of Grafana's ClickHouse data source (grafana-clickhouse-datasource, its README's
+    "Macros" table) and Grafana's global and template variables replaced; raises ValueError for one the
+    plugin would not know. The range's ends: `$__fromTime` is `toDateTime(<from, epoch s>)`,
+    `$__fromTime_ms` is `fromUnixTimestamp64Milli(<from, epoch ms>)` (so `$__toTime`, `$__toTime_ms`);
+    `$__timeFilter(col)` is `col >= toDateTime(from) AND col <= toDateTime(to)` (`_ms`: with the
+    millisecond forms); `$__interval_s` is the interval in seconds; `$__timeInterval(col)` is
+    `toStartOfInterval(toDateTime(col), INTERVAL <s> second)` and `$__timeInterval_ms(col)`
+    `toStartOfInterval(toDateTime64(col, 3), INTERVAL <ms> millisecond)`."""
+    seconds = interval_seconds(interval)
+    from_s, to_s = int(since.timestamp()), int(until.timestamp())
+    from_ms, to_ms = int(since.timestamp() * 1000), int(until.timestamp() * 1000)
+    text = sql.replace("$__interval_ms", str(int(seconds * 1000)))
+    text = text.replace("$__interval_s", str(max(int(seconds), 1)))
+    text = text.replace("$__interval", interval)
+
+    def macro(match: re.Match[str]) -> str:
+        name, args = match.group(1), [a.strip() for a in match.group(2).split(",")]
+        if name == "__timeFilter":
+            return f"{args[0]} >= toDateTime({from_s}) AND {args[0]} <= toDateTime({to_s})"
+        if name == "__timeFilter_ms":
+            return (
+                f"{args[0]} >= fromUnixTimestamp64Milli({from_ms}) AND "
+                f"{args[0]} <= fromUnixTimestamp64Milli({to_ms})"
+            )
+        if name == "__timeInterval":
+            return f"toStartOfInterval(toDateTime({args[0]}), INTERVAL {max(int(seconds), 1)} second)"
+        if name == "__timeInterval_ms":
+            ms = int(seconds * 1000)
+            return f"toStartOfInterval(toDateTime64({args[0]}, 3), INTERVAL {ms} millisecond)"
+        raise ValueError(f"unknown macro ${name}")
+
+    text = _MACRO.sub(macro, text)
+    # The argument-less ones; the `_ms` forms first, `$__fromTime` being a prefix of `$__fromTime_ms`.
+    text = re.sub(r"\$__fromTime_ms\b", f"fromUnixTimestamp64Milli({from_ms})", text)
+    text = re.sub(r"\$__toTime_ms\b", f"fromUnixTimestamp64Milli({to_ms})", text)
+    text = re.sub(r"\$__fromTime\b", f"toDateTime({from_s})", text)
+    text = re.sub(r"\$__toTime\b", f"toDateTime({to_s})", text)
+
+    def variable(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if variables is None or name not in variables:
+            raise ValueError(f"unknown template variable {name!r}")
+        return variables[name]
+
+    text = _VARIABLE.sub(variable, text)
     if "$" in text:
         raise ValueError(f"left unexpanded: {text[text.index('$') :][:40]!r}")
     return text

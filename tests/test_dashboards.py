@@ -157,6 +157,7 @@ def test_lint() -> None:
             for q in _queries_of(p):
                 uses_range = (
                     ("$__unixEpochFrom()" in q and "$__unixEpochTo()" in q)
+                    or ("$__fromTime_ms" in q and "$__toTime_ms" in q)
                     or "$__timeFilter(" in q
                     or "$__range" in q
                     or "$__interval" in q
@@ -175,9 +176,9 @@ def test_json_round_trips_through_the_sdk_types() -> None:
     for board in _boards():
         typed = Dashboard.from_json(board)
         assert json.loads(json.dumps(typed, cls=JSONEncoder)) == board
-        # Queries come back as our SqlQuery or the SDK's Prometheus query, not as untyped bags.
+        # Queries come back as our SqlQuery/ClickHouseQuery or the SDK's Prometheus query, not untyped bags.
         kinds = {type(t).__name__ for p in typed.panels or [] for t in p.targets or []}
-        assert kinds in ({"SqlQuery"}, {"Dataquery"}), kinds
+        assert kinds in ({"SqlQuery"}, {"ClickHouseQuery"}, {"Dataquery"}), kinds
 
 
 def test_generator_check_mode() -> None:
@@ -330,6 +331,6 @@ def test_provisioning_sets_no_uid() -> None:
     provisioning = generate.HERE / "provisioning"
     datasources = (provisioning / "datasources.yaml").read_text(encoding="utf-8")
     types = set(re.findall(r"^\s+type: (\S+)", datasources, re.MULTILINE))
-    assert {generate.POSTGRES_TYPE, generate.PROMETHEUS_TYPE} <= types
+    assert {generate.POSTGRES_TYPE, generate.PROMETHEUS_TYPE, generate.CLICKHOUSE_TYPE} <= types
     for path in provisioning.iterdir():
         assert not re.search(r"^\s*uid:", path.read_text(encoding="utf-8"), re.MULTILINE), path.name

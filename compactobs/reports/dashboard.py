@@ -16,8 +16,13 @@ Panels show current data: they read `calls` and `iterations`, never the rollups 
 refreshes). The window is `since <= start_ms < until` on the indexed `start_ms`, as the reports' is.
 
 A `Dialect` says how a dashboard names its range, its time buckets and its SQL dialect: `GRAFANA_POSTGRES`
-is Grafana's PostgreSQL data source (`$__unixEpochFrom()`, `$__unixEpochTo()`, `$__unixEpochGroup`). Another
-backend (e.g. ClickHouse over the Collector's tables) is another Dialect with its own measure source.
+is Grafana's PostgreSQL data source (`$__unixEpochFrom()`, `$__unixEpochTo()`, `$__unixEpochGroup`);
+`GRAFANA_CLICKHOUSE` is Grafana's ClickHouse data source (grafana-clickhouse-datasource: `$__fromTime_ms`,
+`$__toTime_ms`, Grafana's `$__interval_ms`) over the Collector's spans table
+(`compactobs.reports.clickhouse`), whose `calls` and `iterations` are CTEs read from the spans
+(`spans.calls_select`, `spans.iterations_select`), and whose SQL is the same measures compiled by
+clickhouse-connect's SQLAlchemy dialect, ClickHouse's differences from PostgreSQL handled in its compiler
+(`_ClickHouseCompiler`).
 """
 
 from __future__ import annotations
@@ -26,14 +31,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from sqlalchemy import ColumnElement, Select, case, func, literal_column, select
+from sqlalchemy import ColumnElement, Numeric, Select, case, func, literal_column, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect as SqlDialect
 
 from compactobs.reports import anomalies, cache, cost, ops
 from compactobs.store.models import calls, iterations
 
-__all__ = ["GRAFANA_POSTGRES", "TOP_CONVERSATIONS", "Dialect", "PanelQuery", "sql_queries"]
+__all__ = [
+    "GRAFANA_CLICKHOUSE",
+    "GRAFANA_POSTGRES",
+    "SPANS_TABLE_VAR",
+    "TOP_CONVERSATIONS",
+    "Dialect",
+    "PanelQuery",
+    "sql_queries",
+]
 
 TOP_CONVERSATIONS: Final = 10
 QueryFormat = Literal["table", "time_series"]
@@ -50,7 +63,14 @@ class Dialect:
     until_ms: ColumnElement[Any]
     """The range's end (exclusive), epoch milliseconds."""
     bucket: Callable[[str], ColumnElement[Any]]
-    """The time bucket (epoch seconds) of an epoch-ms column, given by its SQL text."""
+    """The time bucket of an epoch-ms column, given by its SQL text, as the data source reads a time."""
+    percentile: Callable[[float, ColumnElement[Any]], ColumnElement[Any]]
+    """The continuous percentile (linear interpolation, as `report ops`) of a column's non-NULL values."""
+    materialize: bool = True
+    """Whether a CTE computed once is marked MATERIALIZED (PostgreSQL's syntax)."""
+    frame: Callable[[Dialect, Any, bool], str] | None = None
+    """The statement as the data source runs it, for a backend without `calls` and `iterations` tables
+    (`reaches_back`: the statement also reads the range before); None: `sql_text` of it."""
 
     def window(self, start_ms: ColumnElement[Any]) -> list[ColumnElement[bool]]:
         return [start_ms >= self.since_ms, start_ms < self.until_ms]
@@ -59,8 +79,13 @@ class Dialect:
         """The range of the same length just before (for "against the previous range")."""
         return [start_ms >= self.since_ms - (self.until_ms - self.since_ms), start_ms < self.since_ms]
 
-    def compile(self, statement: Any) -> str:
+    def sql_text(self, statement: Any) -> str:
         return str(statement.compile(dialect=self.sql, compile_kwargs={"literal_binds": True}))
+
+    def compile(self, statement: Any, reaches_back: bool = False) -> str:
+        if self.frame is None:
+            return self.sql_text(statement)
+        return self.frame(self, statement, reaches_back)
 
 
 GRAFANA_POSTGRES: Final = Dialect(
@@ -70,6 +95,7 @@ GRAFANA_POSTGRES: Final = Dialect(
     since_ms=literal_column("$__unixEpochFrom()::bigint") * 1000,
     until_ms=literal_column("$__unixEpochTo()::bigint") * 1000,
     bucket=lambda column: literal_column(f"$__unixEpochGroup({column} / 1000, $__interval)"),
+    percentile=lambda p, value: func.percentile_cont(literal_column(str(p))).within_group(value),
 )
 
 
@@ -93,8 +119,9 @@ def _priced() -> ColumnElement[bool]:
 
 
 def _ratio(part: Any, whole: Any) -> Any:
-    """part / whole as a number, NULL when whole is 0 or NULL."""
-    return case((whole == 0, None), else_=func.cast(part, postgresql.NUMERIC) / whole)
+    """part / whole as an exact number, NULL when whole is 0 or NULL (NULLIF, not a CASE: ClickHouse
+    computes both arms of a CASE, and an exact division by 0 raises)."""
+    return func.cast(part, Numeric()) / func.nullif(whole, 0)
 
 
 def _spend(d: Dialect) -> Select[Any]:
@@ -107,7 +134,9 @@ def _spend(d: Dialect) -> Select[Any]:
     now, before = total(d.window(calls.c.start_ms)), total(d.previous_window(calls.c.start_ms))
     # A materialized CTE, computed once: inlined, PostgreSQL ran each total at every use (4 scans a range).
     totals = select(now.label("cost_usd"), before.label("prev_cost_usd"))
-    spans = totals.cte("spend").prefix_with("MATERIALIZED")
+    spans = totals.cte("spend")
+    if d.materialize:
+        spans = spans.prefix_with("MATERIALIZED")
     return select(
         spans.c.cost_usd,
         spans.c.prev_cost_usd,
@@ -234,12 +263,7 @@ def _errors_over_time(d: Dialect) -> Select[Any]:
     failed = ops.failed_call()
     time = d.bucket("calls.start_ms").label("time")
     ok_duration = case((~failed, c.duration_ms / 1000.0), else_=None)
-    percentiles = [
-        func.percentile_cont(literal_column(str(p)))
-        .within_group(ok_duration)
-        .label(f"latency_p{round(p * 100)}")
-        for p in ops.PERCENTILES
-    ]
+    percentiles = [d.percentile(p, ok_duration).label(f"latency_p{round(p * 100)}") for p in ops.PERCENTILES]
     return (
         select(
             time,
@@ -266,4 +290,185 @@ def sql_queries(d: Dialect = GRAFANA_POSTGRES) -> list[PanelQuery]:
         ("unpriced_models", _unpriced(d), "table"),
         ("errors_latency", _errors_over_time(d), "time_series"),
     ]
-    return [PanelQuery(key, d.compile(statement), fmt) for key, statement, fmt in statements]
+    # Only the spend panel reads the range before (its "previous range").
+    return [PanelQuery(key, d.compile(statement, key == "spend"), fmt) for key, statement, fmt in statements]
+
+
+# -- ClickHouse: Grafana's ClickHouse data source over the Collector's spans table -------------------------
+
+SPANS_TABLE_VAR: Final = "spans_table"
+"""The dashboard variable naming the spans table (default `otel_traces`, the exporter's)."""
+_CLICKHOUSE_SETTINGS: Final = "join_use_nulls = 1, cast_keep_nullable = 1"
+_SINCE_MS: Final = "toUnixTimestamp64Milli($__fromTime_ms)"
+_UNTIL_MS: Final = "toUnixTimestamp64Milli($__toTime_ms)"
+
+
+def _per_call_lookups(statement: Any) -> tuple[Any, list[tuple[str, Any]]]:
+    """The statement with each scalar subquery over `iterations` correlated to its call by `call_id` (e.g.
+    `cost.call_measures`' compaction cost) replaced by a column of `calls`, and those columns: (name, the
+    subquery's own SELECT grouped by call_id instead). ClickHouse runs no correlated subquery inside an
+    aggregate's argument; a LEFT JOIN on call_id gives each call the same value (NULL without rows)."""
+    from sqlalchemy.sql.elements import BinaryExpression
+    from sqlalchemy.sql.selectable import ScalarSelect
+    from sqlalchemy.sql.visitors import replacement_traverse
+
+    lookups: list[tuple[str, Any]] = []
+
+    def correlated(clause: Any) -> bool:
+        return (
+            isinstance(clause, BinaryExpression)
+            and clause.left is iterations.c.call_id
+            and clause.right is calls.c.call_id
+        )
+
+    def replace(element: Any) -> Any:
+        if not isinstance(element, ScalarSelect):
+            return None
+        inner = element.element
+        conditions = list(inner._where_criteria)
+        if not any(correlated(c) for c in conditions):
+            return None
+        name = f"per_call_{len(lookups)}"
+        (value,) = inner.selected_columns
+        grouped = (
+            select(iterations.c.call_id.label("call_id"), value.label("value"))
+            .where(*(c for c in conditions if not correlated(c)))
+            .group_by(iterations.c.call_id)
+        )
+        lookups.append((name, grouped))
+        return literal_column(f"calls.{name}", type_=element.type)
+
+    return replacement_traverse(statement, {}, replace), lookups
+
+
+def _clickhouse_frame(d: Dialect, statement: Any, reaches_back: bool) -> str:
+    """`calls` and `iterations` as CTEs read from the spans of `${spans_table}`, the range pushed down onto
+    the spans' `Timestamp` (their sort key's time; an iteration span starts when its call ends, so no
+    upper bound on them), and two settings: `join_use_nulls`, as ClickHouse otherwise fills an outer join's
+    missing side with 0 and '', where the measures read NULL (a call without iteration rows); and
+    `cast_keep_nullable`, as its CAST of a NULL to a plain type raises, where SQL's gives NULL (a sum of
+    no top-level tokens, cast for an exact division)."""
+    from compactobs.reports.clickhouse import spans
+
+    statement, lookups = _per_call_lookups(statement)
+    sql = d.sql_text(statement)
+    lower = f"{_SINCE_MS} - ({_UNTIL_MS} - {_SINCE_MS})" if reaches_back else _SINCE_MS
+    from_lower = f"Timestamp >= fromUnixTimestamp64Milli(toInt64({lower}))"
+    table = "${" + SPANS_TABLE_VAR + "}"
+    call_rows = spans.calls_select(table, f"{from_lower} AND Timestamp < $__toTime_ms")
+    if lookups:
+        columns = ", ".join(f"{name}.value AS {name}" for name, _ in lookups)
+        joins = " ".join(
+            f"LEFT JOIN ({d.sql_text(grouped)}) AS {name} ON {name}.call_id = spans_calls.call_id"
+            for name, grouped in lookups
+        )
+        call_rows = f"SELECT spans_calls.*, {columns} FROM ({call_rows}) AS spans_calls {joins}"
+    relations = f"iterations AS ({spans.iterations_select(table, from_lower)}), calls AS ({call_rows})"
+    body = sql[len("WITH ") :] if sql.startswith("WITH ") else sql
+    joiner = ", " if body is not sql else "\n"
+    return f"WITH {relations}{joiner}{body}\nSETTINGS {_CLICKHOUSE_SETTINGS}"
+
+
+def _clickhouse_dialect() -> Dialect:
+    """GRAFANA_CLICKHOUSE, built when first asked for: clickhouse-connect is an optional dependency."""
+    from clickhouse_connect.cc_sqlalchemy.dialect import ClickHouseDialect
+    from clickhouse_connect.cc_sqlalchemy.sql.compiler import ChStatementCompiler
+    from sqlalchemy import Float
+    from sqlalchemy.ext.compiler import compiles
+    from sqlalchemy.sql.compiler import GenericTypeCompiler
+    from sqlalchemy.sql.elements import Null
+    from sqlalchemy.sql.functions import FunctionElement
+
+    from compactobs.reports.clickhouse.spans import _WIDE
+
+    class _ClickHouseTypes(GenericTypeCompiler):
+        def visit_numeric(self, type_: Any, **kw: Any) -> str:
+            # A NUMERIC without precision (the measures' exact divisions) is PostgreSQL's arbitrary
+            # precision: here the widest Decimal at the places the ClickHouse reports use.
+            if type_.precision is None:
+                return f"Decimal(76, {_WIDE})"
+            return f"Decimal({type_.precision}, {type_.scale or 0})"
+
+        visit_NUMERIC = visit_numeric
+        visit_DECIMAL = visit_numeric
+
+    class _ClickHouseCompiler(ChStatementCompiler):  # type: ignore[misc]
+        """Where ClickHouse's semantics differ from PostgreSQL's, for the same expressions."""
+
+        def visit_floordiv_binary(self, binary: Any, operator: Any, **kw: Any) -> str:
+            # PostgreSQL's integer division; ClickHouse's `/` is always a float division.
+            return f"intDiv({self.process(binary.left, **kw)}, {self.process(binary.right, **kw)})"
+
+        def visit_truediv_binary(self, binary: Any, operator: Any, **kw: Any) -> str:
+            left, right = self.process(binary.left, **kw), self.process(binary.right, **kw)
+            if isinstance(binary.type, Numeric) and not isinstance(binary.type, Float):
+                # An exact division: ClickHouse keeps the dividend's scale (10 places for money) and
+                # refuses a divisor of more places; divideDecimal gives the quotient at _WIDE places.
+                # ClickHouse also computes a function on the rows its NULLs mask (as 0), and on both
+                # arms of a CASE: a divisor of 0 or NULL is made 1, and the quotient NULL, so that no
+                # arm raises (the measures guard their divisions; PostgreSQL never meets these rows).
+                zero = f"ifNull({right}, 0) = 0"
+                wide = f"toDecimal256({left}, {_WIDE}), toDecimal256(if({zero}, 1, {right}), {_WIDE})"
+                return f"if({zero}, NULL, divideDecimal({wide}, {_WIDE}))"
+            return f"{left} / {right}"
+
+        def visit_cast(self, cast: Any, **kw: Any) -> str:
+            # A typed NULL (e.g. the cache measures' `next_start` when not looked up): ClickHouse casts
+            # NULL only to a Nullable type.
+            if isinstance(cast.clause, Null):
+                return f"CAST(NULL AS Nullable({self.dialect.type_compiler_instance.process(cast.type)}))"
+            text: str = super().visit_cast(cast, **kw)
+            return text
+
+        def limit_clause(self, select: Any, **kw: Any) -> str:
+            # A bare OFFSET (SQLite's optimisation fence in the cache measures): ClickHouse reads
+            # LIMIT -1 as "the last row", so no LIMIT when there is none.
+            if select._limit_clause is None and select._offset_clause is not None:
+                return f"\n OFFSET {self.process(select._offset_clause, **kw)}"
+            text: str = super().limit_clause(select, **kw)
+            return text
+
+    class _Dialect(ClickHouseDialect):  # type: ignore[misc]
+        statement_compiler = _ClickHouseCompiler
+        type_compiler_cls = _ClickHouseTypes
+
+    class _ExactQuantile(FunctionElement[float]):  # type: ignore[misc]
+        """quantileExactInclusive(p)(value): the R7 rule, PostgreSQL's percentile_cont; NULLs skipped."""
+
+        name = "quantileExactInclusive"
+        inherit_cache = True
+        type = Float()
+
+    @compiles(_ExactQuantile)
+    def _exact_quantile(element: Any, compiler: Any, **kw: Any) -> str:
+        p, value = list(element.clauses)
+        return f"quantileExactInclusive({compiler.process(p, **kw)})({compiler.process(value, **kw)})"
+
+    def percentile(p: float, value: ColumnElement[Any]) -> ColumnElement[Any]:
+        return _ExactQuantile(literal_column(str(p)), value)
+
+    return Dialect(
+        name="grafana-clickhouse",
+        sql=_Dialect(),
+        since_ms=literal_column(_SINCE_MS),
+        until_ms=literal_column(_UNTIL_MS),
+        bucket=lambda column: literal_column(
+            f"fromUnixTimestamp64Milli(toInt64(intDiv({column}, $__interval_ms) * $__interval_ms), 'UTC')"
+        ),
+        percentile=percentile,
+        materialize=False,
+        frame=_clickhouse_frame,
+    )
+
+
+GRAFANA_CLICKHOUSE: Dialect
+"""Grafana's ClickHouse data source (module attribute, built on first use: see `__getattr__`)."""
+_LAZY: dict[str, Dialect] = {}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "GRAFANA_CLICKHOUSE":
+        if name not in _LAZY:
+            _LAZY[name] = _clickhouse_dialect()
+        return _LAZY[name]
+    raise AttributeError(name)
