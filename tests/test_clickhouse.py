@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from compactobs import store
+from compactobs import store, telemetry
 from compactobs.demo import run_demo
 from compactobs.reports._common import ReportInputError, build_filters, render
 from compactobs.reports.anomalies import Thresholds, anomalies_report, load_budgets
@@ -208,7 +208,7 @@ def test_after_setup_the_typed_tables_give_the_same_json(recorded: dict[str, Any
 
 
 def _slot_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The levels `report cost` read from setup's slot sums, as they are read."""
+    """The levels `report cost` and `report cache` read from setup's slot sums, as they are read."""
     seen: list[str] = []
     original = slots.latest
 
@@ -221,6 +221,31 @@ def _slot_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 _SLOT_GROUPINGS: Final = [*((by,) for by in BY_CHOICES if by != "conversation"), ("model", "day")]
+_CACHE_SLOT_GROUPINGS: Final = [("model",), ("day",), ("service", "iteration-type")]
+
+
+def _late_copy(source: ClickHouseSource, database: str) -> ClickHouseSource:
+    """The fixture's chdb session on a table of another database, not set up yet."""
+    copied = copy.copy(source)
+    copied.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
+    copied.table, copied.typed, copied._slots = f"{database}.otel_traces", False, None
+    return copied
+
+
+def _fresh(source: ClickHouseSource, slotted: bool = True) -> ClickHouseSource:
+    """A report's own source: it refreshes the slots marked since the last refresh (`slotted` False: it
+    reads the calls)."""
+    fresh = copy.copy(source)
+    fresh._slots = None if slotted else False
+    return fresh
+
+
+def _is_call(span: Any) -> bool:
+    return span.attributes.get(telemetry.SPAN_KIND) == telemetry.SPAN_KIND_CALL
+
+
+def _call_of(span: Any) -> int:
+    return span.context.span_id if _is_call(span) else span.parent.span_id
 
 
 def test_slots_arrive_late_and_twice_and_still_give_the_same_json(
@@ -230,19 +255,12 @@ def test_slots_arrive_late_and_twice_and_still_give_the_same_json(
     without their iteration spans); then, each insert followed by a report, the held-back iteration spans
     alone (their calls' slots are marked by nothing else), the other calls' iteration spans before their
     calls, the calls, and that batch once more (a retry). After each, every `report cost` grouping on whole
-    slots reads the slots and equals the same report read from the calls; at the end both equal the SQL
-    store's JSON. An unaligned window reads the calls."""
-    source = copy.copy(recorded["source"])  # the fixture's chdb session, another database
-    source.execute("CREATE DATABASE IF NOT EXISTS late")
-    source.table, source.typed = "late.otel_traces", False
+    slots, and `report cache` by model, day, service and iteration type at two clocks, read the slots and
+    equal the same report read from the calls; at the end both equal the SQL store's JSON. An unaligned
+    window reads the calls."""
+    source = _late_copy(recorded["source"], "late")
     finished = list(recorded["finished"])
-
-    def is_call(span: Any) -> bool:
-        return span.attributes.get("compactobs.span.kind") == "call"
-
-    def call_of(span: Any) -> int:
-        return span.context.span_id if is_call(span) else span.parent.span_id
-
+    is_call, call_of = _is_call, _call_of
     call_ids = sorted({s.context.span_id for s in finished if is_call(s)})
     early = set(call_ids[::2])
     held_back = set(sorted(early)[::4])
@@ -253,6 +271,8 @@ def test_slots_arrive_late_and_twice_and_still_give_the_same_json(
         build_filters(None, None, "UTC", models=("claude-opus-*",), services=("compactobs-*",)),
         build_filters(day.isoformat(), (day + timedelta(days=2)).isoformat(), "Asia/Kolkata"),
     ]
+    # Now, and later: the open writes (no next call yet) are judged by the report's clock.
+    nows = [datetime.now(timezone.utc), datetime.now(timezone.utc) + timedelta(hours=2)]
     reads = _slot_reads(monkeypatch)
 
     def reports(make_source: Any, slotted: bool = False) -> list[dict[str, Any]]:
@@ -263,17 +283,18 @@ def test_slots_arrive_late_and_twice_and_still_give_the_same_json(
                 reads.clear()
                 out.append(_json(cost_report(report_source, filters, grouping)))
                 assert bool(reads) == slotted, (grouping, filters)  # the slots answered, or did not
+            for grouping in _CACHE_SLOT_GROUPINGS:
+                for now in nows:
+                    reads.clear()
+                    out.append(_json(cache_report(report_source, filters, grouping, now=now)))
+                    assert sorted(reads) == (["cache", "open"] if slotted else []), (grouping, filters)
         return out
 
     def from_slots() -> ClickHouseSource:
-        fresh = copy.copy(source)  # a report's own source: it refreshes the slots marked since the last
-        fresh._slots = None
-        return fresh
+        return _fresh(source)
 
     def from_calls() -> ClickHouseSource:
-        raw = copy.copy(source)
-        raw._slots = False
-        return raw
+        return _fresh(source, slotted=False)
 
     def insert(spans: list[Any]) -> None:
         write_spans(source, spans, table="late.otel_traces")
@@ -296,7 +317,72 @@ def test_slots_arrive_late_and_twice_and_still_give_the_same_json(
     reads.clear()
     expected = _json(cost_report(recorded["engine"], unaligned, ("day",)))
     assert _json(cost_report(from_slots(), unaligned, ("day",))) == expected
+    expected = _json(cache_report(recorded["engine"], unaligned, ("model",), now=nows[1]))
+    assert _json(cache_report(from_slots(), unaligned, ("model",), now=nows[1])) == expected
     assert reads == []
+    source.setup()  # twice: nothing counted twice
+    assert reports(from_slots, slotted=True) == got
+
+
+def test_a_late_call_settles_the_waste_of_its_conversation_s_call_in_an_earlier_slot(
+    recorded: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conversation's call P writes to the 5-minute cache; its next call M starts in the next slot, within
+    5 minutes; the call after, N, 10 minutes later (the conversation's spans moved in time so). Without M,
+    P's writes are wasted (N came too late) and P is settled in its slot; M arrives late, in another slot:
+    P's slot must be recomputed (M is its new next call), so P is no longer wasted, and M is if it wrote
+    5-minute entries, for N is 10 minutes after it. From the slots as from the calls."""
+    finished = list(recorded["finished"])
+    calls_by_conversation: dict[str, list[Any]] = {}
+    for span in finished:
+        if _is_call(span) and span.attributes.get(telemetry.CONVERSATION_ID):
+            calls_by_conversation.setdefault(span.attributes[telemetry.CONVERSATION_ID], []).append(span)
+    p, m, n = next(
+        (run[k], run[k + 1], run[k + 2])
+        for run in (sorted(c, key=lambda s: s.start_time) for c in calls_by_conversation.values())
+        for k in range(len(run) - 2)
+        if run[k].attributes.get(telemetry.TOKENS_CACHE_WRITE_5M)
+        and run[k + 1].start_time - run[k].end_time < 60 * 10**9
+    )
+    conversation = p.attributes[telemetry.CONVERSATION_ID]
+    in_conversation = {s.context.span_id for s in calls_by_conversation[conversation]}
+    slot_ns = 15 * 60 * 10**9
+    # P starts just before a slot's end, M just after it; N and the later calls 10 minutes later still.
+    gap = m.start_time - p.start_time
+    shift = (p.start_time // slot_ns + 1) * slot_ns - gap // 2 - p.start_time
+    later = {s.context.span_id for s in calls_by_conversation[conversation] if s.start_time >= n.start_time}
+
+    def moved(span: Any) -> Any:
+        call = _call_of(span)
+        if call not in in_conversation:
+            return span
+        by = shift + (10 * 60 * 10**9 if call in later else 0)
+        out = copy.copy(span)
+        out._start_time, out._end_time = span.start_time + by, span.end_time + by
+        return out
+
+    spans = [moved(s) for s in finished]
+    assert (spans[finished.index(p)].start_time // slot_ns) + 1 == spans[
+        finished.index(m)
+    ].start_time // slot_ns
+    source = _late_copy(recorded["source"], "gap")
+    write_spans(source, [s for s in spans if _call_of(s) != m.context.span_id], table="gap.otel_traces")
+    source.setup()
+    reads = _slot_reads(monkeypatch)
+    now = recorded["summary"].started_at + timedelta(hours=3)
+    filters = build_filters(None, None, "UTC")
+
+    def wasted() -> int:
+        reads.clear()
+        got = _json(cache_report(_fresh(source), filters, ("model",), now=now))
+        assert sorted(reads) == ["cache", "open"]
+        assert got == _json(cache_report(_fresh(source, slotted=False), filters, ("model",), now=now))
+        return int(got["totals"]["wasted_write_calls"])
+
+    before = wasted()
+    write_spans(source, [s for s in spans if _call_of(s) == m.context.span_id], table="gap.otel_traces")
+    m_writes_5m = 1 if m.attributes.get(telemetry.TOKENS_CACHE_WRITE_5M) else 0
+    assert wasted() == before - 1 + m_writes_5m
 
 
 def test_a_stored_max_compactions_is_the_same_json(recorded: dict[str, Any], postgres_url: str) -> None:

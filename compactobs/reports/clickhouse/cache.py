@@ -191,7 +191,7 @@ def cache_groups(
             slot_keys.append(("t_local", spans.local_bucket("s.slot_ms", unit, filters.tz, span[0], span[1])))
         else:
             keys.append((f"k_{KEY_OF[name]}", group_key_sql(name, True)))
-            slot_keys.append((f"k_{KEY_OF[name]}", SLOT_KEY[name]))
+            slot_keys.append((f"k_{KEY_OF[name]}", SLOT_KEY.get(name, "")))
     extra = (
         [f"c.call_id IN (SELECT call_id FROM {slots.latest(source, 'open', filters)})"] if from_slots else []
     )
