@@ -36,6 +36,20 @@ def _rfc3339(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def _substitute_variables(text: str, variables: Mapping[str, str] | None, keep_macros: bool) -> str:
+    """Template variables replaced; `keep_macros`: `$__name` left for the macro pass that follows."""
+
+    def variable(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if keep_macros and name.startswith("__"):
+            return match.group(0)
+        if variables is None or name not in variables:
+            raise ValueError(f"unknown template variable {name!r}")
+        return variables[name]
+
+    return _VARIABLE.sub(variable, text)
+
+
 def expand(
     sql: str,
     since: datetime,
@@ -49,15 +63,7 @@ def expand(
     text = text.replace("$__unixEpochFrom()", str(int(since.timestamp())))
     text = text.replace("$__unixEpochTo()", str(int(until.timestamp())))
 
-    def variable(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2)
-        if name.startswith("__"):
-            return match.group(0)  # a macro, below
-        if variables is None or name not in variables:
-            raise ValueError(f"unknown template variable {name!r}")
-        return variables[name]
-
-    text = _VARIABLE.sub(variable, text)
+    text = _substitute_variables(text, variables, keep_macros=True)
 
     def macro(match: re.Match[str]) -> str:
         name, args = match.group(1), [a.strip() for a in match.group(2).split(",")]
@@ -130,13 +136,7 @@ def expand_clickhouse(
     text = re.sub(r"\$__fromTime\b", f"toDateTime({from_s})", text)
     text = re.sub(r"\$__toTime\b", f"toDateTime({to_s})", text)
 
-    def variable(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2)
-        if variables is None or name not in variables:
-            raise ValueError(f"unknown template variable {name!r}")
-        return variables[name]
-
-    text = _VARIABLE.sub(variable, text)
+    text = _substitute_variables(text, variables, keep_macros=False)
     if "$" in text:
         raise ValueError(f"left unexpanded: {text[text.index('$') :][:40]!r}")
     return text
