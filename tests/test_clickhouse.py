@@ -407,6 +407,20 @@ def test_a_stored_max_compactions_is_the_same_json(recorded: dict[str, Any], pos
         source.close()
 
 
+def test_typed_tables_of_an_older_setup_are_not_read(recorded: dict[str, Any]) -> None:
+    """Typed tables made before the store gained a column (here: budget_max_compactions dropped from them)
+    would fail the reports that read it: the spans are read instead, with the same JSON."""
+    source = copy.copy(recorded["source"])
+    source.execute("CREATE DATABASE IF NOT EXISTS older")
+    source.table, source.typed = "older.otel_traces", False
+    write_spans(source, recorded["finished"], table="older.otel_traces")
+    source.setup()
+    source.execute("ALTER TABLE older.compactobs_calls DROP COLUMN budget_max_compactions")
+    assert source.detect_typed() is False
+    filters = build_filters(None, None, "UTC")
+    assert _json(anomalies_report(source, filters)) == _json(anomalies_report(recorded["engine"], filters))
+
+
 def test_the_cli_reads_chdb_and_refuses_writes_in_one_line(
     recorded: dict[str, Any], module_postgres_url: str
 ) -> None:

@@ -274,9 +274,14 @@ class ClickHouseSource(ExternalSource):
 
     def detect_typed(self) -> bool:
         """Use the typed tables of `compactobs clickhouse setup` when both exist."""
-        from compactobs.reports.clickhouse.spans import typed_names
+        from compactobs.reports.clickhouse.spans import typed_columns_current, typed_names
 
         self.typed = all(self.exists(name) for name in typed_names(self.table))
+        if self.typed and not typed_columns_current(self):
+            # Made by an older compactobs (a column the store has since gained is missing): the spans are
+            # read instead, exact and slower, until setup makes the tables again.
+            log.warning("compactobs: typed tables of %s lack newer columns; reading the spans", self.table)
+            self.typed = False
         return self.typed
 
     def setup(self) -> list[str]:

@@ -156,6 +156,18 @@ def typed_names(table: str) -> tuple[str, str]:
     return f"{prefix}compactobs_calls", f"{prefix}compactobs_iterations"
 
 
+def typed_columns_current(source: Any) -> bool:
+    """Whether the typed tables hold every column of the store's `calls` and `iterations`."""
+    for table, columns in zip(typed_names(source.table), (calls.columns, iterations.columns), strict=True):
+        database, _, name = table.rpartition(".")
+        in_database = quote(database) if database else "currentDatabase()"
+        where = f"table = {quote(name)} AND database = {in_database}"
+        have = {r["name"] for r in source.rows(f"SELECT name FROM system.columns WHERE {where}")}
+        if any(column.name not in have for column in columns):
+            return False
+    return True
+
+
 def calls_of(source: Any, filters: Filters | None = None) -> str:
     """The calls of the spans table as a subquery (with `filters`, only its window's, pushed down): the
     typed table of `compactobs clickhouse setup` when there is one, else read from the spans' attributes."""
