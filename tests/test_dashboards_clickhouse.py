@@ -35,6 +35,7 @@ from compactobs.reports.dashboard import GRAFANA_CLICKHOUSE, SPANS_TABLE_VAR, TO
 from tests.cli import run
 from tests.grafana_macros import expand, expand_clickhouse
 from tests.otel_traces import write_spans
+from tests.test_dashboards import close
 
 generate = pytest.importorskip("dashboards.generate", reason="grafana-foundation-sdk needs Python 3.11")
 
@@ -117,12 +118,6 @@ def report(traffic: dict[str, Any], name: str, *args: str) -> dict[str, Any]:
     assert code == 0, err
     document: dict[str, Any] = json.loads(out)
     return document
-
-
-def close(value: Any, expected: Any) -> bool:
-    if value is None or expected is None:
-        return value is expected
-    return abs(D(str(value)) - D(str(expected))) <= D("0.000001")
 
 
 def same_rows(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
