@@ -421,6 +421,37 @@ def test_typed_tables_of_an_older_setup_are_not_read(recorded: dict[str, Any]) -
     assert _json(anomalies_report(source, filters)) == _json(anomalies_report(recorded["engine"], filters))
 
 
+def test_setup_again_upgrades_typed_tables_of_an_older_setup(recorded: dict[str, Any]) -> None:
+    """`clickhouse setup` run again over tables that lack a column (budget_usd dropped here: the demo's looping
+    conversation has a $2 budget) adds it, fills it for the rows already there and for spans inserted later
+    (the view is made again), and the typed tables are read again, with the store's JSON."""
+    source = copy.copy(recorded["source"])
+    source.execute("CREATE DATABASE IF NOT EXISTS upgraded")
+    source.table, source.typed = "upgraded.otel_traces", False
+    finished = list(recorded["finished"])
+    calls = [
+        span
+        for span in finished
+        if (span.attributes or {}).get(telemetry.SPAN_KIND) == telemetry.SPAN_KIND_CALL
+    ]
+    write_spans(source, finished[: len(finished) // 2], table="upgraded.otel_traces")
+    source.setup()
+    source.execute("ALTER TABLE upgraded.compactobs_calls DROP COLUMN budget_usd")
+    assert source.detect_typed() is False
+    source.setup()
+    assert source.detect_typed() is True
+    write_spans(source, finished[len(finished) // 2 :], table="upgraded.otel_traces")
+    budgets = source.rows("SELECT countIf(budget_usd IS NOT NULL) AS n FROM upgraded.compactobs_calls FINAL")[
+        0
+    ]["n"]
+    with_budget = [span for span in calls if (span.attributes or {}).get(telemetry.BUDGET_USD) is not None]
+    assert budgets == len(with_budget) > 0
+    filters = build_filters(None, None, "UTC")
+    expected = _json(anomalies_report(recorded["engine"], filters))
+    assert any(f["kind"] == "budget_exceeded" for f in expected["findings"])
+    assert _json(anomalies_report(source, filters)) == expected
+
+
 def test_the_cli_reads_chdb_and_refuses_writes_in_one_line(
     recorded: dict[str, Any], module_postgres_url: str
 ) -> None:

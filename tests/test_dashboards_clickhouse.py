@@ -92,7 +92,7 @@ def clickhouse(
     # Decimals as JSON strings, so that they parse exactly (the plugin reads them natively).
     session.query("SET output_format_json_quote_decimals = 1")
     result = session.query(expanded, "JSONCompactEachRowWithNamesAndTypes")
-    rows = list(clickhouse_source._parse(iter(result.data().splitlines())))
+    rows = clickhouse_source.records(result.data())
     for row in rows:
         if isinstance(row.get("time"), str):  # DateTime64 in UTC, as epoch seconds like PostgreSQL's bucket
             row["time"] = datetime.fromisoformat(row["time"]).replace(tzinfo=timezone.utc).timestamp()

@@ -83,7 +83,7 @@ class ClickHouseAnomalyData:
             f"FROM ({located}) AS k LEFT JOIN ({compaction_cost}) AS x ON x.call_id = k.call_id "
             "ORDER BY k.conversation_id, k.start_ms, k.call_id"
         )
-        return [tuple(record.values()) for record in self.source.rows(sql, JOIN_SETTINGS)]
+        return self.source.tuples(sql, JOIN_SETTINGS)
 
     def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[Any]]:
         where = ["c.conversation_id IS NOT NULL"]
@@ -101,7 +101,7 @@ class ClickHouseAnomalyData:
                 " HAVING max(c.budget_usd) IS NOT NULL OR max(c.budget_tokens) IS NOT NULL"
                 " OR max(c.budget_max_compactions) IS NOT NULL"
             )
-        return [tuple(record.values()) for record in self.source.rows(sql)]
+        return self.source.tuples(sql)
 
     def budget_crossings(
         self, over: Mapping[str, tuple[Budget, int, Decimal | None, int, int, int]]
@@ -158,7 +158,7 @@ class ClickHouseAnomalyData:
             + self._where("i.priced = false")
             + " GROUP BY model ORDER BY model"
         )
-        return [tuple(record.values()) for record in self.source.rows(sql)]
+        return self.source.tuples(sql)
 
     def unpriced_sample(self, model: str) -> Sequence[str]:
         sql = (
@@ -176,7 +176,7 @@ class ClickHouseAnomalyData:
             + self._where()
             + f" GROUP BY hour HAVING count() >= {int(thresholds.error_min_calls)} ORDER BY hour"
         )
-        return [tuple(record.values()) for record in self.source.rows(sql)]
+        return self.source.tuples(sql)
 
     def error_sample(self, start_ms: int) -> Sequence[str]:
         sql = (

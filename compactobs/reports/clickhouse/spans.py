@@ -65,21 +65,24 @@ def _typed(column_type: object, attribute: str) -> str:
     raise TypeError(f"no ClickHouse conversion for {column_type!r}")
 
 
+def _kind(column_type: object) -> str:
+    """The ClickHouse type (inside Nullable) of an attribute read as the store column's type."""
+    if isinstance(column_type, Boolean):
+        return "Bool"
+    if isinstance(column_type, Integer):
+        return "Int64"
+    if isinstance(column_type, Numeric):
+        return f"Decimal(38, {MONEY_SCALE})"
+    if isinstance(column_type, Float):
+        return "Float64"
+    if isinstance(column_type, String):
+        return "String"
+    raise TypeError(f"no ClickHouse conversion for {column_type!r}")
+
+
 def _null(column_type: object) -> str:
     """NULL of the store column's type: a bare NULL is Nullable(Nothing), which no table can hold."""
-    if isinstance(column_type, Boolean):
-        kind = "Bool"
-    elif isinstance(column_type, Integer):
-        kind = "Int64"
-    elif isinstance(column_type, Numeric):
-        kind = f"Decimal(38, {MONEY_SCALE})"
-    elif isinstance(column_type, Float):
-        kind = "Float64"
-    elif isinstance(column_type, String):
-        kind = "String"
-    else:
-        raise TypeError(f"no ClickHouse conversion for {column_type!r}")
-    return f"CAST(NULL, 'Nullable({kind})')"
+    return f"CAST(NULL, 'Nullable({_kind(column_type)})')"
 
 
 _START_NS: Final = "toUnixTimestamp64Nano(Timestamp)"
@@ -194,16 +197,32 @@ def setup_statements(table: str) -> list[str]:
     once per way in; ReplacingMergeTree keeps one, and the reports read FINAL)."""
     calls_table, iterations_table = typed_names(table)
     out: list[str] = []
-    for name, select, order in (
-        (calls_table, calls_select(table), "start_ms, call_id"),
-        (iterations_table, iterations_select(table), "start_ms, call_id, idx"),
+    for name, select, order, columns, computed in (
+        (calls_table, calls_select(table), "start_ms, call_id", calls.columns, _COMPUTED_CALL),
+        (
+            iterations_table,
+            iterations_select(table),
+            "start_ms, call_id, idx",
+            iterations.columns,
+            _COMPUTED_ITERATION,
+        ),
     ):
+        names = ", ".join(column.name for column in columns)
         out += [
             f"CREATE TABLE IF NOT EXISTS {name} ENGINE = ReplacingMergeTree "
             "PARTITION BY toYYYYMM(toDate(intDiv(start_ms, 1000))) "
             f"ORDER BY ({order}) SETTINGS allow_nullable_key = 1 EMPTY AS {select}",
-            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name}_mv TO {name} AS {select}",
-            f"INSERT INTO {name} {select}",
+            # A table made by an older compactobs gains the store's newer columns (all read from attributes,
+            # so Nullable); the view is made again to fill them, and the INSERT below fills the rows there.
+            *(
+                f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {column.name} Nullable({_kind(column.type)})"
+                for column in columns
+                if column.name not in computed
+            ),
+            f"DROP VIEW IF EXISTS {name}_mv",
+            f"CREATE MATERIALIZED VIEW {name}_mv TO {name} AS {select}",
+            # By name, not position: an added column is the table's last.
+            f"INSERT INTO {name} ({names}) {select}",
             f"OPTIMIZE TABLE {name} FINAL",
         ]
     return out
