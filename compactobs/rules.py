@@ -272,6 +272,17 @@ class LoopRule:
             and context_after >= self.ineffective_ratio * trigger
         )
 
+    def ineffective_sql(self, context_after: Any, trigger: Any) -> Any:
+        """`ineffective` as a SQLAlchemy condition over two columns, for the database to select the
+        compactions the rule can hold (the same comparison in IEEE doubles, as Python makes it)."""
+        from sqlalchemy import and_, literal
+
+        return and_(
+            trigger > 0,
+            context_after.is_not(None),
+            context_after >= literal(self.ineffective_ratio) * trigger,
+        )
+
 
 T = TypeVar("T")
 

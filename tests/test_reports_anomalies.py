@@ -13,15 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Column, Integer, MetaData, Numeric, String, Table, create_engine, insert, select, text
 
 from compactobs import store
 from compactobs.reports._common import ReportInputError, build_filters
 from compactobs.reports.anomalies import (
+    COMPACTION_RECORD,
     EXIT_FINDINGS,
     Budget,
     Finding,
     Thresholds,
+    _compaction_findings,
+    compaction_candidates,
     exit_code_for,
     find_anomalies,
     load_budgets,
@@ -707,3 +712,105 @@ def test_compaction_rules_do_work_linear_in_a_long_conversation(tmp_path: Path) 
     short, long = work(60), work(600)
     assert short > 0
     assert long < 20 * short, (short, long)
+
+
+_MONEY_COLUMNS = ("conversation_cost", "cost_usd", "compaction_cost", "priced_compaction_cost")
+_NUMBER = st.one_of(st.none(), st.integers(0, 6000))
+_MONEY = st.one_of(st.none(), st.decimals(0, 5, places=10))
+
+
+@st.composite
+def _compacting_calls(draw: st.DrawFn) -> list[tuple[Any, ...]]:
+    """One conversation's compacting calls as `COMPACTION_RECORD`s, values near every rule's lines."""
+    rows: list[tuple[Any, ...]] = []
+    position = 0
+
+    def neighbour(call_id: str) -> tuple[Any, ...]:  # (id, cache reads, cache writes): none, or all three
+        if draw(st.booleans()):
+            return (None, None, None)
+        return (call_id, draw(st.integers(0, 6000)), draw(st.integers(0, 6000)))
+
+    for n in range(draw(st.integers(1, 8))):
+        position += draw(st.integers(1, 3))
+        rows.append(
+            (
+                "conv",
+                0,  # the conversation's figures are filled in below
+                None,
+                position,
+                f"call-{n}",
+                BASE_MS + position * MINUTE,
+                draw(st.integers(1, 3)),
+                draw(st.sampled_from((0, 0, 0, 1, 2))),
+                draw(st.sampled_from((None, 0, 1000, 5000))),
+                draw(_NUMBER),
+                draw(_MONEY),
+                draw(_MONEY),
+                *neighbour(f"before-{n}"),
+                *neighbour(f"after-{n}"),
+            )
+        )
+    total = sum((row[10] for row in rows if row[10] is not None), Decimal(0)) + draw(_MONEY.filter(bool))
+    conversation = (len(rows) + draw(st.integers(0, 5)), None if draw(st.booleans()) else total)
+    return [(row[0], *conversation, *row[3:]) for row in rows]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    records=_compacting_calls(),
+    thresholds=st.builds(
+        Thresholds,
+        loop_min=st.integers(2, 4),
+        loop_window=st.integers(1, 6),
+        ineffective_ratio=st.sampled_from((0.0, 0.5, 0.8, 1.0)),
+        cost_share=st.sampled_from((0.0, 0.3, 0.5, 1.0)),
+        cache_drop_ratio=st.sampled_from((0.0, 0.05, 0.5)),
+        cache_min_tokens=st.sampled_from((0, 1024, 3000)),
+    ),
+)
+def test_the_databases_preselection_loses_no_finding(
+    records: list[tuple[Any, ...]], thresholds: Thresholds
+) -> None:
+    """The compacting calls `compaction_candidates` selects in the database give the same findings as all of
+    them: it is a superset of what the rules need (evaluated here on SQLite, both as a bound expression and as
+    the literal SQL the ClickHouse source sends)."""
+    priced = [row[11] for row in records if row[10] is not None and row[11] is not None]
+    priced_compaction_cost = sum(priced, Decimal(0)) if priced else None
+    engine = create_engine("sqlite://")
+    table = Table(
+        "k",
+        MetaData(),
+        *(
+            Column(
+                name,
+                Numeric(20, 10) if name in _MONEY_COLUMNS else String if name.endswith("id") else Integer,
+            )
+            for name in (*COMPACTION_RECORD, "priced_compaction_cost")
+        ),
+    )
+    table.metadata.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(
+            insert(table),
+            [
+                dict(
+                    zip(
+                        (*COMPACTION_RECORD, "priced_compaction_cost"),
+                        (*row, priced_compaction_cost),
+                        strict=True,
+                    )
+                )
+                for row in records
+            ],
+        )
+        candidates = compaction_candidates(lambda name: table.c[name], thresholds)
+        bound = {row.call_id for row in connection.execute(select(table.c.call_id).where(candidates))}
+        literal_sql = candidates.compile(compile_kwargs={"literal_binds": True})
+        textual = {row[0] for row in connection.execute(text(f"SELECT call_id FROM k WHERE {literal_sql}"))}
+    engine.dispose()
+    assert bound == textual
+
+    def findings(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        return [f.as_dict() for f in _compaction_findings(rows, thresholds)]
+
+    assert findings([row for row in records if row[4] in bound]) == findings(records)

@@ -40,7 +40,8 @@ Scale: each rule is one SQL query. The compaction rules visit only the calls tha
 position in its conversation and its neighbours are index range lookups on (conversation_id, start_ms),
 linear in the conversation's calls even when it compacts at every turn (on 1M calls and 10,000
 conversations on SQLite: ~2 s, the whole report ~4 s; with a budget on every conversation ~6.5 s). Rows
-are streamed and only findings are kept in memory. `call_ids` lists at most `MAX_CALL_IDS` ids;
+are streamed, and only the compacting calls a rule may hold come back (`compaction_candidates`: ineffective,
+failed, a cache drop, a conversation over the cost share), so memory follows the findings, not the calls. `call_ids` lists at most `MAX_CALL_IDS` ids;
 `evidence` always carries the full count.
 """
 
@@ -54,7 +55,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Final, Literal, Protocol
 
-from sqlalchemy import Engine, and_, case, func, literal_column, or_, select
+from sqlalchemy import Engine, and_, case, func, literal, literal_column, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.util import ClauseAdapter
 
@@ -330,10 +331,66 @@ class _CompactionCall:
     next_writes: int | None
 
 
-def _compaction_rows(engine: Engine, conditions: Sequence[ColumnElement[bool]]) -> Iterator[tuple[Any, ...]]:
-    """Every compacting call of every conversation that compacted, with its neighbours, in conversation
-    order: (conversation_id, conversation_calls, conversation_cost, turns since the previous compacting call
-    (its own included), then the _CompactionCall fields without `rn`).
+COMPACTION_RECORD: Final = (
+    "conversation_id",
+    "conversation_calls",
+    "conversation_cost",
+    "position",
+    "call_id",
+    "start_ms",
+    "compactions_count",
+    "failed",
+    "trigger",
+    "context_after",
+    "cost_usd",
+    "compaction_cost",
+    "prev_id",
+    "prev_reads",
+    "prev_writes",
+    "next_id",
+    "next_reads",
+    "next_writes",
+)
+"""The columns of a compacting call's record, in order: its conversation's figures, then the
+`_CompactionCall` fields (`position`: its place among the conversation's turns, 1, 2, ...)."""
+
+
+def compaction_candidates(row: Callable[[str], Any], thresholds: Thresholds) -> ColumnElement[bool]:
+    """The compacting calls in which a compaction rule may find something, as a condition over the columns
+    `row(name)` gives (`COMPACTION_RECORD`'s, and `priced_compaction_cost`: the conversation's compaction
+    cost over its priced calls): an ineffective compaction (`compaction_loop`, `ineffective_compaction`), a
+    failed one, a cache drop around it, or any compacting call of a conversation whose compaction share is
+    over the threshold. A superset: the rules (`_conversation_findings`) decide on the rows it selects, so
+    the database sends back those only (at 1M calls, about 1 in 12 compacting calls)."""
+    before, after, written = row("prev_reads"), row("next_reads"), row("next_writes")
+    least = thresholds.cache_min_tokens
+    cache_drop = and_(
+        row("next_id").is_not(None),
+        before >= least,
+        before > 0,
+        after <= literal(thresholds.cache_drop_ratio) * before,
+        written >= least,
+        written > func.coalesce(row("prev_writes"), 0),
+    )
+    # The share is compared in Decimal by the rule; here with a hair of slack for float sums (SQLite).
+    share = and_(
+        row("conversation_cost") > 0,
+        row("priced_compaction_cost")
+        > row("conversation_cost") * literal(thresholds.cost_share * (1 - 1e-9)),
+    )
+    return or_(
+        thresholds.loop_rule.ineffective_sql(row("context_after"), row("trigger")),
+        row("failed") > 0,
+        cache_drop,
+        share,
+    )
+
+
+def _compaction_rows(
+    engine: Engine, conditions: Sequence[ColumnElement[bool]], thresholds: Thresholds
+) -> Iterator[tuple[Any, ...]]:
+    """The compacting calls of the conversations that compacted that `compaction_candidates` selects, with
+    their neighbours, in conversation order, as `COMPACTION_RECORD`s.
 
     Only compacting calls are visited: the turns between two compacting calls are counted with an index
     range on (conversation_id, start_ms), and the previous and next turns are index lookups. The work is
@@ -416,18 +473,21 @@ def _compaction_rows(engine: Engine, conditions: Sequence[ColumnElement[bool]]) 
         .group_by(t.conversation_id)
         .subquery("totals")
     )
-    query = (
+    order = (m.start_ms, m.call_id)
+    located_rows = (
         select(
             m.conversation_id,
-            totals.c.calls,
-            totals.c.cost,
-            m.gap,
+            totals.c.calls.label("conversation_calls"),
+            totals.c.cost.label("conversation_cost"),
+            func.sum(m.gap)
+            .over(partition_by=m.conversation_id, order_by=order, rows=(None, 0))
+            .label("position"),
             m.call_id,
             m.start_ms,
             m.compactions_count,
-            func.coalesce(m.compactions_failed, 0),
-            m.compaction_trigger,
-            func.coalesce(m.context_tokens, m.next_context),
+            func.coalesce(m.compactions_failed, 0).label("failed"),
+            m.compaction_trigger.label("trigger"),
+            func.coalesce(m.context_tokens, m.next_context).label("context_after"),
             m.cost_usd,
             m.compaction_cost,
             m.prev_id,
@@ -436,9 +496,18 @@ def _compaction_rows(engine: Engine, conditions: Sequence[ColumnElement[bool]]) 
             m.next_id,
             m.next_reads,
             m.next_writes,
+            func.sum(case((m.cost_usd.is_not(None), m.compaction_cost)))
+            .over(partition_by=m.conversation_id)
+            .label("priced_compaction_cost"),
         )
         .select_from(located.join(totals, totals.c.conversation_id == m.conversation_id))
-        .order_by(m.conversation_id, m.start_ms, m.call_id)
+        .subquery("located_rows")
+    )
+    r = located_rows.c
+    query = (
+        select(*(r[name] for name in COMPACTION_RECORD))
+        .where(compaction_candidates(lambda name: r[name], thresholds))
+        .order_by(r.conversation_id, r.start_ms, r.call_id)
     )
     with reading(engine) as connection:
         result = connection.execution_options(stream_results=True, yield_per=2000).execute(query)
@@ -625,15 +694,13 @@ def _compaction_findings(records: Iterable[Sequence[Any]], thresholds: Threshold
     current: str | None = None
     head: tuple[Any, Any] = (0, None)
     rows: list[_CompactionCall] = []
-    position = 0
     for record in records:
         conversation_id = record[0]
         if conversation_id != current:
             if current is not None:
                 yield from _conversation_findings(current, head[0], head[1], rows, thresholds)
-            current, head, rows, position = conversation_id, (record[1], record[2]), [], 0
-        position += int(record[3])  # the turns since the previous compacting call
-        rows.append(_CompactionCall(record[4], position, *record[5:]))
+            current, head, rows = conversation_id, (record[1], record[2]), []
+        rows.append(_CompactionCall(record[4], int(record[3]), *record[5:]))
     if current is not None:
         yield from _conversation_findings(current, head[0], head[1], rows, thresholds)
 
@@ -976,7 +1043,7 @@ class AnomalyData(Protocol):
     """What the rules read, as records: the store's queries here (`_StoreData`), or a source's
     (`compactobs.reports.clickhouse.anomalies`) giving the same records."""
 
-    def compaction_rows(self) -> Iterable[Sequence[Any]]: ...
+    def compaction_rows(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]: ...
     def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[Any]]: ...
     def budget_crossings(
         self, over: Mapping[str, tuple[Budget, int, Decimal | None, int, int, int]]
@@ -992,8 +1059,8 @@ class _StoreData:
     engine: Engine
     conditions: Sequence[ColumnElement[bool]]
 
-    def compaction_rows(self) -> Iterable[Sequence[Any]]:
-        return _compaction_rows(self.engine, self.conditions)
+    def compaction_rows(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]:
+        return _compaction_rows(self.engine, self.conditions, thresholds)
 
     def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[Any]]:
         return _budget_totals(self.engine, self.conditions, budgets)
@@ -1031,7 +1098,7 @@ def find_anomalies(
         else _StoreData(engine, filters.call_conditions())
     )
     findings: list[Finding] = []
-    findings.extend(_compaction_findings(data.compaction_rows(), thresholds))
+    findings.extend(_compaction_findings(data.compaction_rows(thresholds), thresholds))
     findings.extend(_budget_findings(data.budget_totals(budgets), data.budget_crossings, budgets))
     findings.extend(_unpriced_findings(data.unpriced_groups(), data.unpriced_sample, filters.tz))
     findings.extend(_error_findings(data.error_hours(thresholds), data.error_sample, thresholds, filters.tz))

@@ -3,7 +3,8 @@ spans table (`AnomalyData`).
 
 A conversation's turns, their positions and their neighbours come from window functions over the turns
 of the conversations that compacted (row_number, lagInFrame, leadInFrame), a budget's crossing from running
-sums: ClickHouse sorts each conversation once, in parallel, and only the compacting calls come back.
+sums: ClickHouse sorts each conversation once, in parallel, and only the compacting calls the rules may hold
+come back (`compaction_candidates`, the same condition the SQL store applies).
 """
 
 from __future__ import annotations
@@ -12,8 +13,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final
 
+from sqlalchemy import literal_column
+
 from compactobs.reports._common import Filters
-from compactobs.reports.anomalies import _ERROR_STATUSES, _HOUR_MS, MAX_CALL_IDS, Budget, Budgets, Thresholds
+from compactobs.reports.anomalies import (
+    _ERROR_STATUSES,
+    _HOUR_MS,
+    COMPACTION_RECORD,
+    MAX_CALL_IDS,
+    Budget,
+    Budgets,
+    Thresholds,
+    compaction_candidates,
+)
 from compactobs.reports.clickhouse import spans
 from compactobs.reports.clickhouse.cost import JOIN_SETTINGS
 from compactobs.reports.clickhouse.source import ClickHouseSource, quote
@@ -42,45 +54,51 @@ class ClickHouseAnomalyData:
         conditions = [*self.conditions, *extra]
         return " WHERE " + " AND ".join(conditions) if conditions else ""
 
-    def compaction_rows(self) -> Iterable[Sequence[Any]]:
+    def compaction_rows(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]:
         turn = ("c.conversation_id IS NOT NULL", "c.input_tokens IS NOT NULL")
         compacting = f"SELECT DISTINCT c.conversation_id FROM {self.window} AS c" + self._where(
             *turn, "c.compactions_count > 0"
         )
         reads = "coalesce(c.cache_read_tokens, 0)"
         writes = "coalesce(c.cache_write_5m_tokens, 0) + coalesce(c.cache_write_1h_tokens, 0)"
+        # The neighbours as one tuple each way (one window function, not one per value); a first or last
+        # turn gets the tuple's default, whose empty call id stands for none (span ids are never empty).
         turns = (
             "SELECT c.conversation_id AS conversation_id, c.call_id AS call_id, c.start_ms AS start_ms, "
-            "c.compactions_count AS compactions_count, c.compactions_failed AS compactions_failed, "
-            "c.compaction_trigger AS compaction_trigger, c.context_tokens AS context_tokens, "
-            "c.cost_usd AS cost_usd, "
-            f"row_number() OVER ({_ORDER}) AS rn, "
-            f"lagInFrame(toNullable(c.call_id)) OVER {_WHOLE} AS prev_id, "
-            f"lagInFrame(toNullable({reads})) OVER {_WHOLE} AS prev_reads, "
-            f"lagInFrame(toNullable({writes})) OVER {_WHOLE} AS prev_writes, "
-            f"leadInFrame(toNullable(c.call_id)) OVER {_WHOLE} AS next_id, "
-            f"leadInFrame(toNullable({reads})) OVER {_WHOLE} AS next_reads, "
-            f"leadInFrame(toNullable({writes})) OVER {_WHOLE} AS next_writes, "
-            f"leadInFrame(c.context_tokens) OVER {_WHOLE} AS next_context, "
+            "c.compactions_count AS compactions_count, coalesce(c.compactions_failed, 0) AS failed, "
+            "c.compaction_trigger AS trigger, c.context_tokens AS context_tokens, c.cost_usd AS cost_usd, "
+            f"row_number() OVER ({_ORDER}) AS position, "
+            f"lagInFrame((c.call_id, {reads}, {writes})) OVER {_WHOLE} AS prev, "
+            f"leadInFrame((c.call_id, {reads}, {writes}, c.context_tokens)) OVER {_WHOLE} AS next, "
             "count() OVER (PARTITION BY conversation_id) AS conversation_calls, "
             "sum(c.cost_usd) OVER (PARTITION BY conversation_id) AS conversation_cost "
             f"FROM {self.window} AS c" + self._where(*turn, f"c.conversation_id IN ({compacting})")
-        )
-        located = (
-            "SELECT *, rn - coalesce(lagInFrame(toNullable(rn)) OVER "
-            f"{_WHOLE}, 0) AS gap FROM ({turns}) WHERE compactions_count > 0"
         )
         iterations = spans.iterations_of(self.source)
         compaction_cost = (
             f"SELECT call_id, sum(cost_usd) AS compaction_cost FROM {iterations} WHERE type = 'compaction' "
             "GROUP BY call_id"
         )
+        located = (
+            "SELECT t.conversation_id AS conversation_id, t.conversation_calls AS conversation_calls, "
+            "t.conversation_cost AS conversation_cost, t.position AS position, t.call_id AS call_id, "
+            "t.start_ms AS start_ms, t.compactions_count AS compactions_count, t.failed AS failed, "
+            "t.trigger AS trigger, "
+            "coalesce(t.context_tokens, if(t.next.1 = '', NULL, t.next.4)) AS context_after, "
+            "t.cost_usd AS cost_usd, x.compaction_cost AS compaction_cost, "
+            "nullIf(t.prev.1, '') AS prev_id, if(t.prev.1 = '', NULL, t.prev.2) AS prev_reads, "
+            "if(t.prev.1 = '', NULL, t.prev.3) AS prev_writes, nullIf(t.next.1, '') AS next_id, "
+            "if(t.next.1 = '', NULL, t.next.2) AS next_reads, "
+            "if(t.next.1 = '', NULL, t.next.3) AS next_writes, "
+            "sumIf(x.compaction_cost, t.cost_usd IS NOT NULL) OVER (PARTITION BY t.conversation_id) "
+            "AS priced_compaction_cost "
+            f"FROM ({turns}) AS t LEFT JOIN ({compaction_cost}) AS x ON x.call_id = t.call_id "
+            "WHERE t.compactions_count > 0"
+        )
+        candidates = compaction_candidates(lambda name: literal_column(f"k.{name}"), thresholds)
         sql = (
-            "SELECT k.conversation_id, k.conversation_calls, k.conversation_cost, k.gap, k.call_id, "
-            "k.start_ms, k.compactions_count, coalesce(k.compactions_failed, 0), k.compaction_trigger, "
-            "coalesce(k.context_tokens, k.next_context), k.cost_usd, x.compaction_cost, k.prev_id, "
-            "k.prev_reads, k.prev_writes, k.next_id, k.next_reads, k.next_writes "
-            f"FROM ({located}) AS k LEFT JOIN ({compaction_cost}) AS x ON x.call_id = k.call_id "
+            f"SELECT {', '.join(f'k.{name}' for name in COMPACTION_RECORD)} FROM ({located}) AS k "
+            f"WHERE {candidates.compile(compile_kwargs={'literal_binds': True})} "
             "ORDER BY k.conversation_id, k.start_ms, k.call_id"
         )
         return self.source.tuples(sql, JOIN_SETTINGS)
