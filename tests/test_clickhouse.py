@@ -228,7 +228,7 @@ def _late_copy(source: ClickHouseSource, database: str) -> ClickHouseSource:
     """The fixture's chdb session on a table of another database, not set up yet."""
     copied = copy.copy(source)
     copied.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
-    copied.table, copied.typed, copied._slots = f"{database}.otel_traces", False, None
+    copied.table, copied.typed, copied.turns, copied._slots = f"{database}.otel_traces", False, False, None
     return copied
 
 
@@ -322,6 +322,48 @@ def test_slots_arrive_late_and_twice_and_still_give_the_same_json(
     assert reads == []
     source.setup()  # twice: nothing counted twice
     assert reports(from_slots, slotted=True) == got
+
+
+def test_the_turns_table_under_late_and_repeated_inserts_gives_the_same_anomalies(
+    recorded: dict[str, Any],
+) -> None:
+    """Setup's turns table (the calls in conversation order, filled through the typed calls' view) with
+    half the calls before setup, the rest after (iterations before their calls), then that batch again: after
+    each insert `report anomalies` read from the turns equals the same report read without them; at the end
+    both equal the SQL store's JSON, over a window with filters too. Without the table (an older setup), the
+    calls are read."""
+    source = _late_copy(recorded["source"], "turns")
+    finished = list(recorded["finished"])
+    call_ids = sorted({s.context.span_id for s in finished if _is_call(s)})
+    early = set(call_ids[::2])
+    windows = [
+        build_filters(None, None, "UTC"),
+        build_filters(None, None, "UTC", models=("claude-opus-*",), services=("compactobs-*",)),
+    ]
+
+    def anomalies(turns: bool) -> list[dict[str, Any]]:
+        reader = copy.copy(source)
+        reader.turns = turns
+        return [_json(anomalies_report(reader, filters)) for filters in windows]
+
+    write_spans(source, [s for s in finished if _call_of(s) in early], table="turns.otel_traces")
+    source.setup()
+    assert source.turns
+    late = [s for s in finished if _call_of(s) not in early]
+    for batch in ([s for s in late if not _is_call(s)], [s for s in late if _is_call(s)], late):
+        write_spans(source, batch, table="turns.otel_traces")
+        got = anomalies(turns=True)
+        assert got == anomalies(turns=False)
+    assert got == [_json(anomalies_report(recorded["engine"], filters)) for filters in windows]
+    conversation_calls = sum(
+        1 for s in finished if _is_call(s) and s.attributes.get(telemetry.CONVERSATION_ID) is not None
+    )
+    counted = source.rows("SELECT count() AS n FROM turns.compactobs_turns FINAL")[0]["n"]
+    assert counted == conversation_calls
+    source.execute("DROP TABLE turns.compactobs_turns")
+    source.detect_typed()
+    assert source.typed and not source.turns
+    assert anomalies(turns=False) == got
 
 
 def test_a_late_call_settles_the_waste_of_its_conversation_s_call_in_an_earlier_slot(
@@ -422,9 +464,9 @@ def test_typed_tables_of_an_older_setup_are_not_read(recorded: dict[str, Any]) -
 
 
 def test_setup_again_upgrades_typed_tables_of_an_older_setup(recorded: dict[str, Any]) -> None:
-    """`clickhouse setup` run again over tables that lack a column (budget_usd dropped here: the demo's looping
-    conversation has a $2 budget) adds it, fills it for the rows already there and for spans inserted later
-    (the view is made again), and the typed tables are read again, with the store's JSON."""
+    """`clickhouse setup` run again over tables that lack a column (budget_usd dropped here: the demo's
+    looping conversation has a $2 budget) adds it, fills it for the rows already there and for spans
+    inserted later (the view is made again), and the typed tables are read again, with the store's JSON."""
     source = copy.copy(recorded["source"])
     source.execute("CREATE DATABASE IF NOT EXISTS upgraded")
     source.table, source.typed = "upgraded.otel_traces", False

@@ -36,13 +36,13 @@ Definitions:
   sums the whole of each conversation that has a selected call (a budget is for the conversation);
 - billed tokens (for token budgets) are uncached input + output + cache reads + cache writes.
 
-Scale: each rule is one SQL query. The compaction rules visit only the calls that compacted: a call's
-position in its conversation and its neighbours are index range lookups on (conversation_id, start_ms),
-linear in the conversation's calls even when it compacts at every turn (on 1M calls and 10,000
-conversations on SQLite: ~2 s, the whole report ~4 s; with a budget on every conversation ~6.5 s). Rows
-are streamed, and only the compacting calls a rule may hold come back (`compaction_candidates`: ineffective,
-failed, a cache drop, a conversation over the cost share), so memory follows the findings, not the calls. `call_ids` lists at most `MAX_CALL_IDS` ids;
-`evidence` always carries the full count.
+Scale: each rule is one SQL query. The compaction rules visit only the calls that compacted: a call's position
+in its conversation and its neighbours are index range lookups on (conversation_id, start_ms), linear in the
+conversation's calls even when it compacts at every turn (on 1M calls and 10,000 conversations on SQLite: ~2
+s, the whole report ~4 s; with a budget on every conversation ~6.5 s). Rows are streamed, and only the
+compacting calls a rule may hold come back (`compaction_candidates`: ineffective, failed, a cache drop, a
+conversation over the cost share), so memory follows the findings, not the calls. `call_ids` lists at most
+`MAX_CALL_IDS` ids; `evidence` always carries the full count.
 """
 
 from __future__ import annotations

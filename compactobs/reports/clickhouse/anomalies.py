@@ -49,6 +49,10 @@ class ClickHouseAnomalyData:
         self.conditions = spans.call_conditions(filters, "c.")
         self.window = spans.calls_of(source, filters)
         self.everything = spans.calls_of(source)
+        # The per-conversation rules read the calls in conversation order: from the turns table, no sort.
+        self.turns_window = spans.turns_of(source, filters)
+        self.turns = spans.turns_of(source)
+        self._unpriced_samples: dict[str, list[str]] = {}
 
     def _where(self, *extra: str) -> str:
         conditions = [*self.conditions, *extra]
@@ -69,10 +73,16 @@ class ClickHouseAnomalyData:
             "c.compaction_trigger AS trigger, c.context_tokens AS context_tokens, c.cost_usd AS cost_usd, "
             f"row_number() OVER ({_ORDER}) AS position, "
             f"lagInFrame((c.call_id, {reads}, {writes})) OVER {_WHOLE} AS prev, "
-            f"leadInFrame((c.call_id, {reads}, {writes}, c.context_tokens)) OVER {_WHOLE} AS next, "
-            "count() OVER (PARTITION BY conversation_id) AS conversation_calls, "
-            "sum(c.cost_usd) OVER (PARTITION BY conversation_id) AS conversation_cost "
-            f"FROM {self.window} AS c" + self._where(*turn, f"c.conversation_id IN ({compacting})")
+            f"leadInFrame((c.call_id, {reads}, {writes}, c.context_tokens)) OVER {_WHOLE} AS next "
+            f"FROM {self.turns_window} AS c" + self._where(*turn, f"c.conversation_id IN ({compacting})")
+        )
+        # A conversation's turns and their cost grouped (cheaper than two more windows over every turn).
+        totals = (
+            "SELECT c.conversation_id AS conversation_id, count() AS conversation_calls, "
+            "sum(c.cost_usd) AS conversation_cost "
+            f"FROM {self.turns_window} AS c"
+            + self._where(*turn, f"c.conversation_id IN ({compacting})")
+            + " GROUP BY c.conversation_id"
         )
         iterations = spans.iterations_of(self.source)
         compaction_cost = (
@@ -80,8 +90,8 @@ class ClickHouseAnomalyData:
             "GROUP BY call_id"
         )
         located = (
-            "SELECT t.conversation_id AS conversation_id, t.conversation_calls AS conversation_calls, "
-            "t.conversation_cost AS conversation_cost, t.position AS position, t.call_id AS call_id, "
+            "SELECT t.conversation_id AS conversation_id, n.conversation_calls AS conversation_calls, "
+            "n.conversation_cost AS conversation_cost, t.position AS position, t.call_id AS call_id, "
             "t.start_ms AS start_ms, t.compactions_count AS compactions_count, t.failed AS failed, "
             "t.trigger AS trigger, "
             "coalesce(t.context_tokens, if(t.next.1 = '', NULL, t.next.4)) AS context_after, "
@@ -93,6 +103,7 @@ class ClickHouseAnomalyData:
             "sumIf(x.compaction_cost, t.cost_usd IS NOT NULL) OVER (PARTITION BY t.conversation_id) "
             "AS priced_compaction_cost "
             f"FROM ({turns}) AS t LEFT JOIN ({compaction_cost}) AS x ON x.call_id = t.call_id "
+            f"INNER JOIN ({totals}) AS n ON n.conversation_id = t.conversation_id "
             "WHERE t.compactions_count > 0"
         )
         candidates = compaction_candidates(lambda name: literal_column(f"k.{name}"), thresholds)
@@ -101,7 +112,7 @@ class ClickHouseAnomalyData:
             f"WHERE {candidates.compile(compile_kwargs={'literal_binds': True})} "
             "ORDER BY k.conversation_id, k.start_ms, k.call_id"
         )
-        return self.source.tuples(sql, JOIN_SETTINGS)
+        return self.source.tuples(sql, {**JOIN_SETTINGS, **spans.TURNS_SETTINGS})
 
     def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[Any]]:
         where = ["c.conversation_id IS NOT NULL"]
@@ -142,7 +153,7 @@ class ClickHouseAnomalyData:
             "sum(coalesce(c.cost_usd, toDecimal128(0, 10))) OVER w AS spent, "
             f"sum({_BILLED}) OVER w AS tokens, "
             "sum(coalesce(c.compactions_count, 0)) OVER w AS compactions "
-            f"FROM {self.everything} AS c WHERE c.conversation_id IN (SELECT conversation_id FROM ({table})) "
+            f"FROM {self.turns} AS c WHERE c.conversation_id IN (SELECT conversation_id FROM ({table})) "
             f"WINDOW w AS ({_ORDER} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
         )
         sql = (
@@ -153,7 +164,7 @@ class ClickHouseAnomalyData:
             "GROUP BY r.conversation_id"
         )
         found: dict[str, tuple[int, str]] = {}
-        for record in self.source.rows(sql, JOIN_SETTINGS):
+        for record in self.source.rows(sql, {**JOIN_SETTINGS, **spans.TURNS_SETTINGS}):
             start_ms, call_id = record["first"]
             found[record["conversation_id"]] = (int(start_ms), call_id)
         return found
@@ -161,30 +172,34 @@ class ClickHouseAnomalyData:
     _MODEL: Final = "coalesce(i.model, c.response_model, c.request_model, '(unknown)')"
 
     def _unpriced_join(self) -> str:
-        iterations = spans.iterations_of(self.source)
-        return f"{iterations} AS i INNER JOIN {self.window} AS c ON c.call_id = i.call_id"
+        # The unpriced iterations (few) on the join's right side, the one ClickHouse holds in memory, and
+        # the calls streamed past them (at 10M calls, not a hash of every call).
+        unpriced = f"(SELECT * FROM {spans.iterations_of(self.source)} WHERE priced = false)"
+        return f"{self.window} AS c INNER JOIN {unpriced} AS i ON i.call_id = c.call_id"
 
     def unpriced_groups(self) -> Iterable[Sequence[Any]]:
         tokens = (
             "coalesce(i.input_tokens, 0) + coalesce(i.output_tokens, 0) + coalesce(i.cache_read_tokens, 0) + "
             "coalesce(i.cache_write_5m_tokens, 0) + coalesce(i.cache_write_1h_tokens, 0)"
         )
-        sql = (
-            f"SELECT {self._MODEL} AS model, count(DISTINCT c.call_id), count(), "
-            f"count(DISTINCT c.conversation_id), sum({tokens}), min(c.start_ms), max(c.start_ms) "
-            f"FROM {self._unpriced_join()}"
-            + self._where("i.priced = false")
-            + " GROUP BY model ORDER BY model"
+        per_call = (
+            f"SELECT {self._MODEL} AS model, c.call_id AS call_id, "
+            "any(c.conversation_id) AS conversation_id, count() AS iterations, "
+            f"sum({tokens}) AS tokens, min(c.start_ms) AS first "
+            f"FROM {self._unpriced_join()}" + self._where("i.priced = false") + " GROUP BY model, c.call_id"
         )
-        return self.source.tuples(sql)
+        # Each model's first calls come with its figures (one join, not one more per model).
+        sql = (
+            "SELECT model, count(), sum(iterations), uniqExact(conversation_id), sum(tokens), min(first), "
+            f"max(first), groupArraySorted({MAX_CALL_IDS})((first, call_id)) FROM ({per_call}) "
+            "GROUP BY model ORDER BY model"
+        )
+        groups = self.source.tuples(sql)
+        self._unpriced_samples = {group[0]: [call_id for _, call_id in group[-1]] for group in groups}
+        return [group[:-1] for group in groups]
 
     def unpriced_sample(self, model: str) -> Sequence[str]:
-        sql = (
-            f"SELECT c.call_id AS call_id, min(c.start_ms) AS first FROM {self._unpriced_join()}"
-            + self._where("i.priced = false", f"{self._MODEL} = {quote(model)}")
-            + f" GROUP BY c.call_id ORDER BY first, call_id LIMIT {MAX_CALL_IDS}"
-        )
-        return [record["call_id"] for record in self.source.rows(sql)]
+        return self._unpriced_samples.get(model, [])
 
     def error_hours(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]:
         sql = (

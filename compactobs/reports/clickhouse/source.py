@@ -100,26 +100,27 @@ def _converter(kind: str) -> Callable[[Any], Any]:
     return lambda value: None if value is None else cast(value)
 
 
-def _parse(lines: Iterator[str]) -> Iterator[tuple[list[str], tuple[Any, ...]]]:
-    """(column names, row values) per row of a JSONCompactEachRowWithNamesAndTypes result."""
-    names: list[str] | None = None
-    converters: list[Callable[[Any], Any]] = []
-    for line in lines:
-        if not line.strip():
-            continue
-        values = json.loads(line)
-        if names is None:
-            names = values
-            continue
-        if not converters:
-            converters = [_converter(kind) for kind in values]
-            continue
-        yield names, tuple(convert(v) for convert, v in zip(converters, values, strict=True))
+def _parse(lines: Iterator[str]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """(column names, rows as tuples) of a JSONCompactEachRowWithNamesAndTypes result: parsed as one JSON
+    document, each column converted by its type in one pass (the per-value work of a large result in C)."""
+    parsed = json.loads("[" + ",".join(line for line in lines if line.strip()) + "]")
+    if not parsed:
+        return [], []
+    names, kinds, data = parsed[0], parsed[1], parsed[2:]
+    if not data:
+        return names, []
+    columns = [list(column) for column in zip(*data, strict=True)]
+    for index, kind in enumerate(kinds):
+        convert = _converter(kind)
+        if convert is not _same:
+            columns[index] = list(map(convert, columns[index]))
+    return names, list(zip(*columns, strict=True))
 
 
 def records(text: str) -> list[dict[str, Any]]:
     """A JSONCompactEachRowWithNamesAndTypes result as a dict per row, values by column type."""
-    return [dict(zip(names, values, strict=True)) for names, values in _parse(iter(text.splitlines()))]
+    names, rows = _parse(iter(text.splitlines()))
+    return [dict(zip(names, values, strict=True)) for values in rows]
 
 
 class ClickHouseSource(ExternalSource):
@@ -142,6 +143,8 @@ class ClickHouseSource(ExternalSource):
         self._client: Any = None
         self.typed = False
         """Whether `compactobs clickhouse setup` made the typed tables the reports then read."""
+        self.turns = False
+        """Whether setup's turns table (the calls in conversation order) is there too."""
         self._slots: bool | None = None
         """Whether setup's per-slot sums are there and refreshed (None: not looked at yet)."""
         if scheme == "chdb":
@@ -235,7 +238,7 @@ class ClickHouseSource(ExternalSource):
 
     def tuples(self, sql: str, settings: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """As `rows`, each row a tuple in the SELECT's column order."""
-        return [values for _, values in _parse(iter(self._text(sql, settings).splitlines()))]
+        return _parse(iter(self._text(sql, settings).splitlines()))[1]
 
     # -- what the reports ask an ExternalSource (see compactobs.reports._common) ------------------------
 
@@ -289,7 +292,13 @@ class ClickHouseSource(ExternalSource):
 
     def detect_typed(self) -> bool:
         """Use the typed tables of `compactobs clickhouse setup` when both exist."""
-        from compactobs.reports.clickhouse.spans import typed_columns_current, typed_names
+        from compactobs.reports.clickhouse.spans import (
+            TURN_COLUMNS,
+            has_columns,
+            turns_name,
+            typed_columns_current,
+            typed_names,
+        )
 
         self.typed = all(self.exists(name) for name in typed_names(self.table))
         if self.typed and not typed_columns_current(self):
@@ -297,18 +306,24 @@ class ClickHouseSource(ExternalSource):
             # read instead, exact and slower, until setup makes the tables again.
             log.warning("compactobs: typed tables of %s lack newer columns; reading the spans", self.table)
             self.typed = False
+        turns = turns_name(self.table)
+        self.turns = self.typed and self.exists(turns) and has_columns(self, turns, TURN_COLUMNS)
         return self.typed
 
     def setup(self) -> list[str]:
         """Create the typed tables, the per-slot sums and their materialised views, and fill them
         (idempotent)."""
         from compactobs.reports.clickhouse import slots
-        from compactobs.reports.clickhouse.spans import setup_statements
+        from compactobs.reports.clickhouse.spans import setup_statements, turns_setup_statements
 
-        statements = [*setup_statements(self.table), *slots.setup_statements(self.table)]
+        statements = [
+            *setup_statements(self.table),
+            *turns_setup_statements(self.table),
+            *slots.setup_statements(self.table),
+        ]
         for statement in statements:
             self.execute(statement)
-        self.typed = True
+        self.typed = self.turns = True
         slots.refresh(self, everything=True)
         self._slots = True
         return statements

@@ -159,16 +159,87 @@ def typed_names(table: str) -> tuple[str, str]:
     return f"{prefix}compactobs_calls", f"{prefix}compactobs_iterations"
 
 
+TURN_COLUMNS: Final = (
+    "conversation_id",
+    "start_ms",
+    "call_id",
+    "request_model",
+    "response_model",
+    "service_name",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "context_tokens",
+    "compactions_count",
+    "compactions_failed",
+    "compaction_trigger",
+    "cost_usd",
+)
+"""The columns of the turns table: what the per-conversation rules of `report anomalies` read, and the
+window's filters."""
+
+
+TURNS_PARTITIONS: Final = 4
+TURNS_SETTINGS: Final = {"do_not_merge_across_partitions_select_final": 1}
+"""For queries that read the turns table FINAL: exact, as a row's key fixes its partition."""
+
+
+def turns_name(table: str) -> str:
+    """The turns table `compactobs clickhouse setup` fills from the typed calls: a conversation's calls in
+    their order."""
+    database, dot, _ = table.rpartition(".")
+    return f"{database}{dot}compactobs_turns"
+
+
+def turns_setup_statements(table: str) -> list[str]:
+    """The turns table, sorted by (conversation_id, start_ms, call_id): a window over a conversation's
+    calls in that order reads them in order (ClickHouse's optimize_read_in_window_order) instead of sorting
+    every call (at 10M calls, ~2.6 s instead of ~11 s). Partitioned by conversation (`TURNS_PARTITIONS`
+    hash buckets), not by month: a conversation's calls are one range of one partition, so FINAL need not
+    merge across partitions (`TURNS_SETTINGS`) and the partitions are read in parallel. Filled by a view on
+    the typed calls, then from them."""
+    calls_table = typed_names(table)[0]
+    name = turns_name(table)
+    columns = ", ".join(TURN_COLUMNS)
+    select = f"SELECT {columns} FROM {calls_table} WHERE conversation_id IS NOT NULL"
+    return [
+        f"CREATE TABLE IF NOT EXISTS {name} ENGINE = ReplacingMergeTree "
+        f"PARTITION BY cityHash64(conversation_id) % {TURNS_PARTITIONS} ORDER BY (conversation_id, start_ms, "
+        f"call_id) SETTINGS allow_nullable_key = 1 EMPTY AS {select}",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name}_mv TO {name} AS {select}",
+        f"INSERT INTO {name} ({columns}) SELECT {columns} FROM {calls_table} FINAL "
+        "WHERE conversation_id IS NOT NULL",
+        f"OPTIMIZE TABLE {name} FINAL",
+    ]
+
+
+def turns_of(source: Any, filters: Filters | None = None) -> str:
+    """The calls of conversations with the `TURN_COLUMNS`, in the turns table when setup made it (windows
+    over a conversation then need no sort), else from `calls_of`."""
+    if not (source.typed and getattr(source, "turns", False)):
+        return calls_of(source, filters)
+    window = [] if filters is None else call_conditions(Filters(filters.since, filters.until, filters.tz))
+    where = " WHERE " + " AND ".join(window) if window else ""
+    return f"(SELECT * FROM {turns_name(source.table)} FINAL{where})"
+
+
+def has_columns(source: Any, table: str, names: Sequence[str]) -> bool:
+    """Whether `table` (optionally `db.table`) holds every column of `names`."""
+    database, _, name = table.rpartition(".")
+    in_database = quote(database) if database else "currentDatabase()"
+    where = f"table = {quote(name)} AND database = {in_database}"
+    have = {r["name"] for r in source.rows(f"SELECT name FROM system.columns WHERE {where}")}
+    return all(column in have for column in names)
+
+
 def typed_columns_current(source: Any) -> bool:
     """Whether the typed tables hold every column of the store's `calls` and `iterations`."""
-    for table, columns in zip(typed_names(source.table), (calls.columns, iterations.columns), strict=True):
-        database, _, name = table.rpartition(".")
-        in_database = quote(database) if database else "currentDatabase()"
-        where = f"table = {quote(name)} AND database = {in_database}"
-        have = {r["name"] for r in source.rows(f"SELECT name FROM system.columns WHERE {where}")}
-        if any(column.name not in have for column in columns):
-            return False
-    return True
+    return all(
+        has_columns(source, table, [column.name for column in columns])
+        for table, columns in zip(typed_names(source.table), (calls.columns, iterations.columns), strict=True)
+    )
 
 
 def calls_of(source: Any, filters: Filters | None = None) -> str:
