@@ -755,7 +755,7 @@ def _compacting_calls(draw: st.DrawFn) -> list[tuple[Any, ...]]:
     return [(row[0], *conversation, *row[3:]) for row in rows]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     records=_compacting_calls(),
     thresholds=st.builds(
