@@ -154,9 +154,13 @@ def iterations_relation(table: str, where: str = "") -> str:
 
 def typed_names(table: str) -> tuple[str, str]:
     """The typed tables `compactobs clickhouse setup` fills from `table`, in its database."""
+    return _beside(table, "compactobs_calls"), _beside(table, "compactobs_iterations")
+
+
+def _beside(table: str, name: str) -> str:
+    """`name` in the database of `table` (optionally `db.table`)."""
     database, dot, _ = table.rpartition(".")
-    prefix = f"{database}{dot}"
-    return f"{prefix}compactobs_calls", f"{prefix}compactobs_iterations"
+    return f"{database}{dot}{name}"
 
 
 TURN_COLUMNS: Final = (
@@ -189,8 +193,7 @@ TURNS_SETTINGS: Final = {"do_not_merge_across_partitions_select_final": 1}
 def turns_name(table: str) -> str:
     """The turns table `compactobs clickhouse setup` fills from the typed calls: a conversation's calls in
     their order."""
-    database, dot, _ = table.rpartition(".")
-    return f"{database}{dot}compactobs_turns"
+    return _beside(table, "compactobs_turns")
 
 
 def turns_setup_statements(table: str) -> list[str]:
