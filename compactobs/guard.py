@@ -26,10 +26,11 @@ What it does then (`on_breach`, default "warn"), always after a log line and a s
 
 Billed totals are the bill, counted off the caller's path: a guarded call's response goes to the recording
 thread as an unguarded one's does, registered with its conversation as returned (`ReturnedCall`). The
-recording thread prices and counts it before it records it, and at once, ahead of its backlog, when the
-conversation acts on a breach (`pause`, `raise`). A request whose conversation has a returned call still
-uncounted under such a policy settles it first: it waits for the recording thread if that is counting it
-right now, else counts it itself (the recorder is busy elsewhere or stalled, or the request came at once).
+recording thread prices and counts it before it records it, in its batch. A request whose conversation has
+a returned call still uncounted under a policy that acts on a breach (`pause`, `raise`) settles it first:
+it waits for the recording thread if that is counting it right now, else counts it itself (tens of
+microseconds: the recorder has not got to it yet, is busy elsewhere or stalled). The recorder is not woken
+for such a call: a wake-up per call would undo its batching and cost the caller more than the counting.
 One thread settles a conversation at a time, taking its returned calls in the order they returned, so each
 call is priced and counted once, whoever gets to it first. Under `warn` nothing about the next request
 depends on the figures, so it never waits; `spend()` settles first, so it sees every call that returned.

@@ -346,9 +346,6 @@ class Telemetry:
         # the recording thread sleeps. Drain markers (Events) travel in it too, so FIFO order says when
         # everything handed over before a drain has been recorded.
         self._backlog: deque[_Item | threading.Event] = deque()
-        # Guarded calls whose conversation pauses or raises on a breach: counted ahead of the backlog (their
-        # conversation's next request needs the figures), then recorded in their place in it.
-        self._urgent: deque[Any] = deque()
         self._wake = threading.Event()
         self._sleeping = False
         self._worker: threading.Thread | None = None
@@ -369,16 +366,15 @@ class Telemetry:
         observation: CallObservation,
         parent: otel_context.Context | None,
         under_sdk_span: bool,
-        *,
-        urgent: bool = False,
     ) -> None:
         """Hand the call to the recording thread, which prices it and emits its spans and metrics.
 
         The caller's thread only appends to the backlog: reading the response body, pricing and span work
         stay out of its latency. When the backlog is full (the recording thread cannot keep up), the call is
-        recorded here instead: slower, never lost. `urgent`: a guarded call whose conversation's next
-        request waits for its figures (`observation.guarded`): the recording thread is woken now and counts
-        it first. Never raises.
+        recorded here instead: slower, never lost. A guarded call (`observation.guarded`) waits in the
+        backlog like any other: its conversation's next request counts it itself if it needs the figures
+        first (waking this thread per call would undo the batching, and cost more than the counting).
+        Never raises.
         """
         item = (observation, parent, under_sdk_span)
         backlog = self._backlog
@@ -387,13 +383,11 @@ class Telemetry:
             self._record_safely(item, sums)
             self._add_sums(sums)
             return
-        if urgent:
-            self._urgent.append(observation.guarded)
         backlog.append(item)
         if self._closed:  # closed between the look above and the append: record what waits, this one too
             self._record_waiting()
             return
-        if urgent or self._sleeping or len(backlog) == BATCH:
+        if self._sleeping or len(backlog) == BATCH:
             self._wake.set()
         # `_work` clears `_worker` if it ever ends: a plain read here, not Thread.is_alive (a lock, ~3 us).
         if self._worker is None:
@@ -440,12 +434,10 @@ class Telemetry:
 
     def _record_waiting(self) -> None:
         """Record everything in the backlog, oldest first, and release the drains waiting behind it."""
-        backlog, urgent = self._backlog, self._urgent
+        backlog = self._backlog
         sums = _Sums()
         recorded = 0
         while True:
-            if urgent:
-                self._count_urgent()
             try:
                 item = backlog.popleft()
             except IndexError:
@@ -461,16 +453,6 @@ class Telemetry:
                 self._add_sums(sums)
                 recorded = 0
         self._add_sums(sums)
-
-    def _count_urgent(self) -> None:
-        """Count the guarded calls a request may be waiting for (`record(urgent=True)`); one whose
-        conversation another thread is counting is left to it."""
-        urgent = self._urgent
-        while urgent:
-            try:
-                urgent.popleft().settle(block=False)
-            except Exception:
-                self.warn_once("guard", "compactobs could not count a guarded call", exc_info=True)
 
     def _work(self) -> None:
         try:

@@ -360,16 +360,14 @@ class Middleware(anthropic.Middleware):
         observation = call.observation
         observation.end_ns = time.time_ns()
         telemetry: Telemetry | None = state.get_telemetry()
-        urgent = False
         if call.guarded is not None:
             # Priced and counted off this thread: by the recording thread, which prices it before recording
-            # it (at once when its conversation pauses or raises), or by the conversation's next request.
+            # it, or by the conversation's next request when that needs the figures first (pause, raise).
             guard, conversation_id, policy = call.guarded
             pricer = telemetry.pricer if telemetry is not None else None
             returned = guard.returned(conversation_id, policy, observation, pricer)
             observation.guarded = returned
             if returned is not None and telemetry is None:
                 returned.settle()  # nobody would record it: count it now
-            urgent = returned is not None and returned.acts
         if telemetry is not None:
-            telemetry.record(observation, call.parent, call.under_sdk_span, urgent=urgent)
+            telemetry.record(observation, call.parent, call.under_sdk_span)
