@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -152,6 +153,40 @@ def test_anomalies_are_the_same_json(recorded: dict[str, Any], tmp_path: Path) -
         "unpriced_model",
         "error_burst",
     }, seen
+
+
+def test_anomalies_grouped_queries_run_beside_the_compaction_rows_and_their_errors_reach_the_caller(
+    recorded: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ClickHouse's budget, unpriced and error queries run on one other thread while the compaction rows
+    are read and judged (the parity test above checks what they give); a query that fails there fails the
+    report with its own error, and no thread is left behind."""
+    from compactobs.reports.clickhouse.anomalies import ClickHouseAnomalyData
+    from compactobs.store import StoreError
+
+    threads: dict[str, str] = {}
+    for name in ("compaction_rows", "budget_totals", "unpriced_groups", "error_hours"):
+        original = getattr(ClickHouseAnomalyData, name)
+
+        def noted(self: Any, *args: Any, _name: str = name, _original: Any = original) -> Any:
+            threads[_name] = threading.current_thread().name
+            return _original(self, *args)
+
+        monkeypatch.setattr(ClickHouseAnomalyData, name, noted)
+    filters = build_filters(None, None, "UTC")
+    assert _json(anomalies_report(recorded["source"], filters))["findings"]
+    assert threads["compaction_rows"] == threading.current_thread().name
+    for name in ("budget_totals", "unpriced_groups", "error_hours"):
+        assert threads[name].startswith("compactobs-anomalies"), (name, threads[name])
+
+    def failing(self: Any) -> Any:
+        raise StoreError("ClickHouse query failed on chdb://x: the unpriced query, on purpose")
+
+    monkeypatch.setattr(ClickHouseAnomalyData, "unpriced_groups", failing)
+    with pytest.raises(StoreError, match="the unpriced query, on purpose"):
+        anomalies_report(recorded["source"], filters)
+    left = [t.name for t in threading.enumerate() if t.name.startswith("compactobs-anomalies")]
+    assert left == []
 
 
 def test_filters_select_the_same_calls(recorded: dict[str, Any]) -> None:

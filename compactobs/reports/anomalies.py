@@ -50,6 +50,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -1043,6 +1044,10 @@ class AnomalyData(Protocol):
     """What the rules read, as records: the store's queries here (`_StoreData`), or a source's
     (`compactobs.reports.clickhouse.anomalies`) giving the same records."""
 
+    concurrent: bool
+    """Whether its grouped queries may run on another thread while the compaction rows are read and
+    judged (an engine that takes concurrent queries: its work and Python's then overlap)."""
+
     def compaction_rows(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]: ...
     def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[Any]]: ...
     def budget_crossings(
@@ -1058,6 +1063,7 @@ class AnomalyData(Protocol):
 class _StoreData:
     engine: Engine
     conditions: Sequence[ColumnElement[bool]]
+    concurrent: bool = False  # one thread: an in-memory SQLite database is one per thread
 
     def compaction_rows(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]:
         return _compaction_rows(self.engine, self.conditions, thresholds)
@@ -1098,10 +1104,22 @@ def find_anomalies(
         else _StoreData(engine, filters.call_conditions())
     )
     findings: list[Finding] = []
-    findings.extend(_compaction_findings(data.compaction_rows(thresholds), thresholds))
-    findings.extend(_budget_findings(data.budget_totals(budgets), data.budget_crossings, budgets))
-    findings.extend(_unpriced_findings(data.unpriced_groups(), data.unpriced_sample, filters.tz))
-    findings.extend(_error_findings(data.error_hours(thresholds), data.error_sample, thresholds, filters.tz))
+    pool = ThreadPoolExecutor(1, "compactobs-anomalies") if data.concurrent else None
+
+    def later(fetch: Callable[[], Iterable[Sequence[Any]]]) -> Callable[[], Iterable[Sequence[Any]]]:
+        return pool.submit(fetch).result if pool is not None else fetch
+
+    try:
+        budget_totals = later(lambda: data.budget_totals(budgets))
+        unpriced_groups = later(data.unpriced_groups)
+        error_hours = later(lambda: data.error_hours(thresholds))
+        findings.extend(_compaction_findings(data.compaction_rows(thresholds), thresholds))
+        findings.extend(_budget_findings(budget_totals(), data.budget_crossings, budgets))
+        findings.extend(_unpriced_findings(unpriced_groups(), data.unpriced_sample, filters.tz))
+        findings.extend(_error_findings(error_hours(), data.error_sample, thresholds, filters.tz))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     findings.sort(
         key=lambda f: (
             -SEVERITIES.index(f.severity),

@@ -43,6 +43,10 @@ _SERVER_ERROR: Final = f"(c.http_status IN ({_STATUSES}) OR (c.http_status >= 50
 class ClickHouseAnomalyData:
     """`anomalies.AnomalyData` over a ClickHouse source, for the calls `filters` select."""
 
+    concurrent = True
+    """chdb takes queries from several threads; the HTTP client keeps no server session (which takes one
+    query at a time)."""
+
     def __init__(self, source: ClickHouseSource, filters: Filters) -> None:
         self.source = source
         self.filters = filters
@@ -72,17 +76,12 @@ class ClickHouseAnomalyData:
             "c.compactions_count AS compactions_count, coalesce(c.compactions_failed, 0) AS failed, "
             "c.compaction_trigger AS trigger, c.context_tokens AS context_tokens, c.cost_usd AS cost_usd, "
             f"row_number() OVER ({_ORDER}) AS position, "
+            # A conversation's turns and cost over the same window: no second read of the turns to group.
+            f"count() OVER {_WHOLE} AS conversation_calls, "
+            f"sum(c.cost_usd) OVER {_WHOLE} AS conversation_cost, "
             f"lagInFrame((c.call_id, {reads}, {writes})) OVER {_WHOLE} AS prev, "
             f"leadInFrame((c.call_id, {reads}, {writes}, c.context_tokens)) OVER {_WHOLE} AS next "
             f"FROM {self.turns_window} AS c" + self._where(*turn, f"c.conversation_id IN ({compacting})")
-        )
-        # A conversation's turns and their cost grouped (cheaper than two more windows over every turn).
-        totals = (
-            "SELECT c.conversation_id AS conversation_id, count() AS conversation_calls, "
-            "sum(c.cost_usd) AS conversation_cost "
-            f"FROM {self.turns_window} AS c"
-            + self._where(*turn, f"c.conversation_id IN ({compacting})")
-            + " GROUP BY c.conversation_id"
         )
         iterations = spans.iterations_of(self.source)
         compaction_cost = (
@@ -90,8 +89,8 @@ class ClickHouseAnomalyData:
             "GROUP BY call_id"
         )
         located = (
-            "SELECT t.conversation_id AS conversation_id, n.conversation_calls AS conversation_calls, "
-            "n.conversation_cost AS conversation_cost, t.position AS position, t.call_id AS call_id, "
+            "SELECT t.conversation_id AS conversation_id, t.conversation_calls AS conversation_calls, "
+            "t.conversation_cost AS conversation_cost, t.position AS position, t.call_id AS call_id, "
             "t.start_ms AS start_ms, t.compactions_count AS compactions_count, t.failed AS failed, "
             "t.trigger AS trigger, "
             "coalesce(t.context_tokens, if(t.next.1 = '', NULL, t.next.4)) AS context_after, "
@@ -103,7 +102,6 @@ class ClickHouseAnomalyData:
             "sumIf(x.compaction_cost, t.cost_usd IS NOT NULL) OVER (PARTITION BY t.conversation_id) "
             "AS priced_compaction_cost "
             f"FROM ({turns}) AS t LEFT JOIN ({compaction_cost}) AS x ON x.call_id = t.call_id "
-            f"INNER JOIN ({totals}) AS n ON n.conversation_id = t.conversation_id "
             "WHERE t.compactions_count > 0"
         )
         candidates = compaction_candidates(lambda name: literal_column(f"k.{name}"), thresholds)

@@ -87,10 +87,10 @@ def _converter(kind: str) -> Callable[[Any], Any]:
     if kind.startswith("Array("):
         inner = _converter(kind[len("Array(") : -1])
         return lambda value: None if value is None else [inner(item) for item in value]
+    if kind.startswith(("Int", "UInt")):
+        return _same  # JSON numbers already (output_format_json_quote_64bit_integers=0): exact ints
     if kind.startswith("Decimal"):
         cast: Callable[[Any], Any] = Decimal
-    elif kind.startswith(("Int", "UInt")):
-        cast = int
     elif kind.startswith("Float"):
         cast = float
     elif kind == "Bool":
@@ -193,6 +193,8 @@ class ClickHouseSource(ExternalSource):
                 database=database,
                 secure=secure,
                 connect_timeout=5,
+                # No server session: queries carry no state between them, and a session takes one at a time.
+                autogenerate_session_id=False,
             )
         except Exception as err:  # clickhouse-connect raises its own errors and the driver's
             raise StoreError(f"cannot reach ClickHouse at {self.shown_url}: {_first_line(err)}") from None
