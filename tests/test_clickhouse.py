@@ -17,6 +17,7 @@ import json
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,7 +32,7 @@ from compactobs.reports._common import ReportInputError, build_filters, render
 from compactobs.reports.anomalies import Thresholds, anomalies_report, load_budgets
 from compactobs.reports.cache import cache_report
 from compactobs.reports.clickhouse import slots
-from compactobs.reports.clickhouse.source import ClickHouseSource
+from compactobs.reports.clickhouse.source import ClickHouseSource, records
 from compactobs.reports.conversation import conversation_report
 from compactobs.reports.cost import BY_CHOICES, cost_report
 from compactobs.reports.ops import ops_report
@@ -67,6 +68,30 @@ def recorded(module_postgres_url: str, tmp_path_factory: pytest.TempPathFactory)
 
 def _json(report: Any) -> dict[str, Any]:
     return json.loads(render(report, "json"))
+
+
+def test_result_values_take_their_column_types_quoted_or_not() -> None:
+    """Integers come as JSON numbers under the source's quoting setting, and as strings from a server that
+    did not apply it: both give ints; decimals (always quoted) give exact Decimals; NULLs stay None."""
+    text = "\n".join(
+        [
+            '["n", "big", "usd", "name"]',
+            '["UInt64", "Nullable(Int64)", "Nullable(Decimal(38, 10))", "String"]',
+            '[18446744073709551615, null, "0.1000000001", "a"]',
+            '[2, -9223372036854775808, null, "b"]',
+        ]
+    )
+    quoted = (
+        text.replace("18446744073709551615", '"18446744073709551615"')
+        .replace("-9223372036854775808", '"-9223372036854775808"')
+        .replace("[2,", '["2",')
+    )
+    for result in (text, quoted):
+        assert records(result) == [
+            {"n": 18446744073709551615, "big": None, "usd": Decimal("0.1000000001"), "name": "a"},
+            {"n": 2, "big": -9223372036854775808, "usd": None, "name": "b"},
+        ]
+        assert all(type(row["n"]) is int for row in records(result))
 
 
 def test_double_text_follows_es6_number_printing() -> None:

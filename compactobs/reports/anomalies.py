@@ -1046,7 +1046,7 @@ class AnomalyData(Protocol):
 
     concurrent: bool
     """Whether its grouped queries may run on another thread while the compaction rows are read and
-    judged (an engine that takes concurrent queries: its work and Python's then overlap)."""
+    judged, so that the engine's work and Python's overlap (taken as False when absent)."""
 
     def compaction_rows(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]: ...
     def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[Any]]: ...
@@ -1104,7 +1104,8 @@ def find_anomalies(
         else _StoreData(engine, filters.call_conditions())
     )
     findings: list[Finding] = []
-    pool = ThreadPoolExecutor(1, "compactobs-anomalies") if data.concurrent else None
+    concurrent = getattr(data, "concurrent", False)
+    pool = ThreadPoolExecutor(1, "compactobs-anomalies") if concurrent else None
 
     def later(fetch: Callable[[], Iterable[Sequence[Any]]]) -> Callable[[], Iterable[Sequence[Any]]]:
         return pool.submit(fetch).result if pool is not None else fetch

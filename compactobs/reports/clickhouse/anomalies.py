@@ -44,8 +44,9 @@ class ClickHouseAnomalyData:
     """`anomalies.AnomalyData` over a ClickHouse source, for the calls `filters` select."""
 
     concurrent = True
-    """chdb takes queries from several threads; the HTTP client keeps no server session (which takes one
-    query at a time)."""
+    """Queries may come from two threads: a chdb session runs them one at a time (the gain is the engine
+    working while Python parses and judges the compaction rows); over HTTP the client keeps no server
+    session, so the server runs them side by side (its peak memory is then the two queries')."""
 
     def __init__(self, source: ClickHouseSource, filters: Filters) -> None:
         self.source = source

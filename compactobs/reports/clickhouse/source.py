@@ -80,6 +80,10 @@ def _same(value: Any) -> Any:
     return value
 
 
+def _integer(value: Any) -> Any:
+    return None if value is None else int(value)
+
+
 def _converter(kind: str) -> Callable[[Any], Any]:
     """The function that turns a JSON value into the Python value of ClickHouse type `kind` (found once per
     column of a result, not once per value: at 10M calls the per-value lookup was half a report's time)."""
@@ -88,7 +92,7 @@ def _converter(kind: str) -> Callable[[Any], Any]:
         inner = _converter(kind[len("Array(") : -1])
         return lambda value: None if value is None else [inner(item) for item in value]
     if kind.startswith(("Int", "UInt")):
-        return _same  # JSON numbers already (output_format_json_quote_64bit_integers=0): exact ints
+        return _integer  # JSON numbers already under output_format_json_quote_64bit_integers=0
     if kind.startswith("Decimal"):
         cast: Callable[[Any], Any] = Decimal
     elif kind.startswith("Float"):
@@ -112,6 +116,10 @@ def _parse(lines: Iterator[str]) -> tuple[list[str], list[tuple[Any, ...]]]:
     columns = [list(column) for column in zip(*data, strict=True)]
     for index, kind in enumerate(kinds):
         convert = _converter(kind)
+        if convert is _integer:
+            # Quoted only where the quoting setting did not apply (a server that dropped it): then cast.
+            first = next((value for value in columns[index] if value is not None), None)
+            convert = _same if not isinstance(first, str) else _integer
         if convert is not _same:
             columns[index] = list(map(convert, columns[index]))
     return names, list(zip(*columns, strict=True))
