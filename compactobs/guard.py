@@ -29,9 +29,10 @@ thread as an unguarded one's does, registered with its conversation as returned 
 recording thread prices and counts it before it records it, in its batch. A request whose conversation has
 a returned call still uncounted under a policy that acts on a breach (`pause`, `raise`) settles it first:
 it waits for the recording thread if that is counting it right now, else counts it itself (about 0.1 ms
-for a short response, more for a long stream, whose events are replayed: the recorder has not got to it
-yet, is busy elsewhere or stalled). The recorder is not woken
-for such a call: a wake-up per call would undo its batching and cost the caller more than the counting.
+for a short response, more for a long non-streamed one, whose body is parsed whole; a stream keeps only
+its few usage-carrying events: the recorder has not got to it yet, is busy elsewhere or stalled). The
+recorder is not woken for such a call: a wake-up per call would undo its batching and cost the caller more
+than the counting.
 One thread settles a conversation at a time, taking its returned calls in the order they returned, so each
 call is priced and counted once, whoever gets to it first. Under `warn` nothing about the next request
 depends on the figures, so it never waits; `spend()` settles first, so it sees every call that returned.
