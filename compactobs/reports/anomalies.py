@@ -1133,6 +1133,9 @@ def find_anomalies(
 
 
 COLUMNS: Final = ["severity", "kind", "conversation_id", "call_ids", "message", "evidence", "remedy"]
+_evidence_text: Final = json.JSONEncoder(ensure_ascii=False).encode
+"""A finding's evidence as JSON text (one encoder for every row: `json.dumps` with options makes one a
+call)."""
 
 
 def anomalies_report(
@@ -1153,7 +1156,7 @@ def anomalies_report(
             "conversation_id": f.conversation_id,
             "call_ids": " ".join(f.call_ids),
             "message": f.message,
-            "evidence": json.dumps(to_json_value(dict(f.evidence)), ensure_ascii=False, sort_keys=False),
+            "evidence": _evidence_text(to_json_value(f.evidence)),
             "remedy": f.remedy,
         }
         for f in findings

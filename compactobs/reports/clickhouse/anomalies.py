@@ -70,20 +70,35 @@ class ClickHouseAnomalyData:
         )
         reads = "coalesce(c.cache_read_tokens, 0)"
         writes = "coalesce(c.cache_write_5m_tokens, 0) + coalesce(c.cache_write_1h_tokens, 0)"
-        # The neighbours as one tuple each way (one window function, not one per value); a first or last
-        # turn gets the tuple's default, whose empty call id stands for none (span ids are never empty).
-        turns = (
-            "SELECT c.conversation_id AS conversation_id, c.call_id AS call_id, c.start_ms AS start_ms, "
-            "c.compactions_count AS compactions_count, coalesce(c.compactions_failed, 0) AS failed, "
-            "c.compaction_trigger AS trigger, c.context_tokens AS context_tokens, c.cost_usd AS cost_usd, "
-            f"row_number() OVER ({_ORDER}) AS position, "
-            # A conversation's turns and cost over the same window: no second read of the turns to group.
-            f"count() OVER {_WHOLE} AS conversation_calls, "
-            f"sum(c.cost_usd) OVER {_WHOLE} AS conversation_cost, "
-            f"lagInFrame((c.call_id, {reads}, {writes})) OVER {_WHOLE} AS prev, "
-            f"leadInFrame((c.call_id, {reads}, {writes}, c.context_tokens)) OVER {_WHOLE} AS next "
-            f"FROM {self.turns_window} AS c" + self._where(*turn, f"c.conversation_id IN ({compacting})")
-        )
+
+        def windows(relation: str) -> str:
+            # The neighbours as one tuple each way (one window function, not one per value); a first or
+            # last turn gets the tuple's default, whose empty call id stands for none (span ids never are).
+            return (
+                "SELECT c.conversation_id AS conversation_id, c.call_id AS call_id, c.start_ms AS start_ms, "
+                "c.compactions_count AS compactions_count, coalesce(c.compactions_failed, 0) AS failed, "
+                "c.compaction_trigger AS trigger, c.context_tokens AS context_tokens, "
+                "c.cost_usd AS cost_usd, "
+                f"row_number() OVER ({_ORDER}) AS position, "
+                # A conversation's turns and cost over the same window: no second read of the turns.
+                f"count() OVER {_WHOLE} AS conversation_calls, "
+                f"sum(c.cost_usd) OVER {_WHOLE} AS conversation_cost, "
+                f"lagInFrame((c.call_id, {reads}, {writes})) OVER {_WHOLE} AS prev, "
+                f"leadInFrame((c.call_id, {reads}, {writes}, c.context_tokens)) OVER {_WHOLE} AS next "
+                f"FROM {relation} AS c" + self._where(*turn, f"c.conversation_id IN ({compacting})")
+            )
+
+        settings = {**JOIN_SETTINGS, **spans.TURNS_SETTINGS}
+        if spans.has_turns(self.source):
+            # One window per partition of the turns table, each over one sorted stream: streamed, not
+            # sorted, and the partitions side by side (a conversation is in one partition).
+            turns = " UNION ALL ".join(
+                f"SELECT * FROM ({windows(spans.turns_of(self.source, self.filters, k))})"
+                for k in range(spans.TURNS_PARTITIONS)
+            )
+            settings = {**JOIN_SETTINGS, **spans.TURNS_WINDOW_SETTINGS}
+        else:
+            turns = windows(self.turns_window)
         iterations = spans.iterations_of(self.source)
         compaction_cost = (
             f"SELECT call_id, sum(cost_usd) AS compaction_cost FROM {iterations} WHERE type = 'compaction' "
@@ -111,7 +126,7 @@ class ClickHouseAnomalyData:
             f"WHERE {candidates.compile(compile_kwargs={'literal_binds': True})} "
             "ORDER BY k.conversation_id, k.start_ms, k.call_id"
         )
-        return self.source.tuples(sql, {**JOIN_SETTINGS, **spans.TURNS_SETTINGS})
+        return self.source.tuples(sql, settings)
 
     def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[Any]]:
         where = ["c.conversation_id IS NOT NULL"]

@@ -186,8 +186,13 @@ window's filters."""
 
 
 TURNS_PARTITIONS: Final = 4
+TURNS_PARTITION_KEY: Final = f"cityHash64(conversation_id) % {TURNS_PARTITIONS}"
 TURNS_SETTINGS: Final = {"do_not_merge_across_partitions_select_final": 1}
 """For queries that read the turns table FINAL: exact, as a row's key fixes its partition."""
+TURNS_WINDOW_SETTINGS: Final = {**TURNS_SETTINGS, "optimize_read_in_window_order": 1}
+"""For windows over each partition of the turns table read on its own (`turns_of(partition=)`): the calls
+streamed in the table's order, not sorted again (the setting is off by default in ClickHouse 26.9; over the
+whole table it would run the windows on one thread)."""
 
 
 def turns_name(table: str) -> str:
@@ -198,21 +203,20 @@ def turns_name(table: str) -> str:
 
 def turns_setup_statements(table: str) -> list[str]:
     """The turns table, sorted by (conversation_id, start_ms, call_id): a window over a conversation's
-    calls in that order gets them from the table nearly sorted, so its sort is cheap (at 10M calls, ~2.6 s
-    instead of ~11 s). It still sorts, and holds the calls while it does (2.1 GB at 10M calls):
-    optimize_read_in_window_order (off by default in ClickHouse 26.9) would stream them instead (0.8 GB)
-    but runs the windows on one thread (6.5 s instead of 4.6 s for the compaction rows), so it is left off.
-    Partitioned by conversation (`TURNS_PARTITIONS`
+    calls in that order reads them in order (`TURNS_WINDOW_SETTINGS`) instead of sorting and holding every
+    call (at 10M calls, ~2.6 s instead of ~11 s, 0.7 GB instead of 2.1 GB). Partitioned by conversation
+    (`TURNS_PARTITIONS`
     hash buckets), not by month: a conversation's calls are one range of one partition, so FINAL need not
-    merge across partitions (`TURNS_SETTINGS`) and the partitions are read in parallel. Filled by a view on
-    the typed calls, then from them."""
+    merge across partitions (`TURNS_SETTINGS`), and a query reads each partition as one sorted stream, the
+    windows over the partitions running side by side (`turns_of(partition=)`). Filled by a view on the
+    typed calls, then from them."""
     calls_table = typed_names(table)[0]
     name = turns_name(table)
     columns = ", ".join(TURN_COLUMNS)
     select = f"SELECT {columns} FROM {calls_table} WHERE conversation_id IS NOT NULL"
     return [
         f"CREATE TABLE IF NOT EXISTS {name} ENGINE = ReplacingMergeTree "
-        f"PARTITION BY cityHash64(conversation_id) % {TURNS_PARTITIONS} ORDER BY (conversation_id, start_ms, "
+        f"PARTITION BY {TURNS_PARTITION_KEY} ORDER BY (conversation_id, start_ms, "
         f"call_id) SETTINGS allow_nullable_key = 1 EMPTY AS {select}",
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name}_mv TO {name} AS {select}",
         f"INSERT INTO {name} ({columns}) SELECT {columns} FROM {calls_table} FINAL "
@@ -221,12 +225,19 @@ def turns_setup_statements(table: str) -> list[str]:
     ]
 
 
-def turns_of(source: Any, filters: Filters | None = None) -> str:
+def has_turns(source: Any) -> bool:
+    return bool(source.typed and getattr(source, "turns", False))
+
+
+def turns_of(source: Any, filters: Filters | None = None, partition: int | None = None) -> str:
     """The calls of conversations with the `TURN_COLUMNS`, in the turns table when setup made it (windows
-    over a conversation then need no sort), else from `calls_of`."""
-    if not (source.typed and getattr(source, "turns", False)):
+    over a conversation then get them in order), else from `calls_of`. `partition`: only the turns table's
+    partition of that number (`TURNS_PARTITIONS`), whose calls a window reads as one sorted stream."""
+    if not has_turns(source):
         return calls_of(source, filters)
     window = [] if filters is None else call_conditions(Filters(filters.since, filters.until, filters.tz))
+    if partition is not None:
+        window.append(f"{TURNS_PARTITION_KEY} = {int(partition)}")
     where = " WHERE " + " AND ".join(window) if window else ""
     return f"(SELECT * FROM {turns_name(source.table)} FINAL{where})"
 
