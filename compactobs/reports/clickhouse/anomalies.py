@@ -88,15 +88,14 @@ class ClickHouseAnomalyData:
                 f"FROM {relation} AS c" + self._where(*turn, f"c.conversation_id IN ({compacting})")
             )
 
-        settings = {**JOIN_SETTINGS, **spans.TURNS_SETTINGS}
-        if spans.has_turns(self.source):
+        streamed = spans.has_turns(self.source)
+        if streamed:
             # One window per partition of the turns table, each over one sorted stream: streamed, not
             # sorted, and the partitions side by side (a conversation is in one partition).
             turns = " UNION ALL ".join(
                 f"SELECT * FROM ({windows(spans.turns_of(self.source, self.filters, k))})"
                 for k in range(spans.TURNS_PARTITIONS)
             )
-            settings = {**JOIN_SETTINGS, **spans.TURNS_WINDOW_SETTINGS}
         else:
             turns = windows(self.turns_window)
         iterations = spans.iterations_of(self.source)
@@ -126,7 +125,8 @@ class ClickHouseAnomalyData:
             f"WHERE {candidates.compile(compile_kwargs={'literal_binds': True})} "
             "ORDER BY k.conversation_id, k.start_ms, k.call_id"
         )
-        return self.source.tuples(sql, settings)
+        turns_settings = spans.TURNS_WINDOW_SETTINGS if streamed else spans.TURNS_SETTINGS
+        return self.source.tuples(sql, {**JOIN_SETTINGS, **turns_settings})
 
     def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[Any]]:
         where = ["c.conversation_id IS NOT NULL"]

@@ -205,11 +205,10 @@ def turns_setup_statements(table: str) -> list[str]:
     """The turns table, sorted by (conversation_id, start_ms, call_id): a window over a conversation's
     calls in that order reads them in order (`TURNS_WINDOW_SETTINGS`) instead of sorting and holding every
     call (at 10M calls, ~2.6 s instead of ~11 s, 0.7 GB instead of 2.1 GB). Partitioned by conversation
-    (`TURNS_PARTITIONS`
-    hash buckets), not by month: a conversation's calls are one range of one partition, so FINAL need not
-    merge across partitions (`TURNS_SETTINGS`), and a query reads each partition as one sorted stream, the
-    windows over the partitions running side by side (`turns_of(partition=)`). Filled by a view on the
-    typed calls, then from them."""
+    (`TURNS_PARTITIONS` hash buckets), not by month: a conversation's calls are one range of one partition,
+    so FINAL need not merge across partitions (`TURNS_SETTINGS`), and a query reads each partition as one
+    sorted stream, the windows over the partitions running side by side (`turns_of(partition=)`). Filled by
+    a view on the typed calls, then from them."""
     calls_table = typed_names(table)[0]
     name = turns_name(table)
     columns = ", ".join(TURN_COLUMNS)
