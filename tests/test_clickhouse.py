@@ -525,8 +525,9 @@ def test_typed_tables_of_an_older_setup_are_not_read(recorded: dict[str, Any]) -
 
 def test_setup_again_upgrades_typed_tables_of_an_older_setup(recorded: dict[str, Any]) -> None:
     """`clickhouse setup` run again over tables that lack a column (budget_usd dropped here: the demo's
-    looping conversation has a $2 budget) adds it, fills it for the rows already there and for spans
-    inserted later (the view is made again), and the typed tables are read again, with the store's JSON."""
+    looping conversation has a $2 budget; and compactions_failed from the turns table) adds it, fills it for
+    the rows already there and for spans inserted later (the views are made again), and the typed tables and
+    the turns are read again, with the store's JSON."""
     source = copy.copy(recorded["source"])
     source.execute("CREATE DATABASE IF NOT EXISTS upgraded")
     source.table, source.typed = "upgraded.otel_traces", False
@@ -539,15 +540,30 @@ def test_setup_again_upgrades_typed_tables_of_an_older_setup(recorded: dict[str,
     write_spans(source, finished[: len(finished) // 2], table="upgraded.otel_traces")
     source.setup()
     source.execute("ALTER TABLE upgraded.compactobs_calls DROP COLUMN budget_usd")
+    # The turns table too: without a column the per-conversation rules read, the calls are read instead.
+    source.execute("ALTER TABLE upgraded.compactobs_turns DROP COLUMN compactions_failed")
     assert source.detect_typed() is False
     source.setup()
     assert source.detect_typed() is True
+    assert source.turns
     write_spans(source, finished[len(finished) // 2 :], table="upgraded.otel_traces")
     budgets = source.rows("SELECT countIf(budget_usd IS NOT NULL) AS n FROM upgraded.compactobs_calls FINAL")[
         0
     ]["n"]
     with_budget = [span for span in calls if (span.attributes or {}).get(telemetry.BUDGET_USD) is not None]
     assert budgets == len(with_budget) > 0
+    turns = source.rows(
+        "SELECT count() AS n, countIf(compactions_failed IS NOT NULL) AS failed "
+        "FROM upgraded.compactobs_turns FINAL"
+    )[0]
+    in_conversations = [span for span in calls if (span.attributes or {}).get(telemetry.CONVERSATION_ID)]
+    counted = [
+        span
+        for span in in_conversations
+        if (span.attributes or {}).get(telemetry.COMPACTIONS_FAILED) is not None
+    ]
+    assert (turns["n"], turns["failed"]) == (len(in_conversations), len(counted))
+    assert turns["failed"] > 0
     filters = build_filters(None, None, "UTC")
     expected = _json(anomalies_report(recorded["engine"], filters))
     assert any(f["kind"] == "budget_exceeded" for f in expected["findings"])

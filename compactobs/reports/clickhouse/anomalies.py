@@ -27,7 +27,7 @@ from compactobs.reports.anomalies import (
     compaction_candidates,
 )
 from compactobs.reports.clickhouse import spans
-from compactobs.reports.clickhouse.cost import JOIN_SETTINGS
+from compactobs.reports.clickhouse.cost import JOIN_SETTINGS, compaction_costs
 from compactobs.reports.clickhouse.source import ClickHouseSource, quote
 from compactobs.rules import BILLED_TOKEN_COLUMNS
 
@@ -98,11 +98,7 @@ class ClickHouseAnomalyData:
             )
         else:
             turns = windows(self.turns_window)
-        iterations = spans.iterations_of(self.source)
-        compaction_cost = (
-            f"SELECT call_id, sum(cost_usd) AS compaction_cost FROM {iterations} WHERE type = 'compaction' "
-            "GROUP BY call_id"
-        )
+        compaction = compaction_costs(spans.iterations_of(self.source))
         located = (
             "SELECT t.conversation_id AS conversation_id, t.conversation_calls AS conversation_calls, "
             "t.conversation_cost AS conversation_cost, t.position AS position, t.call_id AS call_id, "
@@ -116,7 +112,7 @@ class ClickHouseAnomalyData:
             "if(t.next.1 = '', NULL, t.next.3) AS next_writes, "
             "sumIf(x.compaction_cost, t.cost_usd IS NOT NULL) OVER (PARTITION BY t.conversation_id) "
             "AS priced_compaction_cost "
-            f"FROM ({turns}) AS t LEFT JOIN ({compaction_cost}) AS x ON x.call_id = t.call_id "
+            f"FROM ({turns}) AS t LEFT JOIN {compaction} AS x ON x.call_id = t.call_id "
             "WHERE t.compactions_count > 0"
         )
         candidates = compaction_candidates(lambda name: literal_column(f"k.{name}"), thresholds)

@@ -294,10 +294,7 @@ class ClickHouseSource(ExternalSource):
 
     def exists(self, table: str) -> bool:
         """Whether `table` (optionally `db.table`) exists."""
-        database, _, name = table.rpartition(".")
-        where = f"name = {quote(name)} AND database = " + (
-            quote(database) if database else "currentDatabase()"
-        )
+        where = system_table_condition(table, "name")
         return bool(self.rows(f"SELECT count() AS n FROM system.tables WHERE {where}")[0]["n"])
 
     def detect_typed(self) -> bool:
@@ -381,6 +378,14 @@ def open_source(url: str, table: str = DEFAULT_TABLE, check: bool = True) -> Cli
             source.close()
             raise
     return source
+
+
+def system_table_condition(table: str, column: str) -> str:
+    """The condition on a system table's rows (`column`: `name` in system.tables, `table` in system.columns)
+    that select `table`, optionally `db.table`, else in the current database."""
+    database, _, name = table.rpartition(".")
+    in_database = quote(database) if database else "currentDatabase()"
+    return f"{column} = {quote(name)} AND database = {in_database}"
 
 
 def settings_clause(settings: Mapping[str, Any] | None) -> str:

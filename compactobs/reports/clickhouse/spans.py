@@ -24,7 +24,7 @@ from sqlalchemy import Boolean, Float, Integer, Numeric, String
 
 from compactobs import telemetry as t
 from compactobs.reports._common import MS_PER_DAY, MS_PER_HOUR, Filters, utc_offsets
-from compactobs.reports.clickhouse.source import quote
+from compactobs.reports.clickhouse.source import quote, system_table_condition
 from compactobs.store.mapping import CALL_ATTRIBUTES, ITERATION_ATTRIBUTES
 from compactobs.store.models import calls, iterations
 
@@ -213,11 +213,21 @@ def turns_setup_statements(table: str) -> list[str]:
     name = turns_name(table)
     columns = ", ".join(TURN_COLUMNS)
     select = f"SELECT {columns} FROM {calls_table} WHERE conversation_id IS NOT NULL"
+    key = ("conversation_id", "start_ms", "call_id")
     return [
         f"CREATE TABLE IF NOT EXISTS {name} ENGINE = ReplacingMergeTree "
-        f"PARTITION BY {TURNS_PARTITION_KEY} ORDER BY (conversation_id, start_ms, "
-        f"call_id) SETTINGS allow_nullable_key = 1 EMPTY AS {select}",
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name}_mv TO {name} AS {select}",
+        f"PARTITION BY {TURNS_PARTITION_KEY} ORDER BY ({', '.join(key)}) "
+        f"SETTINGS allow_nullable_key = 1 EMPTY AS {select}",
+        # A turns table of an older setup gains the newer columns; the view is made again to fill them,
+        # and the INSERT below fills its rows (the newer copy of a row is the one a merge keeps).
+        *(
+            f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {column} "
+            f"Nullable({_kind(calls.columns[column].type)})"
+            for column in TURN_COLUMNS
+            if column not in key
+        ),
+        f"DROP VIEW IF EXISTS {name}_mv",
+        f"CREATE MATERIALIZED VIEW {name}_mv TO {name} AS {select}",
         f"INSERT INTO {name} ({columns}) SELECT {columns} FROM {calls_table} FINAL "
         "WHERE conversation_id IS NOT NULL",
         f"OPTIMIZE TABLE {name} FINAL",
@@ -243,9 +253,7 @@ def turns_of(source: Any, filters: Filters | None = None, partition: int | None 
 
 def has_columns(source: Any, table: str, names: Sequence[str]) -> bool:
     """Whether `table` (optionally `db.table`) holds every column of `names`."""
-    database, _, name = table.rpartition(".")
-    in_database = quote(database) if database else "currentDatabase()"
-    where = f"table = {quote(name)} AND database = {in_database}"
+    where = system_table_condition(table, "table")
     have = {r["name"] for r in source.rows(f"SELECT name FROM system.columns WHERE {where}")}
     return all(column in have for column in names)
 
