@@ -31,7 +31,7 @@ from compactobs.demo import run_demo
 from compactobs.reports._common import ReportInputError, build_filters, render
 from compactobs.reports.anomalies import Thresholds, anomalies_report, load_budgets
 from compactobs.reports.cache import cache_report
-from compactobs.reports.clickhouse import slots
+from compactobs.reports.clickhouse import slots, spans
 from compactobs.reports.clickhouse.source import ClickHouseSource, records
 from compactobs.reports.conversation import conversation_report
 from compactobs.reports.cost import BY_CHOICES, cost_report
@@ -121,6 +121,86 @@ def test_ops_is_the_same_json(recorded: dict[str, Any]) -> None:
     assert expected["errors"], "the demo has errors"
     assert expected["totals"]["latency_p95_ms"] is not None
     assert got == expected
+
+
+def _call_spans(durations_ns: dict[str, list[int]], ttft_s: list[float]) -> list[Any]:
+    """compactobs call spans of the given models and durations (the first ones streamed with `ttft_s`), and
+    one failed call per model, whose duration no percentile may count."""
+    kept = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(kept))
+    tracer = provider.get_tracer(telemetry.INSTRUMENTATION_SCOPE)
+    start = 1_767_225_600 * 10**9
+    ttfts = iter(ttft_s)
+    for model, durations in durations_ns.items():
+        for n, duration in enumerate([*durations, 10**12]):
+            attributes: dict[str, Any] = {
+                telemetry.SPAN_KIND: telemetry.SPAN_KIND_CALL,
+                telemetry.REQUEST_MODEL: model,
+            }
+            ttft = next(ttfts, None) if n < len(durations) else None
+            if ttft is not None:
+                attributes[telemetry.RESPONSE_TIME_TO_FIRST_CHUNK] = ttft
+            span = tracer.start_span(f"chat {model}", start_time=start + n * 10**9, attributes=attributes)
+            if n == len(durations):
+                span.set_attribute(telemetry.ERROR_TYPE, "overloaded_error")
+            span.end(end_time=start + n * 10**9 + duration)
+    provider.shutdown()
+    return list(kept.get_finished_spans())
+
+
+def test_ops_percentiles_are_exact_inside_a_histogram_bucket(recorded: dict[str, Any]) -> None:
+    """The percentiles come from a histogram of value buckets, then only the needed buckets' values: a rank
+    inside a crowded bucket, in a bucket of one repeated value and at a bucket's edge all give the sorted
+    values' linear interpolation (worked here by `statistics.quantiles`, inclusive: PostgreSQL's
+    percentile_cont), and a failed call's duration counts in none."""
+    import random
+    import statistics
+
+    from compactobs.reports.clickhouse.ops import _bucket, ops_figures
+
+    rng = random.Random(7)
+    # 1000 ms + up to 50 µs: one bucket (a bucket spans 1/4096 of [512, 1024) ms, 125 µs).
+    crowded = [10**9 + rng.randrange(50_000) for _ in range(501)]
+    spread = [rng.randrange(1, 10**11) for _ in range(203)]
+    durations = {"model-crowded": crowded, "model-repeated": [250 * 10**6] * 97, "model-spread": spread}
+    ttft = [0.5 + rng.randrange(1000) / 10**7 for _ in range(301)]
+    source = _late_copy(recorded["source"], "ops_buckets")
+    try:
+        write_spans(source, _call_spans(durations, ttft), source.table)
+        filters = build_filters(None, None, "UTC")
+        by_model, _, latency, latency_total, ttft_by_model, ttft_total = ops_figures(source, filters)
+
+        def expected(values_ms: list[float]) -> tuple[float, ...]:
+            cuts = statistics.quantiles(values_ms, n=100, method="inclusive")
+            return (cuts[49], cuts[94], cuts[98])
+
+        def ms(values_ns: list[int]) -> list[float]:
+            return [value / 1e6 for value in values_ns]
+
+        assert {row[0]: row[1] for row in by_model} == {
+            "model-crowded": 502,
+            "model-repeated": 98,
+            "model-spread": 204,
+        }
+        for model, values in durations.items():
+            assert latency[model] == pytest.approx(expected(ms(values)), rel=1e-12, abs=0), model
+        everything = [value for values in durations.values() for value in values]
+        assert latency_total == pytest.approx(expected(ms(everything)), rel=1e-12, abs=0)
+        assert set(ttft_by_model) == {"model-crowded"}
+        assert ttft_by_model["model-crowded"] == pytest.approx(
+            expected([v * 1000.0 for v in ttft]), rel=1e-12
+        )
+        assert ttft_total == ttft_by_model["model-crowded"]
+        assert latency["model-repeated"] == (250.0, 250.0, 250.0)
+        # The crowded model's values are one bucket, so its ranks were read from inside it.
+        buckets = source.rows(
+            f"SELECT uniqExact({_bucket('duration_ms')}) AS n FROM ({spans.calls_select(source.table)}) "
+            "WHERE request_model = 'model-crowded' AND error_type IS NULL"
+        )
+        assert buckets[0]["n"] == 1
+    finally:
+        source.execute("DROP DATABASE IF EXISTS ops_buckets")
 
 
 def test_every_conversation_is_the_same_json(recorded: dict[str, Any]) -> None:
