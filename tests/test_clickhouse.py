@@ -260,6 +260,28 @@ def test_anomalies_are_the_same_json(recorded: dict[str, Any], tmp_path: Path) -
     }, seen
 
 
+def test_the_cost_share_prefilter_sends_more_rows_and_the_same_findings(recorded: dict[str, Any]) -> None:
+    """ClickHouse picks the conversations the share rule may flag by their compacting calls' cost, an upper
+    bound of their compaction cost, before joining the compaction costs; the store by the exact share. Over
+    a sweep of --cost-share, the JSON is the same, and at some threshold ClickHouse sends strictly more rows
+    (a conversation over the bound and not over the share), so the bound's side is exercised."""
+    from compactobs.reports.anomalies import _StoreData
+    from compactobs.reports.clickhouse.anomalies import ClickHouseAnomalyData
+
+    filters = build_filters(None, None, "UTC")
+    wider = []
+    for share in (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 0.8):
+        thresholds = Thresholds(cost_share=share)
+        expected = _json(anomalies_report(recorded["engine"], filters, thresholds))
+        assert _json(anomalies_report(recorded["source"], filters, thresholds)) == expected
+        on_store = list(_StoreData(recorded["engine"], filters.call_conditions()).compaction_rows(thresholds))
+        on_clickhouse = list(ClickHouseAnomalyData(recorded["source"], filters).compaction_rows(thresholds))
+        assert {tuple(row) for row in on_store} <= {tuple(row) for row in on_clickhouse}
+        if len(on_clickhouse) > len(on_store):
+            wider.append(share)
+    assert wider, "no threshold between a conversation's compaction share and its compacting calls' share"
+
+
 def test_anomalies_grouped_queries_run_beside_the_compaction_rows_and_their_errors_reach_the_caller(
     recorded: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,10 +1,11 @@
 """`report anomalies` on ClickHouse: the records the rules of `compactobs.reports.anomalies` read, from the
 spans table (`AnomalyData`).
 
-A conversation's turns, their positions and their neighbours come from window functions over the turns
-of the conversations that compacted (row_number, lagInFrame, leadInFrame), a budget's crossing from running
-sums: ClickHouse sorts each conversation once, in parallel, and only the compacting calls the rules may hold
-come back (`compaction_candidates`, the same condition the SQL store applies).
+A conversation's turns, their positions and their neighbours come from window functions over its turns
+(row_number, lagInFrame, leadInFrame), read in order from setup's turns table; a budget's crossing from
+running sums. The compacting calls the rules may hold (`compaction_candidates`, the condition the SQL store
+applies, with the share judged on an upper bound) are chosen before their compaction costs are joined, so
+the engine holds those, not every compacting call, and they come back streamed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from compactobs.reports.anomalies import (
     compaction_candidates,
 )
 from compactobs.reports.clickhouse import spans
-from compactobs.reports.clickhouse.cost import JOIN_SETTINGS, compaction_costs
+from compactobs.reports.clickhouse.cost import JOIN_SETTINGS
 from compactobs.reports.clickhouse.source import ClickHouseSource, quote
 from compactobs.rules import BILLED_TOKEN_COLUMNS
 
@@ -65,13 +66,10 @@ class ClickHouseAnomalyData:
 
     def compaction_rows(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]:
         turn = ("c.conversation_id IS NOT NULL", "c.input_tokens IS NOT NULL")
-        compacting = f"SELECT DISTINCT c.conversation_id FROM {self.window} AS c" + self._where(
-            *turn, "c.compactions_count > 0"
-        )
         reads = "coalesce(c.cache_read_tokens, 0)"
         writes = "coalesce(c.cache_write_5m_tokens, 0) + coalesce(c.cache_write_1h_tokens, 0)"
 
-        def windows(relation: str) -> str:
+        def windows(relation: str, *extra: str) -> str:
             # The neighbours as one tuple each way (one window function, not one per value); a first or
             # last turn gets the tuple's default, whose empty call id stands for none (span ids never are).
             return (
@@ -83,46 +81,66 @@ class ClickHouseAnomalyData:
                 # A conversation's turns and cost over the same window: no second read of the turns.
                 f"count() OVER {_WHOLE} AS conversation_calls, "
                 f"sum(c.cost_usd) OVER {_WHOLE} AS conversation_cost, "
+                f"sumIf(c.cost_usd, c.compactions_count > 0) OVER {_WHOLE} AS compacting_cost, "
                 f"lagInFrame((c.call_id, {reads}, {writes})) OVER {_WHOLE} AS prev, "
                 f"leadInFrame((c.call_id, {reads}, {writes}, c.context_tokens)) OVER {_WHOLE} AS next "
-                f"FROM {relation} AS c" + self._where(*turn, f"c.conversation_id IN ({compacting})")
+                f"FROM {relation} AS c" + self._where(*turn, *extra)
             )
 
         streamed = spans.has_turns(self.source)
         if streamed:
             # One window per partition of the turns table, each over one sorted stream: streamed, not
-            # sorted, and the partitions side by side (a conversation is in one partition).
+            # sorted, and the partitions side by side (a conversation is in one partition). Every
+            # conversation's turns go through (streamed, they cost no memory); the compacting calls are
+            # kept below.
             turns = " UNION ALL ".join(
                 f"SELECT * FROM ({windows(spans.turns_of(self.source, self.filters, k))})"
                 for k in range(spans.TURNS_PARTITIONS)
             )
         else:
-            turns = windows(self.turns_window)
-        compaction = compaction_costs(spans.iterations_of(self.source))
+            # Sorted and held: only the conversations that compacted.
+            compacting = f"SELECT DISTINCT c.conversation_id FROM {self.window} AS c" + self._where(
+                *turn, "c.compactions_count > 0"
+            )
+            turns = windows(self.turns_window, f"c.conversation_id IN ({compacting})")
         located = (
             "SELECT t.conversation_id AS conversation_id, t.conversation_calls AS conversation_calls, "
             "t.conversation_cost AS conversation_cost, t.position AS position, t.call_id AS call_id, "
             "t.start_ms AS start_ms, t.compactions_count AS compactions_count, t.failed AS failed, "
             "t.trigger AS trigger, "
             "coalesce(t.context_tokens, if(t.next.1 = '', NULL, t.next.4)) AS context_after, "
-            "t.cost_usd AS cost_usd, x.compaction_cost AS compaction_cost, "
+            "t.cost_usd AS cost_usd, t.compacting_cost AS compacting_cost, "
             "nullIf(t.prev.1, '') AS prev_id, if(t.prev.1 = '', NULL, t.prev.2) AS prev_reads, "
             "if(t.prev.1 = '', NULL, t.prev.3) AS prev_writes, nullIf(t.next.1, '') AS next_id, "
             "if(t.next.1 = '', NULL, t.next.2) AS next_reads, "
-            "if(t.next.1 = '', NULL, t.next.3) AS next_writes, "
-            "sumIf(x.compaction_cost, t.cost_usd IS NOT NULL) OVER (PARTITION BY t.conversation_id) "
-            "AS priced_compaction_cost "
-            f"FROM ({turns}) AS t LEFT JOIN {compaction} AS x ON x.call_id = t.call_id "
-            "WHERE t.compactions_count > 0"
+            "if(t.next.1 = '', NULL, t.next.3) AS next_writes "
+            f"FROM ({turns}) AS t WHERE t.compactions_count > 0"
         )
-        candidates = compaction_candidates(lambda name: literal_column(f"k.{name}"), thresholds)
+        # The candidates are chosen before the compaction costs are joined, so the join holds them only,
+        # not every compacting call. The share's test takes the conversation's priced compacting calls'
+        # cost, an upper bound of their compaction cost (a call's compaction is part of its cost): more
+        # conversations may send all their compacting calls, and the rule decides on the exact share.
+        candidates = compaction_candidates(
+            lambda name: literal_column(
+                "k.compacting_cost" if name == "priced_compaction_cost" else f"k.{name}"
+            ),
+            thresholds,
+        )
+        condition = candidates.compile(compile_kwargs={"literal_binds": True})
+        chosen = f"SELECT * FROM ({located}) AS k WHERE {condition}"
+        compactions = (
+            f"(SELECT call_id, cost_usd FROM {spans.iterations_of(self.source)} WHERE type = 'compaction')"
+        )
+        # The compaction iterations stream past the candidates (the join's right side, held) and are
+        # summed per candidate, as `cost.compaction_costs` sums them per call.
+        kept = {"call_id": "k.call_id", "compaction_cost": "sum(i.cost_usd)"}
+        record = ", ".join(f"{kept.get(name, f'any(k.{name})')} AS {name}" for name in COMPACTION_RECORD)
         sql = (
-            f"SELECT {', '.join(f'k.{name}' for name in COMPACTION_RECORD)} FROM ({located}) AS k "
-            f"WHERE {candidates.compile(compile_kwargs={'literal_binds': True})} "
-            "ORDER BY k.conversation_id, k.start_ms, k.call_id"
+            f"SELECT {record} FROM {compactions} AS i RIGHT JOIN ({chosen}) AS k ON i.call_id = k.call_id "
+            "GROUP BY k.call_id ORDER BY conversation_id, start_ms, call_id"
         )
         turns_settings = spans.TURNS_WINDOW_SETTINGS if streamed else spans.TURNS_SETTINGS
-        return self.source.tuples(sql, {**JOIN_SETTINGS, **turns_settings})
+        return self.source.stream(sql, {**JOIN_SETTINGS, **turns_settings})
 
     def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[Any]]:
         where = ["c.conversation_id IS NOT NULL"]

@@ -14,6 +14,8 @@ does not answer, a missing table) raises `StoreError`, one line, as the SQL stor
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import logging
 import re
@@ -104,15 +106,16 @@ def _converter(kind: str) -> Callable[[Any], Any]:
     return lambda value: None if value is None else cast(value)
 
 
-def _parse(lines: Iterator[str]) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """(column names, rows as tuples) of a JSONCompactEachRowWithNamesAndTypes result: parsed as one JSON
-    document, each column converted by its type in one pass (the per-value work of a large result in C)."""
-    parsed = json.loads("[" + ",".join(line for line in lines if line.strip()) + "]")
-    if not parsed:
-        return [], []
-    names, kinds, data = parsed[0], parsed[1], parsed[2:]
+_CHUNK_ROWS: Final = 10_000
+"""Rows parsed at a time: the per-value work stays in C, the Python objects held are a chunk's."""
+
+
+def _convert(kinds: Sequence[str], lines: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Rows of a JSONCompactEachRow result's `lines`, parsed as one JSON document and each column converted
+    by its type in one pass (the per-value work of a large result in C)."""
+    data = json.loads("[" + ",".join(lines) + "]")
     if not data:
-        return names, []
+        return []
     columns = [list(column) for column in zip(*data, strict=True)]
     for index, kind in enumerate(kinds):
         convert = _converter(kind)
@@ -122,12 +125,28 @@ def _parse(lines: Iterator[str]) -> tuple[list[str], list[tuple[Any, ...]]]:
             convert = _same if not isinstance(first, str) else _integer
         if convert is not _same:
             columns[index] = list(map(convert, columns[index]))
-    return names, list(zip(*columns, strict=True))
+    return list(zip(*columns, strict=True))
+
+
+def _parsed(text: str) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+    """(column names, the rows as tuples, parsed `_CHUNK_ROWS` at a time as they are read) of a
+    JSONCompactEachRowWithNamesAndTypes result."""
+    lines = (line for line in io.StringIO(text) if line.strip())
+    header = list(itertools.islice(lines, 2))
+    if len(header) < 2:
+        return [], iter(())
+    names, kinds = json.loads(header[0]), json.loads(header[1])
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        while chunk := list(itertools.islice(lines, _CHUNK_ROWS)):
+            yield from _convert(kinds, chunk)
+
+    return names, rows()
 
 
 def records(text: str) -> list[dict[str, Any]]:
     """A JSONCompactEachRowWithNamesAndTypes result as a dict per row, values by column type."""
-    names, rows = _parse(iter(text.splitlines()))
+    names, rows = _parsed(text)
     return [dict(zip(names, values, strict=True)) for values in rows]
 
 
@@ -248,7 +267,12 @@ class ClickHouseSource(ExternalSource):
 
     def tuples(self, sql: str, settings: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """As `rows`, each row a tuple in the SELECT's column order."""
-        return _parse(iter(self._text(sql, settings).splitlines()))[1]
+        return list(self.stream(sql, settings))
+
+    def stream(self, sql: str, settings: Mapping[str, Any] | None = None) -> Iterator[tuple[Any, ...]]:
+        """As `tuples`, the query run now and its rows made as they are iterated: the result's text is
+        held, not every row's values at once."""
+        return _parsed(self._text(sql, settings))[1]
 
     # -- what the reports ask an ExternalSource (see compactobs.reports._common) ------------------------
 
