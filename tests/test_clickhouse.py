@@ -38,6 +38,7 @@ from compactobs.reports.cost import BY_CHOICES, cost_report
 from compactobs.reports.ops import ops_report
 from compactobs.testing import Simulator
 from tests.cli import one_line_error, run
+from tests.clickhouse_http import http_front
 from tests.otel_traces import double_text, write_spans
 from tests.test_guard import record_capped_conversation
 
@@ -670,6 +671,42 @@ def test_setup_again_upgrades_typed_tables_of_an_older_setup(recorded: dict[str,
     expected = _json(anomalies_report(recorded["engine"], filters))
     assert any(f["kind"] == "budget_exceeded" for f in expected["findings"])
     assert _json(anomalies_report(source, filters)) == expected
+
+
+def test_a_clickhouse_url_reads_over_http_with_the_same_json(
+    recorded: dict[str, Any], module_postgres_url: str
+) -> None:
+    """`--db clickhouse://...`: clickhouse-connect over HTTP (its settings as URL parameters, its first
+    queries, the result format) to the fixture's chdb engine behind ClickHouse's HTTP interface
+    (`tests/clickhouse_http.py`: no ClickHouse server installs here): every report as on the store, from the
+    library and from the CLI; an engine error is one line."""
+    from compactobs.reports.clickhouse.source import open_source
+
+    filters = build_filters(None, None, "Europe/Paris")
+    now = datetime.now(timezone.utc)
+    conversation = recorded["summary"].conversations[1].id
+    reports = [
+        lambda engine: cost_report(engine, filters, ("model", "day")),
+        lambda engine: cost_report(engine, filters, ("conversation",)),
+        lambda engine: cache_report(engine, filters, ("model",), now=now),
+        lambda engine: ops_report(engine, filters),
+        lambda engine: anomalies_report(engine, filters),
+        lambda engine: conversation_report(engine, filters, conversation),
+    ]
+    with http_front(recorded["source"]._session) as front:
+        url = f"clickhouse://default@127.0.0.1:{front.server_port}/default"
+        with open_source(url) as source:
+            assert source._session is None and source._client is not None
+            for make in reports:
+                assert _json(make(source)) == _json(make(recorded["engine"]))
+        settings = [given for _, given in front.queries if given]
+        assert settings and all(given["output_format_json_quote_64bit_integers"] == "0" for given in settings)
+        args = ["report", "cost", "--by", "model,day", "--tz", "UTC", "--format", "json"]
+        code, over_http, err = run("--db", url, *args)
+        assert code == 0, err
+        assert json.loads(over_http) == json.loads(run("--db", module_postgres_url, *args)[1])
+        message = one_line_error(*run("--db", url, "--clickhouse-table", "no_such", "report", "ops")[::2])
+        assert "no_such" in message
 
 
 def test_the_cli_reads_chdb_and_refuses_writes_in_one_line(
