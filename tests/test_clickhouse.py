@@ -124,16 +124,16 @@ def test_ops_is_the_same_json(recorded: dict[str, Any]) -> None:
     assert got == expected
 
 
-def _call_spans(durations_ns: dict[str, list[int]], ttft_s: list[float]) -> list[Any]:
-    """compactobs call spans of the given models and durations (the first ones streamed with `ttft_s`), and
-    one failed call per model, whose duration no percentile may count."""
+def _call_spans(durations_ns: dict[str, list[int]], ttft_s: dict[str, list[float]]) -> list[Any]:
+    """compactobs call spans of the given models and durations (a model's first calls streamed, with its
+    `ttft_s`), and one failed call per model, whose duration no percentile may count."""
     kept = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(kept))
     tracer = provider.get_tracer(telemetry.INSTRUMENTATION_SCOPE)
     start = 1_767_225_600 * 10**9
-    ttfts = iter(ttft_s)
     for model, durations in durations_ns.items():
+        ttfts = iter(ttft_s.get(model, ()))
         for n, duration in enumerate([*durations, 10**12]):
             attributes: dict[str, Any] = {
                 telemetry.SPAN_KIND: telemetry.SPAN_KIND_CALL,
@@ -150,22 +150,52 @@ def _call_spans(durations_ns: dict[str, list[int]], ttft_s: list[float]) -> list
     return list(kept.get_finished_spans())
 
 
+def _percentile_cont(values: list[float], p: float) -> float:
+    """PostgreSQL's percentile_cont, by its definition: linear between the closest ranks of the sorted
+    values, h = (n - 1) p."""
+    ordered = sorted(values)
+    h = (len(ordered) - 1) * p
+    low, high = ordered[int(h // 1)], ordered[-int(-h // 1)]
+    return low + (high - low) * (h - h // 1)
+
+
+def _large_pair(rng: Any) -> list[float]:
+    """Two times to first chunk (seconds) whose milliseconds are whole floats above 2**53 (the lowest and
+    highest of their buckets, read off the histogram), chosen so that interpolating between the integers
+    ClickHouse prints for them (their shortest digits, then zeros) differs from interpolating between the
+    floats."""
+    from compactobs.reports.ops import PERCENTILES
+
+    def printed(value: float) -> int:
+        return int(Decimal(repr(value)))
+
+    while True:
+        low = float(rng.randrange(10**17, 10**18))
+        pair = [low, low * (1 + rng.randrange(1, 1000) / 10**6)]
+        a, b = (v * 1000.0 for v in pair)
+        if any(a + (b - a) * p != printed(a) + (printed(b) - printed(a)) * p for p in PERCENTILES):
+            return pair
+
+
 def test_ops_percentiles_are_exact_inside_a_histogram_bucket(recorded: dict[str, Any]) -> None:
     """The percentiles come from a histogram of value buckets, then only the needed buckets' values: a rank
-    inside a crowded bucket, in a bucket of one repeated value and at a bucket's edge all give the sorted
-    values' linear interpolation (worked here by `statistics.quantiles`, inclusive: PostgreSQL's
-    percentile_cont), and a failed call's duration counts in none."""
+    inside a crowded bucket, in a bucket of one repeated value and at a bucket's edge (whole-valued floats
+    too large for their decimal text to be exact among them) all give exactly the sorted values' linear
+    interpolation, and a failed call's duration counts in none."""
     import random
-    import statistics
 
     from compactobs.reports.clickhouse.ops import _bucket, ops_figures
+    from compactobs.reports.ops import PERCENTILES
 
     rng = random.Random(7)
     # 1000 ms + up to 50 µs: one bucket (a bucket spans 1/4096 of [512, 1024) ms, 125 µs).
     crowded = [10**9 + rng.randrange(50_000) for _ in range(501)]
     spread = [rng.randrange(1, 10**11) for _ in range(203)]
     durations = {"model-crowded": crowded, "model-repeated": [250 * 10**6] * 97, "model-spread": spread}
-    ttft = [0.5 + rng.randrange(1000) / 10**7 for _ in range(301)]
+    ttft = {
+        "model-crowded": [0.5 + rng.randrange(1000) / 10**7 for _ in range(301)],
+        "model-spread": _large_pair(rng),
+    }
     source = _late_copy(recorded["source"], "ops_buckets")
     try:
         write_spans(source, _call_spans(durations, ttft), source.table)
@@ -173,8 +203,7 @@ def test_ops_percentiles_are_exact_inside_a_histogram_bucket(recorded: dict[str,
         by_model, _, latency, latency_total, ttft_by_model, ttft_total = ops_figures(source, filters)
 
         def expected(values_ms: list[float]) -> tuple[float, ...]:
-            cuts = statistics.quantiles(values_ms, n=100, method="inclusive")
-            return (cuts[49], cuts[94], cuts[98])
+            return tuple(_percentile_cont(values_ms, p) for p in PERCENTILES)
 
         def ms(values_ns: list[int]) -> list[float]:
             return [value / 1e6 for value in values_ns]
@@ -185,15 +214,16 @@ def test_ops_percentiles_are_exact_inside_a_histogram_bucket(recorded: dict[str,
             "model-spread": 204,
         }
         for model, values in durations.items():
-            assert latency[model] == pytest.approx(expected(ms(values)), rel=1e-12, abs=0), model
+            assert latency[model] == expected(ms(values)), model
         everything = [value for values in durations.values() for value in values]
-        assert latency_total == pytest.approx(expected(ms(everything)), rel=1e-12, abs=0)
-        assert set(ttft_by_model) == {"model-crowded"}
-        assert ttft_by_model["model-crowded"] == pytest.approx(
-            expected([v * 1000.0 for v in ttft]), rel=1e-12
-        )
-        assert ttft_total == ttft_by_model["model-crowded"]
+        assert latency_total == expected(ms(everything))
         assert latency["model-repeated"] == (250.0, 250.0, 250.0)
+        ttft_ms = {model: [v * 1000.0 for v in values] for model, values in ttft.items()}
+        assert ttft_by_model == {model: expected(values) for model, values in ttft_ms.items()}
+        assert ttft_total == expected([v for values in ttft_ms.values() for v in values])
+        # Floats, not the integers ClickHouse's text of a large whole float parses to.
+        every = [*latency.values(), latency_total, *ttft_by_model.values(), ttft_total]
+        assert all(type(figure) is float for figures in every for figure in figures)
         # The crowded model's values are one bucket, so its ranks were read from inside it.
         buckets = source.rows(
             f"SELECT uniqExact({_bucket('duration_ms')}) AS n FROM ({spans.calls_select(source.table)}) "
@@ -699,8 +729,10 @@ def test_a_clickhouse_url_reads_over_http_with_the_same_json(
             assert source._session is None and source._client is not None
             for make in reports:
                 assert _json(make(source)) == _json(make(recorded["engine"]))
-        settings = [given for _, given in front.queries if given]
-        assert settings and all(given["output_format_json_quote_64bit_integers"] == "0" for given in settings)
+        # Every result compactobs reads comes with its settings (the statements it runs, e.g. the slots'
+        # refresh, return nothing to read).
+        reads = [given for sql, given in front.queries if "output_format_json_quote_decimals" in given]
+        assert reads and all(given["output_format_json_quote_64bit_integers"] == "0" for given in reads)
         args = ["report", "cost", "--by", "model,day", "--tz", "UTC", "--format", "json"]
         code, over_http, err = run("--db", url, *args)
         assert code == 0, err

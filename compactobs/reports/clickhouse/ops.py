@@ -8,7 +8,8 @@ from typing import Any, Final
 
 from compactobs.reports._common import Filters
 from compactobs.reports.clickhouse import spans
-from compactobs.reports.clickhouse.source import ClickHouseSource, quote
+from compactobs.reports.clickhouse.cost import JOIN_SETTINGS
+from compactobs.reports.clickhouse.source import ClickHouseSource
 from compactobs.reports.ops import PERCENTILES, OpsFigures, Percentiles, interpolate
 
 __all__ = ["ops_figures"]
@@ -37,18 +38,19 @@ def _bucket(value: str) -> str:
 
 def _percentiles(source: ClickHouseSource, filters: Filters, value: str) -> tuple[Percentiles, Any]:
     """({model: percentiles}, the percentiles over every model or None) of the non-NULL `value`s of the
-    successful calls, exact, in engine memory bounded by a bucket, not by the calls: a histogram of the
-    values' buckets (count, lowest, highest) by model, and over every model from it, places each rank the
-    percentiles need in its bucket; a rank at its bucket's edge, or in a bucket of one distinct value, is
-    read off the histogram, any other from its bucket's values, sorted. A group is (0, model) or (1, '')
-    for the total."""
+    successful calls, exact, in engine memory bounded by the buckets read, not by the calls: a histogram of
+    the values' buckets (count, lowest, highest) by model, and over every model from it, places each rank
+    the percentiles need in its bucket; a rank at its bucket's edge, or in a bucket of one distinct value,
+    is read off the histogram, any other from its bucket's values, sorted. One query, so the histogram and
+    the values are one snapshot of the tables (ClickHouse's `enable_shared_storage_snapshot_in_query`): a
+    span inserted meanwhile cannot move a rank. A group is (0, model), or (1, '') for the total."""
     ps = ", ".join(repr(p) for p in PERCENTILES)
     column = f"c.{value}"
-    selected = (f"{column} IS NOT NULL", f"NOT {_FAILED}")
+    calls = _calls(source, filters, f"{column} IS NOT NULL", f"NOT {_FAILED}")
     groups = "[(toUInt8(0), model), (toUInt8(1), '')]"
     by_model = (
         f"SELECT {_MODEL} AS model, {_bucket(column)} AS bucket, count() AS size, min({column}) AS low, "
-        f"max({column}) AS high FROM {_calls(source, filters, *selected)} GROUP BY model, bucket"
+        f"max({column}) AS high FROM {calls} GROUP BY model, bucket"
     )
     histogram = (
         "SELECT g.1 AS total, g.2 AS key, bucket, sum(size) AS size, min(low) AS low, max(high) AS high "
@@ -58,53 +60,35 @@ def _percentiles(source: ClickHouseSource, filters: Filters, value: str) -> tupl
         f"arraySort(arrayDistinct(arrayFlatten(arrayMap(p -> [toUInt64(floor((n - 1) * p)), "
         f"toUInt64(ceil((n - 1) * p))], [{ps}]))))"
     )
-    # A rank's bucket is the first whose running count passes it; (rank, bucket, offset in the bucket,
-    # the bucket's count, lowest, highest).
+    # A rank's bucket is the first whose running count passes it: (rank, bucket, offset in the bucket, the
+    # bucket's count, lowest, highest), one row per rank.
     located = (
-        f"SELECT total, key, n, arrayMap(r -> (r, arrayFirstIndex(e -> e > r, ends)), {ranks}) AS at, "
-        "arrayMap(a -> (a.1, hist[a.2].1, a.1 - (ends[a.2] - hist[a.2].2), hist[a.2].2, hist[a.2].3, "
-        "hist[a.2].4), at) AS found "
+        "SELECT total, key, n, "
+        f"arrayJoin(arrayMap(r -> (r, arrayFirstIndex(e -> e > r, ends)), {ranks})) AS a, "
+        "a.1 AS rank, hist[a.2].1 AS bucket, a.1 - (ends[a.2] - hist[a.2].2) AS offset, hist[a.2].2 AS size, "
+        "hist[a.2].3 AS low, hist[a.2].4 AS high, offset > 0 AND offset < size - 1 AND low != high AS inside "
         "FROM (SELECT total, key, sum(size) AS n, arraySort(groupArray((bucket, size, low, high))) AS hist, "
         f"arrayCumSum(arrayMap(b -> b.2, hist)) AS ends FROM ({histogram}) GROUP BY total, key)"
     )
+    # Only the ranks inside a bucket join its values (an edge's bucket may hold every value: it joins none).
+    placed = f"SELECT *, if(inside, bucket, NULL) AS joined FROM ({located})"
+    values = (
+        f"SELECT g.1 AS total, g.2 AS key, bucket, value FROM (SELECT {_MODEL} AS model, "
+        f"{_bucket(column)} AS bucket, {column} AS value FROM {calls}) ARRAY JOIN {groups} AS g"
+    )
+    sql = (
+        "SELECT r.total AS total, r.key AS key, any(r.n) AS n, r.rank AS rank, "
+        "if(any(r.inside), arraySort(groupArray(v.value))[any(r.offset) + 1], "
+        "if(any(r.offset) = 0 OR any(r.low) = any(r.high), any(r.low), any(r.high))) AS value "
+        f"FROM ({values}) AS v RIGHT JOIN ({placed}) AS r "
+        "ON v.total = r.total AND v.key = r.key AND v.bucket = r.joined GROUP BY r.total, r.key, r.rank"
+    )
     counts: dict[tuple[int, str], int] = {}
     found: dict[tuple[int, str], dict[int, float]] = {}
-    inside: list[tuple[int, str, int, int, int]] = []
-    for record in source.rows(located):
+    for record in source.rows(sql, JOIN_SETTINGS):
         group = (int(record["total"]), record["key"])
         counts[group] = int(record["n"])
-        found[group] = {}
-        for rank, bucket, offset, size, low, high in record["found"]:
-            if offset == 0 or low == high:
-                found[group][int(rank)] = low
-            elif offset == size - 1:
-                found[group][int(rank)] = high
-            else:
-                inside.append((*group, int(bucket), int(rank), int(offset)))
-    if inside:
-        listed = ", ".join(
-            f"({total}, {quote(key)}, {bucket}, {rank}, {offset})"
-            for total, key, bucket, rank, offset in inside
-        )
-        wanted = f"values('total UInt8, key String, bucket UInt64, rank UInt64, offset UInt64', {listed})"
-        in_buckets = f"{_bucket(column)} IN (SELECT bucket FROM {wanted})"
-        values = (
-            f"SELECT {_MODEL} AS model, {_bucket(column)} AS bucket, {column} AS value "
-            f"FROM {_calls(source, filters, *selected, in_buckets)}"
-        )
-        buckets = (
-            "SELECT g.1 AS total, g.2 AS key, bucket, arraySort(groupArray(value)) AS sorted "
-            f"FROM ({values}) ARRAY JOIN {groups} AS g "
-            f"WHERE (total, key, bucket) IN (SELECT total, key, bucket FROM {wanted}) "
-            "GROUP BY total, key, bucket"
-        )
-        sql = (
-            "SELECT w.total AS total, w.key AS key, w.rank AS rank, s.sorted[w.offset + 1] AS value "
-            f"FROM ({buckets}) AS s INNER JOIN {wanted} AS w "
-            "ON w.total = s.total AND w.key = s.key AND w.bucket = s.bucket"
-        )
-        for record in source.rows(sql):
-            found[(int(record["total"]), record["key"])][int(record["rank"])] = record["value"]
+        found.setdefault(group, {})[int(record["rank"])] = record["value"]
     out = {group: tuple(interpolate(found[group], n, p) for p in PERCENTILES) for group, n in counts.items()}
     return {key: figures for (total, key), figures in out.items() if not total}, out.get((1, ""))
 

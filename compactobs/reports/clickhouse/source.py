@@ -14,7 +14,6 @@ does not answer, a missing table) raises `StoreError`, one line, as the SQL stor
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import logging
@@ -128,10 +127,22 @@ def _convert(kinds: Sequence[str], lines: Sequence[str]) -> list[tuple[Any, ...]
     return list(zip(*columns, strict=True))
 
 
+def _lines(text: str) -> Iterator[str]:
+    """The non-blank lines of `text`, sliced one at a time (no copy of it all: a result may be large)."""
+    start, size = 0, len(text)
+    while start < size:
+        end = text.find("\n", start)
+        end = size if end < 0 else end
+        line = text[start:end]
+        start = end + 1
+        if line.strip():
+            yield line
+
+
 def _parsed(text: str) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
     """(column names, the rows as tuples, parsed `_CHUNK_ROWS` at a time as they are read) of a
     JSONCompactEachRowWithNamesAndTypes result."""
-    lines = (line for line in io.StringIO(text) if line.strip())
+    lines = _lines(text)
     header = list(itertools.islice(lines, 2))
     if len(header) < 2:
         return [], iter(())
