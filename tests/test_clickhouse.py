@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -155,8 +156,8 @@ def _percentile_cont(values: list[float], p: float) -> float:
     values, h = (n - 1) p."""
     ordered = sorted(values)
     h = (len(ordered) - 1) * p
-    low, high = ordered[int(h // 1)], ordered[-int(-h // 1)]
-    return low + (high - low) * (h - h // 1)
+    low, high = ordered[math.floor(h)], ordered[math.ceil(h)]
+    return low + (high - low) * (h - math.floor(h))
 
 
 def _large_pair(rng: Any) -> list[float]:
