@@ -730,8 +730,8 @@ def test_a_clickhouse_url_reads_over_http_with_the_same_json(
             assert source._session is None and source._client is not None
             for make in reports:
                 assert _json(make(source)) == _json(make(recorded["engine"]))
-        # Every result compactobs reads comes with its settings (the statements it runs, e.g. the slots'
-        # refresh, return nothing to read).
+        # compactobs' reads reached the server with its output settings as URL parameters (its parser takes
+        # integers unquoted and decimals quoted).
         reads = [given for sql, given in front.queries if "output_format_json_quote_decimals" in given]
         assert reads and all(given["output_format_json_quote_64bit_integers"] == "0" for given in reads)
         args = ["report", "cost", "--by", "model,day", "--tz", "UTC", "--format", "json"]
