@@ -235,6 +235,38 @@ def test_ops_percentiles_are_exact_inside_a_histogram_bucket(recorded: dict[str,
         source.execute("DROP DATABASE IF EXISTS ops_buckets")
 
 
+def test_ops_percentiles_are_read_again_when_a_bucket_changed_under_them(
+    recorded: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should a server read the histogram and the bucket values at two instants (its shared snapshot turned
+    off) and a span land between them, a bucket holds other values than it counted: the query runs again,
+    and after three such reads the report fails in one line rather than print a wrong percentile."""
+    from compactobs.reports.clickhouse.ops import ops_figures
+    from compactobs.store import StoreError
+
+    source = copy.copy(recorded["source"])
+    filters = build_filters(None, None, "UTC")
+    expected = ops_figures(source, filters)
+    real = ClickHouseSource.rows
+    changed = {"reads": 0, "left": 1}
+
+    def rows(self: Any, sql: str, settings: Any = None) -> list[dict[str, Any]]:
+        records = real(self, sql, settings)
+        if records and "whole" in records[0]:
+            changed["reads"] += 1
+            if changed["left"] > 0:
+                changed["left"] -= 1
+                records[0]["whole"] = False
+        return records
+
+    monkeypatch.setattr(ClickHouseSource, "rows", rows)
+    assert ops_figures(source, filters) == expected
+    assert changed["reads"] == 3  # duration read twice, then the time to first chunk once
+    changed.update(reads=0, left=10)
+    with pytest.raises(StoreError, match="changed while its percentiles were read"):
+        ops_figures(source, filters)
+
+
 def test_every_conversation_is_the_same_json(recorded: dict[str, Any]) -> None:
     filters = build_filters(None, None, "Asia/Kolkata")
     ids = [c.id for c in recorded["summary"].conversations]

@@ -11,6 +11,7 @@ from compactobs.reports.clickhouse import spans
 from compactobs.reports.clickhouse.cost import JOIN_SETTINGS
 from compactobs.reports.clickhouse.source import ClickHouseSource
 from compactobs.reports.ops import PERCENTILES, OpsFigures, Percentiles, interpolate
+from compactobs.store.errors import StoreError
 
 __all__ = ["ops_figures"]
 
@@ -43,7 +44,8 @@ def _percentiles(source: ClickHouseSource, filters: Filters, value: str) -> tupl
     the percentiles need in its bucket; a rank at its bucket's edge, or in a bucket of one distinct value,
     is read off the histogram, any other from its bucket's values, sorted. One query, so the histogram and
     the values are one snapshot of the tables (ClickHouse's `enable_shared_storage_snapshot_in_query`): a
-    span inserted meanwhile cannot move a rank. A group is (0, model), or (1, '') for the total."""
+    span inserted meanwhile cannot move a rank (checked: the query is run again if a bucket's values are
+    not the ones counted). A group is (0, model), or (1, '') for the total."""
     ps = ", ".join(repr(p) for p in PERCENTILES)
     column = f"c.{value}"
     calls = _calls(source, filters, f"{column} IS NOT NULL", f"NOT {_FAILED}")
@@ -70,22 +72,39 @@ def _percentiles(source: ClickHouseSource, filters: Filters, value: str) -> tupl
         "FROM (SELECT total, key, sum(size) AS n, arraySort(groupArray((bucket, size, low, high))) AS hist, "
         f"arrayCumSum(arrayMap(b -> b.2, hist)) AS ends FROM ({histogram}) GROUP BY total, key)"
     )
-    # Only the ranks inside a bucket join its values (an edge's bucket may hold every value: it joins none).
-    placed = f"SELECT *, if(inside, bucket, NULL) AS joined FROM ({located})"
+    # A bucket's ranks are one row (its values sorted once, however many ranks fall in it); only the ranks
+    # inside a bucket join its values (an edge's bucket may hold every value: the edges join none).
+    placed = (
+        "SELECT total, key, any(n) AS n, if(inside, bucket, NULL) AS joined, "
+        "groupArray((rank, offset, size, low, high, inside)) AS here FROM "
+        f"({located}) GROUP BY total, key, joined"
+    )
     values = (
         f"SELECT g.1 AS total, g.2 AS key, bucket, value FROM (SELECT {_MODEL} AS model, "
         f"{_bucket(column)} AS bucket, {column} AS value FROM {calls}) ARRAY JOIN {groups} AS g"
     )
-    sql = (
-        "SELECT r.total AS total, r.key AS key, any(r.n) AS n, r.rank AS rank, "
-        "if(any(r.inside), arraySort(groupArray(v.value))[any(r.offset) + 1], "
-        "if(any(r.offset) = 0 OR any(r.low) = any(r.high), any(r.low), any(r.high))) AS value "
-        f"FROM ({values}) AS v RIGHT JOIN ({placed}) AS r "
-        "ON v.total = r.total AND v.key = r.key AND v.bucket = r.joined GROUP BY r.total, r.key, r.rank"
+    sorted_values = (
+        "SELECT r.total AS total, r.key AS key, any(r.n) AS n, any(r.here) AS here, "
+        f"arraySort(groupArray(v.value)) AS sorted FROM ({values}) AS v RIGHT JOIN ({placed}) AS r "
+        "ON v.total = r.total AND v.key = r.key AND v.bucket = r.joined GROUP BY r.total, r.key, r.joined"
     )
+    # `whole`: the bucket holds the values the histogram counted (one snapshot: always, unless a server
+    # turned off enable_shared_storage_snapshot_in_query and a span arrived between the two reads).
+    sql = (
+        "SELECT total, key, n, h.1 AS rank, "
+        "if(h.6, sorted[h.2 + 1], if(h.2 = 0 OR h.4 = h.5, h.4, h.5)) AS value, "
+        "NOT h.6 OR length(sorted) = h.3 AS whole "
+        f"FROM ({sorted_values}) ARRAY JOIN here AS h"
+    )
+    for _ in range(3):
+        records = source.rows(sql, JOIN_SETTINGS)
+        if all(record["whole"] for record in records):
+            break
+    else:
+        raise StoreError(f"ClickHouse data changed while its percentiles were read, three times ({value})")
     counts: dict[tuple[int, str], int] = {}
     found: dict[tuple[int, str], dict[int, float]] = {}
-    for record in source.rows(sql, JOIN_SETTINGS):
+    for record in records:
         group = (int(record["total"]), record["key"])
         counts[group] = int(record["n"])
         found.setdefault(group, {})[int(record["rank"])] = record["value"]
