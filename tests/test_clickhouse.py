@@ -96,6 +96,17 @@ def test_result_values_take_their_column_types_quoted_or_not() -> None:
         assert all(type(row["n"]) is int for row in records(result))
 
 
+def test_infinite_and_nan_floats_come_back_as_floats(recorded: dict[str, Any]) -> None:
+    """A float column's inf and nan (a foreign span's attribute, say) are floats, not None: `report ops`
+    interpolates with them as the SQL store's Python arithmetic does instead of failing on None."""
+    row = recorded["source"].rows(
+        "SELECT toFloat64('inf') AS up, -toFloat64('inf') AS down, toFloat64('nan') AS neither, "
+        "[toFloat64('inf'), 1.5] AS listed"
+    )[0]
+    assert (row["up"], row["down"], row["listed"]) == (math.inf, -math.inf, [math.inf, 1.5])
+    assert math.isnan(row["neither"])
+
+
 def test_double_text_follows_es6_number_printing() -> None:
     """The exporter's float text (pdata AsString), worked by hand: fixed from 1e-6, else e-notation."""
     assert double_text(0.14) == "0.14"

@@ -43,7 +43,8 @@ _FORMAT: Final = "JSONCompactEachRowWithNamesAndTypes"
 _SETTINGS: Final = {
     "output_format_json_quote_64bit_integers": 0,
     "output_format_json_quote_decimals": 1,
-    "output_format_json_quote_denormals": 0,
+    # inf and nan as "inf" and "nan", which the float columns' conversion reads (unquoted they are null).
+    "output_format_json_quote_denormals": 1,
 }
 _IDENTIFIER: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _EXAMPLES: Final = "e.g. clickhouse://user@host:8123/database or chdb:///path/to/chdb-directory"
