@@ -316,10 +316,10 @@ class ReturnedCall:
         """Whether a breach it crosses changes the conversation's next requests (pause, raise)."""
         return self.policy.action != "warn"
 
-    def settle(self, *, block: bool = True) -> None:
+    def settle(self) -> None:
         """Count this call and the conversation's calls that returned before it. Never raises; when
-        another thread is settling the conversation, waits for it (`block`) or leaves the call to it."""
-        self.guard._settle(self.state, self, block=block)
+        another thread is settling the conversation, waits for it."""
+        self.guard._settle(self.state, self, block=True)
 
 
 @dataclass(slots=True)
