@@ -64,6 +64,8 @@ SERVER_ADDRESS: Final = "server.address"
 ANTHROPIC_REQUEST_ID: Final = "anthropic.request.id"
 ANTHROPIC_BETA: Final = "anthropic.beta"
 ANTHROPIC_SERVICE_TIER: Final = "anthropic.response.service_tier"
+CLOUD_REGION: Final = "cloud.region"
+"""The platform region a call ran in (Bedrock, Vertex, Foundry); absent for first-party calls."""
 
 # --- attributes (compactobs) ---
 SPAN_KIND: Final = "compactobs.span.kind"
@@ -112,6 +114,10 @@ STREAM_END: Final = "compactobs.stream.end"
 BUDGET_USD: Final = "compactobs.budget.usd"
 BUDGET_TOKENS: Final = "compactobs.budget.tokens"
 BUDGET_MAX_COMPACTIONS: Final = "compactobs.budget.max_compactions"
+BATCH_ID: Final = "compactobs.batch.id"
+"""Message Batches: the batch (`msgbatch_...`) a result was read from."""
+BATCH_CUSTOM_ID: Final = "compactobs.batch.custom_id"
+"""Message Batches: the result's `custom_id`, unique within its batch."""
 
 # --- the runtime guard's span event (compactobs.guard), on the call that crossed a limit ---
 EVENT_GUARD_BREACH: Final = "compactobs.guard.breach"

@@ -113,6 +113,9 @@ calls: Table = Table(
     Column("service_tier", String),
     Column("speed", String),
     Column("inference_geo", String),
+    Column("region", String, comment="the platform's region (Bedrock, Vertex, Foundry); NULL first-party"),
+    Column("batch_id", String, comment="Message Batches: the batch a result came from"),
+    Column("custom_id", String, comment="Message Batches: the request's custom_id in its batch"),
 
     # Billed totals over every iteration.
     Column("input_tokens", BigInteger, comment="uncached input"),
