@@ -82,6 +82,9 @@ COST_SERVER_TOOLS: Final = "compactobs.cost.server_tools_usd"
 ITERATIONS_COUNT: Final = "compactobs.iterations.count"
 COMPACTIONS_COUNT: Final = "compactobs.compactions.count"
 COMPACTIONS_FAILED: Final = "compactobs.compactions.failed"
+COMPACTIONS_ERRORED: Final = "compactobs.compactions.errored"
+"""Compaction blocks a call showed before it ended in an error (a stream's `error` event, a cut): counted
+among its compactions, never priced (the call carries no usage)."""
 COMPACTION_TRIGGER: Final = "compactobs.compaction.trigger_tokens"
 COMPACTION_PAUSE_AFTER: Final = "compactobs.compaction.pause_after"
 COMPACTION_ON_DEMAND: Final = "compactobs.compaction.on_demand"
@@ -625,6 +628,12 @@ class Telemetry:
                     "billed at the response model",
                     ", ".join(usage.unknown_types),
                 )
+        elif error_type is not None and obs.compactions:
+            # An error call (a stream cut off by an `error` event) has no usage and no cost, but the
+            # compactions it showed still happened: counted, and flagged as cut off by the error.
+            attributes[COMPACTIONS_COUNT] = len(obs.compactions)
+            attributes[COMPACTIONS_FAILED] = obs.failed_compactions
+            attributes[COMPACTIONS_ERRORED] = len(obs.compactions)
         span = self.tracer.start_span(
             f"chat {model}",
             context=parent,
@@ -728,6 +737,9 @@ class Telemetry:
             # The latest conventions count every call, one without usage (failed) as 0 tokens.
             self._latest_token_metrics(obs, model, response_model, totals, sums)
         if usage is None or priced is None or totals is None:
+            if obs.error_type is not None and obs.compactions:  # an error call's compactions (see _record)
+                series = response_model or model
+                sums.compactions[series] = sums.compactions.get(series, 0) + len(obs.compactions)
             return
         if not self.latest_semconv:
             self._token_usage.record(totals.total_input, input_attributes)

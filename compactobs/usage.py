@@ -297,6 +297,7 @@ class StreamAccumulator:
         "_compaction_open",
         "_usage",
         "compactions",
+        "error_type",
         "first_event_ns",
         "message_id",
         "model",
@@ -315,6 +316,8 @@ class StreamAccumulator:
         self.first_event_ns: int | None = None
         self.compactions: list[CompactionBlock] = []
         self._compaction_open: dict[int, bool] = {}
+        self.error_type: str | None = None
+        """The `error` event's `error.type` (`overloaded_error`, ...), when the stream ended in one."""
 
     def event(self, event: object) -> None:
         """Take one stream event (a typed model or a decoded dict). Never raises."""
@@ -385,6 +388,8 @@ class StreamAccumulator:
                 self.compactions.append(CompactionBlock(index=key, failed=not self._compaction_open.pop(key)))
         elif kind == "message_stop":
             self.saw_stop = True
+        elif kind == "error":
+            self.error_type = error_type_of(event) or "error"
 
     def compaction_blocks(self) -> tuple[CompactionBlock, ...]:
         """Compaction blocks seen so far, including one the stream was cut inside of."""
@@ -531,10 +536,29 @@ class CallObservation:
         self.response_model = accumulator.model
         self.stop_reason = accumulator.stop_reason
         self.compactions = accumulator.compaction_blocks()
-        if accumulator.model is not None or accumulator.saw_delta:
-            self.usage = normalise_usage(accumulator.usage_fields(), accumulator.model)
+        if self.error_type is None and accumulator.error_type is not None:
+            self.error_type = accumulator.error_type  # the byte scan saw the `error` event the SDK raised on
         if self.error_type is None and self.stream_end == "read" and not accumulator.saw_stop:
             self.error_type = "incomplete_stream"
+        if self.error_type is not None:
+            # An error call carries no cost: message_start's input and placeholder output are not a bill.
+            # Its compaction blocks stay (counted, flagged `errored`), so loops and failures stay visible.
+            return
+        if accumulator.model is not None or accumulator.saw_delta:
+            self.usage = normalise_usage(accumulator.usage_fields(), accumulator.model)
+
+
+_ERROR_TYPE_CHARACTERS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def error_type_of(error: object) -> str | None:
+    """The `error.type` of an Anthropic error body or `error` stream event (`{"type": "error", "error":
+    {"type": "overloaded_error", ...}}`), when it is a plain identifier of at most 64 characters: a value
+    from the server that becomes a span attribute and a store column is never taken as it came."""
+    kind = field_of(field_of(error, "error"), "type")
+    if isinstance(kind, str) and 0 < len(kind) <= 64 and set(kind) <= _ERROR_TYPE_CHARACTERS:
+        return kind
+    return None
 
 
 def observe_message(observation: CallObservation, message: object) -> None:

@@ -258,8 +258,10 @@ def test_a_stream_cut_half_way_still_ends_its_span(spans: InMemorySpanExporter, 
     (call,) = call_spans(spans)
     a = call.attributes or {}
     assert t.ERROR_TYPE in a
-    # message_start carried the top-level input (23,000); nothing else arrived
-    assert a[t.TOKENS_INPUT] == 23000
+    # message_start carried the top-level input (23,000) and a placeholder output: not a bill. A failed call
+    # carries no usage and no cost; the compaction block it was cut inside of still counts, flagged.
+    assert t.TOKENS_INPUT not in a and t.COST_USD not in a
+    assert (a[t.COMPACTIONS_COUNT], a[t.COMPACTIONS_ERRORED]) == (1, 1)
 
 
 def test_an_abandoned_stream_ends_its_span_with_what_was_seen(

@@ -28,7 +28,7 @@ from compactobs.instrument import state
 from compactobs.instrument.conversation import current_conversation, fingerprint
 from compactobs.instrument.streams import StreamObserver, observe_body
 from compactobs.telemetry import CONVERSATION_ID
-from compactobs.usage import CallObservation, RequestFacts, observe_message
+from compactobs.usage import CallObservation, RequestFacts, error_type_of, observe_message
 
 if TYPE_CHECKING:
     import httpx2
@@ -351,7 +351,9 @@ class Middleware(anthropic.Middleware):
         if observer.first_event_ns is not None:
             observation.time_to_first_chunk_s = (observer.first_event_ns - observation.start_ns) / 1e9
         if error is not None:
-            observation.error_type = type(error).__name__
+            # A stream's `error` event reaches the SDK's observer as the APIStatusError it raises, whose body
+            # is the event: its `error.type` (`overloaded_error`) says more than the class name.
+            observation.error_type = error_type_of(getattr(error, "body", None)) or type(error).__name__
         # Accumulated on the recording thread (`CallObservation.complete`), off the caller's path.
         observation.stream = (observer.accumulator, observer.events)
         self._finish(call)

@@ -62,7 +62,7 @@ class SseScanner:
         self._event, self._data = b"", []
         if not data:
             return
-        wanted = event in _USAGE_EVENTS or event == b"message_stop"
+        wanted = event in _USAGE_EVENTS or event == b"message_stop" or event == b"error"
         if event == b"content_block_delta":
             wanted = any(b"compaction_delta" in part for part in data)
         if not wanted:

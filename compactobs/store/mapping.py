@@ -95,6 +95,7 @@ _CALL_ATTRIBUTES: Final = {
     "iterations_count": t.ITERATIONS_COUNT,
     "compactions_count": t.COMPACTIONS_COUNT,
     "compactions_failed": t.COMPACTIONS_FAILED,
+    "compactions_errored": t.COMPACTIONS_ERRORED,
     "context_tokens": t.CONTEXT_TOKENS,
     "budget_usd": t.BUDGET_USD,
     "budget_tokens": t.BUDGET_TOKENS,

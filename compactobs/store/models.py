@@ -144,6 +144,7 @@ calls: Table = Table(
     Column("iterations_count", Integer),
     Column("compactions_count", Integer),
     Column("compactions_failed", Integer),
+    Column("compactions_errored", Integer, comment="compaction blocks seen in a call that ended in an error"),
     Column("context_tokens", BigInteger),
     Column("budget_usd", Usd),
     Column("budget_tokens", BigInteger),

@@ -76,7 +76,10 @@ class Reply:
     If that request has `"stream": true`, the body is sent as the event stream the real API would send
     (see `stream_events`). `cut_after_events=n` sends only the first `n` events and then drops the
     connection without ending the chunked body, as a network failure would; on a non-streaming request
-    it sends the headers and half of the JSON body, then drops the connection. `headers` are added to the
+    it sends the headers and half of the JSON body, then drops the connection. `error_after_events=n`
+    sends the first `n` events, then an `error` event (`{"type": "error", "error": {"type": error_type,
+    ...}}`, `overloaded_error` by default) and ends the body properly, as the real API does when a stream
+    fails mid-way; such a reply is not booked as served. `headers` are added to the
     response (a `request-id` is always sent). `delay_s` seconds pass before the first byte of the answer,
     as the real API takes its time (the request is recorded on arrival; other connections are served
     meanwhile).
@@ -86,11 +89,20 @@ class Reply:
     cut_after_events: int | None = None
     headers: Mapping[str, str] | None = None
     delay_s: float = 0.0
+    error_after_events: int | None = None
+    error_type: str = "overloaded_error"
 
     def __post_init__(self) -> None:
         delay = self.delay_s
         if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay < math.inf:
             raise ValueError(f"Reply: delay_s must be a finite number of seconds >= 0, not {delay!r}")
+        if self.cut_after_events is not None and self.error_after_events is not None:
+            raise ValueError("Reply: cut_after_events and error_after_events cannot both be set")
+
+    def error_event(self) -> dict[str, Any]:
+        """The `error` event a stream ends with under `error_after_events`."""
+        message = _ERROR_MESSAGES.get(self.error_type, f"{self.error_type} (simulated).")
+        return {"type": "error", "error": {"type": self.error_type, "message": message}}
 
 
 _ERROR_TYPES = {

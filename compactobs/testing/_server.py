@@ -236,7 +236,12 @@ class Simulator:
                 reply = Reply(self._ledger.answer(route, query, headers))
             except SimulationError as err:
                 reply = ErrorReply(err.status, error_type=err.error_type, message=err.message)
-        elif route == _MESSAGES and isinstance(reply, Reply) and reply.cut_after_events is None:
+        elif (
+            route == _MESSAGES
+            and isinstance(reply, Reply)
+            and reply.cut_after_events is None
+            and reply.error_after_events is None
+        ):
             # booked as served: what the organisation reports count. Never fails the reply: a queued body
             # may be deliberately malformed, and then it is simply not booked.
             with contextlib.suppress(Exception):
@@ -370,6 +375,8 @@ def _write_sse(handler: _Handler, reply: Reply, request_id: str) -> None:
     if cut is not None:
         events = events[: max(cut, 0)]
         handler.close_connection = True  # the body is never ended, even when every event was sent
+    if reply.error_after_events is not None:
+        events = [*events[: max(reply.error_after_events, 0)], reply.error_event()]
     parts = [_head(handler, 200, headers)]
     for event in events:
         chunk = encode_event(event)
