@@ -8,6 +8,7 @@ been 23,000 x 5e-6 + 1 x 25e-6 = $0.115025: none of it is billed, so none of it 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -134,3 +135,24 @@ def test_a_stream_that_completes_is_still_billed_whole(recording: tuple[Simulato
     # 25e-6 = 0.115 + 0.025 = 0.14; the bill 1.1275
     assert row.status != "ERROR" and float(row.cost_usd) == pytest.approx(1.1275, abs=1e-9)
     assert (row.compactions_count, row.compactions_errored, iteration_rows) == (1, None, 2)
+
+
+def test_an_async_stream_ending_in_an_error_event_is_an_error_call(recording: tuple[Simulator, str]) -> None:
+    sim, url = recording
+
+    async def read() -> None:
+        client = anthropic.AsyncAnthropic(
+            base_url=sim.base_url, api_key="k", max_retries=0, middleware=[compactobs.Middleware()]
+        )
+        stream = await client.beta.messages.create(**_args(), stream=True)
+        async for _ in stream:
+            pass
+
+    sim.enqueue(_reply(5))
+    with pytest.raises(anthropic.APIStatusError):
+        asyncio.run(read())
+    compactobs.flush()
+    (row,), _ = _stored(url)
+    assert (row.status, row.error_type) == ("ERROR", "overloaded_error")
+    assert (row.cost_usd, row.input_tokens) == (None, None)
+    assert (row.compactions_count, row.compactions_errored) == (1, 1)
