@@ -365,10 +365,10 @@ class Telemetry:
         child records its own, with fresh locks (a lock held at the fork would never be released)."""
         self._reset_backlog()
 
-    def warn_once(self, key: str, message: str, *args: object) -> None:
+    def warn_once(self, key: str, message: str, *args: object, exc_info: bool = False) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            log.warning(message, *args)
+            log.warning(message, *args, exc_info=exc_info)
 
     def record(
         self,

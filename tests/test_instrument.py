@@ -552,3 +552,39 @@ def test_the_package_and_its_cli_import_the_sdk_only_with_the_middleware() -> No
     assert out.stdout.split() == ["False", "True", "True"], out.stderr
     with pytest.raises(AttributeError, match="no attribute 'Middlewar'"):
         compactobs.Middlewar  # noqa: B018
+
+
+class _FailsOnce(SimpleSpanProcessor):
+    """A span processor of the application's that raises on the first span it sees, as a buggy one can."""
+
+    def __init__(self, exporter: InMemorySpanExporter) -> None:
+        super().__init__(exporter)
+        self.failed = False
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("the application's span processor failed")
+        super().on_start(span, parent_context)
+
+
+def test_a_call_that_cannot_be_recorded_is_logged_and_the_next_ones_are_recorded(
+    sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(_FailsOnce(exporter))
+    compactobs.configure(tracer_provider=provider, store=False)
+    try:
+        client = anthropic.Anthropic(base_url=sim.base_url, api_key="k", middleware=[compactobs.Middleware()])
+        for _ in range(2):
+            sim.enqueue(compaction_reply())
+            client.beta.messages.create(**create_args())
+        compactobs.flush()
+        # the first call's span failed in the application's processor: one warning, with its traceback
+        warned = [r for r in caplog.records if "could not record a call" in r.getMessage()]
+        assert len(warned) == 1 and warned[0].exc_info is not None
+        (second,) = call_spans(exporter)
+        assert (second.attributes or {})[t.COST_USD] == pytest.approx(COMPACTION_COST, abs=1e-9)
+    finally:
+        compactobs.shutdown()
