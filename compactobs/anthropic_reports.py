@@ -281,7 +281,9 @@ def fetch(
                 "order": "asc",
                 **filters,
             }
-            usage = analytics.usage.list(group_by=list(dimensions) or anthropic.omit, **common)
+            # The SDK types group_by as Literal names; `dimensions` were checked against them by the caller.
+            group_by: Any = list(dimensions)
+            usage = analytics.usage.list(group_by=group_by or anthropic.omit, **common)
             for page in usage.iter_pages():
                 requests += 1
                 if page.data_refreshed_at is not None:
@@ -296,27 +298,28 @@ def fetch(
                     figure.amounts["cache_write_1h"] += metrics.cache_creation.ephemeral_1h_input_tokens
                     figure.amounts["output"] += metrics.output_tokens
                     figure.amounts["web_search"] += metrics.server_tool_use.web_search_requests
-            cost = analytics.cost.list(group_by=[*dimensions, "cost_type", "token_type"], **common)
-            for page in cost.iter_pages():
+            cost = analytics.cost.list(group_by=[*group_by, "cost_type", "token_type"], **common)
+            for cost_page in cost.iter_pages():
                 requests += 1
-                for item in page.data:
-                    figure = cell(item.starting_at, _key(item.group, dimensions))
-                    if item.cost.currency != "USD":
+                for cost_item in cost_page.data:
+                    figure = cell(cost_item.starting_at, _key(cost_item.group, dimensions))
+                    currency = cost_item.cost.currency
+                    if currency != "USD":
                         raise ReportFetchError(
-                            f"Anthropic reported a cost in {item.cost.currency}; reconcile compares USD only"
+                            f"Anthropic reported a cost in {currency}; reconcile compares USD only"
                         )
-                    kind = item.group.cost_type
+                    kind = cost_item.group.cost_type
                     name = (
-                        _TOKEN_TYPE_CLASS.get(item.group.token_type or "", "other")
+                        _TOKEN_TYPE_CLASS.get(cost_item.group.token_type or "", "other")
                         if kind == "tokens"
                         else "web_search"
                         if kind == "web_search"
                         else "other"
                     )
-                    listed = _dollars(item.cost.list_amount)
+                    listed = _dollars(cost_item.cost.list_amount)
                     figure.list_by_class[name] = figure.list_by_class.get(name, Decimal(0)) + listed
                     figure.list_usd += listed
-                    figure.amount_usd += _dollars(item.cost.amount)
+                    figure.amount_usd += _dollars(cost_item.cost.amount)
     except anthropic.APIError as err:
         raise _api_error(err) from None
     return Fetched(figures, refreshed, requests)

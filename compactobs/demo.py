@@ -43,9 +43,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import anthropic
+from anthropic.types import MessageParam, TextBlockParam
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -150,7 +151,7 @@ def _text(tokens: int, topic: str, lead: str = "") -> str:
     return " ".join(parts)[:length]
 
 
-def _cached(text: str, ttl: str = "5m") -> list[dict[str, Any]]:
+def _cached(text: str, ttl: Literal["5m", "1h"] = "5m") -> list[TextBlockParam]:
     return [{"type": "text", "text": text, "cache_control": {"type": "ephemeral", "ttl": ttl}}]
 
 
@@ -370,7 +371,7 @@ async def _triage_async(run: _Run) -> None:
     async def one(index: int) -> None:
         shows = "async, 3 at once, GA namespace, prompt cache; one 429 retried by the SDK"
         with run.conversation(f"triage-{index}", model, shows):
-            history: list[dict[str, Any]] = []
+            history: list[MessageParam] = []
             for alert in range(1, 4):
                 history.append(
                     {"role": "user", "content": _text(800, "triage", f"Alert {index}.{alert} fired:")}
@@ -381,7 +382,8 @@ async def _triage_async(run: _Run) -> None:
                     )
                 finally:
                     run.called()
-                history.append({"role": "assistant", "content": [b.to_dict() for b in result.content]})
+                reply: Any = [b.to_dict() for b in result.content]  # sent back as the SDK gave them
+                history.append({"role": "assistant", "content": reply})
 
     run.sim.scenario = ConversationScenario(reply_tokens=200)
     run.sim.enqueue(ErrorReply(429, retry_after=0))  # the first request is rate limited; the SDK retries it
@@ -392,7 +394,7 @@ async def _triage_async(run: _Run) -> None:
     shows = "a 529 with retries off (error call), retried by the app"
     with run.conversation("triage-overloaded", model, shows):
         strict = run.async_client(max_retries=0)
-        messages = [{"role": "user", "content": _text(900, "triage", "Alert 4 fired:")}]
+        messages: list[MessageParam] = [{"role": "user", "content": _text(900, "triage", "Alert 4 fired:")}]
         run.sim.enqueue(ErrorReply(529))
         try:
             await strict.messages.create(model=model, max_tokens=512, system=system, messages=messages)

@@ -474,14 +474,14 @@ def _compaction_rows(
         .group_by(t.conversation_id)
         .subquery("totals")
     )
-    order = (m.start_ms, m.call_id)
+    located_order = (m.start_ms, m.call_id)
     located_rows = (
         select(
             m.conversation_id,
             totals.c.calls.label("conversation_calls"),
             totals.c.cost.label("conversation_cost"),
             func.sum(m.gap)
-            .over(partition_by=m.conversation_id, order_by=order, rows=(None, 0))
+            .over(partition_by=m.conversation_id, order_by=located_order, rows=(None, 0))
             .label("position"),
             m.call_id,
             m.start_ms,
@@ -711,7 +711,7 @@ def _compaction_findings(records: Iterable[Sequence[Any]], thresholds: Threshold
 
 def _billed_tokens() -> ColumnElement[Any]:
     columns = [func.coalesce(calls.c[name], 0) for name in BILLED_TOKEN_COLUMNS]
-    total = columns[0]
+    total: ColumnElement[Any] = columns[0]
     for column in columns[1:]:
         total = total + column
     return total
@@ -1044,9 +1044,11 @@ class AnomalyData(Protocol):
     """What the rules read, as records: the store's queries here (`_StoreData`), or a source's
     (`compactobs.reports.clickhouse.anomalies`) giving the same records."""
 
-    concurrent: bool
-    """Whether its grouped queries may run on another thread while the compaction rows are read and
-    judged, so that the engine's work and Python's overlap (taken as False when absent)."""
+    @property
+    def concurrent(self) -> bool:
+        """Whether its grouped queries may run on another thread while the compaction rows are read and
+        judged, so that the engine's work and Python's overlap (taken as False when absent)."""
+        ...
 
     def compaction_rows(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]: ...
     def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[Any]]: ...

@@ -321,10 +321,10 @@ def _per_call_lookups(statement: Any) -> tuple[Any, list[tuple[str, Any]]]:
             and clause.right is calls.c.call_id
         )
 
-    def replace(element: Any) -> Any:
+    def replace(element: Any, **kw: Any) -> Any:
         if not isinstance(element, ScalarSelect):
             return None
-        inner = element.element
+        inner: Any = element.element  # a Select: its WHERE criteria are read through SQLAlchemy's attribute
         conditions = list(inner._where_criteria)
         if not any(correlated(c) for c in conditions):
             return None
@@ -338,7 +338,8 @@ def _per_call_lookups(statement: Any) -> tuple[Any, list[tuple[str, Any]]]:
         lookups.append((name, grouped))
         return literal_column(f"calls.{name}", type_=element.type)
 
-    return replacement_traverse(statement, {}, replace), lookups
+    options: dict[str, Any] = {}
+    return replacement_traverse(statement, options, replace), lookups
 
 
 def _clickhouse_frame(d: Dialect, statement: Any, reaches_back: bool) -> str:

@@ -358,6 +358,8 @@ class _Row:
     explanations: list[Explanation] = field(default_factory=list)
     moved: dict[str, int] = field(default_factory=dict)
     """Requests and amounts explained by a bucket edge: taken out before the later steps."""
+    moved_list: Decimal = _ZERO
+    """The list price of what `moved` holds."""
 
     @property
     def inside(self) -> ApiFigures:
@@ -403,13 +405,10 @@ def _explain(row: _Row, tolerance: Decimal, refreshed_at: datetime | None, windo
     explained_list = spool.cost_usd
     explained_amounts = dict.fromkeys(CLASSES, 0)
     if extra_requests > 0:
-        money = sum(
-            (
-                (api_rates[name] if api_rates[name] is not None else store_rates[name] or _ZERO) * extra[name]
-                for name in CLASSES
-            ),
-            _ZERO,
-        )
+        money = _ZERO
+        for name in CLASSES:
+            api_rate = api_rates[name]
+            money += (api_rate if api_rate is not None else store_rates[name] or _ZERO) * extra[name]
         explained_list += money
         explained_amounts = dict(extra)
         row.explanations.append(
@@ -423,7 +422,9 @@ def _explain(row: _Row, tolerance: Decimal, refreshed_at: datetime | None, windo
         )
     elif extra_requests < 0:
         late = refreshed_at is not None and row.bucket + window.step > refreshed_at
-        money = sum((store_rates[name] or _ZERO) * extra[name] for name in CLASSES)
+        money = _ZERO
+        for name in CLASSES:
+            money += (store_rates[name] or _ZERO) * extra[name]
         explained_list += money
         explained_amounts = dict(extra)
         why = (
@@ -503,7 +504,7 @@ def _explain(row: _Row, tolerance: Decimal, refreshed_at: datetime | None, windo
         )
     # What is left once the above are taken out (a difference in requests always has its explanation).
     residual = {name: extra[name] - explained_amounts[name] for name in CLASSES}
-    residual_list = inside.list_usd - store.cost_usd - explained_list - moved.get("list", _ZERO)
+    residual_list = inside.list_usd - store.cost_usd - explained_list - row.moved_list
     problems = [
         f"{_CLASS_LABEL[name]} {residual[name]:+,}"
         for name in CLASSES
@@ -552,7 +553,7 @@ def _bucket_edges(rows: dict[_Key, _Row], window: Window) -> None:
             target.moved["requests"] = target.moved.get("requests", 0) + sign * here
             for n in CLASSES:
                 target.moved[n] = target.moved.get(n, 0) + sign * shifted[n]
-            target.moved["list"] = target.moved.get("list", _ZERO) + sign * money
+            target.moved_list += sign * money
             target.explanations.append(
                 Explanation(
                     "bucket_edge",
@@ -620,10 +621,10 @@ def reconcile_report(
         totals_api.add(row.api)
         totals_out.add(row.outside)
         totals_store.add(row.store)
-        kinds = [e.kind for e in row.explanations]
-        status = "unexplained" if "unexplained" in kinds else "explained" if kinds else "match"
+        found = [e.kind for e in row.explanations]
+        status = "unexplained" if "unexplained" in found else "explained" if found else "match"
         out_rows.append(
-            {**keys, **_figures(row.api, row.store), "status": status, "explained": ";".join(kinds)}
+            {**keys, **_figures(row.api, row.store), "status": status, "explained": ";".join(found)}
         )
         explanations += [
             {**keys, "kind": e.kind, "message": e.message, "figures": e.figures} for e in row.explanations

@@ -220,7 +220,7 @@ def _differs(row: Any, values: dict[str, Any], columns: Iterable[str], stored: _
     return False
 
 
-_CALL_SET: Final = {column: bindparam(column) for column in _CALL_COLUMNS}
+_CALL_SET: Final[dict[str, Any]] = {column: bindparam(column) for column in _CALL_COLUMNS}
 _UPDATE_CALL: Final = update(calls).where(calls.c.call_id == bindparam("key_call_id")).values(_CALL_SET)
 _UPDATE_ITERATION: Final = (
     update(iterations)

@@ -100,11 +100,14 @@ def _scripts() -> ScriptDirectory:
 
 def _assigned(module: ast.Module, name: str) -> str | None:
     for node in module.body:
-        target = node.target if isinstance(node, ast.AnnAssign) else None
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target = node.targets[0]
-        if isinstance(target, ast.Name) and target.id == name and node.value is not None:  # type: ignore[union-attr]
-            value = ast.literal_eval(node.value)  # type: ignore[union-attr]
+        target: ast.expr | None = None
+        value_node: ast.expr | None = None
+        if isinstance(node, ast.AnnAssign):
+            target, value_node = node.target, node.value
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value_node = node.targets[0], node.value
+        if isinstance(target, ast.Name) and target.id == name and value_node is not None:
+            value = ast.literal_eval(value_node)
             return value if isinstance(value, str) else None
     return None
 

@@ -311,9 +311,9 @@ class ConversationEngine:
             iteration = _iteration("compaction", _CacheUse(), context, summary_tokens)
             content: list[Any] = []
             if not scenario.fail_compaction:
-                summary = _filler(summary_tokens, f"Summary of conversation {tag} (on demand):")
-                signature = "sig_" + hashlib.blake2b(summary.encode(), digest_size=12).hexdigest()
-                content = [{"type": "compaction", "content": summary, "signature": signature}]
+                on_demand = _filler(summary_tokens, f"Summary of conversation {tag} (on demand):")
+                signature = "sig_" + hashlib.blake2b(on_demand.encode(), digest_size=12).hexdigest()
+                content = [{"type": "compaction", "content": on_demand, "signature": signature}]
             usage = {**_top_level([]), **usage_extra}
             usage["iterations"] = [iteration]
             return message(model, content, usage, "compaction" if content else "end_turn")
@@ -333,7 +333,7 @@ class ConversationEngine:
             summary_tokens = scenario.summary_size(trigger)
             read = self._cache(model, segments, conversation, write=False)
             iterations.append(_iteration("compaction", read, context, summary_tokens))
-            summary = None
+            summary: str | None = None
             if not scenario.fail_compaction:
                 summary = _filler(summary_tokens, f"Summary of conversation {tag}:")
             content.append({"type": "compaction", "content": summary})

@@ -169,8 +169,8 @@ class Ledger:
         if stop <= start:
             raise SimulationError("ending_at must be after starting_at")
         if stop - start > _MAX_SPAN[width]:
-            limit = "24 hours" if width == "1m" else "31 days"
-            raise SimulationError(f"the range may span at most {limit} with time_bucket_width={width}")
+            most = "24 hours" if width == "1m" else "31 days"
+            raise SimulationError(f"the range may span at most {most} with time_bucket_width={width}")
         if start < datetime(2026, 1, 1, tzinfo=timezone.utc):
             raise SimulationError("starting_at must be no earlier than 2026-01-01T00:00:00Z")
         try:
