@@ -57,7 +57,7 @@ from compactobs.store.processor import (
     StoreSpanProcessor,
 )
 from compactobs.store.schema import ensure_schema, head_revision
-from compactobs.store.spool import ENV_SPOOL_MAX_BYTES, Spool, spool_key, spool_max_bytes
+from compactobs.store.spool import ENV_SPOOL_DIR, ENV_SPOOL_MAX_BYTES, Spool, spool_key, spool_max_bytes
 from compactobs.store.watchdog import SocketWatchdog
 from compactobs.store.writer import writer_for
 
@@ -66,6 +66,7 @@ __all__ = [
     "DEFAULT_MAX_QUEUE_SIZE",
     "DEFAULT_SCHEDULE_DELAY_MS",
     "DEFAULT_WRITE_TIMEOUT_S",
+    "ENV_SPOOL_DIR",
     "ENV_SPOOL_MAX_BYTES",
     "ExporterStats",
     "SqlSpanExporter",
@@ -73,6 +74,7 @@ __all__ = [
     "install",
     "shutdown_all",
     "spool_for",
+    "spool_root",
 ]
 
 log = logging.getLogger("compactobs.store")
@@ -121,8 +123,16 @@ def _spool(
     path = sqlite_path(url) if url is not None and is_sqlite(url) else None
     # An SQLite file is named by its absolute path, so the same file gets one spool from any directory.
     key = spool_key(f"sqlite:///{path}" if path is not None else shown)
-    root = Path(spool_dir) if spool_dir is not None else data_dir() / "spool"
-    return Spool(root / key, max_bytes=spool_max_bytes(max_bytes), label=shown)
+    return Spool(spool_root(spool_dir) / key, max_bytes=spool_max_bytes(max_bytes), label=shown)
+
+
+def spool_root(spool_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where spools live (each database's in a subdirectory): `spool_dir`, else `COMPACTOBS_SPOOL_DIR`,
+    else `spool/` in the data directory. Absolute, so a later chdir does not move it."""
+    given = spool_dir if spool_dir is not None else os.environ.get(ENV_SPOOL_DIR) or None
+    if given is None:
+        return data_dir() / "spool"
+    return Path(given).expanduser().absolute()
 
 
 def spool_for(database_url: str | None = None, spool_dir: str | os.PathLike[str] | None = None) -> Spool:
@@ -158,7 +168,8 @@ class SqlSpanExporter(SpanExporter):
     (until then rows wait in the spool, and the log says what to run). Construction never raises, so an
     application with a bad URL keeps running: the problem is logged and rows are spooled.
 
-    `spool_dir`: where spools live (default `<data dir>/spool`; each database gets its own subdirectory).
+    `spool_dir`: where spools live (default `COMPACTOBS_SPOOL_DIR`, else `<data dir>/spool`; each database
+    gets its own subdirectory).
     `spool_max_bytes`: the spool's bound (default `COMPACTOBS_SPOOL_MAX_BYTES`, else 256 MiB).
     `write_timeout_s`: how long a write may wait (a lock, a slow or silent server) before its rows are
     spooled; `busy_timeout_s` overrides it for SQLite's busy timeout alone.

@@ -43,6 +43,7 @@ except ImportError:  # Windows: no flock; one process per spool directory is ass
 
 __all__ = [
     "DEFAULT_SPOOL_MAX_BYTES",
+    "ENV_SPOOL_DIR",
     "ENV_SPOOL_MAX_BYTES",
     "Replay",
     "Spool",
@@ -54,6 +55,7 @@ log = logging.getLogger("compactobs.store")
 
 DEFAULT_SPOOL_MAX_BYTES: Final = 256 * 1024 * 1024
 ENV_SPOOL_MAX_BYTES: Final = "COMPACTOBS_SPOOL_MAX_BYTES"
+ENV_SPOOL_DIR: Final = "COMPACTOBS_SPOOL_DIR"
 SEGMENT_BYTES: Final = 4 * 1024 * 1024
 """A segment is sealed (and can be replayed by anyone) once it grows past this."""
 REPLAY_CHUNK_CALLS: Final = 2000
