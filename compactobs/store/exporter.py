@@ -60,6 +60,7 @@ from compactobs.store.schema import ensure_schema, head_revision
 from compactobs.store.spool import ENV_SPOOL_DIR, ENV_SPOOL_MAX_BYTES, Spool, spool_key, spool_max_bytes
 from compactobs.store.watchdog import SocketWatchdog
 from compactobs.store.writer import writer_for
+from compactobs.untrusted import escape
 
 __all__ = [
     "DEFAULT_MAX_EXPORT_BATCH_SIZE",
@@ -466,7 +467,7 @@ class SqlSpanExporter(SpanExporter):
             self.database_url,
             len(refused_calls),
             len(refused_iterations),
-            reason,
+            escape(reason),  # the database's words may quote a row's value
             where,
         )
 
