@@ -254,9 +254,9 @@ def instrument(
     guard, which also reads the budgets file `COMPACTOBS_BUDGETS_FILE` (see `compactobs.guard`).
     `spool_max_bytes`: the bound of the on-disk spool that keeps rows while the database is away (default
     `COMPACTOBS_SPOOL_MAX_BYTES`, else 256 MiB). `spool_dir`: where that spool lives (default
-    `COMPACTOBS_SPOOL_DIR`, else `spool/` in the data directory; each database gets a subdirectory). Raises on bad configuration (a malformed pricing or
-    budgets file, a bad database URL, a PostgreSQL driver that is not installed), once, here, never inside
-    a call.
+    `COMPACTOBS_SPOOL_DIR`, else `spool/` in the data directory; each database gets a subdirectory).
+    Raises on bad configuration (a malformed pricing or budgets file, a bad database URL, a PostgreSQL
+    driver that is not installed), once, here, never inside a call.
     """
     if state.get_telemetry_if_set() is None:
         configure(

@@ -35,6 +35,7 @@ from compactobs.store import (
     open_database,
     upgrade_database,
 )
+from compactobs.untrusted import escape
 
 __all__ = ["CliState", "main"]
 
@@ -785,7 +786,9 @@ def pricing_check(ctx: click.Context, state: CliState, models: tuple[str, ...], 
         else:
             headers = ["model", "price", "stored calls", "recorded unpriced"]
             rows = [
-                [m.model, m.source or "NONE", f"{m.calls:,}", f"{m.unpriced_calls:,}"] for m in result.models
+                # Models come from responses: escaped, so one cannot steer the terminal.
+                [escape(m.model, limit=100), m.source or "NONE", f"{m.calls:,}", f"{m.unpriced_calls:,}"]
+                for m in result.models
             ]
             _echo_columns([headers, *rows], left=2)
         if unpriced:
@@ -793,7 +796,8 @@ def pricing_check(ctx: click.Context, state: CliState, models: tuple[str, ...], 
                 f"\n{len(unpriced)} of {len(result.models)} models {'has' if len(unpriced) == 1 else 'have'} "
                 "no price: "
                 f"add them to a TOML file named by {PRICING_FILE_ENV} "
-                f'(e.g. [models."{unpriced[0].model}"] input = 3.0, output = 15.0, USD per million tokens)'
+                f'(e.g. [models."{escape(unpriced[0].model, limit=100)}"] input = 3.0, output = 15.0, '
+                "USD per million tokens)"
             )
         if any(m.priced and m.unpriced_calls for m in result.models):
             click.echo("Calls recorded without a price now have one: run `compactobs reprice` to price them.")

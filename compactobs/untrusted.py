@@ -50,10 +50,7 @@ def escape(text: object, limit: int = LOG_MAX_CHARS) -> str:
     except Exception:
         return f"<unprintable {type(text).__name__}>"
     cut = value[:limit]
-    if cut.isprintable() and "\\" not in cut:
-        shown = cut
-    else:
-        shown = "".join(map(_escape_char, cut))
+    shown = cut if cut.isprintable() and "\\" not in cut else "".join(map(_escape_char, cut))
     if len(value) > limit:
         shown += f"... ({len(value):,} chars)"
     return shown

@@ -23,6 +23,7 @@ from compactobs import store
 from compactobs import telemetry as t
 from compactobs.testing import Reply, Simulator, message
 from compactobs.untrusted import MAX_ID_CHARS, bounded_id, escape
+from tests.cli import run
 
 HOSTILE_TYPE = "evil\x1b[31mRED\nWARNING:compactobs:forged line\x9b2J"
 HOSTILE_MODEL = "claude-opus-4-8\x1b]0;owned\x07\nINJECT"
@@ -66,7 +67,9 @@ def test_hostile_response_strings_are_escaped_bounded_and_priced(
     try:
         sim.enqueue(Reply(message(model=HOSTILE_MODEL, id=HUGE_ID, stop_reason=HOSTILE_STOP, usage=USAGE)))
         client = anthropic.Anthropic(base_url=sim.base_url, api_key="k")
-        request = {"model": "claude-opus-4-8", "max_tokens": 1024, "messages": [{"role": "user", "content": "hi"}]}
+        request: dict[str, Any] = {
+            "model": "claude-opus-4-8", "max_tokens": 1024, "messages": [{"role": "user", "content": "hi"}]
+        }
         if stream:
             with client.messages.stream(**request) as events:
                 reply = events.get_final_message()
@@ -110,6 +113,11 @@ def test_hostile_response_strings_are_escaped_bounded_and_priced(
     assert Decimal(str(row["cost_usd"])) == Decimal("0.03")
     assert (row["input_tokens"], row["output_tokens"]) == (3000, 600)
     assert types == [HOSTILE_TYPE, "message"]
+
+    # `pricing check` lists the stored models: the hostile one escaped, on its own line.
+    _, out, _ = run("--db", database_url, "pricing", "check", "--format", "table")
+    assert "claude-opus-4-8\\x1b]0;owned\\x07\\nINJECT" in out
+    assert not any(char in out for char in "\x1b\x07\r"), out
 
 
 def test_escape() -> None:
