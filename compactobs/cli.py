@@ -147,15 +147,22 @@ def db_status(state: CliState) -> None:
     Exits 0 when the schema is this version's, else 2 with the fix on one line.
     """
     refuse_on_clickhouse(state, "db status")
-    status = database_status(state.database_url)
+    from compactobs.cli_spool import spool_lines
+
     click.echo(f"database: {state.shown_url}")
+    try:
+        status = database_status(state.database_url)
+    except StoreError:
+        # The database is away: what waits for it in the spool is what the user needs to see now.
+        for line in spool_lines(state.database_url)[0]:
+            click.echo(line)
+        raise
     if status is None:
         click.echo("schema:   no database file yet")
     else:
         click.echo(f"schema:   {status.current or 'none'} (this compactobs: {status.head}) - {status.state}")
-    from compactobs.cli_spool import spool_lines
-
-    for line in spool_lines(state.database_url):
+    lines, spool_problem = spool_lines(state.database_url)
+    for line in lines:
         click.echo(line)
     if status is not None and status.ok:
         click.echo(f"rollups:  {_rollup_status(state.database_url)}")
@@ -167,6 +174,8 @@ def db_status(state: CliState) -> None:
         )
     if not status.ok:
         raise StoreError(status.fix or status.state)
+    if spool_problem is not None:
+        raise StoreError(spool_problem)
 
 
 def _register_spool() -> None:

@@ -57,7 +57,14 @@ from compactobs.store.processor import (
     StoreSpanProcessor,
 )
 from compactobs.store.schema import ensure_schema, head_revision
-from compactobs.store.spool import ENV_SPOOL_DIR, ENV_SPOOL_MAX_BYTES, Spool, spool_key, spool_max_bytes
+from compactobs.store.spool import (
+    ENV_SPOOL_DIR,
+    ENV_SPOOL_MAX_BYTES,
+    Spool,
+    spool_key,
+    spool_max_bytes,
+    unwritable,
+)
 from compactobs.store.watchdog import SocketWatchdog
 from compactobs.store.writer import writer_for
 from compactobs.untrusted import escape
@@ -229,6 +236,9 @@ class SqlSpanExporter(SpanExporter):
         self._delay = RETRY_FIRST_S
         self._outage = False
         self._closed = False
+        self._unwritable: str | None = None
+        """What is wrong with the spool while it cannot be written (logged once)."""
+        self._lost_to_unwritable = 0
 
     def _after_fork_in_child(self) -> None:
         """A forked child must not use its parent's pooled connections (two processes on one socket):
@@ -261,16 +271,8 @@ class SqlSpanExporter(SpanExporter):
             if not call_rows and not iteration_rows:
                 return
             with self._spill_lock:
-                try:
-                    kept = self.spool.append(call_rows, iteration_rows)
-                except OSError as err:
-                    log.error("compactobs: cannot write the spool %s (%s)", self.spool.directory, err)
-                    kept = False
-                if kept:
+                if self._append_or_count(call_rows, iteration_rows):
                     self.stats.overflowed += len(call_rows)
-                    self._replay_pending = True
-                else:
-                    self.stats.dropped += len(call_rows)
         except Exception:
             log.warning("compactobs: could not spool %d spans", len(spans), exc_info=True)
 
@@ -294,6 +296,13 @@ class SqlSpanExporter(SpanExporter):
             if self._closed:
                 return
             self.force_flush()
+            if self._unwritable is not None:
+                log.error(
+                    "compactobs: %d call(s) for %s were lost: %s",
+                    self._lost_to_unwritable,
+                    self.database_url,
+                    self._unwritable,
+                )
             if self._safe_has_replayable():
                 log.warning(
                     "compactobs: %s is unavailable; rows wait in %s and are written by the next compactobs "
@@ -363,19 +372,38 @@ class SqlSpanExporter(SpanExporter):
             return False
 
     def _spool_append(self, call_rows: list[Row], iteration_rows: list[Row]) -> bool:
+        kept = self._append_or_count(call_rows, iteration_rows)
+        if kept:
+            self.stats.spooled += len(call_rows)
+        return kept
+
+    def _append_or_count(self, call_rows: list[Row], iteration_rows: list[Row]) -> bool:
+        """Append to the spool; rows it cannot keep (full, or not writable) are counted as dropped. An
+        unwritable spool is logged once, with what is wrong and the fix, and again once it is fixed."""
         try:
             kept = self.spool.append(call_rows, iteration_rows)
         except OSError as err:
-            log.error(
-                "compactobs: cannot write the spool %s (%s): %d calls lost",
-                self.spool.directory,
-                err,
-                len(call_rows),
-            )
-            kept = False
+            self.stats.dropped += len(call_rows)
+            self._lost_to_unwritable += len(call_rows)
+            if self._unwritable is None:
+                self._unwritable = unwritable(self.spool.directory, err)
+                log.error(
+                    "compactobs: %s; %d call(s) for %s lost so far, and every call the database cannot take "
+                    "until then",
+                    self._unwritable,
+                    self._lost_to_unwritable,
+                    self.database_url,
+                )
+            return False
         if kept:
-            self.stats.spooled += len(call_rows)
             self._replay_pending = True
+            if self._unwritable is not None:
+                log.warning(
+                    "compactobs: the spool %s is writable again; %d call(s) were lost while it was not",
+                    self.spool.directory,
+                    self._lost_to_unwritable,
+                )
+                self._unwritable, self._lost_to_unwritable = None, 0
         else:
             self.stats.dropped += len(call_rows)
         return kept
