@@ -85,7 +85,9 @@ def spool_show(state: object, rejected: bool) -> None:
     for file in files:
         waiting = file.path.parent == found.directory
         name = file.path.name if waiting else f"rejected/{file.path.name}"
-        about = f"{file.calls:,} calls, {file.iterations:,} iterations, {file.bytes:,} bytes"
+        about = f"{file.calls:,} calls, {file.iterations:,} iterations"
+        if waiting:
+            about += f", {file.bytes:,} bytes"
         if file.damaged:
             about += f", {len(file.damaged):,} damaged line(s)"
         reason = "" if waiting else f": {escape(file.reason or 'no reason recorded')}"
