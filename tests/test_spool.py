@@ -1,7 +1,7 @@
 """The spool keeps everything: damaged lines are moved, bytes intact, to its rejected area; its directory is
 settable; an unwritable spool says what is wrong and how to fix it; the directories compactobs creates are
 private. On SQLite and PostgreSQL, each made unavailable for real (another process holds SQLite's write
-lock; PostgreSQL's connections are cut and refused), so rows go to the spool.
+lock; PostgreSQL's connections are cut and refused by a proxy), so rows go to the spool.
 """
 
 from __future__ import annotations
@@ -9,10 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import socket
 import stat
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,63 +25,7 @@ from compactobs.store import SqlSpanExporter
 from compactobs.testing import Reply, Simulator, message
 from tests.cli import one_line_error, run
 from tests.faults import sqlite_locked_by_another_process
-from tests.test_store_exporter import collected_spans, count
-
-
-class SwitchableProxy:
-    """A loopback TCP proxy to PostgreSQL that can go down: its open connections are cut and new ones
-    closed at once, as clients see a server that stopped; then it forwards again."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.up = True
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._open: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def url(self, url: str) -> str:
-        return make_url(url).set(host="127.0.0.1", port=self.port).render_as_string(hide_password=False)
-
-    def stop(self) -> None:
-        self.up = False
-        with self._lock:
-            cut, self._open = self._open, set()
-        for sock in cut:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.stop()
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if not self.up:
-                client.close()
-                continue
-            upstream = socket.create_connection(self.target)
-            with self._lock:
-                self._open |= {client, upstream}
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+from tests.test_store_exporter import Proxy, collected_spans, count
 
 
 class Outage:
@@ -101,20 +43,22 @@ def outage(database_url: str) -> Iterator[Outage]:
         yield Outage(database_url, lambda: sqlite_locked_by_another_process(database_url))
         return
     parsed = make_url(database_url)
-    proxy = SwitchableProxy((parsed.host or "127.0.0.1", parsed.port or 5432))
+    proxy = Proxy((parsed.host or "127.0.0.1", parsed.port or 5432))
+    proxy.start()
 
     @contextlib.contextmanager
     def down() -> Iterator[None]:
-        proxy.stop()
+        proxy.stop()  # open connections cut, new ones refused
         try:
             yield
         finally:
-            proxy.up = True
+            proxy.start()
 
+    proxied = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     try:
-        yield Outage(proxy.url(database_url), down)
+        yield Outage(proxied, down)
     finally:
-        proxy.close()
+        proxy.stop()
 
 
 @pytest.fixture
