@@ -622,7 +622,7 @@ class Telemetry:
                 attributes[CONTEXT_TOKENS] = context_tokens
             if usage.unknown_types:
                 self.warn_once(
-                    "unknown-type:" + ",".join(usage.unknown_types),
+                    "unknown-type:" + escape(",".join(usage.unknown_types)),  # a bounded key
                     "compactobs: usage.iterations has entry types this SDK does not know (%s); "
                     "billed at the response model",
                     ", ".join(map(escape, usage.unknown_types)),

@@ -334,9 +334,9 @@ class Spool:
         existing parent, must be a directory in which a file can be created. Leaves nothing behind (the
         probe file has no name, or is removed at once)."""
         existing = self.directory
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
         try:
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
             if not existing.is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
             with tempfile.TemporaryFile(dir=existing):
