@@ -140,3 +140,39 @@ def test_bounded_id() -> None:
     assert bounded_id(bounded_id(longer)) == bounded_id(longer)
     # Two long ids with the same start stay apart.
     assert bounded_id("j" * 300 + "a") != bounded_id("j" * 300 + "b")
+
+
+def test_a_refusal_quoting_a_hostile_value_is_escaped(
+    postgres_url: str, tmp_path: Any, sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL's error text can quote a row's value (here a DBA's trigger does): the log line and
+    `spool status` show it escaped. (SQLite's RAISE takes a literal message only: no value to quote.)"""
+    store.upgrade_database(postgres_url)
+    engine = store.make_engine(postgres_url, create=False)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
+            "RAISE EXCEPTION 'refused stop reason %%', NEW.stop_reason; END $$ LANGUAGE plpgsql"
+        )
+        connection.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE INSERT ON calls FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+    engine.dispose()
+    caplog.set_level(logging.ERROR, logger="compactobs.store")
+    spool_dir = tmp_path / "spool"
+    compactobs.instrument(postgres_url, spool_dir=spool_dir)
+    try:
+        sim.enqueue(Reply(message(stop_reason="\x1b]0;owned\x07stop")))
+        anthropic.Anthropic(base_url=sim.base_url, api_key="k").messages.create(
+            model="claude-opus-4-8", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+        )
+        compactobs.flush()
+    finally:
+        compactobs.uninstrument()
+        compactobs.shutdown()
+    [refused] = [r.getMessage() for r in caplog.records if "refused 1 calls" in r.getMessage()]
+    assert "refused stop reason \\x1b]0;owned\\x07stop" in refused
+    assert "\x1b" not in refused and "\x07" not in refused
+    _, out, _ = run("--db", postgres_url, "spool", "status", env={"COMPACTOBS_SPOOL_DIR": str(spool_dir)})
+    assert "1 call(s): " in out and "refused stop reason \\x1b]0;owned\\x07stop" in out
+    assert "\x1b" not in out and "\x07" not in out
