@@ -134,6 +134,14 @@ def test_a_damaged_line_is_moved_bytes_intact_and_shown(
     assert f'  line 2 ({len(CUT)} bytes): {{"v":1,"calls":{{"columns":["call_id"' in out
     assert not any(char in out for char in "\x1b\r")
 
+    # Replaying the set-aside files keeps them: the damaged lines come back to rejected/, bytes intact.
+    code, out, _ = run("--db", outage.url, "spool", "replay", "--rejected", env=env)
+    assert code == 0 and "0 call(s) written" in out, out
+    [again] = (spool_dir / segment.parent.name / "rejected").iterdir()
+    assert again.read_bytes().split(b"\n")[:2] == [DAMAGED, CUT]
+    code, out, _ = run("--db", outage.url, "spool", "status", env=env)
+    assert code == 0 and "damaged:  2 line(s)" in out, out
+
 
 # --- where the spool is, and its modes ----------------------------------------------------------------
 
