@@ -30,7 +30,8 @@ def spool_lines(database_url: str) -> tuple[list[str], str | None]:
             "(written when the database is reachable, or by `compactobs spool replay`)"
         )
     elif found.problem is None:
-        lines.append("spool:    empty")
+        # Where it looked: an application may keep its spool elsewhere (spool_dir=, COMPACTOBS_SPOOL_DIR).
+        lines.append(f"spool:    empty ({found.directory})")
     refused = [f for f in found.set_aside if f.calls or not f.damaged]
     if refused:
         lines.append(
