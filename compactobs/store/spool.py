@@ -172,22 +172,24 @@ def split_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
             yield number, line
 
 
-_FIXES: Final = {
-    errno.ENOTDIR: "a part of that path is a file, not a directory",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "the operation is not permitted (an immutable directory?)",
-    errno.EROFS: "the file system is read-only",
-    errno.ENOSPC: "the disk is full",
-    errno.EDQUOT: "the disk quota is exceeded",
+_WRITABLE: Final = "make it a directory this user can write"
+_ROOM: Final = "free space on its disk"
+_PROBLEMS: Final = {
+    errno.ENOTDIR: ("a part of that path is a file, not a directory", _WRITABLE),
+    errno.EACCES: ("permission denied", _WRITABLE),
+    errno.EPERM: ("the operation is not permitted (an immutable directory?)", _WRITABLE),
+    errno.EROFS: ("the file system is read-only", _WRITABLE),
+    errno.ENOSPC: ("the disk is full", _ROOM),
+    errno.EDQUOT: ("the disk quota is exceeded", _ROOM),
 }
 
 
 def unwritable(directory: Path, err: OSError) -> str:
     """What is wrong with a spool that cannot be written, and how to fix it: one line."""
-    what = _FIXES.get(err.errno or 0) or err.strerror or str(err)
+    what, fix = _PROBLEMS.get(err.errno or 0, (err.strerror or str(err), _WRITABLE))
     where = f" at {err.filename}" if err.filename and str(err.filename) != str(directory) else ""
     return (
-        f"the spool {directory} cannot be written ({what}{where}): make it a directory this user can write, "
+        f"the spool {directory} cannot be written ({what}{where}): {fix}, "
         f"or move the spool with {ENV_SPOOL_DIR} or instrument(spool_dir=...)/configure(spool_dir=...)"
     )
 
