@@ -130,6 +130,7 @@ def _setup(
     export: bool = True,
     guard: GuardPolicy | Mapping[str, Any] | None = None,
     spool_max_bytes: int | None = None,
+    spool_dir: str | os.PathLike[str] | None = None,
 ) -> Telemetry:
     """Providers, the SQL store on the tracer provider, the pricer and the guard. Raises on bad
     configuration."""
@@ -148,7 +149,7 @@ def _setup(
     if store:
         from compactobs.store import install
 
-        processor = install(tracer, database_url, spool_max_bytes=spool_max_bytes)
+        processor = install(tracer, database_url, spool_max_bytes=spool_max_bytes, spool_dir=spool_dir)
         _flushables.append(processor)
         _own_providers.append(processor)
     _install_exit_hooks()
@@ -208,6 +209,7 @@ def configure(
     store: bool = True,
     guard: GuardPolicy | Mapping[str, Any] | None = None,
     spool_max_bytes: int | None = None,
+    spool_dir: str | os.PathLike[str] | None = None,
 ) -> None:
     """Set where compactobs records (see `instrument`) without instrumenting any client.
 
@@ -226,6 +228,7 @@ def configure(
                 store,
                 guard=guard,
                 spool_max_bytes=spool_max_bytes,
+                spool_dir=spool_dir,
             )
         )
 
@@ -239,6 +242,7 @@ def instrument(
     store: bool = True,
     guard: GuardPolicy | Mapping[str, Any] | None = None,
     spool_max_bytes: int | None = None,
+    spool_dir: str | os.PathLike[str] | None = None,
 ) -> None:
     """Record every Anthropic and AsyncAnthropic client's Messages calls. Idempotent.
 
@@ -249,9 +253,10 @@ def instrument(
     `compactobs.otlp`). `guard`: a service-wide `GuardPolicy` (or a dict of its fields) for the runtime
     guard, which also reads the budgets file `COMPACTOBS_BUDGETS_FILE` (see `compactobs.guard`).
     `spool_max_bytes`: the bound of the on-disk spool that keeps rows while the database is away (default
-    `COMPACTOBS_SPOOL_MAX_BYTES`, else 256 MiB). Raises on bad configuration (a malformed pricing or
-    budgets file, a bad database URL, a PostgreSQL driver that is not installed), once, here, never inside
-    a call.
+    `COMPACTOBS_SPOOL_MAX_BYTES`, else 256 MiB). `spool_dir`: where that spool lives (default
+    `COMPACTOBS_SPOOL_DIR`, else `spool/` in the data directory; each database gets a subdirectory).
+    Raises on bad configuration (a malformed pricing or budgets file, a bad database URL, a PostgreSQL
+    driver that is not installed), once, here, never inside a call.
     """
     if state.get_telemetry_if_set() is None:
         configure(
@@ -262,6 +267,7 @@ def instrument(
             store=store,
             guard=guard,
             spool_max_bytes=spool_max_bytes,
+            spool_dir=spool_dir,
         )
     from compactobs.instrument import auto
 

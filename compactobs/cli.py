@@ -35,6 +35,7 @@ from compactobs.store import (
     open_database,
     upgrade_database,
 )
+from compactobs.untrusted import escape
 
 __all__ = ["CliState", "main"]
 
@@ -146,15 +147,22 @@ def db_status(state: CliState) -> None:
     Exits 0 when the schema is this version's, else 2 with the fix on one line.
     """
     refuse_on_clickhouse(state, "db status")
-    status = database_status(state.database_url)
+    from compactobs.cli_spool import spool_lines
+
     click.echo(f"database: {state.shown_url}")
+    try:
+        status = database_status(state.database_url)
+    except StoreError:
+        # The database is away: what waits for it in the spool is what the user needs to see now.
+        for line in spool_lines(state.database_url)[0]:
+            click.echo(line)
+        raise
     if status is None:
         click.echo("schema:   no database file yet")
     else:
         click.echo(f"schema:   {status.current or 'none'} (this compactobs: {status.head}) - {status.state}")
-    from compactobs.cli_spool import spool_lines
-
-    for line in spool_lines(state.database_url):
+    lines, spool_problem = spool_lines(state.database_url)
+    for line in lines:
         click.echo(line)
     if status is not None and status.ok:
         click.echo(f"rollups:  {_rollup_status(state.database_url)}")
@@ -166,6 +174,8 @@ def db_status(state: CliState) -> None:
         )
     if not status.ok:
         raise StoreError(status.fix or status.state)
+    if spool_problem is not None:
+        raise StoreError(spool_problem)
 
 
 def _register_spool() -> None:
@@ -785,7 +795,9 @@ def pricing_check(ctx: click.Context, state: CliState, models: tuple[str, ...], 
         else:
             headers = ["model", "price", "stored calls", "recorded unpriced"]
             rows = [
-                [m.model, m.source or "NONE", f"{m.calls:,}", f"{m.unpriced_calls:,}"] for m in result.models
+                # Models come from responses: escaped, so one cannot steer the terminal.
+                [escape(m.model, limit=100), m.source or "NONE", f"{m.calls:,}", f"{m.unpriced_calls:,}"]
+                for m in result.models
             ]
             _echo_columns([headers, *rows], left=2)
         if unpriced:
@@ -793,7 +805,8 @@ def pricing_check(ctx: click.Context, state: CliState, models: tuple[str, ...], 
                 f"\n{len(unpriced)} of {len(result.models)} models {'has' if len(unpriced) == 1 else 'have'} "
                 "no price: "
                 f"add them to a TOML file named by {PRICING_FILE_ENV} "
-                f'(e.g. [models."{unpriced[0].model}"] input = 3.0, output = 15.0, USD per million tokens)'
+                f'(e.g. [models."{escape(unpriced[0].model, limit=100)}"] input = 3.0, output = 15.0, '
+                "USD per million tokens)"
             )
         if any(m.priced and m.unpriced_calls for m in result.models):
             click.echo("Calls recorded without a price now have one: run `compactobs reprice` to price them.")

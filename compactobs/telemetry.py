@@ -24,6 +24,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from compactobs._version import __version__
+from compactobs.untrusted import bounded_id, escape
 from compactobs.usage import CallObservation, IterationUsage, TokenCounts
 
 INSTRUMENTATION_SCOPE: Final = "compactobs"
@@ -265,7 +266,7 @@ def breach_event(breach: Breach) -> tuple[str, dict[str, Any]]:
         GUARD_SPENT_USD: float(breach.spent_usd),
         GUARD_BILLED_TOKENS: breach.billed_tokens,
         GUARD_COMPACTIONS: breach.compactions,
-        GUARD_RESPONSE_IDS: list(breach.response_ids),
+        GUARD_RESPONSE_IDS: [bounded_id(response_id) for response_id in breach.response_ids],
     }
     if breach.limit is not None:
         attributes[GUARD_LIMIT] = float(breach.limit) if isinstance(breach.limit, Decimal) else breach.limit
@@ -561,10 +562,11 @@ class Telemetry:
             (REQUEST_STREAM, request.stream),
             (REQUEST_MAX_TOKENS, request.max_tokens),
             (RESPONSE_MODEL, response_model),
-            (RESPONSE_ID, obs.response_id),
+            # Ids bounded here, not in the store: every sink of the span (an OTLP backend too) gets the same.
+            (RESPONSE_ID, obs.response_id and bounded_id(obs.response_id)),
             (STOP_REASON, stop_reason),
             (CONVERSATION_ID, obs.conversation_id),
-            (ANTHROPIC_REQUEST_ID, obs.request_id),
+            (ANTHROPIC_REQUEST_ID, obs.request_id and bounded_id(obs.request_id)),
             (HTTP_RESEND_COUNT, obs.attempts - 1),
             (HTTP_STATUS_CODE, obs.status_code),
             (ERROR_TYPE, error_type),
@@ -623,10 +625,10 @@ class Telemetry:
                 attributes[CONTEXT_TOKENS] = context_tokens
             if usage.unknown_types:
                 self.warn_once(
-                    "unknown-type:" + ",".join(usage.unknown_types),
+                    "unknown-type:" + escape(",".join(usage.unknown_types)),  # a bounded key
                     "compactobs: usage.iterations has entry types this SDK does not know (%s); "
                     "billed at the response model",
-                    ", ".join(usage.unknown_types),
+                    ", ".join(map(escape, usage.unknown_types)),
                 )
         elif error_type is not None and obs.compactions:
             # An error call (a stream cut off by an `error` event) has no usage and no cost, but the

@@ -280,7 +280,7 @@ def test_a_refused_call_is_set_aside_whole_shown_and_replayed_once_fixed(
     assert "1 call(s) written" in out
     assert count(database_url) == (4, 8)
     code, out, _ = run("--db", database_url, "spool", "status")
-    assert out.splitlines() == ["spool:    empty"]
+    assert out.splitlines() == [f"spool:    empty ({store.spool_for(database_url).directory})"]
 
 
 def test_spool_bound_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from compactobs.pricing.catalog import genai_schedule, lookup_model
 from compactobs.pricing.overrides import Overrides, load_overrides
 from compactobs.pricing.records import PricedCall, PricedIteration, Rates, RateTier
 from compactobs.pricing.schedule import ClassRates, Schedule
+from compactobs.untrusted import escape
 from compactobs.usage import CallUsage, IterationUsage
 
 __all__ = ["PRICING_FILE_ENV", "Pricer", "default_pricer"]
@@ -142,9 +143,10 @@ class Pricer:
             kind = type(err).__name__
             if kind not in self._warned:  # once per kind of failure, not once per call
                 self._warned.add(kind)
-                log.warning(
-                    "compactobs: could not price a call (%s); recorded as unpriced", err, exc_info=True
-                )
+                # The message may quote the response (a model): escaped, and the traceback (which would
+                # repeat it raw) only at debug level.
+                log.warning("compactobs: could not price a call (%s); recorded as unpriced", escape(err))
+                log.debug("compactobs: the pricing failure", exc_info=True)
             return self._failed_call(usage, f"pricing failed: {kind}: {err}")
 
     def rates(

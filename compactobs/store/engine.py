@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
@@ -162,9 +163,22 @@ def sqlite_path(url: URL) -> Path | None:
 
 
 def private_dir(path: Path) -> Path:
-    """Create `path` (parents with default modes), the leaf readable by its owner only. An existing
-    directory keeps its mode: the user chose it."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Create `path` and each missing parent readable by its owner only (0700, as the XDG base directory
+    spec asks of a data directory it creates). An existing directory keeps its mode: the user chose it.
+    Raises OSError (a parent that is a file, permission denied, a read-only file system)."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+        path = directory
+    if not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
     return path
 
 

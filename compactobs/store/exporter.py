@@ -57,15 +57,24 @@ from compactobs.store.processor import (
     StoreSpanProcessor,
 )
 from compactobs.store.schema import ensure_schema, head_revision
-from compactobs.store.spool import ENV_SPOOL_MAX_BYTES, Spool, spool_key, spool_max_bytes
+from compactobs.store.spool import (
+    ENV_SPOOL_DIR,
+    ENV_SPOOL_MAX_BYTES,
+    Spool,
+    spool_key,
+    spool_max_bytes,
+    unwritable,
+)
 from compactobs.store.watchdog import SocketWatchdog
 from compactobs.store.writer import writer_for
+from compactobs.untrusted import escape
 
 __all__ = [
     "DEFAULT_MAX_EXPORT_BATCH_SIZE",
     "DEFAULT_MAX_QUEUE_SIZE",
     "DEFAULT_SCHEDULE_DELAY_MS",
     "DEFAULT_WRITE_TIMEOUT_S",
+    "ENV_SPOOL_DIR",
     "ENV_SPOOL_MAX_BYTES",
     "ExporterStats",
     "SqlSpanExporter",
@@ -73,6 +82,7 @@ __all__ = [
     "install",
     "shutdown_all",
     "spool_for",
+    "spool_root",
 ]
 
 log = logging.getLogger("compactobs.store")
@@ -121,8 +131,16 @@ def _spool(
     path = sqlite_path(url) if url is not None and is_sqlite(url) else None
     # An SQLite file is named by its absolute path, so the same file gets one spool from any directory.
     key = spool_key(f"sqlite:///{path}" if path is not None else shown)
-    root = Path(spool_dir) if spool_dir is not None else data_dir() / "spool"
-    return Spool(root / key, max_bytes=spool_max_bytes(max_bytes), label=shown)
+    return Spool(spool_root(spool_dir) / key, max_bytes=spool_max_bytes(max_bytes), label=shown)
+
+
+def spool_root(spool_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where spools live (each database's in a subdirectory): `spool_dir`, else `COMPACTOBS_SPOOL_DIR`,
+    else `spool/` in the data directory. Absolute, so a later chdir does not move it."""
+    given = spool_dir if spool_dir is not None else os.environ.get(ENV_SPOOL_DIR) or None
+    if given is None:
+        return data_dir() / "spool"
+    return Path(given).expanduser().absolute()
 
 
 def spool_for(database_url: str | None = None, spool_dir: str | os.PathLike[str] | None = None) -> Spool:
@@ -158,7 +176,8 @@ class SqlSpanExporter(SpanExporter):
     (until then rows wait in the spool, and the log says what to run). Construction never raises, so an
     application with a bad URL keeps running: the problem is logged and rows are spooled.
 
-    `spool_dir`: where spools live (default `<data dir>/spool`; each database gets its own subdirectory).
+    `spool_dir`: where spools live (default `COMPACTOBS_SPOOL_DIR`, else `<data dir>/spool`; each database
+    gets its own subdirectory).
     `spool_max_bytes`: the spool's bound (default `COMPACTOBS_SPOOL_MAX_BYTES`, else 256 MiB).
     `write_timeout_s`: how long a write may wait (a lock, a slow or silent server) before its rows are
     spooled; `busy_timeout_s` overrides it for SQLite's busy timeout alone.
@@ -217,6 +236,9 @@ class SqlSpanExporter(SpanExporter):
         self._delay = RETRY_FIRST_S
         self._outage = False
         self._closed = False
+        self._unwritable: str | None = None
+        """What is wrong with the spool while it cannot be written (logged once)."""
+        self._lost_to_unwritable = 0
 
     def _after_fork_in_child(self) -> None:
         """A forked child must not use its parent's pooled connections (two processes on one socket):
@@ -249,16 +271,8 @@ class SqlSpanExporter(SpanExporter):
             if not call_rows and not iteration_rows:
                 return
             with self._spill_lock:
-                try:
-                    kept = self.spool.append(call_rows, iteration_rows)
-                except OSError as err:
-                    log.error("compactobs: cannot write the spool %s (%s)", self.spool.directory, err)
-                    kept = False
-                if kept:
+                if self._append_or_count(call_rows, iteration_rows):
                     self.stats.overflowed += len(call_rows)
-                    self._replay_pending = True
-                else:
-                    self.stats.dropped += len(call_rows)
         except Exception:
             log.warning("compactobs: could not spool %d spans", len(spans), exc_info=True)
 
@@ -282,6 +296,13 @@ class SqlSpanExporter(SpanExporter):
             if self._closed:
                 return
             self.force_flush()
+            if self._unwritable is not None:
+                log.error(
+                    "compactobs: %d call(s) for %s were lost: %s",
+                    self._lost_to_unwritable,
+                    self.database_url,
+                    self._unwritable,
+                )
             if self._safe_has_replayable():
                 log.warning(
                     "compactobs: %s is unavailable; rows wait in %s and are written by the next compactobs "
@@ -351,19 +372,38 @@ class SqlSpanExporter(SpanExporter):
             return False
 
     def _spool_append(self, call_rows: list[Row], iteration_rows: list[Row]) -> bool:
+        kept = self._append_or_count(call_rows, iteration_rows)
+        if kept:
+            self.stats.spooled += len(call_rows)
+        return kept
+
+    def _append_or_count(self, call_rows: list[Row], iteration_rows: list[Row]) -> bool:
+        """Append to the spool; rows it cannot keep (full, or not writable) are counted as dropped. An
+        unwritable spool is logged once, with what is wrong and the fix, and again once it is fixed."""
         try:
             kept = self.spool.append(call_rows, iteration_rows)
         except OSError as err:
-            log.error(
-                "compactobs: cannot write the spool %s (%s): %d calls lost",
-                self.spool.directory,
-                err,
-                len(call_rows),
-            )
-            kept = False
+            self.stats.dropped += len(call_rows)
+            self._lost_to_unwritable += len(call_rows)
+            if self._unwritable is None:
+                self._unwritable = unwritable(self.spool.directory, err)
+                log.error(
+                    "compactobs: %s; %d call(s) for %s lost so far, and every call the database cannot take "
+                    "until then",
+                    self._unwritable,
+                    self._lost_to_unwritable,
+                    self.database_url,
+                )
+            return False
         if kept:
-            self.stats.spooled += len(call_rows)
             self._replay_pending = True
+            if self._unwritable is not None:
+                log.warning(
+                    "compactobs: the spool %s is writable again; %d call(s) were lost while it was not",
+                    self.spool.directory,
+                    self._lost_to_unwritable,
+                )
+                self._unwritable, self._lost_to_unwritable = None, 0
         else:
             self.stats.dropped += len(call_rows)
         return kept
@@ -455,7 +495,7 @@ class SqlSpanExporter(SpanExporter):
             self.database_url,
             len(refused_calls),
             len(refused_iterations),
-            reason,
+            escape(reason),  # the database's words may quote a row's value
             where,
         )
 

@@ -31,6 +31,7 @@ from sqlalchemy import BigInteger, Boolean, Float, Integer, Numeric, String, Tab
 
 from compactobs import telemetry as t
 from compactobs.store.models import USD_LIMIT, calls, iterations
+from compactobs.untrusted import MAX_ID_CHARS, bounded_id
 
 __all__ = [
     "CALL_ATTRIBUTES",
@@ -135,6 +136,10 @@ _C_END_MS, _C_DURATION = _C["end_ms"], _C["duration_ms"]
 _C_STATUS, _C_ATTEMPTS, _C_TTFT = _C["status"], _C["attempts"], _C["ttft_ms"]
 _I = {name: i for i, name in enumerate(ITERATION_COLUMNS)}
 _I_CALL_ID, _I_IDX, _I_START_MS = _I["call_id"], _I["idx"], _I["start_ms"]
+
+_C_IDS: Final = tuple(_C[name] for name in ("response_id", "request_id", "batch_id", "custom_id"))
+"""Ids a response (or the API's headers) gives: bounded (compactobs.untrusted.bounded_id). compactobs'
+own spans carry them bounded already; this holds the store to it whoever made the span."""
 
 _C_OUT_OF_RANGE = _C["out_of_range"]
 _I_OUT_OF_RANGE = _I["out_of_range"]
@@ -295,6 +300,10 @@ class RowMapper:
             if kind == call_kind:
                 row = list(map(get, _CALL_KEYS))
                 self._call(span, row)
+                for i in _C_IDS:
+                    value = row[i]
+                    if type(value) is str and len(value) > MAX_ID_CHARS:
+                        row[i] = bounded_id(value)
                 _clear_out_of_range(row, _CALL_CHECKS, _C_OUT_OF_RANGE, _CALL_LOOK)
                 call_rows.append(row)
             elif kind == iteration_kind:

@@ -15,17 +15,26 @@ Concurrency, between threads and processes sharing the data directory:
   process killed) starts that segment over, which the idempotent upsert makes harmless.
 
 Lines are written with one `write` each, without fsync: the spool survives the process being killed,
-not the machine losing power. A truncated last line (a kill mid-write) is skipped with a warning.
+not the machine losing power.
+
+Nothing is deleted that is not stored. A line that is not a readable batch (the last line cut short by a
+kill mid-write, or bytes damaged on disk) is moved, bytes intact, to `rejected/` before its segment is
+deleted, in a file `<segment>-damaged.jsonl` ending with a `{"reason": ...}` line, like rows the database
+refused (see compactobs.store.spool_admin).
+
+Directories are created 0700 (the missing parents too): what they hold is what the team spends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,24 +51,33 @@ except ImportError:  # Windows: no flock; one process per spool directory is ass
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "DAMAGED_REASON",
     "DEFAULT_SPOOL_MAX_BYTES",
+    "ENV_SPOOL_DIR",
     "ENV_SPOOL_MAX_BYTES",
     "Replay",
     "Spool",
+    "parse_line",
+    "split_lines",
     "spool_key",
     "spool_max_bytes",
+    "unwritable",
 ]
 
 log = logging.getLogger("compactobs.store")
 
 DEFAULT_SPOOL_MAX_BYTES: Final = 256 * 1024 * 1024
 ENV_SPOOL_MAX_BYTES: Final = "COMPACTOBS_SPOOL_MAX_BYTES"
+ENV_SPOOL_DIR: Final = "COMPACTOBS_SPOOL_DIR"
 SEGMENT_BYTES: Final = 4 * 1024 * 1024
 """A segment is sealed (and can be replayed by anyone) once it grows past this."""
 REPLAY_CHUNK_CALLS: Final = 2000
 """Lines are replayed in transactions of about this many calls."""
 
 _VERSION = 1
+DAMAGED_REASON: Final = "damaged spool lines, kept as they were"
+"""The reason of a `rejected/` file holding damaged lines."""
+_DAMAGED_SUFFIX: Final = "-damaged"
 
 
 @dataclass
@@ -71,6 +89,8 @@ class Replay:
     """The deadline came first: segments are left."""
     locked: int = 0
     """Segments skipped because a live writer still holds them (it replays them itself)."""
+    damaged: int = 0
+    """Lines that were not readable rows, moved to `rejected/`."""
 
 
 def spool_max_bytes(given: int | None = None) -> int:
@@ -125,6 +145,53 @@ def _decode_rows(part: Any, columns: Sequence[str]) -> list[Row]:
     position = {name: i for i, name in enumerate(names)}
     picks = [position.get(name) for name in columns]
     return [[None if pick is None else raw[pick] for pick in picks] for raw in part["rows"]]
+
+
+def parse_line(line: bytes) -> tuple[list[Row], list[Row]] | dict[str, Any] | None:
+    """One spool line: (call rows, iteration rows) of a batch; the record itself for a `{"reason": ...}`
+    line (which ends a `rejected/` file); None for a line that is not a readable batch (damaged)."""
+    try:
+        record = json.loads(line)
+        if not isinstance(record, dict):
+            return None
+        if "reason" in record:
+            return record
+        return (
+            _decode_rows(record.get("calls"), CALL_COLUMNS),
+            _decode_rows(record.get("iterations"), ITERATION_COLUMNS),
+        )
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
+        return None
+
+
+def split_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of every non-blank line. Split on LF alone: a line's other bytes, CR included,
+    stay in it, so a damaged line is kept as it was."""
+    for number, line in enumerate(data.split(b"\n"), 1):
+        if line.strip():
+            yield number, line
+
+
+_WRITABLE: Final = "make it a directory this user can write"
+_ROOM: Final = "free space on its disk"
+_PROBLEMS: Final = {
+    errno.ENOTDIR: ("a part of that path is a file, not a directory", _WRITABLE),
+    errno.EACCES: ("permission denied", _WRITABLE),
+    errno.EPERM: ("the operation is not permitted (an immutable directory?)", _WRITABLE),
+    errno.EROFS: ("the file system is read-only", _WRITABLE),
+    errno.ENOSPC: ("the disk is full", _ROOM),
+    errno.EDQUOT: ("the disk quota is exceeded", _ROOM),
+}
+
+
+def unwritable(directory: Path, err: OSError) -> str:
+    """What is wrong with a spool that cannot be written, and how to fix it: one line."""
+    what, fix = _PROBLEMS.get(err.errno or 0, (err.strerror or str(err), _WRITABLE))
+    where = f" at {err.filename}" if err.filename and str(err.filename) != str(directory) else ""
+    return (
+        f"the spool {directory} cannot be written ({what}{where}): {fix}, "
+        f"or move the spool with {ENV_SPOOL_DIR} or instrument(spool_dir=...)/configure(spool_dir=...)"
+    )
 
 
 class Spool:
@@ -242,9 +309,11 @@ class Spool:
                 data = path.read_bytes()
             except OSError:
                 continue
-            for call_rows, _ in self._lines(data, path):
-                for row in call_rows:
-                    yield dict(zip(CALL_COLUMNS, row, strict=True))
+            for _, line in split_lines(data):
+                parsed = parse_line(line)
+                if isinstance(parsed, tuple):
+                    for row in parsed[0]:
+                        yield dict(zip(CALL_COLUMNS, row, strict=True))
 
     def has_replayable(self) -> bool:
         """Whether a segment is waiting that this process could replay now (not one being written)."""
@@ -262,19 +331,43 @@ class Spool:
                 os.close(fd)
         return False
 
-    def _lines(self, data: bytes, path: Path) -> Iterator[tuple[list[Row], list[Row]]]:
-        for number, line in enumerate(data.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                yield (
-                    _decode_rows(record.get("calls"), CALL_COLUMNS),
-                    _decode_rows(record.get("iterations"), ITERATION_COLUMNS),
-                )
-            except (ValueError, KeyError, TypeError, IndexError):
-                # A line cut short by a kill mid-write, or damaged: the rest of the segment still counts.
-                log.warning("compactobs: skipping unreadable line %d of spool segment %s", number, path)
+    def problem(self) -> str | None:
+        """Why rows could not be spooled here now (`unwritable`), or None: the directory, or its nearest
+        existing parent, must be a directory in which a file can be created. Leaves nothing behind (the
+        probe file has no name, or is removed at once)."""
+        existing = self.directory
+        try:
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+            if not existing.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as err:
+            return unwritable(self.directory, err)
+        return None
+
+    def _set_aside_damaged(self, segment: Path, damaged: list[tuple[int, bytes]]) -> Path:
+        """Move a segment's damaged lines, bytes intact, to `rejected/`, before the segment is deleted."""
+        directory = private_dir(self.directory / "rejected")
+        path = directory / f"{segment.stem}{_DAMAGED_SUFFIX}.jsonl"
+        reason = {"reason": DAMAGED_REASON, "segment": segment.name, "lines": [n for n, _ in damaged]}
+        content = b"".join(line + b"\n" for _, line in damaged) + json.dumps(reason).encode() + b"\n"
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        log.warning(
+            "compactobs: %d damaged line(s) of the spool segment %s (not readable rows: a kill mid-write, or "
+            "damage on disk) moved as they were to %s: see `compactobs spool show --rejected`",
+            len(damaged),
+            segment.name,
+            path,
+        )
+        return path
 
     def replay(self, write: Callable[[list[Row], list[Row]], None], deadline: float | None = None) -> Replay:
         """Write every replayable segment, oldest first, through `write` (which commits or raises).
@@ -302,9 +395,16 @@ class Spool:
                     data = handle.read()
                 chunk_calls: list[Row] = []
                 chunk_iterations: list[Row] = []
-                for calls, iterations in self._lines(data, path):
-                    chunk_calls.extend(calls)
-                    chunk_iterations.extend(iterations)
+                damaged: list[tuple[int, bytes]] = []
+                for number, line in split_lines(data):
+                    parsed = parse_line(line)
+                    if parsed is None:
+                        damaged.append((number, line))
+                        continue
+                    if not isinstance(parsed, tuple):
+                        continue  # a set-aside file's reason line, replayed with `replay --rejected`
+                    chunk_calls.extend(parsed[0])
+                    chunk_iterations.extend(parsed[1])
                     if len(chunk_calls) >= REPLAY_CHUNK_CALLS:
                         write(chunk_calls, chunk_iterations)
                         result.calls += len(chunk_calls)
@@ -312,6 +412,10 @@ class Spool:
                 if chunk_calls or chunk_iterations:
                     write(chunk_calls, chunk_iterations)
                     result.calls += len(chunk_calls)
+                if damaged:
+                    # Raises OSError if it cannot: then the segment stays, and is replayed again (harmless).
+                    self._set_aside_damaged(path, damaged)
+                    result.damaged += len(damaged)
                 path.unlink()
                 with self._mutex:
                     if self._bytes is not None:

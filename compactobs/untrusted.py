@@ -1,0 +1,67 @@
+"""Strings compactobs did not write (a response's model, iteration types, ids, stop reasons, a database's
+error text, a damaged spool line), made safe for where they go. A leaf: it imports nothing of compactobs, so
+instrument/, store/ and the CLI all use it.
+
+- `escape`: for a log line or a terminal. Every character that is not printable (ESC, newlines, C1
+  controls, bidi overrides, ...) is written as a Python escape (`\\x1b`, `\\n`, `\\u202e`) and a backslash
+  as `\\\\`, so what a reader sees is what was received, on one line, and cannot steer a terminal or forge a
+  log line. Long text is cut, saying how long it was.
+- `bounded_id`: for an id kept in a span or the store. An id of at most `MAX_ID_CHARS` characters is kept
+  as it is; a longer one keeps its start, then a marker with its length and a SHA-256 prefix of the
+  whole, so two long ids stay distinct and one response cannot bloat a report.
+
+(The reports strip control sequences from what they print: compactobs.reports._safe.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+__all__ = ["LOG_MAX_CHARS", "MAX_ID_CHARS", "bounded_id", "escape"]
+
+LOG_MAX_CHARS: Final = 200
+"""How much of one untrusted string a log line shows."""
+MAX_ID_CHARS: Final = 256
+"""The longest id kept as it is (Anthropic's message and request ids are about 30 characters)."""
+
+_NAMED: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def _escape_char(char: str) -> str:
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def escape(text: object, limit: int = LOG_MAX_CHARS) -> str:
+    """`text` (a str, else its str()) on one printable line: non-printable characters and backslashes
+    escaped, and beyond `limit` characters cut with `... (N chars)`. Never raises."""
+    try:
+        value = text if isinstance(text, str) else str(text)
+    except Exception:
+        return f"<unprintable {type(text).__name__}>"
+    cut = value[:limit]
+    shown = cut if cut.isprintable() and "\\" not in cut else "".join(map(_escape_char, cut))
+    if len(value) > limit:
+        shown += f"... ({len(value):,} chars)"
+    return shown
+
+
+def bounded_id(value: str) -> str:
+    """`value` if it has at most MAX_ID_CHARS characters; else its start, then
+    `...[N chars, sha256:<32 hex digits of the whole>]`, MAX_ID_CHARS characters in all. Applying it
+    again changes nothing."""
+    if len(value) <= MAX_ID_CHARS:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    marker = f"...[{len(value)} chars, sha256:{digest}]"
+    return value[: MAX_ID_CHARS - len(marker)] + marker
