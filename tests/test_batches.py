@@ -268,7 +268,9 @@ def test_a_result_span_has_its_batch_time_and_ids_of_its_own(
     ended = client.messages.batches.retrieve(batch_id).ended_at
     assert ended is not None
     ended_ns = int(ended.timestamp()) * 1_000_000_000 + ended.microsecond * 1000
-    read_results(client, batch_id)
+    reader = TracerProvider().get_tracer("the-app")
+    with reader.start_as_current_span("read results") as reading:
+        read_results(client, batch_id)
 
     by_custom_id = {s.attributes[t.BATCH_CUSTOM_ID]: s for s in kind_spans(spans, t.SPAN_KIND_CALL)}
     assert sorted(by_custom_id) == sorted(CUSTOM_IDS)
@@ -276,7 +278,8 @@ def test_a_result_span_has_its_batch_time_and_ids_of_its_own(
         # A result carries no time: its call is placed at its batch's end, with no duration.
         assert (span.start_time, span.end_time) == (ended_ns, ended_ns), custom_id
         assert span.attributes[t.BATCH_ID] == batch_id
-        assert span.parent is None  # the root of a trace of its own
+        assert span.parent is None  # the root of a trace of its own, linked to the span that read it
+        assert [link.context for link in span.links] == [reading.get_span_context()]
     trace_ids = {s.context.trace_id for s in by_custom_id.values()}
     assert len(trace_ids) == len(CUSTOM_IDS)
     assert by_custom_id["compacted"].attributes[t.COST_USD] == pytest.approx(float(COMPACTED_COST))
