@@ -27,6 +27,8 @@ from typing import Any
 
 import anthropic
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -38,7 +40,9 @@ from compactobs import store
 from compactobs import telemetry as t
 from compactobs.store import calls, iterations
 from compactobs.testing import ErrorReply, Reply, Simulator, message
+from compactobs.usage import CallObservation, RequestFacts, observe_batch_result
 from tests.cli import run
+from tests.test_properties import junk, models, usage_shapes
 
 D = Decimal
 MODEL = "claude-opus-4-8"
@@ -144,6 +148,19 @@ def stored(database_url: str, data_home: Any) -> Iterator[tuple[str, InMemorySpa
         yield database_url, exporter
     finally:
         compactobs.uninstrument()
+        compactobs.shutdown()
+
+
+@pytest.fixture
+def configured() -> Iterator[InMemorySpanExporter]:
+    """Recording set up, no client instrumented: only clients given `compactobs.Middleware()` record."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    compactobs.configure(tracer_provider=provider, store=False)
+    try:
+        yield exporter
+    finally:
         compactobs.shutdown()
 
 
@@ -319,30 +336,23 @@ def test_results_are_recorded_as_they_are_read_not_after_the_body(
     assert [s.attributes[t.COST_USD] for s in recorded] == [pytest.approx(0.00375)] * count
 
 
-def test_an_explicit_middleware_records_results(sim: Simulator) -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    compactobs.configure(tracer_provider=provider, store=False)
-    try:
-        batch_id = make_batch(sim)
-        client = anthropic.AsyncAnthropic(
-            base_url=sim.base_url, api_key="k", middleware=[compactobs.Middleware()]
-        )
-        read_results(client, batch_id, beta=True)
-        costs = {
-            s.attributes[t.BATCH_CUSTOM_ID]: s.attributes.get(t.COST_USD)
-            for s in kind_spans(exporter, t.SPAN_KIND_CALL)
-        }
-        assert costs == {
-            "compacted": pytest.approx(float(COMPACTED_COST)),
-            "plain": pytest.approx(float(PLAIN_COST)),
-            "refused": None,
-            "late": None,
-            "stopped": None,
-        }
-    finally:
-        compactobs.shutdown()
+def test_an_explicit_middleware_records_results(configured: InMemorySpanExporter, sim: Simulator) -> None:
+    batch_id = make_batch(sim)
+    client = anthropic.AsyncAnthropic(
+        base_url=sim.base_url, api_key="k", middleware=[compactobs.Middleware()]
+    )
+    read_results(client, batch_id, beta=True)
+    costs = {
+        s.attributes[t.BATCH_CUSTOM_ID]: s.attributes.get(t.COST_USD)
+        for s in kind_spans(configured, t.SPAN_KIND_CALL)
+    }
+    assert costs == {
+        "compacted": pytest.approx(float(COMPACTED_COST)),
+        "plain": pytest.approx(float(PLAIN_COST)),
+        "refused": None,
+        "late": None,
+        "stopped": None,
+    }
 
 
 def test_an_uninstrumented_client_records_nothing(spans: InMemorySpanExporter, sim: Simulator) -> None:
@@ -375,3 +385,35 @@ def test_an_ordinary_response_whose_usage_says_batch_is_priced_at_batch_rates(
     assert span.attributes[t.COST_USD] == pytest.approx(0.05)
     assert span.attributes[t.SERVICE_TIER] == "batch"
     assert t.BATCH_ID not in span.attributes
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(usage=usage_shapes, model=models)
+def test_results_of_any_shape_read_as_they_would_uninstrumented(
+    configured: InMemorySpanExporter, sim: Simulator, usage: dict[str, Any], model: str
+) -> None:
+    params = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+    requests = [{"custom_id": custom_id, "params": params} for custom_id in ("odd", "gone")]
+    plain = anthropic.Anthropic(base_url=sim.base_url, api_key="k")
+    instrumented = anthropic.Anthropic(
+        base_url=sim.base_url, api_key="k", middleware=[compactobs.Middleware()]
+    )
+    body = message(model=model, usage=usage)
+    recorded = len(kind_spans(configured, t.SPAN_KIND_CALL))
+    seen = []
+    for client in (plain, instrumented):
+        sim.batches.plan("odd", Reply(body))
+        sim.batches.plan("gone", "expired")
+        batch_id = client.messages.batches.create(requests=requests).id  # type: ignore[arg-type]
+        # warnings=False: the shapes are malformed on purpose, and pydantic would warn on each dump.
+        seen.append([r.model_dump(warnings=False) for r in client.messages.batches.results(batch_id)])
+    assert seen[0] == seen[1]
+    assert len(kind_spans(configured, t.SPAN_KIND_CALL)) == recorded + 2  # the instrumented read only
+
+
+@given(line=st.one_of(st.binary(max_size=64), junk.map(lambda value: json.dumps(value).encode())))
+def test_a_result_line_of_any_shape_is_read_without_raising(line: bytes) -> None:
+    observation = CallObservation(request=RequestFacts(), start_ns=0)
+    observe_batch_result(observation, line)
+    # Either a result with usage (succeeded) or an error call: never both, never neither.
+    assert (observation.usage is None) == (observation.error_type is not None)
