@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -122,17 +123,35 @@ def sim() -> Iterator[Simulator]:
         yield simulator
 
 
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
+@contextmanager
+def recording(
+    database_url: str | None = None, *, instrument: bool = True, service: str | None = None
+) -> Iterator[InMemorySpanExporter]:
+    """compactobs recording to an in-memory exporter (and the store at `database_url`, if given), with
+    every client instrumented, or (`instrument=False`) only those given `compactobs.Middleware()`."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = TracerProvider(resource=Resource.create({"service.name": service} if service else {}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    compactobs.instrument(tracer_provider=provider, store=False)
+    setup = compactobs.instrument if instrument else compactobs.configure
+    setup(database_url, tracer_provider=provider, store=database_url is not None)
     try:
         yield exporter
     finally:
-        compactobs.uninstrument()
+        if instrument:
+            compactobs.uninstrument()
         compactobs.shutdown()
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    with recording() as exporter:
+        yield exporter
+
+
+@pytest.fixture
+def configured() -> Iterator[InMemorySpanExporter]:
+    with recording(instrument=False) as exporter:
+        yield exporter
 
 
 @pytest.fixture
@@ -140,28 +159,8 @@ def stored(database_url: str, data_home: Any) -> Iterator[tuple[str, InMemorySpa
     """Recording into the store at `database_url` (SQLite, then PostgreSQL), spans also kept in memory;
     the spool under the test's own directory."""
     store.upgrade_database(database_url)
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "batch-reader"}))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    compactobs.instrument(database_url, tracer_provider=provider)
-    try:
+    with recording(database_url, service="batch-reader") as exporter:
         yield database_url, exporter
-    finally:
-        compactobs.uninstrument()
-        compactobs.shutdown()
-
-
-@pytest.fixture
-def configured() -> Iterator[InMemorySpanExporter]:
-    """Recording set up, no client instrumented: only clients given `compactobs.Middleware()` record."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    compactobs.configure(tracer_provider=provider, store=False)
-    try:
-        yield exporter
-    finally:
-        compactobs.shutdown()
 
 
 def kind_spans(exporter: InMemorySpanExporter, kind: str) -> list[ReadableSpan]:
@@ -169,25 +168,23 @@ def kind_spans(exporter: InMemorySpanExporter, kind: str) -> list[ReadableSpan]:
     return [s for s in exporter.get_finished_spans() if (s.attributes or {}).get(t.SPAN_KIND) == kind]
 
 
-def stored_calls(url: str) -> dict[str, Any]:
-    """The stored calls by custom_id."""
+def stored_rows(url: str, statement: Any) -> list[Any]:
     compactobs.flush()
     engine = store.make_engine(url, create=False)
     try:
         with engine.connect() as connection:
-            rows = connection.execute(select(calls)).mappings().all()
-        return {row["custom_id"]: row for row in rows}
+            return list(connection.execute(statement).mappings().all())
     finally:
         engine.dispose()
+
+
+def stored_calls(url: str) -> dict[str, Any]:
+    """The stored calls by custom_id."""
+    return {row["custom_id"]: row for row in stored_rows(url, select(calls))}
 
 
 def stored_iterations(url: str) -> list[Any]:
-    engine = store.make_engine(url, create=False)
-    try:
-        with engine.connect() as connection:
-            return list(connection.execute(select(iterations).order_by(iterations.c.idx)).mappings().all())
-    finally:
-        engine.dispose()
+    return stored_rows(url, select(iterations).order_by(iterations.c.idx))
 
 
 def usd(value: Any) -> Decimal:

@@ -112,6 +112,19 @@ class _Batch:
 
 
 @dataclass(frozen=True)
+class _Incoming:
+    """One request on a batch route, and what answering it needs from the simulator."""
+
+    route: str
+    query: str
+    parsed: Any
+    headers: Mapping[str, str]
+    engine: ConversationEngine
+    scenario: ConversationScenario
+    base_url: str
+
+
+@dataclass(frozen=True)
 class BatchAnswer:
     """What the simulator sends back for a batch route: JSON (`body`), or the results' `lines`."""
 
@@ -166,32 +179,23 @@ class Batches:
     ) -> BatchAnswer:
         """The answer to one request on a batch route (`path` with its query). Never raises."""
         route, _, query = path.partition("?")
-        route = route.rstrip("/")
+        incoming = _Incoming(route.rstrip("/"), query, parsed, headers, engine, scenario, base_url)
         try:
             with self._lock:
-                return self._answer(method, route, query, parsed, headers, engine, scenario, base_url)
+                return self._answer(method, incoming)
         except SimulationError as err:
             return _error(err.status, err.message, err.error_type)
         except Exception as err:  # a bug here must reach the test as a response, not a hung connection
             return _error(500, f"simulator error: {err!r}", "api_error")
 
-    def _answer(
-        self,
-        method: str,
-        route: str,
-        query: str,
-        parsed: Any,
-        headers: Mapping[str, str],
-        engine: ConversationEngine,
-        scenario: ConversationScenario,
-        base_url: str,
-    ) -> BatchAnswer:
+    def _answer(self, method: str, incoming: _Incoming) -> BatchAnswer:
+        route, base_url = incoming.route, incoming.base_url
         parts = route[len(BATCHES_ROUTE) :].strip("/").split("/") if route != BATCHES_ROUTE else []
         if not parts:
             if method == "POST":
-                return self._create(parsed, headers, engine, scenario, base_url)
+                return self._create(incoming)
             if method == "GET":
-                return self._list(query, base_url)
+                return self._list(incoming.query, base_url)
         elif len(parts) <= 2:
             batch = self._batches.get(parts[0])
             if batch is None:
@@ -212,14 +216,8 @@ class Batches:
                 return BatchAnswer(200, {"id": batch.id, "type": "message_batch_deleted"})
         return _error(404, f"Not found: {method} {route}", "not_found_error")
 
-    def _create(
-        self,
-        parsed: Any,
-        headers: Mapping[str, str],
-        engine: ConversationEngine,
-        scenario: ConversationScenario,
-        base_url: str,
-    ) -> BatchAnswer:
+    def _create(self, incoming: _Incoming) -> BatchAnswer:
+        parsed = incoming.parsed
         requests = parsed.get("requests") if isinstance(parsed, dict) else None
         if not isinstance(requests, list) or not requests:
             raise SimulationError("requests: a non-empty list is required")
@@ -228,8 +226,8 @@ class Batches:
             raise SimulationError("requests: every request needs a custom_id")
         if len(set(custom_ids)) != len(custom_ids):
             raise SimulationError("requests: custom_id values must be unique within a batch")
-        betas = {b.strip() for b in headers.get("anthropic-beta", "").split(",") if b.strip()}
-        batch_scenario = replace(scenario, service_tier="batch")
+        betas = {b.strip() for b in incoming.headers.get("anthropic-beta", "").split(",") if b.strip()}
+        batch_scenario = replace(incoming.scenario, service_tier="batch")
         results = []
         planned = set()
         for request, custom_id in zip(requests, custom_ids, strict=True):
@@ -238,7 +236,7 @@ class Batches:
                 planned.add(custom_id)
                 result = _result(outcome)
             else:
-                result = _simulated(request.get("params"), betas, engine, batch_scenario)
+                result = _simulated(request.get("params"), betas, incoming.engine, batch_scenario)
             results.append({"custom_id": custom_id, "result": result})
         self._made += 1
         now = datetime.now(timezone.utc)
@@ -246,7 +244,7 @@ class Batches:
         if not self.hold:
             batch.ended_at = now
         self._batches[batch.id] = batch
-        return BatchAnswer(200, batch.body(base_url))
+        return BatchAnswer(200, batch.body(incoming.base_url))
 
     def _list(self, query: str, base_url: str) -> BatchAnswer:
         options = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
