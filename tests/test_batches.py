@@ -414,3 +414,63 @@ def test_a_result_line_of_any_shape_is_read_without_raising(line: bytes) -> None
     observe_batch_result(observation, line)
     # Either a result with usage (succeeded) or an error call: never both, never neither.
     assert (observation.usage is None) == (observation.error_type is not None)
+
+
+def test_the_simulator_batch_routes_as_the_sdk_uses_them(sim: Simulator) -> None:
+    client = anthropic.Anthropic(base_url=sim.base_url, api_key="k", max_retries=0)
+    params = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+    requests: Any = [{"custom_id": c, "params": params} for c in ("kept", "open")]
+    with pytest.raises(anthropic.BadRequestError, match="unique"):
+        client.messages.batches.create(requests=[requests[0], requests[0]])
+
+    sim.batches.hold = True
+    sim.batches.plan("kept", "expired")
+    held = client.beta.messages.batches.create(requests=requests)
+    assert (held.processing_status, held.request_counts.processing, held.results_url) == (
+        "in_progress",
+        2,
+        None,
+    )
+    with pytest.raises(anthropic.AnthropicError, match="results_url"):
+        client.messages.batches.results(held.id)
+    with pytest.raises(anthropic.BadRequestError, match="in progress"):
+        client.messages.batches.delete(held.id)
+    # Cancelling ends it: the unplanned request is canceled, the planned one keeps its plan.
+    canceled = client.messages.batches.cancel(held.id)
+    assert (canceled.processing_status, canceled.cancel_initiated_at is not None) == ("ended", True)
+    assert {r.custom_id: r.result.type for r in client.messages.batches.results(held.id)} == {
+        "kept": "expired",
+        "open": "canceled",
+    }
+
+    sim.batches.hold = False
+    ended = client.messages.batches.create(requests=requests)
+    # Simulated conversation mode answers unplanned requests, at the batch tier.
+    results = {r.custom_id: r.result for r in client.messages.batches.results(ended.id)}
+    assert {custom_id: result.type for custom_id, result in results.items()} == {
+        "kept": "succeeded",
+        "open": "succeeded",
+    }
+    assert results["open"].message.usage.service_tier == "batch"  # type: ignore[union-attr]
+
+    first = client.messages.batches.list(limit=1)
+    assert ([b.id for b in first.data], first.has_more) == ([ended.id], True)
+    assert [b.id for b in client.messages.batches.list()] == [ended.id, held.id]
+    assert client.messages.batches.delete(held.id).type == "message_batch_deleted"
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.batches.retrieve(held.id)
+
+
+def test_results_read_as_a_raw_or_streaming_response_are_recorded(
+    spans: InMemorySpanExporter, sim: Simulator
+) -> None:
+    batch_id = make_batch(sim)
+    client = anthropic.Anthropic(base_url=sim.base_url, api_key="k")
+    raw = client.messages.batches.with_raw_response.results(batch_id)
+    assert [r.custom_id for r in raw.parse()] == list(CUSTOM_IDS)
+    assert len(kind_spans(spans, t.SPAN_KIND_CALL)) == 5
+    with client.beta.messages.batches.with_streaming_response.results(batch_id) as response:
+        assert len(list(response.iter_lines())) == 5
+    recorded = kind_spans(spans, t.SPAN_KIND_CALL)
+    assert len(recorded) == 10
+    assert len({s.context.span_id for s in recorded}) == 5  # the same five results, read twice
