@@ -9,6 +9,7 @@ new attribute.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -21,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from compactobs._version import __version__
 from compactobs.untrusted import bounded_id, escape
@@ -289,6 +291,36 @@ class _Sums:
         order (only with OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental)."""
 
 
+class _StableIds(IdGenerator):
+    """compactobs' tracer's id generator: the wrapped one's random ids, except for a span whose ids were
+    pinned (on this thread) just before it starts. A Message Batches result's spans get ids derived from
+    its batch and `custom_id`, so a result read twice is the same span twice, which the store keeps once
+    (it is keyed by span id)."""
+
+    def __init__(self, wrapped: IdGenerator) -> None:
+        self._wrapped = wrapped
+        self._pinned = threading.local()
+
+    def pin(self, ids: tuple[int, int] | None) -> None:
+        """(trace id, span id) for the next span started on this thread; None: random again."""
+        self._pinned.ids = ids
+
+    def generate_trace_id(self) -> int:
+        ids = getattr(self._pinned, "ids", None)
+        return ids[0] if ids is not None else self._wrapped.generate_trace_id()
+
+    def generate_span_id(self) -> int:
+        ids = getattr(self._pinned, "ids", None)
+        return ids[1] if ids is not None else self._wrapped.generate_span_id()
+
+
+def batch_result_ids(batch_id: str, custom_id: str, part: str) -> tuple[int, int]:
+    """(trace id, span id) of one span of a batch result: `part` is "call" or "iteration N". One trace per
+    result (a batch can hold 100,000 of them: too many for one trace in most backends)."""
+    digest = hashlib.blake2b(f"{batch_id}\x00{custom_id}\x00{part}".encode(), digest_size=24).digest()
+    return int.from_bytes(digest[:16], "big") or 1, int.from_bytes(digest[16:], "big") or 1
+
+
 class Telemetry:
     """Turns observations into spans and metrics on the given providers. Nothing here raises to the caller."""
 
@@ -302,6 +334,12 @@ class Telemetry:
     ) -> None:
         self.pricer = pricer
         self.tracer = tracer_provider.get_tracer(INSTRUMENTATION_SCOPE, __version__)
+        # Only this tracer's generator is wrapped: the application's other spans keep theirs. A tracer that
+        # is not the OpenTelemetry SDK's has none, and then batch results get random ids like any call.
+        generator = getattr(self.tracer, "id_generator", None)
+        self._stable_ids = _StableIds(generator) if isinstance(generator, IdGenerator) else None
+        if self._stable_ids is not None:
+            self.tracer.id_generator = self._stable_ids  # type: ignore[attr-defined]
         meter = meter_provider.get_meter(INSTRUMENTATION_SCOPE, __version__)
         self.latest_semconv = latest_gen_ai_semconv()
         if self.latest_semconv:
@@ -579,6 +617,8 @@ class Telemetry:
             (BUDGET_USD, obs.budget_usd),
             (BUDGET_TOKENS, obs.budget_tokens),
             (BUDGET_MAX_COMPACTIONS, obs.budget_max_compactions),
+            (BATCH_ID, obs.batch_id and bounded_id(obs.batch_id)),
+            (BATCH_CUSTOM_ID, obs.custom_id and bounded_id(obs.custom_id)),
         ):
             if value is not None:
                 attributes[key] = value
@@ -636,12 +676,26 @@ class Telemetry:
             attributes[COMPACTIONS_COUNT] = len(obs.compactions)
             attributes[COMPACTIONS_FAILED] = obs.failed_compactions
             attributes[COMPACTIONS_ERRORED] = len(obs.compactions)
-        span = self.tracer.start_span(
+        links: list[Link] = []
+        pinned: tuple[str, str] | None = None
+        if obs.batch_id is not None:
+            # A batch result's span is the root of a trace of its own, linked to the code that read it: its
+            # ids then depend on the result alone (see `_StableIds`).
+            reader = trace.get_current_span(parent).get_span_context() if parent is not None else None
+            if reader is not None and reader.is_valid:
+                links.append(Link(reader))
+            parent = otel_context.Context()
+            if obs.custom_id is not None and self._stable_ids is not None:
+                pinned = (obs.batch_id, obs.custom_id)
+        span = self._start_span(
+            pinned,
+            "call",
             f"chat {model}",
             context=parent,
             kind=SpanKind.CLIENT,
             attributes=attributes,
             start_time=obs.start_ns,
+            links=links,
         )
         if error_type is not None:
             span.set_status(Status(StatusCode.ERROR, error_type))
@@ -652,9 +706,19 @@ class Telemetry:
         if usage is not None and priced is not None:
             call_context = trace.set_span_in_context(span, parent)
             for iteration, priced_iteration in zip(usage.iterations, priced.iterations, strict=True):
-                self._iteration_span(iteration, priced_iteration, call_context, end_ns)
+                self._iteration_span(iteration, priced_iteration, call_context, end_ns, pinned)
         span.end(end_time=end_ns)
         self._metrics(obs, model, response_model, priced, totals, sums)
+
+    def _start_span(self, pinned: tuple[str, str] | None, part: str, name: str, **options: Any) -> trace.Span:
+        """`tracer.start_span`, with the ids of a batch result's `part` when `pinned` names the result."""
+        if pinned is None or self._stable_ids is None:
+            return self.tracer.start_span(name, **options)
+        self._stable_ids.pin(batch_result_ids(*pinned, part))
+        try:
+            return self.tracer.start_span(name, **options)
+        finally:
+            self._stable_ids.pin(None)
 
     def _iteration_span(
         self,
@@ -662,6 +726,7 @@ class Telemetry:
         priced: PricedIteration,
         call_context: otel_context.Context,
         end_ns: int,
+        pinned: tuple[str, str] | None,
     ) -> None:
         model = iteration.model
         attributes: dict[str, Any] = {
@@ -677,7 +742,9 @@ class Telemetry:
             attributes[RESPONSE_MODEL] = model
         _add_token_attributes(attributes, iteration.tokens)
         _add_cost_attributes(attributes, priced)
-        span = self.tracer.start_span(
+        span = self._start_span(
+            pinned,
+            f"iteration {iteration.index}",
             f"{iteration.type} {model or 'unknown'}",
             context=call_context,
             kind=SpanKind.INTERNAL,
@@ -733,7 +800,8 @@ class Telemetry:
         duration_attributes, input_attributes, output_attributes, _ = self._metric_attributes(
             model, response_model, obs.error_type
         )
-        self._duration.record(max(obs.end_ns - obs.start_ns, 0) / 1e9, duration_attributes)
+        if obs.batch_id is None:  # a batch result has no duration the application saw
+            self._duration.record(max(obs.end_ns - obs.start_ns, 0) / 1e9, duration_attributes)
         usage = obs.usage
         if self.latest_semconv:
             # The latest conventions count every call, one without usage (failed) as 0 tokens.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "field_of",
     "normalise_message",
     "normalise_usage",
+    "observe_batch_result",
     "observe_message",
     "request_facts",
 ]
@@ -499,6 +500,13 @@ class CallObservation:
     """Span events (name, attributes) for the call span, e.g. the guard's breach."""
     guarded: Any = None
     """A guarded conversation's call: its `compactobs.guard.ReturnedCall`, settled before it is recorded."""
+    batch_id: str | None = None
+    """Message Batches: the batch a result was read from (then the observation is that result's call)."""
+    custom_id: str | None = None
+    """Message Batches: the result's `custom_id`, read from `batch_result` by `complete`."""
+    batch_result: bytes | None = None
+    """Message Batches: the result's JSON line, not yet read (`complete` reads it, on the recording
+    thread)."""
 
     @property
     def failed_compactions(self) -> int:
@@ -514,6 +522,9 @@ class CallObservation:
             derive, self.conversation_of = self.conversation_of, None
             if self.conversation_id is None and derive is not None:
                 self.conversation_id = derive(request_body)
+        result, self.batch_result = self.batch_result, None
+        if result is not None:
+            observe_batch_result(self, result)
         body, self.body = self.body, None
         stream, self.stream = self.stream, None
         if stream is not None:
@@ -570,3 +581,32 @@ def observe_message(observation: CallObservation, message: object) -> None:
     stop_reason = field_of(message, "stop_reason")
     observation.stop_reason = stop_reason if isinstance(stop_reason, str) else None
     observation.compactions = compaction_blocks(field_of(message, "content"))
+
+
+BATCH_SERVICE_TIER: Final = "batch"
+
+
+def observe_batch_result(observation: CallObservation, line: bytes) -> None:
+    """Fill in what one Message Batches result line says. Never raises.
+
+    `succeeded`: its message, billed at batch rates whatever its usage says (every result of a batch is a
+    batch request). `errored`: an error call (`error_type` the API error's type, else `errored`), as are
+    `expired` and `canceled` (`error_type` that word): none carries usage, so none is priced.
+    """
+    try:
+        decoded = json.loads(line)
+    except (ValueError, RecursionError):
+        observation.error_type = "unreadable_result"
+        return
+    observation.custom_id = _text(decoded, "custom_id")
+    result = field_of(decoded, "result")
+    kind = _text(result, "type")
+    if kind == "succeeded":
+        observe_message(observation, field_of(result, "message"))
+        usage = observation.usage
+        if usage is not None and usage.service_tier != BATCH_SERVICE_TIER:
+            observation.usage = replace(usage, service_tier=BATCH_SERVICE_TIER)
+    elif kind == "errored":
+        observation.error_type = _text(field_of(field_of(result, "error"), "error"), "type") or kind
+    else:
+        observation.error_type = kind or "unknown_result"

@@ -25,6 +25,7 @@ from opentelemetry import trace
 
 from compactobs import guard as guard_module
 from compactobs.instrument import state
+from compactobs.instrument.batches import observe_batch_response
 from compactobs.instrument.conversation import current_conversation, fingerprint
 from compactobs.instrument.streams import StreamObserver, observe_body
 from compactobs.telemetry import CONVERSATION_ID
@@ -94,7 +95,8 @@ class Middleware(anthropic.Middleware):
     """Records every Messages call of the client it is given to: `Anthropic(middleware=[Middleware()])`.
 
     Works for sync and async clients, every call style (create, stream, create(stream=True), beta and GA,
-    the tool runner). `compactobs.instrument()` adds one to every client for you.
+    the tool runner), and Message Batches results as they are read (`compactobs.instrument.batches`).
+    `compactobs.instrument()` adds one to every client for you.
     """
 
     def __init__(
@@ -119,7 +121,9 @@ class Middleware(anthropic.Middleware):
     def handle(self, request: APIRequest, call_next: CallNext) -> APIResponse[Any]:
         call = self._begin(request)
         if call is None:
-            return call_next(request)
+            response = call_next(request)
+            self._other_response(request, response)
+            return response
         if call.guarded is not None:
             request = self._guard_request(call, request)  # may raise the guard's error, before sending
         try:
@@ -133,7 +137,9 @@ class Middleware(anthropic.Middleware):
     async def handle_async(self, request: APIRequest, call_next: AsyncCallNext) -> AsyncAPIResponse[Any]:
         call = self._begin(request)
         if call is None:
-            return await call_next(request)
+            async_response = await call_next(request)
+            self._other_response(request, async_response)
+            return async_response
         if call.guarded is not None:
             guard, conversation_id, policy = call.guarded
             await guard.settled(conversation_id, policy)  # without blocking the loop on another thread
@@ -195,6 +201,12 @@ class Middleware(anthropic.Middleware):
         except Exception:
             log.debug("compactobs could not start observing a call", exc_info=True)
             return None
+
+    def _other_response(self, request: APIRequest, response: Any) -> None:
+        """A request that is no Messages call: Message Batches results are calls too. Never raises."""
+        if self._auto and not state.active:
+            return
+        observe_batch_response(request, response)
 
     # -- the runtime guard (compactobs.guard) ------------------------------------------------------------
 

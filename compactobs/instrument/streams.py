@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import httpx2
 
@@ -28,6 +28,17 @@ log = logging.getLogger("compactobs")
 _USAGE_EVENTS = frozenset({b"message_start", b"message_delta", b"content_block_start", b"content_block_stop"})
 
 StreamDone = Callable[["StreamObserver", str, "BaseException | None"], None]
+
+
+class BodyObserver(Protocol):
+    """What the byte-stream wrappers below report to: `chunk` for each piece of the body unless `begun`
+    (the SDK's own events then report the body), and `end` once, with how reading ended."""
+
+    begun: bool
+
+    def chunk(self, chunk: bytes) -> None: ...
+
+    def end(self, how: str, error: BaseException | None = None) -> None: ...
 
 
 class SseScanner:
@@ -142,7 +153,7 @@ class StreamObserver:
 class ObservedStream(httpx2.SyncByteStream):
     """The response body, unchanged, reporting to `stream_observer` how it was read."""
 
-    def __init__(self, body: httpx2.SyncByteStream, observer: StreamObserver) -> None:
+    def __init__(self, body: httpx2.SyncByteStream, observer: BodyObserver) -> None:
         self._body = body
         self.stream_observer = observer
 
@@ -183,7 +194,7 @@ class ObservedStream(httpx2.SyncByteStream):
 class AsyncObservedStream(httpx2.AsyncByteStream):
     """The async response body, unchanged, reporting to `stream_observer` how it was read."""
 
-    def __init__(self, body: httpx2.AsyncByteStream, observer: StreamObserver) -> None:
+    def __init__(self, body: httpx2.AsyncByteStream, observer: BodyObserver) -> None:
         self._async_body = body
         self.stream_observer = observer
 
@@ -219,12 +230,12 @@ class AsyncObservedStream(httpx2.AsyncByteStream):
 class BothObservedStream(ObservedStream, AsyncObservedStream):
     """For a body that is a sync and an async stream at once, as httpx2.ByteStream is."""
 
-    def __init__(self, body: Any, observer: StreamObserver) -> None:
+    def __init__(self, body: Any, observer: BodyObserver) -> None:
         ObservedStream.__init__(self, body, observer)
         AsyncObservedStream.__init__(self, body, observer)
 
 
-def observe_body(response: httpx2.Response, observer: StreamObserver) -> None:
+def observe_body(response: httpx2.Response, observer: BodyObserver) -> None:
     """Wrap `response`'s byte stream so `observer` sees it read; httpx2's sync/async kind checks stay true."""
     body: Any = response.stream
     if isinstance(body, httpx2.SyncByteStream) and isinstance(body, httpx2.AsyncByteStream):

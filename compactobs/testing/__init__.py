@@ -86,6 +86,12 @@ request's `speed` and `inference_geo` are echoed in `usage`.
 too little room, so it runs on every turn; `fail_compaction` returns `content: null` (still billed);
 `cache_miss_after_compaction` drops a conversation's cache entries whenever it compacts.
 
+## Message Batches
+`/v1/messages/batches` (create, retrieve, list, cancel, delete, and `/results` as chunked JSON Lines), GA
+and beta. `sim.batches.plan(custom_id, Reply(...) | ErrorReply(...) | "expired" | "canceled")` decides a
+request's result; unplanned requests are answered in simulated conversation mode at `service_tier`
+`"batch"`. Batches end at once unless `sim.batches.hold` is set. See `compactobs.testing._batches`.
+
 ## Organisation usage and cost reports
 `GET /v1/organizations/analytics/usage` and `/cost` (the SDK's `client.beta.organization.analytics.usage`
 and `.cost`) answer from the Messages responses the simulator served (queued or simulated; a cut reply is

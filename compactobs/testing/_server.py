@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
+from compactobs.testing._batches import Batches, encode_answer, is_batches_route
 from compactobs.testing._conversation import ConversationEngine, ConversationScenario, SimulationError
 from compactobs.testing._replies import ErrorReply, Reply, encode_event, stream_events
 from compactobs.testing._reports import COST_ROUTE, USAGE_ROUTE, Ledger, ReportScenario
@@ -108,6 +109,8 @@ class Simulator:
         self._scenario = scenario if scenario is not None else ConversationScenario()
         self._engine = ConversationEngine()
         self._ledger = Ledger()
+        self.batches = Batches()
+        """Message Batches: plans, batches, `hold` (see compactobs.testing._batches)."""
         self._connections: set[socket.socket] = set()
         self._served = 0
         self._server = _Server((host, port), self)
@@ -176,6 +179,7 @@ class Simulator:
             self._requests.clear()
             self._engine = ConversationEngine()
         self._ledger.clear()
+        self.batches.clear()
 
     def advance_clock(self, seconds: float) -> None:
         """Move the prompt cache's wall clock forward, to expire 5-minute (300 s) or 1-hour entries."""
@@ -229,7 +233,16 @@ class Simulator:
             self._served += 1
             request_id = f"req_sim_{self._served}"
             self._requests.append(RecordedRequest(handler.path, headers, body, handler.command))
-            reply = self._choose(handler.command, route, parsed, headers)
+            if is_batches_route(route):
+                args = (parsed, headers, self._engine, self._scenario, self.base_url)
+                answer = self.batches.answer(handler.command, handler.path, *args)
+            else:
+                reply = self._choose(handler.command, route, parsed, headers)
+        if is_batches_route(route):
+            status, head, data = encode_answer(answer, request_id)
+            with contextlib.suppress(OSError):  # the client hung up
+                handler.wfile.write(_head(handler, status, head) + data)
+            return
         if route in _REPORTS and isinstance(reply, Reply) and reply.body is _ANSWER_REPORT:
             query = handler.path.split("?", 1)[1] if "?" in handler.path else ""
             try:
