@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from compactobs.testing._conversation import ConversationEngine, ConversationScenario, SimulationError
+from compactobs.testing._platforms import platform_request, write_bedrock
 from compactobs.testing._replies import ErrorReply, Reply, encode_event, stream_events
 from compactobs.testing._reports import COST_ROUTE, USAGE_ROUTE, Ledger, ReportScenario
 
@@ -225,6 +226,10 @@ class Simulator:
             parsed = None
         body = parsed if isinstance(parsed, dict) else {}
         route = handler.path.split("?", 1)[0].rstrip("/")
+        platform = platform_request(route, body)  # Bedrock, Vertex, /anthropic: see _platforms
+        if platform is not None:
+            route, body, headers = platform.route, platform.body, platform.headers(headers)
+            parsed = body
         with self._lock:
             self._served += 1
             request_id = f"req_sim_{self._served}"
@@ -238,14 +243,18 @@ class Simulator:
                 reply = ErrorReply(err.status, error_type=err.error_type, message=err.message)
         elif route == _MESSAGES and isinstance(reply, Reply) and reply.cut_after_events is None:
             # booked as served: what the organisation reports count. Never fails the reply: a queued body
-            # may be deliberately malformed, and then it is simply not booked.
+            # may be deliberately malformed, and then it is simply not booked. A platform's calls are
+            # billed by the cloud, not in Anthropic's reports.
             with contextlib.suppress(Exception):
-                self._ledger.record(reply.body, _api_key(headers), time.time())
+                if platform is None:
+                    self._ledger.record(reply.body, _api_key(headers), time.time())
         streaming = isinstance(reply, Reply) and route == _MESSAGES and body.get("stream") is True
         if isinstance(reply, Reply) and reply.delay_s > 0:
             time.sleep(reply.delay_s)  # outside the lock: only this connection waits
         try:
-            if isinstance(reply, ErrorReply):
+            if platform is not None and platform.bedrock and isinstance(reply, Reply):
+                write_bedrock(handler, reply, request_id, streaming, _head)
+            elif isinstance(reply, ErrorReply):
                 _write_json(
                     handler,
                     reply.status,
