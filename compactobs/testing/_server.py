@@ -226,6 +226,7 @@ class Simulator:
             parsed = None
         body = parsed if isinstance(parsed, dict) else {}
         route = handler.path.split("?", 1)[0].rstrip("/")
+        received = (body, headers)  # recorded as sent; a platform's request is answered as a Messages one
         platform = platform_request(route, body)  # Bedrock, Vertex, /anthropic: see _platforms
         if platform is not None:
             route, body, headers = platform.route, platform.body, platform.headers(headers)
@@ -233,7 +234,7 @@ class Simulator:
         with self._lock:
             self._served += 1
             request_id = f"req_sim_{self._served}"
-            self._requests.append(RecordedRequest(handler.path, headers, body, handler.command))
+            self._requests.append(RecordedRequest(handler.path, received[1], received[0], handler.command))
             reply = self._choose(handler.command, route, parsed, headers)
         if route in _REPORTS and isinstance(reply, Reply) and reply.body is _ANSWER_REPORT:
             query = handler.path.split("?", 1)[1] if "?" in handler.path else ""
