@@ -488,3 +488,24 @@ def test_explicit_middleware_on_a_bedrock_client(sim: Simulator, sqlite_url: str
     assert [(row["provider"], row["region"], Decimal(str(row["cost_usd"]))) for row in rows] == [
         ("aws.bedrock", "ap-southeast-2", REGIONAL_COST)
     ]
+
+
+def test_raw_responses_and_the_tool_runner_on_platform_clients(recording: str, sim: Simulator) -> None:
+    @anthropic.beta_tool
+    def noop() -> str:
+        """Does nothing."""
+        return "done"
+
+    for kind in ("bedrock", "vertex"):
+        model = PLATFORMS[kind][0]
+        client = make_client(kind, sim.base_url)
+        queue(sim, model, 3)
+        client.messages.with_raw_response.create(**args(model)).parse()
+        with client.messages.with_streaming_response.create(**args(model)) as response:
+            response.read()
+        runner = client.beta.messages.tool_runner(**args(model), tools=[noop])
+        runner.until_done()  # the queued reply asks for no tool: one call
+    rows = stored_calls(recording)
+    assert [(row["provider"], Decimal(str(row["cost_usd"]))) for row in rows] == [
+        ("aws.bedrock", REGIONAL_COST)
+    ] * 3 + [("gcp.vertex_ai", REGIONAL_COST)] * 3
