@@ -509,3 +509,26 @@ def test_raw_responses_and_the_tool_runner_on_platform_clients(recording: str, s
     assert [(row["provider"], Decimal(str(row["cost_usd"]))) for row in rows] == [
         ("aws.bedrock", REGIONAL_COST)
     ] * 3 + [("gcp.vertex_ai", REGIONAL_COST)] * 3
+
+
+def test_reprice_and_pricing_check_keep_the_platform_terms(recording: str, sim: Simulator) -> None:
+    """Re-pricing stored platform calls reads their provider, region and model as sent: the regional
+    premium stays; `pricing check` knows the platform ids the store holds."""
+    for kind in ("bedrock", "bedrock-global", "vertex"):
+        model = PLATFORMS[kind][0]
+        queue(sim, model, 1)
+        make_client(kind, sim.base_url).messages.create(**args(model))
+    compactobs.flush()
+    engine = create_engine(recording)
+    try:
+        with engine.begin() as connection:  # as if priced by older prices: reprice must redo every call
+            connection.execute(text("UPDATE calls SET cost_usd = 0, pricing_version = 'old'"))
+    finally:
+        engine.dispose()
+    code, out, err = run("--db", recording, "reprice")
+    assert code == 0, err
+    # us. profile and Vertex us-east5: $1.0945 (regional); global. profile: $0.995 (list)
+    costs = [Decimal(str(row["cost_usd"])) for row in stored_calls(recording)]
+    assert costs == [REGIONAL_COST, LIST_COST, REGIONAL_COST]
+    code, out, err = run("--db", recording, "pricing", "check")
+    assert code == 0, out + err

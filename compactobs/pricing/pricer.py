@@ -33,6 +33,7 @@ from typing import Final
 import genai_prices
 from genai_prices import data_snapshot
 
+from compactobs.platforms import model_of
 from compactobs.pricing.catalog import genai_schedule, lookup_model
 from compactobs.pricing.overrides import Overrides, load_overrides
 from compactobs.pricing.platforms import REGIONAL_PREMIUM, premium_eligible, regional_terms
@@ -161,9 +162,10 @@ class Pricer:
         total_input_tokens: int = 0,
     ) -> Rates | None:
         """The rates that would bill `model` at `when` for these variants, or None if the model is unknown.
+        A platform's id (`us.anthropic.claude-opus-4-6-v1:0`) is read as its model, at list.
 
         `total_input_tokens` selects the tier (the top-level fields show that tier's rates)."""
-        card = self._card(model, _utc_day(when), when, service_tier, speed, inference_geo)
+        card = self._card(model_of(model), _utc_day(when), when, service_tier, speed, inference_geo)
         if isinstance(card, _Unpriced):
             return None
         rates = card.rates
