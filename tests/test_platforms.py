@@ -532,3 +532,24 @@ def test_reprice_and_pricing_check_keep_the_platform_terms(recording: str, sim: 
     assert costs == [REGIONAL_COST, LIST_COST, REGIONAL_COST]
     code, out, err = run("--db", recording, "pricing", "check")
     assert code == 0, out + err
+
+
+def test_export_otlp_replays_the_platform(recording: str, sim: Simulator) -> None:
+    """Calls replayed from the store (`export otlp`) carry their provider and region, iterations too."""
+    from compactobs.store.replay import replay
+
+    model = PLATFORMS["vertex"][0]
+    queue(sim, model, 1)
+    make_client("vertex", sim.base_url).messages.create(**args(model))
+    compactobs.flush()
+    exporter = InMemorySpanExporter()
+    engine = create_engine(recording)
+    try:
+        replay(engine, [], exporter)
+    finally:
+        engine.dispose()
+    replayed = exporter.get_finished_spans()
+    assert len(replayed) == 3  # the call and its two iterations
+    assert {(s.attributes or {})[t.PROVIDER_NAME] for s in replayed} == {"gcp.vertex_ai"}
+    call = next(s for s in replayed if (s.attributes or {})[t.SPAN_KIND] == t.SPAN_KIND_CALL)
+    assert (call.attributes or {})[t.CLOUD_REGION] == "us-east5"
