@@ -56,24 +56,31 @@ CLIENT_CLASSES: Final[tuple[type[Any], ...]] = (
 """Every client class that serves the Messages API, sync and async."""
 
 
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
+_PLATFORMS: Final[tuple[tuple[tuple[type[Any], ...], str, str | None], ...]] = (
+    (_BEDROCK, AWS_BEDROCK, "aws_region"),
+    (_VERTEX, GCP_VERTEX, "region"),
+    (_FOUNDRY, AZURE_FOUNDRY, None),
+    (_AWS, ANTHROPIC, "aws_region"),
+    # The SDK keeps the location it resolved (argument, environment, else `global`) privately.
+    (_GOOGLE_CLOUD, ANTHROPIC, "_location"),
+)
+"""(classes, gen_ai.provider.name, the client attribute that holds its region)."""
+
+_by_class: dict[type[Any], tuple[str, str | None]] = {}
+"""`_PLATFORMS` resolved per client class: a call's lookup is one dict read."""
 
 
 def platform_of(client: object) -> tuple[str, str | None]:
     """(gen_ai.provider.name, region) of a client. Never raises."""
     try:
-        if isinstance(client, _BEDROCK):
-            return AWS_BEDROCK, _text(getattr(client, "aws_region", None))
-        if isinstance(client, _VERTEX):
-            return GCP_VERTEX, _text(getattr(client, "region", None))
-        if isinstance(client, _FOUNDRY):
-            return AZURE_FOUNDRY, None
-        if isinstance(client, _AWS):
-            return ANTHROPIC, _text(getattr(client, "aws_region", None))
-        if isinstance(client, _GOOGLE_CLOUD):
-            # The SDK keeps the location it resolved (argument, environment, else `global`) privately.
-            return ANTHROPIC, _text(getattr(client, "_location", None))
+        cls = type(client)
+        found = _by_class.get(cls)
+        if found is None:
+            matches = (entry[1:] for entry in _PLATFORMS if issubclass(cls, entry[0]))
+            found = next(matches, (ANTHROPIC, None))
+            _by_class[cls] = found
+        provider, attribute = found
+        region = getattr(client, attribute, None) if attribute is not None else None
+        return provider, region if isinstance(region, str) and region else None
     except Exception:
-        pass
-    return ANTHROPIC, None
+        return ANTHROPIC, None

@@ -86,6 +86,12 @@ request's `speed` and `inference_geo` are echoed in `usage`.
 too little room, so it runs on every turn; `fail_compaction` returns `content: null` (still billed);
 `cache_miss_after_compaction` drops a conversation's cache entries whenever it compacts.
 
+## Platform routes
+Bedrock's `/model/{id}/invoke` and `/invoke-with-response-stream` (the AWS event stream), Vertex's
+`...:rawPredict` and `...:streamRawPredict`, and the `/anthropic` base path of Foundry and Bedrock Mantle
+answer like `/v1/messages`, so `AnthropicBedrock`, `AnthropicVertex`, `AnthropicFoundry` (and the rest)
+run unchanged against `sim.base_url`: see `compactobs.testing._platforms` for each client's offline setup.
+
 ## Organisation usage and cost reports
 `GET /v1/organizations/analytics/usage` and `/cost` (the SDK's `client.beta.organization.analytics.usage`
 and `.cost`) answer from the Messages responses the simulator served (queued or simulated; a cut reply is

@@ -22,8 +22,9 @@ requests and decode streams): `POST /model/{model id}/invoke` answers JSON;
 (`application/vnd.amazon.eventstream`): one `chunk` event per Messages stream event, its JSON base64 in
 `bytes`, the last one (`message_stop`) carrying `amazon-bedrock-invocationMetrics`. The model comes from
 the URL (the SDK moves it there), `anthropic_beta` from the body (where the SDK puts the beta header);
-`anthropic_version` is dropped. Responses carry Bedrock's `x-amzn-requestid` (`req_sim_<n>`) instead of
-`request-id`. A `Reply(..., cut_after_events=n)` ends the event stream after n events, unterminated.
+`anthropic_version` is dropped. A `Reply` is answered with Bedrock's `x-amzn-requestid` (`req_sim_<n>`)
+instead of `request-id`; `Reply(..., cut_after_events=n)` ends the event stream after n events,
+unterminated. An `ErrorReply` is answered as on `/v1/messages` (Anthropic's error body).
 
 **Vertex** (`AnthropicVertex`; pass `access_token` and `project_id` so google-auth is never asked):
 `POST [/v1]/projects/{project}/locations/{region}/publishers/anthropic/models/{model}:rawPredict` (JSON)
