@@ -66,7 +66,8 @@ ANTHROPIC_REQUEST_ID: Final = "anthropic.request.id"
 ANTHROPIC_BETA: Final = "anthropic.beta"
 ANTHROPIC_SERVICE_TIER: Final = "anthropic.response.service_tier"
 CLOUD_REGION: Final = "cloud.region"
-"""The platform region a call ran in (Bedrock, Vertex, Foundry); absent for first-party calls."""
+"""The region the call's client targets (Bedrock, Vertex, Claude on AWS or Google Cloud); absent for
+first-party calls and Foundry's (see compactobs.instrument.platforms)."""
 
 # --- attributes (compactobs) ---
 SPAN_KIND: Final = "compactobs.span.kind"
@@ -683,7 +684,8 @@ class Telemetry:
     def _metric_attributes(
         self, provider: str, model: str, response_model: str | None, error_type: str | None
     ) -> _MetricAttributes:
-        """The attribute sets of a call's GenAI metric points, made once per (model, response model, error):
+        """The attribute sets of a call's GenAI metric points, made once per (provider, model, response model,
+        error):
         the SDK copies what it is given, so one dict serves every call of a series (and is never changed).
 
         (duration, input tokens, output tokens, usage counters): by default the token histogram's two sets
