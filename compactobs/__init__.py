@@ -2,7 +2,7 @@
 
 ```python
 import compactobs
-compactobs.instrument()                       # every Anthropic / AsyncAnthropic client, new and existing
+compactobs.instrument()                       # every SDK client (Bedrock, Vertex, ...), new and existing
 with compactobs.conversation("ticket-42"):
     client.beta.messages.create(...)
 compactobs.flush(); compactobs.shutdown()     # shutdown also runs at interpreter exit and on SIGTERM
@@ -244,7 +244,8 @@ def instrument(
     spool_max_bytes: int | None = None,
     spool_dir: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Record every Anthropic and AsyncAnthropic client's Messages calls. Idempotent.
+    """Record the Messages calls of every client of the SDK, sync and async: Anthropic, Bedrock, Vertex,
+    Foundry, ... (`compactobs.instrument.platforms.CLIENT_CLASSES`). Idempotent.
 
     `database_url`: the SQL store (default `COMPACTOBS_DATABASE_URL`, else SQLite in the user data
     directory); `store=False` records to OpenTelemetry only. Spans go to the application's TracerProvider

@@ -860,7 +860,10 @@ def reprice_command(state: CliState, since: str | None, until: str | None, tz: s
         )
 
 
-_BY_HELP = "Group by hour, day, week, month, model, conversation, service, iteration-type (repeatable; a,b)."
+_BY_HELP = (
+    "Group by hour, day, week, month, model, conversation, service, provider, iteration-type "
+    "(repeatable; a,b)."
+)
 
 
 def _split_by(values: tuple[str, ...]) -> list[str]:

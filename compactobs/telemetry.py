@@ -27,6 +27,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from compactobs._version import __version__
 from compactobs.untrusted import bounded_id, escape
+from compactobs.platforms import ANTHROPIC
 from compactobs.usage import CallObservation, IterationUsage, TokenCounts
 
 INSTRUMENTATION_SCOPE: Final = "compactobs"
@@ -68,7 +69,8 @@ ANTHROPIC_REQUEST_ID: Final = "anthropic.request.id"
 ANTHROPIC_BETA: Final = "anthropic.beta"
 ANTHROPIC_SERVICE_TIER: Final = "anthropic.response.service_tier"
 CLOUD_REGION: Final = "cloud.region"
-"""The platform region a call ran in (Bedrock, Vertex, Foundry); absent for first-party calls."""
+"""The region the call's client targets (Bedrock, Vertex, Claude on AWS or Google Cloud); absent for
+first-party calls and Foundry's (see compactobs.instrument.platforms)."""
 
 # --- attributes (compactobs) ---
 SPAN_KIND: Final = "compactobs.span.kind"
@@ -283,12 +285,13 @@ class _Sums:
     __slots__ = ("compactions", "cost", "inference", "tokens")
 
     def __init__(self) -> None:
-        self.tokens: dict[tuple[str, str, str], int] = {}
-        self.cost: dict[tuple[str, str], Decimal] = {}
-        self.compactions: dict[str, int] = {}
-        self.inference: dict[tuple[str, str | None], list[int]] = {}
-        """The latest conventions' usage counters per (model, response model), in `_INFERENCE_COUNTERS`
-        order (only with OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental)."""
+        # Keyed by provider first (`gen_ai.provider.name`), then model.
+        self.tokens: dict[tuple[str, str, str, str], int] = {}
+        self.cost: dict[tuple[str, str, str], Decimal] = {}
+        self.compactions: dict[tuple[str, str], int] = {}
+        self.inference: dict[tuple[str, str, str | None], list[int]] = {}
+        """The latest conventions' usage counters per (provider, model, response model), in
+        `_INFERENCE_COUNTERS` order (only with OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental)."""
 
 
 class _StableIds(IdGenerator):
@@ -380,7 +383,7 @@ class Telemetry:
             METRIC_COMPACTIONS, unit="{compaction}", description="Server-side compactions"
         )
         self._warned: set[str] = set()
-        self._metric_attribute_sets: dict[tuple[str, str | None, str | None], _MetricAttributes] = {}
+        self._metric_attribute_sets: dict[tuple[str, str, str | None, str | None], _MetricAttributes] = {}
         # Bounded, so a recorder that falls behind costs callers time (see `record`), never memory.
         self._backlog_limit = backlog_limit
         self._closed = False
@@ -537,24 +540,24 @@ class Telemetry:
     def _add_sums(self, sums: _Sums) -> None:
         """Hand the summed counter increments to the SDK, and start the sums afresh."""
         try:
-            for (model, kind, token_class), count in sums.tokens.items():
+            for (provider, model, kind, token_class), count in sums.tokens.items():
                 self._tokens.add(
                     count,
                     {
-                        PROVIDER_NAME: "anthropic",
+                        PROVIDER_NAME: provider,
                         RESPONSE_MODEL: model,
                         ITERATION_TYPE: kind,
                         DIM_TOKEN_CLASS: token_class,
                     },
                 )
-            for (model, kind), usd in sums.cost.items():
+            for (provider, model, kind), usd in sums.cost.items():
                 self._cost.add(
-                    float(usd), {PROVIDER_NAME: "anthropic", RESPONSE_MODEL: model, ITERATION_TYPE: kind}
+                    float(usd), {PROVIDER_NAME: provider, RESPONSE_MODEL: model, ITERATION_TYPE: kind}
                 )
-            for model, count in sums.compactions.items():
-                self._compactions.add(count, {PROVIDER_NAME: "anthropic", RESPONSE_MODEL: model})
-            for (model, response_model), counts in sums.inference.items():
-                usage_attributes = self._metric_attributes(model, response_model, None)[3]
+            for (provider, model), count in sums.compactions.items():
+                self._compactions.add(count, {PROVIDER_NAME: provider, RESPONSE_MODEL: model})
+            for (provider, model, response_model), counts in sums.inference.items():
+                usage_attributes = self._metric_attributes(provider, model, response_model, None)[3]
                 for counter, count in zip(self._inference_counters, counts, strict=True):
                     if count >= 0:  # -1: not known (reasoning tokens the usage did not report)
                         counter.add(count, usage_attributes)
@@ -588,10 +591,11 @@ class Telemetry:
             priced = self.pricer.price_call(usage, when)
         response_model = obs.response_model or (usage.response_model if usage else None)
         model = request.model or response_model or "unknown"
+        provider = obs.provider or ANTHROPIC  # a call whose client is not known: first-party
         # One dict, built in place: a None value is left out, as OpenTelemetry would not take it.
         attributes: dict[str, Any] = {
             SPAN_KIND: SPAN_KIND_CALL,
-            PROVIDER_NAME: "anthropic",
+            PROVIDER_NAME: provider,
             OPERATION_NAME: "chat",
         }
         stop_reason, error_type = obs.stop_reason, obs.error_type
@@ -609,6 +613,7 @@ class Telemetry:
             (HTTP_STATUS_CODE, obs.status_code),
             (ERROR_TYPE, error_type),
             (SERVER_ADDRESS, obs.server_address),
+            (CLOUD_REGION, obs.region),
             (COMPACTION_TRIGGER, request.compaction_trigger),
             (COMPACTION_PAUSE_AFTER, request.pause_after_compaction),
             (COMPACTION_ON_DEMAND, request.on_demand_compaction or None),
@@ -706,9 +711,9 @@ class Telemetry:
         if usage is not None and priced is not None:
             call_context = trace.set_span_in_context(span, parent)
             for iteration, priced_iteration in zip(usage.iterations, priced.iterations, strict=True):
-                self._iteration_span(iteration, priced_iteration, call_context, end_ns, pinned)
+                self._iteration_span(iteration, priced_iteration, call_context, end_ns, pinned, provider)
         span.end(end_time=end_ns)
-        self._metrics(obs, model, response_model, priced, totals, sums)
+        self._metrics(obs, provider, model, response_model, priced, totals, sums)
 
     def _start_span(self, pinned: tuple[str, str] | None, part: str, name: str, **options: Any) -> trace.Span:
         """`tracer.start_span`, with the ids of a batch result's `part` when `pinned` names the result."""
@@ -727,11 +732,12 @@ class Telemetry:
         call_context: otel_context.Context,
         end_ns: int,
         pinned: tuple[str, str] | None,
+        provider: str,
     ) -> None:
         model = iteration.model
         attributes: dict[str, Any] = {
             SPAN_KIND: SPAN_KIND_ITERATION,
-            PROVIDER_NAME: "anthropic",
+            PROVIDER_NAME: provider,
             ITERATION_INDEX: iteration.index,
             ITERATION_TYPE: iteration.type,
             ITERATION_KNOWN_TYPE: iteration.known_type,
@@ -754,19 +760,20 @@ class Telemetry:
         span.end(end_time=end_ns)
 
     def _metric_attributes(
-        self, model: str, response_model: str | None, error_type: str | None
+        self, provider: str, model: str, response_model: str | None, error_type: str | None
     ) -> _MetricAttributes:
-        """The attribute sets of a call's GenAI metric points, made once per (model, response model, error):
+        """The attribute sets of a call's GenAI metric points, made once per (provider, model, response model,
+        error):
         the SDK copies what it is given, so one dict serves every call of a series (and is never changed).
 
         (duration, input tokens, output tokens, usage counters): by default the token histogram's two sets
         carry `gen_ai.token.type`; with the latest conventions the token histograms are two instruments
         that take the duration's set, and the usage counters carry `gen_ai.token.modality` instead."""
-        key = (model, response_model, error_type)
+        key = (provider, model, response_model, error_type)
         cached = self._metric_attribute_sets.get(key)
         if cached is not None:
             return cached
-        base = {PROVIDER_NAME: "anthropic", OPERATION_NAME: "chat", REQUEST_MODEL: model}
+        base = {PROVIDER_NAME: provider, OPERATION_NAME: "chat", REQUEST_MODEL: model}
         if response_model:
             base[RESPONSE_MODEL] = response_model
         duration_attributes = dict(base)
@@ -790,6 +797,7 @@ class Telemetry:
     def _metrics(
         self,
         obs: CallObservation,
+        provider: str,
         model: str,
         response_model: str | None,
         priced: PricedCall | None,
@@ -798,14 +806,14 @@ class Telemetry:
     ) -> None:
         """Histograms now (each call is one observation); counter increments into `sums`."""
         duration_attributes, input_attributes, output_attributes, _ = self._metric_attributes(
-            model, response_model, obs.error_type
+            provider, model, response_model, obs.error_type
         )
         if obs.batch_id is None:  # a batch result has no duration the application saw
             self._duration.record(max(obs.end_ns - obs.start_ns, 0) / 1e9, duration_attributes)
         usage = obs.usage
         if self.latest_semconv:
             # The latest conventions count every call, one without usage (failed) as 0 tokens.
-            self._latest_token_metrics(obs, model, response_model, totals, sums)
+            self._latest_token_metrics(obs, provider, model, response_model, totals, sums)
         if usage is None or priced is None or totals is None:
             if obs.error_type is not None and obs.compactions:  # an error call's compactions (see _record)
                 series = response_model or model
@@ -827,34 +835,35 @@ class Telemetry:
                 (_CACHE_WRITE_1H, tokens.cache_write_1h),
             ):
                 if count:
-                    key = (series, kind, token_class)
+                    key = (provider, series, kind, token_class)
                     tokens_sums[key] = tokens_sums.get(key, 0) + count
             if priced_iteration.cost_usd:
-                cost_key = (series, kind)
+                cost_key = (provider, series, kind)
                 cost_sums[cost_key] = cost_sums.get(cost_key, _ZERO) + priced_iteration.cost_usd
         if priced.server_tools_usd:
-            cost_key = (response_model or model, "server_tools")
+            cost_key = (provider, response_model or model, "server_tools")
             cost_sums[cost_key] = cost_sums.get(cost_key, _ZERO) + priced.server_tools_usd
         compactions = usage.compactions
         if compactions:
-            series = response_model or model
-            sums.compactions[series] = sums.compactions.get(series, 0) + compactions
+            compaction_key = (provider, response_model or model)
+            sums.compactions[compaction_key] = sums.compactions.get(compaction_key, 0) + compactions
 
     def _latest_token_metrics(
         self,
         obs: CallObservation,
+        provider: str,
         model: str,
         response_model: str | None,
         totals: TokenCounts | None,
         sums: _Sums,
     ) -> None:
         """The latest conventions' token histograms now, their usage counters into `sums`."""
-        histogram_attributes = self._metric_attributes(model, response_model, obs.error_type)[0]
+        histogram_attributes = self._metric_attributes(provider, model, response_model, obs.error_type)[0]
         total_input = totals.total_input if totals is not None else 0
         output = totals.output if totals is not None else 0
         self._input_tokens.record(total_input, histogram_attributes)
         self._output_tokens.record(output, histogram_attributes)
-        key = (model, response_model)
+        key = (provider, model, response_model)
         counts = sums.inference.get(key)
         if counts is None:
             counts = sums.inference[key] = [0, 0, 0, 0, -1]

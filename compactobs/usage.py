@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+from compactobs.platforms import endpoint_of, model_of
+
 __all__ = [
     "KNOWN_ITERATION_TYPES",
     "CallObservation",
@@ -170,6 +172,10 @@ class CallUsage:
     """Reasoning tokens, already inside `output`: shown apart, never billed twice."""
     top_level: TokenCounts = field(default_factory=TokenCounts)
     """What the top-level fields say (compaction left out): kept to show what other tools under-report."""
+    provider: str | None = None
+    """Where the call ran (`gen_ai.provider.name`); None: first-party, or not known."""
+    endpoint: str | None = None
+    """A Bedrock or Vertex call's endpoint scope (`compactobs.platforms.endpoint_of`), which prices it."""
 
     @property
     def totals(self) -> TokenCounts:
@@ -211,8 +217,17 @@ class CallUsage:
         return ()
 
 
+def _model(obj: object, name: str) -> str | None:
+    """A model id, as the first-party model behind a platform's id (`compactobs.platforms.model_of`)."""
+    value = _text(obj, name)
+    return model_of(value) if value is not None else None
+
+
 def normalise_usage(usage: object, response_model: str | None) -> CallUsage:
-    """Typed records from a `usage` object (Usage, BetaUsage, BetaMessageDeltaUsage or a decoded dict)."""
+    """Typed records from a `usage` object (Usage, BetaUsage, BetaMessageDeltaUsage or a decoded dict).
+    Model ids are the first-party model's (a Bedrock or Vertex id is normalised)."""
+    if response_model is not None:
+        response_model = model_of(response_model)
     top_level = _token_counts(usage)
     entries = field_of(usage, "iterations")
     iterations: list[IterationUsage] = []
@@ -234,7 +249,7 @@ def normalise_usage(usage: object, response_model: str | None) -> CallUsage:
                 IterationUsage(
                     index=index,
                     type=kind,
-                    model=_text(entry, "model") or response_model,
+                    model=_model(entry, "model") or response_model,
                     tokens=tokens,
                     known_type=kind in KNOWN_ITERATION_TYPES,
                     declined=declined,
@@ -262,7 +277,7 @@ def normalise_usage(usage: object, response_model: str | None) -> CallUsage:
 
 def normalise_message(message: object) -> CallUsage:
     """Typed records from a Message, BetaMessage, or decoded response body. Never raises."""
-    return normalise_usage(field_of(message, "usage"), _text(message, "model"))
+    return normalise_usage(field_of(message, "usage"), _model(message, "model"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +381,7 @@ class StreamAccumulator:
                     self._compaction_open[key] = True
         elif kind == "message_start":
             message = field_of(event, "message")
-            self.model = _text(message, "model")
+            self.model = _model(message, "model")
             self.message_id = _text(message, "id")
             self._merge_usage(field_of(message, "usage"), start=True)
         elif kind == "message_delta":
@@ -507,6 +522,10 @@ class CallObservation:
     batch_result: bytes | None = None
     """Message Batches: the result's JSON line, not yet read (`complete` reads it, on the recording
     thread)."""
+    provider: str | None = None
+    """The client's platform (`gen_ai.provider.name`), when the middleware knows its client."""
+    region: str | None = None
+    """The region the client targets (Bedrock, Vertex, Claude on AWS or Google Cloud); None elsewhere."""
 
     @property
     def failed_compactions(self) -> int:
@@ -532,13 +551,18 @@ class CallObservation:
             for event in events:
                 accumulator.event(event)
             self.take_stream(accumulator)
-        if body is None:
-            return
-        try:
-            message = json.loads(body)
-        except (ValueError, RecursionError):
-            return
-        observe_message(self, message)
+        if body is not None:
+            try:
+                message = json.loads(body)
+            except (ValueError, RecursionError):
+                message = None
+            if message is not None:
+                observe_message(self, message)
+        if self.provider is not None and self.usage is not None and self.usage.provider is None:
+            # The platform's terms travel with the usage, which is what pricing reads (here, in the guard
+            # and in `compactobs reprice`).
+            endpoint = endpoint_of(self.provider, self.region, self.request.model)
+            self.usage = replace(self.usage, provider=self.provider, endpoint=endpoint)
 
     def take_stream(self, accumulator: StreamAccumulator) -> None:
         """What a stream said: its message, usage and compactions; a stream read to its end without

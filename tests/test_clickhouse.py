@@ -35,7 +35,7 @@ from compactobs.reports.cache import cache_report
 from compactobs.reports.clickhouse import slots, spans
 from compactobs.reports.clickhouse.source import ClickHouseSource, records
 from compactobs.reports.conversation import conversation_report
-from compactobs.reports.cost import BY_CHOICES, cost_report
+from compactobs.reports.cost import BY_CHOICES, CALLS_ONLY, cost_report
 from compactobs.reports.ops import ops_report
 from compactobs.testing import Simulator
 from tests.cli import one_line_error, run
@@ -298,7 +298,9 @@ def test_an_unknown_conversation_is_the_same_error(recorded: dict[str, Any]) -> 
     assert str(on_clickhouse.value) == str(on_store.value)
 
 
-@pytest.mark.parametrize("by", [("model",), ("day",), ("conversation",), ("service", "iteration-type")])
+@pytest.mark.parametrize(
+    "by", [("model",), ("day",), ("conversation",), ("service", "iteration-type"), ("provider",)]
+)
 def test_cache_is_the_same_json(recorded: dict[str, Any], by: tuple[str, ...]) -> None:
     """At the demo's end and an hour later: the writes still within their TTL are judged by the clock."""
     filters = build_filters(None, None, "America/New_York")
@@ -457,7 +459,7 @@ def _slot_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-_SLOT_GROUPINGS: Final = [*((by,) for by in BY_CHOICES if by != "conversation"), ("model", "day")]
+_SLOT_GROUPINGS: Final = [*((by,) for by in BY_CHOICES if by not in CALLS_ONLY), ("model", "day")]
 _CACHE_SLOT_GROUPINGS: Final = [("model",), ("day",), ("service", "iteration-type")]
 
 

@@ -707,6 +707,7 @@ def test_parse_by() -> None:
         "model",
         "conversation",
         "service",
+        "provider",
         "iteration-type",
     }
     with pytest.raises(ReportInputError, match="cannot group by 'colour'"):

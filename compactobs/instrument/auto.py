@@ -1,4 +1,6 @@
-"""Instrument every Anthropic and AsyncAnthropic client, those made later and those that exist.
+"""Instrument every client of the installed SDK that serves the Messages API (first-party, Bedrock, Vertex,
+Foundry, ...; sync and async: `compactobs.instrument.platforms.CLIENT_CLASSES`), those made later and those
+that exist.
 
 New clients: the constructor is wrapped to pass compactobs' middleware and an `open_telemetry` option with
 the SDK's own spans off, both through the constructor's public parameters. compactobs then owns the one
@@ -20,14 +22,19 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-import anthropic
-
 from compactobs.instrument import state
 from compactobs.instrument.middleware import Middleware
+from compactobs.instrument.platforms import CLIENT_CLASSES
 
 log = logging.getLogger("compactobs")
 
-CLIENT_CLASSES: tuple[type[Any], ...] = (anthropic.Anthropic, anthropic.AsyncAnthropic)
+_ROOT_CLASSES: tuple[type[Any], ...] = tuple(
+    cls
+    for cls in CLIENT_CLASSES
+    if not any(cls is not base and issubclass(cls, base) for base in CLIENT_CLASSES)
+)
+"""The constructors to wrap: a subclass (AnthropicFoundry, AnthropicAWS, ...) passes its middleware through
+its base's constructor, so wrapping both would give it two middleware."""
 
 _lock = threading.Lock()
 _original_inits: dict[type[Any], Callable[..., None]] = {}
@@ -110,7 +117,7 @@ def patch() -> None:
     """Instrument new clients from now on, and every client that exists. Idempotent."""
     with _lock:
         state.active = True
-        for cls in CLIENT_CLASSES:
+        for cls in _ROOT_CLASSES:
             if cls not in _original_inits:
                 _original_inits[cls] = cls.__init__
                 cls.__init__ = _wrap_init(cls.__init__)  # type: ignore[method-assign]

@@ -27,6 +27,7 @@ from compactobs import guard as guard_module
 from compactobs.instrument import state
 from compactobs.instrument.batches import observe_batch_response
 from compactobs.instrument.conversation import current_conversation, fingerprint
+from compactobs.instrument.platforms import platform_of
 from compactobs.instrument.streams import StreamObserver, observe_body
 from compactobs.telemetry import CONVERSATION_ID
 from compactobs.usage import CallObservation, RequestFacts, error_type_of, observe_message
@@ -94,8 +95,9 @@ def _sdk_parent(span: trace.Span) -> bool:
 class Middleware(anthropic.Middleware):
     """Records every Messages call of the client it is given to: `Anthropic(middleware=[Middleware()])`.
 
-    Works for sync and async clients, every call style (create, stream, create(stream=True), beta and GA,
-    the tool runner), and Message Batches results as they are read (`compactobs.instrument.batches`).
+    Works for sync and async clients of every platform (`AnthropicBedrock(middleware=[Middleware()])`,
+    Vertex, Foundry, ...), every call style (create, stream, create(stream=True), beta and GA, the tool
+    runner), and Message Batches results as they are read (`compactobs.instrument.batches`).
     `compactobs.instrument()` adds one to every client for you.
     """
 
@@ -301,7 +303,11 @@ class Middleware(anthropic.Middleware):
             # keeping the httpx response for the recorder kept some 75 container objects per call alive
             # through the batching window, which set off a garbage collection every few calls.
             try:
-                observation.request_id = http.headers.get("request-id") or observation.request_id
+                # Bedrock answers with its own request id header.
+                headers = http.headers
+                observation.request_id = (
+                    headers.get("request-id") or headers.get("x-amzn-requestid") or observation.request_id
+                )
                 if observation.server_address is None:
                     observation.server_address = http.request.url.host
             except Exception:  # an odd response object: the call is recorded without them
@@ -373,6 +379,9 @@ class Middleware(anthropic.Middleware):
     def _finish(self, call: _Call) -> None:
         observation = call.observation
         observation.end_ns = time.time_ns()
+        client = self._client_ref() if self._client_ref is not None else None
+        if client is not None:
+            observation.provider, observation.region = platform_of(client)
         telemetry: Telemetry | None = state.get_telemetry()
         if call.guarded is not None:
             # Priced and counted off this thread: by the recording thread, which prices it before recording

@@ -7,10 +7,14 @@ an observer of its own, so it sees the typed events the caller sees, parsed once
 When the SDK's own tracing is also on for the client, the SDK wraps the byte stream again after the
 middleware returns and its observer takes the slot. The bytes still flow through compactobs' wrapper, so
 then it reads the server-sent events itself from the bytes, decoding only the few events that carry usage.
+Bedrock streams are not server-sent events but the AWS event stream encoding (one `chunk` message per
+Messages event, its JSON base64-encoded): those bytes are read with botocore's decoder, which the SDK needs
+for them anyway.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -82,6 +86,41 @@ class SseScanner:
             self._accumulator.event(json.loads(b"\n".join(data)))
 
 
+class EventStreamScanner:
+    """Incremental reader of a Bedrock response stream (AWS event stream encoding) over raw bytes that feeds
+    a StreamAccumulator, as SseScanner does for server-sent events."""
+
+    __slots__ = ("_accumulator", "_buffer")
+
+    def __init__(self, accumulator: StreamAccumulator) -> None:
+        from botocore.eventstream import EventStreamBuffer  # the SDK's Bedrock streams need it too
+
+        self._accumulator = accumulator
+        self._buffer = EventStreamBuffer()
+
+    def feed(self, chunk: bytes) -> None:
+        self._buffer.add_data(chunk)
+        for message in self._buffer:
+            headers = message.headers
+            if headers.get(":message-type") != "event" or headers.get(":event-type") != "chunk":
+                continue  # an exception message: the SDK raises it to the caller, and the call fails
+            with contextlib.suppress(ValueError, TypeError):
+                data = base64.b64decode(json.loads(message.payload)["bytes"])
+                if any(kind in data for kind in _USAGE_EVENT_TYPES):
+                    self._accumulator.event(json.loads(data))
+
+
+_USAGE_EVENT_TYPES = (
+    b'"message_start"',
+    b'"message_delta"',
+    b'"message_stop"',
+    b'"content_block_start"',
+    b'"content_block_stop"',
+    b'"compaction_delta"',
+)
+"""An event stream chunk is decoded only when its event may carry usage (text deltas are skipped)."""
+
+
 class StreamObserver:
     """Receives the SDK's stream callbacks, or scans bytes when the SDK's tracing holds the callbacks."""
 
@@ -92,6 +131,7 @@ class StreamObserver:
         "accumulator",
         "begun",
         "body_parts",
+        "event_stream",
         "events",
         "first_event_ns",
     )
@@ -102,7 +142,9 @@ class StreamObserver:
         """The SDK's events that may carry usage, kept for the accumulator (fed later, elsewhere)."""
         self._done = done
         self._ended = False
-        self._scanner: SseScanner | None = None
+        self._scanner: SseScanner | EventStreamScanner | None = None
+        self.event_stream = False
+        """The body is an AWS event stream (Bedrock), not server-sent events."""
         self.begun = False
         self.first_event_ns: int | None = None
         self.body_parts: list[bytes] | None = [] if json_body else None
@@ -143,7 +185,8 @@ class StreamObserver:
             return
         try:
             if self._scanner is None:
-                self._scanner = SseScanner(self.accumulator)
+                scanner = EventStreamScanner if self.event_stream else SseScanner
+                self._scanner = scanner(self.accumulator)
                 self.first_event_ns = time.time_ns()
             self._scanner.feed(chunk)
         except Exception:
@@ -237,6 +280,8 @@ class BothObservedStream(ObservedStream, AsyncObservedStream):
 
 def observe_body(response: httpx2.Response, observer: BodyObserver) -> None:
     """Wrap `response`'s byte stream so `observer` sees it read; httpx2's sync/async kind checks stay true."""
+    content_type = response.headers.get("content-type") or ""
+    observer.event_stream = content_type.startswith("application/vnd.amazon.eventstream")
     body: Any = response.stream
     if isinstance(body, httpx2.SyncByteStream) and isinstance(body, httpx2.AsyncByteStream):
         response.stream = BothObservedStream(body, observer)

@@ -12,6 +12,8 @@ Rules (DESIGN.md section 3):
   API bills models without fast mode at standard); `inference_geo == "us"` on Claude 4.6 and later
   multiplies every token class by 1.1 (genai-prices lacks it); `priority` bills at standard list rates
   here, since Priority Tier has no public per-token price.
+- Bedrock and Vertex calls through regional and multi-region endpoints bill Claude 4.5 and later at list
+  x 1.1 (`compactobs.pricing.platforms`, with its sources); the platform travels on `CallUsage`.
 - Web search is $10 per 1,000 requests at call level, never discounted or multiplied; web fetch is free.
 - An unknown model leaves its iteration, and so the call, unpriced (`cost_usd=None`), never $0. A
   fallback attempt declined before any output is not billed: $0 and priced, whatever its model.
@@ -31,8 +33,10 @@ from typing import Final
 import genai_prices
 from genai_prices import data_snapshot
 
+from compactobs.platforms import model_of
 from compactobs.pricing.catalog import genai_schedule, lookup_model
 from compactobs.pricing.overrides import Overrides, load_overrides
+from compactobs.pricing.platforms import REGIONAL_PREMIUM, premium_eligible, regional_terms
 from compactobs.pricing.records import PricedCall, PricedIteration, Rates, RateTier
 from compactobs.pricing.schedule import ClassRates, Schedule
 from compactobs.untrusted import escape
@@ -122,7 +126,7 @@ class Pricer:
             load_overrides(overrides_path, origin=origin) if overrides_path is not None else None
         )
         self.genai_prices_version: str = genai_prices.__version__
-        self._cards: dict[tuple[str, date, str | None, str | None, str | None], _Card | _Unpriced] = {}
+        self._cards: dict[tuple[str, date, str | None, str | None, str | None, bool], _Card | _Unpriced] = {}
         self._snapshot: data_snapshot.DataSnapshot | None = None
         self._versions: tuple[data_snapshot.DataSnapshot | None, dict[bool, str]] = (None, {})
         """`_version` per used-overrides flag, and the snapshot they were made for."""
@@ -160,9 +164,10 @@ class Pricer:
         total_input_tokens: int = 0,
     ) -> Rates | None:
         """The rates that would bill `model` at `when` for these variants, or None if the model is unknown.
+        A platform's id (`us.anthropic.claude-opus-4-6-v1:0`) is read as its model, at list.
 
         `total_input_tokens` selects the tier (the top-level fields show that tier's rates)."""
-        card = self._card(model, _utc_day(when), when, service_tier, speed, inference_geo)
+        card = self._card(model_of(model), _utc_day(when), when, service_tier, speed, inference_geo)
         if isinstance(card, _Unpriced):
             return None
         rates = card.rates
@@ -194,16 +199,18 @@ class Pricer:
         speed: str | None,
         inference_geo: str | None,
         snapshot: data_snapshot.DataSnapshot | None = None,
+        regional: bool = False,
     ) -> _Card | _Unpriced:
-        """`snapshot`: genai-prices' current data, when the caller already has it (once per call)."""
+        """`snapshot`: genai-prices' current data, when the caller already has it (once per call).
+        `regional`: a Bedrock or Vertex regional or multi-region endpoint (`pricing.platforms`)."""
         if model is None:
             return _Unpriced("no model reported for this iteration")
         if snapshot is None:
             snapshot = self._current_snapshot()
-        key = (model, day, service_tier, speed, inference_geo)
+        key = (model, day, service_tier, speed, inference_geo, regional)
         card = self._cards.get(key)
         if card is None or (isinstance(card, _Card) and card.schedule.time_dependent):
-            card = self._resolve(snapshot, model, day, when, service_tier, speed, inference_geo)
+            card = self._resolve(snapshot, model, day, when, service_tier, speed, inference_geo, regional)
             with self._lock:
                 if len(self._cards) >= _CACHE_LIMIT:
                     self._cards.clear()
@@ -234,6 +241,7 @@ class Pricer:
         service_tier: str | None,
         speed: str | None,
         inference_geo: str | None,
+        regional: bool = False,
     ) -> _Card | _Unpriced:
         batch = service_tier == "batch"
         fast = speed == "fast"
@@ -250,6 +258,7 @@ class Pricer:
         if entry is not None:
             schedule = entry.schedule(batch=batch, fast=fast, source=self._overrides_source)
             geo_eligible = bool(_US_PREMIUM_MODELS.search(model.lower()))
+            regional_eligible = premium_eligible(model)
         else:
             info = lookup_model(snapshot, model)
             if info is None:
@@ -270,6 +279,7 @@ class Pricer:
             geo_eligible = bool(
                 _US_PREMIUM_MODELS.search(info.id) or _US_PREMIUM_MODELS.search(model.lower())
             )
+            regional_eligible = premium_eligible(info.id) or premium_eligible(model)
 
         factor = _ONE
         if inference_geo == "us":
@@ -277,6 +287,9 @@ class Pricer:
                 factor = US_ONLY_MULTIPLIER
             else:
                 notes.append("inference_geo 'us' before Claude 4.6: no US-only premium (the API rejects it)")
+        if regional and regional_eligible:
+            factor *= REGIONAL_PREMIUM
+            notes.append("regional endpoint (Bedrock, Vertex): list x 1.1")
 
         rates = Rates(
             model=model,
@@ -305,6 +318,7 @@ class Pricer:
     def _price_call(self, usage: CallUsage, when: datetime) -> PricedCall:
         day = _utc_day(when)
         tier, speed, geo = usage.service_tier, usage.speed, usage.inference_geo
+        regional, platform_note = regional_terms(usage.provider, usage.endpoint)
         snapshot = self._current_snapshot()
         priced: list[PricedIteration] = []
         unpriced_models: set[str] = set()
@@ -315,7 +329,7 @@ class Pricer:
             if iteration.declined:
                 one = _declined_iteration(iteration)
             else:
-                card = self._card(iteration.model, day, when, tier, speed, geo, snapshot)
+                card = self._card(iteration.model, day, when, tier, speed, geo, snapshot, regional)
                 if isinstance(card, _Unpriced):
                     unpriced_models.add(iteration.model or "<none>")
                     one = _unpriced_iteration(iteration, card.note)
@@ -349,6 +363,7 @@ class Pricer:
             priced=all_priced,
             pricing_version=self._version(used_overrides),
             unpriced_models=tuple(sorted(unpriced_models)),
+            notes=(platform_note,) if platform_note else (),
         )
 
     def _web_search_per_1k(self, usage: CallUsage, day: date, when: datetime) -> Decimal:

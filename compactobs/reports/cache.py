@@ -64,7 +64,7 @@ from compactobs.reports._common import (
     local_bucket,
     reading,
 )
-from compactobs.reports.cost import KEY_OF, data_range, parse_by
+from compactobs.reports.cost import CALLS_ONLY, KEY_OF, data_range, parse_by
 from compactobs.store.models import calls, iterations
 
 __all__ = ["CACHE_MEASURES", "DEFINITIONS", "TTL_1H_MS", "TTL_5M_MS", "cache_report"]
@@ -158,6 +158,7 @@ def calls_with_next(conditions: Sequence[ColumnElement[bool]], look_up: bool = T
         c.call_id,
         c.conversation_id,
         c.service_name,
+        c.provider,
         c.request_model,
         c.response_model,
         c.start_ms,
@@ -341,6 +342,8 @@ def _keys(c: Any, by: Sequence[str], filters: Filters, span: tuple[int, int]) ->
             keys.append(c.conversation_id.label("k_conversation_id"))
         elif name == "service":
             keys.append(c.service_name.label("k_service"))
+        elif name == "provider":
+            keys.append(c.provider.label("k_provider"))
         elif name == "model":
             keys.append(func.coalesce(i.model, c.response_model, c.request_model).label("k_model"))
         elif name == "iteration-type":
@@ -426,7 +429,7 @@ def cache_report(
     time_key = next((KEY_OF[name] for name in groups if name in TIME_UNITS), None)
 
     external = isinstance(engine, ExternalSource)
-    use_rollups = "conversation" not in groups and not filters.conversations and not external
+    use_rollups = not CALLS_ONLY.intersection(groups) and not filters.conversations and not external
     if use_rollups:
         rollup.try_refresh(engine)
     span = data_range(engine, filters)

@@ -60,6 +60,7 @@ from compactobs.store.models import calls, iterations
 
 __all__ = [
     "BY_CHOICES",
+    "CALLS_ONLY",
     "COMPARE_CHOICES",
     "HEADLINE",
     "KEY_OF",
@@ -81,8 +82,11 @@ BY_CHOICES: Final[tuple[str, ...]] = (
     "model",
     "conversation",
     "service",
+    "provider",
     "iteration-type",
 )
+CALLS_ONLY: Final = frozenset({"conversation", "provider"})
+"""Groupings the rollups (and ClickHouse's slots) do not keep: a report grouped by one reads the calls."""
 COMPARE_CHOICES: Final[tuple[str, ...]] = ("prev",)
 DEFAULT_COMPARE_PERIOD: Final = timedelta(days=7)
 """The window `--compare prev` takes without --since."""
@@ -94,6 +98,7 @@ KEY_OF: Final[dict[str, str]] = {
     "model": "model",
     "conversation": "conversation_id",
     "service": "service",
+    "provider": "provider",
     "iteration-type": "iteration_type",
     # Call-level variants: not `--by` choices of this report (its rollups do not keep them), but groupings
     # that `_aggregate_raw` serves from `calls` for reconcile, beside Anthropic's own reports.
@@ -214,6 +219,8 @@ def group_keys(by: Sequence[str], iteration_level: bool) -> list[Label[Any]]:
             keys.append(c.conversation_id.label("k_conversation_id"))
         elif name == "service":
             keys.append(c.service_name.label("k_service"))
+        elif name == "provider":
+            keys.append(c.provider.label("k_provider"))
         elif name == "model":
             assert iteration_level
             keys.append(func.coalesce(i.model, c.response_model, c.request_model).label("k_model"))
@@ -455,7 +462,7 @@ def _groups(
         return everything, source.cost_groups(filters, by, buckets, unpriced_only=True, with_model=True)
     with reading(engine, snapshot=True) as connection:
         time_span = (buckets.starts[0], buckets.end) if buckets is not None else None
-        split = None if "conversation" in by else rollup.plan(connection, filters, time_span)
+        split = None if CALLS_ONLY.intersection(by) else rollup.plan(connection, filters, time_span)
         everything = _aggregate(connection, filters, by, buckets, split)
         if not any(row["unpriced_calls"] for row in everything.values()):
             return everything, {}
@@ -565,7 +572,8 @@ def cost_report(
         window = filters.with_window(since, until)
         previous = filters.with_window(since - (until - since), since)
 
-    if "conversation" not in groups and not filters.conversations and not isinstance(engine, ExternalSource):
+    external = isinstance(engine, ExternalSource)
+    if not CALLS_ONLY.intersection(groups) and not filters.conversations and not external:
         rollup.try_refresh(engine)
     rows, totals, unpriced_models = _window_rows(engine, window, groups)
     rows.sort(key=_sort_key(keys, time_key))

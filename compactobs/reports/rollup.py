@@ -16,7 +16,8 @@ How it stays exact:
   edges, any slot still marked, and the calls whose cache waste depends on the report's clock (writes
   with no next call yet: `store.rollup_open_calls`). The two parts never overlap, so nothing is counted
   twice, and a slot marked after the refresh is read raw, so nothing is missed.
-- Reports filtered or grouped by conversation read `calls` only (the rollups have no conversation).
+- Reports filtered or grouped by conversation, or grouped by provider, read `calls` only (the rollups
+  have neither: `cost.CALLS_ONLY`).
 """
 
 from __future__ import annotations

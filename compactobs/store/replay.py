@@ -49,6 +49,7 @@ from sqlalchemy import ColumnElement, Engine, and_, func, select
 
 from compactobs import telemetry as t
 from compactobs._version import __version__
+from compactobs.platforms import ANTHROPIC
 from compactobs.store.mapping import CALL_ATTRIBUTES, ITERATION_ATTRIBUTES
 from compactobs.store.models import calls, iterations
 
@@ -201,7 +202,8 @@ class _SpanBuilder:
         state = _STATUS.get(m["status"])
         status = Status(state, m["error_type"] if state is StatusCode.ERROR else None) if state else Status()
         model = m["request_model"] or m["response_model"] or "unknown"
-        spans = [self._iteration(r, context, end_ns, resource) for r in iteration_rows]
+        provider = m["provider"] or ANTHROPIC  # the call's platform, on its iterations as when live
+        spans = [self._iteration(r, context, end_ns, resource, provider) for r in iteration_rows]
         spans.append(
             ReadableSpan(
                 name=f"chat {model}",
@@ -218,11 +220,13 @@ class _SpanBuilder:
         )
         return spans
 
-    def _iteration(self, row: Any, parent: SpanContext, end_ns: int, resource: Resource) -> ReadableSpan:
+    def _iteration(
+        self, row: Any, parent: SpanContext, end_ns: int, resource: Resource, provider: str
+    ) -> ReadableSpan:
         m = row._mapping
         attributes: dict[str, Any] = {
             t.SPAN_KIND: t.SPAN_KIND_ITERATION,
-            t.PROVIDER_NAME: "anthropic",
+            t.PROVIDER_NAME: provider,
             t.ITERATION_TIMING: t.ITERATION_TIMING_VALUE,
         }
         _copy_columns(m, _ITERATION_PAIRS, attributes)

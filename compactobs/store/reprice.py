@@ -44,6 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
+from compactobs.platforms import endpoint_of
 from compactobs.pricing import PricedCall, PricedIteration, Pricer
 from compactobs.store import database_status, default_database_url, open_database
 from compactobs.store.engine import display_url, explain_error, make_engine
@@ -184,6 +185,9 @@ def _call_usage(call: Any, rows: Sequence[Any]) -> CallUsage:
         speed=call.speed,
         inference_geo=call.inference_geo,
         web_search_requests=call.web_search_requests or 0,
+        # The platform's terms, from what was stored: the same rule as when the call was recorded.
+        provider=call.provider,
+        endpoint=endpoint_of(call.provider, call.region, call.request_model),
     )
 
 
@@ -303,6 +307,7 @@ def reprice(
     stored = _Stored(engine.url.get_backend_name())
     columns = [calls.c[name] for name in ("call_id", "start_ms", "iterations_count", *_CALL_COLUMNS)]
     columns += [calls.c[name] for name in ("response_model", "service_tier", "speed", "inference_geo")]
+    columns += [calls.c[name] for name in ("provider", "region", "request_model")]
     columns.append(calls.c.web_search_requests)
     query = select(*columns).where(calls.c.priced.is_not(None))  # NULL: the call carried no usage
     if since is not None:

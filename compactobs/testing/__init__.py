@@ -91,6 +91,11 @@ too little room, so it runs on every turn; `fail_compaction` returns `content: n
 and beta. `sim.batches.plan(custom_id, Reply(...) | ErrorReply(...) | "expired" | "canceled")` decides a
 request's result; unplanned requests are answered in simulated conversation mode at `service_tier`
 `"batch"`. Batches end at once unless `sim.batches.hold` is set. See `compactobs.testing._batches`.
+## Platform routes
+Bedrock's `/model/{id}/invoke` and `/invoke-with-response-stream` (the AWS event stream), Vertex's
+`...:rawPredict` and `...:streamRawPredict`, and the `/anthropic` base path of Foundry and Bedrock Mantle
+answer like `/v1/messages`, so `AnthropicBedrock`, `AnthropicVertex`, `AnthropicFoundry` (and the rest)
+run unchanged against `sim.base_url`: see `compactobs.testing._platforms` for each client's offline setup.
 
 ## Organisation usage and cost reports
 `GET /v1/organizations/analytics/usage` and `/cost` (the SDK's `client.beta.organization.analytics.usage`

@@ -16,6 +16,7 @@ from typing import Any
 
 from compactobs.testing._batches import Batches, encode_answer, is_batches_route
 from compactobs.testing._conversation import ConversationEngine, ConversationScenario, SimulationError
+from compactobs.testing._platforms import platform_request, write_bedrock
 from compactobs.testing._replies import ErrorReply, Reply, encode_event, stream_events
 from compactobs.testing._reports import COST_ROUTE, USAGE_ROUTE, Ledger, ReportScenario
 
@@ -229,10 +230,15 @@ class Simulator:
             parsed = None
         body = parsed if isinstance(parsed, dict) else {}
         route = handler.path.split("?", 1)[0].rstrip("/")
+        received = (body, headers)  # recorded as sent; a platform's request is answered as a Messages one
+        platform = platform_request(route, body)  # Bedrock, Vertex, /anthropic: see _platforms
+        if platform is not None:
+            route, body, headers = platform.route, platform.body, platform.headers(headers)
+            parsed = body
         with self._lock:
             self._served += 1
             request_id = f"req_sim_{self._served}"
-            self._requests.append(RecordedRequest(handler.path, headers, body, handler.command))
+            self._requests.append(RecordedRequest(handler.path, received[1], received[0], handler.command))
             if is_batches_route(route):
                 args = (parsed, headers, self._engine, self._scenario, self.base_url)
                 answer = self.batches.answer(handler.command, handler.path, *args)
@@ -256,14 +262,18 @@ class Simulator:
             and reply.error_after_events is None
         ):
             # booked as served: what the organisation reports count. Never fails the reply: a queued body
-            # may be deliberately malformed, and then it is simply not booked.
+            # may be deliberately malformed, and then it is simply not booked. A platform's calls are
+            # billed by the cloud, not in Anthropic's reports.
             with contextlib.suppress(Exception):
-                self._ledger.record(reply.body, _api_key(headers), time.time())
+                if platform is None:
+                    self._ledger.record(reply.body, _api_key(headers), time.time())
         streaming = isinstance(reply, Reply) and route == _MESSAGES and body.get("stream") is True
         if isinstance(reply, Reply) and reply.delay_s > 0:
             time.sleep(reply.delay_s)  # outside the lock: only this connection waits
         try:
-            if isinstance(reply, ErrorReply):
+            if platform is not None and platform.bedrock and isinstance(reply, Reply):
+                write_bedrock(handler, reply, request_id, streaming, _head)
+            elif isinstance(reply, ErrorReply):
                 _write_json(
                     handler,
                     reply.status,

@@ -17,7 +17,7 @@ from compactobs.reports.cache import TTL_1H_MS, TTL_5M_MS
 from compactobs.reports.clickhouse import slots, spans
 from compactobs.reports.clickhouse.cost import JOIN_SETTINGS, SLOT_KEY, group_key_sql
 from compactobs.reports.clickhouse.source import ClickHouseSource
-from compactobs.reports.cost import KEY_OF
+from compactobs.reports.cost import CALLS_ONLY, KEY_OF
 
 __all__ = ["cache_groups"]
 
@@ -184,7 +184,7 @@ def cache_groups(
     call from the calls."""
     from compactobs.reports.cache import _add
 
-    from_slots = "conversation" not in by and slots.aligned(filters) and source.slots_ready()
+    from_slots = not CALLS_ONLY.intersection(by) and slots.aligned(filters) and source.slots_ready()
     keys: list[tuple[str, str]] = []
     slot_keys: list[tuple[str, str]] = []
     for name in by:

@@ -13,7 +13,7 @@ from typing import Any, Final
 from compactobs.reports._common import TIME_UNITS, Buckets, Filters, bucket_label
 from compactobs.reports.clickhouse import slots, spans
 from compactobs.reports.clickhouse.source import ClickHouseSource, join
-from compactobs.reports.cost import ITERATION_LEVEL, KEY_OF
+from compactobs.reports.cost import CALLS_ONLY, ITERATION_LEVEL, KEY_OF
 
 __all__ = ["CALL_MEASURES", "ITERATION_MEASURES", "cost_groups", "data_range"]
 
@@ -105,6 +105,8 @@ def group_key_sql(name: str, iteration_level: bool) -> str:
         return "c.conversation_id"
     if name == "service":
         return "c.service_name"
+    if name == "provider":
+        return "c.provider"
     if name == "model":
         assert iteration_level
         return "coalesce(i.model, c.response_model, c.request_model)"
@@ -124,7 +126,7 @@ def cost_groups(
     a label merged. `with_model`: the call's model is one more key, last. From the slots of
     `compactobs clickhouse setup` when they can answer (see `slots`), else from the calls."""
     iteration_level = any(name in ITERATION_LEVEL for name in by)
-    from_slots = "conversation" not in by and slots.aligned(filters) and source.slots_ready()
+    from_slots = not CALLS_ONLY.intersection(by) and slots.aligned(filters) and source.slots_ready()
     keys: list[tuple[str, str]] = []
     unit = buckets.unit if buckets is not None else None
     for name in by:
