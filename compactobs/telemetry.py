@@ -26,8 +26,8 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from compactobs._version import __version__
-from compactobs.untrusted import bounded_id, escape
 from compactobs.platforms import ANTHROPIC
+from compactobs.untrusted import bounded_id, escape
 from compactobs.usage import CallObservation, IterationUsage, TokenCounts
 
 INSTRUMENTATION_SCOPE: Final = "compactobs"

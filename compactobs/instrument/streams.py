@@ -280,8 +280,9 @@ class BothObservedStream(ObservedStream, AsyncObservedStream):
 
 def observe_body(response: httpx2.Response, observer: BodyObserver) -> None:
     """Wrap `response`'s byte stream so `observer` sees it read; httpx2's sync/async kind checks stay true."""
-    content_type = response.headers.get("content-type") or ""
-    observer.event_stream = content_type.startswith("application/vnd.amazon.eventstream")
+    if isinstance(observer, StreamObserver):  # a Messages stream: SSE, or Bedrock's AWS event stream
+        content_type = response.headers.get("content-type") or ""
+        observer.event_stream = content_type.startswith("application/vnd.amazon.eventstream")
     body: Any = response.stream
     if isinstance(body, httpx2.SyncByteStream) and isinstance(body, httpx2.AsyncByteStream):
         response.stream = BothObservedStream(body, observer)
