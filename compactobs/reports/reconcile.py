@@ -30,6 +30,10 @@ below $0.000001 is rounding). Each is set against what can explain it, in this o
 7. `unpriced`: calls compactobs could not price (no list price for the model);
 8. `unexplained`: whatever is left above the tolerance.
 
+Differences are worked per model whatever the rows show (the model is always one of the reports' groups):
+a rate is one model's rate, never a blend, so an uninstrumented call is valued at its own model's rates and
+a mix of models is no drift. Rows without the model sum their models; each explanation names its model.
+
 The list cost difference splits exactly: Anthropic's list - compactobs' = other scope + spool +
 uninstrumented (extra tokens at the report's rates) + drift (rate difference x compactobs' tokens) +
 whatever the report lists beyond tokens and web search (code execution...).
@@ -191,12 +195,18 @@ def parse_groups(values: Iterable[str]) -> tuple[str, ...]:
 def api_dimensions(groups: Sequence[str], scope: Scope) -> tuple[str, ...]:
     """The reports' `group_by[]` for these groups, plus workspace / API key when the scope names some (to
     set the rest of the organisation apart)."""
-    dimensions = [API_GROUPS[name] for name in groups]
+    dimensions = [API_GROUPS[name] for name in _worked(groups)]
     if scope.workspaces and "workspace_id" not in dimensions:
         dimensions.append("workspace_id")
     if scope.api_keys and "api_key_id" not in dimensions:
         dimensions.append("api_key_id")
     return tuple(dimensions)
+
+
+def _worked(groups: Sequence[str]) -> tuple[str, ...]:
+    """The groups differences are worked in: the shown ones, and always the model, so that a rate is one
+    model's rate (a blend of models' rates is no price anyone charged)."""
+    return tuple(groups) if "model" in groups else (*groups, "model")
 
 
 def _model(value: Any) -> Any:
@@ -592,9 +602,10 @@ def reconcile_report(
     Raises ReportInputError for a grouping the store cannot follow."""
     tolerance = Decimal(tolerance_pct) / 100
     groups = tuple(groups)
-    store = _store_side(engine, window, groups, scope)
-    spool = _spool_side(spooled, window, groups, scope)
-    api, outside = _api_side(fetched, groups, scope)
+    worked = _worked(groups)
+    store = _store_side(engine, window, worked, scope)
+    spool = _spool_side(spooled, window, worked, scope)
+    api, outside = _api_side(fetched, worked, scope)
     rows: dict[_Key, _Row] = {}
     for key in sorted(
         {*store, *spool, *api}, key=lambda k: (k[0], tuple("" if v is None else str(v) for v in k[1]))
@@ -613,22 +624,43 @@ def reconcile_report(
     for row in rows.values():
         _explain(row, tolerance, fetched.refreshed_at, window)
 
+    # Shown rows sum the worked ones over the models the grouping does not show.
+    shown: dict[_Key, list[_Row]] = {}
+    for (bucket, values), row in rows.items():
+        shown.setdefault((bucket, values[: len(groups)]), []).append(row)
+    model_hidden = "model" not in groups
     out_rows: list[dict[str, Any]] = []
     explanations: list[dict[str, Any]] = []
     totals_api, totals_out, totals_store = ApiFigures(), ApiFigures(), _Side()
-    for row in rows.values():
-        keys = {"bucket": window.label(row.bucket), **dict(zip(groups, row.group, strict=True))}
-        totals_api.add(row.api)
-        totals_out.add(row.outside)
-        totals_store.add(row.store)
-        found = [e.kind for e in row.explanations]
+    for (bucket, values), parts in shown.items():
+        keys = {"bucket": window.label(bucket), **dict(zip(groups, values, strict=True))}
+        api_sum, store_sum = ApiFigures(), _Side()
+        found: list[str] = []
+        for row in parts:
+            api_sum.add(row.api)
+            store_sum.add(row.store)
+            totals_out.add(row.outside)
+            for e in row.explanations:
+                found += [] if e.kind in found else [e.kind]
+                if model_hidden:
+                    model = row.group[-1]
+                    explanations.append(
+                        {
+                            **keys,
+                            "model": model,
+                            "kind": e.kind,
+                            "message": f"{model}: {e.message}",
+                            "figures": e.figures,
+                        }
+                    )
+                else:
+                    explanations.append({**keys, "kind": e.kind, "message": e.message, "figures": e.figures})
+        totals_api.add(api_sum)
+        totals_store.add(store_sum)
         status = "unexplained" if "unexplained" in found else "explained" if found else "match"
         out_rows.append(
-            {**keys, **_figures(row.api, row.store), "status": status, "explained": ";".join(found)}
+            {**keys, **_figures(api_sum, store_sum), "status": status, "explained": ";".join(found)}
         )
-        explanations += [
-            {**keys, "kind": e.kind, "message": e.message, "figures": e.figures} for e in row.explanations
-        ]
     totals = {**_figures(totals_api, totals_store), "status": None, "explained": None}
     gap = _gap(_minus(totals_api, totals_out), totals_store)
 
