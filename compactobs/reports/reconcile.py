@@ -50,6 +50,7 @@ from typing import Any, Final
 
 from sqlalchemy import Engine
 
+from compactobs._words import counted
 from compactobs.anthropic_reports import API_GROUPS, CLASSES, ApiFigures, Fetched
 from compactobs.reports._common import Filters, Report, ReportInputError, local_buckets, reading
 from compactobs.reports.cost import aggregate_calls
@@ -348,10 +349,6 @@ def _usd(value: Decimal) -> str:
     )
 
 
-def _n(count: int, noun: str) -> str:
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
-
-
 def _tokens_text(amounts: Mapping[str, int]) -> str:
     parts = [f"{_CLASS_LABEL[name]} {amounts[name]:+,}" for name in CLASSES if amounts.get(name)]
     return ", ".join(parts) if parts else "no tokens"
@@ -388,7 +385,7 @@ def _explain(row: _Row, tolerance: Decimal, refreshed_at: datetime | None, windo
         row.explanations.append(
             Explanation(
                 "other_scope",
-                f"{_n(out.requests, 'request')} in other workspaces or API keys than compactobs records "
+                f"{counted(out.requests, 'request')} in other workspaces or API keys than compactobs records "
                 f"({_tokens_text(out.amounts)}; list {_usd(out.list_usd)})",
                 {"requests": out.requests, "amounts": dict(out.amounts), "list_usd": out.list_usd},
             )
@@ -397,8 +394,8 @@ def _explain(row: _Row, tolerance: Decimal, refreshed_at: datetime | None, windo
         row.explanations.append(
             Explanation(
                 "spool",
-                f"{_n(spool.requests, 'call')} recorded by compactobs still wait in the spool (the database "
-                f"was unreachable; they are written when it is back, or at the next flush): "
+                f"{counted(spool.requests, 'call')} recorded by compactobs still wait in the spool (the "
+                f"database was unreachable; they are written when it is back, or at the next flush): "
                 f"{_tokens_text(spool.amounts)}; list {_usd(spool.cost_usd)}",
                 {"requests": spool.requests, "amounts": dict(spool.amounts), "list_usd": spool.cost_usd},
             )
@@ -424,9 +421,9 @@ def _explain(row: _Row, tolerance: Decimal, refreshed_at: datetime | None, windo
         row.explanations.append(
             Explanation(
                 "uninstrumented",
-                f"Anthropic counted {_n(extra_requests, 'request')} more than compactobs recorded: calls "
-                f"from clients compactobs does not instrument ({_tokens_text(extra)}; list {_usd(money)} "
-                "at the report's rates)",
+                f"Anthropic counted {counted(extra_requests, 'request')} more than compactobs recorded: "
+                f"calls from clients compactobs does not instrument ({_tokens_text(extra)}; list "
+                f"{_usd(money)} at the report's rates)",
                 {"requests": extra_requests, "amounts": extra, "list_usd": money},
             )
         )
@@ -445,8 +442,8 @@ def _explain(row: _Row, tolerance: Decimal, refreshed_at: datetime | None, windo
         row.explanations.append(
             Explanation(
                 "not_in_report",
-                f"compactobs recorded {_n(-extra_requests, 'request')} that Anthropic's report does not have "
-                f"({why}; {_tokens_text(extra)}; list {_usd(money)})",
+                f"compactobs recorded {counted(-extra_requests, 'request')} that Anthropic's report does "
+                f"not have ({why}; {_tokens_text(extra)}; list {_usd(money)})",
                 {"requests": extra_requests, "amounts": extra, "list_usd": money},
             )
         )
@@ -507,8 +504,8 @@ def _explain(row: _Row, tolerance: Decimal, refreshed_at: datetime | None, windo
         row.explanations.append(
             Explanation(
                 "unpriced",
-                f"{_n(store.unpriced, 'call')} compactobs could not price: their list cost is missing on "
-                "its side (add the model to COMPACTOBS_PRICING_FILE, then run `compactobs reprice`)",
+                f"{counted(store.unpriced, 'call')} compactobs could not price: their list cost is missing "
+                "on its side (add the model to COMPACTOBS_PRICING_FILE, then run `compactobs reprice`)",
                 {"calls": store.unpriced},
             )
         )
@@ -567,9 +564,9 @@ def _bucket_edges(rows: dict[_Key, _Row], window: Window) -> None:
             target.explanations.append(
                 Explanation(
                     "bucket_edge",
-                    f"{_n(count, 'request')} dated {'earlier' if earlier else 'later'} by Anthropic than by "
-                    f"compactobs, across the edge {edge} UTC (the two buckets together agree; compactobs "
-                    "dates a call by its start)",
+                    f"{counted(count, 'request')} dated {'earlier' if earlier else 'later'} by Anthropic "
+                    f"than by compactobs, across the edge {edge} UTC (the two buckets together agree; "
+                    "compactobs dates a call by its start)",
                     {
                         "requests": sign * here,
                         "amounts": {n: sign * shifted[n] for n in CLASSES},
