@@ -842,6 +842,12 @@ def reprice_command(state: CliState, since: str | None, until: str | None, tz: s
             f"unpriced calls: {result.unpriced_before:,} before, {result.unpriced_after:,} after "
             "(see `compactobs pricing check`)"
         )
+    if result.without_usage:
+        more = ", ..." if result.without_usage > len(result.without_usage_ids) else ""
+        click.echo(
+            f"not repriced: {counted(result.without_usage, 'error call')} that failed before any usage, "
+            f"with no cost to price: {', '.join(result.without_usage_ids)}{more}"
+        )
     if result.skipped:
         click.echo(
             f"Warning: {result.skipped:,} calls left as they were: their iteration rows are missing",
