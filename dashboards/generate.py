@@ -2,6 +2,7 @@
 
     python -m dashboards.generate           # rewrite dashboards/*.json
     python -m dashboards.generate --check   # exit 1 when a committed file differs from what this makes
+    python -m dashboards.generate --spans-table logs.my_traces   # the ClickHouse one for another table
 
 The SQL comes from `compactobs.reports.dashboard` (the reports' own measures, compiled with Grafana's
 PostgreSQL macros, or with the ClickHouse data source's over the Collector's spans table); the PromQL from
@@ -15,7 +16,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -190,14 +191,18 @@ def _panel(spec: PanelSpec, panel_id: int, grid: Grid, targets: Sequence[Any], k
     return panel
 
 
-def _dashboard(title: str, uid: str, kind: str, description: str) -> dashboard.Dashboard:
+def _dashboard(
+    title: str, uid: str, kind: str, description: str, choices: Sequence[tuple[str, str]]
+) -> dashboard.Dashboard:
+    """A dashboard with its data source variable and the selection variables ($service, $model: `choices`,
+    the query listing each one's values; $conversation: a text box, set by the conversation links)."""
     variable = (
         dashboard.DatasourceVariable(DATASOURCE_VAR)
         .label("Data source")
         .type(kind)
         .description(f"The {kind} data source holding compactobs' data")
     )
-    return (
+    board = (
         dashboard.Dashboard(title)
         .uid(uid)
         .description(description)
@@ -208,6 +213,33 @@ def _dashboard(title: str, uid: str, kind: str, description: str) -> dashboard.D
         .editable()
         .with_variable(variable)
     )
+    for name, query in choices:
+        board = board.with_variable(
+            dashboard.QueryVariable(name)
+            .label(name.capitalize())
+            .description(_CHOICE_HELP[name])
+            .datasource(_datasource(kind))
+            .query(query)
+            .include_all(True)
+            .all_value(sql.ALL_VALUE)
+            .multi(False)
+            .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(model.VariableSort.ALPHABETICAL_ASC)
+        )
+    conversation = (
+        dashboard.TextBoxVariable(sql.CONVERSATION_VAR)
+        .label("Conversation")
+        .default_value("")
+        .description(_CHOICE_HELP[sql.CONVERSATION_VAR])
+    )
+    return board.with_variable(conversation)
+
+
+_CHOICE_HELP: Final[dict[str, str]] = {
+    sql.SERVICE_VAR: "The service (service.name) whose calls to show; All: every one",
+    sql.MODEL_VAR: "The model whose calls to show (requested or answering, as report --model); All: all",
+    sql.CONVERSATION_VAR: "A conversation id (empty: every one); the conversation tables link here",
+}
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------------------
@@ -337,15 +369,13 @@ def sql_dashboard(
     queries: Sequence[PanelQuery],
     description: str = "compactobs' SQL store: billed cost over every usage.iterations entry, cache and "
     "compaction.",
-    variables: Sequence[Any] = (),
+    choices: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """A dashboard of POSTGRES_PANELS over the SQL data source `kind`, one query per panel by key: each SQL
     backend is its Dialect's queries and its data source type here."""
     by_key = {q.key: q for q in queries}
     assert set(by_key) == set(POSTGRES_PANELS), "every query has a panel"
-    board = _dashboard(title, uid, kind, description)
-    for variable in variables:
-        board = board.with_variable(variable)
+    board = _dashboard(title, uid, kind, description, choices)
     grid = Grid()
     for panel_id, (key, spec) in enumerate(POSTGRES_PANELS.items(), start=1):
         query = by_key[key]
@@ -360,28 +390,23 @@ def postgres_dashboard() -> dict[str, Any]:
         "compactobs-postgres",
         POSTGRES_TYPE,
         sql_queries(GRAFANA_POSTGRES),
+        choices=sql.choice_queries(GRAFANA_POSTGRES),
     )
 
 
-def clickhouse_dashboard() -> dict[str, Any]:
-    """The same panels over Grafana's ClickHouse data source, reading the Collector's spans table."""
-    table = (
-        dashboard.TextBoxVariable(sql.SPANS_TABLE_VAR)
-        .label("Spans table")
-        .default_value("otel_traces")
-        .description(
-            "The ClickHouse exporter's traces table (database.table, or a table of the data "
-            "source's default database)"
-        )
-    )
+def clickhouse_dashboard(spans_table: str = sql.SPANS_TABLE) -> dict[str, Any]:
+    """The same panels over Grafana's ClickHouse data source, reading the Collector's spans table (a
+    constant in the SQL: see `compactobs.reports.dashboard.SPANS_TABLE`)."""
+    dialect = replace(sql.GRAFANA_CLICKHOUSE, spans_table=sql.valid_table(spans_table))
     return sql_dashboard(
         "compactobs: cost, cache and compaction (ClickHouse, the Collector's spans)",
         "compactobs-clickhouse",
         CLICKHOUSE_TYPE,
-        sql_queries(sql.GRAFANA_CLICKHOUSE),
-        "compactobs' spans in the OpenTelemetry Collector's ClickHouse exporter table, read as the SQL "
-        "store's calls and iterations: billed cost over every usage.iterations entry, cache and compaction.",
-        [table],
+        sql_queries(dialect),
+        f"compactobs' spans in the OpenTelemetry Collector's ClickHouse exporter table {spans_table}, read "
+        "as the SQL store's calls and iterations: billed cost over every usage.iterations entry, cache and "
+        "compaction.",
+        choices=sql.choice_queries(dialect),
     )
 
 
@@ -467,7 +492,10 @@ def prometheus_dashboard() -> dict[str, Any]:
         "compactobs: cost, cache and compaction (Prometheus)",
         "compactobs-prometheus",
         PROMETHEUS_TYPE,
-        "compactobs' OpenTelemetry metrics, through OpenTelemetry's Prometheus exporter.",
+        "compactobs' OpenTelemetry metrics, through OpenTelemetry's Prometheus exporter. $service is the "
+        "scrape job; the metrics carry no conversation (unbounded cardinality): $conversation only follows "
+        "the links to the PostgreSQL dashboard.",
+        promql.choice_queries(),
     )
     grid = Grid()
     for panel_id, (key, spec) in enumerate(PROMETHEUS_PANELS.items(), start=1):
@@ -504,21 +532,31 @@ def render(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-def outputs() -> dict[Path, str]:
+def outputs(spans_table: str = sql.SPANS_TABLE) -> dict[Path, str]:
     """Every generated file and its text."""
     return {
         POSTGRES_FILE: render(postgres_dashboard()),
         PROMETHEUS_FILE: render(prometheus_dashboard()),
-        CLICKHOUSE_FILE: render(clickhouse_dashboard()),
+        CLICKHOUSE_FILE: render(clickhouse_dashboard(spans_table)),
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when a committed file is out of date")
+    parser.add_argument(
+        "--spans-table",
+        default=sql.SPANS_TABLE,
+        metavar="DB.TABLE",
+        help=f"the ClickHouse dashboard's spans table [default: {sql.SPANS_TABLE}]",
+    )
     args = parser.parse_args(argv)
+    try:
+        sql.valid_table(args.spans_table)
+    except ValueError as err:
+        parser.error(str(err))
     stale = []
-    for path, text in outputs().items():
+    for path, text in outputs(args.spans_table).items():
         if args.check:
             if not path.exists() or path.read_text(encoding="utf-8") != text:
                 stale.append(path.name)

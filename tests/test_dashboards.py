@@ -161,6 +161,7 @@ def test_lint() -> None:
                     or "$__timeFilter(" in q
                     or "$__range" in q
                     or "$__interval" in q
+                    or "$__rate_interval" in q
                 )
                 assert uses_range, f"panel {p['title']!r}: a query that ignores the time range"
     assert "uid\": \"" not in json.dumps(_boards()).replace('"uid": "${datasource}"', "").replace(

@@ -27,11 +27,12 @@ clickhouse-connect's SQLAlchemy dialect, ClickHouse's differences from PostgreSQ
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from sqlalchemy import ColumnElement, Numeric, Select, case, func, literal_column, select
+from sqlalchemy import ColumnElement, Numeric, Select, case, func, literal, literal_column, or_, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect as SqlDialect
 
@@ -39,17 +40,52 @@ from compactobs.reports import anomalies, cache, cost, ops
 from compactobs.store.models import calls, iterations
 
 __all__ = [
+    "ALL_VALUE",
+    "CONVERSATION_VAR",
     "GRAFANA_CLICKHOUSE",
     "GRAFANA_POSTGRES",
-    "SPANS_TABLE_VAR",
+    "MODEL_VAR",
+    "SERVICE_VAR",
+    "SPANS_TABLE",
     "TOP_CONVERSATIONS",
     "Dialect",
     "PanelQuery",
+    "choice_queries",
     "sql_queries",
+    "valid_table",
 ]
 
 TOP_CONVERSATIONS: Final = 10
+CONVERSATION_CALLS: Final = 500
+"""The conversation panels list at most this many calls (the latest)."""
 QueryFormat = Literal["table", "time_series"]
+
+SERVICE_VAR: Final = "service"
+MODEL_VAR: Final = "model"
+CONVERSATION_VAR: Final = "conversation"
+ALL_VALUE: Final = "*"
+"""What a selection variable's "All" stands for; an empty value selects everything too."""
+
+
+SPANS_TABLE: Final = "otel_traces"
+"""The spans table the committed ClickHouse dashboard reads (the exporter's default). A constant in its SQL,
+never a variable: a variable's value comes from the URL, and a table name cannot be quoted as a value.
+`python -m dashboards.generate --spans-table DB.TABLE` writes the dashboard for another table."""
+_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+
+
+def valid_table(name: str) -> str:
+    """`name` if it is a table or database.table of plain identifiers; raises ValueError otherwise."""
+    if not _IDENTIFIER.fullmatch(name):
+        raise ValueError(f"not a table name: {name!r} (letters, digits and _, optionally database.table)")
+    return name
+
+
+def variable_text(name: str) -> str:
+    """How a query names a selection variable's value: percent-encoded by Grafana (`:percentencode`), so
+    that whatever a link or a URL puts in it reaches the SQL as letters, digits, `-_.~` and `%XX` only —
+    no quote, backslash or `$` to end a string or start a macro — and decoded by the database."""
+    return "${" + name + ":percentencode}"
 
 
 @dataclass(frozen=True)
@@ -67,17 +103,42 @@ class Dialect:
     percentile: Callable[[float, ColumnElement[Any]], ColumnElement[Any]]
     """The continuous percentile (linear interpolation, as `report ops`) of a column's non-NULL values."""
     materialize: bool = True
+    spans_table: str = SPANS_TABLE
+    """The ClickHouse spans table (a frame's), checked by `valid_table`."""
     """Whether a CTE computed once is marked MATERIALIZED (PostgreSQL's syntax)."""
     frame: Callable[[Dialect, Any, bool], str] | None = None
     """The statement as the data source runs it, for a backend without `calls` and `iterations` tables
     (`reaches_back`: the statement also reads the range before); None: `sql_text` of it."""
+    decoded: Callable[[str], str] = lambda text: text
+    """SQL for the string a percent-encoded literal (`variable_text`) stands for."""
+
+    def chosen(self, name: str) -> ColumnElement[Any]:
+        """The value of selection variable `name`, decoded."""
+        return literal_column(self.decoded(variable_text(name)))
+
+    def selection(self) -> list[ColumnElement[bool]]:
+        """The dashboard's $service, $model (request or response model, as `--model`) and $conversation, on
+        `calls`: each an equality, or everything when empty or All."""
+        c = calls.c
+        chosen = {name: self.chosen(name) for name in (SERVICE_VAR, MODEL_VAR, CONVERSATION_VAR)}
+        columns = {
+            SERVICE_VAR: [c.service_name],
+            MODEL_VAR: [c.request_model, c.response_model],
+            CONVERSATION_VAR: [c.conversation_id],
+        }
+        return [
+            or_(value.in_([literal(""), literal(ALL_VALUE)]), *(column == value for column in columns[name]))
+            for name, value in chosen.items()
+        ]
 
     def window(self, start_ms: ColumnElement[Any]) -> list[ColumnElement[bool]]:
-        return [start_ms >= self.since_ms, start_ms < self.until_ms]
+        """The dashboard's range on `start_ms` (of `calls`), and its selection."""
+        return [start_ms >= self.since_ms, start_ms < self.until_ms, *self.selection()]
 
     def previous_window(self, start_ms: ColumnElement[Any]) -> list[ColumnElement[bool]]:
         """The range of the same length just before (for "against the previous range")."""
-        return [start_ms >= self.since_ms - (self.until_ms - self.since_ms), start_ms < self.since_ms]
+        since, until = self.since_ms, self.until_ms
+        return [start_ms >= since - (until - since), start_ms < since, *self.selection()]
 
     def sql_text(self, statement: Any) -> str:
         return str(statement.compile(dialect=self.sql, compile_kwargs={"literal_binds": True}))
@@ -88,6 +149,17 @@ class Dialect:
         return self.frame(self, statement, reaches_back)
 
 
+def _postgres_decoded(text: str) -> str:
+    """PostgreSQL has no URL decoding: split into `%XX` escapes and runs of plain characters, make bytes of
+    each, join them in order and read them as UTF-8 ('' for an empty value)."""
+    return (
+        "(SELECT coalesce(convert_from(string_agg(CASE WHEN left(part[1], 1) = '%' "
+        "THEN decode(substr(part[1], 2), 'hex') ELSE convert_to(part[1], 'UTF8') END, ''::bytea "
+        f"ORDER BY n), 'UTF8'), '') FROM regexp_matches('{text}', '%[0-9A-Fa-f]{{2}}|[^%]+', 'g') "
+        "WITH ORDINALITY AS parts(part, n))"
+    )
+
+
 GRAFANA_POSTGRES: Final = Dialect(
     name="grafana-postgresql",
     # "named" paramstyle: no bound parameters are rendered, and no % is doubled.
@@ -96,6 +168,7 @@ GRAFANA_POSTGRES: Final = Dialect(
     until_ms=literal_column("$__unixEpochTo()::bigint") * 1000,
     bucket=lambda column: literal_column(f"$__unixEpochGroup({column} / 1000, $__interval)"),
     percentile=lambda p, value: func.percentile_cont(literal_column(str(p))).within_group(value),
+    decoded=_postgres_decoded,
 )
 
 
@@ -276,6 +349,19 @@ def _errors_over_time(d: Dialect) -> Select[Any]:
     )
 
 
+def choice_queries(d: Dialect = GRAFANA_POSTGRES) -> list[tuple[str, str]]:
+    """(variable, the SQL listing its values over the dashboard's range) for $service and $model; not
+    narrowed by the selection itself."""
+    c = calls.c
+    in_range = [c.start_ms >= d.since_ms, c.start_ms < d.until_ms]
+    model = func.coalesce(c.response_model, c.request_model)
+    listed = [(SERVICE_VAR, c.service_name), (MODEL_VAR, model)]
+    return [
+        (name, d.compile(select(column.label("value")).where(*in_range, column.is_not(None)).distinct()))
+        for name, column in listed
+    ]
+
+
 def sql_queries(d: Dialect = GRAFANA_POSTGRES) -> list[PanelQuery]:
     """Every panel's SQL for `d`, in the dashboard's order."""
     statements: list[tuple[str, Any, QueryFormat]] = [
@@ -296,8 +382,7 @@ def sql_queries(d: Dialect = GRAFANA_POSTGRES) -> list[PanelQuery]:
 
 # -- ClickHouse: Grafana's ClickHouse data source over the Collector's spans table -------------------------
 
-SPANS_TABLE_VAR: Final = "spans_table"
-"""The dashboard variable naming the spans table (default `otel_traces`, the exporter's)."""
+
 _CLICKHOUSE_SETTINGS: Final = "join_use_nulls = 1, cast_keep_nullable = 1"
 _SINCE_MS: Final = "toUnixTimestamp64Milli($__fromTime_ms)"
 _UNTIL_MS: Final = "toUnixTimestamp64Milli($__toTime_ms)"
@@ -343,8 +428,8 @@ def _per_call_lookups(statement: Any) -> tuple[Any, list[tuple[str, Any]]]:
 
 
 def _clickhouse_frame(d: Dialect, statement: Any, reaches_back: bool) -> str:
-    """`calls` and `iterations` as CTEs read from the spans of `${spans_table}`, the range pushed down onto
-    the spans' `Timestamp` (their sort key's time; an iteration span starts when its call ends, so no
+    """`calls` and `iterations` as CTEs read from the spans of `Dialect.spans_table`, the range pushed down
+    onto the spans' `Timestamp` (their sort key's time; an iteration span starts when its call ends, so no
     upper bound on them), and two settings: `join_use_nulls`, as ClickHouse otherwise fills an outer join's
     missing side with 0 and '', where the measures read NULL (a call without iteration rows); and
     `cast_keep_nullable`, as its CAST of a NULL to a plain type raises, where SQL's gives NULL (a sum of
@@ -355,7 +440,7 @@ def _clickhouse_frame(d: Dialect, statement: Any, reaches_back: bool) -> str:
     sql = d.sql_text(statement)
     lower = f"{_SINCE_MS} - ({_UNTIL_MS} - {_SINCE_MS})" if reaches_back else _SINCE_MS
     from_lower = f"Timestamp >= fromUnixTimestamp64Milli(toInt64({lower}))"
-    table = "${" + SPANS_TABLE_VAR + "}"
+    table = valid_table(d.spans_table)
     call_rows = spans.calls_select(table, f"{from_lower} AND Timestamp < $__toTime_ms")
     if lookups:
         columns = ", ".join(f"{name}.value AS {name}" for name, _ in lookups)
@@ -459,6 +544,7 @@ def _clickhouse_dialect() -> Dialect:
         percentile=percentile,
         materialize=False,
         frame=_clickhouse_frame,
+        decoded=lambda text: f"decodeURLComponent('{text}')",
     )
 
 
