@@ -51,6 +51,12 @@ _FORMATS = {"raw": lambda value: value, "percentencode": percentencode}
 """The formats the dashboards use; another one is an error here, so a test cannot pass on one unmodelled."""
 
 
+def substitute(text: str, variables: Mapping[str, str] | None = None) -> str:
+    """`text` (a query with its global variables already replaced) with its template variables replaced as
+    Grafana does, through their formats."""
+    return _substitute_variables(text, variables, keep_macros=False)
+
+
 def _substitute_variables(text: str, variables: Mapping[str, str] | None, keep_macros: bool) -> str:
     """Template variables replaced in one pass (a value is never read again for variables), each through
     its format (`${name:format}`; none: raw); the selection variables default to SELECTION_DEFAULTS;
