@@ -342,6 +342,26 @@ POSTGRES_PANELS: Final[dict[str, PanelSpec]] = {
         24,
         8,
     ),
+    "conversation_calls": PanelSpec(
+        "table",
+        "Conversation $conversation: its calls",
+        "The conversation chosen in $conversation (a top-conversations row links here), call by call as "
+        "report conversation lists them: model, stop reason, compactions, the context it left against the "
+        f"compaction trigger, cost (empty when unpriced); the first {sql.CONVERSATION_CALLS} in the range.",
+        COUNT,
+        24,
+        8,
+    ),
+    "conversation_context": PanelSpec(
+        "timeseries",
+        "Conversation $conversation: context against the compaction trigger",
+        "Per call: context_tokens (what the call left: total input of its last message iteration) and "
+        "trigger_tokens (the compaction trigger it asked for); compacted_at marks the calls that compacted. "
+        "Guard breaches and compactions are annotations.",
+        COUNT,
+        24,
+        8,
+    ),
 }
 
 # Each panel's fields whose unit differs from the panel's.
@@ -353,13 +373,48 @@ _OVERRIDES: Final[dict[str, dict[str, str]]] = {
     "error_bursts": {"hour_start": "dateTimeAsIso", "share": PERCENT},
     "top_level_vs_bill": {"left_out_share": PERCENT},
     "errors_latency": {"error_rate": PERCENT},
+    "conversation_calls": {"time": "dateTimeAsIso", "cost_usd": USD},
 }
+CONVERSATION_LINK: Final = (
+    "/d/${__dashboard.uid}?var-conversation=${__value.raw:percentencode}&${__url_time_range}"
+    "&${datasource:queryparam}"
+)
+"""A conversation id links to the conversation panels of the same dashboard (the id percent-encoded)."""
 
 
 def _with_overrides(panel: Any, key: str) -> Any:
     for field, unit in _OVERRIDES.get(key, {}).items():
         panel = panel.override_by_name(field, [model.DynamicConfigValue(id_val="unit", value=unit)])
+    if key == "top_conversations":
+        link = {"title": "Open conversation ${__value.raw}", "url": CONVERSATION_LINK}
+        panel = panel.override_by_name(
+            "conversation_id", [model.DynamicConfigValue(id_val="links", value=[link])]
+        )
+    if key == "conversation_context":
+        points = {"drawStyle": "points", "pointSize": 10}
+        panel = panel.override_by_name(
+            "compacted_at",
+            [model.DynamicConfigValue(id_val="custom." + k, value=v) for k, v in points.items()],
+        )
     return panel
+
+
+def _sql_annotations(kind: str, queries: Sequence[PanelQuery]) -> list[dict[str, Any]]:
+    """Grafana annotations from SQL (`time`, `text` columns). Added to the JSON after the SDK's round trip:
+    its AnnotationTarget type has no field for a SQL data source's query."""
+    colours = {"compactions": "blue", "guard_breaches": "red"}
+    names = {"compactions": "Compactions", "guard_breaches": "Guard breaches (stored budgets)"}
+    target_type = ClickHouseQuery if kind == CLICKHOUSE_TYPE else SqlQuery
+    return [
+        {
+            "name": names[q.key],
+            "datasource": {"type": kind, "uid": "${" + DATASOURCE_VAR + "}"},
+            "enable": True,
+            "iconColor": colours[q.key],
+            "target": target_type(q.sql, "table", "Anno").to_json(),
+        }
+        for q in queries
+    ]
 
 
 def sql_dashboard(
@@ -370,6 +425,7 @@ def sql_dashboard(
     description: str = "compactobs' SQL store: billed cost over every usage.iterations entry, cache and "
     "compaction.",
     choices: Sequence[tuple[str, str]] = (),
+    annotations: Sequence[PanelQuery] = (),
 ) -> dict[str, Any]:
     """A dashboard of POSTGRES_PANELS over the SQL data source `kind`, one query per panel by key: each SQL
     backend is its Dialect's queries and its data source type here."""
@@ -381,7 +437,9 @@ def sql_dashboard(
         query = by_key[key]
         panel = _panel(spec, panel_id, grid, [Sql(query.sql, query.format, kind)], kind)
         board = board.with_panel(_with_overrides(panel, key))
-    return _as_json(board)
+    data = _as_json(board)
+    data.setdefault("annotations", {}).setdefault("list", []).extend(_sql_annotations(kind, annotations))
+    return data
 
 
 def postgres_dashboard() -> dict[str, Any]:
@@ -391,6 +449,7 @@ def postgres_dashboard() -> dict[str, Any]:
         POSTGRES_TYPE,
         sql_queries(GRAFANA_POSTGRES),
         choices=sql.choice_queries(GRAFANA_POSTGRES),
+        annotations=sql.annotation_queries(GRAFANA_POSTGRES),
     )
 
 
@@ -407,6 +466,7 @@ def clickhouse_dashboard(spans_table: str = sql.SPANS_TABLE) -> dict[str, Any]:
         "as the SQL store's calls and iterations: billed cost over every usage.iterations entry, cache and "
         "compaction.",
         choices=sql.choice_queries(dialect),
+        annotations=sql.annotation_queries(dialect),
     )
 
 

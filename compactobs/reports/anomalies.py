@@ -72,7 +72,6 @@ from compactobs.reports._common import (
     to_json_value,
 )
 from compactobs.rules import (
-    BILLED_TOKEN_COLUMNS,
     ENV_BUDGETS_FILE,
     Budget,
     Budgets,
@@ -712,11 +711,7 @@ def _compaction_findings(records: Iterable[Sequence[Any]], thresholds: Threshold
 
 
 def _billed_tokens() -> ColumnElement[Any]:
-    columns = [func.coalesce(calls.c[name], 0) for name in BILLED_TOKEN_COLUMNS]
-    total: ColumnElement[Any] = columns[0]
-    for column in columns[1:]:
-        total = total + column
-    return total
+    return rules.billed_tokens_sql()  # type: ignore[no-any-return]
 
 
 def _budget_totals(

@@ -37,6 +37,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect as SqlDialect
 
 from compactobs.reports import anomalies, cache, cost, ops
+from compactobs.rules import billed_tokens_sql, over_limits_sql
 from compactobs.store.models import calls, iterations
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "TOP_CONVERSATIONS",
     "Dialect",
     "PanelQuery",
+    "annotation_queries",
     "choice_queries",
     "sql_queries",
     "valid_table",
@@ -100,6 +102,8 @@ class Dialect:
     """The range's end (exclusive), epoch milliseconds."""
     bucket: Callable[[str], ColumnElement[Any]]
     """The time bucket of an epoch-ms column, given by its SQL text, as the data source reads a time."""
+    moment: Callable[[str], ColumnElement[Any]]
+    """An epoch-ms column, given by its SQL text, as the data source reads a time (one call's)."""
     percentile: Callable[[float, ColumnElement[Any]], ColumnElement[Any]]
     """The continuous percentile (linear interpolation, as `report ops`) of a column's non-NULL values."""
     materialize: bool = True
@@ -167,6 +171,7 @@ GRAFANA_POSTGRES: Final = Dialect(
     since_ms=literal_column("$__unixEpochFrom()::bigint") * 1000,
     until_ms=literal_column("$__unixEpochTo()::bigint") * 1000,
     bucket=lambda column: literal_column(f"$__unixEpochGroup({column} / 1000, $__interval)"),
+    moment=lambda column: literal_column(f"{column} / 1000.0"),
     percentile=lambda p, value: func.percentile_cont(literal_column(str(p))).within_group(value),
     decoded=_postgres_decoded,
 )
@@ -349,6 +354,119 @@ def _errors_over_time(d: Dialect) -> Select[Any]:
     )
 
 
+def _one_conversation(d: Dialect) -> ColumnElement[bool]:
+    """$conversation names one (the conversation panels are empty until it does)."""
+    return d.chosen(CONVERSATION_VAR).not_in([literal(""), literal(ALL_VALUE)])
+
+
+def _conversation_calls(d: Dialect) -> Select[Any]:
+    """The chosen conversation's calls in order, as `report conversation` lists them: model, stop reason,
+    compactions, context after the call against the trigger, cost (NULL when unpriced)."""
+    c = calls.c
+    return (
+        select(
+            d.moment("calls.start_ms").label("time"),
+            c.call_id,
+            c.request_id,
+            func.coalesce(c.response_model, c.request_model).label("model"),
+            c.status,
+            c.stop_reason,
+            func.coalesce(c.compactions_count, 0).label("compactions"),
+            c.context_tokens,
+            c.compaction_trigger.label("trigger_tokens"),
+            c.cost_usd,
+        )
+        .where(*d.window(c.start_ms), _one_conversation(d))
+        .order_by(c.start_ms, c.call_id)
+        .limit(CONVERSATION_CALLS)
+    )
+
+
+def _conversation_context(d: Dialect) -> Select[Any]:
+    """Per call of the chosen conversation: the context it left and the compaction trigger, and the context
+    again on the calls that compacted (drawn as marks)."""
+    c = calls.c
+    compacted = case((c.compactions_count > 0, c.context_tokens), else_=None)
+    return (
+        select(
+            d.moment("calls.start_ms").label("time"),
+            c.context_tokens,
+            c.compaction_trigger.label("trigger_tokens"),
+            compacted.label("compacted_at"),
+        )
+        .where(*d.window(c.start_ms), _one_conversation(d), c.context_tokens.is_not(None))
+        .order_by(c.start_ms, c.call_id)
+        .limit(CONVERSATION_CALLS)
+    )
+
+
+def annotation_queries(d: Dialect = GRAFANA_POSTGRES) -> list[PanelQuery]:
+    """The annotations' SQL (`time`, `text`), over the selection: the calls that compacted, and the calls
+    at which a conversation went over the budget it stored (`rules.over_limits_sql`: its running spend,
+    billed tokens and compactions above the largest budget any of its calls carried)."""
+    c = calls.c
+    compacting = (
+        select(d.moment("calls.start_ms").label("time"), _compaction_text(c).label("text"))
+        .where(*d.window(c.start_ms), c.compactions_count > 0)
+        .order_by(c.start_ms)
+    )
+    order = [c.start_ms, c.call_id]
+    running = {
+        "spent": func.sum(c.cost_usd).over(partition_by=c.conversation_id, order_by=order, rows=(None, 0)),
+        "tokens": func.sum(billed_tokens_sql()).over(
+            partition_by=c.conversation_id, order_by=order, rows=(None, 0)
+        ),
+        "compactions": func.sum(func.coalesce(c.compactions_count, 0)).over(
+            partition_by=c.conversation_id, order_by=order, rows=(None, 0)
+        ),
+    }
+    budgets = {
+        name: func.max(c[column]).over(partition_by=c.conversation_id)
+        for name, column in (
+            ("usd", "budget_usd"),
+            ("tokens", "budget_tokens"),
+            ("compactions", "budget_max_compactions"),
+        )
+    }
+    totals = (
+        select(
+            c.conversation_id,
+            c.call_id,
+            c.start_ms,
+            *(v.label(k) for k, v in running.items()),
+            *(v.label(f"budget_{k}") for k, v in budgets.items()),
+        )
+        .where(c.conversation_id.is_not(None), c.start_ms < d.until_ms, *d.selection())
+        .subquery("running")
+    )
+    r = totals.c
+    over = over_limits_sql(
+        r.budget_usd, r.budget_tokens, r.budget_compactions, r.spent, r.tokens, r.compactions
+    )
+    first = func.row_number().over(partition_by=r.conversation_id, order_by=[r.start_ms, r.call_id])
+    crossings = select(r.conversation_id, r.start_ms, first.label("nth")).where(over).subquery("crossings")
+    x = crossings.c
+    breaches = (
+        select(d.moment("crossings.start_ms").label("time"), _breach_text(x.conversation_id).label("text"))
+        .where(x.nth == 1, x.start_ms >= d.since_ms)
+        .order_by(x.start_ms)
+    )
+    return [
+        PanelQuery("compactions", d.compile(compacting)),
+        PanelQuery("guard_breaches", d.compile(breaches)),
+    ]
+
+
+def _compaction_text(c: Any) -> ColumnElement[Any]:
+    return func.concat(
+        literal("compaction in "), func.coalesce(c.conversation_id, literal("(no conversation)"))
+    )
+
+
+def _breach_text(conversation_id: ColumnElement[Any]) -> ColumnElement[Any]:
+    return func.concat(literal("over its stored budget: "), conversation_id)
+
+
 def choice_queries(d: Dialect = GRAFANA_POSTGRES) -> list[tuple[str, str]]:
     """(variable, the SQL listing its values over the dashboard's range) for $service and $model; not
     narrowed by the selection itself."""
@@ -375,6 +493,8 @@ def sql_queries(d: Dialect = GRAFANA_POSTGRES) -> list[PanelQuery]:
         ("error_bursts", _error_bursts(d), "table"),
         ("unpriced_models", _unpriced(d), "table"),
         ("errors_latency", _errors_over_time(d), "time_series"),
+        ("conversation_calls", _conversation_calls(d), "table"),
+        ("conversation_context", _conversation_context(d), "time_series"),
     ]
     # Only the spend panel reads the range before (its "previous range").
     return [PanelQuery(key, d.compile(statement, key == "spend"), fmt) for key, statement, fmt in statements]
@@ -541,6 +661,7 @@ def _clickhouse_dialect() -> Dialect:
         bucket=lambda column: literal_column(
             f"fromUnixTimestamp64Milli(toInt64(intDiv({column}, $__interval_ms) * $__interval_ms), 'UTC')"
         ),
+        moment=lambda column: literal_column(f"fromUnixTimestamp64Milli(toInt64({column}), 'UTC')"),
         percentile=percentile,
         materialize=False,
         frame=_clickhouse_frame,
