@@ -476,8 +476,10 @@ PROMETHEUS_PANELS: Final[dict[str, PanelSpec]] = {
     "spend": PanelSpec(
         "stat",
         "Spend in range, and against the previous range",
-        "sum(increase(compactobs.cost[$__range])); previous: the same with offset $__range (0 without "
-        "data). compactobs.cost is the billed USD of every iteration and of server tools.",
+        "sum over $__range of compactobs.cost, each series' first sample counted (the increase of a series "
+        "that existed before the range, the whole value of one born in it: increase() alone misses a short "
+        "job); previous: increase over the range before (0 without data). compactobs.cost is the billed "
+        "USD of every iteration and of server tools.",
         USD,
         12,
         5,
@@ -485,8 +487,8 @@ PROMETHEUS_PANELS: Final[dict[str, PanelSpec]] = {
     "compactions": PanelSpec(
         "stat",
         "Compactions and their cost share",
-        "sum(increase(compactobs.compactions[$__range])); share = compaction iterations' increase of "
-        "compactobs.cost / all of it, over $__range.",
+        "compactobs.compactions over $__range (first samples counted, as the spend); share = the "
+        "compaction iterations' compactobs.cost / all of it, over $__range.",
         COUNT,
         12,
         5,
@@ -494,8 +496,8 @@ PROMETHEUS_PANELS: Final[dict[str, PanelSpec]] = {
     "cost_by_model": PanelSpec(
         "timeseries",
         "Cost over time by model",
-        "sum by model of increase(compactobs.cost[$__interval]): USD per bucket, each iteration at its "
-        "own model.",
+        "sum by model of rate(compactobs.cost[$__rate_interval]) x 3600: USD per hour, each iteration at "
+        "its own model.",
         USD,
         16,
         8,
@@ -503,8 +505,8 @@ PROMETHEUS_PANELS: Final[dict[str, PanelSpec]] = {
     "tokens_by_class": PanelSpec(
         "bargauge",
         "Billed tokens by class",
-        "sum by token class of increase(compactobs.tokens[$__range]). The metrics carry cost by model "
-        "and iteration type, not by token class: the PostgreSQL dashboard has the cost split.",
+        "sum by token class of compactobs.tokens over $__range (first samples counted). The metrics carry "
+        "cost by model and iteration type, not by token class: the PostgreSQL dashboard has the cost split.",
         COUNT,
         8,
         8,
@@ -513,7 +515,7 @@ PROMETHEUS_PANELS: Final[dict[str, PanelSpec]] = {
         "bargauge",
         "Cost by iteration type",
         "sum by iteration type (message, compaction, advisor_message, server_tools, ...) of "
-        "increase(compactobs.cost[$__range]).",
+        "compactobs.cost over $__range (first samples counted).",
         USD,
         12,
         6,
@@ -522,8 +524,8 @@ PROMETHEUS_PANELS: Final[dict[str, PanelSpec]] = {
         "timeseries",
         "Cache hit ratio over time",
         "increase of compactobs.tokens{class=cache_read} / increase of compactobs.tokens{class=input, "
-        "cache_read, cache_write_5m, cache_write_1h}, per $__interval. Net savings need each iteration's "
-        "rates: the PostgreSQL dashboard has them.",
+        "cache_read, cache_write_5m, cache_write_1h}, over $__rate_interval. Net savings need each "
+        "iteration's rates: the PostgreSQL dashboard has them.",
         PERCENT,
         12,
         6,
@@ -556,6 +558,14 @@ def prometheus_dashboard() -> dict[str, Any]:
         "scrape job; the metrics carry no conversation (unbounded cardinality): $conversation only follows "
         "the links to the PostgreSQL dashboard.",
         promql.choice_queries(),
+    ).link(
+        dashboard.DashboardLink("compactobs: conversations (PostgreSQL store)")
+        .type(model.DashboardLinkType.LINK)
+        .url("/d/compactobs-postgres")
+        .tooltip("The PostgreSQL dashboard, with this range and $service, $model and $conversation")
+        .include_vars(True)
+        .keep_time(True)
+        .icon("dashboard")
     )
     grid = Grid()
     for panel_id, (key, spec) in enumerate(PROMETHEUS_PANELS.items(), start=1):
