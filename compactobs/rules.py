@@ -25,9 +25,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
 
 from compactobs.usage import TokenCounts
+
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement
 
 __all__ = [
     "BILLED_TOKEN_COLUMNS",
@@ -125,13 +128,13 @@ def over_limits(
     return tuple(over)
 
 
-def billed_tokens_sql() -> Any:
+def billed_tokens_sql() -> ColumnElement[Any]:
     """`billed_tokens` of a `calls` row, in SQL (NULLs as 0)."""
     from sqlalchemy import func
 
     from compactobs.store.models import calls
 
-    columns = [func.coalesce(calls.c[name], 0) for name in BILLED_TOKEN_COLUMNS]
+    columns: list[ColumnElement[Any]] = [func.coalesce(calls.c[name], 0) for name in BILLED_TOKEN_COLUMNS]
     total = columns[0]
     for column in columns[1:]:
         total = total + column
@@ -140,7 +143,7 @@ def billed_tokens_sql() -> Any:
 
 def over_limits_sql(
     budget_usd: Any, budget_tokens: Any, max_compactions: Any, spent_usd: Any, tokens: Any, compactions: Any
-) -> Any:
+) -> ColumnElement[bool]:
     """`over_limits` in SQL over columns (a NULL limit is no limit): true when any is strictly exceeded."""
     from sqlalchemy import and_, or_
 

@@ -243,6 +243,7 @@ def test_a_breach_after_one_compaction_says_one_compaction(
     caplog.set_level(logging.WARNING, logger="compactobs")
     with compactobs.conversation("one-compaction", budget_usd=1):
         Research(client(sim)).run(turns=2)
+    compactobs.flush()  # the breach is settled, and logged, on the recording thread
     (line,) = [r.getMessage() for r in caplog.records if "compactobs guard" in r.getMessage()]
     assert line.endswith("$1.0565 billed, 200,900 tokens, 1 compaction; on_breach=warn"), line
 
