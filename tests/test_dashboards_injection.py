@@ -19,7 +19,7 @@ from compactobs.reports.dashboard import CONVERSATION_VAR, MODEL_VAR, SERVICE_VA
 from tests.grafana_macros import expand, expand_clickhouse, substitute
 from tests.test_dashboards import SINCE, UNTIL, _store
 from tests.test_dashboards_clickhouse import clickhouse, traffic  # noqa: F401 (a fixture)
-from tests.test_dashboards_prometheus import RANGE, scraped  # noqa: F401 (a fixture)
+from tests.test_dashboards_prometheus import RANGE, get, scraped  # noqa: F401 (a fixture)
 from tests.test_reports_cost import call_row, iteration_row, store_rows
 
 generate = pytest.importorskip("dashboards.generate", reason="grafana-foundation-sdk needs Python 3.11")
@@ -144,3 +144,49 @@ def test_hostile_values_on_prometheus(scraped: dict[str, Any]) -> None:  # noqa:
         nothing = run({variable: NOTHING})
         for value in HOSTILE:
             assert run({variable: value}) == nothing, (variable, value)
+
+
+# -- the variables' own queries, on the same engines -----------------------------------------------------
+
+
+def _choice_queries(board_file: str) -> dict[str, str]:
+    board = _boards()[board_file]
+    return {v["name"]: v["query"] for v in board["templating"]["list"] if v["type"] == "query"}
+
+
+def test_the_variables_list_what_postgresql_holds(store_url: str) -> None:
+    listed = {}
+    engine = create_engine(store_url)
+    try:
+        with engine.connect() as connection:
+            for name, sql in _choice_queries(generate.POSTGRES_FILE.name).items():
+                rows = connection.execute(text(expand(sql, SINCE, UNTIL))).scalars()
+                listed[name] = set(rows)
+    finally:
+        engine.dispose()
+    # tests/test_dashboards.py's store in the range (P, before it, is haiku too), and the strange service.
+    assert listed == {
+        SERVICE_VAR: {"api", "worker", STRANGE},
+        MODEL_VAR: {"claude-sonnet-4-5", "claude-haiku-4-5", "mystery-1"},
+    }
+
+
+def test_the_variables_list_what_clickhouse_holds(traffic: dict[str, Any]) -> None:  # noqa: F811
+    listed = {
+        name: {row["value"] for row in clickhouse(traffic, sql)}
+        for name, sql in _choice_queries(generate.CLICKHOUSE_FILE.name).items()
+    }
+    assert listed[SERVICE_VAR] == {"compactobs-demo"}
+    assert {"claude-opus-4-8", "claude-sonnet-4-6", "claude-haiku-4-5", "claude-preview-2027"} <= listed[
+        MODEL_VAR
+    ]
+
+
+def test_the_variables_list_what_prometheus_holds(scraped: dict[str, Any]) -> None:  # noqa: F811
+    """Grafana's `label_values(metric, label)` is Prometheus' label values API matched on the metric."""
+    listed = {}
+    for name, query in _choice_queries(generate.PROMETHEUS_FILE.name).items():
+        metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", query).groups()  # type: ignore[union-attr]
+        url = f"{scraped['prometheus'].url}/api/v1/label/{label}/values?match[]={metric}"
+        listed[name] = set(json.loads(get(url))["data"])
+    assert listed == {SERVICE_VAR: {"app", "short"}, MODEL_VAR: {"claude-opus-4-8", "claude-sonnet-4-5"}}
