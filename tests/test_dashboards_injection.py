@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from compactobs.reports.dashboard import CONVERSATION_VAR, MODEL_VAR, SERVICE_VAR, sql_queries
+from compactobs.reports.dashboard import CONVERSATION_VAR, MODEL_VAR, SERVICE_VAR, sql_queries, valid_table
 from tests.grafana_macros import expand, expand_clickhouse, substitute
 from tests.test_dashboards import SINCE, UNTIL, _store
 from tests.test_dashboards_clickhouse import clickhouse, traffic  # noqa: F401 (a fixture)
@@ -77,6 +77,16 @@ def test_every_variable_a_url_can_set_reaches_a_query_only_percent_encoded_insid
                     name,
                     query[match.start() - 20 : match.end() + 5],
                 )
+
+
+def test_the_clickhouse_table_is_an_identifier_or_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert valid_table("logs.my_traces") == "logs.my_traces"
+    for name in ("otel_traces; DROP TABLE x", "a.b.c", "t WHERE 1", "`t`", "${spans_table}", ""):
+        with pytest.raises(ValueError, match="not a table name"):
+            valid_table(name)
+        with pytest.raises(SystemExit) as exit_info:
+            generate.main(["--check", "--spans-table", name])
+        assert exit_info.value.code == 2 and "not a table name" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
