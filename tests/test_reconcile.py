@@ -356,6 +356,12 @@ def test_errors_a_user_meets(recorded: Recorded) -> None:
     code, _, err = recorded.reconcile("--since", "1d")
     assert code == 0, err  # one 429, then the retry is answered
 
+    # Five groups and the model reconcile always works per: six dimensions, one too many.
+    code, _, err = recorded.reconcile(
+        "--since", "1d", "--group", "service_tier,speed,inference_geo,workspace,api_key",
+        "--workspace", "wrkspc_sim", "--api-key", "apikey_sim",
+    )  # fmt: skip
+    assert "always asks for the model" in one_line_error(code, err)
     code, _, err = recorded.reconcile("--since", "1d", "--group", "colour")
     assert "cannot group by 'colour'" in one_line_error(code, err)
     code, _, err = recorded.reconcile("--since", "someday")

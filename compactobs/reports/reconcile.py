@@ -110,6 +110,8 @@ _MONEY_FLOOR: Final = Decimal("0.000001")
 """Money differences below this are rounding (the JSON carries 6 decimal places)."""
 _MTOK: Final = Decimal(1_000_000)
 _DATED: Final = re.compile(r"-\d{8}$")
+_MAX_DIMENSIONS: Final = 5
+"""The reports' limit on `group_by[]` dimensions."""
 _DEFAULTS: Final[dict[str, str]] = {"service_tier": "standard", "speed": "standard"}
 """What a call whose usage did not say is served at."""
 
@@ -201,6 +203,11 @@ def api_dimensions(groups: Sequence[str], scope: Scope) -> tuple[str, ...]:
         dimensions.append("workspace_id")
     if scope.api_keys and "api_key_id" not in dimensions:
         dimensions.append("api_key_id")
+    if len(dimensions) > _MAX_DIMENSIONS:
+        raise ReportInputError(
+            f"Anthropic's reports break figures out by at most {_MAX_DIMENSIONS} dimensions, and reconcile "
+            f"always asks for the model: {', '.join(dimensions)} is {len(dimensions)}; group by fewer"
+        )
     return tuple(dimensions)
 
 
