@@ -33,7 +33,7 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
 import reports as bench_reports  # noqa: E402  (bench/reports.py: its generator, not another)
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from compactobs.reports.dashboard import SPANS_TABLE_VAR, sql_queries  # noqa: E402
+from compactobs.reports.dashboard import sql_queries  # noqa: E402
 from tests.grafana_macros import expand, expand_clickhouse  # noqa: E402
 
 RANGES = (
@@ -91,7 +91,7 @@ def clickhouse(calls: int, repeat: int, data_dir: Path) -> None:
     end = datetime.fromtimestamp(bench_clickhouse.T0_NS / 1e9 + bench_clickhouse.DAYS * 86400, timezone.utc)
     print(f"chdb, {calls:,} calls, {spans:,} spans in otel_traces, data up to {end:%Y-%m-%d}")
     print(bench_reports.platform_line())
-    variables = {SPANS_TABLE_VAR: "otel_traces"}
+    variables: dict[str, str] = {}  # the selection variables at their defaults (All)
     count = (
         "SELECT count() FROM otel_traces WHERE Timestamp >= $__fromTime_ms AND Timestamp < $__toTime_ms "
         f"AND SpanAttributes['{t.SPAN_KIND}'] = '{t.SPAN_KIND_CALL}'"

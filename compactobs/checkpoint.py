@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from compactobs._words import counted
 from compactobs.guard import Breach, GuardError, wrap_up_message
 from compactobs.usage import field_of
 
@@ -34,9 +35,10 @@ def _as_dict(block: Any) -> Any:
     return to_dict() if callable(to_dict) else block
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Checkpoint:
-    """A paused response's summary, what it kept, and how to go on."""
+    """A paused response's summary, what it kept, and how to go on. Its repr gives sizes, not the history
+    (which runs to megabytes)."""
 
     messages: tuple[Any, ...]
     """The history the paused request sent."""
@@ -48,6 +50,13 @@ class Checkpoint:
     """The summary's length in tokens, as billed (the compaction iteration's output tokens)."""
     kept: dict[str, bool] = field(default_factory=dict)
     """For each string the application named: whether the summary still contains it."""
+
+    def __repr__(self) -> str:
+        return (
+            f"Checkpoint({counted(len(self.messages), 'message')}, {counted(len(self.blocks), 'block')}, "
+            f"summary of {counted(self.summary_chars, 'character')} and {self.summary_tokens} tokens, "
+            f"kept {sum(self.kept.values())} of {len(self.kept)} named, missing {list(self.missing)!r})"
+        )
 
     @property
     def summary_chars(self) -> int:

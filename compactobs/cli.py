@@ -22,6 +22,7 @@ import click
 from sqlalchemy import Engine
 
 from compactobs._version import __version__
+from compactobs._words import counted
 from compactobs.pricing import PricingError
 from compactobs.reports._common import FORMATS, Filters, Report, ReportInputError, build_filters, render
 from compactobs.reports.anomalies import Thresholds
@@ -602,7 +603,8 @@ def demo(ctx: click.Context, reports: bool, demo_db: str | None) -> None:
     )
     click.echo(
         f"Recorded {summary.stored_calls} calls in {len(summary.conversations)} conversations "
-        f"({summary.stored_iterations} iterations, {summary.compactions} compactions), {priced}, "
+        f"({counted(summary.stored_iterations, 'iteration')}, "
+        f"{counted(summary.compactions, 'compaction')}), {priced}, "
         f"in {summary.elapsed_s:.1f} s; conversations {pattern}"
     )
     words = headline(summary.top_level_cost_usd, summary.cost_usd, summary.hidden_cost_usd)
@@ -852,6 +854,12 @@ def reprice_command(state: CliState, since: str | None, until: str | None, tz: s
         click.echo(
             f"unpriced calls: {result.unpriced_before:,} before, {result.unpriced_after:,} after "
             "(see `compactobs pricing check`)"
+        )
+    if result.without_usage:
+        more = ", ..." if result.without_usage > len(result.without_usage_ids) else ""
+        click.echo(
+            f"not repriced: {counted(result.without_usage, 'error call')} that failed before any usage, "
+            f"with no cost to price: {', '.join(result.without_usage_ids)}{more}"
         )
     if result.skipped:
         click.echo(

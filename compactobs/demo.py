@@ -40,7 +40,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Final, Literal
@@ -53,6 +53,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from sqlalchemy import case, func, select
 
 import compactobs
+from compactobs._words import counted
 from compactobs.progress import ProgressCallback
 from compactobs.progress import progress_bar as _progress_bar
 from compactobs.store import calls, default_database_url, display_url, make_engine, open_database
@@ -228,7 +229,13 @@ class _Run:
                 yield conversation_id
         finally:
             _calls_in_conversation.reset(token)
-            self.conversations[index] = DemoConversation(conversation_id, model, shows, counter[0])
+            self.conversations[index] = replace(self.conversations[index], calls=counter[0])
+
+    def also_shows(self, conversation_id: str, more: str) -> None:
+        """Add to what a conversation shows, once it is known (e.g. which of concurrent calls was retried)."""
+        for index, conversation in enumerate(self.conversations):
+            if conversation.id == conversation_id:
+                self.conversations[index] = replace(conversation, shows=f"{conversation.shows}; {more}")
 
 
 class _Chat:
@@ -369,19 +376,26 @@ async def _triage_async(run: _Run) -> None:
     system = _cached(_text(1200, "triage", "You triage production alerts."))
 
     async def one(index: int) -> None:
-        shows = "async, 3 at once, GA namespace, prompt cache; one 429 retried by the SDK"
-        with run.conversation(f"triage-{index}", model, shows):
+        shows = "async, 3 at once, GA namespace, prompt cache"
+        with run.conversation(f"triage-{index}", model, shows) as conversation_id:
             history: list[MessageParam] = []
             for alert in range(1, 4):
                 history.append(
                     {"role": "user", "content": _text(800, "triage", f"Alert {index}.{alert} fired:")}
                 )
                 try:
-                    result = await client.messages.create(
+                    raw = await client.messages.with_raw_response.create(
                         model=model, max_tokens=512, system=system, messages=history
                     )
                 finally:
                     run.called()
+                result = await raw.parse()
+                # Whichever of the three reached the simulator first met the one queued 429.
+                if raw.retries_taken:
+                    run.also_shows(
+                        conversation_id,
+                        f"a 429 retried by the SDK ({counted(raw.retries_taken, 'retry', 'retries')})",
+                    )
                 reply: Any = [b.to_dict() for b in result.content]  # sent back as the SDK gave them
                 history.append({"role": "assistant", "content": reply})
 
@@ -610,7 +624,8 @@ class GuardComparison:
         crossed = f"call {self.crossed_at_call}" if self.crossed_at_call else "no call"
         paused = f"call {self.paused_at_call} came back paused" if self.paused_at_call else "nothing paused"
         return [
-            f"Without the guard: {self.unguarded_calls} calls, {self.compactions} compactions, "
+            f"Without the guard: {counted(self.unguarded_calls, 'call')}, "
+            f"{counted(self.compactions, 'compaction')}, "
             f"${self.unguarded_usd:,.4f} billed ({self.unguarded_tokens:,} billed tokens; the docs' "
             f"estimate, compactions x trigger, says {self.estimate_tokens:,} tokens)",
             f"With the guard (budget ${GUARD_BUDGET_USD:,.2f}, on_breach=pause): {crossed} crossed the "

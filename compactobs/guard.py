@@ -55,6 +55,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from compactobs._words import counted
 from compactobs.rules import (
     BILLED_TOKEN_COLUMNS,
     ON_BREACH,
@@ -208,7 +209,8 @@ class Breach:
     @property
     def message(self) -> str:
         spent = (
-            f"${self.spent_usd:,.4f} billed, {self.billed_tokens:,} tokens, {self.compactions} compactions"
+            f"${self.spent_usd:,.4f} billed, {counted(self.billed_tokens, 'token')}, "
+            f"{counted(self.compactions, 'compaction')}"
         )
         where = " (already over when this process first saw it)" if self.crossed_before else ""
         if self.kind == "budget_usd":
@@ -216,7 +218,7 @@ class Breach:
         elif self.kind == "budget_tokens":
             what = f"over its {self.limit:,} billed-token budget"
         elif self.kind == "max_compactions":
-            what = f"over its {self.limit} allowed compactions"
+            what = f"over its {self.limit} allowed {'compaction' if self.limit == 1 else 'compactions'}"
         else:
             what = "in a compaction loop (compaction keeps re-firing without freeing room)"
         return f"conversation {self.conversation_id!r} is {what}{where}: {spent}; on_breach={self.action}"

@@ -11,7 +11,8 @@ changes both.
   its trigger; a loop is >= `loop_min` ineffective compactions within `loop_window` consecutive calls of one
   conversation (`LoopWindow`, fed the conversation's compacting calls in order).
 
-Pure: no database, no SDK. Raises `RulesInputError` (one line) on a bad budgets file.
+Pure: no database, no SDK (the `*_sql` twins build SQLAlchemy expressions, run by their callers). Raises
+`RulesInputError` (one line) on a bad budgets file.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
 
 from compactobs.usage import TokenCounts
+
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement
 
 __all__ = [
     "BILLED_TOKEN_COLUMNS",
@@ -40,9 +44,11 @@ __all__ = [
     "OnBreach",
     "RulesInputError",
     "billed_tokens",
+    "billed_tokens_sql",
     "effective_budget",
     "load_budgets",
     "over_limits",
+    "over_limits_sql",
 ]
 
 ENV_BUDGETS_FILE: Final = "COMPACTOBS_BUDGETS_FILE"
@@ -120,6 +126,32 @@ def over_limits(
     if budget.max_compactions is not None and compactions > budget.max_compactions:
         over.append("max_compactions")
     return tuple(over)
+
+
+def billed_tokens_sql() -> ColumnElement[Any]:
+    """`billed_tokens` of a `calls` row, in SQL (NULLs as 0)."""
+    from sqlalchemy import func
+
+    from compactobs.store.models import calls
+
+    columns: list[ColumnElement[Any]] = [func.coalesce(calls.c[name], 0) for name in BILLED_TOKEN_COLUMNS]
+    total = columns[0]
+    for column in columns[1:]:
+        total = total + column
+    return total
+
+
+def over_limits_sql(
+    budget_usd: Any, budget_tokens: Any, max_compactions: Any, spent_usd: Any, tokens: Any, compactions: Any
+) -> ColumnElement[bool]:
+    """`over_limits` in SQL over columns (a NULL limit is no limit): true when any is strictly exceeded."""
+    from sqlalchemy import and_, or_
+
+    return or_(
+        and_(budget_usd.is_not(None), spent_usd > budget_usd),
+        and_(budget_tokens.is_not(None), tokens > budget_tokens),
+        and_(max_compactions.is_not(None), compactions > max_compactions),
+    )
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
     python -m dashboards.generate           # rewrite dashboards/*.json
     python -m dashboards.generate --check   # exit 1 when a committed file differs from what this makes
+    python -m dashboards.generate --spans-table logs.my_traces   # the ClickHouse one for another table
 
 The SQL comes from `compactobs.reports.dashboard` (the reports' own measures, compiled with Grafana's
 PostgreSQL macros, or with the ClickHouse data source's over the Collector's spans table); the PromQL from
@@ -15,7 +16,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -190,14 +191,18 @@ def _panel(spec: PanelSpec, panel_id: int, grid: Grid, targets: Sequence[Any], k
     return panel
 
 
-def _dashboard(title: str, uid: str, kind: str, description: str) -> dashboard.Dashboard:
+def _dashboard(
+    title: str, uid: str, kind: str, description: str, choices: Sequence[tuple[str, str]]
+) -> dashboard.Dashboard:
+    """A dashboard with its data source variable and the selection variables ($service, $model: `choices`,
+    the query listing each one's values; $conversation: a text box, set by the conversation links)."""
     variable = (
         dashboard.DatasourceVariable(DATASOURCE_VAR)
         .label("Data source")
         .type(kind)
         .description(f"The {kind} data source holding compactobs' data")
     )
-    return (
+    board = (
         dashboard.Dashboard(title)
         .uid(uid)
         .description(description)
@@ -208,6 +213,33 @@ def _dashboard(title: str, uid: str, kind: str, description: str) -> dashboard.D
         .editable()
         .with_variable(variable)
     )
+    for name, query in choices:
+        board = board.with_variable(
+            dashboard.QueryVariable(name)
+            .label(name.capitalize())
+            .description(_CHOICE_HELP[name])
+            .datasource(_datasource(kind))
+            .query(query)
+            .include_all(True)
+            .all_value(sql.ALL_VALUE)
+            .multi(False)
+            .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(model.VariableSort.ALPHABETICAL_ASC)
+        )
+    conversation = (
+        dashboard.TextBoxVariable(sql.CONVERSATION_VAR)
+        .label("Conversation")
+        .default_value("")
+        .description(_CHOICE_HELP[sql.CONVERSATION_VAR])
+    )
+    return board.with_variable(conversation)
+
+
+_CHOICE_HELP: Final[dict[str, str]] = {
+    sql.SERVICE_VAR: "The service (service.name) whose calls to show; All: every one",
+    sql.MODEL_VAR: "The model whose calls to show (requested or answering, as report --model); All: all",
+    sql.CONVERSATION_VAR: "A conversation id (empty: every one); the conversation tables link here",
+}
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------------------
@@ -310,6 +342,26 @@ POSTGRES_PANELS: Final[dict[str, PanelSpec]] = {
         24,
         8,
     ),
+    "conversation_calls": PanelSpec(
+        "table",
+        "Conversation $conversation: its calls",
+        "The conversation chosen in $conversation (a top-conversations row links here), call by call as "
+        "report conversation lists them: model, stop reason, compactions, the context it left against the "
+        f"compaction trigger, cost (empty when unpriced); the first {sql.CONVERSATION_CALLS} in the range.",
+        COUNT,
+        24,
+        8,
+    ),
+    "conversation_context": PanelSpec(
+        "timeseries",
+        "Conversation $conversation: context against the compaction trigger",
+        "Per call: context_tokens (what the call left: total input of its last message iteration) and "
+        "trigger_tokens (the compaction trigger it asked for); compacted_at marks the calls that compacted. "
+        "Guard breaches and compactions are annotations.",
+        COUNT,
+        24,
+        8,
+    ),
 }
 
 # Each panel's fields whose unit differs from the panel's.
@@ -321,13 +373,48 @@ _OVERRIDES: Final[dict[str, dict[str, str]]] = {
     "error_bursts": {"hour_start": "dateTimeAsIso", "share": PERCENT},
     "top_level_vs_bill": {"left_out_share": PERCENT},
     "errors_latency": {"error_rate": PERCENT},
+    "conversation_calls": {"time": "dateTimeAsIso", "cost_usd": USD},
 }
+CONVERSATION_LINK: Final = (
+    "/d/${__dashboard.uid}?var-conversation=${__value.raw:percentencode}&${__url_time_range}"
+    "&${datasource:queryparam}"
+)
+"""A conversation id links to the conversation panels of the same dashboard (the id percent-encoded)."""
 
 
 def _with_overrides(panel: Any, key: str) -> Any:
     for field, unit in _OVERRIDES.get(key, {}).items():
         panel = panel.override_by_name(field, [model.DynamicConfigValue(id_val="unit", value=unit)])
+    if key == "top_conversations":
+        link = {"title": "Open conversation ${__value.raw}", "url": CONVERSATION_LINK}
+        panel = panel.override_by_name(
+            "conversation_id", [model.DynamicConfigValue(id_val="links", value=[link])]
+        )
+    if key == "conversation_context":
+        points = {"drawStyle": "points", "pointSize": 10}
+        panel = panel.override_by_name(
+            "compacted_at",
+            [model.DynamicConfigValue(id_val="custom." + k, value=v) for k, v in points.items()],
+        )
     return panel
+
+
+def _sql_annotations(kind: str, queries: Sequence[PanelQuery]) -> list[dict[str, Any]]:
+    """Grafana annotations from SQL (`time`, `text` columns). Added to the JSON after the SDK's round trip:
+    its AnnotationTarget type has no field for a SQL data source's query."""
+    colours = {"compactions": "blue", "guard_breaches": "red"}
+    names = {"compactions": "Compactions", "guard_breaches": "Guard breaches (stored budgets)"}
+    target_type = ClickHouseQuery if kind == CLICKHOUSE_TYPE else SqlQuery
+    return [
+        {
+            "name": names[q.key],
+            "datasource": {"type": kind, "uid": "${" + DATASOURCE_VAR + "}"},
+            "enable": True,
+            "iconColor": colours[q.key],
+            "target": target_type(q.sql, "table", "Anno").to_json(),
+        }
+        for q in queries
+    ]
 
 
 def sql_dashboard(
@@ -337,21 +424,22 @@ def sql_dashboard(
     queries: Sequence[PanelQuery],
     description: str = "compactobs' SQL store: billed cost over every usage.iterations entry, cache and "
     "compaction.",
-    variables: Sequence[Any] = (),
+    choices: Sequence[tuple[str, str]] = (),
+    annotations: Sequence[PanelQuery] = (),
 ) -> dict[str, Any]:
     """A dashboard of POSTGRES_PANELS over the SQL data source `kind`, one query per panel by key: each SQL
     backend is its Dialect's queries and its data source type here."""
     by_key = {q.key: q for q in queries}
     assert set(by_key) == set(POSTGRES_PANELS), "every query has a panel"
-    board = _dashboard(title, uid, kind, description)
-    for variable in variables:
-        board = board.with_variable(variable)
+    board = _dashboard(title, uid, kind, description, choices)
     grid = Grid()
     for panel_id, (key, spec) in enumerate(POSTGRES_PANELS.items(), start=1):
         query = by_key[key]
         panel = _panel(spec, panel_id, grid, [Sql(query.sql, query.format, kind)], kind)
         board = board.with_panel(_with_overrides(panel, key))
-    return _as_json(board)
+    data = _as_json(board)
+    data.setdefault("annotations", {}).setdefault("list", []).extend(_sql_annotations(kind, annotations))
+    return data
 
 
 def postgres_dashboard() -> dict[str, Any]:
@@ -360,28 +448,25 @@ def postgres_dashboard() -> dict[str, Any]:
         "compactobs-postgres",
         POSTGRES_TYPE,
         sql_queries(GRAFANA_POSTGRES),
+        choices=sql.choice_queries(GRAFANA_POSTGRES),
+        annotations=sql.annotation_queries(GRAFANA_POSTGRES),
     )
 
 
-def clickhouse_dashboard() -> dict[str, Any]:
-    """The same panels over Grafana's ClickHouse data source, reading the Collector's spans table."""
-    table = (
-        dashboard.TextBoxVariable(sql.SPANS_TABLE_VAR)
-        .label("Spans table")
-        .default_value("otel_traces")
-        .description(
-            "The ClickHouse exporter's traces table (database.table, or a table of the data "
-            "source's default database)"
-        )
-    )
+def clickhouse_dashboard(spans_table: str = sql.SPANS_TABLE) -> dict[str, Any]:
+    """The same panels over Grafana's ClickHouse data source, reading the Collector's spans table (a
+    constant in the SQL: see `compactobs.reports.dashboard.SPANS_TABLE`)."""
+    dialect = replace(sql.GRAFANA_CLICKHOUSE, spans_table=sql.valid_table(spans_table))
     return sql_dashboard(
         "compactobs: cost, cache and compaction (ClickHouse, the Collector's spans)",
         "compactobs-clickhouse",
         CLICKHOUSE_TYPE,
-        sql_queries(sql.GRAFANA_CLICKHOUSE),
-        "compactobs' spans in the OpenTelemetry Collector's ClickHouse exporter table, read as the SQL "
-        "store's calls and iterations: billed cost over every usage.iterations entry, cache and compaction.",
-        [table],
+        sql_queries(dialect),
+        f"compactobs' spans in the OpenTelemetry Collector's ClickHouse exporter table {spans_table}, read "
+        "as the SQL store's calls and iterations: billed cost over every usage.iterations entry, cache and "
+        "compaction.",
+        choices=sql.choice_queries(dialect),
+        annotations=sql.annotation_queries(dialect),
     )
 
 
@@ -391,8 +476,10 @@ PROMETHEUS_PANELS: Final[dict[str, PanelSpec]] = {
     "spend": PanelSpec(
         "stat",
         "Spend in range, and against the previous range",
-        "sum(increase(compactobs.cost[$__range])); previous: the same with offset $__range (0 without "
-        "data). compactobs.cost is the billed USD of every iteration and of server tools.",
+        "sum over $__range of compactobs.cost, each series' first sample counted (the increase of a series "
+        "that existed before the range, the whole value of one born in it: increase() alone misses a short "
+        "job); previous: increase over the range before (0 without data). compactobs.cost is the billed "
+        "USD of every iteration and of server tools.",
         USD,
         12,
         5,
@@ -400,8 +487,8 @@ PROMETHEUS_PANELS: Final[dict[str, PanelSpec]] = {
     "compactions": PanelSpec(
         "stat",
         "Compactions and their cost share",
-        "sum(increase(compactobs.compactions[$__range])); share = compaction iterations' increase of "
-        "compactobs.cost / all of it, over $__range.",
+        "compactobs.compactions over $__range (first samples counted, as the spend); share = the "
+        "compaction iterations' compactobs.cost / all of it, over $__range.",
         COUNT,
         12,
         5,
@@ -409,8 +496,8 @@ PROMETHEUS_PANELS: Final[dict[str, PanelSpec]] = {
     "cost_by_model": PanelSpec(
         "timeseries",
         "Cost over time by model",
-        "sum by model of increase(compactobs.cost[$__interval]): USD per bucket, each iteration at its "
-        "own model.",
+        "sum by model of rate(compactobs.cost[$__rate_interval]) x 3600: USD per hour, each iteration at "
+        "its own model.",
         USD,
         16,
         8,
@@ -418,8 +505,8 @@ PROMETHEUS_PANELS: Final[dict[str, PanelSpec]] = {
     "tokens_by_class": PanelSpec(
         "bargauge",
         "Billed tokens by class",
-        "sum by token class of increase(compactobs.tokens[$__range]). The metrics carry cost by model "
-        "and iteration type, not by token class: the PostgreSQL dashboard has the cost split.",
+        "sum by token class of compactobs.tokens over $__range (first samples counted). The metrics carry "
+        "cost by model and iteration type, not by token class: the PostgreSQL dashboard has the cost split.",
         COUNT,
         8,
         8,
@@ -428,7 +515,7 @@ PROMETHEUS_PANELS: Final[dict[str, PanelSpec]] = {
         "bargauge",
         "Cost by iteration type",
         "sum by iteration type (message, compaction, advisor_message, server_tools, ...) of "
-        "increase(compactobs.cost[$__range]).",
+        "compactobs.cost over $__range (first samples counted).",
         USD,
         12,
         6,
@@ -437,8 +524,8 @@ PROMETHEUS_PANELS: Final[dict[str, PanelSpec]] = {
         "timeseries",
         "Cache hit ratio over time",
         "increase of compactobs.tokens{class=cache_read} / increase of compactobs.tokens{class=input, "
-        "cache_read, cache_write_5m, cache_write_1h}, per $__interval. Net savings need each iteration's "
-        "rates: the PostgreSQL dashboard has them.",
+        "cache_read, cache_write_5m, cache_write_1h}, over $__rate_interval. Net savings need each "
+        "iteration's rates: the PostgreSQL dashboard has them.",
         PERCENT,
         12,
         6,
@@ -467,7 +554,18 @@ def prometheus_dashboard() -> dict[str, Any]:
         "compactobs: cost, cache and compaction (Prometheus)",
         "compactobs-prometheus",
         PROMETHEUS_TYPE,
-        "compactobs' OpenTelemetry metrics, through OpenTelemetry's Prometheus exporter.",
+        "compactobs' OpenTelemetry metrics, through OpenTelemetry's Prometheus exporter. $service is the "
+        "scrape job; the metrics carry no conversation (unbounded cardinality): $conversation only follows "
+        "the links to the PostgreSQL dashboard.",
+        promql.choice_queries(),
+    ).link(
+        dashboard.DashboardLink("compactobs: conversations (PostgreSQL store)")
+        .type(model.DashboardLinkType.LINK)
+        .url("/d/compactobs-postgres")
+        .tooltip("The PostgreSQL dashboard, with this range and $service, $model and $conversation")
+        .include_vars(True)
+        .keep_time(True)
+        .icon("dashboard")
     )
     grid = Grid()
     for panel_id, (key, spec) in enumerate(PROMETHEUS_PANELS.items(), start=1):
@@ -504,21 +602,31 @@ def render(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-def outputs() -> dict[Path, str]:
+def outputs(spans_table: str = sql.SPANS_TABLE) -> dict[Path, str]:
     """Every generated file and its text."""
     return {
         POSTGRES_FILE: render(postgres_dashboard()),
         PROMETHEUS_FILE: render(prometheus_dashboard()),
-        CLICKHOUSE_FILE: render(clickhouse_dashboard()),
+        CLICKHOUSE_FILE: render(clickhouse_dashboard(spans_table)),
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when a committed file is out of date")
+    parser.add_argument(
+        "--spans-table",
+        default=sql.SPANS_TABLE,
+        metavar="DB.TABLE",
+        help=f"the ClickHouse dashboard's spans table [default: {sql.SPANS_TABLE}]",
+    )
     args = parser.parse_args(argv)
+    try:
+        sql.valid_table(args.spans_table)
+    except ValueError as err:
+        parser.error(str(err))
     stale = []
-    for path, text in outputs().items():
+    for path, text in outputs(args.spans_table).items():
         if args.check:
             if not path.exists() or path.read_text(encoding="utf-8") != text:
                 stale.append(path.name)

@@ -14,9 +14,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
+from urllib.parse import quote
+
+from compactobs.reports.dashboard import ALL_VALUE, CONVERSATION_VAR, MODEL_VAR, SERVICE_VAR
 
 _MACRO = re.compile(r"\$([_a-zA-Z0-9]+)\(([^)]*)\)")
-_VARIABLE = re.compile(r"\$\{([_a-zA-Z0-9]+)\}|\$([_a-zA-Z][_a-zA-Z0-9]*)")
+_VARIABLE = re.compile(r"\$\{([_a-zA-Z0-9]+)(?::([a-z]+))?\}|\$([_a-zA-Z][_a-zA-Z0-9]*)")
+SELECTION_DEFAULTS = {SERVICE_VAR: ALL_VALUE, MODEL_VAR: ALL_VALUE, CONVERSATION_VAR: ""}
+"""The dashboards' selection variables as they load: All, All, empty."""
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
 
@@ -36,16 +41,38 @@ def _rfc3339(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def percentencode(value: str) -> str:
+    """Grafana's `:percentencode` format (scenes' `encodeURIComponentStrict`): UTF-8 bytes, every one but
+    `A-Za-z0-9-_.~` as `%XX` (upper case)."""
+    return quote(value, safe="-_.~")
+
+
+_FORMATS = {"raw": lambda value: value, "percentencode": percentencode}
+"""The formats the dashboards use; another one is an error here, so a test cannot pass on one unmodelled."""
+
+
+def substitute(text: str, variables: Mapping[str, str] | None = None) -> str:
+    """`text` (a query with its global variables already replaced) with its template variables replaced as
+    Grafana does, through their formats."""
+    return _substitute_variables(text, variables, keep_macros=False)
+
+
 def _substitute_variables(text: str, variables: Mapping[str, str] | None, keep_macros: bool) -> str:
-    """Template variables replaced; `keep_macros`: `$__name` left for the macro pass that follows."""
+    """Template variables replaced in one pass (a value is never read again for variables), each through
+    its format (`${name:format}`; none: raw); the selection variables default to SELECTION_DEFAULTS;
+    `keep_macros`: `$__name` left for the macro pass that follows."""
+    values = {**SELECTION_DEFAULTS, **(variables or {})}
 
     def variable(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2)
+        name = match.group(1) or match.group(3)
         if keep_macros and name.startswith("__"):
             return match.group(0)
-        if variables is None or name not in variables:
+        if name not in values:
             raise ValueError(f"unknown template variable {name!r}")
-        return variables[name]
+        fmt = match.group(2) or "raw"
+        if fmt not in _FORMATS:
+            raise ValueError(f"format {fmt!r} of ${{{name}}} is not modelled here")
+        return _FORMATS[fmt](values[name])
 
     return _VARIABLE.sub(variable, text)
 

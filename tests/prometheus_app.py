@@ -9,6 +9,12 @@ Protocol on stdin/stdout, one line each: it makes the warm-up calls (a tiny call
 every series exists, small, before the traffic) and prints `warm`; on `go` it makes the traffic and prints
 `done`; it exits when stdin closes.
 
+    python -m tests.prometheus_app METRICS_PORT DATABASE_URL short
+
+A short job: one call per model, made before its metrics are served, so that Prometheus' first sample of
+every series already holds the job's whole spend; then it serves them, prints `done`, and exits when stdin
+closes.
+
 """
 
 from __future__ import annotations
@@ -73,8 +79,27 @@ def fail(sim: Simulator, client: anthropic.Anthropic, model: str) -> None:
         client.messages.create(model=model, max_tokens=10, messages=[{"role": "user", "content": "x"}])
 
 
+def short_job(port: int, database_url: str) -> None:
+    reader = PrometheusMetricReader()
+    compactobs.instrument(
+        database_url, meter_provider=MeterProvider(metric_readers=[reader]), service_name="short-job"
+    )
+    with Simulator() as sim:
+        client = anthropic.Anthropic(base_url=sim.base_url, api_key="k", max_retries=0)
+        for model in MODELS:
+            call(sim, client, model, SCALE)
+    compactobs.shutdown()
+    start_http_server(port, addr="127.0.0.1")
+    print("done", flush=True)
+    for _ in sys.stdin:
+        pass
+
+
 def main() -> None:
     port, database_url = int(sys.argv[1]), sys.argv[2]
+    if sys.argv[3:] == ["short"]:
+        short_job(port, database_url)
+        return
     reader = PrometheusMetricReader()
     start_http_server(port, addr="127.0.0.1")
     compactobs.instrument(

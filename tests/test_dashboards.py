@@ -9,6 +9,9 @@ The store is tests/test_reports_cost.py's (its docstring works its figures by ha
 - 20 calls in the hour from 2025-03-12 14:00 UTC, 3 of them failed with HTTP 429 (no usage): 15% > 10%,
   an error burst;
 - P, 2025-03-08 12:00 UTC, haiku, 50,000 uncached input tokens: $0.05, the range before.
+- conversation c1 (A then B) stored a $0.05 budget: A's 0.021 is within it, A + B's 0.0807 over it, so
+  the guard-breach annotation marks B (2025-03-10 09:02 UTC); B compacted once: the compaction annotation
+  marks B too.
 The range is 2025-03-10 to 2025-03-13 (UTC): its previous range, 2025-03-07 to 2025-03-10, holds only P.
 """
 
@@ -23,7 +26,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from compactobs.reports.dashboard import TOP_CONVERSATIONS, sql_queries
+from compactobs.reports.dashboard import CONVERSATION_VAR, TOP_CONVERSATIONS, annotation_queries, sql_queries
 from tests.cli import run
 from tests.grafana_macros import expand
 from tests.test_reports_cost import HAIKU, call_row, iteration_row, scenario, store_rows
@@ -36,6 +39,8 @@ UNTIL = datetime(2025, 3, 13, tzinfo=timezone.utc)
 WHOLE = "3650d"
 """An interval that puts the whole range in one bucket."""
 TOP_LEVEL = {"A": (1000, 500), "B": (200, 300), "C": (4000, 1000), "D": (100, 50)}
+CONTEXT = {"a": 13000, "b": 13200}
+"""c1's context after each call (its last message iteration's total input), against a 50,000 trigger."""
 
 
 def _store() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -44,6 +49,10 @@ def _store() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         shown = TOP_LEVEL.get(row["call_id"].upper())
         if shown is not None:
             row["top_level_input_tokens"], row["top_level_output_tokens"] = shown
+        if row["conversation_id"] == "c1":
+            row["budget_usd"] = D("0.05")
+            row["compaction_trigger"] = 50000
+            row["context_tokens"] = CONTEXT[row["call_id"]]
     for n in range(20):
         failed = n < 3
         calls.append(
@@ -88,11 +97,13 @@ def dashboard_sql() -> dict[str, Any]:
     return {q.key: q for q in sql_queries()}
 
 
-def query(url: str, sql: str, interval: str = "1h") -> list[dict[str, Any]]:
+def query(
+    url: str, sql: str, interval: str = "1h", variables: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     engine = create_engine(url)
     try:
         with engine.connect() as connection:
-            result = connection.execute(text(expand(sql, SINCE, UNTIL, interval)))
+            result = connection.execute(text(expand(sql, SINCE, UNTIL, interval, variables)))
             return [dict(row) for row in result.mappings()]
     finally:
         engine.dispose()
@@ -161,9 +172,10 @@ def test_lint() -> None:
                     or "$__timeFilter(" in q
                     or "$__range" in q
                     or "$__interval" in q
+                    or "$__rate_interval" in q
                 )
                 assert uses_range, f"panel {p['title']!r}: a query that ignores the time range"
-    assert "uid\": \"" not in json.dumps(_boards()).replace('"uid": "${datasource}"', "").replace(
+    assert 'uid": "' not in json.dumps(_boards()).replace('"uid": "${datasource}"', "").replace(
         '"uid": "compactobs-', ""
     ), "no hard-coded data source uid"
 
@@ -175,7 +187,11 @@ def test_json_round_trips_through_the_sdk_types() -> None:
     generate.register_sql_query()
     for board in _boards():
         typed = Dashboard.from_json(board)
-        assert json.loads(json.dumps(typed, cls=JSONEncoder)) == board
+        # The SQL annotations are added after the SDK's types: its AnnotationTarget has no SQL field.
+        sql_annotations = [a for a in board.get("annotations", {}).get("list", []) if "rawSql" in a["target"]]
+        without = {**board, "annotations": {"list": []}} if sql_annotations else board
+        assert json.loads(json.dumps(Dashboard.from_json(without), cls=JSONEncoder)) == without
+        typed = Dashboard.from_json(without)
         # Queries come back as our SqlQuery/ClickHouseQuery or the SDK's Prometheus query, not untyped bags.
         kinds = {type(t).__name__ for p in typed.panels or [] for t in p.targets or []}
         assert kinds in ({"SqlQuery"}, {"ClickHouseQuery"}, {"Dataquery"}), kinds
@@ -190,7 +206,8 @@ def test_generator_check_mode() -> None:
 
 def test_every_query_returns_rows(store_url: str, dashboard_sql: dict[str, Any]) -> None:
     for key, panel_query in dashboard_sql.items():
-        rows = query(store_url, panel_query.sql)
+        chosen = {CONVERSATION_VAR: "c1"} if key.startswith("conversation_") else None
+        rows = query(store_url, panel_query.sql, variables=chosen)
         assert rows, f"{key}: no rows"
         assert any(v is not None for row in rows for v in row.values()), key
         if panel_query.format == "time_series":
@@ -308,6 +325,56 @@ def test_error_rate_and_latency(store_url: str, dashboard_sql: dict[str, Any]) -
         assert close(row[f"latency_{p}"] * 1000, ops[f"latency_{p}_ms"])
     hourly = query(store_url, dashboard_sql["errors_latency"].sql)
     assert {iso_hour(r["time"]) for r in hourly} >= {"2025-03-10 09:00", "2025-03-12 14:00"}
+
+
+def test_the_conversation_panels(store_url: str, dashboard_sql: dict[str, Any]) -> None:
+    """c1's calls, as `report conversation c1` lists them; nothing until a conversation is chosen."""
+    chosen = {CONVERSATION_VAR: "c1"}
+    assert query(store_url, dashboard_sql["conversation_calls"].sql) == []
+    rows = query(store_url, dashboard_sql["conversation_calls"].sql, variables=chosen)
+    code, out, err = run("--db", store_url, "report", "conversation", "c1", "--format", "json")
+    assert code == 0, err
+    listed = json.loads(out)["rows"]
+    assert [r["call_id"] for r in rows] == [r["call_id"] for r in listed] == ["a", "b"]
+    for row, want in zip(rows, listed, strict=True):
+        assert (row["model"], row["compactions"]) == (want["model"], want["compactions"])
+        assert (row["context_tokens"], row["trigger_tokens"]) == (
+            want["context_tokens"],
+            want["trigger_tokens"],
+        )
+        assert close(row["cost_usd"], want["cost_usd"])
+    context = query(store_url, dashboard_sql["conversation_context"].sql, variables=chosen)
+    assert [r["compacted_at"] is not None for r in context] == [False, True]  # B compacted
+    assert [float(r["time"]) for r in context] == [float(r["time"]) for r in rows]
+
+
+def test_annotations_mark_compactions_and_guard_breaches(store_url: str) -> None:
+    found = {q.key: q.sql for q in annotation_queries()}
+    b_time = datetime(2025, 3, 10, 9, 2, tzinfo=timezone.utc).timestamp()
+    (breach,) = query(store_url, found["guard_breaches"])
+    assert float(breach["time"]) == b_time and breach["text"] == "over its stored budget: c1"
+    compactions = query(store_url, found["compactions"])
+    assert [(float(r["time"]), r["text"]) for r in compactions] == [(b_time, "compaction in c1")]
+    # The selection narrows them: another conversation has neither.
+    assert query(store_url, found["guard_breaches"], variables={CONVERSATION_VAR: "c2"}) == []
+    # The committed dashboards carry them, with the SQL the data source runs.
+    board = json.loads(generate.POSTGRES_FILE.read_text(encoding="utf-8"))
+    sqls = [a["target"]["rawSql"] for a in board["annotations"]["list"]]
+    assert sqls == [found["compactions"], found["guard_breaches"]]
+
+
+def test_top_conversations_link_to_the_conversation_panels() -> None:
+    for path in (generate.POSTGRES_FILE, generate.CLICKHOUSE_FILE):
+        board = json.loads(path.read_text(encoding="utf-8"))
+        (top,) = [p for p in board["panels"] if p["title"].startswith("Top ")]
+        (override,) = [
+            o for o in top["fieldConfig"]["overrides"] if o["matcher"]["options"] == "conversation_id"
+        ]
+        (link,) = override["properties"][0]["value"]
+        assert "var-conversation=${__value.raw:percentencode}" in link["url"]
+        assert link["url"].startswith("/d/${__dashboard.uid}?")
+        titles = [p["title"] for p in board["panels"]]
+        assert "Conversation $conversation: its calls" in titles
 
 
 def test_sql_has_one_time_filter_per_calls_scan(dashboard_sql: dict[str, Any]) -> None:

@@ -8,7 +8,10 @@ with a range that starts before any series existed. Prometheus then extrapolates
 where it would have been 0 (its first sample is the tiny warm-up, far below one scrape interval's worth), so
 an increase is the counter's whole value: figures equal the store's to float precision (1e-9 relative).
 Latency percentiles come from histogram buckets: they must fall in the bucket holding the report's exact
-percentile.
+percentile. The queries run with $service set to the app's scrape job.
+
+A short job (tests/prometheus_app.py `short`) is scraped for the first time after its last call: every
+series' first sample is its whole value, which `increase()` never counts. The spend panel counts it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from typing import Any
 import pytest
 
 from compactobs.reports import promql
+from compactobs.reports.dashboard import SERVICE_VAR
 from tests.cli import run
+from tests.grafana_macros import substitute
 
 PROMETHEUS = shutil.which("prometheus")
 if PROMETHEUS is None:
@@ -104,7 +109,8 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     """The app and Prometheus, after the traffic and its last scrape: {prometheus, at, db, metrics}."""
     home = tmp_path_factory.mktemp("prometheus")
     db = f"sqlite:///{home / 'store.db'}"
-    app_port, prom_port = free_port(), free_port()
+    short_db = f"sqlite:///{home / 'short.db'}"
+    app_port, prom_port, short_port = free_port(), free_port(), free_port()
     metrics_url = f"http://127.0.0.1:{app_port}/metrics"
     app = subprocess.Popen(
         [sys.executable, "-m", "tests.prometheus_app", str(app_port), db],
@@ -118,7 +124,10 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         f"global:\n  scrape_interval: {int(SCRAPE_S * 1000)}ms\n  scrape_timeout: {int(SCRAPE_S * 1000)}ms\n"
         f"scrape_configs:\n  - job_name: app\n    static_configs:\n"
         f"      - targets: ['127.0.0.1:{app_port}']\n"
+        f"  - job_name: short\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{short_port}']\n"
     )
+    short: subprocess.Popen[str] | None = None
     server = subprocess.Popen(
         [
             str(PROMETHEUS),
@@ -143,32 +152,60 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         app.stdin.flush()
         assert app.stdout.readline().strip() == "done"
         final = scraped_sum(metrics_url, promql.COST)
+
         def caught_up() -> Any:
             now = prometheus.instant(f"sum({promql.COST})")
             return any(math.isclose(float(r["value"][1]), final, rel_tol=1e-9) for r in now)
 
         wait_for("a scrape after the traffic", caught_up)
-        (last,) = prometheus.instant(f"max(timestamp({promql.COST}))")
-        yield {"prometheus": prometheus, "at": float(last["value"][1]), "db": db, "metrics": metrics_url}
+        (last,) = prometheus.instant(f'max(timestamp({promql.COST}{{job="app"}}))')
+        short = subprocess.Popen(
+            [sys.executable, "-m", "tests.prometheus_app", str(short_port), short_db, "short"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert short.stdout is not None and short.stdout.readline().strip() == "done"
+        wait_for(
+            "two scrapes of the short job",
+            lambda: prometheus.instant(f'count_over_time({promql.COST}{{job="short"}}[1m]) >= 2'),
+        )
+        (short_last,) = prometheus.instant(f'max(timestamp({promql.COST}{{job="short"}}))')
+        yield {
+            "prometheus": prometheus,
+            "at": float(last["value"][1]),
+            "db": db,
+            "metrics": metrics_url,
+            "short_at": float(short_last["value"][1]),
+            "short_db": short_db,
+        }
     finally:
-        if app.stdin is not None:
-            app.stdin.close()
-        app.wait(timeout=30)
+        for process in (app, short):
+            if process is not None and process.stdin is not None:
+                process.stdin.close()
+                process.wait(timeout=30)
         server.terminate()
         server.wait(timeout=30)
 
 
-def evaluate(scraped: dict[str, Any], query: promql.PromQuery) -> list[dict[str, Any]]:
-    """The query as Grafana would send it for the range `RANGE`, at the last scrape; a series query
-    evaluated as one point (its interval the whole range)."""
-    expr = query.expr.replace("$__range", RANGE).replace("$__interval", RANGE)
-    result: list[dict[str, Any]] = scraped["prometheus"].instant(expr, scraped["at"])
+def evaluate(
+    scraped: dict[str, Any], query: promql.PromQuery, job: str = "app", expr: str | None = None
+) -> list[dict[str, Any]]:
+    """The query as Grafana would send it for the range `RANGE` with $service the scrape `job`, at that
+    job's last scrape; a series query evaluated as one point (its interval the whole range)."""
+    text = (expr or query.expr).replace("$__rate_interval", RANGE).replace("$__range", RANGE)
+    text = substitute(text.replace("$__interval", RANGE), {SERVICE_VAR: job})
+    at = scraped["at"] if job == "app" else scraped["short_at"]
+    result: list[dict[str, Any]] = scraped["prometheus"].instant(text, at)
     return result
 
 
-def report(scraped: dict[str, Any], name: str, *args: str) -> dict[str, Any]:
+def report(scraped: dict[str, Any], name: str, *args: str, db: str | None = None) -> dict[str, Any]:
     since = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
-    code, out, err = run("--db", scraped["db"], "report", name, "--since", since, *args, "--format", "json")
+    code, out, err = run(
+        "--db", db or scraped["db"], "report", name, "--since", since, *args, "--format", "json"
+    )  # fmt: skip
     assert code == 0, err
     document: dict[str, Any] = json.loads(out)
     return document
@@ -214,7 +251,9 @@ def test_spend_and_compactions_equal_the_cost_report(scraped: dict[str, Any]) ->
 
 def test_cost_by_model_and_iteration_type(scraped: dict[str, Any]) -> None:
     models = {r["model"]: r["cost_usd"] for r in report(scraped, "cost", "--by", "model")["rows"]}
-    got = {r["metric"][promql.MODEL]: float(r["value"][1]) for r in by_key(scraped, "cost_by_model")}
+    # USD per hour over the whole range: x RANGE's 10 minutes / 60 is the range's spend.
+    rates = {r["metric"][promql.MODEL]: float(r["value"][1]) for r in by_key(scraped, "cost_by_model")}
+    got = {model: rate * 10 / 60 for model, rate in rates.items()}
     assert got.keys() == models.keys() and all(same(got[m], models[m]) for m in got)
     rows = report(scraped, "cost", "--by", "iteration-type")["rows"]
     kinds = {r["iteration_type"]: r["cost_usd"] for r in rows}
@@ -251,3 +290,19 @@ def test_error_rate_and_latency(scraped: dict[str, Any]) -> None:
         estimated = value(by_key(scraped, f"latency_{p}"))
         bucket = next(i for i, upper in enumerate(bounds) if exact <= upper)
         assert bounds[max(bucket - 1, 0)] <= estimated <= bounds[bucket], (p, exact, estimated)
+
+
+def test_a_short_jobs_spend_counts_its_first_sample(scraped: dict[str, Any]) -> None:
+    """The short job's every series was first scraped holding its final value: the spend panel equals
+    `report cost` over its store, and so do compactions; `increase()` alone says 0 (no sample after the
+    first one changed). By hand, per model one call of 1,000 x the warm-up's usage."""
+    totals = report(scraped, "cost", "--by", "model", db=scraped["short_db"])["totals"]
+    assert totals["calls"] == 2 and totals["compactions"] == 2 and totals["cost_usd"] > 0
+    (spend,) = [q for q in promql.queries() if q.key == "cost_usd"]
+    assert same(value(evaluate(scraped, spend, job="short")), totals["cost_usd"])
+    (compactions,) = [q for q in promql.queries() if q.key == "compactions"]
+    assert same(value(evaluate(scraped, compactions, job="short")), 2)
+    plain = f'sum(increase({promql.COST}{{job="short"}}[{RANGE}]))'
+    assert value(evaluate(scraped, spend, job="short", expr=plain)) == 0
+    # The app's spend is not in the short job's, nor the other way round.
+    assert not same(value(evaluate(scraped, spend)), totals["cost_usd"])

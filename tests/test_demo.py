@@ -130,6 +130,13 @@ def test_demo_on_sqlite_twice(sqlite_url: str, data_home: Path) -> None:
     assert first.startswith("demo-") and "Recorded 45 calls in 10 conversations" in out
     check_one_run(sqlite_url, first)
     assert f"report anomalies --conversation '{first}*'" in out  # the reports ran on this run's calls
+    # One 429 is queued for the three concurrent triage conversations: the one that met it says so.
+    triage = [line.split() for line in out.splitlines() if line.lstrip().startswith(f"{first}triage-")]
+    assert len(triage) == 4  # triage-1..3 and triage-overloaded
+    (retried,) = [words[0] for words in triage if "429" in words]
+    assert "(1 retry)" in " ".join(next(w for w in triage if w[0] == retried))
+    attempts = {c.conversation_id: c.attempts for c in call_rows(sqlite_url) if c.attempts == 2}
+    assert set(attempts) == {retried}
 
     # what the workload is built to show, the anomaly report finds
     code, out, err = run(

@@ -235,6 +235,19 @@ def test_warn_logs_once_and_marks_the_crossing_call(
     assert spent.spent_usd == spend_after(6) and spent.compactions == 5 and len(spent.breaches) == 2
 
 
+def test_a_breach_after_one_compaction_says_one_compaction(
+    spans: InMemorySpanExporter, sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A $1 budget: turn 2 (the first compaction) brings the spend to $1.0565, over it. Tokens: turn 1
+    49,500 + 800; turn 2's compaction 98,300 + 1,000 and reply 50,500 + 800: 200,900."""
+    caplog.set_level(logging.WARNING, logger="compactobs")
+    with compactobs.conversation("one-compaction", budget_usd=1):
+        Research(client(sim)).run(turns=2)
+    compactobs.flush()  # the breach is settled, and logged, on the recording thread
+    (line,) = [r.getMessage() for r in caplog.records if "compactobs guard" in r.getMessage()]
+    assert line.endswith("$1.0565 billed, 200,900 tokens, 1 compaction; on_breach=warn"), line
+
+
 def test_a_healthy_conversation_is_never_touched(
     spans: InMemorySpanExporter, sim: Simulator, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -277,6 +290,11 @@ def test_pause_on_a_streamed_conversation_and_the_checkpoint(
     assert point.summary_tokens == 1_000 and point.summary is not None and len(point.summary) == 4_000
     assert point.kept == {"src/agent/loop.py": False, "TICKET-42": False}
     assert point.missing == ("src/agent/loop.py", "TICKET-42")
+    # Printed, it says its sizes, not the ~800 KB of history it holds.
+    assert repr(point) == (
+        "Checkpoint(7 messages, 1 block, summary of 4,000 characters and 1000 tokens, kept 0 of 2 named, "
+        "missing ['src/agent/loop.py', 'TICKET-42'])"
+    )
     following = point.next_messages()
     assert following[-2] == {"role": "assistant", "content": [result.content[0].to_dict()]}
     assert following[-1]["role"] == "user"

@@ -356,6 +356,12 @@ def test_errors_a_user_meets(recorded: Recorded) -> None:
     code, _, err = recorded.reconcile("--since", "1d")
     assert code == 0, err  # one 429, then the retry is answered
 
+    # Five groups and the model reconcile always works per: six dimensions, one too many.
+    code, _, err = recorded.reconcile(
+        "--since", "1d", "--group", "service_tier,speed,inference_geo,workspace,api_key",
+        "--workspace", "wrkspc_sim", "--api-key", "apikey_sim",
+    )  # fmt: skip
+    assert "always asks for the model" in one_line_error(code, err)
     code, _, err = recorded.reconcile("--since", "1d", "--group", "colour")
     assert "cannot group by 'colour'" in one_line_error(code, err)
     code, _, err = recorded.reconcile("--since", "someday")
@@ -374,3 +380,42 @@ def test_unpriced_calls_are_named(recorded: Recorded) -> None:
     (unpriced,) = explanations(document, "unpriced")
     assert unpriced["figures"]["calls"] == 1
     assert row["explained"] == "unpriced"
+
+
+def test_ungrouped_rows_are_explained_model_by_model(recorded: Recorded) -> None:
+    """Without --group model, each model is still priced at its own rates: a Sonnet call and a Haiku call
+    recorded, one more Haiku call made by a client compactobs does not instrument.
+
+    Haiku C: in 4,000 x $1/MTok = 0.004; out 1,000 x $5/MTok = 0.005; 0.009. Sonnet A: 0.021.
+    Report: 3 requests, list 0.021 + 2 x 0.009 = 0.039; compactobs: 2 requests, 0.021 + 0.009 = 0.030.
+    The one call compactobs did not see is a Haiku call worth 0.009 at Haiku's rates; nothing drifted (a
+    blend of both models' rates would value it at another price and see drift that is not there)."""
+    recorded.call_a()
+    recorded.sim.enqueue(reply(HAIKU, C_USAGE))
+    recorded.client.messages.create(model=HAIKU, **ASK)
+    recorded.sim.enqueue(reply(HAIKU, C_USAGE))
+    recorded.plain.messages.create(model=HAIKU, **ASK)
+    compactobs.flush()
+
+    document = recorded.json()
+    (row,) = document["rows"]
+    assert (row["requests"], row["compactobs_requests"]) == (3, 2)
+    assert D(str(row["list_usd"])) == D("0.039")
+    assert D(str(row["compactobs_cost_usd"])) == D("0.030")
+    assert row["explained"] == "uninstrumented"
+    assert explanations(document, "price_drift") == []
+    (extra,) = explanations(document, "uninstrumented")
+    assert extra["model"] == HAIKU and extra["message"].startswith(f"{HAIKU}: ")
+    assert extra["figures"]["requests"] == 1
+    assert (extra["figures"]["amounts"]["input"], extra["figures"]["amounts"]["output"]) == (4000, 1000)
+    assert D(str(extra["figures"]["list_usd"])) == D("0.009")
+
+    # A price drift on one model is named with that model and valued on its tokens alone: the report's
+    # output rate 1.2 x: Haiku $6 against $5 on the 1,000 tokens compactobs recorded = 0.001; Sonnet $18
+    # against $15 on 500 = 0.0015.
+    recorded.sim.report_scenario = ReportScenario(price_factors={"output": D("1.2")})
+    drifts = {e["model"]: e for e in explanations(recorded.json(), "price_drift")}
+    assert set(drifts) == {SONNET, HAIKU}
+    assert D(str(drifts[HAIKU]["figures"]["usd"])) == D("0.001")
+    assert D(str(drifts[SONNET]["figures"]["usd"])) == D("0.0015")
+    assert "$6/MTok" in drifts[HAIKU]["message"] and "$5/MTok" in drifts[HAIKU]["message"]

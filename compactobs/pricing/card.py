@@ -13,9 +13,10 @@ card.to_json()            # plain JSON types, money rounded to 6 decimal places
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from compactobs.pricing.pricer import PRICING_FILE_ENV, Pricer, _utc_day
 from compactobs.pricing.records import PricingError, Rates, to_json_number
@@ -110,6 +111,34 @@ def unknown_model_error(pricer: Pricer, model: str) -> PricingError:
     )
 
 
+CLAUDE_LAUNCH: Final = date(2023, 3, 14)
+"""The day Anthropic's API first served Claude: no Claude model had a price before it."""
+_SNAPSHOT: Final = re.compile(r"[-@](20\d{2})(\d{2})(\d{2})(?=$|-v\d)")
+"""A dated model id's snapshot: `claude-sonnet-4-5-20250929`, Vertex `@20250929`, Bedrock `-20250929-v1:0`."""
+
+
+def _refuse_before_release(model: str, day: date) -> None:
+    """Raise PricingError for a day the model did not exist yet: before Claude's launch, or before the
+    snapshot date its id carries. genai-prices dates no release, so an undated id is priced from then on."""
+    if day < CLAUDE_LAUNCH:
+        raise PricingError(
+            f"no price for {model!r} on {day:%Y-%m-%d}: Anthropic's API served no Claude model before "
+            f"{CLAUDE_LAUNCH:%Y-%m-%d}; pass a later --date"
+        )
+    found = _SNAPSHOT.search(model)
+    if found is None:
+        return
+    try:
+        snapshot = date(*(int(part) for part in found.groups()))
+    except ValueError:
+        return  # eight digits that are no date: not a snapshot
+    if day < snapshot:
+        raise PricingError(
+            f"no price for {model!r} on {day:%Y-%m-%d}: it is the snapshot of {snapshot:%Y-%m-%d} and did "
+            "not exist before; pass a later --date"
+        )
+
+
 def rate_card(
     pricer: Pricer,
     model: str,
@@ -124,6 +153,7 @@ def rate_card(
     Raises `PricingError` (one line, saying how to add a price) when neither genai-prices nor the
     overrides file prices the model."""
     when = day if isinstance(day, datetime) else datetime.combine(day, time(0), tzinfo=timezone.utc)
+    _refuse_before_release(model, _utc_day(when))
     rates = pricer.rates(model, when, service_tier=service_tier, speed=speed, inference_geo=inference_geo)
     if rates is None:
         raise unknown_model_error(pricer, model)

@@ -61,6 +61,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.util import ClauseAdapter
 
 from compactobs import rules
+from compactobs._words import counted
 from compactobs.reports._common import (
     ExternalSource,
     Filters,
@@ -71,7 +72,6 @@ from compactobs.reports._common import (
     to_json_value,
 )
 from compactobs.rules import (
-    BILLED_TOKEN_COLUMNS,
     ENV_BUDGETS_FILE,
     Budget,
     Budgets,
@@ -551,7 +551,8 @@ def _conversation_findings(
             conversation_id=conversation_id,
             call_ids=_ids([r.call_id for r in loop]),
             message=(
-                f"{compactions} compactions within {span} consecutive calls, each leaving the context at "
+                f"{counted(compactions, 'compaction')} within {span} consecutive calls, each leaving the "
+                f"context at "
                 f"{_span(min(shares), max(shares))} of the trigger: compaction keeps re-firing"
             ),
             evidence={
@@ -710,11 +711,7 @@ def _compaction_findings(records: Iterable[Sequence[Any]], thresholds: Threshold
 
 
 def _billed_tokens() -> ColumnElement[Any]:
-    columns = [func.coalesce(calls.c[name], 0) for name in BILLED_TOKEN_COLUMNS]
-    total: ColumnElement[Any] = columns[0]
-    for column in columns[1:]:
-        total = total + column
-    return total
+    return rules.billed_tokens_sql()
 
 
 def _budget_totals(
@@ -785,7 +782,9 @@ def _budget_findings(
             share = f"{_pct(tokens / budget.tokens)}" if budget.tokens else "over"
             parts.append(f"{tokens:,} of {budget.tokens:,} budgeted tokens ({share})")
         if "max_compactions" in limits:
-            parts.append(f"{compactions:,} compactions, more than the {budget.max_compactions:,} allowed")
+            parts.append(
+                f"{counted(compactions, 'compaction')}, more than the {budget.max_compactions:,} allowed"
+            )
         evidence: dict[str, Any] = {
             "spent_usd": _usd(spent),
             "budget_usd": _usd(budget.usd),

@@ -632,7 +632,9 @@ def cost_report(
     columns = [*keys, *MEASURES, *HEADLINE, *compare_columns]
     table_columns = [
         *keys,
-        "calls",
+        # A call counts once, on its last iteration: by iteration type, its count beside a compaction row's
+        # compactions read as "1 call, 6 compactions"; the row's own iterations are what it holds.
+        "iterations" if "iteration_type" in keys else "calls",
         "error_calls",
         "compactions",
         "input_tokens",

@@ -27,29 +27,67 @@ clickhouse-connect's SQLAlchemy dialect, ClickHouse's differences from PostgreSQ
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from sqlalchemy import ColumnElement, Numeric, Select, case, func, literal_column, select
+from sqlalchemy import ColumnElement, Numeric, Select, case, func, literal, literal_column, or_, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect as SqlDialect
 
 from compactobs.reports import anomalies, cache, cost, ops
+from compactobs.rules import billed_tokens_sql, over_limits_sql
 from compactobs.store.models import calls, iterations
 
 __all__ = [
+    "ALL_VALUE",
+    "CONVERSATION_VAR",
     "GRAFANA_CLICKHOUSE",
     "GRAFANA_POSTGRES",
-    "SPANS_TABLE_VAR",
+    "MODEL_VAR",
+    "SERVICE_VAR",
+    "SPANS_TABLE",
     "TOP_CONVERSATIONS",
     "Dialect",
     "PanelQuery",
+    "annotation_queries",
+    "choice_queries",
     "sql_queries",
+    "valid_table",
 ]
 
 TOP_CONVERSATIONS: Final = 10
+CONVERSATION_CALLS: Final = 500
+"""The conversation panels list at most this many calls (the latest)."""
 QueryFormat = Literal["table", "time_series"]
+
+SERVICE_VAR: Final = "service"
+MODEL_VAR: Final = "model"
+CONVERSATION_VAR: Final = "conversation"
+ALL_VALUE: Final = "*"
+"""What a selection variable's "All" stands for; an empty value selects everything too."""
+
+
+SPANS_TABLE: Final = "otel_traces"
+"""The spans table the committed ClickHouse dashboard reads (the exporter's default). A constant in its SQL,
+never a variable: a variable's value comes from the URL, and a table name cannot be quoted as a value.
+`python -m dashboards.generate --spans-table DB.TABLE` writes the dashboard for another table."""
+_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+
+
+def valid_table(name: str) -> str:
+    """`name` if it is a table or database.table of plain identifiers; raises ValueError otherwise."""
+    if not _IDENTIFIER.fullmatch(name):
+        raise ValueError(f"not a table name: {name!r} (letters, digits and _, optionally database.table)")
+    return name
+
+
+def variable_text(name: str) -> str:
+    """How a query names a selection variable's value: percent-encoded by Grafana (`:percentencode`), so
+    that whatever a link or a URL puts in it reaches the SQL as letters, digits, `-_.~` and `%XX` only —
+    no quote, backslash or `$` to end a string or start a macro — and decoded by the database."""
+    return "${" + name + ":percentencode}"
 
 
 @dataclass(frozen=True)
@@ -64,20 +102,47 @@ class Dialect:
     """The range's end (exclusive), epoch milliseconds."""
     bucket: Callable[[str], ColumnElement[Any]]
     """The time bucket of an epoch-ms column, given by its SQL text, as the data source reads a time."""
+    moment: Callable[[str], ColumnElement[Any]]
+    """An epoch-ms column, given by its SQL text, as the data source reads a time (one call's)."""
     percentile: Callable[[float, ColumnElement[Any]], ColumnElement[Any]]
     """The continuous percentile (linear interpolation, as `report ops`) of a column's non-NULL values."""
     materialize: bool = True
+    spans_table: str = SPANS_TABLE
+    """The ClickHouse spans table (a frame's), checked by `valid_table`."""
     """Whether a CTE computed once is marked MATERIALIZED (PostgreSQL's syntax)."""
     frame: Callable[[Dialect, Any, bool], str] | None = None
     """The statement as the data source runs it, for a backend without `calls` and `iterations` tables
     (`reaches_back`: the statement also reads the range before); None: `sql_text` of it."""
+    decoded: Callable[[str], str] = lambda text: text
+    """SQL for the string a percent-encoded literal (`variable_text`) stands for."""
+
+    def chosen(self, name: str) -> ColumnElement[Any]:
+        """The value of selection variable `name`, decoded."""
+        return literal_column(self.decoded(variable_text(name)))
+
+    def selection(self) -> list[ColumnElement[bool]]:
+        """The dashboard's $service, $model (request or response model, as `--model`) and $conversation, on
+        `calls`: each an equality, or everything when empty or All."""
+        c = calls.c
+        chosen = {name: self.chosen(name) for name in (SERVICE_VAR, MODEL_VAR, CONVERSATION_VAR)}
+        columns = {
+            SERVICE_VAR: [c.service_name],
+            MODEL_VAR: [c.request_model, c.response_model],
+            CONVERSATION_VAR: [c.conversation_id],
+        }
+        return [
+            or_(value.in_([literal(""), literal(ALL_VALUE)]), *(column == value for column in columns[name]))
+            for name, value in chosen.items()
+        ]
 
     def window(self, start_ms: ColumnElement[Any]) -> list[ColumnElement[bool]]:
-        return [start_ms >= self.since_ms, start_ms < self.until_ms]
+        """The dashboard's range on `start_ms` (of `calls`), and its selection."""
+        return [start_ms >= self.since_ms, start_ms < self.until_ms, *self.selection()]
 
     def previous_window(self, start_ms: ColumnElement[Any]) -> list[ColumnElement[bool]]:
         """The range of the same length just before (for "against the previous range")."""
-        return [start_ms >= self.since_ms - (self.until_ms - self.since_ms), start_ms < self.since_ms]
+        since, until = self.since_ms, self.until_ms
+        return [start_ms >= since - (until - since), start_ms < since, *self.selection()]
 
     def sql_text(self, statement: Any) -> str:
         return str(statement.compile(dialect=self.sql, compile_kwargs={"literal_binds": True}))
@@ -88,6 +153,17 @@ class Dialect:
         return self.frame(self, statement, reaches_back)
 
 
+def _postgres_decoded(text: str) -> str:
+    """PostgreSQL has no URL decoding: split into `%XX` escapes and runs of plain characters, make bytes of
+    each, join them in order and read them as UTF-8 ('' for an empty value)."""
+    return (
+        "(SELECT coalesce(convert_from(string_agg(CASE WHEN left(part[1], 1) = '%' "
+        "THEN decode(substr(part[1], 2), 'hex') ELSE convert_to(part[1], 'UTF8') END, ''::bytea "
+        f"ORDER BY n), 'UTF8'), '') FROM regexp_matches('{text}', '%[0-9A-Fa-f]{{2}}|[^%]+', 'g') "
+        "WITH ORDINALITY AS parts(part, n))"
+    )
+
+
 GRAFANA_POSTGRES: Final = Dialect(
     name="grafana-postgresql",
     # "named" paramstyle: no bound parameters are rendered, and no % is doubled.
@@ -95,7 +171,9 @@ GRAFANA_POSTGRES: Final = Dialect(
     since_ms=literal_column("$__unixEpochFrom()::bigint") * 1000,
     until_ms=literal_column("$__unixEpochTo()::bigint") * 1000,
     bucket=lambda column: literal_column(f"$__unixEpochGroup({column} / 1000, $__interval)"),
+    moment=lambda column: literal_column(f"{column} / 1000.0"),
     percentile=lambda p, value: func.percentile_cont(literal_column(str(p))).within_group(value),
+    decoded=_postgres_decoded,
 )
 
 
@@ -276,6 +354,132 @@ def _errors_over_time(d: Dialect) -> Select[Any]:
     )
 
 
+def _one_conversation(d: Dialect) -> ColumnElement[bool]:
+    """$conversation names one (the conversation panels are empty until it does)."""
+    return d.chosen(CONVERSATION_VAR).not_in([literal(""), literal(ALL_VALUE)])
+
+
+def _conversation_calls(d: Dialect) -> Select[Any]:
+    """The chosen conversation's calls in order, as `report conversation` lists them: model, stop reason,
+    compactions, context after the call against the trigger, cost (NULL when unpriced)."""
+    c = calls.c
+    return (
+        select(
+            d.moment("calls.start_ms").label("time"),
+            c.call_id,
+            c.request_id,
+            func.coalesce(c.response_model, c.request_model).label("model"),
+            c.status,
+            c.stop_reason,
+            func.coalesce(c.compactions_count, 0).label("compactions"),
+            c.context_tokens,
+            c.compaction_trigger.label("trigger_tokens"),
+            c.cost_usd,
+        )
+        .where(*d.window(c.start_ms), _one_conversation(d))
+        .order_by(c.start_ms, c.call_id)
+        .limit(CONVERSATION_CALLS)
+    )
+
+
+def _conversation_context(d: Dialect) -> Select[Any]:
+    """Per call of the chosen conversation: the context it left and the compaction trigger, and the context
+    again on the calls that compacted (drawn as marks)."""
+    c = calls.c
+    compacted = case((c.compactions_count > 0, c.context_tokens), else_=None)
+    return (
+        select(
+            d.moment("calls.start_ms").label("time"),
+            c.context_tokens,
+            c.compaction_trigger.label("trigger_tokens"),
+            compacted.label("compacted_at"),
+        )
+        .where(*d.window(c.start_ms), _one_conversation(d), c.context_tokens.is_not(None))
+        .order_by(c.start_ms, c.call_id)
+        .limit(CONVERSATION_CALLS)
+    )
+
+
+def annotation_queries(d: Dialect = GRAFANA_POSTGRES) -> list[PanelQuery]:
+    """The annotations' SQL (`time`, `text`), over the selection: the calls that compacted, and the calls
+    at which a conversation went over the budget it stored (`rules.over_limits_sql`: its running spend,
+    billed tokens and compactions above the largest budget any of its calls carried)."""
+    c = calls.c
+    compacting = (
+        select(d.moment("calls.start_ms").label("time"), _compaction_text(c).label("text"))
+        .where(*d.window(c.start_ms), c.compactions_count > 0)
+        .order_by(c.start_ms)
+    )
+    order = [c.start_ms, c.call_id]
+    running = {
+        "spent": func.sum(c.cost_usd).over(partition_by=c.conversation_id, order_by=order, rows=(None, 0)),
+        "tokens": func.sum(billed_tokens_sql()).over(
+            partition_by=c.conversation_id, order_by=order, rows=(None, 0)
+        ),
+        "compactions": func.sum(func.coalesce(c.compactions_count, 0)).over(
+            partition_by=c.conversation_id, order_by=order, rows=(None, 0)
+        ),
+    }
+    budgets = {
+        name: func.max(c[column]).over(partition_by=c.conversation_id)
+        for name, column in (
+            ("usd", "budget_usd"),
+            ("tokens", "budget_tokens"),
+            ("compactions", "budget_max_compactions"),
+        )
+    }
+    totals = (
+        select(
+            c.conversation_id,
+            c.call_id,
+            c.start_ms,
+            *(v.label(k) for k, v in running.items()),
+            *(v.label(f"budget_{k}") for k, v in budgets.items()),
+        )
+        .where(c.conversation_id.is_not(None), c.start_ms < d.until_ms, *d.selection())
+        .subquery("running")
+    )
+    r = totals.c
+    over = over_limits_sql(
+        r.budget_usd, r.budget_tokens, r.budget_compactions, r.spent, r.tokens, r.compactions
+    )
+    first = func.row_number().over(partition_by=r.conversation_id, order_by=[r.start_ms, r.call_id])
+    crossings = select(r.conversation_id, r.start_ms, first.label("nth")).where(over).subquery("crossings")
+    x = crossings.c
+    breaches = (
+        select(d.moment("crossings.start_ms").label("time"), _breach_text(x.conversation_id).label("text"))
+        .where(x.nth == 1, x.start_ms >= d.since_ms)
+        .order_by(x.start_ms)
+    )
+    return [
+        PanelQuery("compactions", d.compile(compacting)),
+        PanelQuery("guard_breaches", d.compile(breaches)),
+    ]
+
+
+def _compaction_text(c: Any) -> ColumnElement[Any]:
+    return func.concat(
+        literal("compaction in "), func.coalesce(c.conversation_id, literal("(no conversation)"))
+    )
+
+
+def _breach_text(conversation_id: ColumnElement[Any]) -> ColumnElement[Any]:
+    return func.concat(literal("over its stored budget: "), conversation_id)
+
+
+def choice_queries(d: Dialect = GRAFANA_POSTGRES) -> list[tuple[str, str]]:
+    """(variable, the SQL listing its values over the dashboard's range) for $service and $model; not
+    narrowed by the selection itself."""
+    c = calls.c
+    in_range = [c.start_ms >= d.since_ms, c.start_ms < d.until_ms]
+    model = func.coalesce(c.response_model, c.request_model)
+    listed = [(SERVICE_VAR, c.service_name), (MODEL_VAR, model)]
+    return [
+        (name, d.compile(select(column.label("value")).where(*in_range, column.is_not(None)).distinct()))
+        for name, column in listed
+    ]
+
+
 def sql_queries(d: Dialect = GRAFANA_POSTGRES) -> list[PanelQuery]:
     """Every panel's SQL for `d`, in the dashboard's order."""
     statements: list[tuple[str, Any, QueryFormat]] = [
@@ -289,6 +493,8 @@ def sql_queries(d: Dialect = GRAFANA_POSTGRES) -> list[PanelQuery]:
         ("error_bursts", _error_bursts(d), "table"),
         ("unpriced_models", _unpriced(d), "table"),
         ("errors_latency", _errors_over_time(d), "time_series"),
+        ("conversation_calls", _conversation_calls(d), "table"),
+        ("conversation_context", _conversation_context(d), "time_series"),
     ]
     # Only the spend panel reads the range before (its "previous range").
     return [PanelQuery(key, d.compile(statement, key == "spend"), fmt) for key, statement, fmt in statements]
@@ -296,8 +502,7 @@ def sql_queries(d: Dialect = GRAFANA_POSTGRES) -> list[PanelQuery]:
 
 # -- ClickHouse: Grafana's ClickHouse data source over the Collector's spans table -------------------------
 
-SPANS_TABLE_VAR: Final = "spans_table"
-"""The dashboard variable naming the spans table (default `otel_traces`, the exporter's)."""
+
 _CLICKHOUSE_SETTINGS: Final = "join_use_nulls = 1, cast_keep_nullable = 1"
 _SINCE_MS: Final = "toUnixTimestamp64Milli($__fromTime_ms)"
 _UNTIL_MS: Final = "toUnixTimestamp64Milli($__toTime_ms)"
@@ -343,8 +548,8 @@ def _per_call_lookups(statement: Any) -> tuple[Any, list[tuple[str, Any]]]:
 
 
 def _clickhouse_frame(d: Dialect, statement: Any, reaches_back: bool) -> str:
-    """`calls` and `iterations` as CTEs read from the spans of `${spans_table}`, the range pushed down onto
-    the spans' `Timestamp` (their sort key's time; an iteration span starts when its call ends, so no
+    """`calls` and `iterations` as CTEs read from the spans of `Dialect.spans_table`, the range pushed down
+    onto the spans' `Timestamp` (their sort key's time; an iteration span starts when its call ends, so no
     upper bound on them), and two settings: `join_use_nulls`, as ClickHouse otherwise fills an outer join's
     missing side with 0 and '', where the measures read NULL (a call without iteration rows); and
     `cast_keep_nullable`, as its CAST of a NULL to a plain type raises, where SQL's gives NULL (a sum of
@@ -355,7 +560,7 @@ def _clickhouse_frame(d: Dialect, statement: Any, reaches_back: bool) -> str:
     sql = d.sql_text(statement)
     lower = f"{_SINCE_MS} - ({_UNTIL_MS} - {_SINCE_MS})" if reaches_back else _SINCE_MS
     from_lower = f"Timestamp >= fromUnixTimestamp64Milli(toInt64({lower}))"
-    table = "${" + SPANS_TABLE_VAR + "}"
+    table = valid_table(d.spans_table)
     call_rows = spans.calls_select(table, f"{from_lower} AND Timestamp < $__toTime_ms")
     if lookups:
         columns = ", ".join(f"{name}.value AS {name}" for name, _ in lookups)
@@ -456,9 +661,11 @@ def _clickhouse_dialect() -> Dialect:
         bucket=lambda column: literal_column(
             f"fromUnixTimestamp64Milli(toInt64(intDiv({column}, $__interval_ms) * $__interval_ms), 'UTC')"
         ),
+        moment=lambda column: literal_column(f"fromUnixTimestamp64Milli(toInt64({column}), 'UTC')"),
         percentile=percentile,
         materialize=False,
         frame=_clickhouse_frame,
+        decoded=lambda text: f"decodeURLComponent('{text}')",
     )
 
 

@@ -30,6 +30,10 @@ below $0.000001 is rounding). Each is set against what can explain it, in this o
 7. `unpriced`: calls compactobs could not price (no list price for the model);
 8. `unexplained`: whatever is left above the tolerance.
 
+Differences are worked per model whatever the rows show (the model is always one of the reports' groups):
+a rate is one model's rate, never a blend, so an uninstrumented call is valued at its own model's rates and
+a mix of models is no drift. Rows without the model sum their models; each explanation names its model.
+
 The list cost difference splits exactly: Anthropic's list - compactobs' = other scope + spool +
 uninstrumented (extra tokens at the report's rates) + drift (rate difference x compactobs' tokens) +
 whatever the report lists beyond tokens and web search (code execution...).
@@ -46,6 +50,7 @@ from typing import Any, Final
 
 from sqlalchemy import Engine
 
+from compactobs._words import counted
 from compactobs.anthropic_reports import API_GROUPS, CLASSES, ApiFigures, Fetched
 from compactobs.reports._common import Filters, Report, ReportInputError, local_buckets, reading
 from compactobs.reports.cost import aggregate_calls
@@ -105,6 +110,8 @@ _MONEY_FLOOR: Final = Decimal("0.000001")
 """Money differences below this are rounding (the JSON carries 6 decimal places)."""
 _MTOK: Final = Decimal(1_000_000)
 _DATED: Final = re.compile(r"-\d{8}$")
+_MAX_DIMENSIONS: Final = 5
+"""The reports' limit on `group_by[]` dimensions."""
 _DEFAULTS: Final[dict[str, str]] = {"service_tier": "standard", "speed": "standard"}
 """What a call whose usage did not say is served at."""
 
@@ -191,12 +198,23 @@ def parse_groups(values: Iterable[str]) -> tuple[str, ...]:
 def api_dimensions(groups: Sequence[str], scope: Scope) -> tuple[str, ...]:
     """The reports' `group_by[]` for these groups, plus workspace / API key when the scope names some (to
     set the rest of the organisation apart)."""
-    dimensions = [API_GROUPS[name] for name in groups]
+    dimensions = [API_GROUPS[name] for name in _worked(groups)]
     if scope.workspaces and "workspace_id" not in dimensions:
         dimensions.append("workspace_id")
     if scope.api_keys and "api_key_id" not in dimensions:
         dimensions.append("api_key_id")
+    if len(dimensions) > _MAX_DIMENSIONS:
+        raise ReportInputError(
+            f"Anthropic's reports break figures out by at most {_MAX_DIMENSIONS} dimensions, and reconcile "
+            f"always asks for the model: {', '.join(dimensions)} is {len(dimensions)}; group by fewer"
+        )
     return tuple(dimensions)
+
+
+def _worked(groups: Sequence[str]) -> tuple[str, ...]:
+    """The groups differences are worked in: the shown ones, and always the model, so that a rate is one
+    model's rate (a blend of models' rates is no price anyone charged)."""
+    return tuple(groups) if "model" in groups else (*groups, "model")
 
 
 def _model(value: Any) -> Any:
@@ -338,10 +356,6 @@ def _usd(value: Decimal) -> str:
     )
 
 
-def _n(count: int, noun: str) -> str:
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
-
-
 def _tokens_text(amounts: Mapping[str, int]) -> str:
     parts = [f"{_CLASS_LABEL[name]} {amounts[name]:+,}" for name in CLASSES if amounts.get(name)]
     return ", ".join(parts) if parts else "no tokens"
@@ -378,7 +392,7 @@ def _explain(row: _Row, tolerance: Decimal, refreshed_at: datetime | None, windo
         row.explanations.append(
             Explanation(
                 "other_scope",
-                f"{_n(out.requests, 'request')} in other workspaces or API keys than compactobs records "
+                f"{counted(out.requests, 'request')} in other workspaces or API keys than compactobs records "
                 f"({_tokens_text(out.amounts)}; list {_usd(out.list_usd)})",
                 {"requests": out.requests, "amounts": dict(out.amounts), "list_usd": out.list_usd},
             )
@@ -387,8 +401,8 @@ def _explain(row: _Row, tolerance: Decimal, refreshed_at: datetime | None, windo
         row.explanations.append(
             Explanation(
                 "spool",
-                f"{_n(spool.requests, 'call')} recorded by compactobs still wait in the spool (the database "
-                f"was unreachable; they are written when it is back, or at the next flush): "
+                f"{counted(spool.requests, 'call')} recorded by compactobs still wait in the spool (the "
+                f"database was unreachable; they are written when it is back, or at the next flush): "
                 f"{_tokens_text(spool.amounts)}; list {_usd(spool.cost_usd)}",
                 {"requests": spool.requests, "amounts": dict(spool.amounts), "list_usd": spool.cost_usd},
             )
@@ -414,9 +428,9 @@ def _explain(row: _Row, tolerance: Decimal, refreshed_at: datetime | None, windo
         row.explanations.append(
             Explanation(
                 "uninstrumented",
-                f"Anthropic counted {_n(extra_requests, 'request')} more than compactobs recorded: calls "
-                f"from clients compactobs does not instrument ({_tokens_text(extra)}; list {_usd(money)} "
-                "at the report's rates)",
+                f"Anthropic counted {counted(extra_requests, 'request')} more than compactobs recorded: "
+                f"calls from clients compactobs does not instrument ({_tokens_text(extra)}; list "
+                f"{_usd(money)} at the report's rates)",
                 {"requests": extra_requests, "amounts": extra, "list_usd": money},
             )
         )
@@ -435,8 +449,8 @@ def _explain(row: _Row, tolerance: Decimal, refreshed_at: datetime | None, windo
         row.explanations.append(
             Explanation(
                 "not_in_report",
-                f"compactobs recorded {_n(-extra_requests, 'request')} that Anthropic's report does not have "
-                f"({why}; {_tokens_text(extra)}; list {_usd(money)})",
+                f"compactobs recorded {counted(-extra_requests, 'request')} that Anthropic's report does "
+                f"not have ({why}; {_tokens_text(extra)}; list {_usd(money)})",
                 {"requests": extra_requests, "amounts": extra, "list_usd": money},
             )
         )
@@ -497,8 +511,8 @@ def _explain(row: _Row, tolerance: Decimal, refreshed_at: datetime | None, windo
         row.explanations.append(
             Explanation(
                 "unpriced",
-                f"{_n(store.unpriced, 'call')} compactobs could not price: their list cost is missing on "
-                "its side (add the model to COMPACTOBS_PRICING_FILE, then run `compactobs reprice`)",
+                f"{counted(store.unpriced, 'call')} compactobs could not price: their list cost is missing "
+                "on its side (add the model to COMPACTOBS_PRICING_FILE, then run `compactobs reprice`)",
                 {"calls": store.unpriced},
             )
         )
@@ -557,9 +571,9 @@ def _bucket_edges(rows: dict[_Key, _Row], window: Window) -> None:
             target.explanations.append(
                 Explanation(
                     "bucket_edge",
-                    f"{_n(count, 'request')} dated {'earlier' if earlier else 'later'} by Anthropic than by "
-                    f"compactobs, across the edge {edge} UTC (the two buckets together agree; compactobs "
-                    "dates a call by its start)",
+                    f"{counted(count, 'request')} dated {'earlier' if earlier else 'later'} by Anthropic "
+                    f"than by compactobs, across the edge {edge} UTC (the two buckets together agree; "
+                    "compactobs dates a call by its start)",
                     {
                         "requests": sign * here,
                         "amounts": {n: sign * shifted[n] for n in CLASSES},
@@ -592,9 +606,10 @@ def reconcile_report(
     Raises ReportInputError for a grouping the store cannot follow."""
     tolerance = Decimal(tolerance_pct) / 100
     groups = tuple(groups)
-    store = _store_side(engine, window, groups, scope)
-    spool = _spool_side(spooled, window, groups, scope)
-    api, outside = _api_side(fetched, groups, scope)
+    worked = _worked(groups)
+    store = _store_side(engine, window, worked, scope)
+    spool = _spool_side(spooled, window, worked, scope)
+    api, outside = _api_side(fetched, worked, scope)
     rows: dict[_Key, _Row] = {}
     for key in sorted(
         {*store, *spool, *api}, key=lambda k: (k[0], tuple("" if v is None else str(v) for v in k[1]))
@@ -613,22 +628,43 @@ def reconcile_report(
     for row in rows.values():
         _explain(row, tolerance, fetched.refreshed_at, window)
 
+    # Shown rows sum the worked ones over the models the grouping does not show.
+    shown: dict[_Key, list[_Row]] = {}
+    for (bucket, values), row in rows.items():
+        shown.setdefault((bucket, values[: len(groups)]), []).append(row)
+    model_hidden = "model" not in groups
     out_rows: list[dict[str, Any]] = []
     explanations: list[dict[str, Any]] = []
     totals_api, totals_out, totals_store = ApiFigures(), ApiFigures(), _Side()
-    for row in rows.values():
-        keys = {"bucket": window.label(row.bucket), **dict(zip(groups, row.group, strict=True))}
-        totals_api.add(row.api)
-        totals_out.add(row.outside)
-        totals_store.add(row.store)
-        found = [e.kind for e in row.explanations]
+    for (bucket, values), parts in shown.items():
+        keys = {"bucket": window.label(bucket), **dict(zip(groups, values, strict=True))}
+        api_sum, store_sum = ApiFigures(), _Side()
+        found: list[str] = []
+        for row in parts:
+            api_sum.add(row.api)
+            store_sum.add(row.store)
+            totals_out.add(row.outside)
+            for e in row.explanations:
+                found += [] if e.kind in found else [e.kind]
+                if model_hidden:
+                    model = row.group[-1]
+                    explanations.append(
+                        {
+                            **keys,
+                            "model": model,
+                            "kind": e.kind,
+                            "message": f"{model}: {e.message}",
+                            "figures": e.figures,
+                        }
+                    )
+                else:
+                    explanations.append({**keys, "kind": e.kind, "message": e.message, "figures": e.figures})
+        totals_api.add(api_sum)
+        totals_store.add(store_sum)
         status = "unexplained" if "unexplained" in found else "explained" if found else "match"
         out_rows.append(
-            {**keys, **_figures(row.api, row.store), "status": status, "explained": ";".join(found)}
+            {**keys, **_figures(api_sum, store_sum), "status": status, "explained": ";".join(found)}
         )
-        explanations += [
-            {**keys, "kind": e.kind, "message": e.message, "figures": e.figures} for e in row.explanations
-        ]
     totals = {**_figures(totals_api, totals_store), "status": None, "explained": None}
     gap = _gap(_minus(totals_api, totals_out), totals_store)
 

@@ -133,6 +133,10 @@ class RepriceResult:
     unpriced_after: int
     pricing_versions: tuple[str, ...]
     """The pricing versions the re-priced calls now carry."""
+    without_usage: int = 0
+    """Calls in the range that carried no usage (failed before any): nothing to price, left out."""
+    without_usage_ids: tuple[str, ...] = ()
+    """The first few of them (call ids: span ids), to name them."""
 
 
 class _Stored:
@@ -233,6 +237,10 @@ _UPDATE_ITERATION: Final = (
 )
 
 
+_NAMED: Final = 5
+"""How many calls without usage `reprice` names."""
+
+
 class _Tally:
     def __init__(self) -> None:
         self.calls = self.changed = self.skipped = self.unpriced_before = self.unpriced_after = 0
@@ -309,11 +317,18 @@ def reprice(
     columns += [calls.c[name] for name in ("response_model", "service_tier", "speed", "inference_geo")]
     columns += [calls.c[name] for name in ("provider", "region", "request_model")]
     columns.append(calls.c.web_search_requests)
-    query = select(*columns).where(calls.c.priced.is_not(None))  # NULL: the call carried no usage
+    window = []
     if since is not None:
-        query = query.where(calls.c.start_ms >= epoch_ms(since))
+        window.append(calls.c.start_ms >= epoch_ms(since))
     if until is not None:
-        query = query.where(calls.c.start_ms < epoch_ms(until))
+        window.append(calls.c.start_ms < epoch_ms(until))
+    query = select(*columns).where(calls.c.priced.is_not(None), *window)  # NULL: the call carried no usage
+    usageless = select(calls.c.call_id).where(calls.c.priced.is_(None), *window)
+    first = usageless.order_by(calls.c.start_ms, calls.c.call_id).limit(_NAMED)
+    with engine.connect() as connection:
+        counting = select(func.count()).select_from(usageless.subquery())
+        without_usage = connection.execute(counting).scalar_one()
+        without_usage_ids = tuple(connection.execute(first).scalars())
     query = query.order_by(calls.c.start_ms, calls.c.call_id).limit(batch_size)
     tally = _Tally()
     last: tuple[int, str] | None = None
@@ -341,6 +356,8 @@ def reprice(
         unpriced_before=tally.unpriced_before,
         unpriced_after=tally.unpriced_after,
         pricing_versions=tuple(sorted(tally.versions)),
+        without_usage=without_usage,
+        without_usage_ids=without_usage_ids,
     )
 
 
