@@ -816,8 +816,8 @@ class Telemetry:
             self._latest_token_metrics(obs, provider, model, response_model, totals, sums)
         if usage is None or priced is None or totals is None:
             if obs.error_type is not None and obs.compactions:  # an error call's compactions (see _record)
-                series = response_model or model
-                sums.compactions[series] = sums.compactions.get(series, 0) + len(obs.compactions)
+                errored_key = (provider, response_model or model)
+                sums.compactions[errored_key] = sums.compactions.get(errored_key, 0) + len(obs.compactions)
             return
         if not self.latest_semconv:
             self._token_usage.record(totals.total_input, input_attributes)

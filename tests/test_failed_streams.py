@@ -14,6 +14,8 @@ from typing import Any
 
 import anthropic
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import create_engine, select
 
@@ -156,3 +158,36 @@ def test_an_async_stream_ending_in_an_error_event_is_an_error_call(recording: tu
     assert (row.status, row.error_type) == ("ERROR", "overloaded_error")
     assert (row.cost_usd, row.input_tokens) == (None, None)
     assert (row.compactions_count, row.compactions_errored) == (1, 1)
+
+
+def test_the_compactions_metric_counts_a_compaction_cut_off_by_an_error(data_home: Any) -> None:
+    reader = InMemoryMetricReader()
+    meters = MeterProvider([reader])
+    compactobs.configure(tracer_provider=TracerProvider(), meter_provider=meters, store=False)
+    try:
+        with Simulator() as sim:
+            client = anthropic.Anthropic(
+                base_url=sim.base_url, api_key="k", max_retries=0, middleware=[compactobs.Middleware()]
+            )
+            sim.enqueue(_reply(5))  # a compaction block, then the error event
+            with pytest.raises(anthropic.APIStatusError):
+                for _ in client.beta.messages.create(**_args(), stream=True):
+                    pass
+            sim.enqueue(Reply(_reply(5).body))  # the retry the application makes: it compacts and completes
+            for _ in client.beta.messages.create(**_args(), stream=True):
+                pass
+        compactobs.flush()
+        data = reader.get_metrics_data()
+        points = [
+            point
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "compactobs.compactions"
+            for point in metric.data.data_points
+        ]
+        # one compaction in the failed call, one in the completed call: both on claude-opus-4-8's series
+        assert sum(p.value for p in points) == 2
+        assert {(p.attributes or {}).get("gen_ai.response.model") for p in points} == {"claude-opus-4-8"}
+    finally:
+        compactobs.shutdown()
