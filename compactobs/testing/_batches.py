@@ -221,15 +221,16 @@ class Batches:
         requests = parsed.get("requests") if isinstance(parsed, dict) else None
         if not isinstance(requests, list) or not requests:
             raise SimulationError("requests: a non-empty list is required")
-        custom_ids = [r.get("custom_id") if isinstance(r, dict) else None for r in requests]
-        if not all(isinstance(c, str) and c for c in custom_ids):
+        given = [r.get("custom_id") if isinstance(r, dict) else None for r in requests]
+        custom_ids = [c for c in given if isinstance(c, str) and c]
+        if len(custom_ids) != len(given):
             raise SimulationError("requests: every request needs a custom_id")
         if len(set(custom_ids)) != len(custom_ids):
             raise SimulationError("requests: custom_id values must be unique within a batch")
         betas = {b.strip() for b in incoming.headers.get("anthropic-beta", "").split(",") if b.strip()}
         batch_scenario = replace(incoming.scenario, service_tier="batch")
         results = []
-        planned = set()
+        planned: set[str] = set()
         for request, custom_id in zip(requests, custom_ids, strict=True):
             outcome = self._plans.pop(custom_id, None)
             if outcome is not None:

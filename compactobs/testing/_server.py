@@ -336,7 +336,7 @@ _ANSWER_REPORT: dict[str, Any] = {}
 
 def _read_body(handler: _Handler) -> bytes:
     if "chunked" in (handler.headers.get("transfer-encoding") or "").lower():
-        parts = []
+        parts: list[bytes] = []
         while True:
             size = int(handler.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
             if size == 0:
