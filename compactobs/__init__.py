@@ -172,6 +172,7 @@ def _setup(
     from compactobs.telemetry import Telemetry
 
     pricer = _unless_bad(default_pricer, lenient) or Pricer()
+    lifecycle.load_in_background("load-prices", pricer.load)
     if store:
         from compactobs.store import default_database_url, parse_url
 
@@ -185,7 +186,9 @@ def _setup(
     if store:
         from compactobs.store import install
 
-        lifecycle.adopt(install(tracer, database_url, spool_max_bytes=spool_max_bytes), store=True)
+        processor = install(tracer, database_url, spool_max_bytes=spool_max_bytes)
+        lifecycle.adopt(processor, store=True)
+        lifecycle.loading(processor.preparing)
     lifecycle.install_exit_hooks()
     return Telemetry(tracer, meter, pricer)
 

@@ -61,6 +61,8 @@ _flushables: list[Any] = []
 _stores: list[Any] = []
 """The SQL store's processors (also in `_own` and `_flushables`): flushed before anything else."""
 _tallies: list[ExportTally] = []
+_loading: list[threading.Thread] = []
+"""compactobs' threads that import or load what recording needs (price data, the store's schema)."""
 _configured_timeout_s: float | None = None
 _exit_hooks_installed = False
 
@@ -83,6 +85,19 @@ def adopt(owned: Any, *, store: bool = False, tally: ExportTally | None = None) 
         _stores.append(owned)
     if tally is not None:
         _tallies.append(tally)
+
+
+def load_in_background(name: str, load: Callable[[], object]) -> None:
+    """Run `load` (imports, data) off the caller's thread; a fork waits for it (see `_before_fork`)."""
+    thread = threading.Thread(target=load, name=f"compactobs-{name}", daemon=True)
+    thread.start()
+    _loading.append(thread)
+
+
+def loading(thread: threading.Thread | None) -> None:
+    """A thread started elsewhere that imports or loads what recording needs: a fork waits for it."""
+    if thread is not None:
+        _loading.append(thread)
 
 
 def set_shutdown_timeout(seconds: float | None) -> None:
@@ -347,6 +362,28 @@ def _final_shutdown() -> None:
     shutdown(final=True)
 
 
+FORK_WAIT_S: Final = 5.0
+"""How long a fork waits, at most, for compactobs' threads to finish what they are doing."""
+
+
+def _before_fork() -> None:
+    """In the parent, just before `os.fork()`: let compactobs' threads finish their imports and the calls
+    handed over so far. A child inherits every lock as it was, but only the forking thread: a lock held by
+    another thread at that moment (a module's import lock mid-import, say, on the recording thread pricing
+    its first call) stays held in the child, and its first call would wait on it forever. Never raises."""
+    try:
+        deadline = time.monotonic() + FORK_WAIT_S
+        for thread in list(_loading):
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        _loading[:] = [thread for thread in _loading if thread.is_alive()]
+        telemetry = state.get_telemetry_if_set()
+        if telemetry is not None and not threading.current_thread().name.startswith("compactobs-"):
+            telemetry.drain(max(0.0, deadline - time.monotonic()))
+    except Exception:
+        log.debug("compactobs: preparing for a fork failed", exc_info=True)
+
+
 class _ForkToken:
     """What multiprocessing's after-fork registry holds (weakly) to call `_in_multiprocessing_child`."""
 
@@ -371,6 +408,8 @@ def install_exit_hooks() -> None:
         return
     _exit_hooks_installed = True
     atexit.register(_final_shutdown)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=_before_fork)
     from multiprocessing import util
 
     util.register_after_fork(_FORK_TOKEN, _in_multiprocessing_child)

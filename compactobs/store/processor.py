@@ -77,6 +77,8 @@ class StoreSpanProcessor(SpanProcessor):
         self.max_export_batch_size = min(batch or DEFAULT_MAX_EXPORT_BATCH_SIZE, self.max_queue_size)
         self._overflow_warned = False
         self._retired = False
+        self.preparing: threading.Thread | None = None
+        """The thread that loads the migrations and checks the schema ahead of the first export, if any."""
         self._reset()
         if hasattr(os, "register_at_fork"):
             reset = weakref.WeakMethod(self._reset)
