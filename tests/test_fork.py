@@ -40,7 +40,8 @@ PRELUDE = textwrap.dedent(
     compactobs.instrument(url)
     sim = Simulator()
     sim.__enter__()
-    sim.enqueue(*[Reply(message(usage={"input_tokens": 1000, "output_tokens": 100}))] * (1 + children * calls_each))
+    reply = Reply(message(usage={"input_tokens": 1000, "output_tokens": 100}))
+    sim.enqueue(*[reply] * (1 + children * calls_each))
     client = anthropic.Anthropic(base_url=sim.base_url, api_key="k")
 
     def call():
