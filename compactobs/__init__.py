@@ -105,7 +105,9 @@ def _tracer_provider(given: Any, service_name: str | None, export: bool = True) 
     app = trace.get_tracer_provider()
     if isinstance(app, TracerProvider) and not _named_elsewhere(app, service_name):
         return app
-    provider = TracerProvider(resource=_resource(service_name))
+    # compactobs shuts it down itself, within the shutdown bound: the SDK's own exit hook would wait on an
+    # OTLP endpoint that does not answer for as long as the exporter's timeout and retries take.
+    provider = TracerProvider(resource=_resource(service_name), shutdown_on_exit=False)
     tally = None
     if export and otlp.export_requested("TRACES"):
         from compactobs import telemetry as t
@@ -137,6 +139,7 @@ def _meter_provider(given: Any, service_name: str | None, export: bool = True) -
     provider = MeterProvider(
         resource=_resource(service_name),
         metric_readers=[PeriodicExportingMetricReader(otlp.metric_exporter())],
+        shutdown_on_exit=False,  # compactobs shuts it down, within the shutdown bound (see _tracer_provider)
     )
     lifecycle.adopt(provider)
     return provider
