@@ -113,7 +113,7 @@ def test_shutdown_ends_within_its_bound_with_every_call_stored(
             assert said[:3] == ["shut", "down", "in"], app.stderr.read() if app.stderr else ""
             assert float(said[3]) < BOUND_S + 5
             # ...and the interpreter's exit does not wait on the endpoint either.
-            out, err = app.communicate(timeout=BOUND_S + 5)
+            _, err = app.communicate(timeout=BOUND_S + 5)
         finally:
             if app.poll() is None:
                 app.kill()
