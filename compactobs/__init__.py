@@ -256,13 +256,14 @@ def _configure(origin: str, settings: dict[str, Any]) -> None:
             kept = [name for name in ("tracer_provider", "meter_provider") if settings[name] is None]
             settings["tracer_provider"] = settings["tracer_provider"] or _auto_providers[0]
             settings["meter_provider"] = settings["meter_provider"] or _auto_providers[1]
-            log.warning(
-                "compactobs: settings from %s: %s; from %s: %s; the rest are defaults",
-                origin,
-                ", ".join(given) or "none",
-                AUTO_INSTRUMENTATION,
-                ", ".join(kept) or "none",
+            meeting = (
+                f"compactobs: settings from {origin}: {', '.join(given) or 'none'}; from "
+                f"{AUTO_INSTRUMENTATION}: {', '.join(kept) or 'none'}; the rest are defaults"
             )
+        else:
+            meeting = None
+        if origin != AUTO_INSTRUMENTATION:
+            _check_files()  # a bad file raises here, and the setup in place goes on recording
         if state.get_telemetry_if_set() is not None:
             shutdown()
         lifecycle.set_shutdown_timeout(settings.pop("shutdown_timeout_s"))
@@ -278,6 +279,19 @@ def _configure(origin: str, settings: dict[str, Any]) -> None:
             )
         )
         _configured_by = origin
+        if meeting is not None:
+            log.warning("%s", meeting)
+
+
+def _check_files() -> None:
+    """Read the pricing and budgets files as `_setup` will. Raises ConfigError."""
+    from compactobs.pricing import default_pricer
+    from compactobs.rules import ENV_BUDGETS_FILE, load_budgets
+
+    default_pricer()
+    path = os.environ.get(ENV_BUDGETS_FILE)
+    if path:
+        load_budgets(path)
 
 
 def configure(
