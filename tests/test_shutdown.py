@@ -69,16 +69,27 @@ def endpoint(kind: str) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
 
 
-def start(url: str, mode: str, otlp_endpoint: str, protocol: str, tmp_path: Path) -> subprocess.Popen[str]:
+def start(
+    url: str,
+    mode: str,
+    otlp_endpoint: str,
+    protocol: str,
+    tmp_path: Path,
+    bound_s: float | None = BOUND_S,
+    calls: int = CALLS,
+) -> subprocess.Popen[str]:
+    """The app (`mode` "shutdown": calls, then `compactobs.shutdown()`; else calls, then wait for SIGTERM),
+    exporting to `otlp_endpoint`; `bound_s` None: the default shutdown bound."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "COMPACTOBS_"))},
         "XDG_DATA_HOME": str(tmp_path / "xdg"),
         "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint,
         "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
-        "COMPACTOBS_SHUTDOWN_TIMEOUT_S": str(BOUND_S),
     }
+    if bound_s is not None:
+        env["COMPACTOBS_SHUTDOWN_TIMEOUT_S"] = str(bound_s)
     return subprocess.Popen(
-        [sys.executable, "-c", APP, url, mode, str(CALLS)],
+        [sys.executable, "-c", APP, url, mode, str(calls)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
