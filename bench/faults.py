@@ -83,23 +83,19 @@ def fork_rows(driver: str, calls: int) -> None:
 def silent_otlp_row(driver: str) -> None:
     from compactobs.lifecycle import DEFAULT_SHUTDOWN_TIMEOUT_S
     from tests.otlp_receiver import SilentEndpoint
-    from tests.test_shutdown import start
+    from tests.test_shutdown import killed_if_left, start
     from tests.test_store_exporter import count
 
     calls = 200
     with tempfile.TemporaryDirectory() as tmp, postgres_schema(driver) as url, SilentEndpoint() as silent:
         store.upgrade_database(url)
         app = start(url, "shutdown", silent.endpoint, "grpc", Path(tmp), bound_s=None, calls=calls)
-        try:
+        with killed_if_left(app):
             assert app.stdout is not None
             said = app.stdout.readline().split()
             shut_down = time.monotonic()
             _, err = app.communicate(timeout=120)
             exited = time.monotonic() - shut_down
-        finally:
-            if app.poll() is None:
-                app.kill()
-                app.communicate()
         counted = [line for line in err.splitlines() if "not exported over OTLP" in line]
         print(
             f"silent-otlp  postgresql  shutdown() took {said[3] if len(said) > 3 else '?'} s against the "

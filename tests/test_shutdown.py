@@ -98,6 +98,17 @@ def start(
     )
 
 
+@contextmanager
+def killed_if_left(app: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """The app, killed on the way out if it is still running (a hang the test is about)."""
+    try:
+        yield app
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.communicate()
+
+
 def assert_counted(stderr: str, url: str) -> None:
     """One line counts the calls OTLP never got and names the command that sends them from the store."""
     (line,) = [line for line in stderr.splitlines() if "not exported over OTLP" in line]
@@ -116,38 +127,32 @@ def test_shutdown_ends_within_its_bound_with_every_call_stored(
     database_url: str, tmp_path: Path, kind: str, protocol: str
 ) -> None:
     store.upgrade_database(database_url)
-    with endpoint(kind) as otlp_endpoint:
-        app = start(database_url, "shutdown", otlp_endpoint, protocol, tmp_path)
-        try:
-            assert app.stdout is not None
-            said = app.stdout.readline().split()
-            assert said[:3] == ["shut", "down", "in"], app.stderr.read() if app.stderr else ""
-            assert float(said[3]) < BOUND_S + 5
-            # ...and the interpreter's exit does not wait on the endpoint either.
-            _, err = app.communicate(timeout=BOUND_S + 5)
-        finally:
-            if app.poll() is None:
-                app.kill()
-                app.communicate()
+    with (
+        endpoint(kind) as otlp_endpoint,
+        killed_if_left(start(database_url, "shutdown", otlp_endpoint, protocol, tmp_path)) as app,
+    ):
+        assert app.stdout is not None
+        said = app.stdout.readline().split()
+        assert said[:3] == ["shut", "down", "in"], app.stderr.read() if app.stderr else ""
+        assert float(said[3]) < BOUND_S + 5
+        # ...and the interpreter's exit does not wait on the endpoint either.
+        _, err = app.communicate(timeout=BOUND_S + 5)
     assert app.returncode == 0, err
     assert_counted(err, database_url)
 
 
 def test_sigterm_ends_within_the_bound_with_every_call_stored(database_url: str, tmp_path: Path) -> None:
     store.upgrade_database(database_url)
-    with endpoint("silent") as otlp_endpoint:
-        app = start(database_url, "wait", otlp_endpoint, "grpc", tmp_path)
-        try:
-            assert app.stdout is not None
-            assert app.stdout.readline().strip() == "ready", app.stderr.read() if app.stderr else ""
-            signalled = time.monotonic()
-            app.send_signal(signal.SIGTERM)
-            _, err = app.communicate(timeout=60)
-            took = time.monotonic() - signalled
-        finally:
-            if app.poll() is None:
-                app.kill()
-                app.communicate()
+    with (
+        endpoint("silent") as otlp_endpoint,
+        killed_if_left(start(database_url, "wait", otlp_endpoint, "grpc", tmp_path)) as app,
+    ):
+        assert app.stdout is not None
+        assert app.stdout.readline().strip() == "ready", app.stderr.read() if app.stderr else ""
+        signalled = time.monotonic()
+        app.send_signal(signal.SIGTERM)
+        _, err = app.communicate(timeout=60)
+        took = time.monotonic() - signalled
     assert app.returncode == -signal.SIGTERM, err
     assert took < BOUND_S + 5, (took, err)
     assert_counted(err, database_url)
