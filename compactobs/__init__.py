@@ -262,6 +262,7 @@ def _configure(origin: str, settings: dict[str, Any]) -> None:
             )
         else:
             meeting = None
+        lifecycle.check_shutdown_timeout(settings["shutdown_timeout_s"])
         if origin != AUTO_INSTRUMENTATION:
             _check_files()  # a bad file raises here, and the setup in place goes on recording
         if state.get_telemetry_if_set() is not None:

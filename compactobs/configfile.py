@@ -19,7 +19,9 @@ class ConfigError(ValueError):
     """A configuration file the user wrote is wrong: the message is one line (file, line, problem)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()))
+        # One line, and nothing from the file that could steer a terminal (an ESC in a quoted TOML key).
+        line = " ".join(message.split())
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in line))
 
 
 def parse_toml(text: str, error: type[ConfigError], invalid: str) -> dict[str, Any]:

@@ -100,11 +100,18 @@ def loading(thread: threading.Thread | None) -> None:
         _loading.append(thread)
 
 
+def check_shutdown_timeout(seconds: float | None) -> None:
+    """Raises ValueError (one line) for a bound that is not a number of seconds > 0."""
+    if seconds is not None and (
+        isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < float("inf")
+    ):
+        raise ValueError(f"shutdown_timeout_s must be a number of seconds > 0, not {seconds!r}")
+
+
 def set_shutdown_timeout(seconds: float | None) -> None:
     """The bound `configure(shutdown_timeout_s=...)` sets (None: the variable's, else the default)."""
     global _configured_timeout_s
-    if seconds is not None and not seconds > 0:
-        raise ValueError(f"shutdown_timeout_s must be a number of seconds > 0, not {seconds!r}")
+    check_shutdown_timeout(seconds)
     _configured_timeout_s = seconds
 
 
@@ -281,8 +288,10 @@ def shutdown(*, final: bool, timeout_s: float | None = None) -> None:
     if final and telemetry is not None:
         telemetry.close()
         complete = telemetry.drain(max(0.0, deadline - time.monotonic())) and complete
-    owned = [*_stores, *(o for o in _own if o not in _stores)]
-    for item in owned:
+    stores_done = all(
+        [_within(deadline, processor.shutdown, "shutdown-store") for processor in list(_stores)]
+    )
+    for item in [o for o in _own if o not in _stores]:
         complete = _within(deadline, item.shutdown, f"shutdown-{type(item).__name__}") and complete
     tallies = list(_tallies)
     stores = list(_stores)
@@ -290,7 +299,17 @@ def shutdown(*, final: bool, timeout_s: float | None = None) -> None:
     _flushables.clear()
     _stores.clear()
     _tallies.clear()
-    if not complete:
+    if not stores_done:
+        for processor in stores:
+            log.warning(
+                "compactobs: the SQL store %s did not finish within the %g s shutdown bound (%s): the "
+                "calls it has not written when the process ends are lost, unless they reached its spool %s",
+                processor.exporter.database_url,
+                bound,
+                ENV_SHUTDOWN_TIMEOUT,
+                processor.exporter.spool.directory,
+            )
+    elif not complete:
         _report_unfinished(bound, tallies, stores, started)
     if final:
         return  # recording (and its guard) stays in place for the calls that return while the process ends
