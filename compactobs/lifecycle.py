@@ -283,14 +283,16 @@ def shutdown(*, final: bool, timeout_s: float | None = None) -> None:
     bound = shutdown_timeout_s() if timeout_s is None else timeout_s
     started = time.monotonic()
     deadline = started + bound
-    complete = flush(_millis(deadline))
     telemetry = state.get_telemetry_if_set()
+    complete = telemetry is None or telemetry.drain(max(0.0, deadline - time.monotonic()))
     if final and telemetry is not None:
         telemetry.close()
         complete = telemetry.drain(max(0.0, deadline - time.monotonic())) and complete
-    stores_done = all(
-        [_within(deadline, processor.shutdown, "shutdown-store") for processor in list(_stores)]
-    )
+    # The store first, whole: what it has written `compactobs export otlp` can send again later.
+    stores_done = all([_within(deadline, processor.shutdown, "shutdown-store") for processor in _stores])
+    for flushable in [f for f in _flushables if f not in _stores]:
+        name = f"flush-{type(flushable).__name__}"
+        complete = _within(deadline, lambda f=flushable: f.force_flush(_millis(deadline)), name) and complete
     for item in [o for o in _own if o not in _stores]:
         complete = _within(deadline, item.shutdown, f"shutdown-{type(item).__name__}") and complete
     tallies = list(_tallies)
