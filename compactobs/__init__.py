@@ -85,6 +85,8 @@ def _named_elsewhere(provider: Any, service_name: str | None) -> bool:
     """Whether `service_name` was given and the application's provider names another service."""
     if not service_name:
         return False
+    # A TracerProvider shows its resource; a MeterProvider keeps it in its (private) configuration only, so
+    # this is read guarded: a provider whose resource cannot be read counts as naming another service.
     resource = getattr(provider, "resource", None) or getattr(provider, "_sdk_config", None)
     resource = getattr(resource, "resource", resource)
     attributes = getattr(resource, "attributes", None) or {}
