@@ -73,6 +73,10 @@ _configured_by: str | None = None
 or None (the defaults a bare `Middleware()` set up on its first call, or nothing yet)."""
 _auto_providers: tuple[Any, Any] = (None, None)
 """The providers opentelemetry-instrument handed compactobs' instrumentor (None: it handed none)."""
+_DEFAULTS: Final = {"store": True}
+"""configure()'s arguments whose default is not None."""
+_settings_in_use: dict[str, Any] = {}
+"""The arguments the recording in use was set up with."""
 
 
 def _resource(service_name: str | None) -> Any:
@@ -248,9 +252,9 @@ def _configure(origin: str, settings: dict[str, Any]) -> None:
     """Set up recording with `settings` (configure()'s arguments) on behalf of `origin`, replacing any
     setup in place. Over opentelemetry-instrument's setup, the settings given here win, the rest (its
     providers) are kept, and one line says which came from where."""
-    global _configured_by
-    defaults = {"store": True}
-    given = [name for name, value in settings.items() if value != defaults.get(name)]
+    global _configured_by, _settings_in_use
+    given = [name for name, value in settings.items() if value != _DEFAULTS.get(name)]
+    asked = dict(settings)
     with _lock:
         previous = _configured_by if state.get_telemetry_if_set() is not None else None
         if previous == AUTO_INSTRUMENTATION and origin != AUTO_INSTRUMENTATION:
@@ -282,6 +286,7 @@ def _configure(origin: str, settings: dict[str, Any]) -> None:
             )
         )
         _configured_by = origin
+        _settings_in_use = asked
         if meeting is not None:
             log.warning("%s", meeting)
 
@@ -347,11 +352,18 @@ def instrument(
     driver that is not installed.
     """
     settings = dict(locals())
-    if state.get_telemetry_if_set() is None or (
-        _configured_by in (None, AUTO_INSTRUMENTATION)
-        and any(value != {"store": True}.get(name) for name, value in settings.items())
-    ):
+    given = {name: value for name, value in settings.items() if value != _DEFAULTS.get(name)}
+    if state.get_telemetry_if_set() is None or (_configured_by in (None, AUTO_INSTRUMENTATION) and given):
         _configure("compactobs.instrument()", settings)
+    else:
+        ignored = sorted(name for name, value in given.items() if _settings_in_use.get(name) != value)
+        if ignored:
+            log.warning(
+                "compactobs: already set up by %s; instrument() leaves it as it is and ignores %s "
+                "(compactobs.configure(...) replaces a setup)",
+                _configured_by,
+                ", ".join(ignored),
+            )
     from compactobs.instrument import auto
 
     auto.patch()
@@ -399,4 +411,6 @@ def shutdown() -> None:
     """Flush, then close what compactobs opened, within the shutdown bound (`configure(shutdown_timeout_s=
     ...)`, `COMPACTOBS_SHUTDOWN_TIMEOUT_S`, else 20 s): the SQL store first, OTLP export with the time left.
     Runs by itself at interpreter exit, on SIGTERM and at a forked child's exit."""
+    global _configured_by, _settings_in_use
     lifecycle.shutdown(final=False)
+    _configured_by, _settings_in_use = None, {}

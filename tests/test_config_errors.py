@@ -118,3 +118,25 @@ def test_set_up_inside_a_call_logs_the_line_and_records_without_the_file(
     finally:
         engine.dispose()
     assert float(cost) == pytest.approx(0.01, abs=1e-12)  # genai-prices' $5/$25: the bad file left out
+
+
+def test_a_second_instrument_with_other_settings_says_they_are_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """instrument() is idempotent: settings it cannot apply are named, never dropped in silence."""
+    provider, meters = TracerProvider(), NoOpMeterProvider()
+    try:
+        compactobs.instrument(store=False, tracer_provider=provider, meter_provider=meters, service_name="a")
+        with caplog.at_level(logging.WARNING, logger="compactobs"):
+            compactobs.instrument(
+                store=False, tracer_provider=provider, meter_provider=meters, service_name="a"
+            )
+            assert caplog.records == []  # the same settings again: nothing to say
+            compactobs.instrument(store=False, tracer_provider=provider, service_name="b")
+        assert [r.getMessage() for r in caplog.records] == [
+            "compactobs: already set up by compactobs.instrument(); instrument() leaves it as it is and "
+            "ignores service_name (compactobs.configure(...) replaces a setup)"
+        ]
+    finally:
+        compactobs.uninstrument()
+        compactobs.shutdown()
