@@ -7,12 +7,20 @@ recorded by compactobs into a real database, before, during and after a fault:
   sqlite-lock another process holds the SQLite file's write lock (BEGIN EXCLUSIVE)
   pg-sigterm  SIGTERM to an application (3 threads at the rate) writing to PostgreSQL, after 2 s of calls;
               "tried" is the calls that returned to it, "spooled" those that ended after the store closed
-then drains the spool and counts, per call tried, what the store holds (tests/faults.py). "incomplete" is
+then drains the spool and counts, per call tried, what the store holds (tests/faults.py). Two more rows
+(`--rows fork silent-otlp`), each an application in a fresh interpreter:
+  fork         a multiprocessing Pool (fork start method, 4 workers) making --fork-calls calls, plus the
+               parent's one: calls made against calls stored, on SQLite and PostgreSQL (tests/test_fork.py)
+  silent-otlp  `compactobs.shutdown()` after 200 calls, exporting over OTLP/gRPC to an endpoint that accepts
+               connections and never answers, with the default shutdown bound: how long shutdown() took,
+               the process's whole exit, and the calls stored and counted as not exported
+               (tests/test_shutdown.py)
+"incomplete" is
 calls stored without all their iterations. Client threads (--threads, default 4) share the rate: on a
 shared 2-core machine, with the simulator in the same process, they may not reach 1,000 calls/s; "tried"
 says how many calls were made.
 
-    python bench/faults.py [--rate 100 --rate 1000] [--during 5] [--write-timeout 2]
+    python bench/faults.py [--rate 100 --rate 1000] [--during 5] [--write-timeout 2] [--rows store fork ...]
 
 PostgreSQL is COMPACTOBS_TEST_POSTGRES_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/test), in a
 schema of its own per run, dropped after.
@@ -45,6 +53,58 @@ from tests.faults import (
     sqlite_locked_by_another_process,
 )
 
+ROWS = ("store", "fork", "silent-otlp")
+
+
+def fork_rows(driver: str, calls: int) -> None:
+    from tests.test_fork import POOL, run_app, stored
+
+    workers = 4
+    each = max(1, calls // workers)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        targets = [("sqlite", lambda: contextlib.nullcontext(f"sqlite:///{work / 'fork.db'}"))]
+        targets.append(("postgresql", lambda: postgres_schema(driver)))
+        for name, target in targets:
+            with target() as url:
+                store.upgrade_database(url)
+                started = time.monotonic()
+                run_app(POOL, url, work / name, children=workers, calls_each=each)
+                took = time.monotonic() - started
+                made = 1 + workers * each
+                count, cost = stored(url)
+                print(
+                    f"fork  {name:<10}  Pool({workers}, fork): made {made:>5}  stored {count:>5}  "
+                    f"lost {made - count:>4}  cost ${cost}  ({took:.1f} s)",
+                    flush=True,
+                )
+
+
+def silent_otlp_row(driver: str) -> None:
+    from compactobs.lifecycle import DEFAULT_SHUTDOWN_TIMEOUT_S
+    from tests.otlp_receiver import SilentEndpoint
+    from tests.test_shutdown import killed_if_left, start
+    from tests.test_store_exporter import count
+
+    calls = 200
+    with tempfile.TemporaryDirectory() as tmp, postgres_schema(driver) as url, SilentEndpoint() as silent:
+        store.upgrade_database(url)
+        app = start(url, "shutdown", silent.endpoint, "grpc", Path(tmp), bound_s=None, calls=calls)
+        with killed_if_left(app):
+            assert app.stdout is not None
+            said = app.stdout.readline().split()
+            shut_down = time.monotonic()
+            _, err = app.communicate(timeout=120)
+            exited = time.monotonic() - shut_down
+        counted = [line for line in err.splitlines() if "not exported over OTLP" in line]
+        print(
+            f"silent-otlp  postgresql  shutdown() took {said[3] if len(said) > 3 else '?'} s against the "
+            f"{DEFAULT_SHUTDOWN_TIMEOUT_S:g} s bound, the process exited {exited:.1f} s later; calls "
+            f"{calls}, stored {count(url)[0]}, counted as not exported: "
+            f"{counted[0].split(' calls ')[0].split()[-1] if counted else 'none'}",
+            flush=True,
+        )
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -57,7 +117,17 @@ def main() -> None:
     parser.add_argument("--write-timeout", type=float, default=2.0, help="the exporter's bound (default 2 s)")
     parser.add_argument("--threads", type=int, default=4, help="client threads making the calls (1-16)")
     parser.add_argument("--driver", default="psycopg", choices=["psycopg", "psycopg2"])
+    parser.add_argument(
+        "--rows", nargs="+", choices=ROWS, default=list(ROWS), help="which rows (default: all)"
+    )
+    parser.add_argument("--fork-calls", type=int, default=400, help="calls the fork pool's workers make")
     args = parser.parse_args()
+    if "fork" in args.rows:
+        fork_rows(args.driver, args.fork_calls)
+    if "silent-otlp" in args.rows:
+        silent_otlp_row(args.driver)
+    if "store" not in args.rows:
+        return
     if not 1 <= args.during <= 60:
         parser.error("--during must be 1 to 60 seconds")
     rates = args.rate or [100.0, 1000.0]

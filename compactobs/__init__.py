@@ -12,19 +12,17 @@ client = anthropic.Anthropic(middleware=[compactobs.Middleware()])   # or explic
 
 from __future__ import annotations
 
-import _thread
-import atexit
 import logging
 import os
-import signal
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from compactobs import guard as guard_module
-from compactobs import otlp
+from compactobs import lifecycle, otlp
 from compactobs._version import __version__
 from compactobs.checkpoint import Checkpoint, checkpoint
+from compactobs.configfile import ConfigError
 from compactobs.guard import BudgetExceeded, CompactionLoopDetected, GuardError, GuardPolicy, wrap_up_message
 from compactobs.instrument import state
 from compactobs.instrument.conversation import conversation
@@ -39,6 +37,7 @@ __all__ = [
     "BudgetExceeded",
     "Checkpoint",
     "CompactionLoopDetected",
+    "ConfigError",
     "GuardError",
     "GuardPolicy",
     "Middleware",
@@ -67,11 +66,17 @@ def __getattr__(name: str) -> Any:
 
 
 _lock = threading.Lock()
-_own_providers: list[Any] = []
-"""What compactobs made itself (its providers when the application had none, the store's processor):
-compactobs shuts these down. The application's own providers are only flushed."""
-_flushables: list[Any] = []
-_exit_hooks_installed = False
+
+AUTO_INSTRUMENTATION: Final = "opentelemetry-instrument"
+_configured_by: str | None = None
+"""Who set up the recording in use: "compactobs.instrument()", "compactobs.configure()", AUTO_INSTRUMENTATION,
+or None (the defaults a bare `Middleware()` set up on its first call, or nothing yet)."""
+_auto_providers: tuple[Any, Any] = (None, None)
+"""The providers opentelemetry-instrument handed compactobs' instrumentor (None: it handed none)."""
+_DEFAULTS: Final = {"store": True}
+"""configure()'s arguments whose default is not None."""
+_settings_in_use: dict[str, Any] = {}
+"""The arguments the recording in use was set up with."""
 
 
 def _resource(service_name: str | None) -> Any:
@@ -80,9 +85,23 @@ def _resource(service_name: str | None) -> Any:
     return Resource.create({"service.name": service_name} if service_name else {})
 
 
+def _named_elsewhere(provider: Any, service_name: str | None) -> bool:
+    """Whether `service_name` was given and the application's provider names another service."""
+    if not service_name:
+        return False
+    # A TracerProvider shows its resource; a MeterProvider keeps it in its (private) configuration only, so
+    # this is read guarded: a provider whose resource cannot be read counts as naming another service.
+    resource = getattr(provider, "resource", None) or getattr(provider, "_sdk_config", None)
+    resource = getattr(resource, "resource", resource)
+    attributes = getattr(resource, "attributes", None) or {}
+    return attributes.get("service.name") != service_name
+
+
 def _tracer_provider(given: Any, service_name: str | None, export: bool = True) -> Any:
     """The application's TracerProvider when it has one, else one of compactobs' own (not made global,
-    so other libraries' tracing is not switched on behind the application's back)."""
+    so other libraries' tracing is not switched on behind the application's back). A `service_name` given
+    explicitly wins: when the application's provider names another service, compactobs' spans go to a
+    provider of its own under that name (exported as the OTEL_* variables say, as without a provider)."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -90,13 +109,23 @@ def _tracer_provider(given: Any, service_name: str | None, export: bool = True) 
     if given is not None:
         return given
     app = trace.get_tracer_provider()
-    if isinstance(app, TracerProvider):
+    if isinstance(app, TracerProvider) and not _named_elsewhere(app, service_name):
         return app
-    provider = TracerProvider(resource=_resource(service_name))
+    # compactobs shuts it down itself, within the shutdown bound: the SDK's own exit hook would wait on an
+    # OTLP endpoint that does not answer for as long as the exporter's timeout and retries take.
+    provider = TracerProvider(resource=_resource(service_name), shutdown_on_exit=False)
+    tally = None
     if export and otlp.export_requested("TRACES"):
-        # The exporter reads endpoint, headers, timeout and compression from the standard OTEL_* variables.
-        provider.add_span_processor(BatchSpanProcessor(otlp.span_exporter()))
-    _own_providers.append(provider)
+        from compactobs import telemetry as t
+
+        # The exporter reads endpoint, headers, timeout and compression from the standard OTEL_* variables;
+        # the tally counts what it has not sent when the shutdown's bound ends the wait.
+        tally = lifecycle.ExportTally(t.INSTRUMENTATION_SCOPE, t.SPAN_KIND, t.SPAN_KIND_CALL)
+        tally.endpoint = otlp.configured_endpoint("TRACES")
+        tally.protocol = otlp.protocol("TRACES")
+        provider.add_span_processor(tally.processor())
+        provider.add_span_processor(BatchSpanProcessor(tally.exporter(otlp.span_exporter())))
+    lifecycle.adopt(provider, tally=tally)
     return provider
 
 
@@ -107,7 +136,7 @@ def _meter_provider(given: Any, service_name: str | None, export: bool = True) -
     if given is not None:
         return given
     app = metrics.get_meter_provider()
-    if isinstance(app, MeterProvider):
+    if isinstance(app, MeterProvider) and not _named_elsewhere(app, service_name):
         return app
     if not (export and otlp.export_requested("METRICS")):
         return metrics.NoOpMeterProvider()
@@ -116,9 +145,22 @@ def _meter_provider(given: Any, service_name: str | None, export: bool = True) -
     provider = MeterProvider(
         resource=_resource(service_name),
         metric_readers=[PeriodicExportingMetricReader(otlp.metric_exporter())],
+        shutdown_on_exit=False,  # compactobs shuts it down, within the shutdown bound (see _tracer_provider)
     )
-    _own_providers.append(provider)
+    lifecycle.adopt(provider)
     return provider
+
+
+def _unless_bad(load: Any, lenient: bool) -> Any:
+    """`load()`; where `lenient` (auto-instrumentation: no application code runs first to catch it), a bad
+    configuration file is logged in its one line and left out (None) instead of raised."""
+    try:
+        return load()
+    except ConfigError as err:
+        if not lenient:
+            raise
+        log.error("compactobs: %s; running without that file", err)
+        return None
 
 
 def _setup(
@@ -131,35 +173,40 @@ def _setup(
     guard: GuardPolicy | Mapping[str, Any] | None = None,
     spool_max_bytes: int | None = None,
     spool_dir: str | os.PathLike[str] | None = None,
+    *,
+    lenient: bool = False,
 ) -> Telemetry:
     """Providers, the SQL store on the tracer provider, the pricer and the guard. Raises on bad
-    configuration."""
-    from compactobs.pricing import default_pricer
+    configuration (`lenient`: a bad pricing or budgets file is logged and left out instead)."""
+    from compactobs.pricing import Pricer, default_pricer
     from compactobs.telemetry import Telemetry
 
-    pricer = default_pricer()
+    pricer = _unless_bad(default_pricer, lenient) or Pricer()
+    lifecycle.load_in_background("load-prices", pricer.load)
     if store:
         from compactobs.store import default_database_url, parse_url
 
         parse_url(database_url or default_database_url())  # a bad URL or an unusable driver: raise here
-    _install_guard(guard, database_url if store else False)
+    _install_guard(guard, database_url if store else False, lenient=lenient)
     tracer = _tracer_provider(tracer_provider, service_name, export)
     meter = _meter_provider(meter_provider, service_name, export)
-    _flushables.extend(p for p in (tracer, meter) if hasattr(p, "force_flush"))
+    for provider in (tracer, meter):
+        if hasattr(provider, "force_flush"):
+            lifecycle.watch(provider)
     if store:
         from compactobs.store import install
 
         processor = install(tracer, database_url, spool_max_bytes=spool_max_bytes, spool_dir=spool_dir)
-        _flushables.append(processor)
-        _own_providers.append(processor)
-    _install_exit_hooks()
+        lifecycle.adopt(processor, store=True)
+        lifecycle.loading(processor.preparing)
+    lifecycle.install_exit_hooks()
     return Telemetry(tracer, meter, pricer)
 
 
 def _lazy_setup() -> Telemetry:
     """For a bare `Middleware()` used without `instrument()`: defaults, and never raise into a call."""
     try:
-        return _setup(None, None, None, None, store=True)
+        return _setup(None, None, None, None, store=True, lenient=True)
     except Exception as err:
         from compactobs.pricing import Pricer
         from compactobs.telemetry import Telemetry
@@ -167,7 +214,7 @@ def _lazy_setup() -> Telemetry:
         if isinstance(err, otlp.OtlpConfigError):
             log.error("compactobs: %s; recording without OTLP export", err)
             try:
-                return _setup(None, None, None, None, store=True, export=False)
+                return _setup(None, None, None, None, store=True, export=False, lenient=True)
             except Exception as second:
                 err = second
         log.error("compactobs: %s; recording without the SQL store", err)
@@ -181,10 +228,12 @@ def _lazy_setup() -> Telemetry:
 state.set_factory(_lazy_setup)
 
 
-def _install_guard(policy: GuardPolicy | Mapping[str, Any] | None, database_url: str | bool | None) -> None:
+def _install_guard(
+    policy: GuardPolicy | Mapping[str, Any] | None, database_url: str | bool | None, *, lenient: bool = False
+) -> None:
     """The runtime guard: the service-wide policy, the budgets file (COMPACTOBS_BUDGETS_FILE) and, with a
     store (`database_url` not False), conversations' earlier spend read from it. Raises on a bad file or
-    policy."""
+    policy (`lenient`: a bad file is logged and left out)."""
     from compactobs.rules import ENV_BUDGETS_FILE, load_budgets
 
     if isinstance(policy, Mapping):
@@ -192,12 +241,66 @@ def _install_guard(policy: GuardPolicy | Mapping[str, Any] | None, database_url:
     elif policy is not None and not isinstance(policy, GuardPolicy):
         raise TypeError(f"guard must be a compactobs.GuardPolicy or a dict of its fields, not {policy!r}")
     path = os.environ.get(ENV_BUDGETS_FILE)
-    budgets = load_budgets(path) if path else None
+    budgets = _unless_bad(lambda: load_budgets(path), lenient) if path else None
     prior = guard_module.StoreSpend(database_url) if database_url is not False else None
     previous = guard_module.installed()
     if previous is not None:
         previous.close()
     guard_module.install(guard_module.Guard(policy, budgets, prior=prior))
+
+
+def _configure(origin: str, settings: dict[str, Any]) -> None:
+    """Set up recording with `settings` (configure()'s arguments) on behalf of `origin`, replacing any
+    setup in place. Over opentelemetry-instrument's setup, the settings given here win, the rest (its
+    providers) are kept, and one line says which came from where."""
+    global _configured_by, _settings_in_use
+    given = [name for name, value in settings.items() if value != _DEFAULTS.get(name)]
+    asked = dict(settings)
+    with _lock:
+        previous = _configured_by if state.get_telemetry_if_set() is not None else None
+        if previous == AUTO_INSTRUMENTATION and origin != AUTO_INSTRUMENTATION:
+            # What the application leaves unset stays as opentelemetry-instrument set it: its providers.
+            kept = [name for name in ("tracer_provider", "meter_provider") if settings[name] is None]
+            settings["tracer_provider"] = settings["tracer_provider"] or _auto_providers[0]
+            settings["meter_provider"] = settings["meter_provider"] or _auto_providers[1]
+            meeting = (
+                f"compactobs: settings from {origin}: {', '.join(given) or 'none'}; from "
+                f"{AUTO_INSTRUMENTATION}: {', '.join(kept) or 'none'}; the rest are defaults"
+            )
+        else:
+            meeting = None
+        lifecycle.check_shutdown_timeout(settings["shutdown_timeout_s"])
+        if origin != AUTO_INSTRUMENTATION:
+            _check_files()  # a bad file raises here, and the setup in place goes on recording
+        if state.get_telemetry_if_set() is not None:
+            shutdown()
+        lifecycle.set_shutdown_timeout(settings.pop("shutdown_timeout_s"))
+        state.set_telemetry(
+            _setup(
+                settings.pop("database_url"),
+                settings.pop("tracer_provider"),
+                settings.pop("meter_provider"),
+                settings.pop("service_name"),
+                settings.pop("store"),
+                lenient=origin == AUTO_INSTRUMENTATION,
+                **settings,
+            )
+        )
+        _configured_by = origin
+        _settings_in_use = asked
+        if meeting is not None:
+            log.warning("%s", meeting)
+
+
+def _check_files() -> None:
+    """Read the pricing and budgets files as `_setup` will. Raises ConfigError."""
+    from compactobs.pricing import default_pricer
+    from compactobs.rules import ENV_BUDGETS_FILE, load_budgets
+
+    default_pricer()
+    path = os.environ.get(ENV_BUDGETS_FILE)
+    if path:
+        load_budgets(path)
 
 
 def configure(
@@ -210,27 +313,14 @@ def configure(
     guard: GuardPolicy | Mapping[str, Any] | None = None,
     spool_max_bytes: int | None = None,
     spool_dir: str | os.PathLike[str] | None = None,
+    shutdown_timeout_s: float | None = None,
 ) -> None:
     """Set where compactobs records (see `instrument`) without instrumenting any client.
 
     For applications that add `compactobs.Middleware()` to chosen clients. Without it, the first
     recorded call sets up the defaults. Calling it again replaces the previous setup.
     """
-    with _lock:
-        if state.get_telemetry_if_set() is not None:
-            shutdown()
-        state.set_telemetry(
-            _setup(
-                database_url,
-                tracer_provider,
-                meter_provider,
-                service_name,
-                store,
-                guard=guard,
-                spool_max_bytes=spool_max_bytes,
-                spool_dir=spool_dir,
-            )
-        )
+    _configure("compactobs.configure()", dict(locals()))
 
 
 def instrument(
@@ -243,6 +333,7 @@ def instrument(
     guard: GuardPolicy | Mapping[str, Any] | None = None,
     spool_max_bytes: int | None = None,
     spool_dir: str | os.PathLike[str] | None = None,
+    shutdown_timeout_s: float | None = None,
 ) -> None:
     """Record the Messages calls of every client of the SDK, sync and async: Anthropic, Bedrock, Vertex,
     Foundry, ... (`compactobs.instrument.platforms.CLIENT_CLASSES`). Idempotent.
@@ -251,25 +342,58 @@ def instrument(
     directory); `store=False` records to OpenTelemetry only. Spans go to the application's TracerProvider
     when it has one (or `tracer_provider`), else to compactobs' own, exported over OTLP when
     `OTEL_EXPORTER_OTLP_ENDPOINT` is set, by gRPC or HTTP as `OTEL_EXPORTER_OTLP_PROTOCOL` says (see
-    `compactobs.otlp`). `guard`: a service-wide `GuardPolicy` (or a dict of its fields) for the runtime
-    guard, which also reads the budgets file `COMPACTOBS_BUDGETS_FILE` (see `compactobs.guard`).
+    `compactobs.otlp`); `service_name` names the service on compactobs' spans (a provider of its own when
+    the application's names another). `guard`: a service-wide `GuardPolicy` (or a dict of its fields) for
+    the runtime guard, which also reads the budgets file `COMPACTOBS_BUDGETS_FILE` (see `compactobs.guard`).
     `spool_max_bytes`: the bound of the on-disk spool that keeps rows while the database is away (default
     `COMPACTOBS_SPOOL_MAX_BYTES`, else 256 MiB). `spool_dir`: where that spool lives (default
     `COMPACTOBS_SPOOL_DIR`, else `spool/` in the data directory; each database gets a subdirectory).
-    Raises on bad configuration (a malformed pricing or budgets file, a bad database URL, a PostgreSQL
-    driver that is not installed), once, here, never inside a call.
+    `shutdown_timeout_s`: how long `shutdown()`, interpreter exit and SIGTERM may take in all (default
+    `COMPACTOBS_SHUTDOWN_TIMEOUT_S`, else 20 s).
+
+    Under `opentelemetry-instrument`, compactobs is set up before the application's code runs; a call here
+    that gives settings then replaces that setup, its settings winning (see the log's one line). Raises on
+    bad configuration once, here, never inside a call: `ConfigError` for a malformed pricing or budgets
+    file (one line: the file, the line, the problem), `StoreError` for a bad database URL or a PostgreSQL
+    driver that is not installed.
     """
+    settings = dict(locals())
+    given = {name: value for name, value in settings.items() if value != _DEFAULTS.get(name)}
+    if state.get_telemetry_if_set() is None or (_configured_by in (None, AUTO_INSTRUMENTATION) and given):
+        _configure("compactobs.instrument()", settings)
+    else:
+        ignored = sorted(name for name, value in given.items() if _settings_in_use.get(name) != value)
+        if ignored:
+            log.warning(
+                "compactobs: already set up by %s; instrument() leaves it as it is and ignores %s "
+                "(compactobs.configure(...) replaces a setup)",
+                _configured_by,
+                ", ".join(ignored),
+            )
+    from compactobs.instrument import auto
+
+    auto.patch()
+
+
+def _auto_instrument(tracer_provider: Any, meter_provider: Any) -> None:
+    """compactobs' OpenTelemetry instrumentor: the defaults, before any application code runs. A bad
+    pricing or budgets file is logged in one line and left out, since no application code could catch it;
+    the application's own `instrument(...)` later replaces this setup (and raises for such a file)."""
+    global _auto_providers
+    _auto_providers = (tracer_provider, meter_provider)
     if state.get_telemetry_if_set() is None:
-        configure(
-            database_url,
+        settings: dict[str, Any] = dict(
+            database_url=None,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
-            service_name=service_name,
-            store=store,
-            guard=guard,
-            spool_max_bytes=spool_max_bytes,
-            spool_dir=spool_dir,
+            service_name=None,
+            store=True,
+            guard=None,
+            spool_max_bytes=None,
+            spool_dir=None,
+            shutdown_timeout_s=None,
         )
+        _configure(AUTO_INSTRUMENTATION, settings)
     from compactobs.instrument import auto
 
     auto.patch()
@@ -285,80 +409,15 @@ def uninstrument() -> None:
 
 
 def flush(timeout_millis: int = 30_000) -> None:
-    """Export everything recorded so far (spans to their exporters, rows to the store)."""
-    telemetry = state.get_telemetry_if_set()
-    if telemetry is not None and not telemetry.drain(timeout_millis / 1000):
-        log.warning("compactobs: calls were still being recorded when flush timed out")
-    for flushable in list(_flushables):
-        try:
-            flushable.force_flush(timeout_millis)
-        except Exception:
-            log.warning("compactobs: flushing %s failed", type(flushable).__name__, exc_info=True)
+    """Export everything recorded so far: calls into spans, then rows to the SQL store, then spans to their
+    other exporters (OTLP), within `timeout_millis` in all."""
+    lifecycle.flush(timeout_millis)
 
 
 def shutdown() -> None:
-    """Flush, then close what compactobs opened. Runs by itself at interpreter exit and on SIGTERM."""
-    _shutdown(final=False)
-
-
-def _final_shutdown() -> None:
-    """Interpreter exit and SIGTERM: the process ends once this returns, while its other threads may still
-    make calls. Calls that return during the flush are recorded as usual; from the last drain on, each
-    call is recorded before it returns, and what ends after the store has closed goes to its spool (the
-    next compactobs to reach that database writes it). Recording stays in place, never set up anew."""
-    _shutdown(final=True)
-
-
-def _shutdown(final: bool) -> None:
-    flush()
-    telemetry = state.get_telemetry_if_set()
-    if final and telemetry is not None:
-        telemetry.close()
-        telemetry.drain(5.0)
-    for owned in list(_own_providers):
-        try:
-            owned.shutdown()
-        except Exception:
-            log.debug("compactobs: shutdown of %s failed", type(owned).__name__, exc_info=True)
-    _flushables.clear()
-    _own_providers.clear()
-    if final:
-        return  # recording (and its guard) stays in place for the calls that return while the process ends
-    state.set_telemetry(None)
-    guard = guard_module.installed()
-    if guard is not None:
-        guard.close()
-    guard_module.install(None)
-
-
-def _install_exit_hooks() -> None:
-    global _exit_hooks_installed
-    if _exit_hooks_installed:
-        return
-    _exit_hooks_installed = True
-    atexit.register(_final_shutdown)
-    if threading.current_thread() is not threading.main_thread():
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous not in (signal.SIG_DFL, None):
-        return  # the application handles SIGTERM (and, we trust, exits through atexit)
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        # The handler interrupts the main thread wherever it is, perhaps holding a lock the flush needs (the
-        # recorder's wake-up Event, mid hand-over): flushing here could wait on itself forever. So the flush
-        # runs on a thread of its own, started with `_thread` because `threading` takes a module lock the
-        # interrupted thread may hold too, and SIGTERM's default action follows it. A second SIGTERM kills.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        try:
-            _thread.start_new_thread(_shutdown_then_terminate, ())
-        except RuntimeError:  # no new thread (the interpreter is finalizing): terminate as by default
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-
-def _shutdown_then_terminate() -> None:
-    try:
-        _final_shutdown()
-    finally:
-        os.kill(os.getpid(), signal.SIGTERM)
+    """Flush, then close what compactobs opened, within the shutdown bound (`configure(shutdown_timeout_s=
+    ...)`, `COMPACTOBS_SHUTDOWN_TIMEOUT_S`, else 20 s): the SQL store first, OTLP export with the time left.
+    Runs by itself at interpreter exit, on SIGTERM and at a forked child's exit."""
+    global _configured_by, _settings_in_use
+    lifecycle.shutdown(final=False)
+    _configured_by, _settings_in_use = None, {}

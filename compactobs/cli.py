@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 
 from compactobs._version import __version__
 from compactobs._words import counted
+from compactobs.configfile import ConfigError
 from compactobs.pricing import PricingError
 from compactobs.reports._common import FORMATS, Filters, Report, ReportInputError, build_filters, render
 from compactobs.reports.anomalies import Thresholds
@@ -43,8 +44,8 @@ __all__ = ["CliState", "main"]
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 """Ctrl-C: 128 + SIGINT, as shells report a process that SIGINT ended (click's own "Aborted!" exits 1)."""
-USER_ERRORS: tuple[type[Exception], ...] = (StoreError, ReportInputError, PricingError)
-"""What a user can fix (a bad --db URL, date, or pricing file): one line, `Error: ...`, exit code 2."""
+USER_ERRORS: tuple[type[Exception], ...] = (StoreError, ReportInputError, PricingError, ConfigError)
+"""What a user can fix (a bad --db URL, date, pricing or budgets file): one line, `Error: ...`, exit 2."""
 
 
 @dataclass(frozen=True)

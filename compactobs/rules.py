@@ -18,7 +18,6 @@ Pure: no database, no SDK (the `*_sql` twins build SQLAlchemy expressions, run b
 from __future__ import annotations
 
 import os
-import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
 
+from compactobs.configfile import ConfigError, line_of, parse_toml
 from compactobs.usage import TokenCounts
 
 if TYPE_CHECKING:
@@ -59,11 +59,13 @@ ON_BREACH: Final[tuple[OnBreach, ...]] = ("warn", "pause", "raise")
 LimitKind = Literal["budget_usd", "budget_tokens", "max_compactions"]
 
 
-class RulesInputError(ValueError):
-    """A bad budgets file or rule setting the user can fix: the message is one line."""
+class RulesInputError(ConfigError):
+    """A bad budgets file or rule setting the user can fix: the message is one line. `at`: the TOML key
+    (dotted) at fault, which `load_budgets` turns into the file's line."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()))
+    def __init__(self, message: str, *, at: str | None = None) -> None:
+        super().__init__(message)
+        self.at = at
 
 
 # --- budgets ---------------------------------------------------------------------------------------------
@@ -181,23 +183,9 @@ _LIMIT_KEYS: Final = frozenset({"usd", "tokens", "max_compactions", "loop"})
 _BUDGETS_EXAMPLE: Final = '[budgets."ticket-42"] usd = 5.0, tokens = 2000000'
 
 
-def _toml_loads(text: str) -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-
-        return tomllib.loads(text, parse_float=Decimal)
-    try:  # pragma: no cover - 3.10 only
-        import tomli
-    except ImportError as err:  # pragma: no cover
-        raise RulesInputError(
-            "reading a budgets file on Python 3.10 needs 'tomli' (pip install tomli)"
-        ) from err
-    return tomli.loads(text, parse_float=Decimal)  # pragma: no cover
-
-
-def _whole(where: str, value: Any) -> int | None:
+def _whole(where: str, value: Any, at: str) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise RulesInputError(f"{where} must be a whole number >= 0, not {value!r}")
+        raise RulesInputError(f"{where} must be a whole number >= 0, not {value!r}", at=at)
     return value
 
 
@@ -223,47 +211,65 @@ def load_budgets(path: str | os.PathLike[str]) -> Budgets:
         raise RulesInputError(f"budgets file {name} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:
         raise RulesInputError(f"cannot read budgets file {name}: {err}") from None
+    data = parse_toml(text, RulesInputError, f"budgets file {name} is not valid TOML")
     try:
-        data = _toml_loads(text)
-    except RulesInputError:
-        raise
-    except Exception as err:  # tomllib.TOMLDecodeError (and tomli's)
-        raise RulesInputError(f"budgets file {name} is not valid TOML: {err}") from None
+        return _budgets_from(data, name)
+    except RulesInputError as err:
+        line = line_of(text, err.at) if err.at else None
+        if line is None:
+            raise
+        message = str(err).replace(f"budgets file {name}:", f"budgets file {name}, line {line}:", 1)
+        raise RulesInputError(message, at=err.at) from None
+
+
+def _budgets_from(data: dict[str, Any], name: str) -> Budgets:
+    """The budgets in a parsed budgets file (`name` for messages). Raises RulesInputError, `at` its key."""
     unknown = sorted(set(data) - {"budgets"})
     if unknown:
         raise RulesInputError(
             f'budgets file {name}: unknown top-level key {unknown[0]!r}; expected only [budgets."ID"] '
-            f"tables, e.g. {_BUDGETS_EXAMPLE}"
+            f"tables, e.g. {_BUDGETS_EXAMPLE}",
+            at=f'"{unknown[0]}"',
         )
     table = data.get("budgets", {})
     if not isinstance(table, dict):
-        raise RulesInputError(f"budgets file {name}: 'budgets' must be a table, e.g. {_BUDGETS_EXAMPLE}")
+        raise RulesInputError(
+            f"budgets file {name}: 'budgets' must be a table, e.g. {_BUDGETS_EXAMPLE}", at="budgets"
+        )
     exact: dict[str, Budget] = {}
     globs: list[tuple[int, int, str, Budget]] = []
     for position, (key, entry) in enumerate(table.items()):
         where = f'budgets file {name}: [budgets."{key}"]'
+        at = f'budgets."{key}"'
         if not isinstance(entry, dict):
-            raise RulesInputError(f"{where} must be a table with usd and/or tokens, e.g. {_BUDGETS_EXAMPLE}")
+            raise RulesInputError(
+                f"{where} must be a table with usd and/or tokens, e.g. {_BUDGETS_EXAMPLE}", at=at
+            )
         bad = sorted(set(entry) - set(_BUDGET_KEYS))
         if bad:
-            raise RulesInputError(f"{where}: unknown key {bad[0]!r} (allowed: {', '.join(_BUDGET_KEYS)})")
+            raise RulesInputError(
+                f"{where}: unknown key {bad[0]!r} (allowed: {', '.join(_BUDGET_KEYS)})", at=f'{at}."{bad[0]}"'
+            )
         if not _LIMIT_KEYS & set(entry):
-            raise RulesInputError(f"{where} sets no budget: give usd and/or tokens")
+            raise RulesInputError(f"{where} sets no budget: give usd and/or tokens", at=at)
         usd = entry.get("usd")
         if usd is not None:
             if isinstance(usd, bool) or not isinstance(usd, (int, Decimal)):
-                raise RulesInputError(f"{where}.usd must be a number, not {usd!r}")
+                raise RulesInputError(f"{where}.usd must be a number, not {usd!r}", at=f"{at}.usd")
             usd = Decimal(usd)
             if not usd.is_finite() or usd < 0:
-                raise RulesInputError(f"{where}.usd must be a finite number >= 0, not {usd}")
-        tokens = _whole(f"{where}.tokens", entry.get("tokens"))
-        max_compactions = _whole(f"{where}.max_compactions", entry.get("max_compactions"))
+                raise RulesInputError(f"{where}.usd must be a finite number >= 0, not {usd}", at=f"{at}.usd")
+        tokens = _whole(f"{where}.tokens", entry.get("tokens"), f"{at}.tokens")
+        max_compactions = _whole(
+            f"{where}.max_compactions", entry.get("max_compactions"), f"{at}.max_compactions"
+        )
         loop = entry.get("loop")
         if loop is not None and not isinstance(loop, bool):
-            raise RulesInputError(f"{where}.loop must be true or false, not {loop!r}")
+            raise RulesInputError(f"{where}.loop must be true or false, not {loop!r}", at=f"{at}.loop")
         on_breach = entry.get("on_breach")
         if on_breach is not None and on_breach not in ON_BREACH:
-            raise RulesInputError(f"{where}.on_breach must be one of warn, pause, raise, not {on_breach!r}")
+            choices = "must be one of warn, pause, raise"
+            raise RulesInputError(f"{where}.on_breach {choices}, not {on_breach!r}", at=f"{at}.on_breach")
         budget = Budget(
             usd=usd,
             tokens=tokens,

@@ -201,3 +201,36 @@ class OtlpReceiver:
         else:
             self._server.shutdown()
             self._server.server_close()
+
+
+class SilentEndpoint:
+    """An OTLP endpoint that never answers: it accepts connections and reads nothing, writes nothing (a
+    collector that hangs, or a black-holed network as its clients see it). `endpoint` is its base URL."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._held: list[Any] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            self._held.append(connection)  # kept open, never answered
+
+    def close(self) -> None:
+        self._listener.close()
+        for connection in self._held:
+            connection.close()
+
+    def __enter__(self) -> SilentEndpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

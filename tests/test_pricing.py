@@ -15,6 +15,7 @@ import genai_prices
 import pytest
 from genai_prices import Usage, calc_price
 
+from compactobs import ConfigError
 from compactobs.pricing import (
     PricedCall,
     Pricer,
@@ -762,52 +763,65 @@ def test_missing_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.mark.parametrize(
-    ("text", "message"),
+    ("text", "message", "line"),
     [
-        ('[models."m"]\ninput = \n', "not valid TOML: Invalid value (at line 2, column 9)"),
-        ('[models."m"]\ninput = 1\noutput = 2\n[models."m"]\n', "not valid TOML: Cannot declare"),
-        ("[prices]\n", "prices: unknown key (expected only a [models"),
-        ("models = 5\n", "models: must be a table, got int 5"),
-        ('[models]\n"m" = 5\n', 'models."m": must be a table, got int 5'),
+        ('[models."m"]\ninput = \n', "not valid TOML: Invalid value (at line 2, column 9)", None),
+        ('[models."m"]\ninput = 1\noutput = 2\n[models."m"]\n', "not valid TOML: Cannot declare", None),
+        ("[prices]\n", "prices: unknown key (expected only a [models", 1),
+        ("models = 5\n", "models: must be a table, got int 5", 1),
+        ('[models]\n"m" = 5\n', 'models."m": must be a table, got int 5', 2),
         (
             '[models."m"]\ninput = 1\noutput = 2\ninptu = 3\n',
             'models."m".inptu: unknown key (expected one of: input, output, cache_read, cache_write_5m, '
             "cache_write_1h, batch, fast)",
+            4,
         ),
         (
             '[models."m"]\ninput = "five"\noutput = 2\n',
             "models.\"m\".input: must be a number (USD per million tokens), got the string 'five'",
+            2,
         ),
-        ('[models."m"]\ninput = true\noutput = 2\n', 'models."m".input: must be a number'),
-        ('[models."m"]\ninput = 1\noutput = -1\n', 'models."m".output: must not be negative, got -1'),
-        ('[models."m"]\ninput = 1\noutput = -0.5\n', 'models."m".output: must not be negative, got -0.5'),
-        ('[models."m"]\ninput = nan\noutput = 1\n', 'models."m".input: must be a finite number, got NaN'),
-        ('[models."m"]\ninput = inf\noutput = 1\n', 'models."m".input: must be a finite number'),
-        ('[models."m"]\noutput = 2\n', "models.\"m\": missing required key 'input'"),
-        ('[models."m"]\ninput = 2\n', "models.\"m\": missing required key 'output'"),
+        ('[models."m"]\ninput = true\noutput = 2\n', 'models."m".input: must be a number', 2),
+        ('[models."m"]\ninput = 1\noutput = -1\n', 'models."m".output: must not be negative, got -1', 3),
+        ('[models."m"]\ninput = 1\noutput = -0.5\n', 'models."m".output: must not be negative, got -0.5', 3),
+        ('[models."m"]\ninput = nan\noutput = 1\n', 'models."m".input: must be a finite number, got NaN', 2),
+        ('[models."m"]\ninput = inf\noutput = 1\n', 'models."m".input: must be a finite number', 2),
+        ('[models."m"]\noutput = 2\n', "models.\"m\": missing required key 'input'", 1),
+        ('[models."m"]\ninput = 2\n', "models.\"m\": missing required key 'output'", 1),
         (
             '[models."m"]\ninput = 2\noutput = 3\n[models."m".batch]\ninput = 1\n',
             "models.\"m\".batch: missing required key 'output'",
+            4,
         ),
         (
             '[models."m"]\ninput = 2\noutput = 3\n[models."m".batch]\ninput = 1\noutput = 1\nfast = 2\n',
             'models."m".batch.fast: unknown key (expected one of: input, output, cache_read, cache_write_5m, '
             "cache_write_1h)",
+            7,
         ),
-        ('[models."m"]\ninput = 2\noutput = 3\nbatch = 1\n', 'models."m".batch: must be a table, got int 1'),
+        (
+            '[models."m"]\ninput = 2\noutput = 3\nbatch = 1\n',
+            'models."m".batch: must be a table, got int 1',
+            4,
+        ),
         (
             '[models."M"]\ninput = 2\noutput = 3\n[models."m"]\ninput = 2\noutput = 3\n',
             'models."m": same model as models."M" (ids are case-insensitive)',
+            4,
         ),
-        ('[models." "]\ninput = 2\noutput = 3\n', 'models." ": model id must not be empty'),
+        ('[models." "]\ninput = 2\noutput = 3\n', 'models." ": model id must not be empty', 1),
     ],
 )
-def test_bad_overrides_file(tmp_path: Path, text: str, message: str) -> None:
+def test_bad_overrides_file(tmp_path: Path, text: str, message: str, line: int | None) -> None:
+    """One line naming the file, the line of the key at fault (a syntax error: the parser's line and
+    column, in its message) and the problem; a ConfigError, which `instrument()` raises."""
     path = write(tmp_path, text)
-    with pytest.raises(PricingError) as err:
+    with pytest.raises(ConfigError) as err:
         Pricer(overrides_path=path)
+    assert isinstance(err.value, PricingError)
     text_of_error = str(err.value)
-    assert text_of_error.startswith(f"pricing overrides {path}: ")
+    where = f"pricing overrides {path}" + (f", line {line}" if line is not None else "")
+    assert text_of_error.startswith(f"{where}: ")
     assert message in text_of_error
     assert "\n" not in text_of_error
 

@@ -19,10 +19,8 @@ class CompactobsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         import compactobs
 
-        compactobs.instrument(
-            tracer_provider=kwargs.get("tracer_provider"),
-            meter_provider=kwargs.get("meter_provider"),
-        )
+        # Not `instrument()`: the application's own call to it, later, must win over these defaults.
+        compactobs._auto_instrument(kwargs.get("tracer_provider"), kwargs.get("meter_provider"))
 
     def _uninstrument(self, **kwargs: Any) -> None:
         import compactobs

@@ -30,17 +30,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from fnmatch import fnmatchcase
 from typing import Any
 
+from compactobs.configfile import ConfigError, line_of, parse_toml
 from compactobs.pricing.records import PricingError
 from compactobs.pricing.schedule import CLASSES, HALF, ClassRates, Schedule, complete, scaled
 
-__all__ = ["OverrideEntry", "Overrides", "load_overrides"]
+__all__ = ["OverrideEntry", "Overrides", "OverridesError", "load_overrides"]
 
 _RATE_KEYS = frozenset(CLASSES)
 _VARIANTS = ("batch", "fast")
@@ -48,32 +48,13 @@ _ENTRY_KEYS = _RATE_KEYS | frozenset(_VARIANTS)
 _GLOB_CHARS = frozenset("*?[")
 
 
-def _toml_loads(text: str) -> dict[str, Any]:
-    # tomllib is stdlib from 3.11; on 3.10 the same parser ships as `tomli`.
-    if sys.version_info >= (3, 11):
-        import tomllib
+class OverridesError(ConfigError, PricingError):
+    """A bad overrides file: one line naming the file, the line (where the key is written out) and the
+    problem. A PricingError too, as the CLI and callers of `Pricer` have always caught."""
 
-        return tomllib.loads(text, parse_float=Decimal)
-    try:
-        import tomli
-    except ImportError as err:  # pragma: no cover - only on 3.10 without tomli
-        raise PricingError(
-            "reading a pricing overrides file on Python 3.10 needs the 'tomli' package (pip install tomli)"
-        ) from err
-    return tomli.loads(text, parse_float=Decimal)
-
-
-def _decode_error_type() -> tuple[type[Exception], ...]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-
-        return (tomllib.TOMLDecodeError,)
-    try:  # pragma: no cover - 3.10 only
-        import tomli
-
-        return (tomli.TOMLDecodeError,)
-    except ImportError:  # pragma: no cover
-        return ()
+    def __init__(self, message: str, *, at: str | None = None) -> None:
+        super().__init__(message)
+        self.at = at
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +143,8 @@ class _Reader:
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def fail(self, where: str, problem: str) -> PricingError:
-        return PricingError(f"pricing overrides {self.path}: {where}: {problem}")
+    def fail(self, where: str, problem: str) -> OverridesError:
+        return OverridesError(f"pricing overrides {self.path}: {where}: {problem}", at=where)
 
     def rate(self, where: str, value: object) -> Decimal:
         if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
@@ -221,20 +202,31 @@ def load_overrides(path: str | os.PathLike[str], *, origin: str | None = None) -
         with open(path, "rb") as handle:
             raw = handle.read()
     except FileNotFoundError:
-        raise PricingError(f"pricing overrides {shown}: file not found") from None
+        raise OverridesError(f"pricing overrides {shown}: file not found") from None
     except IsADirectoryError:
-        raise PricingError(f"pricing overrides {shown}: is a directory, not a TOML file") from None
+        raise OverridesError(f"pricing overrides {shown}: is a directory, not a TOML file") from None
     except OSError as err:
-        raise PricingError(f"pricing overrides {shown}: cannot read: {err.strerror or err}") from None
+        raise OverridesError(f"pricing overrides {shown}: cannot read: {err.strerror or err}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise PricingError(f"pricing overrides {shown}: not UTF-8 text (byte {err.start})") from None
+        raise OverridesError(f"pricing overrides {shown}: not UTF-8 text (byte {err.start})") from None
+    document = parse_toml(text, OverridesError, f"pricing overrides {shown}: not valid TOML")
     try:
-        document = _toml_loads(text)
-    except _decode_error_type() as err:
-        raise PricingError(f"pricing overrides {shown}: not valid TOML: {err}") from None
+        return _overrides_from(document, reader, path, raw)
+    except OverridesError as err:
+        line = line_of(text, err.at) if err.at else None
+        if line is None:
+            raise
+        prefix = f"pricing overrides {shown}"
+        message = str(err).replace(f"{prefix}:", f"{prefix}, line {line}:", 1)
+        raise OverridesError(message, at=err.at) from None
 
+
+def _overrides_from(
+    document: Mapping[str, Any], reader: _Reader, path: str | os.PathLike[str], raw: bytes
+) -> Overrides:
+    """The overrides in a parsed file. Raises OverridesError, `at` the key at fault."""
     for key in document:
         if key != "models":
             raise reader.fail(_key(key), 'unknown key (expected only a [models."<model id or glob>"] table)')

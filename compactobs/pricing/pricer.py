@@ -217,6 +217,10 @@ class Pricer:
                 self._cards[key] = card
         return card
 
+    def load(self) -> None:
+        """Load genai-prices' data now (otherwise imported on the first call priced)."""
+        self._current_snapshot()
+
     def _current_snapshot(self) -> data_snapshot.DataSnapshot:
         snapshot = data_snapshot.get_snapshot()
         if snapshot is not self._snapshot:

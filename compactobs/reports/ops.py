@@ -208,9 +208,7 @@ def _ms(value: float | None) -> float | None:
 
 
 Percentiles = dict[Any, tuple[float, ...]]
-OpsFigures = tuple[
-    Sequence[Sequence[Any]], Sequence[Sequence[Any]], Percentiles, Any, Percentiles, Any
-]
+OpsFigures = tuple[Sequence[Sequence[Any]], Sequence[Sequence[Any]], Percentiles, Any, Percentiles, Any]
 """What the report is made of: (by model: (model, calls, error calls, retried calls, retries) in model
 order; errors: (error type, calls, retries), most first; latency percentiles by model and over all; TTFT
 percentiles by model and over all)."""

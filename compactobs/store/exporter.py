@@ -555,7 +555,10 @@ def install(
     processor = StoreSpanProcessor(exporter)
     tracer_provider.add_span_processor(processor)
     _installed.add(processor)
-    threading.Thread(target=exporter.prepare, name="compactobs-store-prepare", daemon=True).start()
+    processor.preparing = threading.Thread(
+        target=exporter.prepare, name="compactobs-store-prepare", daemon=True
+    )
+    processor.preparing.start()
     return processor
 
 

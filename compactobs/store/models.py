@@ -84,12 +84,10 @@ calls: Table = Table(
     Column("trace_id", String(32), nullable=False),
     Column("service_name", String),
     Column("conversation_id", String),
-
     Column("start_time", DateTime(timezone=True), comment="UTC", nullable=False),
     Column("start_ms", BigInteger, comment="epoch milliseconds, for Grafana", nullable=False),
     Column("end_ms", BigInteger, nullable=False),
     Column("duration_ms", Float, nullable=False),
-
     Column("provider", String),
     Column("operation", String),
     Column("request_model", String),
@@ -97,16 +95,13 @@ calls: Table = Table(
     Column("response_id", String),
     Column("request_id", String),
     Column("stop_reason", String),
-
     Column("status", String(5), comment="OK, ERROR or UNSET (the span status)", nullable=False),
     Column("error_type", String),
     Column("http_status", Integer),
     Column("attempts", Integer, comment="HTTP attempts: retries + 1", nullable=False),
-
     Column("stream", Boolean),
     Column("ttft_ms", Float),
     Column("stream_end", String),
-
     Column("compaction_trigger", BigInteger),
     Column("compaction_pause_after", Boolean),
     Column("compaction_on_demand", Boolean),
@@ -116,7 +111,6 @@ calls: Table = Table(
     Column("region", String, comment="the platform's region (Bedrock, Vertex, Foundry); NULL first-party"),
     Column("batch_id", String, comment="Message Batches: the batch a result came from"),
     Column("custom_id", String, comment="Message Batches: the request's custom_id in its batch"),
-
     # Billed totals over every iteration.
     Column("input_tokens", BigInteger, comment="uncached input"),
     Column("output_tokens", BigInteger, comment="thinking included"),
@@ -130,7 +124,6 @@ calls: Table = Table(
         "top_level_input_tokens", BigInteger, comment="what the top-level usage said (compaction left out)"
     ),
     Column("top_level_output_tokens", BigInteger),
-
     Column("cost_usd", Usd, comment="NULL when unpriced"),
     Column("priced", Boolean, comment="NULL when the call carried no usage"),
     Column("pricing_version", String),
@@ -140,7 +133,6 @@ calls: Table = Table(
     Column("cost_cache_write_5m_usd", Usd),
     Column("cost_cache_write_1h_usd", Usd),
     Column("cost_server_tools_usd", Usd),
-
     Column("iterations_count", Integer),
     Column("compactions_count", Integer),
     Column("compactions_failed", Integer),
@@ -150,7 +142,6 @@ calls: Table = Table(
     Column("budget_tokens", BigInteger),
     Column("budget_max_compactions", Integer),
     Column("out_of_range", String, comment=OUT_OF_RANGE_COMMENT),
-
     # Time filters use start_ms: an 8-byte integer makes smaller, cheaper indexes than a timestamp (and is
     # what Grafana's SQLite plugin buckets). start_time is for display and date functions.
     Index(None, "start_ms"),
@@ -174,13 +165,11 @@ iterations: Table = Table(
     Column("model", String),
     Column("known_type", Boolean),
     Column("declined", Boolean),
-
     Column("input_tokens", BigInteger),
     Column("output_tokens", BigInteger),
     Column("cache_read_tokens", BigInteger),
     Column("cache_write_5m_tokens", BigInteger),
     Column("cache_write_1h_tokens", BigInteger),
-
     Column("cost_usd", Usd),
     Column("priced", Boolean),
     Column("cost_input_usd", Usd),
@@ -189,7 +178,6 @@ iterations: Table = Table(
     Column("cost_cache_write_5m_usd", Usd),
     Column("cost_cache_write_1h_usd", Usd),
     Column("out_of_range", String, comment=OUT_OF_RANGE_COMMENT),
-
     # By call: the primary key. By time (reports by iteration model or type): start_ms.
     Index(None, "start_ms"),
 )

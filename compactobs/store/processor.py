@@ -76,6 +76,9 @@ class StoreSpanProcessor(SpanProcessor):
         batch = max_export_batch_size or _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
         self.max_export_batch_size = min(batch or DEFAULT_MAX_EXPORT_BATCH_SIZE, self.max_queue_size)
         self._overflow_warned = False
+        self._retired = False
+        self.preparing: threading.Thread | None = None
+        """The thread that loads the migrations and checks the schema ahead of the first export, if any."""
         self._reset()
         if hasattr(os, "register_at_fork"):
             reset = weakref.WeakMethod(self._reset)
@@ -98,8 +101,16 @@ class StoreSpanProcessor(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         pass
 
+    def retire(self) -> None:
+        """After `shutdown`, for a processor left on a provider the application keeps (compactobs set up
+        anew, or shut down for good): ignore every span from now on, instead of spooling it for a store
+        that is no longer in use."""
+        self._retired = True
+
     def on_end(self, span: ReadableSpan) -> None:
         """Never raises, never waits on the database."""
+        if self._retired:
+            return
         try:
             scope = span.instrumentation_scope
             if scope is None or scope.name != t.INSTRUMENTATION_SCOPE:

@@ -1,0 +1,152 @@
+"""Forked workers: every call a forked child makes lands in the store, priced, on SQLite and PostgreSQL.
+
+Each test runs an application in a fresh interpreter (forking the pytest process itself would copy its
+threads' locks): `compactobs.instrument(url)`, the real SDK against the simulator in the parent, one call
+made by the parent before the fork (so the recorder and the store's threads are busy when it forks), then
+children that make calls and end as real workers end:
+- a multiprocessing Pool with the fork start method (its workers end with `os._exit` after
+  multiprocessing's own finalizers, so atexit never runs in them);
+- a pre-forking server: a parent forks N workers that each make calls and `sys.exit` (gunicorn's way);
+- a child that ends with `os._exit` itself, after `compactobs.flush()` (the documented remedy).
+
+Every reply bills 1,000 input and 100 output tokens at claude-opus-4-8 ($5/$25 per MTok):
+1,000 x 5/1e6 + 100 x 25/1e6 = 0.005 + 0.0025 = $0.0075 a call.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from compactobs import store
+from compactobs.store import calls
+
+ROOT = Path(__file__).resolve().parent.parent
+PER_CALL = Decimal("0.0075")
+
+PRELUDE = textwrap.dedent(
+    """
+    import os, sys
+    import anthropic, compactobs
+    from compactobs.testing import Reply, Simulator, message
+
+    url, children, calls_each = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    compactobs.instrument(url)
+    sim = Simulator()
+    sim.__enter__()
+    reply = Reply(message(usage={"input_tokens": 1000, "output_tokens": 100}))
+    sim.enqueue(*[reply] * (1 + children * calls_each))
+    client = anthropic.Anthropic(base_url=sim.base_url, api_key="k")
+
+    def call():
+        client.messages.create(
+            model="claude-opus-4-8", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+        )
+
+    call()  # the parent's own call: its recorder and store threads are at work when it forks
+    """
+)
+
+POOL = PRELUDE + textwrap.dedent(
+    """
+    import multiprocessing
+
+    def work(_):
+        call()
+        return os.getpid()
+
+    with multiprocessing.get_context("fork").Pool(children) as pool:
+        pids = pool.map(work, range(children * calls_each), chunksize=1)
+    print(len(set(pids)), "workers", flush=True)
+    """
+)
+
+PREFORK = PRELUDE + textwrap.dedent(
+    """
+    workers = []
+    for _ in range(children):
+        pid = os.fork()
+        if pid == 0:  # a worker: serve, then end as gunicorn's workers do
+            for _ in range(calls_each):
+                call()
+            sys.exit(0)
+        workers.append(pid)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in workers]
+    print(codes, flush=True)
+    """
+)
+
+OS_EXIT = PRELUDE + textwrap.dedent(
+    """
+    workers = []
+    for _ in range(children):
+        pid = os.fork()
+        if pid == 0:
+            for _ in range(calls_each):
+                call()
+            compactobs.flush()
+            os._exit(0)  # no atexit, no finalizers: only what flush() wrote is kept
+        workers.append(pid)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in workers]
+    print(codes, flush=True)
+    """
+)
+
+
+def run_app(script: str, url: str, tmp_path: Path, children: int, calls_each: int) -> str:
+    env = {"XDG_DATA_HOME": str(tmp_path / "xdg"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script, url, str(children), str(calls_each)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.stdout
+
+
+def stored(url: str) -> tuple[int, Decimal]:
+    engine = store.make_engine(url, create=False)
+    try:
+        with engine.connect() as connection:
+            count, cost = connection.execute(select(func.count(), func.sum(calls.c.cost_usd))).one()
+    finally:
+        engine.dispose()
+    return count, Decimal(str(cost))
+
+
+@pytest.fixture
+def upgraded(database_url: str) -> str:
+    store.upgrade_database(database_url)
+    return database_url
+
+
+def test_a_fork_pool_stores_every_call_its_workers_make(upgraded: str, tmp_path: Path) -> None:
+    """Before: the workers' calls waited in memory and went with `os._exit` (1 of 201 stored)."""
+    out = run_app(POOL, upgraded, tmp_path, children=4, calls_each=25)
+    assert out.strip() == "4 workers"  # every worker took calls
+    # 1 parent call + 4 x 25 = 101 calls; 101 x $0.0075 = $0.7575
+    assert stored(upgraded) == (101, Decimal("0.7575"))
+
+
+def test_pre_forked_workers_store_every_call(upgraded: str, tmp_path: Path) -> None:
+    out = run_app(PREFORK, upgraded, tmp_path, children=3, calls_each=20)
+    assert out.strip() == "[0, 0, 0]"
+    # 1 + 3 x 20 = 61 calls; 61 x $0.0075 = $0.4575
+    assert stored(upgraded) == (61, Decimal("0.4575"))
+
+
+def test_a_child_that_ends_with_os_exit_keeps_what_it_flushed(upgraded: str, tmp_path: Path) -> None:
+    out = run_app(OS_EXIT, upgraded, tmp_path, children=2, calls_each=15)
+    assert out.strip() == "[0, 0]"
+    # 1 + 2 x 15 = 31 calls; 31 x $0.0075 = $0.2325
+    assert stored(upgraded) == (31, Decimal("0.2325"))
