@@ -670,16 +670,28 @@ def format_cell(value: Any, kind: ColumnKind, signed: bool = False) -> str:
     return printable(str(value))
 
 
-def _cell(row: Mapping[str, Any], column: str, kind: ColumnKind, last_key: bool = False) -> str:
-    """A row's cell as text: money left unpriced says so, never $0 or a blank; and the last group key of a
-    row of unpriced calls only says so too, so that it never reads as a repeat of the priced row beside it
-    (two `2026-12-02` rows)."""
+def unpriced_row(row: Mapping[str, Any], money: Sequence[str]) -> bool:
+    """Whether a row's figures are unpriced: it has unpriced calls and none of its `money` columns is known
+    (its other calls, if any, have no usage to price)."""
+    return bool(row.get("unpriced_calls")) and all(row.get(column) is None for column in money)
+
+
+def _cell(
+    row: Mapping[str, Any], column: str, kind: ColumnKind, last_key: bool = False, unpriced: bool = False
+) -> str:
+    """A row's cell as text: money left unpriced says so, never $0 or a blank; and the last group key of an
+    `unpriced` row says so too, so that it never reads as a repeat of the priced row beside it (two
+    `2026-12-02` rows)."""
     value = row.get(column)
     if kind in ("usd", "usd_delta") and value is None and row.get("unpriced_calls"):
         return "unpriced"
-    if last_key and row.get("unpriced_calls") and row.get("unpriced_calls") == row.get("calls"):
+    if last_key and unpriced:
         return f"{format_cell(value, kind)} (unpriced)"
     return format_cell(value, kind)
+
+
+def _money_columns(report: Report) -> list[str]:
+    return [column for column in report.columns if report.kind(column) == "usd"]
 
 
 def _last_key(kinds: Sequence[ColumnKind]) -> int:
@@ -729,9 +741,11 @@ def _render_md_table(report: Report) -> list[str]:
         "|" + "|".join("---:" if k in _NUMERIC_KINDS else "---" for k in kinds) + "|",
     ]
     last_key = _last_key(kinds)
+    money = _money_columns(report)
     for row in report.rows:
+        unpriced = unpriced_row(row, money)
         cells = [
-            _md_escape(_cell(row, c, k, i == last_key))
+            _md_escape(_cell(row, c, k, i == last_key, unpriced))
             for i, (c, k) in enumerate(zip(columns, kinds, strict=True))
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -781,12 +795,14 @@ def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Any]
     labels = [strip_control_codes(report.label(c)) for c in columns]
     # Control codes out first, as Text takes them out, so that widths are measured on what is shown.
     last_key = _last_key(kinds)
+    money = _money_columns(report)
     rows = [
         [
-            strip_control_codes(_cell(row, column, kind, i == last_key))
+            strip_control_codes(_cell(row, column, kind, i == last_key, unpriced))
             for i, (column, kind) in enumerate(zip(columns, kinds, strict=True))
         ]
         for row in report.rows
+        for unpriced in (unpriced_row(row, money),)
     ]
     footers: list[str] | None = None
     if report.totals is not None:

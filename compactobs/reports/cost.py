@@ -21,7 +21,9 @@ Which table each grouping reads, so that totals always equal the sum of the grou
 Unpriced calls (a model with no price: `calls.priced` false) are rows of their own, never $0: the same
 group keys, their tokens, `cost_usd` null and `unpriced_calls` = their count; every one of their
 iterations goes there, so priced rows hold only fully priced calls and cost totals agree whatever the
-grouping. Totals' money is the priced calls'; a warning names the unpriced models.
+grouping. Grouped by model, an unpriced model's calls without usage (errors: nothing billed, `priced`
+NULL) join its unpriced row, so the model is one row, never a $0 row beside it. Totals' money is the
+priced calls'; a warning names the unpriced models.
 
 The headline: what the top-level `usage` alone would have said, and the gap. The top-level fields leave
 the compaction iterations out (DESIGN.md section 3, rule 1), so a tool that prices them reports the bill
@@ -492,9 +494,14 @@ def _window_rows(
             rows.append(_with_headline({**keys, **measures}))
             continue
         priced = {name: measures[name] - left_out[name] for name in (*COUNTS, *MONEY, "unpriced_calls")}
-        if priced["calls"] or priced["iterations"]:
-            rows.append(_with_headline({**keys, **priced}))
         left_out["unpriced_calls"] = left_out["calls"]
+        if not priced["iterations"] and priced["calls"] and "model" in by:
+            # Only calls of this unpriced model without usage (errors: nothing billed, no price looked up)
+            # are left: they join its unpriced row, so the model stays one row, not a false $0 beside it.
+            for name in COUNTS:
+                left_out[name] += priced[name]
+        elif priced["calls"] or priced["iterations"]:
+            rows.append(_with_headline({**keys, **priced}))
         rows.append(_with_headline({**keys, **left_out, **dict.fromkeys(MONEY)}))
     return rows, _totals(rows), sorted(models)
 
