@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from compactobs._version import __version__
 from compactobs.pricing import PricingError
 from compactobs.reports._common import FORMATS, Filters, Report, ReportInputError, build_filters, render
+from compactobs.reports._safe import shown
 from compactobs.reports.anomalies import Thresholds
 from compactobs.store import (
     ENV_DATABASE_URL,
@@ -339,7 +340,7 @@ def emit_report(report: Report, fmt: str) -> None:
     click.echo(text, nl=False, color=color)
     if fmt == "csv":
         for warning in report.warnings:
-            click.echo(f"Warning: {warning}", err=True)
+            click.echo(f"Warning: {shown(warning)}", err=True)
 
 
 # -- report anomalies | ops | conversation ----------------------------------------------------------------
@@ -535,7 +536,7 @@ def report_conversation(
     click.echo(render_conversation(result, fmt, _terminal_width(), color=color), nl=False, color=color)
     if fmt == "csv":
         for warning in result.warnings:
-            click.echo(f"Warning: {warning}", err=True)
+            click.echo(f"Warning: {shown(warning)}", err=True)
 
 
 # -- demo ------------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from sqlalchemy import (
 )
 
 from compactobs.pricing.records import to_json_number
-from compactobs.reports._safe import csv_cell, printable
+from compactobs.reports._safe import json_text, shown
 from compactobs.store.models import calls, epoch_ms
 
 __all__ = [
@@ -667,7 +667,7 @@ def format_cell(value: Any, kind: ColumnKind, signed: bool = False) -> str:
         return f"{float(value) * 100:+,.1f}%" if signed else f"{float(value) * 100:,.1f}%"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return printable(str(value))
+    return str(value)  # as it is: each renderer shows it safely (`_safe.shown`)
 
 
 def unpriced_row(row: Mapping[str, Any], money: Sequence[str]) -> bool:
@@ -706,7 +706,7 @@ def _csv_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float, Decimal)):
         return json.dumps(to_json_number(value))
-    return csv_cell(str(value))
+    return shown(str(value), "csv")
 
 
 def _render_json(report: Report) -> str:
@@ -717,27 +717,28 @@ def _render_json(report: Report) -> str:
         None if report.totals is None else {k: to_json_value(v) for k, v in report.totals.items()}
     )
     document["warnings"] = list(report.warnings)
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    return json_text(document)
 
 
 def _render_csv(report: Report) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([csv_cell(column) for column in report.columns])
+    writer.writerow([shown(column, "csv") for column in report.columns])
     for row in report.rows:
         writer.writerow([_csv_value(row.get(c)) for c in report.columns])
     return out.getvalue()
 
 
 def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
+    return shown(text, "md")
 
 
 def _render_md_table(report: Report) -> list[str]:
     columns = report.shown_columns()
     kinds = [report.kind(c) for c in columns]
     lines = [
-        "| " + " | ".join(_md_escape(report.label(c)) for c in columns) + " |",
+        # Column labels are the report's own words (JSON keys among them): only a pipe would break the row.
+        "| " + " | ".join(report.label(c).replace("|", "\\|") for c in columns) + " |",
         "|" + "|".join("---:" if k in _NUMERIC_KINDS else "---" for k in kinds) + "|",
     ]
     last_key = _last_key(kinds)
@@ -761,20 +762,20 @@ def _render_md_table(report: Report) -> list[str]:
 
 
 def _render_md(report: Report) -> str:
-    lines = [f"## {report.title or report.name}", ""]
+    lines = [f"## {_md_escape(report.title or report.name)}", ""]
     if report.header:
         lines += [_md_escape(h) + "  " for h in report.header]
         lines.append("")
     if report.rows:
         lines += _render_md_table(report)
     else:
-        lines.append(report.empty_message)
+        lines.append(_md_escape(report.empty_message))
     for section in report.sections:
-        lines += ["", f"### {section.title or section.name}", ""]
-        lines += _render_md_table(section) if section.rows else [section.empty_message]
+        lines += ["", f"### {_md_escape(section.title or section.name)}", ""]
+        lines += _render_md_table(section) if section.rows else [_md_escape(section.empty_message)]
     if report.notes:
         lines.append("")
-        lines += [f"{note}  " for note in report.notes]
+        lines += [f"{_md_escape(note)}  " for note in report.notes]
     if report.warnings:
         lines.append("")
         lines += [f"> **Warning:** {_md_escape(w)}" for w in report.warnings]
@@ -787,18 +788,17 @@ def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Any]
     because Table measures and renders every cell through its renderable protocol, about 0.1 ms a cell:
     15 s for a 10,000-call conversation, against well under a second line by line."""
     from rich.cells import cell_len
-    from rich.control import strip_control_codes
     from rich.text import Span, Text
 
     columns = report.shown_columns()
     kinds = [report.kind(c) for c in columns]
-    labels = [strip_control_codes(report.label(c)) for c in columns]
-    # Control codes out first, as Text takes them out, so that widths are measured on what is shown.
+    labels = [shown(report.label(c)) for c in columns]
+    # Control characters made visible first, so that widths are measured on what is shown.
     last_key = _last_key(kinds)
     money = _money_columns(report)
     rows = [
         [
-            strip_control_codes(_cell(row, column, kind, i == last_key, unpriced))
+            shown(_cell(row, column, kind, i == last_key, unpriced))
             for i, (column, kind) in enumerate(zip(columns, kinds, strict=True))
         ]
         for row in report.rows
@@ -810,7 +810,7 @@ def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Any]
         footers = [
             ("Total" if index == 0 else "")
             if kind == "key" or column not in totals
-            else strip_control_codes(format_cell(totals[column], kind))
+            else shown(format_cell(totals[column], kind))
             for index, (column, kind) in enumerate(zip(columns, kinds, strict=True))
         ]
     widths = [
@@ -963,13 +963,15 @@ def _print_lines(console: Any, out: io.StringIO, lines: list[Any], color: bool) 
 
 
 def _printable_texts(report: Report) -> Report:
-    """The report with its free texts (title, header, notes, warnings; its sections' too) printable."""
+    """The report with its free texts (title, header, notes, warnings, empty message; its sections' too) as
+    a terminal shows them safely: they may quote ids and models."""
     return replace(
         report,
-        title=None if report.title is None else printable(report.title),
-        header=[printable(line) for line in report.header],
-        notes=[printable(line) for line in report.notes],
-        warnings=[printable(line) for line in report.warnings],
+        title=None if report.title is None else shown(report.title),
+        header=[shown(line) for line in report.header],
+        notes=[shown(line) for line in report.notes],
+        warnings=[shown(line) for line in report.warnings],
+        empty_message=shown(report.empty_message),
         sections=[_printable_texts(section) for section in report.sections],
     )
 
@@ -985,15 +987,15 @@ def render(
     """The report as text: `table` (rich: right-aligned numbers, thousands separators, a totals row,
     never a truncated digit; ANSI colours only when `color`; `fit_width`: a terminal's width, to which a
     report with `narrow_columns` fits its table), `json`, `csv` (the rows, all columns) or `md` (a
-    Markdown document). Raises ReportInputError for another format. Data is printed safe: no terminal
-    control sequences in table, md or csv, no spreadsheet formulas in csv (see `_safe`)."""
+    Markdown document). Raises ReportInputError for another format. Every string from outside goes through
+    `_safe.shown` for its format (no control sequence, bidi override or line break acts; no formula in
+    csv; no Markdown or HTML in md); JSON keeps it exact, those characters escaped (`_safe.json_text`)."""
     if fmt == "json":
         return _render_json(report)
-    report = _printable_texts(report)
     if fmt == "csv":
         return _render_csv(report)
     if fmt == "md":
         return _render_md(report)
     if fmt == "table":
-        return _render_table(report, console_width, color, fit_width)
+        return _render_table(_printable_texts(report), console_width, color, fit_width)
     raise ReportInputError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
