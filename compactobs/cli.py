@@ -334,9 +334,7 @@ def emit_report(report: Report, fmt: str) -> None:
     """Print a report in `fmt`. CSV carries no warnings, so they go to stderr."""
     color = fmt == "table" and use_color()
     width = shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 100
-    # A wide table is fitted to a terminal (its width, or COLUMNS); piped elsewhere, it keeps every column.
-    fit = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-    text = render(report, fmt, console_width=width, color=color, fit_width=fit)
+    text = render(report, fmt, console_width=width, color=color, fit_width=fit_width())
     click.echo(text, nl=False, color=color)
     if fmt == "csv":
         for warning in report.warnings:
@@ -347,6 +345,12 @@ def emit_report(report: Report, fmt: str) -> None:
 
 _THRESHOLDS = Thresholds()
 """The defaults the threshold options show."""
+
+
+def fit_width() -> int | None:
+    """The width a wide table is fitted to: the terminal's (its size, or COLUMNS); piped elsewhere, none:
+    every column."""
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
 
 
 def _terminal_width() -> int:
@@ -533,10 +537,29 @@ def report_conversation(
     with report_engine(state) as engine, working("reading the conversation ..."):
         result = conversation_report(engine, filters, conversation_id)
     color = fmt == "table" and use_color()
-    click.echo(render_conversation(result, fmt, _terminal_width(), color=color), nl=False, color=color)
+    text = render_conversation(result, fmt, _terminal_width(), color=color, fit_width=fit_width())
+    click.echo(text, nl=False, color=color)
     if fmt == "csv":
         for warning in result.warnings:
             click.echo(f"Warning: {shown(warning)}", err=True)
+
+
+@report.command("call")
+@click.argument("reference", metavar="ID")
+@click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format."
+)
+@pass_state
+def report_call(state: CliState, reference: str, fmt: str) -> None:
+    """One call by request id (req_...), message id (msg_...) or span id: its iterations, each with its
+    type, model, tokens, the rates that priced them and its cost, summing to the call's cost, and the
+    top-level usage beside the billed totals. `report conversation` shows each call's span id. An unknown
+    ID exits 2."""
+    from compactobs.reports.call import call_report
+
+    with report_engine(state) as engine, working("reading the call ..."):
+        result = call_report(engine, reference)
+    emit_report(result, fmt)
 
 
 # -- demo ------------------------------------------------------------------------------------------------
