@@ -76,6 +76,7 @@ __all__ = [
     "parse_tz",
     "parse_when",
     "render",
+    "sort_and_limit",
     "to_json_number",
     "to_json_value",
     "utc_offsets",
@@ -583,7 +584,9 @@ class Report:
     - `sections`: more tables shown below the main one (table and Markdown only);
     - `empty_message`: shown instead of a table when there are no rows;
     - `narrow_columns`: smaller sets of `table_columns`, widest first, for a table rendered to fit a
-      terminal (`render(..., fit_width=...)`): the first that fits is shown, with a hint to the rest.
+      terminal (`render(..., fit_width=...)`): the first that fits is shown, with a hint to the rest;
+    - `bar_column`: a column drawn as a bar beside itself in a table rendered to fit a terminal, in the
+      room the table leaves (never in JSON, CSV, Markdown or a table piped elsewhere).
     """
 
     name: str
@@ -601,6 +604,7 @@ class Report:
     empty_message: str = "No calls recorded in this window."
     notes: list[str] = field(default_factory=list)
     narrow_columns: list[list[str]] = field(default_factory=list)
+    bar_column: str | None = None
 
     def kind(self, column: str) -> ColumnKind:
         if column in self.kinds:
@@ -623,6 +627,39 @@ class Report:
 
     def shown_columns(self) -> list[str]:
         return list(self.table_columns) if self.table_columns is not None else list(self.columns)
+
+
+def sort_and_limit(report: Report, sort: str | None = None, limit: int | None = None) -> Report:
+    """The report with its rows ordered by `sort` (a column's JSON name or table label: numbers largest
+    first, text in order, empty last) and cut to the first `limit`; totals untouched, so they still cover
+    every call, and a note (and JSON's `limited`) says how many rows are shown. Raises ReportInputError for
+    a column the report does not have, or a limit below 1."""
+    rows = list(report.rows)
+    if sort is not None:
+        wanted = sort.strip()
+        column = next((c for c in report.columns if wanted in (c, report.label(c))), None)
+        if column is None:
+            names = ", ".join(report.columns)
+            raise ReportInputError(f"cannot sort {report.name} by {sort!r}: use one of {names}")
+        numeric = report.kind(column) in _NUMERIC_KINDS
+        present = [row for row in rows if row.get(column) is not None]
+        absent = [row for row in rows if row.get(column) is None]
+        if numeric:
+            present.sort(key=lambda row: row[column], reverse=True)
+        else:
+            present.sort(key=lambda row: str(row[column]))
+        rows = present + absent
+    notes, extra = list(report.notes), dict(report.extra)
+    if limit is not None:
+        if limit < 1:
+            raise ReportInputError(f"--limit {limit}: give a number of rows, 1 or more")
+        if len(rows) > limit:
+            notes.insert(
+                0, f"Showing {limit:,} of {len(rows):,} rows (--limit); the totals cover every call."
+            )
+            extra["limited"] = {"rows": len(rows), "shown": limit}
+            rows = rows[:limit]
+    return replace(report, rows=rows, notes=notes, extra=extra)
 
 
 def to_json_value(value: Any) -> Any:
@@ -881,11 +918,10 @@ def _shown_width(lines: list[Any]) -> int:
 
 def _fitted(report: Report, fit_width: int | None, color: bool) -> tuple[Report, list[Any]]:
     """The report with the widest of its column sets whose table fits `fit_width` (the narrowest when none
-    does; all of them without a width), a hint to the columns left out among its notes; and its lines."""
-    from dataclasses import replace
-
+    does; all of them without a width), a hint to the columns left out among its notes, and its bars in the
+    room left; and its lines."""
     lines = _table_lines(report, color)
-    if fit_width is None or not report.narrow_columns:
+    if fit_width is None:
         return report, lines
     full = report.shown_columns()
     full_width = _shown_width(lines)
@@ -903,7 +939,47 @@ def _fitted(report: Report, fit_width: int | None, color: bool) -> tuple[Report,
             "or with --format json|csv|md."
         )
         report = replace(report, notes=[*report.notes, hint])
+    if report.bar_column is not None and report.bar_column in shown:
+        return _with_bars(report, report.bar_column, fit_width - _shown_width(lines) - 3, lines, color)
     return report, lines
+
+
+_BAR_LABEL: Final = "_bar"
+_EIGHTHS: Final = " ▏▎▍▌▋▊▉"
+
+
+def bar(value: float, largest: float, width: int) -> str:
+    """`value` as a bar of eighth blocks, `width` cells at `largest`."""
+    if largest <= 0 or value <= 0:
+        return ""
+    eighths = round(value / largest * width * 8)
+    return "█" * (eighths // 8) + (_EIGHTHS[eighths % 8] if eighths % 8 else "")
+
+
+def _with_bars(
+    report: Report, column: str, room: int, lines: list[Any], color: bool
+) -> tuple[Report, list[Any]]:
+    """The report with a bar column after `column`, as wide as `room` allows (at most 24 cells; none
+    under 6)."""
+    width = min(24, room)
+    if width < 6:
+        return report, lines
+    values = [float(row[column]) if row.get(column) is not None else 0.0 for row in report.rows]
+    largest = max(values, default=0.0)
+    rows = [
+        {**row, _BAR_LABEL: bar(value, largest, width)}
+        for row, value in zip(report.rows, values, strict=True)
+    ]
+    shown = report.shown_columns()
+    at = shown.index(column) + 1
+    report = replace(
+        report,
+        rows=rows,
+        table_columns=[*shown[:at], _BAR_LABEL, *shown[at:]],
+        kinds={**report.kinds, _BAR_LABEL: "text"},
+        labels={**report.labels, _BAR_LABEL: ""},
+    )
+    return report, _table_lines(report, color)
 
 
 def _render_table(
@@ -931,10 +1007,12 @@ def _render_table(
         emoji=False,
         soft_wrap=False,
     )
+    # Fitted to a terminal, the lines above and below the table wrap at its width too.
+    wrap = fit_width is None or max(_shown_width(lines) for lines in tables or [[]]) > fit_width
     title = report.title or report.name
-    console.print(f"[bold]{title}[/bold]" if color else title, markup=color, highlight=False)
+    console.print(f"[bold]{title}[/bold]" if color else title, markup=color, highlight=False, soft_wrap=wrap)
     for line in report.header:
-        console.print(line, markup=False, highlight=False, style="dim" if color else None, soft_wrap=True)
+        console.print(line, markup=False, highlight=False, style="dim" if color else None, soft_wrap=wrap)
     if report.rows:
         _print_lines(console, out, tables[0], color)
     else:
@@ -942,8 +1020,6 @@ def _render_table(
         console.print(report.empty_message, markup=False, soft_wrap=True)
     for lines in tables[1 if report.rows else 0 :]:
         _print_lines(console, out, lines, color)
-    # Fitted to a terminal, the lines below the table wrap at its width too.
-    wrap = fit_width is None or max(_shown_width(lines) for lines in tables or [[]]) > fit_width
     for note in report.notes:
         console.print(note, markup=False, highlight=False, soft_wrap=wrap)
     for warning in report.warnings:

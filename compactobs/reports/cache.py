@@ -567,5 +567,5 @@ def cache_report(
         labels=dict(_LABELS),
         table_columns=table_columns,
         notes=notes,
-        narrow_columns=[medium, narrow],
+        narrow_columns=[medium, narrow, [*keys, "hit_ratio", "net_usd"], [*keys, "net_usd"]],
     )

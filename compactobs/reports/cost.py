@@ -654,6 +654,26 @@ def cost_report(
         {"delta_cost_usd": "usd_delta", "delta_cost_pct": "ratio_delta", "compaction_share": "ratio"}
     )
 
+    unpriced = ["unpriced_calls"] if totals["unpriced_calls"] else []
+    # Smaller sets for a terminal of 120 and of 80 columns: the groups, their calls and what they cost stay,
+    # and what the top level hides while there is room.
+    narrow_columns = [
+        [
+            *keys,
+            "calls",
+            "input_tokens",
+            "output_tokens",
+            "cache_read_input_tokens",
+            "cost_usd",
+            "hidden_cost_usd",
+            *unpriced,
+        ],
+        [*keys, "calls", "cost_usd", "hidden_cost_usd", *unpriced],
+        [*keys, "calls", "cost_usd"],
+        [*keys, "cost_usd"],
+    ]
+    if compare_columns and not time_key:
+        narrow_columns = [[*columns, "delta_cost_usd"] for columns in narrow_columns[:2]] + narrow_columns
     report = Report(
         name="cost",
         title=title,
@@ -668,6 +688,9 @@ def cost_report(
         table_columns=table_columns,
         sections=[_split_section(rows, totals)] if rows else [],
         empty_message="No calls recorded in this window.",
+        narrow_columns=narrow_columns,
+        # On a terminal, spend over time as bars beside the cost.
+        bar_column="cost_usd" if time_key is not None and not compare_columns else None,
     )
     if rows and totals["compaction_cost_usd"]:
         words = headline(totals["top_level_cost_usd"], totals["cost_usd"], totals["hidden_cost_usd"])
