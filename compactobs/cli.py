@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 
 from compactobs._version import __version__
 from compactobs.pricing import PricingError
+from compactobs.progress import stdout_fit_width
 from compactobs.reports._common import (
     FORMATS,
     Filters,
@@ -358,7 +359,7 @@ def emit_report(report: Report, fmt: str, sort: str | None = None, limit: int | 
         report = sort_and_limit(report, sort, limit)
     color = fmt == "table" and use_color()
     width = shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 100
-    text = render(report, fmt, console_width=width, color=color, fit_width=fit_width())
+    text = render(report, fmt, console_width=width, color=color, fit_width=stdout_fit_width())
     click.echo(text, nl=False, color=color)
     if fmt == "csv":
         for warning in report.warnings:
@@ -369,12 +370,6 @@ def emit_report(report: Report, fmt: str, sort: str | None = None, limit: int | 
 
 _THRESHOLDS = Thresholds()
 """The defaults the threshold options show."""
-
-
-def fit_width() -> int | None:
-    """The width a wide table is fitted to: the terminal's (its size, or COLUMNS); piped elsewhere, none:
-    every column."""
-    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
 
 
 def _terminal_width() -> int:
@@ -564,7 +559,7 @@ def report_conversation(
     with report_engine(state) as engine, working("reading the conversation ..."):
         result = conversation_report(engine, filters, conversation_id)
     color = fmt == "table" and use_color()
-    text = render_conversation(result, fmt, _terminal_width(), color=color, fit_width=fit_width())
+    text = render_conversation(result, fmt, _terminal_width(), color=color, fit_width=stdout_fit_width())
     click.echo(text, nl=False, color=color)
     if fmt == "csv":
         for warning in result.warnings:

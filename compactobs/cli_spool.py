@@ -5,6 +5,8 @@ Thin over compactobs.store.spool_admin; registered on the main group (and under 
 
 from __future__ import annotations
 
+import textwrap
+
 import click
 
 __all__ = ["spool", "spool_lines"]
@@ -54,21 +56,33 @@ def spool_status(state: object) -> None:
 @click.pass_obj
 def spool_show(state: object) -> None:
     """Every spool file: calls, iterations, bytes, and for set-aside files the database's reason."""
+    from compactobs.progress import stdout_fit_width
+    from compactobs.reports._safe import shown
     from compactobs.store import spool_admin
 
+    width = stdout_fit_width()
+
+    def echo(line: str) -> None:
+        # On a terminal, a long line (a database's reason) wraps at its width, indented under its file.
+        if width is None or len(line) <= width:
+            click.echo(line)
+            return
+        click.echo("\n".join(textwrap.wrap(line, width, subsequent_indent=" " * 11, break_on_hyphens=False)))
+
     found = spool_admin.summary(state.database_url)  # type: ignore[attr-defined]
-    click.echo(f"spool of {found.database or state.database_url}: {found.directory}")  # type: ignore[attr-defined]
+    echo(f"spool of {shown(found.database or state.database_url)}: {found.directory}")  # type: ignore[attr-defined]
     if not found.waiting and not found.set_aside:
         click.echo("empty")
     for file in found.waiting:
-        click.echo(
+        echo(
             f"waiting    {file.path.name}  {file.calls:,} calls, {file.iterations:,} iterations, "
             f"{file.bytes:,} bytes"
         )
     for file in found.set_aside:
-        click.echo(
+        # The reason is the database's message, which may quote the refused data: shown safely.
+        echo(
             f"set aside  rejected/{file.path.name}  {file.calls:,} calls, {file.iterations:,} iterations: "
-            f"{file.reason or 'no reason recorded'}"
+            f"{shown(file.reason or 'no reason recorded')}"
         )
 
 
