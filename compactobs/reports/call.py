@@ -256,6 +256,7 @@ def call_report(engine: Engine, reference: str) -> Report:
                 "output_rate",
                 "cost_usd",
             ],
+            ["type", "input_tokens", "output_tokens", "input_rate", "output_rate", "cost_usd"],
             ["type", "input_tokens", "output_tokens", "cost_usd"],
         ],
     )
