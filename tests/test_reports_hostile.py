@@ -91,12 +91,18 @@ REPORTS = [
     ("report", "ops"),
     *(("report", "conversation", conversation) for conversation in CONVERSATIONS[:7]),
     ("reconcile", "--since", "1d", "--group", "model"),
+    ("report", "call", "HOSTILE_CALL"),
 ]
 
 
 def _run(recorded: tuple[str, Simulator], args: tuple[str, ...], fmt: str) -> tuple[int, str, str]:
     url, sim = recorded
     env = {"ANTHROPIC_ADMIN_KEY": ADMIN, "ANTHROPIC_BASE_URL": sim.base_url}
+    if args == ("report", "call", "HOSTILE_CALL"):
+        # The call of the hostile model, conversation and iteration type: the conversation's last.
+        code, out, err = run("--db", url, "report", "conversation", CONVERSATIONS[0], "--format", "json")
+        assert code == 0, err
+        args = ("report", "call", json.loads(out)["rows"][-1]["call_id"])
     return run("--db", url, *args, "--format", fmt, env=env)
 
 

@@ -114,3 +114,16 @@ def test_limit_and_sort_keep_the_totals(screens_url: str) -> None:
     assert "cannot sort ops by 'nope'" in one_line_error(code, err)
     code, _, err = run("--db", screens_url, "report", "cache", "--limit", "0")
     assert "--limit 0" in one_line_error(code, err)
+
+
+def test_json_csv_and_md_keep_every_column_whatever_the_width(screens_url: str) -> None:
+    engine = store.open_database(screens_url)
+    try:
+        report = cost_report(engine, build_filters(None, None, "UTC"), ("day",))
+    finally:
+        engine.dispose()
+    header = render(report, "csv", fit_width=80).splitlines()[0].split(",")
+    assert header == report.columns
+    md = render(report, "md", fit_width=80)
+    assert "top-level says" in md and "compactions" in md and "more column(s)" not in md
+    assert set(json.loads(render(report, "json", fit_width=80))["rows"][0]) == set(report.columns)
