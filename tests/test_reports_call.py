@@ -18,18 +18,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import anthropic
 import pytest
-from opentelemetry.metrics import NoOpMeterProvider
-from opentelemetry.sdk.trace import TracerProvider
 
 import compactobs
-from compactobs import store
-from compactobs.testing import ErrorReply, Reply, Simulator, message
+from compactobs.testing import ErrorReply, Reply, message
 from tests.cli import one_line_error, run
+from tests.recording import recording
 
 OPUS = "claude-opus-4-8"
 USAGE = {
@@ -59,26 +56,16 @@ class Recorded:
 
 
 @pytest.fixture
-def recorded(database_url: str) -> Iterator[Recorded]:
-    store.upgrade_database(database_url)
-    provider = TracerProvider()
-    compactobs.configure(database_url, tracer_provider=provider, meter_provider=NoOpMeterProvider())
-    try:
-        with Simulator() as sim:
-            client = anthropic.Anthropic(
-                base_url=sim.base_url, api_key="k", max_retries=0, middleware=[compactobs.Middleware()]
-            )
-            sim.enqueue(Reply(message(model=OPUS, usage=USAGE)))
-            with compactobs.conversation("ticket-7"):
-                response = client.beta.messages.create(model=OPUS, **ASK)
-                sim.enqueue(ErrorReply(529))
-                with pytest.raises(anthropic.APIStatusError) as failed:
-                    client.beta.messages.create(model=OPUS, **ASK)
-    finally:
-        compactobs.shutdown()
-        provider.shutdown()
+def recorded(database_url: str) -> Recorded:
+    with recording(database_url) as (sim, client):
+        sim.enqueue(Reply(message(model=OPUS, usage=USAGE)))
+        with compactobs.conversation("ticket-7"):
+            response = client.beta.messages.create(model=OPUS, **ASK)
+            sim.enqueue(ErrorReply(529))
+            with pytest.raises(anthropic.APIStatusError) as failed:
+                client.beta.messages.create(model=OPUS, **ASK)
     assert response._request_id and failed.value.request_id
-    yield Recorded(database_url, response._request_id, response.id, failed.value.request_id)
+    return Recorded(database_url, response._request_id, response.id, failed.value.request_id)
 
 
 def _json(url: str, reference: str) -> dict:

@@ -11,16 +11,12 @@ import json
 import re
 from collections.abc import Iterator
 
-import anthropic
 import pytest
-from opentelemetry.metrics import NoOpMeterProvider
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
 
 import compactobs
-from compactobs import store
 from compactobs.testing import Reply, Simulator, message
 from tests.cli import run
+from tests.recording import recording
 
 CONVERSATIONS = [
     "\x1b[2J\x1b[31mred",  # clear the screen, then colour
@@ -50,36 +46,25 @@ UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Simulator]]:
     url = f"sqlite:///{tmp_path_factory.mktemp('hostile') / 'obs.db'}"
-    store.upgrade_database(url)
-    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE}))
-    compactobs.configure(url, tracer_provider=provider, meter_provider=NoOpMeterProvider())
+    plain = {"input_tokens": 10, "output_tokens": 5}
+    usage = {
+        **plain,
+        "iterations": [
+            {"type": ITERATION_TYPE, "input_tokens": 100, "output_tokens": 7},
+            {"type": "message", **plain},
+        ],
+    }
     with Simulator() as sim:
-        try:
-            client = anthropic.Anthropic(
-                base_url=sim.base_url, api_key="k", max_retries=0, middleware=[compactobs.Middleware()]
-            )
+        with recording(url, SERVICE, sim) as (_, client):
             for conversation in CONVERSATIONS:
-                sim.enqueue(
-                    Reply(message(model="claude-sonnet-4-5", usage={"input_tokens": 10, "output_tokens": 5}))
-                )
+                sim.enqueue(Reply(message(model="claude-sonnet-4-5", usage=plain)))
                 with compactobs.conversation(conversation):
                     client.messages.create(
                         model="claude-sonnet-4-5", max_tokens=8, messages=[{"role": "user", "content": "x"}]
                     )
-            usage = {
-                "input_tokens": 10,
-                "output_tokens": 5,
-                "iterations": [
-                    {"type": ITERATION_TYPE, "input_tokens": 100, "output_tokens": 7},
-                    {"type": "message", "input_tokens": 10, "output_tokens": 5},
-                ],
-            }
             sim.enqueue(Reply(message(model=MODEL, usage=usage)))
             with compactobs.conversation(CONVERSATIONS[0]):
                 client.messages.create(model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "x"}])
-        finally:
-            compactobs.shutdown()
-            provider.shutdown()
         yield url, sim
 
 

@@ -16,17 +16,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
 
 import anthropic
 import pytest
-from opentelemetry.metrics import NoOpMeterProvider
-from opentelemetry.sdk.trace import TracerProvider
 
 import compactobs
-from compactobs import store
-from compactobs.testing import ErrorReply, Reply, Simulator, message
+from compactobs.testing import ErrorReply, Reply, message
 from tests.cli import run
+from tests.recording import recording
 
 CACHED = {
     "input_tokens": 1000,
@@ -43,28 +40,18 @@ def _call(client: anthropic.Anthropic, model: str, conversation: str) -> None:
 
 
 @pytest.fixture
-def recorded(database_url: str) -> Iterator[str]:
-    store.upgrade_database(database_url)
-    provider = TracerProvider()
-    compactobs.configure(database_url, tracer_provider=provider, meter_provider=NoOpMeterProvider())
-    try:
-        with Simulator() as sim:
-            client = anthropic.Anthropic(
-                base_url=sim.base_url, api_key="k", max_retries=0, middleware=[compactobs.Middleware()]
-            )
-            sim.enqueue(Reply(message(model="claude-sonnet-4-5", usage=CACHED)))
-            _call(client, "claude-sonnet-4-5", "a")
-            sim.enqueue(Reply(message(model="mystery-1", usage=PLAIN)))
+def recorded(database_url: str) -> str:
+    with recording(database_url) as (sim, client):
+        sim.enqueue(Reply(message(model="claude-sonnet-4-5", usage=CACHED)))
+        _call(client, "claude-sonnet-4-5", "a")
+        sim.enqueue(Reply(message(model="mystery-1", usage=PLAIN)))
+        _call(client, "mystery-1", "b")
+        sim.enqueue(ErrorReply(400))
+        with pytest.raises(anthropic.BadRequestError):
             _call(client, "mystery-1", "b")
-            sim.enqueue(ErrorReply(400))
-            with pytest.raises(anthropic.BadRequestError):
-                _call(client, "mystery-1", "b")
-            sim.enqueue(Reply(message(model="mystery-2", usage=CACHED)))
-            _call(client, "mystery-2", "a")
-    finally:
-        compactobs.shutdown()
-        provider.shutdown()
-    yield database_url
+        sim.enqueue(Reply(message(model="mystery-2", usage=CACHED)))
+        _call(client, "mystery-2", "a")
+    return database_url
 
 
 MONEY = {
