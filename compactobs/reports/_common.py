@@ -982,6 +982,24 @@ def _with_bars(
     return report, _table_lines(report, color)
 
 
+def _listed(section: Report, width: int) -> list[Any]:
+    """A section too wide for a terminal as a list: its title, then each row's cells on lines wrapped
+    within `width`, the continuation indented (long messages read better wrapped than cut)."""
+    import textwrap
+
+    from rich.text import Text
+
+    columns = section.shown_columns()
+    lines: list[Any] = [Text(section.title or section.name), Text("")]
+    for row in section.rows:
+        cells = [shown(_cell(row, column, section.kind(column))) for column in columns]
+        text = "  ".join(cell for cell in cells if cell and cell != "-")
+        wrapped = textwrap.wrap(text, width - 2, subsequent_indent="    ", break_on_hyphens=False)
+        lines += [Text("  " + line) for line in wrapped]
+    lines.append(Text(""))
+    return lines
+
+
 def _render_table(
     report: Report, console_width: int | None, color: bool, fit_width: int | None = None
 ) -> str:
@@ -993,7 +1011,10 @@ def _render_table(
         tables.append(lines)
     for section in report.sections:
         if section.rows:
-            tables.append(_table_lines(section, color, titled=True))
+            lines = _table_lines(section, color, titled=True)
+            if fit_width is not None and _shown_width(lines) > fit_width:
+                lines = _listed(section, fit_width)
+            tables.append(lines)
     # Never truncate a digit: the console is as wide as the widest table needs, at least.
     needed = max([line.cell_len for lines in tables for line in lines] + [fit_width or console_width or 80])
     out = io.StringIO()
