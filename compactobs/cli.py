@@ -551,8 +551,8 @@ def report_conversation(
     fmt: str,
 ) -> None:
     """One conversation call by call: time, model, stop reason, iterations, context size after the call,
-    compaction marks, cost and running cost, then a chart of the context against the compaction trigger
-    (in colour on a terminal, plain text otherwise or with NO_COLOR). An unknown ID exits 2."""
+    compaction marks, cost and running cost; on a terminal, then a chart of the context against the
+    compaction trigger (in colour, or plain with NO_COLOR). An unknown ID exits 2."""
     from compactobs.reports.conversation import conversation_report, render_conversation
 
     filters = filters_from(since, until, tz, models, conversations, services)

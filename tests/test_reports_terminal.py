@@ -56,3 +56,18 @@ def test_spool_show_fits_the_terminal(sqlite_url: str, data_home: Path) -> None:
     assert code == 0, shown
     assert max(len(line) for line in shown.splitlines()) <= 80, shown
     assert "".join(shown.split()) == "".join(wide.split())  # the same text, wrapped (long paths too)
+
+
+def test_the_context_chart_is_drawn_on_a_terminal_only(sqlite_url: str, data_home: Path) -> None:
+    from tests.test_reports_conversation import _rows, store_rows
+
+    store_rows(sqlite_url, _rows())
+    # 80 columns: a bar of 80 - 2 - 6 - 10 = 62 cells, the trigger (100,000) in the last; 90,000 fills
+    # 62 x 90,000 / 100,000 = 55.8, 56 cells.
+    code, shown = run_in_terminal(
+        "--db", sqlite_url, "report", "conversation", "t42", "--tz", "UTC", width=80
+    )
+    assert code == 0, shown
+    assert "Context after each call" in shown
+    assert "#2 " + "#" * 56 + " " * 5 + "| 90,000 C" in shown, shown
+    assert max(len(line) for line in shown.splitlines()) <= 80

@@ -400,12 +400,10 @@ def render_conversation(
     color: bool = False,
     fit_width: int | None = None,
 ) -> str:
-    """The report in `fmt`; `table` and `md` add the context chart below the calls (`md`: plain, fenced).
-    `fit_width`: a terminal's width, to which the table fits (see `render`)."""
+    """The report in `fmt`. `fit_width`: the width of the terminal it is printed on, to which the table fits
+    (see `render`), and below which the context chart is drawn: a chart is for a terminal, never for JSON,
+    CSV, Markdown or a table piped elsewhere."""
     text = render(report, fmt, console_width, color=color, fit_width=fit_width)
-    if fmt == "table" and report.rows:
-        width = fit_width or console_width or 100
-        return text + "\n" + context_chart(report.rows, width, color=color, fit=fit_width is not None)
-    if fmt == "md" and report.rows:
-        return text + "\n```text\n" + context_chart(report.rows, console_width or 100) + "```\n"
+    if fmt == "table" and report.rows and fit_width is not None:
+        return text + "\n" + context_chart(report.rows, fit_width, color=color, fit=True)
     return text
