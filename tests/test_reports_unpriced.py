@@ -106,3 +106,21 @@ def test_no_grouping_shows_unpriced_money_as_zero(recorded: str, name: str, by: 
             assert all(row[column] is None for column in MONEY[name]), row
     if name == "cost":  # cost sets unpriced calls apart in every grouping
         assert "(unpriced)" in _report(recorded, name, by, "table")
+
+
+def test_an_unpriced_call_and_its_conversation_say_so(recorded: str) -> None:
+    """`report conversation` and `report call`: the mystery-1 call's cost is unknown, never $0."""
+    code, out, err = run("--db", recorded, "report", "conversation", "b", "--format", "json")
+    assert code == 0, err
+    first, _failed_call = json.loads(out)["rows"]
+    assert first["model"] == "mystery-1" and first["cost_usd"] is None
+    code, out, err = run("--db", recorded, "report", "call", first["call_id"], "--format", "json")
+    assert code == 0, err
+    document = json.loads(out)
+    ((row),) = document["rows"]
+    assert (row["input_tokens"], row["cost_usd"], row["input_rate"]) == (1000, None, None)
+    assert document["totals"]["cost_usd"] is None and document["top_level"]["cost_usd"] is None
+    code, out, err = run("--db", recorded, "report", "call", first["call_id"])
+    (line,) = [line for line in out.splitlines() if line.strip().startswith("0 ")]
+    assert "unpriced" in line and "$" not in line, line
+    assert "no price for mystery-1" in out
