@@ -21,7 +21,16 @@ from typing import Any, Final
 
 from sqlalchemy import Engine, or_, select
 
-from compactobs.reports._common import ExternalSource, Report, ReportInputError, from_epoch_ms, reading
+from compactobs.reports._common import (
+    ColumnKind,
+    ExternalSource,
+    Report,
+    ReportInputError,
+    format_cell,
+    from_epoch_ms,
+    reading,
+)
+from compactobs.reports.cost import top_level_cost
 from compactobs.store.models import calls, iterations
 
 __all__ = ["COLUMNS", "call_report", "unknown_call"]
@@ -157,8 +166,8 @@ def call_report(engine: Engine, reference: str) -> Report:
     top_level = {
         "input_tokens": call.top_level_input_tokens,
         "output_tokens": call.top_level_output_tokens,
-        # What a tool pricing the top level would say: the bill without its compaction iterations.
-        "cost_usd": None if cost is None else cost - compaction,
+        # What a tool pricing the top level would say, as `report cost` says it.
+        "cost_usd": top_level_cost(cost, compaction)[0],
     }
     billed = {
         "input_tokens": None if call.input_tokens is None else int(call.input_tokens),
@@ -186,7 +195,7 @@ def call_report(engine: Engine, reference: str) -> Report:
         labels={"top_level": "top-level usage", "difference": "hidden (billed - top level)"},
     )
     for row in side.rows:
-        kind = "usd" if row["figure"] == "cost" else "int"
+        kind: ColumnKind = "usd" if row["figure"] == "cost" else "int"
         for column in ("top_level", "billed", "difference"):
             row[column] = _figure(row[column], kind, row["unpriced_calls"])
 
@@ -262,9 +271,9 @@ def call_report(engine: Engine, reference: str) -> Report:
     )
 
 
-def _figure(value: Any, kind: str, unpriced: int) -> str | None:
-    from compactobs.reports._common import format_cell
-
+def _figure(value: Any, kind: ColumnKind, unpriced: int) -> str | None:
+    """A figure of the top-level table as text: tokens as a count, money in dollars, unknown money
+    "unpriced"."""
     if value is None:
         return "unpriced" if unpriced else None
-    return format_cell(value, kind)  # type: ignore[arg-type]
+    return format_cell(value, kind)

@@ -73,6 +73,7 @@ __all__ = [
     "group_keys",
     "headline",
     "parse_by",
+    "top_level_cost",
 ]
 
 BY_CHOICES: Final[tuple[str, ...]] = (
@@ -304,13 +305,18 @@ def iteration_measures() -> list[Label[Any]]:
     ]
 
 
+def top_level_cost(cost: Decimal | None, compaction_cost: Decimal | None) -> tuple[Any, Any]:
+    """(what the top-level usage says, the gap): the bill without its compaction iterations, and their
+    cost; (None, None) when the bill is unknown (unpriced)."""
+    hidden = compaction_cost if cost is not None else None
+    return (cost - hidden if cost is not None and hidden is not None else None), hidden
+
+
 def _with_headline(row: dict[str, Any]) -> dict[str, Any]:
-    """`row` with HEADLINE: what the top-level usage says (the bill without its compaction iterations)
-    and the gap; None for an unpriced row."""
-    cost = row["cost_usd"]
-    hidden = row["compaction_cost_usd"] if cost is not None else None
-    row["top_level_cost_usd"] = cost - hidden if cost is not None and hidden is not None else None
-    row["hidden_cost_usd"] = hidden
+    """`row` with HEADLINE (`top_level_cost`); None for an unpriced row."""
+    row["top_level_cost_usd"], row["hidden_cost_usd"] = top_level_cost(
+        row["cost_usd"], row["compaction_cost_usd"]
+    )
     return row
 
 
