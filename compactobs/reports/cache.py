@@ -422,27 +422,14 @@ _USAGE: Final = (
 )
 
 
-def _unpriced_groups(
-    engine: Engine,
-    filters: Filters,
-    by: Sequence[str],
-    span: tuple[int, int] | None,
-    now_ms: int,
-    merged: Mapping[tuple[Any, ...], Mapping[str, Any]],
+def _all_unpriced(
+    merged: Mapping[tuple[Any, ...], Mapping[str, Any]], unpriced: Mapping[tuple[Any, ...], Mapping[str, Any]]
 ) -> set[tuple[Any, ...]]:
-    """The groups whose every token belongs to unpriced calls: their other calls have no usage (errors), so
-    their dollars are unknown, not $0. Found by a second pass over the unpriced calls alone (few, as in
-    `report cost`), only when there are some."""
-    if span is None or not any(row["unpriced_calls"] for row in merged.values()):
-        return set()
-    if isinstance(engine, ExternalSource):
-        alone = engine.cache_groups(filters, by, span, now_ms, unpriced_only=True)  # type: ignore[attr-defined]
-    else:
-        with reading(engine) as connection:
-            alone = _aggregate(connection, filters, by, span, now_ms, [calls.c.priced == false()])
+    """The groups whose every token belongs to their unpriced calls (`unpriced`: those calls' figures by
+    group): their other calls have no usage (errors), so their dollars are unknown, not $0."""
     return {
         group
-        for group, row in alone.items()
+        for group, row in unpriced.items()
         if group in merged and all(row[name] == merged[group][name] for name in _USAGE)
     }
 
@@ -465,8 +452,13 @@ def cache_report(
         rollup.try_refresh(engine)
     span = data_range(engine, filters)
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    # The unpriced calls' own figures, by a second pass over them alone (few, as in `report cost`), only
+    # when there are some: they find the groups that are unpriced through and through.
+    unpriced: dict[tuple[Any, ...], dict[str, Any]] = {}
     if span is not None and external:
         merged = engine.cache_groups(filters, groups, span, now_ms)  # type: ignore[attr-defined]
+        if any(row["unpriced_calls"] for row in merged.values()):
+            unpriced = engine.cache_groups(filters, groups, span, now_ms, unpriced_only=True)  # type: ignore[attr-defined]
     elif span is not None:
         with reading(engine, snapshot=True) as connection:
             timed = any(name in TIME_UNITS for name in groups)
@@ -479,9 +471,11 @@ def cache_report(
                 merged = _aggregate(connection, filters, groups, span, now_ms, [split.raw_with_open()])
                 for group, record in rollup.read(connection, "cache", filters, split, groups, span, _SUMMED):
                     _add(merged, group, record)
-    unpriced = _unpriced_groups(engine, filters, groups, span, now_ms, merged)
+            if any(row["unpriced_calls"] for row in merged.values()):
+                unpriced = _aggregate(connection, filters, groups, span, now_ms, [calls.c.priced == false()])
+    all_unpriced = _all_unpriced(merged, unpriced)
     rows = [
-        _finish({**dict(zip(keys, group, strict=True)), **row}, group in unpriced)
+        _finish({**dict(zip(keys, group, strict=True)), **row}, group in all_unpriced)
         for group, row in merged.items()
     ]
     total = _empty()
