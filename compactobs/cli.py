@@ -25,7 +25,17 @@ from compactobs._version import __version__
 from compactobs._words import counted
 from compactobs.configfile import ConfigError
 from compactobs.pricing import PricingError
-from compactobs.reports._common import FORMATS, Filters, Report, ReportInputError, build_filters, render
+from compactobs.progress import stdout_fit_width
+from compactobs.reports._common import (
+    FORMATS,
+    Filters,
+    Report,
+    ReportInputError,
+    build_filters,
+    render,
+    sort_and_limit,
+)
+from compactobs.reports._safe import shown
 from compactobs.reports.anomalies import Thresholds
 from compactobs.store import (
     ENV_DATABASE_URL,
@@ -234,6 +244,19 @@ def report_options(func: Any) -> Any:
     return filter_options(func)
 
 
+def group_options(func: Any) -> Any:
+    """--limit and --sort, for a report that lists groups: the command receives `limit` and `sort` (pass
+    them to `emit_report`)."""
+    func = click.option(
+        "--sort",
+        metavar="COLUMN",
+        help="Order rows by this column (its JSON name or table label): numbers largest first.",
+    )(func)
+    return click.option(
+        "--limit", type=int, metavar="N", help="Show the first N rows (the totals still cover every call)."
+    )(func)
+
+
 def filter_options(func: Any) -> Any:
     """The window and filters of `report_options`, without --format (also for `export otlp`): the command
     receives `since`, `until`, `tz`, `models`, `conversations` and `services`."""
@@ -341,17 +364,18 @@ def use_color() -> bool:
     return not os.environ.get("NO_COLOR") and sys.stdout.isatty()
 
 
-def emit_report(report: Report, fmt: str) -> None:
-    """Print a report in `fmt`. CSV carries no warnings, so they go to stderr."""
+def emit_report(report: Report, fmt: str, sort: str | None = None, limit: int | None = None) -> None:
+    """Print a report in `fmt`, its rows ordered by `sort` and cut to `limit` (`group_options`). CSV carries
+    no warnings, so they go to stderr."""
+    if sort is not None or limit is not None:
+        report = sort_and_limit(report, sort, limit)
     color = fmt == "table" and use_color()
     width = shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 100
-    # A wide table is fitted to a terminal (its width, or COLUMNS); piped elsewhere, it keeps every column.
-    fit = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-    text = render(report, fmt, console_width=width, color=color, fit_width=fit)
+    text = render(report, fmt, console_width=width, color=color, fit_width=stdout_fit_width())
     click.echo(text, nl=False, color=color)
     if fmt == "csv":
         for warning in report.warnings:
-            click.echo(f"Warning: {warning}", err=True)
+            click.echo(f"Warning: {shown(warning)}", err=True)
 
 
 # -- report anomalies | ops | conversation ----------------------------------------------------------------
@@ -496,9 +520,12 @@ def report_anomalies(
 
 @report.command("ops")
 @report_options
+@group_options
 @pass_state
 def report_ops(
     state: CliState,
+    limit: int | None,
+    sort: str | None,
     since: str | None,
     until: str | None,
     tz: str | None,
@@ -517,7 +544,7 @@ def report_ops(
     filters = filters_from(since, until, tz, models, conversations, services)
     with report_engine(state) as engine, working("reading the operations figures ..."):
         result = ops_report(engine, filters)
-    emit_report(result, fmt)
+    emit_report(result, fmt, sort, limit)
 
 
 @report.command("conversation")
@@ -536,18 +563,37 @@ def report_conversation(
     fmt: str,
 ) -> None:
     """One conversation call by call: time, model, stop reason, iterations, context size after the call,
-    compaction marks, cost and running cost, then a chart of the context against the compaction trigger
-    (in colour on a terminal, plain text otherwise or with NO_COLOR). An unknown ID exits 2."""
+    compaction marks, cost and running cost; on a terminal, then a chart of the context against the
+    compaction trigger (in colour, or plain with NO_COLOR). An unknown ID exits 2."""
     from compactobs.reports.conversation import conversation_report, render_conversation
 
     filters = filters_from(since, until, tz, models, conversations, services)
     with report_engine(state) as engine, working("reading the conversation ..."):
         result = conversation_report(engine, filters, conversation_id)
     color = fmt == "table" and use_color()
-    click.echo(render_conversation(result, fmt, _terminal_width(), color=color), nl=False, color=color)
+    text = render_conversation(result, fmt, _terminal_width(), color=color, fit_width=stdout_fit_width())
+    click.echo(text, nl=False, color=color)
     if fmt == "csv":
         for warning in result.warnings:
-            click.echo(f"Warning: {warning}", err=True)
+            click.echo(f"Warning: {shown(warning)}", err=True)
+
+
+@report.command("call")
+@click.argument("reference", metavar="ID")
+@click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format."
+)
+@pass_state
+def report_call(state: CliState, reference: str, fmt: str) -> None:
+    """One call by request id (req_...), message id (msg_...) or span id: its iterations, each with its
+    type, model, tokens, the rates that priced them and its cost, summing to the call's cost, and the
+    top-level usage beside the billed totals. `report conversation` shows each call's span id. An unknown
+    ID exits 2."""
+    from compactobs.reports.call import call_report
+
+    with report_engine(state) as engine, working("reading the call ..."):
+        result = call_report(engine, reference)
+    emit_report(result, fmt)
 
 
 # -- demo ------------------------------------------------------------------------------------------------
@@ -883,9 +929,12 @@ def _split_by(values: tuple[str, ...]) -> list[str]:
 @click.option("--by", "by", multiple=True, metavar="KEY", help=_BY_HELP + "  [default: day]")
 @click.option("--compare", metavar="prev", help="Add the change against the previous period, as long.")
 @report_options
+@group_options
 @pass_state
 def report_cost(
     state: CliState,
+    limit: int | None,
+    sort: str | None,
     by: tuple[str, ...],
     compare: str | None,
     since: str | None,
@@ -906,15 +955,18 @@ def report_cost(
         refresh_rollups(engine)
         with working("summing costs ..."):
             result = cost_report(engine, filters, groups, compare=compare)
-    emit_report(result, fmt)
+    emit_report(result, fmt, sort, limit)
 
 
 @report.command("cache")
 @click.option("--by", "by", multiple=True, metavar="KEY", help=_BY_HELP + "  [default: model]")
 @report_options
+@group_options
 @pass_state
 def report_cache(
     state: CliState,
+    limit: int | None,
+    sort: str | None,
     by: tuple[str, ...],
     since: str | None,
     until: str | None,
@@ -933,7 +985,7 @@ def report_cache(
         refresh_rollups(engine)
         with working("reading the cache figures ..."):
             result = cache_report(engine, filters, _split_by(by) or ["model"])
-    emit_report(result, fmt)
+    emit_report(result, fmt, sort, limit)
 
 
 # -- export ----------------------------------------------------------------------------------------------
@@ -1093,9 +1145,12 @@ def export_otlp(
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True
 )
+@group_options
 @click.pass_context
 def reconcile_command(
     ctx: click.Context,
+    limit: int | None,
+    sort: str | None,
     since: str,
     until: str | None,
     by: str,
@@ -1135,7 +1190,7 @@ def reconcile_command(
             spooled=spool_for(state.database_url).waiting_calls(),
             tolerance_pct=Decimal(str(tolerance)),
         )
-    emit_report(result, fmt)
+    emit_report(result, fmt, sort, limit)
     if fail_over is not None and reconcile.worst_gap(result) > Decimal(str(fail_over)):
         click.echo(
             f"Error: figures differ by {reconcile.worst_gap(result):.2f}% over the window, more than "

@@ -5,6 +5,8 @@ Thin over compactobs.store.spool_admin; registered on the main group (and under 
 
 from __future__ import annotations
 
+import textwrap
+
 import click
 
 __all__ = ["spool", "spool_lines"]
@@ -75,11 +77,22 @@ def spool_status(state: object) -> None:
 @click.pass_obj
 def spool_show(state: object, rejected: bool) -> None:
     """Every spool file: calls, iterations, bytes, and for set-aside files the database's reason."""
+    from compactobs.progress import stdout_fit_width
+    from compactobs.reports._safe import shown
     from compactobs.store import spool_admin
     from compactobs.untrusted import escape
 
+    width = stdout_fit_width()
+
+    def echo(line: str) -> None:
+        # On a terminal, a long line (a database's reason) wraps at its width, indented under its file.
+        if width is None or len(line) <= width:
+            click.echo(line)
+            return
+        click.echo("\n".join(textwrap.wrap(line, width, subsequent_indent=" " * 11, break_on_hyphens=False)))
+
     found = spool_admin.summary(state.database_url)  # type: ignore[attr-defined]
-    click.echo(f"spool of {found.database or state.database_url}: {found.directory}")  # type: ignore[attr-defined]
+    echo(f"spool of {shown(found.database or state.database_url)}: {found.directory}")  # type: ignore[attr-defined]
     files = found.set_aside if rejected else [*found.waiting, *found.set_aside]
     if not files:
         click.echo("nothing set aside" if rejected else "empty")
@@ -92,11 +105,11 @@ def spool_show(state: object, rejected: bool) -> None:
         if file.damaged:
             about += f", {len(file.damaged):,} damaged line(s)"
         reason = "" if waiting else f": {escape(file.reason or 'no reason recorded')}"
-        click.echo(f"{'waiting' if waiting else 'set aside':<9}  {name}  {about}{reason}")
+        echo(f"{'waiting' if waiting else 'set aside':<9}  {name}  {about}{reason}")
         if rejected:
             for line in file.damaged:
                 shown = escape(line.content.decode("utf-8", "backslashreplace"), limit=_SHOWN_BYTES)
-                click.echo(f"  line {line.number} ({len(line.content):,} bytes): {shown}")
+                echo(f"  line {line.number} ({len(line.content):,} bytes): {shown}")
 
 
 @spool.command("replay")

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 
-__all__ = ["ProgressCallback", "progress_bar", "stderr_is_live"]
+__all__ = ["ProgressCallback", "progress_bar", "stderr_is_live", "stdout_fit_width"]
 
 ProgressCallback = Callable[[str, int, int], None]
 """`progress(description, done, total)`."""
@@ -20,6 +21,11 @@ def stderr_is_live() -> bool:
     """Whether a transient display belongs on stderr: a terminal, and NO_COLOR unset (https://no-color.org).
     Asked of the file itself, not of rich, so that a run without a display never imports rich for one."""
     return sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+
+
+def stdout_fit_width() -> int | None:
+    """The width output is fitted to: the terminal's (its size, or COLUMNS); piped elsewhere, None."""
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
 
 
 @contextlib.contextmanager

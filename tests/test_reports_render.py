@@ -14,7 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compactobs.reports._common import _NUMERIC_KINDS, Report, _cell, format_cell, render
+from compactobs.reports._common import (
+    _NUMERIC_KINDS,
+    Report,
+    _cell,
+    _last_key,
+    _money_columns,
+    format_cell,
+    render,
+    unpriced_row,
+)
 
 
 def rich_table_reference(report: Report, console_width: int | None, color: bool) -> str:
@@ -50,10 +59,12 @@ def rich_table_reference(report: Report, console_width: int | None, color: bool)
                 no_wrap=True,
                 overflow="fold",
             )
+        last_key = _last_key(kinds)
         for row in part.rows:
             cells = []
-            for column, kind in zip(columns, kinds, strict=True):
-                text = escape(_cell(row, column, kind))
+            unpriced = unpriced_row(row, _money_columns(part))
+            for index, (column, kind) in enumerate(zip(columns, kinds, strict=True)):
+                text = escape(_cell(row, column, kind, index == last_key, unpriced))
                 if color and text == "unpriced" and kind == "usd":
                     text = "[yellow]unpriced[/yellow]"
                 cells.append(text)

@@ -51,7 +51,7 @@ from sqlalchemy import (
 )
 
 from compactobs.pricing.records import to_json_number
-from compactobs.reports._safe import csv_cell, printable
+from compactobs.reports._safe import json_text, shown
 from compactobs.store.models import calls, epoch_ms
 
 __all__ = [
@@ -76,6 +76,7 @@ __all__ = [
     "parse_tz",
     "parse_when",
     "render",
+    "sort_and_limit",
     "to_json_number",
     "to_json_value",
     "utc_offsets",
@@ -583,7 +584,9 @@ class Report:
     - `sections`: more tables shown below the main one (table and Markdown only);
     - `empty_message`: shown instead of a table when there are no rows;
     - `narrow_columns`: smaller sets of `table_columns`, widest first, for a table rendered to fit a
-      terminal (`render(..., fit_width=...)`): the first that fits is shown, with a hint to the rest.
+      terminal (`render(..., fit_width=...)`): the first that fits is shown, with a hint to the rest;
+    - `bar_column`: a column drawn as a bar beside itself in a table rendered to fit a terminal, in the
+      room the table leaves (never in JSON, CSV, Markdown or a table piped elsewhere).
     """
 
     name: str
@@ -601,6 +604,7 @@ class Report:
     empty_message: str = "No calls recorded in this window."
     notes: list[str] = field(default_factory=list)
     narrow_columns: list[list[str]] = field(default_factory=list)
+    bar_column: str | None = None
 
     def kind(self, column: str) -> ColumnKind:
         if column in self.kinds:
@@ -623,6 +627,39 @@ class Report:
 
     def shown_columns(self) -> list[str]:
         return list(self.table_columns) if self.table_columns is not None else list(self.columns)
+
+
+def sort_and_limit(report: Report, sort: str | None = None, limit: int | None = None) -> Report:
+    """The report with its rows ordered by `sort` (a column's JSON name or table label: numbers largest
+    first, text in order, empty last) and cut to the first `limit`; totals untouched, so they still cover
+    every call, and a note (and JSON's `limited`) says how many rows are shown. Raises ReportInputError for
+    a column the report does not have, or a limit below 1."""
+    rows = list(report.rows)
+    if sort is not None:
+        wanted = sort.strip()
+        column = next((c for c in report.columns if wanted in (c, report.label(c))), None)
+        if column is None:
+            names = ", ".join(report.columns)
+            raise ReportInputError(f"cannot sort {report.name} by {sort!r}: use one of {names}")
+        numeric = report.kind(column) in _NUMERIC_KINDS
+        present = [row for row in rows if row.get(column) is not None]
+        absent = [row for row in rows if row.get(column) is None]
+        if numeric:
+            present.sort(key=lambda row: row[column], reverse=True)
+        else:
+            present.sort(key=lambda row: str(row[column]))
+        rows = present + absent
+    notes, extra = list(report.notes), dict(report.extra)
+    if limit is not None:
+        if limit < 1:
+            raise ReportInputError(f"--limit {limit}: give a number of rows, 1 or more")
+        if len(rows) > limit:
+            notes.insert(
+                0, f"Showing {limit:,} of {len(rows):,} rows (--limit); the totals cover every call."
+            )
+            extra["limited"] = {"rows": len(rows), "shown": limit}
+            rows = rows[:limit]
+    return replace(report, rows=rows, notes=notes, extra=extra)
 
 
 def to_json_value(value: Any) -> Any:
@@ -667,19 +704,31 @@ def format_cell(value: Any, kind: ColumnKind, signed: bool = False) -> str:
         return f"{float(value) * 100:+,.1f}%" if signed else f"{float(value) * 100:,.1f}%"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return printable(str(value))
+    return str(value)  # as it is: each renderer shows it safely (`_safe.shown`)
 
 
-def _cell(row: Mapping[str, Any], column: str, kind: ColumnKind, last_key: bool = False) -> str:
-    """A row's cell as text: money left unpriced says so, never $0 or a blank; and the last group key of a
-    row of unpriced calls only says so too, so that it never reads as a repeat of the priced row beside it
-    (two `2026-12-02` rows)."""
+def unpriced_row(row: Mapping[str, Any], money: Sequence[str]) -> bool:
+    """Whether a row's figures are unpriced: it has unpriced calls and none of its `money` columns is known
+    (its other calls, if any, have no usage to price)."""
+    return bool(row.get("unpriced_calls")) and all(row.get(column) is None for column in money)
+
+
+def _cell(
+    row: Mapping[str, Any], column: str, kind: ColumnKind, last_key: bool = False, unpriced: bool = False
+) -> str:
+    """A row's cell as text: money left unpriced says so, never $0 or a blank; and the last group key of an
+    `unpriced` row says so too, so that it never reads as a repeat of the priced row beside it (two
+    `2026-12-02` rows)."""
     value = row.get(column)
     if kind in ("usd", "usd_delta") and value is None and row.get("unpriced_calls"):
         return "unpriced"
-    if last_key and row.get("unpriced_calls") and row.get("unpriced_calls") == row.get("calls"):
+    if last_key and unpriced:
         return f"{format_cell(value, kind)} (unpriced)"
     return format_cell(value, kind)
+
+
+def _money_columns(report: Report) -> list[str]:
+    return [column for column in report.columns if report.kind(column) == "usd"]
 
 
 def _last_key(kinds: Sequence[ColumnKind]) -> int:
@@ -694,7 +743,7 @@ def _csv_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float, Decimal)):
         return json.dumps(to_json_number(value))
-    return csv_cell(str(value))
+    return shown(str(value), "csv")
 
 
 def _render_json(report: Report) -> str:
@@ -705,33 +754,36 @@ def _render_json(report: Report) -> str:
         None if report.totals is None else {k: to_json_value(v) for k, v in report.totals.items()}
     )
     document["warnings"] = list(report.warnings)
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    return json_text(document)
 
 
 def _render_csv(report: Report) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([csv_cell(column) for column in report.columns])
+    writer.writerow([shown(column, "csv") for column in report.columns])
     for row in report.rows:
         writer.writerow([_csv_value(row.get(c)) for c in report.columns])
     return out.getvalue()
 
 
 def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
+    return shown(text, "md")
 
 
 def _render_md_table(report: Report) -> list[str]:
     columns = report.shown_columns()
     kinds = [report.kind(c) for c in columns]
     lines = [
-        "| " + " | ".join(_md_escape(report.label(c)) for c in columns) + " |",
+        # Column labels are the report's own words (JSON keys among them): only a pipe would break the row.
+        "| " + " | ".join(report.label(c).replace("|", "\\|") for c in columns) + " |",
         "|" + "|".join("---:" if k in _NUMERIC_KINDS else "---" for k in kinds) + "|",
     ]
     last_key = _last_key(kinds)
+    money = _money_columns(report)
     for row in report.rows:
+        unpriced = unpriced_row(row, money)
         cells = [
-            _md_escape(_cell(row, c, k, i == last_key))
+            _md_escape(_cell(row, c, k, i == last_key, unpriced))
             for i, (c, k) in enumerate(zip(columns, kinds, strict=True))
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -747,20 +799,20 @@ def _render_md_table(report: Report) -> list[str]:
 
 
 def _render_md(report: Report) -> str:
-    lines = [f"## {report.title or report.name}", ""]
+    lines = [f"## {_md_escape(report.title or report.name)}", ""]
     if report.header:
         lines += [_md_escape(h) + "  " for h in report.header]
         lines.append("")
     if report.rows:
         lines += _render_md_table(report)
     else:
-        lines.append(report.empty_message)
+        lines.append(_md_escape(report.empty_message))
     for section in report.sections:
-        lines += ["", f"### {section.title or section.name}", ""]
-        lines += _render_md_table(section) if section.rows else [section.empty_message]
+        lines += ["", f"### {_md_escape(section.title or section.name)}", ""]
+        lines += _render_md_table(section) if section.rows else [_md_escape(section.empty_message)]
     if report.notes:
         lines.append("")
-        lines += [f"{note}  " for note in report.notes]
+        lines += [f"{_md_escape(note)}  " for note in report.notes]
     if report.warnings:
         lines.append("")
         lines += [f"> **Warning:** {_md_escape(w)}" for w in report.warnings]
@@ -773,20 +825,21 @@ def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Any]
     because Table measures and renders every cell through its renderable protocol, about 0.1 ms a cell:
     15 s for a 10,000-call conversation, against well under a second line by line."""
     from rich.cells import cell_len
-    from rich.control import strip_control_codes
     from rich.text import Span, Text
 
     columns = report.shown_columns()
     kinds = [report.kind(c) for c in columns]
-    labels = [strip_control_codes(report.label(c)) for c in columns]
-    # Control codes out first, as Text takes them out, so that widths are measured on what is shown.
+    labels = [shown(report.label(c)) for c in columns]
+    # Control characters made visible first, so that widths are measured on what is shown.
     last_key = _last_key(kinds)
+    money = _money_columns(report)
     rows = [
         [
-            strip_control_codes(_cell(row, column, kind, i == last_key))
+            shown(_cell(row, column, kind, i == last_key, unpriced))
             for i, (column, kind) in enumerate(zip(columns, kinds, strict=True))
         ]
         for row in report.rows
+        for unpriced in (unpriced_row(row, money),)
     ]
     footers: list[str] | None = None
     if report.totals is not None:
@@ -794,7 +847,7 @@ def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Any]
         footers = [
             ("Total" if index == 0 else "")
             if kind == "key" or column not in totals
-            else strip_control_codes(format_cell(totals[column], kind))
+            else shown(format_cell(totals[column], kind))
             for index, (column, kind) in enumerate(zip(columns, kinds, strict=True))
         ]
     widths = [
@@ -865,11 +918,10 @@ def _shown_width(lines: list[Any]) -> int:
 
 def _fitted(report: Report, fit_width: int | None, color: bool) -> tuple[Report, list[Any]]:
     """The report with the widest of its column sets whose table fits `fit_width` (the narrowest when none
-    does; all of them without a width), a hint to the columns left out among its notes; and its lines."""
-    from dataclasses import replace
-
+    does; all of them without a width), a hint to the columns left out among its notes, and its bars in the
+    room left; and its lines."""
     lines = _table_lines(report, color)
-    if fit_width is None or not report.narrow_columns:
+    if fit_width is None:
         return report, lines
     full = report.shown_columns()
     full_width = _shown_width(lines)
@@ -887,7 +939,65 @@ def _fitted(report: Report, fit_width: int | None, color: bool) -> tuple[Report,
             "or with --format json|csv|md."
         )
         report = replace(report, notes=[*report.notes, hint])
+    if report.bar_column is not None and report.bar_column in shown:
+        return _with_bars(report, report.bar_column, fit_width - _shown_width(lines) - 3, lines, color)
     return report, lines
+
+
+_BAR_LABEL: Final = "_bar"
+_EIGHTHS: Final = " ▏▎▍▌▋▊▉"
+
+
+def bar(value: float, largest: float, width: int) -> str:
+    """`value` as a bar of eighth blocks, `width` cells at `largest`."""
+    if largest <= 0 or value <= 0:
+        return ""
+    eighths = round(value / largest * width * 8)
+    return "█" * (eighths // 8) + (_EIGHTHS[eighths % 8] if eighths % 8 else "")
+
+
+def _with_bars(
+    report: Report, column: str, room: int, lines: list[Any], color: bool
+) -> tuple[Report, list[Any]]:
+    """The report with a bar column after `column`, as wide as `room` allows (at most 24 cells; none
+    under 6)."""
+    width = min(24, room)
+    if width < 6:
+        return report, lines
+    values = [float(row[column]) if row.get(column) is not None else 0.0 for row in report.rows]
+    largest = max(values, default=0.0)
+    rows = [
+        {**row, _BAR_LABEL: bar(value, largest, width)}
+        for row, value in zip(report.rows, values, strict=True)
+    ]
+    shown = report.shown_columns()
+    at = shown.index(column) + 1
+    report = replace(
+        report,
+        rows=rows,
+        table_columns=[*shown[:at], _BAR_LABEL, *shown[at:]],
+        kinds={**report.kinds, _BAR_LABEL: "text"},
+        labels={**report.labels, _BAR_LABEL: ""},
+    )
+    return report, _table_lines(report, color)
+
+
+def _listed(section: Report, width: int) -> list[Any]:
+    """A section too wide for a terminal as a list: its title, then each row's cells on lines wrapped
+    within `width`, the continuation indented (long messages read better wrapped than cut)."""
+    import textwrap
+
+    from rich.text import Text
+
+    columns = section.shown_columns()
+    lines: list[Any] = [Text(section.title or section.name), Text("")]
+    for row in section.rows:
+        cells = [shown(_cell(row, column, section.kind(column))) for column in columns]
+        text = "  ".join(cell for cell in cells if cell and cell != "-")
+        wrapped = textwrap.wrap(text, width - 2, subsequent_indent="    ", break_on_hyphens=False)
+        lines += [Text("  " + line) for line in wrapped]
+    lines.append(Text(""))
+    return lines
 
 
 def _render_table(
@@ -901,7 +1011,10 @@ def _render_table(
         tables.append(lines)
     for section in report.sections:
         if section.rows:
-            tables.append(_table_lines(section, color, titled=True))
+            lines = _table_lines(section, color, titled=True)
+            if fit_width is not None and _shown_width(lines) > fit_width:
+                lines = _listed(section, fit_width)
+            tables.append(lines)
     # Never truncate a digit: the console is as wide as the widest table needs, at least.
     needed = max([line.cell_len for lines in tables for line in lines] + [fit_width or console_width or 80])
     out = io.StringIO()
@@ -915,10 +1028,12 @@ def _render_table(
         emoji=False,
         soft_wrap=False,
     )
+    # Fitted to a terminal, the lines above and below the table wrap at its width too.
+    wrap = fit_width is None or max(_shown_width(lines) for lines in tables or [[]]) > fit_width
     title = report.title or report.name
-    console.print(f"[bold]{title}[/bold]" if color else title, markup=color, highlight=False)
+    console.print(f"[bold]{title}[/bold]" if color else title, markup=color, highlight=False, soft_wrap=wrap)
     for line in report.header:
-        console.print(line, markup=False, highlight=False, style="dim" if color else None, soft_wrap=True)
+        console.print(line, markup=False, highlight=False, style="dim" if color else None, soft_wrap=wrap)
     if report.rows:
         _print_lines(console, out, tables[0], color)
     else:
@@ -926,8 +1041,6 @@ def _render_table(
         console.print(report.empty_message, markup=False, soft_wrap=True)
     for lines in tables[1 if report.rows else 0 :]:
         _print_lines(console, out, lines, color)
-    # Fitted to a terminal, the lines below the table wrap at its width too.
-    wrap = fit_width is None or max(_shown_width(lines) for lines in tables or [[]]) > fit_width
     for note in report.notes:
         console.print(note, markup=False, highlight=False, soft_wrap=wrap)
     for warning in report.warnings:
@@ -947,13 +1060,15 @@ def _print_lines(console: Any, out: io.StringIO, lines: list[Any], color: bool) 
 
 
 def _printable_texts(report: Report) -> Report:
-    """The report with its free texts (title, header, notes, warnings; its sections' too) printable."""
+    """The report with its free texts (title, header, notes, warnings, empty message; its sections' too) as
+    a terminal shows them safely: they may quote ids and models."""
     return replace(
         report,
-        title=None if report.title is None else printable(report.title),
-        header=[printable(line) for line in report.header],
-        notes=[printable(line) for line in report.notes],
-        warnings=[printable(line) for line in report.warnings],
+        title=None if report.title is None else shown(report.title),
+        header=[shown(line) for line in report.header],
+        notes=[shown(line) for line in report.notes],
+        warnings=[shown(line) for line in report.warnings],
+        empty_message=shown(report.empty_message),
         sections=[_printable_texts(section) for section in report.sections],
     )
 
@@ -969,15 +1084,15 @@ def render(
     """The report as text: `table` (rich: right-aligned numbers, thousands separators, a totals row,
     never a truncated digit; ANSI colours only when `color`; `fit_width`: a terminal's width, to which a
     report with `narrow_columns` fits its table), `json`, `csv` (the rows, all columns) or `md` (a
-    Markdown document). Raises ReportInputError for another format. Data is printed safe: no terminal
-    control sequences in table, md or csv, no spreadsheet formulas in csv (see `_safe`)."""
+    Markdown document). Raises ReportInputError for another format. Every string from outside goes through
+    `_safe.shown` for its format (no control sequence, bidi override or line break acts; no formula in
+    csv; no Markdown or HTML in md); JSON keeps it exact, those characters escaped (`_safe.json_text`)."""
     if fmt == "json":
         return _render_json(report)
-    report = _printable_texts(report)
     if fmt == "csv":
         return _render_csv(report)
     if fmt == "md":
         return _render_md(report)
     if fmt == "table":
-        return _render_table(report, console_width, color, fit_width)
+        return _render_table(_printable_texts(report), console_width, color, fit_width)
     raise ReportInputError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")

@@ -71,6 +71,7 @@ from compactobs.reports._common import (
     render,
     to_json_value,
 )
+from compactobs.reports._safe import json_text, shown
 from compactobs.rules import (
     ENV_BUDGETS_FILE,
     Budget,
@@ -1209,7 +1210,7 @@ def render_anomalies(
             "thresholds": to_json_value(report.extra.get("thresholds", {})),
             "warnings": list(report.warnings),
         }
-        return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+        return json_text(document)
     if fmt != "table":
         return render(report, fmt, console_width, color=color)
     return _render_blocks(report, console_width or 100, color)
@@ -1238,11 +1239,11 @@ def _render_blocks(report: Report, width: int, color: bool) -> str:
     )
 
     def indent(line: str, style: str = "") -> None:
-        console.print(Padding(Text(line, style=style if color else ""), (0, 0, 0, 2)))
+        console.print(Padding(Text(shown(line), style=style if color else ""), (0, 0, 0, 2)))
 
-    console.print(Text(report.title or report.name, style="bold" if color else ""))
+    console.print(Text(shown(report.title or report.name), style="bold" if color else ""))
     for line in report.header:
-        console.print(Text(line, style="dim" if color else ""))
+        console.print(Text(shown(line), style="dim" if color else ""))
     findings = findings_of(report)
     console.print()
     if not findings:
@@ -1252,9 +1253,9 @@ def _render_blocks(report: Report, width: int, color: bool) -> str:
         severity = finding["severity"]
         title = Text()
         title.append(severity.upper(), style=_STYLE.get(severity, "") if color else "")
-        title.append(f"  {finding['kind']}")
+        title.append(f"  {shown(finding['kind'])}")
         if finding["conversation_id"] is not None:
-            title.append(f"  conversation {finding['conversation_id']}")
+            title.append(f"  conversation {shown(finding['conversation_id'])}")
         console.print(title)
         # Wrapped lines stay indented under their finding.
         indent(finding["message"])
@@ -1273,5 +1274,5 @@ def _render_blocks(report: Report, width: int, color: bool) -> str:
         summary = ", ".join(f"{n} {level}" for level, n in counts.items())
         console.print(f"{len(findings)} finding(s): {escape(summary)}", markup=False)
     for warning in report.warnings:
-        console.print(Text(f"Warning: {warning}", style="yellow" if color else ""))
+        console.print(Text(f"Warning: {shown(warning)}", style="yellow" if color else ""))
     return "\n".join(line.rstrip() for line in out.getvalue().splitlines()) + "\n"

@@ -311,9 +311,10 @@ def _as_decimal(value: Any) -> Decimal:
     return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
 
 
-def _finish(row: dict[str, Any]) -> dict[str, Any]:
+def _finish(row: dict[str, Any], unpriced: bool = False) -> dict[str, Any]:
     """Derived fields (write total, hit ratio, net, wasted total); money to 10 decimal places, or None when
-    every call of the row is unpriced (never $0); group keys first, then CACHE_MEASURES in order."""
+    the row is `unpriced` or every call of it is (never $0); group keys first, then CACHE_MEASURES in
+    order."""
     for name in _MONEY:
         row[name] = row[name].quantize(Decimal("1E-10"))
     row["cache_creation_input_tokens"] = (
@@ -323,7 +324,7 @@ def _finish(row: dict[str, Any]) -> dict[str, Any]:
     row["hit_ratio"] = Decimal(row["cache_read_input_tokens"]) / Decimal(seen) if seen else None
     row["net_usd"] = row["saved_usd"] - row["write_premium_usd"]
     row["wasted_write_tokens"] = row["wasted_5m_write_tokens"] + row["wasted_1h_write_tokens"]
-    if row["calls"] and row["unpriced_calls"] == row["calls"]:
+    if unpriced or (row["calls"] and row["unpriced_calls"] == row["calls"]):
         row.update(dict.fromkeys((*_MONEY, "net_usd")))
     keys = {k: v for k, v in row.items() if k not in CACHE_MEASURES}
     return {**keys, **{name: row[name] for name in CACHE_MEASURES}}
@@ -416,6 +417,26 @@ def _add(
         row[name] += _as_decimal(record[name])
 
 
+_USAGE: Final = (
+    "input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_5m_input_tokens",
+    "cache_creation_1h_input_tokens",
+)
+
+
+def _all_unpriced(
+    merged: Mapping[tuple[Any, ...], Mapping[str, Any]], unpriced: Mapping[tuple[Any, ...], Mapping[str, Any]]
+) -> set[tuple[Any, ...]]:
+    """The groups whose every token belongs to their unpriced calls (`unpriced`: those calls' figures by
+    group): their other calls have no usage (errors), so their dollars are unknown, not $0."""
+    return {
+        group
+        for group, row in unpriced.items()
+        if group in merged and all(row[name] == merged[group][name] for name in _USAGE)
+    }
+
+
 def cache_report(
     engine: Engine, filters: Filters, by: Iterable[str] = ("model",), now: datetime | None = None
 ) -> Report:
@@ -434,8 +455,13 @@ def cache_report(
         rollup.try_refresh(engine)
     span = data_range(engine, filters)
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    # The unpriced calls' own figures, by a second pass over them alone (few, as in `report cost`), only
+    # when there are some: they find the groups that are unpriced through and through.
+    unpriced: dict[tuple[Any, ...], dict[str, Any]] = {}
     if span is not None and external:
         merged = engine.cache_groups(filters, groups, span, now_ms)  # type: ignore[attr-defined]
+        if any(row["unpriced_calls"] for row in merged.values()):
+            unpriced = engine.cache_groups(filters, groups, span, now_ms, unpriced_only=True)  # type: ignore[attr-defined]
     elif span is not None:
         with reading(engine, snapshot=True) as connection:
             timed = any(name in TIME_UNITS for name in groups)
@@ -448,7 +474,13 @@ def cache_report(
                 merged = _aggregate(connection, filters, groups, span, now_ms, [split.raw_with_open()])
                 for group, record in rollup.read(connection, "cache", filters, split, groups, span, _SUMMED):
                     _add(merged, group, record)
-    rows = [_finish({**dict(zip(keys, group, strict=True)), **row}) for group, row in merged.items()]
+            if any(row["unpriced_calls"] for row in merged.values()):
+                unpriced = _aggregate(connection, filters, groups, span, now_ms, [calls.c.priced == false()])
+    all_unpriced = _all_unpriced(merged, unpriced)
+    rows = [
+        _finish({**dict(zip(keys, group, strict=True)), **row}, group in all_unpriced)
+        for group, row in merged.items()
+    ]
     total = _empty()
     for row in rows:
         for name in (*_TOKENS, *_MONEY):
@@ -532,5 +564,5 @@ def cache_report(
         labels=dict(_LABELS),
         table_columns=table_columns,
         notes=notes,
-        narrow_columns=[medium, narrow],
+        narrow_columns=[medium, narrow, [*keys, "hit_ratio", "net_usd"], [*keys, "net_usd"]],
     )

@@ -15,6 +15,7 @@ counted in a warning, never as $0.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -46,6 +47,7 @@ COLUMNS: Final = [
 TABLE_COLUMNS: Final = [
     "n",
     "time",
+    "call_id",
     "model",
     "stop_reason",
     "iterations",
@@ -56,6 +58,22 @@ TABLE_COLUMNS: Final = [
     "cost_usd",
     "cumulative_cost_usd",
 ]
+NARROW_COLUMNS: Final = [
+    # Over 120 columns: iterations and the trigger go (the chart shows the trigger).
+    [
+        *("n", "time", "call_id", "model", "stop_reason", "marks", "context_tokens", "context_share"),
+        *("cost_usd", "cumulative_cost_usd"),
+    ],
+    # 120 columns: the time goes too (the header gives the range).
+    [
+        *("n", "call_id", "model", "stop_reason", "marks", "context_tokens", "context_share", "cost_usd"),
+        "cumulative_cost_usd",
+    ],
+    # 80 columns: what each call did to the context, and what it cost.
+    ["n", "call_id", "marks", "context_tokens", "context_share", "cost_usd"],
+    ["n", "call_id", "context_tokens", "cost_usd"],
+]
+"""Smaller sets of TABLE_COLUMNS, for a terminal of 120 and of 80 columns."""
 CHART_MAX_LINES: Final = 120
 """Longer conversations are charted with consecutive calls merged into a line (their largest context)."""
 HIGH_SHARE: Final = 0.8
@@ -246,6 +264,7 @@ def conversation_report(engine: Engine, filters: Filters, conversation_id: str) 
             "stop_reason": "stop",
             "iterations": "iter",
             "marks": "compact",
+            "call_id": "call (span id)",
             "context_tokens": "context",
             "trigger_tokens": "trigger",
             "context_share": "of trigger",
@@ -253,15 +272,20 @@ def conversation_report(engine: Engine, filters: Filters, conversation_id: str) 
             "cumulative_cost_usd": "cumulative",
         },
         table_columns=list(TABLE_COLUMNS),
+        narrow_columns=[list(columns) for columns in NARROW_COLUMNS],
+        notes=["One call in detail, its iterations priced: compactobs report call SPAN_ID"] if rows else [],
         title=f"Conversation {conversation_id}",
         empty_message="No calls of this conversation in this window.",
     )
 
 
-def context_chart(rows: Sequence[dict[str, Any]], width: int = 100, *, color: bool = False) -> str:
+def context_chart(
+    rows: Sequence[dict[str, Any]], width: int = 100, *, color: bool = False, fit: bool = False
+) -> str:
     """A terminal chart of the context after each call (a bar) against its trigger (a `|`), one line per
     call (or per group of consecutive calls beyond CHART_MAX_LINES), with compaction marks. Plain ASCII
-    unless `color` (then rich: block bars, green / yellow from 80% of the trigger / red over it)."""
+    unless `color` (then rich: block bars, green / yellow from 80% of the trigger / red over it). `fit`:
+    the title wraps within `width` too (a terminal's)."""
     if not rows:
         return ""
     groups = _groups(rows)
@@ -291,9 +315,10 @@ def context_chart(rows: Sequence[dict[str, Any]], width: int = 100, *, color: bo
             lines.append(f"{label:>{label_width}} {''.join(cells)}{suffix}")
             continue
         lines.append(_rich_line(label, label_width, filled, at, bar_width, suffix, context, trigger))
+    titles = textwrap.wrap(title, max(width, 40)) if fit else [title]
     if not color:
-        return "\n".join([title, *lines]) + "\n"
-    return _rich_render([title, *lines], width)
+        return "\n".join([*titles, *lines]) + "\n"
+    return _rich_render([*titles, *lines], width)
 
 
 def _groups(rows: Sequence[dict[str, Any]]) -> list[tuple[str, int | None, int | None, str]]:
@@ -368,12 +393,17 @@ def _rich_render(lines: Sequence[Any], width: int) -> str:
 
 
 def render_conversation(
-    report: Report, fmt: str, console_width: int | None = None, *, color: bool = False
+    report: Report,
+    fmt: str,
+    console_width: int | None = None,
+    *,
+    color: bool = False,
+    fit_width: int | None = None,
 ) -> str:
-    """The report in `fmt`; `table` and `md` add the context chart below the calls (`md`: plain, fenced)."""
-    text = render(report, fmt, console_width, color=color)
-    if fmt == "table" and report.rows:
-        return text + "\n" + context_chart(report.rows, console_width or 100, color=color)
-    if fmt == "md" and report.rows:
-        return text + "\n```text\n" + context_chart(report.rows, console_width or 100) + "```\n"
+    """The report in `fmt`. `fit_width`: the width of the terminal it is printed on, to which the table fits
+    (see `render`), and below which the context chart is drawn: a chart is for a terminal, never for JSON,
+    CSV, Markdown or a table piped elsewhere."""
+    text = render(report, fmt, console_width, color=color, fit_width=fit_width)
+    if fmt == "table" and report.rows and fit_width is not None:
+        return text + "\n" + context_chart(report.rows, fit_width, color=color, fit=True)
     return text

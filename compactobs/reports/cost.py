@@ -21,7 +21,9 @@ Which table each grouping reads, so that totals always equal the sum of the grou
 Unpriced calls (a model with no price: `calls.priced` false) are rows of their own, never $0: the same
 group keys, their tokens, `cost_usd` null and `unpriced_calls` = their count; every one of their
 iterations goes there, so priced rows hold only fully priced calls and cost totals agree whatever the
-grouping. Totals' money is the priced calls'; a warning names the unpriced models.
+grouping. Grouped by model, an unpriced model's calls without usage (errors: nothing billed, `priced`
+NULL) join its unpriced row, so the model is one row, never a $0 row beside it. Totals' money is the
+priced calls'; a warning names the unpriced models.
 
 The headline: what the top-level `usage` alone would have said, and the gap. The top-level fields leave
 the compaction iterations out (DESIGN.md section 3, rule 1), so a tool that prices them reports the bill
@@ -72,6 +74,7 @@ __all__ = [
     "group_keys",
     "headline",
     "parse_by",
+    "top_level_cost",
 ]
 
 BY_CHOICES: Final[tuple[str, ...]] = (
@@ -309,13 +312,18 @@ def iteration_measures() -> list[Label[Any]]:
     ]
 
 
+def top_level_cost(cost: Decimal | None, compaction_cost: Decimal | None) -> tuple[Any, Any]:
+    """(what the top-level usage says, the gap): the bill without its compaction iterations, and their
+    cost; (None, None) when the bill is unknown (unpriced)."""
+    hidden = compaction_cost if cost is not None else None
+    return (cost - hidden if cost is not None and hidden is not None else None), hidden
+
+
 def _with_headline(row: dict[str, Any]) -> dict[str, Any]:
-    """`row` with HEADLINE: what the top-level usage says (the bill without its compaction iterations)
-    and the gap; None for an unpriced row."""
-    cost = row["cost_usd"]
-    hidden = row["compaction_cost_usd"] if cost is not None else None
-    row["top_level_cost_usd"] = cost - hidden if cost is not None and hidden is not None else None
-    row["hidden_cost_usd"] = hidden
+    """`row` with HEADLINE (`top_level_cost`); None for an unpriced row."""
+    row["top_level_cost_usd"], row["hidden_cost_usd"] = top_level_cost(
+        row["cost_usd"], row["compaction_cost_usd"]
+    )
     return row
 
 
@@ -499,9 +507,14 @@ def _window_rows(
             rows.append(_with_headline({**keys, **measures}))
             continue
         priced = {name: measures[name] - left_out[name] for name in (*COUNTS, *MONEY, "unpriced_calls")}
-        if priced["calls"] or priced["iterations"]:
-            rows.append(_with_headline({**keys, **priced}))
         left_out["unpriced_calls"] = left_out["calls"]
+        if not priced["iterations"] and priced["calls"] and "model" in by:
+            # Only calls of this unpriced model without usage (errors: nothing billed, no price looked up)
+            # are left: they join its unpriced row, so the model stays one row, not a false $0 beside it.
+            for name in COUNTS:
+                left_out[name] += priced[name]
+        elif priced["calls"] or priced["iterations"]:
+            rows.append(_with_headline({**keys, **priced}))
         rows.append(_with_headline({**keys, **left_out, **dict.fromkeys(MONEY)}))
     return rows, _totals(rows), sorted(models)
 
@@ -657,6 +670,26 @@ def cost_report(
         {"delta_cost_usd": "usd_delta", "delta_cost_pct": "ratio_delta", "compaction_share": "ratio"}
     )
 
+    unpriced = ["unpriced_calls"] if totals["unpriced_calls"] else []
+    # Smaller sets for a terminal of 120 and of 80 columns: the groups, their calls and what they cost stay,
+    # and what the top level hides while there is room.
+    narrow_columns = [
+        [
+            *keys,
+            "calls",
+            "input_tokens",
+            "output_tokens",
+            "cache_read_input_tokens",
+            "cost_usd",
+            "hidden_cost_usd",
+            *unpriced,
+        ],
+        [*keys, "calls", "cost_usd", "hidden_cost_usd", *unpriced],
+        [*keys, "calls", "cost_usd"],
+        [*keys, "cost_usd"],
+    ]
+    if compare_columns and not time_key:
+        narrow_columns = [[*columns, "delta_cost_usd"] for columns in narrow_columns[:2]] + narrow_columns
     report = Report(
         name="cost",
         title=title,
@@ -671,6 +704,9 @@ def cost_report(
         table_columns=table_columns,
         sections=[_split_section(rows, totals)] if rows else [],
         empty_message="No calls recorded in this window.",
+        narrow_columns=narrow_columns,
+        # On a terminal, spend over time as bars beside the cost.
+        bar_column="cost_usd" if time_key is not None and not compare_columns else None,
     )
     if rows and totals["compaction_cost_usd"]:
         words = headline(totals["top_level_cost_usd"], totals["cost_usd"], totals["hidden_cost_usd"])

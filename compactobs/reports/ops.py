@@ -326,4 +326,20 @@ def ops_report(engine: Engine, filters: Filters) -> Report:
         },
         sections=[section] if error_rows else [],
         title="Operations",
+        # For a terminal of 120 and of 80 columns: calls, errors and the latency most users watch stay.
+        narrow_columns=[
+            [
+                "model",
+                "calls",
+                "error_rate",
+                "retried_calls",
+                "latency_p50_ms",
+                "latency_p95_ms",
+                "latency_p99_ms",
+                "ttft_p50_ms",
+                "ttft_p95_ms",
+            ],
+            ["model", "calls", "error_rate", "latency_p50_ms", "latency_p95_ms", "ttft_p95_ms"],
+            ["model", "calls", "error_rate", "latency_p95_ms"],
+        ],
     )

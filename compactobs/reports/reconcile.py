@@ -720,6 +720,7 @@ def reconcile_report(
         kinds=kinds,
         labels=dict(_LABELS),
         table_columns=["bucket", *groups, *_TABLE_COLUMNS, "status"],
+        narrow_columns=[["bucket", *groups, *narrow, "status"] for narrow in _NARROW_COLUMNS],
         sections=[section] if explanations else [],
         empty_message="Neither Anthropic nor compactobs has a request in this window.",
         notes=notes,
@@ -756,6 +757,20 @@ _TABLE_COLUMNS: Final[tuple[str, ...]] = (
     "compactobs_cost_usd",
     "delta_list_usd",
 )
+_NARROW_COLUMNS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        "requests",
+        "delta_requests",
+        "delta_input",
+        "delta_output",
+        "list_usd",
+        "compactobs_cost_usd",
+        "delta_list_usd",
+    ),
+    ("delta_requests", "list_usd", "delta_list_usd"),
+    ("delta_list_usd",),
+)
+"""Smaller sets of _TABLE_COLUMNS for terminals of 120 and 80 columns (each after the bucket and groups)."""
 _LABELS: Final[dict[str, str]] = {
     "requests": "requests",
     "delta_requests": "Δ req",

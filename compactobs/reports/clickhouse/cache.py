@@ -176,15 +176,25 @@ def measures_sql(
 
 
 def cache_groups(
-    source: ClickHouseSource, filters: Filters, by: Sequence[str], span: tuple[int, int], now_ms: int
+    source: ClickHouseSource,
+    filters: Filters,
+    by: Sequence[str],
+    span: tuple[int, int],
+    now_ms: int,
+    unpriced_only: bool = False,
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
     """`cache._aggregate` on ClickHouse: {group key values (in `by` order): summed figures}. With the
     slots of `compactobs clickhouse setup` when they can answer (see `slots`): the settled calls' sums from
     the slots, the open writes (`OPEN_WRITE` when their slot was recomputed) from the calls; else every
-    call from the calls."""
+    call from the calls. `unpriced_only`: the unpriced calls alone, from the calls."""
     from compactobs.reports.cache import _add
 
-    from_slots = not CALLS_ONLY.intersection(by) and slots.aligned(filters) and source.slots_ready()
+    from_slots = (
+        not unpriced_only
+        and not CALLS_ONLY.intersection(by)
+        and slots.aligned(filters)
+        and source.slots_ready()
+    )
     keys: list[tuple[str, str]] = []
     slot_keys: list[tuple[str, str]] = []
     for name in by:
@@ -196,7 +206,7 @@ def cache_groups(
             keys.append((f"k_{KEY_OF[name]}", group_key_sql(name, True)))
             slot_keys.append((f"k_{KEY_OF[name]}", SLOT_KEY.get(name, "")))
     iterations = spans.iterations_of(source, filters.since_ms)
-    extra: list[str] = []
+    extra: list[str] = ["c.priced = false"] if unpriced_only else []
     if from_slots:
         open_writes = f"SELECT call_id FROM {slots.latest(source, 'open', filters)}"
         extra.append(f"c.call_id IN ({open_writes})")

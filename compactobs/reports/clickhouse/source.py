@@ -303,10 +303,10 @@ class ClickHouseSource(ExternalSource):
 
         return conversation.conversation_calls(self, filters, conversation_id)
 
-    def cache_groups(self, *args: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
+    def cache_groups(self, *args: Any, **kwargs: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
         from compactobs.reports.clickhouse import cache
 
-        return cache.cache_groups(self, *args)
+        return cache.cache_groups(self, *args, **kwargs)
 
     def anomaly_data(self, filters: Any) -> Any:
         from compactobs.reports.clickhouse.anomalies import ClickHouseAnomalyData
