@@ -108,8 +108,8 @@ def spool_show(state: object, rejected: bool) -> None:
         echo(f"{'waiting' if waiting else 'set aside':<9}  {name}  {about}{reason}")
         if rejected:
             for line in file.damaged:
-                shown = escape(line.content.decode("utf-8", "backslashreplace"), limit=_SHOWN_BYTES)
-                echo(f"  line {line.number} ({len(line.content):,} bytes): {shown}")
+                content = escape(line.content.decode("utf-8", "backslashreplace"), limit=_SHOWN_BYTES)
+                echo(f"  line {line.number} ({len(line.content):,} bytes): {content}")
 
 
 @spool.command("replay")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import _thread
 import atexit
+import functools
 import logging
 import os
 import shlex
@@ -231,6 +232,10 @@ class ExportTally:
 # --- flush and shutdown ------------------------------------------------------------------------------------
 
 
+def _force_flush(flushable: Any, deadline: float) -> object:
+    return flushable.force_flush(_millis(deadline))
+
+
 def _within(deadline: float, step: Callable[[], object], name: str) -> bool:
     """Run `step` on a thread of its own and wait for it until `deadline`; False if it did not finish (it is
     left to run on, a daemon thread). Where no thread can start, it runs here, unbounded."""
@@ -271,7 +276,7 @@ def flush(timeout_millis: int = 30_000) -> bool:
     ordered = [*_stores, *(f for f in _flushables if f not in _stores)]
     for flushable in ordered:
         name = f"flush-{type(flushable).__name__}"
-        finished = _within(deadline, lambda f=flushable: f.force_flush(_millis(deadline)), name)
+        finished = _within(deadline, functools.partial(_force_flush, flushable, deadline), name)
         complete = complete and finished
     return complete
 
@@ -292,7 +297,7 @@ def shutdown(*, final: bool, timeout_s: float | None = None) -> None:
     stores_done = all([_within(deadline, processor.shutdown, "shutdown-store") for processor in _stores])
     for flushable in [f for f in _flushables if f not in _stores]:
         name = f"flush-{type(flushable).__name__}"
-        complete = _within(deadline, lambda f=flushable: f.force_flush(_millis(deadline)), name) and complete
+        complete = _within(deadline, functools.partial(_force_flush, flushable, deadline), name) and complete
     for item in [o for o in _own if o not in _stores]:
         complete = _within(deadline, item.shutdown, f"shutdown-{type(item).__name__}") and complete
     tallies = list(_tallies)

@@ -151,7 +151,9 @@ def calls_with_next(conditions: Sequence[ColumnElement[bool]], look_up: bool = T
     from flattening it into the join (which would repeat the lookup for every use)."""
     c = calls.c
     wrote = or_(c.cache_write_5m_tokens > 0, c.cache_write_1h_tokens > 0)
-    following = case((and_(c.conversation_id.is_not(None), wrote), _next_call_start()), else_=None)
+    following: ColumnElement[Any] = case(
+        (and_(c.conversation_id.is_not(None), wrote), _next_call_start()), else_=None
+    )
     if not look_up:
         following = cast(null(), BigInteger)
     columns = [
@@ -406,7 +408,7 @@ _SUMMED: Final = (*_TOKENS, *_MONEY)
 
 
 def _add(
-    result: dict[tuple[Any, ...], dict[str, Any]], group: tuple[Any, ...], record: Mapping[str, Any]
+    result: dict[tuple[Any, ...], dict[str, Any]], group: tuple[Any, ...], record: Mapping[Any, Any]
 ) -> None:
     row = result.get(group)
     if row is None:

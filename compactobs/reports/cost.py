@@ -419,7 +419,7 @@ _SUMMED: Final = tuple(
 """The measures a query sums (the write total is derived)."""
 
 
-def _add(result: dict[_Group, dict[str, Any]], group: _Group, record: Mapping[str, Any]) -> None:
+def _add(result: dict[_Group, dict[str, Any]], group: _Group, record: Mapping[Any, Any]) -> None:
     row = result.get(group)
     if row is None:
         row = result[group] = _empty_measures()
@@ -733,7 +733,7 @@ def _split_section(rows: Sequence[Mapping[str, Any]], totals: Mapping[str, Any])
         ("cache write 1h", priced["cache_creation_1h_input_tokens"], totals["cost_cache_write_1h_usd"]),
         ("web search (requests)", priced["web_search_requests"], totals["cost_server_tools_usd"]),
     ]
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"class": name, "tokens": amount, "cost_usd": money, "share": (money / cost) if cost else None}
         for name, amount, money in entries
     ]
