@@ -733,7 +733,7 @@ def _split_section(rows: Sequence[Mapping[str, Any]], totals: Mapping[str, Any])
         ("cache write 1h", priced["cache_creation_1h_input_tokens"], totals["cost_cache_write_1h_usd"]),
         ("web search (requests)", priced["web_search_requests"], totals["cost_server_tools_usd"]),
     ]
-    rows: list[dict[str, Any]] = [
+    split: list[dict[str, Any]] = [
         {"class": name, "tokens": amount, "cost_usd": money, "share": (money / cost) if cost else None}
         for name, amount, money in entries
     ]
@@ -741,7 +741,7 @@ def _split_section(rows: Sequence[Mapping[str, Any]], totals: Mapping[str, Any])
         name="cost_split",
         title="Cost by token class (priced calls)",
         columns=["class", "tokens", "cost_usd", "share"],
-        rows=rows,
+        rows=split,
         totals={"tokens": None, "cost_usd": cost, "share": Decimal(1) if cost else None},
         kinds={"class": "key", "tokens": "int", "cost_usd": "usd", "share": "ratio"},
         labels={"class": "token class", "tokens": "tokens", "cost_usd": "cost", "share": "share"},
