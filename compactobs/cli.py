@@ -513,7 +513,7 @@ def report_anomalies(
         result = anomalies_report(engine, filters, thresholds, budgets, budgets_file)
     color = fmt == "table" and use_color()
     click.echo(render_anomalies(result, fmt, _terminal_width(), color=color), nl=False, color=color)
-    code = exit_code_for(result.extra["findings"], fail_on)  # type: ignore[arg-type]
+    code = exit_code_for(result.extra["findings"], fail_on)
     if code:
         ctx.exit(code)
 

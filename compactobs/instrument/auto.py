@@ -120,7 +120,7 @@ def patch() -> None:
         for cls in _ROOT_CLASSES:
             if cls not in _original_inits:
                 _original_inits[cls] = cls.__init__
-                cls.__init__ = _wrap_init(cls.__init__)  # type: ignore[method-assign]
+                cls.__init__ = _wrap_init(cls.__init__)
         try:
             existing = [
                 obj for obj in gc.get_objects() if isinstance(obj, CLIENT_CLASSES) and obj not in _clients
@@ -139,7 +139,7 @@ def unpatch() -> None:
     with _lock:
         state.active = False
         for cls, original in _original_inits.items():
-            cls.__init__ = original  # type: ignore[method-assign]
+            cls.__init__ = original
         _original_inits.clear()
         for client in list(_clients):
             try:

@@ -10,7 +10,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 __all__ = ["CompactobsInstrumentor"]
 
 
-class CompactobsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+class CompactobsInstrumentor(BaseInstrumentor):
     """Instruments every Anthropic client with compactobs (`tracer_provider`, `meter_provider` honoured)."""
 
     def instrumentation_dependencies(self) -> Collection[str]:

@@ -227,7 +227,7 @@ def exit_code_for(findings: Iterable[Finding | Mapping[str, Any]], fail_on: str 
     when `fail_on` is None)."""
     if fail_on is None:
         return 0
-    floor = SEVERITIES.index(fail_on)  # type: ignore[arg-type]
+    floor = SEVERITIES.index(fail_on)
     for finding in findings:
         severity = finding["severity"] if isinstance(finding, Mapping) else finding.severity
         if SEVERITIES.index(severity) >= floor:
@@ -1188,7 +1188,7 @@ def anomalies_report(
 
 
 def _threshold_items(thresholds: Thresholds) -> list[tuple[str, Any]]:
-    return [(name, getattr(thresholds, name)) for name in Thresholds.__slots__]  # type: ignore[attr-defined]
+    return [(name, getattr(thresholds, name)) for name in Thresholds.__slots__]
 
 
 def findings_of(report: Report) -> list[dict[str, Any]]:

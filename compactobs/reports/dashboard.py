@@ -598,7 +598,7 @@ def _clickhouse_dialect() -> Dialect:
         visit_NUMERIC = visit_numeric
         visit_DECIMAL = visit_numeric
 
-    class _ClickHouseCompiler(ChStatementCompiler):  # type: ignore[misc]
+    class _ClickHouseCompiler(ChStatementCompiler):
         """Where ClickHouse's semantics differ from PostgreSQL's, for the same expressions."""
 
         def visit_floordiv_binary(self, binary: Any, operator: Any, **kw: Any) -> str:
@@ -634,11 +634,11 @@ def _clickhouse_dialect() -> Dialect:
             text: str = super().limit_clause(select, **kw)
             return text
 
-    class _Dialect(ClickHouseDialect):  # type: ignore[misc]
+    class _Dialect(ClickHouseDialect):
         statement_compiler = _ClickHouseCompiler
         type_compiler_cls = _ClickHouseTypes
 
-    class _ExactQuantile(FunctionElement[float]):  # type: ignore[misc]
+    class _ExactQuantile(FunctionElement[float]):
         """quantileExactInclusive(p)(value): the R7 rule, PostgreSQL's percentile_cont; NULLs skipped."""
 
         name = "quantileExactInclusive"

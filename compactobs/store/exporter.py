@@ -566,6 +566,6 @@ def shutdown_all() -> None:
     """Flush and close every store `install` added: the hook for atexit and SIGTERM. Never raises."""
     for processor in list(_installed):
         try:
-            processor.shutdown()  # type: ignore[no-untyped-call]
+            processor.shutdown()
         except Exception:
             log.warning("compactobs: closing the SQL store failed", exc_info=True)

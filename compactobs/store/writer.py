@@ -115,7 +115,7 @@ def _copy_lines(rows: list[Row]) -> io.StringIO:
 class _PostgresWriter:
     def __init__(self, driver: str = "psycopg") -> None:
         self._psycopg2 = driver == "psycopg2"
-        dialect = psycopg.dialect()  # type: ignore[no-untyped-call]
+        dialect = psycopg.dialect()
         quote = dialect.identifier_preparer.quote
         self._steps: list[tuple[str, str, str]] = []
         for table, columns in _TABLES:
