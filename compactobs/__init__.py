@@ -192,11 +192,28 @@ def _install_guard(policy: GuardPolicy | Mapping[str, Any] | None, database_url:
         raise TypeError(f"guard must be a compactobs.GuardPolicy or a dict of its fields, not {policy!r}")
     path = os.environ.get(ENV_BUDGETS_FILE)
     budgets = load_budgets(path) if path else None
-    prior = guard_module.StoreSpend(database_url) if database_url is not False else None
+    timeout_ms = os.environ.get(guard_module.ENV_READ_TIMEOUT_MS, "").strip()
+    try:
+        read_timeout_s = float(timeout_ms) / 1000 if timeout_ms else guard_module.READ_TIMEOUT_S
+        if not 0 <= read_timeout_s <= 60:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"{guard_module.ENV_READ_TIMEOUT_MS} must be milliseconds from 0 to 60000, not {timeout_ms!r}"
+        ) from None
+    spend_store = None
+    if database_url is not False:
+        from compactobs.guard_store import StoreSpend
+
+        spend_store = StoreSpend(database_url)
     previous = guard_module.installed()
     if previous is not None:
         previous.close()
-    guard_module.install(guard_module.Guard(policy, budgets, prior=prior))
+    guard_module.install(
+        guard_module.Guard(
+            policy, budgets, store=spend_store, read_timeout_s=read_timeout_s, budgets_file=path or None
+        )
+    )
 
 
 def configure(

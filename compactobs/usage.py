@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Final
 
 __all__ = [
@@ -494,6 +495,9 @@ class CallObservation:
     """Span events (name, attributes) for the call span, e.g. the guard's breach."""
     guarded: Any = None
     """A guarded conversation's call: its `compactobs.guard.ReturnedCall`, settled before it is recorded."""
+    guard_seen: tuple[Decimal, bool] | None = None
+    """A guarded call: the conversation's billed USD the guard knew when it let the request go, and whether
+    that included other processes' spend."""
 
     @property
     def failed_compactions(self) -> int:

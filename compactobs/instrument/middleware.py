@@ -222,13 +222,14 @@ class Middleware(anthropic.Middleware):
         guard, conversation_id, policy = call.guarded
         first = request.retries_taken == 0
         try:
-            pausing = guard.before_request(conversation_id, policy, first_attempt=first, wait=wait)
+            verdict = guard.before_request(conversation_id, policy, first_attempt=first, wait=wait)
         except guard_module.GuardError:
             if not first:  # never stops a call already sent (before_request only raises on first attempts)
                 return request
             _retrying.set(None)
             raise
-        if not pausing:
+        call.observation.guard_seen = (verdict.seen_usd, verdict.complete)
+        if not verdict.pausing:
             return request
         try:
             body = guard_module.with_pause(request.json)

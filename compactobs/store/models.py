@@ -277,7 +277,7 @@ rollup_open_calls: Table = Table(
 )
 
 
-GUARD_COST_UNITS_COMMENT: Final = "billed USD x 10^10 (priced calls): whole units, so sums stay exact on SQLite"
+GUARD_COST_UNITS_COMMENT: Final = "billed USD x 10^10 (priced calls): whole units, exact sums on SQLite"
 GUARD_SPEND_COMMENT: Final = (
     "guarded conversations' spend across processes: seeded from calls, then each guard adds the calls it "
     "counts, as it counts them"

@@ -43,7 +43,7 @@ def downgrade() -> None:
 
 
 # The models' comments, repeated: a revision is frozen history and must not change when the models do.
-_COST_UNITS = "billed USD x 10^10 (priced calls): whole units, so sums stay exact on SQLite"
+_COST_UNITS = "billed USD x 10^10 (priced calls): whole units, exact sums on SQLite"
 _TABLE = (
     "guarded conversations' spend across processes: seeded from calls, then each guard adds the calls it "
     "counts, as it counts them"
