@@ -25,7 +25,14 @@ from compactobs import guard as guard_module
 from compactobs import otlp
 from compactobs._version import __version__
 from compactobs.checkpoint import Checkpoint, checkpoint
-from compactobs.guard import BudgetExceeded, CompactionLoopDetected, GuardError, GuardPolicy, wrap_up_message
+from compactobs.guard import (
+    BudgetExceeded,
+    CompactionLoopDetected,
+    GuardError,
+    GuardPolicy,
+    SpendUnknown,
+    wrap_up_message,
+)
 from compactobs.instrument import state
 from compactobs.instrument.conversation import conversation
 
@@ -42,6 +49,7 @@ __all__ = [
     "GuardError",
     "GuardPolicy",
     "Middleware",
+    "SpendUnknown",
     "__version__",
     "checkpoint",
     "configure",

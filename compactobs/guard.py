@@ -470,8 +470,11 @@ class _State:
     """When (time.monotonic) the last successful exchange began."""
     failed: bool = False
     """The last exchange failed: the figures lack other processes' spend since the last read."""
-    others: bool = False
-    """Another process has spent on this conversation: each request waits for the read after its last call."""
+    others: bool = True
+    """Another process may be spending on this conversation: under a policy that needs the figures, each
+    request waits for a read after this process's last call. Presumed until `refresh_s` of reads in a row
+    show no spend but this process's (`solo_since`); set again by the first read that shows some."""
+    solo_since: float | None = None
     wanted: int = 0
     """Exchanges asked for (a counter): a request waits until `done` reaches the value it saw."""
     done: int = 0
@@ -560,7 +563,7 @@ class Guard:
             if found is None and own is None and service is None:
                 return None
             # Limits as report anomalies takes them (rules.effective_budget), then the service's; how to
-            # act and whether to watch loops: the file, then the conversation, then the service.
+            # act, on unknown spend too, and whether to watch loops: the file, the conversation, the service.
             limits = effective_budget(found.budget if found else None, own.budget if own else None)
             if limits is None and service is not None:
                 limits = service.budget
@@ -571,6 +574,7 @@ class Guard:
                 limits.max_compactions if limits else None,
                 behaviour.loop,
                 behaviour.on_breach,
+                behaviour.unknown,
             )
             if not policy.budget.has_limits and policy.loop is False:
                 return None  # what applies watches nothing
@@ -744,14 +748,15 @@ class Guard:
         if row is None:  # no row (it was removed): made again from the store's calls at the next exchange
             state.seeded = False
             row = state.shared.plus(sent)
-        elif state.seeded:
-            expected = state.shared.plus(sent)
-            if _units(row.spent_usd) != _units(expected.spent_usd) or row.calls != expected.calls:
-                state.others = True
         else:
+            expected = state.shared.plus(sent) if state.seeded else sent
+            if _units(row.spent_usd) != _units(expected.spent_usd) or row.calls != expected.calls:
+                state.others, state.solo_since = True, None  # spent on by another process
+            elif state.solo_since is None:
+                state.solo_since = began
+            elif began - state.solo_since >= self.refresh_s:
+                state.others = False
             state.seeded = True
-            if row.calls > sent.calls:
-                state.others = True  # spent on before this process saw it: another process may be at it
         state.shared = row
         state.known = True
         state.failed = False
@@ -783,13 +788,15 @@ class Guard:
             return None
         now = time.monotonic()
         with state.lock:
-            stale = state.read_at is None or now - state.read_at > self.refresh_s
+            # Read again when the figures are old, and, under a policy that needs them, before every request
+            # of a conversation other processes spend on (one short exchange; solo ones never wait).
+            fresh = state.read_at is None or now - state.read_at > self.refresh_s
+            fresh = fresh or (state.others and policy.needs_figures)
             idle = state.done >= state.wanted
-        if stale and idle:
+        if fresh and idle:
             self._ask(state)
         with state.lock:
-            pending = state.done < state.wanted
-            due = pending and (not state.known or stale or state.others)
+            due = state.done < state.wanted and (not state.known or fresh)
             target = state.wanted
         if not due or not policy.needs_figures or self._stuck():
             return None
