@@ -123,6 +123,9 @@ REFRESH_S: Final = 1.0
 """A conversation's figures from the store older than this are read again before its next request."""
 RETRY_S: Final = (0.25, 5.0)
 """The background exchange's first and longest pause between tries while the store does not answer."""
+PUBLISH_EVERY_S: Final = 0.02
+"""Between two exchanges that only send what was counted (no request waits for them), the background
+thread lets this much time pass, so a busy process makes one short transaction per 20 ms, not per call."""
 CLOSE_WAIT_S: Final = 2.0
 """At close, how long the last counted calls may take to reach the store."""
 
@@ -478,6 +481,8 @@ class _State:
     wanted: int = 0
     """Exchanges asked for (a counter): a request waits until `done` reaches the value it saw."""
     done: int = 0
+    asked_at: float = 0.0
+    """When (time.monotonic) the oldest exchange still to answer was asked for."""
 
     def __post_init__(self) -> None:
         self.changed = threading.Condition(self.lock)
@@ -522,9 +527,14 @@ class Guard:
         self._worker: threading.Thread | None = None
         self._closing = False
         self._exchange_began: float | None = None
+        self._exchange_ended = 0.0
+        self._hurry = False
+        """A request waits for the next exchange: no pause before it."""
         self._retry_at = 0.0
         self._outage: str | None = None
         """The store's last error while it does not answer (logged once per outage)."""
+        if store is not None:
+            self._start_worker()
         self._budgets_file = budgets_file
         self._budgets_seen: tuple[float, int, int] | None = _file_stamp(budgets_file)
         self._budgets_checked = time.monotonic()
@@ -611,7 +621,8 @@ class Guard:
                 budgets = load_budgets(self._budgets_file)
             except Exception as err:
                 self._budgets_bad = stamp
-                log.error("compactobs guard: %s; keeping the budgets read before", " ".join(str(err).split()))
+                # repr: one line, and a hostile key in the file cannot put escape sequences in the log
+                log.error("compactobs guard: %r; keeping the budgets read before", " ".join(str(err).split()))
                 return
             self.budgets = budgets if budgets else None
             self._budgets_seen, self._budgets_bad = stamp, None
@@ -647,17 +658,19 @@ class Guard:
     def _ask(self, state: _State) -> None:
         """Queue an exchange of the conversation's figures with the store. Never raises."""
         with state.lock:
+            if state.done >= state.wanted:
+                state.asked_at = time.monotonic()
             state.wanted += 1
         with self._queue_changed:
             if self._closing:
                 return
             self._queue[state.conversation_id] = state
-            if self._worker is None:
-                self._worker = threading.Thread(
-                    target=self._exchange_loop, name="compactobs-guard-store", daemon=True
-                )
-                self._worker.start()
             self._queue_changed.notify()
+
+    def _start_worker(self) -> None:
+        name = "compactobs-guard-store"
+        self._worker = threading.Thread(target=self._exchange_loop, name=name, daemon=True)
+        self._worker.start()
 
     def _stuck(self) -> bool:
         """Whether the store is not answering now: no exchange is worth waiting for."""
@@ -669,6 +682,11 @@ class Guard:
         """The background thread: exchange the queued conversations' figures with the store, all of them in
         one transaction, again and again; while the store does not answer, try again after a pause that
         doubles up to RETRY_S[1]."""
+        try:  # connect now, at setup: the first conversation's first read is then one round trip
+            assert self._source is not None
+            self._source.exchange({}, (), {})
+        except Exception:
+            log.debug("compactobs guard: the store does not answer yet", exc_info=True)
         pause = RETRY_S[0]
         while True:
             with self._queue_changed:
@@ -677,11 +695,16 @@ class Guard:
                         return
                     timeout = self._retry_at - time.monotonic() if self._queue else None
                     self._queue_changed.wait(timeout)
+                due = self._exchange_ended + PUBLISH_EVERY_S
+                while not (self._hurry or self._closing) and (wait := due - time.monotonic()) > 0:
+                    self._queue_changed.wait(wait)
+                self._hurry = False
                 batch, self._queue = self._queue, {}
                 self._exchange_began = time.monotonic()
             ok = self._exchange(batch)
             with self._queue_changed:
                 self._exchange_began = None
+                self._exchange_ended = time.monotonic()
                 if ok:
                     pause = RETRY_S[0]
                     continue
@@ -716,6 +739,7 @@ class Guard:
                     state.unpublished, state.sending = state.unpublished.plus(state.sending), NOTHING
                     state.failed = True
                     state.done = max(state.done, asked[conversation_id])
+                    state.asked_at = began  # what is still asked for was asked after this exchange began
                     self._wake_all(state)
             if self._outage is None:
                 log.warning(
@@ -737,6 +761,7 @@ class Guard:
                     log.debug("compactobs guard: could not take a conversation's figures", exc_info=True)
                 finally:
                     state.done = max(state.done, asked[conversation_id])
+                    state.asked_at = began  # what is still asked for was asked after this exchange began
                     self._wake_all(state)
             for breach in crossed:
                 log.warning("compactobs guard: %s", breach.message)
@@ -800,13 +825,19 @@ class Guard:
             target = state.wanted
         if not due or not policy.needs_figures or self._stuck():
             return None
+        with self._queue_changed:
+            self._hurry = True
+            self._queue_changed.notify()
         return target
 
     def _complete(self, state: _State, target: int | None) -> bool:
         """Whether the figures include every process's spend as of the read the request needed."""
         if self._source is None:
             return True
-        return state.known and not state.failed and (target is None or state.done >= target)
+        if not state.known or state.failed or (target is not None and state.done < target):
+            return False
+        late = state.done < state.wanted and time.monotonic() - state.asked_at > self.read_timeout_s
+        return not late  # an exchange asked for has gone unanswered beyond the bound: a stalled store
 
     def _wait_exchange(self, state: _State, target: int) -> None:
         deadline = time.monotonic() + self.read_timeout_s

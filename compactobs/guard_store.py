@@ -27,7 +27,7 @@ from sqlalchemy import BigInteger, Engine, cast, func, literal, select
 
 from compactobs.guard import PriorSpend
 from compactobs.rules import BILLED_TOKEN_COLUMNS
-from compactobs.store import calls, guard_spend, make_engine
+from compactobs.store import calls, ensure_schema, guard_spend, make_engine
 
 __all__ = ["StoreSpend"]
 
@@ -50,12 +50,20 @@ class StoreSpend:
     def _connect(self) -> Engine:
         with self._lock:
             if self._engine is None:
-                self._engine = make_engine(
+                engine = make_engine(
                     self._url,
                     writer=True,
                     busy_timeout_s=BUSY_TIMEOUT_S,
                     statement_timeout_s=STATEMENT_TIMEOUT_S,
                 )
+                try:
+                    # An empty SQLite file is made a store here as by the exporter (whichever is first); any
+                    # other schema not at this code's revision raises what to run (`compactobs db upgrade`).
+                    ensure_schema(engine)
+                except BaseException:
+                    engine.dispose()
+                    raise
+                self._engine = engine
             return self._engine
 
     def exchange(
@@ -100,6 +108,8 @@ class StoreSpend:
                 connection.execute(
                     statement.on_conflict_do_update(index_elements=[g.conversation_id], set_=changes)
                 )
+            if not read:
+                return {}
             rows = connection.execute(
                 select(
                     g.conversation_id, g.cost_units, g.billed_tokens, g.compactions, g.calls, g.unpriced_calls

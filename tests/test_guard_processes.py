@@ -212,6 +212,9 @@ class StoppableProxy(FreezingProxy):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
     def stop(self) -> None:
+        # shutdown wakes the thread blocked in accept(), which otherwise keeps the port bound after close
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         for sock in self._sockets:
             with contextlib.suppress(OSError):
@@ -257,11 +260,11 @@ def timed_call(api: anthropic.Anthropic) -> tuple[float, BaseException | None]:
     return time.perf_counter() - started, None
 
 
-def guarded_setup(url: str) -> None:
+def guarded_setup(url: str, read_timeout_s: float = guard.READ_TIMEOUT_S) -> None:
     """compactobs recording to OpenTelemetry only, its guard sharing spend through the store at `url` (the
     store's exporter is not what these tests are about, and it would spool while the proxy is frozen)."""
     compactobs.configure(store=False, tracer_provider=TracerProvider(), meter_provider=MeterProvider())
-    guard.install(guard.Guard(store=StoreSpend(url)))
+    guard.install(guard.Guard(store=StoreSpend(url), read_timeout_s=read_timeout_s))
 
 
 def test_a_frozen_store_never_holds_a_caller_and_its_spend_counts_once_it_answers(postgres_url: str) -> None:
@@ -299,28 +302,34 @@ def test_a_frozen_store_never_holds_a_caller_and_its_spend_counts_once_it_answer
 
 
 def test_unknown_raise_refuses_while_the_store_is_frozen(postgres_url: str) -> None:
-    """unknown="raise": the first request waits the read bound, then is refused (SpendUnknown), the store
-    frozen; once it answers, requests go."""
+    """unknown="raise" fails closed: a conversation never read (the store frozen from its first request),
+    and one read before the store froze, are refused (SpendUnknown) within the read bound; once the store
+    answers, their requests go again. $0.0425 a call, far under the budget: only the unknown refuses."""
     store.upgrade_database(postgres_url)
     with proxied(postgres_url) as (proxy, url), Simulator() as sim:
-        replies(sim, 2)
-        guarded_setup(url)
+        replies(sim, 3)
+        guarded_setup(url, read_timeout_s=0.5)  # the healthy first read, on this loaded machine, in time
         api = client(sim)
+        strict = {"budget_usd": BUDGET_USD, "on_breach": "raise", "unknown": "raise"}
         try:
-            with compactobs.conversation("closed", budget_usd=BUDGET_USD, on_breach="raise", unknown="raise"):
+            with compactobs.conversation("read-before", **strict):
+                assert timed_call(api)[1] is None  # the store answers
                 proxy.freeze()
-                wait, refused = timed_call(api)
+                wait_read, refused_read = timed_call(api)
+            with compactobs.conversation("never-read", **strict):
+                wait_new, refused_new = timed_call(api)
+            for refused in (refused_read, refused_new):
                 assert isinstance(refused, compactobs.SpendUnknown), refused
-                assert wait < 2.0  # generous (bound: 50 ms)
-                proxy.thaw()
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline:
-                    _, refused = timed_call(api)
-                    if refused is None:
-                        break
-                    time.sleep(0.05)
-                assert refused is None
-            assert len(sim.requests) == 1
+                assert "spend in other processes is unknown" in str(refused)
+            assert max(wait_read, wait_new) < 2.0  # generous (bound: 0.5 s here)
+            proxy.thaw()
+            for conversation_id in ("read-before", "never-read"):
+                with compactobs.conversation(conversation_id, **strict):
+                    deadline = time.monotonic() + 30
+                    while (refused := timed_call(api)[1]) is not None and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    assert refused is None
+            assert len(sim.requests) == 3
         finally:
             compactobs.shutdown()
 
