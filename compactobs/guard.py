@@ -123,9 +123,11 @@ REFRESH_S: Final = 1.0
 """A conversation's figures from the store older than this are read again before its next request."""
 RETRY_S: Final = (0.25, 5.0)
 """The background exchange's first and longest pause between tries while the store does not answer."""
-PUBLISH_EVERY_S: Final = 0.02
+PUBLISH_EVERY_S: Final = 0.1
 """Between two exchanges that only send what was counted (no request waits for them), the background
-thread lets this much time pass, so a busy process makes one short transaction per 20 ms, not per call."""
+thread lets this much time pass: a busy process makes one short transaction per 100 ms (the recording
+thread's own batching window), not one per call, and its calls reach the other processes that much later.
+A request that waits for an exchange cuts the pause short."""
 CLOSE_WAIT_S: Final = 2.0
 """At close, how long the last counted calls may take to reach the store."""
 
@@ -375,6 +377,9 @@ class Verdict:
     """The conversation's billed USD the guard knew when it let the request go."""
     complete: bool
     """Whether that figure included other processes' spend (the store answered), or only this one's."""
+    breaches: tuple[Breach, ...] = ()
+    """Limits crossed by calls this process did not make, found since its last request: for this call's
+    span, as no call of this process crossed them."""
 
 
 _GO: Final = Verdict(False, Decimal(0), False)
@@ -478,6 +483,8 @@ class _State:
     request waits for a read after this process's last call. Presumed until `refresh_s` of reads in a row
     show no spend but this process's (`solo_since`); set again by the first read that shows some."""
     solo_since: float | None = None
+    unreported: list[Breach] = field(default_factory=list)
+    """Breaches a read found (crossed by other processes' calls), for the next request's span."""
     wanted: int = 0
     """Exchanges asked for (a counter): a request waits until `done` reaches the value it saw."""
     done: int = 0
@@ -755,13 +762,13 @@ class Guard:
         for conversation_id, state in batch.items():
             crossed: list[Breach] = []
             with state.changed:
+                state.done = max(state.done, asked[conversation_id])
+                state.asked_at = time.monotonic()  # answered: what is still asked for waits from now
                 try:
                     crossed = self._read_back(state, rows.get(conversation_id), began)
                 except Exception:
                     log.debug("compactobs guard: could not take a conversation's figures", exc_info=True)
                 finally:
-                    state.done = max(state.done, asked[conversation_id])
-                    state.asked_at = began  # what is still asked for was asked after this exchange began
                     self._wake_all(state)
             for breach in crossed:
                 log.warning("compactobs guard: %s", breach.message)
@@ -796,6 +803,7 @@ class Guard:
                 breach = self._breach(kind, state.conversation_id, state, policy, (), crossed_before=True)
                 self._act(state, breach)
                 found.append(breach)
+        state.unreported += found
         return found
 
     @staticmethod
@@ -920,7 +928,10 @@ class Guard:
                     stopping = None
                 if stopping is None and first_attempt and not complete and policy.unknown == "raise":
                     stopping = self._breach("spend_unknown", conversation_id, state, policy, ())
-                verdict = Verdict(state.pausing, state.spent_usd, complete)
+                reported: tuple[Breach, ...] = ()
+                if stopping is None and first_attempt:
+                    reported, state.unreported = tuple(state.unreported), []
+                verdict = Verdict(state.pausing, state.spent_usd, complete, reported)
         except Exception:
             log.debug("compactobs guard: could not check a request", exc_info=True)
             return _GO

@@ -25,10 +25,13 @@ import anthropic
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import make_url, select
 
 import compactobs
 from compactobs import guard, store
+from compactobs import telemetry as t
 from compactobs.guard_store import StoreSpend
 from compactobs.store import guard_spend
 from compactobs.testing import Reply, Simulator, message
@@ -260,11 +263,64 @@ def timed_call(api: anthropic.Anthropic) -> tuple[float, BaseException | None]:
     return time.perf_counter() - started, None
 
 
-def guarded_setup(url: str, read_timeout_s: float = guard.READ_TIMEOUT_S) -> None:
+def guarded_setup(url: str, read_timeout_s: float = guard.READ_TIMEOUT_S) -> InMemorySpanExporter:
     """compactobs recording to OpenTelemetry only, its guard sharing spend through the store at `url` (the
     store's exporter is not what these tests are about, and it would spool while the proxy is frozen)."""
-    compactobs.configure(store=False, tracer_provider=TracerProvider(), meter_provider=MeterProvider())
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    compactobs.configure(store=False, tracer_provider=provider, meter_provider=MeterProvider())
     guard.install(guard.Guard(store=StoreSpend(url), read_timeout_s=read_timeout_s))
+    return spans
+
+
+def call_spans(spans: InMemorySpanExporter) -> list[Any]:
+    compactobs.flush()
+    found = [
+        s for s in spans.get_finished_spans() if (s.attributes or {}).get(t.SPAN_KIND) == t.SPAN_KIND_CALL
+    ]
+    return sorted(found, key=lambda s: s.start_time or 0)
+
+
+def test_the_span_says_what_the_guard_went_on(postgres_url: str) -> None:
+    """Under warn, another process's 9 calls ($0.3825) in the row. Call 1 goes with the store frozen (its
+    figure: $0, incomplete), counted alone ($0.0425). Once the store answers, the row and call 1 make
+    $0.3825 + $0.0425 = $0.425 > $0.40: crossed by calls this process did not make alone, reported on call
+    2's span, which went on $0.425, complete. With the store frozen again and the exchange after call 2
+    unanswered past the read bound, call 3 goes on $0.4675 and says it is incomplete."""
+    store.upgrade_database(postgres_url)
+    earlier_spend(postgres_url, "seen", 9)
+    with proxied(postgres_url) as (proxy, url), Simulator() as sim:
+        replies(sim, 3)
+        spans = guarded_setup(url)
+        api = client(sim)
+        try:
+            with compactobs.conversation("seen", budget_usd=BUDGET_USD):
+                proxy.freeze()
+                api.messages.create(**ARGS)
+                compactobs.flush()  # call 1 counted, by this process alone
+                assert guard.spend("seen").calls == 1  # type: ignore[union-attr]
+                proxy.thaw()
+                deadline = time.monotonic() + 30
+                while guard.spend("seen").calls < 10 and time.monotonic() < deadline:  # type: ignore[union-attr]
+                    time.sleep(0.01)
+                api.messages.create(**ARGS)
+                proxy.freeze()
+                compactobs.flush()  # call 2 counted: its exchange is asked, and hangs
+                time.sleep(0.1)  # past the 50 ms read bound
+                api.messages.create(**ARGS)
+            first, second, third = (s.attributes or {} for s in call_spans(spans))
+            assert first[t.GUARD_COMPLETE] is False and first[t.GUARD_SEEN_USD] == 0.0
+            assert second[t.GUARD_COMPLETE] is True and second[t.GUARD_SEEN_USD] == pytest.approx(0.425)
+            assert third[t.GUARD_COMPLETE] is False and third[t.GUARD_SEEN_USD] == pytest.approx(0.4675)
+            events = [(s, e) for s in call_spans(spans) for e in s.events if e.name == t.EVENT_GUARD_BREACH]
+            [(span, event)] = events
+            assert span.attributes[t.GUARD_SEEN_USD] == pytest.approx(0.425)  # call 2: after the read
+            assert event.attributes[t.GUARD_SPENT_USD] == pytest.approx(0.425)
+            assert event.attributes[t.GUARD_COMPLETE] is True
+        finally:
+            proxy.thaw()
+            compactobs.shutdown()
 
 
 def test_a_frozen_store_never_holds_a_caller_and_its_spend_counts_once_it_answers(postgres_url: str) -> None:

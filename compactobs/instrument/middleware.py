@@ -27,7 +27,7 @@ from compactobs import guard as guard_module
 from compactobs.instrument import state
 from compactobs.instrument.conversation import current_conversation, fingerprint
 from compactobs.instrument.streams import StreamObserver, observe_body
-from compactobs.telemetry import CONVERSATION_ID
+from compactobs.telemetry import CONVERSATION_ID, breach_event
 from compactobs.usage import CallObservation, RequestFacts, observe_message
 
 if TYPE_CHECKING:
@@ -229,6 +229,8 @@ class Middleware(anthropic.Middleware):
             _retrying.set(None)
             raise
         call.observation.guard_seen = (verdict.seen_usd, verdict.complete)
+        if verdict.breaches:  # crossed by other processes' calls: reported on this process's next call
+            call.observation.events = [breach_event(breach) for breach in verdict.breaches]
         if not verdict.pausing:
             return request
         try:
