@@ -537,6 +537,8 @@ class Guard:
         self._exchange_ended = 0.0
         self._hurry = False
         """A request waits for the next exchange: no pause before it."""
+        self._worker_idle = False
+        """The background thread waits for work (not pausing between exchanges, nor exchanging)."""
         self._retry_at = 0.0
         self._outage: str | None = None
         """The store's last error while it does not answer (logged once per outage)."""
@@ -672,7 +674,8 @@ class Guard:
             if self._closing:
                 return
             self._queue[state.conversation_id] = state
-            self._queue_changed.notify()
+            if self._worker_idle:  # else it takes the queue when its pause ends: no wake-up per call
+                self._queue_changed.notify()
 
     def _start_worker(self) -> None:
         name = "compactobs-guard-store"
@@ -701,7 +704,9 @@ class Guard:
                     if self._closing and not self._queue:
                         return
                     timeout = self._retry_at - time.monotonic() if self._queue else None
+                    self._worker_idle = not self._queue
                     self._queue_changed.wait(timeout)
+                    self._worker_idle = False
                 due = self._exchange_ended + PUBLISH_EVERY_S
                 while not (self._hurry or self._closing) and (wait := due - time.monotonic()) > 0:
                     self._queue_changed.wait(wait)

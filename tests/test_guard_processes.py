@@ -254,6 +254,16 @@ def PriorCalls(calls: int) -> guard.PriorSpend:
     return guard.PriorSpend(calls * CALL_USD, calls * 6500, 0, calls, 0)
 
 
+def wait_for_calls(conversation_id: str, calls: int) -> None:
+    """Until the guard counts `calls` calls of the conversation (its own and those read from the store), or
+    30 s: the store's answer comes in the background."""
+    deadline = time.monotonic() + 30
+    while (spent := guard.spend(conversation_id)) is None or spent.calls < calls:
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.01)
+
+
 def timed_call(api: anthropic.Anthropic) -> tuple[float, BaseException | None]:
     started = time.perf_counter()
     try:
@@ -301,9 +311,7 @@ def test_the_span_says_what_the_guard_went_on(postgres_url: str) -> None:
                 compactobs.flush()  # call 1 counted, by this process alone
                 assert guard.spend("seen").calls == 1  # type: ignore[union-attr]
                 proxy.thaw()
-                deadline = time.monotonic() + 30
-                while guard.spend("seen").calls < 10 and time.monotonic() < deadline:  # type: ignore[union-attr]
-                    time.sleep(0.01)
+                wait_for_calls("seen", 10)
                 api.messages.create(**ARGS)
                 proxy.freeze()
                 compactobs.flush()  # call 2 counted: its exchange is asked, and hangs
@@ -342,9 +350,7 @@ def test_a_frozen_store_never_holds_a_caller_and_its_spend_counts_once_it_answer
                 spent = guard.spend("frozen")
                 assert spent is not None and (spent.calls, spent.spent_usd) == (3, 3 * CALL_USD)
                 proxy.thaw()
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline and guard.spend("frozen").calls < 10:  # type: ignore[union-attr]
-                    time.sleep(0.01)
+                wait_for_calls("frozen", 10)
                 _, refused = timed_call(api)
             assert isinstance(refused, compactobs.BudgetExceeded)
             assert refused.spent_usd == 10 * CALL_USD  # 7 + 3 calls: $0.425
@@ -428,9 +434,7 @@ def test_a_store_stopped_then_restarted_mid_conversation(postgres_url: str) -> N
                 during = [timed_call(api) for _ in range(2)]
                 assert [err for _, err in before + during] == [None] * 4
                 proxy.start()
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline and guard.spend("restarted").calls < 10:  # type: ignore[union-attr]
-                    time.sleep(0.05)
+                wait_for_calls("restarted", 10)
                 _, refused = timed_call(api)
             assert isinstance(refused, compactobs.BudgetExceeded)
             assert refused.spent_usd == 10 * CALL_USD
