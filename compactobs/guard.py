@@ -40,15 +40,18 @@ depends on the figures, so it never waits; `spend()` settles first, so it sees e
 Spend is kept in memory per conversation, for at most `max_conversations` (least recently used dropped).
 With a store (`Guard(store=...)`, `compactobs.guard_store.StoreSpend`), the conversation's spend is shared
 across processes through its row in the store's `guard_spend` table: a background thread adds the calls this
-process counts to the row and reads it back, in one short transaction (`SpendSource.exchange`), at the
-conversation's first call, after each counted call, and before a request when the last read is older than
-`refresh_s`. A caller never does that I/O. A request that must know the figures (its policy pauses or
-raises) waits for the exchange it needs at most `read_timeout_s` (50 ms by default), then goes on with what
-the guard knows; it waits only when a read is due: the conversation's first, one older than `refresh_s`, or
-the one after its own last call once another process has been seen spending on the conversation. Until a
-read succeeds, the conversation's spend elsewhere is *unknown*: `unknown="warn"` (default) goes on and logs
-once, `unknown="raise"` refuses the request (`SpendUnknown`). The figure a request went on, and whether it
-was complete, is on its call span (`compactobs.guard.seen_usd`, `compactobs.guard.complete`).
+process counts to the row and reads it back, in one short transaction (`SpendSource.exchange`): at the
+conversation's first call, after calls are counted (at most every PUBLISH_EVERY_S when no request waits),
+and before a request when the last read is older than `refresh_s`. A caller never does that I/O. A request
+that must know the figures (its policy pauses, raises, or refuses unknown spend) waits for the exchange it
+needs at most `read_timeout_s` (50 ms by default), then goes on with what the guard knows. It waits only
+when a read is due: the conversation's first, one older than `refresh_s`, or, while other processes may be
+spending on the conversation, one after this process's last call (the conversation is presumed shared
+until `refresh_s` of reads show only this process's spend). Until a read succeeds, and while the store
+leaves an exchange unanswered past the bound, the conversation's spend elsewhere is *unknown*:
+`unknown="warn"` (default) goes on and logs once, `unknown="raise"` refuses the request (`SpendUnknown`).
+The figure a request went on, and whether it was complete, is on its call span
+(`compactobs.guard.seen_usd`, `compactobs.guard.complete`).
 """
 
 from __future__ import annotations
