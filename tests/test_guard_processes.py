@@ -284,6 +284,27 @@ def guarded_setup(url: str, read_timeout_s: float = guard.READ_TIMEOUT_S) -> InM
     return spans
 
 
+@contextlib.contextmanager
+def app(
+    url: str, calls: int, read_timeout_s: float = guard.READ_TIMEOUT_S
+) -> Iterator[tuple[Simulator, anthropic.Anthropic, InMemorySpanExporter]]:
+    """This process as the application: a simulator with `calls` replies, a client, and its guard sharing
+    spend through the store at `url` (the simulator, the client, the spans)."""
+    with Simulator() as sim:
+        replies(sim, calls)
+        spans = guarded_setup(url, read_timeout_s)
+        yield sim, client(sim), spans
+
+
+@contextlib.contextmanager
+def guarded_app(
+    postgres_url: str, calls: int, read_timeout_s: float = guard.READ_TIMEOUT_S
+) -> Iterator[tuple[StoppableProxy, Simulator, anthropic.Anthropic, InMemorySpanExporter]]:
+    """`app`, its store reached through a proxy (the proxy, the simulator, the client, the spans)."""
+    with proxied(postgres_url) as (proxy, url), app(url, calls, read_timeout_s) as (sim, api, spans):
+        yield proxy, sim, api, spans
+
+
 def call_spans(spans: InMemorySpanExporter) -> list[Any]:
     compactobs.flush()
     found = [
@@ -300,10 +321,7 @@ def test_the_span_says_what_the_guard_went_on(postgres_url: str) -> None:
     unanswered past the read bound, call 3 goes on $0.4675 and says it is incomplete."""
     store.upgrade_database(postgres_url)
     earlier_spend(postgres_url, "seen", 9)
-    with proxied(postgres_url) as (proxy, url), Simulator() as sim:
-        replies(sim, 3)
-        spans = guarded_setup(url)
-        api = client(sim)
+    with guarded_app(postgres_url, 3) as (proxy, _sim, api, spans):
         try:
             with compactobs.conversation("seen", budget_usd=BUDGET_USD):
                 proxy.freeze()
@@ -338,10 +356,7 @@ def test_a_frozen_store_never_holds_a_caller_and_its_spend_counts_once_it_answer
     refused. Before: the first call waited on the frozen server, and the spend there was never read."""
     store.upgrade_database(postgres_url)
     earlier_spend(postgres_url, "frozen", 7)
-    with proxied(postgres_url) as (proxy, url), Simulator() as sim:
-        replies(sim, 10)
-        guarded_setup(url)
-        api = client(sim)
+    with guarded_app(postgres_url, 10) as (proxy, sim, api, _spans):
         try:
             with compactobs.conversation("frozen", budget_usd=BUDGET_USD, on_breach="raise"):
                 proxy.freeze()
@@ -368,10 +383,8 @@ def test_unknown_raise_refuses_while_the_store_is_frozen(postgres_url: str) -> N
     and one read before the store froze, are refused (SpendUnknown) within the read bound; once the store
     answers, their requests go again. $0.0425 a call, far under the budget: only the unknown refuses."""
     store.upgrade_database(postgres_url)
-    with proxied(postgres_url) as (proxy, url), Simulator() as sim:
-        replies(sim, 3)
-        guarded_setup(url, read_timeout_s=0.5)  # the healthy first read, on this loaded machine, in time
-        api = client(sim)
+    # a read bound of 0.5 s: the healthy first read, on this loaded machine, in time
+    with guarded_app(postgres_url, 3, read_timeout_s=0.5) as (proxy, sim, api, _spans):
         strict = {"budget_usd": BUDGET_USD, "on_breach": "raise", "unknown": "raise"}
         try:
             with compactobs.conversation("read-before", **strict):
@@ -400,10 +413,7 @@ def test_a_locked_calls_table_never_holds_a_caller(postgres_url: str) -> None:
     """A new conversation's row is made from `calls`, which another session holds locked: each call goes
     on within the read bound (before: 18.6-21.5 s for the first); the row is made once the lock goes."""
     store.upgrade_database(postgres_url)
-    with Simulator() as sim:
-        replies(sim, 3)
-        guarded_setup(postgres_url)
-        api = client(sim)
+    with app(postgres_url, 3) as (_sim, api, _spans):
         try:
             with compactobs.conversation("locked", budget_usd=BUDGET_USD, on_breach="raise"):
                 with postgres_table_lock(postgres_url):
@@ -422,10 +432,7 @@ def test_a_store_stopped_then_restarted_mid_conversation(postgres_url: str) -> N
     spends 6 calls there; this process makes 2 more calls, each within the read bound, its own figures
     alone; the server comes back: 6 + 4 = 10 calls, $0.425: refused, and its 4 calls are in the row."""
     store.upgrade_database(postgres_url)
-    with proxied(postgres_url) as (proxy, url), Simulator() as sim:
-        replies(sim, 10)
-        guarded_setup(url)
-        api = client(sim)
+    with guarded_app(postgres_url, 10) as (proxy, _sim, api, _spans):
         try:
             with compactobs.conversation("restarted", budget_usd=BUDGET_USD, on_breach="raise"):
                 before = [timed_call(api) for _ in range(2)]
@@ -450,10 +457,7 @@ def test_a_locked_sqlite_file_never_holds_a_caller(sqlite_url: str) -> None:
     """Another process holds the SQLite file's write lock: the exchange waits on it in the background; the
     calls go on within the read bound."""
     store.upgrade_database(sqlite_url)
-    with Simulator() as sim:
-        replies(sim, 3)
-        guarded_setup(sqlite_url)
-        api = client(sim)
+    with app(sqlite_url, 3) as (_sim, api, _spans):
         try:
             with (
                 compactobs.conversation("sqlite-locked", budget_usd=BUDGET_USD, on_breach="raise"),
@@ -512,9 +516,7 @@ def test_an_event_loop_never_stalls_on_a_frozen_store(postgres_url: str) -> None
         await api.close()
         return stall, waits, refused
 
-    with proxied(postgres_url) as (proxy, url), Simulator() as sim:
-        replies(sim, 10)
-        guarded_setup(url)
+    with guarded_app(postgres_url, 10) as (proxy, sim, _, _):
         try:
             stall, waits, refused = asyncio.run(main(sim.base_url))
         finally:
