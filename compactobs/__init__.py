@@ -23,7 +23,14 @@ from compactobs import lifecycle, otlp
 from compactobs._version import __version__
 from compactobs.checkpoint import Checkpoint, checkpoint
 from compactobs.configfile import ConfigError
-from compactobs.guard import BudgetExceeded, CompactionLoopDetected, GuardError, GuardPolicy, wrap_up_message
+from compactobs.guard import (
+    BudgetExceeded,
+    CompactionLoopDetected,
+    GuardError,
+    GuardPolicy,
+    SpendUnknown,
+    wrap_up_message,
+)
 from compactobs.instrument import state
 from compactobs.instrument.conversation import conversation
 
@@ -41,6 +48,7 @@ __all__ = [
     "GuardError",
     "GuardPolicy",
     "Middleware",
+    "SpendUnknown",
     "__version__",
     "checkpoint",
     "configure",
@@ -242,11 +250,28 @@ def _install_guard(
         raise TypeError(f"guard must be a compactobs.GuardPolicy or a dict of its fields, not {policy!r}")
     path = os.environ.get(ENV_BUDGETS_FILE)
     budgets = _unless_bad(lambda: load_budgets(path), lenient) if path else None
-    prior = guard_module.StoreSpend(database_url) if database_url is not False else None
+    timeout_ms = os.environ.get(guard_module.ENV_READ_TIMEOUT_MS, "").strip()
+    try:
+        read_timeout_s = float(timeout_ms) / 1000 if timeout_ms else guard_module.READ_TIMEOUT_S
+        if not 0 <= read_timeout_s <= 60:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(
+            f"{guard_module.ENV_READ_TIMEOUT_MS} must be milliseconds from 0 to 60000, not {timeout_ms!r}"
+        ) from None
+    spend_store = None
+    if isinstance(database_url, str) or database_url is None:
+        from compactobs.guard_store import StoreSpend
+
+        spend_store = StoreSpend(database_url)
     previous = guard_module.installed()
     if previous is not None:
         previous.close()
-    guard_module.install(guard_module.Guard(policy, budgets, prior=prior))
+    guard_module.install(
+        guard_module.Guard(
+            policy, budgets, store=spend_store, read_timeout_s=read_timeout_s, budgets_file=path or None
+        )
+    )
 
 
 def _configure(origin: str, settings: dict[str, Any]) -> None:

@@ -38,32 +38,47 @@ call is priced and counted once, whoever gets to it first. Under `warn` nothing 
 depends on the figures, so it never waits; `spend()` settles first, so it sees every call that returned.
 
 Spend is kept in memory per conversation, for at most `max_conversations` (least recently used dropped).
-With a store configured, a conversation's spend before this process saw it is read once from the store at
-its first call in the process, so processes that take turns on a conversation share its budget.
+With a store (`Guard(store=...)`, `compactobs.guard_store.StoreSpend`), the conversation's spend is shared
+across processes through its row in the store's `guard_spend` table: a background thread adds the calls this
+process counts to the row and reads it back, in one short transaction (`SpendSource.exchange`): at the
+conversation's first call, after calls are counted (at most every PUBLISH_EVERY_S when no request waits),
+and before a request when the last read is older than `refresh_s`. A caller never does that I/O. A request
+that must know the figures (its policy pauses, raises, or refuses unknown spend) waits for the exchange it
+needs at most `read_timeout_s` (50 ms by default), then goes on with what the guard knows. It waits only
+when a read is due: the conversation's first, one older than `refresh_s`, or, while other processes may be
+spending on the conversation, one after this process's last call (the conversation is presumed shared
+until `refresh_s` of reads show only this process's spend). Until a read succeeds, and while the store
+leaves an exchange unanswered past the bound, the conversation's spend elsewhere is *unknown*:
+`unknown="warn"` (default) goes on and logs once, `unknown="raise"` refuses the request (`SpendUnknown`).
+The figure a request went on, and whether it was complete, is on its call span
+(`compactobs.guard.seen_usd`, `compactobs.guard.complete`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from compactobs._words import counted
 from compactobs.rules import (
-    BILLED_TOKEN_COLUMNS,
     ON_BREACH,
+    ON_UNKNOWN,
     Budget,
     Budgets,
     LoopRule,
     LoopWindow,
     OnBreach,
+    OnUnknown,
     billed_tokens,
     effective_budget,
     over_limits,
@@ -84,7 +99,9 @@ __all__ = [
     "GuardPolicy",
     "PriorSpend",
     "ReturnedCall",
-    "StoreSpend",
+    "SpendSource",
+    "SpendUnknown",
+    "Verdict",
     "allow_wrap_up",
     "install",
     "installed",
@@ -103,7 +120,23 @@ SETTLE_WAIT_S: Final = 1.0
 """How long a request waits for another thread that is counting its conversation's returned calls (which
 takes microseconds) before it goes on without their figures, saying so in a warning."""
 
-BreachKind = Literal["budget_usd", "budget_tokens", "max_compactions", "compaction_loop"]
+READ_TIMEOUT_S: Final = 0.05
+"""How long a request waits for the store's answer when it needs one, by default: well under a real API
+call's latency. `COMPACTOBS_GUARD_READ_TIMEOUT_MS` sets it."""
+ENV_READ_TIMEOUT_MS: Final = "COMPACTOBS_GUARD_READ_TIMEOUT_MS"
+REFRESH_S: Final = 1.0
+"""A conversation's figures from the store older than this are read again before its next request."""
+RETRY_S: Final = (0.25, 5.0)
+"""The background exchange's first and longest pause between tries while the store does not answer."""
+PUBLISH_EVERY_S: Final = 0.1
+"""Between two exchanges that only send what was counted (no request waits for them), the background
+thread lets this much time pass: a busy process makes one short transaction per 100 ms (the recording
+thread's own batching window), not one per call, and its calls reach the other processes that much later.
+A request that waits for an exchange cuts the pause short."""
+CLOSE_WAIT_S: Final = 2.0
+"""At close, how long the last counted calls may take to reach the store."""
+
+BreachKind = Literal["budget_usd", "budget_tokens", "max_compactions", "compaction_loop", "spend_unknown"]
 
 
 def _usd(value: float | int | Decimal | None, name: str) -> Decimal | None:
@@ -133,6 +166,9 @@ class GuardPolicy:
     max_compactions: int | None = None
     loop: bool | None = None
     on_breach: OnBreach | None = None
+    unknown: OnUnknown | None = None
+    """What to do while the conversation's spend in other processes is unknown: "warn" (default) or
+    "raise"."""
 
     @classmethod
     def of(
@@ -143,23 +179,29 @@ class GuardPolicy:
         max_compactions: int | None = None,
         loop: bool | None = None,
         on_breach: str | None = None,
+        unknown: str | None = None,
     ) -> GuardPolicy:
         """A policy from user input; raises ValueError saying what is wrong."""
         if loop is not None and not isinstance(loop, bool):
             raise ValueError(f"loop must be True or False, not {loop!r}")
         if on_breach is not None and on_breach not in ON_BREACH:
             raise ValueError(f"on_breach must be one of {', '.join(ON_BREACH)}, not {on_breach!r}")
+        if unknown is not None and unknown not in ON_UNKNOWN:
+            raise ValueError(f"unknown must be one of {', '.join(ON_UNKNOWN)}, not {unknown!r}")
         return cls(
             _usd(budget_usd, "budget_usd"),
             _count(budget_tokens, "budget_tokens"),
             _count(max_compactions, "max_compactions"),
             loop,
-            on_breach,  # type: ignore[arg-type]
+            on_breach,
+            unknown,
         )
 
     @classmethod
     def from_budget(cls, budget: Budget) -> GuardPolicy:
-        return cls(budget.usd, budget.tokens, budget.max_compactions, budget.loop, budget.on_breach)
+        return cls(
+            budget.usd, budget.tokens, budget.max_compactions, budget.loop, budget.on_breach, budget.unknown
+        )
 
     def over(self, below: GuardPolicy | None) -> GuardPolicy:
         """This policy, its unset fields taken from `below`."""
@@ -171,6 +213,7 @@ class GuardPolicy:
             self.max_compactions if self.max_compactions is not None else below.max_compactions,
             self.loop if self.loop is not None else below.loop,
             self.on_breach if self.on_breach is not None else below.on_breach,
+            self.unknown if self.unknown is not None else below.unknown,
         )
 
     @property
@@ -184,6 +227,11 @@ class GuardPolicy:
     @property
     def watches_loops(self) -> bool:
         return self.loop is not False
+
+    @property
+    def needs_figures(self) -> bool:
+        """Whether a request's fate depends on the figures (pause, raise, or unknown="raise")."""
+        return self.on_breach in ("pause", "raise") or self.unknown == "raise"
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +253,9 @@ class Breach:
     request_ids: tuple[str, ...] = ()
     unpriced_calls: int = 0
     crossed_before: bool = False
+    """Crossed by calls this process did not count (another process's, or earlier ones)."""
+    complete: bool = True
+    """Whether the figures included every process's spend (False: the store had not answered)."""
 
     @property
     def message(self) -> str:
@@ -212,7 +263,15 @@ class Breach:
             f"${self.spent_usd:,.4f} billed, {counted(self.billed_tokens, 'token')}, "
             f"{counted(self.compactions, 'compaction')}"
         )
-        where = " (already over when this process first saw it)" if self.crossed_before else ""
+        where = " (crossed by calls this process did not make)" if self.crossed_before else ""
+        if not self.complete:
+            where += " (other processes' spend unknown: the store did not answer)"
+        if self.kind == "spend_unknown":
+            return (
+                f"conversation {self.conversation_id!r}: its spend in other processes is unknown (the store "
+                f"does not answer); unknown=raise refuses its requests until it does; this process counted "
+                f"{spent}"
+            )
         if self.kind == "budget_usd":
             what = f"over its ${self.limit:,.4f} budget"
         elif self.kind == "budget_tokens":
@@ -224,8 +283,11 @@ class Breach:
         return f"conversation {self.conversation_id!r} is {what}{where}: {spent}; on_breach={self.action}"
 
     def error(self) -> GuardError:
-        kind = CompactionLoopDetected if self.kind == "compaction_loop" else BudgetExceeded
-        return kind(self)
+        kinds: dict[str, type[GuardError]] = {
+            "compaction_loop": CompactionLoopDetected,
+            "spend_unknown": SpendUnknown,
+        }
+        return kinds.get(self.kind, BudgetExceeded)(self)
 
 
 class GuardError(Exception):
@@ -251,6 +313,10 @@ class CompactionLoopDetected(GuardError):
     """The conversation is in a compaction loop (`compactobs.rules.LoopRule`)."""
 
 
+class SpendUnknown(GuardError):
+    """Under `unknown="raise"`: the conversation's spend in other processes could not be read in time."""
+
+
 def wrap_up_message(breach: Breach | GuardError | None = None) -> dict[str, Any]:
     """The user message to append once a budget is crossed, asking the model to finish now."""
     if isinstance(breach, GuardError):
@@ -267,12 +333,67 @@ def wrap_up_message(breach: Breach | GuardError | None = None) -> dict[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class PriorSpend:
-    """What a conversation spent before this process saw it (read from the store)."""
+    """A conversation's spend figures: a row of the store's `guard_spend` (every process's), or what one
+    process counted and has yet to add to it."""
 
     spent_usd: Decimal = Decimal(0)
     billed_tokens: int = 0
     compactions: int = 0
     calls: int = 0
+    unpriced_calls: int = 0
+
+    def plus(self, other: PriorSpend) -> PriorSpend:
+        return PriorSpend(
+            self.spent_usd + other.spent_usd,
+            self.billed_tokens + other.billed_tokens,
+            self.compactions + other.compactions,
+            self.calls + other.calls,
+            self.unpriced_calls + other.unpriced_calls,
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.calls or self.spent_usd or self.billed_tokens or self.compactions)
+
+
+NOTHING: Final = PriorSpend()
+
+
+class SpendSource(Protocol):
+    """Where guards share conversations' spend (`compactobs.guard_store.StoreSpend` over the SQL store)."""
+
+    def exchange(
+        self, added: Mapping[str, PriorSpend], read: Collection[str], seed: Mapping[str, int]
+    ) -> Mapping[str, PriorSpend]:
+        """In one transaction: make the rows of `seed` that do not exist yet, from what the store already
+        holds of those conversations' calls that began before the given time (epoch ms: when this process
+        first saw the conversation, so that none of its own calls, which `added` brings, is counted twice),
+        add `added` to their rows, and return the rows of `read` (a conversation without a row is left
+        out). Raises on any failure, having changed nothing."""
+        ...
+
+    def close(self) -> None: ...
+
+    def forked(self) -> None:
+        """In a forked child: forget the parent's connections without closing them (they are the
+        parent's), so the child's exchanges open their own."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the guard decided for a request: pause it, and the figure it went on."""
+
+    pausing: bool
+    seen_usd: Decimal
+    """The conversation's billed USD the guard knew when it let the request go."""
+    complete: bool
+    """Whether that figure included other processes' spend (the store answered), or only this one's."""
+    breaches: tuple[Breach, ...] = ()
+    """Limits crossed by calls this process did not make, found since its last request: for this call's
+    span, as no call of this process crossed them."""
+
+
+_GO: Final = Verdict(False, Decimal(0), False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,10 +470,62 @@ class _State:
     pausing: bool = False
     stopping: Breach | None = None
     allowance: int = 0
-    loaded: bool = False
+    conversation_id: str = ""
+    first_seen_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+    """When this process first saw the conversation: its calls began after, so the row's history stops
+    there."""
+    policy: GuardPolicy | None = None
+    """The policy of the conversation's last request (the background exchange judges with it)."""
+    # Shared with other processes through the store (all under `lock`). The figures above are
+    # `shared` + `sending` + `unpublished`: the row as last read, what the exchange under way adds to it,
+    # and what this process has counted since.
+    shared: PriorSpend = NOTHING
+    sending: PriorSpend = NOTHING
+    unpublished: PriorSpend = NOTHING
+    known: bool = True
+    """Whether the row has been read once (always True without a store)."""
+    seeded: bool = False
+    read_at: float | None = None
+    """When (time.monotonic) the last successful exchange began."""
+    failed: bool = False
+    """The last exchange failed: the figures lack other processes' spend since the last read."""
+    others: bool = True
+    """Another process may be spending on this conversation: under a policy that needs the figures, each
+    request waits for a read after this process's last call. Presumed until `refresh_s` of reads in a row
+    show no spend but this process's (`solo_since`); set again by the first read that shows some."""
+    solo_since: float | None = None
+    unreported: list[Breach] = field(default_factory=list)
+    """Breaches a read found (crossed by other processes' calls), for the next request's span."""
+    wanted: int = 0
+    """Exchanges asked for (a counter): a request waits until `done` reaches the value it saw."""
+    done: int = 0
+    asked_at: float = 0.0
+    """When (time.monotonic) the oldest exchange still to answer was asked for."""
 
     def __post_init__(self) -> None:
         self.changed = threading.Condition(self.lock)
+
+    def forked(self) -> None:
+        """In a forked child: fresh locks (one held at the fork would never be released here), and none of
+        the parent's work. The calls the parent had counted but not yet sent, or not yet counted, are the
+        parent's to publish: the child keeps the figures it knew as the row's, sends only its own calls,
+        and takes the row as the parent leaves it at the next exchange."""
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.returned = deque()
+        self.acting = 0
+        self.settling = False
+        self.waiters = []
+        self.shared = self.shared.plus(self.sending).plus(self.unpublished)
+        self.sending = self.unpublished = NOTHING
+        self.done = self.wanted
+
+    def set_figures(self, figures: PriorSpend) -> None:
+        self.spent_usd = figures.spent_usd
+        self.tokens = figures.billed_tokens
+        self.compactions = figures.compactions
+        self.calls = figures.calls
+        self.unpriced = figures.unpriced_calls
 
 
 class Guard:
@@ -365,14 +538,45 @@ class Guard:
         budgets: Budgets | None = None,
         *,
         rule: LoopRule | None = None,
-        prior: Callable[[str], PriorSpend | None] | None = None,
+        store: SpendSource | None = None,
         max_conversations: int = MAX_CONVERSATIONS,
+        read_timeout_s: float = READ_TIMEOUT_S,
+        refresh_s: float = REFRESH_S,
+        budgets_file: str | None = None,
     ) -> None:
+        """`store`: where processes share conversations' spend (None: this process's own figures only).
+        `read_timeout_s`: the longest a request waits for it. `budgets_file`: the file `budgets` came from,
+        read again when it changes (at most once a second)."""
         self.policy = policy
         self.budgets = budgets if budgets else None
         self.rule = rule or LoopRule()
-        self._prior = prior
+        self._source = store
+        self.read_timeout_s = read_timeout_s
+        self.refresh_s = refresh_s
         self._max = max(1, max_conversations)
+        self._queue: dict[str, _State] = {}
+        """Conversations waiting for the background exchange."""
+        self._queue_changed = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._closing = False
+        self._exchange_began: float | None = None
+        self._exchange_ended = 0.0
+        self._hurry = False
+        """A request waits for the next exchange: no pause before it."""
+        self._worker_idle = False
+        """The background thread waits for work (not pausing between exchanges, nor exchanging)."""
+        self._retry_at = 0.0
+        self._outage: str | None = None
+        """The store's last error while it does not answer (logged once per outage)."""
+        if store is not None:
+            self._start_worker()
+            if hasattr(os, "register_at_fork"):
+                forked = weakref.WeakMethod(self._forked)
+                os.register_at_fork(after_in_child=lambda: (method := forked()) and method())
+        self._budgets_file = budgets_file
+        self._budgets_seen: tuple[float, int, int] | None = _file_stamp(budgets_file)
+        self._budgets_checked = time.monotonic()
+        self._budgets_bad: tuple[float, int, int] | None = None
         self._lock = threading.Lock()
         self._states: OrderedDict[str, _State] = OrderedDict()
         self._file_policies: dict[str, GuardPolicy | None] = {}
@@ -382,16 +586,18 @@ class Guard:
     @property
     def watches_all(self) -> bool:
         """Whether conversations nobody named a policy for may still be guarded (service policy, file)."""
-        return self.policy is not None or self.budgets is not None
+        return self.policy is not None or self.budgets is not None or self._budgets_file is not None
 
     def policy_for(self, conversation_id: str | None, own: GuardPolicy | None) -> GuardPolicy | None:
         """The policy guarding this conversation, or None when it is not guarded. Never raises."""
         if conversation_id is None:
             return None
+        if self._budgets_file is not None and time.monotonic() - self._budgets_checked >= 1.0:
+            self._reload_budgets()
         key = (conversation_id, own)
         cached = self._policies.get(key, ...)
         if cached is not ...:
-            return cached  # type: ignore[return-value]
+            return cached
         policy = self._resolve(conversation_id, own)
         if len(self._policies) >= self._max:
             self._policies.clear()
@@ -405,7 +611,7 @@ class Guard:
             if found is None and own is None and service is None:
                 return None
             # Limits as report anomalies takes them (rules.effective_budget), then the service's; how to
-            # act and whether to watch loops: the file, then the conversation, then the service.
+            # act, on unknown spend too, and whether to watch loops: the file, the conversation, the service.
             limits = effective_budget(found.budget if found else None, own.budget if own else None)
             if limits is None and service is not None:
                 limits = service.budget
@@ -416,6 +622,7 @@ class Guard:
                 limits.max_compactions if limits else None,
                 behaviour.loop,
                 behaviour.on_breach,
+                behaviour.unknown,
             )
             if not policy.budget.has_limits and policy.loop is False:
                 return None  # what applies watches nothing
@@ -427,7 +634,7 @@ class Guard:
     def _file_policy(self, conversation_id: str) -> GuardPolicy | None:
         cached = self._file_policies.get(conversation_id, ...)
         if cached is not ...:
-            return cached  # type: ignore[return-value]
+            return cached
         assert self.budgets is not None
         budget = self.budgets.for_conversation(conversation_id)
         found = GuardPolicy.from_budget(budget) if budget is not None else None
@@ -436,54 +643,277 @@ class Guard:
         self._file_policies[conversation_id] = found
         return found
 
+    def _reload_budgets(self) -> None:
+        """Read the budgets file again if it changed; a file that no longer parses keeps the last good
+        budgets, said in one log line. Runs at most once a second (on a request's thread: a stat, and a
+        small file's parse when it changed). Never raises."""
+        self._budgets_checked = time.monotonic()
+        try:
+            stamp = _file_stamp(self._budgets_file)
+            if stamp == self._budgets_seen or stamp == self._budgets_bad:
+                return
+            from compactobs.rules import load_budgets
+
+            assert self._budgets_file is not None
+            try:
+                budgets = load_budgets(self._budgets_file)
+            except Exception as err:
+                self._budgets_bad = stamp
+                # repr: one line, and a hostile key in the file cannot put escape sequences in the log
+                log.error("compactobs guard: %r; keeping the budgets read before", " ".join(str(err).split()))
+                return
+            self.budgets = budgets if budgets else None
+            self._budgets_seen, self._budgets_bad = stamp, None
+            self._file_policies = {}
+            self._policies = {}
+            log.info("compactobs guard: budgets read again from %s", self._budgets_file)
+        except Exception:
+            log.debug("compactobs guard: could not read the budgets file again", exc_info=True)
+
     # -- state --------------------------------------------------------------------------------------------
 
     def _state(self, conversation_id: str, policy: GuardPolicy | None) -> _State:
-        """The conversation's state, its prior spend read from the store at its first call (once)."""
+        """The conversation's state; at its first call in the process, its row in the store is asked for
+        (in the background)."""
         with self._lock:
             state = self._states.get(conversation_id)
             if state is not None:
                 self._states.move_to_end(conversation_id)
-                if state.loaded:
-                    return state
+                new = False
             else:
-                state = _State()
+                state = _State(conversation_id=conversation_id, known=self._source is None)
                 self._states[conversation_id] = state
                 while len(self._states) > self._max:
+                    # A dropped conversation's uncounted figures stay with the exchange that holds it.
                     self._states.popitem(last=False)
-        with state.lock:
-            if not state.loaded:
-                # Read under the conversation's own lock: its other calls wait for the figure, others do not.
-                state.loaded = True
-                prior = self._read_prior(conversation_id)
-                if prior is not None:
-                    state.spent_usd += prior.spent_usd
-                    state.tokens += prior.billed_tokens
-                    state.compactions += prior.compactions
-                    state.calls += prior.calls
-                    if policy is not None:
-                        self._judge_prior(conversation_id, state, policy)
+                new = True
+        if policy is not None:
+            state.policy = policy
+        if new and self._source is not None:
+            self._ask(state)
         return state
 
-    def _read_prior(self, conversation_id: str) -> PriorSpend | None:
-        if self._prior is None:
-            return None
-        try:
-            return self._prior(conversation_id)
-        except Exception as err:
-            log.warning(
-                "compactobs guard: could not read conversation %r's earlier spend from the store (%s); "
-                "counting from zero in this process",
-                conversation_id,
-                err,
-            )
-            return None
+    def _ask(self, state: _State) -> None:
+        """Queue an exchange of the conversation's figures with the store. Never raises."""
+        with state.lock:
+            if state.done >= state.wanted:
+                state.asked_at = time.monotonic()
+            state.wanted += 1
+        with self._queue_changed:
+            if self._closing:
+                return
+            self._queue[state.conversation_id] = state
+            if self._worker_idle:  # else it takes the queue when its pause ends: no wake-up per call
+                self._queue_changed.notify()
 
-    def _judge_prior(self, conversation_id: str, state: _State, policy: GuardPolicy) -> None:
+    def _forked(self) -> None:
+        """In a forked child, where only the forking thread lives on: the store thread is started again,
+        with fresh locks, the parent's connections left to it, and every conversation the parent guarded
+        asked for again (its row may have moved since). Never raises."""
+        try:
+            self._lock = threading.Lock()
+            self._queue_changed = threading.Condition()
+            self._queue = {}
+            self._exchange_began = None
+            self._hurry = self._worker_idle = False
+            self._retry_at = 0.0
+            self._worker = None
+            if self._source is not None:
+                self._source.forked()
+            states = list(self._states.values())
+            for state in states:
+                state.forked()
+            if self._closing or self._source is None:
+                return
+            self._start_worker()
+            for state in states:
+                self._ask(state)
+        except Exception:
+            log.debug("compactobs guard: could not start again after a fork", exc_info=True)
+
+    def _start_worker(self) -> None:
+        name = "compactobs-guard-store"
+        self._worker = threading.Thread(target=self._exchange_loop, name=name, daemon=True)
+        self._worker.start()
+
+    def _stuck(self) -> bool:
+        """Whether the store is not answering now: no exchange is worth waiting for."""
+        began = self._exchange_began
+        now = time.monotonic()
+        return now < self._retry_at or (began is not None and now - began > self.read_timeout_s)
+
+    def _exchange_loop(self) -> None:
+        """The background thread: exchange the queued conversations' figures with the store, all of them in
+        one transaction, again and again; while the store does not answer, try again after a pause that
+        doubles up to RETRY_S[1]."""
+        try:  # connect now, at setup: the first conversation's first read is then one round trip
+            assert self._source is not None
+            self._source.exchange({}, (), {})
+        except Exception:
+            log.debug("compactobs guard: the store does not answer yet", exc_info=True)
+        pause = RETRY_S[0]
+        while True:
+            with self._queue_changed:
+                while not self._queue or (time.monotonic() < self._retry_at and not self._closing):
+                    if self._closing and not self._queue:
+                        return
+                    timeout = self._retry_at - time.monotonic() if self._queue else None
+                    self._worker_idle = not self._queue
+                    self._queue_changed.wait(timeout)
+                    self._worker_idle = False
+                due = self._exchange_ended + PUBLISH_EVERY_S
+                while not (self._hurry or self._closing) and (wait := due - time.monotonic()) > 0:
+                    self._queue_changed.wait(wait)
+                self._hurry = False
+                batch, self._queue = self._queue, {}
+                self._exchange_began = time.monotonic()
+            ok = self._exchange(batch)
+            with self._queue_changed:
+                self._exchange_began = None
+                self._exchange_ended = time.monotonic()
+                if ok:
+                    pause = RETRY_S[0]
+                    continue
+                if self._closing:
+                    return  # the store does not answer: what this process counted stays unpublished
+                for conversation_id, state in batch.items():
+                    self._queue.setdefault(conversation_id, state)
+                self._retry_at = time.monotonic() + pause
+                pause = min(pause * 2, RETRY_S[1])
+
+    def _exchange(self, batch: dict[str, _State]) -> bool:
+        """One exchange: add what each conversation counted since to its row, read the rows back. Never
+        raises; False when the store did not answer (nothing changed there, the figures stay to send)."""
+        began = time.monotonic()
+        added: dict[str, PriorSpend] = {}
+        seed: dict[str, int] = {}
+        asked: dict[str, int] = {}
+        for conversation_id, state in batch.items():
+            with state.lock:
+                asked[conversation_id] = state.wanted
+                state.sending, state.unpublished = state.unpublished, NOTHING
+                if state.sending:
+                    added[conversation_id] = state.sending
+                if not state.seeded:
+                    seed[conversation_id] = state.first_seen_ms
+        try:
+            assert self._source is not None
+            rows = self._source.exchange(added, tuple(batch), seed)
+        except Exception as err:
+            for conversation_id, state in batch.items():
+                with state.changed:
+                    state.unpublished, state.sending = state.unpublished.plus(state.sending), NOTHING
+                    state.failed = True
+                    state.done = max(state.done, asked[conversation_id])
+                    state.asked_at = began  # what is still asked for was asked after this exchange began
+                    self._wake_all(state)
+            if self._outage is None:
+                log.warning(
+                    "compactobs guard: cannot read conversations' spend from the store (%s); guarding with "
+                    "this process's own figures until it answers (unknown=raise refuses instead)",
+                    " ".join(str(err).split())[:300],
+                )
+            self._outage = str(err)
+            return False
+        if self._outage is not None:
+            self._outage = None
+            log.warning("compactobs guard: the store answers again; conversations' spend is shared again")
+        for conversation_id, state in batch.items():
+            crossed: list[Breach] = []
+            with state.changed:
+                state.done = max(state.done, asked[conversation_id])
+                state.asked_at = time.monotonic()  # answered: what is still asked for waits from now
+                try:
+                    crossed = self._read_back(state, rows.get(conversation_id), began)
+                except Exception:
+                    log.debug("compactobs guard: could not take a conversation's figures", exc_info=True)
+                finally:
+                    self._wake_all(state)
+            for breach in crossed:
+                log.warning("compactobs guard: %s", breach.message)
+        return True
+
+    def _read_back(self, state: _State, row: PriorSpend | None, began: float) -> list[Breach]:
+        """Take the row the store returned (under the conversation's lock); judge the new figures."""
+        sent, state.sending = state.sending, NOTHING
+        if row is None:  # no row (it was removed): made again from the store's calls at the next exchange
+            state.seeded = False
+            row = state.shared.plus(sent)
+        else:
+            expected = state.shared.plus(sent) if state.seeded else sent
+            if _units(row.spent_usd) != _units(expected.spent_usd) or row.calls != expected.calls:
+                state.others, state.solo_since = True, None  # spent on by another process
+            elif state.solo_since is None:
+                state.solo_since = began
+            elif began - state.solo_since >= self.refresh_s:
+                state.others = False
+            state.seeded = True
+        state.shared = row
+        state.known = True
+        state.failed = False
+        state.read_at = began
+        state.set_figures(row.plus(state.unpublished))
+        policy = state.policy
+        if policy is None:
+            return []
+        found = []
         for kind in over_limits(policy.budget, state.spent_usd, state.tokens, state.compactions):
-            breach = self._breach(kind, conversation_id, state, policy, (), crossed_before=True)
-            self._act(state, breach)
-            log.warning("compactobs guard: %s", breach.message)
+            if kind not in state.crossed:
+                breach = self._breach(kind, state.conversation_id, state, policy, (), crossed_before=True)
+                self._act(state, breach)
+                found.append(breach)
+        state.unreported += found
+        return found
+
+    @staticmethod
+    def _wake_all(state: _State) -> None:
+        """Wake the threads and event loops waiting on the conversation (under its lock)."""
+        state.changed.notify_all()
+        waiters, state.waiters = state.waiters, []
+        for loop, future in waiters:
+            loop.call_soon_threadsafe(_wake, future)
+
+    def _due(self, state: _State, policy: GuardPolicy) -> int | None:
+        """Before a request: the exchange it must wait for (the value `state.done` must reach), or None.
+        Asks for a read when the last one is older than `refresh_s`. Never raises."""
+        if self._source is None:
+            return None
+        now = time.monotonic()
+        with state.lock:
+            # Read again when the figures are old, and, under a policy that needs them, before every request
+            # of a conversation other processes spend on (one short exchange; solo ones never wait).
+            fresh = state.read_at is None or now - state.read_at > self.refresh_s
+            fresh = fresh or (state.others and policy.needs_figures)
+            idle = state.done >= state.wanted
+        if fresh and idle:
+            self._ask(state)
+        with state.lock:
+            due = state.done < state.wanted and (not state.known or fresh)
+            target = state.wanted
+        if not due or not policy.needs_figures or self._stuck():
+            return None
+        with self._queue_changed:
+            self._hurry = True
+            self._queue_changed.notify()
+        return target
+
+    def _complete(self, state: _State, target: int | None) -> bool:
+        """Whether the figures include every process's spend as of the read the request needed."""
+        if self._source is None:
+            return True
+        if not state.known or state.failed or (target is not None and state.done < target):
+            return False
+        late = state.done < state.wanted and time.monotonic() - state.asked_at > self.read_timeout_s
+        return not late  # an exchange asked for has gone unanswered beyond the bound: a stalled store
+
+    def _wait_exchange(self, state: _State, target: int) -> None:
+        deadline = time.monotonic() + self.read_timeout_s
+        with state.changed:
+            while state.done < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                state.changed.wait(remaining)
 
     def _breach(
         self,
@@ -495,12 +925,14 @@ class Guard:
         *,
         crossed_before: bool = False,
     ) -> Breach:
+        """(Under the conversation's lock.)"""
         budget = policy.budget
         limit: Decimal | int | None = {
             "budget_usd": budget.usd,
             "budget_tokens": budget.tokens,
             "max_compactions": budget.max_compactions,
             "compaction_loop": None,
+            "spend_unknown": None,
         }[kind]
         return Breach(
             kind=kind,
@@ -514,6 +946,7 @@ class Guard:
             request_ids=tuple(q for _, q in ids if q),
             unpriced_calls=state.unpriced,
             crossed_before=crossed_before,
+            complete=self._complete(state, None),
         )
 
     @staticmethod
@@ -529,34 +962,46 @@ class Guard:
 
     def before_request(
         self, conversation_id: str, policy: GuardPolicy, *, first_attempt: bool = True, wait: bool = True
-    ) -> bool:
-        """Whether the request must carry `pause_after_compaction: true`. Raises the conversation's
-        GuardError under `raise` once it is over (a retry of a call already sent is never stopped).
+    ) -> Verdict:
+        """Whether the request must carry `pause_after_compaction: true`, and the figure it goes on. Raises
+        the conversation's GuardError under `raise` once it is over, and SpendUnknown under
+        `unknown="raise"` while other processes' spend is unknown (a retry of a call already sent is never
+        stopped).
 
         First settles the conversation's returned calls when one of them could change this request (its
         policy pauses or raises): counted here, or, when another thread is counting them right now, waited
-        for (`wait`; an event loop waits beforehand with `settled`, and passes wait=False)."""
+        for (`wait`; an event loop waits beforehand with `settled`, and passes wait=False). Then, when the
+        policy needs the figures and a read of the store is due, waits for it at most `read_timeout_s`."""
         try:
             state = self._state(conversation_id, policy)
             if state.acting:
                 self._settle(state, None, block=wait)
+            target = self._due(state, policy)
+            if target is not None and wait:
+                self._wait_exchange(state, target)
             with state.lock:
+                complete = self._complete(state, target)
                 stopping = state.stopping if first_attempt else None
                 if stopping is not None and state.allowance > 0:
                     state.allowance -= 1
                     stopping = None
-                pausing = state.pausing
+                if stopping is None and first_attempt and not complete and policy.unknown == "raise":
+                    stopping = self._breach("spend_unknown", conversation_id, state, policy, ())
+                reported: tuple[Breach, ...] = ()
+                if stopping is None and first_attempt:
+                    reported, state.unreported = tuple(state.unreported), []
+                verdict = Verdict(state.pausing, state.spent_usd, complete, reported)
         except Exception:
             log.debug("compactobs guard: could not check a request", exc_info=True)
-            return False
+            return _GO
         if stopping is not None:
             raise stopping.error()
-        return pausing
+        return verdict
 
     async def settled(self, conversation_id: str, policy: GuardPolicy) -> None:
         """On an event loop, before `before_request(..., wait=False)`: count the conversation's returned
-        calls that could change the next request, here, or await the thread counting them without blocking
-        the loop. Never raises."""
+        calls that could change the next request, here, or await the thread counting them; then await the
+        store's answer when one is due (at most `read_timeout_s`). Never blocks the loop; never raises."""
         try:
             state = self._state(conversation_id, policy)
             deadline = time.monotonic() + SETTLE_WAIT_S
@@ -572,9 +1017,29 @@ class Guard:
                     await asyncio.wait_for(future, max(remaining, 0.0))
                 except asyncio.TimeoutError:
                     self._late(state)
-                    return
+                    break
+            target = self._due(state, policy)
+            if target is not None:
+                await self._await_exchange(state, target)
         except Exception:
             log.debug("compactobs guard: could not wait for a conversation's figures", exc_info=True)
+
+    async def _await_exchange(self, state: _State, target: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self.read_timeout_s
+        while True:
+            future: asyncio.Future[None] = loop.create_future()
+            with state.lock:
+                if state.done >= target:
+                    return
+                state.waiters.append((loop, future))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(future, remaining)
+            except asyncio.TimeoutError:
+                return
 
     def returned(
         self, conversation_id: str, policy: GuardPolicy, observation: CallObservation, pricer: Pricer | None
@@ -640,6 +1105,8 @@ class Guard:
                 loop.call_soon_threadsafe(_wake, future)
             for breach in crossed:
                 log.warning("compactobs guard: %s", breach.message)
+            if self._source is not None:
+                self._ask(state)  # to the store, and the other processes' spend back
             return True
         except Exception:
             log.debug("compactobs guard: could not count a conversation's calls", exc_info=True)
@@ -702,14 +1169,18 @@ class Guard:
         ids: tuple[str | None, str | None],
     ) -> list[Breach]:
         compactions = usage.compactions
+        tokens = billed_tokens(usage.totals)
         state.calls += 1
         state.position += 1
-        state.tokens += billed_tokens(usage.totals)
+        state.tokens += tokens
         state.compactions += compactions
         if cost_usd is None:
             state.unpriced += 1
         else:
             state.spent_usd += cost_usd
+        if self._source is not None:
+            counted = PriorSpend(cost_usd or Decimal(0), tokens, compactions, 1, int(cost_usd is None))
+            state.unpublished = state.unpublished.plus(counted)
         found: list[Breach] = []
         for kind in over_limits(policy.budget, state.spent_usd, state.tokens, state.compactions):
             if kind not in state.crossed:
@@ -769,14 +1240,54 @@ class Guard:
                 state.pausing,
             )
 
+    def send_counted(self, timeout_s: float) -> bool:
+        """Send to the store what this process counted and has not sent yet, waiting at most `timeout_s`
+        for the answer; the guard stays in place (the process is ending, its last calls may still return).
+        False when something was left unsent. Never raises."""
+        try:
+            if self._source is None:
+                return True
+            with self._lock:
+                states = list(self._states.values())
+            unsent = []
+            for state in states:
+                with state.lock:
+                    if state.unpublished or state.sending:
+                        unsent.append(state)
+            for state in unsent:
+                self._ask(state)
+            with self._queue_changed:
+                self._hurry = True
+                self._queue_changed.notify_all()
+            deadline = time.monotonic() + timeout_s
+            for state in unsent:
+                with state.changed:
+                    while state.done < state.wanted:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            return False
+                        state.changed.wait(remaining)
+                    if state.unpublished or state.sending:
+                        return False  # the store did not answer
+            return True
+        except Exception:
+            log.debug("compactobs guard: could not send the counted calls", exc_info=True)
+            return False
+
     def close(self) -> None:
-        """Release the store connection of the prior-spend reader, if any."""
-        close = getattr(self._prior, "close", None)
-        if close is not None:
+        """Send what this process counted to the store (waiting at most CLOSE_WAIT_S), then release its
+        connection. Never raises."""
+        with self._queue_changed:
+            self._closing = True
+            self._queue_changed.notify_all()
+            worker = self._worker
+        if worker is not None:
+            worker.join(CLOSE_WAIT_S)
+        if self._source is not None and (worker is None or not worker.is_alive()):
             try:
-                close()
+                self._source.close()
             except Exception:
-                log.debug("compactobs guard: closing the store reader failed", exc_info=True)
+                log.debug("compactobs guard: closing the store failed", exc_info=True)
 
     def allow_wrap_up(self, conversation_id: str, requests: int = 1) -> None:
         with self._lock:
@@ -843,48 +1354,17 @@ def with_pause(body: object) -> dict[str, Any] | None:
     return {**body, "context_management": {**management, "edits": new_edits}}
 
 
-class StoreSpend:
-    """Reads a conversation's spend so far from the SQL store (`PriorSpend`), for `Guard(prior=...)`: one
-    query on the (conversation_id, start_ms) index, at the conversation's first call in the process."""
+def _units(usd: Decimal) -> int:
+    """USD in the store's whole units (10^-10 USD)."""
+    return int(usd.scaleb(10).to_integral_value())
 
-    def __init__(self, database_url: str | None) -> None:
-        self._url = database_url
-        self._engine: Any = None
-        self._lock = threading.Lock()
 
-    def __call__(self, conversation_id: str) -> PriorSpend:
-        from sqlalchemy import func, inspect, select
-
-        from compactobs.store import calls, make_engine
-
-        with self._lock:
-            if self._engine is None:
-                self._engine = make_engine(self._url)
-            engine = self._engine
-        c = calls.c
-        tokens = [func.coalesce(c[name], 0) for name in BILLED_TOKEN_COLUMNS]
-        billed = tokens[0]
-        for column in tokens[1:]:
-            billed = billed + column
-        query = select(
-            func.count(),
-            func.sum(c.cost_usd),
-            func.sum(billed),
-            func.sum(func.coalesce(c.compactions_count, 0)),
-        ).where(c.conversation_id == conversation_id, c.input_tokens.is_not(None))
-        with engine.connect() as connection:
-            if not inspect(connection).has_table("calls"):
-                return PriorSpend()  # a new store, being made by the exporter: nothing spent yet
-            count, cost, billed_sum, compactions = connection.execute(query).one()
-        return PriorSpend(
-            spent_usd=Decimal(str(cost)) if cost is not None else Decimal(0),
-            billed_tokens=int(billed_sum or 0),
-            compactions=int(compactions or 0),
-            calls=int(count or 0),
-        )
-
-    def close(self) -> None:
-        with self._lock:
-            engine, self._engine = self._engine, None
-        if engine is not None:
-            engine.dispose()
+def _file_stamp(path: str | None) -> tuple[float, int, int] | None:
+    """What tells a file changed: its modification time, size and inode (None: no such file)."""
+    if path is None:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_mtime, info.st_size, info.st_ino)

@@ -319,7 +319,12 @@ def shutdown(*, final: bool, timeout_s: float | None = None) -> None:
     elif not complete:
         _report_unfinished(bound, tallies, stores, started)
     if final:
-        return  # recording (and its guard) stays in place for the calls that return while the process ends
+        # Recording (and its guard) stays in place for the calls that return while the process ends; the
+        # guard's last counts (up to its publishing interval) go to the shared row within the bound.
+        guard = guard_module.installed()
+        if guard is not None:
+            guard.send_counted(max(0.0, deadline - time.monotonic()))
+        return
     for processor in stores:
         processor.retire()
     state.set_telemetry(None)

@@ -36,12 +36,14 @@ __all__ = [
     "BILLED_TOKEN_COLUMNS",
     "ENV_BUDGETS_FILE",
     "ON_BREACH",
+    "ON_UNKNOWN",
     "Budget",
     "Budgets",
     "LimitKind",
     "LoopRule",
     "LoopWindow",
     "OnBreach",
+    "OnUnknown",
     "RulesInputError",
     "billed_tokens",
     "billed_tokens_sql",
@@ -55,6 +57,10 @@ ENV_BUDGETS_FILE: Final = "COMPACTOBS_BUDGETS_FILE"
 
 OnBreach = Literal["warn", "pause", "raise"]
 ON_BREACH: Final[tuple[OnBreach, ...]] = ("warn", "pause", "raise")
+OnUnknown = Literal["warn", "raise"]
+"""What the guard does when a conversation's spend in other processes is unknown (the store does not
+answer): go on with what it knows and log once, or refuse the request (fail closed)."""
+ON_UNKNOWN: Final[tuple[OnUnknown, ...]] = ("warn", "raise")
 
 LimitKind = Literal["budget_usd", "budget_tokens", "max_compactions"]
 
@@ -84,6 +90,7 @@ class Budget:
     max_compactions: int | None = None
     loop: bool | None = None
     on_breach: OnBreach | None = None
+    unknown: OnUnknown | None = None
 
     @property
     def has_limits(self) -> bool:
@@ -178,7 +185,7 @@ class Budgets:
 
 
 _GLOB_CHARS: Final = frozenset("*?[")
-_BUDGET_KEYS: Final = ("usd", "tokens", "max_compactions", "loop", "on_breach")
+_BUDGET_KEYS: Final = ("usd", "tokens", "max_compactions", "loop", "on_breach", "unknown")
 _LIMIT_KEYS: Final = frozenset({"usd", "tokens", "max_compactions", "loop"})
 _BUDGETS_EXAMPLE: Final = '[budgets."ticket-42"] usd = 5.0, tokens = 2000000'
 
@@ -199,6 +206,7 @@ def load_budgets(path: str | os.PathLike[str]) -> Budgets:
     max_compactions = 10       # compactions (optional)
     on_breach = "pause"        # what the runtime guard does: warn (default), pause or raise (optional)
     loop = true                # the guard stops compaction loops too (default true)
+    unknown = "raise"          # other processes' spend unknown (store down): warn (default) or raise
 
     [budgets."batch-*"]        # a glob (fnmatch: * ? [...]) over conversation ids
     usd = 0.50
@@ -270,6 +278,10 @@ def _budgets_from(data: dict[str, Any], name: str) -> Budgets:
         if on_breach is not None and on_breach not in ON_BREACH:
             choices = "must be one of warn, pause, raise"
             raise RulesInputError(f"{where}.on_breach {choices}, not {on_breach!r}", at=f"{at}.on_breach")
+        on_unknown = entry.get("unknown")
+        if on_unknown is not None and on_unknown not in ON_UNKNOWN:
+            choices = "must be one of warn, raise"
+            raise RulesInputError(f"{where}.unknown {choices}, not {on_unknown!r}", at=f"{at}.unknown")
         budget = Budget(
             usd=usd,
             tokens=tokens,
@@ -277,6 +289,7 @@ def _budgets_from(data: dict[str, Any], name: str) -> Budgets:
             max_compactions=max_compactions,
             loop=loop,
             on_breach=on_breach,
+            unknown=on_unknown,
         )
         if _GLOB_CHARS & set(key):
             literal_chars = sum(1 for char in key if char not in _GLOB_CHARS)

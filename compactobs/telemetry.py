@@ -141,6 +141,11 @@ GUARD_LIMIT: Final = "compactobs.guard.limit"
 """The limit crossed (USD, tokens or compactions); absent for a compaction loop."""
 GUARD_RESPONSE_IDS: Final = "compactobs.guard.response_ids"
 """The calls that crossed the line (response ids): this call, or the loop's calls."""
+GUARD_COMPLETE: Final = "compactobs.guard.complete"
+"""Whether the guard's figures included every process's spend (False: the store had not answered in time,
+so they were this process's own and what it read before). On the breach event and on every guarded call."""
+GUARD_SEEN_USD: Final = "compactobs.guard.seen_usd"
+"""On a guarded call's span: the conversation's billed USD the guard knew when it let the request go."""
 
 # --- metrics ---
 METRIC_TOKEN_USAGE: Final = "gen_ai.client.token.usage"
@@ -271,6 +276,7 @@ def breach_event(breach: Breach) -> tuple[str, dict[str, Any]]:
         GUARD_BILLED_TOKENS: breach.billed_tokens,
         GUARD_COMPACTIONS: breach.compactions,
         GUARD_RESPONSE_IDS: [bounded_id(response_id) for response_id in breach.response_ids],
+        GUARD_COMPLETE: breach.complete,
     }
     if breach.limit is not None:
         attributes[GUARD_LIMIT] = float(breach.limit) if isinstance(breach.limit, Decimal) else breach.limit
@@ -668,6 +674,9 @@ class Telemetry:
             context_tokens = usage.context_tokens
             if context_tokens is not None:
                 attributes[CONTEXT_TOKENS] = context_tokens
+            if obs.guard_seen is not None:
+                attributes[GUARD_SEEN_USD] = float(obs.guard_seen[0])
+                attributes[GUARD_COMPLETE] = obs.guard_seen[1]
             if usage.unknown_types:
                 self.warn_once(
                     "unknown-type:" + escape(",".join(usage.unknown_types)),  # a bounded key

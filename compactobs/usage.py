@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any, Final
 
 from compactobs.platforms import endpoint_of, model_of
@@ -526,6 +527,9 @@ class CallObservation:
     """The client's platform (`gen_ai.provider.name`), when the middleware knows its client."""
     region: str | None = None
     """The region the client targets (Bedrock, Vertex, Claude on AWS or Google Cloud); None elsewhere."""
+    guard_seen: tuple[Decimal, bool] | None = None
+    """A guarded call: the conversation's billed USD the guard knew when it let the request go, and whether
+    that included other processes' spend."""
 
     @property
     def failed_compactions(self) -> int:

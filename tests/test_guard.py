@@ -440,6 +440,63 @@ def test_a_bad_budgets_file_fails_at_configure(tmp_path: Any, monkeypatch: Any) 
         pass
 
 
+def test_the_budgets_file_is_read_again_when_it_changes(
+    sim: Simulator, tmp_path: Any, monkeypatch: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """$0.50 a call. The file allows $5, then is changed to $0.90 without a restart: once the guard has read
+    it again (at most once a second, so this waits a second), the second call ($1.00) crosses and the third
+    is refused. Then the file is broken: the guard keeps the $0.90, says so in one log line."""
+    import time
+
+    caplog.set_level(logging.INFO, logger="compactobs")
+    path = tmp_path / "budgets.toml"
+    path.write_text('[budgets."hot-*"]\nusd = 5\non_breach = "raise"\n')
+    monkeypatch.setenv("COMPACTOBS_BUDGETS_FILE", str(path))
+    compactobs.configure(store=False, tracer_provider=TracerProvider(), meter_provider=MeterProvider())
+    try:
+        api = client(sim)
+        flat_replies(sim, 4)
+        with compactobs.conversation("hot-1"):
+            api.messages.create(**FLAT_ARGS)  # $0.50 < $5
+            path.write_text('[budgets."hot-*"]\nusd = 0.9\non_breach = "raise"\n')
+            time.sleep(1.1)  # the guard looks at the file at most once a second
+            api.messages.create(**FLAT_ARGS)  # $1.00 > $0.90
+            with pytest.raises(compactobs.BudgetExceeded) as raised:
+                api.messages.create(**FLAT_ARGS)
+        assert raised.value.limit == Decimal("0.9") and raised.value.spent_usd == Decimal("1.0")
+        path.write_text('[budgets."hot-*"]\nusd = "lots"\n')
+        time.sleep(1.1)
+        with compactobs.conversation("hot-2"):
+            api.messages.create(**FLAT_ARGS)
+            api.messages.create(**FLAT_ARGS)  # $1.00 > $0.90: the last good file still applies
+            with pytest.raises(compactobs.BudgetExceeded):
+                api.messages.create(**FLAT_ARGS)
+            time.sleep(1.1)
+            with pytest.raises(compactobs.BudgetExceeded):  # looked at again: still broken, not logged again
+                api.messages.create(**FLAT_ARGS)
+        kept = [r for r in caplog.records if "keeping the budgets read before" in r.getMessage()]
+        assert len(kept) == 1 and "usd must be a number" in kept[0].getMessage()
+        assert kept[0].getMessage().count("\n") == 0
+    finally:
+        compactobs.shutdown()
+
+
+def test_budgets_check_validates_a_file_in_one_line(tmp_path: Any) -> None:
+    from tests.cli import one_line_error, run
+
+    good = tmp_path / "good.toml"
+    good.write_text('[budgets."ticket-42"]\nusd = 5\n[budgets."batch-*"]\nusd = 0.5\nunknown = "raise"\n')
+    code, out, err = run("budgets", "check", str(good))
+    assert (code, err) == (0, "")
+    assert out == f"{good}: valid, 1 exact conversation id and 1 glob\n"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[budgets."batch-*"]\nusd = 0.5\nunknown = "ignore"\n')
+    code, out, err = run("budgets", "check", str(bad))
+    assert "unknown must be one of warn, raise, not 'ignore'" in one_line_error(code, err)
+    code, out, err = run("budgets", "check", str(tmp_path / "missing.toml"))
+    assert "does not exist" in one_line_error(code, err)
+
+
 # -- a budget shared by two processes through PostgreSQL -------------------------------------------------
 
 
@@ -456,8 +513,12 @@ def first_process(database_url: str) -> None:
         compactobs.shutdown()
 
 
-def test_a_budget_shared_by_two_processes_through_postgresql(postgres_url: str, sim: Simulator) -> None:
+def test_a_budget_shared_by_two_processes_through_postgresql(
+    postgres_url: str, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store.upgrade_database(postgres_url)
+    # A healthy store answers within the read bound; this loaded test machine sometimes takes over 50 ms.
+    monkeypatch.setenv("COMPACTOBS_GUARD_READ_TIMEOUT_MS", "1000")
     # process 1: two calls of $0.50, under its $1.20 budget; it exits with its calls stored
     # A forked process (it has the SDK imported already; a fresh interpreter takes seconds to import it).
     first = multiprocessing.get_context("fork").Process(target=first_process, args=(postgres_url,))

@@ -413,7 +413,7 @@ def test_budget_exceeded_from_a_budgets_file(database_url: str, tmp_path: Path) 
         ('[limits."x"]\nusd = 1\n', "unknown top-level key 'limits'"),
         (
             '[budgets."x"]\ndollars = 1\n',
-            "unknown key 'dollars' (allowed: usd, tokens, max_compactions, loop, on_breach)",
+            "unknown key 'dollars' (allowed: usd, tokens, max_compactions, loop, on_breach, unknown)",
         ),
         ('[budgets."x"]\nusd = -1\n', '[budgets."x"].usd must be a finite number >= 0'),
         ('[budgets."x"]\nusd = "5"\n', '[budgets."x"].usd must be a number'),

@@ -44,6 +44,7 @@ def test_empty_to_head_and_back_down(database_url: str) -> None:
         "rollups",
         "rollup_dirty",
         "rollup_open_calls",
+        "guard_spend",
     }
     assert store.upgrade_database(database_url) == (head, head)  # idempotent
 

@@ -41,6 +41,7 @@ def conversation(
     max_compactions: int | None = None,
     loop: bool | None = None,
     on_breach: str | None = None,
+    unknown: str | None = None,
 ) -> Iterator[Conversation]:
     """Group the calls made inside this block under `conversation_id`, with an optional budget.
 
@@ -49,7 +50,8 @@ def conversation(
     `budget_tokens` (billed tokens) and `max_compactions` are limits; `loop` (default True once guarded)
     stops compaction loops too; `on_breach` is "warn" (default: a log line and a span event), "pause"
     (`pause_after_compaction` on the next requests) or "raise" (`BudgetExceeded` /
-    `CompactionLoopDetected` before the next request).
+    `CompactionLoopDetected` before the next request); `unknown` is what to do while the conversation's
+    spend in other processes is unknown (the store does not answer): "warn" (default) or "raise".
     """
     if not isinstance(conversation_id, str) or not conversation_id:
         raise ValueError("conversation id must be a non-empty string")
@@ -57,7 +59,7 @@ def conversation(
         raise ValueError("budget_usd must be >= 0")
     if budget_tokens is not None and budget_tokens < 0:
         raise ValueError("budget_tokens must be >= 0")
-    given = (budget_usd, budget_tokens, max_compactions, loop, on_breach)
+    given = (budget_usd, budget_tokens, max_compactions, loop, on_breach, unknown)
     policy = (
         GuardPolicy.of(
             budget_usd=budget_usd,
@@ -65,6 +67,7 @@ def conversation(
             max_compactions=max_compactions,
             loop=loop,
             on_breach=on_breach,
+            unknown=unknown,
         )
         if any(value is not None for value in given)
         else None

@@ -29,7 +29,7 @@ from compactobs.instrument.batches import observe_batch_response
 from compactobs.instrument.conversation import current_conversation, fingerprint
 from compactobs.instrument.platforms import platform_of
 from compactobs.instrument.streams import StreamObserver, observe_body
-from compactobs.telemetry import CONVERSATION_ID
+from compactobs.telemetry import CONVERSATION_ID, breach_event
 from compactobs.usage import CallObservation, RequestFacts, error_type_of, observe_message
 
 if TYPE_CHECKING:
@@ -236,13 +236,16 @@ class Middleware(anthropic.Middleware):
         guard, conversation_id, policy = call.guarded
         first = request.retries_taken == 0
         try:
-            pausing = guard.before_request(conversation_id, policy, first_attempt=first, wait=wait)
+            verdict = guard.before_request(conversation_id, policy, first_attempt=first, wait=wait)
         except guard_module.GuardError:
             if not first:  # never stops a call already sent (before_request only raises on first attempts)
                 return request
             _retrying.set(None)
             raise
-        if not pausing:
+        call.observation.guard_seen = (verdict.seen_usd, verdict.complete)
+        if verdict.breaches:  # crossed by other processes' calls: reported on this process's next call
+            call.observation.events = [breach_event(breach) for breach in verdict.breaches]
+        if not verdict.pausing:
             return request
         try:
             body = guard_module.with_pause(request.json)

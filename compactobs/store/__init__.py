@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     )
 from compactobs.store.models import (
     calls,
+    guard_spend,
     iterations,
     metadata,
     rollup_dirty,
@@ -74,6 +75,7 @@ __all__ = [
     "display_url",
     "downgrade",
     "ensure_schema",
+    "guard_spend",
     "head_revision",
     "install",
     "iterations",

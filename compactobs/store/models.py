@@ -266,6 +266,28 @@ rollup_open_calls: Table = Table(
 )
 
 
+GUARD_COST_UNITS_COMMENT: Final = "billed USD x 10^10 (priced calls): whole units, exact sums on SQLite"
+GUARD_SPEND_COMMENT: Final = (
+    "guarded conversations' spend across processes: seeded from calls, then each guard adds the calls it "
+    "counts, as it counts them"
+)
+
+
+guard_spend: Table = Table(
+    "guard_spend",
+    metadata,
+    Column("conversation_id", String, primary_key=True),
+    Column("cost_units", BigInteger, nullable=False, comment=GUARD_COST_UNITS_COMMENT),
+    Column("unpriced_calls", BigInteger, nullable=False),
+    Column("billed_tokens", BigInteger, nullable=False),
+    Column("compactions", BigInteger, nullable=False),
+    Column("calls", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False, comment="epoch ms of the last change"),
+    comment=GUARD_SPEND_COMMENT,
+)
+"""A guarded conversation's spend across processes (`compactobs.guard_store`)."""
+
+
 def epoch_ms(moment: datetime) -> int:
     """Epoch milliseconds of an aware datetime, exactly (no float), as `start_ms` stores them."""
     return int((moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1))
