@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import func, select
 
 from compactobs import store
-from compactobs.store import calls
+from compactobs.store import calls, guard_spend
 
 ROOT = Path(__file__).resolve().parent.parent
 PER_CALL = Decimal("0.0075")
@@ -150,3 +150,44 @@ def test_a_child_that_ends_with_os_exit_keeps_what_it_flushed(upgraded: str, tmp
     assert out.strip() == "[0, 0]"
     # 1 + 2 x 15 = 31 calls; 31 x $0.0075 = $0.2325
     assert stored(upgraded) == (31, Decimal("0.2325"))
+
+
+GUARDED_PREFORK = PRELUDE.replace(
+    "call()  # the parent's own call",
+    'with compactobs.conversation("shared-by-workers", budget_usd=100):\n'
+    "    call()  # the parent's own call",
+) + textwrap.dedent(
+    """
+    workers = []
+    for _ in range(children):
+        pid = os.fork()
+        if pid == 0:  # a worker of a guarded conversation: counts its own calls into the shared row
+            with compactobs.conversation("shared-by-workers", budget_usd=100):
+                for _ in range(calls_each):
+                    call()
+            sys.exit(0)
+        workers.append(pid)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in workers]
+    print(codes, flush=True)
+    """
+)
+
+
+def test_forked_workers_share_a_guarded_conversations_spend(upgraded: str, tmp_path: Path) -> None:
+    """Before: a child had no guard thread (threads do not survive a fork) and the parent's connections:
+    its calls were never counted into the conversation's shared row, which other processes' guards read."""
+    out = run_app(GUARDED_PREFORK, upgraded, tmp_path, children=3, calls_each=10)
+    assert out.strip() == "[0, 0, 0]"
+    # 1 + 3 x 10 = 31 calls, each counted once into the shared row: 31 x $0.0075 = $0.2325
+    assert stored(upgraded) == (31, Decimal("0.2325"))
+    engine = store.make_engine(upgraded, create=False)
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(
+                select(guard_spend.c.calls, guard_spend.c.cost_units).where(
+                    guard_spend.c.conversation_id == "shared-by-workers"
+                )
+            ).one()
+    finally:
+        engine.dispose()
+    assert (row.calls, Decimal(row.cost_units).scaleb(-10)) == (31, Decimal("0.2325"))
