@@ -97,7 +97,7 @@ EXPLICIT_APP = textwrap.dedent(
                     call()
                 print(conversation, "not stopped")
             except compactobs.BudgetExceeded as stop:
-                print(conversation, "stopped at", stop.spent_usd)
+                print(conversation, "stopped at", f"{stop.spent_usd:.6f}")
     """
 )
 

@@ -152,24 +152,18 @@ def test_a_child_that_ends_with_os_exit_keeps_what_it_flushed(upgraded: str, tmp
     assert stored(upgraded) == (31, Decimal("0.2325"))
 
 
-GUARDED_PREFORK = PRELUDE.replace(
+GUARDED_PREFORK = PREFORK.replace(
     "call()  # the parent's own call",
-    'with compactobs.conversation("shared-by-workers", budget_usd=100):\n'
-    "    call()  # the parent's own call",
-) + textwrap.dedent(
-    """
-    workers = []
-    for _ in range(children):
-        pid = os.fork()
-        if pid == 0:  # a worker of a guarded conversation: counts its own calls into the shared row
+    textwrap.dedent(
+        """
+        plain_call = call
+
+        def call():  # every call, the parent's and the workers', in one guarded conversation
             with compactobs.conversation("shared-by-workers", budget_usd=100):
-                for _ in range(calls_each):
-                    call()
-            sys.exit(0)
-        workers.append(pid)
-    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in workers]
-    print(codes, flush=True)
-    """
+                plain_call()
+
+        call()  # the parent's own call"""
+    ),
 )
 
 
