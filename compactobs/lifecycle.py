@@ -440,7 +440,7 @@ def install_exit_hooks() -> None:
     _exit_hooks_installed = True
     atexit.register(_final_shutdown)
     if hasattr(os, "register_at_fork"):
-        os.register_at_fork(before=_before_fork)
+        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
     from multiprocessing import util
 
     util.register_after_fork(_FORK_TOKEN, _in_multiprocessing_child)
@@ -449,19 +449,56 @@ def install_exit_hooks() -> None:
     previous = signal.getsignal(signal.SIGTERM)
     if previous not in (signal.SIG_DFL, None):
         return  # the application handles SIGTERM (and, we trust, exits through atexit)
+    _look_up_setsig()
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
-    def on_sigterm(signum: int, frame: Any) -> None:
-        # The handler interrupts the main thread wherever it is, perhaps holding a lock the flush needs (the
-        # recorder's wake-up Event, mid hand-over): flushing here could wait on itself forever. So the flush
-        # runs on a thread of its own, started with `_thread` because `threading` takes a module lock the
-        # interrupted thread may hold too, and SIGTERM's default action follows it. A second SIGTERM kills.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        try:
-            _thread.start_new_thread(_shutdown_then_terminate, ())
-        except RuntimeError:  # no new thread (the interpreter is finalizing): terminate as by default
-            os.kill(os.getpid(), signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+# --- SIGTERM ---------------------------------------------------------------------------------------------
+# SIGTERM's default action ends a process at once, whatever its threads are doing; compactobs' handler first
+# flushes, then ends the process as the default action would. A Python handler, though, runs only when the
+# main thread next runs Python code, and a forked child's main thread may never do so again: a `Pool` worker
+# waiting for its next task is blocked inside a lock of the task queue that `Pool.terminate()` takes and
+# never gives back, and then sends it SIGTERM. When the kernel hands that signal to another thread (any
+# thread may take a process's signal), or it arrives just before the main thread blocks, the handler never
+# runs and the worker waits forever, and its parent with it. So in a forked child the signal also reaches a
+# thread of compactobs' own, through the interpreter's wake-up fd (written by its C-level handler whatever
+# thread took the signal), and that thread flushes and ends the process. The main thread may still run the
+# handler too: whichever comes first flushes, once.
+
+_terminating = _thread.allocate_lock()
+"""Taken by whichever of the handler and the watching thread flushes first: the flush runs once."""
+_sigterm_pipe: tuple[int, int] | None = None
+"""(read end, write end) of the wake-up fd compactobs set in this process, if any."""
+_setsig: Any = None
+"""`PyOS_setsig` through ctypes: only the main thread may call `signal.signal`, so the watching thread sets
+SIGTERM's default action back with this. Looked up when the handler is installed, never in a forked child (an
+import there could wait on a module lock another thread of the parent held at the fork)."""
+
+
+def _look_up_setsig() -> None:
+    global _setsig
+    try:
+        import ctypes
+
+        setsig = ctypes.pythonapi.PyOS_setsig
+        setsig.argtypes, setsig.restype = (ctypes.c_int, ctypes.c_void_p), ctypes.c_void_p
+        _setsig = setsig
+    except Exception:  # no ctypes (or no C API) here: the watching thread then ends the process with _exit
+        log.debug("compactobs: PyOS_setsig is not available", exc_info=True)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    # The handler interrupts the main thread wherever it is, perhaps holding a lock the flush needs (the
+    # recorder's wake-up Event, mid hand-over): flushing here could wait on itself forever. So the flush runs
+    # on a thread of its own, started with `_thread` because `threading` takes a module lock the interrupted
+    # thread may hold too, and SIGTERM's default action follows it. A second SIGTERM kills.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not _terminating.acquire(blocking=False):
+        return  # the watching thread is flushing already, and ends the process when it is done
+    try:
+        _thread.start_new_thread(_shutdown_then_terminate, ())
+    except RuntimeError:  # no new thread (the interpreter is finalizing): terminate as by default
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _shutdown_then_terminate() -> None:
@@ -469,3 +506,64 @@ def _shutdown_then_terminate() -> None:
         _final_shutdown()
     finally:
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child (its only thread, now its main thread) that inherited compactobs' SIGTERM handler: a
+    thread that hears SIGTERM through a wake-up fd (see above), unless the application set a wake-up fd of
+    its own (asyncio's signal handlers do): it keeps it. Never raises."""
+    global _terminating, _sigterm_pipe
+    _terminating = _thread.allocate_lock()  # perhaps taken in the parent: that flush is not this process's
+    inherited, _sigterm_pipe = _sigterm_pipe, None
+    try:
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            _watch_sigterm(inherited)
+        if inherited is not None:  # the parent's pipe, whose reading thread is not in this process
+            current = signal.set_wakeup_fd(-1)
+            if current != inherited[1]:
+                signal.set_wakeup_fd(current)  # this process's own, or the application's
+            for fd in inherited:  # closed once no signal can be written to it any more
+                os.close(fd)
+    except Exception:
+        log.debug("compactobs: could not watch for SIGTERM in a forked child", exc_info=True)
+
+
+def _watch_sigterm(inherited: tuple[int, int] | None) -> None:
+    global _sigterm_pipe
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    if previous not in (-1, inherited[1] if inherited is not None else -1):
+        signal.set_wakeup_fd(previous)  # the application's: it keeps it, and SIGTERM goes to the handler
+        os.close(read_end)
+        os.close(write_end)
+        return
+    _sigterm_pipe = (read_end, write_end)
+    threading.Thread(target=_hear_sigterm, args=(read_end,), name="compactobs-sigterm", daemon=True).start()
+
+
+def _hear_sigterm(read_end: int) -> None:
+    """The watching thread: on SIGTERM, while the handler is compactobs', flush and end the process."""
+    while True:
+        try:
+            signals = os.read(read_end, 64)  # a byte per signal (its number) that a Python handler is set for
+        except OSError:
+            return
+        if not signals:
+            return
+        if (
+            signal.SIGTERM in signals
+            and signal.getsignal(signal.SIGTERM) is _on_sigterm
+            and _terminating.acquire(blocking=False)
+        ):
+            break
+    # As the handler does first: SIGTERM's default action back, so that a second SIGTERM ends the process at
+    # once, and so that the one sent after the flush does.
+    try:
+        _setsig(signal.SIGTERM, int(signal.SIG_DFL))
+    except Exception:  # no PyOS_setsig here: end with the status a shell gives a process SIGTERM ended
+        try:
+            _final_shutdown()
+        finally:
+            os._exit(128 + signal.SIGTERM)
+    _shutdown_then_terminate()

@@ -7,7 +7,9 @@ children that make calls and end as real workers end:
 - a multiprocessing Pool with the fork start method (its workers end with `os._exit` after
   multiprocessing's own finalizers, so atexit never runs in them);
 - a pre-forking server: a parent forks N workers that each make calls and `sys.exit` (gunicorn's way);
-- a child that ends with `os._exit` itself, after `compactobs.flush()` (the documented remedy).
+- a child that ends with `os._exit` itself, after `compactobs.flush()` (the documented remedy);
+- a child sent SIGTERM while its main thread waits, for good, in a lock another process holds (as `Pool`
+  workers are when `Pool.terminate()` ends them).
 
 Every reply bills 1,000 input and 100 output tokens at claude-opus-4-8 ($5/$25 per MTok):
 1,000 x 5/1e6 + 100 x 25/1e6 = 0.005 + 0.0025 = $0.0075 a call.
@@ -15,6 +17,7 @@ Every reply bills 1,000 input and 100 output tokens at claude-opus-4-8 ($5/$25 p
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -42,9 +45,14 @@ PRELUDE = textwrap.dedent(
     sim.__enter__()
     reply = Reply(message(usage={"input_tokens": 1000, "output_tokens": 100}))
     sim.enqueue(*[reply] * (1 + children * calls_each))
-    client = anthropic.Anthropic(base_url=sim.base_url, api_key="k")
+    clients = {}
 
     def call():
+        # A client per process, as a forking app must have: an HTTP connection pool copied by a fork shares
+        # its open sockets with the parent, and two processes' requests on one socket mix their answers.
+        client = clients.get(os.getpid())
+        if client is None:
+            client = clients[os.getpid()] = anthropic.Anthropic(base_url=sim.base_url, api_key="k")
         client.messages.create(
             model="claude-opus-4-8", max_tokens=8, messages=[{"role": "user", "content": "x"}]
         )
@@ -94,6 +102,44 @@ OS_EXIT = PRELUDE + textwrap.dedent(
             os._exit(0)  # no atexit, no finalizers: only what flush() wrote is kept
         workers.append(pid)
     codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in workers]
+    print(codes, flush=True)
+    """
+)
+
+TERMINATED = PRELUDE + textwrap.dedent(
+    """
+    import multiprocessing, signal
+
+    fork = multiprocessing.get_context("fork")
+    held = fork.Lock()
+    held.acquire()  # held for good, as `Pool.terminate()` holds its task queue's lock
+    waiting = fork.Event()
+
+    def work():
+        for _ in range(calls_each):
+            call()
+        # SIGTERM is sent to the process, and the kernel may hand it to any of its threads that does not block
+        # it: under load, now and then, one of compactobs' threads while the main thread waits in the lock.
+        # Blocking it in the main thread makes that happen every time.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        waiting.set()
+        held.acquire()  # never returns
+
+    workers = [fork.Process(target=work) for _ in range(children)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        waiting.wait()
+    codes = []
+    for worker in workers:
+        worker.terminate()
+        worker.join(60)
+        if worker.exitcode is None:  # it did not end: end it, so that the test fails instead of hanging
+            worker.kill()
+            worker.join()
+            codes.append("still running 60 s after SIGTERM")
+        else:
+            codes.append(worker.exitcode)
     print(codes, flush=True)
     """
 )
@@ -185,3 +231,14 @@ def test_forked_workers_share_a_guarded_conversations_spend(upgraded: str, tmp_p
     finally:
         engine.dispose()
     assert (row.calls, Decimal(row.cost_units).scaleb(-10)) == (31, Decimal("0.2325"))
+
+
+def test_a_child_sigterm_reaches_while_its_main_thread_waits_ends_and_keeps_its_calls(
+    upgraded: str, tmp_path: Path
+) -> None:
+    """Before: the handler never ran (SIGTERM had gone to another thread, the main thread never woke up), and
+    the child waited for good: so did a `Pool`'s parent, about 1 run in 10 under load."""
+    out = run_app(TERMINATED, upgraded, tmp_path, children=1, calls_each=3)
+    assert out.strip() == f"[{-signal.SIGTERM}]"  # ended by SIGTERM, as its default action ends a process
+    # 1 parent call + 3 = 4 calls; 4 x $0.0075 = $0.03
+    assert stored(upgraded) == (4, Decimal("0.03"))
