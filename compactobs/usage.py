@@ -635,6 +635,7 @@ def observe_batch_result(observation: CallObservation, line: bytes) -> None:
         if usage is not None and usage.service_tier != BATCH_SERVICE_TIER:
             observation.usage = replace(usage, service_tier=BATCH_SERVICE_TIER)
     elif kind == "errored":
-        observation.error_type = _text(field_of(field_of(result, "error"), "error"), "type") or kind
+        observation.error_type = error_type_of(field_of(result, "error")) or kind
     else:
-        observation.error_type = kind or "unknown_result"
+        # `error.type` is stored and exported: a result type the API does not document is not taken as it came
+        observation.error_type = kind if kind in ("expired", "canceled") else "unknown_result"
