@@ -382,4 +382,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import _harness
+
+    _harness.run(main)

@@ -1112,4 +1112,6 @@ def platform_line() -> str:
 
 
 if __name__ == "__main__":
-    main()
+    import _harness
+
+    _harness.run(main)
