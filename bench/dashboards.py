@@ -144,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     queries = sql_queries()
     header = f"{'panel':<22}" + "".join(f"{name:>24}" for name, _, _ in RANGES)
     with engine.connect() as connection:
-        connection.exec_driver_sql("SET jit = off")  # as the reports run (compactobs.reports._common.reading)
+        # As the reports run (compactobs.reports.sources.sql_reading.reading).
+        connection.exec_driver_sql("SET jit = off")
         baselines = []
         calls_in = []
         for _, span, interval in RANGES:

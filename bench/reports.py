@@ -885,7 +885,7 @@ def measure_one(name: str, url: str, repeat: int) -> dict[str, Any]:
     import importlib
     import tracemalloc
 
-    from compactobs.reports._common import build_filters
+    from compactobs.reports.times import build_filters
     from compactobs.store import open_database
 
     module_name, build = REPORTS[name]

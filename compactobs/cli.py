@@ -26,17 +26,11 @@ from compactobs._words import counted
 from compactobs.configfile import ConfigError
 from compactobs.pricing import PricingError
 from compactobs.progress import stdout_fit_width
-from compactobs.reports._common import (
-    FORMATS,
-    Filters,
-    Report,
-    ReportInputError,
-    build_filters,
-    render,
-    sort_and_limit,
-)
-from compactobs.reports._safe import shown
 from compactobs.reports.anomalies import Thresholds
+from compactobs.reports.model import Filters, Report, ReportInputError, sort_and_limit
+from compactobs.reports.render import FORMATS, render
+from compactobs.reports.render.safe import shown
+from compactobs.reports.times import build_filters
 from compactobs.store import (
     ENV_DATABASE_URL,
     StoreError,
@@ -329,7 +323,7 @@ def refresh_rollups(engine: Engine) -> None:
     more than a day of slots to recompute (the first report after an upgrade, or after a bulk load)."""
     from compactobs.progress import progress_bar
     from compactobs.reports import rollup
-    from compactobs.reports._common import ExternalSource
+    from compactobs.reports.model import ExternalSource
 
     if isinstance(engine, ExternalSource):
         return

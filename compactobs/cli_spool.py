@@ -78,7 +78,7 @@ def spool_status(state: object) -> None:
 def spool_show(state: object, rejected: bool) -> None:
     """Every spool file: calls, iterations, bytes, and for set-aside files the database's reason."""
     from compactobs.progress import stdout_fit_width
-    from compactobs.reports._safe import shown
+    from compactobs.reports.render.safe import shown
     from compactobs.store import spool_admin
     from compactobs.untrusted import escape
 

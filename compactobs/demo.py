@@ -730,8 +730,8 @@ def run_guard_comparison() -> GuardComparison:
 def _headline(database_url: str, pattern: str) -> tuple[Decimal, Decimal]:
     """(what the top-level usage says, what it leaves out) for the run's conversations, as `report cost`
     computes them."""
-    from compactobs.reports._common import build_filters
     from compactobs.reports.cost import cost_report
+    from compactobs.reports.times import build_filters
 
     engine = make_engine(database_url)
     try:

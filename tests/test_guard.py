@@ -570,8 +570,8 @@ def test_the_guard_and_report_anomalies_agree(
 ) -> None:
     from sqlalchemy import select
 
-    from compactobs.reports._common import build_filters
     from compactobs.reports.anomalies import find_anomalies, load_budgets
+    from compactobs.reports.times import build_filters
 
     path = tmp_path / "budgets.toml"
     path.write_text('[budgets."agree"]\nmax_compactions = 1\n')

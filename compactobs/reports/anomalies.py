@@ -62,16 +62,11 @@ from sqlalchemy.sql.util import ClauseAdapter
 
 from compactobs import rules
 from compactobs._words import counted
-from compactobs.reports._common import (
-    ExternalSource,
-    Filters,
-    Report,
-    ReportInputError,
-    reading,
-    render,
-    to_json_value,
-)
-from compactobs.reports._safe import json_text, shown
+from compactobs.reports.model import ExternalSource, Filters, Report, ReportInputError
+from compactobs.reports.render import render
+from compactobs.reports.render.json import to_json_value
+from compactobs.reports.render.safe import json_text, shown
+from compactobs.reports.sources.sql_reading import reading
 from compactobs.rules import (
     ENV_BUDGETS_FILE,
     Budget,

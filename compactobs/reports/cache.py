@@ -54,18 +54,11 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import Label
 
 from compactobs.reports import rollup
-from compactobs.reports._common import (
-    TIME_UNITS,
-    ExternalSource,
-    Filters,
-    Report,
-    bucket_label,
-    epoch_ms,
-    local_bucket,
-    reading,
-)
 from compactobs.reports.cost import CALLS_ONLY, KEY_OF, data_range, parse_by
-from compactobs.store.models import calls, iterations
+from compactobs.reports.model import ExternalSource, Filters, Report
+from compactobs.reports.sources.sql_reading import reading
+from compactobs.reports.times import TIME_UNITS, bucket_label, local_bucket
+from compactobs.store.models import calls, epoch_ms, iterations
 
 __all__ = ["CACHE_MEASURES", "DEFINITIONS", "TTL_1H_MS", "TTL_5M_MS", "cache_report"]
 

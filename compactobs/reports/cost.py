@@ -44,20 +44,10 @@ from sqlalchemy import ColumnElement, Connection, Engine, and_, case, false, fun
 from sqlalchemy.sql.elements import Label
 
 from compactobs.reports import rollup
-from compactobs.reports._common import (
-    TIME_UNITS,
-    Buckets,
-    ExternalSource,
-    Filters,
-    Report,
-    ReportInputError,
-    bucket_label,
-    bucket_source,
-    format_cell,
-    local_bucket,
-    local_buckets,
-    reading,
-)
+from compactobs.reports.model import ExternalSource, Filters, Report, ReportInputError
+from compactobs.reports.render.cells import format_cell
+from compactobs.reports.sources.sql_reading import bucket_source, reading
+from compactobs.reports.times import TIME_UNITS, Buckets, bucket_label, local_bucket, local_buckets
 from compactobs.store.models import calls, iterations
 
 __all__ = [

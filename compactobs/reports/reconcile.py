@@ -52,8 +52,10 @@ from sqlalchemy import Engine
 
 from compactobs._words import counted
 from compactobs.anthropic_reports import API_GROUPS, CLASSES, ApiFigures, Fetched
-from compactobs.reports._common import Filters, Report, ReportInputError, local_buckets, reading
 from compactobs.reports.cost import aggregate_calls
+from compactobs.reports.model import Filters, Report, ReportInputError
+from compactobs.reports.sources.sql_reading import reading
+from compactobs.reports.times import local_buckets
 from compactobs.store.models import calls, epoch_ms
 
 __all__ = [

@@ -16,7 +16,6 @@ from typing import Any, Final
 
 from sqlalchemy import literal_column
 
-from compactobs.reports._common import Filters
 from compactobs.reports.anomalies import (
     _ERROR_STATUSES,
     _HOUR_MS,
@@ -30,6 +29,7 @@ from compactobs.reports.anomalies import (
 from compactobs.reports.clickhouse import spans
 from compactobs.reports.clickhouse.cost import JOIN_SETTINGS
 from compactobs.reports.clickhouse.source import ClickHouseSource, quote
+from compactobs.reports.model import Filters
 from compactobs.rules import BILLED_TOKEN_COLUMNS
 
 __all__ = ["ClickHouseAnomalyData"]

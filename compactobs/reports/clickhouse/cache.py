@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from compactobs.reports._common import TIME_UNITS, Filters, bucket_label
 from compactobs.reports.cache import TTL_1H_MS, TTL_5M_MS
 from compactobs.reports.clickhouse import slots, spans
 from compactobs.reports.clickhouse.cost import JOIN_SETTINGS, SLOT_KEY, group_key_sql
 from compactobs.reports.clickhouse.source import ClickHouseSource
 from compactobs.reports.cost import CALLS_ONLY, KEY_OF
+from compactobs.reports.model import Filters
+from compactobs.reports.times import TIME_UNITS, bucket_label
 
 __all__ = ["cache_groups"]
 

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
-from compactobs.reports._common import Filters
 from compactobs.reports.clickhouse import spans
 from compactobs.reports.clickhouse.source import ClickHouseSource, quote
 from compactobs.reports.conversation import FIELDS, unknown_conversation
+from compactobs.reports.model import Filters
 
 __all__ = ["conversation_calls"]
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from compactobs.reports._common import TIME_UNITS, Buckets, Filters, bucket_label
 from compactobs.reports.clickhouse import slots, spans
 from compactobs.reports.clickhouse.source import ClickHouseSource, join
 from compactobs.reports.cost import CALLS_ONLY, ITERATION_LEVEL, KEY_OF
+from compactobs.reports.model import Filters
+from compactobs.reports.times import TIME_UNITS, Buckets, bucket_label
 
 __all__ = ["CALL_MEASURES", "ITERATION_MEASURES", "cost_groups", "data_range"]
 

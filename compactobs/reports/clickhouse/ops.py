@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from compactobs.reports._common import Filters
 from compactobs.reports.clickhouse import spans
 from compactobs.reports.clickhouse.cost import JOIN_SETTINGS
 from compactobs.reports.clickhouse.source import ClickHouseSource
+from compactobs.reports.model import Filters
 from compactobs.reports.ops import PERCENTILES, OpsFigures, Percentiles, interpolate
 from compactobs.store.errors import StoreError
 

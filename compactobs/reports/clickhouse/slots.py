@@ -37,8 +37,8 @@ from compactobs.reports.clickhouse.source import join, settings_clause
 from compactobs.store.models import SLOT_MS
 
 if TYPE_CHECKING:
-    from compactobs.reports._common import Filters
     from compactobs.reports.clickhouse.source import ClickHouseSource
+    from compactobs.reports.model import Filters
 
 __all__ = [
     "MARK_MARGIN_MS",

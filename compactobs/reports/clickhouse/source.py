@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from compactobs.reports._common import ExternalSource
+from compactobs.reports.model import ExternalSource
 from compactobs.store.errors import StoreError
 
 __all__ = [

@@ -1,0 +1,1 @@
+"""Where a report's rows come from: the SQL store and the Collector's ClickHouse."""
