@@ -78,12 +78,30 @@ class Filters:
     """What a report looks at: the calls that started in `[since, until)` (UTC; None = unbounded), of the
     given models, conversations and services (empty = all), with local times in `tz`."""
 
-    since: datetime | None
-    until: datetime | None
-    tz: tzinfo
-    models: tuple[str, ...] = ()
-    conversations: tuple[str, ...] = ()
-    services: tuple[str, ...] = ()
+    # The metadata is the CLI's: every report's --since ... --service option is generated from it.
+    since: datetime | None = field(
+        metadata={
+            "metavar": "WHEN",
+            "help": "Calls started at or after: YYYY-MM-DD, ISO date-time, 7d, 24h, 30m, today, yesterday.",
+        }
+    )
+    until: datetime | None = field(
+        metadata={"metavar": "WHEN", "help": "Calls started before (a date is inclusive)."}
+    )
+    tz: tzinfo = field(
+        metadata={"metavar": "ZONE", "help": "IANA time zone for dates and buckets (default: local)."}
+    )
+    models: tuple[str, ...] = field(
+        default=(),
+        metadata={"option": "--model", "metavar": "MODEL", "help": "Only these models (repeatable, globs)."},
+    )
+    conversations: tuple[str, ...] = field(
+        default=(),
+        metadata={"option": "--conversation", "metavar": "ID", "help": "Only these conversations."},
+    )
+    services: tuple[str, ...] = field(
+        default=(), metadata={"option": "--service", "metavar": "NAME", "help": "Only these services."}
+    )
 
     @property
     def since_ms(self) -> int | None:

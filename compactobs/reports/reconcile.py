@@ -122,8 +122,14 @@ _DEFAULTS: Final[dict[str, str]] = {"service_tier": "standard", "speed": "standa
 class Scope:
     """The traffic compactobs records: these workspaces and API keys (empty: the whole organisation)."""
 
-    workspaces: tuple[str, ...] = ()
-    api_keys: tuple[str, ...] = ()
+    workspaces: tuple[str, ...] = field(
+        default=(),
+        metadata={"option": "--workspace", "metavar": "ID", "help": "A workspace compactobs records."},
+    )
+    api_keys: tuple[str, ...] = field(
+        default=(),
+        metadata={"option": "--api-key", "metavar": "ID", "help": "An API key id compactobs records."},
+    )
 
     def holds(self, workspace: str | None, api_key: str | None) -> bool:
         return (not self.workspaces or workspace in self.workspaces) and (
