@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 import click
 
-from compactobs.reports.render import FORMATS
 from compactobs.reports.model import Filters
+from compactobs.reports.render import FORMATS
 from compactobs.reports.times import build_filters
 
 __all__ = [

@@ -8,8 +8,8 @@ import click
 
 from compactobs.cli.common import CliState, emit_report, refuse_on_clickhouse, report_engine, working
 from compactobs.cli.options import dataclass_options, group_options
-from compactobs.reports.times import build_filters
 from compactobs.reports.reconcile import Scope
+from compactobs.reports.times import build_filters
 
 __all__ = ["reconcile_command"]
 
