@@ -34,11 +34,11 @@ from compactobs.guard import (
 from compactobs.instrument import state
 from compactobs.instrument.conversation import conversation
 
-# OpenTelemetry and compactobs.telemetry are imported when recording is set up, not with the package: the
+# OpenTelemetry and compactobs.semconv are imported when recording is set up, not with the package: the
 # CLI imports the package too, and its reports need neither.
 if TYPE_CHECKING:
     from compactobs.instrument.middleware import Middleware
-    from compactobs.telemetry import Telemetry
+    from compactobs.recorder import Telemetry
 
 __all__ = [
     "BudgetExceeded",
@@ -124,7 +124,7 @@ def _tracer_provider(given: Any, service_name: str | None, export: bool = True) 
     provider = TracerProvider(resource=_resource(service_name), shutdown_on_exit=False)
     tally = None
     if export and otlp.export_requested("TRACES"):
-        from compactobs import telemetry as t
+        from compactobs import semconv as t
 
         # The exporter reads endpoint, headers, timeout and compression from the standard OTEL_* variables;
         # the tally counts what it has not sent when the shutdown's bound ends the wait.
@@ -187,7 +187,7 @@ def _setup(
     """Providers, the SQL store on the tracer provider, the pricer and the guard. Raises on bad
     configuration (`lenient`: a bad pricing or budgets file is logged and left out instead)."""
     from compactobs.pricing import Pricer, default_pricer
-    from compactobs.telemetry import Telemetry
+    from compactobs.recorder import Telemetry
 
     pricer = _unless_bad(default_pricer, lenient) or Pricer()
     lifecycle.load_in_background("load-prices", pricer.load)
@@ -217,7 +217,7 @@ def _lazy_setup() -> Telemetry:
         return _setup(None, None, None, None, store=True, lenient=True)
     except Exception as err:
         from compactobs.pricing import Pricer
-        from compactobs.telemetry import Telemetry
+        from compactobs.recorder import Telemetry
 
         if isinstance(err, otlp.OtlpConfigError):
             log.error("compactobs: %s; recording without OTLP export", err)
@@ -261,7 +261,7 @@ def _install_guard(
         ) from None
     spend_store = None
     if isinstance(database_url, str) or database_url is None:
-        from compactobs.guard_store import StoreSpend
+        from compactobs.guard.store import StoreSpend
 
         spend_store = StoreSpend(database_url)
     previous = guard_module.installed()

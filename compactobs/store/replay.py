@@ -47,7 +47,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from sqlalchemy import ColumnElement, Engine, and_, func, select
 
-from compactobs import telemetry as t
+from compactobs import semconv as t
 from compactobs._version import __version__
 from compactobs.platforms import ANTHROPIC
 from compactobs.store.mapping import CALL_ATTRIBUTES, ITERATION_ATTRIBUTES
