@@ -1,8 +1,8 @@
 """The `compactobs` command: a thin shell over the library (all logic lives in compactobs.*).
 
 Commands share `ctx.obj`, a `CliState` carrying the database URL (`--db`, else the library's default).
-A problem the user can fix is one of `USER_ERRORS` (StoreError, PricingError...): it is printed as one
-line, `Error: ...`, with exit code 2 (click's own code for usage errors), never as a traceback.
+A problem the user can fix is a `compactobs.errors.UserError` (StoreError, PricingError...): it is printed as
+one line, `Error: ...`, with exit code 2 (click's own code for usage errors), never as a traceback.
 """
 
 from __future__ import annotations
@@ -23,14 +23,12 @@ from sqlalchemy import Engine
 
 from compactobs._version import __version__
 from compactobs._words import counted
-from compactobs.configfile import ConfigError
-from compactobs.pricing import PricingError
+from compactobs.errors import UserError
 from compactobs.progress import stdout_fit_width
 from compactobs.reports._common import (
     FORMATS,
     Filters,
     Report,
-    ReportInputError,
     build_filters,
     render,
     sort_and_limit,
@@ -54,8 +52,6 @@ __all__ = ["CliState", "main"]
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 """Ctrl-C: 128 + SIGINT, as shells report a process that SIGINT ended (click's own "Aborted!" exits 1)."""
-USER_ERRORS: tuple[type[Exception], ...] = (StoreError, ReportInputError, PricingError, ConfigError)
-"""What a user can fix (a bad --db URL, date, pricing or budgets file): one line, `Error: ...`, exit 2."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +79,7 @@ def _usage_error(err: click.UsageError) -> NoReturn:
 
 
 class _Group(click.Group):
-    """Turns a user error (`USER_ERRORS`, or click's usage errors) raised anywhere under it into a one-line
+    """Turns a user error (`UserError`, or click's usage errors) raised anywhere under it into a one-line
     error and exit code 2."""
 
     def make_context(
@@ -97,7 +93,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except USER_ERRORS as err:
+        except UserError as err:  # one line by contract; anything else is a bug, and shows as one
             click.echo(f"Error: {err}", err=True)
             ctx.exit(EXIT_USER_ERROR)
         except click.UsageError as err:
@@ -1248,7 +1244,7 @@ def budgets_check(path: str) -> None:
 
     try:
         budgets = load_budgets(path)
-    except Exception as err:  # RulesInputError says what is wrong in one line; anything else, its first
+    except UserError as err:  # RulesInputError: what is wrong, in one line
         text = " ".join(str(err).split()) or type(err).__name__
         click.echo(f"Error: {escape(text)}", err=True)
         raise click.exceptions.Exit(EXIT_USER_ERROR) from None

@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from compactobs import semconv
 from compactobs._words import counted
+from compactobs.errors import CompactobsError
 from compactobs.rules import (
     ON_BREACH,
     ON_UNKNOWN,
@@ -310,7 +311,7 @@ def breach_event(breach: Breach) -> tuple[str, dict[str, Any]]:
     return semconv.EVENT_GUARD_BREACH, attributes
 
 
-class GuardError(Exception):
+class GuardError(CompactobsError):
     """Raised, under `on_breach="raise"`, before a guarded conversation's next request is sent."""
 
     def __init__(self, breach: Breach) -> None:

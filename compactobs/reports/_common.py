@@ -50,6 +50,7 @@ from sqlalchemy import (
     or_,
 )
 
+from compactobs.errors import UserError
 from compactobs.pricing.records import to_json_number
 from compactobs.reports._safe import json_text, shown
 from compactobs.store.models import calls, epoch_ms
@@ -96,7 +97,7 @@ MS_PER_DAY: Final = 86_400_000
 _EPOCH_DATE: Final = date(1970, 1, 1)
 
 
-class ReportInputError(ValueError):
+class ReportInputError(UserError, ValueError):
     """A report input the user can fix (a date, a zone, a grouping...): the message is one line."""
 
     def __init__(self, message: str) -> None:
