@@ -70,6 +70,7 @@ def test_guard_errors_are_not_user_errors() -> None:
     # Raised into the application by design (on_breach="raise"), not a mistake the user made.
     assert issubclass(compactobs.BudgetExceeded, CompactobsError)
     assert not issubclass(compactobs.GuardError, UserError)
+    assert compactobs.UserError is UserError
 
 
 def test_a_bad_database_url_is_one_line() -> None:
