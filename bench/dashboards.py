@@ -84,7 +84,7 @@ def clickhouse(calls: int, repeat: int, data_dir: Path) -> None:
     import clickhouse as bench_clickhouse  # bench/clickhouse.py: its generator, not another
     from chdb import session as chdb_session
 
-    from compactobs import telemetry as t
+    from compactobs import semconv as t
     from compactobs.reports.dashboard import GRAFANA_CLICKHOUSE
 
     directory, _, spans = bench_clickhouse.prepare(calls, data_dir)

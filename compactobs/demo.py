@@ -690,7 +690,7 @@ def run_guard_comparison() -> GuardComparison:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from compactobs import telemetry as t
+    from compactobs import semconv as t
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))

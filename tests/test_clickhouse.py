@@ -27,7 +27,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from compactobs import store, telemetry
+from compactobs import semconv as telemetry
+from compactobs import store
 from compactobs.demo import run_demo
 from compactobs.reports.anomalies import Thresholds, anomalies_report, load_budgets
 from compactobs.reports.cache import cache_report

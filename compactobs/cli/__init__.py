@@ -1,9 +1,9 @@
 """The `compactobs` command: the root group, its options, user-error handling, and the command groups.
 
 Each command group is a module of this package (report, store, spool, pricing, ...), thin over the
-library; this module registers them. A problem the user can fix is one of `USER_ERRORS` (StoreError,
-PricingError...): it is printed as one line, `Error: ...`, with exit code 2 (click's own code for usage
-errors), never as a traceback.
+library; this module registers them. A problem the user can fix is a `compactobs.errors.UserError`
+(StoreError, PricingError...): it is printed as one line, `Error: ...`, with exit code 2 (click's own code
+for usage errors), never as a traceback.
 """
 
 from __future__ import annotations
@@ -15,16 +15,10 @@ import click
 from compactobs._version import __version__
 from compactobs.cli import budgets, clickhouse, demo, export, pricing, reconcile, report, spool, store
 from compactobs.cli.common import EXIT_INTERRUPTED, EXIT_USER_ERROR, CliState
-from compactobs.configfile import ConfigError
-from compactobs.pricing import PricingError
-from compactobs.reports.model import ReportInputError
-from compactobs.store import ENV_DATABASE_URL, StoreError, default_database_url
+from compactobs.errors import UserError
+from compactobs.store import ENV_DATABASE_URL, default_database_url
 
 __all__ = ["CliState", "main"]
-
-USER_ERRORS: tuple[type[Exception], ...] = (StoreError, ReportInputError, PricingError, ConfigError)
-"""What a user can fix (a bad --db URL, date, pricing or budgets file): one line, `Error: ...`, exit 2."""
-
 
 def _usage_error(err: click.UsageError) -> NoReturn:
     """click's usage errors (a wrong flag, a missing argument, a bad choice) as one line, exit code 2.
@@ -37,7 +31,7 @@ def _usage_error(err: click.UsageError) -> NoReturn:
 
 
 class _Group(click.Group):
-    """Turns a user error (`USER_ERRORS`, or click's usage errors) raised anywhere under it into a one-line
+    """Turns a user error (`UserError`, or click's usage errors) raised anywhere under it into a one-line
     error and exit code 2."""
 
     def make_context(
@@ -51,7 +45,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except USER_ERRORS as err:
+        except UserError as err:  # one line by contract; anything else is a bug, and shows as one
             click.echo(f"Error: {err}", err=True)
             ctx.exit(EXIT_USER_ERROR)
         except click.UsageError as err:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from compactobs.cli.common import EXIT_USER_ERROR
+from compactobs.errors import UserError
 
 __all__ = ["budgets_group"]
 
@@ -25,7 +26,7 @@ def budgets_check(path: str) -> None:
 
     try:
         budgets = load_budgets(path)
-    except Exception as err:  # RulesInputError says what is wrong in one line; anything else, its first
+    except UserError as err:  # RulesInputError: what is wrong, in one line
         text = " ".join(str(err).split()) or type(err).__name__
         click.echo(f"Error: {escape(text)}", err=True)
         raise click.exceptions.Exit(EXIT_USER_ERROR) from None

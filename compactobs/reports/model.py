@@ -15,6 +15,7 @@ from typing import Any, Final, Literal
 
 from sqlalchemy import ColumnElement, or_
 
+from compactobs.errors import UserError
 from compactobs.store.models import calls, epoch_ms
 
 __all__ = [
@@ -34,7 +35,7 @@ ColumnKind = Literal["key", "int", "usd", "ratio", "text", "usd_delta", "ratio_d
 NUMERIC_KINDS: Final = frozenset({"int", "usd", "ratio", "usd_delta", "ratio_delta"})
 
 
-class ReportInputError(ValueError):
+class ReportInputError(UserError, ValueError):
     """A report input the user can fix (a date, a zone, a grouping...): the message is one line."""
 
     def __init__(self, message: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from sqlalchemy import Boolean, Float, Integer, Numeric, String
 
-from compactobs import telemetry as t
+from compactobs import semconv as t
 from compactobs.reports.clickhouse.source import quote, system_table_condition
 from compactobs.reports.model import Filters
 from compactobs.reports.times import MS_PER_DAY, MS_PER_HOUR, utc_offsets
