@@ -928,6 +928,7 @@ def _split_by(values: tuple[str, ...]) -> list[str]:
 @report.command("cost")
 @click.option("--by", "by", multiple=True, metavar="KEY", help=_BY_HELP + "  [default: day]")
 @click.option("--compare", metavar="prev", help="Add the change against the previous period, as long.")
+@click.option("--forecast", is_flag=True, help="Project this month's spend to its end, with an interval.")
 @report_options
 @group_options
 @pass_state
@@ -937,6 +938,7 @@ def report_cost(
     sort: str | None,
     by: tuple[str, ...],
     compare: str | None,
+    forecast: bool,
     since: str | None,
     until: str | None,
     tz: str | None,
@@ -955,6 +957,10 @@ def report_cost(
         refresh_rollups(engine)
         with working("summing costs ..."):
             result = cost_report(engine, filters, groups, compare=compare)
+            if forecast:
+                from compactobs.reports.forecast import with_forecast
+
+                result = with_forecast(result, engine, filters)
     emit_report(result, fmt, sort, limit)
 
 
@@ -1254,4 +1260,9 @@ def budgets_check(path: str) -> None:
         raise click.exceptions.Exit(EXIT_USER_ERROR) from None
     exact, globs = len(budgets.exact), len(budgets.globs)
     ids = f"{exact} exact conversation id{'' if exact == 1 else 's'}"
-    click.echo(f"{escape(path)}: valid, {ids} and {globs} glob{'' if globs == 1 else 's'}")
+    monthly = budgets.monthly
+    scopes = f", monthly budgets for {len(monthly.scopes())} scope(s)" if monthly is not None else ""
+    click.echo(f"{escape(path)}: valid, {ids} and {globs} glob{'' if globs == 1 else 's'}{scopes}")
+
+
+main.add_command(__import__("compactobs.cli_alert").cli_alert.alert_command(filter_options))  # `alert`
