@@ -150,7 +150,7 @@ def run_pass(
             except BaseException:
                 state.release(destination, keys)
                 raise
-            sent_ms = epoch_ms(datetime.now(timezone.utc))
+            sent_ms = epoch_ms(now)  # the pass's clock: re-notify intervals count from the pass
             state.sent(destination, [a.key for a in group.triggers], sent_ms)
             state.resolved(destination, [key for key, _ in group.resolves], sent_ms)
             outcome.triggers += len(group.triggers)

@@ -129,6 +129,9 @@ class AlertState:
                     )
                 elif self._claimed(connection, and_(row, s.last_sent_ms.is_not(None)), now_ms):
                     claimed.resolves.append((key, json.loads(finding) if finding else {}))
+        # Rows are claimed in key order (the same order in every process: no deadlock), sent in the pass's.
+        position = {alert.key: index for index, alert in enumerate(alerts)}
+        claimed.triggers.sort(key=lambda alert: position[alert.key])
         return claimed
 
     def _claimed(self, connection: Any, condition: Any, now_ms: int) -> bool:
