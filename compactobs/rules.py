@@ -343,6 +343,13 @@ def _usd_limit(where: str, value: Any, at: str) -> Decimal:
     return amount
 
 
+def _first_key(at: str, table: Any) -> str:
+    """`at`, or its first entry's key when it is a table of them (their headers are what a file shows)."""
+    if isinstance(table, dict) and table:
+        return f'{at}."{next(iter(table))}"'
+    return at
+
+
 def _monthly_from(table: Any, name: str) -> MonthlyBudgets:
     """The `[monthly]` table: `usd` (all spend) and `[monthly.service."NAME"] usd` (per service)."""
     where = f"budgets file {name}: [monthly]"
@@ -353,7 +360,7 @@ def _monthly_from(table: Any, name: str) -> MonthlyBudgets:
         raise RulesInputError(
             f"{where}: per-tag budgets ([monthly.tag]) need tags stored with the calls, which this version "
             'does not record; use [monthly.service."NAME"]',
-            at="monthly.tag",
+            at=_first_key("monthly.tag", table["tag"]),
         )
     bad = sorted(set(table) - {"usd", "service"})
     if bad:

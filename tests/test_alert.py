@@ -479,3 +479,20 @@ def test_the_state_table_is_in_the_store(sqlite_url: str) -> None:
     ((kind, conversation, first_seen, last_sent, resolved, claimed),) = rows
     assert (kind, conversation, resolved, claimed) == ("budget_exceeded", "c000", None, None)
     assert last_sent >= first_seen > BASE_MS
+
+
+def test_budgets_check_reads_the_monthly_table(tmp_path: Path) -> None:
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text(
+        '[monthly]\nusd = 1000\n[monthly.service."search"]\nusd = 200\n[budgets."t-*"]\nusd = 5\n',
+        encoding="utf-8",
+    )
+    code, out, err = run("budgets", "check", str(budgets))
+    assert code == 0, err
+    assert out == f"{budgets}: valid, 0 exact conversation ids and 1 glob, monthly budgets for 2 scope(s)\n"
+    budgets.write_text('[monthly]\nusd = 1000\n\n[monthly.tag."team=x"]\nusd = 5\n', encoding="utf-8")
+    code, _, err = run("budgets", "check", str(budgets))
+    assert "line 4: [monthly]: per-tag budgets ([monthly.tag]) need tags stored with the calls" in err
+    one_line_error(code, err)
+    budgets.write_text("[monthly]\nusd = -1\n", encoding="utf-8")
+    assert "must be a finite number >= 0" in one_line_error(*run("budgets", "check", str(budgets))[::2])
