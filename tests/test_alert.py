@@ -496,3 +496,33 @@ def test_budgets_check_reads_the_monthly_table(tmp_path: Path) -> None:
     one_line_error(code, err)
     budgets.write_text("[monthly]\nusd = -1\n", encoding="utf-8")
     assert "must be a finite number >= 0" in one_line_error(*run("budgets", "check", str(budgets))[::2])
+
+
+def test_a_claimed_finding_is_not_claimed_again_until_released_or_lapsed(database_url: str) -> None:
+    """The claim itself, step by step (the two-process test races real processes; this one cannot miss)."""
+    from compactobs.alerts.evaluate import evaluate
+    from compactobs.alerts.state import LEASE_MS, AlertState
+
+    store_rows(database_url, over_budget(3))
+    engine = store.open_database(database_url)
+    writer = store.make_engine(database_url, writer=True)
+    try:
+        alerts = evaluate(
+            engine, build_filters(None, None, "UTC"), AlertRules(), datetime(2026, 3, 1, tzinfo=timezone.utc)
+        )
+        first, second = AlertState(writer, "first"), AlertState(writer, "second")
+        t0 = 1_800_000_000_000
+        mine = first.claim("d", alerts, t0, None)
+        assert [a.key for a in mine.triggers] == [a.key for a in alerts] and len(alerts) == 3
+        assert not second.claim("d", alerts, t0 + 1, None)  # held by `first`
+        first.release("d", [alerts[0].key])
+        assert [a.key for a in second.claim("d", alerts, t0 + 2, None).triggers] == [alerts[0].key]
+        second.sent("d", [alerts[0].key], t0 + 3)
+        first.sent("d", [alerts[0].key], t0 + 3)  # not its claim any more: no effect
+        # `first` died holding the other two: after the lease they are due again, to anyone.
+        assert not second.claim("d", alerts, t0 + LEASE_MS, None)
+        late = second.claim("d", alerts, t0 + LEASE_MS + 1, None)
+        assert [a.key for a in late.triggers] == [a.key for a in alerts[1:]]
+    finally:
+        engine.dispose()
+        writer.dispose()
