@@ -7,6 +7,11 @@ changes both.
   iteration) or compactions. `over_limits` says which.
 - **Budgets file** (TOML, `COMPACTOBS_BUDGETS_FILE`): budgets by conversation id or glob, read by
   `load_budgets`; exact ids win, else the most specific glob (most literal characters), then file order.
+- **Monthly budgets** (the `[monthly]` table of the budgets file): USD a month for all spend and per service;
+  a scope is over when its month-to-date spend is above its budget (`over_limits`), and a forecast alert
+  fires when its projected month-end spend is.
+- **Spend spike** (`SpikeRule`): the last hour's spend above `factor` times the mean hourly spend of the
+  trailing week before it, and at least `min_usd`.
 - **Compaction loop**: a compaction is *ineffective* when the context it left is >= `ineffective_ratio` of
   its trigger; a loop is >= `loop_min` ineffective compactions within `loop_window` consecutive calls of one
   conversation (`LoopWindow`, fed the conversation's compacting calls in order).
@@ -42,9 +47,11 @@ __all__ = [
     "LimitKind",
     "LoopRule",
     "LoopWindow",
+    "MonthlyBudgets",
     "OnBreach",
     "OnUnknown",
     "RulesInputError",
+    "SpikeRule",
     "billed_tokens",
     "billed_tokens_sql",
     "effective_budget",
@@ -164,12 +171,30 @@ def over_limits_sql(
 
 
 @dataclass(frozen=True)
+class MonthlyBudgets:
+    """USD a calendar month may cost (the budgets file's `[monthly]` table): `usd` for all the spend the
+    filters select, `services` per service name. The month is the local month of the report's zone."""
+
+    usd: Decimal | None = None
+    services: Mapping[str, Decimal] = field(default_factory=dict)
+    source: str = ""
+    """Where they came from: `FILE [monthly]`."""
+
+    def scopes(self) -> list[tuple[str | None, Decimal]]:
+        """(service, or None for all spend; its budget), all spend first, then services by name."""
+        found: list[tuple[str | None, Decimal]] = [] if self.usd is None else [(None, self.usd)]
+        return found + sorted(self.services.items())
+
+
+@dataclass(frozen=True)
 class Budgets:
     """Budgets by conversation id or glob, from a budgets file. Exact ids win; else the most specific glob
-    (most literal characters), then file order."""
+    (most literal characters), then file order. `monthly`: the file's `[monthly]` table, if any (it limits
+    no conversation: truthiness speaks of conversation budgets only)."""
 
     exact: Mapping[str, Budget] = field(default_factory=dict)
     globs: Sequence[tuple[str, Budget]] = ()
+    monthly: MonthlyBudgets | None = None
 
     def for_conversation(self, conversation_id: str) -> Budget | None:
         found = self.exact.get(conversation_id)
@@ -188,6 +213,7 @@ _GLOB_CHARS: Final = frozenset("*?[")
 _BUDGET_KEYS: Final = ("usd", "tokens", "max_compactions", "loop", "on_breach", "unknown")
 _LIMIT_KEYS: Final = frozenset({"usd", "tokens", "max_compactions", "loop"})
 _BUDGETS_EXAMPLE: Final = '[budgets."ticket-42"] usd = 5.0, tokens = 2000000'
+_MONTHLY_EXAMPLE: Final = '[monthly] usd = 1000 and [monthly.service."search"] usd = 200'
 
 
 def _whole(where: str, value: Any, at: str) -> int | None:
@@ -200,6 +226,11 @@ def load_budgets(path: str | os.PathLike[str]) -> Budgets:
     """Read a budgets file (TOML). Raises RulesInputError with a one-line message on any problem.
 
     ```toml
+    [monthly]                  # USD a calendar month may cost, for `compactobs alert` (optional)
+    usd = 1000                 # all spend
+    [monthly.service."search"] # one service
+    usd = 200
+
     [budgets."ticket-42"]      # an exact conversation id
     usd = 5.0                  # USD (optional)
     tokens = 2_000_000         # billed tokens: input + output + cache reads + cache writes (optional)
@@ -232,13 +263,14 @@ def load_budgets(path: str | os.PathLike[str]) -> Budgets:
 
 def _budgets_from(data: dict[str, Any], name: str) -> Budgets:
     """The budgets in a parsed budgets file (`name` for messages). Raises RulesInputError, `at` its key."""
-    unknown = sorted(set(data) - {"budgets"})
+    unknown = sorted(set(data) - {"budgets", "monthly"})
     if unknown:
         raise RulesInputError(
             f'budgets file {name}: unknown top-level key {unknown[0]!r}; expected only [budgets."ID"] '
-            f"tables, e.g. {_BUDGETS_EXAMPLE}",
+            f"and [monthly] tables, e.g. {_BUDGETS_EXAMPLE}",
             at=f'"{unknown[0]}"',
         )
+    monthly = _monthly_from(data["monthly"], name) if "monthly" in data else None
     table = data.get("budgets", {})
     if not isinstance(table, dict):
         raise RulesInputError(
@@ -297,7 +329,91 @@ def _budgets_from(data: dict[str, Any], name: str) -> Budgets:
         else:
             exact[key] = budget
     globs.sort(key=lambda item: (item[0], item[1]))
-    return Budgets(exact=exact, globs=tuple((pattern, budget) for _, _, pattern, budget in globs))
+    return Budgets(
+        exact=exact, globs=tuple((pattern, budget) for _, _, pattern, budget in globs), monthly=monthly
+    )
+
+
+def _usd_limit(where: str, value: Any, at: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
+        raise RulesInputError(f"{where}.usd must be a number, not {value!r}", at=at)
+    amount = Decimal(value)
+    if not amount.is_finite() or amount < 0:
+        raise RulesInputError(f"{where}.usd must be a finite number >= 0, not {amount}", at=at)
+    return amount
+
+
+def _first_key(at: str, table: Any) -> str:
+    """`at`, or its first entry's key when it is a table of them (their headers are what a file shows)."""
+    if isinstance(table, dict) and table:
+        return f'{at}."{next(iter(table))}"'
+    return at
+
+
+def _monthly_from(table: Any, name: str) -> MonthlyBudgets:
+    """The `[monthly]` table: `usd` (all spend) and `[monthly.service."NAME"] usd` (per service)."""
+    where = f"budgets file {name}: [monthly]"
+    if not isinstance(table, dict):
+        raise RulesInputError(f"{where} must be a table, e.g. {_MONTHLY_EXAMPLE}", at="monthly")
+    if "tag" in table:
+        # Calls carry no tags in the store yet: a tag budget would silently never fire.
+        raise RulesInputError(
+            f"{where}: per-tag budgets ([monthly.tag]) need tags stored with the calls, which this version "
+            'does not record; use [monthly.service."NAME"]',
+            at=_first_key("monthly.tag", table["tag"]),
+        )
+    bad = sorted(set(table) - {"usd", "service"})
+    if bad:
+        raise RulesInputError(
+            f"{where}: unknown key {bad[0]!r} (allowed: usd, service)", at=f"monthly.{bad[0]}"
+        )
+    usd = _usd_limit(where, table["usd"], "monthly.usd") if "usd" in table else None
+    services_table = table.get("service", {})
+    if not isinstance(services_table, dict):
+        raise RulesInputError(
+            f"{where}.service must be a table, e.g. {_MONTHLY_EXAMPLE}", at="monthly.service"
+        )
+    services: dict[str, Decimal] = {}
+    for service, entry in services_table.items():
+        at = f'monthly.service."{service}"'
+        here = f'budgets file {name}: [monthly.service."{service}"]'
+        if not isinstance(entry, dict) or set(entry) != {"usd"}:
+            raise RulesInputError(f"{here} must be a table with usd only, e.g. {_MONTHLY_EXAMPLE}", at=at)
+        services[service] = _usd_limit(here, entry["usd"], f"{at}.usd")
+    if usd is None and not services:
+        raise RulesInputError(f"{where} sets no budget: give usd, e.g. {_MONTHLY_EXAMPLE}", at="monthly")
+    return MonthlyBudgets(usd=usd, services=services, source=f"{name} [monthly]")
+
+
+# --- spend spikes ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SpikeRule:
+    """A spend spike: the last `window_hours` cost more than `factor` times the mean spend of that many
+    hours over the `baseline_hours` before them, and at least `min_usd`. No spend in the baseline is no
+    baseline (a new service is not a spike). The Prometheus alerting rules use the same numbers."""
+
+    factor: float = 3.0
+    min_usd: Decimal = Decimal("1")
+    window_hours: int = 1
+    baseline_hours: int = 168
+
+    def __post_init__(self) -> None:
+        if not self.factor > 1:
+            raise RulesInputError(f"the spike factor must be above 1, not {self.factor}")
+        if not (self.min_usd.is_finite() and self.min_usd >= 0):
+            raise RulesInputError(f"the spike's minimum spend must be >= 0, not {self.min_usd}")
+
+    def baseline(self, baseline_usd: Decimal) -> Decimal:
+        """The mean spend of one window over the baseline."""
+        return baseline_usd * self.window_hours / self.baseline_hours
+
+    def spike(self, window_usd: Decimal, baseline_usd: Decimal) -> bool:
+        """Whether `window_usd` (the last window's spend) is a spike over `baseline_usd` (the baseline's)."""
+        if baseline_usd <= 0 or window_usd < self.min_usd:
+            return False
+        return window_usd > Decimal(repr(self.factor)) * self.baseline(baseline_usd)
 
 
 # --- compaction loops ------------------------------------------------------------------------------------

@@ -40,10 +40,11 @@ BEFORE: dict[tuple[str, ...], list[str]] = {
     ("report", "cache"): ["--by", *FILTERS, "--limit", "--sort", *HELP],
     ("report", "call"): ["--format", *HELP],
     ("report", "conversation"): [*FILTERS, *HELP],
-    ("report", "cost"): ["--by", "--compare", *FILTERS, "--limit", "--sort", *HELP],
+    ("report", "cost"): ["--by", "--compare", "--forecast", *FILTERS, "--limit", "--sort", *HELP],
     ("report", "ops"): [*FILTERS, "--limit", "--sort", *HELP],
 }
 COMMANDS_BEFORE = [
+    "alert",
     "budgets",
     "clickhouse",
     "db",

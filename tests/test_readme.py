@@ -16,6 +16,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,7 @@ import compactobs
 from compactobs.demo import run_demo
 from compactobs.reports.clickhouse.source import ClickHouseSource
 from compactobs.testing import Reply, Simulator, message
+from tests.alert_receiver import Receiver
 from tests.cli import run
 from tests.otel_traces import write_spans
 from tests.otlp_receiver import OtlpReceiver
@@ -136,6 +138,19 @@ def _world(args: list[str]) -> Iterator[tuple[list[str], dict[str, str | None]]]
         if args[:1] == ["reconcile"]:
             sim = stack.enter_context(Simulator())
             env.update(ANTHROPIC_ADMIN_KEY="sk-ant-admin-test", ANTHROPIC_BASE_URL=sim.base_url)
+        if args[:1] == ["alert"]:
+            # Every destination is a loopback receiver; a routing key read from a file gets a file.
+            receiver = stack.enter_context(Receiver(202))
+            for option in ("--webhook", "--slack-webhook"):
+                if option in args:
+                    args[args.index(option) + 1] = receiver.url
+            if "--pagerduty-routing-key" in args:
+                at = args.index("--pagerduty-routing-key") + 1
+                if args[at].startswith("@"):
+                    key_file = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "pagerduty.key"
+                    key_file.write_text("R0UT1NGKEY0123456789abcdef012345\n", encoding="utf-8")
+                    args[at] = f"@{key_file}"
+                args += ["--pagerduty-url", receiver.url]
         yield args, env
 
 
@@ -148,6 +163,7 @@ LIGHT_COMMANDS = (
     ("report", "cost", "--by", "day", "--by", "model", "--compare", "prev"),
     ("report", "cache"),
     ("report", "anomalies"),
+    ("alert", "--dry-run"),
     ("report", "ops"),
     ("report", "conversation", "ticket-42"),
     ("db", "status"),

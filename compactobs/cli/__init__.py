@@ -13,12 +13,13 @@ from typing import Any, NoReturn
 import click
 
 from compactobs._version import __version__
-from compactobs.cli import budgets, clickhouse, demo, export, pricing, reconcile, report, spool, store
+from compactobs.cli import alert, budgets, clickhouse, demo, export, pricing, reconcile, report, spool, store
 from compactobs.cli.common import EXIT_INTERRUPTED, EXIT_USER_ERROR, CliState
 from compactobs.errors import UserError
 from compactobs.store import ENV_DATABASE_URL, default_database_url
 
 __all__ = ["CliState", "main"]
+
 
 def _usage_error(err: click.UsageError) -> NoReturn:
     """click's usage errors (a wrong flag, a missing argument, a bad choice) as one line, exit code 2.
@@ -90,6 +91,7 @@ for command in (
     clickhouse.clickhouse_group,
     budgets.budgets_group,
     spool.spool,
+    alert.alert_command,
 ):
     main.add_command(command)
 store.db.add_command(spool.spool)

@@ -152,6 +152,7 @@ _BY_HELP = (
 @report.command("cost")
 @click.option("--by", "by", multiple=True, metavar="KEY", help=_BY_HELP + "  [default: day]")
 @click.option("--compare", metavar="prev", help="Add the change against the previous period, as long.")
+@click.option("--forecast", is_flag=True, help="Project this month's spend to its end, with an interval.")
 @report_options
 @group_options
 @pass_state
@@ -161,6 +162,7 @@ def report_cost(
     sort: str | None,
     by: tuple[str, ...],
     compare: str | None,
+    forecast: bool,
     filters: Filters,
     fmt: str,
 ) -> None:
@@ -173,6 +175,10 @@ def report_cost(
         refresh_rollups(engine)
         with working("summing costs ..."):
             result = cost_report(engine, filters, groups, compare=compare)
+            if forecast:
+                from compactobs.reports.forecast import with_forecast
+
+                result = with_forecast(result, engine, filters)
     emit_report(result, fmt, sort, limit)
 
 

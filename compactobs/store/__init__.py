@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         spool_for,
     )
 from compactobs.store.models import (
+    alert_state,
     calls,
     guard_spend,
     iterations,
@@ -68,6 +69,7 @@ __all__ = [
     "SqlSpanExporter",
     "StoreError",
     "StoreSpanProcessor",
+    "alert_state",
     "calls",
     "data_dir",
     "database_status",

@@ -37,13 +37,16 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    Text,
 )
 
 __all__ = [
+    "ALERT_STATE_COMMENT",
     "ROLLUP_COUNTS",
     "ROLLUP_LEVELS",
     "ROLLUP_MONEY",
     "SLOT_MS",
+    "alert_state",
     "calls",
     "epoch_ms",
     "iterations",
@@ -286,6 +289,30 @@ guard_spend: Table = Table(
     comment=GUARD_SPEND_COMMENT,
 )
 """A guarded conversation's spend across processes (`compactobs.guard.store`)."""
+
+
+ALERT_STATE_COMMENT: Final = (
+    "what `compactobs alert` told each destination of each finding: first seen, last sent, resolved; a "
+    "row is claimed while a process sends it"
+)
+
+alert_state: Table = Table(
+    "alert_state",
+    metadata,
+    Column("destination", String, primary_key=True, comment="the sink and the alert's scope, no secret"),
+    Column("key", String, primary_key=True, comment="the finding's stable key"),
+    Column("kind", String, nullable=False),
+    Column("conversation_id", String),
+    Column("first_seen_ms", BigInteger, nullable=False, comment="epoch ms"),
+    Column("last_seen_ms", BigInteger, nullable=False),
+    Column("last_sent_ms", BigInteger, comment="NULL until a trigger reached the destination"),
+    Column("resolved_ms", BigInteger, comment="when a resolve reached it (or it cleared unsent)"),
+    Column("claimed_by", String, comment="the process sending it now"),
+    Column("claimed_until_ms", BigInteger, comment="the claim lapses then (a process that died)"),
+    Column("finding", Text, comment="the finding as last seen, JSON"),
+    comment=ALERT_STATE_COMMENT,
+)
+"""`compactobs alert`'s de-duplication (`compactobs.alerts.state`)."""
 
 
 def epoch_ms(moment: datetime) -> int:
