@@ -11,7 +11,7 @@ the engine holds those, not every compacting call, and they come back streamed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import literal_column
 
@@ -25,6 +25,9 @@ from compactobs.reports.clickhouse.cost import JOIN_SETTINGS
 from compactobs.reports.clickhouse.source import ClickHouseSource, quote
 from compactobs.reports.model import Filters
 from compactobs.rules import BILLED_TOKEN_COLUMNS, Budgets
+
+if TYPE_CHECKING:
+    from compactobs.reports.sources.anomalies_ops import AnomaliesOpsSource
 
 __all__ = ["ClickHouseAnomalyData"]
 
@@ -238,3 +241,10 @@ class ClickHouseAnomalyData:
             + f" ORDER BY c.start_ms, c.call_id LIMIT {MAX_CALL_IDS}"
         )
         return [record["call_id"] for record in self.source.rows(sql)]
+
+
+if TYPE_CHECKING:
+
+    def _is_a_source(source: ClickHouseSource) -> AnomaliesOpsSource:
+        """The type checker holds ClickHouseSource to the Protocol the SQL store implements too."""
+        return source
