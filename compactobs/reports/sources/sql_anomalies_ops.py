@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Engine, case, func, literal, literal_column, or_, select
 from sqlalchemy.sql.elements import ColumnElement
@@ -47,7 +47,7 @@ __all__ = [
     "percentiles_with_total",
 ]
 
-TOTAL = "(total)"
+TOTAL: Final = "(total)"
 """The key of the overall percentiles in `percentiles(..., group=None)`."""
 
 
