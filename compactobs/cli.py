@@ -201,7 +201,7 @@ _register_spool()
 
 
 def _rollup_status(database_url: str) -> str:
-    from compactobs.reports import rollup
+    from compactobs.reports.sources.sql import rollup
 
     engine = make_engine(database_url, create=False)
     try:
@@ -328,8 +328,8 @@ def refresh_rollups(engine: Engine) -> None:
     """Bring the rollups the cost and cache reports read up to date, with a progress bar when there is
     more than a day of slots to recompute (the first report after an upgrade, or after a bulk load)."""
     from compactobs.progress import progress_bar
-    from compactobs.reports import rollup
     from compactobs.reports._common import ExternalSource
+    from compactobs.reports.sources.sql import rollup
 
     if isinstance(engine, ExternalSource):
         return

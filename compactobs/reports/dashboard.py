@@ -6,7 +6,8 @@ for query in sql_queries(GRAFANA_POSTGRES):
 ```
 
 One implementation: every money, token and count measure here is the expression `report cost`
-(`cost.call_measures`, `cost.iteration_measures`), `report cache` (`cache.cache_statement`), `report ops`
+(`measures.cost.call_measures`, `measures.cost.iteration_measures`), `report cache` (`measures.cache` in
+`sources.sql.cache.cache_statement`), `report ops`
 (`ops.failed_call`) and `report anomalies` (`anomalies.error_burst_statement`,
 `anomalies.unpriced_models_statement`) compute; what is derived from their sums (the cache's hit ratio and
 net, shares, percentages) is derived here in SQL, and tests/test_dashboards.py holds every figure to the
@@ -36,7 +37,10 @@ from sqlalchemy import ColumnElement, Numeric, Select, case, func, literal, lite
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect as SqlDialect
 
-from compactobs.reports import anomalies, cache, cost, ops
+from compactobs.reports import anomalies, ops
+from compactobs.reports.measures.cost import call_measures, iteration_measures
+from compactobs.reports.measures.groups import group_key
+from compactobs.reports.sources.sql.cache import cache_statement
 from compactobs.rules import billed_tokens_sql, over_limits_sql
 from compactobs.store.models import calls, iterations
 
@@ -206,7 +210,7 @@ def _spend(d: Dialect) -> Select[Any]:
     """Spend in range, in the previous range, and the change."""
 
     def total(window: list[ColumnElement[bool]]) -> Any:
-        (measure,) = _measures(("cost_usd",), cost.call_measures())
+        (measure,) = _measures(("cost_usd",), call_measures())
         return select(func.coalesce(measure, 0)).where(*window, _priced()).scalar_subquery()
 
     now, before = total(d.window(calls.c.start_ms)), total(d.previous_window(calls.c.start_ms))
@@ -225,8 +229,8 @@ def _spend(d: Dialect) -> Select[Any]:
 
 def _cost_by_model(d: Dialect) -> Select[Any]:
     """Cost per time bucket and model: each iteration at its own model (`report cost --by model`)."""
-    (model,) = cost.group_keys(["model"], iteration_level=True)
-    (measure,) = _measures(("cost_usd",), cost.iteration_measures())
+    model = group_key("model", calls, iterations).label("k_model")
+    (measure,) = _measures(("cost_usd",), iteration_measures())
     time = d.bucket("calls.start_ms").label("time")
     source = calls.outerjoin(iterations, iterations.c.call_id == calls.c.call_id)
     return (
@@ -249,15 +253,13 @@ _CLASS_COSTS: Final = (
 
 
 def _cost_by_token_class(d: Dialect) -> Select[Any]:
-    return select(*_measures(_CLASS_COSTS, cost.call_measures())).where(
-        *d.window(calls.c.start_ms), _priced()
-    )
+    return select(*_measures(_CLASS_COSTS, call_measures())).where(*d.window(calls.c.start_ms), _priced())
 
 
 def _compactions(d: Dialect) -> Select[Any]:
     """Compactions (every call), their cost and share of the priced cost."""
-    (count,) = _measures(("compactions",), cost.call_measures())
-    money = select(*_measures(("cost_usd", "compaction_cost_usd"), cost.call_measures())).where(
+    (count,) = _measures(("compactions",), call_measures())
+    money = select(*_measures(("cost_usd", "compaction_cost_usd"), call_measures())).where(
         *d.window(calls.c.start_ms), _priced()
     )
     m = money.subquery("priced")
@@ -273,7 +275,7 @@ def _top_level(d: Dialect) -> Select[Any]:
     """What the responses' top-level usage said (it leaves compaction iterations out) against the billed
     totals over every iteration."""
     c = calls.c
-    billed_in, billed_out = _measures(("input_tokens", "output_tokens"), cost.call_measures())
+    billed_in, billed_out = _measures(("input_tokens", "output_tokens"), call_measures())
     shown = func.sum(c.top_level_input_tokens) + func.sum(c.top_level_output_tokens)
     billed = billed_in.element + billed_out.element
     return select(
@@ -288,7 +290,7 @@ def _top_level(d: Dialect) -> Select[Any]:
 def _cache_over_time(d: Dialect) -> Select[Any]:
     """Hit ratio and net savings per time bucket (`report cache --by hour`), from the cache report's sums
     (without its wasted writes: their next-call lookups were most of the query's time)."""
-    grouped = cache.cache_statement(
+    grouped = cache_statement(
         d.window(calls.c.start_ms), lambda c: [d.bucket("c.start_ms").label("time")], 0, waste=False
     ).subquery("g")
     g = grouped.c
@@ -304,7 +306,7 @@ def _cache_over_time(d: Dialect) -> Select[Any]:
 def _top_conversations(d: Dialect) -> Select[Any]:
     c = calls.c
     names = ("calls", "error_calls", "compactions", "cost_usd", "compaction_cost_usd")
-    measures = _measures(names, cost.call_measures())
+    measures = _measures(names, call_measures())
     by_cost = measures[3].element
     return (
         select(c.conversation_id, *measures)
@@ -510,7 +512,7 @@ _UNTIL_MS: Final = "toUnixTimestamp64Milli($__toTime_ms)"
 
 def _per_call_lookups(statement: Any) -> tuple[Any, list[tuple[str, Any]]]:
     """The statement with each scalar subquery over `iterations` correlated to its call by `call_id` (e.g.
-    `cost.call_measures`' compaction cost) replaced by a column of `calls`, and those columns: (name, the
+    `call_measures`' compaction cost) replaced by a column of `calls`, and those columns: (name, the
     subquery's own SELECT grouped by call_id instead). ClickHouse runs no correlated subquery inside an
     aggregate's argument; a LEFT JOIN on call_id gives each call the same value (NULL without rows)."""
     from sqlalchemy.sql.elements import BinaryExpression

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from compactobs.reports._common import TIME_UNITS, Filters, bucket_label
-from compactobs.reports.cache import TTL_1H_MS, TTL_5M_MS
 from compactobs.reports.clickhouse import slots, spans
 from compactobs.reports.clickhouse.cost import JOIN_SETTINGS, SLOT_KEY, group_key_sql
 from compactobs.reports.clickhouse.source import ClickHouseSource
-from compactobs.reports.cost import CALLS_ONLY, KEY_OF
+from compactobs.reports.measures.cache import TTL_1H_MS, TTL_5M_MS, add_record
+from compactobs.reports.measures.groups import CALLS_ONLY, KEY_OF
 
 __all__ = ["cache_groups"]
 
@@ -187,8 +187,6 @@ def cache_groups(
     slots of `compactobs clickhouse setup` when they can answer (see `slots`): the settled calls' sums from
     the slots, the open writes (`OPEN_WRITE` when their slot was recomputed) from the calls; else every
     call from the calls. `unpriced_only`: the unpriced calls alone, from the calls."""
-    from compactobs.reports.cache import _add
-
     from_slots = (
         not unpriced_only
         and not CALLS_ONLY.intersection(by)
@@ -224,5 +222,5 @@ def cache_groups(
                 values.append(bucket_label(name, int(record["t_local"])))
             else:
                 values.append(record[f"k_{KEY_OF[name]}"])
-        _add(result, tuple(values), record)
+        add_record(result, tuple(values), record)
     return result

@@ -13,7 +13,8 @@ from typing import Any, Final
 from compactobs.reports._common import TIME_UNITS, Buckets, Filters, bucket_label
 from compactobs.reports.clickhouse import slots, spans
 from compactobs.reports.clickhouse.source import ClickHouseSource, join
-from compactobs.reports.cost import CALLS_ONLY, ITERATION_LEVEL, KEY_OF
+from compactobs.reports.measures.cost import add_record
+from compactobs.reports.measures.groups import CALLS_ONLY, ITERATION_LEVEL, KEY_OF
 
 __all__ = ["CALL_MEASURES", "ITERATION_MEASURES", "cost_groups", "data_range"]
 
@@ -195,8 +196,6 @@ SLOT_KEY: Final = {
 def _grouped(
     records: Sequence[dict[str, Any]], by: Sequence[str], unit: str | None, with_model: bool
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
-    from compactobs.reports.cost import _add
-
     result: dict[tuple[Any, ...], dict[str, Any]] = {}
     for record in records:
         values: list[Any] = []
@@ -208,5 +207,5 @@ def _grouped(
                 values.append(record[f"k_{KEY_OF[name]}"])
         if with_model:
             values.append(record["k_call_model"])
-        _add(result, tuple(values), record)
+        add_record(result, tuple(values), record)
     return result

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from compactobs.reports._common import ExternalSource
+from compactobs.reports._common import Buckets, ExternalSource, Filters
+from compactobs.reports.sources.base import Groups
 from compactobs.store.errors import StoreError
 
 __all__ = [
@@ -288,7 +289,7 @@ class ClickHouseSource(ExternalSource):
 
     # -- what the reports ask an ExternalSource (see compactobs.reports._common) ------------------------
 
-    def data_range(self, filters: Any) -> tuple[int, int] | None:
+    def data_range(self, filters: Filters) -> tuple[int, int] | None:
         from compactobs.reports.clickhouse import cost
 
         return cost.data_range(self, filters)
@@ -303,20 +304,33 @@ class ClickHouseSource(ExternalSource):
 
         return conversation.conversation_calls(self, filters, conversation_id)
 
-    def cache_groups(self, *args: Any, **kwargs: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
+    def refresh(self, filters: Filters, by: Sequence[str]) -> None:
+        """Nothing to do up front: setup's slot sums are refreshed when first read (`slots_ready`)."""
+
+    def cache_groups(
+        self, filters: Filters, by: Sequence[str], span: tuple[int, int], now_ms: int
+    ) -> tuple[Groups, Groups]:
         from compactobs.reports.clickhouse import cache
 
-        return cache.cache_groups(self, *args, **kwargs)
+        merged = cache.cache_groups(self, filters, by, span, now_ms)
+        if not any(row["unpriced_calls"] for row in merged.values()):
+            return merged, {}
+        return merged, cache.cache_groups(self, filters, by, span, now_ms, unpriced_only=True)
 
     def anomaly_data(self, filters: Any) -> Any:
         from compactobs.reports.clickhouse.anomalies import ClickHouseAnomalyData
 
         return ClickHouseAnomalyData(self, filters)
 
-    def cost_groups(self, *args: Any, **kwargs: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
+    def cost_groups(
+        self, filters: Filters, by: Sequence[str], buckets: Buckets | None
+    ) -> tuple[Groups, Groups]:
         from compactobs.reports.clickhouse import cost
 
-        return cost.cost_groups(self, *args, **kwargs)
+        everything = cost.cost_groups(self, filters, by, buckets)
+        if not any(row["unpriced_calls"] for row in everything.values()):
+            return everything, {}
+        return everything, cost.cost_groups(self, filters, by, buckets, unpriced_only=True, with_model=True)
 
     def execute(self, sql: str) -> None:
         """A statement without a result (DDL, INSERT ... SELECT)."""
