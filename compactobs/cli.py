@@ -295,7 +295,7 @@ def filters_from(
 
 def refuse_on_clickhouse(state: CliState, command: str) -> None:
     """A command that writes to (or migrates) the SQL store, run on a ClickHouse source: one line, exit 2."""
-    from compactobs.reports.clickhouse import is_clickhouse_url
+    from compactobs.reports.sources.clickhouse import is_clickhouse_url
 
     if is_clickhouse_url(state.database_url):
         raise StoreError(
@@ -311,7 +311,7 @@ def report_engine(state: CliState) -> Iterator[Any]:
 
     Only the embedded default store is created when missing: a --db path that does not exist is an error.
     """
-    from compactobs.reports.clickhouse import is_clickhouse_url, open_source
+    from compactobs.reports.sources.clickhouse import is_clickhouse_url, open_source
 
     if is_clickhouse_url(state.database_url):
         with open_source(state.database_url, state.clickhouse_table) as source:
@@ -1213,7 +1213,7 @@ def clickhouse_group() -> None:
 def clickhouse_setup(state: CliState) -> None:
     """Create typed tables of the calls and iterations, the materialised views that fill them as the
     Collector inserts spans, and fill them with the spans already there; the reports then read them."""
-    from compactobs.reports.clickhouse import is_clickhouse_url, open_source
+    from compactobs.reports.sources.clickhouse import is_clickhouse_url, open_source
 
     if not is_clickhouse_url(state.database_url):
         raise StoreError(

@@ -19,6 +19,7 @@ from sqlalchemy.sql.elements import Label
 from compactobs.store.models import calls, iterations
 
 __all__ = [
+    "CLASS_COSTS",
     "COUNTS",
     "HEADLINE",
     "MEASURES",
@@ -31,6 +32,7 @@ __all__ = [
     "is_compaction",
     "iteration_measures",
     "top_level_cost",
+    "top_level_measures",
 ]
 
 COUNTS: Final[tuple[str, ...]] = (
@@ -46,16 +48,16 @@ COUNTS: Final[tuple[str, ...]] = (
     "cache_creation_1h_input_tokens",
     "web_search_requests",
 )
-MONEY: Final[tuple[str, ...]] = (
-    "cost_usd",
+CLASS_COSTS: Final[tuple[str, ...]] = (
     "cost_input_usd",
     "cost_output_usd",
     "cost_cache_read_usd",
     "cost_cache_write_5m_usd",
     "cost_cache_write_1h_usd",
     "cost_server_tools_usd",
-    "compaction_cost_usd",
 )
+"""The bill split by token class (and server tools)."""
+MONEY: Final[tuple[str, ...]] = ("cost_usd", *CLASS_COSTS, "compaction_cost_usd")
 MEASURES: Final[tuple[str, ...]] = (*COUNTS[:11], "cost_usd", "unpriced_calls", *MONEY[1:])
 """Every row's measures, in JSON order: DESIGN.md's fields, then the cost split by token class."""
 HEADLINE: Final[tuple[str, ...]] = ("top_level_cost_usd", "hidden_cost_usd")
@@ -155,6 +157,16 @@ def iteration_measures(c: FromClause = calls, i: FromClause = iterations) -> lis
         per_iteration(t.cost_cache_write_1h_usd, k.cost_cache_write_1h_usd).label("cost_cache_write_1h_usd"),
         per_call(k.cost_server_tools_usd).label("cost_server_tools_usd"),
         func.sum(case((is_compaction(i), t.cost_usd), else_=None)).label("compaction_cost_usd"),
+    ]
+
+
+def top_level_measures(c: FromClause = calls) -> list[Label[Any]]:
+    """What the responses' top-level usage fields said, summed over calls `c`: they leave the compaction
+    iterations out (DESIGN.md section 3, rule 1), so they fall short of the billed `input_tokens` and
+    `output_tokens` of `call_measures`."""
+    return [
+        func.sum(c.c.top_level_input_tokens).label("top_level_input_tokens"),
+        func.sum(c.c.top_level_output_tokens).label("top_level_output_tokens"),
     ]
 
 

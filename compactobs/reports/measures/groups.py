@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from sqlalchemy import ColumnElement, FromClause, func
@@ -16,6 +16,7 @@ __all__ = [
     "KEY_OF",
     "VARIANT_KEYS",
     "group_key",
+    "group_values",
     "parse_by",
 ]
 
@@ -90,3 +91,23 @@ def group_key(name: str, c: FromClause, i: FromClause) -> ColumnElement[Any]:
     if name in VARIANT_KEYS:
         return c.c[name]
     raise ValueError(f"no group key for {name!r}")
+
+
+def group_values(
+    record: Mapping[Any, Any],
+    by: Sequence[str],
+    time_label: Callable[[Mapping[Any, Any]], str] | None = None,
+    with_model: bool = False,
+) -> tuple[Any, ...]:
+    """A query row's group: its keys (`k_<json key>`) in `by` order, a time unit named by `time_label(row)`,
+    and with `with_model` the call's model (`k_call_model`) last."""
+    values: list[Any] = []
+    for name in by:
+        if name in TIME_UNITS:
+            assert time_label is not None, "time groups need a label"
+            values.append(time_label(record))
+        else:
+            values.append(record[f"k_{KEY_OF[name]}"])
+    if with_model:
+        values.append(record["k_call_model"])
+    return tuple(values)

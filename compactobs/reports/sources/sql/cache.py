@@ -28,7 +28,7 @@ from sqlalchemy.sql.elements import Label
 
 from compactobs.reports._common import TIME_UNITS, Filters, bucket_label, local_bucket
 from compactobs.reports.measures.cache import add_record, cache_measures, open_write, row_figures, wrote
-from compactobs.reports.measures.groups import KEY_OF, group_key
+from compactobs.reports.measures.groups import KEY_OF, group_key, group_values
 from compactobs.reports.sources.base import Groups
 from compactobs.store.models import calls, iterations
 
@@ -136,12 +136,8 @@ def cache_groups(
         [*filters.call_conditions(), *conditions], lambda c: group_keys(c, by, filters, span), now_ms
     )
     result = {} if result is None else result
+    unit = next((name for name in by if name in TIME_UNITS), "")
     for record in connection.execute(statement).mappings():
-        values: list[Any] = []
-        for name in by:
-            if name in TIME_UNITS:
-                values.append(bucket_label(name, int(record["t_local"])))
-            else:
-                values.append(record[f"k_{KEY_OF[name]}"])
-        add_record(result, tuple(values), record)
+        group = group_values(record, by, lambda row: bucket_label(unit, int(row["t_local"])))
+        add_record(result, group, record)
     return result

@@ -9,7 +9,7 @@ the report's zone, from `calls.start_ms`; months are local days rolled up.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, func, select
@@ -17,7 +17,7 @@ from sqlalchemy.sql.elements import Label
 
 from compactobs.reports._common import TIME_UNITS, Buckets, Filters, bucket_label, bucket_source, local_bucket
 from compactobs.reports.measures.cost import add_record, call_measures, iteration_measures
-from compactobs.reports.measures.groups import ITERATION_LEVEL, KEY_OF, group_key
+from compactobs.reports.measures.groups import ITERATION_LEVEL, KEY_OF, group_key, group_values
 from compactobs.reports.sources.base import Groups
 from compactobs.store.models import calls, iterations
 
@@ -73,18 +73,14 @@ def aggregate_calls(
         statement = select(*group, *measures).select_from(source).where(*where)
         if group:
             statement = statement.group_by(*group)
+        labels = buckets.labels if buckets is not None else []
+
+        def time_label(record: Mapping[Any, Any]) -> str:
+            if per_row:
+                assert unit is not None
+                return bucket_label(unit, int(record["t_local"]))
+            return labels[int(record["t_bucket"]) - 1]
+
         for record in connection.execute(statement).mappings():
-            values: list[Any] = []
-            for name in by:
-                if name in TIME_UNITS:
-                    assert buckets is not None and unit is not None
-                    if per_row:
-                        values.append(bucket_label(unit, int(record["t_local"])))
-                    else:
-                        values.append(buckets.labels[int(record["t_bucket"]) - 1])
-                else:
-                    values.append(record[f"k_{KEY_OF[name]}"])
-            if with_model:
-                values.append(record["k_call_model"])
-            add_record(result, tuple(values), record)
+            add_record(result, group_values(record, by, time_label, with_model), record)
     return result

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from compactobs.reports._common import Filters
-from compactobs.reports.clickhouse import spans
-from compactobs.reports.clickhouse.source import ClickHouseSource, quote
 from compactobs.reports.conversation import FIELDS, unknown_conversation
+from compactobs.reports.sources.clickhouse import spans
+from compactobs.reports.sources.clickhouse.client import ClickHouseClient as ClickHouseSource
+from compactobs.reports.sources.clickhouse.client import quote
 
 __all__ = ["conversation_calls"]
 

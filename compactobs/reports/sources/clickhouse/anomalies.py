@@ -27,9 +27,10 @@ from compactobs.reports.anomalies import (
     Thresholds,
     compaction_candidates,
 )
-from compactobs.reports.clickhouse import spans
-from compactobs.reports.clickhouse.cost import JOIN_SETTINGS
-from compactobs.reports.clickhouse.source import ClickHouseSource, quote
+from compactobs.reports.sources.clickhouse import spans
+from compactobs.reports.sources.clickhouse.client import ClickHouseClient as ClickHouseSource
+from compactobs.reports.sources.clickhouse.client import quote
+from compactobs.reports.sources.clickhouse.cost import JOIN_SETTINGS
 from compactobs.rules import BILLED_TOKEN_COLUMNS
 
 __all__ = ["ClickHouseAnomalyData"]

@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any, Final
 
 from compactobs.reports._common import Filters
-from compactobs.reports.clickhouse import spans
-from compactobs.reports.clickhouse.cost import JOIN_SETTINGS
-from compactobs.reports.clickhouse.source import ClickHouseSource
 from compactobs.reports.ops import PERCENTILES, OpsFigures, Percentiles, interpolate
+from compactobs.reports.sources.clickhouse import spans
+from compactobs.reports.sources.clickhouse.client import ClickHouseClient as ClickHouseSource
+from compactobs.reports.sources.clickhouse.cost import JOIN_SETTINGS
 from compactobs.store.errors import StoreError
 
 __all__ = ["ops_figures"]

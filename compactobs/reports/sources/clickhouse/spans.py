@@ -24,7 +24,7 @@ from sqlalchemy import Boolean, Float, Integer, Numeric, String
 
 from compactobs import telemetry as t
 from compactobs.reports._common import MS_PER_DAY, MS_PER_HOUR, Filters, utc_offsets
-from compactobs.reports.clickhouse.source import quote, system_table_condition
+from compactobs.reports.sources.clickhouse.client import quote, system_table_condition
 from compactobs.store.mapping import CALL_ATTRIBUTES, ITERATION_ATTRIBUTES
 from compactobs.store.models import calls, iterations
 
