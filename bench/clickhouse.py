@@ -241,7 +241,7 @@ def measure_one(name: str, url: str, repeat: int) -> dict[str, Any]:
     """In the child: time one report on `url` (chdb://... or sqlite:///...), and its memory."""
     import tracemalloc
 
-    from compactobs.reports._common import build_filters
+    from compactobs.reports.times import build_filters
 
     rss = _bench_reports()._rss_kb
     if url.startswith("chdb://"):
@@ -382,4 +382,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import _harness
+
+    _harness.run(main)

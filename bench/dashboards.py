@@ -84,7 +84,7 @@ def clickhouse(calls: int, repeat: int, data_dir: Path) -> None:
     import clickhouse as bench_clickhouse  # bench/clickhouse.py: its generator, not another
     from chdb import session as chdb_session
 
-    from compactobs import telemetry as t
+    from compactobs import semconv as t
     from compactobs.reports.dashboard import GRAFANA_CLICKHOUSE
 
     directory, _, spans = bench_clickhouse.prepare(calls, data_dir)
@@ -144,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     queries = sql_queries()
     header = f"{'panel':<22}" + "".join(f"{name:>24}" for name, _, _ in RANGES)
     with engine.connect() as connection:
-        connection.exec_driver_sql("SET jit = off")  # as the reports run (compactobs.reports._common.reading)
+        # As the reports run (compactobs.reports.sources.sql_reading.reading).
+        connection.exec_driver_sql("SET jit = off")
         baselines = []
         calls_in = []
         for _, span, interval in RANGES:
@@ -173,4 +174,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import _harness
+
+    _harness.run(main)

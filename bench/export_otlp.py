@@ -145,4 +145,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import _harness
+
+    _harness.run(main)

@@ -199,7 +199,13 @@ def main() -> None:
                 print(f"{rate:>6g} calls/s  {name:<12} {result.row()}", flush=True)
 
 
-if __name__ == "__main__":
+def _timed_main() -> None:
     started = time.monotonic()
     main()
     print(f"({time.monotonic() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    import _harness
+
+    _harness.run(_timed_main)

@@ -36,7 +36,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.trace import SpanKind
 from sqlalchemy import Engine, Numeric, create_engine, func, insert, select, text
 
-from compactobs import telemetry as t
+from compactobs import semconv as t
 from compactobs.store import SqlSpanExporter, calls, iterations, make_engine, upgrade_database
 from compactobs.store.mapping import CALL_COLUMNS, ITERATION_COLUMNS, RowMapper
 
@@ -308,4 +308,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import _harness
+
+    _harness.run(main)

@@ -885,7 +885,7 @@ def measure_one(name: str, url: str, repeat: int) -> dict[str, Any]:
     import importlib
     import tracemalloc
 
-    from compactobs.reports._common import build_filters
+    from compactobs.reports.times import build_filters
     from compactobs.store import open_database
 
     module_name, build = REPORTS[name]
@@ -1112,4 +1112,6 @@ def platform_line() -> str:
 
 
 if __name__ == "__main__":
-    main()
+    import _harness
+
+    _harness.run(main)

@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
-from compactobs.reports._common import ReportInputError
+from compactobs.reports.model import ReportInputError
 
 if TYPE_CHECKING:
     import anthropic

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compactobs._words import counted
-from compactobs.guard import Breach, GuardError, wrap_up_message
 from compactobs.usage import field_of
+
+if TYPE_CHECKING:
+    from compactobs.guard import Breach, GuardError
 
 __all__ = ["Checkpoint", "checkpoint"]
 
@@ -85,6 +87,9 @@ class Checkpoint:
         if note:
             parts.append({"type": "text", "text": note})
         if wrap_up:
+            # The guard (asyncio, the rules) is imported by a wrap-up, not with the package.
+            from compactobs.guard import Breach, GuardError, wrap_up_message
+
             breach = wrap_up if isinstance(wrap_up, (Breach, GuardError)) else None
             parts.extend(wrap_up_message(breach)["content"])
         if parts:

@@ -12,10 +12,12 @@ import sys
 from decimal import Decimal
 from typing import Any
 
+from compactobs.errors import UserError
+
 __all__ = ["ConfigError", "key_path", "line_of", "parse_toml"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration file the user wrote is wrong: the message is one line (file, line, problem)."""
 
     def __init__(self, message: str) -> None:

@@ -136,6 +136,28 @@ class DemoSummary:
         """Every call the demo made is in the store."""
         return self.stored_calls == self.calls
 
+    def lines(self) -> list[str]:
+        """What `compactobs demo` says the run did: the calls recorded, the headline, one line per
+        conversation."""
+        from compactobs.reports.cost import headline  # the reports only when the summary is printed
+
+        priced = f"${self.cost_usd:,.4f} billed" + (
+            f", {self.unpriced_calls} unpriced call(s)" if self.unpriced_calls else ""
+        )
+        words = headline(self.top_level_cost_usd, self.cost_usd, self.hidden_cost_usd)
+        lines = [
+            f"Recorded {self.stored_calls} calls in {len(self.conversations)} conversations "
+            f"({counted(self.stored_iterations, 'iteration')}, "
+            f"{counted(self.compactions, 'compaction')}), {priced}, "
+            f"in {self.elapsed_s:.1f} s; conversations {self.conversation_prefix}*",
+            words[0].upper() + words[1:],
+        ]
+        width = max(len(c.id) for c in self.conversations)
+        lines += [
+            f"  {c.id:<{width}}  {c.model:<19} {c.calls:>3} calls  {c.shows}" for c in self.conversations
+        ]
+        return lines
+
 
 def _text(tokens: int, topic: str, lead: str = "") -> str:
     """A text of exactly `tokens` tokens under the simulator's rule (4 characters per token)."""
@@ -668,7 +690,7 @@ def run_guard_comparison() -> GuardComparison:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from compactobs import telemetry as t
+    from compactobs import semconv as t
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
@@ -730,8 +752,8 @@ def run_guard_comparison() -> GuardComparison:
 def _headline(database_url: str, pattern: str) -> tuple[Decimal, Decimal]:
     """(what the top-level usage says, what it leaves out) for the run's conversations, as `report cost`
     computes them."""
-    from compactobs.reports._common import build_filters
     from compactobs.reports.cost import cost_report
+    from compactobs.reports.times import build_filters
 
     engine = make_engine(database_url)
     try:

@@ -27,13 +27,13 @@ import logging
 import os
 import shlex
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, Final
 
-from compactobs import guard as guard_module
 from compactobs.instrument import state
 
 __all__ = [
@@ -318,20 +318,23 @@ def shutdown(*, final: bool, timeout_s: float | None = None) -> None:
             )
     elif not complete:
         _report_unfinished(bound, tallies, stores, started)
+    # The guard, if one was ever set up: not imported for a process that never recorded.
+    guard_module = sys.modules.get("compactobs.guard")
     if final:
         # Recording (and its guard) stays in place for the calls that return while the process ends; the
         # guard's last counts (up to its publishing interval) go to the shared row within the bound.
-        guard = guard_module.installed()
+        guard = guard_module.installed() if guard_module is not None else None
         if guard is not None:
             guard.send_counted(max(0.0, deadline - time.monotonic()))
         return
     for processor in stores:
         processor.retire()
     state.set_telemetry(None)
-    guard = guard_module.installed()
-    if guard is not None:
-        guard.close()
-    guard_module.install(None)
+    if guard_module is not None:
+        guard = guard_module.installed()
+        if guard is not None:
+            guard.close()
+        guard_module.install(None)
 
 
 def _export_command(stores: Sequence[Any], since_ns: int, tally: ExportTally | None) -> str:

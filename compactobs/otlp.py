@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Final, Literal
 
+from compactobs.errors import UserError
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricExporter
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -41,7 +43,7 @@ DEFAULT_PROTOCOL: Final = HTTP_PROTOBUF
 _SIGNAL_PATH: Final = {"TRACES": "v1/traces", "METRICS": "v1/metrics"}
 
 
-class OtlpConfigError(ValueError):
+class OtlpConfigError(UserError, ValueError):
     """An OTLP setting that cannot work (an unknown protocol); its message is one line saying what to do."""
 
 

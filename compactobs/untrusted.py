@@ -10,7 +10,7 @@ instrument/, store/ and the CLI all use it.
   as it is; a longer one keeps its start, then a marker with its length and a SHA-256 prefix of the
   whole, so two long ids stay distinct and one response cannot bloat a report.
 
-(The reports strip control sequences from what they print: compactobs.reports._safe.)
+(The reports strip control sequences from what they print: compactobs.reports.render.safe.)
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 
 The SQL comes from `compactobs.reports.dashboard` (the reports' own measures, compiled with Grafana's
 PostgreSQL macros, or with the ClickHouse data source's over the Collector's spans table); the PromQL from
-`compactobs.reports.promql` (names derived from compactobs.telemetry). Every dashboard takes its data source
+`compactobs.reports.promql` (names derived from compactobs.semconv). Every dashboard takes its data source
 from a variable (`${datasource}`): no uid is written anywhere.
 """
 

@@ -37,8 +37,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy import select
 
 import compactobs
+from compactobs import semconv as t
 from compactobs import store
-from compactobs import telemetry as t
 from compactobs.store import calls, iterations
 from compactobs.testing import ErrorReply, Reply, Simulator, message
 from compactobs.usage import CallObservation, RequestFacts, observe_batch_result

@@ -27,17 +27,20 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from compactobs import store, telemetry
+from compactobs import semconv as telemetry
+from compactobs import store
 from compactobs.demo import run_demo
-from compactobs.reports._common import ReportInputError, build_filters, render
 from compactobs.reports.anomalies import Thresholds, anomalies_report, load_budgets
 from compactobs.reports.cache import cache_report
 from compactobs.reports.conversation import conversation_report
 from compactobs.reports.cost import BY_CHOICES, CALLS_ONLY, cost_report
+from compactobs.reports.model import ReportInputError
 from compactobs.reports.ops import ops_report
+from compactobs.reports.render import render
 from compactobs.reports.sources.clickhouse import slots, spans
 from compactobs.reports.sources.clickhouse.client import records
 from compactobs.reports.sources.clickhouse.source import ClickHouseSource
+from compactobs.reports.times import build_filters
 from compactobs.testing import Simulator
 from tests.cli import one_line_error, run
 from tests.clickhouse_http import http_front

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import compactobs
-from compactobs import telemetry as t
+from compactobs import semconv as t
 from compactobs.instrument import state
 from compactobs.testing import Reply, Simulator, message
 

@@ -25,8 +25,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import create_engine, text
 
+from compactobs import semconv as t
 from compactobs import store
-from compactobs import telemetry as t
 from compactobs.demo import run_demo
 from compactobs.reports.dashboard import (
     CONVERSATION_VAR,

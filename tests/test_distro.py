@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, select
 
+from compactobs import semconv as t
 from compactobs import store
-from compactobs import telemetry as t
 from compactobs.store import calls
 from compactobs.testing import Reply, Simulator, message
 

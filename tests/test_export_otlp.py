@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy import create_engine, select
 
 import compactobs
-from compactobs import telemetry as t
+from compactobs import semconv as t
 from compactobs.store import calls, iterations, upgrade_database
 from compactobs.store.replay import iteration_span_id
 from compactobs.testing import ErrorReply, Reply, Simulator, message

@@ -35,7 +35,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import compactobs
 from compactobs import guard, store
-from compactobs import telemetry as t
+from compactobs import semconv as t
 from compactobs.testing import ConversationScenario, Reply, Simulator, message
 
 MODEL = "claude-opus-4-8"
@@ -570,8 +570,8 @@ def test_the_guard_and_report_anomalies_agree(
 ) -> None:
     from sqlalchemy import select
 
-    from compactobs.reports._common import build_filters
     from compactobs.reports.anomalies import find_anomalies, load_budgets
+    from compactobs.reports.times import build_filters
 
     path = tmp_path / "budgets.toml"
     path.write_text('[budgets."agree"]\nmax_compactions = 1\n')
@@ -715,7 +715,7 @@ def test_a_stalled_recorder_the_request_counts_what_returned_once(
     """The recording thread blocks: each request counts the call before it on its own thread (calls 1 to 3,
     $0.50 each), so the fourth is refused at $1.50 over $1.20. Once the recorder resumes, it records the
     three calls with the figures already counted: nothing lost, nothing counted twice."""
-    from compactobs.telemetry import Telemetry
+    from compactobs.recorder import Telemetry
 
     names = pricing_threads(monkeypatch)
     release = threading.Event()

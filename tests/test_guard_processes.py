@@ -31,8 +31,8 @@ from sqlalchemy import make_url, select
 
 import compactobs
 from compactobs import guard, store
-from compactobs import telemetry as t
-from compactobs.guard_store import StoreSpend
+from compactobs import semconv as t
+from compactobs.guard.store import StoreSpend
 from compactobs.store import guard_spend
 from compactobs.testing import Reply, Simulator, message
 from tests.faults import FreezingProxy, postgres_table_lock, sqlite_locked_by_another_process

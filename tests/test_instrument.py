@@ -21,9 +21,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import compactobs
-from compactobs import telemetry as t
+from compactobs import semconv as t
 from compactobs.instrument import state
-from compactobs.telemetry import Telemetry
+from compactobs.recorder import Telemetry
 from compactobs.testing import ErrorReply, Reply, Simulator, message
 
 BETAS = ["compact-2026-01-12"]

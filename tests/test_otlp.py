@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, select
 
 import compactobs
 from compactobs import otlp
-from compactobs import telemetry as t
+from compactobs import semconv as t
 from compactobs.store import calls, iterations
 from compactobs.testing import Reply, Simulator, message
 

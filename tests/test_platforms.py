@@ -27,8 +27,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy import create_engine, text
 
 import compactobs
+from compactobs import semconv as t
 from compactobs import store
-from compactobs import telemetry as t
 from compactobs.platforms import endpoint_of, model_of
 from compactobs.pricing import Pricer
 from compactobs.testing import Reply, Simulator, message

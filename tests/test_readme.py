@@ -181,6 +181,6 @@ def test_commands_that_make_no_call_do_not_import_the_sdk(demo_store: str) -> No
         )
         result = json.loads(done.stdout.splitlines()[-1])
         assert result["code"] in (0, 1, None), (command, done.stderr)  # pricing check: 1, unpriced models
-        # db status reads the spool, whose rows are named by compactobs.telemetry's OpenTelemetry attributes.
+        # db status reads the spool, whose rows are named by compactobs.semconv's OpenTelemetry attributes.
         allowed = ["opentelemetry"] if command == ("db", "status") else []
         assert [m for m in result["loaded"] if m not in allowed] == [], command

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from sqlalchemy import Column, Integer, MetaData, Numeric, String, Table, create_engine, insert, select, text
 
 from compactobs import store
-from compactobs.reports._common import ReportInputError, build_filters
 from compactobs.reports.anomalies import (
     COMPACTION_RECORD,
     EXIT_FINDINGS,
@@ -31,6 +30,8 @@ from compactobs.reports.anomalies import (
     find_anomalies,
     load_budgets,
 )
+from compactobs.reports.model import ReportInputError
+from compactobs.reports.times import build_filters
 from tests.cli import one_line_error, run
 
 BASE_MS = 1_767_225_600_000

@@ -24,8 +24,10 @@ from typing import Any
 import pytest
 
 from compactobs import store
-from compactobs.reports._common import ReportInputError, build_filters, render
 from compactobs.reports.cache import CACHE_MEASURES, cache_report
+from compactobs.reports.model import ReportInputError
+from compactobs.reports.render import render
+from compactobs.reports.times import build_filters
 from tests.cli import one_line_error, run
 from tests.test_reports_cost import (
     HAIKU,

@@ -35,8 +35,10 @@ import pytest
 from sqlalchemy import insert
 
 from compactobs import store
-from compactobs.reports._common import ReportInputError, build_filters, render
 from compactobs.reports.cost import BY_CHOICES, MEASURES, cost_report, parse_by
+from compactobs.reports.model import ReportInputError
+from compactobs.reports.render import render
+from compactobs.reports.times import build_filters
 from tests.cli import one_line_error, run
 
 SONNET = "claude-sonnet-4-5"

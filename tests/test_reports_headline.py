@@ -101,8 +101,9 @@ def test_cost_and_cache_count_the_same_calls(recorded: str) -> None:
 
 
 def test_the_cache_table_fits_80_and_120_columns(recorded: str) -> None:
-    from compactobs.reports._common import build_filters, render
     from compactobs.reports.cache import cache_report
+    from compactobs.reports.render import render
+    from compactobs.reports.times import build_filters
 
     engine = store.open_database(recorded)
     try:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from compactobs import store
-from compactobs.reports._common import build_filters
 from compactobs.reports.ops import ops_report, percentiles
+from compactobs.reports.times import build_filters
 from compactobs.store.models import calls
 from tests.cli import one_line_error, run
 from tests.test_reports_anomalies import call, failed_call, store_rows

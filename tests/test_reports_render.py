@@ -14,16 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compactobs.reports._common import (
-    _NUMERIC_KINDS,
-    Report,
-    _cell,
-    _last_key,
-    _money_columns,
-    format_cell,
-    render,
-    unpriced_row,
-)
+from compactobs.reports.model import NUMERIC_KINDS as _NUMERIC_KINDS
+from compactobs.reports.model import Report
+from compactobs.reports.render import render
+from compactobs.reports.render.cells import cell_text as _cell
+from compactobs.reports.render.cells import format_cell, unpriced_row
+from compactobs.reports.render.cells import last_key_index as _last_key
+from compactobs.reports.render.cells import money_columns as _money_columns
 
 
 def rich_table_reference(report: Report, console_width: int | None, color: bool) -> str:

@@ -20,10 +20,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
 from compactobs import store
-from compactobs.reports._common import build_filters
 from compactobs.reports.cache import cache_report
 from compactobs.reports.cost import cost_report
 from compactobs.reports.sources.sql import rollup
+from compactobs.reports.times import build_filters
 from tests.test_reports_cost import call_row, iteration_row, ms, store_rows
 
 D = Decimal

@@ -29,8 +29,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from sqlalchemy import Engine, func, select, text
 
+from compactobs import semconv as t
 from compactobs import store
-from compactobs import telemetry as t
 from compactobs.store import SqlSpanExporter, StoreSpanProcessor, calls, iterations
 
 MODEL = "claude-opus-4-8"

@@ -28,7 +28,8 @@ SPANS_PER_CALL = 3  # emit_call: the call span and two iteration spans
 WRITER = """
 import json, sys, threading
 from opentelemetry.sdk.trace import TracerProvider
-from compactobs import store, telemetry as t
+from compactobs import semconv as t
+from compactobs import store
 from tests.test_store_exporter import emit_call
 
 url, spool, name, threads, calls = sys.argv[1:]
@@ -54,7 +55,8 @@ print(json.dumps(stats))
 STEADY_TRAFFIC = """
 import os, sys, time
 from opentelemetry.sdk.trace import TracerProvider
-from compactobs import store, telemetry as t
+from compactobs import semconv as t
+from compactobs import store
 from tests.test_store_exporter import emit_call
 
 url, spool, progress = sys.argv[1:]
@@ -74,7 +76,8 @@ while True:
 SPOOL_THEN_HANG = """
 import sys, time
 from opentelemetry.sdk.trace import TracerProvider
-from compactobs import store, telemetry as t
+from compactobs import semconv as t
+from compactobs import store
 from tests.test_store_exporter import emit_call
 
 url, spool = sys.argv[1:]

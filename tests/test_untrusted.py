@@ -19,8 +19,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy import select
 
 import compactobs
+from compactobs import semconv as t
 from compactobs import store
-from compactobs import telemetry as t
 from compactobs.testing import Reply, Simulator, message
 from compactobs.untrusted import MAX_ID_CHARS, bounded_id, escape
 from tests.cli import run

@@ -1,6 +1,6 @@
 """Observe Anthropic SDK clients: SDK middleware per HTTP attempt, plus a stream observer.
 
-Nothing in this package touches a database: it hands observations to `compactobs.telemetry`.
+Nothing in this package touches a database: it hands observations to `compactobs.recorder`.
 """
 
 from typing import TYPE_CHECKING, Any

@@ -31,7 +31,7 @@ from compactobs.usage import CallObservation, RequestFacts, field_of
 if TYPE_CHECKING:
     from anthropic._request import APIRequest
 
-    from compactobs.telemetry import Telemetry
+    from compactobs.recorder import Telemetry
 
 __all__ = ["ResultLines", "observe_batch_response"]
 

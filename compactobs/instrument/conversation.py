@@ -12,9 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from compactobs.guard import GuardPolicy
 from compactobs.usage import field_of
+
+if TYPE_CHECKING:
+    from compactobs.guard import GuardPolicy
 
 __all__ = ["Conversation", "conversation", "current_conversation", "fingerprint"]
 
@@ -60,8 +63,12 @@ def conversation(
     if budget_tokens is not None and budget_tokens < 0:
         raise ValueError("budget_tokens must be >= 0")
     given = (budget_usd, budget_tokens, max_compactions, loop, on_breach, unknown)
-    policy = (
-        GuardPolicy.of(
+    policy = None
+    if any(value is not None for value in given):
+        # The guard (asyncio, the rules) is imported by a conversation that sets limits, not by the package.
+        from compactobs.guard import GuardPolicy
+
+        policy = GuardPolicy.of(
             budget_usd=budget_usd,
             budget_tokens=budget_tokens,
             max_compactions=max_compactions,
@@ -69,9 +76,6 @@ def conversation(
             on_breach=on_breach,
             unknown=unknown,
         )
-        if any(value is not None for value in given)
-        else None
-    )
     # Recorded on the calls as span attributes: a float, whatever number type the application passed.
     recorded_usd = float(budget_usd) if budget_usd is not None else None
     value = Conversation(conversation_id, recorded_usd, budget_tokens, policy, max_compactions)

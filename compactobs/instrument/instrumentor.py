@@ -17,12 +17,12 @@ class CompactobsInstrumentor(BaseInstrumentor):
         return ("anthropic >= 2.10",)
 
     def _instrument(self, **kwargs: Any) -> None:
-        import compactobs
+        from compactobs import runtime
 
         # Not `instrument()`: the application's own call to it, later, must win over these defaults.
-        compactobs._auto_instrument(kwargs.get("tracer_provider"), kwargs.get("meter_provider"))
+        runtime._auto_instrument(kwargs.get("tracer_provider"), kwargs.get("meter_provider"))
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        import compactobs
+        from compactobs import runtime
 
-        compactobs.uninstrument()
+        runtime.uninstrument()

@@ -29,7 +29,7 @@ from compactobs.instrument.batches import observe_batch_response
 from compactobs.instrument.conversation import current_conversation, fingerprint
 from compactobs.instrument.platforms import platform_of
 from compactobs.instrument.streams import StreamObserver, observe_body
-from compactobs.telemetry import CONVERSATION_ID, breach_event
+from compactobs.semconv import CONVERSATION_ID
 from compactobs.usage import CallObservation, RequestFacts, error_type_of, observe_message
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from anthropic._request import APIRequest
     from anthropic._response import APIResponse, AsyncAPIResponse
 
-    from compactobs.telemetry import Telemetry
+    from compactobs.recorder import Telemetry
 
 __all__ = ["Middleware"]
 
@@ -244,7 +244,7 @@ class Middleware(anthropic.Middleware):
             raise
         call.observation.guard_seen = (verdict.seen_usd, verdict.complete)
         if verdict.breaches:  # crossed by other processes' calls: reported on this process's next call
-            call.observation.events = [breach_event(breach) for breach in verdict.breaches]
+            call.observation.events = [guard_module.breach_event(breach) for breach in verdict.breaches]
         if not verdict.pausing:
             return request
         try:

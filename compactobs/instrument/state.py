@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported with the recording it sets up, not with the package (see compactobs/__init__)
-    from compactobs.telemetry import Telemetry
+    from compactobs.recorder import Telemetry
 
 _lock = threading.Lock()
 _telemetry: Telemetry | None = None

@@ -8,6 +8,7 @@ card = rate_card(default_pricer(), "claude-opus-4-8", date(2026, 11, 20), speed=
 card.rates.input          # Decimal("10"): USD per million tokens
 card.source.describe()    # "genai-prices 0.2.3", or "overrides file /path/prices.toml (sha256 1a2b...)"
 card.to_json()            # plain JSON types, money rounded to 6 decimal places
+card.lines()              # the card as `compactobs pricing show` prints it
 ```
 """
 
@@ -16,12 +17,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
+from decimal import Decimal
 from typing import Any, Final, Literal
 
+from compactobs._words import aligned
 from compactobs.pricing.pricer import PRICING_FILE_ENV, Pricer, _utc_day
 from compactobs.pricing.records import PricingError, Rates, to_json_number
 
-__all__ = ["PriceSource", "RateCard", "rate_card", "unknown_model_error"]
+__all__ = ["PriceSource", "RateCard", "rate_card", "unknown_model_error", "usd_rate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,48 @@ class RateCard:
             "effective_from": rates.effective_from.isoformat() if rates.effective_from else None,
             "notes": list(rates.notes),
         }
+
+    def lines(self) -> list[str]:
+        """The card as text: the model and day, its variants and source, the rates by token class (one
+        column per tier), web search, and the source's notes."""
+        rates = self.rates
+        matched = "" if rates.model_id == rates.model else f" (priced as {rates.model_id})"
+        multiplier = f", x{rates.multiplier} on every token rate" if rates.multiplier != 1 else ""
+        effective = f"{rates.effective_from:%Y-%m-%d}" if rates.effective_from else "not dated by the source"
+        lines = [
+            f"{rates.model}{matched} on {self.day:%Y-%m-%d}",
+            f"variants:       service tier {self.service_tier}, speed {self.speed}, "
+            f"inference geo {self.inference_geo}",
+            f"price list:     {rates.variant}{multiplier}",
+            f"source:         {self.source.describe()}",
+            f"in force since: {effective}",
+            "",
+        ]
+        headers = ["USD per million tokens", "base"] + [f"input > {tier.above:,}" for tier in rates.tiers]
+        rows = [
+            [label, usd_rate(getattr(rates, name)), *(usd_rate(getattr(tier, name)) for tier in rates.tiers)]
+            for label, name in (
+                ("input", "input"),
+                ("output", "output"),
+                ("cache read", "cache_read"),
+                ("cache write 5m", "cache_write_5m"),
+                ("cache write 1h", "cache_write_1h"),
+            )
+        ]
+        lines += aligned([headers, *rows], left=1)
+        if rates.tiers:
+            lines.append(
+                "A tier bills every token of a request whose total input (cache included) exceeds it."
+            )
+        lines += ["", f"web search:     {usd_rate(rates.web_search_per_1k)} per 1,000 searches"]
+        lines += [f"note: {note}" for note in rates.notes]
+        return lines
+
+
+def usd_rate(value: Decimal) -> str:
+    """A USD rate as printed: at least 2 decimals, never rounded (3.125 stays 3.125)."""
+    whole, _, fraction = f"{value.normalize():f}".partition(".")
+    return f"${int(whole):,}.{fraction.ljust(2, '0')}"
 
 
 def unknown_model_error(pricer: Pricer, model: str) -> PricingError:

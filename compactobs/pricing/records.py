@@ -7,12 +7,14 @@ from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Final
 
+from compactobs.errors import UserError
+
 __all__ = ["PricedCall", "PricedIteration", "PricingError", "RateTier", "Rates", "to_json_number"]
 
 _SIX_DP: Final = Decimal("0.000001")
 
 
-class PricingError(ValueError):
+class PricingError(UserError, ValueError):
     """A pricing configuration problem (e.g. a bad overrides file). The message is one line."""
 
 

@@ -51,7 +51,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Final, Literal, Protocol
@@ -62,16 +62,11 @@ from sqlalchemy.sql.util import ClauseAdapter
 
 from compactobs import rules
 from compactobs._words import counted
-from compactobs.reports._common import (
-    ExternalSource,
-    Filters,
-    Report,
-    ReportInputError,
-    reading,
-    render,
-    to_json_value,
-)
-from compactobs.reports._safe import json_text, shown
+from compactobs.reports.model import ExternalSource, Filters, Report, ReportInputError
+from compactobs.reports.render import render
+from compactobs.reports.render.json import to_json_value
+from compactobs.reports.render.safe import json_text, shown
+from compactobs.reports.sources.sql_reading import reading
 from compactobs.rules import (
     ENV_BUDGETS_FILE,
     Budget,
@@ -138,23 +133,36 @@ _ID_CHUNK: Final = 500
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    """The rules' thresholds (the defaults are the CLI's)."""
+    """The rules' thresholds. `report anomalies` has an option per field (`--loop-min`...), its help from
+    the field's metadata: a field added here is an option there."""
 
-    loop_min: int = 3
+    loop_min: int = field(
+        default=3, metadata={"help": "compaction_loop: this many ineffective compactions..."}
+    )
     """compaction_loop: at least this many ineffective compactions..."""
-    loop_window: int = 5
+    loop_window: int = field(default=5, metadata={"help": "...within this many consecutive calls."})
     """...within this many consecutive calls of one conversation."""
-    ineffective_ratio: float = 0.8
+    ineffective_ratio: float = field(
+        default=0.8,
+        metadata={
+            "help": "A compaction leaving the context at this share of the trigger or more is ineffective."
+        },
+    )
     """A compaction is ineffective when the context it left is >= this share of the trigger."""
-    cost_share: float = 0.5
+    cost_share: float = field(default=0.5, metadata={"help": "Compaction share of a conversation's cost."})
     """compaction_cost_share: compaction iterations cost more than this share of the conversation."""
-    error_share: float = 0.1
+    error_share: float = field(default=0.1, metadata={"help": "429/529/5xx share of an hour's calls."})
     """error_burst: more than this share of an hour's calls ended in 429, 529 or another 5xx..."""
-    error_min_calls: int = 20
+    error_min_calls: int = field(default=20, metadata={"help": "Calls an hour needs to judge."})
     """...in an hour with at least this many calls."""
-    cache_drop_ratio: float = 0.05
+    cache_drop_ratio: float = field(
+        default=0.05,
+        metadata={
+            "help": "Cache reads after a compaction at or below this share of those before count as a miss."
+        },
+    )
     """cache_miss_after_compaction: reads after <= this share of the reads before ("about zero")..."""
-    cache_min_tokens: int = 1024
+    cache_min_tokens: int = field(default=1024, metadata={"help": "Smallest cache read/write considered."})
     """...where the call before read >= this many tokens and the call after wrote >= this many."""
 
     def __post_init__(self) -> None:

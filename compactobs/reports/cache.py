@@ -36,12 +36,14 @@ from typing import Any, Final
 
 from sqlalchemy import Engine
 
-from compactobs.reports._common import TIME_UNITS, Filters, Report, epoch_ms
 from compactobs.reports.measures.cache import MONEY as _MONEY
 from compactobs.reports.measures.cache import TOKENS as _TOKENS
 from compactobs.reports.measures.cache import TTL_1H_MS, TTL_5M_MS, empty_sums
 from compactobs.reports.measures.groups import KEY_OF, parse_by
+from compactobs.reports.model import Filters, Report
 from compactobs.reports.sources import Source, as_source
+from compactobs.reports.times import TIME_UNITS
+from compactobs.store.models import epoch_ms
 
 __all__ = ["CACHE_MEASURES", "DEFINITIONS", "TTL_1H_MS", "TTL_5M_MS", "cache_report"]
 

@@ -21,16 +21,11 @@ from typing import Any, Final
 
 from sqlalchemy import Engine, or_, select
 
-from compactobs.reports._common import (
-    ColumnKind,
-    ExternalSource,
-    Report,
-    ReportInputError,
-    format_cell,
-    from_epoch_ms,
-    reading,
-)
 from compactobs.reports.cost import top_level_cost
+from compactobs.reports.model import ColumnKind, ExternalSource, Report, ReportInputError
+from compactobs.reports.render.cells import format_cell
+from compactobs.reports.sources.sql_reading import reading
+from compactobs.reports.times import from_epoch_ms
 from compactobs.store.models import calls, iterations
 
 __all__ = ["COLUMNS", "call_report", "unknown_call"]

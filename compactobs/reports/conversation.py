@@ -23,7 +23,9 @@ from typing import Any, Final
 
 from sqlalchemy import Engine, select
 
-from compactobs.reports._common import ExternalSource, Filters, Report, ReportInputError, reading, render
+from compactobs.reports.model import ExternalSource, Filters, Report, ReportInputError
+from compactobs.reports.render import render
+from compactobs.reports.sources.sql_reading import reading
 from compactobs.store.models import calls
 
 __all__ = ["COLUMNS", "context_chart", "conversation_report", "marks", "render_conversation"]

@@ -41,14 +41,6 @@ from typing import Any, Final
 
 from sqlalchemy import Engine
 
-from compactobs.reports._common import (
-    TIME_UNITS,
-    Filters,
-    Report,
-    ReportInputError,
-    format_cell,
-    local_buckets,
-)
 from compactobs.reports.measures.cost import (
     COUNTS,
     HEADLINE,
@@ -65,7 +57,10 @@ from compactobs.reports.measures.groups import (
     VARIANT_KEYS,
     parse_by,
 )
+from compactobs.reports.model import Filters, Report, ReportInputError
+from compactobs.reports.render.cells import format_cell
 from compactobs.reports.sources import Source, as_source
+from compactobs.reports.times import TIME_UNITS, local_buckets
 
 __all__ = [
     "BY_CHOICES",

@@ -24,7 +24,8 @@ from typing import Any, Final
 from sqlalchemy import Engine, case, func, literal, literal_column, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from compactobs.reports._common import ExternalSource, Filters, Report, reading
+from compactobs.reports.model import ExternalSource, Filters, Report
+from compactobs.reports.sources.sql_reading import reading
 from compactobs.store.models import calls
 
 __all__ = [

@@ -2,7 +2,7 @@
 them: dots become underscores, the unit is appended (`s` as `seconds`; annotations such as `{token}` are
 dropped) and counters end in `_total` — `compactobs.cost` (USD) is `compactobs_cost_USD_total`.
 
-Every name comes from compactobs.telemetry; tests/test_dashboards_prometheus.py runs every query against a
+Every name comes from compactobs.semconv; tests/test_dashboards_prometheus.py runs every query against a
 real Prometheus scraping an instrumented app and checks each name is in the scrape.
 
 Totals over the dashboard's range count every series' first sample: `increase()` leaves out what a
@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from compactobs import telemetry as t
+from compactobs import semconv as t
 from compactobs.reports.dashboard import MODEL_VAR, SERVICE_VAR, variable_text
 
 __all__ = [

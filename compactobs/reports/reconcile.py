@@ -53,8 +53,10 @@ from sqlalchemy import Engine
 
 from compactobs._words import counted
 from compactobs.anthropic_reports import API_GROUPS, CLASSES, ApiFigures, Fetched
-from compactobs.reports._common import Filters, Report, ReportInputError, local_buckets, reading
+from compactobs.reports.model import Filters, Report, ReportInputError
 from compactobs.reports.sources.sql.cost import aggregate_calls
+from compactobs.reports.sources.sql_reading import reading
+from compactobs.reports.times import local_buckets
 from compactobs.store.models import calls, epoch_ms
 
 __all__ = [
@@ -121,8 +123,14 @@ _DEFAULTS: Final[dict[str, str]] = {"service_tier": "standard", "speed": "standa
 class Scope:
     """The traffic compactobs records: these workspaces and API keys (empty: the whole organisation)."""
 
-    workspaces: tuple[str, ...] = ()
-    api_keys: tuple[str, ...] = ()
+    workspaces: tuple[str, ...] = field(
+        default=(),
+        metadata={"option": "--workspace", "metavar": "ID", "help": "A workspace compactobs records."},
+    )
+    api_keys: tuple[str, ...] = field(
+        default=(),
+        metadata={"option": "--api-key", "metavar": "ID", "help": "An API key id compactobs records."},
+    )
 
     def holds(self, workspace: str | None, api_key: str | None) -> bool:
         return (not self.workspaces or workspace in self.workspaces) and (

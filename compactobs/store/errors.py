@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from compactobs.errors import UserError
+
 __all__ = ["StoreError"]
 
 
-class StoreError(Exception):
+class StoreError(UserError):
     """A store problem the user can fix: the message is one line that says what is wrong and what to do.
 
     Raised for a malformed URL, a missing driver, a refused connection or credentials, and a schema older

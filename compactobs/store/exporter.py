@@ -36,6 +36,7 @@ from sqlalchemy import URL, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from compactobs.errors import CompactobsError
 from compactobs.store.engine import (
     EXPORT_CONNECT_TIMEOUT_S,
     data_dir,
@@ -99,7 +100,7 @@ PostgreSQL's statement and lock timeouts. A healthy batch takes a few tens of mi
 queue (8,192 spans) holds about 2 s of 1,000 calls/s, and what would overflow it goes to the spool too."""
 
 
-class _Unavailable(Exception):
+class _Unavailable(CompactobsError):
     """The database cannot take rows now (connection, lock, schema): they go to the spool."""
 
     def __init__(self, cause: BaseException) -> None:

@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 from sqlalchemy import BigInteger, Boolean, Float, Integer, Numeric, String, Table
 
-from compactobs import telemetry as t
+from compactobs import semconv as t
 from compactobs.store.models import USD_LIMIT, calls, iterations
 from compactobs.untrusted import MAX_ID_CHARS, bounded_id
 

@@ -285,7 +285,7 @@ guard_spend: Table = Table(
     Column("updated_ms", BigInteger, nullable=False, comment="epoch ms of the last change"),
     comment=GUARD_SPEND_COMMENT,
 )
-"""A guarded conversation's spend across processes (`compactobs.guard_store`)."""
+"""A guarded conversation's spend across processes (`compactobs.guard.store`)."""
 
 
 def epoch_ms(moment: datetime) -> int:

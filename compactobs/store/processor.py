@@ -9,7 +9,7 @@ Not the SDK's BatchSpanProcessor, for two guarantees it cannot give:
   recording thread, never the application's unless its recorder has fallen behind), and counted in the
   exporter's `stats.overflowed`. The same happens to calls that end after `shutdown`.
 
-The exporter is an `SqlSpanExporter` (duck-typed here: `export`, `spill`, `force_flush`, `shutdown`).
+The exporter is an `SqlSpanExporter`, seen here through the `StoreExporter` protocol.
 """
 
 from __future__ import annotations
@@ -19,20 +19,24 @@ import os
 import threading
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final, Protocol
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
-from compactobs import telemetry as t
+from compactobs import semconv as t
 
 if TYPE_CHECKING:
-    from compactobs.store.exporter import SqlSpanExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from compactobs.store.spool import Spool
 
 __all__ = [
     "DEFAULT_MAX_EXPORT_BATCH_SIZE",
     "DEFAULT_MAX_QUEUE_SIZE",
     "DEFAULT_SCHEDULE_DELAY_MS",
+    "StoreExporter",
     "StoreSpanProcessor",
 ]
 
@@ -54,6 +58,21 @@ def _env_int(name: str) -> int | None:
     return number if number > 0 else None
 
 
+class StoreExporter(Protocol):
+    """What the processor asks of its exporter (`SqlSpanExporter`): named here, so that the exporter module,
+    which builds the processor, is not imported back."""
+
+    spool: Spool
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult: ...
+
+    def spill(self, spans: Sequence[ReadableSpan]) -> None: ...
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool: ...
+
+    def shutdown(self) -> None: ...
+
+
 class StoreSpanProcessor(SpanProcessor):
     """Queues compactobs' spans as whole calls (others never take queue room) and exports them in batches
     of about `max_export_batch_size` spans, at least every `schedule_delay_millis`, off the ending thread.
@@ -62,7 +81,7 @@ class StoreSpanProcessor(SpanProcessor):
 
     def __init__(
         self,
-        exporter: SqlSpanExporter,
+        exporter: StoreExporter,
         *,
         schedule_delay_millis: float | None = None,
         max_queue_size: int | None = None,

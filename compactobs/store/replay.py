@@ -47,8 +47,9 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from sqlalchemy import ColumnElement, Engine, and_, func, select
 
-from compactobs import telemetry as t
+from compactobs import semconv as t
 from compactobs._version import __version__
+from compactobs.errors import UserError
 from compactobs.platforms import ANTHROPIC
 from compactobs.store.mapping import CALL_ATTRIBUTES, ITERATION_ATTRIBUTES
 from compactobs.store.models import calls, iterations
@@ -74,7 +75,7 @@ _CALL_PAIRS: Final = tuple((c, a) for c, a in CALL_ATTRIBUTES.items() if c not i
 _ITERATION_PAIRS: Final = tuple(ITERATION_ATTRIBUTES.items())
 
 
-class ReplayError(Exception):
+class ReplayError(UserError):
     """The endpoint refused or never answered a batch, after the exporter's retries. One line."""
 
 

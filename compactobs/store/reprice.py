@@ -44,13 +44,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
+from compactobs._words import aligned, counted
 from compactobs.platforms import endpoint_of
-from compactobs.pricing import PricedCall, PricedIteration, Pricer
+from compactobs.pricing import PRICING_FILE_ENV, PricedCall, PricedIteration, Pricer
 from compactobs.store import database_status, default_database_url, open_database
 from compactobs.store.engine import display_url, explain_error, make_engine
 from compactobs.store.errors import StoreError
 from compactobs.store.models import calls, epoch_ms, iterations
 from compactobs.store.schema import ensure_schema
+from compactobs.untrusted import escape
 from compactobs.usage import CallUsage, IterationUsage, TokenCounts
 
 __all__ = [
@@ -137,6 +139,32 @@ class RepriceResult:
     """Calls in the range that carried no usage (failed before any): nothing to price, left out."""
     without_usage_ids: tuple[str, ...] = ()
     """The first few of them (call ids: span ids), to name them."""
+
+    def lines(self) -> list[str]:
+        """What `compactobs reprice` says it did: calls, cost before and after, unpriced calls, and the
+        error calls it left out (the calls left as they were are a warning of the caller's)."""
+        if not self.calls and not self.skipped:
+            return ["no recorded calls to reprice"]
+        versions = ", ".join(self.pricing_versions) or "-"
+        delta = self.cost_after - self.cost_before
+        sign = "-" if delta < 0 else "+"
+        lines = [
+            f"repriced {self.calls:,} calls with {versions}: {self.changed:,} changed",
+            f"cost: ${self.cost_before:,.6f} before, ${self.cost_after:,.6f} after "
+            f"({sign}${abs(delta):,.6f})",
+        ]
+        if self.unpriced_before or self.unpriced_after:
+            lines.append(
+                f"unpriced calls: {self.unpriced_before:,} before, {self.unpriced_after:,} after "
+                "(see `compactobs pricing check`)"
+            )
+        if self.without_usage:
+            more = ", ..." if self.without_usage > len(self.without_usage_ids) else ""
+            lines.append(
+                f"not repriced: {counted(self.without_usage, 'error call')} that failed before any usage, "
+                f"with no cost to price: {', '.join(self.without_usage_ids)}{more}"
+            )
+        return lines
 
 
 class _Stored:
@@ -419,6 +447,57 @@ class PriceCheck:
     def repriceable_calls(self) -> int:
         """Stored calls recorded unpriced whose models all have a price now: `reprice` would price them."""
         return sum(model.unpriced_calls for model in self.models if model.priced and model.in_store)
+
+    def to_json(self) -> dict[str, Any]:
+        """`compactobs pricing check --format json`."""
+        return {
+            "check": "pricing",
+            "database": self.database,
+            "database_exists": self.database_exists,
+            "models": [
+                {
+                    "model": m.model,
+                    "priced": m.priced,
+                    "source": m.source,
+                    "in_store": m.in_store,
+                    "named": m.named,
+                    "calls": m.calls,
+                    "unpriced_calls": m.unpriced_calls,
+                }
+                for m in self.models
+            ],
+            "unpriced_models": [m.model for m in self.unpriced],
+        }
+
+    def lines(self) -> list[str]:
+        """`compactobs pricing check` as text: the database, a row per model, and how to price the
+        unpriced ones. Model names come from responses: escaped, so one cannot steer the terminal."""
+        store = self.database if self.database_exists else f"{self.database} (no database yet)"
+        lines = [f"database: {store}"]
+        if not self.models:
+            lines.append("no calls recorded yet: nothing to check")
+        else:
+            headers = ["model", "price", "stored calls", "recorded unpriced"]
+            rows = [
+                [escape(m.model, limit=100), m.source or "NONE", f"{m.calls:,}", f"{m.unpriced_calls:,}"]
+                for m in self.models
+            ]
+            lines += aligned([headers, *rows], left=2)
+        unpriced = self.unpriced
+        if unpriced:
+            lines += [
+                "",
+                f"{len(unpriced)} of {len(self.models)} models {'has' if len(unpriced) == 1 else 'have'} "
+                "no price: "
+                f"add them to a TOML file named by {PRICING_FILE_ENV} "
+                f'(e.g. [models."{escape(unpriced[0].model, limit=100)}"] input = 3.0, output = 15.0, '
+                "USD per million tokens)",
+            ]
+        if any(m.priced and m.unpriced_calls for m in self.models):
+            lines.append(
+                "Calls recorded without a price now have one: run `compactobs reprice` to price them."
+            )
+        return lines
 
 
 def check_prices(

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from compactobs.errors import CompactobsError
 from compactobs.testing._replies import message, text_tokens
 
 __all__ = ["ConversationScenario", "SimulationError", "context_tokens"]
@@ -52,7 +53,7 @@ class ConversationScenario:
         return max(1, round(trigger * 0.02))
 
 
-class SimulationError(Exception):
+class SimulationError(CompactobsError):
     """A request the real API would reject: `status` and Anthropic's `error_type` and `message`."""
 
     def __init__(self, message: str, status: int = 400, error_type: str = "invalid_request_error") -> None:

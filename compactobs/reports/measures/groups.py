@@ -7,7 +7,8 @@ from typing import Any, Final
 
 from sqlalchemy import ColumnElement, FromClause, func
 
-from compactobs.reports._common import TIME_UNITS, ReportInputError
+from compactobs.reports.model import ReportInputError
+from compactobs.reports.times import TIME_UNITS
 
 __all__ = [
     "BY_CHOICES",

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from compactobs.reports._common import Buckets, Filters
+from compactobs.reports.model import Filters
+from compactobs.reports.times import Buckets
 
 __all__ = ["Groups", "Source"]
 

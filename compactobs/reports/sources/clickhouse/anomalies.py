@@ -16,7 +16,6 @@ from typing import Any, Final
 
 from sqlalchemy import literal_column
 
-from compactobs.reports._common import Filters
 from compactobs.reports.anomalies import (
     _ERROR_STATUSES,
     _HOUR_MS,
@@ -27,6 +26,7 @@ from compactobs.reports.anomalies import (
     Thresholds,
     compaction_candidates,
 )
+from compactobs.reports.model import Filters
 from compactobs.reports.sources.clickhouse import spans
 from compactobs.reports.sources.clickhouse.client import ClickHouseClient as ClickHouseSource
 from compactobs.reports.sources.clickhouse.client import quote

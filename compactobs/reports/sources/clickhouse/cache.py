@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from compactobs.reports._common import TIME_UNITS, Filters, bucket_label
 from compactobs.reports.measures.cache import SUMMED, add_record
 from compactobs.reports.measures.groups import CALLS_ONLY, KEY_OF, group_values
+from compactobs.reports.model import Filters
 from compactobs.reports.sources.base import Groups
 from compactobs.reports.sources.clickhouse import slots, spans
 from compactobs.reports.sources.clickhouse.client import ClickHouseClient
@@ -23,6 +23,7 @@ from compactobs.reports.sources.clickhouse.queries import (
     group_key_sql,
     next_of,
 )
+from compactobs.reports.times import TIME_UNITS, bucket_label
 
 __all__ = ["cache_groups", "calls_with_next"]
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
-from compactobs.reports._common import Filters
 from compactobs.reports.conversation import FIELDS, unknown_conversation
+from compactobs.reports.model import Filters
 from compactobs.reports.sources.clickhouse import spans
 from compactobs.reports.sources.clickhouse.client import ClickHouseClient as ClickHouseSource
 from compactobs.reports.sources.clickhouse.client import quote

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from compactobs.reports._common import TIME_UNITS, Buckets, Filters, bucket_label
 from compactobs.reports.measures.cost import add_record
 from compactobs.reports.measures.groups import CALLS_ONLY, ITERATION_LEVEL, KEY_OF, group_values
+from compactobs.reports.model import Filters
 from compactobs.reports.sources.base import Groups
 from compactobs.reports.sources.clickhouse import slots, spans
 from compactobs.reports.sources.clickhouse.client import ClickHouseClient, join
@@ -24,6 +24,7 @@ from compactobs.reports.sources.clickhouse.queries import (
     group_key_sql,
     iteration_measures_sql,
 )
+from compactobs.reports.times import TIME_UNITS, Buckets, bucket_label
 
 __all__ = ["JOIN_SETTINGS", "SLOT_KEY", "cost_groups", "data_range"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from compactobs.reports._common import Filters
+from compactobs.reports.model import Filters
 from compactobs.reports.ops import PERCENTILES, OpsFigures, Percentiles, interpolate
 from compactobs.reports.sources.clickhouse import spans
 from compactobs.reports.sources.clickhouse.client import ClickHouseClient as ClickHouseSource

@@ -33,7 +33,7 @@ import random
 from collections.abc import Sequence
 from typing import Any, Final
 
-from compactobs.reports._common import Filters
+from compactobs.reports.model import Filters
 from compactobs.reports.sources.clickhouse import spans
 from compactobs.reports.sources.clickhouse.client import ClickHouseClient, join, settings_clause
 from compactobs.reports.sources.clickhouse.queries import (

@@ -17,10 +17,11 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from compactobs.reports._common import Buckets, ExternalSource, Filters
+from compactobs.reports.model import ExternalSource, Filters
 from compactobs.reports.sources.base import Groups
 from compactobs.reports.sources.clickhouse import cache, cost, slots, spans
 from compactobs.reports.sources.clickhouse.client import DEFAULT_TABLE, ClickHouseClient
+from compactobs.reports.times import Buckets
 
 __all__ = ["ClickHouseSource", "open_source"]
 

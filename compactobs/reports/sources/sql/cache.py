@@ -26,10 +26,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import Label
 
-from compactobs.reports._common import TIME_UNITS, Filters, bucket_label, local_bucket
 from compactobs.reports.measures.cache import add_record, cache_measures, open_write, row_figures, wrote
 from compactobs.reports.measures.groups import KEY_OF, group_key, group_values
+from compactobs.reports.model import Filters
 from compactobs.reports.sources.base import Groups
+from compactobs.reports.times import TIME_UNITS, bucket_label, local_bucket
 from compactobs.store.models import calls, iterations
 
 __all__ = ["cache_groups", "cache_statement", "calls_with_next"]

@@ -15,10 +15,12 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, func, select
 from sqlalchemy.sql.elements import Label
 
-from compactobs.reports._common import TIME_UNITS, Buckets, Filters, bucket_label, bucket_source, local_bucket
 from compactobs.reports.measures.cost import add_record, call_measures, iteration_measures
 from compactobs.reports.measures.groups import ITERATION_LEVEL, KEY_OF, group_key, group_values
+from compactobs.reports.model import Filters
 from compactobs.reports.sources.base import Groups
+from compactobs.reports.sources.sql_reading import bucket_source
+from compactobs.reports.times import TIME_UNITS, Buckets, bucket_label, local_bucket
 from compactobs.store.models import calls, iterations
 
 __all__ = ["aggregate_calls", "group_keys"]

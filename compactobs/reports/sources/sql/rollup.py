@@ -49,11 +49,13 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import Label
 
-from compactobs.reports._common import TIME_UNITS, Filters, bucket_label, local_bucket, reading, utc_offsets
 from compactobs.reports.measures.cache import open_write
 from compactobs.reports.measures.cost import call_measures, iteration_measures
 from compactobs.reports.measures.groups import group_key
+from compactobs.reports.model import Filters
 from compactobs.reports.sources.sql.cache import cache_statement, calls_with_next
+from compactobs.reports.sources.sql_reading import reading
+from compactobs.reports.times import TIME_UNITS, bucket_label, local_bucket, utc_offsets
 from compactobs.store.engine import is_sqlite, make_engine
 from compactobs.store.models import SLOT_MS, calls, iterations, rollup_dirty, rollup_open_calls, rollups
 

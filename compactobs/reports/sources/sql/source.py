@@ -12,16 +12,18 @@ from collections.abc import Sequence
 
 from sqlalchemy import ColumnElement, Connection, Engine, false, func, select
 
-from compactobs.reports._common import TIME_UNITS, Buckets, Filters, reading
 from compactobs.reports.measures.cache import SUMMED as CACHE_SUMMED
 from compactobs.reports.measures.cache import add_record as add_cache
 from compactobs.reports.measures.cost import SUMMED as COST_SUMMED
 from compactobs.reports.measures.cost import add_record as add_cost
 from compactobs.reports.measures.groups import CALLS_ONLY, ITERATION_LEVEL
+from compactobs.reports.model import Filters
 from compactobs.reports.sources.base import Groups
 from compactobs.reports.sources.sql import rollup
 from compactobs.reports.sources.sql.cache import cache_groups
 from compactobs.reports.sources.sql.cost import aggregate_calls
+from compactobs.reports.sources.sql_reading import reading
+from compactobs.reports.times import TIME_UNITS, Buckets
 from compactobs.store.models import calls
 
 __all__ = ["SqlSource"]

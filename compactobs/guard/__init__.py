@@ -38,7 +38,7 @@ call is priced and counted once, whoever gets to it first. Under `warn` nothing 
 depends on the figures, so it never waits; `spend()` settles first, so it sees every call that returned.
 
 Spend is kept in memory per conversation, for at most `max_conversations` (least recently used dropped).
-With a store (`Guard(store=...)`, `compactobs.guard_store.StoreSpend`), the conversation's spend is shared
+With a store (`Guard(store=...)`, `compactobs.guard.store.StoreSpend`), the conversation's spend is shared
 across processes through its row in the store's `guard_spend` table: a background thread adds the calls this
 process counts to the row and reads it back, in one short transaction (`SpendSource.exchange`): at the
 conversation's first call, after calls are counted (at most every PUBLISH_EVERY_S when no request waits),
@@ -69,7 +69,9 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
+from compactobs import semconv
 from compactobs._words import counted
+from compactobs.errors import CompactobsError
 from compactobs.rules import (
     ON_BREACH,
     ON_UNKNOWN,
@@ -83,6 +85,7 @@ from compactobs.rules import (
     effective_budget,
     over_limits,
 )
+from compactobs.untrusted import bounded_id
 from compactobs.usage import CallObservation, CallUsage
 
 if TYPE_CHECKING:
@@ -103,6 +106,7 @@ __all__ = [
     "SpendUnknown",
     "Verdict",
     "allow_wrap_up",
+    "breach_event",
     "install",
     "installed",
     "spend",
@@ -290,7 +294,24 @@ class Breach:
         return kinds.get(self.kind, BudgetExceeded)(self)
 
 
-class GuardError(Exception):
+def breach_event(breach: Breach) -> tuple[str, dict[str, Any]]:
+    """The span event (name, attributes) of a guard breach, for the call that crossed."""
+    attributes: dict[str, Any] = {
+        semconv.GUARD_KIND: breach.kind,
+        semconv.GUARD_ACTION: breach.action,
+        semconv.GUARD_SPENT_USD: float(breach.spent_usd),
+        semconv.GUARD_BILLED_TOKENS: breach.billed_tokens,
+        semconv.GUARD_COMPACTIONS: breach.compactions,
+        semconv.GUARD_RESPONSE_IDS: [bounded_id(response_id) for response_id in breach.response_ids],
+        semconv.GUARD_COMPLETE: breach.complete,
+    }
+    limit = breach.limit
+    if limit is not None:
+        attributes[semconv.GUARD_LIMIT] = float(limit) if isinstance(limit, Decimal) else limit
+    return semconv.EVENT_GUARD_BREACH, attributes
+
+
+class GuardError(CompactobsError):
     """Raised, under `on_breach="raise"`, before a guarded conversation's next request is sent."""
 
     def __init__(self, breach: Breach) -> None:
@@ -359,7 +380,7 @@ NOTHING: Final = PriorSpend()
 
 
 class SpendSource(Protocol):
-    """Where guards share conversations' spend (`compactobs.guard_store.StoreSpend` over the SQL store)."""
+    """Where guards share conversations' spend (`compactobs.guard.store.StoreSpend` over the SQL store)."""
 
     def exchange(
         self, added: Mapping[str, PriorSpend], read: Collection[str], seed: Mapping[str, int]
@@ -1153,8 +1174,6 @@ class Guard:
         trigger = observation.request.compaction_trigger
         breaches = self._count(entry.conversation_id, state, entry.policy, usage, cost, trigger, ids)
         if breaches:
-            from compactobs.telemetry import breach_event  # loaded already: the call is being recorded
-
             observation.events = [*(observation.events or ()), *map(breach_event, breaches)]
         return breaches
 

@@ -1,6 +1,7 @@
 """`compactobs spool status | show | replay`: the rows waiting for a database, and those set aside.
 
 Thin over compactobs.store.spool_admin; registered on the main group (and under `db`) by compactobs.cli.
+`spool_lines` also serves `db status`.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import textwrap
 
 import click
+
+from compactobs.cli.common import CliState
 
 __all__ = ["spool", "spool_lines"]
 
@@ -60,12 +63,12 @@ def spool() -> None:
 
 @spool.command("status")
 @click.pass_obj
-def spool_status(state: object) -> None:
+def spool_status(state: CliState) -> None:
     """How many calls wait, how many are set aside and why, how many lines are damaged. Exits 2 when the
     spool cannot be written, saying why and how to fix it."""
     from compactobs.store import StoreError
 
-    lines, problem = spool_lines(state.database_url)  # type: ignore[attr-defined]
+    lines, problem = spool_lines(state.database_url)
     for line in lines:
         click.echo(line)
     if problem is not None:
@@ -75,10 +78,10 @@ def spool_status(state: object) -> None:
 @spool.command("show")
 @click.option("--rejected", is_flag=True, help="Show the set-aside files, with every damaged line (escaped).")
 @click.pass_obj
-def spool_show(state: object, rejected: bool) -> None:
+def spool_show(state: CliState, rejected: bool) -> None:
     """Every spool file: calls, iterations, bytes, and for set-aside files the database's reason."""
     from compactobs.progress import stdout_fit_width
-    from compactobs.reports._safe import shown
+    from compactobs.reports.render.safe import shown
     from compactobs.store import spool_admin
     from compactobs.untrusted import escape
 
@@ -91,8 +94,8 @@ def spool_show(state: object, rejected: bool) -> None:
             return
         click.echo("\n".join(textwrap.wrap(line, width, subsequent_indent=" " * 11, break_on_hyphens=False)))
 
-    found = spool_admin.summary(state.database_url)  # type: ignore[attr-defined]
-    echo(f"spool of {shown(found.database or state.database_url)}: {found.directory}")  # type: ignore[attr-defined]
+    found = spool_admin.summary(state.database_url)
+    echo(f"spool of {shown(found.database or state.database_url)}: {found.directory}")
     files = found.set_aside if rejected else [*found.waiting, *found.set_aside]
     if not files:
         click.echo("nothing set aside" if rejected else "empty")
@@ -115,11 +118,11 @@ def spool_show(state: object, rejected: bool) -> None:
 @spool.command("replay")
 @click.option("--rejected", is_flag=True, help="Also replay the rows set aside, once their cause is fixed.")
 @click.pass_obj
-def spool_replay(state: object, rejected: bool) -> None:
+def spool_replay(state: CliState, rejected: bool) -> None:
     """Write the waiting rows to the database now (exit 2, with the reason, if it cannot take them)."""
     from compactobs.store import spool_admin
 
-    written, refused = spool_admin.replay(state.database_url, rejected=rejected)  # type: ignore[attr-defined]
+    written, refused = spool_admin.replay(state.database_url, rejected=rejected)
     click.echo(f"{written:,} call(s) written from the spool")
     if refused:
         click.echo(f"{refused:,} call(s) refused again and set aside: see `compactobs spool status`")
