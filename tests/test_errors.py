@@ -47,7 +47,7 @@ def test_every_error_class_derives_from_compactobs_error() -> None:
         "compactobs.rules.RulesInputError",
         "compactobs.store.errors.StoreError",
         "compactobs.store.replay.ReplayError",
-        "compactobs.reports._common.ReportInputError",
+        "compactobs.reports.model.ReportInputError",
         "compactobs.anthropic_reports.ReportFetchError",
         "compactobs.otlp.OtlpConfigError",
         "compactobs.pricing.records.PricingError",
