@@ -1255,3 +1255,12 @@ def budgets_check(path: str) -> None:
     exact, globs = len(budgets.exact), len(budgets.globs)
     ids = f"{exact} exact conversation id{'' if exact == 1 else 's'}"
     click.echo(f"{escape(path)}: valid, {ids} and {globs} glob{'' if globs == 1 else 's'}")
+
+
+def _register_tune() -> None:
+    from compactobs.cli_tune import tune
+
+    main.add_command(tune)
+
+
+_register_tune()

@@ -1,0 +1,134 @@
+"""Read the recorded calls and iterations tune models from the SQL store, as `model.CallRecord`s."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from compactobs.reports._common import Filters, ReportInputError, reading
+from compactobs.reports.tune.model import CallRecord, Step
+from compactobs.store.models import calls, iterations
+from compactobs.usage import TokenCounts
+
+__all__ = ["Recorded", "read_recorded"]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The calls of the conversations the filters select, by conversation (time order), and what was
+    left out: conversations with an unpriced call, calls that carried no usage."""
+
+    by_conversation: dict[str, list[CallRecord]]
+    services: dict[str, str | None]
+    write_usd: dict[tuple[str, int], Decimal | None]
+    """(call id, iteration index) -> the recorded cost of that iteration's cache writes."""
+    unpriced_conversations: int
+    group_of: Callable[[str], str | None]
+
+
+def _int(value: Any) -> int:
+    return int(value) if value is not None else 0
+
+
+def read_recorded(engine: Engine, filters: Filters, by: str | None) -> Recorded:
+    """The recorded traffic; `by`: None, `service` or `conversation` (the group a recommendation is for)."""
+    if not isinstance(engine, Engine):
+        raise ReportInputError(
+            "tune reads the SQL store (sqlite:// or postgresql://), not a ClickHouse source"
+        )
+    c, i = calls.c, iterations.c
+    call_query = (
+        select(
+            c.call_id,
+            c.conversation_id,
+            c.service_name,
+            c.start_ms,
+            c.request_model,
+            c.response_model,
+            c.cost_usd,
+            c.priced,
+            c.compaction_trigger,
+            c.compaction_pause_after,
+            c.compactions_failed,
+            c.service_tier,
+            c.speed,
+            c.inference_geo,
+        )
+        .where(c.conversation_id.is_not(None), c.priced.is_not(None), *filters.call_conditions())
+        .order_by(c.conversation_id, c.start_ms, c.call_id)
+    )
+    step_query = (
+        select(
+            i.call_id,
+            i.idx,
+            i.type,
+            i.model,
+            i.input_tokens,
+            i.output_tokens,
+            i.cache_read_tokens,
+            i.cache_write_5m_tokens,
+            i.cache_write_1h_tokens,
+            i.cost_usd,
+            i.cost_cache_write_5m_usd,
+            i.cost_cache_write_1h_usd,
+        )
+        .select_from(iterations.join(calls, calls.c.call_id == iterations.c.call_id))
+        .where(c.conversation_id.is_not(None), c.priced.is_not(None), *filters.call_conditions())
+        .order_by(i.call_id, i.idx)
+    )
+    steps: dict[str, list[Step]] = defaultdict(list)
+    write_usd: dict[tuple[str, int], Decimal | None] = {}
+    with reading(engine, snapshot=True) as connection:
+        for row in connection.execute(step_query):
+            tokens = TokenCounts(
+                _int(row.input_tokens),
+                _int(row.output_tokens),
+                _int(row.cache_read_tokens),
+                _int(row.cache_write_5m_tokens),
+                _int(row.cache_write_1h_tokens),
+            )
+            cost = None if row.cost_usd is None else Decimal(row.cost_usd)
+            steps[row.call_id].append(Step(row.type or "message", row.model, tokens, cost))
+            writes = [v for v in (row.cost_cache_write_5m_usd, row.cost_cache_write_1h_usd) if v is not None]
+            write_usd[(row.call_id, len(steps[row.call_id]) - 1)] = (
+                sum((Decimal(v) for v in writes), Decimal(0)) if writes else None
+            )
+        by_conversation: dict[str, list[CallRecord]] = defaultdict(list)
+        services: dict[str, str | None] = {}
+        unpriced: set[str] = set()
+        for row in connection.execute(call_query):
+            conversation = str(row.conversation_id)
+            services.setdefault(conversation, row.service_name)
+            if row.priced is False:
+                unpriced.add(conversation)
+            by_conversation[conversation].append(
+                CallRecord(
+                    call_id=row.call_id,
+                    at_ms=int(row.start_ms),
+                    model=row.response_model or row.request_model or "",
+                    steps=tuple(steps.get(row.call_id, ())),
+                    cost_usd=None if row.cost_usd is None else Decimal(row.cost_usd),
+                    trigger=row.compaction_trigger,
+                    paused=bool(row.compaction_pause_after),
+                    failed_compactions=_int(row.compactions_failed),
+                    service_tier=row.service_tier,
+                    speed=row.speed,
+                    inference_geo=row.inference_geo,
+                )
+            )
+    for conversation in unpriced:
+        by_conversation.pop(conversation, None)
+
+    def group_of(conversation: str) -> str | None:
+        if by == "service":
+            return services.get(conversation)
+        if by == "conversation":
+            return conversation
+        return None
+
+    return Recorded(dict(by_conversation), services, write_usd, len(unpriced), group_of)
