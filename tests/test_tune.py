@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -294,3 +295,47 @@ def test_parse_errors_are_report_input_errors() -> None:
     with pytest.raises(ReportInputError):
         parse_triggers("49999")
     assert parse_triggers("75K, 75000,100k") == (75_000, 100_000)
+
+
+def test_report_conversation_shows_each_compaction_all_in(sixty_k: str) -> None:
+    code, out, err = run("--db", sixty_k, "report", "conversation", "c60", "--format", "json")
+    assert code == 0, err
+    taxes = json.loads(out)["compaction_tax"]
+    # Calls 3 and 6 compacted: 62,000 in + 2,000 out = $0.216; 65,000 in + 2,000 out = $0.225; no cache.
+    assert [(t["n"], t["summary_usd"], t["rebuild_usd"], t["unread_usd"], t["total_usd"]) for t in taxes] == [
+        (3, 0.216, 0, 0, 0.216),
+        (6, 0.225, 0, 0, 0.225),
+    ]
+    assert taxes[0]["post_pre_ratio"] == pytest.approx(22 / 62, abs=1e-6)
+    code, out, _ = run("--db", sixty_k, "report", "conversation", "c60")
+    assert code == 0 and "Each compaction, all in" in out
+
+
+def test_demo_ends_with_a_tune_line(sqlite_url: str, data_home: Any) -> None:
+    code, out, err = run("--db", sqlite_url, "demo", "--no-reports")
+    assert code == 0, err
+    last = out.rstrip().splitlines()[-1].strip()
+    found = re.fullmatch(
+        r"trigger 75K would have cost \$([\d,.]+) \(([−+])(\d+)%\) against \$([\d,.]+) .*", last
+    )
+    assert found is not None, last
+    prefix = re.search(r"tune --conversation '([^']+)'", out)
+    assert prefix is not None
+    code, text, err = run(
+        "--db",
+        sqlite_url,
+        "tune",
+        "--conversation",
+        prefix.group(1),
+        "--trigger",
+        "75000",
+        "--format",
+        "json",
+    )
+    assert code == 0, err
+    document = json.loads(text)
+    (row,) = [s for s in document["settings"] if s["trigger"] == 75_000]
+    assert found.group(1) == f"{row['predicted_cost_usd']:,.4f}"
+    assert found.group(4) == f"{document['recorded_cost_usd']:,.4f}"
+    change = (row["predicted_cost_usd"] - document["recorded_cost_usd"]) / document["recorded_cost_usd"]
+    assert found.group(2) == ("−" if change < 0 else "+") and int(found.group(3)) == round(abs(change) * 100)

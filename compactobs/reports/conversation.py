@@ -228,7 +228,8 @@ def conversation_report(engine: Engine, filters: Filters, conversation_id: str) 
         if rows
         else None
     )
-    return Report(
+    taxes = compaction_tax_rows(engine, filters, conversation_id, {r["call_id"]: r["n"] for r in rows})
+    report = Report(
         name="conversation",
         columns=list(COLUMNS),
         rows=rows,
@@ -277,6 +278,57 @@ def conversation_report(engine: Engine, filters: Filters, conversation_id: str) 
         title=f"Conversation {conversation_id}",
         empty_message="No calls of this conversation in this window.",
     )
+    if taxes:
+        report.extra["compaction_tax"] = taxes
+        report.sections.append(
+            Report(
+                name="compaction_tax",
+                title="Each compaction, all in: summary, cache it made rebuild, writes left unread",
+                columns=list(taxes[0]),
+                rows=taxes,
+                kinds={
+                    "n": "int",
+                    "summary_usd": "usd",
+                    "rebuild_usd": "usd",
+                    "unread_usd": "usd",
+                    "total_usd": "usd",
+                    "post_pre_ratio": "ratio",
+                },
+                labels={"n": "#", "post_pre_ratio": "post/pre"},
+            )
+        )
+    return report
+
+
+def compaction_tax_rows(
+    engine: Engine, filters: Filters, conversation_id: str, numbers: dict[str, int]
+) -> list[dict[str, Any]]:
+    """Each compaction of the conversation, all in (`compactobs.reports.tune.model.compaction_taxes`):
+    `n` is the call's number in the timeline. Empty on a ClickHouse source or without threshold
+    compaction."""
+    if isinstance(engine, ExternalSource):
+        return []
+    from dataclasses import replace
+
+    from compactobs.reports.tune.data import read_recorded, write_cost
+    from compactobs.reports.tune.model import compaction_taxes, conversation_of
+
+    recorded = read_recorded(engine, replace(filters, conversations=(conversation_id,)), None)
+    records = recorded.by_conversation.get(conversation_id)
+    conversation = conversation_of(conversation_id, None, records) if records else None
+    if conversation is None:
+        return []
+    return [
+        {
+            "n": numbers.get(tax.call_id),
+            "summary_usd": tax.summary_usd,
+            "rebuild_usd": tax.rebuild_usd,
+            "unread_usd": tax.unread_usd,
+            "total_usd": tax.total_usd,
+            "post_pre_ratio": tax.post_pre_ratio,
+        }
+        for tax in compaction_taxes(conversation, write_cost(recorded.write_usd, conversation))
+    ]
 
 
 def context_chart(

@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 
 from compactobs.reports._common import Filters, Report, ReportInputError, to_json_value
 from compactobs.reports._safe import json_text
-from compactobs.reports.tune.data import read_recorded
+from compactobs.reports.tune.data import read_recorded, write_cost
 from compactobs.reports.tune.model import (
     CompactionTax,
     Conversation,
@@ -34,7 +34,6 @@ from compactobs.reports.tune.model import (
     Setting,
     SummaryModel,
     Ttl,
-    Turn,
     UnsupportedEstimate,
     compaction_taxes,
     conversation_of,
@@ -272,7 +271,7 @@ def tune(engine: Engine, filters: Filters, options: TuneOptions) -> TuneResult:
         warnings.append(
             f"{shrunk} turn(s) sent less history than they followed (pruned): counted as no growth"
         )
-    taxes = [tax for c in conversations for tax in compaction_taxes(c, _write_cost(recorded.write_usd, c))]
+    taxes = [tax for c in conversations for tax in compaction_taxes(c, write_cost(recorded.write_usd, c))]
     guard: list[GuardOutcome] = []
     if options.budget_usd is not None:
         for conversation in conversations:
@@ -303,16 +302,6 @@ def tune(engine: Engine, filters: Filters, options: TuneOptions) -> TuneResult:
         notes,
         warnings,
     )
-
-
-def _write_cost(write_usd: dict[tuple[str, int], Decimal | None], conversation: Conversation) -> Any:
-    def cost(turn: Turn) -> Decimal | None:
-        # The reply is the last `message` step of the turn's last call: find its index among the steps.
-        call_id = turn.call_ids[-1]
-        indexes = [index for (cid, index) in write_usd if cid == call_id]
-        return write_usd.get((call_id, max(indexes))) if indexes else None
-
-    return cost
 
 
 def _price_setting(

@@ -11,11 +11,11 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from compactobs.reports._common import Filters, ReportInputError, reading
-from compactobs.reports.tune.model import CallRecord, Step
+from compactobs.reports.tune.model import CallRecord, Conversation, Step, Turn
 from compactobs.store.models import calls, iterations
 from compactobs.usage import TokenCounts
 
-__all__ = ["Recorded", "read_recorded"]
+__all__ = ["Recorded", "read_recorded", "write_cost"]
 
 
 @dataclass(frozen=True)
@@ -132,3 +132,20 @@ def read_recorded(engine: Engine, filters: Filters, by: str | None) -> Recorded:
         return None
 
     return Recorded(dict(by_conversation), services, write_usd, len(unpriced), group_of)
+
+
+def write_cost(
+    write_usd: dict[tuple[str, int], Decimal | None], conversation: Conversation
+) -> Callable[[Turn], Decimal | None]:
+    """`compaction_taxes`' `write_usd`: the recorded cost of a turn's reply's cache writes (the last
+    `message` step of its last call)."""
+    by_call: dict[str, list[int]] = defaultdict(list)
+    for call_id, index in write_usd:
+        by_call[call_id].append(index)
+
+    def cost(turn: Turn) -> Decimal | None:
+        call_id = turn.call_ids[-1]
+        indexes = by_call.get(call_id)
+        return write_usd.get((call_id, max(indexes))) if indexes else None
+
+    return cost
