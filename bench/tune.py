@@ -34,8 +34,7 @@ import compactobs
 from compactobs import store
 from compactobs.reports._common import build_filters
 from compactobs.reports.tune import TuneOptions, tune
-from compactobs.testing import ConversationScenario, Simulator
-from compactobs.testing._clock import IdleClock
+from compactobs.testing import ConversationScenario, IdleClock, Simulator
 
 TRIGGERS = (50_000, 75_000, 100_000, 150_000)
 TTLS = ("5m", "1h")

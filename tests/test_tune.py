@@ -20,8 +20,7 @@ from compactobs import store
 from compactobs.reports._common import ReportInputError, build_filters
 from compactobs.reports.tune import TuneOptions, TuneResult, tune
 from compactobs.reports.tune.model import UnsupportedEstimate, summary_model
-from compactobs.testing import ConversationScenario
-from compactobs.testing._clock import IdleClock
+from compactobs.testing import ConversationScenario, IdleClock
 from tests.cli import one_line_error, run
 from tests.recording import recording
 
@@ -339,3 +338,34 @@ def test_demo_ends_with_a_tune_line(sqlite_url: str, data_home: Any) -> None:
     assert found.group(4) == f"{document['recorded_cost_usd']:,.4f}"
     change = (row["predicted_cost_usd"] - document["recorded_cost_usd"]) / document["recorded_cost_usd"]
     assert found.group(2) == ("−" if change < 0 else "+") and int(found.group(3)) == round(abs(change) * 100)
+
+
+def test_advice_per_service_names_the_lever(sqlite_url: str) -> None:
+    """Two services: `agent` runs the 60,000-trigger conversation (the trigger matters, no cache), `chat`
+    the cached one with an idle gap (too short to compact: only the TTL can move its bill)."""
+    with recording(sqlite_url, service_name="agent") as (sim, client):
+        sim.scenario = ConversationScenario(reply_tokens=1_000, summary_tokens=2_000)
+        _chat(client, "c60", [20_000] * 6, 60_000)
+    with recording(sqlite_url, service_name="chat") as (sim, client), IdleClock(sim) as clock:
+        sim.scenario = ConversationScenario(reply_tokens=1_000)
+        _chat(client, "cached", [10_000] * 4, 100_000, "5m", clock, {2: 400.0})
+    options = TuneOptions(
+        triggers=(75_000, 100_000), cache_ttls=("5m", "1h"), summary_tokens=2_000, by="service"
+    )
+    result = _tune(sqlite_url, options)
+    assert result.recorded_usd == Decimal("1.047") + Decimal("0.3126")
+    agent, chat = result.advice
+    # agent: $1.005 at 75,000 (either TTL: nothing is cached), $1.185 at 100,000: saving 1.047 - 1.005.
+    assert (agent.group, agent.best, agent.best_usd, agent.saving_usd) == (
+        "agent",
+        "trigger 75,000, TTL 5m",
+        Decimal("1.005"),
+        Decimal("0.042"),
+    )
+    assert agent.advice == "the trigger matters: up to $0.1800 between triggers"  # 1.185 - 1.005
+    # chat: $0.3126 at 5m whatever the trigger, $0.3369 at 1h: the TTL is the lever, and 5m the cheaper.
+    assert (chat.group, chat.best_usd, chat.saving_usd) == ("chat", Decimal("0.3126"), Decimal(0))
+    assert chat.advice == (
+        "no trigger changes the bill by more than the interval (±$0.0000); the cache TTL does: $0.0243 "
+        "between TTLs"
+    )
