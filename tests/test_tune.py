@@ -200,7 +200,7 @@ def test_cache_ttl_and_idle_gaps_worked_by_hand(sqlite_url: str) -> None:
         in result.notes
     )
     (advice,) = result.advice
-    assert advice.best == "trigger 100,000, TTL 5m"
+    assert advice.best == "the recorded setting"  # nothing tried is cheaper than what ran
     assert "no trigger changes the bill by more than the interval" in advice.advice
     assert "the cache TTL does" in advice.advice
 
@@ -364,8 +364,22 @@ def test_advice_per_service_names_the_lever(sqlite_url: str) -> None:
     )
     assert agent.advice == "the trigger matters: up to $0.1800 between triggers"  # 1.185 - 1.005
     # chat: $0.3126 at 5m whatever the trigger, $0.3369 at 1h: the TTL is the lever, and 5m the cheaper.
-    assert (chat.group, chat.best_usd, chat.saving_usd) == ("chat", Decimal("0.3126"), Decimal(0))
+    assert (chat.group, chat.best, chat.best_usd, chat.saving_usd) == (
+        "chat",
+        "the recorded setting",
+        Decimal("0.3126"),
+        Decimal(0),
+    )
     assert chat.advice == (
         "no trigger changes the bill by more than the interval (±$0.0000); the cache TTL does: $0.0243 "
         "between TTLs"
     )
+
+
+def test_an_empty_window_says_so(sixty_k: str) -> None:
+    code, out, err = run("--db", sixty_k, "tune", "--since", "2000-01-01", "--until", "2000-01-02")
+    assert code == 0, err
+    assert "No conversation with threshold compaction in this window." in out
+    code, out, _ = run("--db", sixty_k, "tune", "--until", "2000-01-02", "--format", "json")
+    document = json.loads(out)
+    assert document["settings"] == [] and document["recorded_cost_usd"] == 0

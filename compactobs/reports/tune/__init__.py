@@ -239,11 +239,12 @@ def tune(engine: Engine, filters: Filters, options: TuneOptions) -> TuneResult:
         Setting(trigger, ttl) for ttl in options.cache_ttls for trigger in options.triggers
     ]
     results = [
-        _price_setting(setting, conversations, summaries, price, recorded.group_of) for setting in settings
+        _price_setting(setting, conversations, summaries, price, recorded.group_of)
+        for setting in (settings if conversations else [])
     ]
-    base = results[0]
     residual = Decimal(0)
-    if base.predicted_usd is not None and recorded_usd:
+    base = results[0] if results else None
+    if base is not None and base.predicted_usd is not None and recorded_usd:
         residual = abs(base.predicted_usd - recorded_usd) / recorded_usd
     for result in results:
         _widen(result, residual)
@@ -368,6 +369,11 @@ def _advise(
         half_widths = [(hi - lo) / 2 for lo, hi in ranges]
         width = max(half_widths, default=Decimal(0))
         text = _lever(tried, group, width)
+        if best_usd >= recorded_usd:
+            advice.append(
+                GroupAdvice(group, recorded_usd, "the recorded setting", recorded_usd, Decimal(0), text)
+            )
+            continue
         advice.append(
             GroupAdvice(group, recorded_usd, best.setting.label, best_usd, recorded_usd - best_usd, text)
         )
