@@ -114,13 +114,19 @@ def tune(
         by=parse_by(by),
     )
     filters = build_filters(since, until, tz, models, conversations, services)
+    from compactobs.reports.clickhouse import is_clickhouse_url, open_source
     from compactobs.reports.tune import tune as run_tune
 
-    engine = open_database(state.database_url)  # type: ignore[attr-defined]
-    try:
-        result = run_tune(engine, filters, options)
-    finally:
-        engine.dispose()
+    url = state.database_url  # type: ignore[attr-defined]
+    if is_clickhouse_url(url):
+        with open_source(url, state.clickhouse_table) as source:  # type: ignore[attr-defined]
+            result = run_tune(source, filters, options)
+    else:
+        engine = open_database(url)
+        try:
+            result = run_tune(engine, filters, options)
+        finally:
+            engine.dispose()
     if fmt == "json":
         click.echo(tune_json(result))
         return

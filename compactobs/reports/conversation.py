@@ -304,10 +304,7 @@ def compaction_tax_rows(
     engine: Engine, filters: Filters, conversation_id: str, numbers: dict[str, int]
 ) -> list[dict[str, Any]]:
     """Each compaction of the conversation, all in (`compactobs.reports.tune.model.compaction_taxes`):
-    `n` is the call's number in the timeline. Empty on a ClickHouse source or without threshold
-    compaction."""
-    if isinstance(engine, ExternalSource):
-        return []
+    `n` is the call's number in the timeline. Empty without threshold compaction."""
     from dataclasses import replace
 
     from compactobs.reports.tune.data import read_recorded, write_cost

@@ -303,6 +303,11 @@ class ClickHouseSource(ExternalSource):
 
         return conversation.conversation_calls(self, filters, conversation_id)
 
+    def tune_rows(self, filters: Any) -> tuple[list[Any], list[Any]]:
+        from compactobs.reports.clickhouse import tune
+
+        return tune.tune_rows(self, filters)
+
     def cache_groups(self, *args: Any, **kwargs: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
         from compactobs.reports.clickhouse import cache
 

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from sqlalchemy import Engine
 
-from compactobs.reports._common import Filters, Report, ReportInputError, to_json_value
+from compactobs.reports._common import ExternalSource, Filters, Report, ReportInputError, to_json_value
 from compactobs.reports._safe import json_text
 from compactobs.reports.tune.data import read_recorded, write_cost
 from compactobs.reports.tune.model import (
@@ -197,7 +197,7 @@ def _price_fn() -> Any:
     return price
 
 
-def tune(engine: Engine, filters: Filters, options: TuneOptions) -> TuneResult:
+def tune(engine: Engine | ExternalSource, filters: Filters, options: TuneOptions) -> TuneResult:
     """Every setting of `options` priced on the traffic `filters` select, with advice per group."""
     if options.budget_usd is not None and not options.pause_after_compaction:
         raise ReportInputError("--budget-usd needs --pause-after-compaction: the guard stops at a compaction")

@@ -6,16 +6,16 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Engine, select
 
-from compactobs.reports._common import Filters, ReportInputError, reading
+from compactobs.reports._common import ExternalSource, Filters, reading
 from compactobs.reports.tune.model import CallRecord, Conversation, Step, Turn
 from compactobs.store.models import calls, iterations
 from compactobs.usage import TokenCounts
 
-__all__ = ["Recorded", "read_recorded", "write_cost"]
+__all__ = ["CALL_FIELDS", "ITERATION_FIELDS", "Recorded", "read_recorded", "write_cost"]
 
 
 @dataclass(frozen=True)
@@ -35,92 +35,106 @@ def _int(value: Any) -> int:
     return int(value) if value is not None else 0
 
 
-def read_recorded(engine: Engine, filters: Filters, by: str | None) -> Recorded:
-    """The recorded traffic; `by`: None, `service` or `conversation` (the group a recommendation is for)."""
-    if not isinstance(engine, Engine):
-        raise ReportInputError(
-            "tune reads the SQL store (sqlite:// or postgresql://), not a ClickHouse source"
-        )
+CALL_FIELDS: Final = (
+    "call_id",
+    "conversation_id",
+    "service_name",
+    "start_ms",
+    "request_model",
+    "response_model",
+    "cost_usd",
+    "priced",
+    "compaction_trigger",
+    "compaction_pause_after",
+    "compactions_failed",
+    "service_tier",
+    "speed",
+    "inference_geo",
+)
+"""The `calls` columns tune reads (a ClickHouse source selects the same names)."""
+ITERATION_FIELDS: Final = (
+    "call_id",
+    "idx",
+    "type",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "cost_usd",
+    "cost_cache_write_5m_usd",
+    "cost_cache_write_1h_usd",
+)
+"""The `iterations` columns tune reads."""
+
+
+def _money(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+def _sql_rows(engine: Engine, filters: Filters) -> tuple[list[Any], list[Any]]:
     c, i = calls.c, iterations.c
+    selected = [c.conversation_id.is_not(None), c.priced.is_not(None), *filters.call_conditions()]
     call_query = (
-        select(
-            c.call_id,
-            c.conversation_id,
-            c.service_name,
-            c.start_ms,
-            c.request_model,
-            c.response_model,
-            c.cost_usd,
-            c.priced,
-            c.compaction_trigger,
-            c.compaction_pause_after,
-            c.compactions_failed,
-            c.service_tier,
-            c.speed,
-            c.inference_geo,
-        )
-        .where(c.conversation_id.is_not(None), c.priced.is_not(None), *filters.call_conditions())
+        select(*(c[name] for name in CALL_FIELDS))
+        .where(*selected)
         .order_by(c.conversation_id, c.start_ms, c.call_id)
     )
     step_query = (
-        select(
-            i.call_id,
-            i.idx,
-            i.type,
-            i.model,
-            i.input_tokens,
-            i.output_tokens,
-            i.cache_read_tokens,
-            i.cache_write_5m_tokens,
-            i.cache_write_1h_tokens,
-            i.cost_usd,
-            i.cost_cache_write_5m_usd,
-            i.cost_cache_write_1h_usd,
-        )
-        .select_from(iterations.join(calls, calls.c.call_id == iterations.c.call_id))
-        .where(c.conversation_id.is_not(None), c.priced.is_not(None), *filters.call_conditions())
+        select(*(i[name] for name in ITERATION_FIELDS))
+        .select_from(iterations.join(calls, c.call_id == i.call_id))
+        .where(*selected)
         .order_by(i.call_id, i.idx)
     )
+    with reading(engine, snapshot=True) as connection:
+        return list(connection.execute(step_query)), list(connection.execute(call_query))
+
+
+def read_recorded(engine: Engine | ExternalSource, filters: Filters, by: str | None) -> Recorded:
+    """The recorded traffic, from the SQL store or a ClickHouse source (`tune_rows`); `by`: None,
+    `service` or `conversation` (the group a recommendation is for)."""
+    if isinstance(engine, ExternalSource):
+        step_rows, call_rows = engine.tune_rows(filters)  # type: ignore[attr-defined]
+    else:
+        step_rows, call_rows = _sql_rows(engine, filters)
     steps: dict[str, list[Step]] = defaultdict(list)
     write_usd: dict[tuple[str, int], Decimal | None] = {}
-    with reading(engine, snapshot=True) as connection:
-        for row in connection.execute(step_query):
-            tokens = TokenCounts(
-                _int(row.input_tokens),
-                _int(row.output_tokens),
-                _int(row.cache_read_tokens),
-                _int(row.cache_write_5m_tokens),
-                _int(row.cache_write_1h_tokens),
+    for row in step_rows:
+        tokens = TokenCounts(
+            _int(row.input_tokens),
+            _int(row.output_tokens),
+            _int(row.cache_read_tokens),
+            _int(row.cache_write_5m_tokens),
+            _int(row.cache_write_1h_tokens),
+        )
+        steps[row.call_id].append(Step(row.type or "message", row.model, tokens, _money(row.cost_usd)))
+        writes = [_money(v) for v in (row.cost_cache_write_5m_usd, row.cost_cache_write_1h_usd)]
+        known = [w for w in writes if w is not None]
+        write_usd[(row.call_id, len(steps[row.call_id]) - 1)] = sum(known, Decimal(0)) if known else None
+    by_conversation: dict[str, list[CallRecord]] = defaultdict(list)
+    services: dict[str, str | None] = {}
+    unpriced: set[str] = set()
+    for row in call_rows:
+        conversation = str(row.conversation_id)
+        services.setdefault(conversation, row.service_name)
+        if not row.priced:
+            unpriced.add(conversation)
+        by_conversation[conversation].append(
+            CallRecord(
+                call_id=row.call_id,
+                at_ms=int(row.start_ms),
+                model=row.response_model or row.request_model or "",
+                steps=tuple(steps.get(row.call_id, ())),
+                cost_usd=_money(row.cost_usd),
+                trigger=None if row.compaction_trigger is None else int(row.compaction_trigger),
+                paused=bool(row.compaction_pause_after),
+                failed_compactions=_int(row.compactions_failed),
+                service_tier=row.service_tier,
+                speed=row.speed,
+                inference_geo=row.inference_geo,
             )
-            cost = None if row.cost_usd is None else Decimal(row.cost_usd)
-            steps[row.call_id].append(Step(row.type or "message", row.model, tokens, cost))
-            writes = [v for v in (row.cost_cache_write_5m_usd, row.cost_cache_write_1h_usd) if v is not None]
-            write_usd[(row.call_id, len(steps[row.call_id]) - 1)] = (
-                sum((Decimal(v) for v in writes), Decimal(0)) if writes else None
-            )
-        by_conversation: dict[str, list[CallRecord]] = defaultdict(list)
-        services: dict[str, str | None] = {}
-        unpriced: set[str] = set()
-        for row in connection.execute(call_query):
-            conversation = str(row.conversation_id)
-            services.setdefault(conversation, row.service_name)
-            if row.priced is False:
-                unpriced.add(conversation)
-            by_conversation[conversation].append(
-                CallRecord(
-                    call_id=row.call_id,
-                    at_ms=int(row.start_ms),
-                    model=row.response_model or row.request_model or "",
-                    steps=tuple(steps.get(row.call_id, ())),
-                    cost_usd=None if row.cost_usd is None else Decimal(row.cost_usd),
-                    trigger=row.compaction_trigger,
-                    paused=bool(row.compaction_pause_after),
-                    failed_compactions=_int(row.compactions_failed),
-                    service_tier=row.service_tier,
-                    speed=row.speed,
-                    inference_geo=row.inference_geo,
-                )
-            )
+        )
     for conversation in unpriced:
         by_conversation.pop(conversation, None)
 
