@@ -4,7 +4,7 @@ What is measured from the traffic (per conversation, call by call):
 - the context each turn starts with (a compaction's input, else the reply's total input), each reply's
   output, and so the new content each turn adds (`Turn.new`);
 - each summary's size (the compaction iteration's output) at the context it closed;
-- what stays after a compaction besides the summary and the newest turn (`Shape.kept`);
+- what stays after a compaction besides the summary and the newest turn (`Conversation.kept`);
 - the cache: the tail after the last breakpoint (`input_tokens`, per the API's definition), the prefix that
   survives a compaction (what the compacting call's reply read), the TTL each write used, the calls' gaps.
 
@@ -42,7 +42,6 @@ __all__ = [
     "Prediction",
     "PriceFn",
     "Setting",
-    "Shape",
     "Step",
     "SummaryModel",
     "Ttl",
@@ -50,9 +49,9 @@ __all__ = [
     "UnsupportedEstimate",
     "compaction_taxes",
     "conversation_of",
+    "failed_compaction",
     "guard_outcome",
     "replay",
-    "shape_of",
     "summary_model",
 ]
 
@@ -632,27 +631,3 @@ def guard_outcome(
         if crossed is None and over_limits(budget, spent, 0):
             crossed = index
     return GuardOutcome(conversation_id, total, None if crossed is None else crossed + 1, None, total)
-
-
-# -- the shape the report shows ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Shape:
-    """What the traffic shows of one conversation, for the report's notes."""
-
-    turns: int
-    compactions: int
-    longest_context: int
-    kept: int
-    stable: int
-
-
-def shape_of(conversation: Conversation) -> Shape:
-    return Shape(
-        len(conversation.turns),
-        sum(1 for t in conversation.turns if t.compaction is not None),
-        max(t.start for t in conversation.turns),
-        conversation.kept,
-        conversation.stable,
-    )
