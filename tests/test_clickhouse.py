@@ -811,3 +811,17 @@ def test_the_cli_reads_chdb_and_refuses_writes_in_one_line(
     assert "no table 'no_such'" in message
     missing = recorded["dir"] / "missing"
     assert "no chdb directory" in one_line_error(*run("--db", f"chdb://{missing}", "report", "ops")[::2])
+
+
+def test_tune_is_the_same_json(recorded: dict[str, Any]) -> None:
+    """`compactobs tune` over the Collector's spans says what it says over the store, budget included."""
+    from compactobs.reports.tune import TuneOptions, tune, tune_json
+
+    filters = build_filters(None, None, "UTC")
+    options = TuneOptions(
+        cache_ttls=("5m", "1h"), pause_after_compaction=True, budget_usd=Decimal(1), by="service"
+    )
+    expected = json.loads(tune_json(tune(recorded["engine"], filters, options)))
+    got = json.loads(tune_json(tune(recorded["source"], filters, options)))
+    assert expected["settings"] and expected["compactions"] and expected["budget"]
+    assert got == expected
