@@ -35,6 +35,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from compactobs import telemetry as t
 from compactobs.collect import decode
+from compactobs.collect.claude_code import ClaudeCodeEvents
 from compactobs.collect.server import (
     DEFAULT_HTTP,
     DEFAULT_MAX_REQUEST_BYTES,
@@ -60,6 +61,12 @@ FLUSH_EVERY_S: Final = 2.0
 NOT_OURS: Final = (
     "spans that are not compactobs call or iteration spans (scope 'compactobs', attribute "
     "'compactobs.span.kind' = 'call' or 'iteration') are not kept; see docs/semconv.md"
+)
+
+
+NOT_KEPT_EVENTS: Final = (
+    "only Claude Code's api_request and api_error events are stored (as calls); other log records are read "
+    "and not kept"
 )
 
 
@@ -120,6 +127,7 @@ class Collector:
         self._store_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self._closing = threading.Event()
+        self._claude_code = ClaudeCodeEvents()
         self._flusher: threading.Thread | None = None
 
     @property
@@ -204,14 +212,16 @@ class Collector:
 
     def _logs(self, request: decode.ExportLogsServiceRequest) -> Answer:
         records = decode.log_records(request)
-        message = "log records other than Claude Code's events are not kept" if records else ""
+        spans, calls, not_kept = self._claude_code.spans(records)
+        refused = self._store(spans)
+        if refused is not None:
+            return refused
         with self._stats_lock:
-            self.stats.events_rejected += len(records)
-        partial = (
-            ExportLogsPartialSuccess(rejected_log_records=len(records), error_message=message)
-            if records
-            else None
-        )
+            self.stats.events_stored += calls
+            self.stats.events_rejected += not_kept
+        # Claude Code's other events (prompts, tool decisions...) are not kept: said once per request, as a
+        # warning (rejected_log_records stays 0 for them: they were read, and deliberately not stored).
+        partial = ExportLogsPartialSuccess(error_message=NOT_KEPT_EVENTS) if not_kept else None
         return Answer(HTTPStatus.OK, ExportLogsServiceResponse(partial_success=partial))
 
     def _store(self, spans: Sequence[ReadableSpan]) -> Answer | None:
