@@ -122,6 +122,8 @@ STREAM_END: Final = "compactobs.stream.end"
 BUDGET_USD: Final = "compactobs.budget.usd"
 BUDGET_TOKENS: Final = "compactobs.budget.tokens"
 BUDGET_MAX_COMPACTIONS: Final = "compactobs.budget.max_compactions"
+SOURCE_COST_USD: Final = "compactobs.source.cost_usd"
+"""What a collected call's source said it cost (Claude Code's `cost_usd`), beside compactobs' own price."""
 BATCH_ID: Final = "compactobs.batch.id"
 """Message Batches: the batch (`msgbatch_...`) a result was read from."""
 BATCH_CUSTOM_ID: Final = "compactobs.batch.custom_id"
@@ -630,6 +632,7 @@ class Telemetry:
             (BUDGET_MAX_COMPACTIONS, obs.budget_max_compactions),
             (BATCH_ID, obs.batch_id and bounded_id(obs.batch_id)),
             (BATCH_CUSTOM_ID, obs.custom_id and bounded_id(obs.custom_id)),
+            (SOURCE_COST_USD, obs.source_cost_usd),
         ):
             if value is not None:
                 attributes[key] = value

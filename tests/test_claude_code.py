@@ -96,6 +96,7 @@ def test_claude_code_calls_are_stored_once_and_priced_from_their_tokens(
         assert (row["input_tokens"], row["output_tokens"], row["cache_read_tokens"]) == (120, 7, 30)
         assert row["cache_write_5m_tokens"] == 10 and row["priced"] is True
         assert Decimal(str(row["cost_usd"])) == cost
+        assert Decimal(str(row["source_cost_usd"])) == cost  # Claude Code's own figure agrees
         assert row["request_id"].startswith("req_")
     assert len(iteration_rows) == 2
 
@@ -190,6 +191,7 @@ def test_events_become_calls_once_compaction_counted_errors_kept_and_no_text(
     main, compact, error = by_request["req_a"], by_request["req_compact"], by_request[None]
     # 1,000 x $3/M + 200 x $15/M = $0.003 + $0.003.
     assert Decimal(str(main["cost_usd"])) == Decimal("0.006") and main["compactions_count"] == 0
+    assert Decimal(str(main["source_cost_usd"])) == Decimal("0.006")
     # Claude Code's own compaction: 50,000 x $3/M + 2,000 x $15/M = $0.15 + $0.03, as compaction spend.
     assert Decimal(str(compact["cost_usd"])) == Decimal("0.18") and compact["compactions_count"] == 1
     (compaction,) = [r for r in iteration_rows if r["call_id"] == compact["call_id"]]

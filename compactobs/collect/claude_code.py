@@ -200,5 +200,8 @@ class ClaudeCodeEvents:
         if attributes.get("speed") == "fast":
             usage["speed"] = "fast"
         observation.usage = normalise_usage(usage, model)
+        cost = attributes.get("cost_usd")
+        if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+            observation.source_cost_usd = float(cost)
         observation.status_code = 200
         return observation
