@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import click
 from sqlalchemy import Engine
 
-from compactobs import cli_collect
+from compactobs import cli_collect, cli_import
 from compactobs._version import __version__
 from compactobs._words import counted
 from compactobs.configfile import ConfigError
@@ -200,6 +200,7 @@ def _register_spool() -> None:
 
 _register_spool()
 main.add_command(cli_collect.collect)
+main.add_command(cli_import.import_group)
 
 
 def _rollup_status(database_url: str) -> str:

@@ -210,3 +210,39 @@ def test_events_become_calls_once_compaction_counted_errors_kept_and_no_text(
     assert main["duration_ms"] == 1500.0
     stored = json.dumps([*call_rows, *iteration_rows], default=str)
     assert "SECRET" not in stored
+
+
+def test_transcripts_of_the_same_sessions_import_the_same_calls_and_nothing_doubles(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    _claude_or_skip()
+    from compactobs.importers.claude_code import import_transcripts
+
+    home = tmp_path / "home"
+    home.mkdir()
+    with (
+        Simulator() as sim,
+        Collector(prepared(sqlite_url), http="127.0.0.1:0", spool_dir=tmp_path / "spool") as collector,
+    ):
+        for model in ("claude-sonnet-4-5", "claude-haiku-4-5"):
+            sim.enqueue(Reply(message(model=model, content=[{"type": "text", "text": "hi"}], usage=USAGE)))
+            run_claude(sim, collector.endpoint, home, model, "say hi")
+    collected = rows(sqlite_url)
+    projects = home / ".claude" / "projects"
+    # Into the store collect filled: the same calls, nothing doubled.
+    assert import_transcripts(sqlite_url, [projects], spool_dir=tmp_path / "spool").calls == 2
+    assert rows(sqlite_url)[0] == collected[0]
+    # Into an empty store: the same call ids, tokens and costs, from the transcripts alone.
+    fresh = prepared(f"sqlite:///{tmp_path / 'imported.db'}")
+    import_transcripts(fresh, [projects], spool_dir=tmp_path / "spool2")
+    keys = (
+        "call_id",
+        "conversation_id",
+        "request_id",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_5m_tokens",
+        "cost_usd",
+    )
+    assert [[r[k] for k in keys] for r in rows(fresh)[0]] == [[r[k] for k in keys] for r in collected[0]]

@@ -11,7 +11,7 @@ same rules as an application's.
 - a `query_source=compact` call (Claude Code summarising its context) is billed as one `compaction`
   iteration, so compaction spend and `report anomalies` count it like a server-side compaction;
 - ids: derived from the request id (else the session and the event's sequence number), so an event sent
-  twice, or a call both collected and imported from a transcript (`call_ids`), is stored once;
+  twice, or a call both collected and imported from a transcript (`call_key`), is stored once;
 - no text: prompts and responses are never read from the events, even when Claude Code sends them.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Final
 
@@ -33,7 +33,7 @@ from compactobs.pricing.pricer import Pricer, default_pricer
 from compactobs.telemetry import Telemetry
 from compactobs.usage import CallObservation, RequestFacts, normalise_usage
 
-__all__ = ["SERVICE", "ClaudeCodeEvents", "call_ids", "event_kind"]
+__all__ = ["SERVICE", "CallRecorder", "ClaudeCodeEvents", "call_key", "event_kind"]
 
 SERVICE: Final = "claude-code"
 SCOPE: Final = "com.anthropic.claude_code.events"
@@ -50,7 +50,7 @@ def event_kind(record: LogRecord) -> str | None:
     return None
 
 
-def call_ids(request_id: str | None, session_id: str | None, sequence: object) -> str:
+def call_key(request_id: str | None, session_id: str | None, sequence: object) -> str:
     """The key all of a call's span ids derive from: the API's request id when there is one."""
     if request_id:
         return f"request\x00{request_id}"
@@ -122,9 +122,11 @@ def _time_ns(record: LogRecord) -> int:
     return record.time_unix_nano
 
 
-class ClaudeCodeEvents:
-    """Turns Claude Code's events into compactobs' spans, priced by `pricer` (default: the overrides file
-    named by COMPACTOBS_PRICING_FILE over genai-prices). Thread-safe."""
+class CallRecorder:
+    """Observations to call and iteration spans through compactobs' own recorder and pricer (default: the
+    overrides file named by COMPACTOBS_PRICING_FILE over genai-prices), each call's ids derived from its
+    key (`call_key`). Thread-safe. Shared by `collect` and `import claude-code`, so a call both paths see
+    gets the same span ids, and the store keeps it once."""
 
     def __init__(self, pricer: Pricer | None = None) -> None:
         self._ids = _KeyedIds()
@@ -134,28 +136,39 @@ class ClaudeCodeEvents:
         self._telemetry = Telemetry(provider, metrics.NoOpMeterProvider(), pricer or default_pricer())
         self._telemetry.close()  # record on the calling thread: the spans are wanted now, not later
 
+    def spans(self, calls: Iterable[tuple[str, CallObservation]]) -> list[ReadableSpan]:
+        """The spans of each (key, observation), in order."""
+        self._capture.start()
+        for key, observation in calls:
+            self._ids.key(key)
+            try:
+                self._telemetry.record(observation, None, False)
+            finally:
+                self._ids.key(None)
+        return self._capture.take()
+
+
+class ClaudeCodeEvents:
+    """Turns Claude Code's events into compactobs' spans (see the module). Thread-safe."""
+
+    def __init__(self, pricer: Pricer | None = None) -> None:
+        self._recorder = CallRecorder(pricer)
+
     def spans(self, records: Sequence[LogRecord]) -> tuple[list[ReadableSpan], int, int]:
         """(spans, calls, records not kept): the call and iteration spans of the records' API calls. Other
         Claude Code events (prompts, tool results...) and other records are not kept."""
-        self._capture.start()
-        calls = 0
+        calls: list[tuple[str, CallObservation]] = []
         for record in records:
             kind = event_kind(record)
             if kind not in (API_REQUEST, API_ERROR):
                 continue
             observation = self.observation(record, kind)
             attributes = record.attributes
-            self._ids.key(
-                call_ids(
-                    observation.request_id, attributes.get("session.id"), attributes.get("event.sequence")
-                )
+            key = call_key(
+                observation.request_id, attributes.get("session.id"), attributes.get("event.sequence")
             )
-            try:
-                self._telemetry.record(observation, None, False)
-            finally:
-                self._ids.key(None)
-            calls += 1
-        return self._capture.take(), calls, len(records) - calls
+            calls.append((key, observation))
+        return self._recorder.spans(calls), len(calls), len(records) - len(calls)
 
     @staticmethod
     def observation(record: LogRecord, kind: str) -> CallObservation:
