@@ -121,13 +121,21 @@ def any_value(value: AnyValue) -> Any:
     return getattr(value, kind)
 
 
+_SCALARS: Final = frozenset({"string_value", "bool_value", "int_value", "double_value"})
+
+
 def attributes_of(pairs: Iterable[KeyValue]) -> dict[str, Any]:
     """Key-value pairs as a dict; values that are empty (no value set) are left out."""
     out: dict[str, Any] = {}
+    scalars = _SCALARS
     for kv in pairs:
-        value = any_value(kv.value)
-        if value is not None:
-            out[kv.key] = value
+        value = kv.value
+        kind = value.WhichOneof("value")
+        # Scalars (nearly every attribute) read directly: this loop is most of a request's decoding.
+        if kind in scalars:
+            out[kv.key] = getattr(value, kind)
+        elif kind is not None:
+            out[kv.key] = any_value(value)
     return out
 
 
