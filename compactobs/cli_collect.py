@@ -58,8 +58,6 @@ def collect(
     from compactobs.collect import DEFAULT_MAX_REQUEST_BYTES, CollectError, Collector
     from compactobs.store import display_url
 
-    if grpc is not None:
-        raise click.UsageError("--grpc is not available yet: use OTLP/HTTP (--http)")
     database_url: str = state.database_url  # type: ignore[attr-defined]
     token = read_token(token_file) if token_file is not None else None
     try:
@@ -76,7 +74,8 @@ def collect(
         signal.signal(sig, lambda *_: stop.set())
     with collector:
         click.echo(
-            f"collecting OTLP/HTTP on {collector.endpoint} (/v1/traces, /v1/logs, /v1/metrics) into "
+            f"collecting OTLP/HTTP on {collector.endpoint} (/v1/traces, /v1/logs, /v1/metrics)"
+            f"{f' and OTLP/gRPC on {collector.grpc_endpoint}' if grpc else ''} into "
             f"{display_url(database_url)}{' (bearer token required)' if token else ''}",
             err=False,
         )

@@ -453,3 +453,54 @@ def test_the_contract_file_names_every_attribute_the_store_reads() -> None:
     # Grouped rows write `compactobs.cost.input_usd`, `.output_usd`: a name is present whole or by its tail.
     for name in {*CALL_ATTRIBUTES.values(), *ITERATION_ATTRIBUTES.values()}:
         assert f"`{name}`" in text or f"`.{name.rsplit('.', 1)[1]}`" in text, name
+
+
+def test_otlp_grpc_with_the_official_exporter_and_its_refusals(sqlite_url: str, tmp_path: Path) -> None:
+    """The official gRPC exporter: without the token UNAUTHENTICATED (nothing stored), with it the same
+    rows as over HTTP, and a batch sent twice stored once."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource({"service.name": "billing"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    compactobs.configure(tracer_provider=provider, store=False)
+    try:
+        with Simulator() as sim:
+            sim.enqueue(Reply(message(usage=USAGE)))
+            client = anthropic.Anthropic(
+                base_url=sim.base_url, api_key="k", middleware=[compactobs.Middleware()]
+            )
+            client.messages.create(
+                model="claude-opus-4-8", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+            )
+            compactobs.flush()
+    finally:
+        compactobs.shutdown()
+    spans = memory.get_finished_spans()
+    with Collector(
+        prepared(sqlite_url),
+        http="127.0.0.1:0",
+        grpc="127.0.0.1:0",
+        token="t0k",
+        spool_dir=tmp_path / "spool",
+    ) as collector:
+        endpoint = collector.grpc_endpoint
+        assert endpoint is not None
+        refused = GrpcSpanExporter(endpoint=endpoint, insecure=True, timeout=5)
+        assert refused.export(spans) is SpanExportResult.FAILURE
+        refused.shutdown()
+        assert rows(sqlite_url)[0] == []
+        exporter = GrpcSpanExporter(
+            endpoint=endpoint,
+            insecure=True,
+            headers={"authorization": "Bearer t0k"},
+            compression=None,
+            timeout=30,
+        )
+        for _ in range(2):
+            assert exporter.export(spans) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+    (call,), iteration_rows = rows(sqlite_url)
+    assert Decimal(str(call["cost_usd"])) == CALL_COST and len(iteration_rows) == 2

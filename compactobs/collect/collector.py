@@ -91,7 +91,8 @@ class Collector:
     with Collector("sqlite:///spend.db", http="127.0.0.1:0") as collector:
         ...  # exporters send to collector.endpoint + "/v1/traces"
     ```
-    `token`: required bearer token (mandatory beyond loopback). `store_wait_s`: see DEFAULT_STORE_WAIT_S.
+    `grpc`: also serve OTLP/gRPC at this HOST:PORT. `token`: required bearer token (mandatory beyond
+    loopback), on both. `store_wait_s`: see DEFAULT_STORE_WAIT_S.
     `spool_dir`, `spool_max_bytes`, `write_timeout_s`: the store's, as for in-process recording.
     Raises CollectError for a bad bind or a missing token, at construction.
     """
@@ -101,6 +102,7 @@ class Collector:
         database_url: str | None = None,
         *,
         http: str = DEFAULT_HTTP,
+        grpc: str | None = None,
         token: str | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         spool_dir: str | os.PathLike[str] | None = None,
@@ -113,6 +115,14 @@ class Collector:
         self._http = HttpReceiver(
             self.handle, host=host, port=port, token=token, max_request_bytes=max_request_bytes
         )
+        self._grpc = None
+        if grpc is not None:
+            from compactobs.collect.grpc_server import GrpcReceiver  # grpcio: only when asked for
+
+            grpc_host, grpc_port = parse_bind(grpc)
+            self._grpc = GrpcReceiver(
+                self.handle, host=grpc_host, port=grpc_port, token=token, max_request_bytes=max_request_bytes
+            )
         self.exporter = SqlSpanExporter(
             database_url,
             spool_dir=spool_dir,
@@ -136,12 +146,22 @@ class Collector:
         return self._http.endpoint
 
     @property
+    def grpc_endpoint(self) -> str | None:
+        """The gRPC endpoint (e.g. http://127.0.0.1:4317), when serving gRPC."""
+        if self._grpc is None:
+            return None
+        host = f"[{self._grpc.host}]" if ":" in self._grpc.host else self._grpc.host
+        return f"http://{host}:{self._grpc.port}"
+
+    @property
     def spool_directory(self) -> Path:
         return self.exporter.spool.directory
 
     def start(self) -> Collector:
         self.exporter.prepare()
         self._http.start()
+        if self._grpc is not None:
+            self._grpc.start()
         self._flusher = threading.Thread(
             target=self._flush_loop, name="compactobs-collect-flush", daemon=True
         )
@@ -151,6 +171,8 @@ class Collector:
     def close(self) -> None:
         """Stop listening, then flush the store (rows the database cannot take stay in the spool)."""
         self._http.close()
+        if self._grpc is not None:
+            self._grpc.close()
         self._closing.set()
         if self._flusher is not None:
             self._flusher.join()
