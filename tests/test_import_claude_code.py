@@ -138,3 +138,21 @@ def test_ccusage_reports_the_same_transcript_without_the_compaction(sqlite_url: 
         import_transcripts(url, [folder / "projects"], spool_dir=tmp_path / "spool")
         ((call,), _) = rows(url)  # the same call both times: stored once
         assert Decimal(str(call["cost_usd"])) == CALL_COST  # README: $0.5985 (compactobs) beside ccusage's
+
+
+def test_the_command_says_what_it_read_and_warns_once_for_malformed_lines(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    from .cli import run
+
+    write_transcript(tmp_path / "claude")
+    url = prepared(sqlite_url)
+    env = {"XDG_DATA_HOME": str(tmp_path / "xdg"), "CLAUDE_CONFIG_DIR": str(tmp_path / "claude")}
+    code, out, err = run("--db", url, "import", "claude-code", env=env)  # the default: $CLAUDE_CONFIG_DIR
+    assert code == 0
+    assert out.startswith("1 call(s) from 5 new line(s) in 1 file(s)")
+    assert err == "warning: 1 malformed line(s) skipped\n"
+    code, out, _ = run("--db", url, "import", "claude-code", env=env)
+    assert (code, out.split(" new line")[0]) == (0, "0 call(s) from 0")
+    code, _, err = run("--db", url, "import", "claude-code", str(tmp_path / "nowhere"), env=env)
+    assert code == 2 and "no such file or directory" in err

@@ -26,6 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
+from opentelemetry.sdk.trace.export import SpanExportResult
+
 from compactobs.collect.claude_code import CallRecorder, call_key
 from compactobs.store.exporter import SqlSpanExporter, spool_root
 from compactobs.store.processor import StoreSpanProcessor
@@ -187,7 +189,7 @@ def import_transcripts(
             calls = transcript_calls(lines, result)
             if calls:
                 spans = recorder.spans(calls)
-                if processor.submit(spans).name != "SUCCESS":
+                if processor.submit(spans) is not SpanExportResult.SUCCESS:
                     result.warnings.append(f"{path}: the store could not keep its calls; run again")
                     continue
                 result.calls += len(calls)
