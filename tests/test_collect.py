@@ -504,3 +504,50 @@ def test_otlp_grpc_with_the_official_exporter_and_its_refusals(sqlite_url: str, 
         exporter.shutdown()
     (call,), iteration_rows = rows(sqlite_url)
     assert Decimal(str(call["cost_usd"])) == CALL_COST and len(iteration_rows) == 2
+
+
+def test_the_command_serves_until_sigterm_and_requires_its_token(sqlite_url: str, tmp_path: Path) -> None:
+    """`compactobs collect` as a real process: a client without the token is refused, one with it is
+    stored; SIGTERM stops it after a flush, with its counts on stderr."""
+    import os
+    import signal
+
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "compactobs",
+            "--db",
+            prepared(sqlite_url),
+            "collect",
+            "--http",
+            "127.0.0.1:0",
+            "--token-file",
+            str(token_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert "(bearer token required)" in line, line
+        endpoint = line.split(" on ", 1)[1].split(" ", 1)[0]
+        body = _one_call_body()
+        assert post(endpoint, body, {"Content-Type": "application/x-protobuf"})[0] == 401
+        with application(endpoint, calls_=2, headers={"Authorization": "Bearer s3cret"}):
+            pass
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert server.returncode == 0, err
+    assert "6 spans, 0 events stored" in err  # two calls, each with two iterations
+    assert sorted(r["conversation_id"] for r in rows(sqlite_url)[0]) == ["conv-0", "conv-1"]
