@@ -2,12 +2,13 @@
 
 ```python
 from compactobs.collect import Collector
-with Collector("postgresql+psycopg://.../spend", http="0.0.0.0:4318", token=secret) as collector:
-    collector_wait_forever()
+with Collector("postgresql+psycopg://db/spend", http="0.0.0.0:4318", token=secret) as collector:
+    threading.Event().wait()  # serve until the process is stopped
 ```
 
 It keeps compactobs' own call and iteration spans from any process or language (the contract is
-docs/semconv.md), through the same store path as in-process recording (see `collector`).
+docs/semconv.md) and Claude Code's API events (`claude_code`), through the same recorder and store path
+as in-process recording (see `collector`).
 """
 
 from __future__ import annotations
