@@ -47,14 +47,17 @@ COMMANDS_BEFORE = [
     "alert",
     "budgets",
     "clickhouse",
+    "collect",
     "db",
     "demo",
     "export",
+    "import",
     "pricing",
     "reconcile",
     "report",
     "reprice",
     "spool",
+    "tune",
 ]
 
 

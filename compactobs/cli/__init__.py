@@ -17,8 +17,10 @@ from compactobs.cli import (
     alert,
     budgets,
     clickhouse,
+    collect,
     demo,
     export,
+    importers,
     pricing,
     reconcile,
     report,
@@ -105,6 +107,8 @@ for command in (
     spool.spool,
     alert.alert_command,
     tune.tune,
+    collect.collect,
+    importers.import_group,
 ):
     main.add_command(command)
 store.db.add_command(spool.spool)
