@@ -13,7 +13,19 @@ from typing import Any, NoReturn
 import click
 
 from compactobs._version import __version__
-from compactobs.cli import alert, budgets, clickhouse, demo, export, pricing, reconcile, report, spool, store
+from compactobs.cli import (
+    alert,
+    budgets,
+    clickhouse,
+    demo,
+    export,
+    pricing,
+    reconcile,
+    report,
+    serve,
+    spool,
+    store,
+)
 from compactobs.cli.common import EXIT_INTERRUPTED, EXIT_USER_ERROR, CliState
 from compactobs.errors import UserError
 from compactobs.store import ENV_DATABASE_URL, default_database_url
@@ -92,6 +104,7 @@ for command in (
     budgets.budgets_group,
     spool.spool,
     alert.alert_command,
+    serve.serve_command,
 ):
     main.add_command(command)
 store.db.add_command(spool.spool)
