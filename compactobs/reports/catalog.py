@@ -101,11 +101,13 @@ def run_report(
     *,
     budgets_file: str | None = None,
     now: datetime | None = None,
+    refresh: bool = True,
 ) -> Report:
     """Report `name` over `source` (an Engine, or a ClickHouse source) with `options` as strings, as the CLI
     runs it (defaults: cost by day, cache by model); `subject` is the id of a conversation or call report;
-    `budgets_file` the anomalies' budgets (the CLI's --budgets). Brings the rollups up to date when the
-    source lets it (a read-only store answers from `calls`). Raises ReportInputError."""
+    `budgets_file` the anomalies' budgets (the CLI's --budgets). With `refresh`, brings the rollups up to
+    date first, as the CLI does; without, writes nothing (the slots not rolled up yet are read from `calls`,
+    to the same figures). Raises ReportInputError."""
     checked = _check(name, options)
     if (name in SUBJECT_REPORTS) != (subject is not None):
         raise ReportInputError(
@@ -126,7 +128,7 @@ def run_report(
         now=now,
     )
     by = [part for value in checked.get("by", ()) for part in value.split(",") if part.strip()]
-    if name in ("cost", "cache") and not isinstance(source, ExternalSource):
+    if refresh and name in ("cost", "cache") and not isinstance(source, ExternalSource):
         from compactobs.reports import rollup
 
         rollup.try_refresh(source)

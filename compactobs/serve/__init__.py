@@ -29,9 +29,10 @@ def resolve_token(host: str, token_file: str | None, environ: dict[str, str] | N
     token: str | None = None
     if token_file is not None:
         try:
-            token = Path(token_file).read_text(encoding="utf-8").strip().splitlines()[0].strip()
-        except (OSError, IndexError, UnicodeDecodeError) as err:
+            lines = Path(token_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
             raise ServeError(f"--token-file {token_file}: cannot read a token from it ({err})") from None
+        token = lines[0].strip() if lines else ""
         if not token:
             raise ServeError(f"--token-file {token_file}: the file's first line is empty")
     elif env.get(ENV_TOKEN, "").strip():

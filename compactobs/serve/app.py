@@ -14,7 +14,7 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any, Final
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from sqlalchemy import Engine, event
 from starlette.applications import Starlette
@@ -44,18 +44,18 @@ _FILTER_KEYS: Final = ("since", "until", "tz", "model", "service")
 
 
 def read_only(engine: Engine) -> None:
-    """Make every later connection of `engine` read-only: SQLite's `query_only`, PostgreSQL's read-only
-    transactions. The connections already pooled are closed, so none escapes."""
+    """Open every later SQLite connection of `engine` read-only (`mode=ro`): the reports' temporary tables
+    still work (they live in SQLite's temp database), and nothing else can be written. The connections
+    already pooled are closed, so none escapes. PostgreSQL is left as it is: its read-only transactions
+    refuse the temporary tables the reports build; give `serve` a role that may only SELECT (and TEMP)."""
+    if engine.dialect.name != "sqlite":
+        return
 
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        if engine.dialect.name == "sqlite":
-            cursor.execute("PRAGMA query_only = ON")
-        else:
-            cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-            dbapi_connection.commit()
-        cursor.close()
+    @event.listens_for(engine, "do_connect")
+    def _connect(_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        path = cparams.pop("database", None) if not cargs else cargs.pop(0)
+        cargs.insert(0, f"file:{quote(str(path))}?mode=ro")
+        cparams["uri"] = True
 
     engine.dispose()
 
@@ -125,7 +125,7 @@ def create_app(source: Any, *, token: str | None = None, budgets_file: str | Non
 
     def report(name: str, options: Mapping[str, list[str]], subject: str | None = None) -> Report:
         with lock:
-            return run_report(source, name, options, subject, budgets_file=budgets_file)
+            return run_report(source, name, options, subject, budgets_file=budgets_file, refresh=False)
 
     def api(name: str, subject: str | None, request: Request) -> Response:
         try:
