@@ -112,10 +112,19 @@ def findings(items: Sequence[Mapping[str, Any]]) -> str:
     return "".join(out) or '<p class="note">No anomalies found.</p>'
 
 
+def _spend_by(report: Report, key: str) -> tuple[list[str], list[float]]:
+    """The priced spend per value of `key`, in the report's order: an unpriced row (a row of its own, with
+    the same key as the priced one beside it) adds nothing, as in the report's totals."""
+    spend: dict[str, float] = {}
+    for row in report.rows:
+        label = str(row.get(key))
+        spend[label] = spend.get(label, 0.0) + float(row.get("cost_usd") or 0)
+    return list(spend), list(spend.values())
+
+
 def overview(by_day: Report, by_model: Report, anomalies: Sequence[Mapping[str, Any]]) -> str:
     totals = by_day.totals or {}
     billed = totals.get("cost_usd")
-    top_level = totals.get("top_level_cost_usd")
     hidden = totals.get("hidden_cost_usd")
     share = f" ({float(hidden / billed) * 100:.1f}% of the bill)" if billed and hidden is not None else ""
     headline = (
@@ -126,21 +135,16 @@ def overview(by_day: Report, by_model: Report, anomalies: Sequence[Mapping[str, 
         if billed is not None
         else f'<p class="note">{escape(by_day.empty_message)}</p>'
     )
-    del top_level
-    days = [str(row.get("day")) for row in by_day.rows]
-    models = [str(row.get("model")) for row in by_model.rows]
+    days, day_costs = _spend_by(by_day, "day")
+    models, model_costs = _spend_by(by_model, "model")
     return (
         "<h2>Anomalies</h2>"
         + findings(anomalies)
         + headline
         + "<h2>Spend by day</h2>"
-        + bar_chart(
-            "spend-by-day", "Spend by day", days, [float(r.get("cost_usd") or 0) for r in by_day.rows]
-        )
+        + bar_chart("spend-by-day", "Spend by day", days, day_costs)
         + "<h2>Spend by model</h2>"
-        + bar_chart(
-            "spend-by-model", "Spend by model", models, [float(r.get("cost_usd") or 0) for r in by_model.rows]
-        )
+        + bar_chart("spend-by-model", "Spend by model", models, model_costs)
         + report_table(by_model, columns=["model", "calls", "cost_usd", "hidden_cost_usd"])
         + texts(by_day.warnings, "warnings")
     )
