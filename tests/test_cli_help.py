@@ -216,6 +216,25 @@ def test_a_field_added_to_the_dataclass_is_an_option() -> None:
     assert seen == [MoreKnobs(depth=9)]
 
 
+def test_a_field_without_a_default_is_a_required_option() -> None:
+    @dataclass(frozen=True)
+    class Named:
+        name: str
+        note: str | None = None
+
+    seen: list[Named] = []
+
+    @click.command()
+    @dataclass_options(Named, into="named")
+    def command(named: Named) -> None:
+        seen.append(named)
+
+    result = CliRunner().invoke(command, [])
+    assert result.exit_code == 2 and "Missing option '--name'" in result.output
+    assert CliRunner().invoke(command, ["--name", "x"]).exit_code == 0
+    assert seen == [Named("x")]
+
+
 def test_a_field_the_cli_cannot_type_or_a_stray_metadata_key_is_refused_at_import() -> None:
     @dataclass
     class Odd:
@@ -230,6 +249,13 @@ def test_a_field_the_cli_cannot_type_or_a_stray_metadata_key_is_refused_at_impor
 
     with pytest.raises(TypeError, match=r"Typo.size: metadata \['hlep'\]"):
         dataclass_options(Typo, into="typo")
+
+    @dataclass
+    class Factory:
+        sizes: tuple[int, ...] = field(default_factory=lambda: (1, 2))
+
+    with pytest.raises(TypeError, match=r"Factory.sizes: an option cannot stand for a default_factory"):
+        dataclass_options(Factory, into="factory")
 
 
 def test_the_root_group_is_the_console_entry_point() -> None:

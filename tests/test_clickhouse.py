@@ -345,8 +345,8 @@ def test_the_cost_share_prefilter_sends_more_rows_and_the_same_findings(recorded
     bound of their compaction cost, before joining the compaction costs; the store by the exact share. Over
     a sweep of --cost-share, the JSON is the same, and at some threshold ClickHouse sends strictly more rows
     (a conversation over the bound and not over the share), so the bound's side is exercised."""
-    from compactobs.reports.anomalies import _StoreData
     from compactobs.reports.clickhouse.anomalies import ClickHouseAnomalyData
+    from compactobs.reports.sources.sql_anomalies_ops import SqlAnomalyData as _StoreData
 
     filters = build_filters(None, None, "UTC")
     wider = []

@@ -24,11 +24,13 @@ from compactobs.reports.anomalies import (
     Budget,
     Finding,
     Thresholds,
-    _compaction_findings,
     compaction_candidates,
     exit_code_for,
     find_anomalies,
     load_budgets,
+)
+from compactobs.reports.anomalies import (
+    compaction_findings as _compaction_findings,
 )
 from compactobs.reports.model import ReportInputError
 from compactobs.reports.times import build_filters

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from compactobs import store
-from compactobs.reports.conversation import context_chart, conversation_report, marks
+from compactobs.reports.conversation import conversation_report, marks
 from compactobs.reports.model import ReportInputError
+from compactobs.reports.render.conversation import context_chart
 from compactobs.reports.times import build_filters
 from tests.cli import one_line_error, run
 from tests.test_reports_anomalies import (

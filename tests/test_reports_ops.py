@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from compactobs import store
-from compactobs.reports.ops import ops_report, percentiles
+from compactobs.reports.ops import ops_report
+from compactobs.reports.sources.sql_anomalies_ops import percentiles
 from compactobs.reports.times import build_filters
 from compactobs.store.models import calls
 from tests.cli import one_line_error, run

@@ -15,13 +15,15 @@ from typing import Any
 import pytest
 
 from compactobs import store
-from compactobs.reports.anomalies import anomalies_report, render_anomalies
+from compactobs.reports.anomalies import anomalies_report
 from compactobs.reports.cache import cache_report
 from compactobs.reports.call import call_report
-from compactobs.reports.conversation import conversation_report, render_conversation
+from compactobs.reports.conversation import conversation_report
 from compactobs.reports.cost import cost_report
 from compactobs.reports.ops import ops_report
 from compactobs.reports.render import render
+from compactobs.reports.render.anomalies import render_anomalies
+from compactobs.reports.render.conversation import render_conversation
 from compactobs.reports.times import build_filters
 from tests.cli import one_line_error, run
 from tests.screens import GOLDEN, SCREENS, WIDTHS, build_store

@@ -45,12 +45,13 @@ _METADATA_KEYS = frozenset({"option", "help", "metavar", "envvar", "show_envvar"
 
 
 def _option_type(annotation: Any, where: str) -> tuple[click.ParamType, bool, bool]:
-    """(click type, repeatable, optional) for a field's or a builder's parameter annotation."""
+    """(click type, repeatable, optional) for a field's or a builder's parameter annotation; `X | None`
+    is an optional X (an option not given is None)."""
     optional = False
     args = typing.get_args(annotation)
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         rest = [arg for arg in args if arg is not type(None)]
-        optional = len(rest) < len(args)
+        optional = True
         if len(rest) != 1:
             raise TypeError(f"{where}: no option type for {annotation!r}")
         annotation, args = rest[0], typing.get_args(rest[0])
@@ -71,17 +72,18 @@ def dataclass_options(
     into: str,
     build: Callable[..., Any] | None = None,
     only: Sequence[str] | None = None,
-    help: Mapping[str, str] | None = None,
+    help_for: Mapping[str, str] | None = None,
 ) -> Callable[[F], F]:
     """One click option per field of the dataclass `cls` (or of the fields named in `only`), in field order.
 
     Each option is `--name-of-field` unless the field's metadata gives `option`; its help, metavar, envvar
-    and show_envvar come from the metadata (`help` here overrides a field's help for one command). Its type
+    and show_envvar come from the metadata (`help_for` overrides a field's help for one command). Its type
     is the annotation of `build`'s parameter of the field's name: `build` turns the options' values into
     the object (the dataclass itself by default; `build_filters` parses --since strings into `Filters`'
     datetimes). A sequence annotation makes a repeatable option. A field default that says something (not
-    None, not empty) is shown in the help. The command receives `build(**values)` as its parameter `into`,
-    built (and checked: a bad value raises the builder's error) before the command's body runs.
+    None, not empty) is shown in the help; a field with no default whose type takes no None is required.
+    The command receives `build(**values)` as its parameter `into`, built (and checked: a bad value raises
+    the builder's error) before the command's body runs.
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
@@ -90,14 +92,17 @@ def dataclass_options(
     fields = [f for f in dataclasses.fields(cls) if only is None or f.name in only]
     if only is not None and len(fields) != len(only):
         raise TypeError(f"{cls.__name__} has no field {set(only) - {f.name for f in fields}}")
-    overrides = dict(help or {})
+    overrides = dict(help_for or {})
     options = []
     for field in fields:
         unknown = set(field.metadata) - _METADATA_KEYS
         if unknown:
             raise TypeError(f"{cls.__name__}.{field.name}: metadata {sorted(unknown)} says nothing to click")
         where = f"{cls.__name__}.{field.name}"
-        kind, repeatable, _ = _option_type(hints[field.name], where)
+        if field.default_factory is not dataclasses.MISSING:
+            # The option would hand None over the factory's value: give the field a plain default.
+            raise TypeError(f"{where}: an option cannot stand for a default_factory")
+        kind, repeatable, optional = _option_type(hints[field.name], where)
         settings: dict[str, Any] = {"type": kind, "multiple": repeatable}
         for key in ("metavar", "envvar", "show_envvar"):
             if key in field.metadata:
@@ -109,6 +114,8 @@ def dataclass_options(
         if default is not dataclasses.MISSING and default is not None and default != ():
             settings["default"] = default
             settings["show_default"] = True
+        elif default is dataclasses.MISSING and not (optional or repeatable):
+            settings["required"] = True  # else the builder would get None for a value it needs
         name = field.metadata.get("option", "--" + field.name.replace("_", "-"))
         options.append(click.option(name, field.name, **settings))
     if overrides:
@@ -146,7 +153,7 @@ def window_options(func: F) -> F:
         into="filters",
         build=build_filters,
         only=("since", "until", "tz"),
-        help={"tz": "IANA time zone for --since/--until dates (default: local)."},
+        help_for={"tz": "IANA time zone for --since/--until dates (default: local)."},
     )(func)
 
 

@@ -73,12 +73,8 @@ def report_anomalies(
     exits 3 when a finding at LEVEL or above exists (critical: compaction_loop, budget_exceeded); 2 on bad
     input.
     """
-    from compactobs.reports.anomalies import (
-        anomalies_report,
-        exit_code_for,
-        load_budgets,
-        render_anomalies,
-    )
+    from compactobs.reports.anomalies import anomalies_report, exit_code_for, load_budgets
+    from compactobs.reports.render.anomalies import render_anomalies
 
     budgets = load_budgets(budgets_file) if budgets_file else None
     with report_engine(state) as engine, working("looking for anomalies ..."):
@@ -115,7 +111,8 @@ def report_conversation(state: CliState, conversation_id: str, filters: Filters,
     """One conversation call by call: time, model, stop reason, iterations, context size after the call,
     compaction marks, cost and running cost; on a terminal, then a chart of the context against the
     compaction trigger (in colour, or plain with NO_COLOR). An unknown ID exits 2."""
-    from compactobs.reports.conversation import conversation_report, render_conversation
+    from compactobs.reports.conversation import conversation_report
+    from compactobs.reports.render.conversation import render_conversation
 
     with report_engine(state) as engine, working("reading the conversation ..."):
         result = conversation_report(engine, filters, conversation_id)

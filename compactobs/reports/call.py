@@ -19,16 +19,16 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, Final
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine
 
 from compactobs.reports.cost import top_level_cost
-from compactobs.reports.model import ColumnKind, ExternalSource, Report, ReportInputError
+from compactobs.reports.model import ColumnKind, Report
 from compactobs.reports.render.cells import format_cell
-from compactobs.reports.sources.sql_reading import reading
+from compactobs.reports.sources.anomalies_ops import AnomaliesOpsSource
+from compactobs.reports.sources.sql_anomalies_ops import as_source
 from compactobs.reports.times import from_epoch_ms
-from compactobs.store.models import calls, iterations
 
-__all__ = ["COLUMNS", "call_report", "unknown_call"]
+__all__ = ["COLUMNS", "call_report"]
 
 _MILLION: Final = Decimal(1_000_000)
 _CLASSES: Final = (
@@ -79,13 +79,6 @@ _TOP_LEVEL: Final = [
 ]
 
 
-def unknown_call(reference: str) -> ReportInputError:
-    return ReportInputError(
-        f"unknown call {reference!r}: no call was recorded with this request id (req_...), message id "
-        "(msg_...) or span id (`compactobs report conversation ID` shows each call's span id)"
-    )
-
-
 def _money(value: Any) -> Decimal | None:
     return None if value is None else Decimal(str(value))
 
@@ -95,30 +88,6 @@ def _rate(cost: Decimal | None, tokens: int) -> Decimal | None:
     if cost is None or not tokens:
         return None
     return (cost / tokens * _MILLION).quantize(Decimal("0.000001"))
-
-
-def _find(engine: Engine, reference: str) -> tuple[Any, list[Any]]:
-    """The call (a request id, message id or span id) and its iteration rows, in order."""
-    if isinstance(engine, ExternalSource):
-        raise ReportInputError(
-            "`report call` reads the SQL store: run it with a sqlite:// or postgresql:// --db"
-        )
-    c = calls.c
-    with reading(engine) as connection:
-        found = connection.execute(
-            select(calls)
-            .where(or_(c.call_id == reference, c.request_id == reference, c.response_id == reference))
-            .order_by(c.start_ms, c.call_id)
-            .limit(1)
-        ).first()
-        if found is None:
-            raise unknown_call(reference)
-        rows = list(
-            connection.execute(
-                select(iterations).where(iterations.c.call_id == found.call_id).order_by(iterations.c.idx)
-            )
-        )
-    return found, rows
 
 
 def _iteration_row(record: Any) -> dict[str, Any]:
@@ -134,9 +103,9 @@ def _iteration_row(record: Any) -> dict[str, Any]:
     return row
 
 
-def call_report(engine: Engine, reference: str) -> Report:
+def call_report(source: Engine | AnomaliesOpsSource, reference: str) -> Report:
     """One call by request id, message id or span id. Raises ReportInputError when none was recorded."""
-    call, records = _find(engine, reference)
+    call, records = as_source(source).call_with_iterations(reference)
     rows = [_iteration_row(record) for record in records]
     if call.web_search_requests:
         rows.append(

@@ -10,39 +10,36 @@ the engine holds those, not every compacting call, and they come back streamed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from decimal import Decimal
-from typing import Any, Final
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import literal_column
 
-from compactobs.reports.anomalies import (
-    _ERROR_STATUSES,
-    _HOUR_MS,
-    COMPACTION_RECORD,
-    MAX_CALL_IDS,
-    Budget,
-    Budgets,
-    Thresholds,
-    compaction_candidates,
-)
+from compactobs.reports.anomalies.budget import OverBudget
+from compactobs.reports.anomalies.compaction import COMPACTION_RECORD, compaction_candidates
+from compactobs.reports.anomalies.error_burst import ERROR_STATUSES, HOUR_MS
+from compactobs.reports.anomalies.finding import MAX_CALL_IDS
+from compactobs.reports.anomalies.thresholds import Thresholds
 from compactobs.reports.clickhouse import spans
 from compactobs.reports.clickhouse.cost import JOIN_SETTINGS
 from compactobs.reports.clickhouse.source import ClickHouseSource, quote
 from compactobs.reports.model import Filters
-from compactobs.rules import BILLED_TOKEN_COLUMNS
+from compactobs.rules import BILLED_TOKEN_COLUMNS, Budgets
+
+if TYPE_CHECKING:
+    from compactobs.reports.sources.anomalies_ops import AnomaliesOpsSource
 
 __all__ = ["ClickHouseAnomalyData"]
 
 _ORDER: Final = "PARTITION BY conversation_id ORDER BY start_ms, call_id"
 _WHOLE: Final = f"({_ORDER} ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
 _BILLED: Final = " + ".join(f"coalesce(c.{name}, 0)" for name in BILLED_TOKEN_COLUMNS)
-_STATUSES: Final = ", ".join(map(str, _ERROR_STATUSES))
+_STATUSES: Final = ", ".join(map(str, ERROR_STATUSES))
 _SERVER_ERROR: Final = f"(c.http_status IN ({_STATUSES}) OR (c.http_status >= 500 AND c.http_status <= 599))"
 
 
 class ClickHouseAnomalyData:
-    """`anomalies.AnomalyData` over a ClickHouse source, for the calls `filters` select."""
+    """`sources.anomalies_ops.AnomalyData` over a ClickHouse source, for the calls `filters` select."""
 
     concurrent = True
     """Queries may come from two threads: a chdb session runs them one at a time (the gain is the engine
@@ -160,9 +157,7 @@ class ClickHouseAnomalyData:
             )
         return self.source.tuples(sql)
 
-    def budget_crossings(
-        self, over: Mapping[str, tuple[Budget, int, Decimal | None, int, int, int]]
-    ) -> dict[str, tuple[int, str]]:
+    def budget_crossings(self, over: OverBudget) -> dict[str, tuple[int, str]]:
         """(start_ms, call_id) of the first call at which each conversation's running spend (all its calls,
         in (start_ms, call_id) order) went over its budget."""
         if not over:
@@ -231,7 +226,7 @@ class ClickHouseAnomalyData:
 
     def error_hours(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]:
         sql = (
-            f"SELECT intDiv(c.start_ms, {_HOUR_MS}) AS hour, count(), countIf({_SERVER_ERROR}), "
+            f"SELECT intDiv(c.start_ms, {HOUR_MS}) AS hour, count(), countIf({_SERVER_ERROR}), "
             "countIf(c.http_status = 429), countIf(c.http_status = 529), sum(coalesce(c.attempts, 1) - 1) "
             f"FROM {self.window} AS c"
             + self._where()
@@ -242,7 +237,14 @@ class ClickHouseAnomalyData:
     def error_sample(self, start_ms: int) -> Sequence[str]:
         sql = (
             f"SELECT c.call_id AS call_id FROM {self.window} AS c"
-            + self._where(f"c.start_ms >= {start_ms}", f"c.start_ms < {start_ms + _HOUR_MS}", _SERVER_ERROR)
+            + self._where(f"c.start_ms >= {start_ms}", f"c.start_ms < {start_ms + HOUR_MS}", _SERVER_ERROR)
             + f" ORDER BY c.start_ms, c.call_id LIMIT {MAX_CALL_IDS}"
         )
         return [record["call_id"] for record in self.source.rows(sql)]
+
+
+if TYPE_CHECKING:
+
+    def _is_a_source(source: ClickHouseSource) -> AnomaliesOpsSource:
+        """The type checker holds ClickHouseSource to the Protocol the SQL store implements too."""
+        return source

@@ -1,5 +1,5 @@
 """`report conversation ID` on ClickHouse: the conversation's call spans, in start order, with the fields
-`compactobs.reports.conversation` reads (its FIELDS)."""
+`compactobs.reports.conversation` reads (`CONVERSATION_FIELDS`)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from typing import Any
 
 from compactobs.reports.clickhouse import spans
 from compactobs.reports.clickhouse.source import ClickHouseSource, quote
-from compactobs.reports.conversation import FIELDS, unknown_conversation
 from compactobs.reports.model import Filters
+from compactobs.reports.sources.anomalies_ops import CONVERSATION_FIELDS, unknown_conversation
 
 __all__ = ["conversation_calls"]
 
 
 def conversation_calls(source: ClickHouseSource, filters: Filters, conversation_id: str) -> Iterator[Any]:
-    """The calls (FIELDS as attributes) of the conversation that `filters` select, by (start_ms, call_id).
-    Raises ReportInputError when no call span ever carried this id."""
+    """The calls (CONVERSATION_FIELDS as attributes) of the conversation that `filters` select, by
+    (start_ms, call_id). Raises ReportInputError when no call span ever carried this id."""
     calls = spans.calls_of(source)
     known = source.rows(
         f"SELECT count() AS n FROM (SELECT 1 FROM {calls} AS c WHERE c.conversation_id = "
@@ -28,7 +28,7 @@ def conversation_calls(source: ClickHouseSource, filters: Filters, conversation_
     where = [f"c.conversation_id = {quote(conversation_id)}", *spans.call_conditions(filters, "c.")]
     window = spans.calls_of(source, filters)
     sql = (
-        f"SELECT {', '.join(f'c.{name} AS {name}' for name in FIELDS)} FROM {window} AS c "
+        f"SELECT {', '.join(f'c.{name} AS {name}' for name in CONVERSATION_FIELDS)} FROM {window} AS c "
         f"WHERE {' AND '.join(where)} ORDER BY c.start_ms, c.call_id"
     )
     for record in source.rows(sql):

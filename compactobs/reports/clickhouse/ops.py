@@ -1,5 +1,5 @@
 """`report ops` on ClickHouse: the counts by model and error type, and the ranked values the percentiles
-are interpolated from (`compactobs.reports.ops.interpolate`: the same formula, in the same arithmetic),
+are interpolated from (`sources.anomalies_ops.interpolate`: the same formula, in the same arithmetic),
 found through a histogram so the engine never holds every value."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from compactobs.reports.clickhouse import spans
 from compactobs.reports.clickhouse.cost import JOIN_SETTINGS
 from compactobs.reports.clickhouse.source import ClickHouseSource
 from compactobs.reports.model import Filters
-from compactobs.reports.ops import PERCENTILES, OpsFigures, Percentiles, interpolate
+from compactobs.reports.sources.anomalies_ops import PERCENTILES, OpsFigures, Percentiles, interpolate
 from compactobs.store.errors import StoreError
 
 __all__ = ["ops_figures"]

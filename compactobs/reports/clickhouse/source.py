@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from compactobs.reports.model import ExternalSource
+from compactobs.reports.model import ExternalSource, Filters, ReportInputError
+from compactobs.reports.sources.anomalies_ops import AnomalyData, OpsFigures
 from compactobs.store.errors import StoreError
 
 __all__ = [
@@ -293,30 +294,40 @@ class ClickHouseSource(ExternalSource):
 
         return cost.data_range(self, filters)
 
-    def ops_figures(self, filters: Any) -> Any:
-        from compactobs.reports.clickhouse import ops
-
-        return ops.ops_figures(self, filters)
-
-    def conversation_calls(self, filters: Any, conversation_id: str) -> Any:
-        from compactobs.reports.clickhouse import conversation
-
-        return conversation.conversation_calls(self, filters, conversation_id)
-
     def cache_groups(self, *args: Any, **kwargs: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
         from compactobs.reports.clickhouse import cache
 
         return cache.cache_groups(self, *args, **kwargs)
 
-    def anomaly_data(self, filters: Any) -> Any:
-        from compactobs.reports.clickhouse.anomalies import ClickHouseAnomalyData
-
-        return ClickHouseAnomalyData(self, filters)
-
     def cost_groups(self, *args: Any, **kwargs: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
         from compactobs.reports.clickhouse import cost
 
         return cost.cost_groups(self, *args, **kwargs)
+
+    # -- report ops, conversation, call and anomalies: `sources.anomalies_ops.AnomaliesOpsSource` -----------
+    # (Imported when asked: each module builds its queries from this one's helpers.)
+
+    def ops_figures(self, filters: Filters) -> OpsFigures:
+        from compactobs.reports.clickhouse import ops
+
+        return ops.ops_figures(self, filters)
+
+    def conversation_calls(self, filters: Filters, conversation_id: str) -> Iterator[Any]:
+        from compactobs.reports.clickhouse import conversation
+
+        return conversation.conversation_calls(self, filters, conversation_id)
+
+    def call_with_iterations(self, reference: str) -> tuple[Any, list[Any]]:
+        raise ReportInputError(
+            "`report call` reads the SQL store: run it with a sqlite:// or postgresql:// --db"
+        )
+
+    def anomaly_data(self, filters: Filters) -> AnomalyData:
+        from compactobs.reports.clickhouse.anomalies import ClickHouseAnomalyData
+
+        return ClickHouseAnomalyData(self, filters)
+
+    # -- end of report ops, conversation, call and anomalies ------------------------------------------------
 
     def execute(self, sql: str) -> None:
         """A statement without a result (DDL, INSERT ... SELECT)."""
