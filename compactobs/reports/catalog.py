@@ -177,7 +177,7 @@ def run_report(
 def report_json(report: Report) -> str:
     """The report as `compactobs report NAME --format json` prints it."""
     if report.name == "anomalies":
-        from compactobs.reports.anomalies import render_anomalies
+        from compactobs.reports.render.anomalies import render_anomalies
 
         return render_anomalies(report, "json")
     return render(report, "json")
