@@ -56,6 +56,7 @@ COMMANDS_BEFORE = [
     "reconcile",
     "report",
     "reprice",
+    "serve",
     "spool",
     "tune",
 ]

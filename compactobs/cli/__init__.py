@@ -24,6 +24,7 @@ from compactobs.cli import (
     pricing,
     reconcile,
     report,
+    serve,
     spool,
     store,
     tune,
@@ -109,6 +110,7 @@ for command in (
     tune.tune,
     collect.collect,
     importers.import_group,
+    serve.serve_command,
 ):
     main.add_command(command)
 store.db.add_command(spool.spool)
