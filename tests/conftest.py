@@ -1,4 +1,5 @@
-"""Database fixtures: an SQLite file per test, and a fresh PostgreSQL schema per test on the real server.
+"""Shared fixtures: an SQLite file per test, a fresh PostgreSQL schema per test on the real server, and the
+expensive recordings the tests only read, built once per session (once per xdist worker).
 
 PostgreSQL is `COMPACTOBS_TEST_POSTGRES_URL` (default postgresql+psycopg://postgres@127.0.0.1:5432/test).
 When it cannot be reached the PostgreSQL tests are skipped, except in CI (`CI=true`), where they fail.
@@ -10,11 +11,15 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
+
+from tests.recording import DemoRecording
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -99,3 +104,65 @@ def database_url(request: pytest.FixtureRequest) -> str:
     """Each test using it runs once on SQLite and once on PostgreSQL."""
     fixture = {"sqlite": "sqlite_url", "postgresql": "postgres_url"}[request.param]
     return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture(scope="session")
+def session_postgres_url() -> Iterator[str]:
+    """As `postgres_url`, one schema for the whole session (a store its tests only read)."""
+    with postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def demo_recording(session_postgres_url: str) -> DemoRecording:
+    """The demo's traffic (caching, compactions, 429/529 errors, an unpriced model) through the real SDK
+    against the simulator, recorded once per session; the ClickHouse and dashboard tests read it."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from compactobs import store
+    from compactobs.demo import run_demo
+
+    store.upgrade_database(session_postgres_url)
+    kept = InMemorySpanExporter()
+    summary = run_demo(session_postgres_url, span_processors=[SimpleSpanProcessor(kept)])
+    return DemoRecording(session_postgres_url, summary, tuple(kept.get_finished_spans()))
+
+
+@pytest.fixture(scope="session")
+def traffic(
+    demo_recording: DemoRecording, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """The demo's spans written into the committed dashboard's `otel_traces` table in a chdb directory,
+    beside its PostgreSQL store; the range: the UTC day before the demo to the day after (whole days, as
+    `report --since/--until` takes). Read by tests/test_dashboards_clickhouse.py and the injection tests."""
+    from compactobs.reports.clickhouse.source import ClickHouseSource
+    from compactobs.reports.dashboard import SPANS_TABLE
+    from tests.otel_traces import write_spans
+
+    source = ClickHouseSource(f"chdb://{tmp_path_factory.mktemp('chdb-dashboards')}")
+    write_spans(source, demo_recording.spans, SPANS_TABLE)
+    summary = demo_recording.summary
+    day = summary.started_at.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    try:
+        yield {
+            "pg": demo_recording.url,
+            "source": source,
+            "summary": summary,
+            "since": day - timedelta(days=1),
+            "until": day + timedelta(days=2),
+        }
+    finally:
+        source.close()
+
+
+@pytest.fixture(scope="session")
+def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """tests/prometheus_app.py's traffic scraped to the end by a real Prometheus (tests/prometheus.py
+    `scraping`), once per session: read by the Prometheus dashboard's tests and the injection tests."""
+    from tests.prometheus import PROMETHEUS, scraping
+
+    if PROMETHEUS is None:
+        pytest.skip("Debian's prometheus package is not installed")
+    with scraping(tmp_path_factory.mktemp("prometheus")) as run:
+        yield run

@@ -28,7 +28,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from compactobs import store, telemetry
-from compactobs.demo import run_demo
 from compactobs.reports._common import ReportInputError, build_filters, render
 from compactobs.reports.anomalies import Thresholds, anomalies_report, load_budgets
 from compactobs.reports.cache import cache_report
@@ -41,27 +40,28 @@ from compactobs.testing import Simulator
 from tests.cli import one_line_error, run
 from tests.clickhouse_http import http_front
 from tests.otel_traces import double_text, write_spans
+from tests.recording import DemoRecording
 from tests.test_guard import record_capped_conversation
 
 
 @pytest.fixture(scope="module")
-def recorded(module_postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The demo recorded into PostgreSQL, and its spans written into otel_traces in a chdb directory."""
-    store.upgrade_database(module_postgres_url)
-    kept = InMemorySpanExporter()
-    summary = run_demo(module_postgres_url, span_processors=[SimpleSpanProcessor(kept)])
+def recorded(
+    demo_recording: DemoRecording, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """The demo recorded into PostgreSQL (once a session: tests/conftest.py), and its spans written into
+    otel_traces in a chdb directory of this module's own (its tests set it up and add tables)."""
     directory: Path = tmp_path_factory.mktemp("chdb")
     source = ClickHouseSource(f"chdb://{directory}")
-    written = write_spans(source, kept.get_finished_spans())
-    engine = store.open_database(module_postgres_url)
+    written = write_spans(source, demo_recording.spans)
+    engine = store.open_database(demo_recording.url)
     try:
         yield {
             "engine": engine,
             "source": source,
-            "summary": summary,
+            "summary": demo_recording.summary,
             "spans": written,
             "dir": directory,
-            "finished": kept.get_finished_spans(),
+            "finished": demo_recording.spans,
         }
     finally:
         engine.dispose()
@@ -750,7 +750,7 @@ def test_setup_again_upgrades_typed_tables_of_an_older_setup(recorded: dict[str,
 
 
 def test_a_clickhouse_url_reads_over_http_with_the_same_json(
-    recorded: dict[str, Any], module_postgres_url: str
+    recorded: dict[str, Any], demo_recording: DemoRecording
 ) -> None:
     """`--db clickhouse://...`: clickhouse-connect over HTTP (its settings as URL parameters, its first
     queries, the result format) to the fixture's chdb engine behind ClickHouse's HTTP interface
@@ -782,19 +782,19 @@ def test_a_clickhouse_url_reads_over_http_with_the_same_json(
         args = ["report", "cost", "--by", "model,day", "--tz", "UTC", "--format", "json"]
         code, over_http, err = run("--db", url, *args)
         assert code == 0, err
-        assert json.loads(over_http) == json.loads(run("--db", module_postgres_url, *args)[1])
+        assert json.loads(over_http) == json.loads(run("--db", demo_recording.url, *args)[1])
         message = one_line_error(*run("--db", url, "--clickhouse-table", "no_such", "report", "ops")[::2])
         assert "no_such" in message
 
 
 def test_the_cli_reads_chdb_and_refuses_writes_in_one_line(
-    recorded: dict[str, Any], module_postgres_url: str
+    recorded: dict[str, Any], demo_recording: DemoRecording
 ) -> None:
     """Last in the module: the CLI opens (and closes) chdb on the fixture's directory."""
     chdb_url = f"chdb://{recorded['dir']}"
     for report in (["cost", "--by", "model,day"], ["ops"], ["anomalies"]):
         args = ["report", *report, "--tz", "UTC", "--format", "json"]
-        code, on_store, _ = run("--db", module_postgres_url, *args)
+        code, on_store, _ = run("--db", demo_recording.url, *args)
         assert code == 0
         code, on_clickhouse, err = run("--db", chdb_url, *args)
         assert code == 0, err
@@ -802,7 +802,7 @@ def test_the_cli_reads_chdb_and_refuses_writes_in_one_line(
     for command in (["reprice"], ["db", "upgrade"], ["db", "status"]):
         message = one_line_error(*run("--db", chdb_url, *command)[::2])
         assert "ClickHouse source" in message and "read-only" in message
-    one_line_error(*run("--db", module_postgres_url, "clickhouse", "setup")[::2])
+    one_line_error(*run("--db", demo_recording.url, "clickhouse", "setup")[::2])
     message = one_line_error(*run("--db", chdb_url, "--clickhouse-table", "no_such", "report", "ops")[::2])
     assert "no table 'no_such'" in message
     missing = recorded["dir"] / "missing"

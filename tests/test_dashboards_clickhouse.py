@@ -14,23 +14,17 @@ Collector's ClickHouse exporter writes them (opentelemetry-collector-contrib, ex
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import create_engine, text
 
-from compactobs import store
 from compactobs import telemetry as t
-from compactobs.demo import run_demo
 from compactobs.reports.clickhouse import source as clickhouse_source
 from compactobs.reports.clickhouse.ddl import otel_traces_ddl
-from compactobs.reports.clickhouse.source import ClickHouseSource, quote
+from compactobs.reports.clickhouse.source import quote
 from compactobs.reports.dashboard import (
     CONVERSATION_VAR,
     GRAFANA_CLICKHOUSE,
@@ -41,7 +35,6 @@ from compactobs.reports.dashboard import (
 )
 from tests.cli import run
 from tests.grafana_macros import expand, expand_clickhouse
-from tests.otel_traces import write_spans
 from tests.test_dashboards import close
 
 generate = pytest.importorskip("dashboards.generate", reason="grafana-foundation-sdk needs Python 3.11")
@@ -52,27 +45,7 @@ WHOLE = "3650d"
 TABLE = SPANS_TABLE
 
 
-@pytest.fixture(scope="module")
-def traffic(module_postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The demo recorded into PostgreSQL, and its spans written into otel_traces in a chdb directory; the
-    range: the UTC day before the demo to the day after (whole days, as `report --since/--until` takes)."""
-    store.upgrade_database(module_postgres_url)
-    kept = InMemorySpanExporter()
-    summary = run_demo(module_postgres_url, span_processors=[SimpleSpanProcessor(kept)])
-    directory: Path = tmp_path_factory.mktemp("chdb-dashboards")
-    source = ClickHouseSource(f"chdb://{directory}")
-    write_spans(source, kept.get_finished_spans(), TABLE)
-    day = summary.started_at.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    try:
-        yield {
-            "pg": module_postgres_url,
-            "source": source,
-            "summary": summary,
-            "since": day - timedelta(days=1),
-            "until": day + timedelta(days=2),
-        }
-    finally:
-        source.close()
+# `traffic`, the demo's spans in chdb beside its PostgreSQL store, is a session fixture (tests/conftest.py).
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ from sqlalchemy import create_engine, text
 
 from compactobs.reports.dashboard import CONVERSATION_VAR, MODEL_VAR, SERVICE_VAR, sql_queries, valid_table
 from tests.grafana_macros import expand, expand_clickhouse, substitute
+from tests.prometheus import RANGE, get
 from tests.test_dashboards import SINCE, UNTIL, _store
-from tests.test_dashboards_clickhouse import clickhouse, traffic  # noqa: F401 (a fixture)
-from tests.test_dashboards_prometheus import RANGE, get, scraped  # noqa: F401 (a fixture)
+from tests.test_dashboards_clickhouse import clickhouse
 from tests.test_reports_cost import call_row, iteration_row, store_rows
 
 generate = pytest.importorskip("dashboards.generate", reason="grafana-foundation-sdk needs Python 3.11")
@@ -126,7 +126,7 @@ def test_hostile_values_on_postgresql(store_url: str) -> None:
     assert worker["cost_usd"] == Decimal("0.009")
 
 
-def test_hostile_values_on_clickhouse(traffic: dict[str, Any]) -> None:  # noqa: F811
+def test_hostile_values_on_clickhouse(traffic: dict[str, Any]) -> None:
     board = _boards()[generate.CLICKHOUSE_FILE.name]
     queries = [p["targets"][0]["rawSql"] for p in board["panels"]]
     for variable in SELECTION:
@@ -139,7 +139,7 @@ def test_hostile_values_on_clickhouse(traffic: dict[str, Any]) -> None:  # noqa:
     assert "decodeURLComponent('x%5C%27%20OR%201%3D1%20--')" in sql
 
 
-def test_hostile_values_on_prometheus(scraped: dict[str, Any]) -> None:  # noqa: F811
+def test_hostile_values_on_prometheus(scraped: dict[str, Any]) -> None:
     board = _boards()[generate.PROMETHEUS_FILE.name]
     exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
 
@@ -181,7 +181,7 @@ def test_the_variables_list_what_postgresql_holds(store_url: str) -> None:
     }
 
 
-def test_the_variables_list_what_clickhouse_holds(traffic: dict[str, Any]) -> None:  # noqa: F811
+def test_the_variables_list_what_clickhouse_holds(traffic: dict[str, Any]) -> None:
     listed = {
         name: {row["value"] for row in clickhouse(traffic, sql)}
         for name, sql in _choice_queries(generate.CLICKHOUSE_FILE.name).items()
@@ -192,7 +192,7 @@ def test_the_variables_list_what_clickhouse_holds(traffic: dict[str, Any]) -> No
     ]
 
 
-def test_the_variables_list_what_prometheus_holds(scraped: dict[str, Any]) -> None:  # noqa: F811
+def test_the_variables_list_what_prometheus_holds(scraped: dict[str, Any]) -> None:
     """Grafana's `label_values(metric, label)` is Prometheus' label values API matched on the metric."""
     listed = {}
     for name, query in _choice_queries(generate.PROMETHEUS_FILE.name).items():
