@@ -11,9 +11,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, make_url, text
@@ -81,7 +79,7 @@ def module_postgres_url() -> Iterator[str]:
 
 PG_DRIVERS = ("psycopg", "psycopg2")
 """The PostgreSQL drivers compactobs supports. The store's tests run on each: a module overrides
-`postgres_url` and `database_url` with the two fixtures below (see tests/test_store_exporter.py)."""
+`postgres_url` and `database_url` with the two fixtures below (see tests/store/test_exporter.py)."""
 
 
 @pytest.fixture(params=PG_DRIVERS)
@@ -127,42 +125,3 @@ def demo_recording(session_postgres_url: str) -> DemoRecording:
     kept = InMemorySpanExporter()
     summary = run_demo(session_postgres_url, span_processors=[SimpleSpanProcessor(kept)])
     return DemoRecording(session_postgres_url, summary, tuple(kept.get_finished_spans()))
-
-
-@pytest.fixture(scope="session")
-def traffic(
-    demo_recording: DemoRecording, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Any]]:
-    """The demo's spans written into the committed dashboard's `otel_traces` table in a chdb directory,
-    beside its PostgreSQL store; the range: the UTC day before the demo to the day after (whole days, as
-    `report --since/--until` takes). Read by tests/test_dashboards_clickhouse.py and the injection tests."""
-    from compactobs.reports.clickhouse.source import ClickHouseSource
-    from compactobs.reports.dashboard import SPANS_TABLE
-    from tests.otel_traces import write_spans
-
-    source = ClickHouseSource(f"chdb://{tmp_path_factory.mktemp('chdb-dashboards')}")
-    write_spans(source, demo_recording.spans, SPANS_TABLE)
-    summary = demo_recording.summary
-    day = summary.started_at.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-    try:
-        yield {
-            "pg": demo_recording.url,
-            "source": source,
-            "summary": summary,
-            "since": day - timedelta(days=1),
-            "until": day + timedelta(days=2),
-        }
-    finally:
-        source.close()
-
-
-@pytest.fixture(scope="session")
-def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """tests/prometheus_app.py's traffic scraped to the end by a real Prometheus (tests/prometheus.py
-    `scraping`), once per session: read by the Prometheus dashboard's tests and the injection tests."""
-    from tests.prometheus import PROMETHEUS, scraping
-
-    if PROMETHEUS is None:
-        pytest.skip("Debian's prometheus package is not installed")
-    with scraping(tmp_path_factory.mktemp("prometheus")) as run:
-        yield run

@@ -24,7 +24,7 @@ from compactobs.reports import rollup
 from compactobs.reports._common import build_filters
 from compactobs.reports.cache import cache_report
 from compactobs.reports.cost import cost_report
-from tests.test_reports_cost import call_row, iteration_row, ms, store_rows
+from tests.reports.test_cost import call_row, iteration_row, ms, store_rows
 
 D = Decimal
 SONNET = "claude-sonnet-4-5"

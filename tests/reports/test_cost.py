@@ -721,7 +721,7 @@ def test_parse_by() -> None:
 # as numbers rounded to 6 places, the unpriced row with null money (an empty CSV cell, "unpriced" in
 # Markdown), never $0.
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parent.parent / "golden"
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "md"])

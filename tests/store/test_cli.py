@@ -138,7 +138,7 @@ def test_python_dash_m_is_the_same_cli(sqlite_url: str) -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parent.parent.parent,
     )
     assert result.returncode == 0, result.stderr
     assert "to revision" in result.stdout

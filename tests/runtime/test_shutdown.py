@@ -25,9 +25,9 @@ import pytest
 
 from compactobs import store
 from tests.otlp_receiver import SilentEndpoint
-from tests.test_store_exporter import count
+from tests.store.test_exporter import count
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 BOUND_S = 3
 CALLS = 25
 

@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from compactobs.reports.dashboard import CONVERSATION_VAR, MODEL_VAR, SERVICE_VAR, sql_queries, valid_table
+from tests.dashboards.test_clickhouse import clickhouse
+from tests.dashboards.test_dashboards import SINCE, UNTIL, _store
 from tests.grafana_macros import expand, expand_clickhouse, substitute
 from tests.prometheus import RANGE, get
-from tests.test_dashboards import SINCE, UNTIL, _store
-from tests.test_dashboards_clickhouse import clickhouse
-from tests.test_reports_cost import call_row, iteration_row, store_rows
+from tests.reports.test_cost import call_row, iteration_row, store_rows
 
 generate = pytest.importorskip("dashboards.generate", reason="grafana-foundation-sdk needs Python 3.11")
 
@@ -121,7 +121,7 @@ def test_hostile_values_on_postgresql(store_url: str) -> None:
     # A value made of everything a query could trip on is still just a value: the call stored with it.
     (spend,) = _postgres(store_url, {SERVICE_VAR: STRANGE})["spend"]
     assert spend["cost_usd"] == 1
-    # By hand (tests/test_dashboards.py's store): service worker holds C (0.009) and D (unpriced).
+    # By hand (tests/dashboards/test_dashboards.py's store): service worker holds C (0.009) and D (unpriced).
     (worker,) = _postgres(store_url, {SERVICE_VAR: "worker"})["spend"]
     assert worker["cost_usd"] == Decimal("0.009")
 
@@ -174,7 +174,8 @@ def test_the_variables_list_what_postgresql_holds(store_url: str) -> None:
                 listed[name] = set(rows)
     finally:
         engine.dispose()
-    # tests/test_dashboards.py's store in the range (P, before it, is haiku too), and the strange service.
+    # tests/dashboards/test_dashboards.py's store in the range (P, before it, is haiku too), and the strange
+    # service.
     assert listed == {
         SERVICE_VAR: {"api", "worker", STRANGE},
         MODEL_VAR: {"claude-sonnet-4-5", "claude-haiku-4-5", "mystery-1"},

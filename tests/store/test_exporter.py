@@ -523,7 +523,7 @@ def test_values_a_driver_cannot_bind_are_coerced(database_url: str, tmp_path: Pa
     exporter = SqlSpanExporter(database_url, spool_dir=tmp_path / "spool")
     good = collected_spans(emit=2)
     # Values coerced to their column's type: a NUL in a string (PostgreSQL refuses it), a sequence where a
-    # string belongs (no driver binds it). (Refused rows and out-of-range values: tests/test_store_faults.py.)
+    # string belongs (no driver binds it). (Refused rows and out-of-range values: tests/store/test_faults.py.)
     nul = collected_spans(conversation="x\x00y")
     sequence = collected_spans(extra={t.CONVERSATION_ID: ("a", "b")})
     exporter.export(good + nul + sequence)

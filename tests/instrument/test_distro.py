@@ -20,8 +20,7 @@ from compactobs import store
 from compactobs import telemetry as t
 from compactobs.store import calls
 from compactobs.testing import Reply, Simulator, message
-
-from .otlp_receiver import OtlpReceiver
+from tests.otlp_receiver import OtlpReceiver
 
 APP = textwrap.dedent(
     """

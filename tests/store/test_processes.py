@@ -20,16 +20,16 @@ from sqlalchemy import select
 from compactobs import store
 from compactobs.store import calls
 from compactobs.store.exporter import DEFAULT_MAX_EXPORT_BATCH_SIZE
-from tests.test_store_exporter import count
+from tests.store.test_exporter import count
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 SPANS_PER_CALL = 3  # emit_call: the call span and two iteration spans
 
 WRITER = """
 import json, sys, threading
 from opentelemetry.sdk.trace import TracerProvider
 from compactobs import store, telemetry as t
-from tests.test_store_exporter import emit_call
+from tests.store.test_exporter import emit_call
 
 url, spool, name, threads, calls = sys.argv[1:]
 stats = []
@@ -55,7 +55,7 @@ STEADY_TRAFFIC = """
 import os, sys, time
 from opentelemetry.sdk.trace import TracerProvider
 from compactobs import store, telemetry as t
-from tests.test_store_exporter import emit_call
+from tests.store.test_exporter import emit_call
 
 url, spool, progress = sys.argv[1:]
 provider = TracerProvider()
@@ -75,7 +75,7 @@ SPOOL_THEN_HANG = """
 import sys, time
 from opentelemetry.sdk.trace import TracerProvider
 from compactobs import store, telemetry as t
-from tests.test_store_exporter import emit_call
+from tests.store.test_exporter import emit_call
 
 url, spool = sys.argv[1:]
 provider = TracerProvider()

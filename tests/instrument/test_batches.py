@@ -43,7 +43,7 @@ from compactobs.store import calls, iterations
 from compactobs.testing import ErrorReply, Reply, Simulator, message
 from compactobs.usage import CallObservation, RequestFacts, observe_batch_result
 from tests.cli import run
-from tests.test_properties import junk, models, usage_shapes
+from tests.instrument.test_properties import junk, models, usage_shapes
 
 D = Decimal
 MODEL = "claude-opus-4-8"

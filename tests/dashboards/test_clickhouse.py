@@ -34,8 +34,8 @@ from compactobs.reports.dashboard import (
     sql_queries,
 )
 from tests.cli import run
+from tests.dashboards.test_dashboards import close
 from tests.grafana_macros import expand, expand_clickhouse
-from tests.test_dashboards import close
 
 generate = pytest.importorskip("dashboards.generate", reason="grafana-foundation-sdk needs Python 3.11")
 
@@ -45,7 +45,8 @@ WHOLE = "3650d"
 TABLE = SPANS_TABLE
 
 
-# `traffic`, the demo's spans in chdb beside its PostgreSQL store, is a session fixture (tests/conftest.py).
+# `traffic`, the demo's spans in chdb beside its PostgreSQL store: a session fixture
+# (tests/dashboards/conftest.py).
 
 
 @pytest.fixture(scope="module")

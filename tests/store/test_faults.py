@@ -23,7 +23,7 @@ from tests.faults import (
     sqlite_locked_by_another_process,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 # The store's tests run on SQLite and on PostgreSQL through each driver compactobs supports.
@@ -256,7 +256,7 @@ def test_a_refused_call_is_set_aside_whole_shown_and_replayed_once_fixed(
     database_url: str, data_home: Path
 ) -> None:
     from tests.cli import run
-    from tests.test_store_exporter import collected_spans, count
+    from tests.store.test_exporter import collected_spans, count
 
     store.upgrade_database(database_url)
     _refuse(database_url, "bad")

@@ -13,7 +13,7 @@ from compactobs import store
 from compactobs.reports._common import ReportInputError, build_filters
 from compactobs.reports.conversation import context_chart, conversation_report, marks
 from tests.cli import one_line_error, run
-from tests.test_reports_anomalies import (
+from tests.reports.test_anomalies import (
     compacting,
     failed_call,
     plain,
@@ -196,7 +196,7 @@ def test_cli_table_is_plain_when_not_a_terminal(database_url: str) -> None:
     assert code == 0
     assert "Conversation t42" in out and "$1.1500" in out and "unpriced" in out
     assert "C2!" in out
-    assert "Context after each call" not in out  # a chart is for a terminal (tests/test_reports_terminal.py)
+    assert "Context after each call" not in out  # a chart is for a terminal (tests/reports/test_terminal.py)
     assert "\x1b[" not in out and "█" not in out
     code, colored, _ = run("--db", database_url, "report", "conversation", "t42", env={"NO_COLOR": "1"})
     assert "\x1b[" not in colored

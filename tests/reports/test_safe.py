@@ -9,7 +9,7 @@ import pytest
 
 from compactobs.store import SqlSpanExporter
 from tests.cli import run
-from tests.test_store_exporter import collected_spans
+from tests.store.test_exporter import collected_spans
 
 HOSTILE = {
     "csi": "\x1b[2J\x1b[31mred",  # clear the screen, then colour

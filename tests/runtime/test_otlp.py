@@ -16,8 +16,7 @@ from compactobs import otlp
 from compactobs import telemetry as t
 from compactobs.store import calls, iterations
 from compactobs.testing import Reply, Simulator, message
-
-from .otlp_receiver import OtlpReceiver
+from tests.otlp_receiver import OtlpReceiver
 
 PROTOCOLS = ["http/protobuf", "grpc"]
 

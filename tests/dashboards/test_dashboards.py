@@ -2,7 +2,7 @@
 of the PostgreSQL dashboard run on the real server with Grafana's macros expanded (tests/grafana_macros.py)
 for a fixed range, each returning rows whose figures equal `compactobs report ... --format json`.
 
-The store is tests/test_reports_cost.py's (its docstring works its figures by hand) with, added here:
+The store is tests/reports/test_cost.py's (its docstring works its figures by hand) with, added here:
 - top-level usage on its calls: A 1,000 in / 500 out, B 200 / 300 (its message; the compaction is left out),
   C 4,000 / 1,000, D 100 / 50: 5,300 + 1,850 = 7,150 tokens shown against 25,300 + 2,850 = 28,150 billed:
   21,000 / 28,150 left out;
@@ -29,7 +29,7 @@ from sqlalchemy import create_engine, text
 from compactobs.reports.dashboard import CONVERSATION_VAR, TOP_CONVERSATIONS, annotation_queries, sql_queries
 from tests.cli import run
 from tests.grafana_macros import expand
-from tests.test_reports_cost import HAIKU, call_row, iteration_row, scenario, store_rows
+from tests.reports.test_cost import HAIKU, call_row, iteration_row, scenario, store_rows
 
 generate = pytest.importorskip("dashboards.generate", reason="grafana-foundation-sdk needs Python 3.11")
 
@@ -276,7 +276,7 @@ def test_cache_hit_ratio_and_net_savings(store_url: str, dashboard_sql: dict[str
         assert close(row["hit_ratio"], want["hit_ratio"]), row
         assert close(row["net_usd"], want["net_usd"] or 0), row
     (whole,) = query(store_url, dashboard_sql["cache_over_time"].sql, WHOLE)
-    # tests/test_reports_cache.py's figures by hand: 22,000 / 50,300 read; 0.0594 saved - 0.0045 premium.
+    # tests/reports/test_cache.py's figures by hand: 22,000 / 50,300 read; 0.0594 saved - 0.0045 premium.
     # The burst's calls have no tokens.
     assert close(whole["hit_ratio"], D(22000) / D(50300)) and close(whole["net_usd"], D("0.0549"))
 

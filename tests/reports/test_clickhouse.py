@@ -39,9 +39,9 @@ from compactobs.reports.ops import ops_report
 from compactobs.testing import Simulator
 from tests.cli import one_line_error, run
 from tests.clickhouse_http import http_front
+from tests.guard.test_guard import record_capped_conversation
 from tests.otel_traces import double_text, write_spans
 from tests.recording import DemoRecording
-from tests.test_guard import record_capped_conversation
 
 
 @pytest.fixture(scope="module")

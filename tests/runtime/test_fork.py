@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 from compactobs import store
 from compactobs.store import calls, guard_spend
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 PER_CALL = Decimal("0.0075")
 
 PRELUDE = textwrap.dedent(

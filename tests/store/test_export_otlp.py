@@ -22,10 +22,9 @@ from compactobs import telemetry as t
 from compactobs.store import calls, iterations, upgrade_database
 from compactobs.store.replay import iteration_span_id
 from compactobs.testing import ErrorReply, Reply, Simulator, message
-
-from .cli import one_line_error, run
-from .otlp_receiver import OtlpReceiver
-from .test_otlp import COMPACTED_USAGE
+from tests.cli import one_line_error, run
+from tests.otlp_receiver import OtlpReceiver
+from tests.runtime.test_otlp import COMPACTED_USAGE
 
 NOT_STORED: frozenset[str] = frozenset({t.ANTHROPIC_BETA, t.SERVER_ADDRESS, t.REQUEST_MAX_TOKENS})
 """Live call attributes the store has no column for, so a replay cannot send them (see store/replay.py)."""

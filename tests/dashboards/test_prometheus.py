@@ -35,8 +35,8 @@ if PROMETHEUS is None:
     if os.environ.get("CI") == "true":
         raise RuntimeError("prometheus is not installed: .ci/run installs Debian's package")
     pytest.skip("Debian's prometheus package is not installed", allow_module_level=True)
-# `scraped`, the app's traffic scraped to the end, is a session fixture (tests/conftest.py): built once
-# per worker, shared with tests/test_dashboards_injection.py.
+# `scraped`, the app's traffic scraped to the end, is a session fixture (tests/dashboards/conftest.py):
+# built once per worker, shared with tests/dashboards/test_injection.py.
 
 
 def evaluate(

@@ -25,7 +25,7 @@ from compactobs.store import SqlSpanExporter
 from compactobs.testing import Reply, Simulator, message
 from tests.cli import one_line_error, run
 from tests.faults import sqlite_locked_by_another_process
-from tests.test_store_exporter import Proxy, collected_spans, count
+from tests.store.test_exporter import Proxy, collected_spans, count
 
 
 class Outage:

@@ -1,6 +1,6 @@
 """Reports in a real terminal (a pseudo-terminal of 80 and of 120 columns): `reconcile`, whose differences
 are long sentences, and `spool show`, whose reasons are a database's messages, fit its width. The other
-reports are held to their screens in tests/test_reports_screens.py."""
+reports are held to their screens in tests/reports/test_screens.py."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from compactobs import store
 from compactobs.testing import Reply, Simulator, message
 from tests.recording import recording
+from tests.store.test_exporter import collected_spans
+from tests.store.test_faults import _refuse
 from tests.terminal import run_in_terminal
-from tests.test_store_exporter import collected_spans
-from tests.test_store_faults import _refuse
 
 ADMIN = "sk-ant-admin-test"
 
@@ -59,7 +59,7 @@ def test_spool_show_fits_the_terminal(sqlite_url: str, data_home: Path) -> None:
 
 
 def test_the_context_chart_is_drawn_on_a_terminal_only(sqlite_url: str, data_home: Path) -> None:
-    from tests.test_reports_conversation import _rows, store_rows
+    from tests.reports.test_conversation import _rows, store_rows
 
     store_rows(sqlite_url, _rows())
     # 80 columns: a bar of 80 - 2 - 6 - 10 = 62 cells, the trigger (100,000) in the last; 90,000 fills

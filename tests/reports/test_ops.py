@@ -15,7 +15,7 @@ from compactobs.reports._common import build_filters
 from compactobs.reports.ops import ops_report, percentiles
 from compactobs.store.models import calls
 from tests.cli import one_line_error, run
-from tests.test_reports_anomalies import call, failed_call, store_rows
+from tests.reports.test_anomalies import call, failed_call, store_rows
 
 SONNET = "claude-sonnet-4-5"
 HAIKU = "claude-haiku-4-5"

@@ -1,7 +1,7 @@
 """`report cache`: hit ratio, savings, write premium and wasted writes worked by hand, on SQLite and
 PostgreSQL, exact output, and the command with bad input.
 
-Over the store of tests/test_reports_cost.py (its docstring has the calls), at `now` = 2025-03-13:
+Over the store of tests/reports/test_cost.py (its docstring has the calls), at `now` = 2025-03-13:
 - A (sonnet, $3/MTok input: its own 0.003 / 1,000): reads 10,000 -> saved 10,000 x 3e-6 - 0.003 = 0.027;
   5m write 2,000 -> premium 0.0075 - 2,000 x 3e-6 = 0.0015. B, the next call of c1, started 09:02:00,
   118 s after A ended (09:00:02): within 5 minutes, so A's write was read back.
@@ -27,7 +27,7 @@ from compactobs import store
 from compactobs.reports._common import ReportInputError, build_filters, render
 from compactobs.reports.cache import CACHE_MEASURES, cache_report
 from tests.cli import one_line_error, run
-from tests.test_reports_cost import (
+from tests.reports.test_cost import (
     HAIKU,
     SONNET,
     call_row,
@@ -38,7 +38,7 @@ from tests.test_reports_cost import (
 
 D = Decimal
 NOW = datetime(2025, 3, 13, tzinfo=timezone.utc)
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parent.parent / "golden"
 
 
 @pytest.fixture
