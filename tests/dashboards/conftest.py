@@ -1,4 +1,4 @@
-"""The dashboards' shared recordings, built once per session (once per xdist worker) and only read: the
+"""The dashboards' shared recordings, only read: the
 demo's spans in chdb beside its PostgreSQL store (`traffic`), and a real Prometheus's scrape (`scraped`)."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 from tests.recording import DemoRecording
 
 
-@pytest.fixture(scope="session")
+# Module scope: chdb opens one directory per process, so the session closes before another module's opens.
+@pytest.fixture(scope="module")
 def traffic(
     demo_recording: DemoRecording, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
