@@ -524,6 +524,9 @@ class Generator:
                 "standard",
                 None,
                 None,
+                None,  # region: first-party calls carry none
+                None,  # batch_id
+                None,  # custom_id
                 sums[0],
                 sums[1],
                 sums[2],
@@ -542,6 +545,7 @@ class Generator:
                 len(its),
                 compactions,
                 failed,
+                0,  # compactions_errored: no generated call ends in an error mid-stream
                 context_tokens,
                 budget,
                 None,

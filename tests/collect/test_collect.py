@@ -35,8 +35,8 @@ from compactobs.collect import CollectError, Collector
 from compactobs.store import calls, iterations
 from compactobs.testing import Reply, Simulator, message
 
-from .conftest import postgres_schema
-from .faults import USAGE, sqlite_locked_by_another_process
+from tests.conftest import postgres_schema
+from tests.faults import USAGE, sqlite_locked_by_another_process
 
 # claude-opus-4-8 (genai-prices): $5 input, $25 output per million tokens. USAGE bills a compaction
 # (1,000 in, 50 out) and the message (100 in, 10 out): 1,100 x $5/M + 60 x $25/M = $0.0055 + $0.0015.
@@ -362,7 +362,7 @@ def test_sqlite_locked_while_a_client_exports_loses_nothing(sqlite_url: str, tmp
 
 
 def test_postgres_frozen_while_a_client_exports_loses_nothing(postgres_url: str, tmp_path: Path) -> None:
-    from .faults import FreezingProxy
+    from tests.faults import FreezingProxy
 
     store.upgrade_database(postgres_url)
     proxy = FreezingProxy(("127.0.0.1", 5432))

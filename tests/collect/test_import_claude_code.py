@@ -143,7 +143,7 @@ def test_ccusage_reports_the_same_transcript_without_the_compaction(sqlite_url: 
 def test_the_command_says_what_it_read_and_warns_once_for_malformed_lines(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    from .cli import run
+    from tests.cli import run
 
     write_transcript(tmp_path / "claude")
     url = prepared(sqlite_url)

@@ -312,9 +312,15 @@ def test_report_conversation_shows_each_compaction_all_in(sixty_k: str) -> None:
 
 
 def test_demo_ends_with_a_tune_line(sqlite_url: str, data_home: Any) -> None:
+    """The demo's closing lines: tune's line (under its `Tune (compactobs ... tune ...):` header), then
+    only the hint to open the store in `serve`."""
     code, out, err = run("--db", sqlite_url, "demo", "--no-reports")
     assert code == 0, err
-    last = out.rstrip().splitlines()[-1].strip()
+    lines = out.rstrip().splitlines()
+    header = max(i for i, line in enumerate(lines) if line.startswith("Tune ("))
+    last = lines[header + 1].strip()
+    assert [line for line in lines[header + 2 :] if line.strip()] == [lines[-1]]
+    assert lines[-1].startswith("To look at this store in a browser: ")
     found = re.fullmatch(
         r"trigger 75K would have cost \$([\d,.]+) \(([−+])(\d+)%\) against \$([\d,.]+) .*", last
     )
