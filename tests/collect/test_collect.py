@@ -34,7 +34,6 @@ from compactobs import store
 from compactobs.collect import CollectError, Collector
 from compactobs.store import calls, iterations
 from compactobs.testing import Reply, Simulator, message
-
 from tests.conftest import postgres_schema
 from tests.faults import USAGE, sqlite_locked_by_another_process
 

@@ -20,9 +20,8 @@ def traffic(
     """The demo's spans written into the committed dashboard's `otel_traces` table in a chdb directory,
     beside its PostgreSQL store; the range: the UTC day before the demo to the day after (whole days, as
     `report --since/--until` takes). Read by tests/dashboards/test_clickhouse.py and the injection tests."""
-    from compactobs.reports.sources.clickhouse.source import ClickHouseSource
-
     from compactobs.reports.dashboard import SPANS_TABLE
+    from compactobs.reports.sources.clickhouse.source import ClickHouseSource
     from tests.otel_traces import write_spans
 
     source = ClickHouseSource(f"chdb://{tmp_path_factory.mktemp('chdb-dashboards')}")
