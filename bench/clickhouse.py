@@ -90,7 +90,7 @@ def _usd(expression: str) -> str:
 
 
 def _generate(session: Any, calls: int) -> None:
-    from compactobs.reports.clickhouse.ddl import otel_traces_ddl
+    from compactobs.reports.sources.clickhouse.ddl import otel_traces_ddl
 
     session.query(otel_traces_ddl("otel_traces"))
     session.query("CREATE TABLE IF NOT EXISTS bench_meta (key String) ENGINE = TinyLog")
@@ -202,7 +202,7 @@ def prepare_one(calls: int, data_dir: Path, setup: bool) -> None:
     directory, took, spans = prepare(calls, data_dir)
     how = "reused" if took is None else f"generated in {took:.0f} s"
     if setup:
-        from compactobs.reports.clickhouse import open_source
+        from compactobs.reports.sources.clickhouse import open_source
 
         with open_source(f"chdb://{directory}") as source:
             if not source.typed:
@@ -245,7 +245,7 @@ def measure_one(name: str, url: str, repeat: int) -> dict[str, Any]:
 
     rss = _bench_reports()._rss_kb
     if url.startswith("chdb://"):
-        from compactobs.reports.clickhouse import open_source
+        from compactobs.reports.sources.clickhouse import open_source
 
         source: Any = open_source(url)
     else:

@@ -776,7 +776,7 @@ def build_rollups(url: str, meta: Meta, mark: bool = False) -> float:
     `mark`: mark every slot first (a database loaded before, whose rollups are built already)."""
     from sqlalchemy import text
 
-    from compactobs.reports import rollup
+    from compactobs.reports.sources.sql import rollup
     from compactobs.store import open_database
 
     engine = open_database(url)
@@ -806,7 +806,7 @@ def refresh_last_day(engine: Any, meta: Meta) -> Any:
     report pays before it reads."""
     from sqlalchemy import insert
 
-    from compactobs.reports import rollup
+    from compactobs.reports.sources.sql import rollup
     from compactobs.store import rollup_dirty
     from compactobs.store.models import SLOT_MS
 

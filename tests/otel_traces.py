@@ -22,8 +22,9 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
-from compactobs.reports.clickhouse.ddl import otel_traces_ddl
-from compactobs.reports.clickhouse.source import ClickHouseSource, quote
+from compactobs.reports.sources.clickhouse.client import quote
+from compactobs.reports.sources.clickhouse.ddl import otel_traces_ddl
+from compactobs.reports.sources.clickhouse.source import ClickHouseSource
 
 _KIND = {
     SpanKind.INTERNAL: "SPAN_KIND_INTERNAL",

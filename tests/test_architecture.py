@@ -19,25 +19,6 @@ import pytest
 PACKAGE = "compactobs"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
-# The circles inside compactobs/reports/ that another branch of issue 28 removes (the measures and sources
-# split). The merger deletes this list, and its two uses below, once that branch is in: every other circle
-# fails the test.
-KNOWN_REPORT_CYCLES: list[frozenset[str]] = [
-    frozenset({"compactobs.reports.cache", "compactobs.reports.cost", "compactobs.reports.rollup"}),
-    frozenset(
-        {
-            "compactobs.reports.clickhouse.anomalies",
-            "compactobs.reports.clickhouse.cache",
-            "compactobs.reports.clickhouse.conversation",
-            "compactobs.reports.clickhouse.cost",
-            "compactobs.reports.clickhouse.ops",
-            "compactobs.reports.clickhouse.slots",
-            "compactobs.reports.clickhouse.source",
-            "compactobs.reports.clickhouse.spans",
-        }
-    ),
-]
-
 Graph = dict[str, set[str]]
 
 
@@ -248,18 +229,8 @@ def test_no_import_circle() -> None:
     found = [
         f"{' -> '.join(_circle_in(component, GRAPH))} (all of: {', '.join(sorted(component))})"
         for component in components(GRAPH)
-        if frozenset(component) not in KNOWN_REPORT_CYCLES
     ]
     assert not found, "import circles:\n" + "\n".join(found)
-
-
-def test_known_report_cycles_are_inside_reports() -> None:
-    # The allow-list is for the reports' circles only, and each entry must still be a circle: a stale entry
-    # would hide nothing, but says something false.
-    present = {frozenset(component) for component in components(GRAPH)}
-    for allowed in KNOWN_REPORT_CYCLES:
-        assert all(_in(module, *_p("reports")) for module in allowed), sorted(allowed)
-        assert allowed in present, f"not a circle any more, delete it: {sorted(allowed)}"
 
 
 LEAVES = _p("errors", "semconv", "untrusted", "platforms", "_words", "_version", "configfile")

@@ -32,13 +32,14 @@ from compactobs import store
 from compactobs.demo import run_demo
 from compactobs.reports.anomalies import Thresholds, anomalies_report, load_budgets
 from compactobs.reports.cache import cache_report
-from compactobs.reports.clickhouse import slots, spans
-from compactobs.reports.clickhouse.source import ClickHouseSource, records
 from compactobs.reports.conversation import conversation_report
 from compactobs.reports.cost import BY_CHOICES, CALLS_ONLY, cost_report
 from compactobs.reports.model import ReportInputError
 from compactobs.reports.ops import ops_report
 from compactobs.reports.render import render
+from compactobs.reports.sources.clickhouse import slots, spans
+from compactobs.reports.sources.clickhouse.client import records
+from compactobs.reports.sources.clickhouse.source import ClickHouseSource
 from compactobs.reports.times import build_filters
 from compactobs.testing import Simulator
 from tests.cli import one_line_error, run
@@ -199,8 +200,8 @@ def test_ops_percentiles_are_exact_inside_a_histogram_bucket(recorded: dict[str,
     interpolation, and a failed call's duration counts in none."""
     import random
 
-    from compactobs.reports.clickhouse.ops import _bucket, ops_figures
     from compactobs.reports.ops import PERCENTILES
+    from compactobs.reports.sources.clickhouse.ops import _bucket, ops_figures
 
     rng = random.Random(7)
     # 1000 ms + up to 50 µs: one bucket (a bucket spans 1/4096 of [512, 1024) ms, 125 µs).
@@ -255,7 +256,7 @@ def test_ops_percentiles_are_read_again_when_a_bucket_changed_under_them(
     """Should a server read the histogram and the bucket values at two instants (its shared snapshot turned
     off) and a span land between them, a bucket holds other values than it counted: the query runs again,
     and after three such reads the report fails in one line rather than print a wrong percentile."""
-    from compactobs.reports.clickhouse.ops import ops_figures
+    from compactobs.reports.sources.clickhouse.ops import ops_figures
     from compactobs.store import StoreError
 
     source = copy.copy(recorded["source"])
@@ -345,7 +346,7 @@ def test_the_cost_share_prefilter_sends_more_rows_and_the_same_findings(recorded
     bound of their compaction cost, before joining the compaction costs; the store by the exact share. Over
     a sweep of --cost-share, the JSON is the same, and at some threshold ClickHouse sends strictly more rows
     (a conversation over the bound and not over the share), so the bound's side is exercised."""
-    from compactobs.reports.clickhouse.anomalies import ClickHouseAnomalyData
+    from compactobs.reports.sources.clickhouse.anomalies import ClickHouseAnomalyData
     from compactobs.reports.sources.sql_anomalies_ops import SqlAnomalyData as _StoreData
 
     filters = build_filters(None, None, "UTC")
@@ -368,7 +369,7 @@ def test_anomalies_grouped_queries_run_beside_the_compaction_rows_and_their_erro
     """ClickHouse's budget, unpriced and error queries run on one other thread while the compaction rows
     are read and judged (the parity test above checks what they give); a query that fails there fails the
     report with its own error, and no thread is left behind."""
-    from compactobs.reports.clickhouse.anomalies import ClickHouseAnomalyData
+    from compactobs.reports.sources.clickhouse.anomalies import ClickHouseAnomalyData
     from compactobs.store import StoreError
 
     threads: dict[str, str] = {}
@@ -759,7 +760,7 @@ def test_a_clickhouse_url_reads_over_http_with_the_same_json(
     queries, the result format) to the fixture's chdb engine behind ClickHouse's HTTP interface
     (`tests/clickhouse_http.py`: no ClickHouse server installs here): every report as on the store, from the
     library and from the CLI; an engine error is one line."""
-    from compactobs.reports.clickhouse.source import open_source
+    from compactobs.reports.sources.clickhouse.source import open_source
 
     filters = build_filters(None, None, "Europe/Paris")
     now = datetime.now(timezone.utc)

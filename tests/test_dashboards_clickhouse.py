@@ -28,9 +28,6 @@ from sqlalchemy import create_engine, text
 from compactobs import semconv as t
 from compactobs import store
 from compactobs.demo import run_demo
-from compactobs.reports.clickhouse import source as clickhouse_source
-from compactobs.reports.clickhouse.ddl import otel_traces_ddl
-from compactobs.reports.clickhouse.source import ClickHouseSource, quote
 from compactobs.reports.dashboard import (
     CONVERSATION_VAR,
     GRAFANA_CLICKHOUSE,
@@ -39,6 +36,10 @@ from compactobs.reports.dashboard import (
     annotation_queries,
     sql_queries,
 )
+from compactobs.reports.sources.clickhouse import client as clickhouse_client
+from compactobs.reports.sources.clickhouse.client import quote
+from compactobs.reports.sources.clickhouse.ddl import otel_traces_ddl
+from compactobs.reports.sources.clickhouse.source import ClickHouseSource
 from tests.cli import run
 from tests.grafana_macros import expand, expand_clickhouse
 from tests.otel_traces import write_spans
@@ -99,7 +100,7 @@ def clickhouse(
     # Decimals as JSON strings, so that they parse exactly (the plugin reads them natively).
     session.query("SET output_format_json_quote_decimals = 1")
     result = session.query(expanded, "JSONCompactEachRowWithNamesAndTypes")
-    rows = clickhouse_source.records(result.data())
+    rows = clickhouse_client.records(result.data())
     for row in rows:
         if isinstance(row.get("time"), str):  # DateTime64 in UTC, as epoch seconds like PostgreSQL's bucket
             row["time"] = datetime.fromisoformat(row["time"]).replace(tzinfo=timezone.utc).timestamp()

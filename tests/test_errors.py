@@ -47,11 +47,12 @@ def test_every_error_class_derives_from_compactobs_error() -> None:
         "compactobs.rules.RulesInputError",
         "compactobs.store.errors.StoreError",
         "compactobs.store.replay.ReplayError",
-        "compactobs.reports._common.ReportInputError",
+        "compactobs.reports.model.ReportInputError",
         "compactobs.anthropic_reports.ReportFetchError",
         "compactobs.otlp.OtlpConfigError",
         "compactobs.pricing.records.PricingError",
         "compactobs.pricing.overrides.OverridesError",
+        "compactobs.alerts.run.AlertInputError",
     ],
 )
 def test_what_the_user_can_fix_is_a_user_error(name: str) -> None:

@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import compactobs
 from compactobs.demo import run_demo
-from compactobs.reports.clickhouse.source import ClickHouseSource
+from compactobs.reports.sources.clickhouse.source import ClickHouseSource
 from compactobs.testing import Reply, Simulator, message
 from tests.alert_receiver import Receiver
 from tests.cli import run

@@ -1,5 +1,5 @@
-"""Rollups (compactobs.reports.rollup): the triggers mark what they must, and a report answered from the
-rollups equals the same report read from raw rows, whatever state the rollups are in.
+"""Rollups (compactobs.reports.sources.sql.rollup): the triggers mark what they must, and a report answered
+from the rollups equals the same report read from raw rows, whatever state the rollups are in.
 
 Equivalence is checked three ways on random stores, on SQLite and PostgreSQL: rollups refreshed, rollups
 stale (rows added after the last refresh, some of them out of order, read as marked slots), and no rollups
@@ -20,9 +20,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
 from compactobs import store
-from compactobs.reports import rollup
 from compactobs.reports.cache import cache_report
 from compactobs.reports.cost import cost_report
+from compactobs.reports.sources.sql import rollup
 from compactobs.reports.times import build_filters
 from tests.test_reports_cost import call_row, iteration_row, ms, store_rows
 
@@ -567,7 +567,7 @@ def test_a_report_answers_when_the_rollups_cannot_be_refreshed(
         raise OperationalError("DELETE FROM rollups", {}, Exception("attempt to write a readonly database"))
 
     monkeypatch.setattr(rollup, "_refresh_range", refuse)
-    with caplog.at_level("WARNING", logger="compactobs.reports.rollup"):
+    with caplog.at_level("WARNING", logger="compactobs.reports.sources.sql.rollup"):
         assert calls_and_cost(database_url) == (2, D("3.75"))  # 1.5 + 2.25, b read raw
     assert marked(database_url) == {slot("2025-06-01T09:15:00")}  # 09:20 -> 09:15, still to do
     assert "rollups not refreshed" in caplog.text

@@ -27,6 +27,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import quote, urlsplit
 
 from compactobs.alerts.evaluate import Alert
+from compactobs.errors import CompactobsError
 
 __all__ = [
     "PAGERDUTY_URL",
@@ -57,7 +58,7 @@ PAGERDUTY_LISTED: Final = 50
 PAGERDUTY_SUMMARY_MAX: Final = 1024
 
 
-class DeliveryError(Exception):
+class DeliveryError(CompactobsError):
     """A destination did not take a message: one line, no secret."""
 
 

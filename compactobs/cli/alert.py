@@ -237,7 +237,7 @@ def _one_pass(
     """One pass: print what was found and sent; 1 when a destination failed (its one line on stderr)."""
     from compactobs.alerts.evaluate import evaluate
     from compactobs.alerts.run import run_pass
-    from compactobs.reports.clickhouse import is_clickhouse_url
+    from compactobs.reports.sources.clickhouse import is_clickhouse_url
     from compactobs.store import StoreError, default_database_url, make_engine, open_database
     from compactobs.untrusted import escape
 

@@ -20,7 +20,7 @@ def clickhouse_group() -> None:
 def clickhouse_setup(state: CliState) -> None:
     """Create typed tables of the calls and iterations, the materialised views that fill them as the
     Collector inserts spans, and fill them with the spans already there; the reports then read them."""
-    from compactobs.reports.clickhouse import is_clickhouse_url, open_source
+    from compactobs.reports.sources.clickhouse import is_clickhouse_url, open_source
 
     if not is_clickhouse_url(state.database_url):
         raise StoreError(

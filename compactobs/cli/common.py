@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from sqlalchemy import Engine
@@ -21,6 +21,9 @@ from compactobs.reports.model import Report, sort_and_limit
 from compactobs.reports.render import render
 from compactobs.reports.render.safe import shown
 from compactobs.store import StoreError, default_database_url, display_url, open_database
+
+if TYPE_CHECKING:
+    from compactobs.reports.sources import Source
 
 __all__ = [
     "EXIT_INTERRUPTED",
@@ -61,7 +64,7 @@ pass_state = click.make_pass_decorator(CliState)
 
 def refuse_on_clickhouse(state: CliState, command: str) -> None:
     """A command that writes to (or migrates) the SQL store, run on a ClickHouse source: one line, exit 2."""
-    from compactobs.reports.clickhouse import is_clickhouse_url
+    from compactobs.reports.sources.clickhouse import is_clickhouse_url
 
     if is_clickhouse_url(state.database_url):
         raise StoreError(
@@ -77,7 +80,7 @@ def report_engine(state: CliState) -> Iterator[Any]:
 
     Only the embedded default store is created when missing: a --db path that does not exist is an error.
     """
-    from compactobs.reports.clickhouse import is_clickhouse_url, open_source
+    from compactobs.reports.sources.clickhouse import is_clickhouse_url, open_source
 
     if is_clickhouse_url(state.database_url):
         with open_source(state.database_url, state.clickhouse_table) as source:
@@ -90,15 +93,14 @@ def report_engine(state: CliState) -> Iterator[Any]:
         engine.dispose()
 
 
-def refresh_rollups(engine: Engine) -> None:
+def refresh_rollups(engine: Engine | Source) -> None:
     """Bring the rollups the cost and cache reports read up to date, with a progress bar when there is
     more than a day of slots to recompute (the first report after an upgrade, or after a bulk load)."""
     from compactobs.progress import progress_bar
-    from compactobs.reports import rollup
-    from compactobs.reports.model import ExternalSource
+    from compactobs.reports.sources.sql import rollup
 
-    if isinstance(engine, ExternalSource):
-        return
+    if not isinstance(engine, Engine):
+        return  # another source (ClickHouse) keeps its own sums
 
     total = rollup.pending(engine)
     if not total:

@@ -68,7 +68,7 @@ def db_status(state: CliState) -> None:
 
 
 def _rollup_status(database_url: str) -> str:
-    from compactobs.reports import rollup
+    from compactobs.reports.sources.sql import rollup
 
     engine = make_engine(database_url, create=False)
     try:

@@ -24,8 +24,7 @@ from sqlalchemy import Engine
 from compactobs.reports.cost import top_level_cost
 from compactobs.reports.model import ColumnKind, Report
 from compactobs.reports.render.cells import format_cell
-from compactobs.reports.sources.anomalies_ops import AnomaliesOpsSource
-from compactobs.reports.sources.sql_anomalies_ops import as_source
+from compactobs.reports.sources import Source, as_source
 from compactobs.reports.times import from_epoch_ms
 
 __all__ = ["COLUMNS", "call_report"]
@@ -103,7 +102,7 @@ def _iteration_row(record: Any) -> dict[str, Any]:
     return row
 
 
-def call_report(source: Engine | AnomaliesOpsSource, reference: str) -> Report:
+def call_report(source: Engine | Source, reference: str) -> Report:
     """One call by request id, message id or span id. Raises ReportInputError when none was recorded."""
     call, records = as_source(source).call_with_iterations(reference)
     rows = [_iteration_row(record) for record in records]

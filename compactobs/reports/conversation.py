@@ -21,8 +21,7 @@ from typing import Any, Final
 from sqlalchemy import Engine
 
 from compactobs.reports.model import Filters, Report
-from compactobs.reports.sources.anomalies_ops import AnomaliesOpsSource
-from compactobs.reports.sources.sql_anomalies_ops import as_source
+from compactobs.reports.sources import Source, as_source
 
 __all__ = ["COLUMNS", "conversation_report", "marks"]
 
@@ -98,7 +97,7 @@ def _iso(ms: int, tz: Any) -> str:
 
 
 def conversation_report(
-    source: Engine | AnomaliesOpsSource, filters: Filters, conversation_id: str
+    source: Engine | Source, filters: Filters, conversation_id: str
 ) -> Report:
     """The calls of one conversation (those `filters` select), in start order. Raises ReportInputError
     when no call was ever recorded with this id."""

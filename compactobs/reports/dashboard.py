@@ -6,7 +6,8 @@ for query in sql_queries(GRAFANA_POSTGRES):
 ```
 
 One implementation: every money, token and count measure here is the expression `report cost`
-(`cost.call_measures`, `cost.iteration_measures`), `report cache` (`cache.cache_statement`), `report ops`
+(`measures.cost.call_measures`, `measures.cost.iteration_measures`), `report cache` (`measures.cache` in
+`sources.sql.cache.cache_statement`), `report ops`
 (`ops.failed_call`) and `report anomalies` (`anomalies.error_burst_statement`,
 `anomalies.unpriced_models_statement`) compute; what is derived from their sums (the cache's hit ratio and
 net, shares, percentages) is derived here in SQL, and tests/test_dashboards.py holds every figure to the
@@ -19,10 +20,10 @@ A `Dialect` says how a dashboard names its range, its time buckets and its SQL d
 is Grafana's PostgreSQL data source (`$__unixEpochFrom()`, `$__unixEpochTo()`, `$__unixEpochGroup`);
 `GRAFANA_CLICKHOUSE` is Grafana's ClickHouse data source (grafana-clickhouse-datasource: `$__fromTime_ms`,
 `$__toTime_ms`, Grafana's `$__interval_ms`) over the Collector's spans table
-(`compactobs.reports.clickhouse`), whose `calls` and `iterations` are CTEs read from the spans
+(`compactobs.reports.sources.clickhouse`), whose `calls` and `iterations` are CTEs read from the spans
 (`spans.calls_select`, `spans.iterations_select`), and whose SQL is the same measures compiled by
 clickhouse-connect's SQLAlchemy dialect, ClickHouse's differences from PostgreSQL handled in its compiler
-(`_ClickHouseCompiler`).
+(`reports.sources.clickhouse.dialect`, which the ClickHouse source compiles the measures with too).
 """
 
 from __future__ import annotations
@@ -36,7 +37,15 @@ from sqlalchemy import ColumnElement, Numeric, Select, case, func, literal, lite
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect as SqlDialect
 
-from compactobs.reports import anomalies, cache, cost, ops
+from compactobs.reports import anomalies, ops
+from compactobs.reports.measures.cost import (
+    CLASS_COSTS,
+    call_measures,
+    iteration_measures,
+    top_level_measures,
+)
+from compactobs.reports.measures.groups import group_key
+from compactobs.reports.sources.sql.cache import cache_statement
 from compactobs.rules import billed_tokens_sql, over_limits_sql
 from compactobs.store.models import calls, iterations
 
@@ -206,7 +215,7 @@ def _spend(d: Dialect) -> Select[Any]:
     """Spend in range, in the previous range, and the change."""
 
     def total(window: list[ColumnElement[bool]]) -> Any:
-        (measure,) = _measures(("cost_usd",), cost.call_measures())
+        (measure,) = _measures(("cost_usd",), call_measures())
         return select(func.coalesce(measure, 0)).where(*window, _priced()).scalar_subquery()
 
     now, before = total(d.window(calls.c.start_ms)), total(d.previous_window(calls.c.start_ms))
@@ -225,8 +234,8 @@ def _spend(d: Dialect) -> Select[Any]:
 
 def _cost_by_model(d: Dialect) -> Select[Any]:
     """Cost per time bucket and model: each iteration at its own model (`report cost --by model`)."""
-    (model,) = cost.group_keys(["model"], iteration_level=True)
-    (measure,) = _measures(("cost_usd",), cost.iteration_measures())
+    model = group_key("model", calls, iterations).label("k_model")
+    (measure,) = _measures(("cost_usd",), iteration_measures())
     time = d.bucket("calls.start_ms").label("time")
     source = calls.outerjoin(iterations, iterations.c.call_id == calls.c.call_id)
     return (
@@ -238,26 +247,14 @@ def _cost_by_model(d: Dialect) -> Select[Any]:
     )
 
 
-_CLASS_COSTS: Final = (
-    "cost_input_usd",
-    "cost_output_usd",
-    "cost_cache_read_usd",
-    "cost_cache_write_5m_usd",
-    "cost_cache_write_1h_usd",
-    "cost_server_tools_usd",
-)
-
-
 def _cost_by_token_class(d: Dialect) -> Select[Any]:
-    return select(*_measures(_CLASS_COSTS, cost.call_measures())).where(
-        *d.window(calls.c.start_ms), _priced()
-    )
+    return select(*_measures(CLASS_COSTS, call_measures())).where(*d.window(calls.c.start_ms), _priced())
 
 
 def _compactions(d: Dialect) -> Select[Any]:
     """Compactions (every call), their cost and share of the priced cost."""
-    (count,) = _measures(("compactions",), cost.call_measures())
-    money = select(*_measures(("cost_usd", "compaction_cost_usd"), cost.call_measures())).where(
+    (count,) = _measures(("compactions",), call_measures())
+    money = select(*_measures(("cost_usd", "compaction_cost_usd"), call_measures())).where(
         *d.window(calls.c.start_ms), _priced()
     )
     m = money.subquery("priced")
@@ -272,23 +269,23 @@ def _compactions(d: Dialect) -> Select[Any]:
 def _top_level(d: Dialect) -> Select[Any]:
     """What the responses' top-level usage said (it leaves compaction iterations out) against the billed
     totals over every iteration."""
-    c = calls.c
-    billed_in, billed_out = _measures(("input_tokens", "output_tokens"), cost.call_measures())
-    shown = func.sum(c.top_level_input_tokens) + func.sum(c.top_level_output_tokens)
+    billed_in, billed_out = _measures(("input_tokens", "output_tokens"), call_measures())
+    shown_in, shown_out = top_level_measures()
+    shown = shown_in.element + shown_out.element
     billed = billed_in.element + billed_out.element
     return select(
-        func.sum(c.top_level_input_tokens).label("top_level_input_tokens"),
+        shown_in,
         billed_in,
-        func.sum(c.top_level_output_tokens).label("top_level_output_tokens"),
+        shown_out,
         billed_out,
         _ratio(billed - shown, billed).label("left_out_share"),
-    ).where(*d.window(c.start_ms))
+    ).where(*d.window(calls.c.start_ms))
 
 
 def _cache_over_time(d: Dialect) -> Select[Any]:
     """Hit ratio and net savings per time bucket (`report cache --by hour`), from the cache report's sums
     (without its wasted writes: their next-call lookups were most of the query's time)."""
-    grouped = cache.cache_statement(
+    grouped = cache_statement(
         d.window(calls.c.start_ms), lambda c: [d.bucket("c.start_ms").label("time")], 0, waste=False
     ).subquery("g")
     g = grouped.c
@@ -304,7 +301,7 @@ def _cache_over_time(d: Dialect) -> Select[Any]:
 def _top_conversations(d: Dialect) -> Select[Any]:
     c = calls.c
     names = ("calls", "error_calls", "compactions", "cost_usd", "compaction_cost_usd")
-    measures = _measures(names, cost.call_measures())
+    measures = _measures(names, call_measures())
     by_cost = measures[3].element
     return (
         select(c.conversation_id, *measures)
@@ -510,7 +507,7 @@ _UNTIL_MS: Final = "toUnixTimestamp64Milli($__toTime_ms)"
 
 def _per_call_lookups(statement: Any) -> tuple[Any, list[tuple[str, Any]]]:
     """The statement with each scalar subquery over `iterations` correlated to its call by `call_id` (e.g.
-    `cost.call_measures`' compaction cost) replaced by a column of `calls`, and those columns: (name, the
+    `call_measures`' compaction cost) replaced by a column of `calls`, and those columns: (name, the
     subquery's own SELECT grouped by call_id instead). ClickHouse runs no correlated subquery inside an
     aggregate's argument; a LEFT JOIN on call_id gives each call the same value (NULL without rows)."""
     from sqlalchemy.sql.elements import BinaryExpression
@@ -554,7 +551,7 @@ def _clickhouse_frame(d: Dialect, statement: Any, reaches_back: bool) -> str:
     missing side with 0 and '', where the measures read NULL (a call without iteration rows); and
     `cast_keep_nullable`, as its CAST of a NULL to a plain type raises, where SQL's gives NULL (a sum of
     no top-level tokens, cast for an exact division)."""
-    from compactobs.reports.clickhouse import spans
+    from compactobs.reports.sources.clickhouse import spans
 
     statement, lookups = _per_call_lookups(statement)
     sql = d.sql_text(statement)
@@ -577,85 +574,11 @@ def _clickhouse_frame(d: Dialect, statement: Any, reaches_back: bool) -> str:
 
 def _clickhouse_dialect() -> Dialect:
     """GRAFANA_CLICKHOUSE, built when first asked for: clickhouse-connect is an optional dependency."""
-    from clickhouse_connect.cc_sqlalchemy.dialect import ClickHouseDialect
-    from clickhouse_connect.cc_sqlalchemy.sql.compiler import ChStatementCompiler
-    from sqlalchemy import Float
-    from sqlalchemy.ext.compiler import compiles
-    from sqlalchemy.sql.compiler import GenericTypeCompiler
-    from sqlalchemy.sql.elements import Null
-    from sqlalchemy.sql.functions import FunctionElement
-
-    from compactobs.reports.clickhouse.spans import _WIDE
-
-    class _ClickHouseTypes(GenericTypeCompiler):
-        def visit_numeric(self, type_: Any, **kw: Any) -> str:
-            # A NUMERIC without precision (the measures' exact divisions) is PostgreSQL's arbitrary
-            # precision: here the widest Decimal at the places the ClickHouse reports use.
-            if type_.precision is None:
-                return f"Decimal(76, {_WIDE})"
-            return f"Decimal({type_.precision}, {type_.scale or 0})"
-
-        visit_NUMERIC = visit_numeric
-        visit_DECIMAL = visit_numeric
-
-    class _ClickHouseCompiler(ChStatementCompiler):
-        """Where ClickHouse's semantics differ from PostgreSQL's, for the same expressions."""
-
-        def visit_floordiv_binary(self, binary: Any, operator: Any, **kw: Any) -> str:
-            # PostgreSQL's integer division; ClickHouse's `/` is always a float division.
-            return f"intDiv({self.process(binary.left, **kw)}, {self.process(binary.right, **kw)})"
-
-        def visit_truediv_binary(self, binary: Any, operator: Any, **kw: Any) -> str:
-            left, right = self.process(binary.left, **kw), self.process(binary.right, **kw)
-            if isinstance(binary.type, Numeric) and not isinstance(binary.type, Float):
-                # An exact division: ClickHouse keeps the dividend's scale (10 places for money) and
-                # refuses a divisor of more places; divideDecimal gives the quotient at _WIDE places.
-                # ClickHouse also computes a function on the rows its NULLs mask (as 0), and on both
-                # arms of a CASE: a divisor of 0 or NULL is made 1, and the quotient NULL, so that no
-                # arm raises (the measures guard their divisions; PostgreSQL never meets these rows).
-                zero = f"ifNull({right}, 0) = 0"
-                wide = f"toDecimal256({left}, {_WIDE}), toDecimal256(if({zero}, 1, {right}), {_WIDE})"
-                return f"if({zero}, NULL, divideDecimal({wide}, {_WIDE}))"
-            return f"{left} / {right}"
-
-        def visit_cast(self, cast: Any, **kw: Any) -> str:
-            # A typed NULL (e.g. the cache measures' `next_start` when not looked up): ClickHouse casts
-            # NULL only to a Nullable type.
-            if isinstance(cast.clause, Null):
-                return f"CAST(NULL AS Nullable({self.dialect.type_compiler_instance.process(cast.type)}))"
-            text: str = super().visit_cast(cast, **kw)
-            return text
-
-        def limit_clause(self, select: Any, **kw: Any) -> str:
-            # A bare OFFSET (SQLite's optimisation fence in the cache measures): ClickHouse reads
-            # LIMIT -1 as "the last row", so no LIMIT when there is none.
-            if select._limit_clause is None and select._offset_clause is not None:
-                return f"\n OFFSET {self.process(select._offset_clause, **kw)}"
-            text: str = super().limit_clause(select, **kw)
-            return text
-
-    class _Dialect(ClickHouseDialect):
-        statement_compiler = _ClickHouseCompiler
-        type_compiler_cls = _ClickHouseTypes
-
-    class _ExactQuantile(FunctionElement[float]):
-        """quantileExactInclusive(p)(value): the R7 rule, PostgreSQL's percentile_cont; NULLs skipped."""
-
-        name = "quantileExactInclusive"
-        inherit_cache = True
-        type = Float()
-
-    @compiles(_ExactQuantile)
-    def _exact_quantile(element: Any, compiler: Any, **kw: Any) -> str:
-        p, value = list(element.clauses)
-        return f"quantileExactInclusive({compiler.process(p, **kw)})({compiler.process(value, **kw)})"
-
-    def percentile(p: float, value: ColumnElement[Any]) -> ColumnElement[Any]:
-        return _ExactQuantile(literal_column(str(p)), value)
+    from compactobs.reports.sources.clickhouse.dialect import clickhouse_dialect, percentile
 
     return Dialect(
         name="grafana-clickhouse",
-        sql=_Dialect(),
+        sql=clickhouse_dialect(),
         since_ms=literal_column(_SINCE_MS),
         until_ms=literal_column(_UNTIL_MS),
         bucket=lambda column: literal_column(

@@ -22,7 +22,6 @@ from compactobs.store.models import calls, epoch_ms
 __all__ = [
     "NUMERIC_KINDS",
     "ColumnKind",
-    "ExternalSource",
     "Filters",
     "Report",
     "ReportInputError",
@@ -46,12 +45,6 @@ class ReportInputError(UserError, ValueError):
     @property
     def message(self) -> str:
         return str(self.args[0])
-
-
-class ExternalSource:
-    """A report source other than the SQL store (ClickHouse: `compactobs.reports.clickhouse`). A report given
-    one in place of an Engine asks it for the same intermediate results its SQL queries produce, so the
-    rules, options, rendering and JSON stay the report's own."""
 
 
 def zone_name(tz: tzinfo) -> str:

@@ -22,8 +22,9 @@ from typing import Any, Final
 from sqlalchemy import Engine
 
 from compactobs.reports.model import Filters, Report
-from compactobs.reports.sources.anomalies_ops import PERCENTILES, AnomaliesOpsSource
-from compactobs.reports.sources.sql_anomalies_ops import as_source, failed_call
+from compactobs.reports.sources import Source, as_source
+from compactobs.reports.sources.anomalies_ops import PERCENTILES
+from compactobs.reports.sources.sql_anomalies_ops import failed_call
 
 # `failed_call` (a call that ended with an error: the report's and the dashboards' one definition) is the
 # SQL store's, named here for the dashboards.
@@ -58,7 +59,7 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def ops_report(source: Engine | AnomaliesOpsSource, filters: Filters) -> Report:
+def ops_report(source: Engine | Source, filters: Filters) -> Report:
     """The `report ops` Report: one row per model (totals: every model), and a section of errors by type."""
     by_model, errors, latency_by_model, latency_all, ttft_by_model, ttft_all = as_source(source).ops_figures(
         filters

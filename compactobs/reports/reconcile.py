@@ -9,8 +9,9 @@ report = reconcile_report(engine, fetched, Window(start, stop, "day"), groups=("
 Per UTC bucket (day or hour, the reports' own edges) and group (model, service tier, speed, inference geo,
 workspace, API key), for requests, uncached input, cache read, cache write 5m and 1h, output and web
 search requests, and for the cost: Anthropic's list amount and its amount after discounts, against
-compactobs' list price. The store's side is `report cost`'s own measures (`cost.aggregate_calls`), over
-the calls that carried usage (a call that failed before any usage is no request Anthropic bills).
+compactobs' list price. The store's side is `report cost`'s own measures
+(`sources.sql.cost.aggregate_calls`), over the calls that carried usage (a call that failed before any
+usage is no request Anthropic bills).
 
 A difference is a figure that differs by more than the tolerance (a percentage of the larger side; money
 below $0.000001 is rounding). Each is set against what can explain it, in this order:
@@ -52,8 +53,8 @@ from sqlalchemy import Engine
 
 from compactobs._words import counted
 from compactobs.anthropic_reports import API_GROUPS, CLASSES, ApiFigures, Fetched
-from compactobs.reports.cost import aggregate_calls
 from compactobs.reports.model import Filters, Report, ReportInputError
+from compactobs.reports.sources.sql.cost import aggregate_calls
 from compactobs.reports.sources.sql_reading import reading
 from compactobs.reports.times import local_buckets
 from compactobs.store.models import calls, epoch_ms

@@ -192,7 +192,7 @@ iterations: Table = Table(
 # and month of every IANA zone is a whole number of such slots (UTC offsets are multiples of 15 minutes),
 # so a report reads whole slots here and only the partial slots at its window's edges from `calls`.
 # Triggers on `calls` and `iterations` (migration 0002) mark the slots a change touches in `rollup_dirty`,
-# whoever writes the rows; `compactobs.reports.rollup` recomputes them. See that module.
+# whoever writes the rows; `compactobs.reports.sources.sql.rollup` recomputes them. See that module.
 
 SLOT_MS: Final = 15 * 60 * 1000
 

@@ -16,15 +16,15 @@ from compactobs.reports.anomalies.finding import KINDS, SEVERITIES, Finding
 from compactobs.reports.anomalies.thresholds import Thresholds
 from compactobs.reports.anomalies.unpriced import UnpricedModel
 from compactobs.reports.model import Filters, Report, to_json_value
-from compactobs.reports.sources import sql_anomalies_ops as sql_store
-from compactobs.reports.sources.anomalies_ops import AnomaliesOpsSource, AnomalyData
+from compactobs.reports.sources import Source, as_source
+from compactobs.reports.sources.anomalies_ops import AnomalyData
 from compactobs.rules import Budgets
 
 __all__ = ["COLUMNS", "anomalies_report", "find_anomalies", "findings_of"]
 
 
 def find_anomalies(
-    source: Engine | AnomaliesOpsSource,
+    source: Engine | Source,
     filters: Filters,
     thresholds: Thresholds | None = None,
     budgets: Budgets | None = None,
@@ -32,7 +32,7 @@ def find_anomalies(
     """Every finding over the calls `filters` select, most severe first, then by kind (`KINDS` order),
     then by the time of the first call involved."""
     thresholds = thresholds or Thresholds()
-    data: AnomalyData = sql_store.as_source(source).anomaly_data(filters)
+    data: AnomalyData = as_source(source).anomaly_data(filters)
     findings: list[Finding] = []
     pool = ThreadPoolExecutor(1, "compactobs-anomalies") if data.concurrent else None
 
@@ -68,7 +68,7 @@ call)."""
 
 
 def anomalies_report(
-    source: Engine | AnomaliesOpsSource,
+    source: Engine | Source,
     filters: Filters,
     thresholds: Thresholds | None = None,
     budgets: Budgets | None = None,

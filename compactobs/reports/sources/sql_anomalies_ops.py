@@ -27,7 +27,6 @@ from compactobs.reports.model import Filters
 from compactobs.reports.sources.anomalies_ops import (
     CONVERSATION_FIELDS,
     PERCENTILES,
-    AnomaliesOpsSource,
     OpsFigures,
     interpolate,
     unknown_call,
@@ -41,7 +40,6 @@ __all__ = [
     "TOTAL",
     "SqlAnomaliesOps",
     "SqlAnomalyData",
-    "as_source",
     "failed_call",
     "percentiles",
     "percentiles_with_total",
@@ -51,16 +49,12 @@ TOTAL: Final = "(total)"
 """The key of the overall percentiles in `percentiles(..., group=None)`."""
 
 
-def as_source(source: Engine | AnomaliesOpsSource) -> AnomaliesOpsSource:
-    """The source a report reads: an Engine is the SQL store."""
-    return SqlAnomaliesOps(source) if isinstance(source, Engine) else source
-
-
-@dataclass(frozen=True)
 class SqlAnomaliesOps:
-    """`AnomaliesOpsSource` over the SQL store's Engine."""
+    """`report ops`, `conversation`, `call` and `anomalies` over the SQL store's Engine: the part of
+    `sources.sql.SqlSource` those reports read."""
 
-    engine: Engine
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
     def ops_figures(self, filters: Filters) -> OpsFigures:
         return _ops_figures(self.engine, filters)

@@ -20,14 +20,14 @@ from compactobs.reports.anomalies.compaction import COMPACTION_RECORD, compactio
 from compactobs.reports.anomalies.error_burst import ERROR_STATUSES, HOUR_MS
 from compactobs.reports.anomalies.finding import MAX_CALL_IDS
 from compactobs.reports.anomalies.thresholds import Thresholds
-from compactobs.reports.clickhouse import spans
-from compactobs.reports.clickhouse.cost import JOIN_SETTINGS
-from compactobs.reports.clickhouse.source import ClickHouseSource, quote
 from compactobs.reports.model import Filters
+from compactobs.reports.sources.clickhouse import spans
+from compactobs.reports.sources.clickhouse.client import ClickHouseClient, quote
+from compactobs.reports.sources.clickhouse.cost import JOIN_SETTINGS
 from compactobs.rules import BILLED_TOKEN_COLUMNS, Budgets
 
 if TYPE_CHECKING:
-    from compactobs.reports.sources.anomalies_ops import AnomaliesOpsSource
+    pass
 
 __all__ = ["ClickHouseAnomalyData"]
 
@@ -46,7 +46,7 @@ class ClickHouseAnomalyData:
     working while Python parses and judges the compaction rows); over HTTP the client keeps no server
     session, so the server runs them side by side (its peak memory is then the two queries')."""
 
-    def __init__(self, source: ClickHouseSource, filters: Filters) -> None:
+    def __init__(self, source: ClickHouseClient, filters: Filters) -> None:
         self.source = source
         self.filters = filters
         self.conditions = spans.call_conditions(filters, "c.")
@@ -241,10 +241,3 @@ class ClickHouseAnomalyData:
             + f" ORDER BY c.start_ms, c.call_id LIMIT {MAX_CALL_IDS}"
         )
         return [record["call_id"] for record in self.source.rows(sql)]
-
-
-if TYPE_CHECKING:
-
-    def _is_a_source(source: ClickHouseSource) -> AnomaliesOpsSource:
-        """The type checker holds ClickHouseSource to the Protocol the SQL store implements too."""
-        return source

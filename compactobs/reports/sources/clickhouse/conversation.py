@@ -7,15 +7,15 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
-from compactobs.reports.clickhouse import spans
-from compactobs.reports.clickhouse.source import ClickHouseSource, quote
 from compactobs.reports.model import Filters
 from compactobs.reports.sources.anomalies_ops import CONVERSATION_FIELDS, unknown_conversation
+from compactobs.reports.sources.clickhouse import spans
+from compactobs.reports.sources.clickhouse.client import ClickHouseClient, quote
 
 __all__ = ["conversation_calls"]
 
 
-def conversation_calls(source: ClickHouseSource, filters: Filters, conversation_id: str) -> Iterator[Any]:
+def conversation_calls(source: ClickHouseClient, filters: Filters, conversation_id: str) -> Iterator[Any]:
     """The calls (CONVERSATION_FIELDS as attributes) of the conversation that `filters` select, by
     (start_ms, call_id). Raises ReportInputError when no call span ever carried this id."""
     calls = spans.calls_of(source)

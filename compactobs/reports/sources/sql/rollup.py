@@ -17,7 +17,7 @@ How it stays exact:
   with no next call yet: `store.rollup_open_calls`). The two parts never overlap, so nothing is counted
   twice, and a slot marked after the refresh is read raw, so nothing is missed.
 - Reports filtered or grouped by conversation, or grouped by provider, read `calls` only (the rollups
-  have neither: `cost.CALLS_ONLY`).
+  have neither: `measures.groups.CALLS_ONLY`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    FromClause,
     String,
     and_,
     bindparam,
@@ -48,7 +49,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import Label
 
+from compactobs.reports.measures.cache import open_write
+from compactobs.reports.measures.cost import call_measures, iteration_measures
+from compactobs.reports.measures.groups import group_key
 from compactobs.reports.model import Filters
+from compactobs.reports.sources.sql.cache import cache_statement, calls_with_next
 from compactobs.reports.sources.sql_reading import reading
 from compactobs.reports.times import TIME_UNITS, bucket_label, local_bucket, utc_offsets
 from compactobs.store.engine import is_sqlite, make_engine
@@ -99,9 +104,6 @@ def _runs(slots: Sequence[int], limit: int) -> list[tuple[int, int]]:
 def _level_statements() -> list[Any]:
     """INSERT ... SELECT statements recomputing every level of the slots in [`lo`, `hi`) (bound when
     executed). Built once: each chunk of a refresh runs the same statements, compiled once by SQLAlchemy."""
-    # Imported here: the report modules import this one.
-    from compactobs.reports import cache, cost
-
     c, i = calls.c, iterations.c
     in_range = [
         c.start_ms >= bindparam("lo", type_=BigInteger),
@@ -119,37 +121,36 @@ def _level_statements() -> list[Any]:
 
     by_call = (
         select(level("call"), slot, *call_keys, null().label("model"), null().label("iteration_type"))
-        .add_columns(c.priced.label("priced"), *cost.call_measures())
+        .add_columns(c.priced.label("priced"), *call_measures())
         .where(*in_range)
         .group_by(slot, *call_keys, c.priced)
     )
-    model = func.coalesce(i.model, c.response_model, c.request_model).label("model")
+    model = group_key("model", calls, iterations).label("model")
     kind = i.type.label("iteration_type")
     by_iteration = (
         select(level("iteration"), slot, *call_keys, model, kind, c.priced.label("priced"))
-        .add_columns(*cost.iteration_measures())
+        .add_columns(*iteration_measures())
         .select_from(calls.outerjoin(iterations, i.call_id == c.call_id))
         .where(*in_range)
         .group_by(slot, *call_keys, model, kind, c.priced)
     )
 
-    def cache_keys(w: Any) -> list[Label[Any]]:
+    def cache_keys(following: FromClause) -> list[Label[Any]]:
+        w = following.c
         return [
             slot_of(w.start_ms).label("slot_ms"),
             w.service_name.label("service_name"),
             w.request_model.label("request_model"),
             w.response_model.label("response_model"),
-            func.coalesce(i.model, w.response_model, w.request_model).label("model"),
+            group_key("model", following, iterations).label("model"),
             i.type.label("iteration_type"),
             w.priced.label("priced"),
         ]
 
-    by_cache = cache.cache_statement(in_range, cache_keys, now_ms=0, settled_only=True).subquery("k")
+    by_cache = cache_statement(in_range, cache_keys, now_ms=0, settled_only=True).subquery("k")
     by_cache_select = select(level("cache"), *by_cache.c)
-    following = cache.calls_with_next(in_range)
-    open_calls = select(following.c.call_id, slot_of(following.c.start_ms)).where(
-        cache.open_write(following.c)
-    )
+    following = calls_with_next(in_range)
+    open_calls = select(following.c.call_id, slot_of(following.c.start_ms)).where(open_write(following))
     return [
         *(
             rollups.insert().from_select([column.name for column in statement.selected_columns], statement)

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from compactobs.reports.clickhouse import spans
-from compactobs.reports.clickhouse.cost import JOIN_SETTINGS
-from compactobs.reports.clickhouse.source import ClickHouseSource
 from compactobs.reports.model import Filters
 from compactobs.reports.sources.anomalies_ops import PERCENTILES, OpsFigures, Percentiles, interpolate
+from compactobs.reports.sources.clickhouse import spans
+from compactobs.reports.sources.clickhouse.client import ClickHouseClient
+from compactobs.reports.sources.clickhouse.cost import JOIN_SETTINGS
 from compactobs.store.errors import StoreError
 
 __all__ = ["ops_figures"]
@@ -19,7 +19,7 @@ _MODEL: Final = "coalesce(c.request_model, c.response_model, '(unknown)')"
 _FAILED: Final = "(c.status = 'ERROR' OR c.error_type IS NOT NULL)"
 
 
-def _calls(source: ClickHouseSource, filters: Filters, *extra: str) -> str:
+def _calls(source: ClickHouseClient, filters: Filters, *extra: str) -> str:
     where = [*spans.call_conditions(filters, "c."), *extra]
     relation = spans.calls_of(source, filters)
     return f"{relation} AS c" + (" WHERE " + " AND ".join(where) if where else "")
@@ -37,7 +37,7 @@ def _bucket(value: str) -> str:
     return f"bitShiftRight({ordered}, {_BUCKET_SHIFT})"
 
 
-def _percentiles(source: ClickHouseSource, filters: Filters, value: str) -> tuple[Percentiles, Any]:
+def _percentiles(source: ClickHouseClient, filters: Filters, value: str) -> tuple[Percentiles, Any]:
     """({model: percentiles}, the percentiles over every model or None) of the non-NULL `value`s of the
     successful calls, exact, in engine memory bounded by the buckets read, not by the calls: a histogram of
     the values' buckets (count, lowest, highest) by model, and over every model from it, places each rank
@@ -112,7 +112,7 @@ def _percentiles(source: ClickHouseSource, filters: Filters, value: str) -> tupl
     return {key: figures for (total, key), figures in out.items() if not total}, out.get((1, ""))
 
 
-def ops_figures(source: ClickHouseSource, filters: Filters) -> OpsFigures:
+def ops_figures(source: ClickHouseClient, filters: Filters) -> OpsFigures:
     """What `ops._figures` gives on the store, from the spans table."""
     counts = (
         f"SELECT {_MODEL} AS model, count() AS n, countIf({_FAILED}) AS errors, countIf(c.attempts > 1) AS "

@@ -21,20 +21,21 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from compactobs.reports.model import ExternalSource, Filters, ReportInputError
-from compactobs.reports.sources.anomalies_ops import AnomalyData, OpsFigures
 from compactobs.store.errors import StoreError
 
 __all__ = [
     "DEFAULT_TABLE",
     "SCHEMES",
-    "ClickHouseSource",
+    "ClickHouseClient",
     "is_clickhouse_url",
-    "open_source",
+    "join",
     "quote",
+    "records",
+    "settings_clause",
+    "system_table_condition",
 ]
 
 SCHEMES: Final = ("clickhouse", "clickhouse+http", "clickhouse+https", "chdb")
@@ -163,9 +164,9 @@ def records(text: str) -> list[dict[str, Any]]:
     return [dict(zip(names, values, strict=True)) for values in rows]
 
 
-class ClickHouseSource(ExternalSource):
-    """A ClickHouse database holding the Collector's spans table; the reports read it through
-    `compactobs.reports.clickhouse.reports`. Opened by `open_source`; close it when done."""
+class ClickHouseClient:
+    """A connection to a ClickHouse database holding the Collector's spans table: SQL in, typed rows out.
+    The reports read it through `source.ClickHouseSource`, opened by `open_source`; close it when done."""
 
     def __init__(self, url: str, table: str = DEFAULT_TABLE) -> None:
         if not _IDENTIFIER.match(table):
@@ -252,7 +253,7 @@ class ClickHouseSource(ExternalSource):
             self._session.close()
         self._client = self._session = None
 
-    def __enter__(self) -> ClickHouseSource:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -287,48 +288,6 @@ class ClickHouseSource(ExternalSource):
         held, not every row's values at once."""
         return _parsed(self._text(sql, settings))[1]
 
-    # -- what the reports ask an ExternalSource (see compactobs.reports._common) ------------------------
-
-    def data_range(self, filters: Any) -> tuple[int, int] | None:
-        from compactobs.reports.clickhouse import cost
-
-        return cost.data_range(self, filters)
-
-    def cache_groups(self, *args: Any, **kwargs: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
-        from compactobs.reports.clickhouse import cache
-
-        return cache.cache_groups(self, *args, **kwargs)
-
-    def cost_groups(self, *args: Any, **kwargs: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
-        from compactobs.reports.clickhouse import cost
-
-        return cost.cost_groups(self, *args, **kwargs)
-
-    # -- report ops, conversation, call and anomalies: `sources.anomalies_ops.AnomaliesOpsSource` -----------
-    # (Imported when asked: each module builds its queries from this one's helpers.)
-
-    def ops_figures(self, filters: Filters) -> OpsFigures:
-        from compactobs.reports.clickhouse import ops
-
-        return ops.ops_figures(self, filters)
-
-    def conversation_calls(self, filters: Filters, conversation_id: str) -> Iterator[Any]:
-        from compactobs.reports.clickhouse import conversation
-
-        return conversation.conversation_calls(self, filters, conversation_id)
-
-    def call_with_iterations(self, reference: str) -> tuple[Any, list[Any]]:
-        raise ReportInputError(
-            "`report call` reads the SQL store: run it with a sqlite:// or postgresql:// --db"
-        )
-
-    def anomaly_data(self, filters: Filters) -> AnomalyData:
-        from compactobs.reports.clickhouse.anomalies import ClickHouseAnomalyData
-
-        return ClickHouseAnomalyData(self, filters)
-
-    # -- end of report ops, conversation, call and anomalies ------------------------------------------------
-
     def execute(self, sql: str) -> None:
         """A statement without a result (DDL, INSERT ... SELECT)."""
         try:
@@ -344,60 +303,6 @@ class ClickHouseSource(ExternalSource):
         where = system_table_condition(table, "name")
         return bool(self.rows(f"SELECT count() AS n FROM system.tables WHERE {where}")[0]["n"])
 
-    def detect_typed(self) -> bool:
-        """Use the typed tables of `compactobs clickhouse setup` when both exist."""
-        from compactobs.reports.clickhouse.spans import (
-            TURN_COLUMNS,
-            has_columns,
-            turns_name,
-            typed_columns_current,
-            typed_names,
-        )
-
-        self.typed = all(self.exists(name) for name in typed_names(self.table))
-        if self.typed and not typed_columns_current(self):
-            # Made by an older compactobs (a column the store has since gained is missing): the spans are
-            # read instead, exact and slower, until setup makes the tables again.
-            log.warning("compactobs: typed tables of %s lack newer columns; reading the spans", self.table)
-            self.typed = False
-        turns = turns_name(self.table)
-        self.turns = self.typed and self.exists(turns) and has_columns(self, turns, TURN_COLUMNS)
-        return self.typed
-
-    def setup(self) -> list[str]:
-        """Create the typed tables, the per-slot sums and their materialised views, and fill them
-        (idempotent)."""
-        from compactobs.reports.clickhouse import slots
-        from compactobs.reports.clickhouse.spans import setup_statements, turns_setup_statements
-
-        statements = [
-            *setup_statements(self.table),
-            *turns_setup_statements(self.table),
-            *slots.setup_statements(self.table),
-        ]
-        for statement in statements:
-            self.execute(statement)
-        self.typed = self.turns = True
-        slots.refresh(self, everything=True)
-        self._slots = True
-        return statements
-
-    def slots_ready(self) -> bool:
-        """Whether the reports can read setup's per-slot sums: they exist, and the slots marked since the
-        last refresh were recomputed now (once per source). A refresh that fails (a read-only user) leaves
-        the reports on the typed tables, which are always exact."""
-        if self._slots is None:
-            from compactobs.reports.clickhouse import slots
-
-            self._slots = False
-            if self.typed and slots.exists(self):
-                try:
-                    slots.refresh(self)
-                    self._slots = True
-                except StoreError as err:
-                    log.info("compactobs: the slot sums were not refreshed (%s); reading the calls", err)
-        return self.typed and self._slots
-
     def check_table(self) -> None:
         """Raises StoreError, saying what to do, when the spans table is missing."""
         if not self.exists(self.table):
@@ -411,20 +316,6 @@ class ClickHouseSource(ExternalSource):
 def _first_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return (text[:300] + "...") if len(text) > 300 else text or type(err).__name__
-
-
-def open_source(url: str, table: str = DEFAULT_TABLE, check: bool = True) -> ClickHouseSource:
-    """A ClickHouseSource for `url` (clickhouse://user:password@host:8123/db, clickhouse+https://...,
-    chdb:///directory), its spans table checked when `check`. Raises StoreError."""
-    source = ClickHouseSource(url, table)
-    if check:
-        try:
-            source.check_table()
-            source.detect_typed()
-        except BaseException:
-            source.close()
-            raise
-    return source
 
 
 def system_table_condition(table: str, column: str) -> str:

@@ -28,17 +28,26 @@ a call longer than a day would not be found from its iteration's mark (its own m
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-from compactobs.reports.clickhouse import spans
-from compactobs.reports.clickhouse.source import join, settings_clause
+from compactobs.reports.model import Filters
+from compactobs.reports.sources.clickhouse import spans
+from compactobs.reports.sources.clickhouse.client import ClickHouseClient, join, settings_clause
+from compactobs.reports.sources.clickhouse.queries import (
+    JOIN_SETTINGS,
+    cache_sums_sql,
+    call_measures_sql,
+    compaction_costs,
+    group_key_sql,
+    iteration_measures_sql,
+    next_of,
+    open_write_sql,
+)
+from compactobs.store.errors import StoreError
 from compactobs.store.models import SLOT_MS
-
-if TYPE_CHECKING:
-    from compactobs.reports.clickhouse.source import ClickHouseSource
-    from compactobs.reports.model import Filters
 
 __all__ = [
     "MARK_MARGIN_MS",
@@ -46,11 +55,14 @@ __all__ = [
     "aligned",
     "cache_names",
     "latest",
+    "ready",
     "refresh",
     "setup_statements",
     "slot_names",
     "sums",
 ]
+
+log = logging.getLogger(__name__)
 
 MARK_MARGIN_MS: Final = 10 * 60 * 1000
 """How far before the last refresh marks are read again: longer than any insert takes to commit."""
@@ -88,12 +100,6 @@ def _slot(column: str) -> str:
 
 def _level_select(source_table: str, level: str, version: str, calls_where: str) -> str:
     """One level's slot rows, over the typed calls that satisfy `calls_where` (on their own columns)."""
-    from compactobs.reports.clickhouse.cost import (
-        CALL_MEASURES,
-        ITERATION_MEASURES,
-        compaction_costs,
-    )
-
     calls_table, iterations_table = spans.typed_names(source_table)
     keys = []
     for name, sql, kind in KEYS:
@@ -105,13 +111,12 @@ def _level_select(source_table: str, level: str, version: str, calls_where: str)
     head = [f"'{level}' AS level", f"{_slot('c.start_ms')} AS slot_ms", f"{version} AS version", *keys]
     calls = f"(SELECT * FROM {calls_table} FINAL WHERE {calls_where})"
     if level == "iteration":
-        measures = ITERATION_MEASURES
+        measures = iteration_measures_sql()
         iterations = f"(SELECT * FROM {iterations_table} FINAL)"
         source_sql = f"{calls} AS c LEFT JOIN {iterations} AS i ON i.call_id = c.call_id"
     else:
         # The compaction iterations' cost of the calls that compacted, as `cost_groups` sums it.
-        measures = tuple(m for m in CALL_MEASURES if m[0] != "compaction_cost_usd")
-        measures += (("compaction_cost_usd", "sum(if(c.compactions_count > 0, x.compaction_cost, NULL))"),)
+        measures = call_measures_sql()
         compaction = compaction_costs(f"(SELECT * FROM {iterations_table} FINAL)")
         source_sql = f"{calls} AS c LEFT JOIN {compaction} AS x ON x.call_id = c.call_id"
     select = join([*head, *(f"{sql} AS {name}" for name, sql in measures)])
@@ -122,8 +127,6 @@ def _level_select(source_table: str, level: str, version: str, calls_where: str)
 def _cache_selects(source_table: str, version: str, calls_where: str) -> tuple[str, str]:
     """(the settled calls' cache measures per slot and group, the open writes' (slot, call)) over the typed
     calls that satisfy `calls_where` (on their own columns), with their next calls among all the calls."""
-    from compactobs.reports.clickhouse.cache import OPEN_WRITE, measures_sql, next_of
-
     calls_table, iterations_table = spans.typed_names(source_table)
     everything = f"(SELECT * FROM {calls_table} FINAL)"
     window = f"(SELECT * FROM {calls_table} FINAL WHERE {calls_where})"
@@ -133,25 +136,22 @@ def _cache_selects(source_table: str, version: str, calls_where: str) -> tuple[s
         keys.append((name, f"CAST({group_key_sql_of(name) or sql}, '{kind}')"))
     iterations = f"(SELECT * FROM {iterations_table} FINAL)"
     # now_ms 0: a settled call's waste does not depend on the clock.
-    measures = measures_sql(calls, iterations, keys, 0, f"NOT {OPEN_WRITE}")
+    open_write = f"({open_write_sql()})"
+    measures = cache_sums_sql(calls, iterations, keys, 0, f"NOT {open_write}")
     settled = f"SELECT {version} AS version, * FROM ({measures})"
     open_writes = (
         f"SELECT {_slot('c.start_ms')} AS slot_ms, {version} AS version, c.call_id AS call_id "
-        f"FROM {calls} AS c WHERE {OPEN_WRITE}"
+        f"FROM {calls} AS c WHERE {open_write}"
     )
     return settled, open_writes
 
 
 def group_key_sql_of(name: str) -> str:
     """The iteration-level SQL of slot key `name` where it is not a call column (the model)."""
-    from compactobs.reports.clickhouse.cost import group_key_sql
-
-    return group_key_sql("model", True) if name == "model" else ""
+    return group_key_sql("model") if name == "model" else ""
 
 
 def _join_settings() -> dict[str, int]:
-    from compactobs.reports.clickhouse.cost import JOIN_SETTINGS
-
     return dict(JOIN_SETTINGS)
 
 
@@ -198,11 +198,11 @@ def setup_statements(table: str) -> list[str]:
     ]
 
 
-def exists(source: ClickHouseSource) -> bool:
+def exists(source: ClickHouseClient) -> bool:
     return all(source.exists(name) for name in (*slot_names(source.table), *cache_names(source.table)))
 
 
-def refresh(source: ClickHouseSource, everything: bool = False) -> int:
+def refresh(source: ClickHouseClient, everything: bool = False) -> int:
     """Recompute the slots marked since the last refresh (less the margin), or every slot; returns how many
     slots were recomputed. Raises StoreError (e.g. a read-only user)."""
     slots_table, marks_table, state_table = slot_names(source.table)
@@ -270,6 +270,21 @@ def refresh(source: ClickHouseSource, everything: bool = False) -> int:
     return int(source.rows(count)[0]["n"])
 
 
+def ready(source: ClickHouseClient) -> bool:
+    """Whether the reports can read setup's per-slot sums: they exist, and the slots marked since the last
+    refresh were recomputed now (once per source). A refresh that fails (a read-only user) leaves the
+    reports on the typed tables, which are always exact."""
+    if source._slots is None:
+        source._slots = False
+        if source.typed and exists(source):
+            try:
+                refresh(source)
+                source._slots = True
+            except StoreError as err:
+                log.info("compactobs: the slot sums were not refreshed (%s); reading the calls", err)
+    return source.typed and source._slots
+
+
 def aligned(filters: Filters) -> bool:
     """Whether the slots can answer `filters`: its window whole slots, and no conversation filter."""
     return (
@@ -279,7 +294,7 @@ def aligned(filters: Filters) -> bool:
     )
 
 
-def latest(source: ClickHouseSource, level: str, filters: Filters) -> str:
+def latest(source: ClickHouseClient, level: str, filters: Filters) -> str:
     """The slot rows of `level` (call, iteration; cache: `report cache`'s settled calls; open: its open
     writes) in `filters`' window, each slot at its newest version (its call level's), as a subquery."""
     slots_table, _, _ = slot_names(source.table)
@@ -300,7 +315,7 @@ def latest(source: ClickHouseSource, level: str, filters: Filters) -> str:
 
 
 def sums(
-    source: ClickHouseSource,
+    source: ClickHouseClient,
     filters: Filters,
     level: str,
     keys: Sequence[tuple[str, str]],

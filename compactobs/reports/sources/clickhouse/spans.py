@@ -23,8 +23,8 @@ from typing import Any, Final
 from sqlalchemy import Boolean, Float, Integer, Numeric, String
 
 from compactobs import semconv as t
-from compactobs.reports.clickhouse.source import quote, system_table_condition
 from compactobs.reports.model import Filters
+from compactobs.reports.sources.clickhouse.client import quote, system_table_condition
 from compactobs.reports.times import MS_PER_DAY, MS_PER_HOUR, utc_offsets
 from compactobs.store.mapping import CALL_ATTRIBUTES, ITERATION_ATTRIBUTES
 from compactobs.store.models import calls, iterations
@@ -326,7 +326,7 @@ def setup_statements(table: str) -> list[str]:
 
 def glob_condition(columns: Sequence[str], patterns: Sequence[str]) -> str:
     """Equality for plain values, LIKE for `*`/`?` globs, OR-ed over columns and values (the store's rule:
-    `compactobs.reports._common.Filters`)."""
+    `compactobs.reports.model.Filters`)."""
     plain = [p for p in patterns if not any(ch in p for ch in "*?[")]
     globs = [p for p in patterns if p not in plain]
     conditions: list[str] = []
