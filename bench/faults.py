@@ -10,11 +10,12 @@ recorded by compactobs into a real database, before, during and after a fault:
 then drains the spool and counts, per call tried, what the store holds (tests/faults.py). Two more rows
 (`--rows fork silent-otlp`), each an application in a fresh interpreter:
   fork         a multiprocessing Pool (fork start method, 4 workers) making --fork-calls calls, plus the
-               parent's one: calls made against calls stored, on SQLite and PostgreSQL (tests/test_fork.py)
+               parent's one: calls made against calls stored, on SQLite and PostgreSQL
+               (tests/runtime/test_fork.py)
   silent-otlp  `compactobs.shutdown()` after 200 calls, exporting over OTLP/gRPC to an endpoint that accepts
                connections and never answers, with the default shutdown bound: how long shutdown() took,
                the process's whole exit, and the calls stored and counted as not exported
-               (tests/test_shutdown.py)
+               (tests/runtime/test_shutdown.py)
 "incomplete" is
 calls stored without all their iterations. Client threads (--threads, default 4) share the rate: on a
 shared 2-core machine, with the simulator in the same process, they may not reach 1,000 calls/s; "tried"
@@ -57,7 +58,7 @@ ROWS = ("store", "fork", "silent-otlp")
 
 
 def fork_rows(driver: str, calls: int) -> None:
-    from tests.test_fork import POOL, run_app, stored
+    from tests.runtime.test_fork import POOL, run_app, stored
 
     workers = 4
     each = max(1, calls // workers)
@@ -83,8 +84,8 @@ def fork_rows(driver: str, calls: int) -> None:
 def silent_otlp_row(driver: str) -> None:
     from compactobs.lifecycle import DEFAULT_SHUTDOWN_TIMEOUT_S
     from tests.otlp_receiver import SilentEndpoint
-    from tests.test_shutdown import killed_if_left, start
-    from tests.test_store_exporter import count
+    from tests.runtime.test_shutdown import killed_if_left, start
+    from tests.store.test_exporter import count
 
     calls = 200
     with tempfile.TemporaryDirectory() as tmp, postgres_schema(driver) as url, SilentEndpoint() as silent:

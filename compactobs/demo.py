@@ -762,3 +762,34 @@ def _headline(database_url: str, pattern: str) -> tuple[Decimal, Decimal]:
         engine.dispose()
     assert totals is not None
     return totals["top_level_cost_usd"], totals["hidden_cost_usd"]
+
+
+TUNE_TRIGGER: Final = 75_000
+"""The trigger the demo's closing tune line prices (the compaction docs' suggested start)."""
+
+
+def tune_line(database_url: str, pattern: str) -> str:
+    """`compactobs tune` on the run's conversations at trigger 75K, as one line: what it would have cost
+    against the recorded bill of the conversations it models (those that ran threshold compaction)."""
+    from compactobs.reports.times import build_filters
+    from compactobs.reports.tune import TuneOptions, tune
+
+    engine = make_engine(database_url)
+    try:
+        result = tune(
+            engine, build_filters(None, None, "UTC", (), (pattern,), ()), TuneOptions((TUNE_TRIGGER,))
+        )
+    finally:
+        engine.dispose()
+    setting = next(s for s in result.settings if s.setting.trigger == TUNE_TRIGGER)
+    if setting.predicted_usd is None:
+        return f"trigger 75K: not estimated ({setting.unsupported})"
+    recorded = result.recorded_usd
+    change = (setting.predicted_usd - recorded) / recorded if recorded else Decimal(0)
+    sign = "−" if change < 0 else "+"
+    return (
+        f"trigger 75K would have cost ${setting.predicted_usd:,.4f} ({sign}{abs(change):.0%}) against "
+        f"${recorded:,.4f} recorded, over the {result.conversations} conversations that ran threshold "
+        "compaction "
+        f"(interval ${setting.low_usd:,.4f}-${setting.high_usd:,.4f})"
+    )

@@ -89,6 +89,7 @@ from compactobs.semconv import (
     RESPONSE_TIME_TO_FIRST_CHUNK,
     SERVER_ADDRESS,
     SERVICE_TIER,
+    SOURCE_COST_USD,
     SPAN_KIND,
     SPAN_KIND_CALL,
     SPAN_KIND_ITERATION,
@@ -530,6 +531,7 @@ class Telemetry:
             (BUDGET_MAX_COMPACTIONS, obs.budget_max_compactions),
             (BATCH_ID, obs.batch_id and bounded_id(obs.batch_id)),
             (BATCH_CUSTOM_ID, obs.custom_id and bounded_id(obs.custom_id)),
+            (SOURCE_COST_USD, obs.source_cost_usd),
         ):
             if value is not None:
                 attributes[key] = value

@@ -525,6 +525,8 @@ class CallObservation:
     thread)."""
     provider: str | None = None
     """The client's platform (`gen_ai.provider.name`), when the middleware knows its client."""
+    source_cost_usd: float | None = None
+    """A collected call's cost as its source reported it (Claude Code's `cost_usd`): kept beside the price."""
     region: str | None = None
     """The region the client targets (Bedrock, Vertex, Claude on AWS or Google Cloud); None elsewhere."""
     guard_seen: tuple[Decimal, bool] | None = None

@@ -1,4 +1,5 @@
-"""Database fixtures: an SQLite file per test, and a fresh PostgreSQL schema per test on the real server.
+"""Shared fixtures: an SQLite file per test, a fresh PostgreSQL schema per test on the real server, and the
+expensive recordings the tests only read, built once per session (once per xdist worker).
 
 PostgreSQL is `COMPACTOBS_TEST_POSTGRES_URL` (default postgresql+psycopg://postgres@127.0.0.1:5432/test).
 When it cannot be reached the PostgreSQL tests are skipped, except in CI (`CI=true`), where they fail.
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
+
+from tests.recording import DemoRecording
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -76,7 +79,7 @@ def module_postgres_url() -> Iterator[str]:
 
 PG_DRIVERS = ("psycopg", "psycopg2")
 """The PostgreSQL drivers compactobs supports. The store's tests run on each: a module overrides
-`postgres_url` and `database_url` with the two fixtures below (see tests/test_store_exporter.py)."""
+`postgres_url` and `database_url` with the two fixtures below (see tests/store/test_exporter.py)."""
 
 
 @pytest.fixture(params=PG_DRIVERS)
@@ -99,3 +102,26 @@ def database_url(request: pytest.FixtureRequest) -> str:
     """Each test using it runs once on SQLite and once on PostgreSQL."""
     fixture = {"sqlite": "sqlite_url", "postgresql": "postgres_url"}[request.param]
     return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture(scope="session")
+def session_postgres_url() -> Iterator[str]:
+    """As `postgres_url`, one schema for the whole session (a store its tests only read)."""
+    with postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def demo_recording(session_postgres_url: str) -> DemoRecording:
+    """The demo's traffic (caching, compactions, 429/529 errors, an unpriced model) through the real SDK
+    against the simulator, recorded once per session; the ClickHouse and dashboard tests read it."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from compactobs import store
+    from compactobs.demo import run_demo
+
+    store.upgrade_database(session_postgres_url)
+    kept = InMemorySpanExporter()
+    summary = run_demo(session_postgres_url, span_processors=[SimpleSpanProcessor(kept)])
+    return DemoRecording(session_postgres_url, summary, tuple(kept.get_finished_spans()))

@@ -1,4 +1,4 @@
-"""Faults for the store, shared by tests/test_store_faults.py and bench/faults.py: real calls through the
+"""Faults for the store, shared by tests/store/test_faults.py and bench/faults.py: real calls through the
 real SDK against the loopback simulator, recorded by compactobs into a real database while it misbehaves,
 then counted: tried / stored / lost / doubled / spooled, and calls stored without all their iterations."""
 

@@ -1,4 +1,4 @@
-"""An app instrumented with compactobs, scraped by a real Prometheus (tests/test_dashboards_prometheus.py).
+"""An app instrumented with compactobs, scraped by a real Prometheus (tests/dashboards/test_prometheus.py).
 
     python -m tests.prometheus_app METRICS_PORT DATABASE_URL
 

@@ -7,14 +7,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import anthropic
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
 import compactobs
 from compactobs import store
+from compactobs.demo import DemoSummary
 from compactobs.testing import Simulator
 
 
@@ -39,3 +41,12 @@ def recording(
     finally:
         compactobs.shutdown()
         provider.shutdown()
+
+
+@dataclass(frozen=True)
+class DemoRecording:
+    """The demo's workload recorded once into PostgreSQL (`url`), with its finished spans kept in memory."""
+
+    url: str
+    summary: DemoSummary
+    spans: tuple[ReadableSpan, ...]

@@ -1,8 +1,8 @@
 """The report screens: each report as a terminal of 80 and of 120 columns shows it, on a fixed store (the
-cost tests' scenario: five calls in March 2025, hand-worked in tests/test_reports_cost.py).
+cost tests' scenario: five calls in March 2025, hand-worked in tests/reports/test_cost.py).
 
 `python -m tests.screens` runs every command of SCREENS in a real terminal (tmux, NO_COLOR) of each width
-and writes what the terminal shows to tests/golden/screens/NAME.WIDTH.txt. tests/test_reports_screens.py
+and writes what the terminal shows to tests/golden/screens/NAME.WIDTH.txt. tests/reports/test_screens.py
 renders the same reports in-process, fitted to the width, and compares.
 """
 
@@ -34,7 +34,7 @@ SCREENS: Final[dict[str, tuple[str, ...]]] = {
 
 
 def build_store(url: str) -> None:
-    from tests.test_reports_cost import scenario, store_rows
+    from tests.reports.test_cost import scenario, store_rows
 
     store_rows(url, *scenario())
 

@@ -47,14 +47,18 @@ COMMANDS_BEFORE = [
     "alert",
     "budgets",
     "clickhouse",
+    "collect",
     "db",
     "demo",
     "export",
+    "import",
     "pricing",
     "reconcile",
     "report",
     "reprice",
+    "serve",
     "spool",
+    "tune",
 ]
 
 

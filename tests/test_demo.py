@@ -189,6 +189,10 @@ def test_demo_records_into_its_own_store_not_the_default(data_home: Path, tmp_pa
     code, out, err = run("demo", "--no-reports", "--db", there)
     assert code == 0, err
     assert f"Recording into {there} as service.name" in out and len(call_rows(there)) == 45
+    # It ends by saying how to look at its store in `serve`, with the --db that opens it.
+    assert out.splitlines()[-1] == (
+        f"To look at this store in a browser: compactobs --db '{there}' serve, then open http://127.0.0.1:8000/"
+    )
 
 
 def test_demo_on_postgres_needs_the_schema_first(postgres_url: str, data_home: Path) -> None:

@@ -109,11 +109,51 @@ def test_the_readme_has_examples() -> None:
 @pytest.mark.parametrize(
     ("args", "comment"), readme_commands(), ids=lambda v: " ".join(v) if isinstance(v, list) else ""
 )
-def test_a_readme_example_runs(demo_store: str, args: list[str], comment: str) -> None:
+def test_a_readme_example_runs(demo_store: str, args: list[str], comment: str, tmp_path: Path) -> None:
+    if args[:1] == ["serve"]:
+        _serve_example(demo_store, args, tmp_path)
+        return
     with _world(args) as (args, env):
         code, _, err = run("--db", demo_store, *args, env=env)
     assert code in allowed_codes(args, comment), f"compactobs {' '.join(args)} exited {code}: {err}"
     assert "Traceback" not in err
+
+
+def _serve_example(database_url: str, args: list[str], where: Path) -> None:
+    """`compactobs serve ...` as typed, in a process of its own (it serves until stopped) on a free port in
+    place of the README's, a token file where the README names one: it answers the API, then stops."""
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    token = "readme-token"
+    if "--token-file" in args:
+        (where / args[args.index("--token-file") + 1]).write_text(token + "\n", encoding="utf-8")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    if "--port" in args:
+        args = [*args[: args.index("--port")], *args[args.index("--port") + 2 :]]
+    command = [sys.executable, "-m", "compactobs", "--db", database_url, *args, "--port", str(port)]
+    server = subprocess.Popen(command, cwd=where, stderr=subprocess.PIPE, text=True)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/report/ops", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        deadline = time.monotonic() + 120  # only a bound on a server that never comes up
+        while True:
+            assert server.poll() is None, f"compactobs {' '.join(args)} exited: {server.communicate()[1]}"
+            try:
+                with urllib.request.urlopen(request) as response:
+                    assert json.loads(response.read())["report"] == "ops"
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "the server never answered"
+                time.sleep(0.1)
+    finally:
+        server.terminate()
+        server.communicate(timeout=60)
 
 
 _servers: dict[str, str] = {}
@@ -124,9 +164,7 @@ _servers: dict[str, str] = {}
 def _world(args: list[str]) -> Iterator[tuple[list[str], dict[str, str | None]]]:
     """The example's arguments and environment, with the servers it names standing on loopback."""
     env: dict[str, str | None] = {}
-    args = [
-        _servers[_CHDB_KEY] if arg.startswith(("clickhouse://", "chdb://")) else arg for arg in args
-    ]
+    args = [_servers[_CHDB_KEY] if arg.startswith(("clickhouse://", "chdb://")) else arg for arg in args]
     with contextlib.ExitStack() as stack:
         if args[:2] == ["export", "otlp"]:
             protocol = "grpc" if "grpc" in args else "http/protobuf"

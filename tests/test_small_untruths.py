@@ -1,6 +1,6 @@
 """What the CLI and the docs say around the figures is true (issue 27's "small untruths"): each test here
 failed on the code the issue was filed against. (The demo's 429, "1 compactions" and a checkpoint's repr are
-tested where those live: tests/test_demo.py, tests/test_guard.py.)"""
+tested where those live: tests/test_demo.py, tests/guard/test_guard.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from compactobs.store.schema import head_revision
 from tests.cli import one_line_error, run
-from tests.test_reports_cost import scenario, store_rows
+from tests.reports.test_cost import scenario, store_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 NUMBERS = {2: "Two", 3: "Three", 4: "Four", 5: "Five"}
@@ -29,7 +29,7 @@ def test_the_dashboards_readme_counts_the_dashboards_that_ship() -> None:
 
 
 def test_cost_by_iteration_type_counts_a_rows_own_iterations(database_url: str) -> None:
-    """tests/test_reports_cost.py's store: B's compaction iteration is not its last (its message is), so
+    """tests/reports/test_cost.py's store: B's compaction iteration is not its last (its message is), so
     a "calls" column read 0 beside the compaction row's 1 compaction. By hand, that row holds 1 iteration,
     1 compaction, 20,000 in and 1,000 out; the priced message row holds A, B's message and C: 3 iterations,
     and D's is a row of its own, unpriced."""

@@ -74,6 +74,33 @@ _COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
         "spool",
         "Rows waiting for the database (it was away, slow or locked) and rows it refused.",
     ),
+    "collect": (
+        "collect",
+        "collect",
+        "Receive OTLP from other processes (compactobs' spans from any language, Claude Code's events) and "
+        "store it as if it had been recorded here: same rows, same spool, stored once however often it is "
+        "sent.",
+    ),
+    "import": (
+        "importers",
+        "import_group",
+        "Spend recorded elsewhere, stored as compactobs calls.",
+    ),
+    "serve": (
+        "serve",
+        "serve_command",
+        "A read-only web view of the store, with a JSON API: /api/report/NAME (the reports' options as "
+        "query parameters; what `report NAME --format json` prints), /api/report/conversation/ID, "
+        "/api/call/ID.",
+    ),
+    "tune": (
+        "tune",
+        "tune",
+        "Price the recorded conversations under other compaction settings: each setting's predicted cost "
+        "with an interval beside the recorded bill, the cheapest setting per group, each compaction's all-"
+        "in cost (the summary, the cache it made rebuild, the writes it left unread) and its quality "
+        "signals.",
+    ),
 }
 """The command groups, each from its module. `spool` is also under `db`, where `db status` points to it."""
 

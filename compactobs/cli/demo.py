@@ -83,6 +83,12 @@ def demo(ctx: click.Context, reports: bool, demo_db: str | None) -> None:
         command_line = " ".join(["compactobs", *shown_db, "report", "conversation", loop])
         click.echo(f"\nThe compaction loop, call by call: {command_line}")
     _demo_guard()
+    from compactobs.demo import tune_line
+
+    click.echo(f"\nTune ({' '.join(['compactobs', *shown_db, 'tune', '--conversation', repr(pattern)])}):")
+    click.echo(f"  {tune_line(state.database_url, pattern)}")
+    serve_line = " ".join(["compactobs", *shown_db, "serve"])
+    click.echo(f"\nTo look at this store in a browser: {serve_line}, then open http://127.0.0.1:8000/")
     if not summary.complete:
         ctx.exit(1)
 

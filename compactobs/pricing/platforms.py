@@ -9,9 +9,9 @@ have no global endpoint and bill at list everywhere.
 Sources: Anthropic's pricing page (platform.claude.com/docs/en/about-claude/pricing, "Third-party platform
 pricing": regional endpoints carry a 10% premium over global ones from the 4.5 models on). genai-prices'
 AWS table shows the same (`regional.anthropic.claude-opus-4-6-v1:0` at 5.5/27.5, `global.` at 5/25), and
-tests/test_platforms.py checks this rule against every Claude model in it. Its Google table holds list
-prices only, silent on regional endpoints; its Azure table has no Claude model, and no source found gives
-Microsoft Foundry its own Claude rates, so Foundry calls are priced at list.
+tests/instrument/test_platforms.py checks this rule against every Claude model in it. Its Google table
+holds list prices only, silent on regional endpoints; its Azure table has no Claude model, and no source
+found gives Microsoft Foundry its own Claude rates, so Foundry calls are priced at list.
 
 One rule, applied to the first-party schedule (tiers, batch, cache multipliers and the overrides file all
 follow), rather than two price tables that could drift apart.

@@ -96,9 +96,7 @@ def _iso(ms: int, tz: Any) -> str:
     )
 
 
-def conversation_report(
-    source: Engine | Source, filters: Filters, conversation_id: str
-) -> Report:
+def conversation_report(source: Engine | Source, filters: Filters, conversation_id: str) -> Report:
     """The calls of one conversation (those `filters` select), in start order. Raises ReportInputError
     when no call was ever recorded with this id."""
     result = as_source(source).conversation_calls(filters, conversation_id)
@@ -174,7 +172,8 @@ def conversation_report(
         if rows
         else None
     )
-    return Report(
+    taxes = compaction_tax_rows(source, filters, conversation_id, {r["call_id"]: r["n"] for r in rows})
+    report = Report(
         name="conversation",
         columns=list(COLUMNS),
         rows=rows,
@@ -223,3 +222,51 @@ def conversation_report(
         title=f"Conversation {conversation_id}",
         empty_message="No calls of this conversation in this window.",
     )
+    if taxes:
+        report.extra["compaction_tax"] = taxes
+        report.sections.append(
+            Report(
+                name="compaction_tax",
+                title="Each compaction, all in: summary, cache it made rebuild, writes left unread",
+                columns=list(taxes[0]),
+                rows=taxes,
+                kinds={
+                    "n": "int",
+                    "summary_usd": "usd",
+                    "rebuild_usd": "usd",
+                    "unread_usd": "usd",
+                    "total_usd": "usd",
+                    "post_pre_ratio": "ratio",
+                },
+                labels={"n": "#", "post_pre_ratio": "post/pre"},
+            )
+        )
+    return report
+
+
+def compaction_tax_rows(
+    source: Engine | Source, filters: Filters, conversation_id: str, numbers: dict[str, int]
+) -> list[dict[str, Any]]:
+    """Each compaction of the conversation, all in (`compactobs.reports.tune.model.compaction_taxes`):
+    `n` is the call's number in the timeline. Empty without threshold compaction."""
+    from dataclasses import replace
+
+    from compactobs.reports.tune.data import read_recorded, write_cost
+    from compactobs.reports.tune.model import compaction_taxes, conversation_of
+
+    recorded = read_recorded(source, replace(filters, conversations=(conversation_id,)), None)
+    records = recorded.by_conversation.get(conversation_id)
+    conversation = conversation_of(conversation_id, None, records) if records else None
+    if conversation is None:
+        return []
+    return [
+        {
+            "n": numbers.get(tax.call_id),
+            "summary_usd": tax.summary_usd,
+            "rebuild_usd": tax.rebuild_usd,
+            "unread_usd": tax.unread_usd,
+            "total_usd": tax.total_usd,
+            "post_pre_ratio": tax.post_pre_ratio,
+        }
+        for tax in compaction_taxes(conversation, write_cost(recorded.write_usd, conversation))
+    ]

@@ -10,8 +10,8 @@ One implementation: every money, token and count measure here is the expression 
 `sources.sql.cache.cache_statement`), `report ops`
 (`ops.failed_call`) and `report anomalies` (`anomalies.error_burst_statement`,
 `anomalies.unpriced_models_statement`) compute; what is derived from their sums (the cache's hit ratio and
-net, shares, percentages) is derived here in SQL, and tests/test_dashboards.py holds every figure to the
-report's JSON on the same store.
+net, shares, percentages) is derived here in SQL, and tests/dashboards/test_dashboards.py holds every
+figure to the report's JSON on the same store.
 
 Panels show current data: they read `calls` and `iterations`, never the rollups (which only a report
 refreshes). The window is `since <= start_ms < until` on the indexed `start_ms`, as the reports' is.

@@ -19,12 +19,13 @@ from sqlalchemy import Engine
 from compactobs.alerts.forecast import Forecast, fit_window, project_month
 from compactobs.reports.cost import cost_report
 from compactobs.reports.model import Filters, Report
+from compactobs.reports.sources import Source
 
 __all__ = ["daily_costs", "forecast_words", "month_forecast", "with_forecast"]
 
 
 def daily_costs(
-    engine: Engine, filters: Filters, now: datetime
+    engine: Engine | Source, filters: Filters, now: datetime
 ) -> tuple[date, dict[str | None, dict[date, Decimal]]]:
     """(today in the filters' zone, the priced spend per local day from `fit_window(today)` to now, per
     service, with None for all of them together)."""
@@ -44,13 +45,15 @@ def daily_costs(
     return today, series
 
 
-def month_forecast(engine: Engine, filters: Filters, now: datetime | None = None) -> Forecast:
+def month_forecast(engine: Engine | Source, filters: Filters, now: datetime | None = None) -> Forecast:
     """The current month's projected spend over what `filters` select (their window aside)."""
     today, series = daily_costs(engine, filters, now or datetime.now(timezone.utc))
     return project_month(series[None], today)
 
 
-def with_forecast(report: Report, engine: Engine, filters: Filters, now: datetime | None = None) -> Report:
+def with_forecast(
+    report: Report, engine: Engine | Source, filters: Filters, now: datetime | None = None
+) -> Report:
     """`report` with `forecast` in its JSON (`month`, `projected_cost_usd`, `low_usd`, `high_usd`,
     `method`, ...) and a note saying it."""
     forecast = month_forecast(engine, filters, now)

@@ -2,7 +2,7 @@
 them: dots become underscores, the unit is appended (`s` as `seconds`; annotations such as `{token}` are
 dropped) and counters end in `_total` — `compactobs.cost` (USD) is `compactobs_cost_USD_total`.
 
-Every name comes from compactobs.semconv; tests/test_dashboards_prometheus.py runs every query against a
+Every name comes from compactobs.semconv; tests/dashboards/test_prometheus.py runs every query against a
 real Prometheus scraping an instrumented app and checks each name is in the scrape.
 
 Totals over the dashboard's range count every series' first sample: `increase()` leaves out what a

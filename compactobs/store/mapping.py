@@ -101,6 +101,7 @@ _CALL_ATTRIBUTES: Final = {
     "budget_usd": t.BUDGET_USD,
     "budget_tokens": t.BUDGET_TOKENS,
     "budget_max_compactions": t.BUDGET_MAX_COMPACTIONS,
+    "source_cost_usd": t.SOURCE_COST_USD,
 }
 _ITERATION_ATTRIBUTES: Final = {
     "idx": t.ITERATION_INDEX,

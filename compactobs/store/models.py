@@ -145,6 +145,11 @@ calls: Table = Table(
     Column("budget_tokens", BigInteger),
     Column("budget_max_compactions", Integer),
     Column("out_of_range", String, comment=OUT_OF_RANGE_COMMENT),
+    Column(
+        "source_cost_usd",
+        Usd,
+        comment=("the cost the call's source reported (Claude Code's cost_usd); NULL otherwise"),
+    ),
     # Time filters use start_ms: an 8-byte integer makes smaller, cheaper indexes than a timestamp (and is
     # what Grafana's SQLite plugin buckets). start_time is for display and date functions.
     Index(None, "start_ms"),

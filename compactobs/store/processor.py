@@ -24,12 +24,11 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import SpanExportResult
 
 from compactobs import semconv as t
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace.export import SpanExportResult
-
     from compactobs.store.spool import Spool
 
 __all__ = [
@@ -148,6 +147,22 @@ class StoreSpanProcessor(SpanProcessor):
             self._enqueue(group)
         except Exception:
             log.warning("compactobs: could not queue a span for the SQL store", exc_info=True)
+
+    def submit(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Store spans that ended in another process (`compactobs collect`), through the same exporter as the
+        queued calls: committed, or spooled when the database cannot take them within its bounded wait.
+
+        On the caller's thread, not queued: a receiver may acknowledge a batch only once it is durable, and
+        the exporter's own lock orders it with the queued batches. SUCCESS once the rows are in the database
+        or the spool; FAILURE when neither can keep them (the spool full or not writable), so that the
+        sender retries rather than drops. Never raises."""
+        if self._retired or self._shutdown:
+            return SpanExportResult.FAILURE
+        try:
+            return self.exporter.export(spans)
+        except Exception:
+            log.warning("compactobs: storing %d received spans failed", len(spans), exc_info=True)
+            return SpanExportResult.FAILURE
 
     def _enqueue(self, group: list[ReadableSpan]) -> None:
         with self._lock:

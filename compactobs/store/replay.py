@@ -16,7 +16,7 @@ id stays right. What the store does not keep is rebuilt, or left out:
   (not the id the live span had); it starts and ends at the call's end, as live;
 - the resource is `service.name` alone; the scope is compactobs at this version;
 - attributes the store has no column for are not replayed: `anthropic.beta`, `server.address` and
-  `gen_ai.request.max_tokens` (tests/test_export_otlp.py checks that these are all that is missing);
+  `gen_ai.request.max_tokens` (tests/store/test_export_otlp.py checks that these are all that is missing);
 - the call's `gen_ai.usage.*` are set to the billed totals even where the live span left them to a parent
   SDK span: the replayed span has no parent, so it is the trace's one token-carrying span;
 - money is replayed as the float the live span carried (`float` of the stored NUMERIC).

@@ -82,6 +82,10 @@ minimum cacheable length is enforced. Without any breakpoint nothing is read or 
 **Request modifiers.** `usage.service_tier` is `scenario.service_tier` (default `"standard"`); the
 request's `speed` and `inference_geo` are echoed in `usage`.
 
+**Idle gaps.** `Simulator.advance_clock` moves only the simulator's cache clock. `IdleClock(sim)` moves
+it and the wall clock compactobs' middleware stamps calls with, together, so a gap shows in the store as it
+would in real traffic (`with IdleClock(sim) as clock: ...; clock.idle(400)`), without waiting.
+
 **Misbehaviour knobs** (`ConversationScenario`): `summary_tokens` near the trigger makes compaction free
 too little room, so it runs on every turn; `fail_compaction` returns `content: null` (still billed);
 `cache_miss_after_compaction` drops a conversation's cache entries whenever it compacts.
@@ -111,6 +115,7 @@ drift per token class, a discount, other workspaces by API key, a bucket-edge sh
 
 from __future__ import annotations
 
+from compactobs.testing._clock import IdleClock
 from compactobs.testing._conversation import ConversationScenario, context_tokens
 from compactobs.testing._replies import ErrorReply, Reply, message, stream_events, text_tokens
 from compactobs.testing._reports import ReportScenario
@@ -119,6 +124,7 @@ from compactobs.testing._server import RecordedRequest, Simulator
 __all__ = [
     "ConversationScenario",
     "ErrorReply",
+    "IdleClock",
     "RecordedRequest",
     "Reply",
     "ReportScenario",

@@ -10,11 +10,16 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from compactobs.reports.sources.base import Groups, Source
-from compactobs.reports.sources.sql import SqlSource
 
-__all__ = ["Groups", "Source", "SqlSource", "as_source"]
+__all__ = ["Groups", "Source", "as_source"]
 
 
 def as_source(where: Engine | Source) -> Source:
     """`where` as a report Source: a SQL store's Engine wrapped in `SqlSource`, a Source as it is."""
-    return SqlSource(where) if isinstance(where, Engine) else where
+    if not isinstance(where, Engine):
+        return where
+    # Imported here: the SQL source runs the anomaly kinds' queries, and the anomalies report imports
+    # this package for `as_source`.
+    from compactobs.reports.sources.sql import SqlSource
+
+    return SqlSource(where)

@@ -53,3 +53,8 @@ class Source(AnomaliesOpsSource, Protocol):
         per group of `by`, time units local to `filters.tz` over `span` (the data range); `now_ms` judges
         the writes with no next call yet. The second is empty when no call is unpriced."""
         ...
+
+    def tune_rows(self, filters: Filters) -> tuple[list[Any], list[Any]]:
+        """(iterations by call and index, calls by conversation and start) for `compactobs tune`: the
+        columns of `sources.tune_fields`, of the priced calls with a conversation that `filters` select."""
+        ...

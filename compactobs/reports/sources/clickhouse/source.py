@@ -79,6 +79,11 @@ class ClickHouseSource(ClickHouseClient):
 
         return ClickHouseAnomalyData(self, filters)
 
+    def tune_rows(self, filters: Filters) -> tuple[list[Any], list[Any]]:
+        from compactobs.reports.sources.clickhouse import tune
+
+        return tune.tune_rows(self, filters)
+
     # -- setup's tables --------------------------------------------------------------------------------
 
     def detect_typed(self) -> bool:

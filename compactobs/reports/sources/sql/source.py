@@ -9,6 +9,7 @@ second pass over just those calls, in the same snapshot, and only when there are
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, false, func, select
 
@@ -19,7 +20,7 @@ from compactobs.reports.measures.cost import add_record as add_cost
 from compactobs.reports.measures.groups import CALLS_ONLY, ITERATION_LEVEL
 from compactobs.reports.model import Filters
 from compactobs.reports.sources.base import Groups
-from compactobs.reports.sources.sql import rollup
+from compactobs.reports.sources.sql import rollup, tune
 from compactobs.reports.sources.sql.cache import cache_groups
 from compactobs.reports.sources.sql.cost import aggregate_calls
 from compactobs.reports.sources.sql_anomalies_ops import SqlAnomaliesOps
@@ -86,6 +87,9 @@ class SqlSource(SqlAnomaliesOps):
             if any(row["unpriced_calls"] for row in merged.values()):
                 unpriced = cache_groups(connection, filters, by, span, now_ms, [calls.c.priced == false()])
             return merged, unpriced
+
+    def tune_rows(self, filters: Filters) -> tuple[list[Any], list[Any]]:
+        return tune.tune_rows(self.engine, filters)
 
 
 def _cost(

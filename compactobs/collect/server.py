@@ -1,0 +1,341 @@
+"""`compactobs collect`'s OTLP/HTTP receiver: requests in, answers per the OTLP specification.
+
+Standard library only (`http.server` on threads): one request is decoded on its thread, then handed to the
+store (`compactobs.collect.sink`), which makes it durable before the answer goes out.
+
+- `/v1/traces`, `/v1/logs`, `/v1/metrics`; protobuf (`application/x-protobuf`) or JSON
+  (`application/json`), answered in the encoding of the request;
+- bodies plain or gzip, with a Content-Length or chunked; bounded by `max_request_bytes` before and after
+  decompression (413);
+- a bearer token when one is set (401 without it); a bind beyond loopback must set one;
+- 200 with `partial_success` for data it does not keep (and why); 503 with Retry-After when the store
+  cannot take a batch now (the spool full, or the store busy past the wait bound), so clients retry; 400
+  for a body that is not OTLP, which clients must not retry.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hmac
+import ipaddress
+import logging
+import socket
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Final
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.rpc.status_pb2 import Status as RpcStatus
+
+from compactobs.errors import CompactobsError, UserError
+
+__all__ = [
+    "DEFAULT_HTTP",
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "Answer",
+    "CollectError",
+    "HttpReceiver",
+    "is_loopback",
+    "parse_bind",
+]
+
+log = logging.getLogger("compactobs.collect")
+
+DEFAULT_HTTP: Final = "127.0.0.1:4318"
+DEFAULT_MAX_REQUEST_BYTES: Final = 16 * 1024 * 1024
+"""Per request, after decompression. The official SDKs' batches (512 spans) are far below it."""
+PATHS: Final = {"/v1/traces": "traces", "/v1/logs": "logs", "/v1/metrics": "metrics"}
+PROTOBUF: Final = "application/x-protobuf"
+JSON: Final = "application/json"
+RETRY_AFTER_S: Final = 1
+
+
+class CollectError(UserError):
+    """A setting of `collect` the user can fix (a bind, a token file). One line."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a handler gives back for a decoded request: an HTTP status and a message to encode."""
+
+    status: int
+    message: Message | None = None
+    error: str | None = None
+    retry_after_s: int | None = None
+
+
+Handler = Callable[[str, bytes, bool], Answer]
+"""(signal, body, is_json) -> Answer; signal is `traces`, `logs` or `metrics`."""
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 as [::1]:4318) -> (host, port). Raises CollectError."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise CollectError(f"{value!r} is not HOST:PORT (e.g. {DEFAULT_HTTP})")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], receiver: HttpReceiver) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.receiver = receiver
+        super().__init__(address, _RequestHandler)
+
+
+class _TooLarge(CompactobsError):
+    def __init__(self, drained: bool) -> None:
+        super().__init__()
+        self.drained = drained
+        """The body was read to its end: the connection can carry the answer and another request."""
+
+
+DRAIN_MAX_BYTES: Final = 64 * 1024 * 1024
+"""An oversized body up to this size is read and dropped before the 413, so the client reads the answer
+instead of a reset connection; a larger one gets the answer and the connection closed."""
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "compactobs-collect"
+    timeout = 30  # a client that stops sending mid-body frees its thread
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("collect: " + format, *args)
+
+    def do_POST(self) -> None:
+        receiver = self.server.receiver
+        path = self.path.split("?", 1)[0]
+        signal = PATHS.get(path)
+        content_type = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        is_json = content_type == JSON
+        if signal is None:
+            self._fail(HTTPStatus.NOT_FOUND, f"no OTLP endpoint at {path}: use {', '.join(PATHS)}", is_json)
+            return
+        if receiver.token is not None and not self._authorized(receiver.token):
+            self._fail(
+                HTTPStatus.UNAUTHORIZED, "a bearer token is required (Authorization: Bearer ...)", is_json
+            )
+            return
+        if content_type not in (PROTOBUF, JSON):
+            self._fail(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                f"Content-Type {content_type or 'missing'}: send {PROTOBUF} or {JSON}",
+                is_json,
+            )
+            return
+        encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding not in ("identity", "gzip"):
+            self._fail(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"Content-Encoding {encoding}: send gzip or none", is_json
+            )
+            return
+        limit = receiver.max_request_bytes
+        try:
+            body = self._read_body(limit)
+            if encoding == "gzip":
+                body = _gunzip(body, limit)
+        except _TooLarge as err:
+            self._fail(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"the request is over {limit} bytes",
+                is_json,
+                keep_alive=err.drained,
+            )
+            return
+        except (ValueError, OSError, EOFError, zlib.error) as err:
+            self._fail(HTTPStatus.BAD_REQUEST, f"unreadable body: {err}", is_json)
+            return
+        try:
+            answer = receiver.handler(signal, body, is_json)
+        except Exception:
+            log.exception("compactobs collect: a %s request failed", signal)
+            answer = Answer(
+                HTTPStatus.SERVICE_UNAVAILABLE, error="internal error", retry_after_s=RETRY_AFTER_S
+            )
+        if answer.error is not None:
+            self._fail(
+                answer.status, answer.error, is_json, retry_after_s=answer.retry_after_s, keep_alive=True
+            )
+            return
+        self._send(answer.status, answer.message, is_json)
+
+    def do_GET(self) -> None:
+        self._fail(HTTPStatus.METHOD_NOT_ALLOWED, "OTLP/HTTP takes POST", False, keep_alive=True)
+
+    def _authorized(self, token: str) -> bool:
+        given = self.headers.get("Authorization") or ""
+        scheme, _, value = given.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+    def _read_body(self, limit: int) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            return self._read_chunked(limit)
+        length_header = self.headers.get("Content-Length")
+        length = int(length_header) if length_header is not None else 0
+        if length < 0:
+            raise ValueError("negative Content-Length")
+        if length > limit:
+            raise _TooLarge(self._drain(length))
+        body = self.rfile.read(length)
+        if len(body) != length:
+            raise EOFError("the body ended early")
+        return body
+
+    def _drain(self, length: int) -> bool:
+        if length > DRAIN_MAX_BYTES:
+            return False
+        while length > 0:
+            piece = self.rfile.read(min(length, 65536))
+            if not piece:
+                return False
+            length -= len(piece)
+        return True
+
+    def _read_chunked(self, limit: int) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            line = self.rfile.readline(1024)
+            if not line.endswith(b"\n"):
+                raise EOFError("a chunk header ended early")
+            size = int(line.split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers: none is used
+                break
+            total += size
+            if total > DRAIN_MAX_BYTES:
+                raise _TooLarge(drained=False)
+            chunk = self.rfile.read(size)
+            if len(chunk) != size or self.rfile.read(2) != b"\r\n":
+                raise EOFError("a chunk ended early")
+            if total <= limit:
+                parts.append(chunk)
+        if total > limit:
+            raise _TooLarge(drained=True)
+        return b"".join(parts)
+
+    def _send(
+        self,
+        status: int,
+        message: Message | None,
+        is_json: bool,
+        *,
+        extra: dict[str, str] | None = None,
+        keep_alive: bool = True,
+    ) -> None:
+        if message is None:
+            payload = b""
+        elif is_json:
+            payload = json_format.MessageToJson(message, indent=None).encode()
+        else:
+            payload = message.SerializeToString()
+        self.send_response(status)
+        self.send_header("Content-Type", JSON if is_json else PROTOBUF)
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        if not keep_alive:
+            # The body was not read: the connection cannot carry another request.
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _fail(
+        self,
+        status: int,
+        message: str,
+        is_json: bool,
+        *,
+        retry_after_s: int | None = None,
+        keep_alive: bool = False,
+    ) -> None:
+        grpc_code = {401: 16, 404: 12, 413: 8, 415: 3, 400: 3, 503: 14, 429: 8}.get(int(status), 2)
+        extra = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else {}
+        if status == HTTPStatus.UNAUTHORIZED:
+            extra["WWW-Authenticate"] = "Bearer"
+        self._send(
+            status, RpcStatus(code=grpc_code, message=message), is_json, extra=extra, keep_alive=keep_alive
+        )
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    """Decompress with the size bound applied to the output (a small gzip bomb stays small)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = inflater.decompress(body, limit + 1)
+    if len(out) > limit:
+        raise _TooLarge(drained=True)
+    if not inflater.eof:
+        raise gzip.BadGzipFile("truncated gzip body")
+    return out
+
+
+class HttpReceiver:
+    """The HTTP server: `start()` binds and serves on a thread, `close()` stops. `port` is the bound port
+    (useful with port 0)."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 4318,
+        token: str | None = None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ) -> None:
+        if token is None and not is_loopback(host):
+            raise CollectError(
+                f"listening on {host} (beyond loopback) needs a bearer token: pass --token-file FILE"
+            )
+        self.handler = handler
+        self.token = token
+        self.max_request_bytes = max_request_bytes
+        try:
+            self._server = _Server((host, port), self)
+        except OSError as err:
+            raise CollectError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+        self.host = host
+        self.port: int = self._server.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="compactobs-collect-http",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._server.server_close()

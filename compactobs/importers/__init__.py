@@ -1,0 +1,1 @@
+"""Importers: spend recorded elsewhere, written into the store through the same path as live recording."""

@@ -1,0 +1,228 @@
+"""The HTML pages of `serve`, built from reports: every string from the data goes through `html.escape`
+here, and every link to a conversation or call is percent-encoded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from html import escape
+from typing import Any, Final
+from urllib.parse import quote, urlencode
+
+from compactobs.reports.model import NUMERIC_KINDS, Report
+from compactobs.reports.render.cells import cell_text
+from compactobs.serve.charts import bar_chart, context_chart
+
+__all__ = ["NAV", "call_link", "conversation_link", "page", "report_table"]
+
+NAV: Final = (
+    ("/", "Overview"),
+    ("/conversations", "Conversations"),
+    ("/cache", "Cache"),
+    ("/ops", "Ops"),
+    ("/anomalies", "Anomalies"),
+)
+
+
+def conversation_link(conversation_id: str) -> str:
+    return f'<a href="/conversation/{quote(conversation_id, safe="")}">{escape(conversation_id)}</a>'
+
+
+def call_link(call_id: str) -> str:
+    return f'<a href="/call/{quote(call_id, safe="")}">{escape(call_id)}</a>'
+
+
+def page(title: str, body: str, here: str = "") -> str:
+    """A whole page: the navigation, the title and `body` (already HTML)."""
+    current = ' class="here"'
+    nav = "".join(f'<a href="{href}"{current if href == here else ""}>{label}</a>' for href, label in NAV)
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)} · compactobs</title>"
+        '<link rel="stylesheet" href="/static/style.css"><link rel="icon" href="data:,"></head>'
+        f"<body><header><nav>{nav}</nav></header><main><h1>{escape(title)}</h1>{body}</main></body></html>"
+    )
+
+
+def _cell(report: Report, row: Mapping[str, Any], column: str) -> str:
+    value = row.get(column)
+    if column in ("conversation_id", "conversation") and isinstance(value, str):
+        return f"<td>{conversation_link(value)}</td>"
+    if column == "call_id" and isinstance(value, str):
+        return f"<td>{call_link(value)}</td>"
+    kind = report.kind(column)
+    numeric = ' class="num"' if kind in NUMERIC_KINDS else ""
+    return f"<td{numeric}>{escape(cell_text(row, column, kind))}</td>"
+
+
+def report_table(
+    report: Report,
+    rows: Sequence[Mapping[str, Any]] | None = None,
+    columns: Sequence[str] | None = None,
+    sort_links: Mapping[str, str] | None = None,
+) -> str:
+    """A report's rows (or `rows`) as an HTML table, its totals last; `sort_links`: a column's header links
+    to that URL."""
+    shown = list(columns or report.shown_columns())
+    links = sort_links or {}
+    head = []
+    for column in shown:
+        label = escape(report.label(column))
+        if column in links:
+            label = f'<a href="{escape(links[column])}">{label}</a>'
+        numeric = ' class="num"' if report.kind(column) in NUMERIC_KINDS else ""
+        head.append(f"<th{numeric}>{label}</th>")
+    body = [
+        "<tr>" + "".join(_cell(report, row, column) for column in shown) + "</tr>"
+        for row in (report.rows if rows is None else rows)
+    ]
+    if report.totals and rows is None:
+        body.append(
+            '<tr class="totals">'
+            + "".join(
+                (
+                    f'<td class="num"><b>{escape(cell_text(report.totals, c, report.kind(c)))}</b></td>'
+                    if c in report.totals
+                    else "<td></td>"
+                )
+                for c in shown
+            )
+            + "</tr>"
+        )
+    if not body:
+        return f'<p class="note">{escape(report.empty_message)}</p>'
+    return f"<table><thead><tr>{''.join(head)}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def texts(lines: Iterable[str], css: str = "note") -> str:
+    return "".join(f'<p class="{css}">{escape(line)}</p>' for line in lines)
+
+
+def findings(items: Sequence[Mapping[str, Any]]) -> str:
+    """Anomaly findings, each linking to the conversation it names."""
+    out = []
+    for finding in items:
+        who = finding.get("conversation_id")
+        link = f" in {conversation_link(who)}" if isinstance(who, str) and who else ""
+        out.append(
+            f'<div class="finding {escape(str(finding.get("severity", "")))}" data-kind="'
+            f'{escape(str(finding.get("kind", "")))}"><b>{escape(str(finding.get("severity", "")))}: '
+            f"{escape(str(finding.get('kind', '')))}</b>{link}<br>{escape(str(finding.get('message', '')))}"
+            "</div>"
+        )
+    return "".join(out) or '<p class="note">No anomalies found.</p>'
+
+
+def _spend_by(report: Report, key: str) -> tuple[list[str], list[float]]:
+    """The priced spend per value of `key`, in the report's order: an unpriced row (a row of its own, with
+    the same key as the priced one beside it) adds nothing, as in the report's totals."""
+    spend: dict[str, float] = {}
+    for row in report.rows:
+        label = str(row.get(key))
+        spend[label] = spend.get(label, 0.0) + float(row.get("cost_usd") or 0)
+    return list(spend), list(spend.values())
+
+
+def overview(by_day: Report, by_model: Report, anomalies: Sequence[Mapping[str, Any]]) -> str:
+    totals = by_day.totals or {}
+    billed = totals.get("cost_usd")
+    hidden = totals.get("hidden_cost_usd")
+    share = f" ({float(hidden / billed) * 100:.1f}% of the bill)" if billed and hidden is not None else ""
+    headline = (
+        f'<p class="headline">Billed <b id="billed">{escape(cell_text(totals, "cost_usd", "usd"))}</b>; '
+        f"top-level usage says {escape(cell_text(totals, 'top_level_cost_usd', 'usd'))}; "
+        f"{escape(cell_text(totals, 'hidden_cost_usd', 'usd'))} hidden in compaction iterations"
+        f"{escape(share)}.</p>"
+        if billed is not None
+        else f'<p class="note">{escape(by_day.empty_message)}</p>'
+    )
+    days, day_costs = _spend_by(by_day, "day")
+    models, model_costs = _spend_by(by_model, "model")
+    return (
+        "<h2>Anomalies</h2>"
+        + findings(anomalies)
+        + headline
+        + "<h2>Spend by day</h2>"
+        + bar_chart("spend-by-day", "Spend by day", days, day_costs)
+        + "<h2>Spend by model</h2>"
+        + bar_chart("spend-by-model", "Spend by model", models, model_costs)
+        + report_table(by_model, columns=["model", "calls", "cost_usd", "hidden_cost_usd"])
+        + texts(by_day.warnings, "warnings")
+    )
+
+
+def conversations(
+    listing: Report, rows: Sequence[Mapping[str, Any]], query: str, sort: str, page_no: int, pages: int
+) -> str:
+    columns = [
+        c
+        for c in ("conversation_id", "calls", "compactions", "cost_usd", "hidden_cost_usd")
+        if c in listing.columns
+    ]
+
+    def url(**changes: Any) -> str:
+        params = {"q": query, "sort": sort, "page": page_no, **changes}
+        return "/conversations?" + urlencode({k: v for k, v in params.items() if v not in ("", None)})
+
+    sort_links: dict[str, str] = {c: url(sort=c, page=1) for c in columns}
+    pager = []
+    if page_no > 1:
+        pager.append(f'<a rel="prev" href="{escape(url(page=page_no - 1))}">previous</a>')
+    pager.append(f"page {page_no} of {pages}")
+    if page_no < pages:
+        pager.append(f'<a rel="next" href="{escape(url(page=page_no + 1))}">next</a>')
+    return (
+        '<form class="search" method="get" action="/conversations"><input name="q" placeholder="conversation '
+        f'id (globs: *)" value="{escape(query)}"><input type="hidden" name="sort" value="{escape(sort)}">'
+        "<button>Search</button></form>"
+        + report_table(listing, rows, columns, sort_links)
+        + f'<p class="pager">{" ".join(pager)}</p>'
+    )
+
+
+def conversation(
+    report: Report, by_type: Report, cache: Report, breaches: Sequence[Mapping[str, Any]]
+) -> str:
+    rows = report.rows
+    contexts = [r.get("context_tokens") for r in rows]
+    triggers = [r.get("trigger_tokens") for r in rows]
+    compactions = [int(r.get("compactions") or 0) for r in rows]
+    extra = report.extra
+    summary = (
+        f'<p class="headline">{extra.get("calls", 0):,} calls, {extra.get("compactions", 0):,} compactions '
+        f"({extra.get('failed_compactions', 0):,} failed), cost {escape(cell_text(extra, 'cost_usd', 'usd'))}"
+        "</p>"
+    )
+    return (
+        summary
+        + texts(report.header)
+        + "<h2>Guard breaches and anomalies</h2>"
+        + findings(breaches)
+        + "<h2>Context against the trigger</h2>"
+        + context_chart(contexts, triggers, compactions)
+        + "<h2>Cost per call</h2>"
+        + bar_chart(
+            "cost-per-call",
+            "Cost per call",
+            [str(r.get("n")) for r in rows],
+            [float(r.get("cost_usd") or 0) for r in rows],
+        )
+        + "<h2>Cost by iteration type</h2>"
+        + report_table(
+            by_type, columns=[c for c in ("iteration_type", "iterations", "cost_usd") if c in by_type.columns]
+        )
+        + "<h2>Cache reads and writes</h2>"
+        + report_table(cache)
+        + "<h2>Calls</h2>"
+        + report_table(report)
+        + texts(report.warnings, "warnings")
+    )
+
+
+def generic(report: Report) -> str:
+    """A report as its tables: header, rows, sections, notes, warnings."""
+    parts = [texts(report.header), report_table(report)]
+    for section in report.sections:
+        parts.append(f"<h2>{escape(section.title or section.name)}</h2>" + report_table(section))
+    parts.append(texts(report.notes))
+    parts.append(texts(report.warnings, "warnings"))
+    return "".join(parts)

@@ -1,0 +1,248 @@
+"""Claude Code's telemetry through `compactobs collect`: the real Claude Code CLI (npm) against the
+loopback simulator, its OpenTelemetry log events sent to a real collector, and hand-built events for the
+cases a short session does not show (compaction, errors, resends, prompt text)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compactobs.collect import Collector
+from compactobs.testing import Reply, Simulator, message
+
+from .test_collect import _attrs, post, prepared, rows
+
+NPM_CACHE = Path(os.environ.get("COMPACTOBS_NPM_CACHE", Path.home() / ".cache" / "compactobs-npm"))
+CLAUDE = NPM_CACHE / "node_modules" / ".bin" / "claude"
+
+
+def _claude_or_skip() -> Path:
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: the Claude Code CLI needs it")
+    if not CLAUDE.exists():
+        reason = f"the Claude Code CLI is not installed in {NPM_CACHE} (.ci/run installs it with npm)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return CLAUDE
+
+
+USAGE = {
+    "input_tokens": 120,
+    "output_tokens": 7,
+    "cache_read_input_tokens": 30,
+    "cache_creation_input_tokens": 10,
+}
+# Per million tokens (genai-prices): sonnet 4.5 $3 in, $15 out, $0.30 cache read, $3.75 cache write (5 min);
+# haiku 4.5 $1, $5, $0.10, $1.25. Claude Code reports the same figures as its cost_usd.
+SONNET_COST = Decimal("0.0005115")  # 120 x 3 + 7 x 15 + 30 x 0.3 + 10 x 3.75 = 511.5 micro-dollars
+HAIKU_COST = Decimal("0.0001705")  # 120 x 1 + 7 x 5 + 30 x 0.1 + 10 x 1.25 = 170.5 micro-dollars
+
+
+def run_claude(sim: Simulator, endpoint: str, home: Path, model: str, prompt: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "OTEL_", "CLAUDE_"))}
+    env.update(
+        ANTHROPIC_BASE_URL=sim.base_url,
+        ANTHROPIC_API_KEY="sk-ant-test",
+        HOME=str(home),
+        CLAUDE_CONFIG_DIR=str(home / ".claude"),
+        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+        CLAUDE_CODE_ENABLE_TELEMETRY="1",
+        OTEL_LOGS_EXPORTER="otlp",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+        OTEL_LOGS_EXPORT_INTERVAL="200",
+    )
+    result = subprocess.run(
+        [str(CLAUDE), "-p", prompt, "--model", model],
+        env=env,
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_claude_code_calls_are_stored_once_and_priced_from_their_tokens(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    _claude_or_skip()
+    home = tmp_path / "home"
+    home.mkdir()
+    with (
+        Simulator() as sim,
+        Collector(prepared(sqlite_url), http="127.0.0.1:0", spool_dir=tmp_path / "spool") as collector,
+    ):
+        for model in ("claude-sonnet-4-5", "claude-haiku-4-5"):
+            sim.enqueue(Reply(message(model=model, content=[{"type": "text", "text": "hi"}], usage=USAGE)))
+            run_claude(sim, collector.endpoint, home, model, "say hi")
+        assert collector.stats.refused == 0
+    call_rows, iteration_rows = rows(sqlite_url)
+    by_model = {row["request_model"]: row for row in call_rows}
+    assert sorted(by_model) == ["claude-haiku-4-5", "claude-sonnet-4-5"] and len(call_rows) == 2
+    sessions = {p.stem for p in (home / ".claude" / "projects").glob("*/*.jsonl")}
+    for model, cost in (("claude-sonnet-4-5", SONNET_COST), ("claude-haiku-4-5", HAIKU_COST)):
+        row = by_model[model]
+        assert row["service_name"] == "claude-code" and row["conversation_id"] in sessions
+        assert (row["input_tokens"], row["output_tokens"], row["cache_read_tokens"]) == (120, 7, 30)
+        assert row["cache_write_5m_tokens"] == 10 and row["priced"] is True
+        assert Decimal(str(row["cost_usd"])) == cost
+        assert Decimal(str(row["source_cost_usd"])) == cost  # Claude Code's own figure agrees
+        assert row["request_id"].startswith("req_")
+    assert len(iteration_rows) == 2
+
+
+# --- hand-built events: what the two models' short sessions do not show ---------------------------------
+
+SESSION = "8f14e45f-ceea-467f-a0b7-2f1f6b1a7e02"
+
+
+def _event(name: str, sequence: int, **attributes: Any) -> dict[str, Any]:
+    common = {
+        "session.id": SESSION,
+        "event.name": name,
+        "event.sequence": sequence,
+        "event.timestamp": "2026-11-30T10:00:00.000Z",
+        "user.id": "u-1",
+        "prompt.id": "p-1",
+    }
+    return {
+        "timeUnixNano": "1796032800000000000",
+        "body": {"stringValue": f"claude_code.{name}"},
+        "attributes": _attrs({**common, **attributes}),
+    }
+
+
+def logs_request(*records: dict[str, Any]) -> bytes:
+    document = {
+        "resourceLogs": [
+            {
+                "resource": {
+                    "attributes": _attrs({"service.name": "claude-code", "service.version": "2.1.197"})
+                },
+                "scopeLogs": [
+                    {"scope": {"name": "com.anthropic.claude_code.events"}, "logRecords": list(records)}
+                ],
+            }
+        ]
+    }
+    return json.dumps(document).encode()
+
+
+def test_events_become_calls_once_compaction_counted_errors_kept_and_no_text(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    body = logs_request(
+        _event("user_prompt", 0, prompt="MY SECRET PROMPT", prompt_length="16"),
+        _event(
+            "api_request",
+            1,
+            model="claude-sonnet-4-5",
+            input_tokens=1000,
+            output_tokens=200,
+            cache_read_tokens=0,
+            cache_creation_tokens=0,
+            cost_usd=0.006,
+            duration_ms=1500,
+            request_id="req_a",
+            query_source="main",
+        ),
+        _event(
+            "api_request",
+            2,
+            model="claude-sonnet-4-5",
+            input_tokens=50000,
+            output_tokens=2000,
+            cache_read_tokens=0,
+            cache_creation_tokens=0,
+            cost_usd=0.18,
+            duration_ms=9000,
+            request_id="req_compact",
+            query_source="compact",
+        ),
+        _event(
+            "api_error",
+            3,
+            model="claude-sonnet-4-5",
+            error="Overloaded",
+            status_code="529",
+            duration_ms=300,
+            attempt=2,
+        ),
+        _event("assistant_response", 4, response="MY SECRET ANSWER", request_id="req_a"),
+    )
+    headers = {"Content-Type": "application/json"}
+    with Collector(prepared(sqlite_url), http="127.0.0.1:0", spool_dir=tmp_path / "spool") as collector:
+        for _ in range(2):  # resent: stored once
+            status, _, answer = post(collector.endpoint, body, headers, path="/v1/logs")
+            assert status == 200 and "api_request and api_error" in answer.decode()
+    call_rows, iteration_rows = rows(sqlite_url)
+    assert len(call_rows) == 3
+    by_request = {row["request_id"]: row for row in call_rows}
+    main, compact, error = by_request["req_a"], by_request["req_compact"], by_request[None]
+    # 1,000 x $3/M + 200 x $15/M = $0.003 + $0.003.
+    assert Decimal(str(main["cost_usd"])) == Decimal("0.006") and main["compactions_count"] == 0
+    assert Decimal(str(main["source_cost_usd"])) == Decimal("0.006")
+    # Claude Code's own compaction: 50,000 x $3/M + 2,000 x $15/M = $0.15 + $0.03, as compaction spend.
+    assert Decimal(str(compact["cost_usd"])) == Decimal("0.18") and compact["compactions_count"] == 1
+    (compaction,) = [r for r in iteration_rows if r["call_id"] == compact["call_id"]]
+    assert compaction["type"] == "compaction" and (
+        compaction["input_tokens"],
+        compaction["output_tokens"],
+    ) == (50000, 2000)
+    assert (error["status"], error["error_type"], error["http_status"], error["attempts"]) == (
+        "ERROR",
+        "529",
+        529,
+        2,
+    )
+    assert error["cost_usd"] is None and error["input_tokens"] is None
+    assert {row["conversation_id"] for row in call_rows} == {SESSION}
+    assert main["duration_ms"] == 1500.0
+    stored = json.dumps([*call_rows, *iteration_rows], default=str)
+    assert "SECRET" not in stored
+
+
+def test_transcripts_of_the_same_sessions_import_the_same_calls_and_nothing_doubles(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    _claude_or_skip()
+    from compactobs.importers.claude_code import import_transcripts
+
+    home = tmp_path / "home"
+    home.mkdir()
+    with (
+        Simulator() as sim,
+        Collector(prepared(sqlite_url), http="127.0.0.1:0", spool_dir=tmp_path / "spool") as collector,
+    ):
+        for model in ("claude-sonnet-4-5", "claude-haiku-4-5"):
+            sim.enqueue(Reply(message(model=model, content=[{"type": "text", "text": "hi"}], usage=USAGE)))
+            run_claude(sim, collector.endpoint, home, model, "say hi")
+    collected = rows(sqlite_url)
+    projects = home / ".claude" / "projects"
+    # Into the store collect filled: the same calls, nothing doubled.
+    assert import_transcripts(sqlite_url, [projects], spool_dir=tmp_path / "spool").calls == 2
+    assert rows(sqlite_url)[0] == collected[0]
+    # Into an empty store: the same call ids, tokens and costs, from the transcripts alone.
+    fresh = prepared(f"sqlite:///{tmp_path / 'imported.db'}")
+    import_transcripts(fresh, [projects], spool_dir=tmp_path / "spool2")
+    keys = (
+        "call_id",
+        "conversation_id",
+        "request_id",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_5m_tokens",
+        "cost_usd",
+    )
+    assert [[r[k] for k in keys] for r in rows(fresh)[0]] == [[r[k] for k in keys] for r in collected[0]]

@@ -1,0 +1,158 @@
+"""`compactobs import claude-code`: a hand-written transcript with a compaction iteration, streaming
+snapshots, a malformed line and a later append; and ccusage (npm) on the same folder, for the README."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compactobs.importers.claude_code import import_transcripts
+
+from .test_claude_code import NPM_CACHE
+from .test_collect import prepared, rows
+
+SESSION = "0b7c4a52-5f0e-4c3e-9a53-6f1d2c3b4a59"
+COMPACTED_USAGE = {
+    "input_tokens": 2000,
+    "output_tokens": 500,
+    "cache_read_input_tokens": 0,
+    "cache_creation_input_tokens": 0,
+    "iterations": [
+        {"type": "compaction", "input_tokens": 180000, "output_tokens": 3000},
+        {"type": "message", "input_tokens": 2000, "output_tokens": 500},
+    ],
+}
+# claude-sonnet-4-5: $3 input, $15 output per million tokens (under its 200K-input tier).
+# The compaction: 180,000 x 3 + 3,000 x 15 = $0.54 + $0.045 = $0.585; the message: 2,000 x 3 + 500 x 15 =
+# $0.006 + $0.0075 = $0.0135. The call: $0.5985. The top-level usage alone says $0.0135.
+CALL_COST = Decimal("0.5985")
+TOP_LEVEL_COST = Decimal("0.0135")
+# ccusage keeps the first streaming snapshot of a message: 2,000 x 3 + 1 x 15 = $0.006015.
+FIRST_SNAPSHOT_COST = Decimal("0.006015")
+
+
+def _assistant(message_id: str, request_id: str, usage: dict[str, Any], stamp: str) -> dict[str, Any]:
+    return {
+        "type": "assistant",
+        "sessionId": SESSION,
+        "requestId": request_id,
+        "timestamp": stamp,
+        "isSidechain": False,
+        "uuid": f"u-{message_id}-{usage['output_tokens']}",
+        "message": {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet-4-5",
+            "content": [{"type": "text", "text": "SECRET REPLY"}],
+            "stop_reason": "end_turn",
+            "usage": usage,
+        },
+    }
+
+
+def write_transcript(folder: Path, *, snapshots: bool = True) -> Path:
+    path = folder / "projects" / "-work-app" / f"{SESSION}.jsonl"
+    path.parent.mkdir(parents=True)
+    # Streaming: a first snapshot with partial output, then the final one.
+    partial = _assistant(
+        "msg_1", "req_1", {**COMPACTED_USAGE, "output_tokens": 1}, "2026-11-30T10:00:00.000Z"
+    )
+    lines = [
+        {"type": "user", "sessionId": SESSION, "message": {"role": "user", "content": "SECRET PROMPT"}},
+        *([partial] if snapshots else []),
+        _assistant("msg_1", "req_1", COMPACTED_USAGE, "2026-11-30T10:00:01.000Z"),
+        {
+            "type": "system",
+            "subtype": "compact_boundary",
+            "sessionId": SESSION,
+            "compactMetadata": {"trigger": "auto", "preTokens": 180000},
+        },
+    ]
+    text = "\n".join(json.dumps(line) for line in lines) + "\n{not json\n"
+    path.write_text(text)
+    return path
+
+
+def test_a_compaction_iteration_is_priced_once_and_a_second_run_reads_only_what_is_new(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    path = write_transcript(tmp_path / "claude")
+    url = prepared(sqlite_url)
+    first = import_transcripts(url, [tmp_path / "claude" / "projects"], spool_dir=tmp_path / "spool")
+    assert (first.calls, first.lines, first.malformed) == (1, 5, 1)
+    (call,), iteration_rows = rows(url)
+    assert Decimal(str(call["cost_usd"])) == CALL_COST and call["compactions_count"] == 1
+    assert (call["input_tokens"], call["output_tokens"]) == (182000, 3500)
+    assert [(r["type"], Decimal(str(r["cost_usd"]))) for r in iteration_rows] == [
+        ("compaction", Decimal("0.585")),
+        ("message", TOP_LEVEL_COST),
+    ]
+    assert call["service_name"] == "claude-code" and call["conversation_id"] == SESSION
+    assert "SECRET" not in json.dumps([call, *iteration_rows], default=str)
+    # Nothing new: nothing read. One more message appended: only that line is read.
+    assert (
+        import_transcripts(url, [tmp_path / "claude" / "projects"], spool_dir=tmp_path / "spool").lines == 0
+    )
+    with path.open("a") as handle:
+        usage = {"input_tokens": 100, "output_tokens": 10}
+        handle.write(json.dumps(_assistant("msg_2", "req_2", usage, "2026-11-30T10:05:00.000Z")) + "\n")
+    again = import_transcripts(url, [tmp_path / "claude" / "projects"], spool_dir=tmp_path / "spool")
+    assert (again.lines, again.calls) == (1, 1)
+    assert len(rows(url)[0]) == 2
+
+
+def test_ccusage_reports_the_same_transcript_without_the_compaction(sqlite_url: str, tmp_path: Path) -> None:
+    """The README's side-by-side figure: ccusage reads only the top-level usage."""
+    ccusage = NPM_CACHE / "node_modules" / ".bin" / "ccusage"
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: ccusage needs it")
+    if not ccusage.exists():
+        reason = f"ccusage is not installed in {NPM_CACHE} (.ci/run installs it with npm)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    url = prepared(sqlite_url)
+    for snapshots, ccusage_figure in ((False, TOP_LEVEL_COST), (True, FIRST_SNAPSHOT_COST)):
+        folder = tmp_path / f"claude-{snapshots}"
+        write_transcript(folder, snapshots=snapshots)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLAUDE_")}
+        env.update(CLAUDE_CONFIG_DIR=str(folder), HOME=str(tmp_path), TZ="UTC")
+        result = subprocess.run(
+            [str(ccusage), "daily", "--json", "--offline"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        totals = json.loads(result.stdout)["totals"]
+        assert Decimal(str(totals["totalCost"])).quantize(Decimal("0.000001")) == ccusage_figure
+        import_transcripts(url, [folder / "projects"], spool_dir=tmp_path / "spool")
+        ((call,), _) = rows(url)  # the same call both times: stored once
+        assert Decimal(str(call["cost_usd"])) == CALL_COST  # README: $0.5985 (compactobs) beside ccusage's
+
+
+def test_the_command_says_what_it_read_and_warns_once_for_malformed_lines(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    from .cli import run
+
+    write_transcript(tmp_path / "claude")
+    url = prepared(sqlite_url)
+    env = {"XDG_DATA_HOME": str(tmp_path / "xdg"), "CLAUDE_CONFIG_DIR": str(tmp_path / "claude")}
+    code, out, err = run("--db", url, "import", "claude-code", env=env)  # the default: $CLAUDE_CONFIG_DIR
+    assert code == 0
+    assert out.startswith("1 call(s) from 5 new line(s) in 1 file(s)")
+    assert err == "warning: 1 malformed line(s) skipped\n"
+    code, out, _ = run("--db", url, "import", "claude-code", env=env)
+    assert (code, out.split(" new line")[0]) == (0, "0 call(s) from 0")
+    code, _, err = run("--db", url, "import", "claude-code", str(tmp_path / "nowhere"), env=env)
+    assert code == 2 and "no such file or directory" in err
