@@ -11,6 +11,8 @@ the work instrumentation adds wherever it runs:
   sdk-trace   the SDK's own OpenTelemetry spans on (BatchSpanProcessor, spans dropped by the exporter)
   compactobs  compactobs' middleware, spans and metrics, exported to its SQL store on a background thread
               (with --no-store: no SQL store, its spans dropped by the exporter as the SDK's are)
+  no-store    compactobs without the SQL store in the same run: its spans dropped by the exporter as the
+              SDK's are (the same middleware, its recorder swapped in for this configuration's rounds)
   guard       compactobs with every call in a guarded conversation within its limits
               (`compactobs.conversation(..., budget_usd=..., max_compactions=...)`, on_breach "warn"): the
               recording thread prices and counts each call before it records it
@@ -60,6 +62,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 import compactobs
+from compactobs.instrument import state
+from compactobs.recorder import Telemetry
 from compactobs.testing import Reply, Simulator, message
 
 USAGE = {
@@ -113,7 +117,7 @@ class PassThrough(anthropic.Middleware):
         return call_next(request)
 
 
-CONFIGURATIONS = ("plain", "middleware", "sdk-trace", "compactobs", "guard", "guard-raise")
+CONFIGURATIONS = ("plain", "middleware", "sdk-trace", "compactobs", "no-store", "guard", "guard-raise")
 GUARDED = {"guard": "warn", "guard-raise": "raise"}
 
 
@@ -195,6 +199,16 @@ def main() -> None:
             meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
             store=not options.no_store,
         )
+        stored = state.get_telemetry()
+        assert stored is not None
+        bare_provider = TracerProvider()
+        bare_provider.add_span_processor(BatchSpanProcessor(DropExporter()))
+        bare = Telemetry(bare_provider, MeterProvider(metric_readers=[InMemoryMetricReader()]), stored.pricer)
+
+        def drain_bare() -> None:
+            bare.drain()
+            bare_provider.force_flush()
+
         clients: dict[str, Callable[[], anthropic.Anthropic]] = {
             "plain": lambda: anthropic.Anthropic(base_url=base_url, api_key="k", open_telemetry=False),
             "middleware": lambda: anthropic.Anthropic(
@@ -206,6 +220,9 @@ def main() -> None:
                 open_telemetry={"traces": True, "tracer_provider": sdk_provider},
             ),
             "compactobs": lambda: anthropic.Anthropic(
+                base_url=base_url, api_key="k", open_telemetry=False, middleware=[compactobs.Middleware()]
+            ),
+            "no-store": lambda: anthropic.Anthropic(
                 base_url=base_url, api_key="k", open_telemetry=False, middleware=[compactobs.Middleware()]
             ),
             "guard": lambda: anthropic.Anthropic(
@@ -222,12 +239,24 @@ def main() -> None:
             "middleware": lambda: None,
             "sdk-trace": sdk_provider.force_flush,
             "compactobs": compactobs.flush,
+            "no-store": drain_bare,
             "guard": compactobs.flush,
             "guard-raise": compactobs.flush,
         }
+
+        def run(name: str, calls: int, stream: bool) -> list[tuple[float, float]]:
+            """A configuration's calls; no-store's with its own recorder in place of the stored one."""
+            if name != "no-store":
+                return time_calls(built[name], calls, stream, GUARDED.get(name))
+            state.set_telemetry(bare)
+            try:
+                return time_calls(built[name], calls, stream)
+            finally:
+                state.set_telemetry(stored)
+
         for stream in (False, True):
-            for name, client in built.items():  # warm-up: connections, imports, price lookups
-                time_calls(client, warmup, stream, GUARDED.get(name))
+            for name in built:  # warm-up: connections, imports, price lookups
+                run(name, warmup, stream)
                 drains[name]()
             samples: dict[str, list[tuple[float, float]]] = {name: [] for name in built}
             round_medians: dict[str, list[float]] = {name: [] for name in built}
@@ -237,7 +266,7 @@ def main() -> None:
                 shift = round_index % len(CONFIGURATIONS)
                 for name in CONFIGURATIONS[shift:] + CONFIGURATIONS[:shift]:
                     start_cpu = time.process_time()
-                    timed = time_calls(built[name], per_round, stream, GUARDED.get(name))
+                    timed = run(name, per_round, stream)
                     samples[name].extend(timed)
                     round_medians[name].append(statistics.median(w for w, _ in timed))
                     start = time.perf_counter()

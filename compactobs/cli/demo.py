@@ -68,7 +68,9 @@ def demo(ctx: click.Context, reports: bool, demo_db: str | None) -> None:
     shown_db = [] if not db else ["--db", f"'{state.shown_url}'"]
     # The reports run through the root command, as typed: this module does not import the root group.
     main = root.command
-    available = getattr(main.commands.get("report"), "commands", {}) if isinstance(main, click.Group) else {}
+    # get_command, not `.commands`: the root group loads its commands' modules only when asked.
+    report = main.get_command(root, "report") if isinstance(main, click.Group) else None
+    available = getattr(report, "commands", {})
     if reports:
         for args in DEMO_REPORTS:
             if args[0] not in available:

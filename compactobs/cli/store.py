@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from compactobs.cli.common import CliState, pass_state, refuse_on_clickhouse
-from compactobs.cli.spool import spool_lines
+from compactobs.cli.spool import spool, spool_lines
 from compactobs.store import StoreError, database_status, default_database_url, make_engine, upgrade_database
 
 __all__ = ["db"]
@@ -80,3 +80,7 @@ def _rollup_status(database_url: str) -> str:
     return (
         f"{pending:,} slot(s) of 15 minutes to recompute (the next `report cost` or `report cache` does it)"
     )
+
+
+# `spool` under `db` too, where `db status` points to it (the root lists it as well).
+db.add_command(spool)
