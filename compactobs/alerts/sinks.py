@@ -17,6 +17,7 @@ Secrets (the URLs, the routing key) are never printed: `shown` is masked. A fail
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -158,9 +159,9 @@ def _where_to_look(finding: dict[str, Any], link_base: str | None) -> dict[str, 
         base = slack_escape(link_base.rstrip("/"))
         links = []
         if conversation is not None:
-            links.append(f"<{base}/report/conversation/{quote(conversation, safe='')}|report conversation>")
+            links.append(f"<{base}/conversation/{quote(conversation, safe='')}|report conversation>")
         if call is not None:
-            links.append(f"<{base}/report/call/{quote(call, safe='')}|report call>")
+            links.append(f"<{base}/call/{quote(call, safe='')}|report call>")
         return {"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(links)}]}
     commands = []
     if conversation is not None:
@@ -259,19 +260,27 @@ def pagerduty_events(group: Group, routing_key: str, scope: str, now: datetime) 
 
 
 def post_json(url: str, body: Any, shown: str) -> None:
-    """POST `body` as JSON; DeliveryError (naming `shown`, never `url`) unless the answer is 2xx."""
+    """POST `body` as JSON; DeliveryError (naming `shown`, never `url`) unless the answer is 2xx. The
+    error's own text is never shown: urllib puts the URL, a secret, in it."""
     data = json.dumps(body, ensure_ascii=False).encode()
-    request = urllib.request.Request(
-        url, data=data, method="POST", headers={"Content-Type": "application/json", "User-Agent": SOURCE}
-    )
     try:
+        request = urllib.request.Request(
+            url, data=data, method="POST", headers={"Content-Type": "application/json", "User-Agent": SOURCE}
+        )
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
             response.read()
     except urllib.error.HTTPError as err:
         raise DeliveryError(f"{shown} answered HTTP {err.code}") from None
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        reason = getattr(err, "reason", err)
-        raise DeliveryError(f"{shown} could not be reached ({_cut(str(reason), 120)})") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
+        raise DeliveryError(f"{shown} could not be reached ({_reason(err)})") from None
+
+
+def _reason(err: Exception) -> str:
+    """What went wrong, without the URL: the OS's words for a network error, else the error's kind."""
+    reason = getattr(err, "reason", err)
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return type(reason).__name__ if isinstance(reason, BaseException) else "no answer"
 
 
 class Sink(Protocol):

@@ -60,7 +60,7 @@ _OPTIONS = [
     click.option(
         "--link-base",
         metavar="URL",
-        help="Link Slack findings to URL/report/conversation/ID and URL/report/call/ID.",
+        help="Link Slack findings to `compactobs serve` at URL: URL/conversation/ID and URL/call/ID.",
     ),
     click.option(
         "--budgets",

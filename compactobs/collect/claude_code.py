@@ -107,7 +107,7 @@ class _Capture(SpanProcessor):
 def _int(value: Any) -> int:
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float, as JSON may carry
         return 0
     return max(number, 0)
 

@@ -219,6 +219,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             if not line.endswith(b"\n"):
                 raise EOFError("a chunk header ended early")
             size = int(line.split(b";", 1)[0].strip(), 16)
+            if size < 0:  # int() takes a sign, which HTTP does not: read(-1) would read to the end
+                raise ValueError("a negative chunk size")
             if size == 0:
                 while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                     pass  # trailers: none is used
@@ -281,14 +283,23 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:
-    """Decompress with the size bound applied to the output (a small gzip bomb stays small)."""
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    out = inflater.decompress(body, limit + 1)
-    if len(out) > limit:
-        raise _TooLarge(drained=True)
-    if not inflater.eof:
-        raise gzip.BadGzipFile("truncated gzip body")
-    return out
+    """Decompress every member of a gzip body (RFC 1952 allows several, one after another) with the size
+    bound applied to the output, so a small gzip bomb stays small. Bytes after the last member that are
+    not another member make the body unreadable, not silently shorter."""
+    out = bytearray()
+    rest = body
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out += inflater.decompress(rest, limit + 1 - len(out))
+        if len(out) > limit:
+            raise _TooLarge(drained=True)
+        if not inflater.eof:
+            raise gzip.BadGzipFile("truncated gzip body")
+        rest = inflater.unused_data
+        if not rest:
+            return bytes(out)
+        if not rest.startswith(b"\x1f\x8b"):
+            raise gzip.BadGzipFile("bytes after the gzip data")
 
 
 class HttpReceiver:

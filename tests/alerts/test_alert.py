@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -24,7 +26,7 @@ import pytest
 from compactobs import store
 from compactobs.alerts.evaluate import AlertRules, alert_key
 from compactobs.alerts.run import run_pass
-from compactobs.alerts.sinks import WebhookSink, slack_message
+from compactobs.alerts.sinks import DeliveryError, WebhookSink, post_json, slack_message
 from compactobs.demo import run_demo
 from compactobs.reports.times import build_filters
 from tests.alert_receiver import Receiver, closed_port_url
@@ -359,10 +361,10 @@ def test_hostile_conversation_ids_do_not_steer_slack(sqlite_url: str) -> None:
     ]
     # The id is shown only in plain text, escaped; the only mrkdwn is the two links, the id percent-encoded.
     assert mrkdwn == [
-        "<https://obs.example/x?a=1&amp;b=2/report/conversation/"
+        "<https://obs.example/x?a=1&amp;b=2/conversation/"
         "%3C%21channel%3E%20%2Apay%2A%20%60now%60%20%3Chttps%3A%2F%2Fevil.example%2Fx%7Cclick%20here%3E"
         "%20%26%20%3C%40U123%3E%7C%3E|report conversation> · "
-        "<https://obs.example/x?a=1&amp;b=2/report/call/aaaaaaaaaaaaaaaa|report call>"
+        "<https://obs.example/x?a=1&amp;b=2/call/aaaaaaaaaaaaaaaa|report call>"
     ]
     plain = [t for t in texts if t not in mrkdwn]
     assert not any("<" in t or ">" in t for t in plain)
@@ -526,3 +528,42 @@ def test_a_claimed_finding_is_not_claimed_again_until_released_or_lapsed(databas
     finally:
         engine.dispose()
         writer.dispose()
+
+
+def _garbage_server() -> tuple[socket.socket, threading.Thread]:
+    """A loopback port that answers any request with bytes that are not HTTP, then closes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"garbage\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+@pytest.mark.parametrize("broken", ["not http", "no scheme", "space in the path"])
+def test_a_broken_destination_is_one_delivery_error_that_never_shows_its_url(broken: str) -> None:
+    """urllib's own errors carry the URL, and a webhook's URL is its secret: what a failed delivery says
+    names the sink as shown (masked) and the kind of failure, never the URL."""
+    listener = None
+    if broken == "not http":
+        listener, thread = _garbage_server()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/services/T0/B0/SECRETX"
+    elif broken == "no scheme":
+        url = "hooks.example/services/T0/B0/SECRETX"
+    else:
+        url = "http://127.0.0.1:9/services/T0/B0/SECRETX X"
+    try:
+        with pytest.raises(DeliveryError) as raised:
+            post_json(url, {"text": "x"}, "webhook https://hooks.example/…")
+    finally:
+        if listener is not None:
+            thread.join(timeout=10)
+            listener.close()
+    message = str(raised.value)
+    assert message.startswith("webhook https://hooks.example/… could not be reached (")
+    assert "SECRETX" not in message and "\n" not in message

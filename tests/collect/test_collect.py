@@ -8,6 +8,7 @@ import contextlib
 import gzip
 import http.client
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from typing import Any
 
 import anthropic
 import pytest
+from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -259,6 +261,42 @@ def test_otlp_json_gzip_and_chunked_from_another_language(sqlite_url: str, tmp_p
     assert (iteration["call_id"], iteration["idx"], iteration["type"]) == (CALL_ID, 0, "message")
 
 
+def test_a_gzip_body_of_two_members_stores_both_and_trailing_bytes_are_refused(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """RFC 1952 lets a body be several gzip members in a row: both halves of the batch are stored. Bytes
+    after the last member that are not another member make the body unreadable (400), not shorter."""
+    whole = json.dumps(contract_request()).encode()
+    # Two members that decompress, one after the other, to the whole batch: the first alone is a
+    # truncated document, so a reader that stops after it stores nothing.
+    middle = len(whole) // 2
+    members = [gzip.compress(whole[:middle]), gzip.compress(whole[middle:])]
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    with Collector(prepared(sqlite_url), http="127.0.0.1:0", spool_dir=tmp_path / "spool") as collector:
+        assert post(collector.endpoint, members[0] + b"trailing", headers)[0] == 400
+        assert rows(sqlite_url) == ([], [])
+        status, _, _ = post(collector.endpoint, members[0] + members[1], headers)
+    assert status == 200
+    (stored_call,), (stored_iteration,) = rows(sqlite_url)
+    assert (stored_call["call_id"], stored_iteration["call_id"]) == (CALL_ID, CALL_ID)
+
+
+def test_a_negative_chunk_size_is_refused_without_reading_the_rest(sqlite_url: str, tmp_path: Path) -> None:
+    """`-1` parses as hexadecimal in Python but is no chunk size: read(-1) would read until the client
+    closes, past every bound. The answer comes while the client still holds the connection open."""
+    with Collector(
+        prepared(sqlite_url), http="127.0.0.1:0", max_request_bytes=2048, spool_dir=tmp_path / "spool"
+    ) as collector:
+        host, port = collector.endpoint.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as raw:
+            raw.sendall(
+                b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n-1\r\n" + b"\x00" * 65536
+            )
+            answer = raw.recv(4096)
+    assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n", 1)[0]
+
+
 def test_the_same_batch_twice_is_stored_once(database_url: str, tmp_path: Path) -> None:
     with Collector(prepared(database_url), http="127.0.0.1:0", spool_dir=tmp_path / "spool") as collector:
         provider = TracerProvider()
@@ -424,7 +462,6 @@ def _export_one(endpoint: str) -> None:
 
 
 def _one_call_body() -> bytes:
-    from google.protobuf import json_format
 
     document = contract_request()
     from compactobs.collect.decode import _hex_ids_to_base64
