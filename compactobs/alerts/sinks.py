@@ -127,8 +127,17 @@ def webhook_body(group: Group) -> dict[str, Any]:
 # -- Slack ----------------------------------------------------------------------------------------------
 
 
-def _plain(text: str) -> dict[str, Any]:
-    return {"type": "plain_text", "text": slack_escape(text), "emoji": False}
+def _plain(text: str, limit: int) -> dict[str, Any]:
+    """A plain_text object within Slack's `limit` characters. Escaping lengthens the text (`<` is four
+    characters as `&lt;`), so the text is cut after it, and never inside an entity."""
+    shown = slack_escape(text)
+    if len(shown) > limit:
+        kept = shown[: limit - 1]
+        entity = kept.rfind("&")
+        if entity != -1 and ";" not in kept[entity:]:
+            kept = kept[:entity]
+        shown = kept + "…"
+    return {"type": "plain_text", "text": shown, "emoji": False}
 
 
 def _about(finding: dict[str, Any]) -> str:
@@ -168,7 +177,7 @@ def _where_to_look(finding: dict[str, Any], link_base: str | None) -> dict[str, 
         commands.append(f"compactobs report conversation {_shell_word(conversation)}")
     if call is not None:
         commands.append(f"compactobs report call {_shell_word(call)}")
-    return {"type": "context", "elements": [_plain(_cut("   ".join(commands), 1900))]}
+    return {"type": "context", "elements": [_plain("   ".join(commands), 1900)]}
 
 
 def slack_message(group: Group, link_base: str | None = None) -> dict[str, Any]:
@@ -186,14 +195,14 @@ def slack_message(group: Group, link_base: str | None = None) -> dict[str, Any]:
         counts.append(f"{len(group.resolves)} resolved")
     label = "RESOLVED" if not group.triggers else group.severity.upper()
     title = f"{label} {group.kind}: {', '.join(counts)}"
-    blocks: list[dict[str, Any]] = [{"type": "header", "text": _plain(_cut(f"compactobs {title}", 150))}]
+    blocks: list[dict[str, Any]] = [{"type": "header", "text": _plain(f"compactobs {title}", 150)}]
     listed = group.triggers[:SLACK_LISTED]
     for alert in listed:
         finding = alert.finding()
         head = ("(again) " if alert.key in group.repeats else "") + f"{alert.severity.upper()} {alert.kind}"
         about = _about(finding)
         text = f"{head}{' · ' + about if about else ''}\n{alert.message}"
-        blocks.append({"type": "section", "text": _plain(_cut(text, SLACK_TEXT_MAX))})
+        blocks.append({"type": "section", "text": _plain(text, SLACK_TEXT_MAX)})
         look = _where_to_look(finding, link_base)
         if look is not None:
             blocks.append(look)
@@ -202,13 +211,15 @@ def slack_message(group: Group, link_base: str | None = None) -> dict[str, Any]:
         for _, finding in group.resolves[:SLACK_LISTED]:
             about = _about(finding)
             lines.append(_cut(f"resolved: {about + ' · ' if about else ''}{finding.get('message', '')}", 190))
-        blocks.append({"type": "section", "text": _plain(_cut("\n".join(lines), SLACK_TEXT_MAX))})
+        blocks.append({"type": "section", "text": _plain("\n".join(lines), SLACK_TEXT_MAX)})
     left_out = len(group.triggers) - len(listed) + max(len(group.resolves) - SLACK_LISTED, 0)
     if left_out:
         blocks.append(
             {
                 "type": "context",
-                "elements": [_plain(f"and {left_out} more: compactobs report anomalies lists all")],
+                "elements": [
+                    _plain(f"and {left_out} more: compactobs report anomalies lists all", SLACK_TEXT_MAX)
+                ],
             }
         )
     return {"text": slack_escape(f"compactobs {title}"), "blocks": blocks}

@@ -395,6 +395,34 @@ def test_slack_fallback_text_carries_no_stored_text() -> None:
     assert message["text"] == "compactobs CRITICAL compaction_loop: 1 new"
 
 
+def test_slack_texts_stay_within_slacks_limits_after_escaping() -> None:
+    """Escaping lengthens text (`<` becomes `&lt;`): a long id of `<` is cut after escaping, within Slack's
+    limits (header 150, section and context 3000), and never inside an entity."""
+    from compactobs.alerts.evaluate import Alert
+    from compactobs.alerts.sinks import Group
+
+    hostile = "<" * 1400
+    alert = Alert(
+        alert_key("compaction_loop", hostile, None, None),
+        "compaction_loop",
+        "critical",
+        hostile,
+        None,
+        None,
+        hostile,
+    )
+    blocks = slack_message(Group("compaction_loop", triggers=[alert], open=[alert]))["blocks"]
+    texts = [block["text"] for block in blocks if "text" in block]
+    texts += [element for block in blocks for element in block.get("elements", ())]
+    assert texts
+    for text in texts:
+        limit = 150 if text is blocks[0]["text"] else 3000
+        assert len(text["text"]) <= limit, (len(text["text"]), limit)
+        body = text["text"].removesuffix("…")
+        assert body.replace("&lt;", "").replace("&gt;", "").replace("&amp;", "").count("&") == 0
+        assert "<" not in body
+
+
 def test_secrets_from_a_file_or_the_environment_and_bad_input(sqlite_url: str, tmp_path: Path) -> None:
     store_rows(sqlite_url, over_budget(1))
     with Receiver() as slack, Receiver(202) as pagerduty:
