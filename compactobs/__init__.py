@@ -69,6 +69,8 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "guard":  # the README's `compactobs.guard.allow_wrap_up(...)`, before anything loaded it
+        return importlib.import_module("compactobs.guard")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'compactobs' has no attribute {name!r}")
@@ -78,4 +80,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *_LAZY, "guard"})

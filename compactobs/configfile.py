@@ -41,6 +41,8 @@ def parse_toml(text: str, error: type[ConfigError], invalid: str) -> dict[str, A
         return toml.loads(text, parse_float=Decimal)
     except toml.TOMLDecodeError as err:
         raise error(f"{invalid}: {err}") from None
+    except RecursionError:  # the parser recurses per nesting level: a hostile file can exhaust the stack
+        raise error(f"{invalid}: nested too deeply") from None
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")

@@ -283,7 +283,7 @@ def test_recording_and_the_ledger_import_no_source_of_spend_nor_the_runtime() ->
         (s, t)
         for s, t in _arrows_from(_p("store", "recorder", "otlp", "_migrations"))
         if _in(
-            t, *_p("instrument", "checkpoint", "runtime", "reports", "cli", "cli_spool", "demo", "testing")
+            t, *_p("instrument", "checkpoint", "runtime", "reports", "cli", "demo", "testing")
         )
     ]
     assert not wrong, wrong
@@ -299,7 +299,7 @@ def test_reports_never_import_recording_nor_the_guard() -> None:
 
 
 def test_nothing_imports_the_cli() -> None:
-    faces = _p("cli", "cli_spool", "__main__")
+    faces = _p("cli", "__main__")
     wrong = [(s, t) for s, targets in GRAPH.items() for t in targets if _in(t, *faces) and not _in(s, *faces)]
     assert not wrong, wrong
 

@@ -268,3 +268,14 @@ def test_the_root_group_is_the_console_entry_point() -> None:
 
     assert dunder_main.main is main
     assert isinstance(main, click.Group) and main.name == "compactobs"
+
+
+def test_a_mistyped_command_gets_suggestions_from_the_lazy_table() -> None:
+    """The root group loads a command's module only when it runs, so click's own suggestions (from the
+    loaded commands) would be empty: they come from the table of commands."""
+    code, _, err = run("repor")
+    assert code == 2
+    assert err.strip() == (
+        "Error: No such command 'repor'. (Did you mean one of: 'export', 'report', 'reprice'?) "
+        "(see `compactobs --help`)"
+    )

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,22 @@ def test_the_cli_catches_any_user_error_and_nothing_else(
     monkeypatch.setattr("compactobs.rules.load_budgets", crash)
     with pytest.raises(RuntimeError, match="a bug"):  # a bug shows as one: `run` re-raises it
         run("budgets", "check", str(budgets))
+
+
+def test_a_budgets_file_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
+    """TOML's parser recurses per nesting level: a hostile file exhausts the stack. `budgets check` says so
+    in one line, exit 2, as for any file it cannot read."""
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 5000 + "1" + "]" * 5000 + "\n")
+    code, out, err = run("budgets", "check", str(deep))
+    assert (code, out) == (2, "")
+    assert err == f"Error: budgets file {deep} is not valid TOML: nested too deeply\n"
+
+
+def test_the_guard_module_is_an_attribute_of_the_package_before_anything_loads_it() -> None:
+    """The README calls `compactobs.guard.allow_wrap_up(...)` after a bare `import compactobs`; the package
+    loads the guard lazily, so the attribute must load it."""
+    code = (
+        "import compactobs, sys; assert 'compactobs.guard' not in sys.modules; compactobs.guard.allow_wrap_up"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

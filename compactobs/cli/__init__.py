@@ -142,6 +142,17 @@ class _Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_COMMANDS)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        # click suggests "Did you mean" from `self.commands`, which lazy loading leaves empty: the
+        # suggestions come from the table of commands instead.
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand:
+            name = click.utils.make_str(args[0])
+            raise click.exceptions.NoSuchCommand(name, possibilities=list(_COMMANDS), ctx=ctx) from None
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         entry = _COMMANDS.get(cmd_name)
         if entry is None:
