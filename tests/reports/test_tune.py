@@ -387,6 +387,9 @@ def test_an_empty_window_says_so(sixty_k: str) -> None:
     code, out, err = run("--db", sixty_k, "tune", "--since", "2000-01-01", "--until", "2000-01-02")
     assert code == 0, err
     assert "No conversation with threshold compaction in this window." in out
+    # Nothing was re-predicted: no "within 0.00%" claim about a model that never ran.
+    assert "recorded: no priced conversation in this window, so nothing to re-predict" in out
+    assert "re-predicts it within" not in out
     code, out, _ = run("--db", sixty_k, "tune", "--until", "2000-01-02", "--format", "json")
     document = json.loads(out)
     assert document["settings"] == [] and document["recorded_cost_usd"] == 0

@@ -490,8 +490,12 @@ def tune_report(result: TuneResult) -> Report:
     the advice per group, each compaction's all-in cost and signals, and the budget's savings."""
     header = [
         result.filters.describe(),
-        f"recorded: ${result.recorded_usd:,.4f} billed over {result.conversations} conversation(s); the "
-        f"model re-predicts it within {float(result.residual):.2%}",
+        (
+            f"recorded: ${result.recorded_usd:,.4f} billed over {result.conversations} conversation(s); the "
+            f"model re-predicts it within {float(result.residual):.2%}"
+            if result.conversations
+            else "recorded: no priced conversation in this window, so nothing to re-predict"
+        ),
         *result.notes,
     ]
     for summary in result.summaries:
