@@ -8,13 +8,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import timedelta
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import click
 
 from compactobs.cli.common import CliState, pass_state
-from compactobs.cli.options import dataclass_options
+from compactobs.cli.options import dataclass_options, usd_amount
 from compactobs.reports.anomalies import Thresholds
 from compactobs.reports.model import Filters
 from compactobs.reports.times import build_filters
@@ -187,9 +186,11 @@ def alert(
     budgets = load_budgets(budgets_file) if budgets_file else None
     monthly = None
     if monthly_budget is not None:
-        monthly = MonthlyBudgets(usd=_usd(monthly_budget, "--monthly-budget"), source="--monthly-budget")
+        monthly = MonthlyBudgets(
+            usd=usd_amount(monthly_budget, "--monthly-budget"), source="--monthly-budget"
+        )
     try:
-        spike_rule = SpikeRule(factor=spike_factor, min_usd=_usd(spike_min_usd, "--spike-min-usd"))
+        spike_rule = SpikeRule(factor=spike_factor, min_usd=usd_amount(spike_min_usd, "--spike-min-usd"))
     except RulesInputError as err:
         raise AlertInputError(str(err)) from None
     rules = AlertRules(
@@ -211,18 +212,6 @@ def alert(
 alert_command = click.command("alert")(
     dataclass_options(Filters, into="window", build=_filters_and_scope)(_with_options(alert))
 )
-
-
-def _usd(text: str, option: str) -> Decimal:
-    from compactobs.alerts.run import AlertInputError
-
-    try:
-        amount = Decimal(text)
-    except InvalidOperation:
-        raise AlertInputError(f"{option} {text!r}: give an amount in USD, e.g. 500") from None
-    if not amount.is_finite() or amount < 0:
-        raise AlertInputError(f"{option} {text!r}: give an amount in USD >= 0")
-    return amount
 
 
 def _one_pass(

@@ -6,13 +6,11 @@ can fix raises ReportInputError (one line, exit 2).
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
-
 import click
 
 from compactobs.cli.common import CliState, emit_report, pass_state, report_engine
-from compactobs.cli.options import report_options
-from compactobs.reports.model import Filters, ReportInputError
+from compactobs.cli.options import report_options, usd_amount
+from compactobs.reports.model import Filters
 
 __all__ = ["tune"]
 
@@ -75,14 +73,7 @@ def tune(
     )
     from compactobs.reports.tune import tune as run_tune
 
-    budget = None
-    if budget_usd is not None:
-        try:
-            budget = Decimal(budget_usd)
-        except InvalidOperation:
-            raise ReportInputError(f"--budget-usd {budget_usd!r} is not a number") from None
-        if not budget.is_finite() or budget < 0:
-            raise ReportInputError(f"--budget-usd must be a finite number >= 0, not {budget_usd}")
+    budget = None if budget_usd is None else usd_amount(budget_usd, "--budget-usd")
     options = TuneOptions(
         triggers=parse_triggers(triggers),
         cache_ttls=parse_ttls(cache_ttl),
