@@ -32,9 +32,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any, Final
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from compactobs.instrument import state
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+    from compactobs.store.exporter import StoreSpanProcessor
 
 __all__ = [
     "DEFAULT_SHUTDOWN_TIMEOUT_S",
@@ -55,11 +62,24 @@ ENV_SHUTDOWN_TIMEOUT: Final = "COMPACTOBS_SHUTDOWN_TIMEOUT_S"
 DEFAULT_SHUTDOWN_TIMEOUT_S: Final = 20.0
 """Within Kubernetes' default 30 s grace period, with 10 s left for the application's own shutdown."""
 
-_own: list[Any] = []
+
+class Flushable(Protocol):
+    """A provider or processor that flushes within a bound (OpenTelemetry's `force_flush`)."""
+
+    def force_flush(self, timeout_millis: int = ...) -> object: ...
+
+
+class Owned(Flushable, Protocol):
+    """What compactobs made and so shuts down: a provider or the store's processor."""
+
+    def shutdown(self) -> object: ...
+
+
+_own: list[Owned] = []
 """What compactobs made itself (its providers when the application had none, the store's processor):
 compactobs shuts these down. The application's own providers are only flushed."""
-_flushables: list[Any] = []
-_stores: list[Any] = []
+_flushables: list[Flushable] = []
+_stores: list[StoreSpanProcessor] = []
 """The SQL store's processors (also in `_own` and `_flushables`): flushed before anything else."""
 _tallies: list[ExportTally] = []
 _loading: list[threading.Thread] = []
@@ -71,19 +91,19 @@ _exit_hooks_installed = False
 # --- what compactobs opened -------------------------------------------------------------------------------
 
 
-def watch(flushable: Any) -> None:
+def watch(flushable: Flushable) -> None:
     """Flush `flushable` (a provider or processor) at every flush and shutdown."""
     _flushables.append(flushable)
 
 
-def adopt(owned: Any, *, store: bool = False, tally: ExportTally | None = None) -> None:
+def adopt(owned: Owned, *, store: bool = False, tally: ExportTally | None = None) -> None:
     """Flush `owned` and shut it down at shutdown: compactobs made it. `store`: the SQL store's processor,
     flushed first; `tally`: what counts the OTLP export of a provider compactobs made."""
     _own.append(owned)
     if owned not in _flushables:
         _flushables.append(owned)
     if store:
-        _stores.append(owned)
+        _stores.append(cast("StoreSpanProcessor", owned))
     if tally is not None:
         _tallies.append(tally)
 
@@ -159,13 +179,14 @@ class ExportTally:
         self.endpoint: str | None = None
         self.protocol: str | None = None
 
-    def _is_call(self, span: Any) -> bool:
+    def _is_call(self, span: ReadableSpan) -> bool:
         scope = span.instrumentation_scope
         if scope is None or scope.name != self._scope or span.context is None:
             return False
-        return bool(span.attributes) and span.attributes.get(self._kind_attribute) == self._call_kind
+        attributes = span.attributes
+        return attributes is not None and attributes.get(self._kind_attribute) == self._call_kind
 
-    def ended(self, span: Any) -> None:
+    def ended(self, span: ReadableSpan) -> None:
         try:
             if not self._is_call(span):
                 return
@@ -180,7 +201,7 @@ class ExportTally:
         except Exception:
             log.debug("compactobs: could not count a span for OTLP export", exc_info=True)
 
-    def exported(self, spans: Sequence[Any]) -> None:
+    def exported(self, spans: Sequence[ReadableSpan]) -> None:
         try:
             with self._lock:
                 for span in spans:
@@ -197,24 +218,24 @@ class ExportTally:
                 starts.append(self._overflow_earliest_ns)
             return len(self._waiting) + self._overflow, min(starts) if starts else None
 
-    def processor(self) -> Any:
+    def processor(self) -> SpanProcessor:
         from opentelemetry.sdk.trace import SpanProcessor
 
         tally = self
 
         class _Counting(SpanProcessor):
-            def on_end(self, span: Any) -> None:
+            def on_end(self, span: ReadableSpan) -> None:
                 tally.ended(span)
 
         return _Counting()
 
-    def exporter(self, inner: Any) -> Any:
+    def exporter(self, inner: SpanExporter) -> SpanExporter:
         from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
         tally = self
 
         class _Tallied(SpanExporter):
-            def export(self, spans: Sequence[Any]) -> SpanExportResult:
+            def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
                 result = inner.export(spans)
                 if result is SpanExportResult.SUCCESS:
                     tally.exported(spans)
@@ -232,7 +253,7 @@ class ExportTally:
 # --- flush and shutdown ------------------------------------------------------------------------------------
 
 
-def _force_flush(flushable: Any, deadline: float) -> object:
+def _force_flush(flushable: Flushable, deadline: float) -> object:
     return flushable.force_flush(_millis(deadline))
 
 
@@ -337,7 +358,7 @@ def shutdown(*, final: bool, timeout_s: float | None = None) -> None:
         guard_module.install(None)
 
 
-def _export_command(stores: Sequence[Any], since_ns: int, tally: ExportTally | None) -> str:
+def _export_command(stores: Sequence[StoreSpanProcessor], since_ns: int, tally: ExportTally | None) -> str:
     """The `compactobs export otlp` line that sends the calls started since `since_ns` from the store."""
     from compactobs.store import default_database_url, display_url
 
@@ -359,7 +380,7 @@ _PROCESS_START_NS: Final = time.time_ns()
 
 
 def _report_unfinished(
-    bound: float, tallies: Sequence[ExportTally], stores: Sequence[Any], started: float
+    bound: float, tallies: Sequence[ExportTally], stores: Sequence[StoreSpanProcessor], started: float
 ) -> None:
     """One line per shortfall: the OTLP export compactobs owns (counted), or the application's providers'."""
     where = "they are in the SQL store" if stores else "no SQL store was configured to keep them"
@@ -490,7 +511,7 @@ def _look_up_setsig() -> None:
         log.debug("compactobs: PyOS_setsig is not available", exc_info=True)
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     # The handler interrupts the main thread wherever it is, perhaps holding a lock the flush needs (the
     # recorder's wake-up Event, mid hand-over): flushing here could wait on itself forever. So the flush runs
     # on a thread of its own, started with `_thread` because `threading` takes a module lock the interrupted

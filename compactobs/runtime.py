@@ -10,14 +10,19 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final, TypedDict, TypeVar, cast
 
 from compactobs import lifecycle, otlp
 from compactobs.configfile import ConfigError
 from compactobs.instrument import state
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider as SDKTracerProvider
+    from opentelemetry.trace import TracerProvider
+
     from compactobs.guard import GuardPolicy
     from compactobs.recorder import Telemetry
 
@@ -32,6 +37,8 @@ __all__ = [
 
 log = logging.getLogger("compactobs")
 
+_T = TypeVar("_T")
+
 
 _lock = threading.Lock()
 
@@ -39,21 +46,37 @@ AUTO_INSTRUMENTATION: Final = "opentelemetry-instrument"
 _configured_by: str | None = None
 """Who set up the recording in use: "compactobs.instrument()", "compactobs.configure()", AUTO_INSTRUMENTATION,
 or None (the defaults a bare `Middleware()` set up on its first call, or nothing yet)."""
-_auto_providers: tuple[Any, Any] = (None, None)
+_auto_providers: tuple[TracerProvider | None, MeterProvider | None] = (None, None)
 """The providers opentelemetry-instrument handed compactobs' instrumentor (None: it handed none)."""
 _DEFAULTS: Final = {"store": True}
 """configure()'s arguments whose default is not None."""
-_settings_in_use: dict[str, Any] = {}
+
+
+class _Settings(TypedDict, total=False):
+    """configure()'s arguments, by name."""
+
+    database_url: str | None
+    tracer_provider: TracerProvider | None
+    meter_provider: MeterProvider | None
+    service_name: str | None
+    store: bool
+    guard: GuardPolicy | Mapping[str, Any] | None
+    spool_max_bytes: int | None
+    spool_dir: str | os.PathLike[str] | None
+    shutdown_timeout_s: float | None
+
+
+_settings_in_use: _Settings = {}
 """The arguments the recording in use was set up with."""
 
 
-def _resource(service_name: str | None) -> Any:
+def _resource(service_name: str | None) -> Resource:
     from opentelemetry.sdk.resources import Resource
 
     return Resource.create({"service.name": service_name} if service_name else {})
 
 
-def _named_elsewhere(provider: Any, service_name: str | None) -> bool:
+def _named_elsewhere(provider: TracerProvider | MeterProvider, service_name: str | None) -> bool:
     """Whether `service_name` was given and the application's provider names another service."""
     if not service_name:
         return False
@@ -65,7 +88,9 @@ def _named_elsewhere(provider: Any, service_name: str | None) -> bool:
     return attributes.get("service.name") != service_name
 
 
-def _tracer_provider(given: Any, service_name: str | None, export: bool = True) -> Any:
+def _tracer_provider(
+    given: TracerProvider | None, service_name: str | None, export: bool = True
+) -> TracerProvider:
     """The application's TracerProvider when it has one, else one of compactobs' own (not made global,
     so other libraries' tracing is not switched on behind the application's back). A `service_name` given
     explicitly wins: when the application's provider names another service, compactobs' spans go to a
@@ -97,7 +122,9 @@ def _tracer_provider(given: Any, service_name: str | None, export: bool = True) 
     return provider
 
 
-def _meter_provider(given: Any, service_name: str | None, export: bool = True) -> Any:
+def _meter_provider(
+    given: MeterProvider | None, service_name: str | None, export: bool = True
+) -> MeterProvider:
     from opentelemetry import metrics
     from opentelemetry.sdk.metrics import MeterProvider
 
@@ -119,7 +146,7 @@ def _meter_provider(given: Any, service_name: str | None, export: bool = True) -
     return provider
 
 
-def _unless_bad(load: Any, lenient: bool) -> Any:
+def _unless_bad(load: Callable[[], _T], lenient: bool) -> _T | None:
     """`load()`; where `lenient` (auto-instrumentation: no application code runs first to catch it), a bad
     configuration file is logged in its one line and left out (None) instead of raised."""
     try:
@@ -133,8 +160,8 @@ def _unless_bad(load: Any, lenient: bool) -> Any:
 
 def _setup(
     database_url: str | None,
-    tracer_provider: Any,
-    meter_provider: Any,
+    tracer_provider: TracerProvider | None,
+    meter_provider: MeterProvider | None,
     service_name: str | None,
     store: bool,
     export: bool = True,
@@ -164,7 +191,9 @@ def _setup(
     if store:
         from compactobs.store import install
 
-        processor = install(tracer, database_url, spool_max_bytes=spool_max_bytes, spool_dir=spool_dir)
+        # The store adds a span processor: the provider is the SDK's (compactobs' own, or the application's).
+        sdk_tracer = cast("SDKTracerProvider", tracer)
+        processor = install(sdk_tracer, database_url, spool_max_bytes=spool_max_bytes, spool_dir=spool_dir)
         lifecycle.adopt(processor, store=True)
         lifecycle.loading(processor.preparing)
     lifecycle.install_exit_hooks()
@@ -237,13 +266,13 @@ def _install_guard(
     )
 
 
-def _configure(origin: str, settings: dict[str, Any]) -> None:
+def _configure(origin: str, settings: _Settings) -> None:
     """Set up recording with `settings` (configure()'s arguments) on behalf of `origin`, replacing any
     setup in place. Over opentelemetry-instrument's setup, the settings given here win, the rest (its
     providers) are kept, and one line says which came from where."""
     global _configured_by, _settings_in_use
     given = [name for name, value in settings.items() if value != _DEFAULTS.get(name)]
-    asked = dict(settings)
+    asked = settings.copy()
     with _lock:
         previous = _configured_by if state.get_telemetry_if_set() is not None else None
         if previous == AUTO_INSTRUMENTATION and origin != AUTO_INSTRUMENTATION:
@@ -271,7 +300,9 @@ def _configure(origin: str, settings: dict[str, Any]) -> None:
                 settings.pop("service_name"),
                 settings.pop("store"),
                 lenient=origin == AUTO_INSTRUMENTATION,
-                **settings,
+                guard=settings.get("guard"),
+                spool_max_bytes=settings.get("spool_max_bytes"),
+                spool_dir=settings.get("spool_dir"),
             )
         )
         _configured_by = origin
@@ -294,8 +325,8 @@ def _check_files() -> None:
 def configure(
     database_url: str | None = None,
     *,
-    tracer_provider: Any = None,
-    meter_provider: Any = None,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
     service_name: str | None = None,
     store: bool = True,
     guard: GuardPolicy | Mapping[str, Any] | None = None,
@@ -308,14 +339,14 @@ def configure(
     For applications that add `compactobs.Middleware()` to chosen clients. Without it, the first
     recorded call sets up the defaults. Calling it again replaces the previous setup.
     """
-    _configure("compactobs.configure()", dict(locals()))
+    _configure("compactobs.configure()", cast("_Settings", dict(locals())))
 
 
 def instrument(
     database_url: str | None = None,
     *,
-    tracer_provider: Any = None,
-    meter_provider: Any = None,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
     service_name: str | None = None,
     store: bool = True,
     guard: GuardPolicy | Mapping[str, Any] | None = None,
@@ -345,7 +376,7 @@ def instrument(
     file (one line: the file, the line, the problem), `StoreError` for a bad database URL or a PostgreSQL
     driver that is not installed.
     """
-    settings = dict(locals())
+    settings = cast("_Settings", dict(locals()))
     given = {name: value for name, value in settings.items() if value != _DEFAULTS.get(name)}
     if state.get_telemetry_if_set() is None or (_configured_by in (None, AUTO_INSTRUMENTATION) and given):
         _configure("compactobs.instrument()", settings)
@@ -363,14 +394,14 @@ def instrument(
     auto.patch()
 
 
-def _auto_instrument(tracer_provider: Any, meter_provider: Any) -> None:
+def _auto_instrument(tracer_provider: TracerProvider | None, meter_provider: MeterProvider | None) -> None:
     """compactobs' OpenTelemetry instrumentor: the defaults, before any application code runs. A bad
     pricing or budgets file is logged in one line and left out, since no application code could catch it;
     the application's own `instrument(...)` later replaces this setup (and raises for such a file)."""
     global _auto_providers
     _auto_providers = (tracer_provider, meter_provider)
     if state.get_telemetry_if_set() is None:
-        settings: dict[str, Any] = dict(
+        settings = _Settings(
             database_url=None,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,

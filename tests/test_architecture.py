@@ -233,7 +233,7 @@ def test_no_import_circle() -> None:
     assert not found, "import circles:\n" + "\n".join(found)
 
 
-LEAVES = _p("errors", "semconv", "untrusted", "platforms", "_words", "_version", "configfile")
+LEAVES = _p("errors", "semconv", "untrusted", "platforms", "_words", "_version", "configfile", "_types")
 
 
 def test_leaves_import_nothing_of_compactobs_but_errors() -> None:

@@ -62,6 +62,8 @@ class StoreExporter(Protocol):
     which builds the processor, is not imported back."""
 
     spool: Spool
+    database_url: str
+    """The database, as logs show it (no password)."""
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult: ...
 
