@@ -14,10 +14,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:
-    from opentelemetry.util.types import AttributeValue
-    from sqlalchemy import ColumnElement, Row, Select
+    from collections.abc import Mapping
 
-__all__ = ["JSON", "JSONObject", "OTelAttributes", "SDKObject", "SQLExpr", "SQLQuery", "SQLRow"]
+    from opentelemetry.util.types import AttributeValue
+    from sqlalchemy import ColumnElement, Label, Row, Select
+
+__all__ = [
+    "JSON",
+    "JSONObject",
+    "OTelAttributes",
+    "SDKObject",
+    "SQLExpr",
+    "SQLLabel",
+    "SQLQuery",
+    "SQLRecord",
+    "SQLRow",
+    "SQLValue",
+]
 
 JSON: TypeAlias = Any
 """A value decoded from JSON or TOML (`json.loads`, a config file, an HTTP or OTLP body, a Claude Code
@@ -39,9 +52,20 @@ SQLExpr: TypeAlias = "ColumnElement[Any]"
 """A SQL expression whose Python type SQLAlchemy does not track (sums, `case`, `coalesce` and arithmetic
 over columns of mixed types, a dialect's own functions). Typed ones say their type: `ColumnElement[bool]`."""
 
+SQLLabel: TypeAlias = "Label[Any]"
+"""Such an expression named (`.label(...)`): a measure as a column of a query."""
+
 SQLQuery: TypeAlias = "Select[Any]"
 """A SELECT whose columns are chosen at run time (a report's measures, a dashboard panel): its row tuple
 has no static type."""
 
 SQLRow: TypeAlias = "Row[Any]"
 """A row of such a SELECT, or of a textual query: read by column name."""
+
+SQLRecord: TypeAlias = "Mapping[Any, Any]"
+"""A result row read by column name: SQLAlchemy's `RowMapping` (keyed by a name or a column) or a dict a
+ClickHouse client decoded. Its values are what the driver gives (int, Decimal, str, datetime, None)."""
+
+SQLValue: TypeAlias = Any
+"""A value a database driver returned (int, Decimal, float, str, datetime, a list, None, as the column's
+type says), read by the code that knows the column."""

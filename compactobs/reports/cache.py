@@ -40,7 +40,7 @@ from compactobs.reports.measures.cache import MONEY as _MONEY
 from compactobs.reports.measures.cache import TOKENS as _TOKENS
 from compactobs.reports.measures.cache import TTL_1H_MS, TTL_5M_MS, empty_sums
 from compactobs.reports.measures.groups import KEY_OF, parse_by
-from compactobs.reports.model import Filters, Report
+from compactobs.reports.model import ColumnKind, Filters, Report
 from compactobs.reports.sources import Source, as_source
 from compactobs.reports.times import TIME_UNITS
 from compactobs.store.models import epoch_ms
@@ -166,7 +166,7 @@ def cache_report(
                 total[name] += row[name]
     totals = _finish(total)
 
-    def order(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    def order(row: Mapping[str, Any]) -> tuple[object, ...]:
         others = tuple("" if row[k] is None else str(row[k]) for k in keys if k != time_key)
         return (row[time_key] if time_key else "", -row["cache_read_input_tokens"], -row["calls"], others)
 
@@ -190,7 +190,7 @@ def cache_report(
         "wasted tokens = cache-write tokens whose conversation's next call came after the TTL (5 min, 1 h) "
         "or never came; wasted premium = the write premium paid on them.",
     ]
-    kinds: dict[str, Any] = {k: "key" for k in keys}
+    kinds: dict[str, ColumnKind] = {k: "key" for k in keys}
     kinds.update({name: "int" for name in _TOKENS})
     kinds.update({"cache_creation_input_tokens": "int", "wasted_write_tokens": "int"})
     kinds.update({name: "usd" for name in (*_MONEY, "net_usd")})

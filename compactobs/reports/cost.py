@@ -34,10 +34,10 @@ Other iteration types the top level may leave out (advisor_message) are not coun
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Engine
 
@@ -57,7 +57,10 @@ from compactobs.reports.measures.groups import (
     VARIANT_KEYS,
     parse_by,
 )
-from compactobs.reports.model import Filters, Report, ReportInputError
+from compactobs.reports.model import ColumnKind, Filters, Report, ReportInputError
+
+if TYPE_CHECKING:
+    from compactobs._types import JSON
 from compactobs.reports.render.cells import format_cell
 from compactobs.reports.sources import Source, as_source
 from compactobs.reports.times import TIME_UNITS, local_buckets
@@ -172,8 +175,8 @@ def _totals(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return _with_headline(totals)
 
 
-def _sort_key(keys: Sequence[str], time_key: str | None) -> Any:
-    def key(row: Mapping[str, Any]) -> tuple[Any, ...]:
+def _sort_key(keys: Sequence[str], time_key: str | None) -> Callable[[Mapping[str, Any]], tuple[object, ...]]:
+    def key(row: Mapping[str, Any]) -> tuple[object, ...]:
         cost = row["cost_usd"]
         return (
             row[time_key] if time_key else "",
@@ -186,7 +189,7 @@ def _sort_key(keys: Sequence[str], time_key: str | None) -> Any:
     return key
 
 
-def _delta(current: Any, previous: Any) -> tuple[Any, Any]:
+def _delta(current: Decimal | None, previous: Decimal | None) -> tuple[Decimal | None, Decimal | None]:
     if current is None or previous is None:
         return None, None
     delta = current - previous
@@ -236,7 +239,7 @@ def cost_report(
         header.append(
             "Each iteration at its own model and type; each call counted once, on its last iteration."
         )
-    extra: dict[str, Any] = {
+    extra: dict[str, JSON] = {
         "by": [KEY_OF[name] for name in groups],
         "timezone": window.zone,
         "since": window.since,
@@ -301,7 +304,7 @@ def cost_report(
     if compare_columns:
         table_columns += ["prev_cost_usd", "delta_cost_usd", "delta_cost_pct"] if not time_key else []
 
-    kinds: dict[str, Any] = {k: "key" for k in keys}
+    kinds: dict[str, ColumnKind] = {k: "key" for k in keys}
     kinds.update({name: "int" for name in COUNTS})
     kinds["unpriced_calls"] = "int"
     kinds.update({name: "usd" for name in (*MONEY, *HEADLINE, "prev_cost_usd")})

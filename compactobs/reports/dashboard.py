@@ -31,11 +31,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, cast
 
-from sqlalchemy import ColumnElement, Numeric, Select, case, func, literal, literal_column, or_, select
+from sqlalchemy import ColumnElement, Numeric, case, func, literal, literal_column, or_, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect as SqlDialect
+from sqlalchemy.sql.elements import ClauseElement
 
 from compactobs.reports import anomalies, ops
 from compactobs.reports.measures.cost import (
@@ -48,6 +49,11 @@ from compactobs.reports.measures.groups import group_key
 from compactobs.reports.sources.sql.cache import cache_statement
 from compactobs.rules import billed_tokens_sql, over_limits_sql
 from compactobs.store.models import calls, iterations
+
+if TYPE_CHECKING:
+    from sqlalchemy.sql.visitors import ExternallyTraversible
+
+    from compactobs._types import SQLExpr, SQLLabel, SQLQuery
 
 __all__ = [
     "ALL_VALUE",
@@ -105,27 +111,27 @@ class Dialect:
 
     name: str
     sql: SqlDialect
-    since_ms: ColumnElement[Any]
+    since_ms: SQLExpr
     """The range's start, epoch milliseconds."""
-    until_ms: ColumnElement[Any]
+    until_ms: SQLExpr
     """The range's end (exclusive), epoch milliseconds."""
-    bucket: Callable[[str], ColumnElement[Any]]
+    bucket: Callable[[str], SQLExpr]
     """The time bucket of an epoch-ms column, given by its SQL text, as the data source reads a time."""
-    moment: Callable[[str], ColumnElement[Any]]
+    moment: Callable[[str], SQLExpr]
     """An epoch-ms column, given by its SQL text, as the data source reads a time (one call's)."""
-    percentile: Callable[[float, ColumnElement[Any]], ColumnElement[Any]]
+    percentile: Callable[[float, SQLExpr], SQLExpr]
     """The continuous percentile (linear interpolation, as `report ops`) of a column's non-NULL values."""
     materialize: bool = True
     spans_table: str = SPANS_TABLE
     """The ClickHouse spans table (a frame's), checked by `valid_table`."""
     """Whether a CTE computed once is marked MATERIALIZED (PostgreSQL's syntax)."""
-    frame: Callable[[Dialect, Any, bool], str] | None = None
+    frame: Callable[[Dialect, SQLQuery, bool], str] | None = None
     """The statement as the data source runs it, for a backend without `calls` and `iterations` tables
     (`reaches_back`: the statement also reads the range before); None: `sql_text` of it."""
     decoded: Callable[[str], str] = lambda text: text
     """SQL for the string a percent-encoded literal (`variable_text`) stands for."""
 
-    def chosen(self, name: str) -> ColumnElement[Any]:
+    def chosen(self, name: str) -> SQLExpr:
         """The value of selection variable `name`, decoded."""
         return literal_column(self.decoded(variable_text(name)))
 
@@ -144,19 +150,19 @@ class Dialect:
             for name, value in chosen.items()
         ]
 
-    def window(self, start_ms: ColumnElement[Any]) -> list[ColumnElement[bool]]:
+    def window(self, start_ms: SQLExpr) -> list[ColumnElement[bool]]:
         """The dashboard's range on `start_ms` (of `calls`), and its selection."""
         return [start_ms >= self.since_ms, start_ms < self.until_ms, *self.selection()]
 
-    def previous_window(self, start_ms: ColumnElement[Any]) -> list[ColumnElement[bool]]:
+    def previous_window(self, start_ms: SQLExpr) -> list[ColumnElement[bool]]:
         """The range of the same length just before (for "against the previous range")."""
         since, until = self.since_ms, self.until_ms
         return [start_ms >= since - (until - since), start_ms < since, *self.selection()]
 
-    def sql_text(self, statement: Any) -> str:
+    def sql_text(self, statement: ClauseElement) -> str:
         return str(statement.compile(dialect=self.sql, compile_kwargs={"literal_binds": True}))
 
-    def compile(self, statement: Any, reaches_back: bool = False) -> str:
+    def compile(self, statement: SQLQuery, reaches_back: bool = False) -> str:
         if self.frame is None:
             return self.sql_text(statement)
         return self.frame(self, statement, reaches_back)
@@ -195,7 +201,7 @@ class PanelQuery:
     format: QueryFormat = "table"
 
 
-def _measures(names: tuple[str, ...], measures: list[Any]) -> list[Any]:
+def _measures(names: tuple[str, ...], measures: list[SQLLabel]) -> list[SQLLabel]:
     by_name = {m.name: m for m in measures}
     return [by_name[name] for name in names]
 
@@ -205,16 +211,16 @@ def _priced() -> ColumnElement[bool]:
     return calls.c.priced.is_not(False)
 
 
-def _ratio(part: Any, whole: Any) -> Any:
+def _ratio(part: SQLExpr, whole: SQLExpr) -> SQLExpr:
     """part / whole as an exact number, NULL when whole is 0 or NULL (NULLIF, not a CASE: ClickHouse
     computes both arms of a CASE, and an exact division by 0 raises)."""
     return func.cast(part, Numeric()) / func.nullif(whole, 0)
 
 
-def _spend(d: Dialect) -> Select[Any]:
+def _spend(d: Dialect) -> SQLQuery:
     """Spend in range, in the previous range, and the change."""
 
-    def total(window: list[ColumnElement[bool]]) -> Any:
+    def total(window: list[ColumnElement[bool]]) -> SQLExpr:
         (measure,) = _measures(("cost_usd",), call_measures())
         return select(func.coalesce(measure, 0)).where(*window, _priced()).scalar_subquery()
 
@@ -232,7 +238,7 @@ def _spend(d: Dialect) -> Select[Any]:
     )
 
 
-def _cost_by_model(d: Dialect) -> Select[Any]:
+def _cost_by_model(d: Dialect) -> SQLQuery:
     """Cost per time bucket and model: each iteration at its own model (`report cost --by model`)."""
     model = group_key("model", calls, iterations).label("k_model")
     (measure,) = _measures(("cost_usd",), iteration_measures())
@@ -247,11 +253,11 @@ def _cost_by_model(d: Dialect) -> Select[Any]:
     )
 
 
-def _cost_by_token_class(d: Dialect) -> Select[Any]:
+def _cost_by_token_class(d: Dialect) -> SQLQuery:
     return select(*_measures(CLASS_COSTS, call_measures())).where(*d.window(calls.c.start_ms), _priced())
 
 
-def _compactions(d: Dialect) -> Select[Any]:
+def _compactions(d: Dialect) -> SQLQuery:
     """Compactions (every call), their cost and share of the priced cost."""
     (count,) = _measures(("compactions",), call_measures())
     money = select(*_measures(("cost_usd", "compaction_cost_usd"), call_measures())).where(
@@ -266,7 +272,7 @@ def _compactions(d: Dialect) -> Select[Any]:
     ).select_from(m)
 
 
-def _top_level(d: Dialect) -> Select[Any]:
+def _top_level(d: Dialect) -> SQLQuery:
     """What the responses' top-level usage said (it leaves compaction iterations out) against the billed
     totals over every iteration."""
     billed_in, billed_out = _measures(("input_tokens", "output_tokens"), call_measures())
@@ -282,7 +288,7 @@ def _top_level(d: Dialect) -> Select[Any]:
     ).where(*d.window(calls.c.start_ms))
 
 
-def _cache_over_time(d: Dialect) -> Select[Any]:
+def _cache_over_time(d: Dialect) -> SQLQuery:
     """Hit ratio and net savings per time bucket (`report cache --by hour`), from the cache report's sums
     (without its wasted writes: their next-call lookups were most of the query's time)."""
     grouped = cache_statement(
@@ -298,7 +304,7 @@ def _cache_over_time(d: Dialect) -> Select[Any]:
     ).order_by(g.time)
 
 
-def _top_conversations(d: Dialect) -> Select[Any]:
+def _top_conversations(d: Dialect) -> SQLQuery:
     c = calls.c
     names = ("calls", "error_calls", "compactions", "cost_usd", "compaction_cost_usd")
     measures = _measures(names, call_measures())
@@ -312,7 +318,7 @@ def _top_conversations(d: Dialect) -> Select[Any]:
     )
 
 
-def _error_bursts(d: Dialect) -> Select[Any]:
+def _error_bursts(d: Dialect) -> SQLQuery:
     burst = anomalies.error_burst_statement(d.window(calls.c.start_ms), anomalies.Thresholds()).subquery("b")
     b = burst.c
     return select(
@@ -326,13 +332,13 @@ def _error_bursts(d: Dialect) -> Select[Any]:
     ).order_by(b.hour)
 
 
-def _unpriced(d: Dialect) -> Select[Any]:
+def _unpriced(d: Dialect) -> SQLQuery:
     unpriced = anomalies.unpriced_models_statement(d.window(calls.c.start_ms)).subquery("u")
     u = unpriced.c
     return select(u.model, u.calls, u.iterations, u.conversations, u.tokens).order_by(u.model)
 
 
-def _errors_over_time(d: Dialect) -> Select[Any]:
+def _errors_over_time(d: Dialect) -> SQLQuery:
     """Error rate (`report ops`: failed calls / calls) and latency percentiles of successful calls."""
     c = calls.c
     failed = ops.failed_call()
@@ -356,7 +362,7 @@ def _one_conversation(d: Dialect) -> ColumnElement[bool]:
     return d.chosen(CONVERSATION_VAR).not_in([literal(""), literal(ALL_VALUE)])
 
 
-def _conversation_calls(d: Dialect) -> Select[Any]:
+def _conversation_calls(d: Dialect) -> SQLQuery:
     """The chosen conversation's calls in order, as `report conversation` lists them: model, stop reason,
     compactions, context after the call against the trigger, cost (NULL when unpriced)."""
     c = calls.c
@@ -379,7 +385,7 @@ def _conversation_calls(d: Dialect) -> Select[Any]:
     )
 
 
-def _conversation_context(d: Dialect) -> Select[Any]:
+def _conversation_context(d: Dialect) -> SQLQuery:
     """Per call of the chosen conversation: the context it left and the compaction trigger, and the context
     again on the calls that compacted (drawn as marks)."""
     c = calls.c
@@ -403,7 +409,7 @@ def annotation_queries(d: Dialect = GRAFANA_POSTGRES) -> list[PanelQuery]:
     billed tokens and compactions above the largest budget any of its calls carried)."""
     c = calls.c
     compacting = (
-        select(d.moment("calls.start_ms").label("time"), _compaction_text(c).label("text"))
+        select(d.moment("calls.start_ms").label("time"), _compaction_text(c.conversation_id).label("text"))
         .where(*d.window(c.start_ms), c.compactions_count > 0)
         .order_by(c.start_ms)
     )
@@ -454,13 +460,13 @@ def annotation_queries(d: Dialect = GRAFANA_POSTGRES) -> list[PanelQuery]:
     ]
 
 
-def _compaction_text(c: Any) -> ColumnElement[Any]:
+def _compaction_text(conversation_id: SQLExpr) -> SQLExpr:
     return func.concat(
-        literal("compaction in "), func.coalesce(c.conversation_id, literal("(no conversation)"))
+        literal("compaction in "), func.coalesce(conversation_id, literal("(no conversation)"))
     )
 
 
-def _breach_text(conversation_id: ColumnElement[Any]) -> ColumnElement[Any]:
+def _breach_text(conversation_id: SQLExpr) -> SQLExpr:
     return func.concat(literal("over its stored budget: "), conversation_id)
 
 
@@ -479,7 +485,7 @@ def choice_queries(d: Dialect = GRAFANA_POSTGRES) -> list[tuple[str, str]]:
 
 def sql_queries(d: Dialect = GRAFANA_POSTGRES) -> list[PanelQuery]:
     """Every panel's SQL for `d`, in the dashboard's order."""
-    statements: list[tuple[str, Any, QueryFormat]] = [
+    statements: list[tuple[str, SQLQuery, QueryFormat]] = [
         ("spend", _spend(d), "table"),
         ("cost_by_model", _cost_by_model(d), "time_series"),
         ("cost_by_token_class", _cost_by_token_class(d), "table"),
@@ -505,7 +511,7 @@ _SINCE_MS: Final = "toUnixTimestamp64Milli($__fromTime_ms)"
 _UNTIL_MS: Final = "toUnixTimestamp64Milli($__toTime_ms)"
 
 
-def _per_call_lookups(statement: Any) -> tuple[Any, list[tuple[str, Any]]]:
+def _per_call_lookups(statement: SQLQuery) -> tuple[SQLQuery, list[tuple[str, SQLQuery]]]:
     """The statement with each scalar subquery over `iterations` correlated to its call by `call_id` (e.g.
     `call_measures`' compaction cost) replaced by a column of `calls`, and those columns: (name, the
     subquery's own SELECT grouped by call_id instead). ClickHouse runs no correlated subquery inside an
@@ -514,19 +520,20 @@ def _per_call_lookups(statement: Any) -> tuple[Any, list[tuple[str, Any]]]:
     from sqlalchemy.sql.selectable import ScalarSelect
     from sqlalchemy.sql.visitors import replacement_traverse
 
-    lookups: list[tuple[str, Any]] = []
+    lookups: list[tuple[str, SQLQuery]] = []
 
-    def correlated(clause: Any) -> bool:
+    def correlated(clause: object) -> bool:
         return (
             isinstance(clause, BinaryExpression)
             and clause.left is iterations.c.call_id
             and clause.right is calls.c.call_id
         )
 
-    def replace(element: Any, **kw: Any) -> Any:
+    def replace(element: ExternallyTraversible, **kw: object) -> SQLExpr | None:
         if not isinstance(element, ScalarSelect):
             return None
-        inner: Any = element.element  # a Select: its WHERE criteria are read through SQLAlchemy's attribute
+        # A Select: its WHERE criteria are read through SQLAlchemy's attribute.
+        inner = cast("SQLQuery", element.element)
         conditions = list(inner._where_criteria)
         if not any(correlated(c) for c in conditions):
             return None
@@ -540,11 +547,11 @@ def _per_call_lookups(statement: Any) -> tuple[Any, list[tuple[str, Any]]]:
         lookups.append((name, grouped))
         return literal_column(f"calls.{name}", type_=element.type)
 
-    options: dict[str, Any] = {}
-    return replacement_traverse(statement, options, replace), lookups
+    options: dict[str, object] = {}
+    return cast("SQLQuery", replacement_traverse(statement, options, replace)), lookups
 
 
-def _clickhouse_frame(d: Dialect, statement: Any, reaches_back: bool) -> str:
+def _clickhouse_frame(d: Dialect, statement: SQLQuery, reaches_back: bool) -> str:
     """`calls` and `iterations` as CTEs read from the spans of `Dialect.spans_table`, the range pushed down
     onto the spans' `Timestamp` (their sort key's time; an iteration span starts when its call ends, so no
     upper bound on them), and two settings: `join_use_nulls`, as ClickHouse otherwise fills an outer join's
@@ -597,7 +604,7 @@ GRAFANA_CLICKHOUSE: Dialect
 _LAZY: dict[str, Dialect] = {}
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> Dialect:
     if name == "GRAFANA_CLICKHOUSE":
         if name not in _LAZY:
             _LAZY[name] = _clickhouse_dialect()

@@ -11,13 +11,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, tzinfo
 from decimal import Decimal
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from sqlalchemy import ColumnElement, or_
 
 from compactobs.errors import UserError
 from compactobs.pricing.records import to_json_number
 from compactobs.store.models import calls, epoch_ms
+
+if TYPE_CHECKING:
+    from compactobs._types import JSON
 
 __all__ = [
     "NUMERIC_KINDS",
@@ -55,7 +58,7 @@ def zone_name(tz: tzinfo) -> str:
     return tz.tzname(None) or str(tz)
 
 
-def _glob_condition(columns: Sequence[ColumnElement[Any]], patterns: Sequence[str]) -> ColumnElement[bool]:
+def _glob_condition(columns: Sequence[ColumnElement[str]], patterns: Sequence[str]) -> ColumnElement[bool]:
     """Equality (index-friendly) for plain values, LIKE for `*`/`?` globs, OR-ed over columns and values."""
     plain = [p for p in patterns if not any(ch in p for ch in "*?[")]
     globs = [p for p in patterns if p not in plain]
@@ -128,9 +131,9 @@ class Filters:
 
     def model_service_conditions(
         self,
-        request_model: ColumnElement[Any],
-        response_model: ColumnElement[Any],
-        service_name: ColumnElement[Any],
+        request_model: ColumnElement[str],
+        response_model: ColumnElement[str],
+        service_name: ColumnElement[str],
     ) -> list[ColumnElement[bool]]:
         """The model and service filters over the given columns (of `calls`, or of `rollups`)."""
         conditions: list[ColumnElement[bool]] = []
@@ -192,7 +195,7 @@ class Report:
     totals: dict[str, Any] | None = None
     header: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, JSON] = field(default_factory=dict)
     kinds: dict[str, ColumnKind] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     table_columns: list[str] | None = None
@@ -259,7 +262,7 @@ def sort_and_limit(report: Report, sort: str | None = None, limit: int | None = 
     return replace(report, rows=rows, notes=notes, extra=extra)
 
 
-def to_json_value(value: Any) -> Any:
+def to_json_value(value: Any) -> JSON:
     """Any report value as JSON data (recursing into dicts, lists and tuples)."""
     # The common exact types first (a report of 67k findings converts some 450k values).
     kind = type(value)

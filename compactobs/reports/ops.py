@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from sqlalchemy import Engine
 
-from compactobs.reports.model import Filters, Report
+from compactobs.reports.model import ColumnKind, Filters, Report
 from compactobs.reports.sources import Source, as_source
 from compactobs.reports.sources.anomalies_ops import PERCENTILES
 from compactobs.reports.sources.sql_anomalies_ops import failed_call
@@ -102,7 +102,7 @@ def ops_report(source: Engine | Source, filters: Filters) -> Report:
         }
         for kind, n, retries in errors
     ]
-    kinds: dict[str, Any] = {"model": "key", "error_rate": "ratio"}
+    kinds: dict[str, ColumnKind] = {"model": "key", "error_rate": "ratio"}
     # Milliseconds are floats: the "int" kind right-aligns them and shows them as they are (one decimal).
     kinds.update({column: "int" for column in COLUMNS if column.endswith("_ms")})
     section = Report(

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
-from typing import Any, Final, Literal
+from typing import Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import BigInteger, ColumnElement, case, literal_column
@@ -233,7 +233,7 @@ def local_bucket(
     between lo_ms and hi_ms (the data's range); the same SQL on SQLite and PostgreSQL (integer division).
     """
     offsets = utc_offsets(tz, lo_ms, hi_ms)
-    offset: ColumnElement[Any]
+    offset: ColumnElement[int]
     if len(offsets) == 1:
         offset = literal_column(str(offsets[0][1]), BigInteger)
     else:

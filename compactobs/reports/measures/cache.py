@@ -16,12 +16,13 @@ writes were wasted. `cache_measures` sums them over those rows, `r`:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import ColumnElement, FromClause, and_, case, false, func, literal_column, or_, true
-from sqlalchemy.sql.elements import Label
+
+if TYPE_CHECKING:
+    from compactobs._types import SQLExpr, SQLLabel, SQLRecord
 
 __all__ = [
     "MONEY",
@@ -91,13 +92,13 @@ def wasted(c: FromClause, ttl_ms: int, now_ms: int) -> ColumnElement[bool]:
     )
 
 
-def row_figures(c: FromClause, i: FromClause, now_ms: int) -> list[Label[Any]]:
+def row_figures(c: FromClause, i: FromClause, now_ms: int) -> list[SQLLabel]:
     """What each row of `c` (calls with `next_start`) LEFT JOIN `i` (iterations) contributes, each computed
     once per row (the sums read each figure several times)."""
     k, t = c.c, i.c
     no_rows = t.call_id.is_(None)
 
-    def pick(iteration_column: ColumnElement[Any], call_column: ColumnElement[Any]) -> Any:
+    def pick(iteration_column: SQLExpr, call_column: SQLExpr) -> SQLExpr:
         # An iteration row always carries its tokens and class costs: the call's only without rows.
         return func.coalesce(iteration_column, call_column, 0)
 
@@ -128,7 +129,7 @@ def row_figures(c: FromClause, i: FromClause, now_ms: int) -> list[Label[Any]]:
     ]
 
 
-def cache_measures(r: FromClause) -> list[Label[Any]]:
+def cache_measures(r: FromClause) -> list[SQLLabel]:
     """The sums (`SUMMED`) over `r`, rows of `row_figures`."""
     k = r.c
     carrier = k.carrier == 1
@@ -136,13 +137,13 @@ def cache_measures(r: FromClause) -> list[Label[Any]]:
     cost_input, cost_read, cost_w5m, cost_w1h = k.cost_input, k.cost_read, k.cost_w5m, k.cost_w1h
     is_priced = k.row_priced == true()
 
-    def lit(text: str) -> Any:
+    def lit(text: str) -> SQLExpr:
         return literal_column(text)
 
     # tokens x the uncached input rate, the rate taken from the iteration's own costs (multiply first). A 5m
     # write bills 1.25x input, written 4/5 with integers: exact in every engine (ClickHouse reads 1.25 as a
     # float).
-    def at_input_rate(tokens: Any) -> Any:
+    def at_input_rate(tokens: SQLExpr) -> SQLExpr:
         return case(
             (uncached > 0, tokens * cost_input / uncached),
             (w5m > 0, tokens * cost_w5m * lit("4") / (lit("5") * w5m)),
@@ -187,14 +188,14 @@ def cache_measures(r: FromClause) -> list[Label[Any]]:
     ]
 
 
-def empty_sums() -> dict[str, Any]:
+def empty_sums() -> dict[str, int | Decimal]:
     """Zero of every sum (`SUMMED`)."""
-    row: dict[str, Any] = dict.fromkeys(TOKENS, 0)
+    row: dict[str, int | Decimal] = dict.fromkeys(TOKENS, 0)
     row.update(dict.fromkeys(MONEY, _ZERO))
     return row
 
 
-def as_decimal(value: Any) -> Decimal:
+def as_decimal(value: Decimal | float | int | str | None) -> Decimal:
     if value is None:
         return _ZERO
     if isinstance(value, Decimal):
@@ -203,7 +204,7 @@ def as_decimal(value: Any) -> Decimal:
 
 
 def add_record(
-    result: dict[tuple[Any, ...], dict[str, Any]], group: tuple[Any, ...], record: Mapping[Any, Any]
+    result: dict[tuple[object, ...], dict[str, int | Decimal]], group: tuple[object, ...], record: SQLRecord
 ) -> None:
     """Add a query's row of `SUMMED` into `result[group]`."""
     row = result.get(group)

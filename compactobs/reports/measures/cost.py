@@ -9,14 +9,15 @@ iteration rows is one row with its own figures.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, SupportsInt
 
 from sqlalchemy import ColumnElement, FromClause, and_, case, false, func, or_, select
-from sqlalchemy.sql.elements import Label
 
 from compactobs.store.models import calls, iterations
+
+if TYPE_CHECKING:
+    from compactobs._types import SQLExpr, SQLLabel, SQLRecord
 
 __all__ = [
     "CLASS_COSTS",
@@ -75,7 +76,7 @@ def is_compaction(i: FromClause) -> ColumnElement[bool]:
     return i.c.type == "compaction"
 
 
-def compaction_cost_of_call(c: FromClause = calls, i: FromClause = iterations) -> ColumnElement[Any]:
+def compaction_cost_of_call(c: FromClause = calls, i: FromClause = iterations) -> SQLExpr:
     """The cost of the compaction iterations of the call of `c`'s row, a correlated lookup by call_id."""
     return (
         select(func.sum(i.c.cost_usd)).where(i.c.call_id == c.c.call_id, is_compaction(i)).scalar_subquery()
@@ -83,8 +84,8 @@ def compaction_cost_of_call(c: FromClause = calls, i: FromClause = iterations) -
 
 
 def call_measures(
-    c: FromClause = calls, i: FromClause = iterations, compaction_cost: ColumnElement[Any] | None = None
-) -> list[Label[Any]]:
+    c: FromClause = calls, i: FromClause = iterations, compaction_cost: SQLExpr | None = None
+) -> list[SQLLabel]:
     """Measures over calls `c` alone: one row per call, whose totals already sum its iterations.
     `compaction_cost`: each call's compaction iterations' cost (default `compaction_cost_of_call`; an
     engine that cannot correlate a lookup inside an aggregate joins it in and names the column)."""
@@ -115,19 +116,19 @@ def call_measures(
     ]
 
 
-def iteration_measures(c: FromClause = calls, i: FromClause = iterations) -> list[Label[Any]]:
+def iteration_measures(c: FromClause = calls, i: FromClause = iterations) -> list[SQLLabel]:
     """Measures over `c` LEFT JOIN `i` on call_id: tokens and class costs per iteration; what belongs to
     the call once, on its last iteration (or on the call itself when it has no iteration rows)."""
     k, t = c.c, i.c
     no_rows = t.call_id.is_(None)
     carrier = or_(no_rows, t.idx == func.coalesce(k.iterations_count, 1) - 1)
 
-    def per_iteration(iteration_column: ColumnElement[Any], call_column: ColumnElement[Any]) -> Any:
+    def per_iteration(iteration_column: SQLExpr, call_column: SQLExpr) -> SQLExpr:
         # An iteration row always carries its tokens and class costs (0, never NULL): coalesce picks the
         # call's own figures only for a call without iteration rows, and costs less than a CASE.
         return func.sum(func.coalesce(iteration_column, call_column))
 
-    def per_call(call_column: ColumnElement[Any]) -> Any:
+    def per_call(call_column: SQLExpr) -> SQLExpr:
         return func.sum(case((carrier, call_column), else_=None))
 
     server_tools = func.coalesce(k.cost_server_tools_usd, 0)
@@ -160,7 +161,7 @@ def iteration_measures(c: FromClause = calls, i: FromClause = iterations) -> lis
     ]
 
 
-def top_level_measures(c: FromClause = calls) -> list[Label[Any]]:
+def top_level_measures(c: FromClause = calls) -> list[SQLLabel]:
     """What the responses' top-level usage fields said, summed over calls `c`: they leave the compaction
     iterations out (DESIGN.md section 3, rule 1), so they fall short of the billed `input_tokens` and
     `output_tokens` of `call_measures`."""
@@ -170,7 +171,9 @@ def top_level_measures(c: FromClause = calls) -> list[Label[Any]]:
     ]
 
 
-def top_level_cost(cost: Decimal | None, compaction_cost: Decimal | None) -> tuple[Any, Any]:
+def top_level_cost(
+    cost: Decimal | None, compaction_cost: Decimal | None
+) -> tuple[Decimal | None, Decimal | None]:
     """(what the top-level usage says, the gap): the bill without its compaction iterations, and their
     cost; (None, None) when the bill is unknown (unpriced)."""
     hidden = compaction_cost if cost is not None else None
@@ -182,18 +185,18 @@ def empty_measures() -> dict[str, Any]:
     return {name: _ZERO if name in MONEY else 0 for name in MEASURES}
 
 
-def _num(value: Any) -> int:
+def _num(value: SupportsInt | str | None) -> int:
     return int(value) if value is not None else 0
 
 
-def _money(value: Any) -> Decimal:
+def _money(value: Decimal | float | str | None) -> Decimal:
     if value is None:
         return _ZERO
     return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
 def add_record(
-    result: dict[tuple[Any, ...], dict[str, Any]], group: tuple[Any, ...], record: Mapping[Any, Any]
+    result: dict[tuple[object, ...], dict[str, Any]], group: tuple[object, ...], record: SQLRecord
 ) -> None:
     """Add a query's row of SUMMED measures into `result[group]` (rows of one group, e.g. a bucket label
     repeated when clocks go back, or rollups beside raw calls, are merged)."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import ColumnElement, FromClause, func
 
 from compactobs.reports.model import ReportInputError
+
+if TYPE_CHECKING:
+    from compactobs._types import SQLRecord
 from compactobs.reports.times import TIME_UNITS
 
 __all__ = [
@@ -76,7 +79,7 @@ def parse_by(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(result)
 
 
-def group_key(name: str, c: FromClause, i: FromClause) -> ColumnElement[Any]:
+def group_key(name: str, c: FromClause, i: FromClause) -> ColumnElement[str]:
     """The key of non-time grouping `name` over calls `c` and iterations `i` (the model and the iteration
     type are the iteration's: only at the iteration level)."""
     if name == "conversation":
@@ -95,14 +98,14 @@ def group_key(name: str, c: FromClause, i: FromClause) -> ColumnElement[Any]:
 
 
 def group_values(
-    record: Mapping[Any, Any],
+    record: SQLRecord,
     by: Sequence[str],
-    time_label: Callable[[Mapping[Any, Any]], str] | None = None,
+    time_label: Callable[[SQLRecord], str] | None = None,
     with_model: bool = False,
-) -> tuple[Any, ...]:
+) -> tuple[str | None, ...]:
     """A query row's group: its keys (`k_<json key>`) in `by` order, a time unit named by `time_label(row)`,
     and with `with_model` the call's model (`k_call_model`) last."""
-    values: list[Any] = []
+    values: list[str | None] = []
     for name in by:
         if name in TIME_UNITS:
             assert time_label is not None, "time groups need a label"

@@ -17,7 +17,7 @@ rendering and JSON are the same code on both. Needs `pip install 'compactobs[cli
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from compactobs.reports.sources.clickhouse.client import DEFAULT_TABLE, is_clickhouse_url
 
@@ -37,7 +37,7 @@ def open_source(url: str, table: str = DEFAULT_TABLE, check: bool = True) -> Cli
     return source.open_source(url, table, check)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> type[ClickHouseSource]:
     if name == "ClickHouseSource":
         from compactobs.reports.sources.clickhouse.source import ClickHouseSource
 

@@ -21,10 +21,13 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, Self
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import TYPE_CHECKING, Any, Final, Self
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from compactobs.store.errors import StoreError
+
+if TYPE_CHECKING:
+    from compactobs._types import JSON, SQLValue
 
 __all__ = [
     "DEFAULT_TABLE",
@@ -59,7 +62,7 @@ def is_clickhouse_url(url: str | None) -> bool:
     return bool(url) and url.split("://", 1)[0].lower() in SCHEMES  # type: ignore[union-attr]
 
 
-def quote(value: Any) -> str:
+def quote(value: object) -> str:
     """A literal for ClickHouse SQL: strings quoted and escaped, numbers as they are, None as NULL."""
     if value is None:
         return "NULL"
@@ -80,15 +83,15 @@ def _unwrap(kind: str) -> str:
     return kind
 
 
-def _same(value: Any) -> Any:
+def _same(value: JSON) -> SQLValue:
     return value
 
 
-def _integer(value: Any) -> Any:
+def _integer(value: JSON) -> SQLValue:
     return None if value is None else int(value)
 
 
-def _converter(kind: str) -> Callable[[Any], Any]:
+def _converter(kind: str) -> Callable[[JSON], SQLValue]:
     """The function that turns a JSON value into the Python value of ClickHouse type `kind` (found once per
     column of a result, not once per value: at 10M calls the per-value lookup was half a report's time)."""
     kind = _unwrap(kind)
@@ -98,7 +101,7 @@ def _converter(kind: str) -> Callable[[Any], Any]:
     if kind.startswith(("Int", "UInt")):
         return _integer  # JSON numbers already under output_format_json_quote_64bit_integers=0
     if kind.startswith("Decimal"):
-        cast: Callable[[Any], Any] = Decimal
+        cast: Callable[[JSON], SQLValue] = Decimal
     elif kind.startswith("Float"):
         cast = float
     elif kind == "Bool":
@@ -112,7 +115,7 @@ _CHUNK_ROWS: Final = 10_000
 """Rows parsed at a time: the per-value work stays in C, the Python objects held are a chunk's."""
 
 
-def _convert(kinds: Sequence[str], lines: Sequence[str]) -> list[tuple[Any, ...]]:
+def _convert(kinds: Sequence[str], lines: Sequence[str]) -> list[tuple[SQLValue, ...]]:
     """Rows of a JSONCompactEachRow result's `lines`, parsed as one JSON document and each column converted
     by its type in one pass (the per-value work of a large result in C)."""
     data = json.loads("[" + ",".join(lines) + "]")
@@ -142,7 +145,7 @@ def _lines(text: str) -> Iterator[str]:
             yield line
 
 
-def _parsed(text: str) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+def _parsed(text: str) -> tuple[list[str], Iterator[tuple[SQLValue, ...]]]:
     """(column names, the rows as tuples, parsed `_CHUNK_ROWS` at a time as they are read) of a
     JSONCompactEachRowWithNamesAndTypes result."""
     lines = _lines(text)
@@ -151,14 +154,14 @@ def _parsed(text: str) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
         return [], iter(())
     names, kinds = json.loads(header[0]), json.loads(header[1])
 
-    def rows() -> Iterator[tuple[Any, ...]]:
+    def rows() -> Iterator[tuple[SQLValue, ...]]:
         while chunk := list(itertools.islice(lines, _CHUNK_ROWS)):
             yield from _convert(kinds, chunk)
 
     return names, rows()
 
 
-def records(text: str) -> list[dict[str, Any]]:
+def records(text: str) -> list[dict[str, SQLValue]]:
     """A JSONCompactEachRowWithNamesAndTypes result as a dict per row, values by column type."""
     names, rows = _parsed(text)
     return [dict(zip(names, values, strict=True)) for values in rows]
@@ -208,7 +211,7 @@ class ClickHouseClient:
         except Exception as err:  # e.g. another process holds the directory's lock
             raise StoreError(f"cannot open chdb at {directory}: {_first_line(err)}") from None
 
-    def _open_http(self, parts: Any, secure: bool) -> None:
+    def _open_http(self, parts: SplitResult, secure: bool) -> None:
         try:
             import clickhouse_connect
         except ImportError:
@@ -261,7 +264,7 @@ class ClickHouseClient:
 
     # -- queries -----------------------------------------------------------------------------------------
 
-    def _text(self, sql: str, settings: Mapping[str, Any] | None = None) -> str:
+    def _text(self, sql: str, settings: Mapping[str, object] | None = None) -> str:
         merged = {**_SETTINGS, **(settings or {})}
         try:
             if self._session is not None:
@@ -274,16 +277,18 @@ class ClickHouseClient:
         except Exception as err:
             raise StoreError(f"ClickHouse query failed on {self.shown_url}: {_first_line(err)}") from None
 
-    def rows(self, sql: str, settings: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    def rows(self, sql: str, settings: Mapping[str, object] | None = None) -> list[dict[str, SQLValue]]:
         """The result of a SELECT (without FORMAT or SETTINGS: pass `settings`), a dict per row, values by
         column type (Decimal for money)."""
         return records(self._text(sql, settings))
 
-    def tuples(self, sql: str, settings: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    def tuples(self, sql: str, settings: Mapping[str, object] | None = None) -> list[tuple[SQLValue, ...]]:
         """As `rows`, each row a tuple in the SELECT's column order."""
         return list(self.stream(sql, settings))
 
-    def stream(self, sql: str, settings: Mapping[str, Any] | None = None) -> Iterator[tuple[Any, ...]]:
+    def stream(
+        self, sql: str, settings: Mapping[str, object] | None = None
+    ) -> Iterator[tuple[SQLValue, ...]]:
         """As `tuples`, the query run now and its rows made as they are iterated: the result's text is
         held, not every row's values at once."""
         return _parsed(self._text(sql, settings))[1]
@@ -326,7 +331,7 @@ def system_table_condition(table: str, column: str) -> str:
     return f"{column} = {quote(name)} AND database = {in_database}"
 
 
-def settings_clause(settings: Mapping[str, Any] | None) -> str:
+def settings_clause(settings: Mapping[str, object] | None) -> str:
     return "" if not settings else " SETTINGS " + ", ".join(f"{k} = {quote(v)}" for k, v in settings.items())
 
 

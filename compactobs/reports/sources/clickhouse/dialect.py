@@ -9,10 +9,16 @@ Built on first use: clickhouse-connect is an optional dependency.
 from __future__ import annotations
 
 import functools
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import ColumnElement, Float, Numeric, literal_column
+from sqlalchemy import Float, Numeric, literal_column
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.elements import ClauseElement
+
+if TYPE_CHECKING:
+    from sqlalchemy.sql.functions import FunctionElement
+
+    from compactobs._types import SQLExpr
 
 __all__ = ["WIDE", "clickhouse_dialect", "percentile", "sql"]
 
@@ -83,13 +89,13 @@ def clickhouse_dialect() -> Dialect:
     return dialect
 
 
-def sql(clause: Any) -> str:
+def sql(clause: ClauseElement) -> str:
     """ClickHouse SQL of an expression or statement, values inlined."""
     return str(clause.compile(dialect=clickhouse_dialect(), compile_kwargs={"literal_binds": True}))
 
 
 @functools.cache
-def _exact_quantile() -> Any:
+def _exact_quantile() -> type[FunctionElement[float]]:
     from sqlalchemy.ext.compiler import compiles
     from sqlalchemy.sql.functions import FunctionElement
 
@@ -108,7 +114,7 @@ def _exact_quantile() -> Any:
     return _ExactQuantile
 
 
-def percentile(p: float, value: ColumnElement[Any]) -> ColumnElement[Any]:
+def percentile(p: float, value: SQLExpr) -> SQLExpr:
     """The continuous percentile (linear interpolation, as `report ops`) of a column's non-NULL values."""
-    quantile: ColumnElement[Any] = _exact_quantile()(literal_column(str(p)), value)
+    quantile: SQLExpr = _exact_quantile()(literal_column(str(p)), value)
     return quantile

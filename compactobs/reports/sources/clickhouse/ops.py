@@ -4,7 +4,7 @@ found through a histogram so the engine never holds every value."""
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
 from compactobs.reports.model import Filters
 from compactobs.reports.sources.anomalies_ops import PERCENTILES, OpsFigures, Percentiles, interpolate
@@ -37,7 +37,9 @@ def _bucket(value: str) -> str:
     return f"bitShiftRight({ordered}, {_BUCKET_SHIFT})"
 
 
-def _percentiles(source: ClickHouseClient, filters: Filters, value: str) -> tuple[Percentiles, Any]:
+def _percentiles(
+    source: ClickHouseClient, filters: Filters, value: str
+) -> tuple[Percentiles, tuple[float, ...] | None]:
     """({model: percentiles}, the percentiles over every model or None) of the non-NULL `value`s of the
     successful calls, exact, in engine memory bounded by the buckets read, not by the calls: a histogram of
     the values' buckets (count, lowest, highest) by model, and over every model from it, places each rank

@@ -9,7 +9,7 @@ the window over a conversation's calls, the slot tables); what a figure means is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import BigInteger, Numeric, column, func, select, table
 
@@ -18,6 +18,9 @@ from compactobs.reports.measures.cost import call_measures, is_compaction, itera
 from compactobs.reports.measures.groups import group_key
 from compactobs.reports.sources.clickhouse.dialect import sql
 from compactobs.store.models import calls, iterations
+
+if TYPE_CHECKING:
+    from compactobs._types import SQLLabel
 
 __all__ = [
     "JOIN_SETTINGS",
@@ -44,7 +47,7 @@ _C_NEXT: Final = table(
 )
 
 
-def _named(measures: Sequence[Any]) -> list[tuple[str, str]]:
+def _named(measures: Sequence[SQLLabel]) -> list[tuple[str, str]]:
     return [(measure.name, sql(measure.element)) for measure in measures]
 
 

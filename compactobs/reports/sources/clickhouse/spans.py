@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import tzinfo
-from typing import Any, Final
+from typing import Final
 
 from sqlalchemy import Boolean, Float, Integer, Numeric, String
 
 from compactobs import semconv as t
 from compactobs.reports.model import Filters
-from compactobs.reports.sources.clickhouse.client import quote, system_table_condition
+from compactobs.reports.sources.clickhouse.client import ClickHouseClient, quote, system_table_condition
 from compactobs.reports.times import MS_PER_DAY, MS_PER_HOUR, utc_offsets
 from compactobs.store.mapping import CALL_ATTRIBUTES, ITERATION_ATTRIBUTES
 from compactobs.store.models import calls, iterations
@@ -235,11 +235,11 @@ def turns_setup_statements(table: str) -> list[str]:
     ]
 
 
-def has_turns(source: Any) -> bool:
+def has_turns(source: ClickHouseClient) -> bool:
     return bool(source.typed and getattr(source, "turns", False))
 
 
-def turns_of(source: Any, filters: Filters | None = None, partition: int | None = None) -> str:
+def turns_of(source: ClickHouseClient, filters: Filters | None = None, partition: int | None = None) -> str:
     """The calls of conversations with the `TURN_COLUMNS`, in the turns table when setup made it (windows
     over a conversation then get them in order), else from `calls_of`. `partition`: only the turns table's
     partition of that number (`TURNS_PARTITIONS`), whose calls a window reads as one sorted stream."""
@@ -252,14 +252,14 @@ def turns_of(source: Any, filters: Filters | None = None, partition: int | None 
     return f"(SELECT * FROM {turns_name(source.table)} FINAL{where})"
 
 
-def has_columns(source: Any, table: str, names: Sequence[str]) -> bool:
+def has_columns(source: ClickHouseClient, table: str, names: Sequence[str]) -> bool:
     """Whether `table` (optionally `db.table`) holds every column of `names`."""
     where = system_table_condition(table, "table")
     have = {r["name"] for r in source.rows(f"SELECT name FROM system.columns WHERE {where}")}
     return all(column in have for column in names)
 
 
-def typed_columns_current(source: Any) -> bool:
+def typed_columns_current(source: ClickHouseClient) -> bool:
     """Whether the typed tables hold every column of the store's `calls` and `iterations`."""
     return all(
         has_columns(source, table, [column.name for column in columns])
@@ -267,7 +267,7 @@ def typed_columns_current(source: Any) -> bool:
     )
 
 
-def calls_of(source: Any, filters: Filters | None = None) -> str:
+def calls_of(source: ClickHouseClient, filters: Filters | None = None) -> str:
     """The calls of the spans table as a subquery (with `filters`, only its window's, pushed down): the
     typed table of `compactobs clickhouse setup` when there is one, else read from the spans' attributes."""
     if source.typed:
@@ -277,7 +277,7 @@ def calls_of(source: Any, filters: Filters | None = None) -> str:
     return calls_relation(source.table, timestamp_window(filters) if filters is not None else "")
 
 
-def iterations_of(source: Any, since_ms: int | None = None) -> str:
+def iterations_of(source: ClickHouseClient, since_ms: int | None = None) -> str:
     """The iterations (with `since_ms`: of calls that started then or later: an iteration span starts
     when its call ends)."""
     if source.typed:
