@@ -53,8 +53,9 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
+from compactobs._types import JSON, JSONObject
 from compactobs.testing._conversation import ConversationEngine, ConversationScenario, SimulationError
 from compactobs.testing._replies import ErrorReply, Reply
 
@@ -81,13 +82,13 @@ def _timestamp(when: datetime) -> str:
 class _Batch:
     id: str
     created_at: datetime
-    results: list[dict[str, Any]]
+    results: list[JSONObject]
     """One result line (decoded) per request, in request order."""
     planned: set[str]
     ended_at: datetime | None = None
     cancel_initiated_at: datetime | None = None
 
-    def body(self, base_url: str) -> dict[str, Any]:
+    def body(self, base_url: str) -> JSONObject:
         counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
         if self.ended_at is None:
             counts["processing"] = len(self.results)
@@ -117,7 +118,7 @@ class _Incoming:
 
     route: str
     query: str
-    parsed: Any
+    parsed: JSON
     headers: Mapping[str, str]
     engine: ConversationEngine
     scenario: ConversationScenario
@@ -129,8 +130,8 @@ class BatchAnswer:
     """What the simulator sends back for a batch route: JSON (`body`), or the results' `lines`."""
 
     status: int
-    body: Mapping[str, Any] | None = None
-    lines: list[dict[str, Any]] | None = None
+    body: Mapping[str, JSON] | None = None
+    lines: list[JSONObject] | None = None
 
 
 @dataclass
@@ -171,7 +172,7 @@ class Batches:
         self,
         method: str,
         path: str,
-        parsed: Any,
+        parsed: JSON,
         headers: Mapping[str, str],
         engine: ConversationEngine,
         scenario: ConversationScenario,
@@ -286,7 +287,7 @@ def _error(status: int, message: str, error_type: str) -> BatchAnswer:
     return BatchAnswer(status, {"type": "error", "error": {"type": error_type, "message": message}})
 
 
-def _result(outcome: BatchOutcome) -> dict[str, Any]:
+def _result(outcome: BatchOutcome) -> JSONObject:
     if isinstance(outcome, Reply):
         return {"type": "succeeded", "message": copy.deepcopy(dict(outcome.body))}
     if isinstance(outcome, ErrorReply):
@@ -295,8 +296,8 @@ def _result(outcome: BatchOutcome) -> dict[str, Any]:
 
 
 def _simulated(
-    params: Any, betas: set[str], engine: ConversationEngine, scenario: ConversationScenario
-) -> dict[str, Any]:
+    params: JSON, betas: set[str], engine: ConversationEngine, scenario: ConversationScenario
+) -> JSONObject:
     if not isinstance(params, dict):
         params = {}
     try:

@@ -8,8 +8,8 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
+from compactobs._types import JSON, JSONObject
 from compactobs.errors import CompactobsError
 from compactobs.testing._replies import message, text_tokens
 
@@ -90,17 +90,17 @@ class _CacheUse:
         return self.write_5m + self.write_1h
 
 
-def _digest(value: Any) -> bytes:
+def _digest(value: JSON) -> bytes:
     return hashlib.blake2b(json.dumps(value, sort_keys=True, default=str).encode(), digest_size=16).digest()
 
 
-def _without_cache_control(block: Any) -> Any:
+def _without_cache_control(block: JSON) -> JSON:
     if isinstance(block, dict) and "cache_control" in block:
         return {k: v for k, v in block.items() if k != "cache_control"}
     return block
 
 
-def _block_tokens(block: Any) -> int:
+def _block_tokens(block: JSON) -> int:
     """Tokens of one content block (see the counting rule in the package docstring)."""
     if isinstance(block, str):
         return text_tokens(block)
@@ -124,20 +124,20 @@ def _block_tokens(block: Any) -> int:
     )
 
 
-def _ttl(block: Any) -> str | None:
+def _ttl(block: JSON) -> str | None:
     control = block.get("cache_control") if isinstance(block, dict) else None
     if not isinstance(control, dict):
         return None
     return "1h" if control.get("ttl") == "1h" else "5m"
 
 
-def _blocks(content: Any) -> list[Any]:
+def _blocks(content: JSON) -> list[JSON]:
     if isinstance(content, list):
         return content
     return [] if content is None else [{"type": "text", "text": str(content)}]
 
 
-def _summarised(block: Any) -> bool:
+def _summarised(block: JSON) -> bool:
     """A compaction block that replaces the history before it (a null summary is a no-op)."""
     return (
         isinstance(block, dict)
@@ -146,7 +146,7 @@ def _summarised(block: Any) -> bool:
     )
 
 
-def _last_compaction(messages: list[Any]) -> tuple[int, int] | None:
+def _last_compaction(messages: list[JSON]) -> tuple[int, int] | None:
     for m in range(len(messages) - 1, -1, -1):
         blocks = _blocks(messages[m].get("content") if isinstance(messages[m], dict) else None)
         for b in range(len(blocks) - 1, -1, -1):
@@ -155,7 +155,7 @@ def _last_compaction(messages: list[Any]) -> tuple[int, int] | None:
     return None
 
 
-def _message_segments(messages: list[Any], start: tuple[int, int] | None) -> list[_Segment]:
+def _message_segments(messages: list[JSON], start: tuple[int, int] | None) -> list[_Segment]:
     first_message, first_block = start or (0, 0)
     segments = []
     for m in range(first_message, len(messages)):
@@ -170,7 +170,7 @@ def _message_segments(messages: list[Any], start: tuple[int, int] | None) -> lis
     return segments
 
 
-def _prefix_segments(body: Mapping[str, Any]) -> list[_Segment]:
+def _prefix_segments(body: Mapping[str, JSON]) -> list[_Segment]:
     """Tools then system: what every turn of a conversation starts with."""
     segments = []
     for tool in body.get("tools") or []:
@@ -189,7 +189,7 @@ def _prefix_segments(body: Mapping[str, Any]) -> list[_Segment]:
     return segments
 
 
-def _with_top_level_cache_control(body: Mapping[str, Any], segments: list[_Segment]) -> list[_Segment]:
+def _with_top_level_cache_control(body: Mapping[str, JSON], segments: list[_Segment]) -> list[_Segment]:
     """Top-level `cache_control` marks the last block of the prompt as a breakpoint."""
     control = body.get("cache_control")
     if not isinstance(control, dict) or not segments or segments[-1].ttl is not None:
@@ -198,7 +198,7 @@ def _with_top_level_cache_control(body: Mapping[str, Any], segments: list[_Segme
     return [*segments[:-1], _Segment(last.tokens, last.digest, "1h" if control.get("ttl") == "1h" else "5m")]
 
 
-def context_tokens(request: Mapping[str, Any]) -> int:
+def context_tokens(request: Mapping[str, JSON]) -> int:
     """The simulator's input-token count of a Messages request body (see the package docstring).
 
     Tools, system and message blocks are counted; a compaction block with a summary replaces everything
@@ -281,8 +281,8 @@ class ConversationEngine:
     # -- requests -------------------------------------------------------------------------------------
 
     def respond(
-        self, body: Mapping[str, Any], betas: set[str], scenario: ConversationScenario
-    ) -> dict[str, Any]:
+        self, body: Mapping[str, JSON], betas: set[str], scenario: ConversationScenario
+    ) -> JSONObject:
         """The message the simulated server answers `body` with; raises SimulationError for a 400."""
         model, messages = _validated(body)
         on_demand = body.get("compaction")
@@ -310,7 +310,7 @@ class ConversationEngine:
         if on_demand is not None:
             summary_tokens = scenario.summary_size(DEFAULT_TRIGGER)
             iteration = _iteration("compaction", _CacheUse(), context, summary_tokens)
-            content: list[Any] = []
+            content: list[JSON] = []
             if not scenario.fail_compaction:
                 on_demand = _filler(summary_tokens, f"Summary of conversation {tag} (on demand):")
                 signature = "sig_" + hashlib.blake2b(on_demand.encode(), digest_size=12).hexdigest()
@@ -325,7 +325,7 @@ class ConversationEngine:
             if isinstance(m, dict)
             for b in _blocks(m.get("content"))
         )
-        iterations: list[dict[str, Any]] = []
+        iterations: list[JSONObject] = []
         content = []
         compacted = False
         if edit is not None and not signed and context >= edit[0]:
@@ -365,18 +365,18 @@ class ConversationEngine:
             usage["iterations"] = iterations
         return message(model, content, usage, stop_reason)
 
-    def count(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def count(self, body: Mapping[str, JSON]) -> JSONObject:
         """The answer to `/v1/messages/count_tokens`: existing compaction blocks apply, none is made."""
         messages = body.get("messages")
         messages = messages if isinstance(messages, list) else []
-        result: dict[str, Any] = {"input_tokens": context_tokens(body)}
+        result: JSONObject = {"input_tokens": context_tokens(body)}
         if body.get("context_management") is not None:
             original = sum(s.tokens for s in _prefix_segments(body) + _message_segments(messages, None))
             result["context_management"] = {"original_input_tokens": original}
         return result
 
 
-def _validated(body: Mapping[str, Any]) -> tuple[str, list[Any]]:
+def _validated(body: Mapping[str, JSON]) -> tuple[str, list[JSON]]:
     for name in ("model", "messages", "max_tokens"):
         if name not in body:
             raise SimulationError(f"{name}: Field required")
@@ -390,7 +390,7 @@ def _validated(body: Mapping[str, Any]) -> tuple[str, list[Any]]:
     return model, messages
 
 
-def _compact_edit(body: Mapping[str, Any], betas: set[str]) -> tuple[int, bool] | None:
+def _compact_edit(body: Mapping[str, JSON], betas: set[str]) -> tuple[int, bool] | None:
     """The threshold-compaction edit of the request, as (trigger, pause_after_compaction), validated."""
     management = body.get("context_management")
     edits = management.get("edits") if isinstance(management, dict) else None
@@ -413,7 +413,7 @@ def _compact_edit(body: Mapping[str, Any], betas: set[str]) -> tuple[int, bool] 
     return None
 
 
-def _iteration(kind: str, cache: _CacheUse, context: int, output: int) -> dict[str, Any]:
+def _iteration(kind: str, cache: _CacheUse, context: int, output: int) -> JSONObject:
     """One `usage.iterations` entry; `input_tokens` is the uncached part of `context`, as at top level."""
     return {
         "type": kind,
@@ -428,7 +428,7 @@ def _iteration(kind: str, cache: _CacheUse, context: int, output: int) -> dict[s
     }
 
 
-def _top_level(iterations: list[dict[str, Any]]) -> dict[str, Any]:
+def _top_level(iterations: list[JSONObject]) -> JSONObject:
     """Top-level usage: the sum of the non-compaction iterations (compaction is billed only there)."""
     counted = [i for i in iterations if i["type"] != "compaction"]
 
@@ -451,9 +451,9 @@ def _top_level(iterations: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _usage_extra(body: Mapping[str, Any]) -> dict[str, Any]:
+def _usage_extra(body: Mapping[str, JSON]) -> JSONObject:
     """Request-level modifiers echoed in usage."""
-    extra: dict[str, Any] = {}
+    extra: JSONObject = {}
     if body.get("speed") in ("fast", "standard"):
         extra["speed"] = body["speed"]
     if isinstance(body.get("inference_geo"), str):

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote
 
+from compactobs._types import JSON, JSONObject
 from compactobs.testing._replies import Reply, stream_events
 
 __all__ = ["PlatformRequest", "platform_request"]
@@ -71,7 +72,7 @@ class PlatformRequest:
 
     route: str
     """The first-party route it answers as (`/v1/messages`, or another `/v1/...` under `/anthropic`)."""
-    body: dict[str, Any]
+    body: JSONObject
     """The Messages body: the model (and, for Bedrock, `stream`) put back, platform-only fields taken out."""
     betas: tuple[str, ...] = ()
     """Betas the body carried (Bedrock's `anthropic_beta`), for the `anthropic-beta` header."""
@@ -86,7 +87,7 @@ class PlatformRequest:
         return {**headers, "anthropic-beta": ",".join([*given, *self.betas])}
 
 
-def platform_request(route: str, body: dict[str, Any]) -> PlatformRequest | None:
+def platform_request(route: str, body: JSONObject) -> PlatformRequest | None:
     """The Messages request a platform route stands for; None for a first-party route."""
     match = _BEDROCK.match(route)
     if match is not None:
@@ -119,14 +120,14 @@ def event_stream_message(headers: Mapping[str, str], payload: bytes) -> bytes:
     return message + struct.pack(">I", zlib.crc32(message))
 
 
-def _chunk(event: Mapping[str, Any]) -> bytes:
+def _chunk(event: Mapping[str, JSON]) -> bytes:
     data = json.dumps(event, separators=(",", ":")).encode()
     payload = json.dumps({"bytes": base64.b64encode(data).decode()}).encode()
     headers = {":event-type": "chunk", ":content-type": "application/json", ":message-type": "event"}
     return event_stream_message(headers, payload)
 
 
-def _with_invocation_metrics(event: dict[str, Any], body: Mapping[str, Any]) -> dict[str, Any]:
+def _with_invocation_metrics(event: JSONObject, body: Mapping[str, JSON]) -> JSONObject:
     usage = body.get("usage") if isinstance(body.get("usage"), Mapping) else {}
     assert isinstance(usage, Mapping)
     metrics = {

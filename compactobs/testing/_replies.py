@@ -8,7 +8,8 @@ import math
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+
+from compactobs._types import JSON, JSONObject
 
 __all__ = ["ErrorReply", "Reply", "message", "stream_events", "text_tokens"]
 
@@ -23,14 +24,14 @@ def text_tokens(text: str) -> int:
 
 def message(
     model: str = "claude-opus-4-8",
-    content: list[Any] | None = None,
-    usage: Any = None,
+    content: list[JSON] | None = None,
+    usage: JSON = None,
     stop_reason: str | None = "end_turn",
     id: str | None = None,
     *,
     stop_sequence: str | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
+    **extra: JSON,
+) -> JSONObject:
     """A Messages API response body, as the real API returns it (`type: "message"`, `role: "assistant"`).
 
     `content` defaults to one short text block. `usage` is used verbatim, even when malformed, so tests can
@@ -55,7 +56,7 @@ def message(
         }
     else:
         usage = copy.deepcopy(dict(usage) if isinstance(usage, Mapping) else usage)
-    body: dict[str, Any] = {
+    body: JSONObject = {
         "id": id if id is not None else f"msg_sim_{uuid.uuid4().hex[:24]}",
         "type": "message",
         "role": "assistant",
@@ -85,7 +86,7 @@ class Reply:
     meanwhile).
     """
 
-    body: Mapping[str, Any]
+    body: Mapping[str, JSON]
     cut_after_events: int | None = None
     headers: Mapping[str, str] | None = None
     delay_s: float = 0.0
@@ -99,7 +100,7 @@ class Reply:
         if self.cut_after_events is not None and self.error_after_events is not None:
             raise ValueError("Reply: cut_after_events and error_after_events cannot both be set")
 
-    def error_event(self) -> dict[str, Any]:
+    def error_event(self) -> JSONObject:
         """The `error` event a stream ends with under `error_after_events`."""
         message = _ERROR_MESSAGES.get(self.error_type, f"{self.error_type} (simulated).")
         return {"type": "error", "error": {"type": self.error_type, "message": message}}
@@ -154,7 +155,7 @@ class ErrorReply:
         return "api_error" if self.status >= 500 else "invalid_request_error"
 
     @property
-    def body(self) -> dict[str, Any]:
+    def body(self) -> JSONObject:
         """The JSON error body (the server adds `request_id`, as the real API does)."""
         kind = self.resolved_error_type
         text = self.message if self.message is not None else _ERROR_MESSAGES.get(kind, f"{kind} (simulated).")
@@ -186,7 +187,7 @@ def _chunks(text: str, words: int) -> Iterator[str]:
         yield text[start:]
 
 
-def _block_events(index: int, block: Any) -> Iterator[dict[str, Any]]:
+def _block_events(index: int, block: JSON) -> Iterator[JSONObject]:
     """content_block_start, its deltas and content_block_stop for one block, as the real API streams it."""
     if not isinstance(block, dict):
         # not a block the API would send; pass it through whole so odd test data still reaches the SDK
@@ -194,7 +195,7 @@ def _block_events(index: int, block: Any) -> Iterator[dict[str, Any]]:
         yield {"type": "content_block_stop", "index": index}
         return
     kind = block.get("type")
-    deltas: list[dict[str, Any]] = []
+    deltas: list[JSONObject] = []
     start = dict(block)
     if kind == "text" and isinstance(block.get("text"), str):
         start = {k: v for k, v in block.items() if k != "citations"}
@@ -205,7 +206,7 @@ def _block_events(index: int, block: Any) -> Iterator[dict[str, Any]]:
         # threshold compaction: an empty block, then the whole summary in a single delta
         start = {k: v for k, v in block.items() if k not in ("content", "encrypted_content")}
         start["content"] = None
-        delta: dict[str, Any] = {"type": "compaction_delta", "content": block.get("content")}
+        delta: JSONObject = {"type": "compaction_delta", "content": block.get("content")}
         if "encrypted_content" in block:
             delta["encrypted_content"] = block["encrypted_content"]
         deltas = [delta]
@@ -232,7 +233,7 @@ def _block_events(index: int, block: Any) -> Iterator[dict[str, Any]]:
 _DELTA_FIELDS = ("stop_reason", "stop_sequence", "stop_details", "container")
 
 
-def stream_events(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+def stream_events(body: Mapping[str, JSON]) -> list[JSONObject]:
     """The server-sent events the real API sends for the message `body`, in order.
 
     `message_start` carries the message with empty content, null `stop_reason`, and usage without
@@ -242,7 +243,7 @@ def stream_events(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     """
     usage = body.get("usage")
     if isinstance(usage, Mapping):
-        start_usage: Any = {k: v for k, v in usage.items() if k != "iterations"}
+        start_usage: JSON = {k: v for k, v in usage.items() if k != "iterations"}
         out = usage.get("output_tokens")
         if isinstance(out, int) and not isinstance(out, bool):
             start_usage["output_tokens"] = min(out, 1)
@@ -250,13 +251,13 @@ def stream_events(body: Mapping[str, Any]) -> list[dict[str, Any]]:
         start_usage = usage
     started = {k: v for k, v in body.items() if k not in ("context_management", *_DELTA_FIELDS)}
     started.update(content=[], stop_reason=None, stop_sequence=None, usage=start_usage)
-    events: list[dict[str, Any]] = [{"type": "message_start", "message": started}, {"type": "ping"}]
+    events: list[JSONObject] = [{"type": "message_start", "message": started}, {"type": "ping"}]
     content = body.get("content")
     for index, block in enumerate(content if isinstance(content, list) else []):
         events.extend(_block_events(index, block))
     delta = {"stop_reason": body.get("stop_reason"), "stop_sequence": body.get("stop_sequence")}
     delta.update({k: body[k] for k in ("stop_details", "container") if k in body})
-    message_delta: dict[str, Any] = {"type": "message_delta", "delta": delta, "usage": usage}
+    message_delta: JSONObject = {"type": "message_delta", "delta": delta, "usage": usage}
     if body.get("context_management") is not None:
         message_delta["context_management"] = body["context_management"]
     events.append(message_delta)
@@ -264,6 +265,6 @@ def stream_events(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     return events
 
 
-def encode_event(event: Mapping[str, Any]) -> bytes:
+def encode_event(event: Mapping[str, JSON]) -> bytes:
     """One event in the SSE wire format."""
     return f"event: {event.get('type')}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n".encode()

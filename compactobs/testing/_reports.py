@@ -26,6 +26,7 @@ from decimal import Decimal
 from typing import Any, Final
 from urllib.parse import parse_qs
 
+from compactobs._types import JSON, JSONObject
 from compactobs.testing._conversation import SimulationError
 
 __all__ = ["Ledger", "ReportScenario"]
@@ -77,11 +78,11 @@ class _Entry:
     total_input: int
 
 
-def _int(value: Any) -> int:
+def _int(value: JSON) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _amounts(usage: Mapping[str, Any]) -> dict[str, int]:
+def _amounts(usage: Mapping[str, JSON]) -> dict[str, int]:
     creation = usage.get("cache_creation")
     write = _int(usage.get("cache_creation_input_tokens"))
     if isinstance(creation, Mapping):
@@ -111,7 +112,7 @@ class Ledger:
         with self._lock:
             self._entries.clear()
 
-    def record(self, body: Any, api_key: str, at: float) -> None:
+    def record(self, body: JSON, api_key: str, at: float) -> None:
         """Book one served Messages response (`body`, as sent): its iterations when it has them (each at its
         own model), else its top-level usage."""
         if not isinstance(body, Mapping) or not isinstance(body.get("usage"), Mapping):
@@ -152,7 +153,7 @@ class Ledger:
 
     # -- the report endpoints ---------------------------------------------------------------------------
 
-    def answer(self, route: str, query: str, headers: Mapping[str, str]) -> dict[str, Any]:
+    def answer(self, route: str, query: str, headers: Mapping[str, str]) -> JSONObject:
         """The JSON page for a report request. Raises SimulationError (400) for what the API refuses."""
         params = parse_qs(query, keep_blank_values=True)
 
@@ -201,7 +202,7 @@ class Ledger:
         except ValueError:
             raise SimulationError("page: not a cursor from a previous response") from None
         # Fan-out rows (one bucket and group's cost types) stay on one page, as they do not count to limit.
-        chunk: list[dict[str, Any]] = []
+        chunk: list[JSONObject] = []
         index = offset
         while index < len(items) and index - offset < limit:
             chunk.extend(items[index])
@@ -222,14 +223,14 @@ class Ledger:
         dimensions: list[str],
         workspaces: set[str],
         keys: set[str],
-    ) -> list[tuple[datetime, datetime, dict[str, Any], dict[str, int], int, dict[str, Decimal]]]:
+    ) -> list[tuple[datetime, datetime, JSONObject, dict[str, int], int, dict[str, Decimal]]]:
         from compactobs.pricing import default_pricer
 
         pricer = default_pricer()
         scenario = self.scenario
         with self._lock:
             entries = list(self._entries)
-        cells: dict[tuple[datetime, tuple[Any, ...]], list[Any]] = {}
+        cells: dict[tuple[datetime, tuple[Any, ...]], list[JSON]] = {}
         for entry in entries:
             when = datetime.fromtimestamp(entry.at + scenario.shift_s, timezone.utc)
             if not start <= when < stop:
@@ -319,11 +320,11 @@ def _iso(moment: datetime) -> str:
 def _usage_item(
     start: datetime,
     stop: datetime,
-    group: dict[str, Any],
+    group: JSONObject,
     amounts: dict[str, int],
     requests: int,
     listed: dict[str, Decimal],
-) -> list[dict[str, Any]]:
+) -> list[JSONObject]:
     tokens = sum(amounts[name] for name in _CLASSES if name != "web_search")
     return [
         {
@@ -353,17 +354,17 @@ def _cents(dollars: Decimal) -> str:
 def _cost_item(
     start: datetime,
     stop: datetime,
-    group: dict[str, Any],
+    group: JSONObject,
     amounts: dict[str, int],
     requests: int,
     listed: dict[str, Decimal],
     fan_out: list[str],
     discount: Decimal,
-) -> list[dict[str, Any]]:
+) -> list[JSONObject]:
     """One bucket and group's cost rows: one, or one per cost type / token type asked for."""
     keep = Decimal(1) - Decimal(discount)
 
-    def row(extra: dict[str, Any], money: Decimal, count: int | None) -> dict[str, Any]:
+    def row(extra: JSONObject, money: Decimal, count: int | None) -> JSONObject:
         return {
             "starting_at": _iso(start),
             "ending_at": _iso(stop),
@@ -380,7 +381,7 @@ def _cost_item(
     search = listed.get("web_search", Decimal(0))
     if not fan_out:
         return [row({}, token_money + search, requests)]
-    rows: list[dict[str, Any]] = []
+    rows: list[JSONObject] = []
     if "token_type" in fan_out:
         for name, token_type in _TOKEN_CLASSES:
             if amounts[name]:

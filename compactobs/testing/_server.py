@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
 
+from compactobs._types import JSON, JSONObject
 from compactobs.testing._batches import Batches, encode_answer, is_batches_route
 from compactobs.testing._conversation import ConversationEngine, ConversationScenario, SimulationError
 from compactobs.testing._platforms import platform_request, write_bedrock
@@ -35,7 +35,7 @@ class RecordedRequest:
 
     path: str
     headers: dict[str, str]
-    body: dict[str, Any]
+    body: JSONObject
     method: str = "POST"
 
 
@@ -67,7 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.simulator._track(self.connection, add=False)
 
-    def log_message(self, format: str, *args: Any) -> None:
+    def log_message(self, format: str, *args: object) -> None:
         pass  # a test server should not write a line per request
 
     def do_POST(self) -> None:
@@ -300,7 +300,7 @@ class Simulator:
             error = ErrorReply(500, message=f"simulator: the queued reply is not JSON: {err}")
             _write_json(handler, 500, {**error.body, "request_id": request_id}, request_id, None)
 
-    def _choose(self, method: str, route: str, parsed: Any, headers: dict[str, str]) -> Reply | ErrorReply:
+    def _choose(self, method: str, route: str, parsed: JSON, headers: dict[str, str]) -> Reply | ErrorReply:
         """What answers this request; called under the lock."""
         if method == "GET" and route in _REPORTS:
             # a queued error answers a report request too (to test a client's handling of 401, 429...)
@@ -330,7 +330,7 @@ def _api_key(headers: dict[str, str]) -> str:
     return headers.get("x-api-key") or (bearer[7:] if bearer.lower().startswith("bearer ") else "")
 
 
-_ANSWER_REPORT: dict[str, Any] = {}
+_ANSWER_REPORT: JSONObject = {}
 """Marks a report request to be answered from the ledger, outside the lock."""
 
 
@@ -359,7 +359,7 @@ def _head(handler: _Handler, status: int, headers: dict[str, str]) -> bytes:
     return "\r\n".join(lines).encode("latin-1")
 
 
-def _merged(base: dict[str, str], extra: Any) -> dict[str, str]:
+def _merged(base: dict[str, str], extra: JSON) -> dict[str, str]:
     merged = dict(base)
     for key, value in (extra or {}).items():
         merged[str(key).lower()] = str(value)
@@ -367,7 +367,7 @@ def _merged(base: dict[str, str], extra: Any) -> dict[str, str]:
 
 
 def _write_json(
-    handler: _Handler, status: int, body: Any, request_id: str, extra: Any, cut: bool = False
+    handler: _Handler, status: int, body: JSON, request_id: str, extra: JSON, cut: bool = False
 ) -> None:
     data = json.dumps(body, separators=(",", ":")).encode()
     headers = _merged(
