@@ -19,18 +19,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from compactobs._words import counted
 from compactobs.usage import field_of
 
 if TYPE_CHECKING:
+    from compactobs._types import JSON, JSONObject, SDKObject
     from compactobs.guard import Breach, GuardError
 
 __all__ = ["Checkpoint", "checkpoint"]
 
 
-def _as_dict(block: Any) -> Any:
+def _as_dict(block: SDKObject) -> JSON:
     """A content block as the API takes it back: SDK models through `to_dict()` (never `model_dump()`,
     whose null fields the API rejects)."""
     to_dict = getattr(block, "to_dict", None)
@@ -42,9 +43,9 @@ class Checkpoint:
     """A paused response's summary, what it kept, and how to go on. Its repr gives sizes, not the history
     (which runs to megabytes)."""
 
-    messages: tuple[Any, ...]
+    messages: tuple[SDKObject, ...]
     """The history the paused request sent."""
-    blocks: tuple[Any, ...]
+    blocks: tuple[JSON, ...]
     """The response's content blocks, as dicts to send back."""
     summary: str | None
     """The compaction block's summary (None: the compaction failed, or the summary is encrypted only)."""
@@ -70,12 +71,12 @@ class Checkpoint:
 
     def next_messages(
         self, *, wrap_up: bool | Breach | GuardError = False, note: str | None = None
-    ) -> list[Any]:
+    ) -> list[SDKObject]:
         """The next request's messages: the history, the compaction block, and a user message carrying what
         the summary lost (`missing`), the application's `note`, and the wrap-up request when `wrap_up` is
         true (or a Breach / GuardError, whose kind picks the wording)."""
-        following: list[Any] = [*self.messages, {"role": "assistant", "content": list(self.blocks)}]
-        parts: list[dict[str, Any]] = []
+        following: list[SDKObject] = [*self.messages, {"role": "assistant", "content": list(self.blocks)}]
+        parts: list[JSONObject] = []
         if self.missing:
             lines = "\n".join(f"- {text}" for text in self.missing)
             parts.append(
@@ -97,7 +98,7 @@ class Checkpoint:
         return following
 
 
-def checkpoint(response: Any, messages: Sequence[Any], *, keep: Sequence[str] = ()) -> Checkpoint:
+def checkpoint(response: SDKObject, messages: Sequence[SDKObject], *, keep: Sequence[str] = ()) -> Checkpoint:
     """Look at a response that stopped at a compaction: the summary, which of `keep` survived in it, and
     (`next_messages`) the next request's history. `messages` is what the paused request sent."""
     blocks = tuple(_as_dict(block) for block in field_of(response, "content") or ())

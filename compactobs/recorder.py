@@ -13,7 +13,7 @@ import weakref
 from collections import deque
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final, TypeAlias, TypedDict
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
@@ -121,6 +121,10 @@ from compactobs.untrusted import bounded_id, escape
 from compactobs.usage import CallObservation, IterationUsage, TokenCounts
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Unpack
+
+    from compactobs._types import OTelAttributes
     from compactobs.pricing import PricedCall, PricedIteration, Pricer
 
 log = logging.getLogger("compactobs")
@@ -134,7 +138,7 @@ _ZERO: Final = Decimal(0)
 _INPUT, _OUTPUT, _CACHE_READ, _CACHE_WRITE_5M, _CACHE_WRITE_1H = TOKEN_CLASSES
 
 
-def _add_token_attributes(attributes: dict[str, Any], tokens: TokenCounts) -> None:
+def _add_token_attributes(attributes: OTelAttributes, tokens: TokenCounts) -> None:
     attributes[TOKENS_INPUT] = tokens.input
     attributes[TOKENS_OUTPUT] = tokens.output
     attributes[TOKENS_CACHE_READ] = tokens.cache_read
@@ -142,7 +146,7 @@ def _add_token_attributes(attributes: dict[str, Any], tokens: TokenCounts) -> No
     attributes[TOKENS_CACHE_WRITE_1H] = tokens.cache_write_1h
 
 
-def _add_cost_attributes(attributes: dict[str, Any], priced: PricedCall | PricedIteration) -> None:
+def _add_cost_attributes(attributes: OTelAttributes, priced: PricedCall | PricedIteration) -> None:
     attributes[COST_PRICED] = priced.priced
     attributes[COST_INPUT] = float(priced.input_usd)
     attributes[COST_OUTPUT] = float(priced.output_usd)
@@ -172,7 +176,18 @@ FLUSH_EVERY: Final = 64
 """Calls recorded between two hand-overs of the summed counter increments to the SDK, at most."""
 
 _Item = tuple[CallObservation, "otel_context.Context | None", bool]
-_MetricAttributes = tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]
+_MetricAttributes: TypeAlias = "tuple[OTelAttributes, OTelAttributes, OTelAttributes, OTelAttributes]"
+
+
+class _SpanOptions(TypedDict, total=False):
+    """The keywords `_start_span` passes on to `Tracer.start_span`."""
+
+    context: otel_context.Context | None
+    kind: SpanKind
+    attributes: OTelAttributes
+    start_time: int | None
+    links: Sequence[Link] | None
+
 
 _INFERENCE_COUNTERS: Final = (
     (METRIC_INFERENCE_INPUT_TOKENS, "Billed input tokens, cache and compaction included"),
@@ -500,7 +515,7 @@ class Telemetry:
         model = request.model or response_model or "unknown"
         provider = obs.provider or ANTHROPIC  # a call whose client is not known: first-party
         # One dict, built in place: a None value is left out, as OpenTelemetry would not take it.
-        attributes: dict[str, Any] = {
+        attributes: OTelAttributes = {
             SPAN_KIND: SPAN_KIND_CALL,
             PROVIDER_NAME: provider,
             OPERATION_NAME: "chat",
@@ -626,7 +641,9 @@ class Telemetry:
         span.end(end_time=end_ns)
         self._metrics(obs, provider, model, response_model, priced, totals, sums)
 
-    def _start_span(self, pinned: tuple[str, str] | None, part: str, name: str, **options: Any) -> trace.Span:
+    def _start_span(
+        self, pinned: tuple[str, str] | None, part: str, name: str, **options: Unpack[_SpanOptions]
+    ) -> trace.Span:
         """`tracer.start_span`, with the ids of a batch result's `part` when `pinned` names the result."""
         if pinned is None or self._stable_ids is None:
             return self.tracer.start_span(name, **options)
@@ -646,7 +663,7 @@ class Telemetry:
         provider: str,
     ) -> None:
         model = iteration.model
-        attributes: dict[str, Any] = {
+        attributes: OTelAttributes = {
             SPAN_KIND: SPAN_KIND_ITERATION,
             PROVIDER_NAME: provider,
             ITERATION_INDEX: iteration.index,
@@ -684,13 +701,13 @@ class Telemetry:
         cached = self._metric_attribute_sets.get(key)
         if cached is not None:
             return cached
-        base = {PROVIDER_NAME: provider, OPERATION_NAME: "chat", REQUEST_MODEL: model}
+        base: OTelAttributes = {PROVIDER_NAME: provider, OPERATION_NAME: "chat", REQUEST_MODEL: model}
         if response_model:
             base[RESPONSE_MODEL] = response_model
-        duration_attributes = dict(base)
+        duration_attributes: OTelAttributes = dict(base)
         if error_type is not None:
             duration_attributes[ERROR_TYPE] = error_type
-        usage_attributes = {**base, TOKEN_MODALITY: TOKEN_MODALITY_UNKNOWN}
+        usage_attributes: OTelAttributes = {**base, TOKEN_MODALITY: TOKEN_MODALITY_UNKNOWN}
         if self.latest_semconv:
             cached = (duration_attributes, duration_attributes, duration_attributes, usage_attributes)
         else:

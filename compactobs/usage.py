@@ -18,9 +18,12 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from compactobs.platforms import endpoint_of, model_of
+
+if TYPE_CHECKING:
+    from compactobs._types import JSON, OTelAttributes, SDKObject
 
 __all__ = [
     "KNOWN_ITERATION_TYPES",
@@ -60,7 +63,7 @@ def _is_mapping(obj: object) -> bool:
     return known
 
 
-def field_of(obj: object, name: str) -> Any:
+def field_of(obj: object, name: str) -> SDKObject:
     """`obj[name]` for a mapping, `obj.name` for a model, else None. Never raises."""
     kind = type(obj)
     if kind is dict:  # decoded JSON and request bodies: no look-up of the type, no try
@@ -324,7 +327,7 @@ class StreamAccumulator:
     )
 
     def __init__(self) -> None:
-        self._usage: dict[str, Any] = {}
+        self._usage: dict[str, JSON] = {}
         self.model: str | None = None
         self.message_id: str | None = None
         self.stop_reason: str | None = None
@@ -417,7 +420,7 @@ class StreamAccumulator:
         """The usage seen so far. Before `message_delta`, output is unknown and counted as 0."""
         return normalise_usage(self._usage, self.model)
 
-    def usage_fields(self) -> dict[str, Any]:
+    def usage_fields(self) -> dict[str, JSON]:
         """A copy of the usage fields seen so far, for `normalise_usage` (with `model`) later, elsewhere."""
         return dict(self._usage)
 
@@ -512,7 +515,7 @@ class CallObservation:
     """How to derive the conversation id from `request_body` when nothing named one (a fingerprint)."""
     priced: Any = None
     """The call's PricedCall when the guard priced it (a guarded conversation's call): not priced again."""
-    events: list[tuple[str, dict[str, Any]]] | None = None
+    events: list[tuple[str, OTelAttributes]] | None = None
     """Span events (name, attributes) for the call span, e.g. the guard's breach."""
     guarded: Any = None
     """A guarded conversation's call: its `compactobs.guard.ReturnedCall`, settled before it is recorded."""

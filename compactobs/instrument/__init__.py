@@ -3,7 +3,7 @@
 Nothing in this package touches a database: it hands observations to `compactobs.recorder`.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from compactobs.instrument.conversation import conversation
 
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 __all__ = ["Middleware", "conversation"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> type[Middleware]:
     # Imported on first use, with the SDK (see compactobs.__getattr__).
     if name == "Middleware":
         from compactobs.instrument.middleware import Middleware

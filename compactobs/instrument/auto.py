@@ -20,15 +20,15 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
 
+from compactobs._types import JSONObject, SDKObject
 from compactobs.instrument import state
 from compactobs.instrument.middleware import Middleware
 from compactobs.instrument.platforms import CLIENT_CLASSES
 
 log = logging.getLogger("compactobs")
 
-_ROOT_CLASSES: tuple[type[Any], ...] = tuple(
+_ROOT_CLASSES: tuple[type[SDKObject], ...] = tuple(
     cls
     for cls in CLIENT_CLASSES
     if not any(cls is not base and issubclass(cls, base) for base in CLIENT_CLASSES)
@@ -37,9 +37,9 @@ _ROOT_CLASSES: tuple[type[Any], ...] = tuple(
 its base's constructor, so wrapping both would give it two middleware."""
 
 _lock = threading.Lock()
-_original_inits: dict[type[Any], Callable[..., None]] = {}
-_clients: weakref.WeakSet[Any] = weakref.WeakSet()
-_original_options: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_original_inits: dict[type[SDKObject], Callable[..., None]] = {}
+_clients: weakref.WeakSet[SDKObject] = weakref.WeakSet()
+_original_options: weakref.WeakKeyDictionary[SDKObject, SDKObject] = weakref.WeakKeyDictionary()
 """The `open_telemetry` option each client had, or was given, before compactobs switched its SDK spans off:
 `unpatch()` gives it back, to clients that existed at `patch()` and to those constructed since."""
 
@@ -52,7 +52,7 @@ def _keeps_sdk_spans(option: object) -> bool:
     return traces is True or (isinstance(traces, dict) and traces.get("enabled") is True)
 
 
-def _without_sdk_spans(option: object) -> dict[str, Any]:
+def _without_sdk_spans(option: object) -> JSONObject:
     """The option with the SDK's traces off; conversation id, tracer provider and propagation kept."""
     if not isinstance(option, dict):
         return {"traces": False}
@@ -64,9 +64,9 @@ def _without_sdk_spans(option: object) -> dict[str, Any]:
 
 def _wrap_init(original: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(original)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self: SDKObject, *args: SDKObject, **kwargs: SDKObject) -> None:
         ours: Middleware | None = None
-        given_option: Any = None
+        given_option: SDKObject = None
         replaced_option = False
         try:
             # A copy (`with_options`) passes the original's middleware: ours is re-bound to the new client.
@@ -98,7 +98,7 @@ def _wrap_init(original: Callable[..., None]) -> Callable[..., None]:
     return __init__
 
 
-def _instrument_existing(client: Any) -> None:
+def _instrument_existing(client: SDKObject) -> None:
     if any(isinstance(m, Middleware) for m in client._middleware):
         return
     ours = Middleware(_auto=True)

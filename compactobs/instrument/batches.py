@@ -19,7 +19,7 @@ import re
 import time
 from contextvars import ContextVar
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from opentelemetry import context as otel_context
@@ -31,6 +31,7 @@ from compactobs.usage import CallObservation, RequestFacts, field_of
 if TYPE_CHECKING:
     from anthropic._request import APIRequest
 
+    from compactobs._types import SDKObject
     from compactobs.recorder import Telemetry
 
 __all__ = ["ResultLines", "observe_batch_response"]
@@ -118,7 +119,7 @@ def _iso_ns(value: object) -> int | None:
     return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
 
 
-def observe_batch_response(request: APIRequest, response: Any) -> None:
+def observe_batch_response(request: APIRequest, response: SDKObject) -> None:
     """Observe a response that is not a Messages call: a batch's record (remembered for its results) or
     its results (recorded line by line). Anything else passes untouched. Never raises."""
     try:

@@ -16,13 +16,13 @@ class CompactobsInstrumentor(BaseInstrumentor):
     def instrumentation_dependencies(self) -> Collection[str]:
         return ("anthropic >= 2.10",)
 
-    def _instrument(self, **kwargs: Any) -> None:
+    def _instrument(self, **kwargs: Any) -> None:  # BaseInstrumentor's keywords: untyped there
         from compactobs import runtime
 
         # Not `instrument()`: the application's own call to it, later, must win over these defaults.
         runtime._auto_instrument(kwargs.get("tracer_provider"), kwargs.get("meter_provider"))
 
-    def _uninstrument(self, **kwargs: Any) -> None:
+    def _uninstrument(self, **kwargs: object) -> None:
         from compactobs import runtime
 
         runtime.uninstrument()

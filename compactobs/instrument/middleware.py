@@ -16,7 +16,7 @@ import logging
 import time
 import weakref
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anthropic
 from anthropic import APIConnectionError
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from anthropic._request import APIRequest
     from anthropic._response import APIResponse, AsyncAPIResponse
 
+    from compactobs._types import SDKObject
     from compactobs.recorder import Telemetry
 
 __all__ = ["Middleware"]
@@ -108,9 +109,9 @@ class Middleware(anthropic.Middleware):
         self._auto = _auto
         self._max_retries = max_retries
         self._client_conversation_id = conversation_id
-        self._client_ref: weakref.ReferenceType[Any] | None = None
+        self._client_ref: weakref.ReferenceType[SDKObject] | None = None
 
-    def bind(self, client: Any) -> None:
+    def bind(self, client: SDKObject) -> None:
         """Learn the client's retry budget and SDK conversation id (used by `instrument()`)."""
         self._client_ref = weakref.ref(client)
         try:
@@ -120,7 +121,7 @@ class Middleware(anthropic.Middleware):
 
     # -- the SDK's middleware interface --------------------------------------------------------------
 
-    def handle(self, request: APIRequest, call_next: CallNext) -> APIResponse[Any]:
+    def handle(self, request: APIRequest, call_next: CallNext) -> APIResponse[SDKObject]:
         call = self._begin(request)
         if call is None:
             response = call_next(request)
@@ -136,7 +137,9 @@ class Middleware(anthropic.Middleware):
         self._returned(call, request, response)
         return response
 
-    async def handle_async(self, request: APIRequest, call_next: AsyncCallNext) -> AsyncAPIResponse[Any]:
+    async def handle_async(
+        self, request: APIRequest, call_next: AsyncCallNext
+    ) -> AsyncAPIResponse[SDKObject]:
         call = self._begin(request)
         if call is None:
             async_response = await call_next(request)
@@ -168,7 +171,7 @@ class Middleware(anthropic.Middleware):
                 return retrying
             if state.get_telemetry() is None:
                 return None
-            headers: Any = request.headers
+            headers: SDKObject = request.headers
             # The body is read on the recording thread (`CallObservation.complete`): here, only references.
             observation = CallObservation(
                 request=_UNREAD, start_ns=time.time_ns(), attempts=request.retries_taken + 1
@@ -204,7 +207,7 @@ class Middleware(anthropic.Middleware):
             log.debug("compactobs could not start observing a call", exc_info=True)
             return None
 
-    def _other_response(self, request: APIRequest, response: Any) -> None:
+    def _other_response(self, request: APIRequest, response: SDKObject) -> None:
         """A request that is no Messages call: Message Batches results are calls too. Never raises."""
         if self._auto and not state.active:
             return
@@ -292,7 +295,7 @@ class Middleware(anthropic.Middleware):
         except Exception:
             log.debug("compactobs could not record a failed call", exc_info=True)
 
-    def _returned(self, call: _Call, request: APIRequest, response: Any) -> None:
+    def _returned(self, call: _Call, request: APIRequest, response: SDKObject) -> None:
         """An attempt that got an HTTP response. Never raises."""
         try:
             http = response.http_response

@@ -21,16 +21,19 @@ too), billed at Anthropic's prices.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 import anthropic
 
 from compactobs.platforms import ANTHROPIC, AWS_BEDROCK, AZURE_FOUNDRY, GCP_VERTEX
 
+if TYPE_CHECKING:
+    from compactobs._types import SDKObject
+
 __all__ = ["CLIENT_CLASSES", "platform_of"]
 
 
-def _classes(*names: str) -> tuple[type[Any], ...]:
+def _classes(*names: str) -> tuple[type[SDKObject], ...]:
     # An older SDK (2.10+ is supported) may lack a platform client: it is simply not there to instrument.
     found = (getattr(anthropic, name, None) for name in names)
     return tuple(cls for cls in found if isinstance(cls, type))
@@ -44,7 +47,7 @@ _FOUNDRY: Final = _classes("AnthropicFoundry", "AsyncAnthropicFoundry")
 _AWS: Final = _classes("AnthropicAWS", "AsyncAnthropicAWS")
 _GOOGLE_CLOUD: Final = _classes("AnthropicGoogleCloud", "AsyncAnthropicGoogleCloud")
 
-CLIENT_CLASSES: Final[tuple[type[Any], ...]] = (
+CLIENT_CLASSES: Final[tuple[type[SDKObject], ...]] = (
     anthropic.Anthropic,
     anthropic.AsyncAnthropic,
     *_BEDROCK,
@@ -56,7 +59,7 @@ CLIENT_CLASSES: Final[tuple[type[Any], ...]] = (
 """Every client class that serves the Messages API, sync and async."""
 
 
-_PLATFORMS: Final[tuple[tuple[tuple[type[Any], ...], str, str | None], ...]] = (
+_PLATFORMS: Final[tuple[tuple[tuple[type[SDKObject], ...], str, str | None], ...]] = (
     (_BEDROCK, AWS_BEDROCK, "aws_region"),
     (_VERTEX, GCP_VERTEX, "region"),
     (_FOUNDRY, AZURE_FOUNDRY, None),
@@ -66,7 +69,7 @@ _PLATFORMS: Final[tuple[tuple[tuple[type[Any], ...], str, str | None], ...]] = (
 )
 """(classes, gen_ai.provider.name, the client attribute that holds its region)."""
 
-_by_class: dict[type[Any], tuple[str, str | None]] = {}
+_by_class: dict[type[SDKObject], tuple[str, str | None]] = {}
 """`_PLATFORMS` resolved per client class: a call's lookup is one dict read."""
 
 

@@ -20,11 +20,15 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, Protocol
+from datetime import timedelta
+from typing import TYPE_CHECKING, Protocol
 
 import httpx2
 
 from compactobs.usage import StreamAccumulator
+
+if TYPE_CHECKING:
+    from compactobs._types import SDKObject
 
 log = logging.getLogger("compactobs")
 
@@ -201,7 +205,7 @@ class ObservedStream(httpx2.SyncByteStream):
         self.stream_observer = observer
 
     @property
-    def elapsed(self) -> Any:
+    def elapsed(self) -> timedelta | None:
         # httpx2.Response.elapsed is read from the byte stream.
         return getattr(self._body, "elapsed", None)
 
@@ -242,7 +246,7 @@ class AsyncObservedStream(httpx2.AsyncByteStream):
         self.stream_observer = observer
 
     @property
-    def elapsed(self) -> Any:
+    def elapsed(self) -> timedelta | None:
         return getattr(self._async_body, "elapsed", None)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -273,7 +277,7 @@ class AsyncObservedStream(httpx2.AsyncByteStream):
 class BothObservedStream(ObservedStream, AsyncObservedStream):
     """For a body that is a sync and an async stream at once, as httpx2.ByteStream is."""
 
-    def __init__(self, body: Any, observer: BodyObserver) -> None:
+    def __init__(self, body: SDKObject, observer: BodyObserver) -> None:
         ObservedStream.__init__(self, body, observer)
         AsyncObservedStream.__init__(self, body, observer)
 
@@ -283,7 +287,7 @@ def observe_body(response: httpx2.Response, observer: BodyObserver) -> None:
     if isinstance(observer, StreamObserver):  # a Messages stream: SSE, or Bedrock's AWS event stream
         content_type = response.headers.get("content-type") or ""
         observer.event_stream = content_type.startswith("application/vnd.amazon.eventstream")
-    body: Any = response.stream
+    body: SDKObject = response.stream
     if isinstance(body, httpx2.SyncByteStream) and isinstance(body, httpx2.AsyncByteStream):
         response.stream = BothObservedStream(body, observer)
     elif isinstance(body, httpx2.SyncByteStream):
