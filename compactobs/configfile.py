@@ -10,9 +10,12 @@ from __future__ import annotations
 import re
 import sys
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING
 
 from compactobs.errors import UserError
+
+if TYPE_CHECKING:
+    from compactobs._types import JSONObject
 
 __all__ = ["ConfigError", "key_path", "line_of", "parse_toml"]
 
@@ -26,7 +29,7 @@ class ConfigError(UserError, ValueError):
         super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in line))
 
 
-def parse_toml(text: str, error: type[ConfigError], invalid: str) -> dict[str, Any]:
+def parse_toml(text: str, error: type[ConfigError], invalid: str) -> JSONObject:
     """The document, numbers with a fraction read exactly (Decimal). Raises `error`: `invalid` (which names
     the file) followed by the parser's message, which gives the line and column."""
     if sys.version_info >= (3, 11):

@@ -37,6 +37,8 @@ from compactobs.usage import TokenCounts
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement
 
+    from compactobs._types import JSON, JSONObject, SQLExpr
+
 __all__ = [
     "BILLED_TOKEN_COLUMNS",
     "ENV_BUDGETS_FILE",
@@ -144,13 +146,13 @@ def over_limits(
     return tuple(over)
 
 
-def billed_tokens_sql() -> ColumnElement[Any]:
+def billed_tokens_sql() -> SQLExpr:
     """`billed_tokens` of a `calls` row, in SQL (NULLs as 0)."""
     from sqlalchemy import func
 
     from compactobs.store.models import calls
 
-    columns: list[ColumnElement[Any]] = [func.coalesce(calls.c[name], 0) for name in BILLED_TOKEN_COLUMNS]
+    columns: list[SQLExpr] = [func.coalesce(calls.c[name], 0) for name in BILLED_TOKEN_COLUMNS]
     total = columns[0]
     for column in columns[1:]:
         total = total + column
@@ -216,7 +218,7 @@ _BUDGETS_EXAMPLE: Final = '[budgets."ticket-42"] usd = 5.0, tokens = 2000000'
 _MONTHLY_EXAMPLE: Final = '[monthly] usd = 1000 and [monthly.service."search"] usd = 200'
 
 
-def _whole(where: str, value: Any, at: str) -> int | None:
+def _whole(where: str, value: JSON, at: str) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
         raise RulesInputError(f"{where} must be a whole number >= 0, not {value!r}", at=at)
     return value
@@ -261,7 +263,7 @@ def load_budgets(path: str | os.PathLike[str]) -> Budgets:
         raise RulesInputError(message, at=err.at) from None
 
 
-def _budgets_from(data: dict[str, Any], name: str) -> Budgets:
+def _budgets_from(data: JSONObject, name: str) -> Budgets:
     """The budgets in a parsed budgets file (`name` for messages). Raises RulesInputError, `at` its key."""
     unknown = sorted(set(data) - {"budgets", "monthly"})
     if unknown:
@@ -334,7 +336,7 @@ def _budgets_from(data: dict[str, Any], name: str) -> Budgets:
     )
 
 
-def _usd_limit(where: str, value: Any, at: str) -> Decimal:
+def _usd_limit(where: str, value: JSON, at: str) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
         raise RulesInputError(f"{where}.usd must be a number, not {value!r}", at=at)
     amount = Decimal(value)
@@ -343,14 +345,14 @@ def _usd_limit(where: str, value: Any, at: str) -> Decimal:
     return amount
 
 
-def _first_key(at: str, table: Any) -> str:
+def _first_key(at: str, table: JSON) -> str:
     """`at`, or its first entry's key when it is a table of them (their headers are what a file shows)."""
     if isinstance(table, dict) and table:
         return f'{at}."{next(iter(table))}"'
     return at
 
 
-def _monthly_from(table: Any, name: str) -> MonthlyBudgets:
+def _monthly_from(table: JSON, name: str) -> MonthlyBudgets:
     """The `[monthly]` table: `usd` (all spend) and `[monthly.service."NAME"] usd` (per service)."""
     where = f"budgets file {name}: [monthly]"
     if not isinstance(table, dict):
@@ -439,7 +441,7 @@ class LoopRule:
             and context_after >= self.ineffective_ratio * trigger
         )
 
-    def ineffective_sql(self, context_after: Any, trigger: Any) -> Any:
+    def ineffective_sql(self, context_after: SQLExpr, trigger: SQLExpr) -> ColumnElement[bool]:
         """`ineffective` as a SQLAlchemy condition over two columns, for the database to select the
         compactions the rule can hold (the same comparison in IEEE doubles, as Python makes it)."""
         from sqlalchemy import and_, literal

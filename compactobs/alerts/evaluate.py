@@ -23,10 +23,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Final
+from typing import Final
 
 from sqlalchemy import Engine, func, select
 
+from compactobs._types import JSON, JSONObject
 from compactobs.alerts.forecast import project_month
 from compactobs.reports.anomalies import SEVERITIES, Finding, Severity, Thresholds, find_anomalies
 from compactobs.reports.cost import cost_report
@@ -58,10 +59,10 @@ class Alert:
     """The money the finding is about: a conversation's spend over its budget, the compaction cost of a loop,
     a month's spend or projection, the spike's hour; None when it is not about money."""
     message: str
-    evidence: Mapping[str, Any] = field(default_factory=dict)
+    evidence: Mapping[str, JSON] = field(default_factory=dict)
     call_ids: tuple[str, ...] = ()
 
-    def finding(self) -> dict[str, Any]:
+    def finding(self) -> JSONObject:
         """The webhook's `finding` object (JSON values)."""
         return {
             "kind": self.kind,
@@ -170,7 +171,7 @@ def _monthly_alerts(engine: Engine, filters: Filters, monthly: MonthlyBudgets, n
         daily = series.get(service, {})
         spent = sum((v for d, v in daily.items() if d >= month_start), Decimal(0))
         budget = Budget(usd=usd, source=monthly.source)
-        evidence: dict[str, Any] = {
+        evidence: JSONObject = {
             "month": month,
             "budget_usd": usd,
             "spent_usd": spent.quantize(_SIX),

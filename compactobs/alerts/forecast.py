@@ -21,7 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
-from typing import Any, Final
+from typing import Final
+
+from compactobs._types import JSONObject
 
 __all__ = ["FIT_DAYS", "METHOD", "Forecast", "fit_window", "project_month"]
 
@@ -51,7 +53,7 @@ class Forecast:
     days_left: int
     """Days after today to the month's end."""
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> JSONObject:
         """The `forecast` object of `report cost --format json` (money rounded to 6 places)."""
         return {
             "month": self.month,

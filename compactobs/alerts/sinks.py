@@ -24,9 +24,10 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 from urllib.parse import quote, urlsplit
 
+from compactobs._types import JSON, JSONObject
 from compactobs.alerts.evaluate import Alert
 from compactobs.errors import CompactobsError
 
@@ -71,7 +72,7 @@ class Group:
     triggers: list[Alert] = field(default_factory=list)
     repeats: set[str] = field(default_factory=set)
     """Keys among the triggers sent before (re-notified)."""
-    resolves: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    resolves: list[tuple[str, JSONObject]] = field(default_factory=list)
     open: list[Alert] = field(default_factory=list)
     """Every finding of the kind open after this pass (the triggers and those already told)."""
 
@@ -108,7 +109,7 @@ def _cut(text: str, limit: int) -> str:
 # -- the generic webhook -------------------------------------------------------------------------------
 
 
-def webhook_body(group: Group) -> dict[str, Any]:
+def webhook_body(group: Group) -> JSONObject:
     """`{"source": "compactobs", "kind", "events": [...]}`: an event per trigger, then per resolve, each
     `{"source": "compactobs", "event": "trigger" | "resolve", "key", "finding"}` (`finding`: `kind`,
     `severity`, `conversation_id`, `service`, `cost_usd`, `message`, `evidence`, `call_ids`; a resolve
@@ -127,7 +128,7 @@ def webhook_body(group: Group) -> dict[str, Any]:
 # -- Slack ----------------------------------------------------------------------------------------------
 
 
-def _plain(text: str, limit: int) -> dict[str, Any]:
+def _plain(text: str, limit: int) -> JSONObject:
     """A plain_text object within Slack's `limit` characters. Escaping lengthens the text (`<` is four
     characters as `&lt;`), so the text is cut after it, and never inside an entity."""
     shown = slack_escape(text)
@@ -140,7 +141,7 @@ def _plain(text: str, limit: int) -> dict[str, Any]:
     return {"type": "plain_text", "text": shown, "emoji": False}
 
 
-def _about(finding: dict[str, Any]) -> str:
+def _about(finding: JSONObject) -> str:
     parts = []
     if finding.get("conversation_id") is not None:
         parts.append(f"conversation {finding['conversation_id']}")
@@ -156,7 +157,7 @@ def _shell_word(text: str) -> str:
     return "'" + text.replace("'", "'\"'\"'") + "'"
 
 
-def _where_to_look(finding: dict[str, Any], link_base: str | None) -> dict[str, Any] | None:
+def _where_to_look(finding: JSONObject, link_base: str | None) -> JSONObject | None:
     """The context block pointing at `report conversation` / `report call`: links under `link_base`
     (the id percent-encoded, so it cannot end the link or start another), else the commands as plain text."""
     conversation = finding.get("conversation_id")
@@ -180,7 +181,7 @@ def _where_to_look(finding: dict[str, Any], link_base: str | None) -> dict[str, 
     return {"type": "context", "elements": [_plain("   ".join(commands), 1900)]}
 
 
-def slack_message(group: Group, link_base: str | None = None) -> dict[str, Any]:
+def slack_message(group: Group, link_base: str | None = None) -> JSONObject:
     """The Slack incoming-webhook message for a group: `text` (counts and the kind only, for notifications)
     and `blocks` (header; per finding a plain-text section and where to look; the resolved; what is left
     out)."""
@@ -195,7 +196,7 @@ def slack_message(group: Group, link_base: str | None = None) -> dict[str, Any]:
         counts.append(f"{len(group.resolves)} resolved")
     label = "RESOLVED" if not group.triggers else group.severity.upper()
     title = f"{label} {group.kind}: {', '.join(counts)}"
-    blocks: list[dict[str, Any]] = [{"type": "header", "text": _plain(f"compactobs {title}", 150)}]
+    blocks: list[JSONObject] = [{"type": "header", "text": _plain(f"compactobs {title}", 150)}]
     listed = group.triggers[:SLACK_LISTED]
     for alert in listed:
         finding = alert.finding()
@@ -228,7 +229,7 @@ def slack_message(group: Group, link_base: str | None = None) -> dict[str, Any]:
 # -- PagerDuty ------------------------------------------------------------------------------------------
 
 
-def pagerduty_events(group: Group, routing_key: str, scope: str, now: datetime) -> list[dict[str, Any]]:
+def pagerduty_events(group: Group, routing_key: str, scope: str, now: datetime) -> list[JSONObject]:
     """The Events API v2 events for a group: a trigger listing the kind's open findings when there is
     news, a resolve when none is left open; `dedup_key` is `compactobs/KIND/SCOPE` either way."""
     dedup_key = f"{SOURCE}/{group.kind}/{scope}"
@@ -238,7 +239,7 @@ def pagerduty_events(group: Group, routing_key: str, scope: str, now: datetime) 
         summary = f"compactobs: {len(findings)} {group.kind} finding(s)"
         if len(findings) == 1:
             summary += f": {findings[0].message}"
-        payload: dict[str, Any] = {
+        payload: JSONObject = {
             "summary": _cut(summary, PAGERDUTY_SUMMARY_MAX),
             "source": SOURCE,
             "severity": group.severity,
@@ -270,7 +271,7 @@ def pagerduty_events(group: Group, routing_key: str, scope: str, now: datetime) 
 # -- delivery ---------------------------------------------------------------------------------------------
 
 
-def post_json(url: str, body: Any, shown: str) -> None:
+def post_json(url: str, body: JSON, shown: str) -> None:
     """POST `body` as JSON; DeliveryError (naming `shown`, never `url`) unless the answer is 2xx. The
     error's own text is never shown: urllib puts the URL, a secret, in it."""
     data = json.dumps(body, ensure_ascii=False).encode()
@@ -373,7 +374,7 @@ class PagerDutySink:
 def groups_of(
     triggers: Sequence[Alert],
     repeats: set[str],
-    resolves: Sequence[tuple[str, dict[str, Any]]],
+    resolves: Sequence[tuple[str, JSONObject]],
     current: Sequence[Alert],
 ) -> list[Group]:
     """The claimed news, one group per kind (in the order the kinds first appear: most severe first)."""

@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from sqlalchemy import Engine, and_, or_, select, update
 
+from compactobs._types import JSONObject
 from compactobs.alerts.evaluate import Alert
 from compactobs.store.models import alert_state
 
@@ -38,7 +39,7 @@ class Claimed:
     triggers: list[Alert] = field(default_factory=list)
     repeats: set[str] = field(default_factory=set)
     """Keys among `triggers` sent before (the re-notify interval passed)."""
-    resolves: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    resolves: list[tuple[str, JSONObject]] = field(default_factory=list)
     """(key, the finding as last seen) of the cleared findings to resolve."""
 
     def __bool__(self) -> bool:
@@ -142,7 +143,7 @@ class AlertState:
         )
         return bool(result.rowcount == 1)
 
-    def _finish(self, destination: str, keys: Iterable[str], **values: Any) -> None:
+    def _finish(self, destination: str, keys: Iterable[str], **values: object) -> None:
         s = alert_state.c
         keys = sorted(keys)
         if not keys:

@@ -3,6 +3,8 @@
 Nothing in this package touches a database: it hands observations to `compactobs.recorder`.
 """
 
+from __future__ import annotations
+
 from typing import TYPE_CHECKING
 
 from compactobs.instrument.conversation import conversation

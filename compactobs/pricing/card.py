@@ -18,8 +18,9 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
 from decimal import Decimal
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
+from compactobs._types import JSONObject
 from compactobs._words import aligned
 from compactobs.pricing.pricer import PRICING_FILE_ENV, Pricer, _utc_day
 from compactobs.pricing.records import PricingError, Rates, to_json_number
@@ -46,7 +47,7 @@ class PriceSource:
             return f"overrides file {self.path} (sha256 {self.sha256})"
         return self.name
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return {
             "kind": self.kind,
             "name": self.name,
@@ -68,7 +69,7 @@ class RateCard:
     """Base rates (no tier crossed); `rates.tiers` lists the premium tiers."""
     source: PriceSource
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         rates = self.rates
         return {
             "model": rates.model,

@@ -34,8 +34,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from fnmatch import fnmatchcase
-from typing import Any
 
+from compactobs._types import JSON
 from compactobs.configfile import ConfigError, line_of, parse_toml
 from compactobs.pricing.records import PricingError
 from compactobs.pricing.schedule import CLASSES, HALF, ClassRates, Schedule, complete, scaled
@@ -156,7 +156,7 @@ class _Reader:
             raise self.fail(where, f"must not be negative, got {value}")
         return rate if rate else Decimal(0)  # -0.0 reads as 0
 
-    def rates(self, where: str, table: Mapping[str, Any], allowed: frozenset[str]) -> _Rates:
+    def rates(self, where: str, table: Mapping[str, JSON], allowed: frozenset[str]) -> _Rates:
         for key in table:
             if key not in allowed:
                 expected = ", ".join(name for name in (*CLASSES, *_VARIANTS) if name in allowed)
@@ -169,7 +169,7 @@ class _Reader:
         assert completed is not None  # input and output were checked above
         return _Rates(*completed)
 
-    def table(self, where: str, value: object) -> Mapping[str, Any]:
+    def table(self, where: str, value: object) -> Mapping[str, JSON]:
         if not isinstance(value, Mapping):
             raise self.fail(where, f"must be a table, got {_show(value)}")
         return value
@@ -224,7 +224,7 @@ def load_overrides(path: str | os.PathLike[str], *, origin: str | None = None) -
 
 
 def _overrides_from(
-    document: Mapping[str, Any], reader: _Reader, path: str | os.PathLike[str], raw: bytes
+    document: Mapping[str, JSON], reader: _Reader, path: str | os.PathLike[str], raw: bytes
 ) -> Overrides:
     """The overrides in a parsed file. Raises OverridesError, `at` the key at fault."""
     for key in document:

@@ -23,13 +23,14 @@ import math
 import operator
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Final
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 from sqlalchemy import BigInteger, Boolean, Float, Integer, Numeric, String, Table
 
 from compactobs import semconv as t
+from compactobs._types import SQLValue
 from compactobs.store.models import USD_LIMIT, calls, iterations
 from compactobs.untrusted import MAX_ID_CHARS, bounded_id
 
@@ -44,7 +45,7 @@ __all__ = [
     "sanitize",
 ]
 
-Row = list[Any]
+Row = list[SQLValue]
 
 CALL_COLUMNS: Final = tuple(column.name for column in calls.columns)
 ITERATION_COLUMNS: Final = tuple(column.name for column in iterations.columns)
@@ -175,7 +176,7 @@ class _RangeCheck:
         infinite or beyond the limit whenever one of them is (a false alarm only costs the slow look)."""
         indexes = [i for i, _ in self.columns]
         # itemgetter of one index returns the value itself, not a tuple.
-        self._get: Callable[[Row], Any] = (
+        self._get: Callable[[Row], Sequence[SQLValue]] = (
             operator.itemgetter(*indexes)
             if len(indexes) > 1
             else lambda row: row[indexes[0] : indexes[0] + 1]
@@ -226,7 +227,7 @@ _CALL_CHECKS: Final = _range_checks(calls)
 _ITERATION_CHECKS: Final = _range_checks(iterations)
 
 
-def _quick_look(checks: tuple[_RangeCheck, ...]) -> Callable[[Row], Any]:
+def _quick_look(checks: tuple[_RangeCheck, ...]) -> Callable[[Row], Sequence[SQLValue]]:
     """One C-level read of every checked column but the span times (which always fit)."""
     indexes = sorted(
         {i for check in checks for i, name in check.columns if name not in ("start_ms", "end_ms")}
@@ -239,7 +240,7 @@ _ITERATION_LOOK: Final = _quick_look(_ITERATION_CHECKS)
 
 
 def _clear_out_of_range(
-    row: Row, checks: tuple[_RangeCheck, ...], flag: int, look: Callable[[Row], Any]
+    row: Row, checks: tuple[_RangeCheck, ...], flag: int, look: Callable[[Row], Sequence[SQLValue]]
 ) -> None:
     # The common case in one pass: every value within the narrowest bound (INTEGER's, which every other
     # column holds too) and none NaN (a NaN makes the sum NaN). Else each column group looks exactly.
@@ -350,7 +351,7 @@ class RowMapper:
 # --- the slow path: coercing values a database refused -------------------------------------------------
 
 
-def _as_str(value: Any) -> str | None:
+def _as_str(value: object) -> str | None:
     if value is None:
         return None
     if isinstance(value, (list, tuple)):
@@ -359,7 +360,7 @@ def _as_str(value: Any) -> str | None:
     return str(value).replace("\x00", "")
 
 
-def _as_int(value: Any) -> int | None:
+def _as_int(value: object) -> int | None:
     if type(value) is int:
         return value
     if isinstance(value, float) and value.is_integer():
@@ -367,18 +368,18 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
-def _as_float(value: Any) -> float | None:
+def _as_float(value: object) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         number = float(value)
         return number if math.isfinite(number) else None
     return None
 
 
-def _as_bool(value: Any) -> bool | None:
+def _as_bool(value: object) -> bool | None:
     return value if type(value) is bool else None
 
 
-def _coercer(column_type: Any) -> Callable[[Any], Any]:
+def _coercer(column_type: object) -> Callable[[object], object]:
     if isinstance(column_type, Boolean):
         return _as_bool
     if isinstance(column_type, Integer):
@@ -405,7 +406,7 @@ def sanitize(rows: list[Row], table: Table) -> list[Row]:
 def group_by_call(call_rows: list[Row], iteration_rows: list[Row]) -> list[tuple[list[Row], list[Row]]]:
     """The rows as (call, its iterations) groups, in the calls' order; iterations whose call is not among
     the rows form groups of their own, by call id."""
-    groups: dict[Any, tuple[list[Row], list[Row]]] = {}
+    groups: dict[str, tuple[list[Row], list[Row]]] = {}
     for row in call_rows:
         groups.setdefault(row[_C_CALL_ID], ([], []))[0].append(row)
     for row in iteration_rows:
