@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import URL, Engine, create_engine, event
+from sqlalchemy import URL, Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -219,13 +219,13 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def _begin_immediate(connection: Any) -> None:
+def _begin_immediate(connection: Connection) -> None:
     # Take the write lock when the transaction starts: a deferred transaction that reads first can fail at
     # once with SQLITE_BUSY when it later writes, without waiting on the busy timeout.
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _begin_deferred(connection: Any) -> None:
+def _begin_deferred(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN")
 
 
@@ -258,7 +258,7 @@ def make_engine(
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _begin_immediate if writer else _begin_deferred)
         return engine
-    connect_args: dict[str, Any] = {}
+    connect_args: dict[str, object] = {}
     if "connect_timeout" not in parsed.query:
         connect_args["connect_timeout"] = connect_timeout_s
     if statement_timeout_s is not None:

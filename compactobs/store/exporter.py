@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -70,6 +70,9 @@ from compactobs.store.watchdog import SocketWatchdog
 from compactobs.store.writer import writer_for
 from compactobs.untrusted import escape
 
+if TYPE_CHECKING:
+    from sqlalchemy.engine.interfaces import DBAPIModule
+
 __all__ = [
     "DEFAULT_MAX_EXPORT_BATCH_SIZE",
     "DEFAULT_MAX_QUEUE_SIZE",
@@ -108,7 +111,7 @@ class _Unavailable(CompactobsError):
         self.cause = cause
 
 
-def _transient(err: BaseException, dbapi: Any) -> bool:
+def _transient(err: BaseException, dbapi: DBAPIModule) -> bool:
     """A failure a later retry can cure: connection lost or refused, database locked, pool exhausted.
     `err` may come from SQLAlchemy or, on the row writers' raw connection, from the driver itself."""
     if isinstance(err, (OperationalError, InterfaceError, PoolTimeoutError)):
@@ -457,7 +460,7 @@ class SqlSpanExporter(SpanExporter):
         assert self._engine is not None
         return _transient(err, self._engine.dialect.loaded_dbapi)
 
-    def _bounded(self) -> Any:
+    def _bounded(self) -> contextlib.AbstractContextManager[object]:
         """The client-side bound on one transaction (PostgreSQL: a server that stops answering)."""
         if self._watchdog is None:
             return contextlib.nullcontext()

@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -56,6 +56,8 @@ from compactobs.store.models import calls, iterations
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
+
+    from compactobs._types import OTelAttributes, SQLRecord, SQLRow
 
 _EXPORTER_LOGGER: Final = "opentelemetry.exporter.otlp"
 
@@ -145,7 +147,7 @@ def iteration_span_id(call_id: str, index: int) -> int:
     return int.from_bytes(digest[:8], "big") or 1
 
 
-def _copy_columns(row: Any, pairs: Sequence[tuple[str, str]], attributes: dict[str, Any]) -> None:
+def _copy_columns(row: SQLRecord, pairs: Sequence[tuple[str, str]], attributes: OTelAttributes) -> None:
     """The attributes the store keeps as they are: every non-NULL column under its attribute's name
     (NUMERIC money as the float the live span carried)."""
     for column, attribute in pairs:
@@ -172,10 +174,10 @@ class _SpanBuilder:
             resource = self._resources[service_name] = Resource(attributes)
         return resource
 
-    def call(self, row: Any, iteration_rows: Sequence[Any]) -> list[ReadableSpan]:
+    def call(self, row: SQLRow, iteration_rows: Sequence[SQLRow]) -> list[ReadableSpan]:
         """The call's span and its iterations' spans, children first, as the live provider ends them."""
         m = row._mapping
-        attributes: dict[str, Any] = {t.SPAN_KIND: t.SPAN_KIND_CALL}
+        attributes: OTelAttributes = {t.SPAN_KIND: t.SPAN_KIND_CALL}
         _copy_columns(m, _CALL_PAIRS, attributes)
         attributes[t.HTTP_RESEND_COUNT] = max(int(m["attempts"] or 1) - 1, 0)
         if m["ttft_ms"] is not None:
@@ -222,10 +224,10 @@ class _SpanBuilder:
         return spans
 
     def _iteration(
-        self, row: Any, parent: SpanContext, end_ns: int, resource: Resource, provider: str
+        self, row: SQLRow, parent: SpanContext, end_ns: int, resource: Resource, provider: str
     ) -> ReadableSpan:
         m = row._mapping
-        attributes: dict[str, Any] = {
+        attributes: OTelAttributes = {
             t.SPAN_KIND: t.SPAN_KIND_ITERATION,
             t.PROVIDER_NAME: provider,
             t.ITERATION_TIMING: t.ITERATION_TIMING_VALUE,
@@ -268,7 +270,7 @@ def replay(
         result = connection.execution_options(stream_results=True, yield_per=batch_calls).execute(query)
         for chunk in result.partitions(batch_calls):
             ids = [row.call_id for row in chunk]
-            by_call: dict[str, list[Any]] = {}
+            by_call: dict[str, list[SQLRow]] = {}
             for row in reader.execute(
                 select(iterations).where(iterations.c.call_id.in_(ids)).order_by(iterations.c.idx)
             ):

@@ -44,6 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
+from compactobs._types import JSONObject, SQLExpr, SQLRow
 from compactobs._words import aligned, counted
 from compactobs.platforms import endpoint_of
 from compactobs.pricing import PRICING_FILE_ENV, PricedCall, PricedIteration, Pricer
@@ -189,7 +190,7 @@ class _Stored:
         return Decimal(repr(float(value))).quantize(_TEN_PLACES, ROUND_HALF_UP)
 
 
-def _iteration_usage(row: Any) -> IterationUsage:
+def _iteration_usage(row: SQLRow) -> IterationUsage:
     return IterationUsage(
         index=row.idx,
         type=row.type or "unknown",
@@ -206,7 +207,7 @@ def _iteration_usage(row: Any) -> IterationUsage:
     )
 
 
-def _call_usage(call: Any, rows: Sequence[Any]) -> CallUsage:
+def _call_usage(call: SQLRow, rows: Sequence[SQLRow]) -> CallUsage:
     return CallUsage(
         iterations=tuple(_iteration_usage(row) for row in rows),
         # Not kept in the store, and pricing does not read it: a call without `usage.iterations` was
@@ -244,7 +245,7 @@ def _call_values(priced: PricedCall, stored: _Stored) -> dict[str, Any]:
     }
 
 
-def _differs(row: Any, values: dict[str, Any], columns: Iterable[str], stored: _Stored) -> bool:
+def _differs(row: SQLRow, values: dict[str, Any], columns: Iterable[str], stored: _Stored) -> bool:
     for column in columns:
         old, new = getattr(row, column), values[column]
         if column.endswith("_usd"):
@@ -256,7 +257,7 @@ def _differs(row: Any, values: dict[str, Any], columns: Iterable[str], stored: _
     return False
 
 
-_CALL_SET: Final[dict[str, Any]] = {column: bindparam(column) for column in _CALL_COLUMNS}
+_CALL_SET: Final[dict[str, SQLExpr]] = {column: bindparam(column) for column in _CALL_COLUMNS}
 _UPDATE_CALL: Final = update(calls).where(calls.c.call_id == bindparam("key_call_id")).values(_CALL_SET)
 _UPDATE_ITERATION: Final = (
     update(iterations)
@@ -281,11 +282,11 @@ def _reprice_batch(
     connection: Connection,
     pricer: Pricer,
     stored: _Stored,
-    batch: Sequence[Any],
+    batch: Sequence[SQLRow],
     tally: _Tally,
 ) -> None:
     ids = [call.call_id for call in batch]
-    by_call: dict[str, list[Any]] = {call_id: [] for call_id in ids}
+    by_call: dict[str, list[SQLRow]] = {call_id: [] for call_id in ids}
     for row in connection.execute(
         select(iterations)
         .where(iterations.c.call_id.in_(ids))
@@ -448,7 +449,7 @@ class PriceCheck:
         """Stored calls recorded unpriced whose models all have a price now: `reprice` would price them."""
         return sum(model.unpriced_calls for model in self.models if model.priced and model.in_store)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         """`compactobs pricing check --format json`."""
         return {
             "check": "pricing",

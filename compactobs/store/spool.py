@@ -40,8 +40,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
+from compactobs._types import JSON, JSONObject, SQLValue
 from compactobs.store.engine import private_dir
 from compactobs.store.mapping import CALL_COLUMNS, ITERATION_COLUMNS, Row
 
@@ -134,7 +135,7 @@ def _lock(fd: int) -> bool:
     return True
 
 
-def _decode_rows(part: Any, columns: Sequence[str]) -> list[Row]:
+def _decode_rows(part: JSON, columns: Sequence[str]) -> list[Row]:
     """Rows of one table from a spooled line, rebuilt in the current column order (columns the line does not
     have are NULL, so a spool written by an older compactobs still replays)."""
     if not part:
@@ -147,7 +148,7 @@ def _decode_rows(part: Any, columns: Sequence[str]) -> list[Row]:
     return [[None if pick is None else raw[pick] for pick in picks] for raw in part["rows"]]
 
 
-def parse_line(line: bytes) -> tuple[list[Row], list[Row]] | dict[str, Any] | None:
+def parse_line(line: bytes) -> tuple[list[Row], list[Row]] | JSONObject | None:
     """One spool line: (call rows, iteration rows) of a batch; the record itself for a `{"reason": ...}`
     line (which ends a `rejected/` file); None for a line that is not a readable batch (damaged)."""
     try:
@@ -251,7 +252,7 @@ class Spool:
         return True
 
     def _encode(self, calls: list[Row], iterations: list[Row]) -> bytes:
-        record: dict[str, Any] = {"v": _VERSION}
+        record: JSONObject = {"v": _VERSION}
         if calls:
             record["calls"] = {"columns": CALL_COLUMNS, "rows": calls}
         if iterations:
@@ -300,7 +301,7 @@ class Spool:
             self._bytes = total
         return self._bytes
 
-    def waiting_calls(self) -> Iterator[dict[str, Any]]:
+    def waiting_calls(self) -> Iterator[dict[str, SQLValue]]:
         """Every call row waiting in the spool (all processes' segments, read without locking them), as
         {column: value}: what the store does not hold yet. Read-only; a segment replayed meanwhile is
         skipped."""

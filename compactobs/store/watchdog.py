@@ -16,9 +16,10 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from typing import Any
 
 from sqlalchemy import Engine, event
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry
 
 __all__ = ["SocketWatchdog"]
 
@@ -27,7 +28,7 @@ class SocketWatchdog:
     """Watches one engine's connections (used by one thread at a time, as the exporter does)."""
 
     def __init__(self, engine: Engine) -> None:
-        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._connections: weakref.WeakSet[DBAPIConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._armed = threading.Condition(self._lock)
         self._deadline: float | None = None
@@ -36,7 +37,7 @@ class SocketWatchdog:
         """How many times a deadline passed and sockets were cut."""
         event.listen(engine, "connect", self._connected)
 
-    def _connected(self, dbapi_connection: Any, _record: Any) -> None:
+    def _connected(self, dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
         self._connections.add(dbapi_connection)
 
     @contextlib.contextmanager

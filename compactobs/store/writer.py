@@ -93,7 +93,7 @@ class _SqliteWriter:
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def _copy_text(value: Any) -> str:
+def _copy_text(value: object) -> str:
     """One value in COPY's text format (what psycopg 3's `write_row` sends for these types)."""
     if value is None:
         return "\\N"
