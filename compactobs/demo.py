@@ -53,6 +53,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from sqlalchemy import case, func, select
 
 import compactobs
+from compactobs._types import JSON, JSONObject, SDKObject
 from compactobs._words import counted
 from compactobs.progress import ProgressCallback
 from compactobs.progress import progress_bar as _progress_bar
@@ -178,8 +179,8 @@ def _cached(text: str, ttl: Literal["5m", "1h"] = "5m") -> list[TextBlockParam]:
     return [{"type": "text", "text": text, "cache_control": {"type": "ephemeral", "ttl": ttl}}]
 
 
-def _compact_edit(trigger: int, pause: bool = False) -> dict[str, Any]:
-    edit: dict[str, Any] = {"type": "compact_20260112", "trigger": {"type": "input_tokens", "value": trigger}}
+def _compact_edit(trigger: int, pause: bool = False) -> JSONObject:
+    edit: JSONObject = {"type": "compact_20260112", "trigger": {"type": "input_tokens", "value": trigger}}
     if pause:
         edit["pause_after_compaction"] = True
     return {"edits": [edit]}
@@ -265,20 +266,20 @@ class _Chat:
     `to_dict()`, as the compaction docs ask), like an application would."""
 
     def __init__(
-        self, run: _Run, client: anthropic.Anthropic, model: str, *, beta: bool = True, **params: Any
+        self, run: _Run, client: anthropic.Anthropic, model: str, *, beta: bool = True, **params: SDKObject
     ) -> None:
         self.run = run
         self.client = client
         self.model = model
         self.beta = beta
         self.params = {"max_tokens": 2048, **params}
-        self.history: list[dict[str, Any]] = []
+        self.history: list[JSONObject] = []
 
-    def turn(self, content: Any, *, stream: bool = False, **extra: Any) -> Any:
+    def turn(self, content: JSON, *, stream: bool = False, **extra: SDKObject) -> SDKObject:
         self.history.append({"role": "user", "content": content})
         return self.send(stream=stream, **extra)
 
-    def send(self, *, stream: bool = False, **extra: Any) -> Any:
+    def send(self, *, stream: bool = False, **extra: SDKObject) -> SDKObject:
         """Send the history as it is; the answer's blocks join the last assistant message, or a new one."""
         args = {"model": self.model, "messages": self.history, **self.params, **extra}
         messages = self.client.beta.messages if self.beta else self.client.messages
@@ -418,7 +419,7 @@ async def _triage_async(run: _Run) -> None:
                         conversation_id,
                         f"a 429 retried by the SDK ({counted(raw.retries_taken, 'retry', 'retries')})",
                     )
-                reply: Any = [b.to_dict() for b in result.content]  # sent back as the SDK gave them
+                reply: JSON = [b.to_dict() for b in result.content]  # sent back as the SDK gave them
                 history.append({"role": "assistant", "content": reply})
 
     run.sim.scenario = ConversationScenario(reply_tokens=200)

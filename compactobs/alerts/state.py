@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, or_, select, update
 
 from compactobs._types import JSONObject
 from compactobs.alerts.evaluate import Alert
@@ -135,7 +135,7 @@ class AlertState:
         claimed.triggers.sort(key=lambda alert: position[alert.key])
         return claimed
 
-    def _claimed(self, connection: Any, condition: Any, now_ms: int) -> bool:
+    def _claimed(self, connection: Connection, condition: ColumnElement[bool], now_ms: int) -> bool:
         result = connection.execute(
             update(alert_state)
             .where(condition)

@@ -6,10 +6,13 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from compactobs.reports.model import Report
 from compactobs.reports.render import render
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 __all__ = ["context_chart", "render_conversation"]
 
@@ -42,7 +45,7 @@ def context_chart(
         else "no compaction trigger configured"
     )
     title = f"Context after each call (tokens; | = {legend}; marks as in the table)"
-    lines: list[Any] = []
+    lines: list[Any] = []  # str without colour, else rich Text
     for label, context, trigger, mark in groups:
         filled = 0 if context is None else round(context / scale * bar_width)
         at = None if not trigger else min(bar_width - 1, round(trigger / scale * bar_width) - 1)
@@ -92,7 +95,7 @@ def _rich_line(
     suffix: str,
     context: int | None,
     trigger: int | None,
-) -> Any:
+) -> Text:
     from rich.text import Text
 
     style = "green"
@@ -115,7 +118,7 @@ def _rich_line(
     return line
 
 
-def _rich_render(lines: Sequence[Any], width: int) -> str:
+def _rich_render(lines: Sequence[Text | str], width: int) -> str:
     import io
 
     from rich.console import Console

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 from decimal import Decimal
-from typing import Any
 
 from compactobs.pricing.records import to_json_number
 from compactobs.reports.model import Report
@@ -15,7 +14,7 @@ from compactobs.reports.render.safe import shown
 __all__ = ["render_csv"]
 
 
-def _csv_value(value: Any) -> str:
+def _csv_value(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):

@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from compactobs.reports.model import Report, to_json_value
 from compactobs.reports.render.safe import json_text
+
+if TYPE_CHECKING:
+    from compactobs._types import JSONObject
 
 __all__ = ["render_json", "to_json_value"]
 
 
 def render_json(report: Report) -> str:
-    document: dict[str, Any] = {"report": report.name}
+    document: JSONObject = {"report": report.name}
     document.update({k: to_json_value(v) for k, v in report.extra.items()})
     document["rows"] = [{c: to_json_value(row.get(c)) for c in report.columns} for row in report.rows]
     document["totals"] = (

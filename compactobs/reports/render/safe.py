@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from compactobs._types import JSON
 
 __all__ = ["json_text", "shown"]
 
@@ -57,7 +60,7 @@ def shown(text: str, fmt: str = "table") -> str:
     return visible
 
 
-def json_text(document: Any) -> str:
+def json_text(document: JSON) -> str:
     """`document` as indented JSON; control, bidi and separator characters as `\\u` escapes (lossless)."""
     text = json.dumps(document, indent=2, ensure_ascii=False)
     return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import replace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 from compactobs.reports.model import NUMERIC_KINDS, Report
 from compactobs.reports.render.cells import (
@@ -17,10 +17,14 @@ from compactobs.reports.render.cells import (
 )
 from compactobs.reports.render.safe import shown
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
 __all__ = ["bar", "printable_texts", "render_table"]
 
 
-def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Any]:
+def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Text]:
     """The report's table as lines of rich Text, laid out as rich's Table lays out a `box.SIMPLE_HEAD` table
     of no-wrap columns as wide as their widest cell (tests hold the two to the same output). Laid out here
     because Table measures and renders every cell through its renderable protocol, about 0.1 ms a cell:
@@ -60,7 +64,7 @@ def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Any]
     unpriced = "yellow" if color else ""
     usd = [kind == "usd" for kind in kinds]
 
-    def line(cells: list[str], style: str, body: bool) -> Any:
+    def line(cells: list[str], style: str, body: bool) -> Text:
         # One string and its style spans, made into one Text: Text.append per piece cost 5 us each.
         parts = [" "]
         spans: list[Span] = []
@@ -86,7 +90,7 @@ def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Any]
         return Text("".join(parts), spans=spans)
 
     inner = sum(widths) + 3 * len(widths) - 1
-    lines: list[Any] = []
+    lines: list[Text] = []
     if titled:
         # As Table puts it: its style over the table's whole width, wrapped within it when longer.
         title = Text(report.title or report.name, style=bold, justify="left")
@@ -102,7 +106,7 @@ def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Any]
     return lines
 
 
-def _wrap(text: Any, width: int) -> list[Any]:
+def _wrap(text: Text, width: int) -> list[Text]:
     """`text` wrapped and justified within `width` cells, one Text per line."""
     from rich.console import Console
 
@@ -110,14 +114,14 @@ def _wrap(text: Any, width: int) -> list[Any]:
     return list(text.wrap(console, width, justify="left"))
 
 
-def _shown_width(lines: list[Any]) -> int:
+def _shown_width(lines: list[Text]) -> int:
     """The widest of `lines` as printed (trailing spaces are stripped)."""
     from rich.cells import cell_len
 
     return max((cell_len(line.plain.rstrip()) for line in lines), default=0)
 
 
-def _fitted(report: Report, fit_width: int | None, color: bool) -> tuple[Report, list[Any]]:
+def _fitted(report: Report, fit_width: int | None, color: bool) -> tuple[Report, list[Text]]:
     """The report with the widest of its column sets whose table fits `fit_width` (the narrowest when none
     does; all of them without a width), a hint to the columns left out among its notes, and its bars in the
     room left; and its lines."""
@@ -158,8 +162,8 @@ def bar(value: float, largest: float, width: int) -> str:
 
 
 def _with_bars(
-    report: Report, column: str, room: int, lines: list[Any], color: bool
-) -> tuple[Report, list[Any]]:
+    report: Report, column: str, room: int, lines: list[Text], color: bool
+) -> tuple[Report, list[Text]]:
     """The report with a bar column after `column`, as wide as `room` allows (at most 24 cells; none
     under 6)."""
     width = min(24, room)
@@ -183,7 +187,7 @@ def _with_bars(
     return report, _table_lines(report, color)
 
 
-def _listed(section: Report, width: int) -> list[Any]:
+def _listed(section: Report, width: int) -> list[Text]:
     """A section too wide for a terminal as a list: its title, then each row's cells on lines wrapped
     within `width`, the continuation indented (long messages read better wrapped than cut)."""
     import textwrap
@@ -191,7 +195,7 @@ def _listed(section: Report, width: int) -> list[Any]:
     from rich.text import Text
 
     columns = section.shown_columns()
-    lines: list[Any] = [Text(section.title or section.name), Text("")]
+    lines: list[Text] = [Text(section.title or section.name), Text("")]
     for row in section.rows:
         cells = [shown(cell_text(row, column, section.kind(column))) for column in columns]
         text = "  ".join(cell for cell in cells if cell and cell != "-")
@@ -204,7 +208,7 @@ def _listed(section: Report, width: int) -> list[Any]:
 def render_table(report: Report, console_width: int | None, color: bool, fit_width: int | None = None) -> str:
     from rich.console import Console
 
-    tables: list[list[Any]] = []
+    tables: list[list[Text]] = []
     if report.rows:
         report, lines = _fitted(report, fit_width, color)
         tables.append(lines)
@@ -248,7 +252,7 @@ def render_table(report: Report, console_width: int | None, color: bool, fit_wid
     return "\n".join(line.rstrip() for line in out.getvalue().splitlines()) + "\n"
 
 
-def _print_lines(console: Any, out: io.StringIO, lines: list[Any], color: bool) -> None:
+def _print_lines(console: Console, out: io.StringIO, lines: list[Text], color: bool) -> None:
     """Table lines: through the console for their colours, else as they are (the console adds nothing)."""
     if not color:
         out.write("".join(line.plain + "\n" for line in lines))
