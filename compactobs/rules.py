@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, Literal, TypeVar
 
 from compactobs.configfile import ConfigError, line_of, parse_toml
 from compactobs.usage import TokenCounts
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from sqlalchemy import ColumnElement
 
     from compactobs._types import JSON, JSONObject, SQLExpr
+
 
 __all__ = [
     "BILLED_TOKEN_COLUMNS",
@@ -160,7 +161,12 @@ def billed_tokens_sql() -> SQLExpr:
 
 
 def over_limits_sql(
-    budget_usd: Any, budget_tokens: Any, max_compactions: Any, spent_usd: Any, tokens: Any, compactions: Any
+    budget_usd: SQLExpr,
+    budget_tokens: SQLExpr,
+    max_compactions: SQLExpr,
+    spent_usd: SQLExpr,
+    tokens: SQLExpr,
+    compactions: SQLExpr,
 ) -> ColumnElement[bool]:
     """`over_limits` in SQL over columns (a NULL limit is no limit): true when any is strictly exceeded."""
     from sqlalchemy import and_, or_

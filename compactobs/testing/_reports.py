@@ -23,11 +23,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs
 
 from compactobs._types import JSON, JSONObject
 from compactobs.testing._conversation import SimulationError
+
+if TYPE_CHECKING:
+    from compactobs.pricing import Pricer
 
 __all__ = ["Ledger", "ReportScenario"]
 
@@ -269,7 +272,7 @@ class Ledger:
 _CLASSES: Final = ("input", "cache_read", "cache_write_5m", "cache_write_1h", "output", "web_search")
 
 
-def _list_prices(pricer: Any, entry: _Entry, scenario: ReportScenario) -> dict[str, Decimal]:
+def _list_prices(pricer: Pricer, entry: _Entry, scenario: ReportScenario) -> dict[str, Decimal]:
     """The list amount of each class of one entry, in dollars: compactobs' rates times the drift factors."""
     when = datetime.fromtimestamp(entry.at, timezone.utc)
     variants = (entry.service_tier, entry.speed, entry.inference_geo)
