@@ -16,11 +16,11 @@ One row per (destination, finding key). A pass, for one destination:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
-from sqlalchemy import ColumnElement, Connection, Engine, and_, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Insert, and_, or_, select, update
 
 from compactobs._types import JSONObject
 from compactobs.alerts.evaluate import Alert
@@ -53,7 +53,7 @@ class AlertState:
         self._engine = engine
         self._owner = owner
 
-    def _insert(self, rows: list[dict[str, Any]]) -> Any:
+    def _insert(self, rows: Sequence[Mapping[str, object]]) -> Insert:
         """INSERT that leaves an existing row alone (ON CONFLICT DO NOTHING, on both engines)."""
         if self._engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert

@@ -19,7 +19,7 @@ The accounting rules are in `compactobs.pricing.pricer`; the overrides file form
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from compactobs.pricing.records import PricedCall, PricedIteration, PricingError, Rates, RateTier
 
@@ -35,7 +35,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     # genai-prices (and pydantic under it) take a few hundred ms to import: loaded when a price is needed,
     # not by a report that only reads stored costs (`compactobs.pricing.records`).
     if name in _LAZY:

@@ -19,7 +19,7 @@ one line saying what to do.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -101,7 +101,7 @@ _EXPORTER_NAMES = frozenset(
 )
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     # The exporter brings the OpenTelemetry SDK: loaded when recording, not by a report or `db status`.
     if name in _EXPORTER_NAMES:
         from compactobs.store import exporter

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import time
 from types import ModuleType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from compactobs.testing._server import Simulator
 
 __all__ = ["IdleClock"]
 
@@ -31,10 +34,10 @@ class IdleClock:
     """`with IdleClock(sim) as clock: ...; clock.idle(400)`: the next calls start 400 s later, for the
     simulator's cache and for the times compactobs records. Restores both on exit. One at a time."""
 
-    def __init__(self, sim: Any) -> None:
+    def __init__(self, sim: Simulator) -> None:
         self._sim = sim
         self._shifted = _ShiftedTime()
-        self._patched: list[tuple[ModuleType, Any]] = []
+        self._patched: list[tuple[ModuleType, object]] = []
 
     def __enter__(self) -> IdleClock:
         from compactobs.instrument import middleware
