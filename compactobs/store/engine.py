@@ -6,13 +6,18 @@ import errno
 import os
 import re
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from compactobs.store.errors import StoreError
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from sqlalchemy.pool import ConnectionPoolEntry
 
 __all__ = [
     "ENV_DATABASE_URL",
@@ -198,7 +203,7 @@ def _create_private_file(path: Path) -> None:
         ) from None
 
 
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
     # SQLAlchemy's documented pysqlite recipe: the driver's own implicit BEGIN is switched off and the
     # "begin" listener issues one, so writers can take the write lock up front (BEGIN IMMEDIATE).
     dbapi_connection.isolation_level = None

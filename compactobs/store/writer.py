@@ -69,7 +69,7 @@ class _SqliteStatement:
             size: f"{head} VALUES {', '.join([values] * size)} ON CONFLICT {conflict}" for size in self._sizes
         }
 
-    def execute(self, raw: Any, rows: list[Row]) -> None:
+    def execute(self, raw: sqlite3.Connection, rows: list[Row]) -> None:
         start = 0
         for size in self._sizes:
             sql = self._sql[size]

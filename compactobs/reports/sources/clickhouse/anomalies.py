@@ -11,7 +11,7 @@ the engine holds those, not every compacting call, and they come back streamed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import literal_column
 
@@ -27,6 +27,8 @@ from compactobs.reports.sources.clickhouse.cost import JOIN_SETTINGS
 from compactobs.rules import BILLED_TOKEN_COLUMNS, Budgets
 
 if TYPE_CHECKING:
+    from compactobs._types import SQLValue
+
     pass
 
 __all__ = ["ClickHouseAnomalyData"]
@@ -61,7 +63,7 @@ class ClickHouseAnomalyData:
         conditions = [*self.conditions, *extra]
         return " WHERE " + " AND ".join(conditions) if conditions else ""
 
-    def compaction_rows(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]:
+    def compaction_rows(self, thresholds: Thresholds) -> Iterable[Sequence[SQLValue]]:
         turn = ("c.conversation_id IS NOT NULL", "c.input_tokens IS NOT NULL")
         reads = "coalesce(c.cache_read_tokens, 0)"
         writes = "coalesce(c.cache_write_5m_tokens, 0) + coalesce(c.cache_write_1h_tokens, 0)"
@@ -139,7 +141,7 @@ class ClickHouseAnomalyData:
         turns_settings = spans.TURNS_WINDOW_SETTINGS if streamed else spans.TURNS_SETTINGS
         return self.source.stream(sql, {**JOIN_SETTINGS, **turns_settings})
 
-    def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[Any]]:
+    def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[SQLValue]]:
         where = ["c.conversation_id IS NOT NULL"]
         if self.conditions:
             selected = f"SELECT DISTINCT c.conversation_id FROM {self.window} AS c" + self._where()
@@ -200,7 +202,7 @@ class ClickHouseAnomalyData:
         unpriced = f"(SELECT * FROM {spans.iterations_of(self.source)} WHERE priced = false)"
         return f"{self.window} AS c INNER JOIN {unpriced} AS i ON i.call_id = c.call_id"
 
-    def unpriced_groups(self) -> Iterable[Sequence[Any]]:
+    def unpriced_groups(self) -> Iterable[Sequence[SQLValue]]:
         tokens = (
             "coalesce(i.input_tokens, 0) + coalesce(i.output_tokens, 0) + coalesce(i.cache_read_tokens, 0) + "
             "coalesce(i.cache_write_5m_tokens, 0) + coalesce(i.cache_write_1h_tokens, 0)"
@@ -224,7 +226,7 @@ class ClickHouseAnomalyData:
     def unpriced_sample(self, model: str) -> Sequence[str]:
         return self._unpriced_samples.get(model, [])
 
-    def error_hours(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]:
+    def error_hours(self, thresholds: Thresholds) -> Iterable[Sequence[SQLValue]]:
         sql = (
             f"SELECT intDiv(c.start_ms, {HOUR_MS}) AS hour, count(), countIf({_SERVER_ERROR}), "
             "countIf(c.http_status = 429), countIf(c.http_status = 529), sum(coalesce(c.attempts, 1) - 1) "

@@ -9,8 +9,9 @@ query joining only the calls that compacted to their compaction iterations.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
+from compactobs._types import SQLValue
 from compactobs.reports.measures.cost import add_record
 from compactobs.reports.measures.groups import CALLS_ONLY, ITERATION_LEVEL, KEY_OF, group_values
 from compactobs.reports.model import Filters
@@ -119,7 +120,7 @@ def cost_groups(
 
 
 def _grouped(
-    records: Sequence[dict[str, Any]], by: Sequence[str], unit: str | None, with_model: bool
+    records: Sequence[dict[str, SQLValue]], by: Sequence[str], unit: str | None, with_model: bool
 ) -> Groups:
     result: Groups = {}
     for record in records:

@@ -31,8 +31,9 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
+from compactobs._types import SQLValue
 from compactobs.reports.model import Filters
 from compactobs.reports.sources.clickhouse import spans
 from compactobs.reports.sources.clickhouse.client import ClickHouseClient, join, settings_clause
@@ -321,7 +322,7 @@ def sums(
     keys: Sequence[tuple[str, str]],
     measures: Sequence[str],
     unpriced_only: bool = False,
-) -> list[dict[str, Any]]:
+) -> list[dict[str, SQLValue]]:
     """The groups of `keys` ((label, SQL over the slot rows `s`)) summed over the window's slots of
     `level`: each measure is a sum or a count per slot, so the sum of the slots' is the one over the calls."""
     where = spans.model_service_conditions(filters, "s.request_model", "s.response_model", "s.service_name")
