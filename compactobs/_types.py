@@ -5,8 +5,8 @@ goes by one of the names below, so that a reader (and `tests/test_types.py`, whi
 `Any` left in the package) can tell "untyped outside" from "not typed yet".
 
 A leaf: imports nothing of compactobs. The SQLAlchemy and OpenTelemetry names are read under
-`TYPE_CHECKING` only (the aliases naming them are strings), so that `import compactobs`, which loads
-this module through `usage`, loads neither.
+`TYPE_CHECKING` only (the aliases naming them are strings), so that a module importing these names loads
+neither; the modules `import compactobs` loads import them under `TYPE_CHECKING` too.
 """
 
 from __future__ import annotations
