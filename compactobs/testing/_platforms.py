@@ -48,7 +48,8 @@ import struct
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from http.server import BaseHTTPRequestHandler
+from typing import Final, TypeVar
 from urllib.parse import unquote
 
 from compactobs._types import JSON, JSONObject
@@ -139,12 +140,15 @@ def _with_invocation_metrics(event: JSONObject, body: Mapping[str, JSON]) -> JSO
     return {**event, "amazon-bedrock-invocationMetrics": metrics}
 
 
+_H = TypeVar("_H", bound=BaseHTTPRequestHandler)
+
+
 def write_bedrock(
-    handler: Any,
+    handler: _H,
     reply: Reply,
     request_id: str,
     streaming: bool,
-    head: Callable[[Any, int, dict[str, str]], bytes],
+    head: Callable[[_H, int, dict[str, str]], bytes],
 ) -> None:
     """Answer a Bedrock request with `reply`: JSON, or the AWS event stream (chunked, like the SSE route)."""
     base = {"x-amzn-requestid": request_id}
