@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
 
 from genai_prices import data_snapshot, types
 
@@ -47,7 +46,7 @@ def lookup_model(snapshot: data_snapshot.DataSnapshot, model_ref: str) -> types.
         return None
 
 
-def _price_value(model_price: types.ModelPrice, name: str) -> Any:
+def _price_value(model_price: types.ModelPrice, name: str) -> object:
     for key in _PRICE_KEYS[name]:
         value = getattr(model_price, key, None)
         if value is not None:
@@ -55,7 +54,7 @@ def _price_value(model_price: types.ModelPrice, name: str) -> Any:
     return None
 
 
-def _rate_at(value: Any, total_input: int) -> Decimal | None:
+def _rate_at(value: object, total_input: int) -> Decimal | None:
     """A class's rate for a request with `total_input` tokens, by genai-prices' rule (`>` the start)."""
     if isinstance(value, types.TieredPrices):
         rate = value.base
