@@ -191,7 +191,8 @@ def _setup(
     if store:
         from compactobs.store import install
 
-        # The store adds a span processor: the provider is the SDK's (compactobs' own, or the application's).
+        # `install` adds a span processor, which the SDK's TracerProvider takes: compactobs' own and the
+        # application's found above are the SDK's; one given as `tracer_provider` must be too.
         sdk_tracer = cast("SDKTracerProvider", tracer)
         processor = install(sdk_tracer, database_url, spool_max_bytes=spool_max_bytes, spool_dir=spool_dir)
         lifecycle.adopt(processor, store=True)
