@@ -17,7 +17,8 @@ Definitions (printed in the report's header):
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Engine
 
@@ -25,6 +26,9 @@ from compactobs.reports.model import ColumnKind, Filters, Report
 from compactobs.reports.sources import Source, as_source
 from compactobs.reports.sources.anomalies_ops import PERCENTILES
 from compactobs.reports.sources.sql_anomalies_ops import failed_call
+
+if TYPE_CHECKING:
+    from compactobs._types import SQLValue
 
 # `failed_call` (a call that ended with an error: the report's and the dashboards' one definition) is the
 # SQL store's, named here for the dashboards.
@@ -66,7 +70,13 @@ def ops_report(source: Engine | Source, filters: Filters) -> Report:
     )
 
     def row(
-        key: str | None, n: int, errs: Any, retried: Any, retries: Any, lat: Any, first: Any
+        key: str | None,
+        n: int,
+        errs: SQLValue,
+        retried: SQLValue,
+        retries: SQLValue,
+        lat: Sequence[float | None] | None,
+        first: Sequence[float | None] | None,
     ) -> dict[str, Any]:
         lat = lat or (None, None, None)
         first = first or (None, None, None)
