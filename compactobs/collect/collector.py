@@ -38,6 +38,7 @@ from compactobs.collect import decode
 from compactobs.collect.claude_code import ClaudeCodeEvents
 from compactobs.collect.server import (
     DEFAULT_HTTP,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_REQUEST_BYTES,
     RETRY_AFTER_S,
     Answer,
@@ -92,7 +93,8 @@ class Collector:
         ...  # exporters send to collector.endpoint + "/v1/traces"
     ```
     `grpc`: also serve OTLP/gRPC at this HOST:PORT. `token`: required bearer token (mandatory beyond
-    loopback), on both. `store_wait_s`: see DEFAULT_STORE_WAIT_S.
+    loopback), on both. `store_wait_s`: see DEFAULT_STORE_WAIT_S. `max_connections`: HTTP connections served
+    at once (see compactobs.collect.server).
     `spool_dir`, `spool_max_bytes`, `write_timeout_s`: the store's, as for in-process recording.
     Raises CollectError for a bad bind or a missing token, at construction.
     """
@@ -105,6 +107,7 @@ class Collector:
         grpc: str | None = None,
         token: str | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int | None = None,
         write_timeout_s: float = DEFAULT_WRITE_TIMEOUT_S,
@@ -113,7 +116,12 @@ class Collector:
     ) -> None:
         host, port = parse_bind(http)
         self._http = HttpReceiver(
-            self.handle, host=host, port=port, token=token, max_request_bytes=max_request_bytes
+            self.handle,
+            host=host,
+            port=port,
+            token=token,
+            max_request_bytes=max_request_bytes,
+            max_connections=max_connections,
         )
         self._grpc = None
         if grpc is not None:
@@ -152,6 +160,11 @@ class Collector:
             return None
         host = f"[{self._grpc.host}]" if ":" in self._grpc.host else self._grpc.host
         return f"http://{host}:{self._grpc.port}"
+
+    @property
+    def turned_away(self) -> int:
+        """HTTP connections answered 503 because `max_connections` were being served."""
+        return self._http.turned_away
 
     @property
     def spool_directory(self) -> Path:
@@ -234,17 +247,47 @@ class Collector:
 
     def _logs(self, request: decode.ExportLogsServiceRequest) -> Answer:
         records = decode.log_records(request)
-        spans, calls, not_kept = self._claude_code.spans(records)
+        spans, calls, not_kept, unreadable = self._claude_code_spans(records)
         refused = self._store(spans)
         if refused is not None:
             return refused
         with self._stats_lock:
             self.stats.events_stored += calls
-            self.stats.events_rejected += not_kept
+            self.stats.events_rejected += not_kept + unreadable
         # Claude Code's other events (prompts, tool decisions...) are not kept: said once per request, as a
         # warning (rejected_log_records stays 0 for them: they were read, and deliberately not stored).
-        partial = ExportLogsPartialSuccess(error_message=NOT_KEPT_EVENTS) if not_kept else None
+        # Records whose values cannot be read are rejected: resending them would fail the same way.
+        reasons = [NOT_KEPT_EVENTS] if not_kept else []
+        if unreadable:
+            reasons.append(f"{unreadable} record(s) with values that cannot be read as a call were rejected")
+        partial = (
+            ExportLogsPartialSuccess(rejected_log_records=unreadable, error_message="; ".join(reasons))
+            if reasons
+            else None
+        )
         return Answer(HTTPStatus.OK, ExportLogsServiceResponse(partial_success=partial))
+
+    def _claude_code_spans(
+        self, records: Sequence[decode.LogRecord]
+    ) -> tuple[list[ReadableSpan], int, int, int]:
+        """(spans, calls, records not kept, records rejected). A record whose values break the mapping (a
+        data error, not a store's) is rejected alone: the batch is mapped again record by record."""
+        try:
+            spans, calls, not_kept = self._claude_code.spans(records)
+            return spans, calls, not_kept, 0
+        except Exception:
+            log.warning("compactobs collect: a log batch has unreadable records; mapping them one by one")
+        spans, calls, not_kept, unreadable = [], 0, 0, 0
+        for record in records:
+            try:
+                one, one_calls, one_not_kept = self._claude_code.spans([record])
+            except Exception:
+                unreadable += 1
+                continue
+            spans += one
+            calls += one_calls
+            not_kept += one_not_kept
+        return spans, calls, not_kept, unreadable
 
     def _store(self, spans: Sequence[ReadableSpan]) -> Answer | None:
         """None once the spans are durable; else the retryable answer."""
