@@ -18,6 +18,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Final
 
+from google.protobuf.message import Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsPartialSuccess,
     ExportLogsServiceResponse,
@@ -209,11 +210,14 @@ class Collector:
         with self._stats_lock:
             self.stats.requests += 1
         try:
-            request = decode.parse(body, decode.REQUEST_TYPES[signal], json_body=is_json)
+            if signal == "traces":
+                traces = decode.parse_traces(body, json_body=is_json)
+            else:
+                request = decode.parse(body, decode.REQUEST_TYPES[signal], json_body=is_json)
         except decode.DecodeFailure as err:
             return Answer(HTTPStatus.BAD_REQUEST, error=str(err))
         if signal == "traces":
-            return self._traces(request)
+            return self._traces(traces)
         if signal == "logs":
             return self._logs(request)
         return Answer(
@@ -225,7 +229,7 @@ class Collector:
             ),
         )
 
-    def _traces(self, request: decode.ExportTraceServiceRequest) -> Answer:
+    def _traces(self, request: Message) -> Answer:
         batch = decode.spans(request)
         ours = [span for span in batch.spans if _is_compactobs(span)]
         rejected = batch.rejected + len(batch.spans) - len(ours)
@@ -245,7 +249,7 @@ class Collector:
         )
         return Answer(HTTPStatus.OK, ExportTraceServiceResponse(partial_success=partial))
 
-    def _logs(self, request: decode.ExportLogsServiceRequest) -> Answer:
+    def _logs(self, request: Message) -> Answer:
         records = decode.log_records(request)
         spans, calls, not_kept, unreadable = self._claude_code_spans(records)
         refused = self._store(spans)

@@ -4,6 +4,7 @@ error, not a store stall: rejected alone, never a retryable 503 for the whole ba
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import time
 from pathlib import Path
@@ -12,12 +13,16 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 
-from compactobs.collect import Collector
+from compactobs.collect import Collector, decode, wire
 from compactobs.collect.claude_code import ClaudeCodeEvents
 from compactobs.collect.decode import LogRecord
 from tests.collect.test_claude_code import _event, logs_request
-from tests.collect.test_collect import post, prepared, rows
+from tests.collect.test_collect import CALL_ID, ITERATION_ID, contract_request, post, prepared, rows
 
 
 def _address(endpoint: str) -> tuple[str, int]:
@@ -106,3 +111,25 @@ def test_an_unexpected_failure_is_not_answered_retryable(
             collector.endpoint, logs_request(), {"Content-Type": "application/json"}, path="/v1/logs"
         )
     assert status == 500 and "Retry-After" not in headers
+
+
+def test_a_span_whose_attributes_are_not_protobuf_is_rejected_alone(sqlite_url: str, tmp_path: Path) -> None:
+    document = contract_request()
+    request = decode.parse(json.dumps(document).encode(), ExportTraceServiceRequest, json_body=True)
+    mirror = wire.trace_request(request.SerializeToString())
+    (iteration,) = [
+        span
+        for span in mirror.resource_spans[0].scope_spans[0].spans  # type: ignore[attr-defined]
+        if span.span_id.hex() == ITERATION_ID
+    ]
+    iteration.attributes.append(b"\x0a\x05ab")  # a key of 5 bytes, cut after 2
+    with Collector(prepared(sqlite_url), http="127.0.0.1:0", spool_dir=tmp_path / "spool") as collector:
+        status, _, answer = post(
+            collector.endpoint, mirror.SerializeToString(), {"Content-Type": "application/x-protobuf"}
+        )
+    assert status == 200
+    response = ExportTraceServiceResponse.FromString(answer)
+    assert response.partial_success.rejected_spans == 1
+    assert "attributes that are not protobuf" in response.partial_success.error_message
+    call_rows, iteration_rows = rows(sqlite_url)
+    assert [row["call_id"] for row in call_rows] == [CALL_ID] and iteration_rows == []
