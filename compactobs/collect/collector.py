@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
@@ -33,9 +33,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
+from sqlalchemy import Engine
 
 from compactobs import semconv as t
-from compactobs.collect import decode
+from compactobs.collect import decode, platform
 from compactobs.collect.claude_code import ClaudeCodeEvents
 from compactobs.collect.server import (
     DEFAULT_HTTP,
@@ -46,6 +47,8 @@ from compactobs.collect.server import (
     HttpReceiver,
     parse_bind,
 )
+from compactobs.store import make_engine
+from compactobs.store.api_requests import write_api_requests
 from compactobs.store.exporter import DEFAULT_WRITE_TIMEOUT_S, SqlSpanExporter
 from compactobs.store.processor import StoreSpanProcessor
 
@@ -61,8 +64,9 @@ FLUSH_EVERY_S: Final = 2.0
 """How often rows waiting in the spool are retried while no request arrives to carry them."""
 
 NOT_OURS: Final = (
-    "spans that are not compactobs call or iteration spans (scope 'compactobs', attribute "
-    "'compactobs.span.kind' = 'call' or 'iteration') are not kept; see docs/semconv.md"
+    "spans that are neither compactobs call or iteration spans (scope 'compactobs', attribute "
+    "'compactobs.span.kind' = 'call' or 'iteration') nor the Claude API's own (service 'claude-platform') "
+    "are not kept; see docs/semconv.md"
 )
 
 
@@ -84,6 +88,8 @@ class CollectStats:
     events_rejected: int = 0
     refused: int = 0
     """Requests answered 503 (store full or stalled): the client retries them."""
+    api_requests_stored: int = 0
+    """Request spans of server-side telemetry kept in api_requests (see compactobs.collect.platform)."""
 
 
 class Collector:
@@ -148,6 +154,8 @@ class Collector:
         self._closing = threading.Event()
         self._claude_code = ClaudeCodeEvents()
         self._flusher: threading.Thread | None = None
+        self._api_engine: Engine | None = None
+        self._database_url = database_url
 
     @property
     def endpoint(self) -> str:
@@ -192,6 +200,8 @@ class Collector:
             self._flusher.join()
         with self._store_lock:
             self.processor.shutdown()
+            if self._api_engine is not None:
+                self._api_engine.dispose()
 
     def __enter__(self) -> Collector:
         return self.start()
@@ -232,16 +242,25 @@ class Collector:
     def _traces(self, request: Message) -> Answer:
         batch = decode.spans(request)
         ours = [span for span in batch.spans if _is_compactobs(span)]
-        rejected = batch.rejected + len(batch.spans) - len(ours)
+        api = (
+            [span for span in batch.spans if platform.is_platform(span)]
+            if len(ours) < len(batch.spans)
+            else []
+        )
+        api_rows, api_not_kept = platform.request_rows(api)
+        rejected = batch.rejected + len(batch.spans) - len(ours) - len(api) + api_not_kept
         reasons = list(batch.reasons)
-        if len(ours) < len(batch.spans):
+        if len(ours) + len(api) < len(batch.spans):
             reasons.append(NOT_OURS)
-        refused = self._store(ours)
+        if api_not_kept:
+            reasons.append(platform.NOT_KEPT)
+        refused = self._store(ours) or self._store_api_requests(api_rows)
         if refused is not None:
             return refused
         with self._stats_lock:
             self.stats.spans_stored += len(ours)
             self.stats.spans_rejected += rejected
+            self.stats.api_requests_stored += len(api_rows)
         partial = (
             ExportTracePartialSuccess(rejected_spans=rejected, error_message="; ".join(reasons))
             if rejected
@@ -308,6 +327,26 @@ class Collector:
                 "the store cannot keep this batch now (the database is unavailable and the spool is full or "
                 "not writable): retry"
             )
+        return None
+
+    def _store_api_requests(self, rows: list[dict[str, Any]]) -> Answer | None:
+        """None once server-side telemetry's requests are committed; else the retryable answer (they are
+        not spooled: the sender keeps them until this answers)."""
+        if not rows:
+            return None
+        if not self._store_lock.acquire(timeout=self.store_wait_s):
+            return self._refuse("the store is busy (the database stalled beyond its bounds): retry")
+        try:
+            if self._api_engine is None:
+                self._api_engine = make_engine(self._database_url, connect_timeout_s=5)
+            write_api_requests(self._api_engine, rows)
+        except Exception:
+            log.warning("compactobs collect: could not store %d api requests", len(rows), exc_info=True)
+            return self._refuse(
+                "the store cannot keep server-side telemetry now (the database is unavailable): retry"
+            )
+        finally:
+            self._store_lock.release()
         return None
 
     def _refuse(self, message: str) -> Answer:
