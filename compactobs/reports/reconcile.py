@@ -21,8 +21,9 @@ below $0.000001 is rounding). Each is set against what can explain it, in this o
 2. `spool`: calls compactobs recorded that still wait in the spool (the database was unreachable);
 3. `bucket_edge`: a bucket short by as many requests as the next (or previous) one has too many, with
    the window's figures agreeing: the two sides dated the same calls either side of a bucket edge;
-4. `uninstrumented`: Anthropic counted more requests than compactobs recorded: calls from clients
-   compactobs does not instrument (their tokens, and their cost at the report's rates);
+4. `uninstrumented`: Anthropic counted more requests than compactobs recorded: calls no client recorded
+   (not instrumented in process, collected nor imported from Claude Code): their tokens, and their cost
+   at the report's rates;
    `not_in_report`: the reverse, compactobs recorded requests that Anthropic's report does not have (yet);
 5. `price_drift`: for a token class, the rate Anthropic's list amount implies (list amount / tokens) is not
    compactobs' rate; the effect is the difference in rate times compactobs' tokens;
@@ -34,6 +35,10 @@ below $0.000001 is rounding). Each is set against what can explain it, in this o
 Differences are worked per model whatever the rows show (the model is always one of the reports' groups):
 a rate is one model's rate, never a blend, so an uninstrumented call is valued at its own model's rates and
 a mix of models is no drift. Rows without the model sum their models; each explanation names its model.
+
+Where server-side telemetry is on (a telemetry destination pointed at `compactobs collect`), the report
+also names the requests that reached the API and no client recorded (`reconciling/coverage.py`): measured,
+up to 20 listed, the rest counted.
 
 The list cost difference splits exactly: Anthropic's list - compactobs' = other scope + spool +
 uninstrumented (extra tokens at the report's rates) + drift (rate difference x compactobs' tokens) +
@@ -48,8 +53,10 @@ from typing import Any, Final
 
 from sqlalchemy import Engine
 
+from compactobs._words import counted
 from compactobs.anthropic_reports import CLASSES, ApiFigures, Fetched
 from compactobs.reports.model import Report
+from compactobs.reports.reconciling.coverage import coverage, sources
 from compactobs.reports.reconciling.explain import Explanation, Row, bucket_edges, explain
 from compactobs.reports.reconciling.figures import (
     BY_WIDTH,
@@ -167,6 +174,9 @@ def reconcile_report(
     totals = {**_figures(totals_api, totals_store), "status": None, "explained": None}
     gap = _gap(minus(totals_api, totals_out), totals_store)
 
+    total_calls, claude_code_calls = sources(engine, window)
+    cover = coverage(engine, window)
+
     columns = ["bucket", *groups, *_FIGURE_COLUMNS, "status", "explained"]
     header = [
         f"{window.label(window.start)} to {window.label(window.stop)} (exclusive), UTC {window.unit}s: "
@@ -179,10 +189,41 @@ def reconcile_report(
         header.append(f"compactobs records: {', '.join(named)}; the rest of the organisation is other_scope")
     if fetched.refreshed_at is not None:
         header.append(f"Anthropic's data refreshed at {fetched.refreshed_at:%Y-%m-%d %H:%M:%S} UTC")
+    header.append(
+        f"compactobs recorded {counted(total_calls, 'call')} with usage: {claude_code_calls:,} from Claude "
+        "Code (collected or imported), the rest instrumented (in process, or collected from other processes)"
+    )
     notes = [f"Largest gap over the window (in scope): {gap:.2f}% of Anthropic's figure."]
+    sections: list[Report] = []
+    if cover is None:
+        notes.append(
+            "No server-side telemetry in the store for this window: which requests no client recorded is "
+            "not measured (a telemetry destination pointed at `compactobs collect` measures it)."
+        )
+    else:
+        notes.append(
+            f"Server-side telemetry: {counted(cover.reached, 'request')} reached the API; "
+            f"{cover.recorded:,} recorded by a client, {cover.not_recorded:,} not"
+            + (
+                f" (the first {len(cover.unrecorded)} listed)"
+                if cover.not_recorded > len(cover.unrecorded)
+                else ""
+            )
+            + "."
+        )
+        if cover.unrecorded:
+            sections.append(
+                Report(
+                    name="unrecorded",
+                    title="Requests that reached the API and no client recorded",
+                    columns=["at", "request_id", "response_id", "model"],
+                    rows=[{**row, "at": f"{row['at']:%Y-%m-%d %H:%M:%S}"} for row in cover.unrecorded],
+                    kinds={"at": "key", "request_id": "text", "response_id": "text", "model": "text"},
+                )
+            )
     unexplained = sum(1 for r in out_rows if r["status"] == "unexplained")
     warnings = [f"{unexplained:,} bucket(s) with a difference not explained"] if unexplained else []
-    section = Report(
+    explained_section = Report(
         name="explanations",
         title="Differences and what explains them",
         columns=["bucket", *groups, "kind", "message"],
@@ -215,12 +256,21 @@ def reconcile_report(
             "tolerance_pct": Decimal(tolerance_pct),
             "gap_pct": gap,
             "explanations": explanations,
+            "sources": {"calls": total_calls, "claude_code": claude_code_calls},
+            "coverage": None
+            if cover is None
+            else {
+                "requests": cover.reached,
+                "recorded": cover.recorded,
+                "not_recorded": cover.not_recorded,
+                "listed": cover.unrecorded,
+            },
         },
         kinds=kinds,
         labels=dict(_LABELS),
         table_columns=["bucket", *groups, *_TABLE_COLUMNS, "status"],
         narrow_columns=[["bucket", *groups, *narrow, "status"] for narrow in _NARROW_COLUMNS],
-        sections=[section] if explanations else [],
+        sections=([explained_section] if explanations else []) + sections,
         empty_message="Neither Anthropic nor compactobs has a request in this window.",
         notes=notes,
     )
