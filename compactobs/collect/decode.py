@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as StatusProto
 from opentelemetry.sdk.resources import Resource
@@ -33,6 +33,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from compactobs.collect import wire
+from compactobs.collect.wire import any_value
 from compactobs.errors import CompactobsError
 
 __all__ = [
@@ -109,21 +110,6 @@ def parse(body: bytes, message_type: type[M], *, json_body: bool) -> M:
         kind = "JSON" if json_body else "protobuf"
         raise DecodeFailure(f"not an OTLP {message_type.__name__} in {kind}: {str(err)[:200]}") from None
     return message
-
-
-def any_value(value: AnyValue) -> Any:
-    """An attribute value as the SDK holds it: str, bool, int, float, a tuple of them; bytes and key-value
-    lists (which no compactobs attribute uses) as their JSON text."""
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "array_value":
-        return tuple(any_value(item) for item in value.array_value.values)
-    if kind == "kvlist_value":
-        return json.dumps({kv.key: any_value(kv.value) for kv in value.kvlist_value.values}, default=str)
-    if kind == "bytes_value":
-        return value.bytes_value.hex()
-    return getattr(value, kind)
 
 
 _SCALARS: Final = frozenset({"string_value", "bool_value", "int_value", "double_value"})

@@ -16,6 +16,7 @@ A key-value that protobuf cannot parse makes its span unreadable (`Unreadable`),
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Iterable
 from typing import Any, Final
@@ -23,11 +24,11 @@ from typing import Any, Final
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor_pb2 import FieldDescriptorProto
 from google.protobuf.message import DecodeError, Message
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from compactobs.errors import CompactobsError
 
-__all__ = ["TraceRequest", "Unreadable", "attributes", "trace_request"]
+__all__ = ["TraceRequest", "Unreadable", "any_value", "attributes", "trace_request"]
 
 
 class Unreadable(CompactobsError, ValueError):
@@ -98,14 +99,28 @@ def trace_request(body: bytes) -> Message:
     return TraceRequest.FromString(body)
 
 
-_MAX_REMEMBERED: Final = 200_000
+_MAX_REMEMBERED: Final = 50_000
+"""Key-values remembered (a few MB at most): forgotten all at once when full."""
 _remembered: dict[bytes, tuple[str, Any]] = {}
 _double = struct.Struct("<d").unpack_from
 
 
-def _by_protobuf(raw: bytes) -> tuple[str, Any]:
-    from compactobs.collect.decode import any_value  # decode imports this module
+def any_value(value: AnyValue) -> Any:
+    """An attribute value as the SDK holds it: str, bool, int, float, a tuple of them; bytes and key-value
+    lists (which no compactobs attribute uses) as their JSON text."""
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return tuple(any_value(item) for item in value.array_value.values)
+    if kind == "kvlist_value":
+        return json.dumps({kv.key: any_value(kv.value) for kv in value.kvlist_value.values}, default=str)
+    if kind == "bytes_value":
+        return value.bytes_value.hex()
+    return getattr(value, kind)
 
+
+def _by_protobuf(raw: bytes) -> tuple[str, Any]:
     try:
         pair = KeyValue.FromString(raw)
     except DecodeError as err:

@@ -1,9 +1,10 @@
 """`reconcile`'s coverage: which requests reached the API and which of them a client recorded, measured from
 server-side telemetry (`api_requests`, kept by `compactobs collect`) where it is on.
 
-A request the API reported is recorded when a call in the store carries its request id or its message id,
-whatever recorded that call: compactobs in process, a process whose spans `collect` received, Claude Code's
-events (`collect`) or transcripts (`import claude-code`). Both sides are read within the window, calls an
+Only Messages requests count (spans named `anthropic.messages.create`). A request the API reported is
+recorded when a call in the store carries its request id or its message id, whatever recorded that call:
+compactobs in process, a process whose spans `collect` received, Claude Code's events (`collect`) or
+transcripts (`import claude-code`). Both sides are read within the window, calls an
 hour either side of it (a client dates a call by its start, the API by its own).
 
 A helper of the `reconcile` report, not a report of its own.
@@ -27,6 +28,9 @@ LISTED: Final = 20
 """Requests no client recorded are named up to this many; the rest are counted."""
 CLAUDE_CODE: Final = "claude-code"
 """The service name of Claude Code's calls, collected or imported (compactobs.collect.claude_code)."""
+MESSAGES: Final = "anthropic.messages.create"
+"""The span name of a Messages request (the reference: `anthropic.` and the method's path): the only
+requests coverage counts (token counting, batches and sessions requests are no model call of their own)."""
 _MARGIN: Final = timedelta(hours=1)
 
 
@@ -57,7 +61,11 @@ def coverage(engine: Engine, window: Window) -> Coverage | None:
         and_(api_requests.c.request_id.is_not(None), api_requests.c.request_id.in_(by_request)),
         and_(api_requests.c.response_id.is_not(None), api_requests.c.response_id.in_(by_message)),
     )
-    within = and_(api_requests.c.start_ms >= start_ms, api_requests.c.start_ms < stop_ms)
+    within = and_(
+        api_requests.c.start_ms >= start_ms,
+        api_requests.c.start_ms < stop_ms,
+        api_requests.c.name == MESSAGES,
+    )
     with reading(engine, snapshot=True) as connection:
         reached, matched = connection.execute(
             select(func.count(), func.coalesce(func.sum(case((recorded, 1), else_=0)), 0)).where(within)
