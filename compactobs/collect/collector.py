@@ -241,12 +241,13 @@ class Collector:
 
     def _traces(self, request: Message) -> Answer:
         batch = decode.spans(request)
-        ours = [span for span in batch.spans if _is_compactobs(span)]
-        api = (
-            [span for span in batch.spans if platform.is_platform(span)]
-            if len(ours) < len(batch.spans)
-            else []
-        )
+        ours: list[ReadableSpan] = []
+        api: list[ReadableSpan] = []  # the Claude API's own spans (server-side telemetry)
+        for span in batch.spans:
+            if _is_compactobs(span):
+                ours.append(span)
+            elif platform.is_platform(span):
+                api.append(span)
         api_rows, api_not_kept = platform.request_rows(api)
         rejected = batch.rejected + len(batch.spans) - len(ours) - len(api) + api_not_kept
         reasons = list(batch.reasons)
