@@ -12,7 +12,8 @@ Client and collector share this process (and this machine's 2 cores).
 Each round gets a fresh database. The figure is the median over rounds; the target is collect >= half the
 in-process rate.
 
-Run: `python bench/collect.py [--calls 20000] [--rounds 3] [--batch 2048] [--no-postgres]`.
+Run: `python bench/collect.py [--calls 20000] [--rounds 3] [--batch 2048] [--no-postgres] [--ref GIT_REF]`
+(--ref: see bench/_harness.py).
 """
 
 from __future__ import annotations
@@ -98,4 +99,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import _harness
+
+    _harness.run(main)

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
+from google.protobuf.message import Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsPartialSuccess,
     ExportLogsServiceResponse,
@@ -32,18 +33,22 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
+from sqlalchemy import Engine
 
 from compactobs import semconv as t
-from compactobs.collect import decode
+from compactobs.collect import decode, platform
 from compactobs.collect.claude_code import ClaudeCodeEvents
 from compactobs.collect.server import (
     DEFAULT_HTTP,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_REQUEST_BYTES,
     RETRY_AFTER_S,
     Answer,
     HttpReceiver,
     parse_bind,
 )
+from compactobs.store import make_engine
+from compactobs.store.api_requests import write_api_requests
 from compactobs.store.exporter import DEFAULT_WRITE_TIMEOUT_S, SqlSpanExporter
 from compactobs.store.processor import StoreSpanProcessor
 
@@ -59,8 +64,9 @@ FLUSH_EVERY_S: Final = 2.0
 """How often rows waiting in the spool are retried while no request arrives to carry them."""
 
 NOT_OURS: Final = (
-    "spans that are not compactobs call or iteration spans (scope 'compactobs', attribute "
-    "'compactobs.span.kind' = 'call' or 'iteration') are not kept; see docs/semconv.md"
+    "spans that are neither compactobs call or iteration spans (scope 'compactobs', attribute "
+    "'compactobs.span.kind' = 'call' or 'iteration') nor the Claude API's own (service 'claude-platform') "
+    "are not kept; see docs/semconv.md"
 )
 
 
@@ -82,6 +88,8 @@ class CollectStats:
     events_rejected: int = 0
     refused: int = 0
     """Requests answered 503 (store full or stalled): the client retries them."""
+    api_requests_stored: int = 0
+    """Request spans of server-side telemetry kept in api_requests (see compactobs.collect.platform)."""
 
 
 class Collector:
@@ -92,7 +100,8 @@ class Collector:
         ...  # exporters send to collector.endpoint + "/v1/traces"
     ```
     `grpc`: also serve OTLP/gRPC at this HOST:PORT. `token`: required bearer token (mandatory beyond
-    loopback), on both. `store_wait_s`: see DEFAULT_STORE_WAIT_S.
+    loopback), on both. `store_wait_s`: see DEFAULT_STORE_WAIT_S. `max_connections`: HTTP connections served
+    at once (see compactobs.collect.server).
     `spool_dir`, `spool_max_bytes`, `write_timeout_s`: the store's, as for in-process recording.
     Raises CollectError for a bad bind or a missing token, at construction.
     """
@@ -105,6 +114,7 @@ class Collector:
         grpc: str | None = None,
         token: str | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int | None = None,
         write_timeout_s: float = DEFAULT_WRITE_TIMEOUT_S,
@@ -113,7 +123,12 @@ class Collector:
     ) -> None:
         host, port = parse_bind(http)
         self._http = HttpReceiver(
-            self.handle, host=host, port=port, token=token, max_request_bytes=max_request_bytes
+            self.handle,
+            host=host,
+            port=port,
+            token=token,
+            max_request_bytes=max_request_bytes,
+            max_connections=max_connections,
         )
         self._grpc = None
         if grpc is not None:
@@ -139,6 +154,8 @@ class Collector:
         self._closing = threading.Event()
         self._claude_code = ClaudeCodeEvents()
         self._flusher: threading.Thread | None = None
+        self._api_engine: Engine | None = None
+        self._database_url = database_url
 
     @property
     def endpoint(self) -> str:
@@ -152,6 +169,11 @@ class Collector:
             return None
         host = f"[{self._grpc.host}]" if ":" in self._grpc.host else self._grpc.host
         return f"http://{host}:{self._grpc.port}"
+
+    @property
+    def turned_away(self) -> int:
+        """HTTP connections answered 503 because `max_connections` were being served."""
+        return self._http.turned_away
 
     @property
     def spool_directory(self) -> Path:
@@ -178,6 +200,8 @@ class Collector:
             self._flusher.join()
         with self._store_lock:
             self.processor.shutdown()
+            if self._api_engine is not None:
+                self._api_engine.dispose()
 
     def __enter__(self) -> Collector:
         return self.start()
@@ -196,11 +220,14 @@ class Collector:
         with self._stats_lock:
             self.stats.requests += 1
         try:
-            request = decode.parse(body, decode.REQUEST_TYPES[signal], json_body=is_json)
+            if signal == "traces":
+                traces = decode.parse_traces(body, json_body=is_json)
+            else:
+                request = decode.parse(body, decode.REQUEST_TYPES[signal], json_body=is_json)
         except decode.DecodeFailure as err:
             return Answer(HTTPStatus.BAD_REQUEST, error=str(err))
         if signal == "traces":
-            return self._traces(request)
+            return self._traces(traces)
         if signal == "logs":
             return self._logs(request)
         return Answer(
@@ -212,19 +239,29 @@ class Collector:
             ),
         )
 
-    def _traces(self, request: decode.ExportTraceServiceRequest) -> Answer:
+    def _traces(self, request: Message) -> Answer:
         batch = decode.spans(request)
-        ours = [span for span in batch.spans if _is_compactobs(span)]
-        rejected = batch.rejected + len(batch.spans) - len(ours)
+        ours: list[ReadableSpan] = []
+        api: list[ReadableSpan] = []  # the Claude API's own spans (server-side telemetry)
+        for span in batch.spans:
+            if _is_compactobs(span):
+                ours.append(span)
+            elif platform.is_platform(span):
+                api.append(span)
+        api_rows, api_not_kept = platform.request_rows(api)
+        rejected = batch.rejected + len(batch.spans) - len(ours) - len(api) + api_not_kept
         reasons = list(batch.reasons)
-        if len(ours) < len(batch.spans):
+        if len(ours) + len(api) < len(batch.spans):
             reasons.append(NOT_OURS)
-        refused = self._store(ours)
+        if api_not_kept:
+            reasons.append(platform.NOT_KEPT)
+        refused = self._store(ours) or self._store_api_requests(api_rows)
         if refused is not None:
             return refused
         with self._stats_lock:
             self.stats.spans_stored += len(ours)
             self.stats.spans_rejected += rejected
+            self.stats.api_requests_stored += len(api_rows)
         partial = (
             ExportTracePartialSuccess(rejected_spans=rejected, error_message="; ".join(reasons))
             if rejected
@@ -232,19 +269,49 @@ class Collector:
         )
         return Answer(HTTPStatus.OK, ExportTraceServiceResponse(partial_success=partial))
 
-    def _logs(self, request: decode.ExportLogsServiceRequest) -> Answer:
+    def _logs(self, request: Message) -> Answer:
         records = decode.log_records(request)
-        spans, calls, not_kept = self._claude_code.spans(records)
+        spans, calls, not_kept, unreadable = self._claude_code_spans(records)
         refused = self._store(spans)
         if refused is not None:
             return refused
         with self._stats_lock:
             self.stats.events_stored += calls
-            self.stats.events_rejected += not_kept
+            self.stats.events_rejected += not_kept + unreadable
         # Claude Code's other events (prompts, tool decisions...) are not kept: said once per request, as a
         # warning (rejected_log_records stays 0 for them: they were read, and deliberately not stored).
-        partial = ExportLogsPartialSuccess(error_message=NOT_KEPT_EVENTS) if not_kept else None
+        # Records whose values cannot be read are rejected: resending them would fail the same way.
+        reasons = [NOT_KEPT_EVENTS] if not_kept else []
+        if unreadable:
+            reasons.append(f"{unreadable} record(s) with values that cannot be read as a call were rejected")
+        partial = (
+            ExportLogsPartialSuccess(rejected_log_records=unreadable, error_message="; ".join(reasons))
+            if reasons
+            else None
+        )
         return Answer(HTTPStatus.OK, ExportLogsServiceResponse(partial_success=partial))
+
+    def _claude_code_spans(
+        self, records: Sequence[decode.LogRecord]
+    ) -> tuple[list[ReadableSpan], int, int, int]:
+        """(spans, calls, records not kept, records rejected). A record whose values break the mapping (a
+        data error, not a store's) is rejected alone: the batch is mapped again record by record."""
+        try:
+            spans, calls, not_kept = self._claude_code.spans(records)
+            return spans, calls, not_kept, 0
+        except Exception:
+            log.warning("compactobs collect: a log batch has unreadable records; mapping them one by one")
+        spans, calls, not_kept, unreadable = [], 0, 0, 0
+        for record in records:
+            try:
+                one, one_calls, one_not_kept = self._claude_code.spans([record])
+            except Exception:
+                unreadable += 1
+                continue
+            spans += one
+            calls += one_calls
+            not_kept += one_not_kept
+        return spans, calls, not_kept, unreadable
 
     def _store(self, spans: Sequence[ReadableSpan]) -> Answer | None:
         """None once the spans are durable; else the retryable answer."""
@@ -261,6 +328,26 @@ class Collector:
                 "the store cannot keep this batch now (the database is unavailable and the spool is full or "
                 "not writable): retry"
             )
+        return None
+
+    def _store_api_requests(self, rows: list[dict[str, Any]]) -> Answer | None:
+        """None once server-side telemetry's requests are committed; else the retryable answer (they are
+        not spooled: the sender keeps them until this answers)."""
+        if not rows:
+            return None
+        if not self._store_lock.acquire(timeout=self.store_wait_s):
+            return self._refuse("the store is busy (the database stalled beyond its bounds): retry")
+        try:
+            if self._api_engine is None:
+                self._api_engine = make_engine(self._database_url, connect_timeout_s=5)
+            write_api_requests(self._api_engine, rows)
+        except Exception:
+            log.warning("compactobs collect: could not store %d api requests", len(rows), exc_info=True)
+            return self._refuse(
+                "the store cannot keep server-side telemetry now (the database is unavailable): retry"
+            )
+        finally:
+            self._store_lock.release()
         return None
 
     def _refuse(self, message: str) -> Answer:

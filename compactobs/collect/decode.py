@@ -5,7 +5,8 @@ are hex strings, not base64 (OTLP specification, "JSON Protobuf Encoding"). They
 before protobuf's parser reads the document; unknown fields are ignored, as the specification asks of
 receivers.
 
-A span becomes an `opentelemetry.sdk.trace.ReadableSpan` carrying its resource, scope, ids, parent, times,
+Trace requests are read by `wire` (the attributes decoded by hand, for speed). A span becomes an
+`opentelemetry.sdk.trace.ReadableSpan` carrying its resource, scope, ids, parent, times,
 status and attributes: what the store's row mapper reads from a span ended in this process.
 """
 
@@ -23,7 +24,7 @@ from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as StatusProto
 from opentelemetry.sdk.resources import Resource
@@ -31,6 +32,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from compactobs.collect import wire
+from compactobs.collect.wire import any_value
 from compactobs.errors import CompactobsError
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "attributes_of",
     "log_records",
     "parse",
+    "parse_traces",
     "spans",
 ]
 
@@ -108,21 +112,6 @@ def parse(body: bytes, message_type: type[M], *, json_body: bool) -> M:
     return message
 
 
-def any_value(value: AnyValue) -> Any:
-    """An attribute value as the SDK holds it: str, bool, int, float, a tuple of them; bytes and key-value
-    lists (which no compactobs attribute uses) as their JSON text."""
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "array_value":
-        return tuple(any_value(item) for item in value.array_value.values)
-    if kind == "kvlist_value":
-        return json.dumps({kv.key: any_value(kv.value) for kv in value.kvlist_value.values}, default=str)
-    if kind == "bytes_value":
-        return value.bytes_value.hex()
-    return getattr(value, kind)
-
-
 _SCALARS: Final = frozenset({"string_value", "bool_value", "int_value", "double_value"})
 
 
@@ -145,51 +134,80 @@ def attributes_of(pairs: Iterable[KeyValue]) -> dict[str, Any]:
 class SpanBatch:
     spans: list[ReadableSpan] = field(default_factory=list)
     rejected: int = 0
-    """Spans that cannot be kept: malformed ids."""
+    """Spans that cannot be kept: malformed ids or attributes."""
     reasons: list[str] = field(default_factory=list)
 
+    def reject(self, reason: str) -> None:
+        self.rejected += 1
+        if reason not in self.reasons:
+            self.reasons.append(reason)
 
-def spans(request: ExportTraceServiceRequest) -> SpanBatch:
-    """Every span of the request as a ReadableSpan, and a count of those that cannot be (bad ids)."""
+
+BAD_IDS: Final = "spans with a trace id other than 16 bytes or a span id other than 8"
+BAD_ATTRIBUTES: Final = "spans with attributes that are not protobuf"
+
+
+def parse_traces(body: bytes, *, json_body: bool) -> Message:
+    """A trace request as `wire` reads it (protobuf or OTLP/JSON). Raises DecodeFailure."""
+    if json_body:
+        # JSON is read by protobuf's parser into the OTLP message, then handed over as protobuf.
+        body = parse(body, ExportTraceServiceRequest, json_body=True).SerializeToString()
+    try:
+        return wire.trace_request(body)
+    except (DecodeError, ValueError) as err:
+        raise DecodeFailure(f"not an OTLP ExportTraceServiceRequest in protobuf: {str(err)[:200]}") from None
+
+
+def spans(request: Message) -> SpanBatch:
+    """Every span of a request `parse_traces` read, as a ReadableSpan, and a count of those that cannot be
+    (bad ids, attributes that are not protobuf)."""
     batch = SpanBatch()
     for resource_spans in request.resource_spans:
-        resource = Resource(attributes_of(resource_spans.resource.attributes))
+        try:
+            resource = Resource(wire.attributes(resource_spans.resource.attributes))
+        except wire.Unreadable:
+            for scope_spans in resource_spans.scope_spans:
+                for _ in scope_spans.spans:
+                    batch.reject(BAD_ATTRIBUTES)
+            continue
         for scope_spans in resource_spans.scope_spans:
             scope = InstrumentationScope(
                 scope_spans.scope.name, scope_spans.scope.version or None, scope_spans.schema_url or None
             )
             for proto in scope_spans.spans:
-                span = _span(proto, resource, scope)
+                try:
+                    span = _span(proto, resource, scope)
+                except wire.Unreadable:
+                    batch.reject(BAD_ATTRIBUTES)
+                    continue
                 if span is None:
-                    batch.rejected += 1
-                    if not batch.reasons:
-                        batch.reasons.append(
-                            "spans with a trace id other than 16 bytes or a span id other than 8"
-                        )
+                    batch.reject(BAD_IDS)
                 else:
                     batch.spans.append(span)
     return batch
 
 
-def _span(proto: SpanProto, resource: Resource, scope: InstrumentationScope) -> ReadableSpan | None:
-    if len(proto.trace_id) != 16 or len(proto.span_id) != 8 or len(proto.parent_span_id) not in (0, 8):
+def _span(proto: Any, resource: Resource, scope: InstrumentationScope) -> ReadableSpan | None:
+    trace_bytes, span_bytes, parent_bytes = proto.trace_id, proto.span_id, proto.parent_span_id
+    if len(trace_bytes) != 16 or len(span_bytes) != 8 or len(parent_bytes) not in (0, 8):
         return None
-    trace_id = int.from_bytes(proto.trace_id, "big")
-    span_id = int.from_bytes(proto.span_id, "big")
+    trace_id = int.from_bytes(trace_bytes, "big")
+    span_id = int.from_bytes(span_bytes, "big")
     if not trace_id or not span_id:
         return None
     context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
     parent = None
-    if proto.parent_span_id:
-        parent_id = int.from_bytes(proto.parent_span_id, "big")
+    if parent_bytes:
+        parent_id = int.from_bytes(parent_bytes, "big")
         parent = SpanContext(trace_id, parent_id, is_remote=True, trace_flags=_SAMPLED) if parent_id else None
-    status = Status(_STATUS.get(proto.status.code, StatusCode.UNSET), proto.status.message or None)
+    status_proto = proto.status
+    status = Status(_STATUS.get(status_proto.code, StatusCode.UNSET), status_proto.message or None)
     return ReadableSpan(
         name=proto.name,
         context=context,
         parent=parent,
         resource=resource,
-        attributes=attributes_of(proto.attributes),
+        attributes=wire.attributes(proto.attributes),
         kind=_KINDS.get(proto.kind, SpanKind.INTERNAL),
         status=status,
         start_time=proto.start_time_unix_nano or None,

@@ -3,7 +3,8 @@
 The same handler as OTLP/HTTP answers each request (see `compactobs.collect.server`), its HTTP statuses
 mapped to the gRPC codes the OTLP specification names: UNAVAILABLE (retryable, with a RetryInfo) when the
 store cannot keep a batch now, INVALID_ARGUMENT for a body that is not OTLP, UNAUTHENTICATED without the
-bearer token. gRPC handles compression (gzip) itself; the size bound is its receive limit.
+bearer token. gRPC handles compression (gzip) itself; the size bound is its receive limit. Eight requests
+are served at once and at most MAX_CONCURRENT_RPCS held in all: gRPC answers RESOURCE_EXHAUSTED beyond.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ _CODES: Final = {
 }
 
 
+MAX_CONCURRENT_RPCS: Final = 64
+"""Requests being served or waiting for one of the eight threads; each may hold max_request_bytes."""
+
+
 class GrpcReceiver:
     """Serves OTLP/gRPC on HOST:PORT; `port` is the bound port. Raises CollectError (bind, token)."""
 
@@ -48,6 +53,7 @@ class GrpcReceiver:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="compactobs-collect-grpc"),
             options=[("grpc.max_receive_message_length", max_request_bytes)],
+            maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         )
         handlers = [
             grpc.method_handlers_generic_handler(

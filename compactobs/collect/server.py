@@ -10,23 +10,28 @@ store (`compactobs.collect.sink`), which makes it durable before the answer goes
 - a bearer token when one is set (401 without it); a bind beyond loopback must set one;
 - 200 with `partial_success` for data it does not keep (and why); 503 with Retry-After when the store
   cannot take a batch now (the spool full, or the store busy past the wait bound), so clients retry; 400
-  for a body that is not OTLP, which clients must not retry.
+  for a body that is not OTLP, which clients must not retry;
+- at most `max_connections` connections served at once (one thread each): a further connection waits up to
+  CONNECTION_WAIT_S for a place (the listening socket's backlog holds the ones behind it), then is answered
+  503 with Retry-After and closed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hmac
 import ipaddress
 import logging
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Final
+from typing import Any, Final
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -36,6 +41,7 @@ from compactobs.errors import CompactobsError, UserError
 
 __all__ = [
     "DEFAULT_HTTP",
+    "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_REQUEST_BYTES",
     "Answer",
     "CollectError",
@@ -53,6 +59,11 @@ PATHS: Final = {"/v1/traces": "traces", "/v1/logs": "logs", "/v1/metrics": "metr
 PROTOBUF: Final = "application/x-protobuf"
 JSON: Final = "application/json"
 RETRY_AFTER_S: Final = 1
+DEFAULT_MAX_CONNECTIONS: Final = 64
+"""Connections served at once, each on its own thread: the OTLP SDKs keep one or a few per process."""
+CONNECTION_WAIT_S: Final = 1.0
+"""How long a connection beyond the bound waits for a place before it is answered 503."""
+_BUSY_READ_BYTES: Final = 64 * 1024
 
 
 class CollectError(UserError):
@@ -94,11 +105,61 @@ def is_loopback(host: str) -> bool:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], receiver: HttpReceiver) -> None:
+    def __init__(self, address: tuple[str, int], receiver: HttpReceiver, max_connections: int) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.receiver = receiver
+        self.places = threading.BoundedSemaphore(max_connections)
+        self.turned_away = 0
+        """Connections answered 503 because every place stayed taken for CONNECTION_WAIT_S."""
         super().__init__(address, _RequestHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # On the accepting thread: waiting here is the backpressure (the backlog holds the next ones).
+        if not self.places.acquire(timeout=CONNECTION_WAIT_S):
+            self.turned_away += 1
+            _answer_busy(request)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.places.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.places.release()
+
+
+def _answer_busy(connection: socket.socket) -> None:
+    """503 + Retry-After on a connection no thread can serve, without a thread: what has arrived of the
+    request is read first (briefly), so that closing does not reset the connection before the client reads
+    the answer."""
+    try:
+        connection.settimeout(0.05)
+        with contextlib.suppress(OSError):
+            connection.recv(_BUSY_READ_BYTES)
+        connection.sendall(
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: "
+            + str(RETRY_AFTER_S).encode()
+            + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        connection.shutdown(socket.SHUT_WR)
+        # Until the client closes its side, for a bounded time and amount: the accepting thread waits here.
+        deadline = time.monotonic() + 0.2
+        read = 0
+        with contextlib.suppress(OSError):
+            while read < 16 * _BUSY_READ_BYTES and time.monotonic() < deadline:
+                piece = connection.recv(_BUSY_READ_BYTES)
+                if not piece:
+                    break
+                read += len(piece)
+    except OSError:
+        pass
 
 
 class _TooLarge(CompactobsError):
@@ -168,10 +229,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         try:
             answer = receiver.handler(signal, body, is_json)
         except Exception:
+            # A fault of this request's data or of compactobs, not of the store: resending it would fail
+            # the same way, so the answer is not one OTLP clients retry (only a store stall is).
             log.exception("compactobs collect: a %s request failed", signal)
-            answer = Answer(
-                HTTPStatus.SERVICE_UNAVAILABLE, error="internal error", retry_after_s=RETRY_AFTER_S
-            )
+            answer = Answer(HTTPStatus.INTERNAL_SERVER_ERROR, error="internal error")
         if answer.error is not None:
             self._fail(
                 answer.status, answer.error, is_json, retry_after_s=answer.retry_after_s, keep_alive=True
@@ -273,7 +334,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         retry_after_s: int | None = None,
         keep_alive: bool = False,
     ) -> None:
-        grpc_code = {401: 16, 404: 12, 413: 8, 415: 3, 400: 3, 503: 14, 429: 8}.get(int(status), 2)
+        grpc_code = {401: 16, 404: 12, 413: 8, 415: 3, 400: 3, 500: 13, 503: 14, 429: 8}.get(int(status), 2)
         extra = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else {}
         if status == HTTPStatus.UNAUTHORIZED:
             extra["WWW-Authenticate"] = "Bearer"
@@ -314,6 +375,7 @@ class HttpReceiver:
         port: int = 4318,
         token: str | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         if token is None and not is_loopback(host):
             raise CollectError(
@@ -323,12 +385,17 @@ class HttpReceiver:
         self.token = token
         self.max_request_bytes = max_request_bytes
         try:
-            self._server = _Server((host, port), self)
+            self._server = _Server((host, port), self, max(max_connections, 1))
         except OSError as err:
             raise CollectError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
         self.host = host
         self.port: int = self._server.server_address[1]
         self._thread: threading.Thread | None = None
+
+    @property
+    def turned_away(self) -> int:
+        """Connections answered 503 because `max_connections` were being served."""
+        return self._server.turned_away
 
     @property
     def endpoint(self) -> str:

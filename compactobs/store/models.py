@@ -42,11 +42,13 @@ from sqlalchemy import (
 
 __all__ = [
     "ALERT_STATE_COMMENT",
+    "API_REQUESTS_COMMENT",
     "ROLLUP_COUNTS",
     "ROLLUP_LEVELS",
     "ROLLUP_MONEY",
     "SLOT_MS",
     "alert_state",
+    "api_requests",
     "calls",
     "epoch_ms",
     "iterations",
@@ -318,6 +320,35 @@ alert_state: Table = Table(
     comment=ALERT_STATE_COMMENT,
 )
 """`compactobs alert`'s de-duplication (`compactobs.alerts.state`)."""
+
+
+API_REQUESTS_COMMENT: Final = (
+    "requests the API itself reported (server-side telemetry, service claude-platform): what reached "
+    "Anthropic, to set beside the calls a client recorded; never spend of their own"
+)
+
+api_requests: Table = Table(
+    "api_requests",
+    metadata,
+    Column("trace_id", String(32), primary_key=True),
+    Column("span_id", String(16), primary_key=True),
+    Column("parent_span_id", String(16), comment="the client's span, when the client sent a traceparent"),
+    Column("name", String, comment="the span's name, e.g. anthropic.messages.create"),
+    Column("request_id", String, comment="the API's request id, when the span carries it"),
+    Column("response_id", String, comment="gen_ai.response.id: the message id"),
+    Column("model", String),
+    Column("input_tokens", BigInteger),
+    Column("output_tokens", BigInteger),
+    Column("cache_read_tokens", BigInteger),
+    Column("cache_write_tokens", BigInteger),
+    Column("start_ms", BigInteger, nullable=False, comment="epoch ms"),
+    Column("end_ms", BigInteger),
+    Column("status", String(5)),
+    Index("ix_api_requests_start_ms", "start_ms"),
+    Index("ix_api_requests_request_id", "request_id"),
+    comment=API_REQUESTS_COMMENT,
+)
+"""Server-side telemetry's requests (`compactobs.collect.platform`): coverage, not spend."""
 
 
 def epoch_ms(moment: datetime) -> int:

@@ -19,6 +19,7 @@ from compactobs.testing._conversation import ConversationEngine, ConversationSce
 from compactobs.testing._platforms import platform_request, write_bedrock
 from compactobs.testing._replies import ErrorReply, Reply, encode_event, stream_events
 from compactobs.testing._reports import COST_ROUTE, USAGE_ROUTE, Ledger, ReportScenario
+from compactobs.testing._telemetry import PlatformTelemetry
 
 __all__ = ["RecordedRequest", "Simulator"]
 
@@ -112,6 +113,8 @@ class Simulator:
         self._ledger = Ledger()
         self.batches = Batches()
         """Message Batches: plans, batches, `hold` (see compactobs.testing._batches)."""
+        self.telemetry = PlatformTelemetry()
+        """Server-side telemetry: the spans the API would export for what was served (see _telemetry)."""
         self._connections: set[socket.socket] = set()
         self._served = 0
         self._server = _Server((host, port), self)
@@ -222,6 +225,7 @@ class Simulator:
                 self._connections.discard(connection)
 
     def _serve(self, handler: _Handler) -> None:
+        started_ns = time.time_ns()
         raw = _read_body(handler)
         headers = {k.lower(): v for k, v in handler.headers.items()}
         try:
@@ -267,6 +271,7 @@ class Simulator:
             with contextlib.suppress(Exception):
                 if platform is None:
                     self._ledger.record(reply.body, _api_key(headers), time.time())
+                    self.telemetry.record(reply.body, request_id, headers, started_ns, time.time_ns())
         streaming = isinstance(reply, Reply) and route == _MESSAGES and body.get("stream") is True
         if isinstance(reply, Reply) and reply.delay_s > 0:
             time.sleep(reply.delay_s)  # outside the lock: only this connection waits

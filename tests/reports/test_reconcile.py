@@ -16,10 +16,12 @@ C (Haiku, streamed): in 4,000 -> 0.004; out 1,000 -> 0.005                      
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -28,8 +30,11 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import compactobs
 from compactobs import anthropic_reports, store
+from compactobs.collect import Collector
 from compactobs.testing import ErrorReply, Reply, ReportScenario, Simulator, message
 from tests.cli import one_line_error, run
+from tests.collect.test_claude_code import _event, logs_request
+from tests.collect.test_collect import post
 
 SONNET = "claude-sonnet-4-5"
 HAIKU = "claude-haiku-4-5"
@@ -419,3 +424,71 @@ def test_ungrouped_rows_are_explained_model_by_model(recorded: Recorded) -> None
     assert D(str(drifts[HAIKU]["figures"]["usd"])) == D("0.001")
     assert D(str(drifts[SONNET]["figures"]["usd"])) == D("0.0015")
     assert "$6/MTok" in drifts[HAIKU]["message"] and "$5/MTok" in drifts[HAIKU]["message"]
+
+
+def test_server_side_telemetry_names_the_requests_no_client_recorded(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    """Two A calls compactobs records in process, one Claude Code call collected from its events, one call
+    from a client nothing records; the API's telemetry reports those four (req_sim_1 to 4) and 23 more no
+    client saw (22 plain ids and a hostile one).
+
+    Coverage: 4 + 23 = 27 requests reached the API; recorded by a client: req_sim_1, 2 (in process) and 3
+    (Claude Code) = 3; not: 27 - 3 = 24, of which the first 20 are named. Sources: 3 calls with usage, 1 of
+    them Claude Code's."""
+    recorded.call_a()
+    recorded.call_a()
+    recorded.call_a(recorded.plain)  # req_sim_3: the call Claude Code made, as its event says below
+    recorded.call_a(recorded.plain)  # req_sim_4: nobody records it
+    compactobs.flush()
+    now = datetime.now(timezone.utc)
+    event = _event(
+        "api_request",
+        1,
+        model=SONNET,
+        input_tokens=1000,
+        output_tokens=500,
+        cache_read_tokens=0,
+        cache_creation_tokens=0,
+        duration_ms=100,
+        request_id="req_sim_3",
+        **{"event.timestamp": now.isoformat().replace("+00:00", "Z")},
+    )
+    hostile = "req_\x1b[31mevil\u202e"
+    at_ns = time.time_ns()
+    for n in range(22):
+        recorded.sim.telemetry.record(message(model=SONNET), f"req_gone_{n:02d}", {}, at_ns, at_ns)
+    # A second earlier than the 22: listed among the first 20, by time.
+    recorded.sim.telemetry.record(message(model=SONNET), hostile, {}, at_ns - 10**9, at_ns - 10**9)
+    with Collector(recorded.url, http="127.0.0.1:0", spool_dir=tmp_path / "spool") as collector:
+        status, _, _ = post(
+            collector.endpoint, logs_request(event), {"Content-Type": "application/json"}, "/v1/logs"
+        )
+        assert status == 200
+        assert recorded.sim.telemetry.send(collector.endpoint) == 200
+
+    document = recorded.json()
+    assert document["sources"] == {"calls": 3, "claude_code": 1}
+    cover = document["coverage"]
+    assert (cover["requests"], cover["recorded"], cover["not_recorded"]) == (27, 3, 24)
+    listed = [row["request_id"] for row in cover["listed"]]
+    assert len(listed) == 20 and "req_sim_4" in listed and hostile in listed
+    assert not {"req_sim_1", "req_sim_2", "req_sim_3"} & set(listed)
+
+    code, out, err = recorded.reconcile("--since", "1d")
+    assert code == 0, err
+    assert "27 requests reached the API; 3 recorded by a client, 24 not (the first 20 listed)" in out
+    assert "1 from Claude Code (collected or imported)" in out
+    assert "Requests that reached the API and no client recorded" in out
+    assert hostile in listed  # JSON keeps it exact; the table shows it escaped
+    assert "\x1b" not in out and "\u202e" not in out and "\\x1b[31mevil\\u202e" in out
+
+
+def test_without_server_side_telemetry_coverage_is_said_not_measured(recorded: Recorded) -> None:
+    recorded.call_a()
+    compactobs.flush()
+    document = recorded.json()
+    assert document["coverage"] is None
+    code, out, err = recorded.reconcile("--since", "1d")
+    assert code == 0, err
+    assert "which requests no client recorded is not measured" in out

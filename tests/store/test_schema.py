@@ -46,6 +46,7 @@ def test_empty_to_head_and_back_down(database_url: str) -> None:
         "rollup_open_calls",
         "guard_spend",
         "alert_state",
+        "api_requests",
     }
     assert store.upgrade_database(database_url) == (head, head)  # idempotent
 
