@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
@@ -36,6 +36,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from sqlalchemy import Engine
 
 from compactobs import semconv as t
+from compactobs._types import JSONObject
 from compactobs.collect import decode, platform
 from compactobs.collect.claude_code import ClaudeCodeEvents
 from compactobs.collect.server import (
@@ -330,7 +331,7 @@ class Collector:
             )
         return None
 
-    def _store_api_requests(self, rows: list[dict[str, Any]]) -> Answer | None:
+    def _store_api_requests(self, rows: list[JSONObject]) -> Answer | None:
         """None once server-side telemetry's requests are committed; else the retryable answer (they are
         not spooled: the sender keeps them until this answers)."""
         if not rows:

@@ -22,11 +22,12 @@ not kept.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
+from compactobs._types import JSON, JSONObject
 from compactobs.untrusted import bounded_id
 
 __all__ = ["NOT_KEPT", "REQUEST_ID_KEYS", "SCOPE", "SERVICE", "is_platform", "request_rows"]
@@ -56,17 +57,17 @@ def is_platform(span: ReadableSpan) -> bool:
     return resource is not None and resource.attributes.get("service.name") == SERVICE
 
 
-def _text(value: Any) -> str | None:
+def _text(value: JSON) -> str | None:
     return bounded_id(value) if isinstance(value, str) and value else None
 
 
-def _count(value: Any) -> int | None:
+def _count(value: JSON) -> int | None:
     return value if type(value) is int and 0 <= value <= _INT64 else None
 
 
-def request_rows(spans: Sequence[ReadableSpan]) -> tuple[list[dict[str, Any]], int]:
+def request_rows(spans: Sequence[ReadableSpan]) -> tuple[list[JSONObject], int]:
     """(rows of `api_requests`, spans not kept) for the platform's spans."""
-    rows: list[dict[str, Any]] = []
+    rows: list[JSONObject] = []
     for span in spans:
         context = span.context
         if span.kind is not SpanKind.SERVER or context is None or not span.start_time:
@@ -78,7 +79,7 @@ def request_rows(spans: Sequence[ReadableSpan]) -> tuple[list[dict[str, Any]], i
         model = _text(attributes.get("gen_ai.response.model")) or _text(
             attributes.get("gen_ai.request.model")
         )
-        row: dict[str, Any] = {
+        row: JSONObject = {
             "trace_id": format(context.trace_id, "032x"),
             "span_id": format(context.span_id, "016x"),
             "parent_span_id": format(span.parent.span_id, "016x") if span.parent is not None else None,

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Final
+from typing import Final
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -64,6 +64,11 @@ DEFAULT_MAX_CONNECTIONS: Final = 64
 CONNECTION_WAIT_S: Final = 1.0
 """How long a connection beyond the bound waits for a place before it is answered 503."""
 _BUSY_READ_BYTES: Final = 64 * 1024
+
+
+_Request = socket.socket | tuple[bytes, socket.socket]
+"""What socketserver hands a server per request: a TCP connection (a datagram server's is a pair)."""
+_Address = tuple[str, int] | str
 
 
 class CollectError(UserError):
@@ -115,11 +120,12 @@ class _Server(ThreadingHTTPServer):
         """Connections answered 503 because every place stayed taken for CONNECTION_WAIT_S."""
         super().__init__(address, _RequestHandler)
 
-    def process_request(self, request: Any, client_address: Any) -> None:
+    def process_request(self, request: _Request, client_address: _Address) -> None:
         # On the accepting thread: waiting here is the backpressure (the backlog holds the next ones).
         if not self.places.acquire(timeout=CONNECTION_WAIT_S):
             self.turned_away += 1
-            _answer_busy(request)
+            if isinstance(request, socket.socket):  # a TCP server's request is its connection
+                _answer_busy(request)
             self.shutdown_request(request)
             return
         try:
@@ -128,7 +134,7 @@ class _Server(ThreadingHTTPServer):
             self.places.release()
             raise
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def process_request_thread(self, request: _Request, client_address: _Address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Final
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor_pb2 import FieldDescriptorProto
 from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from compactobs._types import JSON, JSONObject
 from compactobs.errors import CompactobsError
 
 __all__ = ["TraceRequest", "Unreadable", "any_value", "attributes", "trace_request"]
@@ -101,11 +102,11 @@ def trace_request(body: bytes) -> Message:
 
 _MAX_REMEMBERED: Final = 50_000
 """Key-values remembered (a few MB at most): forgotten all at once when full."""
-_remembered: dict[bytes, tuple[str, Any]] = {}
+_remembered: dict[bytes, tuple[str, JSON]] = {}
 _double = struct.Struct("<d").unpack_from
 
 
-def any_value(value: AnyValue) -> Any:
+def any_value(value: AnyValue) -> JSON:
     """An attribute value as the SDK holds it: str, bool, int, float, a tuple of them; bytes and key-value
     lists (which no compactobs attribute uses) as their JSON text."""
     kind = value.WhichOneof("value")
@@ -120,7 +121,7 @@ def any_value(value: AnyValue) -> Any:
     return getattr(value, kind)
 
 
-def _by_protobuf(raw: bytes) -> tuple[str, Any]:
+def _by_protobuf(raw: bytes) -> tuple[str, JSON]:
     try:
         pair = KeyValue.FromString(raw)
     except DecodeError as err:
@@ -128,7 +129,7 @@ def _by_protobuf(raw: bytes) -> tuple[str, Any]:
     return pair.key, any_value(pair.value) if pair.HasField("value") else None
 
 
-def _read(raw: bytes) -> tuple[str, Any]:
+def _read(raw: bytes) -> tuple[str, JSON]:
     """(key, value) of one encoded KeyValue; value None when it has none."""
     size = len(raw)
     # Field 1 (key: tag 0x0a), a one-byte length, the key; field 2 (value: tag 0x12), a one-byte length.
@@ -173,7 +174,7 @@ def _read(raw: bytes) -> tuple[str, Any]:
     return _by_protobuf(raw)
 
 
-def _pair(raw: bytes) -> tuple[str, Any]:
+def _pair(raw: bytes) -> tuple[str, JSON]:
     pair = _remembered.get(raw)
     if pair is None:
         pair = _read(raw)
@@ -183,7 +184,7 @@ def _pair(raw: bytes) -> tuple[str, Any]:
     return pair
 
 
-def attributes(encoded: Iterable[bytes]) -> dict[str, Any]:
+def attributes(encoded: Iterable[bytes]) -> JSONObject:
     """Encoded KeyValues as a dict, as `decode.attributes_of` gives them: values as the SDK holds them, a
     later key over an earlier one, key-values without a value left out. Raises Unreadable."""
     pairs = list(map(_pair, encoded))

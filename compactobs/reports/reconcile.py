@@ -47,12 +47,13 @@ whatever the report lists beyond tokens and web search (code execution...).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
-from typing import Any, Final
+from typing import Final
 
 from sqlalchemy import Engine
 
+from compactobs._types import JSONObject, SQLRecord
 from compactobs._words import counted
 from compactobs.anthropic_reports import CLASSES, ApiFigures, Fetched
 from compactobs.reports.model import Report
@@ -102,7 +103,7 @@ def reconcile_report(
     groups: Sequence[str] = (),
     *,
     scope: Scope | None = None,
-    spooled: Iterable[Mapping[str, Any]] = (),
+    spooled: Iterable[SQLRecord] = (),
     tolerance_pct: Decimal = ZERO,
 ) -> Report:
     """The store's figures beside Anthropic's (`fetched` over `window`), row by bucket and group, each
@@ -139,8 +140,8 @@ def reconcile_report(
     for (bucket, values), row in rows.items():
         shown.setdefault((bucket, values[: len(groups)]), []).append(row)
     model_hidden = "model" not in groups
-    out_rows: list[dict[str, Any]] = []
-    explanations: list[dict[str, Any]] = []
+    out_rows: list[JSONObject] = []
+    explanations: list[JSONObject] = []
     totals_api, totals_out, totals_store = ApiFigures(), ApiFigures(), Side()
     for (bucket, values), parts in shown.items():
         keys = {"bucket": window.label(bucket), **dict(zip(groups, values, strict=True))}
@@ -230,7 +231,7 @@ def reconcile_report(
         rows=[{k: v for k, v in e.items() if k != "figures"} for e in explanations],
         kinds={"bucket": "key", **{g: "key" for g in groups}, "kind": "text", "message": "text"},
     )
-    kinds: dict[str, Any] = {
+    kinds: JSONObject = {
         "bucket": "key",
         **{g: "key" for g in groups},
         "status": "text",
@@ -336,8 +337,8 @@ _LABELS: Final[dict[str, str]] = {
 }
 
 
-def _figures(api: ApiFigures, store: Side) -> dict[str, Any]:
-    result: dict[str, Any] = {
+def _figures(api: ApiFigures, store: Side) -> JSONObject:
+    result: JSONObject = {
         "requests": api.requests,
         "compactobs_requests": store.requests,
         "delta_requests": api.requests - store.requests,

@@ -6,18 +6,18 @@ No spool: when the database cannot take a batch, the receiver answers retryable 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
+from compactobs._types import SQLRecord
 from compactobs.store.models import api_requests
 
 __all__ = ["write_api_requests"]
 
 
-def write_api_requests(engine: Engine, rows: Sequence[Mapping[str, Any]]) -> None:
+def write_api_requests(engine: Engine, rows: Sequence[SQLRecord]) -> None:
     """Insert the rows, skipping those already stored. Raises SQLAlchemy's errors."""
     if not rows:
         return

@@ -26,12 +26,14 @@ import http.client
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+from compactobs._types import JSON, JSONObject
 
 __all__ = ["PlatformTelemetry", "ServedRequest"]
 
@@ -43,14 +45,14 @@ _TRACEPARENT: Final = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}
 @dataclass(frozen=True)
 class ServedRequest:
     request_id: str
-    body: dict[str, Any]
+    body: JSONObject
     """The reply's message."""
     start_ns: int
     end_ns: int
     traceparent: str | None
 
 
-def _value(value: Any) -> AnyValue:
+def _value(value: JSON) -> AnyValue:
     if isinstance(value, bool):
         return AnyValue(bool_value=value)
     if isinstance(value, int):
@@ -60,7 +62,7 @@ def _value(value: Any) -> AnyValue:
     return AnyValue(string_value=str(value))
 
 
-def _attributes(values: dict[str, Any]) -> list[KeyValue]:
+def _attributes(values: JSONObject) -> list[KeyValue]:
     return [KeyValue(key=key, value=_value(value)) for key, value in values.items() if value is not None]
 
 
@@ -75,7 +77,9 @@ class PlatformTelemetry:
         self._lock = threading.Lock()
         self._served: list[ServedRequest] = []
 
-    def record(self, body: Any, request_id: str, headers: dict[str, str], start_ns: int, end_ns: int) -> None:
+    def record(
+        self, body: JSON, request_id: str, headers: dict[str, str], start_ns: int, end_ns: int
+    ) -> None:
         if not isinstance(body, dict):
             return
         served = ServedRequest(request_id, body, start_ns, end_ns, headers.get("traceparent"))
@@ -131,7 +135,7 @@ class PlatformTelemetry:
         trace_id = bytes.fromhex(parent.group(1)) if parent else _id(f"trace {served.request_id}", 16)
         parent_id = bytes.fromhex(parent.group(2)) if parent else b""
         span_id = _id(f"span {served.request_id}", 8)
-        usage: dict[str, Any] = body["usage"] if isinstance(body.get("usage"), dict) else {}
+        usage: JSONObject = body["usage"] if isinstance(body.get("usage"), dict) else {}
         uncached = int(usage.get("input_tokens") or 0)
         read = int(usage.get("cache_read_input_tokens") or 0)
         written = int(usage.get("cache_creation_input_tokens") or 0)
@@ -162,7 +166,7 @@ class PlatformTelemetry:
                 status=ok,
             )
         ]
-        content: list[Any] = body["content"] if isinstance(body.get("content"), list) else []
+        content: list[JSON] = body["content"] if isinstance(body.get("content"), list) else []
         for i, block in enumerate(content):
             if isinstance(block, dict) and block.get("type") == "server_tool_use":
                 spans.append(

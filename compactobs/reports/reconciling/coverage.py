@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Final
+from typing import Final
 
 from sqlalchemy import Engine, and_, case, func, inspect, or_, select
 
+from compactobs._types import JSONObject
 from compactobs.reports.reconciling.figures import Window
 from compactobs.reports.sources.sql_reading import reading
 from compactobs.store.models import api_requests, calls, epoch_ms
@@ -40,7 +41,7 @@ class Coverage:
 
     reached: int
     recorded: int
-    unrecorded: list[dict[str, Any]] = field(default_factory=list)
+    unrecorded: list[JSONObject] = field(default_factory=list)
     """The first LISTED not recorded, by time: request_id, response_id, model, at (UTC)."""
 
     @property

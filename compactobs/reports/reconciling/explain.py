@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final
+from typing import Final
 
+from compactobs._types import JSONObject, SQLValue
 from compactobs._words import counted
 from compactobs.anthropic_reports import CLASSES, ApiFigures
 from compactobs.reports.reconciling.figures import MONEY_FLOOR, ZERO, Key, Side, Window, minus
@@ -36,7 +37,7 @@ class Explanation:
 
     kind: str
     message: str
-    figures: dict[str, Any] = field(default_factory=dict)
+    figures: JSONObject = field(default_factory=dict)
 
 
 def _significant(
@@ -65,7 +66,7 @@ def _tokens_text(amounts: Mapping[str, int]) -> str:
 @dataclass
 class Row:
     bucket: datetime
-    group: tuple[Any, ...]
+    group: tuple[SQLValue, ...]
     api: ApiFigures
     outside: ApiFigures
     store: Side

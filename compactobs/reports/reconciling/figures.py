@@ -7,14 +7,15 @@ A helper of the `reconcile` report (compactobs.reports.reconcile), not a report 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Final
+from typing import Final
 
 from sqlalchemy import Engine
 
+from compactobs._types import SQLRecord, SQLValue
 from compactobs.anthropic_reports import API_GROUPS, CLASSES, ApiFigures, Fetched
 from compactobs.reports.model import Filters, ReportInputError
 from compactobs.reports.sources.sql.cost import aggregate_calls
@@ -133,7 +134,7 @@ class Side:
             self.cost_by_class[name] += other.cost_by_class[name]
 
 
-Key = tuple[datetime, tuple[Any, ...]]
+Key = tuple[datetime, tuple[SQLValue, ...]]
 
 
 def parse_groups(values: Iterable[str]) -> tuple[str, ...]:
@@ -176,12 +177,12 @@ def worked(groups: Sequence[str]) -> tuple[str, ...]:
     return tuple(groups) if "model" in groups else (*groups, "model")
 
 
-def model_id(value: Any) -> Any:
+def model_id(value: SQLValue) -> SQLValue:
     """A model id without its date suffix: responses name `claude-x-20250929`, reports may name `claude-x`."""
     return _DATED.sub("", value) if isinstance(value, str) else value
 
 
-def normal(name: str, value: Any) -> Any:
+def normal(name: str, value: SQLValue) -> SQLValue:
     if name == "model":
         return model_id(value)
     if value is None:
@@ -237,7 +238,7 @@ def store_side(engine: Engine, window: Window, groups: Sequence[str], scope: Sco
 
 
 def spool_side(
-    rows: Iterable[Mapping[str, Any]], window: Window, groups: Sequence[str], scope: Scope
+    rows: Iterable[SQLRecord], window: Window, groups: Sequence[str], scope: Scope
 ) -> dict[Key, Side]:
     """The spool's waiting calls by UTC bucket and group (by each call's model, not its iterations')."""
     start_ms, stop_ms = epoch_ms(window.start), epoch_ms(window.stop)
