@@ -69,6 +69,11 @@ class ClickHouseSource(ClickHouseClient):
 
         return conversation.conversation_calls(self, filters, conversation_id)
 
+    def conversation_type_costs(self, filters: Filters, conversation_id: str) -> list[tuple[str, Any, Any]]:
+        from compactobs.reports.sources.clickhouse import conversation
+
+        return conversation.conversation_type_costs(self, filters, conversation_id)
+
     def call_with_iterations(self, reference: str) -> tuple[Any, list[Any]]:
         raise ReportInputError(
             "`report call` reads the SQL store: run it with a sqlite:// or postgresql:// --db"
