@@ -8,9 +8,10 @@ from html import escape
 from typing import Any, Final
 from urllib.parse import quote, urlencode
 
+from compactobs.reports.conversation import TYPE_COSTS
 from compactobs.reports.model import NUMERIC_KINDS, Report
 from compactobs.reports.render.cells import cell_text
-from compactobs.serve.charts import bar_chart, context_chart
+from compactobs.serve.charts import bar_chart, context_chart, stacked_chart
 
 __all__ = ["NAV", "call_link", "conversation_link", "page", "report_table"]
 
@@ -199,13 +200,8 @@ def conversation(
         + findings(breaches)
         + "<h2>Context against the trigger</h2>"
         + context_chart(contexts, triggers, compactions)
-        + "<h2>Cost per call</h2>"
-        + bar_chart(
-            "cost-per-call",
-            "Cost per call",
-            [str(r.get("n")) for r in rows],
-            [float(r.get("cost_usd") or 0) for r in rows],
-        )
+        + "<h2>Cost per call, by iteration type</h2>"
+        + cost_per_call(report, breaches)
         + "<h2>Cost by iteration type</h2>"
         + report_table(
             by_type, columns=[c for c in ("iteration_type", "iterations", "cost_usd") if c in by_type.columns]
@@ -215,6 +211,27 @@ def conversation(
         + "<h2>Calls</h2>"
         + report_table(report)
         + texts(report.warnings, "warnings")
+    )
+
+
+BREACH_KINDS: Final = frozenset({"budget_exceeded"})
+"""The findings marked on the per-call chart: the guard's rule, broken at the call they name."""
+
+
+def cost_per_call(report: Report, found: Sequence[Mapping[str, Any]]) -> str:
+    """Each call's cost as a bar stacked by iteration type (the conversation report's TYPE_COSTS), and a
+    mark at each call where a budget was crossed."""
+    rows = report.rows
+    numbers = {r.get("call_id"): i for i, r in enumerate(rows)}
+    marks: dict[int, str] = {}
+    for finding in found:
+        if finding.get("kind") in BREACH_KINDS:
+            for call_id in finding.get("call_ids") or ():
+                if call_id in numbers:
+                    marks[numbers[call_id]] = f"{finding.get('kind')}: {finding.get('message', '')}"
+    parts = [(report.label(name), [r.get(name) for r in rows]) for name in TYPE_COSTS]
+    return stacked_chart(
+        "cost-per-call", "Cost per call by iteration type", [str(r.get("n")) for r in rows], parts, marks
     )
 
 
