@@ -191,6 +191,45 @@ def test_the_api_answers_what_the_cli_prints_for_every_report(recorded: dict[str
         assert json.loads(answered[-1][1])["report"] == "call"
 
 
+PAGES = ["/", "/conversations", "/cache", "/ops", "/anomalies"]
+
+
+def test_every_page_answers_through_the_read_only_source(recorded: dict[str, Any]) -> None:
+    """Every page and its API over a store opened by `read_only` (PostgreSQL: every transaction read-only),
+    on each engine: none needs to write."""
+    source = _open(recorded["url"])
+    loop = quote(recorded["loop"], safe="")
+    try:
+        with serving(create_app(source)) as base:
+            apis = [f"/api/report/conversation/{loop}", "/api/report/cost"]
+            for path in [*PAGES, f"/conversation/{loop}", *apis]:
+                status, body, _ = _get(base + path)
+                assert status == 200, (path, body[:300])
+    finally:
+        _close(source)
+
+
+def test_a_write_through_the_read_only_postgresql_engine_fails(module_postgres_url: str) -> None:
+    """PostgreSQL refuses the write itself (`default_transaction_read_only`), and a CREATE, even of a
+    temporary table; reading works."""
+    store.upgrade_database(module_postgres_url)
+    engine = store.open_database(module_postgres_url, create=False)
+    read_only(engine)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("SHOW transaction_read_only")).scalar() == "on"
+            assert connection.execute(text("SELECT count(*) FROM calls")).scalar() is not None
+        for statement in (
+            "DELETE FROM calls",
+            "INSERT INTO guard_spend VALUES ('c', 1, 0, 0, 0, 1, 0)",
+            "CREATE TEMP TABLE scratch (x INTEGER)",
+        ):
+            with pytest.raises(Exception, match="read-only transaction"), engine.begin() as connection:
+                connection.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def sqlite_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     url = f"sqlite:///{tmp_path_factory.mktemp('serve-sqlite') / 'demo.db'}"
@@ -246,6 +285,20 @@ def test_the_store_is_opened_read_only(sqlite_demo: dict[str, Any]) -> None:
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM calls")).scalar() == 45
         connection.execute(text("CREATE TEMP TABLE scratch (x INTEGER)"))
+
+    # Nor are the rollups refreshed (a writer engine of its own would): the slots marked stay marked.
+    def marked() -> tuple[int, int]:
+        with engine.connect() as connection:
+            dirty = connection.execute(text("SELECT count(*) FROM rollup_dirty")).scalar()
+            return int(dirty or 0), int(
+                connection.execute(text("SELECT count(*) FROM rollups")).scalar() or 0
+            )
+
+    before = marked()
+    assert before[0] > 0  # the demo's calls are not rolled up yet
+    with serving(create_app(engine)) as base:
+        assert _get(base + "/api/report/cost?by=model")[0] == 200
+    assert marked() == before
 
 
 def test_with_a_token_every_request_carries_it(sqlite_demo: dict[str, Any]) -> None:
