@@ -32,6 +32,7 @@ __all__ = [
     "is_compaction",
     "iteration_cost",
     "iteration_measures",
+    "source_cost_measures",
     "top_level_cost",
     "top_level_measures",
 ]
@@ -171,6 +172,19 @@ def iteration_measures(c: FromClause = calls, i: FromClause = iterations) -> lis
         per_iteration(t.cost_cache_write_1h_usd, k.cost_cache_write_1h_usd).label("cost_cache_write_1h_usd"),
         per_call(k.cost_server_tools_usd).label("cost_server_tools_usd"),
         func.sum(case((is_compaction(i), t.cost_usd), else_=None)).label("compaction_cost_usd"),
+    ]
+
+
+def source_cost_measures(c: FromClause = calls) -> list[Label[Any]]:
+    """Over the calls `c` whose source priced them itself (`source_cost_usd`: Claude Code's `cost_usd`):
+    how many, the source's sum, compactobs' sum over the same calls (an unpriced one adds nothing) and how
+    many compactobs could not price."""
+    k = c.c
+    return [
+        func.count().label("calls"),
+        func.sum(k.source_cost_usd).label("source_cost_usd"),
+        func.sum(k.cost_usd).label("cost_usd"),
+        func.sum(case((k.priced == false(), 1), else_=0)).label("unpriced_calls"),
     ]
 
 

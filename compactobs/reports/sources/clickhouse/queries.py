@@ -19,6 +19,7 @@ from compactobs.reports.measures.cost import (
     is_compaction,
     iteration_cost,
     iteration_measures,
+    source_cost_measures,
 )
 from compactobs.reports.measures.groups import group_key
 from compactobs.reports.sources.clickhouse.dialect import sql
@@ -36,6 +37,7 @@ __all__ = [
     "iteration_measures_sql",
     "next_of",
     "open_write_sql",
+    "source_cost_sql",
     "wrote_sql",
 ]
 
@@ -73,6 +75,11 @@ def iteration_measures_sql() -> list[tuple[str, str]]:
 def iteration_cost_sql() -> str:
     """`measures.cost.iteration_cost` over `c` LEFT JOIN `i`."""
     return sql(iteration_cost(_C, _I))
+
+
+def source_cost_sql() -> list[tuple[str, str]]:
+    """(name, SQL) of `measures.cost.source_cost_measures` over `c`."""
+    return _named(source_cost_measures(_C))
 
 
 def compaction_costs(iterations_sql: str) -> str:

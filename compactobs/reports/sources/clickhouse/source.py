@@ -84,6 +84,16 @@ class ClickHouseSource(ClickHouseClient):
 
         return ClickHouseAnomalyData(self, filters)
 
+    def source_cost_groups(self, filters: Filters) -> list[dict[str, Any]]:
+        from compactobs.reports.sources.clickhouse.queries import source_cost_sql
+
+        where = ["c.source_cost_usd IS NOT NULL", *spans.call_conditions(filters, "c.")]
+        measures = ", ".join(f"{sql} AS {name}" for name, sql in source_cost_sql())
+        return self.rows(
+            f"SELECT c.service_name AS service, {measures} FROM {spans.calls_of(self, filters)} AS c "
+            f"WHERE {' AND '.join(where)} GROUP BY service ORDER BY service"
+        )
+
     def tune_rows(self, filters: Filters) -> tuple[list[Any], list[Any]]:
         from compactobs.reports.sources.clickhouse import tune
 
