@@ -28,7 +28,9 @@ from starlette.staticfiles import StaticFiles
 from compactobs.errors import UserError
 from compactobs.reports.catalog import report_json, run_report
 from compactobs.reports.model import Report
+from compactobs.reports.source_cost import source_cost_report
 from compactobs.reports.sources.sql.rollup import READ_ONLY
+from compactobs.reports.times import build_filters
 from compactobs.serve import pages
 
 __all__ = ["CSP", "TOKEN_COOKIE", "create_app", "read_only"]
@@ -81,6 +83,11 @@ def _options(request: Request, keys: tuple[str, ...] | None = None) -> dict[str,
             continue
         options.setdefault(key, []).append(value)
     return options
+
+
+def _last(options: Mapping[str, list[str]], key: str) -> str | None:
+    values = options.get(key)
+    return values[-1] if values else None
 
 
 def _one_line(err: Exception) -> str:
@@ -210,6 +217,26 @@ def create_app(source: Any, *, token: str | None = None, budgets_file: str | Non
 
         return html(f"Conversation {conversation_id}", "/conversations", build)
 
+    def claude_code(request: Request) -> Response:
+        filters = {**_options(request, _FILTER_KEYS), "service": [pages.CLAUDE_CODE]}
+
+        def build() -> str:
+            by_day = report("cost", {**filters, "by": ["day"]})
+            by_model = report("cost", {**filters, "by": ["model"]})
+            window = build_filters(
+                _last(filters, "since"),
+                _last(filters, "until"),
+                _last(filters, "tz"),
+                filters.get("model", ()),
+                (),
+                filters["service"],
+            )
+            with lock:
+                prices = source_cost_report(source, window)
+            return pages.claude_code(by_day, by_model, prices)
+
+        return html("Claude Code", "/claude-code", build)
+
     def call(request: Request) -> Response:
         call_id = request.path_params["id"]
         return html(f"Call {call_id}", "", lambda: pages.generic(report("call", {}, call_id)))
@@ -232,9 +259,10 @@ def create_app(source: Any, *, token: str | None = None, budgets_file: str | Non
         Route("/conversations", conversations, methods=["GET", "HEAD"]),
         Route("/conversation/{id:path}", conversation, methods=["GET", "HEAD"]),
         Route("/call/{id:path}", call, methods=["GET", "HEAD"]),
+        Route("/claude-code", claude_code, methods=["GET", "HEAD"]),
         *(
             Route(f"/{name}", generic(name), methods=["GET", "HEAD"])
-            for name in ("cache", "ops", "anomalies")
+            for name in ("cache", "ops", "anomalies", "tune")
         ),
         Route("/api/report/conversation/{id:path}", api_conversation, methods=["GET", "HEAD"]),
         Route("/api/report/{name}", api_report, methods=["GET", "HEAD"]),

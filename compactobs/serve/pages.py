@@ -21,7 +21,11 @@ NAV: Final = (
     ("/cache", "Cache"),
     ("/ops", "Ops"),
     ("/anomalies", "Anomalies"),
+    ("/tune", "Tune"),
+    ("/claude-code", "Claude Code"),
 )
+CLAUDE_CODE: Final = "claude-code"
+"""The service of the calls `collect` and `import claude-code` record from Claude Code."""
 
 
 def conversation_link(conversation_id: str) -> str:
@@ -148,6 +152,35 @@ def overview(by_day: Report, by_model: Report, anomalies: Sequence[Mapping[str, 
         + bar_chart("spend-by-model", "Spend by model", models, model_costs)
         + report_table(by_model, columns=["model", "calls", "cost_usd", "hidden_cost_usd"])
         + texts(by_day.warnings, "warnings")
+    )
+
+
+def claude_code(by_day: Report, by_model: Report, prices: Report) -> str:
+    """The `claude-code` service's calls: spend by day and by model, its compaction spend, and compactobs'
+    price beside Claude Code's own `cost_usd`."""
+    totals = by_day.totals or {}
+    headline = (
+        f'<p class="headline">{totals.get("calls", 0):,} Claude Code calls (collected or imported), billed '
+        f'<b id="claude-code-billed">{escape(cell_text(totals, "cost_usd", "usd"))}</b>, of which '
+        f'<b id="claude-code-compaction">{escape(cell_text(totals, "compaction_cost_usd", "usd"))}</b> '
+        "compaction (its /compact summaries and server-side compaction).</p>"
+        if totals.get("cost_usd") is not None
+        else f'<p class="note">No call of service {CLAUDE_CODE} in this window: record them with compactobs '
+        "collect or import claude-code.</p>"
+    )
+    days, day_costs = _spend_by(by_day, "day")
+    models, model_costs = _spend_by(by_model, "model")
+    columns = [c for c in ("model", "calls", "cost_usd", "compaction_cost_usd") if c in by_model.columns]
+    return (
+        headline
+        + "<h2>Spend by day</h2>"
+        + bar_chart("claude-code-by-day", "Claude Code spend by day", days, day_costs)
+        + "<h2>Spend by model</h2>"
+        + bar_chart("claude-code-by-model", "Claude Code spend by model", models, model_costs)
+        + report_table(by_model, columns=columns)
+        + "<h2>compactobs' price beside Claude Code's own cost_usd</h2>"
+        + f'<div id="source-cost">{report_table(prices)}{texts(prices.notes)}</div>'
+        + texts([*by_day.warnings, *prices.warnings], "warnings")
     )
 
 
