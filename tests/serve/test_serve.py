@@ -391,8 +391,7 @@ def hostile_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 def test_hostile_strings_are_escaped_in_every_page(hostile_store: Any) -> None:
     with serving(create_app(hostile_store)) as base:
-        paths = ["/", "/conversations", "/cache", "/ops", "/anomalies"]
-        paths += [f"/conversation/{quote(c, safe='')}" for c in HOSTILE]
+        paths = [*PAGES, *(f"/conversation/{quote(c, safe='')}" for c in HOSTILE)]
         for path in paths:
             status, body, _ = _get(base + path)
             assert status == 200, path
