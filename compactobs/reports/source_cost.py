@@ -72,5 +72,5 @@ def source_cost_report(source: Engine | Source, filters: Filters) -> Report:
             "difference_usd": "compactobs - source",
             "unpriced_calls": "unpriced",
         },
-        empty_message="No call in this window carries its source's own price (collect records Claude Code's).",
+        empty_message="No call in this window carries its source's own price (Claude Code sends one).",
     )
