@@ -76,11 +76,12 @@ def stacked_chart(
     labels: Sequence[str],
     parts: Sequence[tuple[str, Sequence[Decimal | float | None]]],
     marks: Mapping[int, str] | None = None,
+    mark_label: str = "marked",
 ) -> str:
     """A stacked bar per label: `parts` are (part name, one value per label; None counts as 0), drawn
     bottom up in that order, each segment a `rect.bar.<part>` with its part and value as a tooltip and in
     `data-part`/`data-usd`; `marks` ({0-based bar: why}) draws a marked line over a bar (`line.breach`).
-    A legend names the parts."""
+    A legend names the parts, and the marks as `mark_label` when there are any."""
     count = max(len(labels), 1)
     totals = [sum(float(values[i] or 0) for _, values in parts) for i in range(len(labels))]
     top = max([t for t in totals if t] or [1.0])
@@ -122,6 +123,12 @@ def stacked_chart(
             f'<text class="legend" x="{x + 14:.1f}" y="{HEIGHT - 5}">{escape(part)}</text>'
         )
         x += 24 + 7 * len(part)
+    if marks:
+        out.append(
+            f'<line class="breach-key" x1="{x + 5:.1f}" y1="{HEIGHT - 14}" x2="{x + 5:.1f}" '
+            f'y2="{HEIGHT - 4}"/>'
+            f'<text class="legend" x="{x + 14:.1f}" y="{HEIGHT - 5}">{escape(mark_label)}</text>'
+        )
     out.append("</svg>")
     return "".join(out)
 

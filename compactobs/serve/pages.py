@@ -263,8 +263,9 @@ def cost_per_call(report: Report, found: Sequence[Mapping[str, Any]]) -> str:
                 if call_id in numbers:
                     marks[numbers[call_id]] = f"{finding.get('kind')}: {finding.get('message', '')}"
     parts = [(report.label(name), [r.get(name) for r in rows]) for name in TYPE_COSTS]
+    labels = [str(r.get("n")) for r in rows]
     return stacked_chart(
-        "cost-per-call", "Cost per call by iteration type", [str(r.get("n")) for r in rows], parts, marks
+        "cost-per-call", "Cost per call by iteration type", labels, parts, marks, "budget crossed"
     )
 
 
