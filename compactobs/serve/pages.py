@@ -163,7 +163,7 @@ def claude_code(by_day: Report, by_model: Report, prices: Report) -> str:
         f'<p class="headline">{totals.get("calls", 0):,} Claude Code calls (collected or imported), billed '
         f'<b id="claude-code-billed">{escape(cell_text(totals, "cost_usd", "usd"))}</b>, of which '
         f'<b id="claude-code-compaction">{escape(cell_text(totals, "compaction_cost_usd", "usd"))}</b> '
-        "compaction (its /compact summaries and server-side compaction).</p>"
+        "in compaction iterations (Claude Code's own context summaries are billed as compaction).</p>"
         if totals.get("cost_usd") is not None
         else f'<p class="note">No call of service {CLAUDE_CODE} in this window: record them with compactobs '
         "collect or import claude-code.</p>"
