@@ -1,7 +1,7 @@
 """Regenerate the README's screenshots of `compactobs serve`: the demo's workload recorded into a fresh store,
 served on loopback, and the overview and the demo's compaction loop shot in headless chromium.
 
-    python docs/screenshots.py      # writes docs/serve-overview.png and docs/serve-conversation.png
+    python docs/screenshots.py      # docs/serve-overview.png, serve-conversation.png, serve-cost-per-call.png
 
 Needs playwright (the dev extra) and a chromium on PATH (Debian's package; .ci/run installs it).
 """
@@ -46,6 +46,11 @@ def main() -> None:
                     page.goto(base + path)
                     page.screenshot(path=str(HERE / name), full_page=False)
                     print(f"wrote docs/{name}")
+                # The loop's calls, each a bar stacked by iteration type, below the fold of the page.
+                page.locator('svg.chart[data-chart="cost-per-call"]').screenshot(
+                    path=str(HERE / "serve-cost-per-call.png")
+                )
+                print("wrote docs/serve-cost-per-call.png")
                 browser.close()
         finally:
             engine.dispose()

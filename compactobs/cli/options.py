@@ -14,12 +14,11 @@ import inspect
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
 import click
 
-from compactobs.reports.model import Filters, ReportInputError
+from compactobs.reports.model import Filters, usd_amount
 from compactobs.reports.render import FORMATS
 from compactobs.reports.times import build_filters
 
@@ -189,15 +188,3 @@ def group_options(func: F) -> F:
 def split_by(values: tuple[str, ...]) -> list[str]:
     """Repeated and comma-separated --by values as one list (`--by a,b --by c`)."""
     return [part for value in values for part in value.split(",") if part.strip()]
-
-
-def usd_amount(text: str, option: str) -> Decimal:
-    """An option's amount of dollars (`--budget-usd 5`): a finite number >= 0, exactly as typed. Raises
-    ReportInputError (one line, exit 2)."""
-    try:
-        amount = Decimal(text)
-    except InvalidOperation:
-        raise ReportInputError(f"{option} {text!r} is not a number of dollars, e.g. 500") from None
-    if not amount.is_finite() or amount < 0:
-        raise ReportInputError(f"{option} must be a finite number >= 0, not {text}")
-    return amount

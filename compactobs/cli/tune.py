@@ -85,6 +85,6 @@ def tune(
     with report_engine(state) as source:
         result = run_tune(source, filters, options)
     if fmt == "json":
-        click.echo(tune_json(result))
+        click.echo(tune_json(result), nl=False)
         return
     emit_report(tune_report(result), fmt)

@@ -15,21 +15,24 @@ from typing import Any, Final
 
 from sqlalchemy import Engine
 
-from compactobs.reports.model import Report, ReportInputError, sort_and_limit
+from compactobs.reports.model import Filters, Report, ReportInputError, sort_and_limit, usd_amount
 from compactobs.reports.render import render
 from compactobs.reports.sources import Source
 from compactobs.reports.times import build_filters
 
 __all__ = ["REPORTS", "SUBJECT_REPORTS", "report_json", "report_options", "run_report"]
 
-REPORTS: Final[tuple[str, ...]] = ("cost", "cache", "anomalies", "ops", "conversation", "call")
-"""Every report `compactobs report` has, by its command name."""
+REPORTS: Final[tuple[str, ...]] = ("cost", "cache", "anomalies", "ops", "conversation", "call", "tune")
+"""Every report `compactobs report` has, by its command name, and `compactobs tune`."""
 SUBJECT_REPORTS: Final[frozenset[str]] = frozenset({"conversation", "call"})
 """The reports about one thing, named by an id (`report conversation ID`, `report call ID`)."""
 
 _FILTERS: Final = ("since", "until", "tz", "model", "conversation", "service")
 _REPEATABLE: Final = frozenset({"model", "conversation", "service", "by"})
 _GROUPS: Final = ("sort", "limit")
+_TUNE: Final = ("trigger", "cache-ttl", "summary-tokens", "pause-after-compaction", "budget-usd", "by")
+_TUNE_RESULT: Final = "tune_result"
+"""The key of a tune Report's `extra` that keeps its TuneResult, for `report_json` (`tune_json`)."""
 
 
 def _threshold_options() -> dict[str, dataclasses.Field[Any]]:
@@ -48,6 +51,7 @@ def report_options(name: str) -> tuple[str, ...]:
         "ops": _GROUPS,
         "anomalies": tuple(_threshold_options()),
         "conversation": (),
+        "tune": _TUNE,
     }.get(name, ())
     return (*_FILTERS, *extra)
 
@@ -154,6 +158,8 @@ def run_report(
         from compactobs.reports.ops import ops_report
 
         result = ops_report(source, filters)
+    elif name == "tune":
+        return _tune(source, filters, checked)
     elif name == "conversation":
         from compactobs.reports.conversation import conversation_report
 
@@ -177,8 +183,30 @@ def run_report(
     return result
 
 
+def _tune(source: Engine | Source, filters: Filters, checked: Mapping[str, list[str]]) -> Report:
+    from compactobs.reports.tune import TuneOptions, parse_by, parse_triggers, parse_ttls, tune, tune_report
+
+    budget = _one(checked, "budget-usd")
+    options = TuneOptions(
+        triggers=parse_triggers(_one(checked, "trigger")),
+        cache_ttls=parse_ttls(_one(checked, "cache-ttl")),
+        summary_tokens=_number(checked, "summary-tokens", int),
+        pause_after_compaction=_flag(checked, "pause-after-compaction"),
+        budget_usd=None if budget is None else usd_amount(budget, "--budget-usd"),
+        by=parse_by(_one(checked, "by")),
+    )
+    result = tune(source, filters, options)
+    report = tune_report(result)
+    report.extra[_TUNE_RESULT] = result
+    return report
+
+
 def report_json(report: Report) -> str:
-    """The report as `compactobs report NAME --format json` prints it."""
+    """The report as `compactobs report NAME --format json` prints it (tune: as `compactobs tune`)."""
+    if report.name == "tune":
+        from compactobs.reports.tune import tune_json
+
+        return tune_json(report.extra[_TUNE_RESULT])
     if report.name == "anomalies":
         from compactobs.reports.render.anomalies import render_anomalies
 

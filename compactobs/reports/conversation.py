@@ -8,6 +8,10 @@ Compaction marks: `C` a compaction ran in the call (`C2`: two, with server tools
 summary (billed, content null), `P` the call paused after compacting (`pause_after_compaction`: no message
 iteration, so no context size of its own).
 
+Each row also splits its cost by iteration type (`message_cost_usd`, `compaction_cost_usd`,
+`advisor_cost_usd`, `fallback_cost_usd`, `other_cost_usd`: in JSON and CSV, not in the table), the rule of
+`report cost --by iteration-type`: the call's server tools are billed on its last iteration.
+
 The running total adds the priced calls; an unpriced call (no price for its model) adds nothing and is
 counted in a warning, never as $0.
 """
@@ -23,7 +27,7 @@ from sqlalchemy import Engine
 from compactobs.reports.model import Filters, Report
 from compactobs.reports.sources import Source, as_source
 
-__all__ = ["COLUMNS", "conversation_report", "marks"]
+__all__ = ["COLUMNS", "TYPE_COLUMNS", "TYPE_COSTS", "conversation_report", "marks"]
 
 COLUMNS: Final = [
     "n",
@@ -40,7 +44,21 @@ COLUMNS: Final = [
     "context_share",
     "cost_usd",
     "cumulative_cost_usd",
+    "message_cost_usd",
+    "compaction_cost_usd",
+    "advisor_cost_usd",
+    "fallback_cost_usd",
+    "other_cost_usd",
 ]
+TYPE_COLUMNS: Final = {
+    "message": "message_cost_usd",
+    "compaction": "compaction_cost_usd",
+    "advisor_message": "advisor_cost_usd",
+    "fallback_message": "fallback_cost_usd",
+}
+"""Each call's cost by the iteration type it was billed as; any other type (or none) is `other_cost_usd`."""
+OTHER_TYPE: Final = "other_cost_usd"
+TYPE_COSTS: Final = (*TYPE_COLUMNS.values(), OTHER_TYPE)
 TABLE_COLUMNS: Final = [
     "n",
     "time",
@@ -146,6 +164,7 @@ def conversation_report(source: Engine | Source, filters: Filters, conversation_
                 "unpriced_calls": 1 if cost is None and record.priced is False else 0,
             }
         )
+    type_totals = _split_by_type(source, filters, conversation_id, rows)
     header = [filters.describe()]
     if rows:
         header.append(f"{rows[0]['time']} to {rows[-1]['time']} ({filters.zone})")
@@ -168,6 +187,7 @@ def conversation_report(source: Engine | Source, filters: Filters, conversation_
             "compactions": compactions,
             "cost_usd": running,
             "cumulative_cost_usd": running,
+            **type_totals,
         }
         if rows
         else None
@@ -203,6 +223,7 @@ def conversation_report(source: Engine | Source, filters: Filters, conversation_
             "context_share": "ratio",
             "cost_usd": "usd",
             "cumulative_cost_usd": "usd",
+            **{name: "usd" for name in TYPE_COSTS},
         },
         labels={
             "n": "#",
@@ -215,6 +236,7 @@ def conversation_report(source: Engine | Source, filters: Filters, conversation_
             "context_share": "of trigger",
             "cost_usd": "cost",
             "cumulative_cost_usd": "cumulative",
+            **{name: name.removesuffix("_cost_usd") for name in TYPE_COSTS},
         },
         table_columns=list(TABLE_COLUMNS),
         narrow_columns=[list(columns) for columns in NARROW_COLUMNS],
@@ -242,6 +264,29 @@ def conversation_report(source: Engine | Source, filters: Filters, conversation_
             )
         )
     return report
+
+
+def _split_by_type(
+    source: Engine | Source, filters: Filters, conversation_id: str, rows: list[dict[str, Any]]
+) -> dict[str, Decimal]:
+    """Adds each priced call's cost by iteration type to its row (TYPE_COSTS; None for an unpriced call) and
+    returns their totals over the priced calls. The call's server tools are on its last iteration's type,
+    as in `report cost --by iteration-type`, so a call's parts add up to its cost."""
+    parts: dict[str, dict[str, Decimal]] = {}
+    for call_id, kind, cost in as_source(source).conversation_type_costs(filters, conversation_id):
+        if cost is not None:
+            split = parts.setdefault(call_id, {})
+            name = TYPE_COLUMNS.get(kind, OTHER_TYPE)
+            split[name] = split.get(name, Decimal(0)) + Decimal(str(cost))
+    totals = {name: Decimal(0) for name in TYPE_COSTS}
+    for row in rows:
+        split = parts.get(row["call_id"], {})
+        for name in TYPE_COSTS:
+            value = None if row["cost_usd"] is None else split.get(name, Decimal(0))
+            row[name] = value
+            if value is not None:
+                totals[name] += value
+    return totals
 
 
 def compaction_tax_rows(

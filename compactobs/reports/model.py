@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, tzinfo
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from sqlalchemy import ColumnElement, or_
@@ -30,6 +30,7 @@ __all__ = [
     "ReportInputError",
     "sort_and_limit",
     "to_json_value",
+    "usd_amount",
     "zone_name",
 ]
 
@@ -48,6 +49,18 @@ class ReportInputError(UserError, ValueError):
     @property
     def message(self) -> str:
         return str(self.args[0])
+
+
+def usd_amount(text: str, option: str) -> Decimal:
+    """An option's amount of dollars (`--budget-usd 5`): a finite number >= 0, exactly as typed. Raises
+    ReportInputError (one line, exit 2)."""
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        raise ReportInputError(f"{option} {text!r} is not a number of dollars, e.g. 500") from None
+    if not amount.is_finite() or amount < 0:
+        raise ReportInputError(f"{option} must be a finite number >= 0, not {text}")
+    return amount
 
 
 def zone_name(tz: tzinfo) -> str:

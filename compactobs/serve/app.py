@@ -28,6 +28,9 @@ from starlette.staticfiles import StaticFiles
 from compactobs.errors import UserError
 from compactobs.reports.catalog import report_json, run_report
 from compactobs.reports.model import Report
+from compactobs.reports.source_cost import source_cost_report
+from compactobs.reports.sources.sql.rollup import READ_ONLY
+from compactobs.reports.times import build_filters
 from compactobs.serve import pages
 
 __all__ = ["CSP", "TOKEN_COOKIE", "create_app", "read_only"]
@@ -44,18 +47,31 @@ _FILTER_KEYS: Final = ("since", "until", "tz", "model", "service")
 
 
 def read_only(engine: Engine) -> None:
-    """Open every later SQLite connection of `engine` read-only (`mode=ro`): the reports' temporary tables
-    still work (they live in SQLite's temp database), and nothing else can be written. The connections
-    already pooled are closed, so none escapes. PostgreSQL is left as it is: its read-only transactions
-    refuse the temporary tables the reports build; give `serve` a role that may only SELECT (and TEMP)."""
-    if engine.dialect.name != "sqlite":
-        return
+    """Open every later connection of `engine` read-only, so that nothing serve runs can write the store.
 
-    @event.listens_for(engine, "do_connect")
-    def _connect(_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
-        path = cparams.pop("database", None) if not cargs else cargs.pop(0)
-        cargs.insert(0, f"file:{quote(str(path))}?mode=ro")
-        cparams["uri"] = True
+    SQLite: `mode=ro`; the reports' temporary tables still work (they live in SQLite's temp database).
+    PostgreSQL: `default_transaction_read_only=on` in the connection's options: every transaction refuses
+    INSERT, UPDATE, DELETE and every CREATE (the reports build no temporary table there: their buckets are
+    `width_bucket` over an array). A client could switch it off with SET, so it guards against mistakes;
+    against a hostile process, give `serve` a role that may only SELECT. The rollups are not refreshed
+    through `engine` either (`rollup.READ_ONLY`): the reports read the slots not rolled up from `calls`. The
+    connections already pooled are closed, so none escapes."""
+    engine.update_execution_options(**{READ_ONLY: True})
+    if engine.dialect.name == "postgresql":
+
+        @event.listens_for(engine, "do_connect")
+        def _connect_pg(_dialect: Any, _record: Any, _cargs: list[Any], cparams: dict[str, Any]) -> None:
+            # libpq's `options`, added to any the URL carries (a search_path).
+            given = str(cparams.get("options") or "").strip()
+            cparams["options"] = f"{given} -c default_transaction_read_only=on".strip()
+
+    elif engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "do_connect")
+        def _connect(_dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+            path = cparams.pop("database", None) if not cargs else cargs.pop(0)
+            cargs.insert(0, f"file:{quote(str(path))}?mode=ro")
+            cparams["uri"] = True
 
     engine.dispose()
 
@@ -67,6 +83,11 @@ def _options(request: Request, keys: tuple[str, ...] | None = None) -> dict[str,
             continue
         options.setdefault(key, []).append(value)
     return options
+
+
+def _last(options: Mapping[str, list[str]], key: str) -> str | None:
+    values = options.get(key)
+    return values[-1] if values else None
 
 
 def _one_line(err: Exception) -> str:
@@ -196,6 +217,26 @@ def create_app(source: Any, *, token: str | None = None, budgets_file: str | Non
 
         return html(f"Conversation {conversation_id}", "/conversations", build)
 
+    def claude_code(request: Request) -> Response:
+        filters = {**_options(request, _FILTER_KEYS), "service": [pages.CLAUDE_CODE]}
+
+        def build() -> str:
+            by_day = report("cost", {**filters, "by": ["day"]})
+            by_model = report("cost", {**filters, "by": ["model"]})
+            window = build_filters(
+                _last(filters, "since"),
+                _last(filters, "until"),
+                _last(filters, "tz"),
+                filters.get("model", ()),
+                (),
+                filters["service"],
+            )
+            with lock:
+                prices = source_cost_report(source, window)
+            return pages.claude_code(by_day, by_model, prices)
+
+        return html("Claude Code", "/claude-code", build)
+
     def call(request: Request) -> Response:
         call_id = request.path_params["id"]
         return html(f"Call {call_id}", "", lambda: pages.generic(report("call", {}, call_id)))
@@ -218,9 +259,10 @@ def create_app(source: Any, *, token: str | None = None, budgets_file: str | Non
         Route("/conversations", conversations, methods=["GET", "HEAD"]),
         Route("/conversation/{id:path}", conversation, methods=["GET", "HEAD"]),
         Route("/call/{id:path}", call, methods=["GET", "HEAD"]),
+        Route("/claude-code", claude_code, methods=["GET", "HEAD"]),
         *(
             Route(f"/{name}", generic(name), methods=["GET", "HEAD"])
-            for name in ("cache", "ops", "anomalies")
+            for name in ("cache", "ops", "anomalies", "tune")
         ),
         Route("/api/report/conversation/{id:path}", api_conversation, methods=["GET", "HEAD"]),
         Route("/api/report/{name}", api_report, methods=["GET", "HEAD"]),

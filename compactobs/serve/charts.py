@@ -3,11 +3,12 @@ policy can forbid every script. Every text from the data is escaped here."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from html import escape
 from typing import Final
 
-__all__ = ["bar_chart", "context_chart"]
+__all__ = ["bar_chart", "context_chart", "stacked_chart"]
 
 WIDTH: Final = 900
 HEIGHT: Final = 240
@@ -67,6 +68,69 @@ def bar_chart(
             )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def stacked_chart(
+    name: str,
+    title: str,
+    labels: Sequence[str],
+    parts: Sequence[tuple[str, Sequence[Decimal | float | None]]],
+    marks: Mapping[int, str] | None = None,
+    mark_label: str = "marked",
+) -> str:
+    """A stacked bar per label: `parts` are (part name, one value per label; None counts as 0), drawn
+    bottom up in that order, each segment a `rect.bar.<part>` with its part and value as a tooltip and in
+    `data-part`/`data-usd`; `marks` ({0-based bar: why}) draws a marked line over a bar (`line.breach`).
+    A legend names the parts, and the marks as `mark_label` when there are any."""
+    count = max(len(labels), 1)
+    totals = [sum(float(values[i] or 0) for _, values in parts) for i in range(len(labels))]
+    top = max([t for t in totals if t] or [1.0])
+    plot_w, plot_h = WIDTH - _LEFT - 10, HEIGHT - _TOP - _BOTTOM
+    step = plot_w / count
+    out = _frame(name, title, top, True)
+    every = max(1, len(labels) // 12)
+    for i, label in enumerate(labels):
+        x = _LEFT + i * step + step * 0.1
+        base = float(HEIGHT - _BOTTOM)
+        out.append(f'<g class="stack" data-bar="{escape(label)}">')
+        for part, values in parts:
+            value = values[i]
+            if not value:
+                continue
+            h = plot_h * float(value) / top
+            base -= h
+            out.append(
+                f'<rect class="bar {escape(part)}" data-part="{escape(part)}" data-usd="{value}" '
+                f'x="{x:.1f}" y="{base:.1f}" width="{step * 0.8:.1f}" height="{h:.1f}">'
+                f"<title>{escape(label)} {escape(part)}: {escape(f'${value:,.4f}')}</title></rect>"
+            )
+        out.append("</g>")
+        if i % every == 0:
+            out.append(
+                f'<text x="{x + step * 0.4:.1f}" y="{HEIGHT - _BOTTOM + 14}" text-anchor="middle">'
+                f"{escape(label[:16])}</text>"
+            )
+    for i, why in sorted((marks or {}).items()):
+        mid = _LEFT + i * step + step * 0.5
+        out.append(
+            f'<line class="breach" data-bar="{escape(labels[i])}" x1="{mid:.1f}" y1="{_TOP}" x2="{mid:.1f}" '
+            f'y2="{HEIGHT - _BOTTOM}"><title>{escape(labels[i])}: {escape(why)}</title></line>'
+        )
+    x = float(_LEFT)
+    for part, _ in parts:
+        out.append(
+            f'<rect class="swatch {escape(part)}" x="{x:.1f}" y="{HEIGHT - 14}" width="10" height="10"/>'
+            f'<text class="legend" x="{x + 14:.1f}" y="{HEIGHT - 5}">{escape(part)}</text>'
+        )
+        x += 24 + 7 * len(part)
+    if marks:
+        out.append(
+            f'<line class="breach-key" x1="{x + 5:.1f}" y1="{HEIGHT - 14}" x2="{x + 5:.1f}" '
+            f'y2="{HEIGHT - 4}"/>'
+            f'<text class="legend" x="{x + 14:.1f}" y="{HEIGHT - 5}">{escape(mark_label)}</text>'
+        )
+    out.append("</svg>")
+    return "".join(out)
 
 
 def context_chart(

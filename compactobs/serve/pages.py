@@ -8,9 +8,10 @@ from html import escape
 from typing import Any, Final
 from urllib.parse import quote, urlencode
 
+from compactobs.reports.conversation import TYPE_COSTS
 from compactobs.reports.model import NUMERIC_KINDS, Report
 from compactobs.reports.render.cells import cell_text
-from compactobs.serve.charts import bar_chart, context_chart
+from compactobs.serve.charts import bar_chart, context_chart, stacked_chart
 
 __all__ = ["NAV", "call_link", "conversation_link", "page", "report_table"]
 
@@ -20,7 +21,11 @@ NAV: Final = (
     ("/cache", "Cache"),
     ("/ops", "Ops"),
     ("/anomalies", "Anomalies"),
+    ("/tune", "Tune"),
+    ("/claude-code", "Claude Code"),
 )
+CLAUDE_CODE: Final = "claude-code"
+"""The service of the calls `collect` and `import claude-code` record from Claude Code."""
 
 
 def conversation_link(conversation_id: str) -> str:
@@ -150,6 +155,35 @@ def overview(by_day: Report, by_model: Report, anomalies: Sequence[Mapping[str, 
     )
 
 
+def claude_code(by_day: Report, by_model: Report, prices: Report) -> str:
+    """The `claude-code` service's calls: spend by day and by model, its compaction spend, and compactobs'
+    price beside Claude Code's own `cost_usd`."""
+    totals = by_day.totals or {}
+    headline = (
+        f'<p class="headline">{totals.get("calls", 0):,} Claude Code calls (collected or imported), billed '
+        f'<b id="claude-code-billed">{escape(cell_text(totals, "cost_usd", "usd"))}</b>, of which '
+        f'<b id="claude-code-compaction">{escape(cell_text(totals, "compaction_cost_usd", "usd"))}</b> '
+        "in compaction iterations (Claude Code's own context summaries are billed as compaction).</p>"
+        if totals.get("cost_usd") is not None
+        else f'<p class="note">No call of service {CLAUDE_CODE} in this window: record them with compactobs '
+        "collect or import claude-code.</p>"
+    )
+    days, day_costs = _spend_by(by_day, "day")
+    models, model_costs = _spend_by(by_model, "model")
+    columns = [c for c in ("model", "calls", "cost_usd", "compaction_cost_usd") if c in by_model.columns]
+    return (
+        headline
+        + "<h2>Spend by day</h2>"
+        + bar_chart("claude-code-by-day", "Claude Code spend by day", days, day_costs)
+        + "<h2>Spend by model</h2>"
+        + bar_chart("claude-code-by-model", "Claude Code spend by model", models, model_costs)
+        + report_table(by_model, columns=columns)
+        + "<h2>compactobs' price beside Claude Code's own cost_usd</h2>"
+        + f'<div id="source-cost">{report_table(prices)}{texts(prices.notes)}</div>'
+        + texts([*by_day.warnings, *prices.warnings], "warnings")
+    )
+
+
 def conversations(
     listing: Report, rows: Sequence[Mapping[str, Any]], query: str, sort: str, page_no: int, pages: int
 ) -> str:
@@ -199,13 +233,8 @@ def conversation(
         + findings(breaches)
         + "<h2>Context against the trigger</h2>"
         + context_chart(contexts, triggers, compactions)
-        + "<h2>Cost per call</h2>"
-        + bar_chart(
-            "cost-per-call",
-            "Cost per call",
-            [str(r.get("n")) for r in rows],
-            [float(r.get("cost_usd") or 0) for r in rows],
-        )
+        + "<h2>Cost per call, by iteration type</h2>"
+        + cost_per_call(report, breaches)
         + "<h2>Cost by iteration type</h2>"
         + report_table(
             by_type, columns=[c for c in ("iteration_type", "iterations", "cost_usd") if c in by_type.columns]
@@ -215,6 +244,28 @@ def conversation(
         + "<h2>Calls</h2>"
         + report_table(report)
         + texts(report.warnings, "warnings")
+    )
+
+
+BREACH_KINDS: Final = frozenset({"budget_exceeded"})
+"""The findings marked on the per-call chart: the guard's rule, broken at the call they name."""
+
+
+def cost_per_call(report: Report, found: Sequence[Mapping[str, Any]]) -> str:
+    """Each call's cost as a bar stacked by iteration type (the conversation report's TYPE_COSTS), and a
+    mark at each call where a budget was crossed."""
+    rows = report.rows
+    numbers = {r.get("call_id"): i for i, r in enumerate(rows)}
+    marks: dict[int, str] = {}
+    for finding in found:
+        if finding.get("kind") in BREACH_KINDS:
+            for call_id in finding.get("call_ids") or ():
+                if call_id in numbers:
+                    marks[numbers[call_id]] = f"{finding.get('kind')}: {finding.get('message', '')}"
+    parts = [(report.label(name), [r.get(name) for r in rows]) for name in TYPE_COSTS]
+    labels = [str(r.get("n")) for r in rows]
+    return stacked_chart(
+        "cost-per-call", "Cost per call by iteration type", labels, parts, marks, "budget crossed"
     )
 
 

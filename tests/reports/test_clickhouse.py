@@ -825,3 +825,51 @@ def test_tune_is_the_same_json(recorded: dict[str, Any]) -> None:
     got = json.loads(tune_json(tune(recorded["source"], filters, options)))
     assert expected["settings"] and expected["compactions"] and expected["budget"]
     assert got == expected
+
+
+def test_source_cost_on_clickhouse_by_hand(recorded: dict[str, Any]) -> None:
+    """Claude Code's calls as the collector makes them (its recorder, their `cost_usd` as the source's
+    price) written into a spans table of their own: compactobs' price beside Claude Code's, per service."""
+    from compactobs.collect.claude_code import CallRecorder
+    from compactobs.reports.source_cost import source_cost_report
+    from compactobs.usage import CallObservation, RequestFacts, normalise_usage
+
+    model = "claude-sonnet-4-5"
+    start = 1_796_032_800_000_000_000  # 2026-11-30T10:00Z
+    calls = []
+    for n, (usage, theirs) in enumerate(
+        [
+            ({"input_tokens": 1000, "output_tokens": 200}, 0.006),
+            ({"input_tokens": 10000, "output_tokens": 1000, "cache_creation_input_tokens": 100000}, 0.645),
+        ]
+    ):
+        observation = CallObservation(
+            request=RequestFacts(model=model),
+            start_ns=start + n * 10**9,
+            end_ns=start + n * 10**9 + 5 * 10**8,
+            request_id=f"req_cc{n}",
+            response_model=model,
+            conversation_id="cc-session",
+            provider="anthropic",
+        )
+        observation.usage = normalise_usage(usage, model)
+        observation.source_cost_usd = theirs
+        observation.status_code = 200
+        calls.append((f"request\x00req_cc{n}", observation))
+    source = ClickHouseSource(f"chdb://{recorded['dir']}", table="claude_code_traces")
+    try:
+        write_spans(source, CallRecorder().spans(calls), table="claude_code_traces")
+        report = source_cost_report(source, build_filters(None, None, "UTC"))
+    finally:
+        source.close()
+    assert report.rows == [
+        {
+            "service": "claude-code",
+            "calls": 2,
+            "source_cost_usd": Decimal("0.651"),  # 0.006 + 0.645, as Claude Code sent them
+            # 1,000 x $3/M + 200 x $15/M = 0.006; 10,000 x $3/M + 1,000 x $15/M + 100,000 x $3.75/M = 0.42
+            "cost_usd": Decimal("0.426"),
+            "difference_usd": Decimal("-0.225"),  # 0.426 - 0.651
+            "unpriced_calls": 0,
+        }
+    ]

@@ -12,12 +12,14 @@ import pytest
 from compactobs import store
 from compactobs.reports.conversation import conversation_report, marks
 from compactobs.reports.model import ReportInputError
+from compactobs.reports.render import render
 from compactobs.reports.render.conversation import context_chart
 from compactobs.reports.times import build_filters
 from tests.cli import one_line_error, run
 from tests.reports.test_anomalies import (
     compacting,
     failed_call,
+    iteration,
     plain,
     store_rows,
 )
@@ -107,9 +109,69 @@ def test_timeline_with_running_cost_by_hand(database_url: str) -> None:
         "compactions": 4,
         "cost_usd": Decimal("1.15"),
         "cumulative_cost_usd": Decimal("1.15"),
+        # No call here has iteration rows: each priced call's whole cost is of no known type.
+        "message_cost_usd": Decimal(0),
+        "compaction_cost_usd": Decimal(0),
+        "advisor_cost_usd": Decimal(0),
+        "fallback_cost_usd": Decimal(0),
+        "other_cost_usd": Decimal("1.15"),
     }
     assert report.extra["failed_compactions"] == 1 and report.extra["unpriced_calls"] == 1
     assert report.warnings == ["1 unpriced call(s): their cost is unknown and left out of the running total"]
+
+
+def test_cost_per_call_split_by_iteration_type_by_hand(database_url: str) -> None:
+    """Each call's cost by the type of iteration it was billed as; the call's server tools on its last
+    iteration, as `report cost --by iteration-type` counts them."""
+    calls = [
+        compacting("b1", 0, "t7", 60_000, cost_usd=Decimal("0.50")),
+        plain(
+            "b2", 1, "t7", cost_usd=Decimal("0.32"), cost_server_tools_usd=Decimal("0.02"), iterations_count=3
+        ),
+        plain("b3", 2, "t7", cost_usd=Decimal("0.40"), iterations_count=2),
+        plain("b4", 3, "t7", cost_usd=Decimal("0.10"), iterations_count=2),
+        plain("b5", 4, "t7", cost_usd=Decimal("0.06"), iterations_count=None),  # no iteration rows
+        plain("b6", 5, "t7", priced=False, response_model="claude-mystery"),
+    ]
+    iterations = [
+        iteration("b1", 0, "compaction", "0.30"),
+        iteration("b1", 1, "message", "0.20"),
+        iteration("b2", 0, "message", "0.10"),
+        iteration("b2", 1, "advisor_message", "0.05"),
+        iteration("b2", 2, "message", "0.15"),
+        iteration("b3", 0, "message", "0", declined=True),
+        iteration("b3", 1, "fallback_message", "0.40"),
+        iteration("b4", 0, "web_thing", "0.07", known_type=False),
+        iteration("b4", 1, "message", "0.03"),
+        iteration("b6", 0, "message", None, model="claude-mystery"),
+    ]
+    store_rows(database_url, calls, iterations)
+    report = _report(database_url, "t7")
+    names = ("message_cost_usd", "compaction_cost_usd", "advisor_cost_usd", "fallback_cost_usd")
+    got = {r["call_id"]: tuple(r[name] for name in (*names, "other_cost_usd")) for r in report.rows}
+    d, zero = Decimal, Decimal(0)
+    assert got == {
+        "b1": (d("0.20"), d("0.30"), zero, zero, zero),
+        # 0.10 + 0.15 + the server tools' 0.02 on the last iteration (a message) = 0.27
+        "b2": (d("0.27"), zero, d("0.05"), zero, zero),
+        "b3": (zero, zero, zero, d("0.40"), zero),  # the declined message billed $0
+        "b4": (d("0.03"), zero, zero, zero, d("0.07")),  # a type compactobs does not know: other
+        "b5": (zero, zero, zero, zero, d("0.06")),  # no iteration rows: the call's own cost
+        "b6": (None, None, None, None, None),  # unpriced
+    }
+    assert report.totals is not None
+    # message 0.20 + 0.27 + 0.03; compaction 0.30; advisor 0.05; fallback 0.40; other 0.07 + 0.06
+    assert [report.totals[name] for name in (*names, "other_cost_usd")] == [
+        d("0.50"),
+        d("0.30"),
+        d("0.05"),
+        d("0.40"),
+        d("0.13"),
+    ]
+    assert report.totals["cost_usd"] == d("1.38")  # 0.50 + 0.32 + 0.40 + 0.10 + 0.06: the parts' sum
+    document = json.loads(render(report, "json"))
+    assert document["rows"][1]["message_cost_usd"] == 0.27
+    assert document["totals"]["other_cost_usd"] == 0.13
 
 
 def test_window_and_zone(database_url: str) -> None:
@@ -220,7 +282,8 @@ def test_cli_json_csv_md(database_url: str) -> None:
     lines = out.splitlines()
     assert lines[0].startswith("n,time,started_at,call_id,model,stop_reason,iterations,compactions,marks")
     assert lines[5].startswith("5,2026-01-01 00:04:00,2026-01-01T00:04:00.000+00:00,a5,")
-    assert lines[5].endswith(",C2!,40000,100000,0.4,0.3,1.1")
+    # ... cost, cumulative, then by iteration type: a5 has no iteration rows, so its 0.3 is "other"
+    assert lines[5].endswith(",C2!,40000,100000,0.4,0.3,1.1,0.0,0.0,0.0,0.0,0.3")
     assert "Warning: 1 unpriced call(s)" in err
     code, out, _ = run("--db", database_url, "report", "conversation", "t42", "--format", "md")
     assert "## Conversation t42" in out and "Context after each call" not in out

@@ -136,12 +136,51 @@ def test_a_conversation_shows_its_calls_compactions_and_links(site: dict[str, An
     )
     assert marks == ["2", "3", "4", "5", "6"]
     assert page.locator('svg.chart[data-chart="context"] polyline.trigger').count() == 1
-    assert len([h for h in _bars(page, "cost-per-call") if h > 0]) == 6
+    assert page.locator('svg.chart[data-chart="cost-per-call"] g.stack').count() == 6
     # Each call links to its page, which prices its iterations.
     first = calls.first.locator("a[href^='/call/']")
     first.click()
     page.wait_for_load_state("load")
     assert page.url.startswith(site["base"] + "/call/") and "Call " in page.inner_text("h1")
+    page.close()
+
+
+def test_each_calls_bar_is_its_cost_by_iteration_type(site: dict[str, Any], browser: Any) -> None:
+    """The stacked bars carry the figures `report conversation --format json` prints, part by part, each
+    as tall as its share of the tallest bar; the call where the budget was crossed is marked."""
+    code, out, err = run("--db", site["url"], "report", "conversation", site["loop"], "--format", "json")
+    assert code == 0, err
+    rows = json.loads(out)["rows"]
+    code, out, err = run("--db", site["url"], "report", "anomalies", "--format", "json")
+    assert code == 0, err
+    crossed = [f["call_ids"] for f in json.loads(out)["findings"] if f["kind"] == "budget_exceeded"]
+    visit = Visit(browser, site["base"], f"/conversation/{quote(site['loop'], safe='')}")
+    page = visit.page
+    drawn = page.eval_on_selector_all(
+        'svg.chart[data-chart="cost-per-call"] g.stack',
+        """stacks => stacks.map(g => [g.dataset.bar, [...g.querySelectorAll('rect.bar')].map(
+            r => [r.dataset.part, r.dataset.usd, r.getBBox().height])])""",
+    )
+    parts = {"message": "message_cost_usd", "compaction": "compaction_cost_usd", "other": "other_cost_usd"}
+    parts.update(advisor="advisor_cost_usd", fallback="fallback_cost_usd")
+    # The loop: the first call a message only; the 5 after it each a message and a compaction.
+    assert [[part for part, _, _ in segments] for _, segments in drawn] == [
+        ["message"],
+        *[["message", "compaction"]] * 5,
+    ]
+    tallest = max(row["cost_usd"] for row in rows)
+    for row, (label, segments) in zip(rows, drawn, strict=True):
+        assert label == str(row["n"])
+        shown = {part: round(float(usd), 6) for part, usd, _ in segments}
+        assert shown == {part: row[key] for part, key in parts.items() if row[key]}
+        assert sum(shown.values()) == pytest.approx(row["cost_usd"], abs=1e-6)
+        plot_height = 240 - 20 - 40  # the chart's height less its top and bottom margins
+        for part, _, height in segments:
+            assert height == pytest.approx(plot_height * shown[part] / tallest, abs=0.2)
+    marked = page.eval_on_selector_all(
+        'svg.chart[data-chart="cost-per-call"] line.breach', "m => m.map(x => x.dataset.bar)"
+    )
+    assert crossed and marked == [str(n + 1) for n, r in enumerate(rows) if r["call_id"] in crossed[0]]
     page.close()
 
 

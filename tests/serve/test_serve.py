@@ -79,6 +79,21 @@ CASES: list[tuple[tuple[str, ...], str, list[tuple[str, str]]]] = [
         "anomalies",
         [("loop-min", "2"), ("cost-share", "0.3")],
     ),
+    # `compactobs tune`, not a `report` subcommand: the same catalog answers it
+    (("tune",), "tune", []),
+    (
+        (
+            "tune",
+            *("--trigger", "60000,80K", "--cache-ttl", "5m,1h", "--budget-usd", "1.5"),
+            *("--pause-after-compaction", "--by", "service", "--tz", "UTC", "--summary-tokens", "900"),
+        ),
+        "tune",
+        [
+            *[("trigger", "60000,80K"), ("cache-ttl", "5m,1h"), ("budget-usd", "1.5")],
+            *[("pause-after-compaction", "true"), ("by", "service"), ("tz", "UTC")],
+            ("summary-tokens", "900"),
+        ],
+    ),
 ]
 
 
@@ -155,7 +170,8 @@ def test_the_api_answers_what_the_cli_prints_for_every_report(recorded: dict[str
     def cli() -> list[tuple[int, str]]:
         printed = []
         for args, _, _ in cases:
-            code, out, err = run("--db", url, "report", *args, "--format", "json")
+            command = args if args[0] == "tune" else ("report", *args)
+            code, out, err = run("--db", url, *command, "--format", "json")
             printed.append((code, out or err))
         return printed
 
@@ -191,6 +207,45 @@ def test_the_api_answers_what_the_cli_prints_for_every_report(recorded: dict[str
         assert json.loads(answered[-1][1])["report"] == "call"
 
 
+PAGES = ["/", "/conversations", "/cache", "/ops", "/anomalies", "/tune", "/claude-code"]
+
+
+def test_every_page_answers_through_the_read_only_source(recorded: dict[str, Any]) -> None:
+    """Every page and its API over a store opened by `read_only` (PostgreSQL: every transaction read-only),
+    on each engine: none needs to write."""
+    source = _open(recorded["url"])
+    loop = quote(recorded["loop"], safe="")
+    try:
+        with serving(create_app(source)) as base:
+            apis = [f"/api/report/conversation/{loop}", "/api/report/tune", "/api/report/cost"]
+            for path in [*PAGES, f"/conversation/{loop}", *apis]:
+                status, body, _ = _get(base + path)
+                assert status == 200, (path, body[:300])
+    finally:
+        _close(source)
+
+
+def test_a_write_through_the_read_only_postgresql_engine_fails(module_postgres_url: str) -> None:
+    """PostgreSQL refuses the write itself (`default_transaction_read_only`), and a CREATE, even of a
+    temporary table; reading works."""
+    store.upgrade_database(module_postgres_url)
+    engine = store.open_database(module_postgres_url, create=False)
+    read_only(engine)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("SHOW transaction_read_only")).scalar() == "on"
+            assert connection.execute(text("SELECT count(*) FROM calls")).scalar() is not None
+        for statement in (
+            "DELETE FROM calls",
+            "INSERT INTO guard_spend VALUES ('c', 1, 0, 0, 0, 1, 0)",
+            "CREATE TEMP TABLE scratch (x INTEGER)",
+        ):
+            with pytest.raises(Exception, match="read-only transaction"), engine.begin() as connection:
+                connection.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def sqlite_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     url = f"sqlite:///{tmp_path_factory.mktemp('serve-sqlite') / 'demo.db'}"
@@ -218,6 +273,9 @@ def test_a_bad_option_is_a_400_with_one_line(sqlite_demo: dict[str, Any]) -> Non
             ("/api/report/conversation", "report conversation needs an id"),
             ("/api/report/conversation/no-such-conversation", "no-such-conversation"),
             ("/api/call/req_nothing", "req_nothing"),
+            ("/api/report/tune?trigger=1000", "below the API's minimum"),
+            ("/api/report/tune?budget-usd=lots", "not a number of dollars"),
+            ("/api/report/tune?sort=cost_usd", "report tune has no option 'sort'"),
         ]:
             status, body, headers = _get(base + path)
             assert status == 400, path
@@ -246,6 +304,20 @@ def test_the_store_is_opened_read_only(sqlite_demo: dict[str, Any]) -> None:
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM calls")).scalar() == 45
         connection.execute(text("CREATE TEMP TABLE scratch (x INTEGER)"))
+
+    # Nor are the rollups refreshed (a writer engine of its own would): the slots marked stay marked.
+    def marked() -> tuple[int, int]:
+        with engine.connect() as connection:
+            dirty = connection.execute(text("SELECT count(*) FROM rollup_dirty")).scalar()
+            return int(dirty or 0), int(
+                connection.execute(text("SELECT count(*) FROM rollups")).scalar() or 0
+            )
+
+    before = marked()
+    assert before[0] > 0  # the demo's calls are not rolled up yet
+    with serving(create_app(engine)) as base:
+        assert _get(base + "/api/report/cost?by=model")[0] == 200
+    assert marked() == before
 
 
 def test_with_a_token_every_request_carries_it(sqlite_demo: dict[str, Any]) -> None:
@@ -319,8 +391,7 @@ def hostile_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 def test_hostile_strings_are_escaped_in_every_page(hostile_store: Any) -> None:
     with serving(create_app(hostile_store)) as base:
-        paths = ["/", "/conversations", "/cache", "/ops", "/anomalies"]
-        paths += [f"/conversation/{quote(c, safe='')}" for c in HOSTILE]
+        paths = [*PAGES, *(f"/conversation/{quote(c, safe='')}" for c in HOSTILE)]
         for path in paths:
             status, body, _ = _get(base + path)
             assert status == 200, path
@@ -337,3 +408,78 @@ def test_hostile_strings_are_escaped_in_every_page(hostile_store: Any) -> None:
         )
         conversations = _get(base + "/conversations")[1].decode()
         assert f'href="/conversation/{quote(HOSTILE[2], safe="")}"' in conversations
+
+
+def test_the_claude_code_page_sets_compactobs_price_beside_claude_codes(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Claude Code's events through the real collector; the page shows the service's spend, its compaction
+    spend, and compactobs' price beside the `cost_usd` Claude Code sent, with the difference explained."""
+    from compactobs.collect import Collector
+    from compactobs.collect.claude_code import SERVICE
+    from compactobs.serve import pages
+    from tests.collect.test_claude_code import _event, logs_request
+    from tests.collect.test_collect import post, prepared
+
+    assert pages.CLAUDE_CODE == SERVICE
+    sonnet = {"model": "claude-sonnet-4-5", "duration_ms": 1000, "cache_read_tokens": 0}
+    body = logs_request(
+        # 1,000 x $3/M + 200 x $15/M = $0.006, as Claude Code says
+        _event(
+            "api_request",
+            1,
+            **sonnet,
+            input_tokens=1000,
+            output_tokens=200,
+            cache_creation_tokens=0,
+            cost_usd=0.006,
+            request_id="req_a",
+            query_source="main",
+        ),
+        # compactobs: 10,000 x $3/M + 1,000 x $15/M + 100,000 x $3.75/M (5-minute writes) = $0.42;
+        # Claude Code sends $0.645 (the writes at $6/M, the 1-hour price)
+        _event(
+            "api_request",
+            2,
+            **sonnet,
+            input_tokens=10000,
+            output_tokens=1000,
+            cache_creation_tokens=100000,
+            cost_usd=0.645,
+            request_id="req_b",
+            query_source="main",
+        ),
+        # Claude Code's own compaction: 50,000 x $3/M + 2,000 x $15/M = $0.18, compaction spend
+        _event(
+            "api_request",
+            3,
+            **sonnet,
+            input_tokens=50000,
+            output_tokens=2000,
+            cache_creation_tokens=0,
+            cost_usd=0.18,
+            request_id="req_c",
+            query_source="compact",
+        ),
+    )
+    with Collector(prepared(sqlite_url), http="127.0.0.1:0", spool_dir=tmp_path / "spool") as collector:
+        status, _, _ = post(collector.endpoint, body, {"Content-Type": "application/json"}, path="/v1/logs")
+        assert status == 200
+    engine = store.open_database(sqlite_url, create=False)
+    read_only(engine)
+    try:
+        with serving(create_app(engine)) as base:
+            status, page, _ = _get(base + "/claude-code?tz=UTC")
+    finally:
+        engine.dispose()
+    assert status == 200
+    text = page.decode()
+    # billed 0.006 + 0.42 + 0.18 = 0.606, of which the compaction's 0.18
+    assert '<b id="claude-code-billed">$0.6060</b>' in text
+    assert '<b id="claude-code-compaction">$0.1800</b>' in text
+    assert 'data-chart="claude-code-by-day"' in text and 'data-chart="claude-code-by-model"' in text
+    table = text[text.index('<div id="source-cost">') :]
+    cells = [c.split(">")[-1] for c in table.split("</td>")[:6]]
+    # Claude Code: 0.006 + 0.645 + 0.18 = 0.831; compactobs 0.606; 0.606 - 0.831 = -0.225
+    assert cells == ["claude-code", "3", "$0.8310", "$0.6060", "-$0.2250", "0"]
+    assert "The difference is the two price tables" in table

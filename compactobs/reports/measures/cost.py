@@ -31,7 +31,9 @@ __all__ = [
     "compaction_cost_of_call",
     "empty_measures",
     "is_compaction",
+    "iteration_cost",
     "iteration_measures",
+    "source_cost_measures",
     "top_level_cost",
     "top_level_measures",
 ]
@@ -116,12 +118,28 @@ def call_measures(
     ]
 
 
+def _carrier(c: FromClause, i: FromClause) -> ColumnElement[bool]:
+    """The row of `c` LEFT JOIN `i` that carries what belongs to the call: its last iteration, or the call
+    alone when it has no iteration rows."""
+    return or_(i.c.call_id.is_(None), i.c.idx == func.coalesce(c.c.iterations_count, 1) - 1)
+
+
+def iteration_cost(c: FromClause = calls, i: FromClause = iterations) -> SQLExpr:
+    """The billed cost over `c` LEFT JOIN `i`, summed: each iteration's own, the call's server tools on its
+    last iteration, and a call without iteration rows at its own cost. Grouped by iteration type, the
+    bill split by type (`report cost --by iteration-type`, `report conversation`'s per-call split)."""
+    k, t = c.c, i.c
+    server_tools = func.coalesce(k.cost_server_tools_usd, 0)
+    return func.sum(
+        case((t.call_id.is_(None), k.cost_usd), (_carrier(c, i), t.cost_usd + server_tools), else_=t.cost_usd)
+    )
+
+
 def iteration_measures(c: FromClause = calls, i: FromClause = iterations) -> list[SQLLabel]:
     """Measures over `c` LEFT JOIN `i` on call_id: tokens and class costs per iteration; what belongs to
     the call once, on its last iteration (or on the call itself when it has no iteration rows)."""
     k, t = c.c, i.c
-    no_rows = t.call_id.is_(None)
-    carrier = or_(no_rows, t.idx == func.coalesce(k.iterations_count, 1) - 1)
+    carrier = _carrier(c, i)
 
     def per_iteration(iteration_column: SQLExpr, call_column: SQLExpr) -> SQLExpr:
         # An iteration row always carries its tokens and class costs (0, never NULL): coalesce picks the
@@ -131,7 +149,6 @@ def iteration_measures(c: FromClause = calls, i: FromClause = iterations) -> lis
     def per_call(call_column: SQLExpr) -> SQLExpr:
         return func.sum(case((carrier, call_column), else_=None))
 
-    server_tools = func.coalesce(k.cost_server_tools_usd, 0)
     return [
         func.sum(case((carrier, 1), else_=0)).label("calls"),
         func.sum(case((and_(carrier, k.status == "ERROR"), 1), else_=0)).label("error_calls"),
@@ -148,9 +165,7 @@ def iteration_measures(c: FromClause = calls, i: FromClause = iterations) -> lis
         ),
         per_call(k.web_search_requests).label("web_search_requests"),
         func.sum(case((and_(carrier, k.priced == false()), 1), else_=0)).label("unpriced_calls"),
-        func.sum(case((no_rows, k.cost_usd), (carrier, t.cost_usd + server_tools), else_=t.cost_usd)).label(
-            "cost_usd"
-        ),
+        iteration_cost(c, i).label("cost_usd"),
         per_iteration(t.cost_input_usd, k.cost_input_usd).label("cost_input_usd"),
         per_iteration(t.cost_output_usd, k.cost_output_usd).label("cost_output_usd"),
         per_iteration(t.cost_cache_read_usd, k.cost_cache_read_usd).label("cost_cache_read_usd"),
@@ -158,6 +173,19 @@ def iteration_measures(c: FromClause = calls, i: FromClause = iterations) -> lis
         per_iteration(t.cost_cache_write_1h_usd, k.cost_cache_write_1h_usd).label("cost_cache_write_1h_usd"),
         per_call(k.cost_server_tools_usd).label("cost_server_tools_usd"),
         func.sum(case((is_compaction(i), t.cost_usd), else_=None)).label("compaction_cost_usd"),
+    ]
+
+
+def source_cost_measures(c: FromClause = calls) -> list[SQLLabel]:
+    """Over the calls `c` whose source priced them itself (`source_cost_usd`: Claude Code's `cost_usd`):
+    how many, the source's sum, compactobs' sum over the same calls (an unpriced one adds nothing) and how
+    many compactobs could not price."""
+    k = c.c
+    return [
+        func.count().label("calls"),
+        func.sum(k.source_cost_usd).label("source_cost_usd"),
+        func.sum(k.cost_usd).label("cost_usd"),
+        func.sum(case((k.priced == false(), 1), else_=0)).label("unpriced_calls"),
     ]
 
 

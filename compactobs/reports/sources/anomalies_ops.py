@@ -125,6 +125,12 @@ class AnomaliesOpsSource(Protocol):
         (start_ms, call_id) order. Raises `unknown_conversation` when no call ever had this id."""
         ...
 
+    def conversation_type_costs(self, filters: Filters, conversation_id: str) -> list[tuple[str, Any, Any]]:
+        """(call_id, iteration type, cost) of the conversation's calls that `filters` select, one per type a
+        call billed: `measures.cost.iteration_cost` grouped by call and type (the type None for a call
+        without iteration rows; the cost None when unpriced)."""
+        ...
+
     def call_with_iterations(self, reference: str) -> tuple[Any, list[Any]]:
         """The call with this request id, message id or span id (the `calls` row) and its `iterations` rows
         in order. Raises `unknown_call` when none was recorded."""

@@ -54,6 +54,11 @@ class Source(AnomaliesOpsSource, Protocol):
         the writes with no next call yet. The second is empty when no call is unpriced."""
         ...
 
+    def source_cost_groups(self, filters: Filters) -> list[dict[str, Any]]:
+        """Per service (`service`), `measures.cost.source_cost_measures` over the calls `filters` select
+        that carry their source's own price (`source_cost_usd`), by service name."""
+        ...
+
     def tune_rows(self, filters: Filters) -> tuple[list[Any], list[Any]]:
         """(iterations by call and index, calls by conversation and start) for `compactobs tune`: the
         columns of `sources.tune_fields`, of the priced calls with a conversation that `filters` select."""

@@ -23,6 +23,8 @@ from compactobs.reports.anomalies.compaction import compaction_records
 from compactobs.reports.anomalies.error_burst import ErrorBurst
 from compactobs.reports.anomalies.thresholds import Thresholds
 from compactobs.reports.anomalies.unpriced import UnpricedModel
+from compactobs.reports.measures.cost import iteration_cost
+from compactobs.reports.measures.groups import group_key
 from compactobs.reports.model import Filters
 from compactobs.reports.sources.anomalies_ops import (
     CONVERSATION_FIELDS,
@@ -73,6 +75,17 @@ class SqlAnomaliesOps:
                 .order_by(c.start_ms, c.call_id)
             )
             yield from connection.execute(query)
+
+    def conversation_type_costs(self, filters: Filters, conversation_id: str) -> list[tuple[str, Any, Any]]:
+        kind = group_key("iteration-type", calls, iterations)
+        query = (
+            select(calls.c.call_id, kind, iteration_cost(calls, iterations))
+            .select_from(calls.outerjoin(iterations, iterations.c.call_id == calls.c.call_id))
+            .where(calls.c.conversation_id == conversation_id, *filters.call_conditions())
+            .group_by(calls.c.call_id, kind)
+        )
+        with reading(self.engine) as connection:
+            return [(row[0], row[1], row[2]) for row in connection.execute(query)]
 
     def call_with_iterations(self, reference: str) -> tuple[Any, list[Any]]:
         c = calls.c

@@ -11,8 +11,9 @@ from compactobs.reports.model import Filters
 from compactobs.reports.sources.anomalies_ops import CONVERSATION_FIELDS, unknown_conversation
 from compactobs.reports.sources.clickhouse import spans
 from compactobs.reports.sources.clickhouse.client import ClickHouseClient, quote
+from compactobs.reports.sources.clickhouse.queries import JOIN_SETTINGS, group_key_sql, iteration_cost_sql
 
-__all__ = ["conversation_calls"]
+__all__ = ["conversation_calls", "conversation_type_costs"]
 
 
 def conversation_calls(source: ClickHouseClient, filters: Filters, conversation_id: str) -> Iterator[Any]:
@@ -33,3 +34,20 @@ def conversation_calls(source: ClickHouseClient, filters: Filters, conversation_
     )
     for record in source.rows(sql):
         yield SimpleNamespace(**record)
+
+
+def conversation_type_costs(
+    source: ClickHouseClient, filters: Filters, conversation_id: str
+) -> list[tuple[str, Any, Any]]:
+    """(call_id, iteration type, cost) per call and type of the conversation's calls `filters` select
+    (`measures.cost.iteration_cost`, as the SQL store groups it)."""
+    where = [f"c.conversation_id = {quote(conversation_id)}", *spans.call_conditions(filters, "c.")]
+    window = spans.calls_of(source, filters)
+    # An iteration span starts when its call ends: never before the window.
+    iterations = spans.iterations_of(source, filters.since_ms)
+    sql = (
+        f"SELECT c.call_id AS call_id, {group_key_sql('iteration-type')} AS iteration_type, "
+        f"{iteration_cost_sql()} AS cost_usd FROM {window} AS c LEFT JOIN {iterations} AS i "
+        f"ON i.call_id = c.call_id WHERE {' AND '.join(where)} GROUP BY call_id, iteration_type"
+    )
+    return [(r["call_id"], r["iteration_type"], r["cost_usd"]) for r in source.rows(sql, JOIN_SETTINGS)]

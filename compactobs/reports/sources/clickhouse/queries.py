@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Final
 from sqlalchemy import BigInteger, Numeric, column, func, select, table
 
 from compactobs.reports.measures.cache import cache_measures, open_write, row_figures, wrote
-from compactobs.reports.measures.cost import call_measures, is_compaction, iteration_measures
+from compactobs.reports.measures.cost import (
+    call_measures,
+    is_compaction,
+    iteration_cost,
+    iteration_measures,
+    source_cost_measures,
+)
 from compactobs.reports.measures.groups import group_key
 from compactobs.reports.sources.clickhouse.dialect import sql
 from compactobs.store.models import calls, iterations
@@ -30,9 +36,11 @@ __all__ = [
     "call_measures_sql",
     "compaction_costs",
     "group_key_sql",
+    "iteration_cost_sql",
     "iteration_measures_sql",
     "next_of",
     "open_write_sql",
+    "source_cost_sql",
     "wrote_sql",
 ]
 
@@ -65,6 +73,16 @@ def call_measures_sql() -> list[tuple[str, str]]:
 def iteration_measures_sql() -> list[tuple[str, str]]:
     """(name, SQL) of `iteration_measures` over `c` LEFT JOIN `i`."""
     return _named(iteration_measures(_C, _I))
+
+
+def iteration_cost_sql() -> str:
+    """`measures.cost.iteration_cost` over `c` LEFT JOIN `i`."""
+    return sql(iteration_cost(_C, _I))
+
+
+def source_cost_sql() -> list[tuple[str, str]]:
+    """(name, SQL) of `measures.cost.source_cost_measures` over `c`."""
+    return _named(source_cost_measures(_C))
 
 
 def compaction_costs(iterations_sql: str) -> str:

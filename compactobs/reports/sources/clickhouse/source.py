@@ -69,6 +69,11 @@ class ClickHouseSource(ClickHouseClient):
 
         return conversation.conversation_calls(self, filters, conversation_id)
 
+    def conversation_type_costs(self, filters: Filters, conversation_id: str) -> list[tuple[str, Any, Any]]:
+        from compactobs.reports.sources.clickhouse import conversation
+
+        return conversation.conversation_type_costs(self, filters, conversation_id)
+
     def call_with_iterations(self, reference: str) -> tuple[Any, list[Any]]:
         raise ReportInputError(
             "`report call` reads the SQL store: run it with a sqlite:// or postgresql:// --db"
@@ -78,6 +83,16 @@ class ClickHouseSource(ClickHouseClient):
         from compactobs.reports.sources.clickhouse.anomalies import ClickHouseAnomalyData
 
         return ClickHouseAnomalyData(self, filters)
+
+    def source_cost_groups(self, filters: Filters) -> list[dict[str, Any]]:
+        from compactobs.reports.sources.clickhouse.queries import source_cost_sql
+
+        where = ["c.source_cost_usd IS NOT NULL", *spans.call_conditions(filters, "c.")]
+        measures = ", ".join(f"{sql} AS {name}" for name, sql in source_cost_sql())
+        return self.rows(
+            f"SELECT c.service_name AS service, {measures} FROM {spans.calls_of(self, filters)} AS c "
+            f"WHERE {' AND '.join(where)} GROUP BY service ORDER BY service"
+        )
 
     def tune_rows(self, filters: Filters) -> tuple[list[Any], list[Any]]:
         from compactobs.reports.sources.clickhouse import tune

@@ -59,10 +59,22 @@ from compactobs.reports.times import TIME_UNITS, bucket_label, local_bucket, utc
 from compactobs.store.engine import is_sqlite, make_engine
 from compactobs.store.models import SLOT_MS, calls, iterations, rollup_dirty, rollup_open_calls, rollups
 
-__all__ = ["RefreshResult", "Split", "pending", "plan", "read", "refresh", "slot_of", "try_refresh"]
+__all__ = [
+    "READ_ONLY",
+    "RefreshResult",
+    "Split",
+    "pending",
+    "plan",
+    "read",
+    "refresh",
+    "slot_of",
+    "try_refresh",
+]
 
 log = logging.getLogger(__name__)
 
+READ_ONLY: Final = "compactobs_read_only"
+"""An engine's execution option: set, `try_refresh` does not refresh through it (a store opened to read)."""
 _SLOT: Final = literal_column(str(SLOT_MS), BigInteger)
 _CHUNK_SLOTS: Final = 96
 """Slots recomputed per transaction (a day): short transactions, so writers never wait long."""
@@ -233,7 +245,10 @@ def pending(engine: Engine) -> int:
 
 def try_refresh(engine: Engine, progress: Callable[[int, int], None] | None = None) -> None:
     """`refresh`, for a report: when it fails (a read-only user, a locked database) the report still
-    answers, reading the marked slots from `calls`."""
+    answers, reading the marked slots from `calls`. An engine with the execution option READ_ONLY (`serve`'s)
+    is left as it is."""
+    if engine.get_execution_options().get(READ_ONLY):
+        return
     try:
         refresh(engine, progress)
     except SQLAlchemyError as err:

@@ -17,6 +17,7 @@ from compactobs.reports.measures.cache import SUMMED as CACHE_SUMMED
 from compactobs.reports.measures.cache import add_record as add_cache
 from compactobs.reports.measures.cost import SUMMED as COST_SUMMED
 from compactobs.reports.measures.cost import add_record as add_cost
+from compactobs.reports.measures.cost import source_cost_measures
 from compactobs.reports.measures.groups import CALLS_ONLY, ITERATION_LEVEL
 from compactobs.reports.model import Filters
 from compactobs.reports.sources.base import Groups
@@ -90,6 +91,16 @@ class SqlSource(SqlAnomaliesOps):
 
     def tune_rows(self, filters: Filters) -> tuple[list[Any], list[Any]]:
         return tune.tune_rows(self.engine, filters)
+
+    def source_cost_groups(self, filters: Filters) -> list[dict[str, Any]]:
+        query = (
+            select(calls.c.service_name.label("service"), *source_cost_measures(calls))
+            .where(calls.c.source_cost_usd.is_not(None), *filters.call_conditions())
+            .group_by(calls.c.service_name)
+            .order_by(calls.c.service_name)
+        )
+        with reading(self.engine) as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
 
 
 def _cost(
