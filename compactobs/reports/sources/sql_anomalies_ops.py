@@ -21,7 +21,6 @@ from sqlalchemy.sql.elements import ColumnElement
 from compactobs.reports.anomalies.budget import ID_CHUNK, BudgetExceeded, OverBudget
 from compactobs.reports.anomalies.compaction import compaction_records
 from compactobs.reports.anomalies.error_burst import ErrorBurst
-from compactobs.reports.anomalies.thresholds import Thresholds
 from compactobs.reports.anomalies.unpriced import UnpricedModel
 from compactobs.reports.model import Filters
 from compactobs.reports.sources.anomalies_ops import (
@@ -33,6 +32,7 @@ from compactobs.reports.sources.anomalies_ops import (
     unknown_conversation,
 )
 from compactobs.reports.sources.sql_reading import reading
+from compactobs.reports.thresholds import Thresholds
 from compactobs.rules import Budgets
 from compactobs.store.models import calls, iterations
 
