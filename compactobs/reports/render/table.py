@@ -20,10 +20,14 @@ from compactobs.reports.render.safe import shown
 __all__ = ["bar", "printable_texts", "render_table"]
 
 
+_RULE: Final = frozenset(" ─")
+"""The characters of the line under a table's labels, one cell each (rich's box drawing)."""
+
+
 def _cell_len(text: str) -> int:
     """`text`'s width in terminal cells, as rich measures it; printable ASCII (most reports, all of a piped
-    one's digits and words) without importing rich: one cell a character."""
-    if text.isascii() and text.isprintable():
+    one's digits and words) and the rule under the labels without importing rich: one cell a character."""
+    if (text.isascii() and text.isprintable()) or _RULE.issuperset(text):
         return len(text)
     from rich.cells import cell_len
 
