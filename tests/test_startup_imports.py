@@ -82,6 +82,16 @@ CLI_MODULES: dict[tuple[str, ...], set[str]] = {
     },
 }
 
+# What a command's output does not need at start-up, so that loading it is a regression: rich draws only
+# on a terminal (the probe's stdout is a pipe); the anomaly kinds and their rules serve `report anomalies`.
+NOT_LOADED: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("report", "cost"): ("rich", "compactobs.reports.anomalies", "compactobs.rules"),
+    ("report", "cache"): ("rich", "compactobs.reports.anomalies", "compactobs.rules"),
+    ("report", "ops"): ("rich", "compactobs.reports.anomalies", "compactobs.rules"),
+    ("report", "anomalies"): ("rich",),
+    ("pricing", "show", "claude-opus-4-8"): ("rich", "compactobs.reports.anomalies", "compactobs.rules"),
+}
+
 _PROBE = """
 import json, runpy, sys
 sys.argv = ["compactobs", *sys.argv[1:]]
@@ -130,6 +140,7 @@ def test_each_command_imports_its_own_module_only(command: tuple[str, ...], tmp_
     modules = _modules("--db", f"sqlite:///{tmp_path / 'empty.db'}", *command)
     assert {name for name in modules if name.startswith("compactobs.cli")} == CLI_MODULES[command]
     assert _loaded(modules, NOT_FOR_READING + RECORDING) == set()
+    assert _loaded(modules, NOT_LOADED[command]) == set()
 
 
 def test_the_listing_says_what_each_command_says() -> None:

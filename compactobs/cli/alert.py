@@ -14,8 +14,8 @@ import click
 
 from compactobs.cli.common import CliState, pass_state
 from compactobs.cli.options import dataclass_options, usd_amount
-from compactobs.reports.anomalies import Thresholds
 from compactobs.reports.model import Filters
+from compactobs.reports.thresholds import Thresholds
 from compactobs.reports.times import build_filters
 from compactobs.rules import SpikeRule
 

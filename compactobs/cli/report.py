@@ -21,9 +21,9 @@ from compactobs.cli.common import (
 )
 from compactobs.cli.options import dataclass_options, group_options, report_options, split_by
 from compactobs.progress import stdout_fit_width
-from compactobs.reports.anomalies import Thresholds
 from compactobs.reports.model import Filters
 from compactobs.reports.render import FORMATS
+from compactobs.reports.thresholds import Thresholds
 
 __all__ = ["report"]
 

@@ -69,8 +69,8 @@ from compactobs.reports.anomalies.finding import (
     exit_code_for,
 )
 from compactobs.reports.anomalies.report import COLUMNS, anomalies_report, find_anomalies, findings_of
-from compactobs.reports.anomalies.thresholds import Thresholds, load_budgets
 from compactobs.reports.anomalies.unpriced import UnpricedModel, unpriced_models_statement
+from compactobs.reports.thresholds import Thresholds, load_budgets
 from compactobs.rules import ENV_BUDGETS_FILE, Budget, Budgets
 
 __all__ = [

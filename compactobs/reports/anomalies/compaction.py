@@ -32,7 +32,7 @@ from compactobs.reports.anomalies.finding import (
     total_cost,
     usd,
 )
-from compactobs.reports.anomalies.thresholds import Thresholds
+from compactobs.reports.thresholds import Thresholds
 from compactobs.rules import LoopWindow
 from compactobs.store.models import calls, iterations
 

@@ -10,7 +10,7 @@ from sqlalchemy import Select, and_, case, func, literal_column, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from compactobs.reports.anomalies.finding import MAX_CALL_IDS, Finding, ratio, when
-from compactobs.reports.anomalies.thresholds import Thresholds
+from compactobs.reports.thresholds import Thresholds
 from compactobs.store.models import calls
 
 __all__ = ["ERROR_STATUSES", "HOUR_MS", "ErrorBurst", "error_burst_statement"]

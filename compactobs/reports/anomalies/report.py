@@ -13,10 +13,10 @@ from compactobs.reports.anomalies.budget import BudgetExceeded
 from compactobs.reports.anomalies.compaction import compaction_findings
 from compactobs.reports.anomalies.error_burst import ErrorBurst
 from compactobs.reports.anomalies.finding import KINDS, SEVERITIES, Finding
-from compactobs.reports.anomalies.thresholds import Thresholds
 from compactobs.reports.anomalies.unpriced import UnpricedModel
 from compactobs.reports.model import Filters, Report, to_json_value
 from compactobs.reports.sources.anomalies_ops import AnomalyData
+from compactobs.reports.thresholds import Thresholds
 from compactobs.rules import Budgets
 
 if TYPE_CHECKING:

@@ -4,8 +4,8 @@ never a truncated digit; fitted to a terminal's width with fewer columns and bar
 from __future__ import annotations
 
 import io
-from dataclasses import replace
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass, replace
+from typing import Any, Final
 
 from compactobs.reports.model import NUMERIC_KINDS, Report
 from compactobs.reports.render.cells import (
@@ -17,20 +17,42 @@ from compactobs.reports.render.cells import (
 )
 from compactobs.reports.render.safe import shown
 
-if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.text import Text
-
 __all__ = ["bar", "printable_texts", "render_table"]
 
 
-def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Text]:
+_RULE: Final = frozenset(" ─")
+"""The characters of the line under a table's labels, one cell each (rich's box drawing)."""
+
+
+def _cell_len(text: str) -> int:
+    """`text`'s width in terminal cells, as rich measures it; printable ASCII (most reports, all of a piped
+    one's digits and words) and the rule under the labels without importing rich: one cell a character."""
+    if (text.isascii() and text.isprintable()) or _RULE.issuperset(text):
+        return len(text)
+    from rich.cells import cell_len
+
+    return cell_len(text)
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """A line of a table without colour: all that the layout and the printing read of rich's Text (its
+    text, its width), without rich."""
+
+    plain: str
+
+    @property
+    def cell_len(self) -> int:
+        return _cell_len(self.plain)
+
+
+def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Any]:
     """The report's table as lines of rich Text, laid out as rich's Table lays out a `box.SIMPLE_HEAD` table
     of no-wrap columns as wide as their widest cell (tests hold the two to the same output). Laid out here
     because Table measures and renders every cell through its renderable protocol, about 0.1 ms a cell:
-    15 s for a 10,000-call conversation, against well under a second line by line."""
-    from rich.cells import cell_len
-    from rich.text import Span, Text
+    15 s for a 10,000-call conversation, against well under a second line by line. Without colour, the
+    lines are `_Line`s: no styles to carry, and no rich to import."""
+    cell_len = _cell_len
 
     columns = report.shown_columns()
     kinds = [report.kind(c) for c in columns]
@@ -64,7 +86,15 @@ def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Text
     unpriced = "yellow" if color else ""
     usd = [kind == "usd" for kind in kinds]
 
-    def line(cells: list[str], style: str, body: bool) -> Text:
+    def _justified(cell: str, i: int) -> str:
+        pad = " " * (widths[i] - cell_len(cell))
+        return pad + cell if right[i] else cell + pad
+
+    def line(cells: list[str], style: str, body: bool) -> Any:
+        if not color:
+            return _Line(" " + " ".join(f" {_justified(cell, i)} " for i, cell in enumerate(cells)) + " ")
+        from rich.text import Span, Text
+
         # One string and its style spans, made into one Text: Text.append per piece cost 5 us each.
         parts = [" "]
         spans: list[Span] = []
@@ -73,8 +103,7 @@ def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Text
             if i:
                 parts.append(" ")
                 at += 1
-            pad = " " * (widths[i] - cell_len(cell))
-            shown = pad + cell if right[i] else cell + pad
+            shown = _justified(cell, i)
             end = at + 1 + len(shown)
             # The cell's own style covers its justification; the padding around it takes the row's.
             cell_style = unpriced if body and usd[i] and cell == "unpriced" else style
@@ -90,38 +119,47 @@ def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Text
         return Text("".join(parts), spans=spans)
 
     inner = sum(widths) + 3 * len(widths) - 1
-    lines: list[Text] = []
+    plain = _Line if not color else _text
+    lines: list[Any] = []
     if titled:
         # As Table puts it: its style over the table's whole width, wrapped within it when longer.
-        title = Text(report.title or report.name, style=bold, justify="left")
-        lines.extend(_wrap(title, inner + 2))
-    lines.append(Text(""))
+        title = report.title or report.name
+        if not color and _cell_len(title) <= inner + 2:
+            lines.append(_Line(title))  # one line; the padding rich adds is stripped when printed
+        else:
+            lines.extend(_wrap(title, bold, inner + 2))
+    lines.append(plain(""))
     lines.append(line(labels, bold, False))
-    lines.append(Text(" " + "─" * inner + " "))
+    lines.append(plain(" " + "─" * inner + " "))
     lines.extend(line(cells, "", True) for cells in rows)
     if footers is not None:
-        lines.append(Text(""))
+        lines.append(plain(""))
         lines.append(line(footers, bold, False))
-    lines.append(Text(""))
+    lines.append(plain(""))
     return lines
 
 
-def _wrap(text: Text, width: int) -> list[Text]:
-    """`text` wrapped and justified within `width` cells, one Text per line."""
+def _text(text: str) -> Any:
+    from rich.text import Text
+
+    return Text(text)
+
+
+def _wrap(text: str, style: str, width: int) -> list[Any]:
+    """`text` in `style`, wrapped and justified within `width` cells, one rich Text per line."""
     from rich.console import Console
+    from rich.text import Text
 
     console = Console(width=width, color_system=None, file=io.StringIO())
-    return list(text.wrap(console, width, justify="left"))
+    return list(Text(text, style=style, justify="left").wrap(console, width, justify="left"))
 
 
-def _shown_width(lines: list[Text]) -> int:
+def _shown_width(lines: list[Any]) -> int:
     """The widest of `lines` as printed (trailing spaces are stripped)."""
-    from rich.cells import cell_len
-
-    return max((cell_len(line.plain.rstrip()) for line in lines), default=0)
+    return max((_cell_len(line.plain.rstrip()) for line in lines), default=0)
 
 
-def _fitted(report: Report, fit_width: int | None, color: bool) -> tuple[Report, list[Text]]:
+def _fitted(report: Report, fit_width: int | None, color: bool) -> tuple[Report, list[Any]]:
     """The report with the widest of its column sets whose table fits `fit_width` (the narrowest when none
     does; all of them without a width), a hint to the columns left out among its notes, and its bars in the
     room left; and its lines."""
@@ -162,8 +200,8 @@ def bar(value: float, largest: float, width: int) -> str:
 
 
 def _with_bars(
-    report: Report, column: str, room: int, lines: list[Text], color: bool
-) -> tuple[Report, list[Text]]:
+    report: Report, column: str, room: int, lines: list[Any], color: bool
+) -> tuple[Report, list[Any]]:
     """The report with a bar column after `column`, as wide as `room` allows (at most 24 cells; none
     under 6)."""
     width = min(24, room)
@@ -187,28 +225,25 @@ def _with_bars(
     return report, _table_lines(report, color)
 
 
-def _listed(section: Report, width: int) -> list[Text]:
+def _listed(section: Report, width: int, color: bool) -> list[Any]:
     """A section too wide for a terminal as a list: its title, then each row's cells on lines wrapped
     within `width`, the continuation indented (long messages read better wrapped than cut)."""
     import textwrap
 
-    from rich.text import Text
-
+    text = _Line if not color else _text
     columns = section.shown_columns()
-    lines: list[Text] = [Text(section.title or section.name), Text("")]
+    lines: list[Any] = [text(section.title or section.name), text("")]
     for row in section.rows:
         cells = [shown(cell_text(row, column, section.kind(column))) for column in columns]
-        text = "  ".join(cell for cell in cells if cell and cell != "-")
-        wrapped = textwrap.wrap(text, width - 2, subsequent_indent="    ", break_on_hyphens=False)
-        lines += [Text("  " + line) for line in wrapped]
-    lines.append(Text(""))
+        joined = "  ".join(cell for cell in cells if cell and cell != "-")
+        wrapped = textwrap.wrap(joined, width - 2, subsequent_indent="    ", break_on_hyphens=False)
+        lines += [text("  " + line) for line in wrapped]
+    lines.append(text(""))
     return lines
 
 
 def render_table(report: Report, console_width: int | None, color: bool, fit_width: int | None = None) -> str:
-    from rich.console import Console
-
-    tables: list[list[Text]] = []
+    tables: list[list[Any]] = []
     if report.rows:
         report, lines = _fitted(report, fit_width, color)
         tables.append(lines)
@@ -216,10 +251,20 @@ def render_table(report: Report, console_width: int | None, color: bool, fit_wid
         if section.rows:
             lines = _table_lines(section, color, titled=True)
             if fit_width is not None and _shown_width(lines) > fit_width:
-                lines = _listed(section, fit_width)
+                lines = _listed(section, fit_width, color)
             tables.append(lines)
     # Never truncate a digit: the console is as wide as the widest table needs, at least.
     needed = max([line.cell_len for lines in tables for line in lines] + [fit_width or console_width or 80])
+    # Fitted to a terminal, the lines above and below the table wrap at its width too (else soft_wrap: the
+    # console leaves them whole).
+    wrap = fit_width is None or max(_shown_width(lines) for lines in tables or [[]]) > fit_width
+    title = report.title or report.name
+    if not color:
+        texts = [title, *report.header, *report.notes, *(f"Warning: {w}" for w in report.warnings)]
+        if wrap or all(_cell_len(text) <= needed for text in texts):
+            return _plain(report, tables)
+    from rich.console import Console
+
     out = io.StringIO()
     console = Console(
         file=out,
@@ -231,9 +276,6 @@ def render_table(report: Report, console_width: int | None, color: bool, fit_wid
         emoji=False,
         soft_wrap=False,
     )
-    # Fitted to a terminal, the lines above and below the table wrap at its width too.
-    wrap = fit_width is None or max(_shown_width(lines) for lines in tables or [[]]) > fit_width
-    title = report.title or report.name
     console.print(f"[bold]{title}[/bold]" if color else title, markup=color, highlight=False, soft_wrap=wrap)
     for line in report.header:
         console.print(line, markup=False, highlight=False, style="dim" if color else None, soft_wrap=wrap)
@@ -252,7 +294,18 @@ def render_table(report: Report, console_width: int | None, color: bool, fit_wid
     return "\n".join(line.rstrip() for line in out.getvalue().splitlines()) + "\n"
 
 
-def _print_lines(console: Console, out: io.StringIO, lines: list[Text], color: bool) -> None:
+def _plain(report: Report, tables: list[list[Any]]) -> str:
+    """What `render_table`'s console prints without colour when it wraps no line, without rich: each
+    text as it is (printable already: `printable_texts`), a line each, trailing spaces stripped."""
+    texts = [report.title or report.name, *report.header]
+    if not report.rows:
+        texts += ["", report.empty_message]
+    texts += [line.plain for lines in tables for line in lines]
+    texts += [*report.notes, *(f"Warning: {warning}" for warning in report.warnings)]
+    return "".join(text.rstrip() + "\n" for text in texts)
+
+
+def _print_lines(console: Any, out: io.StringIO, lines: list[Any], color: bool) -> None:
     """Table lines: through the console for their colours, else as they are (the console adds nothing)."""
     if not color:
         out.write("".join(line.plain + "\n" for line in lines))

@@ -15,7 +15,7 @@ from compactobs.reports.model import Filters, ReportInputError
 
 if TYPE_CHECKING:
     from compactobs.reports.anomalies.budget import OverBudget
-    from compactobs.reports.anomalies.thresholds import Thresholds
+    from compactobs.reports.thresholds import Thresholds
     from compactobs.rules import Budgets
 
 __all__ = [

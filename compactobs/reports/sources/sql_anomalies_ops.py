@@ -13,16 +13,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Engine, case, func, literal, literal_column, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from compactobs.reports.anomalies.budget import ID_CHUNK, BudgetExceeded, OverBudget
-from compactobs.reports.anomalies.compaction import compaction_records
-from compactobs.reports.anomalies.error_burst import ErrorBurst
-from compactobs.reports.anomalies.thresholds import Thresholds
-from compactobs.reports.anomalies.unpriced import UnpricedModel
 from compactobs.reports.measures.cost import iteration_cost
 from compactobs.reports.measures.groups import group_key
 from compactobs.reports.model import Filters
@@ -35,8 +30,12 @@ from compactobs.reports.sources.anomalies_ops import (
     unknown_conversation,
 )
 from compactobs.reports.sources.sql_reading import reading
-from compactobs.rules import Budgets
 from compactobs.store.models import calls, iterations
+
+if TYPE_CHECKING:
+    from compactobs.reports.anomalies.budget import OverBudget
+    from compactobs.reports.thresholds import Thresholds
+    from compactobs.rules import Budgets
 
 __all__ = [
     "TOTAL",
@@ -115,13 +114,16 @@ class SqlAnomaliesOps:
 @dataclass(frozen=True)
 class SqlAnomalyData:
     """`AnomalyData`: the anomaly kinds' own statements, run on the store, over the calls `conditions`
-    select."""
+    select. The anomaly kinds are imported when asked for: the other reports read this source too, and
+    need none of them (nor the rules they import) at start-up."""
 
     engine: Engine
     conditions: Sequence[ColumnElement[bool]]
     concurrent: bool = False  # one thread: an in-memory SQLite database is one per thread
 
     def compaction_rows(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]:
+        from compactobs.reports.anomalies.compaction import compaction_records
+
         # Streamed: memory follows the candidates, not the calls.
         with reading(self.engine) as connection:
             result = connection.execution_options(stream_results=True, yield_per=2000).execute(
@@ -130,12 +132,16 @@ class SqlAnomalyData:
             yield from result
 
     def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[Any]]:
+        from compactobs.reports.anomalies.budget import BudgetExceeded
+
         with reading(self.engine) as connection:
             yield from connection.execution_options(stream_results=True, yield_per=2000).execute(
                 BudgetExceeded.totals_statement(self.conditions, budgets)
             )
 
     def budget_crossings(self, over: OverBudget) -> dict[str, Any]:
+        from compactobs.reports.anomalies.budget import ID_CHUNK, BudgetExceeded
+
         # One ordered pass over the calls of the conversations over budget, a chunk of ids at a time (the
         # (conversation_id, start_ms) index gives the order).
         found: dict[str, Any] = {}
@@ -147,18 +153,26 @@ class SqlAnomalyData:
         return found
 
     def unpriced_groups(self) -> Iterable[Sequence[Any]]:
+        from compactobs.reports.anomalies.unpriced import UnpricedModel
+
         with reading(self.engine) as connection:
             return list(connection.execute(UnpricedModel.statement(self.conditions)).all())
 
     def unpriced_sample(self, model: str) -> Sequence[str]:
+        from compactobs.reports.anomalies.unpriced import UnpricedModel
+
         with reading(self.engine) as connection:
             return list(connection.execute(UnpricedModel.sample_statement(self.conditions, model)).scalars())
 
     def error_hours(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]:
+        from compactobs.reports.anomalies.error_burst import ErrorBurst
+
         with reading(self.engine) as connection:
             return list(connection.execute(ErrorBurst.statement(self.conditions, thresholds)))
 
     def error_sample(self, start_ms: int) -> Sequence[str]:
+        from compactobs.reports.anomalies.error_burst import ErrorBurst
+
         with reading(self.engine) as connection:
             return list(connection.execute(ErrorBurst.sample_statement(self.conditions, start_ms)).scalars())
 

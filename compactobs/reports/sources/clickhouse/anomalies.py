@@ -19,11 +19,11 @@ from compactobs.reports.anomalies.budget import OverBudget
 from compactobs.reports.anomalies.compaction import COMPACTION_RECORD, compaction_candidates
 from compactobs.reports.anomalies.error_burst import ERROR_STATUSES, HOUR_MS
 from compactobs.reports.anomalies.finding import MAX_CALL_IDS
-from compactobs.reports.anomalies.thresholds import Thresholds
 from compactobs.reports.model import Filters
 from compactobs.reports.sources.clickhouse import spans
 from compactobs.reports.sources.clickhouse.client import ClickHouseClient, quote
 from compactobs.reports.sources.clickhouse.cost import JOIN_SETTINGS
+from compactobs.reports.thresholds import Thresholds
 from compactobs.rules import BILLED_TOKEN_COLUMNS, Budgets
 
 if TYPE_CHECKING:

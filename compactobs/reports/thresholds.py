@@ -1,14 +1,17 @@
 """The anomaly rules' thresholds, and the budgets file they read (`compactobs.rules`: the guard reads it
-too)."""
+too). Outside `reports/anomalies/` and without `compactobs.rules` at import: `report` and `alert` build
+their options from `Thresholds` at start-up, before any command runs (the rules load when one does)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from compactobs import rules
 from compactobs.reports.model import ReportInputError
-from compactobs.rules import Budgets, LoopRule
+
+if TYPE_CHECKING:
+    from compactobs.rules import Budgets, LoopRule
 
 __all__ = ["Thresholds", "load_budgets"]
 
@@ -68,12 +71,16 @@ class Thresholds:
     @property
     def loop_rule(self) -> LoopRule:
         """The compaction-loop rule these thresholds set (the runtime guard applies the same rule)."""
+        from compactobs.rules import LoopRule
+
         return LoopRule(self.loop_min, self.loop_window, self.ineffective_ratio)
 
 
 def load_budgets(path: str | os.PathLike[str]) -> Budgets:
     """Read a budgets file (TOML; see `compactobs.rules.load_budgets`, which the runtime guard reads it with
     too). Raises ReportInputError with a one-line message on any problem."""
+    from compactobs import rules
+
     try:
         return rules.load_budgets(path)
     except rules.RulesInputError as err:
