@@ -983,7 +983,9 @@ def measure(name: str, url: str, repeat: int) -> dict[str, Any]:
         lines = child.stderr.strip().splitlines() or ["failed"]
         errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
         return {"error": (errors or lines)[-1][:120]}
-    return json.loads(child.stdout.strip().splitlines()[-1])
+    # The child's figures are its one JSON line (the harness prints the machine's load around it).
+    (figures,) = [line for line in child.stdout.splitlines() if line.startswith("{")]
+    return json.loads(figures)
 
 
 # -- main ---------------------------------------------------------------------------------------------------
