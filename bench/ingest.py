@@ -41,7 +41,8 @@ from compactobs.store import SqlSpanExporter, calls, iterations, make_engine, up
 from compactobs.store.mapping import CALL_COLUMNS, ITERATION_COLUMNS, RowMapper
 
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-TARGETS = {"sqlite": 20_000, "postgresql": 10_000}
+TARGETS = {"sqlite": 20_000, "postgresql": 12_000}
+"""Calls per second on 2 cores (issue 29)."""
 ITERATION_TYPES = ("compaction", "message", "message")
 
 

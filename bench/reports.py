@@ -28,7 +28,9 @@ mark every slot; the rollups are then built once, timed (`rollups first built in
 after a bulk load would build them; `rollup-1-day` times the refresh a day of new calls costs.
 
 Measurement: each report runs in a fresh subprocess per (database, report): the engine is opened and the
-schema checked before the clock; the report function runs once (`first`), then --repeat more times
+schema checked before the clock, and a raw full scan of `calls` (RAW_SCAN) is timed (median of 3):
+`raw scans` is the report's median over it, a figure that the machine's load moves less than seconds;
+the report function runs once (`first`), then --repeat more times
 (`median`); then once more under tracemalloc for the peak of Python allocations (`py peak`). `rss Δ` is
 the process's peak resident set after all the runs (VmHWM) less its resident set before the first (VmRSS,
 both from /proc/self/status), which also counts what the drivers allocate outside Python (SQLite's page cache,
@@ -904,6 +906,7 @@ def measure_one(name: str, url: str, repeat: int) -> dict[str, Any]:
     if name == "conversation":
         conversation_near(engine, 1000)  # before the clock
     filters = build_filters(None, None, "UTC")
+    raw_scan = _raw_scan_s(engine)
     rss_before = _current_rss_kb()
     started = time.perf_counter()
     result = function(engine, filters, meta)
@@ -925,7 +928,25 @@ def measure_one(name: str, url: str, repeat: int) -> dict[str, Any]:
         "py_peak_bytes": peak,
         "rss_delta_bytes": max(0, rss_after - rss_before) * 1024,
         "rows": _rows_of(result),
+        "raw_scan_s": raw_scan,
     }
+
+
+RAW_SCAN: Final = "SELECT count(*), sum(duration_ms), sum(cost_usd) FROM calls"
+"""The baseline a report is measured against: one full scan of `calls`, reading two of its columns."""
+
+
+def _raw_scan_s(engine: Any) -> float:
+    """The median of three runs of RAW_SCAN, in this process, just before the report's runs."""
+    from sqlalchemy import text
+
+    times = []
+    with engine.connect() as connection:
+        for _ in range(3):
+            started = time.perf_counter()
+            connection.execute(text(RAW_SCAN)).all()
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def _rss_kb(field: str) -> int:
@@ -962,7 +983,9 @@ def measure(name: str, url: str, repeat: int) -> dict[str, Any]:
         lines = child.stderr.strip().splitlines() or ["failed"]
         errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
         return {"error": (errors or lines)[-1][:120]}
-    return json.loads(child.stdout.strip().splitlines()[-1])
+    # The child's figures are its one JSON line (the harness prints the machine's load around it).
+    (figures,) = [line for line in child.stdout.splitlines() if line.startswith("{")]
+    return json.loads(figures)
 
 
 # -- main ---------------------------------------------------------------------------------------------------
@@ -973,13 +996,25 @@ def _mb(value: int) -> str:
 
 
 def print_table(results: list[tuple[Database, str, dict[str, Any]]]) -> None:
-    header = ("backend", "calls", "report", "first s", "median s", "target", "py peak MB", "rss Δ MB", "rows")
+    header = (
+        "backend",
+        "calls",
+        "report",
+        "first s",
+        "median s",
+        "raw scans",
+        "target",
+        "py peak MB",
+        "rss Δ MB",
+        "rows",
+    )
     lines = [header]
     for database, name, figures in results:
         target = SQLITE_TARGETS.get(name) if database.backend == "sqlite" else None
         if "error" in figures or "missing" in figures:
             note = figures.get("error") or "not written yet"
-            lines.append((database.backend, f"{database.meta.calls:,}", name, "-", "-", "-", "-", "-", note))
+            dashes = ("-",) * 6
+            lines.append((database.backend, f"{database.meta.calls:,}", name, *dashes, note))
             continue
         verdict = ""
         if target is not None:
@@ -991,6 +1026,7 @@ def print_table(results: list[tuple[Database, str, dict[str, Any]]]) -> None:
                 name,
                 f"{figures['first_s']:.3f}",
                 f"{figures['median_s']:.3f}",
+                f"{figures['median_s'] / figures['raw_scan_s']:.1f}",
                 verdict,
                 _mb(figures["py_peak_bytes"]),
                 _mb(figures["rss_delta_bytes"]),
@@ -1000,7 +1036,7 @@ def print_table(results: list[tuple[Database, str, dict[str, Any]]]) -> None:
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     for n, line in enumerate(lines):
         cells = [
-            str(cell).ljust(widths[i]) if i in (0, 2, 5, 8) else str(cell).rjust(widths[i])
+            str(cell).ljust(widths[i]) if i in (0, 2, 6, 9) else str(cell).rjust(widths[i])
             for i, cell in enumerate(line)
         ]
         print("  ".join(cells).rstrip())

@@ -9,10 +9,9 @@ Definitions (printed in the report's header):
 - TTFT: time to the first streamed chunk, of successful streamed calls;
 - percentiles: linear interpolation between the closest ranks, as PostgreSQL's `percentile_cont` and
   numpy's default: with the n values sorted x[0] <= ... <= x[n-1], the p-th percentile is at position
-  h = (n - 1) p, and equals x[floor h] + (x[ceil h] - x[floor h]) (h - floor h). PostgreSQL computes it
-  with `percentile_cont`; SQLite, which has none, ranks the values with ROW_NUMBER in a window and only the
-  two rows around each position come back, to be interpolated here with the same formula in the same
-  floating-point arithmetic, so both give the same numbers.
+  h = (n - 1) p, and equals x[floor h] + (x[ceil h] - x[floor h]) (h - floor h), as PostgreSQL's
+  `percentile_cont` computes it. The SQL store finds the two values around each position without sorting
+  every value (`sources/sql_anomalies_ops.py`) and interpolates them with that formula, on either engine.
 """
 
 from __future__ import annotations

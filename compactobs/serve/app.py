@@ -177,8 +177,7 @@ def create_app(source: Any, *, token: str | None = None, budgets_file: str | Non
         def build() -> str:
             by_day = report("cost", {**filters, "by": ["day"]})
             by_model = report("cost", {**filters, "by": ["model"]})
-            found = report("anomalies", filters).extra.get("findings", [])
-            return pages.overview(by_day, by_model, found)
+            return pages.overview(by_day, by_model, filters)
 
         return html("Overview", "/", build)
 

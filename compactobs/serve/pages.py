@@ -127,7 +127,9 @@ def _spend_by(report: Report, key: str) -> tuple[list[str], list[float]]:
     return list(spend), list(spend.values())
 
 
-def overview(by_day: Report, by_model: Report, anomalies: Sequence[Mapping[str, Any]]) -> str:
+def overview(by_day: Report, by_model: Report, filters: Mapping[str, Sequence[str]]) -> str:
+    """The spend from the rollups, and a link to the anomalies: they read every call (seconds at a million
+    calls), so they are a page of their own, not a wait before this one."""
     totals = by_day.totals or {}
     billed = totals.get("cost_usd")
     hidden = totals.get("hidden_cost_usd")
@@ -142,9 +144,13 @@ def overview(by_day: Report, by_model: Report, anomalies: Sequence[Mapping[str, 
     )
     days, day_costs = _spend_by(by_day, "day")
     models, model_costs = _spend_by(by_model, "model")
+    query = urlencode([(key, value) for key, values in filters.items() for value in values])
+    anomalies = "/anomalies" + (f"?{query}" if query else "")
     return (
         "<h2>Anomalies</h2>"
-        + findings(anomalies)
+        + f'<p class="note"><a id="anomalies" href="{escape(anomalies)}">The anomalies</a> of these calls '
+        "(compaction loops, budgets, error bursts, unpriced models) are on a page of their own: they read "
+        "every call, which takes seconds on a large store.</p>"
         + headline
         + "<h2>Spend by day</h2>"
         + bar_chart("spend-by-day", "Spend by day", days, day_costs)

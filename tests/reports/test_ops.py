@@ -202,3 +202,21 @@ def test_cli_ops_bad_input(sqlite_url: str, args: tuple[str, ...], expected: str
 def test_cli_ops_bad_database(tmp_path: Any) -> None:
     code, _, err = run("--db", "mysql://x@y/z", "report", "ops")
     assert "unsupported database" in one_line_error(code, err)
+
+
+def test_percentiles_across_buckets(database_url: str) -> None:
+    # Values on every side of the bucket edges (below 0, [0, 100), each decade, beyond 10^15) and ties:
+    # the percentiles are exact, as the textbook's over the sorted values.
+    durations = [-5.0, 0.25, 0.75, 99.9, 100.0, 100.0, 999.99, 1000.0, 1000.4, 1000.6, 12345.6, 1e16, 3e16]
+    rows = [call(f"e{i:02d}", i, duration_ms=d) for i, d in enumerate(durations)]
+    store_rows(database_url, rows)
+    engine = store.open_database(database_url)
+    try:
+        found = percentiles(engine, calls.c.duration_ms, None, [], (0.0, 0.25, 0.5, 0.9, 1.0))
+    finally:
+        engine.dispose()
+    # n = 13, h = 12 p: p0 -> x[0] = -5; p25 at h = 3 -> x[3] = 99.9; p50 at h = 6 -> x[6] = 999.99;
+    # p90 at h = 10.8 -> x[10] + (x[11] - x[10]) x 0.8 = 12345.6 + (1e16 - 12345.6) x 0.8; p100 -> 3e16
+    (got,) = found.values()
+    assert got[:3] == (-5.0, 99.9, 999.99) and got[4] == 3e16
+    assert got[3] == pytest.approx(12345.6 + (1e16 - 12345.6) * 0.8, rel=1e-12)

@@ -121,6 +121,10 @@ def test_the_overview_shows_the_billed_total_and_its_charts(site: dict[str, Any]
     # Every call of the store was made today: one day, one bar; at least the demo's two models.
     assert [h > 0 for h in _bars(page, "spend-by-day")] == [True]
     assert len([h for h in _bars(page, "spend-by-model") if h > 0]) >= 2
+    # The anomalies read every call: the overview links to their page instead of waiting for them.
+    assert page.locator(".finding").count() == 0
+    page.click("#anomalies")
+    page.wait_for_url("**/anomalies")
     assert page.locator(".finding[data-kind=compaction_loop]").count() >= 1
     page.close()
 

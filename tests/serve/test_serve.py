@@ -259,6 +259,19 @@ def sqlite_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         engine.dispose()
 
 
+def test_the_overview_links_to_the_anomalies_with_its_filters(sqlite_demo: dict[str, Any]) -> None:
+    with serving(create_app(sqlite_demo["engine"])) as base:
+        status, body, _ = _get(base + "/?since=7d&model=claude-*%22%3E")
+        assert status == 200
+        page = body.decode()
+        # No finding on the overview (the anomalies read every call); the link keeps the page's filters,
+        # URL-encoded and escaped.
+        assert 'class="finding' not in page
+        assert 'id="anomalies" href="/anomalies?since=7d&amp;model=claude-%2A%22%3E"' in page
+        status, body, _ = _get(base + "/anomalies?since=7d&model=claude-*")
+        assert status == 200 and 'data-kind="compaction_loop"' in body.decode()
+
+
 def test_a_bad_option_is_a_400_with_one_line(sqlite_demo: dict[str, Any]) -> None:
     with serving(create_app(sqlite_demo["engine"])) as base:
         for path, words in [
