@@ -96,6 +96,7 @@ from compactobs.semconv import (
     SPEED,
     STOP_REASON,
     STREAM_END,
+    TAG_PREFIX,
     TOKEN_CLASSES,
     TOKEN_MODALITY,
     TOKEN_MODALITY_UNKNOWN,
@@ -535,6 +536,8 @@ class Telemetry:
         ):
             if value is not None:
                 attributes[key] = value
+        for key, value in obs.tags:
+            attributes[TAG_PREFIX + key] = value
         if request.betas:
             attributes[ANTHROPIC_BETA] = list(request.betas)
         if stop_reason:
