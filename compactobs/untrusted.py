@@ -16,11 +16,21 @@ instrument/, store/ and the CLI all use it.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable
 from typing import Final, TypeGuard
 
-__all__ = ["LOG_MAX_CHARS", "MAX_ID_CHARS", "MAX_TAGS", "bounded_id", "bounded_tags", "escape", "tag_key_ok"]
+__all__ = [
+    "LOG_MAX_CHARS",
+    "MAX_ID_CHARS",
+    "MAX_TAGS",
+    "bounded_id",
+    "bounded_tags",
+    "escape",
+    "stored_tags",
+    "tag_key_ok",
+]
 
 LOG_MAX_CHARS: Final = 200
 """How much of one untrusted string a log line shows."""
@@ -94,3 +104,15 @@ def bounded_tags(pairs: Iterable[tuple[object, object]]) -> dict[str, str]:
     except Exception:
         pass
     return {key: kept[key] for key in sorted(kept)[:MAX_TAGS]}
+
+
+def stored_tags(text: object) -> dict[str, str]:
+    """The tags a `tags` column holds (a JSON object of strings): {} for NULL or what is not tags. Never
+    raises."""
+    if not isinstance(text, str):
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return bounded_tags(value.items()) if isinstance(value, dict) else {}

@@ -43,7 +43,6 @@ __all__ = [
     "RowMapper",
     "group_by_call",
     "sanitize",
-    "stored_tags",
     "tags_json",
 ]
 
@@ -367,17 +366,6 @@ def tags_json(attributes: Mapping[str, Any]) -> str | None:
         return None
     tags = bounded_tags(found)
     return _TAGS_ENCODER.encode(tags) if tags else None
-
-
-def stored_tags(text: object) -> dict[str, str]:
-    """A `tags` column's value as the tags it holds ({} for NULL or what is not tags). Never raises."""
-    if not isinstance(text, str):
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {}
-    return bounded_tags(value.items()) if isinstance(value, dict) else {}
 
 
 # --- the slow path: coercing values a database refused -------------------------------------------------

@@ -51,8 +51,9 @@ from compactobs import semconv as t
 from compactobs._version import __version__
 from compactobs.errors import UserError
 from compactobs.platforms import ANTHROPIC
-from compactobs.store.mapping import CALL_ATTRIBUTES, ITERATION_ATTRIBUTES, stored_tags
+from compactobs.store.mapping import CALL_ATTRIBUTES, ITERATION_ATTRIBUTES
 from compactobs.store.models import calls, iterations
+from compactobs.untrusted import stored_tags
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter

@@ -9,10 +9,15 @@ Every call below is Sonnet 4.5 ($3 in, $15 out per MTok) answering 1,000 input a
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import select
 
 import compactobs
@@ -35,9 +40,9 @@ def _ask(client: Any) -> None:
     client.messages.create(model=SONNET, max_tokens=8, messages=[{"role": "user", "content": "hi"}])
 
 
-def record_tagged(url: str) -> None:
+def record_tagged(url: str, processors: Sequence[SpanProcessor] = ()) -> None:
     """planner: 2 calls (customer acme, then a hostile customer); coder: 1 call; 1 call without tags."""
-    with recording(url, service_name="app") as (sim, client):
+    with recording(url, service_name="app", processors=processors) as (sim, client):
         sim.enqueue(*[Reply(message(usage=USAGE, model=SONNET))] * 4)
         with compactobs.conversation("c1", tags={"agent": "planner", "customer": "acme"}):
             _ask(client)
@@ -153,3 +158,34 @@ def test_long_values_are_bounded_and_sixteen_tags_kept(sqlite_url: str) -> None:
     assert len(tags) == 16
     # A value beyond 256 characters is cut as a long id is: 256 characters, saying its length.
     assert len(tags["long"]) == 256 and "[1000 chars, sha256:" in tags["long"]
+
+
+def test_clickhouse_groups_by_tag_as_the_store_does(postgres_url: str, tmp_path: Path) -> None:
+    """The same spans in the Collector's otel_traces (chdb): cost, cache and tune by tag give the store's
+    JSON, read from the spans' attributes and, after `clickhouse setup`, from the typed tables."""
+    from compactobs.reports.sources.clickhouse.source import ClickHouseSource
+    from compactobs.reports.tune import TuneOptions, tune, tune_report
+    from tests.otel_traces import write_spans
+
+    kept = InMemorySpanExporter()
+    record_tagged(postgres_url, [SimpleSpanProcessor(kept)])
+    source = ClickHouseSource(f"chdb://{tmp_path}")
+    engine = store.open_database(postgres_url)
+    try:
+        write_spans(source, kept.get_finished_spans())
+        filters = build_filters(None, None, "UTC")
+        for typed in (False, True):
+            if typed:
+                source.setup()
+                assert source.detect_typed()
+            for by in (["tag:agent"], ["service", "tag:customer"], ["day", "tag:agent"]):
+                expected = json.loads(render(cost_report(engine, filters, by), "json"))
+                assert json.loads(render(cost_report(source, filters, by), "json")) == expected, (typed, by)
+                expected = json.loads(render(cache_report(engine, filters, by), "json"))
+                assert json.loads(render(cache_report(source, filters, by), "json")) == expected, (typed, by)
+            options = TuneOptions(by="tag:agent")
+            expected = json.loads(render(tune_report(tune(engine, filters, options)), "json"))
+            assert json.loads(render(tune_report(tune(source, filters, options)), "json")) == expected, typed
+    finally:
+        engine.dispose()
+        source.close()
