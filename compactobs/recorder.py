@@ -576,7 +576,7 @@ class Telemetry:
             attributes[ITERATIONS_COUNT] = len(usage.iterations)
             attributes[COMPACTIONS_COUNT] = usage.compactions
             attributes[COMPACTIONS_FAILED] = obs.failed_compactions
-            context_tokens = usage.context_tokens
+            context_tokens = obs.context_after if obs.context_after is not None else usage.context_tokens
             if context_tokens is not None:
                 attributes[CONTEXT_TOKENS] = context_tokens
             if obs.guard_seen is not None:
