@@ -189,3 +189,26 @@ def test_clickhouse_groups_by_tag_as_the_store_does(postgres_url: str, tmp_path:
     finally:
         engine.dispose()
         source.close()
+
+
+def test_monthly_budgets_per_tag_value_alert(sqlite_url: str, tmp_path: Path) -> None:
+    """`[monthly.tag.agent."planner"]`: planner's calls spent 2 x $0.006 = $0.012 this month, over $0.01;
+    coder's $0.006 is under its $1 (and so is its projection: a month of $0.006 days is about $0.19)."""
+    from compactobs.alerts.evaluate import AlertRules, evaluate
+    from compactobs.rules import load_budgets
+
+    record_tagged(sqlite_url)
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text(
+        '[monthly.tag.agent."planner"]\nusd = 0.01\n[monthly.tag.agent."coder"]\nusd = 1\n', encoding="utf-8"
+    )
+    engine = store.open_database(sqlite_url)
+    try:
+        alerts = evaluate(engine, build_filters(None, None, "UTC"), AlertRules(budgets=load_budgets(budgets)))
+    finally:
+        engine.dispose()
+    burns = [a for a in alerts if a.kind in ("monthly_budget_exceeded", "forecast_over_budget")]
+    assert [(a.kind, a.evidence["tag"], a.cost_usd) for a in burns] == [
+        ("monthly_budget_exceeded", {"key": "agent", "value": "planner"}, D("0.012"))
+    ]
+    assert burns[0].message.startswith("tag agent='planner' spent $0.01 in ")
