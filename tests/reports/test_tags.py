@@ -212,3 +212,25 @@ def test_monthly_budgets_per_tag_value_alert(sqlite_url: str, tmp_path: Path) ->
         ("monthly_budget_exceeded", {"key": "agent", "value": "planner"}, D("0.012"))
     ]
     assert burns[0].message.startswith("tag agent='planner' spent $0.01 in ")
+
+
+def test_serve_answers_by_tag_as_the_command_prints(sqlite_url: str) -> None:
+    import urllib.request
+
+    from compactobs.serve.app import create_app
+    from tests.serving import serving
+
+    record_tagged(sqlite_url)
+    code, printed, err = run("--db", sqlite_url, "report", "cost", "--by", "tag:agent", "--format", "json")
+    assert code == 0, err
+    engine = store.open_database(sqlite_url)
+    try:
+        with (
+            serving(create_app(engine)) as base,
+            urllib.request.urlopen(f"{base}/api/report/cost?by=tag:agent") as response,
+        ):
+            served = json.loads(response.read())
+    finally:
+        engine.dispose()
+    assert served == json.loads(printed)
+    assert {row["tag:agent"] for row in served["rows"]} == {"planner", "coder", None}
