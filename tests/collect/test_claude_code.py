@@ -373,3 +373,41 @@ def test_compaction_events_give_the_loop_rule_its_figures_and_attribution_become
         assert groups == {("claude-code", "Explore"): 4, ("claude-code", None): 1}
     finally:
         engine.dispose()
+
+
+def test_claude_code_shows_beside_an_app_by_service_provider_and_tag(sqlite_url: str, tmp_path: Path) -> None:
+    """An application's call (service app, tag agent=planner) and Claude Code's five in one store."""
+    import compactobs
+    from compactobs import store
+    from compactobs.reports.cost import cost_report
+    from compactobs.reports.render import render
+    from compactobs.reports.times import build_filters
+    from tests.recording import recording
+
+    url = prepared(sqlite_url)
+    with recording(url, service_name="app") as (sim, client):
+        sim.enqueue(Reply(message(usage={"input_tokens": 10, "output_tokens": 1})))
+        with compactobs.conversation("c1", tags={"agent": "planner"}):
+            client.messages.create(
+                model="claude-sonnet-4-5", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+            )
+    with Collector(url, http="127.0.0.1:0", spool_dir=tmp_path / "spool") as collector:
+        post(
+            collector.endpoint,
+            logs_request(*_loop_events()),
+            {"Content-Type": "application/json"},
+            path="/v1/logs",
+        )
+    engine = store.open_database(url)
+    try:
+        filters = build_filters(None, None, "UTC")
+
+        def groups(by: str) -> dict[Any, int]:
+            data = json.loads(render(cost_report(engine, filters, [by]), "json"))
+            return {row[data["by"][0]]: row["calls"] for row in data["rows"]}
+
+        assert groups("service") == {"app": 1, "claude-code": 5}
+        assert groups("provider") == {"anthropic": 6}
+        assert groups("tag:agent") == {"planner": 1, "Explore": 4, None: 1}
+    finally:
+        engine.dispose()
