@@ -354,12 +354,17 @@ class RowMapper:
 
 _TAG_PREFIX: Final = t.TAG_PREFIX
 _TAG_CUT: Final = len(t.TAG_PREFIX)
+_TAG_MARK: Final = "\x00" + t.TAG_PREFIX
 _TAGS_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
 def tags_json(attributes: Mapping[str, Any]) -> str | None:
     """The `tags` column of a call span's attributes: its `compactobs.tag.*` as a JSON object, bounded as
     `compactobs.untrusted.bounded_tags` says whoever sent the span; None when it has none."""
+    # Most calls carry no tag: one C-level look at all the names first (a name holding NUL could pass it,
+    # and is then left out below).
+    if _TAG_MARK not in "\x00" + "\x00".join(attributes):
+        return None
     prefix = _TAG_PREFIX
     found = [(key[_TAG_CUT:], value) for key, value in attributes.items() if key.startswith(prefix)]
     if not found:
