@@ -48,6 +48,7 @@ from compactobs.usage import CallObservation, CompactionBlock, RequestFacts, nor
 
 __all__ = [
     "ATTRIBUTION_TAGS",
+    "COMPACTION_KEY_PREFIX",
     "SERVICE",
     "CallRecorder",
     "ClaudeCodeEvents",
@@ -63,6 +64,7 @@ SCOPE: Final = "com.anthropic.claude_code.events"
 API_REQUEST: Final = "api_request"
 API_ERROR: Final = "api_error"
 COMPACTION: Final = "compaction"
+COMPACTION_KEY_PREFIX: Final = "compaction\x00"
 COMPACT_SOURCE: Final = "compact"
 ATTRIBUTION_TAGS: Final = {
     "agent.name": "agent",
@@ -101,7 +103,7 @@ def call_key(request_id: str | None, session_id: str | None, sequence: object) -
 def compaction_key(session_id: str | None, trigger: str, pre_tokens: int, post_tokens: int | None) -> str:
     """The key of a compaction Claude Code reports without its call (a `compaction` event, a transcript's
     `compact_boundary`): the session, the trigger and the context before and after, which both carry."""
-    return f"compaction\x00{session_id}\x00{trigger}\x00{pre_tokens}\x00{post_tokens}"
+    return f"{COMPACTION_KEY_PREFIX}{session_id}\x00{trigger}\x00{pre_tokens}\x00{post_tokens}"
 
 
 def compaction_observation(

@@ -14,7 +14,8 @@ every other way in.
 - **Compactions**: a `compact_boundary` marker (trigger, `preTokens`, `postTokens`) is a compaction of the
   session, keyed as `collect` keys a `compaction` event it cannot pair with a call
   (`collect.claude_code.compaction_key`), so `report anomalies` judges it by the same loop rule. A marker
-  right after a call that billed a compaction iteration is that call's compaction, not counted again.
+  right after a call that billed a compaction iteration is that call's compaction, not counted again; so
+  is one `collect` already put on its compact call (same session, trigger and context after).
 - **Once**: a call's ids derive from its request id, as `collect` derives them from Claude Code's
   `api_request` event, so a call both paths see is stored once (the store is keyed by span id).
 - **Incremental**: each file's read offset (of its last whole line) is kept in a state file beside the
@@ -39,7 +40,13 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from sqlalchemy import delete, select
 
 from compactobs import semconv as t
-from compactobs.collect.claude_code import CallRecorder, call_key, compaction_key, compaction_observation
+from compactobs.collect.claude_code import (
+    COMPACTION_KEY_PREFIX,
+    CallRecorder,
+    call_key,
+    compaction_key,
+    compaction_observation,
+)
 from compactobs.store import models, open_database
 from compactobs.store.exporter import SqlSpanExporter, spool_root
 from compactobs.store.processor import StoreSpanProcessor
@@ -276,6 +283,39 @@ def _drop_less_complete(database_url: str, spans: Sequence[ReadableSpan]) -> Non
         engine.dispose()
 
 
+def _without_paired_compactions(
+    database_url: str, calls: list[tuple[str, CallObservation]]
+) -> list[tuple[str, CallObservation]]:
+    """`calls` less the compaction boundaries `collect` already stored on their call: a compacting call of the
+    same session with the boundary's trigger and context after (`collect` pairs a `compaction` event with
+    its `query_source=compact` call)."""
+    boundaries = [(key, o) for key, o in calls if key.startswith(COMPACTION_KEY_PREFIX)]
+    if not boundaries:
+        return calls
+    c = models.calls.c
+    paired: set[str] = set()
+    engine = open_database(database_url)
+    try:
+        with engine.connect() as connection:
+            for key, observation in boundaries:
+                found = connection.execute(
+                    select(c.call_id)
+                    .where(
+                        c.conversation_id == observation.conversation_id,
+                        c.compaction_trigger == observation.request.compaction_trigger,
+                        c.context_tokens == observation.context_after,
+                        c.compactions_count > 0,
+                        c.input_tokens > 0,  # a call, not a compaction stored on its own
+                    )
+                    .limit(1)
+                ).first()
+                if found is not None:
+                    paired.add(key)
+    finally:
+        engine.dispose()
+    return [(key, o) for key, o in calls if key not in paired]
+
+
 def _chunks(values: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
@@ -303,7 +343,9 @@ def import_transcripts(
                 result.warnings.append(f"cannot read {path}: {err.strerror or err}")
                 continue
             result.files += 1
-            calls = transcript_calls(lines, result, _agents_beside(path))
+            calls = _without_paired_compactions(
+                database_url, transcript_calls(lines, result, _agents_beside(path))
+            )
             if calls:
                 spans = recorder.spans(calls)
                 _drop_less_complete(database_url, spans)

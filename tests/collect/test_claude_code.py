@@ -411,3 +411,36 @@ def test_claude_code_shows_beside_an_app_by_service_provider_and_tag(sqlite_url:
         assert groups("tag:agent") == {"planner": 1, "Explore": 4, None: 1}
     finally:
         engine.dispose()
+
+
+def test_a_transcript_boundary_of_a_compaction_collect_paired_is_not_stored_again(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    from compactobs.importers.claude_code import import_transcripts
+
+    url = prepared(sqlite_url)
+    with Collector(url, http="127.0.0.1:0", spool_dir=tmp_path / "spool") as collector:
+        post(
+            collector.endpoint,
+            logs_request(*_loop_events()),
+            {"Content-Type": "application/json"},
+            path="/v1/logs",
+        )
+    before = rows(url)
+    transcript = tmp_path / "projects" / "-work" / f"{LOOP_SESSION}.jsonl"
+    transcript.parent.mkdir(parents=True)
+    boundary = {
+        "type": "system",
+        "subtype": "compact_boundary",
+        "sessionId": LOOP_SESSION,
+        "timestamp": "2026-11-30T10:00:05.000Z",
+        "compactMetadata": {"trigger": "auto", "preTokens": 160000, "postTokens": 150000},
+    }
+    other = {**boundary, "compactMetadata": {"trigger": "auto", "preTokens": 170000, "postTokens": 20000}}
+    transcript.write_text(json.dumps(boundary) + "\n" + json.dumps(other) + "\n")
+    import_transcripts(url, [tmp_path / "projects"], spool_dir=tmp_path / "spool")
+    after = rows(url)
+    # The paired one is already a compacting call; the other compaction is new: one more row.
+    assert len(after[0]) == len(before[0]) + 1
+    added = [row for row in after[0] if row["call_id"] not in {r["call_id"] for r in before[0]}]
+    assert [(r["compaction_trigger"], r["context_tokens"]) for r in added] == [(170000, 20000)]
