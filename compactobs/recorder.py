@@ -96,6 +96,7 @@ from compactobs.semconv import (
     SPEED,
     STOP_REASON,
     STREAM_END,
+    TAG_PREFIX,
     TOKEN_CLASSES,
     TOKEN_MODALITY,
     TOKEN_MODALITY_UNKNOWN,
@@ -550,6 +551,8 @@ class Telemetry:
         ):
             if value is not None:
                 attributes[key] = value
+        for key, value in obs.tags:
+            attributes[TAG_PREFIX + key] = value
         if request.betas:
             attributes[ANTHROPIC_BETA] = list(request.betas)
         if stop_reason:
@@ -588,7 +591,7 @@ class Telemetry:
             attributes[ITERATIONS_COUNT] = len(usage.iterations)
             attributes[COMPACTIONS_COUNT] = usage.compactions
             attributes[COMPACTIONS_FAILED] = obs.failed_compactions
-            context_tokens = usage.context_tokens
+            context_tokens = obs.context_after if obs.context_after is not None else usage.context_tokens
             if context_tokens is not None:
                 attributes[CONTEXT_TOKENS] = context_tokens
             if obs.guard_seen is not None:

@@ -185,6 +185,8 @@ class MonthlyBudgets:
 
     usd: Decimal | None = None
     services: Mapping[str, Decimal] = field(default_factory=dict)
+    tags: Mapping[tuple[str, str], Decimal] = field(default_factory=dict)
+    """(tag key, value) -> USD a month for the calls with that tag (`[monthly.tag.KEY."VALUE"] usd`)."""
     source: str = ""
     """Where they came from: `FILE [monthly]`."""
 
@@ -238,6 +240,8 @@ def load_budgets(path: str | os.PathLike[str]) -> Budgets:
     usd = 1000                 # all spend
     [monthly.service."search"] # one service
     usd = 200
+    [monthly.tag.customer."acme"]  # the calls tagged customer=acme (`compactobs.conversation(tags=...)`)
+    usd = 100
 
     [budgets."ticket-42"]      # an exact conversation id
     usd = 5.0                  # USD (optional)
@@ -363,18 +367,12 @@ def _monthly_from(table: JSON, name: str) -> MonthlyBudgets:
     where = f"budgets file {name}: [monthly]"
     if not isinstance(table, dict):
         raise RulesInputError(f"{where} must be a table, e.g. {_MONTHLY_EXAMPLE}", at="monthly")
-    if "tag" in table:
-        # Calls carry no tags in the store yet: a tag budget would silently never fire.
-        raise RulesInputError(
-            f"{where}: per-tag budgets ([monthly.tag]) need tags stored with the calls, which this version "
-            'does not record; use [monthly.service."NAME"]',
-            at=_first_key("monthly.tag", table["tag"]),
-        )
-    bad = sorted(set(table) - {"usd", "service"})
+    bad = sorted(set(table) - {"usd", "service", "tag"})
     if bad:
         raise RulesInputError(
-            f"{where}: unknown key {bad[0]!r} (allowed: usd, service)", at=f"monthly.{bad[0]}"
+            f"{where}: unknown key {bad[0]!r} (allowed: usd, service, tag)", at=f"monthly.{bad[0]}"
         )
+    tags = _monthly_tags(table.get("tag", {}), name)
     usd = _usd_limit(where, table["usd"], "monthly.usd") if "usd" in table else None
     services_table = table.get("service", {})
     if not isinstance(services_table, dict):
@@ -388,9 +386,36 @@ def _monthly_from(table: JSON, name: str) -> MonthlyBudgets:
         if not isinstance(entry, dict) or set(entry) != {"usd"}:
             raise RulesInputError(f"{here} must be a table with usd only, e.g. {_MONTHLY_EXAMPLE}", at=at)
         services[service] = _usd_limit(here, entry["usd"], f"{at}.usd")
-    if usd is None and not services:
+    if usd is None and not services and not tags:
         raise RulesInputError(f"{where} sets no budget: give usd, e.g. {_MONTHLY_EXAMPLE}", at="monthly")
-    return MonthlyBudgets(usd=usd, services=services, source=f"{name} [monthly]")
+    return MonthlyBudgets(usd=usd, services=services, tags=tags, source=f"{name} [monthly]")
+
+
+_TAG_EXAMPLE: Final = '[monthly.tag.customer."acme"] usd = 100'
+
+
+def _monthly_tags(table: JSON, name: str) -> dict[tuple[str, str], Decimal]:
+    """`[monthly.tag.KEY."VALUE"] usd`: (tag key, value) -> the month's USD for the calls with that tag."""
+    from compactobs.untrusted import escape, tag_key_ok
+
+    where = f"budgets file {name}: [monthly.tag]"
+    if not isinstance(table, dict):
+        raise RulesInputError(f"{where} must be a table, e.g. {_TAG_EXAMPLE}", at="monthly.tag")
+    found: dict[tuple[str, str], Decimal] = {}
+    for key, values in table.items():
+        at = f'monthly.tag."{key}"'
+        if not tag_key_ok(key):
+            raise RulesInputError(
+                f"{where}: {escape(key)!r} is no tag key (1 to 64 letters, digits, '_', '.' or '-')", at=at
+            )
+        if not isinstance(values, dict) or not values:
+            raise RulesInputError(f"{where}.{key} must be a table of values, e.g. {_TAG_EXAMPLE}", at=at)
+        for value, entry in values.items():
+            here = f'budgets file {name}: [monthly.tag.{key}."{escape(value)}"]'
+            if not isinstance(entry, dict) or set(entry) != {"usd"}:
+                raise RulesInputError(f"{here} must be a table with usd only, e.g. {_TAG_EXAMPLE}", at=at)
+            found[(key, value)] = _usd_limit(here, entry["usd"], f'{at}."{value}".usd')
+    return found
 
 
 # --- spend spikes ----------------------------------------------------------------------------------------

@@ -110,6 +110,12 @@ BATCH_ID: Final = "compactobs.batch.id"
 BATCH_CUSTOM_ID: Final = "compactobs.batch.custom_id"
 """Message Batches: the result's `custom_id`, unique within its batch."""
 
+# --- free tags: `compactobs.conversation(id, tags={...})`, Claude Code's agent, skill, MCP tool, user ---
+TAG_PREFIX: Final = "compactobs.tag."
+"""A call's tag KEY=VALUE travels as the string attribute `compactobs.tag.KEY` (`--by tag:KEY`). Keys:
+letters, digits, `_`, `.`, `-`, 1 to 64 characters; at most 16 tags a call; values cut as a long id is
+(`compactobs.untrusted.bounded_tags` holds the limits)."""
+
 # --- the runtime guard's span event (compactobs.guard), on the call that crossed a limit ---
 EVENT_GUARD_BREACH: Final = "compactobs.guard.breach"
 GUARD_KIND: Final = "compactobs.guard.kind"

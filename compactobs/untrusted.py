@@ -16,9 +16,21 @@ instrument/, store/ and the CLI all use it.
 from __future__ import annotations
 
 import hashlib
-from typing import Final
+import json
+import re
+from collections.abc import Iterable
+from typing import Final, TypeGuard
 
-__all__ = ["LOG_MAX_CHARS", "MAX_ID_CHARS", "bounded_id", "escape"]
+__all__ = [
+    "LOG_MAX_CHARS",
+    "MAX_ID_CHARS",
+    "MAX_TAGS",
+    "bounded_id",
+    "bounded_tags",
+    "escape",
+    "stored_tags",
+    "tag_key_ok",
+]
 
 LOG_MAX_CHARS: Final = 200
 """How much of one untrusted string a log line shows."""
@@ -65,3 +77,42 @@ def bounded_id(value: str) -> str:
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     marker = f"...[{len(value)} chars, sha256:{digest}]"
     return value[: MAX_ID_CHARS - len(marker)] + marker
+
+
+# Tags (semconv.TAG_PREFIX): what a key may be, how many a call carries; values are bounded as ids are.
+_TAG_KEY: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+MAX_TAGS: Final = 16
+
+
+def tag_key_ok(key: object) -> TypeGuard[str]:
+    """Whether `key` is a tag key (letters, digits, `_`, `.`, `-`; 1 to 64 characters)."""
+    return isinstance(key, str) and _TAG_KEY.fullmatch(key) is not None
+
+
+def bounded_tags(pairs: Iterable[tuple[object, object]]) -> dict[str, str]:
+    """The tags to keep of (key, value) pairs from anywhere: keys that are tag keys, values that are
+    non-empty strings (NUL removed: PostgreSQL text cannot hold it) cut as a long id is, at most the first
+    16 by key; the rest left out. Never raises."""
+    kept: dict[str, str] = {}
+    try:
+        for key, value in pairs:
+            if not tag_key_ok(key) or not isinstance(value, str):
+                continue
+            value = value.replace("\x00", "")
+            if value:
+                kept[key] = bounded_id(value)
+    except Exception:
+        pass
+    return {key: kept[key] for key in sorted(kept)[:MAX_TAGS]}
+
+
+def stored_tags(text: object) -> dict[str, str]:
+    """The tags a `tags` column holds (a JSON object of strings): {} for NULL or what is not tags. Never
+    raises."""
+    if not isinstance(text, str):
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return bounded_tags(value.items()) if isinstance(value, dict) else {}

@@ -532,6 +532,11 @@ class CallObservation:
     """A collected call's cost as its source reported it (Claude Code's `cost_usd`): kept beside the price."""
     region: str | None = None
     """The region the client targets (Bedrock, Vertex, Claude on AWS or Google Cloud); None elsewhere."""
+    tags: tuple[tuple[str, str], ...] = ()
+    """The call's tags (key, value), already bounded (`compactobs.untrusted.bounded_tags`)."""
+    context_after: int | None = None
+    """The context a compaction left, when its source says so (Claude Code's `post_tokens`): the call's
+    context tokens, instead of the usage's."""
     guard_seen: tuple[Decimal, bool] | None = None
     """A guarded call: the conversation's billed USD the guard knew when it let the request go, and whether
     that included other processes' spend."""

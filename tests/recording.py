@@ -5,14 +5,14 @@ real SDK)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import anthropic
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 
 import compactobs
 from compactobs import store
@@ -22,14 +22,20 @@ from compactobs.testing import Simulator
 
 @contextmanager
 def recording(
-    url: str, service_name: str | None = None, sim: Simulator | None = None
+    url: str,
+    service_name: str | None = None,
+    sim: Simulator | None = None,
+    processors: Sequence[SpanProcessor] = (),
 ) -> Iterator[tuple[Simulator, anthropic.Anthropic]]:
     """(the simulator, a client compactobs records into `url`, no retries); everything recorded is in the
     store when the block ends. `service_name`: the recording process's `service.name`; `sim`: a simulator
-    that outlives the block (its admin reports, for `reconcile`), else one of the block's own."""
+    that outlives the block (its admin reports, for `reconcile`), else one of the block's own; `processors`:
+    more span processors on the provider (e.g. to keep the spans)."""
     store.upgrade_database(url)
     resource = Resource.create({"service.name": service_name}) if service_name is not None else None
     provider = TracerProvider(resource=resource) if resource is not None else TracerProvider()
+    for processor in processors:
+        provider.add_span_processor(processor)
     compactobs.configure(url, tracer_provider=provider, meter_provider=NoOpMeterProvider())
     try:
         with contextlib.ExitStack() as stack:

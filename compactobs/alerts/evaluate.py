@@ -21,7 +21,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Final
 
@@ -37,6 +37,7 @@ from compactobs.reports.render.json import to_json_value
 from compactobs.reports.sources.sql_reading import reading
 from compactobs.rules import Budget, Budgets, MonthlyBudgets, SpikeRule, over_limits
 from compactobs.store.models import calls
+from compactobs.untrusted import escape
 
 __all__ = ["ALERT_KINDS", "Alert", "AlertRules", "alert_key", "evaluate"]
 
@@ -157,70 +158,95 @@ def _money(value: Decimal) -> str:
     return f"${value:,.2f}"
 
 
-def _scope_words(service: str | None) -> str:
+def _monthly_alerts(engine: Engine, filters: Filters, monthly: MonthlyBudgets, now: datetime) -> list[Alert]:
+    """Budget burn and forecasts for each `[monthly]` scope: all spend, each service, each tag value."""
+    today, series = daily_costs(engine, filters, now)
+    alerts = [
+        alert
+        for service, usd in monthly.scopes()
+        for alert in _burn(series.get(service, {}), today, usd, monthly.source, service, None)
+    ]
+    for key in sorted({key for key, _ in monthly.tags}):
+        _, by_value = daily_costs(engine, filters, now, f"tag:{key}")
+        for (tag_key, value), usd in sorted(monthly.tags.items()):
+            if tag_key == key:
+                alerts += _burn(by_value.get(value, {}), today, usd, monthly.source, None, (key, value))
+    return alerts
+
+
+def _scope_words(service: str | None, tag: tuple[str, str] | None = None) -> str:
+    if tag is not None:
+        return f"tag {tag[0]}={escape(tag[1])!r}"
     return "all spend" if service is None else f"service {service!r}"
 
 
-def _monthly_alerts(engine: Engine, filters: Filters, monthly: MonthlyBudgets, now: datetime) -> list[Alert]:
-    """Budget burn and forecasts for each `[monthly]` scope."""
-    today, series = daily_costs(engine, filters, now)
+def _burn(
+    daily: Mapping[date, Decimal],
+    today: date,
+    usd: Decimal,
+    source: str,
+    service: str | None,
+    tag: tuple[str, str] | None,
+) -> list[Alert]:
+    """`monthly_budget_exceeded` or `forecast_over_budget` of one scope (a service, all spend, a tag value)
+    from its spend per local day, or nothing."""
     month_start = today.replace(day=1)
     month = f"{today:%Y-%m}"
-    alerts: list[Alert] = []
-    for service, usd in monthly.scopes():
-        daily = series.get(service, {})
-        spent = sum((v for d, v in daily.items() if d >= month_start), Decimal(0))
-        budget = Budget(usd=usd, source=monthly.source)
-        evidence: JSONObject = {
-            "month": month,
-            "budget_usd": usd,
-            "spent_usd": spent.quantize(_SIX),
-            "budget_source": monthly.source,
-        }
-        if over_limits(budget, spent, 0):
-            alerts.append(
-                Alert(
-                    key=alert_key("monthly_budget_exceeded", None, service, month),
-                    kind="monthly_budget_exceeded",
-                    severity="critical",
-                    conversation_id=None,
-                    service=service,
-                    cost_usd=spent,
-                    message=(
-                        f"{_scope_words(service)} spent {_money(spent)} in {month}, over its "
-                        f"{_money(usd)} monthly budget ({spent / usd:.0%})"
-                        if usd
-                        else f"{_scope_words(service)} spent {_money(spent)} in {month}, over a $0 budget"
-                    ),
-                    evidence=evidence,
-                )
+    words = _scope_words(service, tag)
+    # The key's scope: the service, or `tag:KEY=VALUE` (a digest: the value's text never shows in it).
+    scope = service if tag is None else f"tag:{tag[0]}={tag[1]}"
+    spent = sum((v for d, v in daily.items() if d >= month_start), Decimal(0))
+    budget = Budget(usd=usd, source=source)
+    evidence: JSONObject = {
+        "month": month,
+        "budget_usd": usd,
+        "spent_usd": spent.quantize(_SIX),
+        "budget_source": source,
+    }
+    if tag is not None:
+        evidence["tag"] = {"key": tag[0], "value": tag[1]}
+    if over_limits(budget, spent, 0):
+        return [
+            Alert(
+                key=alert_key("monthly_budget_exceeded", None, scope, month),
+                kind="monthly_budget_exceeded",
+                severity="critical",
+                conversation_id=None,
+                service=service,
+                cost_usd=spent,
+                message=(
+                    f"{words} spent {_money(spent)} in {month}, over its {_money(usd)} monthly budget "
+                    f"({spent / usd:.0%})"
+                    if usd
+                    else f"{words} spent {_money(spent)} in {month}, over a $0 budget"
+                ),
+                evidence=evidence,
             )
-            continue
-        forecast = project_month(daily, today)
-        if over_limits(budget, forecast.projected_cost_usd, 0):
-            projection = forecast.as_json()
-            projected, low, high = (
-                _money(forecast.projected_cost_usd),
-                _money(forecast.low_usd),
-                _money(forecast.high_usd),
-            )
-            alerts.append(
-                Alert(
-                    key=alert_key("forecast_over_budget", None, service, month),
-                    kind="forecast_over_budget",
-                    severity="warning",
-                    conversation_id=None,
-                    service=service,
-                    cost_usd=forecast.projected_cost_usd,
-                    message=(
-                        f"{_scope_words(service)} is on course to spend {projected} in {month} (95% "
-                        f"interval {low} to {high}), "
-                        f"over its {_money(usd)} monthly budget; {_money(spent)} spent so far"
-                    ),
-                    evidence={**evidence, "forecast": projection},
-                )
-            )
-    return alerts
+        ]
+    forecast = project_month(dict(daily), today)
+    if not over_limits(budget, forecast.projected_cost_usd, 0):
+        return []
+    projection = forecast.as_json()
+    projected, low, high = (
+        _money(forecast.projected_cost_usd),
+        _money(forecast.low_usd),
+        _money(forecast.high_usd),
+    )
+    return [
+        Alert(
+            key=alert_key("forecast_over_budget", None, scope, month),
+            kind="forecast_over_budget",
+            severity="warning",
+            conversation_id=None,
+            service=service,
+            cost_usd=forecast.projected_cost_usd,
+            message=(
+                f"{words} is on course to spend {projected} in {month} (95% interval {low} to {high}), "
+                f"over its {_money(usd)} monthly budget; {_money(spent)} spent so far"
+            ),
+            evidence={**evidence, "forecast": projection},
+        )
+    ]
 
 
 def _spike_alerts(engine: Engine, filters: Filters, rule: SpikeRule, now: datetime) -> list[Alert]:

@@ -33,5 +33,6 @@ def budgets_check(path: str) -> None:
     exact, globs = len(budgets.exact), len(budgets.globs)
     ids = f"{exact} exact conversation id{'' if exact == 1 else 's'}"
     monthly = budgets.monthly
-    scopes = f", monthly budgets for {len(monthly.scopes())} scope(s)" if monthly is not None else ""
+    count = len(monthly.scopes()) + len(monthly.tags) if monthly is not None else 0
+    scopes = f", monthly budgets for {count} scope(s)" if monthly is not None else ""
     click.echo(f"{escape(path)}: valid, {ids} and {globs} glob{'' if globs == 1 else 's'}{scopes}")

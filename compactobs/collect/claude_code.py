@@ -10,8 +10,19 @@ same rules as an application's.
 - service `claude-code` (the event's resource names it), conversation = `session.id`;
 - a `query_source=compact` call (Claude Code summarising its context) is billed as one `compaction`
   iteration, so compaction spend and `report anomalies` count it like a server-side compaction;
+- a `compaction` event (trigger auto or manual, `pre_tokens`, `post_tokens`, `success`) is that compaction's
+  outcome: put on the session's last `query_source=compact` call before it in the same batch of events, as
+  its trigger (`pre_tokens`: the context it compacted at) and its context after (`post_tokens`), failed
+  when `success` is false, so the loop rule of `report anomalies` (rules.py: a compaction leaving >= 80% of
+  its trigger) judges it. A compaction event with no such call (a compaction that failed before its call,
+  or a call sent in another batch) is a compaction of its own, of $0 and no tokens, keyed as the importer
+  keys a transcript's `compact_boundary` (`compaction_key`), so the two paths store it once;
 - ids: derived from the request id (else the session and the event's sequence number), so an event sent
   twice, or a call both collected and imported from a transcript (`call_key`), is stored once;
+- tags (`compactobs.tag.*`, `--by tag:KEY`): the event's attribution, `agent.name` as `agent`,
+  `skill.name` as `skill`, `plugin.name` as `plugin`, `mcp_server.name` as `mcp_server`, `mcp_tool.name`
+  as `mcp_tool`, and its `user.*` attributes (`user.id`, `user.email`, `user.account_uuid`...) under their
+  own names;
 - no text: prompts and responses are never read from the events, even when Claude Code sends them.
 """
 
@@ -19,7 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Final
 
@@ -31,15 +43,46 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from compactobs.collect.decode import LogRecord
 from compactobs.pricing.pricer import Pricer, default_pricer
 from compactobs.recorder import Telemetry
-from compactobs.usage import CallObservation, RequestFacts, normalise_usage
+from compactobs.untrusted import bounded_tags
+from compactobs.usage import CallObservation, CompactionBlock, RequestFacts, normalise_usage
 
-__all__ = ["SERVICE", "CallRecorder", "ClaudeCodeEvents", "call_key", "event_kind"]
+__all__ = [
+    "ATTRIBUTION_TAGS",
+    "COMPACTION_KEY_PREFIX",
+    "SERVICE",
+    "CallRecorder",
+    "ClaudeCodeEvents",
+    "call_key",
+    "compaction_key",
+    "compaction_observation",
+    "event_kind",
+    "event_tags",
+]
 
 SERVICE: Final = "claude-code"
 SCOPE: Final = "com.anthropic.claude_code.events"
 API_REQUEST: Final = "api_request"
 API_ERROR: Final = "api_error"
+COMPACTION: Final = "compaction"
+COMPACTION_KEY_PREFIX: Final = "compaction\x00"
 COMPACT_SOURCE: Final = "compact"
+ATTRIBUTION_TAGS: Final = {
+    "agent.name": "agent",
+    "skill.name": "skill",
+    "plugin.name": "plugin",
+    "mcp_server.name": "mcp_server",
+    "mcp_tool.name": "mcp_tool",
+}
+"""Claude Code's attribution attributes on `api_request` (and `api_error`) and the tag each becomes."""
+USER_PREFIX: Final = "user."
+
+
+def event_tags(attributes: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The tags of a Claude Code event's call: its attribution and `user.*` attributes (see the module),
+    bounded as every tag is."""
+    pairs = [(tag, attributes.get(name)) for name, tag in ATTRIBUTION_TAGS.items()]
+    pairs += [(key, value) for key, value in attributes.items() if key.startswith(USER_PREFIX)]
+    return tuple(bounded_tags(pairs).items())
 
 
 def event_kind(record: LogRecord) -> str | None:
@@ -55,6 +98,42 @@ def call_key(request_id: str | None, session_id: str | None, sequence: object) -
     if request_id:
         return f"request\x00{request_id}"
     return f"event\x00{session_id}\x00{sequence}"
+
+
+def compaction_key(session_id: str | None, trigger: str, pre_tokens: int, post_tokens: int | None) -> str:
+    """The key of a compaction Claude Code reports without its call (a `compaction` event, a transcript's
+    `compact_boundary`): the session, the trigger and the context before and after, which both carry."""
+    return f"{COMPACTION_KEY_PREFIX}{session_id}\x00{trigger}\x00{pre_tokens}\x00{post_tokens}"
+
+
+def compaction_observation(
+    session_id: str | None,
+    at_ns: int,
+    trigger: str,
+    pre_tokens: int,
+    post_tokens: int | None,
+    success: bool,
+    tags: tuple[tuple[str, str], ...] = (),
+    model: str | None = None,
+) -> CallObservation:
+    """A compaction seen without its call: one `compaction` iteration of no tokens ($0 at the session's
+    `model`, unpriced when it is not known: its spend, if any, is its call's), its trigger the context it
+    compacted at, its context after `post_tokens`."""
+    tokens = {"input_tokens": 0, "output_tokens": 0}
+    usage = normalise_usage({**tokens, "iterations": [{"type": "compaction", **tokens}]}, model)
+    return CallObservation(
+        request=RequestFacts(model=model, compaction_trigger=pre_tokens or None),
+        response_model=model,
+        start_ns=at_ns,
+        end_ns=at_ns,
+        usage=usage,
+        compactions=() if success else (CompactionBlock(index=0, failed=True),),
+        conversation_id=session_id,
+        provider="anthropic",
+        status_code=200,
+        tags=tags,
+        context_after=post_tokens,
+    )
 
 
 def _digest(key: str, part: int) -> tuple[int, int]:
@@ -112,6 +191,18 @@ def _int(value: Any) -> int:
     return max(number, 0)
 
 
+def _compaction_facts(attributes: Mapping[str, Any]) -> tuple[str, int, int | None, bool]:
+    """(trigger, pre tokens, post tokens or None, success) of a `compaction` event (values are strings)."""
+    trigger = attributes.get("trigger")
+    post = attributes.get("post_tokens")
+    return (
+        trigger if trigger in ("auto", "manual") else "unknown",
+        _int(attributes.get("pre_tokens")),
+        None if post in (None, "") else _int(post),
+        str(attributes.get("success")).lower() != "false",
+    )
+
+
 def _time_ns(record: LogRecord) -> int:
     stamp = record.attributes.get("event.timestamp")
     if isinstance(stamp, str):
@@ -158,17 +249,54 @@ class ClaudeCodeEvents:
         """(spans, calls, records not kept): the call and iteration spans of the records' API calls. Other
         Claude Code events (prompts, tool results...) and other records are not kept."""
         calls: list[tuple[str, CallObservation]] = []
+        compacting: dict[object, list[CallObservation]] = {}
+        """Per session, its `query_source=compact` calls in this batch, in order, not yet given an outcome."""
+        models: dict[object, str] = {}
+        """Per session, the model of its last call in this batch."""
+        kept = 0
         for record in records:
             kind = event_kind(record)
+            attributes = record.attributes
+            session = attributes.get("session.id")
+            if kind == COMPACTION:
+                kept += 1
+                outcome = _compaction_facts(attributes)
+                waiting = compacting.get(session)
+                if waiting:
+                    call = waiting.pop()
+                    waiting.clear()  # one outcome per compaction: earlier unmatched calls stay as they are
+                    call.request = replace(call.request, compaction_trigger=outcome[1] or None)
+                    call.context_after = outcome[2]
+                    if not outcome[3]:
+                        call.compactions = (CompactionBlock(index=0, failed=True),)
+                    continue
+                key = compaction_key(session if isinstance(session, str) else None, *outcome[:3])
+                at = _time_ns(record)
+                duration_ms = _int(attributes.get("duration_ms"))
+                calls.append(
+                    (
+                        key,
+                        compaction_observation(
+                            session if isinstance(session, str) and session else None,
+                            max(at - duration_ms * 1_000_000, 0),
+                            *outcome,
+                            tags=event_tags(attributes),
+                            model=models.get(session),
+                        ),
+                    )
+                )
+                continue
             if kind not in (API_REQUEST, API_ERROR):
                 continue
+            kept += 1
             observation = self.observation(record, kind)
-            attributes = record.attributes
-            key = call_key(
-                observation.request_id, attributes.get("session.id"), attributes.get("event.sequence")
-            )
+            key = call_key(observation.request_id, session, attributes.get("event.sequence"))
             calls.append((key, observation))
-        return self._recorder.spans(calls), len(calls), len(records) - len(calls)
+            if observation.request.model is not None:
+                models[session] = observation.request.model
+            if kind == API_REQUEST and attributes.get("query_source") == COMPACT_SOURCE:
+                compacting.setdefault(session, []).append(observation)
+        return self._recorder.spans(calls), len(calls), len(records) - kept
 
     @staticmethod
     def observation(record: LogRecord, kind: str) -> CallObservation:
@@ -188,6 +316,7 @@ class ClaudeCodeEvents:
             response_model=model,
             conversation_id=session if isinstance(session, str) and session else None,
             provider="anthropic",
+            tags=event_tags(attributes),
         )
         if kind == API_ERROR:
             status = attributes.get("status_code")

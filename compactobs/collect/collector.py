@@ -72,8 +72,8 @@ NOT_OURS: Final = (
 
 
 NOT_KEPT_EVENTS: Final = (
-    "only Claude Code's api_request and api_error events are stored (as calls); other log records are read "
-    "and not kept"
+    "only Claude Code's api_request and api_error events (as calls) and compaction events (as their "
+    "compactions) are stored; other log records are read and not kept"
 )
 
 

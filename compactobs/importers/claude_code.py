@@ -6,7 +6,16 @@ tools reading only the top-level usage miss). The spans go through the store's p
 every other way in.
 
 - **Snapshots**: streaming writes a message several times; within one read, the snapshot kept for
-  (message id, request id) is the most complete one (the most output tokens, then the last).
+  (message id, request id) is the most complete one (the most output tokens, then the last). A later run
+  that reads a more complete snapshot of a call stored before (more output tokens) replaces the stored one;
+  never a call with as many or more (`collect`'s copy, from Claude Code's final `api_request`, is complete).
+- **Subagents**: a sidechain message (`isSidechain`, from a subagent's `agent-<id>.jsonl`) is tagged with
+  its agent: `agent` (the agent type from `agent-<id>.meta.json` beside it, when it says one) and `agent_id`.
+- **Compactions**: a `compact_boundary` marker (trigger, `preTokens`, `postTokens`) is a compaction of the
+  session, keyed as `collect` keys a `compaction` event it cannot pair with a call
+  (`collect.claude_code.compaction_key`), so `report anomalies` judges it by the same loop rule. A marker
+  right after a call that billed a compaction iteration is that call's compaction, not counted again; so
+  is one `collect` already put on its compact call (same session, trigger and context after).
 - **Once**: a call's ids derive from its request id, as `collect` derives them from Claude Code's
   `api_request` event, so a call both paths see is stored once (the store is keyed by span id).
 - **Incremental**: each file's read offset (of its last whole line) is kept in a state file beside the
@@ -20,18 +29,29 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
+from sqlalchemy import delete, select
 
-from compactobs.collect.claude_code import CallRecorder, call_key
+from compactobs import semconv as t
+from compactobs.collect.claude_code import (
+    COMPACTION_KEY_PREFIX,
+    CallRecorder,
+    call_key,
+    compaction_key,
+    compaction_observation,
+)
+from compactobs.store import models, open_database
 from compactobs.store.exporter import SqlSpanExporter, spool_root
 from compactobs.store.processor import StoreSpanProcessor
 from compactobs.store.spool import spool_key
+from compactobs.untrusted import bounded_tags
 from compactobs.usage import CallObservation, RequestFacts, normalise_usage
 
 __all__ = ["ImportResult", "default_paths", "import_transcripts", "transcript_calls"]
@@ -81,10 +101,43 @@ def _snapshot_rank(message: dict[str, Any]) -> int:
     return output if isinstance(output, int) else -1
 
 
-def transcript_calls(lines: Iterable[bytes], result: ImportResult) -> list[tuple[str, CallObservation]]:
+def _agent_tags(entry: dict[str, Any], agents: dict[str, str | None]) -> tuple[tuple[str, str], ...]:
+    """A sidechain entry's agent tags: `agent` (its type, from `agents`: agent id -> type) and `agent_id`."""
+    if entry.get("isSidechain") is not True:
+        return ()
+    agent_id = entry.get("agentId")
+    if not isinstance(agent_id, str) or not agent_id:
+        return ()
+    return tuple(bounded_tags([("agent", agents.get(agent_id)), ("agent_id", agent_id)]).items())
+
+
+def _boundary(entry: dict[str, Any], tags: tuple[tuple[str, str], ...], model: str | None) -> Any:
+    """(key, observation) of a `compact_boundary` marker, None when it carries no figures."""
+    meta = entry.get("compactMetadata")
+    if not isinstance(meta, dict):
+        return None
+    pre, post = meta.get("preTokens"), meta.get("postTokens")
+    if not isinstance(pre, int) or isinstance(pre, bool) or pre < 0:
+        return None
+    post = post if isinstance(post, int) and not isinstance(post, bool) and post >= 0 else None
+    trigger: str = meta["trigger"] if meta.get("trigger") in ("auto", "manual") else "unknown"
+    session = entry.get("sessionId") if isinstance(entry.get("sessionId"), str) else None
+    at = _time_ns(entry.get("timestamp")) or 0
+    observation = compaction_observation(session or None, at, trigger, pre, post, True, tags, model)
+    return compaction_key(session or None, trigger, pre, post), observation
+
+
+def transcript_calls(
+    lines: Iterable[bytes], result: ImportResult, agents: dict[str, str | None] | None = None
+) -> list[tuple[str, CallObservation]]:
     """(key, observation) for every assistant message with usage in `lines`, one per (message id, request
-    id), the most complete snapshot kept. Malformed lines are counted in `result`."""
+    id), the most complete snapshot kept, and for every compaction boundary. `agents`: agent id -> type, for
+    sidechain messages. Malformed lines are counted in `result`."""
+    agents = agents or {}
     kept: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+    boundaries: list[tuple[str, CallObservation]] = []
+    last_model: str | None = None
+    server_compacted = False
     for raw in lines:
         result.lines += 1
         try:
@@ -96,6 +149,13 @@ def transcript_calls(lines: Iterable[bytes], result: ImportResult) -> list[tuple
             result.malformed += 1
             continue
         message = entry.get("message")
+        if entry.get("type") == "system" and entry.get("subtype") == "compact_boundary":
+            boundary = _boundary(entry, _agent_tags(entry, agents), last_model)
+            # After a call that billed a compaction iteration, the marker is that compaction: counted once.
+            if boundary is not None and not server_compacted:
+                boundaries.append(boundary)
+            server_compacted = False
+            continue
         if entry.get("type") != "assistant" or not isinstance(message, dict):
             continue
         if not isinstance(message.get("usage"), dict) or message.get("model") == SYNTHETIC_MODEL:
@@ -106,6 +166,12 @@ def transcript_calls(lines: Iterable[bytes], result: ImportResult) -> list[tuple
             result.malformed += 1
             continue
         ident = (message_id, request_id if isinstance(request_id, str) else "")
+        if isinstance(message.get("model"), str):
+            last_model = message["model"]
+        steps = message["usage"].get("iterations")
+        server_compacted = isinstance(steps, list) and any(
+            isinstance(step, dict) and step.get("type") == "compaction" for step in steps
+        )
         rank = _snapshot_rank(message)
         if ident not in kept or rank >= kept[ident][0]:
             kept[ident] = (rank, entry)
@@ -128,10 +194,11 @@ def transcript_calls(lines: Iterable[bytes], result: ImportResult) -> list[tuple
             conversation_id=session if isinstance(session, str) and session else None,
             provider="anthropic",
             status_code=200,
+            tags=_agent_tags(entry, agents),
         )
         key = call_key(request_id or None, None, None) if request_id else f"message\x00{message_id}"
         calls.append((key, observation))
-    return calls
+    return calls + boundaries
 
 
 class _Offsets:
@@ -164,6 +231,96 @@ def _new_lines(path: Path, offset: int) -> tuple[list[bytes], int]:
     return [line for line in data[:end].split(b"\n") if line.strip()], offset + end
 
 
+def _agents_beside(path: Path) -> dict[str, str | None]:
+    """For a subagent's transcript (`agent-<id>.jsonl`): {id: its agent type}, from `agent-<id>.meta.json`
+    beside it (None when that file does not say one); {} for another file."""
+    if not (path.name.startswith("agent-") and path.name.endswith(".jsonl")):
+        return {}
+    agent_id = path.name[len("agent-") : -len(".jsonl")]
+    try:
+        meta = json.loads(path.with_name(f"agent-{agent_id}.meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        meta = None
+    kind = None
+    if isinstance(meta, dict):
+        kind = next((meta[k] for k in _AGENT_TYPE_KEYS if isinstance(meta.get(k), str) and meta[k]), None)
+    return {agent_id: kind}
+
+
+_AGENT_TYPE_KEYS: Final = ("agentType", "subagent_type", "agent_type")
+
+
+def _drop_less_complete(database_url: str, spans: Sequence[ReadableSpan]) -> None:
+    """Delete the stored calls (and their iterations) that `spans` hold more complete: a call span whose id
+    is stored with fewer output tokens (or none). The store keeps the first copy of a call id, so the more
+    complete snapshot of a later run would otherwise be dropped. A call stored with as many or more (an
+    earlier run's same snapshot, `collect`'s copy) stays: running again changes nothing."""
+    newer: dict[str, int] = {}
+    for span in spans:
+        attributes = span.attributes or {}
+        output = attributes.get(t.TOKENS_OUTPUT)
+        if attributes.get(t.SPAN_KIND) == t.SPAN_KIND_CALL and isinstance(output, int) and span.context:
+            newer[format(span.context.span_id, "016x")] = output
+    if not newer:
+        return
+    engine = open_database(database_url)
+    try:
+        with engine.begin() as connection:
+            stale = [
+                row.call_id
+                for chunk in _chunks(list(newer), 500)
+                for row in connection.execute(
+                    select(models.calls.c.call_id, models.calls.c.output_tokens).where(
+                        models.calls.c.call_id.in_(chunk)
+                    )
+                )
+                if row.output_tokens is None or row.output_tokens < newer[row.call_id]
+            ]
+            for chunk in _chunks(stale, 500):
+                connection.execute(delete(models.iterations).where(models.iterations.c.call_id.in_(chunk)))
+                connection.execute(delete(models.calls).where(models.calls.c.call_id.in_(chunk)))
+    finally:
+        engine.dispose()
+
+
+def _without_paired_compactions(
+    database_url: str, calls: list[tuple[str, CallObservation]]
+) -> list[tuple[str, CallObservation]]:
+    """`calls` less the compaction boundaries `collect` already stored on their call: a compacting call of the
+    same session with the boundary's trigger and context after (`collect` pairs a `compaction` event with
+    its `query_source=compact` call)."""
+    boundaries = [(key, o) for key, o in calls if key.startswith(COMPACTION_KEY_PREFIX)]
+    if not boundaries:
+        return calls
+    c = models.calls.c
+    paired: set[str] = set()
+    engine = open_database(database_url)
+    try:
+        with engine.connect() as connection:
+            for key, observation in boundaries:
+                found = connection.execute(
+                    select(c.call_id)
+                    .where(
+                        c.conversation_id == observation.conversation_id,
+                        c.compaction_trigger == observation.request.compaction_trigger,
+                        c.context_tokens == observation.context_after,
+                        c.compactions_count > 0,
+                        c.input_tokens > 0,  # a call, not a compaction stored on its own
+                    )
+                    .limit(1)
+                ).first()
+                if found is not None:
+                    paired.add(key)
+    finally:
+        engine.dispose()
+    return [(key, o) for key, o in calls if key not in paired]
+
+
+def _chunks(values: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
 def import_transcripts(
     database_url: str,
     paths: Iterable[Path] | None = None,
@@ -186,9 +343,12 @@ def import_transcripts(
                 result.warnings.append(f"cannot read {path}: {err.strerror or err}")
                 continue
             result.files += 1
-            calls = transcript_calls(lines, result)
+            calls = _without_paired_compactions(
+                database_url, transcript_calls(lines, result, _agents_beside(path))
+            )
             if calls:
                 spans = recorder.spans(calls)
+                _drop_less_complete(database_url, spans)
                 if processor.submit(spans) is not SpanExportResult.SUCCESS:
                     result.warnings.append(f"{path}: the store could not keep its calls; run again")
                     continue

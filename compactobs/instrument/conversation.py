@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -30,6 +30,8 @@ class Conversation:
     guard: GuardPolicy | None = None
     """The runtime guard's policy from this block's arguments (None when it gave none)."""
     max_compactions: int | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+    """The block's tags (key, value), by key: on every call as `compactobs.tag.KEY` attributes."""
 
 
 _current: ContextVar[Conversation | None] = ContextVar("compactobs_conversation", default=None)
@@ -45,6 +47,7 @@ def conversation(
     loop: bool | None = None,
     on_breach: str | None = None,
     unknown: str | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> Iterator[Conversation]:
     """Group the calls made inside this block under `conversation_id`, with an optional budget.
 
@@ -55,6 +58,11 @@ def conversation(
     (`pause_after_compaction` on the next requests) or "raise" (`BudgetExceeded` /
     `CompactionLoopDetected` before the next request); `unknown` is what to do while the conversation's
     spend in other processes is unknown (the store does not answer): "warn" (default) or "raise".
+
+    `tags` (e.g. `{"agent": "planner", "customer": "acme"}`) go on every call as span attributes
+    `compactobs.tag.KEY`, are stored, and group the reports (`--by tag:KEY`): at most 16, keys of letters,
+    digits, `_`, `.` and `-` (up to 64 characters), values non-empty strings (a value beyond 256 characters
+    is cut, as a long id is).
     """
     if not isinstance(conversation_id, str) or not conversation_id:
         raise ValueError("conversation id must be a non-empty string")
@@ -62,6 +70,7 @@ def conversation(
         raise ValueError("budget_usd must be >= 0")
     if budget_tokens is not None and budget_tokens < 0:
         raise ValueError("budget_tokens must be >= 0")
+    kept = _tags(tags)
     given = (budget_usd, budget_tokens, max_compactions, loop, on_breach, unknown)
     policy = None
     if any(value is not None for value in given):
@@ -78,12 +87,31 @@ def conversation(
         )
     # Recorded on the calls as span attributes: a float, whatever number type the application passed.
     recorded_usd = float(budget_usd) if budget_usd is not None else None
-    value = Conversation(conversation_id, recorded_usd, budget_tokens, policy, max_compactions)
+    value = Conversation(conversation_id, recorded_usd, budget_tokens, policy, max_compactions, kept)
     token = _current.set(value)
     try:
         yield value
     finally:
         _current.reset(token)
+
+
+def _tags(tags: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """The tags as kept on the calls; ValueError for what would not be (a mistake in the caller's code)."""
+    if tags is None:
+        return ()
+    # Loaded by a conversation with tags, not by `import compactobs` (tests/test_architecture.py).
+    from compactobs.untrusted import MAX_TAGS, bounded_tags, escape, tag_key_ok
+
+    if not isinstance(tags, Mapping):
+        raise ValueError("tags must be a mapping of str to str")
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} tags per conversation, not {len(tags)}")
+    for key, value in tags.items():
+        if not tag_key_ok(key):
+            raise ValueError(f"tag key {escape(key)!r}: use 1 to 64 letters, digits, '_', '.' or '-'")
+        if not isinstance(value, str) or not value or "\x00" in value:
+            raise ValueError(f"tag {key}: its value must be a non-empty string without NUL")
+    return tuple(bounded_tags(tags.items()).items())
 
 
 def current_conversation() -> Conversation | None:

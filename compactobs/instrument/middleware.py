@@ -188,6 +188,7 @@ class Middleware(anthropic.Middleware):
                 observation.budget_usd = conversation.budget_usd
                 observation.budget_tokens = conversation.budget_tokens
                 observation.budget_max_compactions = conversation.max_compactions
+                observation.tags = conversation.tags
             else:
                 sdk_conversation = self._client_conversation_id
                 if sdk_conversation is None and under_sdk:

@@ -39,7 +39,7 @@ from sqlalchemy import Engine
 from compactobs.reports.measures.cache import MONEY as _MONEY
 from compactobs.reports.measures.cache import TOKENS as _TOKENS
 from compactobs.reports.measures.cache import TTL_1H_MS, TTL_5M_MS, empty_sums
-from compactobs.reports.measures.groups import KEY_OF, parse_by
+from compactobs.reports.measures.groups import key_of, parse_by
 from compactobs.reports.model import ColumnKind, Filters, Report
 from compactobs.reports.sources import Source, as_source
 from compactobs.reports.times import TIME_UNITS
@@ -145,8 +145,8 @@ def cache_report(
     still within its TTL. Raises ReportInputError for a bad grouping. Reads the store only."""
     groups = parse_by(by)
     now_ms = epoch_ms(now or datetime.now(timezone.utc))
-    keys = [KEY_OF[name] for name in groups]
-    time_key = next((KEY_OF[name] for name in groups if name in TIME_UNITS), None)
+    keys = [key_of(name) for name in groups]
+    time_key = next((key_of(name) for name in groups if name in TIME_UNITS), None)
 
     source = as_source(engine)
     source.refresh(filters, groups)

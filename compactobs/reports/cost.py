@@ -55,6 +55,7 @@ from compactobs.reports.measures.groups import (
     ITERATION_LEVEL,
     KEY_OF,
     VARIANT_KEYS,
+    key_of,
     parse_by,
 )
 from compactobs.reports.model import ColumnKind, Filters, Report, ReportInputError
@@ -140,7 +141,7 @@ def _window_rows(
         row = unpriced.setdefault(group[:-1], empty_measures())
         for name in (*COUNTS, *MONEY, "unpriced_calls"):
             row[name] += measures[name]
-    names = [KEY_OF[name] for name in by]
+    names = [key_of(name) for name in by]
     rows: list[dict[str, Any]] = []
     for group, measures in everything.items():
         keys = dict(zip(names, group, strict=True))
@@ -215,8 +216,8 @@ def cost_report(
     groups = parse_by(by)
     if compare is not None and compare not in COMPARE_CHOICES:
         raise ReportInputError(f"cannot compare with {compare!r}: use {', '.join(COMPARE_CHOICES)}")
-    keys = [KEY_OF[name] for name in groups]
-    time_key = next((KEY_OF[name] for name in groups if name in TIME_UNITS), None)
+    keys = [key_of(name) for name in groups]
+    time_key = next((key_of(name) for name in groups if name in TIME_UNITS), None)
 
     window = filters
     previous: Filters | None = None
@@ -240,7 +241,7 @@ def cost_report(
             "Each iteration at its own model and type; each call counted once, on its last iteration."
         )
     extra: dict[str, JSON] = {
-        "by": [KEY_OF[name] for name in groups],
+        "by": [key_of(name) for name in groups],
         "timezone": window.zone,
         "since": window.since,
         "until": window.until,

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from compactobs.alerts.forecast import Forecast, fit_window, project_month
 from compactobs.reports.cost import cost_report
+from compactobs.reports.measures.groups import key_of
 from compactobs.reports.model import Filters, Report
 from compactobs.reports.sources import Source
 
@@ -25,21 +26,23 @@ __all__ = ["daily_costs", "forecast_words", "month_forecast", "with_forecast"]
 
 
 def daily_costs(
-    engine: Engine | Source, filters: Filters, now: datetime
+    engine: Engine | Source, filters: Filters, now: datetime, by: str = "service"
 ) -> tuple[date, dict[str | None, dict[date, Decimal]]]:
     """(today in the filters' zone, the priced spend per local day from `fit_window(today)` to now, per
-    service, with None for all of them together)."""
+    group of `by` (`service`, or `tag:KEY`: the tag's value), with None for all of them together; calls
+    without the group's key (no tag) count in None alone)."""
     today = now.astimezone(filters.tz).date()
     first, _ = fit_window(today)
     since = datetime.combine(first, time(0), tzinfo=filters.tz).astimezone(timezone.utc)
-    report = cost_report(engine, filters.with_window(since, now), by=("day", "service"))
+    report = cost_report(engine, filters.with_window(since, now), by=("day", by))
+    column = key_of(by)
     series: dict[str | None, dict[date, Decimal]] = {None: {}}
     for row in report.rows:
         cost = row["cost_usd"]
         if cost is None:
             continue
         day = date.fromisoformat(row["day"])
-        for scope in (None, row["service"]):
+        for scope in {None, row[column]}:
             days = series.setdefault(scope, {})
             days[day] = days.get(day, Decimal(0)) + cost
     return today, series

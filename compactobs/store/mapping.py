@@ -19,9 +19,10 @@ Row values are plain JSON types (str, int, float, bool, None), so the spool can 
 
 from __future__ import annotations
 
+import json
 import math
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -32,7 +33,7 @@ from sqlalchemy import BigInteger, Boolean, Float, Integer, Numeric, String, Tab
 from compactobs import semconv as t
 from compactobs._types import SQLValue
 from compactobs.store.models import USD_LIMIT, calls, iterations
-from compactobs.untrusted import MAX_ID_CHARS, bounded_id
+from compactobs.untrusted import MAX_ID_CHARS, bounded_id, bounded_tags
 
 __all__ = [
     "CALL_ATTRIBUTES",
@@ -43,6 +44,7 @@ __all__ = [
     "RowMapper",
     "group_by_call",
     "sanitize",
+    "tags_json",
 ]
 
 Row = list[SQLValue]
@@ -136,6 +138,7 @@ _C_CALL_ID, _C_TRACE_ID, _C_SERVICE = _C["call_id"], _C["trace_id"], _C["service
 _C_START_TIME, _C_START_MS = _C["start_time"], _C["start_ms"]
 _C_END_MS, _C_DURATION = _C["end_ms"], _C["duration_ms"]
 _C_STATUS, _C_ATTEMPTS, _C_TTFT = _C["status"], _C["attempts"], _C["ttft_ms"]
+_C_TAGS = _C["tags"]
 _I = {name: i for i, name in enumerate(ITERATION_COLUMNS)}
 _I_CALL_ID, _I_IDX, _I_START_MS = _I["call_id"], _I["idx"], _I["start_ms"]
 
@@ -297,11 +300,13 @@ class RowMapper:
                 continue
             # One C-level copy, then C-level lookups: the span's mapping (a MappingProxyType, never None on
             # an SDK span) proxies a Python class, whose every lookup is a Python call.
-            get = span.attributes.copy().get  # type: ignore[union-attr]
+            attributes = span.attributes.copy()  # type: ignore[union-attr]
+            get = attributes.get
             kind = get(span_kind)
             if kind == call_kind:
                 row = list(map(get, _CALL_KEYS))
                 self._call(span, row)
+                row[_C_TAGS] = tags_json(attributes)
                 for i in _C_IDS:
                     value = row[i]
                     if type(value) is str and len(value) > MAX_ID_CHARS:
@@ -346,6 +351,27 @@ class RowMapper:
         row[_C_ATTEMPTS] = resend + 1 if type(resend) is int else 1
         ttft = row[_C_TTFT]
         row[_C_TTFT] = ttft * 1000.0 if type(ttft) is float or type(ttft) is int else None
+
+
+_TAG_PREFIX: Final = t.TAG_PREFIX
+_TAG_CUT: Final = len(t.TAG_PREFIX)
+_TAG_MARK: Final = "\x00" + t.TAG_PREFIX
+_TAGS_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def tags_json(attributes: Mapping[str, object]) -> str | None:
+    """The `tags` column of a call span's attributes: its `compactobs.tag.*` as a JSON object, bounded as
+    `compactobs.untrusted.bounded_tags` says whoever sent the span; None when it has none."""
+    # Most calls carry no tag: one C-level look at all the names first (a name holding NUL could pass it,
+    # and is then left out below).
+    if _TAG_MARK not in "\x00" + "\x00".join(attributes):
+        return None
+    prefix = _TAG_PREFIX
+    found = [(key[_TAG_CUT:], value) for key, value in attributes.items() if key.startswith(prefix)]
+    if not found:
+        return None
+    tags = bounded_tags(found)
+    return _TAGS_ENCODER.encode(tags) if tags else None
 
 
 # --- the slow path: coercing values a database refused -------------------------------------------------

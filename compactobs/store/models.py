@@ -77,6 +77,12 @@ OUT_OF_RANGE_COMMENT: Final = (
 )
 
 
+TAGS_COMMENT: Final = (
+    "the call's free tags as a JSON object of strings, keys sorted (compactobs.tag.* attributes); NULL "
+    "when none"
+)
+
+
 metadata: MetaData = MetaData(naming_convention=NAMING_CONVENTION)
 
 # Core tables, not ORM classes: nothing maps rows to objects, and the ORM's import (~70 ms) was most of what
@@ -152,6 +158,7 @@ calls: Table = Table(
         Usd,
         comment=("the cost the call's source reported (Claude Code's cost_usd); NULL otherwise"),
     ),
+    Column("tags", Text, comment=TAGS_COMMENT),
     # Time filters use start_ms: an 8-byte integer makes smaller, cheaper indexes than a timestamp (and is
     # what Grafana's SQLite plugin buckets). start_time is for display and date functions.
     Index(None, "start_ms"),

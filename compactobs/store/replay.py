@@ -53,6 +53,7 @@ from compactobs.errors import UserError
 from compactobs.platforms import ANTHROPIC
 from compactobs.store.mapping import CALL_ATTRIBUTES, ITERATION_ATTRIBUTES
 from compactobs.store.models import calls, iterations
+from compactobs.untrusted import stored_tags
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -196,6 +197,8 @@ class _SpanBuilder:
             attributes[t.USAGE_CACHE_WRITE] = cache_write
         if t.compacted(m["compactions_count"], m["compactions_failed"]):
             attributes[t.CONVERSATION_COMPACTED] = True
+        for key, value in stored_tags(m["tags"]).items():
+            attributes[t.TAG_PREFIX + key] = value
 
         trace_id = int(m["trace_id"], 16)
         context = SpanContext(trace_id, int(m["call_id"], 16), is_remote=False, trace_flags=_FLAGS)

@@ -184,7 +184,7 @@ def test_events_become_calls_once_compaction_counted_errors_kept_and_no_text(
     with Collector(prepared(sqlite_url), http="127.0.0.1:0", spool_dir=tmp_path / "spool") as collector:
         for _ in range(2):  # resent: stored once
             status, _, answer = post(collector.endpoint, body, headers, path="/v1/logs")
-            assert status == 200 and "api_request and api_error" in answer.decode()
+            assert status == 200 and "api_request and api_error events" in answer.decode()
     call_rows, iteration_rows = rows(sqlite_url)
     assert len(call_rows) == 3
     by_request = {row["request_id"]: row for row in call_rows}
@@ -246,3 +246,201 @@ def test_transcripts_of_the_same_sessions_import_the_same_calls_and_nothing_doub
         "cost_usd",
     )
     assert [[r[k] for k in keys] for r in rows(fresh)[0]] == [[r[k] for k in keys] for r in collected[0]]
+
+
+LOOP_SESSION = "0c8e2b8a-1d55-4c7e-9d0a-5f3b2e7c9a11"
+
+
+def _loop_events() -> list[dict[str, Any]]:
+    """A session whose auto-compactions free too little, three times in a row, from a subagent: each
+    `query_source=compact` call, then its `compaction` event (pre 160,000 tokens, post 150,000); then a
+    manual compaction that failed before any call; and a main call with Claude Code's attribution."""
+    events: list[dict[str, Any]] = []
+    attribution = {
+        "agent.name": "Explore",
+        "skill.name": "pdf",
+        "mcp_server.name": "github",
+        "mcp_tool.name": "create_issue",
+        "user.email": "dev@example.com",
+    }
+    sequence = 0
+    for n in range(3):
+        events.append(
+            _event(
+                "api_request",
+                sequence,
+                model="claude-sonnet-4-5",
+                input_tokens=160000,
+                output_tokens=1000,
+                cache_read_tokens=0,
+                cache_creation_tokens=0,
+                cost_usd=0.495,
+                duration_ms=5000,
+                request_id=f"req_compact_{n}",
+                query_source="compact",
+                **attribution,
+            )
+        )
+        events.append(
+            _event(
+                "compaction",
+                sequence + 1,
+                trigger="auto",
+                success="true",
+                duration_ms="5000",
+                pre_tokens="160000",
+                post_tokens="150000",
+            )
+        )
+        sequence += 2
+    events.append(
+        _event(
+            "compaction", sequence, trigger="manual", success="false", duration_ms="10", pre_tokens="90000"
+        )
+    )
+    events.append(
+        _event(
+            "api_request",
+            sequence + 1,
+            model="claude-sonnet-4-5",
+            input_tokens=1000,
+            output_tokens=200,
+            cache_read_tokens=0,
+            cache_creation_tokens=0,
+            cost_usd=0.006,
+            duration_ms=1500,
+            request_id="req_main",
+            query_source="main",
+            **attribution,
+        )
+    )
+    for event in events:
+        for attribute in event["attributes"]:
+            if attribute["key"] == "session.id":
+                attribute["value"] = {"stringValue": LOOP_SESSION}
+    return events
+
+
+def test_compaction_events_give_the_loop_rule_its_figures_and_attribution_becomes_tags(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    from compactobs import store
+    from compactobs.reports.anomalies import anomalies_report
+    from compactobs.reports.cost import cost_report
+    from compactobs.reports.render import render
+    from compactobs.reports.times import build_filters
+
+    headers = {"Content-Type": "application/json"}
+    with Collector(prepared(sqlite_url), http="127.0.0.1:0", spool_dir=tmp_path / "spool") as collector:
+        for _ in range(2):  # resent: stored once
+            status, _, _ = post(collector.endpoint, logs_request(*_loop_events()), headers, path="/v1/logs")
+            assert status == 200
+    call_rows, _ = rows(sqlite_url)
+    by_request = {row["request_id"]: row for row in call_rows}
+    # 3 compaction calls, the failed compaction of its own, the main call.
+    assert len(call_rows) == 5
+    for n in range(3):
+        row = by_request[f"req_compact_{n}"]
+        assert (row["compactions_count"], row["compactions_failed"]) == (1, 0)
+        assert (row["compaction_trigger"], row["context_tokens"]) == (160000, 150000)
+        # 160,000 x $3/M + 1,000 x $15/M = $0.48 + $0.015
+        assert Decimal(str(row["cost_usd"])) == Decimal("0.495")
+    failed = by_request[None]
+    assert (failed["compactions_count"], failed["compactions_failed"], failed["compaction_trigger"]) == (
+        1,
+        1,
+        90000,
+    )
+    assert failed["context_tokens"] is None and Decimal(str(failed["cost_usd"])) == 0
+    tags = json.loads(by_request["req_main"]["tags"])
+    assert tags == {
+        "agent": "Explore",
+        "mcp_server": "github",
+        "mcp_tool": "create_issue",
+        "skill": "pdf",
+        "user.email": "dev@example.com",
+        "user.id": "u-1",
+    }
+    engine = store.open_database(sqlite_url)
+    try:
+        filters = build_filters(None, None, "UTC")
+        findings = json.loads(render(anomalies_report(engine, filters), "json"))["rows"]
+        loops = [f for f in findings if f["kind"] == "compaction_loop"]
+        # 150,000 >= 0.8 x 160,000 = 128,000: three ineffective compactions in three consecutive calls.
+        assert len(loops) == 1 and loops[0]["conversation_id"] == LOOP_SESSION, findings
+        by_agent = json.loads(render(cost_report(engine, filters, ["service", "tag:agent"]), "json"))
+        groups = {(r["service"], r["tag:agent"]): r["calls"] for r in by_agent["rows"]}
+        assert groups == {("claude-code", "Explore"): 4, ("claude-code", None): 1}
+    finally:
+        engine.dispose()
+
+
+def test_claude_code_shows_beside_an_app_by_service_provider_and_tag(sqlite_url: str, tmp_path: Path) -> None:
+    """An application's call (service app, tag agent=planner) and Claude Code's five in one store."""
+    import compactobs
+    from compactobs import store
+    from compactobs.reports.cost import cost_report
+    from compactobs.reports.render import render
+    from compactobs.reports.times import build_filters
+    from tests.recording import recording
+
+    url = prepared(sqlite_url)
+    with recording(url, service_name="app") as (sim, client):
+        sim.enqueue(Reply(message(usage={"input_tokens": 10, "output_tokens": 1})))
+        with compactobs.conversation("c1", tags={"agent": "planner"}):
+            client.messages.create(
+                model="claude-sonnet-4-5", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+            )
+    with Collector(url, http="127.0.0.1:0", spool_dir=tmp_path / "spool") as collector:
+        post(
+            collector.endpoint,
+            logs_request(*_loop_events()),
+            {"Content-Type": "application/json"},
+            path="/v1/logs",
+        )
+    engine = store.open_database(url)
+    try:
+        filters = build_filters(None, None, "UTC")
+
+        def groups(by: str) -> dict[Any, int]:
+            data = json.loads(render(cost_report(engine, filters, [by]), "json"))
+            return {row[data["by"][0]]: row["calls"] for row in data["rows"]}
+
+        assert groups("service") == {"app": 1, "claude-code": 5}
+        assert groups("provider") == {"anthropic": 6}
+        assert groups("tag:agent") == {"planner": 1, "Explore": 4, None: 1}
+    finally:
+        engine.dispose()
+
+
+def test_a_transcript_boundary_of_a_compaction_collect_paired_is_not_stored_again(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    from compactobs.importers.claude_code import import_transcripts
+
+    url = prepared(sqlite_url)
+    with Collector(url, http="127.0.0.1:0", spool_dir=tmp_path / "spool") as collector:
+        post(
+            collector.endpoint,
+            logs_request(*_loop_events()),
+            {"Content-Type": "application/json"},
+            path="/v1/logs",
+        )
+    before = rows(url)
+    transcript = tmp_path / "projects" / "-work" / f"{LOOP_SESSION}.jsonl"
+    transcript.parent.mkdir(parents=True)
+    boundary = {
+        "type": "system",
+        "subtype": "compact_boundary",
+        "sessionId": LOOP_SESSION,
+        "timestamp": "2026-11-30T10:00:05.000Z",
+        "compactMetadata": {"trigger": "auto", "preTokens": 160000, "postTokens": 150000},
+    }
+    other = {**boundary, "compactMetadata": {"trigger": "auto", "preTokens": 170000, "postTokens": 20000}}
+    transcript.write_text(json.dumps(boundary) + "\n" + json.dumps(other) + "\n")
+    import_transcripts(url, [tmp_path / "projects"], spool_dir=tmp_path / "spool")
+    after = rows(url)
+    # The paired one is already a compacting call; the other compaction is new: one more row.
+    assert len(after[0]) == len(before[0]) + 1
+    added = [row for row in after[0] if row["call_id"] not in {r["call_id"] for r in before[0]}]
+    assert [(r["compaction_trigger"], r["context_tokens"]) for r in added] == [(170000, 20000)]

@@ -156,3 +156,90 @@ def test_the_command_says_what_it_read_and_warns_once_for_malformed_lines(
     assert (code, out.split(" new line")[0]) == (0, "0 call(s) from 0")
     code, _, err = run("--db", url, "import", "claude-code", str(tmp_path / "nowhere"), env=env)
     assert code == 2 and "no such file or directory" in err
+
+
+def test_a_later_run_replaces_an_incomplete_snapshot_never_a_complete_one(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Run 1 reads only the first streaming snapshot (1 output token); run 2 reads the final one: the stored
+    call becomes the final one. Run 3 reads a stale partial snapshot again: nothing changes."""
+    path = tmp_path / "claude" / "projects" / "-work-app" / f"{SESSION}.jsonl"
+    path.parent.mkdir(parents=True)
+    steps = [COMPACTED_USAGE["iterations"][0], {"type": "message", "input_tokens": 2000, "output_tokens": 1}]
+    partial_usage = {**COMPACTED_USAGE, "output_tokens": 1, "iterations": steps}
+    partial = _assistant("msg_1", "req_1", partial_usage, "2026-11-30T10:00:00.000Z")
+    final = _assistant("msg_1", "req_1", COMPACTED_USAGE, "2026-11-30T10:00:01.000Z")
+    url = prepared(sqlite_url)
+    folder = [tmp_path / "claude" / "projects"]
+    path.write_text(json.dumps(partial) + "\n")
+    import_transcripts(url, folder, spool_dir=tmp_path / "spool")
+    ((call,), _) = rows(url)
+    # The partial snapshot: message output 1 instead of 500: 3,000 + 1 = 3,001 output tokens in all.
+    assert call["output_tokens"] == 3001
+    with path.open("a") as handle:
+        handle.write(json.dumps(final) + "\n")
+    import_transcripts(url, folder, spool_dir=tmp_path / "spool")
+    ((call,), iteration_rows) = rows(url)
+    assert call["output_tokens"] == 3500 and Decimal(str(call["cost_usd"])) == CALL_COST
+    assert len(iteration_rows) == 2  # the partial's iterations went with it
+    with path.open("a") as handle:
+        handle.write(json.dumps(partial) + "\n")
+    import_transcripts(url, folder, spool_dir=tmp_path / "spool")
+    assert rows(url)[0] == [call]
+
+
+def test_subagent_messages_are_tagged_and_compaction_boundaries_make_a_loop(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A subagent's transcript (`<session>/subagents/agent-<id>.jsonl`, its type in the `.meta.json` beside
+    it) whose auto-compactions free too little three times: the loop rule finds them, on its agent."""
+    from compactobs import store
+    from compactobs.reports.anomalies import anomalies_report
+    from compactobs.reports.render import render
+    from compactobs.reports.times import build_filters
+
+    folder = tmp_path / "claude" / "projects" / "-work-app" / SESSION / "subagents"
+    folder.mkdir(parents=True)
+    (folder / "agent-a1b2.meta.json").write_text(json.dumps({"agentType": "Explore"}))
+    lines: list[dict[str, Any]] = []
+    for n in range(3):
+        reply = _assistant(
+            f"msg_{n}", f"req_{n}", {"input_tokens": 100, "output_tokens": 10}, f"2026-11-30T10:0{n}:00.000Z"
+        )
+        boundary = {
+            "type": "system",
+            "subtype": "compact_boundary",
+            "sessionId": SESSION,
+            "timestamp": f"2026-11-30T10:0{n}:30.000Z",
+            # 150,000 + 1,000n >= 0.8 x (160,000 + 1,000n): each leaves more than 80% of what it compacted.
+            "compactMetadata": {
+                "trigger": "auto",
+                "preTokens": 160000 + 1000 * n,
+                "postTokens": 150000 + 1000 * n,
+            },
+        }
+        for entry in (reply, boundary):
+            entry.update(isSidechain=True, agentId="a1b2")
+        lines += [reply, boundary]
+    (folder / "agent-a1b2.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    url = prepared(sqlite_url)
+    assert (
+        import_transcripts(url, [tmp_path / "claude" / "projects"], spool_dir=tmp_path / "spool").calls == 6
+    )
+    call_rows, _ = rows(url)
+    assert {row["tags"] for row in call_rows} == {'{"agent":"Explore","agent_id":"a1b2"}'}
+    compactions = sorted(
+        (r["compaction_trigger"], r["context_tokens"]) for r in call_rows if r["compactions_count"]
+    )
+    assert compactions == [(160000, 150000), (161000, 151000), (162000, 152000)]
+    # Imported again from the start (a new offsets file): the same ids, nothing doubles.
+    import_transcripts(url, [tmp_path / "claude" / "projects"], spool_dir=tmp_path / "spool2")
+    assert len(rows(url)[0]) == 6
+    engine = store.open_database(url)
+    try:
+        findings = json.loads(render(anomalies_report(engine, build_filters(None, None, "UTC")), "json"))[
+            "rows"
+        ]
+    finally:
+        engine.dispose()
+    assert [f["conversation_id"] for f in findings if f["kind"] == "compaction_loop"] == [SESSION]

@@ -277,7 +277,7 @@ def test_formats(sixty_k: str) -> None:
         (["--budget-usd", "1"], "needs --pause-after-compaction"),
         (["--pause-after-compaction"], "needs --budget-usd"),
         (["--pause-after-compaction", "--budget-usd", "x"], "not a number"),
-        (["--by", "tag:team"], "records no tags"),
+        (["--by", "tag:a b"], "a tag key is 1 to 64"),
         (["--by", "colour"], "use service, conversation or tag:KEY"),
         (["--summary-tokens", "0"], "at least 1"),
         (["--since", "yesterdayish"], "invalid date or time"),

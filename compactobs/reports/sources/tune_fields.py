@@ -21,6 +21,7 @@ CALL_FIELDS: Final = (
     "service_tier",
     "speed",
     "inference_geo",
+    "tags",
 )
 """The `calls` columns tune reads (a ClickHouse source selects the same names)."""
 ITERATION_FIELDS: Final = (

@@ -23,6 +23,7 @@ from typing import Any, Final
 
 from sqlalchemy import Engine
 
+from compactobs.reports.measures.groups import parse_tag
 from compactobs.reports.model import Filters, Report, ReportInputError, to_json_value
 from compactobs.reports.render.safe import json_text
 from compactobs.reports.sources import Source
@@ -42,6 +43,7 @@ from compactobs.reports.tune.model import (
     replay,
     summary_model,
 )
+from compactobs.untrusted import escape
 from compactobs.usage import CallUsage
 
 __all__ = [
@@ -87,7 +89,7 @@ class TuneOptions:
     pause_after_compaction: bool = False
     budget_usd: Decimal | None = None
     by: str | None = None
-    """None, `service` or `conversation`: the group a recommendation is made for."""
+    """None, `service`, `conversation` or `tag:KEY`: the group a recommendation is made for."""
 
 
 @dataclass
@@ -176,12 +178,10 @@ def parse_by(text: str | None) -> str | None:
         return None
     if text in ("service", "conversation"):
         return text
-    if text.startswith("tag:"):
-        raise ReportInputError(
-            f"--by {text}: this store records no tags yet (calls carry service and conversation): use --by "
-            "service or --by conversation"
-        )
-    raise ReportInputError(f"--by {text!r}: use service, conversation or tag:KEY")
+    tag = parse_tag(text)
+    if tag is not None:
+        return tag
+    raise ReportInputError(f"--by {escape(text)!r}: use service, conversation or tag:KEY")
 
 
 # -- the computation -----------------------------------------------------------------------------------------

@@ -10,9 +10,11 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from compactobs.reports.measures.groups import tag_of
 from compactobs.reports.model import Filters
 from compactobs.reports.sources import Source, as_source
 from compactobs.reports.tune.model import CallRecord, Conversation, Step, Turn
+from compactobs.untrusted import stored_tags
 from compactobs.usage import TokenCounts
 
 __all__ = ["Recorded", "read_recorded", "write_cost"]
@@ -41,7 +43,8 @@ def _money(value: Any) -> Decimal | None:
 
 def read_recorded(source: Engine | Source, filters: Filters, by: str | None) -> Recorded:
     """The recorded traffic, from the SQL store or a ClickHouse source (`tune_rows`); `by`: None,
-    `service` or `conversation` (the group a recommendation is for)."""
+    `service`, `conversation` or `tag:KEY` (the group a recommendation is for: a conversation's tag is its
+    first call's)."""
     step_rows, call_rows = as_source(source).tune_rows(filters)
     steps: dict[str, list[Step]] = defaultdict(list)
     write_usd: dict[tuple[str, int], Decimal | None] = {}
@@ -59,10 +62,14 @@ def read_recorded(source: Engine | Source, filters: Filters, by: str | None) -> 
         write_usd[(row.call_id, len(steps[row.call_id]) - 1)] = sum(known, Decimal(0)) if known else None
     by_conversation: dict[str, list[CallRecord]] = defaultdict(list)
     services: dict[str, str | None] = {}
+    tags: dict[str, str | None] = {}
+    tag = tag_of(by) if by is not None else None
     unpriced: set[str] = set()
     for row in call_rows:
         conversation = str(row.conversation_id)
         services.setdefault(conversation, row.service_name)
+        if tag is not None and conversation not in tags:
+            tags[conversation] = stored_tags(row.tags).get(tag)
         if not row.priced:
             unpriced.add(conversation)
         by_conversation[conversation].append(
@@ -88,6 +95,8 @@ def read_recorded(source: Engine | Source, filters: Filters, by: str | None) -> 
             return services.get(conversation)
         if by == "conversation":
             return conversation
+        if tag is not None:  # the tag of the conversation's first call; None: a group of its own
+            return tags.get(conversation)
         return None
 
     return Recorded(dict(by_conversation), services, write_usd, len(unpriced), group_of)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from compactobs.reports.measures.cache import SUMMED, add_record
-from compactobs.reports.measures.groups import CALLS_ONLY, KEY_OF, group_values
+from compactobs.reports.measures.groups import calls_only, group_values, label_of
 from compactobs.reports.model import Filters
 from compactobs.reports.sources.base import Groups
 from compactobs.reports.sources.clickhouse import slots, spans
@@ -50,12 +50,7 @@ def cache_groups(
     the slots of `compactobs clickhouse setup` when they can answer (see `slots`): the settled calls' sums
     from the slots, the open writes (when their slot was recomputed) from the calls; else every call from
     the calls. `unpriced_only`: the unpriced calls alone, from the calls."""
-    from_slots = (
-        not unpriced_only
-        and not CALLS_ONLY.intersection(by)
-        and slots.aligned(filters)
-        and slots.ready(source)
-    )
+    from_slots = not unpriced_only and not calls_only(by) and slots.aligned(filters) and slots.ready(source)
     keys: list[tuple[str, str]] = []
     slot_keys: list[tuple[str, str]] = []
     for name in by:
@@ -64,8 +59,8 @@ def cache_groups(
             keys.append(("t_local", spans.local_bucket("c.start_ms", unit, filters.tz, span[0], span[1])))
             slot_keys.append(("t_local", spans.local_bucket("s.slot_ms", unit, filters.tz, span[0], span[1])))
         else:
-            keys.append((f"k_{KEY_OF[name]}", group_key_sql(name)))
-            slot_keys.append((f"k_{KEY_OF[name]}", SLOT_KEY.get(name, "")))
+            keys.append((label_of(name), group_key_sql(name)))
+            slot_keys.append((label_of(name), SLOT_KEY.get(name, "")))
     iterations = spans.iterations_of(source, filters.since_ms)
     extra: list[str] = ["c.priced = false"] if unpriced_only else []
     if from_slots:

@@ -13,7 +13,7 @@ from typing import Final
 
 from compactobs._types import SQLValue
 from compactobs.reports.measures.cost import add_record
-from compactobs.reports.measures.groups import CALLS_ONLY, ITERATION_LEVEL, KEY_OF, group_values
+from compactobs.reports.measures.groups import ITERATION_LEVEL, calls_only, group_values, label_of
 from compactobs.reports.model import Filters
 from compactobs.reports.sources.base import Groups
 from compactobs.reports.sources.clickhouse import slots, spans
@@ -58,7 +58,7 @@ def cost_groups(
     that share a label merged. `with_model`: the call's model is one more key, last. From the slots of
     `compactobs clickhouse setup` when they can answer (see `slots`), else from the calls."""
     iteration_level = any(name in ITERATION_LEVEL for name in by)
-    from_slots = not CALLS_ONLY.intersection(by) and slots.aligned(filters) and slots.ready(source)
+    from_slots = not calls_only(by) and slots.aligned(filters) and slots.ready(source)
     keys: list[tuple[str, str]] = []
     unit = buckets.unit if buckets is not None else None
     for name in by:
@@ -69,9 +69,9 @@ def cost_groups(
             start = "s.slot_ms" if from_slots else "c.start_ms"  # a slot is in one bucket of any zone
             keys.append(("t_local", spans.local_bucket(start, sql_unit, filters.tz, lo, hi)))
         elif from_slots:
-            keys.append((f"k_{KEY_OF[name]}", SLOT_KEY[name]))
+            keys.append((label_of(name), SLOT_KEY[name]))
         else:
-            keys.append((f"k_{KEY_OF[name]}", group_key_sql(name)))
+            keys.append((label_of(name), group_key_sql(name)))
     if with_model:
         call_model = "coalesce({0}.response_model, {0}.request_model)".format("s" if from_slots else "c")
         keys.append(("k_call_model", call_model))

@@ -101,6 +101,15 @@ _COMPUTED_CALL: Final = {
     "attempts": f"coalesce(toInt64OrNull(SpanAttributes[{quote(t.HTTP_RESEND_COUNT)}]) + 1, 1)",
     "ttft_ms": f"toFloat64OrNull(SpanAttributes[{quote(t.RESPONSE_TIME_TO_FIRST_CHUNK)}]) * 1000.0",
 }
+_TAG_ATTRIBUTES: Final = f"mapFilter((k, v) -> startsWith(k, {quote(t.TAG_PREFIX)}), SpanAttributes)"
+# The call's `compactobs.tag.*` attributes as the store's `tags` column: a JSON object, KEY: value (NULL when
+# none). A reader takes one key out with JSONExtractString (`measures.groups.tag_value`).
+_COMPUTED_CALL["tags"] = (
+    f"if(empty({_TAG_ATTRIBUTES}), NULL, toJSONString(mapApply((k, v) -> "
+    f"(substring(k, {len(t.TAG_PREFIX) + 1}), v), {_TAG_ATTRIBUTES})))"
+)
+_ADDED_COMPUTED: Final = frozenset({"tags"})
+"""Computed columns newer than the typed tables of an older setup: added to them like attribute columns."""
 _COMPUTED_ITERATION: Final = {
     "call_id": "ParentSpanId",
     "start_ms": f"intDiv({_START_NS}, 1000000)",
@@ -313,7 +322,7 @@ def setup_statements(table: str) -> list[str]:
             *(
                 f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {column.name} Nullable({_kind(column.type)})"
                 for column in columns
-                if column.name not in computed
+                if column.name not in computed or column.name in _ADDED_COMPUTED
             ),
             f"DROP VIEW IF EXISTS {name}_mv",
             f"CREATE MATERIALIZED VIEW {name}_mv TO {name} AS {select}",

@@ -27,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import Label
 
 from compactobs.reports.measures.cache import add_record, cache_measures, open_write, row_figures, wrote
-from compactobs.reports.measures.groups import KEY_OF, group_key, group_values
+from compactobs.reports.measures.groups import group_key, group_values, label_of
 from compactobs.reports.model import Filters
 from compactobs.reports.sources.base import Groups
 from compactobs.reports.times import TIME_UNITS, bucket_label, local_bucket
@@ -78,6 +78,7 @@ def calls_with_next(conditions: Sequence[ColumnElement[bool]], look_up: bool = T
         c.end_ms,
         c.priced,
         c.iterations_count,
+        c.tags,
         *(getattr(c, name) for name in _CALL_FIGURES),
     ]
     return select(*columns, following.label("next_start")).where(*conditions).offset(0).subquery("c")
@@ -119,7 +120,7 @@ def group_keys(c: FromClause, by: Sequence[str], filters: Filters, span: tuple[i
             unit: Any = "day" if name == "month" else name
             keys.append(local_bucket(c.c.start_ms, unit, filters.tz, span[0], span[1]).label("t_local"))
         else:
-            keys.append(group_key(name, c, iterations).label(f"k_{KEY_OF[name]}"))
+            keys.append(group_key(name, c, iterations).label(label_of(name)))
     return keys
 
 

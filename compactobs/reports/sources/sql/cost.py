@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, Connection, func, select
 from sqlalchemy.sql.elements import Label
 
 from compactobs.reports.measures.cost import add_record, call_measures, iteration_measures
-from compactobs.reports.measures.groups import ITERATION_LEVEL, KEY_OF, group_key, group_values
+from compactobs.reports.measures.groups import ITERATION_LEVEL, group_key, group_values, label_of
 from compactobs.reports.model import Filters
 from compactobs.reports.sources.base import Groups
 from compactobs.reports.sources.sql_reading import bucket_source
@@ -28,9 +28,7 @@ __all__ = ["aggregate_calls", "group_keys"]
 
 def group_keys(by: Sequence[str]) -> list[Label[Any]]:
     """The non-time group keys over `calls` and `iterations`, labelled `k_<json key>`."""
-    return [
-        group_key(name, calls, iterations).label(f"k_{KEY_OF[name]}") for name in by if name not in TIME_UNITS
-    ]
+    return [group_key(name, calls, iterations).label(label_of(name)) for name in by if name not in TIME_UNITS]
 
 
 def aggregate_calls(

@@ -18,7 +18,7 @@ from compactobs.reports.measures.cache import add_record as add_cache
 from compactobs.reports.measures.cost import SUMMED as COST_SUMMED
 from compactobs.reports.measures.cost import add_record as add_cost
 from compactobs.reports.measures.cost import source_cost_measures
-from compactobs.reports.measures.groups import CALLS_ONLY, ITERATION_LEVEL
+from compactobs.reports.measures.groups import ITERATION_LEVEL, calls_only
 from compactobs.reports.model import Filters
 from compactobs.reports.sources.base import Groups
 from compactobs.reports.sources.sql import rollup, tune
@@ -52,7 +52,7 @@ class SqlSource(SqlAnomaliesOps):
 
     def refresh(self, filters: Filters, by: Sequence[str]) -> None:
         """Refresh the rollups when they could answer the report (`rollup.try_refresh`)."""
-        if not CALLS_ONLY.intersection(by) and not filters.conversations:
+        if not calls_only(by) and not filters.conversations:
             rollup.try_refresh(self.engine)
 
     def cost_groups(
@@ -60,7 +60,7 @@ class SqlSource(SqlAnomaliesOps):
     ) -> tuple[Groups, Groups]:
         with reading(self.engine, snapshot=True) as connection:
             time_span = (buckets.starts[0], buckets.end) if buckets is not None else None
-            split = None if CALLS_ONLY.intersection(by) else rollup.plan(connection, filters, time_span)
+            split = None if calls_only(by) else rollup.plan(connection, filters, time_span)
             everything = _cost(connection, filters, by, buckets, split)
             if not any(row["unpriced_calls"] for row in everything.values()):
                 return everything, {}
@@ -72,7 +72,7 @@ class SqlSource(SqlAnomaliesOps):
     def cache_groups(
         self, filters: Filters, by: Sequence[str], span: tuple[int, int], now_ms: int
     ) -> tuple[Groups, Groups]:
-        use_rollups = not CALLS_ONLY.intersection(by) and not filters.conversations
+        use_rollups = not calls_only(by) and not filters.conversations
         with reading(self.engine, snapshot=True) as connection:
             timed = any(name in TIME_UNITS for name in by)
             split = rollup.plan(connection, filters, span if timed else None) if use_rollups else None
