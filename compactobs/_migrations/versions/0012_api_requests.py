@@ -1,7 +1,7 @@
 """`api_requests`: the requests Anthropic's server-side telemetry reported, for `reconcile`'s coverage.
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 Create Date: 2026-12-07
 
 With a telemetry destination set in the Claude Console, the API exports a span per model request (service
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0012"
-down_revision: str | None = "0010"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
