@@ -298,6 +298,29 @@ def test_reports_never_import_recording_nor_the_guard() -> None:
     assert not wrong, wrong
 
 
+REPORTS = ("cost", "cache", "ops", "conversation", "call", "reconcile", "anomalies", "tune")
+REPORT_MODULES = _p(*(f"reports.{name}" for name in REPORTS))
+"""One module (or package) per report: each assembles Reports from a Source."""
+UNDER_REPORTS = _p("reports.model", "reports.times", "reports.measures", "reports.sources", "reports.replay")
+"""What the report modules read through: engine-free models, measures, sources, recorded conversations."""
+
+
+def _report_of(module: str) -> str | None:
+    return next((report for report in REPORT_MODULES if _in(module, report)), None)
+
+
+def test_no_report_module_imports_another() -> None:
+    # A figure two reports show (the compaction tax, the top-level cost) is a measure or a helper under
+    # them, not one report reaching into another.
+    wrong = [
+        (s, t)
+        for s, t in _arrows_from(REPORT_MODULES)
+        if _report_of(t) not in (None, _report_of(s))
+        or _in(t, *_p("reports.catalog", "reports.forecast", "reports.dashboard", "reports.promql"))
+    ]
+    assert not wrong, wrong
+
+
 def test_nothing_imports_the_cli() -> None:
     faces = _p("cli", "__main__")
     wrong = [(s, t) for s, targets in GRAPH.items() for t in targets if _in(t, *faces) and not _in(s, *faces)]

@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import Engine
 
 from compactobs.reports.model import Filters
+from compactobs.reports.replay.model import CallRecord, Conversation, Step, Turn
 from compactobs.reports.sources import Source, as_source
-from compactobs.reports.tune.model import CallRecord, Conversation, Step, Turn
 from compactobs.usage import TokenCounts
 
 __all__ = ["Recorded", "read_recorded", "write_cost"]
