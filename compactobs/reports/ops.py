@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 
 from compactobs.reports.model import Filters, Report
 from compactobs.reports.sources import Source, as_source
-from compactobs.reports.sources.anomalies_ops import PERCENTILES
+from compactobs.reports.sources.base import PERCENTILES
 from compactobs.reports.sources.sql_anomalies_ops import failed_call
 
 # `failed_call` (a call that ended with an error: the report's and the dashboards' one definition) is the

@@ -16,7 +16,7 @@ from compactobs.reports.anomalies.finding import KINDS, SEVERITIES, Finding
 from compactobs.reports.anomalies.thresholds import Thresholds
 from compactobs.reports.anomalies.unpriced import UnpricedModel
 from compactobs.reports.model import Filters, Report, to_json_value
-from compactobs.reports.sources.anomalies_ops import AnomalyData
+from compactobs.reports.sources.base import AnomalyData
 from compactobs.rules import Budgets
 
 if TYPE_CHECKING:

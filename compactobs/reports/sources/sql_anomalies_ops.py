@@ -1,10 +1,10 @@
 """The SQL store (SQLite, PostgreSQL) as the source of `report ops`, `report conversation`, `report call` and
-`report anomalies` (`anomalies_ops.AnomaliesOpsSource`): the queries, and the percentiles each engine
+`report anomalies` (`base.Source`): the queries, and the percentiles each engine
 computes its own way.
 
 Percentiles: PostgreSQL computes them with `percentile_cont`; SQLite, which has none, ranks the values with
 ROW_NUMBER in a window and only the two rows around each position come back, to be interpolated with the
-same formula (`anomalies_ops.interpolate`) in the same floating-point arithmetic, so both give the same
+same formula (`base.interpolate`) in the same floating-point arithmetic, so both give the same
 numbers.
 """
 
@@ -24,7 +24,7 @@ from compactobs.reports.anomalies.error_burst import ErrorBurst
 from compactobs.reports.anomalies.thresholds import Thresholds
 from compactobs.reports.anomalies.unpriced import UnpricedModel
 from compactobs.reports.model import Filters
-from compactobs.reports.sources.anomalies_ops import (
+from compactobs.reports.sources.base import (
     CONVERSATION_FIELDS,
     PERCENTILES,
     OpsFigures,

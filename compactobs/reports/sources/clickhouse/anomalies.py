@@ -39,7 +39,7 @@ _SERVER_ERROR: Final = f"(c.http_status IN ({_STATUSES}) OR (c.http_status >= 50
 
 
 class ClickHouseAnomalyData:
-    """`sources.anomalies_ops.AnomalyData` over a ClickHouse source, for the calls `filters` select."""
+    """`sources.base.AnomalyData` over a ClickHouse source, for the calls `filters` select."""
 
     concurrent = True
     """Queries may come from two threads: a chdb session runs them one at a time (the gain is the engine
