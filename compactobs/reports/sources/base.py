@@ -18,8 +18,7 @@ from compactobs.reports.model import Filters, ReportInputError
 from compactobs.reports.times import Buckets
 
 if TYPE_CHECKING:
-    from compactobs.reports.anomalies.budget import OverBudget
-    from compactobs.reports.anomalies.thresholds import Thresholds
+    from compactobs.reports.measures.anomalies import OverBudget, Thresholds
     from compactobs.rules import Budgets
 
 __all__ = [
@@ -101,8 +100,8 @@ def unknown_call(reference: str) -> ReportInputError:
 
 
 class AnomalyData(Protocol):
-    """What the anomaly kinds read, as records (those of `compactobs.reports.anomalies`' statements), for
-    the calls a Filters selects."""
+    """What the anomaly kinds read, as records (those of `compactobs.reports.measures.anomalies`'
+    statements), for the calls a Filters selects."""
 
     @property
     def concurrent(self) -> bool:

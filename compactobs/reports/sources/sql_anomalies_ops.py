@@ -18,11 +18,19 @@ from typing import Any, Final
 from sqlalchemy import Engine, case, func, literal, literal_column, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from compactobs.reports.anomalies.budget import ID_CHUNK, BudgetExceeded, OverBudget
-from compactobs.reports.anomalies.compaction import compaction_records
-from compactobs.reports.anomalies.error_burst import ErrorBurst
-from compactobs.reports.anomalies.thresholds import Thresholds
-from compactobs.reports.anomalies.unpriced import UnpricedModel
+from compactobs.reports.measures.anomalies import (
+    ID_CHUNK,
+    OverBudget,
+    Thresholds,
+    budget_crossings_statement,
+    budget_totals_statement,
+    compaction_records,
+    error_hours_statement,
+    error_sample_statement,
+    first_crossings,
+    unpriced_sample_statement,
+    unpriced_statement,
+)
 from compactobs.reports.model import Filters
 from compactobs.reports.sources.base import (
     CONVERSATION_FIELDS,
@@ -101,8 +109,8 @@ class SqlAnomaliesOps:
 
 @dataclass(frozen=True)
 class SqlAnomalyData:
-    """`AnomalyData`: the anomaly kinds' own statements, run on the store, over the calls `conditions`
-    select."""
+    """`AnomalyData`: the anomaly kinds' statements (`measures.anomalies`), run on the store, over the
+    calls `conditions` select."""
 
     engine: Engine
     conditions: Sequence[ColumnElement[bool]]
@@ -119,7 +127,7 @@ class SqlAnomalyData:
     def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[Any]]:
         with reading(self.engine) as connection:
             yield from connection.execution_options(stream_results=True, yield_per=2000).execute(
-                BudgetExceeded.totals_statement(self.conditions, budgets)
+                budget_totals_statement(self.conditions, budgets)
             )
 
     def budget_crossings(self, over: OverBudget) -> dict[str, Any]:
@@ -129,25 +137,25 @@ class SqlAnomalyData:
         ids = list(over)
         with reading(self.engine) as connection:
             for start in range(0, len(ids), ID_CHUNK):
-                statement = BudgetExceeded.crossings_statement(ids[start : start + ID_CHUNK])
-                found.update(BudgetExceeded.first_crossings(connection.execute(statement), over))
+                statement = budget_crossings_statement(ids[start : start + ID_CHUNK])
+                found.update(first_crossings(connection.execute(statement), over))
         return found
 
     def unpriced_groups(self) -> Iterable[Sequence[Any]]:
         with reading(self.engine) as connection:
-            return list(connection.execute(UnpricedModel.statement(self.conditions)).all())
+            return list(connection.execute(unpriced_statement(self.conditions)).all())
 
     def unpriced_sample(self, model: str) -> Sequence[str]:
         with reading(self.engine) as connection:
-            return list(connection.execute(UnpricedModel.sample_statement(self.conditions, model)).scalars())
+            return list(connection.execute(unpriced_sample_statement(self.conditions, model)).scalars())
 
     def error_hours(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]:
         with reading(self.engine) as connection:
-            return list(connection.execute(ErrorBurst.statement(self.conditions, thresholds)))
+            return list(connection.execute(error_hours_statement(self.conditions, thresholds)))
 
     def error_sample(self, start_ms: int) -> Sequence[str]:
         with reading(self.engine) as connection:
-            return list(connection.execute(ErrorBurst.sample_statement(self.conditions, start_ms)).scalars())
+            return list(connection.execute(error_sample_statement(self.conditions, start_ms)).scalars())
 
 
 # -- ops: percentiles ---------------------------------------------------------------------------------------

@@ -15,11 +15,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import literal_column
 
-from compactobs.reports.anomalies.budget import OverBudget
-from compactobs.reports.anomalies.compaction import COMPACTION_RECORD, compaction_candidates
-from compactobs.reports.anomalies.error_burst import ERROR_STATUSES, HOUR_MS
-from compactobs.reports.anomalies.finding import MAX_CALL_IDS
-from compactobs.reports.anomalies.thresholds import Thresholds
+from compactobs.reports.measures.anomalies import (
+    COMPACTION_RECORD,
+    ERROR_STATUSES,
+    HOUR_MS,
+    MAX_CALL_IDS,
+    OverBudget,
+    Thresholds,
+    compaction_candidates,
+)
 from compactobs.reports.model import Filters
 from compactobs.reports.sources.clickhouse import spans
 from compactobs.reports.sources.clickhouse.client import ClickHouseClient, quote
