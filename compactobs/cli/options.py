@@ -28,7 +28,6 @@ __all__ = [
     "filter_options",
     "group_options",
     "report_options",
-    "split_by",
     "usd_amount",
     "window_options",
 ]
@@ -175,7 +174,7 @@ def report_options(func: F) -> F:
 
 def group_options(func: F) -> F:
     """--limit and --sort, for a report that lists groups: the command receives `limit` and `sort` (pass
-    them to `emit_report`)."""
+    them to `make_report` or `emit_report`)."""
     func = click.option(
         "--sort",
         metavar="COLUMN",
@@ -184,11 +183,6 @@ def group_options(func: F) -> F:
     return click.option(
         "--limit", type=int, metavar="N", help="Show the first N rows (the totals still cover every call)."
     )(func)
-
-
-def split_by(values: tuple[str, ...]) -> list[str]:
-    """Repeated and comma-separated --by values as one list (`--by a,b --by c`)."""
-    return [part for value in values for part in value.split(",") if part.strip()]
 
 
 def usd_amount(text: str, option: str) -> Decimal:
