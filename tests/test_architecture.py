@@ -328,6 +328,18 @@ def test_what_reports_read_through_imports_no_report() -> None:
     assert not wrong, wrong
 
 
+def test_what_reports_read_through_is_layered() -> None:
+    # model <- times <- measures <- sources <- replay: each imports only the ones before it.
+    layers = [_p(f"reports.{name}") for name in ("model", "times", "measures", "sources", "replay")]
+    wrong = [
+        (s, t)
+        for below, layer in enumerate(layers)
+        for s, t in _arrows_from(layer)
+        if any(_in(t, *later) for later in layers[below + 1 :])
+    ]
+    assert not wrong, wrong
+
+
 def test_nothing_imports_the_cli() -> None:
     faces = _p("cli", "__main__")
     wrong = [(s, t) for s, targets in GRAPH.items() for t in targets if _in(t, *faces) and not _in(s, *faces)]
