@@ -10,7 +10,8 @@ instrument/, store/ and the CLI all use it.
   as it is; a longer one keeps its start, then a marker with its length and a SHA-256 prefix of the
   whole, so two long ids stay distinct and one response cannot bloat a report.
 
-(The reports strip control sequences from what they print: compactobs.reports.render.safe.)
+(The reports make the control and bidi characters of what they print visible with the same `escape_char`:
+compactobs.reports.render.safe.)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "bounded_id",
     "bounded_tags",
     "escape",
+    "escape_char",
     "stored_tags",
     "tag_key_ok",
 ]
@@ -40,7 +42,10 @@ MAX_ID_CHARS: Final = 256
 _NAMED: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
 
-def _escape_char(char: str) -> str:
+def escape_char(char: str) -> str:
+    """One character as `escape` writes it: a printable one as it is, `\\n`, `\\r`, `\\t` and `\\\\` by
+    name, any other as `\\xNN`, `\\uNNNN` or `\\UNNNNNNNN`. The one encoding of hostile characters: the
+    reports' `shown` uses it too, for the characters it makes visible."""
     named = _NAMED.get(char)
     if named is not None:
         return named
@@ -62,7 +67,7 @@ def escape(text: object, limit: int = LOG_MAX_CHARS) -> str:
     except Exception:
         return f"<unprintable {type(text).__name__}>"
     cut = value[:limit]
-    shown = cut if cut.isprintable() and "\\" not in cut else "".join(map(_escape_char, cut))
+    shown = cut if cut.isprintable() and "\\" not in cut else "".join(map(escape_char, cut))
     if len(value) > limit:
         shown += f"... ({len(value):,} chars)"
     return shown

@@ -298,6 +298,50 @@ def test_reports_never_import_recording_nor_the_guard() -> None:
     assert not wrong, wrong
 
 
+REPORTS = ("cost", "cache", "ops", "conversation", "call", "reconcile", "anomalies", "tune")
+REPORT_MODULES = _p(*(f"reports.{name}" for name in REPORTS))
+"""One module (or package) per report: each assembles Reports from a Source."""
+ABOVE_REPORTS = _p("reports.catalog", "reports.forecast", "reports.dashboard", "reports.promql")
+"""What runs or compiles several reports: the catalog, the cost report with its forecast, the dashboards."""
+UNDER_REPORTS = _p("reports.model", "reports.times", "reports.measures", "reports.sources", "reports.replay")
+"""What the report modules read through: engine-free models, measures, sources, recorded conversations."""
+
+
+def _report_of(module: str) -> str | None:
+    return next((report for report in REPORT_MODULES if _in(module, report)), None)
+
+
+def test_no_report_module_imports_another() -> None:
+    # A figure two reports show (the compaction tax, the top-level cost) is a measure or a helper under
+    # them, not one report reaching into another.
+    wrong = [
+        (s, t)
+        for s, t in _arrows_from(REPORT_MODULES)
+        if _report_of(t) not in (None, _report_of(s)) or _in(t, *ABOVE_REPORTS)
+    ]
+    assert not wrong, wrong
+
+
+def test_what_reports_read_through_imports_no_report() -> None:
+    # Sources run shapes built from measures; a source importing a report (its statements, its types) is an
+    # arrow backwards, and was a circle hidden in a function.
+    above = (*REPORT_MODULES, *ABOVE_REPORTS, *_p("reports.render"))
+    wrong = [(s, t) for s, t in _arrows_from(UNDER_REPORTS) if _in(t, *above)]
+    assert not wrong, wrong
+
+
+def test_what_reports_read_through_is_layered() -> None:
+    # model <- times <- measures <- sources <- replay: each imports only the ones before it.
+    layers = [_p(f"reports.{name}") for name in ("model", "times", "measures", "sources", "replay")]
+    wrong = [
+        (s, t)
+        for below, layer in enumerate(layers)
+        for s, t in _arrows_from(layer)
+        if any(_in(t, *later) for later in layers[below + 1 :])
+    ]
+    assert not wrong, wrong
+
+
 def test_nothing_imports_the_cli() -> None:
     faces = _p("cli", "__main__")
     wrong = [(s, t) for s, targets in GRAPH.items() for t in targets if _in(t, *faces) and not _in(s, *faces)]

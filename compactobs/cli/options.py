@@ -27,7 +27,6 @@ __all__ = [
     "filter_options",
     "group_options",
     "report_options",
-    "split_by",
     "usd_amount",
     "window_options",
 ]
@@ -174,7 +173,7 @@ def report_options(func: F) -> F:
 
 def group_options(func: F) -> F:
     """--limit and --sort, for a report that lists groups: the command receives `limit` and `sort` (pass
-    them to `emit_report`)."""
+    them to `make_report` or `emit_report`)."""
     func = click.option(
         "--sort",
         metavar="COLUMN",
@@ -185,6 +184,3 @@ def group_options(func: F) -> F:
     )(func)
 
 
-def split_by(values: tuple[str, ...]) -> list[str]:
-    """Repeated and comma-separated --by values as one list (`--by a,b --by c`)."""
-    return [part for value in values for part in value.split(",") if part.strip()]

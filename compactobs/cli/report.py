@@ -1,7 +1,8 @@
 """`compactobs report cost | cache | anomalies | ops | conversation | call`: the reports over the store.
 
-Every report takes the same options (`report_options`, which hand it `Filters`), calls the report's
-function over the source `report_engine` opens, and prints with `emit_report` (or the report's renderer).
+Every report takes the same options (`report_options`, which hand it `Filters`), makes its Report with
+`reports.catalog.make_report` (the path `serve`'s API takes too) over the source `report_engine` opens, and
+prints with `emit_report` (or the report's renderer).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from compactobs.cli.common import (
     use_color,
     working,
 )
-from compactobs.cli.options import dataclass_options, group_options, report_options, split_by
+from compactobs.cli.options import dataclass_options, group_options, report_options
 from compactobs.progress import stdout_fit_width
+from compactobs.reports.catalog import make_report, split_by
 from compactobs.reports.model import Filters
 from compactobs.reports.render import FORMATS
 from compactobs.reports.thresholds import Thresholds
@@ -73,12 +75,14 @@ def report_anomalies(
     exits 3 when a finding at LEVEL or above exists (critical: compaction_loop, budget_exceeded); 2 on bad
     input.
     """
-    from compactobs.reports.anomalies import anomalies_report, exit_code_for, load_budgets
+    from compactobs.reports.anomalies import exit_code_for, load_budgets
     from compactobs.reports.render.anomalies import render_anomalies
 
     budgets = load_budgets(budgets_file) if budgets_file else None
     with report_engine(state) as engine, working("looking for anomalies ..."):
-        result = anomalies_report(engine, filters, thresholds, budgets, budgets_file)
+        result = make_report(
+            engine, "anomalies", filters, thresholds=thresholds, budgets=budgets, budgets_file=budgets_file
+        )
     color = fmt == "table" and use_color()
     click.echo(render_anomalies(result, fmt, terminal_width(), color=color), nl=False, color=color)
     code = exit_code_for(result.extra["findings"], fail_on)
@@ -96,11 +100,9 @@ def report_ops(state: CliState, limit: int | None, sort: str | None, filters: Fi
     Percentiles interpolate linearly between the closest ranks (PostgreSQL's percentile_cont); latency
     is the duration of successful calls, retries and back-off included.
     """
-    from compactobs.reports.ops import ops_report
-
     with report_engine(state) as engine, working("reading the operations figures ..."):
-        result = ops_report(engine, filters)
-    emit_report(result, fmt, sort, limit)
+        result = make_report(engine, "ops", filters, sort=sort, limit=limit)
+    emit_report(result, fmt)
 
 
 @report.command("conversation")
@@ -111,11 +113,10 @@ def report_conversation(state: CliState, conversation_id: str, filters: Filters,
     """One conversation call by call: time, model, stop reason, iterations, context size after the call,
     compaction marks, cost and running cost; on a terminal, then a chart of the context against the
     compaction trigger (in colour, or plain with NO_COLOR). An unknown ID exits 2."""
-    from compactobs.reports.conversation import conversation_report
     from compactobs.reports.render.conversation import render_conversation
 
     with report_engine(state) as engine, working("reading the conversation ..."):
-        result = conversation_report(engine, filters, conversation_id)
+        result = make_report(engine, "conversation", filters, conversation_id)
     color = fmt == "table" and use_color()
     text = render_conversation(result, fmt, terminal_width(), color=color, fit_width=stdout_fit_width())
     click.echo(text, nl=False, color=color)
@@ -133,10 +134,8 @@ def report_call(state: CliState, reference: str, fmt: str) -> None:
     type, model, tokens, the rates that priced them and its cost, summing to the call's cost, and the
     top-level usage beside the billed totals. `report conversation` shows each call's span id. An unknown
     ID exits 2."""
-    from compactobs.reports.call import call_report
-
     with report_engine(state) as engine, working("reading the call ..."):
-        result = call_report(engine, reference)
+        result = make_report(engine, "call", None, reference)
     emit_report(result, fmt)
 
 
@@ -165,18 +164,21 @@ def report_cost(
 ) -> None:
     """What the calls cost: billed tokens and USD per group, totals, the cost split by token class and the
     share spent on compaction. Unpriced calls are rows of their own (cost: unpriced), never $0."""
-    from compactobs.reports.cost import cost_report, parse_by
-
-    groups = parse_by(split_by(by) or ["day"])
     with report_engine(state) as engine:
-        refresh_rollups(engine)
+        refresh_rollups(engine)  # with a progress bar, before the spinner
         with working("summing costs ..."):
-            result = cost_report(engine, filters, groups, compare=compare)
-            if forecast:
-                from compactobs.reports.forecast import with_forecast
-
-                result = with_forecast(result, engine, filters)
-    emit_report(result, fmt, sort, limit)
+            result = make_report(
+                engine,
+                "cost",
+                filters,
+                by=split_by(by),
+                compare=compare,
+                forecast=forecast,
+                sort=sort,
+                limit=limit,
+                refresh=None,
+            )
+    emit_report(result, fmt)
 
 
 @report.command("cache")
@@ -194,10 +196,10 @@ def report_cache(
 ) -> None:
     """Where the prompt cache pays: hit ratio, tokens read and written (5m, 1h), dollars saved by reads,
     spent on the write premium, the net, and writes never read back within their TTL (waste)."""
-    from compactobs.reports.cache import cache_report
-
     with report_engine(state) as engine:
-        refresh_rollups(engine)
+        refresh_rollups(engine)  # with a progress bar, before the spinner
         with working("reading the cache figures ..."):
-            result = cache_report(engine, filters, split_by(by) or ["model"])
-    emit_report(result, fmt, sort, limit)
+            result = make_report(
+                engine, "cache", filters, by=split_by(by), sort=sort, limit=limit, refresh=None
+            )
+    emit_report(result, fmt)

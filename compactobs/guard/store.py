@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from sqlalchemy import BigInteger, Engine, String, bindparam, cast, func, select
 
-from compactobs.guard import PriorSpend
+from compactobs.guard.figures import PriorSpend
 from compactobs.rules import billed_tokens_sql
 from compactobs.store import calls, ensure_schema, guard_spend, make_engine
 

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from sqlalchemy import Engine
 
-from compactobs.reports.cost import top_level_cost
+from compactobs.reports.measures.cost import top_level_cost
 from compactobs.reports.model import ColumnKind, Report
 from compactobs.reports.render.cells import format_cell
 from compactobs.reports.sources import Source, as_source

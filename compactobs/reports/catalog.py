@@ -9,9 +9,9 @@ A bad option raises ReportInputError, one line.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Engine
 
@@ -20,7 +20,19 @@ from compactobs.reports.render import render
 from compactobs.reports.sources import Source
 from compactobs.reports.times import build_filters
 
-__all__ = ["REPORTS", "SUBJECT_REPORTS", "report_json", "report_options", "run_report"]
+if TYPE_CHECKING:
+    from compactobs.reports.anomalies import Thresholds
+    from compactobs.rules import Budgets
+
+__all__ = [
+    "REPORTS",
+    "SUBJECT_REPORTS",
+    "make_report",
+    "report_json",
+    "report_options",
+    "run_report",
+    "split_by",
+]
 
 REPORTS: Final[tuple[str, ...]] = ("cost", "cache", "anomalies", "ops", "conversation", "call", "tune")
 """Every report `compactobs report` has, by its command name, and `compactobs tune`."""
@@ -57,8 +69,7 @@ def report_options(name: str) -> tuple[str, ...]:
 
 
 def _check(name: str, options: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    if name not in REPORTS:
-        raise ReportInputError(f"no report {name!r}: use one of {', '.join(REPORTS)}")
+    _check_name(name)
     allowed = report_options(name)
     checked: dict[str, list[str]] = {}
     for key, values in options.items():
@@ -116,57 +127,25 @@ def run_report(
     date first, as the CLI does; without, writes nothing (the slots not rolled up yet are read from `calls`,
     to the same figures). Raises ReportInputError."""
     checked = _check(name, options)
-    if (name in SUBJECT_REPORTS) != (subject is not None):
-        raise ReportInputError(
-            f"report {name} needs an id" if subject is None else f"report {name} takes no id"
+    _check_subject(name, subject)
+    filters = None
+    if name != "call":
+        filters = build_filters(
+            _one(checked, "since"),
+            _one(checked, "until"),
+            _one(checked, "tz"),
+            checked.get("model", ()),
+            checked.get("conversation", ()),
+            checked.get("service", ()),
+            now=now,
         )
-    if name == "call":
-        from compactobs.reports.call import call_report
-
-        assert subject is not None
-        return call_report(source, subject)
-    filters = build_filters(
-        _one(checked, "since"),
-        _one(checked, "until"),
-        _one(checked, "tz"),
-        checked.get("model", ()),
-        checked.get("conversation", ()),
-        checked.get("service", ()),
-        now=now,
-    )
-    by = [part for value in checked.get("by", ()) for part in value.split(",") if part.strip()]
-    if refresh and name in ("cost", "cache") and isinstance(source, Engine):
-        from compactobs.reports.sources.sql import rollup
-
-        rollup.try_refresh(source)
-    result: Report
-    if name == "cost":
-        from compactobs.reports.cost import cost_report, parse_by
-
-        result = cost_report(
-            source, filters, parse_by(by or ["day"]), compare=_one(checked, "compare"), now=now
-        )
-        if _flag(checked, "forecast"):
-            from compactobs.reports.forecast import with_forecast
-
-            result = with_forecast(result, source, filters, now)
-    elif name == "cache":
-        from compactobs.reports.cache import cache_report
-
-        result = cache_report(source, filters, by or ["model"], now=now)
-    elif name == "ops":
-        from compactobs.reports.ops import ops_report
-
-        result = ops_report(source, filters)
-    elif name == "tune":
+    if name == "tune":
+        assert filters is not None
         return _tune(source, filters, checked)
-    elif name == "conversation":
-        from compactobs.reports.conversation import conversation_report
-
-        assert subject is not None
-        return conversation_report(source, filters, subject)
-    else:
-        from compactobs.reports.anomalies import Thresholds, anomalies_report, load_budgets
+    thresholds = None
+    budgets = None
+    if name == "anomalies":
+        from compactobs.reports.anomalies import Thresholds, load_budgets
 
         fields = _threshold_options()
         values = {
@@ -176,8 +155,108 @@ def run_report(
         }
         thresholds = Thresholds(**values)
         budgets = load_budgets(budgets_file) if budgets_file else None
-        return anomalies_report(source, filters, thresholds, budgets, budgets_file)
-    sort, limit = _one(checked, "sort"), _number(checked, "limit", int)
+    return make_report(
+        source,
+        name,
+        filters,
+        subject,
+        by=split_by(checked.get("by", ())),
+        compare=_one(checked, "compare"),
+        forecast=_flag(checked, "forecast"),
+        thresholds=thresholds,
+        budgets=budgets,
+        budgets_file=budgets_file,
+        sort=_one(checked, "sort"),
+        limit=_number(checked, "limit", int),
+        now=now,
+        refresh=_refresh if refresh else None,
+    )
+
+
+def split_by(values: Iterable[str]) -> list[str]:
+    """Repeated and comma-separated `by` values as one list (`--by a,b --by c`)."""
+    return [part for value in values for part in value.split(",") if part.strip()]
+
+
+def _refresh(source: Engine | Source) -> None:
+    """Bring the SQL store's rollups up to date before a cost or cache report (another source keeps its own
+    sums); a failure only means the report reads the calls."""
+    if isinstance(source, Engine):
+        from compactobs.reports.sources.sql import rollup
+
+        rollup.try_refresh(source)
+
+
+def _check_name(name: str) -> None:
+    if name not in REPORTS:
+        raise ReportInputError(f"no report {name!r}: use one of {', '.join(REPORTS)}")
+
+
+def _check_subject(name: str, subject: str | None) -> None:
+    _check_name(name)
+    if (name in SUBJECT_REPORTS) != (subject is not None):
+        raise ReportInputError(
+            f"report {name} needs an id" if subject is None else f"report {name} takes no id"
+        )
+
+
+def make_report(
+    source: Engine | Source,
+    name: str,
+    filters: Filters | None,
+    subject: str | None = None,
+    *,
+    by: Sequence[str] = (),
+    compare: str | None = None,
+    forecast: bool = False,
+    thresholds: Thresholds | None = None,
+    budgets: Budgets | None = None,
+    budgets_file: str | None = None,
+    sort: str | None = None,
+    limit: int | None = None,
+    now: datetime | None = None,
+    refresh: Callable[[Engine | Source], None] | None = _refresh,
+) -> Report:
+    """Report `name` over `source` from its options, parsed: the one path from options to a Report, for
+    `run_report` (options as strings) and the CLI (click's). `filters` is None for the call report only;
+    `by` empty is the report's default (cost by day, cache by model); `refresh` brings the rollups up to
+    date before a cost or cache report (None: writes nothing). Raises ReportInputError."""
+    _check_subject(name, subject)
+    assert name != "tune", "tune's options are its own: run_report parses them"
+    if name == "call":
+        from compactobs.reports.call import call_report
+
+        assert subject is not None
+        return call_report(source, subject)
+    assert filters is not None
+    if refresh is not None and name in ("cost", "cache"):
+        refresh(source)
+    result: Report
+    if name == "cost":
+        from compactobs.reports.cost import cost_report, parse_by
+
+        result = cost_report(source, filters, parse_by(list(by) or ["day"]), compare=compare, now=now)
+        if forecast:
+            from compactobs.reports.forecast import with_forecast
+
+            result = with_forecast(result, source, filters, now)
+    elif name == "cache":
+        from compactobs.reports.cache import cache_report
+
+        result = cache_report(source, filters, list(by) or ["model"], now=now)
+    elif name == "ops":
+        from compactobs.reports.ops import ops_report
+
+        result = ops_report(source, filters)
+    elif name == "conversation":
+        from compactobs.reports.conversation import conversation_report
+
+        assert subject is not None
+        return conversation_report(source, filters, subject)
+    else:
+        from compactobs.reports.anomalies import Thresholds, anomalies_report
+
+        return anomalies_report(source, filters, thresholds or Thresholds(), budgets, budgets_file)
     if sort is not None or limit is not None:
         result = sort_and_limit(result, sort, limit)
     return result

@@ -292,12 +292,12 @@ def _split_by_type(
 def compaction_tax_rows(
     source: Engine | Source, filters: Filters, conversation_id: str, numbers: dict[str, int]
 ) -> list[dict[str, Any]]:
-    """Each compaction of the conversation, all in (`compactobs.reports.tune.model.compaction_taxes`):
+    """Each compaction of the conversation, all in (`compactobs.reports.replay.model.compaction_taxes`):
     `n` is the call's number in the timeline. Empty without threshold compaction."""
     from dataclasses import replace
 
-    from compactobs.reports.tune.data import read_recorded, write_cost
-    from compactobs.reports.tune.model import compaction_taxes, conversation_of
+    from compactobs.reports.replay.data import read_recorded, write_cost
+    from compactobs.reports.replay.model import compaction_taxes, conversation_of
 
     recorded = read_recorded(source, replace(filters, conversations=(conversation_id,)), None)
     records = recorded.by_conversation.get(conversation_id)

@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 
 from compactobs.reports.model import ColumnKind, Filters, Report
 from compactobs.reports.sources import Source, as_source
-from compactobs.reports.sources.anomalies_ops import PERCENTILES
+from compactobs.reports.sources.base import PERCENTILES
 from compactobs.reports.sources.sql_anomalies_ops import failed_call
 
 if TYPE_CHECKING:

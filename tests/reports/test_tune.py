@@ -18,9 +18,9 @@ import pytest
 import compactobs
 from compactobs import store
 from compactobs.reports.model import ReportInputError
+from compactobs.reports.replay.model import UnsupportedEstimate, summary_model
 from compactobs.reports.times import build_filters
 from compactobs.reports.tune import TuneOptions, TuneResult, tune
-from compactobs.reports.tune.model import UnsupportedEstimate, summary_model
 from compactobs.testing import ConversationScenario, IdleClock
 from tests.cli import one_line_error, run
 from tests.recording import recording

@@ -37,7 +37,8 @@ Definitions:
 - billed tokens (for token budgets) are uncached input + output + cache reads + cache writes.
 
 Scale: each rule is one SQL query (`compaction`, `budget`, `unpriced`, `error_burst`: one class per kind, its
-query beside its findings; `report` runs them over a source). The compaction rules visit only the calls that
+findings; its SQL is in `reports.measures.anomalies`, which the sources run; `report` runs the kinds over a
+source). The compaction rules visit only the calls that
 compacted: a call's position in its conversation and its neighbours are index range lookups on
 (conversation_id, start_ms), linear in the conversation's calls even when it compacts at every turn (on 1M
 calls and 10,000 conversations on SQLite: ~2 s, the whole report ~4 s; with a budget on every conversation

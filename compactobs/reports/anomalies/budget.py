@@ -13,22 +13,18 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final
 
-from sqlalchemy import Select, case, func, or_, select
-from sqlalchemy.sql.elements import ColumnElement
-
-from compactobs import rules
 from compactobs._words import counted
 from compactobs.reports.anomalies.finding import Finding, money_text, pct, usd
+from compactobs.reports.measures.anomalies import (
+    ID_CHUNK,
+    OverBudget,
+    budget_crossings_statement,
+    budget_totals_statement,
+    first_crossings,
+)
 from compactobs.rules import Budget, Budgets, effective_budget, over_limits
-from compactobs.store.models import calls
 
 __all__ = ["ID_CHUNK", "BudgetExceeded", "OverBudget"]
-
-OverBudget = Mapping[str, tuple[Budget, int, Decimal | None, int, int, int]]
-"""The conversations over budget: (budget, calls, spent, billed tokens, compactions, unpriced calls)."""
-
-ID_CHUNK: Final = 500
-"""Conversation ids per `IN (...)` list of `crossings_statement` (SQLite allows 32766 parameters)."""
 
 
 class BudgetExceeded:
@@ -41,75 +37,9 @@ class BudgetExceeded:
         "compaction counter), or raise its budget"
     )
 
-    @staticmethod
-    def totals_statement(conditions: Sequence[ColumnElement[bool]], budgets: Budgets | None) -> Select[Any]:
-        """(conversation_id, calls, cost, billed tokens, largest stored budget_usd and budget_tokens, unpriced
-        calls, compactions, largest stored budget_max_compactions) of each conversation with a call meeting
-        `conditions`, over all its calls; with no budgets file, only of those that stored a budget."""
-        c = calls.c
-        selected = select(c.conversation_id).where(c.conversation_id.is_not(None), *conditions).distinct()
-        query = select(
-            c.conversation_id,
-            func.count(),
-            func.sum(c.cost_usd),
-            func.sum(rules.billed_tokens_sql()),
-            func.max(c.budget_usd),
-            func.max(c.budget_tokens),
-            func.sum(case((c.priced.is_(False), 1), else_=0)),
-            func.sum(func.coalesce(c.compactions_count, 0)),
-            func.max(c.budget_max_compactions),
-        ).where(c.conversation_id.is_not(None))
-        if conditions:
-            query = query.where(c.conversation_id.in_(selected.scalar_subquery()))
-        query = query.group_by(c.conversation_id)
-        if not budgets:
-            stored = (c.budget_usd, c.budget_tokens, c.budget_max_compactions)
-            query = query.having(or_(*(func.max(column).is_not(None) for column in stored)))
-        return query
-
-    @staticmethod
-    def crossings_statement(conversation_ids: Sequence[str]) -> Select[Any]:
-        """(conversation_id, call_id, start_ms, cost, billed tokens, compactions) of every call of the
-        conversations (at most ID_CHUNK), in conversation order. Summed in Python (`first_crossings`): on
-        SQLite about twice as fast as running sums in window functions with the budgets joined in."""
-        c = calls.c
-        return (
-            select(
-                c.conversation_id,
-                c.call_id,
-                c.start_ms,
-                c.cost_usd,
-                rules.billed_tokens_sql(),
-                func.coalesce(c.compactions_count, 0),
-            )
-            .where(c.conversation_id.in_(conversation_ids))
-            .order_by(c.conversation_id, c.start_ms, c.call_id)
-        )
-
-    @staticmethod
-    def first_crossings(records: Iterable[Sequence[Any]], over: OverBudget) -> dict[str, tuple[int, str]]:
-        """(start_ms, call_id) of the first call at which each conversation's running spend went over its
-        budget, from `crossings_statement`'s records."""
-        found: dict[str, tuple[int, str]] = {}
-        current: str | None = None
-        skip = False
-        budget = Budget()
-        spent = Decimal(0)
-        tokens = compactions = 0
-        for conversation_id, call_id, start_ms, cost, billed, compacted in records:
-            if conversation_id != current:
-                current, skip, spent, tokens, compactions = conversation_id, False, Decimal(0), 0, 0
-                budget = over[conversation_id][0]
-            if skip:
-                continue
-            if cost is not None:
-                spent += cost if isinstance(cost, Decimal) else Decimal(str(cost))
-            tokens += int(billed or 0)
-            compactions += int(compacted or 0)
-            if over_limits(budget, spent, tokens, compactions):
-                found[conversation_id] = (int(start_ms), call_id)
-                skip = True
-        return found
+    totals_statement: Final = staticmethod(budget_totals_statement)
+    crossings_statement: Final = staticmethod(budget_crossings_statement)
+    first_crossings: Final = staticmethod(first_crossings)
 
     @classmethod
     def findings(

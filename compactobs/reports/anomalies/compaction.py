@@ -1,5 +1,5 @@
 """The five compaction findings, one class each, judged per conversation from one query: its compacting calls
-with their neighbours (`compaction_records`).
+with their neighbours (`compaction_records`, in `reports.measures.anomalies`).
 
 Only compacting calls are visited: the turns between two compacting calls are counted with an index range on
 (conversation_id, start_ms), and the previous and next turns are index lookups. The work is linear in the
@@ -10,15 +10,11 @@ which some kind may find something come back (`compaction_candidates`, each kind
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cached_property
 from typing import Any, Final
-
-from sqlalchemy import Select, Subquery, and_, case, func, literal, or_, select
-from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.util import ClauseAdapter
 
 from compactobs._words import counted
 from compactobs.reports.anomalies.finding import (
@@ -32,9 +28,17 @@ from compactobs.reports.anomalies.finding import (
     total_cost,
     usd,
 )
+from compactobs.reports.measures.anomalies import (
+    COMPACTION_RECORD,
+    cache_miss_candidate,
+    compaction_candidates,
+    compaction_records,
+    cost_share_candidate,
+    failed_candidate,
+    ineffective_candidate,
+)
 from compactobs.reports.thresholds import Thresholds
 from compactobs.rules import LoopWindow
-from compactobs.store.models import calls, iterations
 
 __all__ = [
     "COMPACTION_KINDS",
@@ -50,32 +54,6 @@ __all__ = [
     "compaction_findings",
     "compaction_records",
 ]
-
-Row = Callable[[str], Any]
-"""A column of a compacting call's record by its `COMPACTION_RECORD` name, for a kind's `candidate`."""
-
-COMPACTION_RECORD: Final = (
-    "conversation_id",
-    "conversation_calls",
-    "conversation_cost",
-    "position",
-    "call_id",
-    "start_ms",
-    "compactions_count",
-    "failed",
-    "trigger",
-    "context_after",
-    "cost_usd",
-    "compaction_cost",
-    "prev_id",
-    "prev_reads",
-    "prev_writes",
-    "next_id",
-    "next_reads",
-    "next_writes",
-)
-"""The columns of a compacting call's record, in order: its conversation's figures, then the
-`CompactingCall` fields (`position`: its place among the conversation's turns, 1, 2, ...)."""
 
 
 @dataclass(slots=True)
@@ -193,9 +171,7 @@ class IneffectiveCompaction:
         "summary in the compaction instructions"
     )
 
-    @staticmethod
-    def candidate(row: Row, thresholds: Thresholds) -> ColumnElement[bool]:
-        return thresholds.loop_rule.ineffective_sql(row("context_after"), row("trigger"))
+    candidate: Final = staticmethod(ineffective_candidate)
 
     @classmethod
     def findings(cls, conversation: Conversation) -> Iterator[Finding]:
@@ -235,9 +211,7 @@ class FailedCompaction:
         "the compaction instructions; retry the compaction on demand"
     )
 
-    @staticmethod
-    def candidate(row: Row, thresholds: Thresholds) -> ColumnElement[bool]:
-        return row("failed") > 0
+    candidate: Final = staticmethod(failed_candidate)
 
     @classmethod
     def findings(cls, conversation: Conversation) -> Iterator[Finding]:
@@ -271,16 +245,7 @@ class CompactionCostShare:
         "the summarisation reads from cache, or end long conversations sooner"
     )
 
-    @staticmethod
-    def candidate(row: Row, thresholds: Thresholds) -> ColumnElement[bool]:
-        """Every compacting call of a conversation over the share (`priced_compaction_cost`: its compaction
-        cost over its priced calls). Compared in Decimal by the rule; here with a hair of slack for float
-        sums (SQLite)."""
-        return and_(
-            row("conversation_cost") > 0,
-            row("priced_compaction_cost")
-            > row("conversation_cost") * literal(thresholds.cost_share * (1 - 1e-9)),
-        )
+    candidate: Final = staticmethod(cost_share_candidate)
 
     @classmethod
     def findings(cls, conversation: Conversation) -> Iterator[Finding]:
@@ -326,18 +291,7 @@ class CacheMissAfterCompaction:
         "so the calls after a compaction read the summary from the cache instead of writing it again"
     )
 
-    @staticmethod
-    def candidate(row: Row, thresholds: Thresholds) -> ColumnElement[bool]:
-        before, after, written = row("prev_reads"), row("next_reads"), row("next_writes")
-        least = thresholds.cache_min_tokens
-        return and_(
-            row("next_id").is_not(None),
-            before >= least,
-            before > 0,
-            after <= literal(thresholds.cache_drop_ratio) * before,
-            written >= least,
-            written > func.coalesce(row("prev_writes"), 0),
-        )
+    candidate: Final = staticmethod(cache_miss_candidate)
 
     @classmethod
     def findings(cls, conversation: Conversation) -> Iterator[Finding]:
@@ -388,19 +342,6 @@ COMPACTION_KINDS: Final = (
 """In the order each conversation is judged (a loop before the ineffective compactions it holds)."""
 
 
-def compaction_candidates(row: Row, thresholds: Thresholds) -> ColumnElement[bool]:
-    """The compacting calls in which a compaction kind may find something, as a condition over the columns
-    `row(name)` gives (`COMPACTION_RECORD`'s, and `priced_compaction_cost`): a superset, the kinds decide on
-    the rows it selects, so the database sends back those only (at 1M calls, about 1 in 12 compacting
-    calls). A loop is made of ineffective compactions: IneffectiveCompaction's candidates hold it."""
-    return or_(
-        IneffectiveCompaction.candidate(row, thresholds),
-        FailedCompaction.candidate(row, thresholds),
-        CacheMissAfterCompaction.candidate(row, thresholds),
-        CompactionCostShare.candidate(row, thresholds),
-    )
-
-
 def compaction_findings(records: Iterable[Sequence[Any]], thresholds: Thresholds) -> Iterator[Finding]:
     """Every compaction kind over `compaction_records`' records (or a source's that match them), one
     conversation at a time."""
@@ -418,158 +359,3 @@ def compaction_findings(records: Iterable[Sequence[Any]], thresholds: Thresholds
 def _judged(conversation: Conversation) -> Iterator[Finding]:
     for kind in COMPACTION_KINDS:
         yield from kind.findings(conversation)
-
-
-# -- the query ----------------------------------------------------------------------------------------------
-
-
-def compaction_records(conditions: Sequence[ColumnElement[bool]], thresholds: Thresholds) -> Select[Any]:
-    """The compacting calls that `compaction_candidates` selects among the calls meeting `conditions`, with
-    their neighbours, in conversation order, as `COMPACTION_RECORD`s."""
-    compacting = _compacting_calls(conditions)
-    located = _with_neighbours(compacting, conditions)
-    record = _with_conversation_figures(located, conditions).c
-    return (
-        select(*(record[name] for name in COMPACTION_RECORD))
-        .where(compaction_candidates(lambda name: record[name], thresholds))
-        .order_by(record.conversation_id, record.start_ms, record.call_id)
-    )
-
-
-def _compacting_calls(conditions: Sequence[ColumnElement[bool]]) -> Subquery:
-    """The calls that compacted and returned usage, each with the start and id of the conversation's
-    compacting call before it."""
-    call = calls.alias("c")
-    in_window = [ClauseAdapter(call).traverse(condition) for condition in conditions]
-    conversation, order = call.c.conversation_id, (call.c.start_ms, call.c.call_id)
-    return (
-        select(
-            call.c.conversation_id,
-            call.c.call_id,
-            call.c.start_ms,
-            call.c.compactions_count,
-            call.c.compactions_failed,
-            call.c.compaction_trigger,
-            call.c.context_tokens,
-            call.c.cost_usd,
-            func.lag(call.c.start_ms).over(partition_by=conversation, order_by=order).label("last_ms"),
-            func.lag(call.c.call_id).over(partition_by=conversation, order_by=order).label("last_id"),
-        )
-        .where(
-            call.c.compactions_count > 0,
-            call.c.conversation_id.is_not(None),
-            call.c.input_tokens.is_not(None),
-            *in_window,
-        )
-        .subquery("compacting")
-    )
-
-
-def _with_neighbours(compacting: Subquery, conditions: Sequence[ColumnElement[bool]]) -> Subquery:
-    """Each compacting call with the number of turns since the conversation's previous compacting call
-    (`gap`), its compaction cost, and the previous and next turns' ids, cache reads and writes (and the
-    next one's context: a paused call has none of its own)."""
-    this = compacting.c
-    turn = calls.alias("x")
-    # The turns of this call's conversation: calls that returned usage, in (start_ms, call_id) order.
-    of_conversation = [
-        turn.c.conversation_id == this.conversation_id,
-        turn.c.input_tokens.is_not(None),
-        *(ClauseAdapter(turn).traverse(condition) for condition in conditions),
-    ]
-    start, call_id = turn.c.start_ms, turn.c.call_id
-    earlier = and_(start <= this.start_ms, or_(start < this.start_ms, call_id < this.call_id))
-    later = and_(start >= this.start_ms, or_(start > this.start_ms, call_id > this.call_id))
-    since_last_compaction = and_(
-        start >= func.coalesce(this.last_ms, -1),
-        or_(this.last_ms.is_(None), start > this.last_ms, call_id > this.last_id),
-    )
-    # The bounds set by this call come first: SQLite takes the first range terms it meets on start_ms for the
-    # index search, and with the report window's terms first it scanned the conversation's whole window for
-    # each lookup (quadratic in a long conversation: 38 s instead of 0.5 s for 10,000 calls in one).
-    gap = (
-        select(func.count())
-        .select_from(turn)
-        .where(earlier, since_last_compaction, *of_conversation)
-        .scalar_subquery()
-        + 1
-    )
-
-    def previous(column: Any) -> Any:
-        ordered = select(column).where(earlier, *of_conversation).order_by(start.desc(), call_id.desc())
-        return ordered.limit(1).scalar_subquery()
-
-    def following(column: Any) -> Any:
-        return (
-            select(column).where(later, *of_conversation).order_by(start, call_id).limit(1).scalar_subquery()
-        )
-
-    reads = func.coalesce(turn.c.cache_read_tokens, 0)
-    writes = func.coalesce(turn.c.cache_write_5m_tokens, 0) + func.coalesce(turn.c.cache_write_1h_tokens, 0)
-    step = iterations.c
-    compaction_cost = (
-        select(func.sum(step.cost_usd))
-        .where(step.call_id == this.call_id, step.type == "compaction")
-        .scalar_subquery()
-    )
-    # The neighbours' values as correlated lookups (an index probe each), not joins: a join on the looked-up
-    # id makes PostgreSQL hash the whole table and evaluate the lookup twice.
-    return select(
-        compacting,
-        gap.label("gap"),
-        compaction_cost.label("compaction_cost"),
-        previous(call_id).label("prev_id"),
-        previous(reads).label("prev_reads"),
-        previous(writes).label("prev_writes"),
-        following(call_id).label("next_id"),
-        following(reads).label("next_reads"),
-        following(writes).label("next_writes"),
-        following(turn.c.context_tokens).label("next_context"),
-    ).subquery("located")
-
-
-def _with_conversation_figures(located: Subquery, conditions: Sequence[ColumnElement[bool]]) -> Subquery:
-    """The located calls as records: their conversation's turns and cost, their position among its turns
-    (the gaps summed), and the conversation's compaction cost over its priced calls."""
-    this = located.c
-    call = calls.c
-    conversation = (
-        select(call.conversation_id, func.count().label("calls"), func.sum(call.cost_usd).label("cost"))
-        .where(
-            call.conversation_id.in_(select(this.conversation_id)),
-            call.input_tokens.is_not(None),
-            *conditions,
-        )
-        .group_by(call.conversation_id)
-        .subquery("totals")
-    )
-    in_order = (this.start_ms, this.call_id)
-    return (
-        select(
-            this.conversation_id,
-            conversation.c.calls.label("conversation_calls"),
-            conversation.c.cost.label("conversation_cost"),
-            func.sum(this.gap)
-            .over(partition_by=this.conversation_id, order_by=in_order, rows=(None, 0))
-            .label("position"),
-            this.call_id,
-            this.start_ms,
-            this.compactions_count,
-            func.coalesce(this.compactions_failed, 0).label("failed"),
-            this.compaction_trigger.label("trigger"),
-            func.coalesce(this.context_tokens, this.next_context).label("context_after"),
-            this.cost_usd,
-            this.compaction_cost,
-            this.prev_id,
-            this.prev_reads,
-            this.prev_writes,
-            this.next_id,
-            this.next_reads,
-            this.next_writes,
-            func.sum(case((this.cost_usd.is_not(None), this.compaction_cost)))
-            .over(partition_by=this.conversation_id)
-            .label("priced_compaction_cost"),
-        )
-        .select_from(located.join(conversation, conversation.c.conversation_id == this.conversation_id))
-        .subquery("located_rows")
-    )

@@ -6,18 +6,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
 
-from sqlalchemy import Select, and_, case, func, literal_column, or_, select
-from sqlalchemy.sql.elements import ColumnElement
-
-from compactobs.reports.anomalies.finding import MAX_CALL_IDS, Finding, ratio, when
+from compactobs.reports.anomalies.finding import Finding, ratio, when
+from compactobs.reports.measures.anomalies import (
+    ERROR_STATUSES,
+    HOUR_MS,
+    error_hours_statement,
+    error_sample_statement,
+    server_error,
+)
 from compactobs.reports.thresholds import Thresholds
-from compactobs.store.models import calls
 
 __all__ = ["ERROR_STATUSES", "HOUR_MS", "ErrorBurst", "error_burst_statement"]
-
-HOUR_MS: Final = 3_600_000
-ERROR_STATUSES: Final = (429, 529)
-"""With every other 5xx, the statuses of a failed call."""
 
 
 class ErrorBurst:
@@ -30,50 +29,9 @@ class ErrorBurst:
         "hours or the batch API"
     )
 
-    @staticmethod
-    def server_error() -> ColumnElement[bool]:
-        status = calls.c.http_status
-        return or_(status.in_(ERROR_STATUSES), and_(status >= 500, status <= 599))
-
-    @classmethod
-    def statement(cls, conditions: Sequence[ColumnElement[bool]], thresholds: Thresholds) -> Select[Any]:
-        """The rule as one query over the calls meeting `conditions`: per UTC clock hour (`hour`: epoch
-        hours) with >= `error_min_calls` calls of which more than `error_share` failed with 429/529/5xx:
-        `calls`, `error_calls`, `http_429`, `http_529`, `retries`. The report and the dashboards both run
-        it."""
-        c = calls.c
-        hour = (c.start_ms // HOUR_MS).label("hour")
-        errors = func.sum(case((cls.server_error(), 1), else_=0))
-        return (
-            select(
-                hour,
-                func.count().label("calls"),
-                errors.label("error_calls"),
-                func.sum(case((c.http_status == 429, 1), else_=0)).label("http_429"),
-                func.sum(case((c.http_status == 529, 1), else_=0)).label("http_529"),
-                func.sum(func.coalesce(c.attempts, 1) - 1).label("retries"),
-            )
-            .where(*conditions)
-            .group_by(hour)
-            .having(
-                and_(
-                    func.count() >= thresholds.error_min_calls,
-                    errors > literal_column(repr(float(thresholds.error_share))) * func.count(),
-                )
-            )
-            .order_by(hour)
-        )
-
-    @classmethod
-    def sample_statement(cls, conditions: Sequence[ColumnElement[bool]], start_ms: int) -> Select[Any]:
-        """The first MAX_CALL_IDS calls of the hour from `start_ms` that failed with 429/529/5xx."""
-        c = calls.c
-        return (
-            select(c.call_id)
-            .where(c.start_ms >= start_ms, c.start_ms < start_ms + HOUR_MS, cls.server_error(), *conditions)
-            .order_by(c.start_ms, c.call_id)
-            .limit(MAX_CALL_IDS)
-        )
+    server_error: Final = staticmethod(server_error)
+    statement: Final = staticmethod(error_hours_statement)
+    sample_statement: Final = staticmethod(error_sample_statement)
 
     @classmethod
     def findings(

@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Final, Literal
 
+from compactobs.reports.measures.anomalies import MAX_CALL_IDS
+
 __all__ = [
     "EXIT_FINDINGS",
     "KINDS",
@@ -46,8 +48,6 @@ KINDS: Final = (
 EXIT_FINDINGS: Final = 3
 """The exit code of `report anomalies --fail-on LEVEL` when a finding at LEVEL or above exists (2 is taken by
 usage errors, 1 by crashes)."""
-MAX_CALL_IDS: Final = 50
-"""A finding lists at most this many call ids (the evidence has the full count)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from sqlalchemy import Engine
 
@@ -15,12 +15,10 @@ from compactobs.reports.anomalies.error_burst import ErrorBurst
 from compactobs.reports.anomalies.finding import KINDS, SEVERITIES, Finding
 from compactobs.reports.anomalies.unpriced import UnpricedModel
 from compactobs.reports.model import Filters, Report, to_json_value
-from compactobs.reports.sources.anomalies_ops import AnomalyData
+from compactobs.reports.sources import Source, as_source
+from compactobs.reports.sources.base import AnomalyData
 from compactobs.reports.thresholds import Thresholds
 from compactobs.rules import Budgets
-
-if TYPE_CHECKING:
-    from compactobs.reports.sources import Source
 
 __all__ = ["COLUMNS", "anomalies_report", "find_anomalies", "findings_of"]
 
@@ -34,10 +32,6 @@ def find_anomalies(
     """Every finding over the calls `filters` select, most severe first, then by kind (`KINDS` order),
     then by the time of the first call involved."""
     thresholds = thresholds or Thresholds()
-    # Imported here: the sources import this package (SqlAnomaliesOps), so a module-level import is a
-    # circle whenever compactobs.reports.sources is imported first (`db status` does, through the CLI).
-    from compactobs.reports.sources import as_source
-
     data: AnomalyData = as_source(source).anomaly_data(filters)
     findings: list[Finding] = []
     pool = ThreadPoolExecutor(1, "compactobs-anomalies") if data.concurrent else None

@@ -6,7 +6,9 @@ itself (bidi overrides), line breaks that forge rows, spreadsheet formulas or Ma
 
 - every format: C0 and C1 control characters, DEL, bidi controls (U+202A-202E, U+2066-2069, U+200E,
   U+200F, U+061C) and line or paragraph separators are made visible as escapes (`\\n`, `\\t`, `\\x1b`,
-  `\\u202e`), so an escape sequence is shown as text and never runs, and a value stays on its row;
+  `\\u202e`: `compactobs.untrusted.escape_char`, as log lines write them), so an escape sequence is shown
+  as text and never runs, and a value stays on its row. Unlike a log line's `escape`, a backslash and
+  other printable text stay as they are: a report shows the value, not a quoted form of it;
 - `csv`: OWASP's CSV-injection advice: a cell that starts with `=`, `+`, `-`, `@`, tab or carriage return
   is prefixed with a single quote, so a spreadsheet shows it as text instead of evaluating it;
 - `md`: Markdown's inline syntax and HTML are escaped (`\\*`, `\\[`, `&lt;`...), so a value renders as the
@@ -25,10 +27,11 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from compactobs._types import JSON
 
+from compactobs.untrusted import escape_char
+
 __all__ = ["json_text", "shown"]
 
 _UNSAFE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_NAMED: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _FORMULA_PREFIXES: Final = ("=", "+", "-", "@", "\t", "\r")
 _MARKDOWN: Final = re.compile(r"[\\`*\[\]|~<>&]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
 """Inline Markdown and HTML; `_` only where it can open or close emphasis (`req_01`, `cost_usd` stay)."""
@@ -37,12 +40,7 @@ _JSON_UNSAFE: Final = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a
 
 
 def _visible(match: re.Match[str]) -> str:
-    char = match.group()
-    named = _NAMED.get(char)
-    if named is not None:
-        return named
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return escape_char(match.group())
 
 
 def _markdown(match: re.Match[str]) -> str:

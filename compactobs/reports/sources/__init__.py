@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from compactobs.reports.sources.base import Groups, Source
+from compactobs.reports.sources.sql import SqlSource
 
 __all__ = ["Groups", "Source", "as_source"]
 
@@ -18,8 +19,4 @@ def as_source(where: Engine | Source) -> Source:
     """`where` as a report Source: a SQL store's Engine wrapped in `SqlSource`, a Source as it is."""
     if not isinstance(where, Engine):
         return where
-    # Imported here: the SQL source runs the anomaly kinds' queries, and the anomalies report imports
-    # this package for `as_source`.
-    from compactobs.reports.sources.sql import SqlSource
-
     return SqlSource(where)

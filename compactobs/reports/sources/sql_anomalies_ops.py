@@ -1,9 +1,9 @@
 """The SQL store (SQLite, PostgreSQL) as the source of `report ops`, `report conversation`, `report call` and
-`report anomalies` (`anomalies_ops.AnomaliesOpsSource`): the queries, and the percentiles.
+`report anomalies` (`base.Source`): the queries, and the percentiles.
 
 Percentiles: exact, from the same statements on both engines: the values are counted per order-keeping
 bucket in one grouped pass, and only the values of the buckets that hold the ranks wanted come back, to be
-interpolated with the one formula (`anomalies_ops.interpolate`, PostgreSQL's `percentile_cont`'s) in the
+interpolated with the one formula (`base.interpolate`, PostgreSQL's `percentile_cont`'s) in the
 same floating-point arithmetic, so both give the same numbers.
 """
 
@@ -30,10 +30,23 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
+from compactobs.reports.measures.anomalies import (
+    ID_CHUNK,
+    OverBudget,
+    Thresholds,
+    budget_crossings_statement,
+    budget_totals_statement,
+    compaction_records,
+    error_hours_statement,
+    error_sample_statement,
+    first_crossings,
+    unpriced_sample_statement,
+    unpriced_statement,
+)
 from compactobs.reports.measures.cost import iteration_cost
 from compactobs.reports.measures.groups import group_key
 from compactobs.reports.model import Filters
-from compactobs.reports.sources.anomalies_ops import (
+from compactobs.reports.sources.base import (
     CONVERSATION_FIELDS,
     PERCENTILES,
     OpsFigures,
@@ -45,8 +58,6 @@ from compactobs.reports.sources.sql_reading import reading
 from compactobs.store.models import calls, iterations
 
 if TYPE_CHECKING:
-    from compactobs.reports.anomalies.budget import OverBudget
-    from compactobs.reports.thresholds import Thresholds
     from compactobs.rules import Budgets
 
 __all__ = [
@@ -125,17 +136,14 @@ class SqlAnomaliesOps:
 
 @dataclass(frozen=True)
 class SqlAnomalyData:
-    """`AnomalyData`: the anomaly kinds' own statements, run on the store, over the calls `conditions`
-    select. The anomaly kinds are imported when asked for: the other reports read this source too, and
-    need none of them (nor the rules they import) at start-up."""
+    """`AnomalyData`: the anomaly kinds' statements (`measures.anomalies`), run on the store, over the
+    calls `conditions` select."""
 
     engine: Engine
     conditions: Sequence[ColumnElement[bool]]
     concurrent: bool = False  # one thread: an in-memory SQLite database is one per thread
 
     def compaction_rows(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]:
-        from compactobs.reports.anomalies.compaction import compaction_records
-
         # Streamed: memory follows the candidates, not the calls.
         with reading(self.engine) as connection:
             result = connection.execution_options(stream_results=True, yield_per=2000).execute(
@@ -144,49 +152,37 @@ class SqlAnomalyData:
             yield from result
 
     def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[Any]]:
-        from compactobs.reports.anomalies.budget import BudgetExceeded
-
         with reading(self.engine) as connection:
             yield from connection.execution_options(stream_results=True, yield_per=2000).execute(
-                BudgetExceeded.totals_statement(self.conditions, budgets)
+                budget_totals_statement(self.conditions, budgets)
             )
 
     def budget_crossings(self, over: OverBudget) -> dict[str, Any]:
-        from compactobs.reports.anomalies.budget import ID_CHUNK, BudgetExceeded
-
         # One ordered pass over the calls of the conversations over budget, a chunk of ids at a time (the
         # (conversation_id, start_ms) index gives the order).
         found: dict[str, Any] = {}
         ids = list(over)
         with reading(self.engine) as connection:
             for start in range(0, len(ids), ID_CHUNK):
-                statement = BudgetExceeded.crossings_statement(ids[start : start + ID_CHUNK])
-                found.update(BudgetExceeded.first_crossings(connection.execute(statement), over))
+                statement = budget_crossings_statement(ids[start : start + ID_CHUNK])
+                found.update(first_crossings(connection.execute(statement), over))
         return found
 
     def unpriced_groups(self) -> Iterable[Sequence[Any]]:
-        from compactobs.reports.anomalies.unpriced import UnpricedModel
-
         with reading(self.engine) as connection:
-            return list(connection.execute(UnpricedModel.statement(self.conditions)).all())
+            return list(connection.execute(unpriced_statement(self.conditions)).all())
 
     def unpriced_sample(self, model: str) -> Sequence[str]:
-        from compactobs.reports.anomalies.unpriced import UnpricedModel
-
         with reading(self.engine) as connection:
-            return list(connection.execute(UnpricedModel.sample_statement(self.conditions, model)).scalars())
+            return list(connection.execute(unpriced_sample_statement(self.conditions, model)).scalars())
 
     def error_hours(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]:
-        from compactobs.reports.anomalies.error_burst import ErrorBurst
-
         with reading(self.engine) as connection:
-            return list(connection.execute(ErrorBurst.statement(self.conditions, thresholds)))
+            return list(connection.execute(error_hours_statement(self.conditions, thresholds)))
 
     def error_sample(self, start_ms: int) -> Sequence[str]:
-        from compactobs.reports.anomalies.error_burst import ErrorBurst
-
         with reading(self.engine) as connection:
-            return list(connection.execute(ErrorBurst.sample_statement(self.conditions, start_ms)).scalars())
+            return list(connection.execute(error_sample_statement(self.conditions, start_ms)).scalars())
 
 
 # -- ops: percentiles ---------------------------------------------------------------------------------------
@@ -195,7 +191,7 @@ class SqlAnomalyData:
 # where a bucket is an order-keeping integer of the value (`_bucket`: three significant digits); the counts
 # say which bucket holds each rank wanted; a second pass fetches the values of those buckets only, and
 # they are sorted here. Both engines run the same statements, and the percentile is interpolated here with
-# the one formula (`anomalies_ops.interpolate`). Before, PostgreSQL's `percentile_cont` and SQLite's
+# the one formula (`base.interpolate`). Before, PostgreSQL's `percentile_cont` and SQLite's
 # ROW_NUMBER ranks sorted every value once per group set and measure: `report ops` at 1M calls took 26 times
 # a full scan of `calls` on SQLite, 12.5 on PostgreSQL; now 13 and 10.5 (bench/reports.py, a loaded machine).
 

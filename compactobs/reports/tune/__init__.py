@@ -7,8 +7,9 @@ result.recorded_usd, [(s.setting.label, s.predicted_usd, s.low_usd, s.high_usd) 
 print(render(tune_report(result), "table"))     # or tune_json(result): recorded_cost_usd, settings, ...
 ```
 
-The modelling is in `compactobs.reports.tune.model` (pure), the store reads in `.data`. Prices come from
-`compactobs.pricing` (each predicted iteration is priced as a recorded one would be). Input a user can get
+The modelling is in `compactobs.reports.replay.model` (pure), the store reads in
+`compactobs.reports.replay.data`. Prices come from `compactobs.pricing` (each predicted iteration is priced
+as a recorded one would be). Input a user can get
 wrong raises ReportInputError (one line).
 """
 
@@ -26,9 +27,8 @@ from sqlalchemy import Engine
 from compactobs.reports.measures.groups import parse_tag
 from compactobs.reports.model import Filters, Report, ReportInputError, to_json_value
 from compactobs.reports.render.safe import json_text
-from compactobs.reports.sources import Source
-from compactobs.reports.tune.data import read_recorded, write_cost
-from compactobs.reports.tune.model import (
+from compactobs.reports.replay.data import read_recorded, write_cost
+from compactobs.reports.replay.model import (
     CompactionTax,
     Conversation,
     GuardOutcome,
@@ -43,6 +43,7 @@ from compactobs.reports.tune.model import (
     replay,
     summary_model,
 )
+from compactobs.reports.sources import Source
 from compactobs.untrusted import escape
 from compactobs.usage import CallUsage
 

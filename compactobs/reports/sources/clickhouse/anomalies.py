@@ -15,15 +15,19 @@ from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import literal_column
 
-from compactobs.reports.anomalies.budget import OverBudget
-from compactobs.reports.anomalies.compaction import COMPACTION_RECORD, compaction_candidates
-from compactobs.reports.anomalies.error_burst import ERROR_STATUSES, HOUR_MS
-from compactobs.reports.anomalies.finding import MAX_CALL_IDS
+from compactobs.reports.measures.anomalies import (
+    COMPACTION_RECORD,
+    ERROR_STATUSES,
+    HOUR_MS,
+    MAX_CALL_IDS,
+    OverBudget,
+    Thresholds,
+    compaction_candidates,
+)
 from compactobs.reports.model import Filters
 from compactobs.reports.sources.clickhouse import spans
 from compactobs.reports.sources.clickhouse.client import ClickHouseClient, quote
 from compactobs.reports.sources.clickhouse.cost import JOIN_SETTINGS
-from compactobs.reports.thresholds import Thresholds
 from compactobs.rules import BILLED_TOKEN_COLUMNS, Budgets
 
 if TYPE_CHECKING:
@@ -41,7 +45,7 @@ _SERVER_ERROR: Final = f"(c.http_status IN ({_STATUSES}) OR (c.http_status >= 50
 
 
 class ClickHouseAnomalyData:
-    """`sources.anomalies_ops.AnomalyData` over a ClickHouse source, for the calls `filters` select."""
+    """`sources.base.AnomalyData` over a ClickHouse source, for the calls `filters` select."""
 
     concurrent = True
     """Queries may come from two threads: a chdb session runs them one at a time (the gain is the engine

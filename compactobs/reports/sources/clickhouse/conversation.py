@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from compactobs.reports.model import Filters
-from compactobs.reports.sources.anomalies_ops import CONVERSATION_FIELDS, unknown_conversation
+from compactobs.reports.sources.base import CONVERSATION_FIELDS, unknown_conversation
 from compactobs.reports.sources.clickhouse import spans
 from compactobs.reports.sources.clickhouse.client import ClickHouseClient, quote
 from compactobs.reports.sources.clickhouse.queries import JOIN_SETTINGS, group_key_sql, iteration_cost_sql

@@ -1,5 +1,5 @@
 """`report ops` on ClickHouse: the counts by model and error type, and the ranked values the percentiles
-are interpolated from (`sources.anomalies_ops.interpolate`: the same formula, in the same arithmetic),
+are interpolated from (`sources.base.interpolate`: the same formula, in the same arithmetic),
 found through a histogram so the engine never holds every value."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Final
 
 from compactobs.reports.model import Filters
-from compactobs.reports.sources.anomalies_ops import PERCENTILES, OpsFigures, Percentiles, interpolate
+from compactobs.reports.sources.base import PERCENTILES, OpsFigures, Percentiles, interpolate
 from compactobs.reports.sources.clickhouse import spans
 from compactobs.reports.sources.clickhouse.client import ClickHouseClient
 from compactobs.reports.sources.clickhouse.cost import JOIN_SETTINGS

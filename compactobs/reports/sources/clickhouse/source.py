@@ -18,8 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from compactobs.reports.model import Filters, ReportInputError
-from compactobs.reports.sources.anomalies_ops import AnomalyData, OpsFigures
-from compactobs.reports.sources.base import Groups, Source
+from compactobs.reports.sources.base import AnomalyData, Groups, OpsFigures, Source
 from compactobs.reports.sources.clickhouse import cache, cost, slots, spans
 from compactobs.reports.sources.clickhouse.client import DEFAULT_TABLE, ClickHouseClient
 from compactobs.reports.times import Buckets

@@ -12,8 +12,8 @@ from sqlalchemy import Engine
 
 from compactobs.reports.measures.groups import tag_of
 from compactobs.reports.model import Filters
+from compactobs.reports.replay.model import CallRecord, Conversation, Step, Turn
 from compactobs.reports.sources import Source, as_source
-from compactobs.reports.tune.model import CallRecord, Conversation, Step, Turn
 from compactobs.untrusted import stored_tags
 from compactobs.usage import TokenCounts
 
