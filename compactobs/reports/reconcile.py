@@ -21,9 +21,9 @@ below $0.000001 is rounding). Each is set against what can explain it, in this o
 2. `spool`: calls compactobs recorded that still wait in the spool (the database was unreachable);
 3. `bucket_edge`: a bucket short by as many requests as the next (or previous) one has too many, with
    the window's figures agreeing: the two sides dated the same calls either side of a bucket edge;
-4. `uninstrumented`: Anthropic counted more requests than compactobs recorded: calls no client recorded
-   (not instrumented in process, collected nor imported from Claude Code): their tokens, and their cost
-   at the report's rates;
+4. `uninstrumented`: Anthropic counted more requests than compactobs recorded: calls from clients
+   compactobs does not instrument, collect or import (from Claude Code): their tokens, and their cost at
+   the report's rates;
    `not_in_report`: the reverse, compactobs recorded requests that Anthropic's report does not have (yet);
 5. `price_drift`: for a token class, the rate Anthropic's list amount implies (list amount / tokens) is not
    compactobs' rate; the effect is the difference in rate times compactobs' tokens;

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from sqlalchemy import Select, Subquery, and_, case, func, literal, literal_column, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.util import ClauseAdapter
 
-from compactobs import rules
 from compactobs.reports.thresholds import Thresholds
-from compactobs.rules import Budget, Budgets, over_limits
 from compactobs.store.models import calls, iterations
+
+if TYPE_CHECKING:
+    from compactobs.rules import Budget, Budgets
+
 
 __all__ = [
     "COMPACTION_RECORD",
@@ -285,7 +287,7 @@ def _with_conversation_figures(located: Subquery, conditions: Sequence[ColumnEle
 # -- budget_exceeded -----------------------------------------------------------------------------------------
 
 
-OverBudget = Mapping[str, tuple[Budget, int, Decimal | None, int, int, int]]
+OverBudget: TypeAlias = "Mapping[str, tuple[Budget, int, Decimal | None, int, int, int]]"
 """The conversations over budget: (budget, calls, spent, billed tokens, compactions, unpriced calls)."""
 
 ID_CHUNK: Final = 500
@@ -298,6 +300,8 @@ def budget_totals_statement(
     """(conversation_id, calls, cost, billed tokens, largest stored budget_usd and budget_tokens, unpriced
     calls, compactions, largest stored budget_max_compactions) of each conversation with a call meeting
     `conditions`, over all its calls; with no budgets file, only of those that stored a budget."""
+    from compactobs import rules  # on use: the other reports' start-up loads no rules
+
     c = calls.c
     selected = select(c.conversation_id).where(c.conversation_id.is_not(None), *conditions).distinct()
     query = select(
@@ -324,6 +328,8 @@ def budget_crossings_statement(conversation_ids: Sequence[str]) -> Select[Any]:
     """(conversation_id, call_id, start_ms, cost, billed tokens, compactions) of every call of the
     conversations (at most ID_CHUNK), in conversation order. Summed in Python (`first_crossings`): on
     SQLite about twice as fast as running sums in window functions with the budgets joined in."""
+    from compactobs import rules  # on use: the other reports' start-up loads no rules
+
     c = calls.c
     return (
         select(
@@ -342,6 +348,8 @@ def budget_crossings_statement(conversation_ids: Sequence[str]) -> Select[Any]:
 def first_crossings(records: Iterable[Sequence[Any]], over: OverBudget) -> dict[str, tuple[int, str]]:
     """(start_ms, call_id) of the first call at which each conversation's running spend went over its
     budget, from `budget_crossings_statement`'s records."""
+    from compactobs.rules import Budget, over_limits  # on use: the other reports' start-up loads no rules
+
     found: dict[str, tuple[int, str]] = {}
     current: str | None = None
     skip = False

@@ -131,9 +131,8 @@ def explain(row: Row, tolerance: Decimal, refreshed_at: datetime | None, window:
             Explanation(
                 "uninstrumented",
                 f"Anthropic counted {counted(extra_requests, 'request')} more than compactobs recorded: "
-                f"calls no client recorded: not instrumented, collected nor imported ({_tokens_text(extra)}; "
-                "list "
-                f"{usd(money)} at the report's rates)",
+                "calls from clients compactobs does not instrument, collect or import "
+                f"({_tokens_text(extra)}; list {usd(money)} at the report's rates)",
                 {"requests": extra_requests, "amounts": extra, "list_usd": money},
             )
         )
