@@ -500,7 +500,12 @@ def test_slots_arrive_late_and_twice_and_still_give_the_same_json(
     calls, the calls, and that batch once more (a retry). After each, every `report cost` grouping on whole
     slots, and `report cache` by model, day, service and iteration type at two clocks, read the slots and
     equal the same report read from the calls; at the end both equal the SQL store's JSON. An unaligned
-    window reads the calls."""
+    window reads the calls.
+
+    After each insert the reports run on a rotation of the windows rather than on all of them: every
+    grouping (and clock) is read after every insert, each in a window that shifts by one from one insert
+    to the next, so over the four inserts every (window, grouping) pair is read at least once, and every
+    window after every insert. At the end, every pair is read again and compared with the SQL store."""
     source = _late_copy(recorded["source"], "late")
     finished = list(recorded["finished"])
     is_call, call_of = _is_call, _call_of
@@ -518,17 +523,32 @@ def test_slots_arrive_late_and_twice_and_still_give_the_same_json(
     nows = [datetime.now(timezone.utc), datetime.now(timezone.utc) + timedelta(hours=2)]
     reads = _slot_reads(monkeypatch)
 
-    def reports(make_source: Any, slotted: bool = False) -> list[dict[str, Any]]:
+    cases = [
+        *((grouping, None) for grouping in _SLOT_GROUPINGS),
+        *((grouping, now) for grouping in _CACHE_SLOT_GROUPINGS for now in nows),
+    ]  # (a `report cost` grouping, None) or (a `report cache` grouping, its clock)
+
+    def chosen(rotation: int | None) -> list[bool]:
+        """Which (window, case) pairs run, window by window: all, or case k in window (k + rotation) mod 3."""
+        return [
+            rotation is None or (k + rotation) % len(windows) == w
+            for w in range(len(windows))
+            for k in range(len(cases))
+        ]
+
+    def reports(make_source: Any, slotted: bool = False, rotation: int | None = None) -> list[dict[str, Any]]:
         out = []
+        runs = iter(chosen(rotation))
         for filters in windows:
             report_source = make_source()
-            for grouping in _SLOT_GROUPINGS:
+            for grouping, now in cases:
+                if not next(runs):
+                    continue
                 reads.clear()
-                out.append(_json(cost_report(report_source, filters, grouping)))
-                assert bool(reads) == slotted, (grouping, filters)  # the slots answered, or did not
-            for grouping in _CACHE_SLOT_GROUPINGS:
-                for now in nows:
-                    reads.clear()
+                if now is None:
+                    out.append(_json(cost_report(report_source, filters, grouping)))
+                    assert bool(reads) == slotted, (grouping, filters)  # the slots answered, or did not
+                else:
                     out.append(_json(cache_report(report_source, filters, grouping, now=now)))
                     assert sorted(reads) == (["cache", "open"] if slotted else []), (grouping, filters)
         return out
@@ -545,15 +565,20 @@ def test_slots_arrive_late_and_twice_and_still_give_the_same_json(
     insert([s for s in finished if call_of(s) in early and (is_call(s) or call_of(s) not in held_back)])
     source.setup()
     late = [s for s in finished if call_of(s) not in early]
-    for batch in (
+    batches = (
         [s for s in finished if call_of(s) in held_back and not is_call(s)],
         [s for s in late if not is_call(s)],
         [s for s in late if is_call(s)],
         [s for s in late if is_call(s)],
-    ):
+    )
+    # Over the inserts the rotation reads every pair; after each insert, every case once.
+    assert all(any(pairs) for pairs in zip(*(chosen(b) for b in range(len(batches))), strict=True))
+    assert all(sum(chosen(b)) == len(cases) for b in range(len(batches)))
+    for rotation, batch in enumerate(batches):
         insert(batch)
-        got = reports(from_slots, slotted=True)
-        assert got == reports(from_calls)
+        assert reports(from_slots, slotted=True, rotation=rotation) == reports(from_calls, rotation=rotation)
+    got = reports(from_slots, slotted=True)
+    assert len(got) == len(windows) * len(cases)
     assert got == reports(lambda: recorded["engine"])
     assert _json(cost_report(recorded["engine"], windows[0], ("model",)))["totals"]["calls"] == len(call_ids)
     unaligned = build_filters((first - timedelta(minutes=1)).isoformat(), None, "UTC")
@@ -564,7 +589,8 @@ def test_slots_arrive_late_and_twice_and_still_give_the_same_json(
     assert _json(cache_report(from_slots(), unaligned, ("model",), now=nows[1])) == expected
     assert reads == []
     source.setup()  # twice: nothing counted twice
-    assert reports(from_slots, slotted=True) == got
+    again = reports(from_slots, slotted=True, rotation=0)
+    assert again == [r for r, run in zip(got, chosen(0), strict=True) if run]
 
 
 def test_the_turns_table_under_late_and_repeated_inserts_gives_the_same_anomalies(
