@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, cast
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor_pb2 import FieldDescriptorProto
@@ -103,6 +103,8 @@ def trace_request(body: bytes) -> Message:
 _MAX_REMEMBERED: Final = 50_000
 """Key-values remembered (a few MB at most): forgotten all at once when full."""
 _remembered: dict[bytes, tuple[str, JSON]] = {}
+_valueless: list[bool] = []
+"""Not empty once a key-value without a value was read: only then is a dict looked through for them."""
 _double = struct.Struct("<d").unpack_from
 
 
@@ -178,6 +180,8 @@ def _pair(raw: bytes) -> tuple[str, JSON]:
     pair = _remembered.get(raw)
     if pair is None:
         pair = _read(raw)
+        if pair[1] is None and not _valueless:
+            _valueless.append(True)
         if len(_remembered) >= _MAX_REMEMBERED:
             _remembered.clear()
         _remembered[raw] = pair
@@ -187,9 +191,15 @@ def _pair(raw: bytes) -> tuple[str, JSON]:
 def attributes(encoded: Iterable[bytes]) -> JSONObject:
     """Encoded KeyValues as a dict, as `decode.attributes_of` gives them: values as the SDK holds them, a
     later key over an earlier one, key-values without a value left out. Raises Unreadable."""
-    pairs = list(map(_pair, encoded))
+    raws = list(encoded)
+    # The common case in C-level passes: every key-value remembered, none without a value.
+    found: list[tuple[str, JSON] | None] = list(map(_remembered.get, raws))
+    if None in found:
+        pairs = [pair if pair is not None else _pair(raw) for pair, raw in zip(found, raws, strict=True)]
+    else:
+        pairs = cast("list[tuple[str, JSON]]", found)  # none is None: checked above, in C
     out = dict(pairs)
-    if None in out.values():
+    if _valueless and None in out.values():
         out = {}
         for key, value in pairs:
             if value is not None:
