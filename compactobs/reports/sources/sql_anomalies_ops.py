@@ -192,8 +192,9 @@ class SqlAnomalyData:
 # say which bucket holds each rank wanted; a second pass fetches the values of those buckets only, and
 # they are sorted here. Both engines run the same statements, and the percentile is interpolated here with
 # the one formula (`base.interpolate`). Before, PostgreSQL's `percentile_cont` and SQLite's
-# ROW_NUMBER ranks sorted every value once per group set and measure: `report ops` at 1M calls took 26 times
-# a full scan of `calls` on SQLite, 12.5 on PostgreSQL; now 13 and 10.5 (bench/reports.py, a loaded machine).
+# ROW_NUMBER ranks sorted every value once per group set and measure. `report ops` at 1M calls, old and new
+# taking turns in one process on a loaded 2-core machine: SQLite 22-24 s -> 9-11 s, PostgreSQL 7.8-8.3 s ->
+# 4.3-4.9 s (about 20 -> 10 and 15 -> 8.5 times a full scan of `calls`).
 
 
 def _ranks(n: int, ps: Sequence[float]) -> set[int]:
