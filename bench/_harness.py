@@ -90,6 +90,9 @@ def run(main: Callable[[], None]) -> None:
             print(f"\n== at {ref} ({tree.name}), its own bench/{script}", flush=True)
             code = _run_script(tree, script, rest)
             dirty = ", with uncommitted changes" if _git("status", "--porcelain") else ""
+            # Compiled like the ref's tree: under PYTHONDONTWRITEBYTECODE no import writes bytecode, and
+            # this side would compile its changed modules from source on every start while the ref's did not.
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "compactobs")], check=True)
             print(f"\n== at this checkout ({head}{dirty})", flush=True)
             code = _run_script(ROOT, script, rest) or code
         if code:
