@@ -27,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import Label
 
 from compactobs.reports.measures.cache import add_record, cache_measures, open_write, row_figures, wrote
-from compactobs.reports.measures.groups import group_key, group_values, label_of
+from compactobs.reports.measures.groups import group_key, group_values, label_of, tag_of
 from compactobs.reports.model import Filters
 from compactobs.reports.sources.base import Groups
 from compactobs.reports.times import TIME_UNITS, bucket_label, local_bucket
@@ -57,7 +57,9 @@ def _next_call_start() -> Any:
     )
 
 
-def calls_with_next(conditions: Sequence[ColumnElement[bool]], look_up: bool = True) -> Any:
+def calls_with_next(
+    conditions: Sequence[ColumnElement[bool]], look_up: bool = True, tags: bool = False
+) -> Any:
     """The calls meeting `conditions` (over `store.calls`) with `next_start`, looked up once per call that
     wrote to the cache (`look_up` False: NULL, for a query that does not judge waste). OFFSET 0 keeps SQLite
     from flattening it into the join (which would repeat the lookup for every use)."""
@@ -78,7 +80,7 @@ def calls_with_next(conditions: Sequence[ColumnElement[bool]], look_up: bool = T
         c.end_ms,
         c.priced,
         c.iterations_count,
-        c.tags,
+        *([c.tags] if tags else []),  # only for a tag grouping: the rollups never read it
         *(getattr(c, name) for name in _CALL_FIGURES),
     ]
     return select(*columns, following.label("next_start")).where(*conditions).offset(0).subquery("c")
@@ -90,12 +92,13 @@ def cache_statement(
     now_ms: int,
     settled_only: bool = False,
     waste: bool = True,
+    tags: bool = False,
 ) -> Select[Any]:
     """The measures of the calls meeting `conditions` (over `store.calls`), grouped by `keys_of(c)` (labelled
     expressions over `calls_with_next` and `store.iterations`). `settled_only` leaves out the calls whose
     waste depends on `now_ms` (`open_write`): what the rollups keep. `waste` False skips the next-call
     lookups: the wasted-write measures are then meaningless, every other measure is the same."""
-    c = calls_with_next(conditions, look_up=waste)
+    c = calls_with_next(conditions, look_up=waste, tags=tags)
     keys = keys_of(c)
     source = c.outerjoin(iterations, iterations.c.call_id == c.c.call_id)
     # Each row's figures once (OFFSET 0: a co-routine SQLite does not flatten), then the measures over
@@ -135,7 +138,10 @@ def cache_groups(
 ) -> Groups:
     """The cache sums of the window's calls meeting `conditions`, from `calls` alone, added into `result`."""
     statement = cache_statement(
-        [*filters.call_conditions(), *conditions], lambda c: group_keys(c, by, filters, span), now_ms
+        [*filters.call_conditions(), *conditions],
+        lambda c: group_keys(c, by, filters, span),
+        now_ms,
+        tags=any(tag_of(name) is not None for name in by),
     )
     result = {} if result is None else result
     unit = next((name for name in by if name in TIME_UNITS), "")
