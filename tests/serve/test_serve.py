@@ -264,8 +264,8 @@ def test_the_overview_links_to_the_anomalies_with_its_filters(sqlite_demo: dict[
         status, body, _ = _get(base + "/?since=7d&model=claude-*%22%3E")
         assert status == 200
         page = body.decode()
-        # No finding on the overview (the anomalies read every call); the link keeps the page's filters,
-        # URL-encoded and escaped.
+        # No finding on a filtered overview (serve's worker computes the unfiltered ones only); the link keeps
+        # the page's filters, URL-encoded and escaped.
         assert 'class="finding' not in page
         assert 'id="anomalies" href="/anomalies?since=7d&amp;model=claude-%2A%22%3E"' in page
         status, body, _ = _get(base + "/anomalies?since=7d&model=claude-*")

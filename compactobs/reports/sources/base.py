@@ -16,10 +16,13 @@ from compactobs.reports.model import Filters
 from compactobs.reports.sources.anomalies_ops import AnomaliesOpsSource
 from compactobs.reports.times import Buckets
 
-__all__ = ["Groups", "Source"]
+__all__ = ["DataStamp", "Groups", "Source"]
 
 Groups = dict[tuple[Any, ...], dict[str, Any]]
 """{group key values, in `by` order (with `with_model`: the call's model last): summed measures}."""
+DataStamp = tuple[int, int | None, int | None]
+"""(calls, first start_ms, last start_ms) of the whole store: cheap to read, and different after most
+writes (a call added or deleted); an update in place (a repricing) leaves it as it was."""
 
 
 @runtime_checkable
@@ -29,6 +32,11 @@ class Source(AnomaliesOpsSource, Protocol):
 
     def data_range(self, filters: Filters) -> tuple[int, int] | None:
         """(first, last) start_ms of the calls in the window, None when there is none."""
+        ...
+
+    def data_stamp(self) -> DataStamp:
+        """The whole store's `DataStamp` (index lookups and a count): what a cache of a report over every
+        call compares to know whether the data changed."""
         ...
 
     def refresh(self, filters: Filters, by: Sequence[str]) -> None:

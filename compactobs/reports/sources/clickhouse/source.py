@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from compactobs.reports.model import Filters, ReportInputError
 from compactobs.reports.sources.anomalies_ops import AnomalyData, OpsFigures
-from compactobs.reports.sources.base import Groups, Source
+from compactobs.reports.sources.base import DataStamp, Groups, Source
 from compactobs.reports.sources.clickhouse import cache, cost, slots, spans
 from compactobs.reports.sources.clickhouse.client import DEFAULT_TABLE, ClickHouseClient
 from compactobs.reports.times import Buckets
@@ -37,6 +37,9 @@ class ClickHouseSource(ClickHouseClient):
 
     def data_range(self, filters: Filters) -> tuple[int, int] | None:
         return cost.data_range(self, filters)
+
+    def data_stamp(self) -> DataStamp:
+        return cost.data_stamp(self)
 
     def refresh(self, filters: Filters, by: Sequence[str]) -> None:
         """Nothing to do up front: setup's slot sums are refreshed when first read (`slots.ready`)."""
