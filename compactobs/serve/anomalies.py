@@ -27,13 +27,13 @@ from typing import Any, Final
 
 from compactobs.reports.model import Report
 from compactobs.reports.sources.base import DataStamp
+from compactobs.serve.defaults import ANOMALIES_EVERY
 
 __all__ = ["DEFAULT_EVERY", "Anomalies", "AnomaliesCache", "one_line"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EVERY: Final = 30.0
-"""Seconds between two checks of the store (and so at most one computation per this many seconds)."""
+DEFAULT_EVERY: Final = ANOMALIES_EVERY
 _STOP_WAIT: Final = 5.0
 """How long stopping waits for a computation under way (the thread is a daemon: it never holds the exit)."""
 
