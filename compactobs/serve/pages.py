@@ -129,6 +129,10 @@ def _spend_by(report: Report, key: str) -> tuple[list[str], list[float]]:
     return list(spend), list(spend.values())
 
 
+OVERVIEW_FINDINGS: Final = 20
+"""The findings the overview shows at most: the first in the report's order (the most severe first)."""
+
+
 def _when(epoch_s: float, now_s: float) -> str:
     """A moment in the server's local time: HH:MM:SS and its zone, with the date when not today."""
     moment = datetime.fromtimestamp(epoch_s).astimezone()
@@ -168,11 +172,19 @@ def overview_anomalies(state: Anomalies | None, link: str, now_s: float) -> str:
         else "no call"
     )
     seconds = f" in {state.seconds:.1f} s" if state.seconds is not None else ""
+    shown = state.findings[:OVERVIEW_FINDINGS]
+    more = (
+        f'<p class="note" id="anomalies-more">The first {len(shown)} of {len(state.findings):,} findings '
+        f'(the most severe first); <a href="{escape(link)}">all of them</a> on the anomalies page.</p>'
+        if len(state.findings) > len(shown)
+        else ""
+    )
     return (
         f'<p class="note" id="anomalies-state">As of {escape(_when(state.started, now_s))} (computed'
         f"{escape(seconds)}), over {escape(covered)}; {live}live on their own page</a>.</p>"
         + failed
-        + findings(state.findings)
+        + findings(shown)
+        + more
         + texts(state.warnings, "warnings")
     )
 

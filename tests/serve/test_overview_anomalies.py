@@ -20,7 +20,7 @@ from compactobs import store
 from compactobs.reports.catalog import run_report
 from compactobs.reports.sources import as_source
 from compactobs.serve import pages
-from compactobs.serve.anomalies import AnomaliesCache
+from compactobs.serve.anomalies import Anomalies, AnomaliesCache
 from compactobs.serve.app import create_app, read_only
 from compactobs.testing import Reply, message
 from tests.recording import recording
@@ -165,3 +165,17 @@ def test_an_error_in_the_worker_is_one_line_and_the_server_goes_on(small_store: 
         thread = app.state.anomalies._thread
         assert thread is not None and thread.is_alive()
         assert "no_such_column" in _get(base + "/")
+
+
+def test_the_overview_shows_the_first_findings_and_links_to_the_rest() -> None:
+    many = [
+        {"kind": "error_burst", "severity": "warning", "conversation_id": None, "message": f"hour {n}"}
+        for n in range(pages.OVERVIEW_FINDINGS + 5)
+    ]
+    now = time.time()
+    state = Anomalies(findings=many, started=now, seconds=2.0, stamp=(1000, 0, int(now * 1000)))
+    html = pages.overview_anomalies(state, "/anomalies", now)
+    # 20 shown of 20 + 5 = 25, in the report's order.
+    assert html.count('class="finding') == 20 and "hour 19" in html and "hour 20" not in html
+    assert "The first 20 of 25 findings (the most severe first)" in html
+    assert "(computed in 2.0 s), over 1,000 calls, the last started" in html
