@@ -23,8 +23,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
+from compactobs._types import JSON
 from compactobs.reports.model import Report
 from compactobs.reports.sources.base import DataStamp
 from compactobs.serve.defaults import ANOMALIES_EVERY
@@ -44,7 +45,7 @@ class Anomalies:
     computation ends), when that computation started (epoch seconds) and how long it took, the stamp of
     the data it covers; and the first line of the last attempt's error, when the last attempt failed."""
 
-    findings: Sequence[Mapping[str, Any]] | None = None
+    findings: Sequence[Mapping[str, JSON]] | None = None
     warnings: Sequence[str] = ()
     started: float | None = None
     seconds: float | None = None
