@@ -8,6 +8,7 @@ HttpOnly cookie that opening `/?token=...` once sets); every response forbids sc
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import math
 import threading
@@ -18,7 +19,6 @@ from importlib import resources
 from typing import Any, Final
 from urllib.parse import quote, urlencode
 
-import anyio.to_thread
 from sqlalchemy import Engine, event
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -180,7 +180,7 @@ def create_app(
         try:
             yield
         finally:
-            await anyio.to_thread.run_sync(cached.stop)
+            await asyncio.to_thread(cached.stop)
 
     def api(name: str, subject: str | None, request: Request) -> Response:
         try:
