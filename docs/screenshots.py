@@ -44,6 +44,12 @@ def main() -> None:
                     (f"/conversation/{quote(loop, safe='')}", "serve-conversation.png"),
                 ):
                     page.goto(base + path)
+                    # The overview's anomalies come from serve's worker: reload until they are computed.
+                    for _ in range(300 if path == "/" else 0):
+                        if page.locator(".finding").count():
+                            break
+                        page.wait_for_timeout(100)
+                        page.reload()
                     page.screenshot(path=str(HERE / name), full_page=False)
                     print(f"wrote docs/{name}")
                 # The loop's calls, each a bar stacked by iteration type, below the fold of the page.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from compactobs.cli.common import CliState, pass_state
+from compactobs.serve.defaults import ANOMALIES_EVERY
 
 __all__ = ["serve_command"]
 
@@ -27,9 +28,22 @@ __all__ = ["serve_command"]
     show_envvar=True,
     help="TOML budgets for the anomalies, as `report anomalies --budgets`.",
 )
+@click.option(
+    "--anomalies-every",
+    default=ANOMALIES_EVERY,
+    show_default=True,
+    type=click.FloatRange(min=1.0),
+    metavar="SECONDS",
+    help="How often the overview's anomalies worker checks the store (it recomputes when calls changed).",
+)
 @pass_state
 def serve_command(
-    state: CliState, host: str, port: int, token_file: str | None, budgets_file: str | None
+    state: CliState,
+    host: str,
+    port: int,
+    token_file: str | None,
+    budgets_file: str | None,
+    anomalies_every: float,
 ) -> None:
     """A read-only web view of the store, with a JSON API: /api/report/NAME (the reports' options as query
     parameters; what `report NAME --format json` prints), /api/report/conversation/ID, /api/call/ID.
@@ -49,4 +63,5 @@ def serve_command(
         token,
         clickhouse_table=state.clickhouse_table,
         budgets_file=budgets_file,
+        anomalies_every=anomalies_every,
     )

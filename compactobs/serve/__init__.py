@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Final
 
 from compactobs.errors import UserError
+from compactobs.serve.defaults import ANOMALIES_EVERY
 
-__all__ = ["ENV_TOKEN", "LOOPBACK", "ServeError", "resolve_token", "serve"]
+__all__ = ["ANOMALIES_EVERY", "ENV_TOKEN", "LOOPBACK", "ServeError", "resolve_token", "serve"]
 
 ENV_TOKEN: Final = "COMPACTOBS_SERVE_TOKEN"
 LOOPBACK: Final = "127.0.0.1"
@@ -53,9 +54,11 @@ def serve(
     *,
     clickhouse_table: str = "otel_traces",
     budgets_file: str | None = None,
+    anomalies_every: float = ANOMALIES_EVERY,
 ) -> None:
-    """Run the application over the store at `database_url` until interrupted. Raises StoreError when the
-    store cannot be opened."""
+    """Run the application over the store at `database_url` until interrupted (`anomalies_every`: seconds
+    between the overview's anomalies worker's checks of the store). Raises StoreError when the store
+    cannot be opened."""
     import uvicorn
 
     from compactobs.reports.sources.clickhouse import is_clickhouse_url, open_source
@@ -63,7 +66,7 @@ def serve(
     from compactobs.store import open_database
 
     def run(source: object) -> None:
-        app = create_app(source, token=token, budgets_file=budgets_file)
+        app = create_app(source, token=token, budgets_file=budgets_file, anomalies_every=anomalies_every)
         uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)
 
     if is_clickhouse_url(database_url):

@@ -8,10 +8,13 @@ HttpOnly cookie that opening `/?token=...` once sets); every response forbids sc
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import math
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any, Final
 from urllib.parse import quote, urlencode
@@ -29,9 +32,12 @@ from compactobs.errors import UserError
 from compactobs.reports.catalog import report_json, run_report
 from compactobs.reports.model import Report
 from compactobs.reports.source_cost import source_cost_report
+from compactobs.reports.sources import as_source
+from compactobs.reports.sources.base import DataStamp
 from compactobs.reports.sources.sql.rollup import READ_ONLY
 from compactobs.reports.times import build_filters
 from compactobs.serve import pages
+from compactobs.serve.anomalies import DEFAULT_EVERY, AnomaliesCache, one_line
 
 __all__ = ["CSP", "TOKEN_COOKIE", "create_app", "read_only"]
 
@@ -90,10 +96,6 @@ def _last(options: Mapping[str, list[str]], key: str) -> str | None:
     return values[-1] if values else None
 
 
-def _one_line(err: Exception) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
-
-
 class _Guard(BaseHTTPMiddleware):
     """GET and HEAD only; the token when there is one; the security headers on every response."""
 
@@ -137,10 +139,17 @@ class _Guard(BaseHTTPMiddleware):
         )
 
 
-def create_app(source: Any, *, token: str | None = None, budgets_file: str | None = None) -> Starlette:
+def create_app(
+    source: Any,
+    *,
+    token: str | None = None,
+    budgets_file: str | None = None,
+    anomalies_every: float = DEFAULT_EVERY,
+) -> Starlette:
     """The application over `source` (an Engine opened for reading, or a ClickHouse source). `token`: the
     secret every request must carry; `budgets_file`: the anomalies' budgets, as `report anomalies
-    --budgets`."""
+    --budgets`; `anomalies_every`: seconds between two checks of the store by the worker that computes the
+    overview's anomalies (`serve.anomalies`), started and stopped with the application (its lifespan)."""
     # One report at a time: a chdb session is not shared between threads, and a small server loses little.
     lock = threading.Lock()
 
@@ -148,11 +157,36 @@ def create_app(source: Any, *, token: str | None = None, budgets_file: str | Non
         with lock:
             return run_report(source, name, options, subject, budgets_file=budgets_file, refresh=False)
 
+    # The overview's anomalies, unfiltered, off the request path. An Engine's pool serves threads, so the
+    # worker does not take the lock (a page never waits for it); any other source is one report at a time.
+    shared = isinstance(source, Engine)
+
+    def compute_anomalies() -> Report:
+        if shared:
+            return run_report(source, "anomalies", {}, budgets_file=budgets_file, refresh=False)
+        return report("anomalies", {})
+
+    def data_stamp() -> DataStamp:
+        if shared:
+            return as_source(source).data_stamp()
+        with lock:
+            return as_source(source).data_stamp()
+
+    cached = AnomaliesCache(compute_anomalies, data_stamp, anomalies_every)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        cached.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(cached.stop)
+
     def api(name: str, subject: str | None, request: Request) -> Response:
         try:
             text = report_json(report(name, _options(request), subject))
         except UserError as err:
-            return PlainTextResponse(_one_line(err) + "\n", 400)
+            return PlainTextResponse(one_line(err) + "\n", 400)
         return Response(text, media_type="application/json")
 
     def api_report(request: Request) -> Response:
@@ -168,7 +202,7 @@ def create_app(source: Any, *, token: str | None = None, budgets_file: str | Non
         try:
             body = build()
         except UserError as err:
-            return HTMLResponse(pages.page("Error", pages.texts([_one_line(err)], "warnings"), here), 400)
+            return HTMLResponse(pages.page("Error", pages.texts([one_line(err)], "warnings"), here), 400)
         return HTMLResponse(pages.page(title, body, here))
 
     def overview(request: Request) -> Response:
@@ -177,7 +211,10 @@ def create_app(source: Any, *, token: str | None = None, budgets_file: str | Non
         def build() -> str:
             by_day = report("cost", {**filters, "by": ["day"]})
             by_model = report("cost", {**filters, "by": ["model"]})
-            return pages.overview(by_day, by_model, filters)
+            # The cached findings are the unfiltered ones: a page with filters links to the live page.
+            return pages.overview(
+                by_day, by_model, filters, None if filters else cached.latest(), time.time()
+            )
 
         return html("Overview", "/", build)
 
@@ -268,4 +305,6 @@ def create_app(source: Any, *, token: str | None = None, budgets_file: str | Non
         Route("/api/call/{id:path}", api_call, methods=["GET", "HEAD"]),
         Mount("/static", static, name="static"),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(_Guard, token=token)])
+    app = Starlette(routes=routes, middleware=[Middleware(_Guard, token=token)], lifespan=lifespan)
+    app.state.anomalies = cached
+    return app

@@ -4,6 +4,7 @@ here, and every link to a conversation or call is percent-encoded."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from html import escape
 from typing import Any, Final
 from urllib.parse import quote, urlencode
@@ -11,6 +12,7 @@ from urllib.parse import quote, urlencode
 from compactobs.reports.conversation import TYPE_COSTS
 from compactobs.reports.model import NUMERIC_KINDS, Report
 from compactobs.reports.render.cells import cell_text
+from compactobs.serve.anomalies import Anomalies
 from compactobs.serve.charts import bar_chart, context_chart, stacked_chart
 
 __all__ = ["NAV", "call_link", "conversation_link", "page", "report_table"]
@@ -127,9 +129,75 @@ def _spend_by(report: Report, key: str) -> tuple[list[str], list[float]]:
     return list(spend), list(spend.values())
 
 
-def overview(by_day: Report, by_model: Report, filters: Mapping[str, Sequence[str]]) -> str:
-    """The spend from the rollups, and a link to the anomalies: they read every call (seconds at a million
-    calls), so they are a page of their own, not a wait before this one."""
+OVERVIEW_FINDINGS: Final = 20
+"""The findings the overview shows at most: the first in the report's order (the most severe first)."""
+
+
+def _when(epoch_s: float, now_s: float) -> str:
+    """A moment in the server's local time: HH:MM:SS and its zone, with the date when not today."""
+    moment = datetime.fromtimestamp(epoch_s).astimezone()
+    today = datetime.fromtimestamp(now_s).astimezone().date()
+    return moment.strftime("%H:%M:%S %Z" if moment.date() == today else "%Y-%m-%d %H:%M:%S %Z")
+
+
+def overview_anomalies(state: Anomalies | None, link: str, now_s: float) -> str:
+    """The overview's anomalies: the worker's latest findings (`serve.anomalies`) with when they were
+    computed and the calls they cover, or that they are being computed, and the worker's last error in one
+    line; `state` None (the page has filters the worker does not compute) is the link alone."""
+    live = f'<a id="anomalies" href="{escape(link)}">'
+    if state is None:
+        return (
+            f'<p class="note" id="anomalies-state">{live}The anomalies of these filters</a> are on a page of '
+            "their own: they read every call, which takes seconds on a large store (the overview keeps "
+            "them for its unfiltered view).</p>"
+        )
+    failed = (
+        f'<p class="warnings" id="anomalies-error">The anomalies could not be computed at '
+        f"{escape(_when(state.error_at, now_s))}: {escape(state.error)}</p>"
+        if state.error is not None and state.error_at is not None
+        else ""
+    )
+    if state.findings is None or state.started is None or state.stamp is None:
+        waiting = (
+            ""
+            if failed
+            else '<p class="note" id="anomalies-state">The anomalies are being computed; refresh in a '
+            "moment.</p>"
+        )
+        return waiting + failed + f'<p class="note">{live}The anomalies page</a> computes them live.</p>'
+    calls, _first, last = state.stamp
+    covered = (
+        f"{calls:,} call{'' if calls == 1 else 's'}, the last started {_when(last / 1000, now_s)}"
+        if calls and last is not None
+        else "no call"
+    )
+    seconds = f" in {state.seconds:.1f} s" if state.seconds is not None else ""
+    shown = state.findings[:OVERVIEW_FINDINGS]
+    more = (
+        f'<p class="note" id="anomalies-more">The first {len(shown)} of {len(state.findings):,} findings '
+        f'(the most severe first); <a href="{escape(link)}">all of them</a> on the anomalies page.</p>'
+        if len(state.findings) > len(shown)
+        else ""
+    )
+    return (
+        f'<p class="note" id="anomalies-state">As of {escape(_when(state.started, now_s))} (computed'
+        f"{escape(seconds)}), over {escape(covered)}; {live}live on their own page</a>.</p>"
+        + failed
+        + findings(shown)
+        + more
+        + texts(state.warnings, "warnings")
+    )
+
+
+def overview(
+    by_day: Report,
+    by_model: Report,
+    filters: Mapping[str, Sequence[str]],
+    anomalies: Anomalies | None,
+    now_s: float,
+) -> str:
+    """The anomalies first (`overview_anomalies`: computed off the request path, never waited for), then
+    the spend from the rollups."""
     totals = by_day.totals or {}
     billed = totals.get("cost_usd")
     hidden = totals.get("hidden_cost_usd")
@@ -145,12 +213,10 @@ def overview(by_day: Report, by_model: Report, filters: Mapping[str, Sequence[st
     days, day_costs = _spend_by(by_day, "day")
     models, model_costs = _spend_by(by_model, "model")
     query = urlencode([(key, value) for key, values in filters.items() for value in values])
-    anomalies = "/anomalies" + (f"?{query}" if query else "")
+    link = "/anomalies" + (f"?{query}" if query else "")
     return (
         "<h2>Anomalies</h2>"
-        + f'<p class="note"><a id="anomalies" href="{escape(anomalies)}">The anomalies</a> of these calls '
-        "(compaction loops, budgets, error bursts, unpriced models) are on a page of their own: they read "
-        "every call, which takes seconds on a large store.</p>"
+        + overview_anomalies(anomalies, link, now_s)
         + headline
         + "<h2>Spend by day</h2>"
         + bar_chart("spend-by-day", "Spend by day", days, day_costs)

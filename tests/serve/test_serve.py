@@ -6,9 +6,12 @@ hostile strings escaped."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -20,6 +23,8 @@ from sqlalchemy import text
 
 from compactobs import store
 from compactobs.demo import run_demo
+from compactobs.reports.model import Filters
+from compactobs.reports.sources import as_source
 from compactobs.reports.sources.clickhouse.source import ClickHouseSource
 from compactobs.serve import ENV_TOKEN, resolve_token
 from compactobs.serve.app import CSP, TOKEN_COOKIE, create_app, read_only
@@ -225,6 +230,32 @@ def test_every_page_answers_through_the_read_only_source(recorded: dict[str, Any
         _close(source)
 
 
+def test_the_overview_shows_the_worker_s_anomalies_on_every_source(recorded: dict[str, Any]) -> None:
+    """The worker computes the anomalies through the read-only source of each engine (chdb: under the
+    page lock) and the overview shows them with the calls they cover: the source's DataStamp, whose count
+    and range are those the reports give."""
+    code, out, err = run("--db", recorded["url"], "report", "cost", "--by", "model", "--format", "json")
+    assert code == 0, err
+    calls = json.loads(out)["totals"]["calls"]
+    source = _open(recorded["url"])
+    try:
+        stamped = as_source(source)
+        everything = Filters(None, None, timezone.utc)
+        assert stamped.data_stamp() == (calls, *(stamped.data_range(everything) or (None, None)))
+        with serving(create_app(source)) as base:
+            deadline = time.monotonic() + 60
+            while True:
+                status, body, _ = _get(base + "/")
+                page = body.decode()
+                if 'data-kind="compaction_loop"' in page or time.monotonic() > deadline:
+                    break
+                threading.Event().wait(0.1)
+            assert status == 200 and 'data-kind="compaction_loop"' in page
+            assert f"over {calls:,} calls, the last started" in page and "anomalies-error" not in page
+    finally:
+        _close(source)
+
+
 def test_a_write_through_the_read_only_postgresql_engine_fails(module_postgres_url: str) -> None:
     """PostgreSQL refuses the write itself (`default_transaction_read_only`), and a CREATE, even of a
     temporary table; reading works."""
@@ -264,8 +295,8 @@ def test_the_overview_links_to_the_anomalies_with_its_filters(sqlite_demo: dict[
         status, body, _ = _get(base + "/?since=7d&model=claude-*%22%3E")
         assert status == 200
         page = body.decode()
-        # No finding on the overview (the anomalies read every call); the link keeps the page's filters,
-        # URL-encoded and escaped.
+        # No finding on a filtered overview (serve's worker computes the unfiltered ones only); the link keeps
+        # the page's filters, URL-encoded and escaped.
         assert 'class="finding' not in page
         assert 'id="anomalies" href="/anomalies?since=7d&amp;model=claude-%2A%22%3E"' in page
         status, body, _ = _get(base + "/anomalies?since=7d&model=claude-*")

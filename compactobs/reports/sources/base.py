@@ -25,6 +25,7 @@ __all__ = [
     "CONVERSATION_FIELDS",
     "PERCENTILES",
     "AnomalyData",
+    "DataStamp",
     "Groups",
     "OpsFigures",
     "Percentiles",
@@ -36,6 +37,9 @@ __all__ = [
 
 Groups = dict[tuple[Any, ...], dict[str, Any]]
 """{group key values, in `by` order (with `with_model`: the call's model last): summed measures}."""
+DataStamp = tuple[int, int | None, int | None]
+"""(calls, first start_ms, last start_ms) of the whole store: cheap to read, and different after most
+writes (a call added or deleted); an update in place (a repricing) leaves it as it was."""
 
 
 # -- report ops ---------------------------------------------------------------------------------------------
@@ -128,6 +132,11 @@ class Source(Protocol):
 
     def data_range(self, filters: Filters) -> tuple[int, int] | None:
         """(first, last) start_ms of the calls in the window, None when there is none."""
+        ...
+
+    def data_stamp(self) -> DataStamp:
+        """The whole store's `DataStamp` (index lookups and a count): what a cache of a report over every
+        call compares to know whether the data changed."""
         ...
 
     def refresh(self, filters: Filters, by: Sequence[str]) -> None:

@@ -9,13 +9,14 @@ query joining only the calls that compacted to their compaction iterations.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timezone
 from typing import Final
 
 from compactobs._types import SQLValue
 from compactobs.reports.measures.cost import add_record
 from compactobs.reports.measures.groups import ITERATION_LEVEL, calls_only, group_values, label_of
 from compactobs.reports.model import Filters
-from compactobs.reports.sources.base import Groups
+from compactobs.reports.sources.base import DataStamp, Groups
 from compactobs.reports.sources.clickhouse import slots, spans
 from compactobs.reports.sources.clickhouse.client import ClickHouseClient, join
 from compactobs.reports.sources.clickhouse.queries import (
@@ -27,7 +28,7 @@ from compactobs.reports.sources.clickhouse.queries import (
 )
 from compactobs.reports.times import TIME_UNITS, Buckets, bucket_label
 
-__all__ = ["JOIN_SETTINGS", "SLOT_KEY", "cost_groups", "data_range"]
+__all__ = ["JOIN_SETTINGS", "SLOT_KEY", "cost_groups", "data_range", "data_stamp"]
 
 SLOT_KEY: Final = {
     "service": "s.service_name",
@@ -44,6 +45,15 @@ def data_range(source: ClickHouseClient, filters: Filters) -> tuple[int, int] | 
     if not row["n"]:
         return None
     return int(row["lo"]), int(row["hi"])
+
+
+def data_stamp(source: ClickHouseClient) -> DataStamp:
+    """(calls, first, last start_ms) of every call of the spans table."""
+    calls = spans.calls_of(source, Filters(None, None, timezone.utc))
+    row = source.rows(f"SELECT count() AS n, min(start_ms) AS lo, max(start_ms) AS hi FROM {calls}")[0]
+    if not row["n"]:
+        return 0, None, None
+    return int(row["n"]), int(row["lo"]), int(row["hi"])
 
 
 def cost_groups(

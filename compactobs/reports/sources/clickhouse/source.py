@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from compactobs.reports.model import Filters, ReportInputError
-from compactobs.reports.sources.base import AnomalyData, Groups, OpsFigures, Source
+from compactobs.reports.sources.base import AnomalyData, DataStamp, Groups, OpsFigures, Source
 from compactobs.reports.sources.clickhouse import cache, cost, slots, spans
 from compactobs.reports.sources.clickhouse.client import DEFAULT_TABLE, ClickHouseClient
 from compactobs.reports.times import Buckets
@@ -36,6 +36,9 @@ class ClickHouseSource(ClickHouseClient):
 
     def data_range(self, filters: Filters) -> tuple[int, int] | None:
         return cost.data_range(self, filters)
+
+    def data_stamp(self) -> DataStamp:
+        return cost.data_stamp(self)
 
     def refresh(self, filters: Filters, by: Sequence[str]) -> None:
         """Nothing to do up front: setup's slot sums are refreshed when first read (`slots.ready`)."""

@@ -20,7 +20,7 @@ from compactobs.reports.measures.cost import add_record as add_cost
 from compactobs.reports.measures.cost import source_cost_measures
 from compactobs.reports.measures.groups import ITERATION_LEVEL, calls_only
 from compactobs.reports.model import Filters
-from compactobs.reports.sources.base import Groups
+from compactobs.reports.sources.base import DataStamp, Groups
 from compactobs.reports.sources.sql import rollup, tune
 from compactobs.reports.sources.sql.cache import cache_groups
 from compactobs.reports.sources.sql.cost import aggregate_calls
@@ -49,6 +49,16 @@ class SqlSource(SqlAnomaliesOps):
         if first is None or last is None:
             return None
         return int(first), int(last)
+
+    def data_stamp(self) -> DataStamp:
+        """(calls, first, last start_ms): a count and two index lookups, each its own subquery (SQLite
+        answers min and max from the index only when each is alone)."""
+        count = select(func.count()).select_from(calls).scalar_subquery()
+        lo = select(func.min(calls.c.start_ms)).scalar_subquery()
+        hi = select(func.max(calls.c.start_ms)).scalar_subquery()
+        with self.engine.connect() as connection:
+            n, first, last = connection.execute(select(count, lo, hi)).one()
+        return int(n), None if first is None else int(first), None if last is None else int(last)
 
     def refresh(self, filters: Filters, by: Sequence[str]) -> None:
         """Refresh the rollups when they could answer the report (`rollup.try_refresh`)."""
