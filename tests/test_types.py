@@ -23,7 +23,7 @@ ALLOWED: dict[str, str] = {
 }
 """Modules (relative to compactobs/) whose `Any` is not counted: where the outside is untyped throughout."""
 
-CEILING = 261
+CEILING = 211
 """The bare `Any` left in compactobs outside ALLOWED. Before issue 28's item 6: 705 (733 counting ALLOWED)."""
 
 

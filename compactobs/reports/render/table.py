@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final, Union, cast
 
 from compactobs.reports.model import NUMERIC_KINDS, Report
 from compactobs.reports.render.cells import (
@@ -16,6 +16,11 @@ from compactobs.reports.render.cells import (
     unpriced_row,
 )
 from compactobs.reports.render.safe import shown
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
 
 __all__ = ["bar", "printable_texts", "render_table"]
 
@@ -46,7 +51,11 @@ class _Line:
         return _cell_len(self.plain)
 
 
-def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Any]:
+_TableLine = Union["_Line", "Text"]
+"""A line of a table: plain (no colour, laid out without rich) or rich Text (coloured)."""
+
+
+def _table_lines(report: Report, color: bool, titled: bool = False) -> list[_TableLine]:
     """The report's table as lines of rich Text, laid out as rich's Table lays out a `box.SIMPLE_HEAD` table
     of no-wrap columns as wide as their widest cell (tests hold the two to the same output). Laid out here
     because Table measures and renders every cell through its renderable protocol, about 0.1 ms a cell:
@@ -90,7 +99,7 @@ def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Any]
         pad = " " * (widths[i] - cell_len(cell))
         return pad + cell if right[i] else cell + pad
 
-    def line(cells: list[str], style: str, body: bool) -> Any:
+    def line(cells: list[str], style: str, body: bool) -> _TableLine:
         if not color:
             return _Line(" " + " ".join(f" {_justified(cell, i)} " for i, cell in enumerate(cells)) + " ")
         from rich.text import Span, Text
@@ -120,7 +129,7 @@ def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Any]
 
     inner = sum(widths) + 3 * len(widths) - 1
     plain = _Line if not color else _text
-    lines: list[Any] = []
+    lines: list[_TableLine] = []
     if titled:
         # As Table puts it: its style over the table's whole width, wrapped within it when longer.
         title = report.title or report.name
@@ -139,13 +148,13 @@ def _table_lines(report: Report, color: bool, titled: bool = False) -> list[Any]
     return lines
 
 
-def _text(text: str) -> Any:
+def _text(text: str) -> Text:
     from rich.text import Text
 
     return Text(text)
 
 
-def _wrap(text: str, style: str, width: int) -> list[Any]:
+def _wrap(text: str, style: str, width: int) -> list[Text]:
     """`text` in `style`, wrapped and justified within `width` cells, one rich Text per line."""
     from rich.console import Console
     from rich.text import Text
@@ -154,12 +163,12 @@ def _wrap(text: str, style: str, width: int) -> list[Any]:
     return list(Text(text, style=style, justify="left").wrap(console, width, justify="left"))
 
 
-def _shown_width(lines: list[Any]) -> int:
+def _shown_width(lines: list[_TableLine]) -> int:
     """The widest of `lines` as printed (trailing spaces are stripped)."""
     return max((_cell_len(line.plain.rstrip()) for line in lines), default=0)
 
 
-def _fitted(report: Report, fit_width: int | None, color: bool) -> tuple[Report, list[Any]]:
+def _fitted(report: Report, fit_width: int | None, color: bool) -> tuple[Report, list[_TableLine]]:
     """The report with the widest of its column sets whose table fits `fit_width` (the narrowest when none
     does; all of them without a width), a hint to the columns left out among its notes, and its bars in the
     room left; and its lines."""
@@ -200,8 +209,8 @@ def bar(value: float, largest: float, width: int) -> str:
 
 
 def _with_bars(
-    report: Report, column: str, room: int, lines: list[Any], color: bool
-) -> tuple[Report, list[Any]]:
+    report: Report, column: str, room: int, lines: list[_TableLine], color: bool
+) -> tuple[Report, list[_TableLine]]:
     """The report with a bar column after `column`, as wide as `room` allows (at most 24 cells; none
     under 6)."""
     width = min(24, room)
@@ -225,14 +234,14 @@ def _with_bars(
     return report, _table_lines(report, color)
 
 
-def _listed(section: Report, width: int, color: bool) -> list[Any]:
+def _listed(section: Report, width: int, color: bool) -> list[_TableLine]:
     """A section too wide for a terminal as a list: its title, then each row's cells on lines wrapped
     within `width`, the continuation indented (long messages read better wrapped than cut)."""
     import textwrap
 
     text = _Line if not color else _text
     columns = section.shown_columns()
-    lines: list[Any] = [text(section.title or section.name), text("")]
+    lines: list[_TableLine] = [text(section.title or section.name), text("")]
     for row in section.rows:
         cells = [shown(cell_text(row, column, section.kind(column))) for column in columns]
         joined = "  ".join(cell for cell in cells if cell and cell != "-")
@@ -243,7 +252,7 @@ def _listed(section: Report, width: int, color: bool) -> list[Any]:
 
 
 def render_table(report: Report, console_width: int | None, color: bool, fit_width: int | None = None) -> str:
-    tables: list[list[Any]] = []
+    tables: list[list[_TableLine]] = []
     if report.rows:
         report, lines = _fitted(report, fit_width, color)
         tables.append(lines)
@@ -294,7 +303,7 @@ def render_table(report: Report, console_width: int | None, color: bool, fit_wid
     return "\n".join(line.rstrip() for line in out.getvalue().splitlines()) + "\n"
 
 
-def _plain(report: Report, tables: list[list[Any]]) -> str:
+def _plain(report: Report, tables: list[list[_TableLine]]) -> str:
     """What `render_table`'s console prints without colour when it wraps no line, without rich: each
     text as it is (printable already: `printable_texts`), a line each, trailing spaces stripped."""
     texts = [report.title or report.name, *report.header]
@@ -305,14 +314,15 @@ def _plain(report: Report, tables: list[list[Any]]) -> str:
     return "".join(text.rstrip() + "\n" for text in texts)
 
 
-def _print_lines(console: Any, out: io.StringIO, lines: list[Any], color: bool) -> None:
+def _print_lines(console: Console, out: io.StringIO, lines: list[_TableLine], color: bool) -> None:
     """Table lines: through the console for their colours, else as they are (the console adds nothing)."""
     if not color:
         out.write("".join(line.plain + "\n" for line in lines))
         return
     from rich.text import Text
 
-    console.print(Text("\n").join(lines), no_wrap=True, crop=False)
+    coloured = cast("list[Text]", lines)  # with colour every line is rich Text (`line` made them)
+    console.print(Text("\n").join(coloured), no_wrap=True, crop=False)
 
 
 def printable_texts(report: Report) -> Report:

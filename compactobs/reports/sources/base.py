@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
+from compactobs._types import SQLRow, SQLValue
 from compactobs.reports.model import Filters, ReportInputError
 from compactobs.reports.times import Buckets
 
@@ -35,7 +36,7 @@ __all__ = [
     "unknown_conversation",
 ]
 
-Groups = dict[tuple[Any, ...], dict[str, Any]]
+Groups = dict[tuple[SQLValue, ...], dict[str, SQLValue]]
 """{group key values, in `by` order (with `with_model`: the call's model last): summed measures}."""
 DataStamp = tuple[int, int | None, int | None]
 """(calls, first start_ms, last start_ms) of the whole store: cheap to read, and different after most
@@ -46,8 +47,9 @@ writes (a call added or deleted); an update in place (a repricing) leaves it as 
 
 PERCENTILES: Final = (0.5, 0.95, 0.99)
 
-Percentiles = dict[Any, tuple[float, ...]]
-OpsFigures = tuple[Sequence[Sequence[Any]], Sequence[Sequence[Any]], Percentiles, Any, Percentiles, Any]
+Percentiles = dict[SQLValue, tuple[float, ...]]
+_Records = Sequence[Sequence[SQLValue]]
+OpsFigures = tuple[_Records, _Records, Percentiles, SQLValue, Percentiles, SQLValue]
 """What `report ops` is made of: (by model: (model, calls, error calls, retried calls, retries) in model
 order; errors: (error type, calls, retries), most first; latency percentiles by model and over all; TTFT
 percentiles by model and over all)."""
@@ -113,12 +115,12 @@ class AnomalyData(Protocol):
         judged, so that the engine's work and Python's overlap."""
         ...
 
-    def compaction_rows(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]: ...
-    def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[Any]]: ...
+    def compaction_rows(self, thresholds: Thresholds) -> Iterable[Sequence[SQLValue]]: ...
+    def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[SQLValue]]: ...
     def budget_crossings(self, over: OverBudget) -> dict[str, Any]: ...
-    def unpriced_groups(self) -> Iterable[Sequence[Any]]: ...
+    def unpriced_groups(self) -> Iterable[Sequence[SQLValue]]: ...
     def unpriced_sample(self, model: str) -> Sequence[str]: ...
-    def error_hours(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]: ...
+    def error_hours(self, thresholds: Thresholds) -> Iterable[Sequence[SQLValue]]: ...
     def error_sample(self, start_ms: int) -> Sequence[str]: ...
 
 
@@ -176,18 +178,20 @@ class Source(Protocol):
         """The counts and percentiles of `report ops` over the calls `filters` select."""
         ...
 
-    def conversation_calls(self, filters: Filters, conversation_id: str) -> Iterator[Any]:
+    def conversation_calls(self, filters: Filters, conversation_id: str) -> Iterator[SQLValue]:
         """The conversation's calls that `filters` select (CONVERSATION_FIELDS as attributes), in
         (start_ms, call_id) order. Raises `unknown_conversation` when no call ever had this id."""
         ...
 
-    def conversation_type_costs(self, filters: Filters, conversation_id: str) -> list[tuple[str, Any, Any]]:
+    def conversation_type_costs(
+        self, filters: Filters, conversation_id: str
+    ) -> list[tuple[str, SQLValue, SQLValue]]:
         """(call_id, iteration type, cost) of the conversation's calls that `filters` select, one per type a
         call billed: `measures.cost.iteration_cost` grouped by call and type (the type None for a call
         without iteration rows; the cost None when unpriced)."""
         ...
 
-    def call_with_iterations(self, reference: str) -> tuple[Any, list[Any]]:
+    def call_with_iterations(self, reference: str) -> tuple[SQLRow, list[SQLRow]]:
         """The call with this request id, message id or span id (the `calls` row) and its `iterations` rows
         in order. Raises `unknown_call` when none was recorded."""
         ...

@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
+from compactobs._types import SQLExpr, SQLRow, SQLValue
 from compactobs.reports.measures.anomalies import (
     ID_CHUNK,
     OverBudget,
@@ -83,7 +84,7 @@ class SqlAnomaliesOps:
     def ops_figures(self, filters: Filters) -> OpsFigures:
         return _ops_figures(self.engine, filters)
 
-    def conversation_calls(self, filters: Filters, conversation_id: str) -> Iterator[Any]:
+    def conversation_calls(self, filters: Filters, conversation_id: str) -> Iterator[SQLValue]:
         c = calls.c
         with reading(self.engine) as connection:
             known = connection.execute(
@@ -98,7 +99,9 @@ class SqlAnomaliesOps:
             )
             yield from connection.execute(query)
 
-    def conversation_type_costs(self, filters: Filters, conversation_id: str) -> list[tuple[str, Any, Any]]:
+    def conversation_type_costs(
+        self, filters: Filters, conversation_id: str
+    ) -> list[tuple[str, SQLValue, SQLValue]]:
         kind = group_key("iteration-type", calls, iterations)
         query = (
             select(calls.c.call_id, kind, iteration_cost(calls, iterations))
@@ -109,7 +112,7 @@ class SqlAnomaliesOps:
         with reading(self.engine) as connection:
             return [(row[0], row[1], row[2]) for row in connection.execute(query)]
 
-    def call_with_iterations(self, reference: str) -> tuple[Any, list[Any]]:
+    def call_with_iterations(self, reference: str) -> tuple[SQLRow, list[SQLRow]]:
         c = calls.c
         with reading(self.engine) as connection:
             found = connection.execute(
@@ -143,7 +146,7 @@ class SqlAnomalyData:
     conditions: Sequence[ColumnElement[bool]]
     concurrent: bool = False  # one thread: an in-memory SQLite database is one per thread
 
-    def compaction_rows(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]:
+    def compaction_rows(self, thresholds: Thresholds) -> Iterable[Sequence[SQLValue]]:
         # Streamed: memory follows the candidates, not the calls.
         with reading(self.engine) as connection:
             result = connection.execution_options(stream_results=True, yield_per=2000).execute(
@@ -151,7 +154,7 @@ class SqlAnomalyData:
             )
             yield from result
 
-    def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[Any]]:
+    def budget_totals(self, budgets: Budgets | None) -> Iterable[Sequence[SQLValue]]:
         with reading(self.engine) as connection:
             yield from connection.execution_options(stream_results=True, yield_per=2000).execute(
                 budget_totals_statement(self.conditions, budgets)
@@ -168,7 +171,7 @@ class SqlAnomalyData:
                 found.update(first_crossings(connection.execute(statement), over))
         return found
 
-    def unpriced_groups(self) -> Iterable[Sequence[Any]]:
+    def unpriced_groups(self) -> Iterable[Sequence[SQLValue]]:
         with reading(self.engine) as connection:
             return list(connection.execute(unpriced_statement(self.conditions)).all())
 
@@ -176,7 +179,7 @@ class SqlAnomalyData:
         with reading(self.engine) as connection:
             return list(connection.execute(unpriced_sample_statement(self.conditions, model)).scalars())
 
-    def error_hours(self, thresholds: Thresholds) -> Iterable[Sequence[Any]]:
+    def error_hours(self, thresholds: Thresholds) -> Iterable[Sequence[SQLValue]]:
         with reading(self.engine) as connection:
             return list(connection.execute(error_hours_statement(self.conditions, thresholds)))
 
@@ -210,13 +213,13 @@ _DECADES: Final = 13
 """Values up to 10^15 get buckets of their own three leading digits; larger ones share the last bucket."""
 
 
-def _bucket(value: ColumnElement[Any]) -> ColumnElement[Any]:
+def _bucket(value: SQLExpr) -> SQLExpr:
     """An integer that never decreases as `value` grows: below 0 one bucket; [0, 100) one per unit; then per
     decade [10^(k+2), 10^(k+3)) the value's three leading digits, offset so that decades do not overlap
     (2000 (k + 1) + [100, 1000]). Only the order matters, so an engine's rounding of CAST (SQLite truncates,
     PostgreSQL rounds) changes nothing: the counts and the fetch use the same expression. Every number is a
     literal, so PostgreSQL matches the expression in GROUP BY."""
-    whens: list[tuple[ColumnElement[bool], ColumnElement[Any]]] = [
+    whens: list[tuple[ColumnElement[bool], SQLExpr]] = [
         (value < literal_column("0"), literal_column("-1")),
         (value < literal_column("100"), cast(value, BigInteger)),
     ]
@@ -236,10 +239,10 @@ class _Histogram:
 
     def __init__(self, ps: Sequence[float]) -> None:
         self.ps = ps
-        self.counts: dict[Any, dict[int, int]] = {}
-        self._values: dict[tuple[Any, int], list[float]] = {}
+        self.counts: dict[SQLValue, dict[int, int]] = {}
+        self._values: dict[tuple[SQLValue, int], list[float]] = {}
 
-    def add(self, group: Any, bucket: Any, n: int) -> None:
+    def add(self, group: SQLValue, bucket: int, n: int) -> None:
         if bucket is not None and n:
             by_bucket = self.counts.setdefault(group, {})
             by_bucket[int(bucket)] = by_bucket.get(int(bucket), 0) + int(n)
@@ -273,7 +276,7 @@ class _Histogram:
             out.update(bucket for bucket, _ in self._locate(by_bucket, _ranks(n, self.ps)).values())
         return out
 
-    def keep(self, group: Any, bucket: Any, value: Any) -> None:
+    def keep(self, group: SQLValue, bucket: int, value: float) -> None:
         """A fetched value (of a wanted bucket)."""
         if value is not None and bucket is not None:
             self._values.setdefault((group, int(bucket)), []).append(float(value))
@@ -288,7 +291,7 @@ class _Histogram:
             at[rank] = sorted_of[bucket][inside]
         return tuple(interpolate(at, n, p) for p in self.ps)
 
-    def by_group(self) -> dict[Any, tuple[float, ...]]:
+    def by_group(self) -> dict[SQLValue, tuple[float, ...]]:
         return {
             group: self._percentiles(by_bucket, lambda bucket, group=group: self._values[(group, bucket)])
             for group, by_bucket in self.counts.items()
@@ -306,11 +309,11 @@ class _Histogram:
 
 def percentiles(
     engine: Engine,
-    value: ColumnElement[Any],
-    group: ColumnElement[Any] | None,
+    value: SQLExpr,
+    group: SQLExpr | None,
     conditions: Sequence[ColumnElement[bool]],
     ps: Sequence[float] = PERCENTILES,
-) -> dict[Any, tuple[float, ...]]:
+) -> dict[SQLValue, tuple[float, ...]]:
     """{group value: (percentile for each p)} over the non-NULL `value`s of the calls `conditions` select;
     with `group` None, one entry keyed `TOTAL`. Groups without a value are absent."""
     by_group, total = percentiles_with_total(engine, value, group, conditions, ps)
@@ -321,11 +324,11 @@ def percentiles(
 
 def percentiles_with_total(
     engine: Engine,
-    value: ColumnElement[Any],
-    group: ColumnElement[Any] | None,
+    value: SQLExpr,
+    group: SQLExpr | None,
     conditions: Sequence[ColumnElement[bool]],
     ps: Sequence[float] = PERCENTILES,
-) -> tuple[dict[Any, tuple[float, ...]], tuple[float, ...] | None]:
+) -> tuple[dict[SQLValue, tuple[float, ...]], tuple[float, ...] | None]:
     """(percentiles by group, percentiles over every group): two passes over the calls, see above."""
     key = (group if group is not None else literal_column("0")).label("key")
     histogram = _Histogram(ps)
@@ -346,7 +349,7 @@ def percentiles_with_total(
     return (histogram.by_group() if group is not None else {}), histogram.total()
 
 
-def _model() -> ColumnElement[Any]:
+def _model() -> SQLExpr:
     c = calls.c
     # A literal, not a bound parameter: PostgreSQL must see the GROUP BY expression as the selected one.
     return func.coalesce(c.request_model, c.response_model, literal_column("'(unknown)'"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any
 
+from compactobs._types import SQLValue
 from compactobs.reports.model import Filters
 from compactobs.reports.sources.base import CONVERSATION_FIELDS, unknown_conversation
 from compactobs.reports.sources.clickhouse import spans
@@ -16,7 +16,9 @@ from compactobs.reports.sources.clickhouse.queries import JOIN_SETTINGS, group_k
 __all__ = ["conversation_calls", "conversation_type_costs"]
 
 
-def conversation_calls(source: ClickHouseClient, filters: Filters, conversation_id: str) -> Iterator[Any]:
+def conversation_calls(
+    source: ClickHouseClient, filters: Filters, conversation_id: str
+) -> Iterator[SQLValue]:
     """The calls (CONVERSATION_FIELDS as attributes) of the conversation that `filters` select, by
     (start_ms, call_id). Raises ReportInputError when no call span ever carried this id."""
     calls = spans.calls_of(source)
@@ -38,7 +40,7 @@ def conversation_calls(source: ClickHouseClient, filters: Filters, conversation_
 
 def conversation_type_costs(
     source: ClickHouseClient, filters: Filters, conversation_id: str
-) -> list[tuple[str, Any, Any]]:
+) -> list[tuple[str, SQLValue, SQLValue]]:
     """(call_id, iteration type, cost) per call and type of the conversation's calls `filters` select
     (`measures.cost.iteration_cost`, as the SQL store groups it)."""
     where = [f"c.conversation_id = {quote(conversation_id)}", *spans.call_conditions(filters, "c.")]

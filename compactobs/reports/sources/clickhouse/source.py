@@ -17,6 +17,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from compactobs._types import SQLRow, SQLValue
 from compactobs.reports.model import Filters, ReportInputError
 from compactobs.reports.sources.base import AnomalyData, DataStamp, Groups, OpsFigures, Source
 from compactobs.reports.sources.clickhouse import cache, cost, slots, spans
@@ -66,17 +67,19 @@ class ClickHouseSource(ClickHouseClient):
 
         return ops.ops_figures(self, filters)
 
-    def conversation_calls(self, filters: Filters, conversation_id: str) -> Iterator[Any]:
+    def conversation_calls(self, filters: Filters, conversation_id: str) -> Iterator[SQLValue]:
         from compactobs.reports.sources.clickhouse import conversation
 
         return conversation.conversation_calls(self, filters, conversation_id)
 
-    def conversation_type_costs(self, filters: Filters, conversation_id: str) -> list[tuple[str, Any, Any]]:
+    def conversation_type_costs(
+        self, filters: Filters, conversation_id: str
+    ) -> list[tuple[str, SQLValue, SQLValue]]:
         from compactobs.reports.sources.clickhouse import conversation
 
         return conversation.conversation_type_costs(self, filters, conversation_id)
 
-    def call_with_iterations(self, reference: str) -> tuple[Any, list[Any]]:
+    def call_with_iterations(self, reference: str) -> tuple[SQLRow, list[SQLRow]]:
         raise ReportInputError(
             "`report call` reads the SQL store: run it with a sqlite:// or postgresql:// --db"
         )

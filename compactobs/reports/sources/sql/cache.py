@@ -16,7 +16,6 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     FromClause,
-    Select,
     and_,
     case,
     cast,
@@ -24,8 +23,8 @@ from sqlalchemy import (
     null,
     select,
 )
-from sqlalchemy.sql.elements import Label
 
+from compactobs._types import SQLExpr, SQLLabel, SQLQuery
 from compactobs.reports.measures.cache import add_record, cache_measures, open_write, row_figures, wrote
 from compactobs.reports.measures.groups import group_key, group_values, label_of, tag_of
 from compactobs.reports.model import Filters
@@ -64,7 +63,7 @@ def calls_with_next(
     wrote to the cache (`look_up` False: NULL, for a query that does not judge waste). OFFSET 0 keeps SQLite
     from flattening it into the join (which would repeat the lookup for every use)."""
     c = calls.c
-    following: ColumnElement[Any] = case(
+    following: SQLExpr = case(
         (and_(c.conversation_id.is_not(None), wrote(calls)), _next_call_start()), else_=None
     )
     if not look_up:
@@ -88,12 +87,12 @@ def calls_with_next(
 
 def cache_statement(
     conditions: Sequence[ColumnElement[bool]],
-    keys_of: Callable[[FromClause], list[Label[Any]]],
+    keys_of: Callable[[FromClause], list[SQLLabel]],
     now_ms: int,
     settled_only: bool = False,
     waste: bool = True,
     tags: bool = False,
-) -> Select[Any]:
+) -> SQLQuery:
     """The measures of the calls meeting `conditions` (over `store.calls`), grouped by `keys_of(c)` (labelled
     expressions over `calls_with_next` and `store.iterations`). `settled_only` leaves out the calls whose
     waste depends on `now_ms` (`open_write`): what the rollups keep. `waste` False skips the next-call
@@ -114,10 +113,10 @@ def cache_statement(
     return statement
 
 
-def group_keys(c: FromClause, by: Sequence[str], filters: Filters, span: tuple[int, int]) -> list[Label[Any]]:
+def group_keys(c: FromClause, by: Sequence[str], filters: Filters, span: tuple[int, int]) -> list[SQLLabel]:
     """Group keys over `c` and iterations: `k_<json key>`; a time unit is the local hour, day or week
     number (`local_bucket`; months are counted in days and named by `bucket_label`)."""
-    keys: list[Label[Any]] = []
+    keys: list[SQLLabel] = []
     for name in by:
         if name in TIME_UNITS:
             unit: Any = "day" if name == "month" else name

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, func, select
-from sqlalchemy.sql.elements import Label
 
+from compactobs._types import SQLExpr, SQLLabel
 from compactobs.reports.measures.cost import add_record, call_measures, iteration_measures
 from compactobs.reports.measures.groups import ITERATION_LEVEL, group_key, group_values, label_of
 from compactobs.reports.model import Filters
@@ -26,7 +26,7 @@ from compactobs.store.models import calls, iterations
 __all__ = ["aggregate_calls", "group_keys"]
 
 
-def group_keys(by: Sequence[str]) -> list[Label[Any]]:
+def group_keys(by: Sequence[str]) -> list[SQLLabel]:
     """The non-time group keys over `calls` and `iterations`, labelled `k_<json key>`."""
     return [group_key(name, calls, iterations).label(label_of(name)) for name in by if name not in TIME_UNITS]
 
@@ -55,7 +55,7 @@ def aggregate_calls(
     unit = buckets.unit if buckets is not None else None
     with contextlib.ExitStack() as stack:
         source: Any = calls
-        group: list[ColumnElement[Any]] = list(keys)
+        group: list[SQLExpr] = list(keys)
         # The few unpriced calls are found by a scan (no index on `priced`); on SQLite, so is every call
         # joined to its iterations: reading calls in start_ms order (`bucket_source`) fetches each row at
         # random, and the model key needs a sort anyway. Their local bucket is computed per row

@@ -47,8 +47,8 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.sql.elements import Label
 
+from compactobs._types import SQLLabel
 from compactobs.reports.measures.cache import open_write
 from compactobs.reports.measures.cost import call_measures, iteration_measures
 from compactobs.reports.measures.groups import group_key
@@ -128,7 +128,7 @@ def _level_statements() -> list[Any]:
         c.response_model.label("response_model"),
     ]
 
-    def level(name: str) -> Label[Any]:
+    def level(name: str) -> SQLLabel:
         return literal(name, String).label("level")
 
     by_call = (
@@ -147,7 +147,7 @@ def _level_statements() -> list[Any]:
         .group_by(slot, *call_keys, model, kind, c.priced)
     )
 
-    def cache_keys(following: FromClause) -> list[Label[Any]]:
+    def cache_keys(following: FromClause) -> list[SQLLabel]:
         w = following.c
         return [
             slot_of(w.start_ms).label("slot_ms"),
@@ -337,7 +337,7 @@ def read(
     level's rollups in the split. Time groups are labelled like `bucket_label` (months from days), with the
     zone's offsets over `span`, the data's range."""
     r = rollups.c
-    keys: list[Label[Any]] = []
+    keys: list[SQLLabel] = []
     for name in by:
         if name in TIME_UNITS:
             assert span is not None, "time groups need the data's span"
