@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final, TypeGuard
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "MAX_TAGS",
     "bounded_id",
     "bounded_tags",
+    "checked_tags",
     "escape",
     "escape_char",
     "stored_tags",
@@ -109,6 +110,36 @@ def bounded_tags(pairs: Iterable[tuple[object, object]]) -> dict[str, str]:
     except Exception:
         pass
     return {key: kept[key] for key in sorted(kept)[:MAX_TAGS]}
+
+
+def checked_tags(tags: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """Tags an application gave (`conversation(tags=...)`, `GuardPolicy(tags=...)`) as kept on the calls:
+    (key, value) pairs sorted by key, values bounded as `bounded_tags` does. ValueError, one line, for what
+    would not be kept as given (a mistake in the caller's code)."""
+    if tags is None:
+        return ()
+    if not isinstance(tags, Mapping):
+        raise ValueError("tags must be a mapping of str to str")
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} tags, not {len(tags)}")
+    for key, value in tags.items():
+        if not tag_key_ok(key):
+            raise ValueError(f"tag key {escape(key)!r}: use 1 to 64 letters, digits, '_', '.' or '-'")
+        if not isinstance(value, str) or not value or "\x00" in value:
+            raise ValueError(f"tag {key}: its value must be a non-empty string without NUL")
+    return tuple(bounded_tags(tags.items()).items())
+
+
+def merged_tags(
+    over: tuple[tuple[str, str], ...], below: tuple[tuple[str, str], ...]
+) -> tuple[tuple[str, str], ...]:
+    """`below`'s tags with `over`'s in their place key by key, sorted by key (at most MAX_TAGS, the first by
+    key). Either one empty: the other, as it is. Never raises."""
+    if not below:
+        return over
+    if not over:
+        return below
+    return tuple(bounded_tags((*below, *over)).items())
 
 
 def stored_tags(text: object) -> dict[str, str]:

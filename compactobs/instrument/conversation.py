@@ -100,18 +100,9 @@ def _tags(tags: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
     if tags is None:
         return ()
     # Loaded by a conversation with tags, not by `import compactobs` (tests/test_architecture.py).
-    from compactobs.untrusted import MAX_TAGS, bounded_tags, escape, tag_key_ok
+    from compactobs.untrusted import checked_tags
 
-    if not isinstance(tags, Mapping):
-        raise ValueError("tags must be a mapping of str to str")
-    if len(tags) > MAX_TAGS:
-        raise ValueError(f"at most {MAX_TAGS} tags per conversation, not {len(tags)}")
-    for key, value in tags.items():
-        if not tag_key_ok(key):
-            raise ValueError(f"tag key {escape(key)!r}: use 1 to 64 letters, digits, '_', '.' or '-'")
-        if not isinstance(value, str) or not value or "\x00" in value:
-            raise ValueError(f"tag {key}: its value must be a non-empty string without NUL")
-    return tuple(bounded_tags(tags.items()).items())
+    return checked_tags(tags)
 
 
 def current_conversation() -> Conversation | None:
