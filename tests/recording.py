@@ -26,17 +26,18 @@ def recording(
     service_name: str | None = None,
     sim: Simulator | None = None,
     processors: Sequence[SpanProcessor] = (),
+    guard: compactobs.GuardPolicy | None = None,
 ) -> Iterator[tuple[Simulator, anthropic.Anthropic]]:
     """(the simulator, a client compactobs records into `url`, no retries); everything recorded is in the
     store when the block ends. `service_name`: the recording process's `service.name`; `sim`: a simulator
     that outlives the block (its admin reports, for `reconcile`), else one of the block's own; `processors`:
-    more span processors on the provider (e.g. to keep the spans)."""
+    more span processors on the provider (e.g. to keep the spans); `guard`: the service's guard policy."""
     store.upgrade_database(url)
     resource = Resource.create({"service.name": service_name}) if service_name is not None else None
     provider = TracerProvider(resource=resource) if resource is not None else TracerProvider()
     for processor in processors:
         provider.add_span_processor(processor)
-    compactobs.configure(url, tracer_provider=provider, meter_provider=NoOpMeterProvider())
+    compactobs.configure(url, tracer_provider=provider, meter_provider=NoOpMeterProvider(), guard=guard)
     try:
         with contextlib.ExitStack() as stack:
             server = sim if sim is not None else stack.enter_context(Simulator())

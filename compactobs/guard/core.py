@@ -108,6 +108,10 @@ class Guard:
         """The policy guarding this conversation, or None when it is not guarded. Never raises."""
         return self._policies.policy_for(conversation_id, own)
 
+    def tags_for(self, own: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        """A call's tags: the service policy's, under its conversation's `own` (see `Policies.tags_for`)."""
+        return self._policies.tags_for(own)
+
     # -- state --------------------------------------------------------------------------------------------
 
     def _state(self, conversation_id: str, policy: GuardPolicy | None) -> ConversationState:

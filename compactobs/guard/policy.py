@@ -6,6 +6,10 @@ budget_usd=...)`) and the service's (`compactobs.instrument(guard=GuardPolicy(..
 sets limits replaces the conversation's own limits, as in the report (`rules.effective_budget`), and the
 service's apply when neither sets any; `on_breach`, `unknown` and `loop` come from the file, then the
 conversation, then the service.
+
+A policy's `tags` are not limits: the service's go on every call of the service, a conversation's own
+(`compactobs.conversation(id, tags=...)`) in their place key by key (`Policies.tags_for`). A service policy
+that sets only tags guards nothing.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
 from compactobs.rules import ON_BREACH, ON_UNKNOWN, Budget, Budgets, OnBreach, OnUnknown, effective_budget
+from compactobs.untrusted import checked_tags, merged_tags
 
 __all__ = ["GuardPolicy", "Policies"]
 
@@ -56,6 +62,23 @@ class GuardPolicy:
     unknown: OnUnknown | None = None
     """What to do while the conversation's spend in other processes is unknown: "warn" (default) or
     "raise"."""
+    tags: tuple[tuple[str, str], ...] = ()
+    """Tags (key, value), sorted by key, for every call the policy covers: a service's go on every call of
+    the service, under a conversation's own for the same key. Given as a mapping (`tags={"team": "search"}`),
+    checked as `conversation(tags=...)`'s are (ValueError for what would not be kept)."""
+
+    def __post_init__(self) -> None:
+        tags: object = self.tags
+        if isinstance(tags, tuple):
+            if not tags:
+                return
+            try:
+                tags = dict(tags)  # (key, value) pairs, as `over` and `_resolve` pass them
+            except (TypeError, ValueError):
+                raise ValueError("tags must be a mapping of str to str") from None
+        if tags is not None and not isinstance(tags, Mapping):
+            raise ValueError("tags must be a mapping of str to str")
+        object.__setattr__(self, "tags", checked_tags(tags))
 
     @classmethod
     def of(
@@ -67,6 +90,7 @@ class GuardPolicy:
         loop: bool | None = None,
         on_breach: str | None = None,
         unknown: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> GuardPolicy:
         """A policy from user input; raises ValueError saying what is wrong."""
         if loop is not None and not isinstance(loop, bool):
@@ -82,6 +106,7 @@ class GuardPolicy:
             loop,
             on_breach,
             unknown,
+            checked_tags(tags),
         )
 
     @classmethod
@@ -101,6 +126,7 @@ class GuardPolicy:
             self.loop if self.loop is not None else below.loop,
             self.on_breach if self.on_breach is not None else below.on_breach,
             self.unknown if self.unknown is not None else below.unknown,
+            merged_tags(self.tags, below.tags),
         )
 
     @property
@@ -114,6 +140,11 @@ class GuardPolicy:
     @property
     def watches_loops(self) -> bool:
         return self.loop is not False
+
+    @property
+    def only_tags(self) -> bool:
+        """Whether the policy sets tags and nothing else: it tags calls, it guards none."""
+        return bool(self.tags) and self == GuardPolicy(tags=self.tags)
 
     @property
     def needs_figures(self) -> bool:
@@ -134,6 +165,8 @@ class Policies:
         max_conversations: int,
     ) -> None:
         self.policy = policy
+        self._guarding = policy if policy is not None and not policy.only_tags else None
+        """The service's policy as it guards: None when it only tags."""
         self.budgets = budgets if budgets else None
         self._max = max(1, max_conversations)
         self._budgets_file = budgets_file
@@ -143,11 +176,33 @@ class Policies:
         self._file_policies: dict[str, GuardPolicy | None] = {}
         self._policies: dict[tuple[str, GuardPolicy | None], GuardPolicy | None] = {}
         """Resolved policies by (conversation, its own policy): the same every call of a conversation."""
+        self._service_tags = policy.tags if policy is not None else ()
+        self._tags: dict[int, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]] = {}
+        """Merged tags by the id of a conversation's own tags: (its tags, kept so the id stays theirs,
+        the merged)."""
 
     @property
     def watches_all(self) -> bool:
         """Whether conversations nobody named a policy for may still be guarded (service policy, file)."""
-        return self.policy is not None or self.budgets is not None or self._budgets_file is not None
+        return self._guarding is not None or self.budgets is not None or self._budgets_file is not None
+
+    def tags_for(self, own: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        """The tags of a call whose conversation has `own` (() outside any): the service policy's, `own`'s
+        in their place key by key. Merged once per conversation block (its tags are one tuple); a call
+        looks them up by identity. Never raises."""
+        service = self._service_tags
+        if not service:
+            return own
+        if not own:
+            return service
+        cached = self._tags.get(id(own))
+        if cached is not None and cached[0] is own:
+            return cached[1]
+        merged = merged_tags(own, service)
+        if len(self._tags) >= self._max:
+            self._tags.clear()
+        self._tags[id(own)] = (own, merged)
+        return merged
 
     def policy_for(self, conversation_id: str | None, own: GuardPolicy | None) -> GuardPolicy | None:
         """The policy guarding this conversation, or None when it is not guarded. Never raises."""
@@ -168,7 +223,7 @@ class Policies:
     def _resolve(self, conversation_id: str, own: GuardPolicy | None) -> GuardPolicy | None:
         try:
             found = self._file_policy(conversation_id) if self.budgets is not None else None
-            service = self.policy
+            service = self._guarding
             if found is None and own is None and service is None:
                 return None
             # Limits as report anomalies takes them (rules.effective_budget), then the service's; how to
@@ -184,6 +239,7 @@ class Policies:
                 behaviour.loop,
                 behaviour.on_breach,
                 behaviour.unknown,
+                behaviour.tags,
             )
             if not policy.budget.has_limits and policy.loop is False:
                 return None  # what applies watches nothing

@@ -188,7 +188,6 @@ class Middleware(anthropic.Middleware):
                 observation.budget_usd = conversation.budget_usd
                 observation.budget_tokens = conversation.budget_tokens
                 observation.budget_max_compactions = conversation.max_compactions
-                observation.tags = conversation.tags
             else:
                 sdk_conversation = self._client_conversation_id
                 if sdk_conversation is None and under_sdk:
@@ -200,6 +199,8 @@ class Middleware(anthropic.Middleware):
                     observation.conversation_of = fingerprint
             call = _Call(key, observation, parent, under_sdk)
             guard = guard_module.installed()
+            own_tags = conversation.tags if conversation is not None else ()
+            observation.tags = guard.tags_for(own_tags) if guard is not None else own_tags
             own = conversation.guard if conversation is not None else None
             if guard is not None and (own is not None or guard.watches_all):
                 self._guard_call(guard, call, own)
