@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 from opentelemetry import context as otel_context
 
+from compactobs import guard as guard_module
 from compactobs.instrument import state
 from compactobs.instrument.streams import observe_body
 from compactobs.usage import CallObservation, RequestFacts, field_of
@@ -51,7 +52,7 @@ _retrieved: ContextVar[tuple[str, int] | None] = ContextVar("compactobs_retrieve
 class ResultLines:
     """Splits a results body into lines as the caller reads it, and records each line as a call."""
 
-    __slots__ = ("_at_ns", "_batch_id", "_ended", "_parent", "_partial", "_telemetry", "begun")
+    __slots__ = ("_at_ns", "_batch_id", "_ended", "_parent", "_partial", "_tags", "_telemetry", "begun")
 
     def __init__(
         self, batch_id: str, at_ns: int | None, parent: otel_context.Context, telemetry: Telemetry
@@ -64,6 +65,9 @@ class ResultLines:
         self._partial: list[bytes] = []
         """The line being read, in the pieces it came in."""
         self._ended = False
+        guard = guard_module.installed()
+        self._tags = guard.tags_for(()) if guard is not None else ()
+        """The service's tags (its guard policy's), on every result: a result has no conversation's."""
 
     def chunk(self, chunk: bytes) -> None:
         """Never raises."""
@@ -104,6 +108,7 @@ class ResultLines:
         observation = CallObservation(request=_NO_REQUEST, start_ns=at, end_ns=at)
         observation.batch_id = self._batch_id
         observation.batch_result = line
+        observation.tags = self._tags
         self._telemetry.record(observation, self._parent, False)
 
 

@@ -12,7 +12,9 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import anthropic
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import select
@@ -21,8 +23,9 @@ import compactobs
 from compactobs import guard, store
 from compactobs.semconv import TAG_PREFIX
 from compactobs.store.models import calls
-from compactobs.testing import Reply, message
+from compactobs.testing import Reply, Simulator, message
 from tests.cli import run
+from tests.instrument.test_batches import CUSTOM_IDS, make_batch, read_results, stored_calls
 from tests.recording import recording
 
 SONNET = "claude-sonnet-4-5"
@@ -125,3 +128,19 @@ def test_bad_tags_in_a_policy_are_one_value_error_line(tags: Any) -> None:
             make()
         assert str(raised.value) and "\n" not in str(raised.value)
     compactobs.shutdown()
+
+
+def test_batch_results_carry_the_service_tags(sqlite_url: str) -> None:
+    store.upgrade_database(sqlite_url)
+    with Simulator() as sim:
+        batch_id = make_batch(sim)  # 5 results: tests/instrument/test_batches.py
+        compactobs.configure(sqlite_url, tracer_provider=TracerProvider(), guard=SERVICE)
+        try:
+            client = anthropic.Anthropic(
+                base_url=sim.base_url, api_key="k", middleware=[compactobs.Middleware()]
+            )
+            read_results(client, batch_id)
+        finally:
+            compactobs.shutdown()
+    stored = {row["custom_id"]: row["tags"] for row in stored_calls(sqlite_url).values()}
+    assert stored == dict.fromkeys(CUSTOM_IDS, '{"env":"prod","team":"search"}')
