@@ -101,7 +101,11 @@ def trace_request(body: bytes) -> Message:
 
 
 _MAX_REMEMBERED: Final = 50_000
-"""Key-values remembered (a few MB at most): forgotten all at once when full."""
+"""Key-values remembered: forgotten all at once when full."""
+_MAX_REMEMBERED_BYTES: Final = 256
+"""The longest encoded key-value remembered: model names, ids, token counts repeat; a prompt or response
+text in another instrumentation's attribute does not, and 50,000 of them would hold gigabytes. So the
+cache holds at most about 50,000 x (256 bytes + the decoded value), some 30 MB."""
 _remembered: dict[bytes, tuple[str, JSON]] = {}
 _valueless: list[bool] = []
 """Not empty once a key-value without a value was read: only then is a dict looked through for them."""
@@ -182,9 +186,10 @@ def _pair(raw: bytes) -> tuple[str, JSON]:
         pair = _read(raw)
         if pair[1] is None and not _valueless:
             _valueless.append(True)
-        if len(_remembered) >= _MAX_REMEMBERED:
-            _remembered.clear()
-        _remembered[raw] = pair
+        if len(raw) <= _MAX_REMEMBERED_BYTES:
+            if len(_remembered) >= _MAX_REMEMBERED:
+                _remembered.clear()
+            _remembered[raw] = pair
     return pair
 
 

@@ -59,3 +59,20 @@ def test_every_form_reads_as_protobuf_reads_it() -> None:
 def test_a_key_value_that_is_not_protobuf_is_unreadable() -> None:
     with pytest.raises(wire.Unreadable):
         wire.attributes([b"\x0a\x05ab"])  # a key of 5 bytes, cut after 2
+
+
+def test_long_values_are_read_but_not_remembered() -> None:
+    """A long attribute (another instrumentation's prompt text) is read every time, never kept: 2,000
+    distinct 100 KB values held by the cache would be 200 MB; short ones (models, ids) are remembered."""
+    wire._remembered.clear()
+    long = [
+        KeyValue(key="gen_ai.prompt", value=AnyValue(string_value=f"{i:05d}" + "x" * 100_000))
+        for i in range(3)
+    ]
+    short = KeyValue(key="gen_ai.request.model", value=AnyValue(string_value="claude-opus-4-8"))
+    encoded = [kv.SerializeToString() for kv in [*long, short]]
+    read = wire.attributes(encoded)
+    assert read["gen_ai.request.model"] == "claude-opus-4-8"
+    assert read["gen_ai.prompt"] == "00002" + "x" * 100_000  # the later key wins, read whole
+    assert list(wire._remembered) == [encoded[-1]]  # only the short one is kept
+    assert sum(len(raw) for raw in wire._remembered) < 100
