@@ -130,6 +130,20 @@ def test_a_threshold_out_of_range_is_the_dataclass_error_on_one_line(sqlite_url:
     assert one_line_error(code, err) == "Error: --loop-min must be at least 2, not 1\n"
     code, _, err = run("--db", sqlite_url, "report", "anomalies", "--cost-share", "1.5")
     assert one_line_error(code, err) == "Error: --cost-share must be between 0 and 1, not 1.5\n"
+    # Past a database's 64-bit integers: one line, not the driver's OverflowError from inside the query.
+    code, _, err = run("--db", sqlite_url, "report", "anomalies", "--error-min-calls", str(10**23))
+    expected = f"Error: --error-min-calls must be at most {2**63 - 1}, not {10**23}\n"
+    assert one_line_error(code, err) == expected
+
+
+@pytest.mark.parametrize(
+    ("since", "tz"),
+    [("999999999w", "UTC"), ("0001-01-01", "Asia/Tokyo"), ("9999-12-31T23:00", "America/New_York")],
+)
+def test_a_moment_past_the_calendar_is_one_line(sqlite_url: str, since: str, tz: str) -> None:
+    """A span or a date that datetime cannot hold once moved to UTC: one line, exit 2, no traceback."""
+    code, _, err = run("--db", sqlite_url, "report", "cost", "--since", since, "--tz", tz)
+    assert one_line_error(code, err) == f"Error: {since!r} is out of the range of dates compactobs reads\n"
 
 
 # -- the generator, on a dataclass of the test's own --------------------------------------------------------

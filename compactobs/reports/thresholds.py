@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Thresholds", "load_budgets"]
 
+_MAX_COUNT = 2**63 - 1
+"""The largest whole-number threshold a database compares (a signed 64-bit integer)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
@@ -67,6 +70,14 @@ class Thresholds:
             raise ReportInputError(f"--error-min-calls must be at least 1, not {self.error_min_calls}")
         if self.cache_min_tokens < 0:
             raise ReportInputError(f"--cache-min-tokens must be >= 0, not {self.cache_min_tokens}")
+        for name, count in (
+            ("loop-min", self.loop_min),
+            ("loop-window", self.loop_window),
+            ("error-min-calls", self.error_min_calls),
+            ("cache-min-tokens", self.cache_min_tokens),
+        ):
+            if count > _MAX_COUNT:  # the databases' integers are 64-bit: a larger one fails in the query
+                raise ReportInputError(f"--{name} must be at most {_MAX_COUNT}, not {count}")
 
     @property
     def loop_rule(self) -> LoopRule:

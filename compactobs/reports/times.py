@@ -117,6 +117,13 @@ def parse_when(text: str, tz: tzinfo, now: datetime, *, end: bool = False) -> da
 
     Raises ReportInputError for anything else.
     """
+    try:
+        return _parse_when(text, tz, now, end=end)
+    except OverflowError:  # a date or span past what datetime holds, in any of the forms below
+        raise ReportInputError(f"{text!r} is out of the range of dates compactobs reads") from None
+
+
+def _parse_when(text: str, tz: tzinfo, now: datetime, *, end: bool) -> datetime:
     raw = text.strip()
     lowered = raw.lower()
     local_today = now.astimezone(tz).date()
