@@ -105,6 +105,8 @@ def bounded_tags(pairs: Iterable[tuple[object, object]]) -> dict[str, str]:
             if not tag_key_ok(key) or not isinstance(value, str):
                 continue
             value = value.replace("\x00", "")
+            if not _encodable(value):  # a lone surrogate: no database stores it; the call would be refused
+                value = value.encode("utf-8", "replace").decode("utf-8")
             if value:
                 kept[key] = bounded_id(value)
     except Exception:
@@ -127,19 +129,36 @@ def checked_tags(tags: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
             raise ValueError(f"tag key {escape(key)!r}: use 1 to 64 letters, digits, '_', '.' or '-'")
         if not isinstance(value, str) or not value or "\x00" in value:
             raise ValueError(f"tag {key}: its value must be a non-empty string without NUL")
+        if not _encodable(value):
+            raise ValueError(f"tag {key}: its value is not valid Unicode text (a lone surrogate)")
     return tuple(bounded_tags(tags.items()).items())
+
+
+def _encodable(text: str) -> bool:
+    """Whether `text` is valid Unicode (no lone surrogate, as `os.fsdecode` leaves for undecodable bytes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def merged_tags(
     over: tuple[tuple[str, str], ...], below: tuple[tuple[str, str], ...]
 ) -> tuple[tuple[str, str], ...]:
-    """`below`'s tags with `over`'s in their place key by key, sorted by key (at most MAX_TAGS, the first by
-    key). Either one empty: the other, as it is. Never raises."""
+    """`below`'s tags with `over`'s in their place key by key, sorted by key. At most MAX_TAGS: every one of
+    `over`'s is kept (a conversation's own tags win over its service's), then `below`'s other keys in key
+    order while there is room. Either one empty: the other, as it is. Never raises."""
     if not below:
         return over
     if not over:
         return below
-    return tuple(bounded_tags((*below, *over)).items())
+    kept = dict(over)
+    for key, value in sorted(below):
+        if len(kept) >= MAX_TAGS:
+            break
+        kept.setdefault(key, value)
+    return tuple(sorted(kept.items()))
 
 
 def stored_tags(text: object) -> dict[str, str]:

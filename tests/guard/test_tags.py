@@ -104,6 +104,15 @@ def test_over_merges_tags_key_by_key() -> None:
     assert not merged.only_tags and SERVICE.only_tags and not compactobs.GuardPolicy().only_tags
 
 
+def test_a_conversations_own_tags_are_never_crowded_out_by_its_services() -> None:
+    """16 tags at most: the conversation's 10 all stay; 6 of the service's 10 fill the room, by key."""
+    service = compactobs.GuardPolicy(tags={f"s{n:02d}": "service" for n in range(10)})
+    own = compactobs.GuardPolicy.of(tags={f"z{n:02d}": "own" for n in range(10)})
+    merged = dict(own.over(service).tags)
+    assert [key for key in merged if key.startswith("z")] == [f"z{n:02d}" for n in range(10)]
+    assert [key for key in merged if key.startswith("s")] == [f"s{n:02d}" for n in range(6)]
+
+
 @pytest.mark.parametrize(
     "tags",
     [
@@ -113,6 +122,7 @@ def test_over_merges_tags_key_by_key() -> None:
         {"agent": ""},
         {"agent": 3},
         {"agent": "a\x00b"},
+        {"agent": "caf\udce9"},  # a lone surrogate (os.fsdecode of a Latin-1 name): no database keeps it
         {f"k{n}": "v" for n in range(17)},
         ["agent"],
         "agent",
