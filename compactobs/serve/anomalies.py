@@ -12,8 +12,9 @@ The worker reads the store's `DataStamp` (a count and two index lookups) at most
 recomputes only when it differs from the one the findings were computed at (or the last attempt failed).
 The stamp is read before the computation starts: the findings cover at least the calls it counts (a call
 recorded while they run may be in them too, and changes the stamp, so the next check recomputes). An
-update in place that changes neither the count nor the range (a repricing) is not seen until the next
-call is recorded. Nothing the worker raises leaves it: the error's first line is kept for the overview.
+update in place that changes neither the count nor the range (a repricing, or an import replacing a
+call's snapshot) is not seen until the next call is recorded; a change of the budgets file is. Nothing
+the worker raises leaves it: the error's first line is kept for the overview.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -71,7 +72,10 @@ class AnomaliesCache:
     stamp: Callable[[], DataStamp]
     every: float = DEFAULT_EVERY
     clock: Callable[[], float] = time.time
+    inputs: Callable[[], Hashable] = lambda: None
+    """What else the findings depend on (the budgets file's modification time): a change recomputes too."""
     _latest: Anomalies = field(default_factory=Anomalies, init=False)
+    _inputs: Hashable = field(default=None, init=False)
     _failed: bool = field(default=False, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
@@ -86,7 +90,9 @@ class AnomaliesCache:
         try:
             now = self.clock()
             stamp = self.stamp()
-            if not self._failed and self._latest.findings is not None and stamp == self._latest.stamp:
+            inputs = self.inputs()
+            same = stamp == self._latest.stamp and inputs == self._inputs
+            if not self._failed and self._latest.findings is not None and same:
                 return False
             start = time.perf_counter()
             report = self.compute()
@@ -98,6 +104,7 @@ class AnomaliesCache:
                 seconds=seconds,
                 stamp=stamp,
             )
+            self._inputs = inputs
             self._failed = False
             return True
         except Exception as err:  # the worker outlives any error; the overview shows it
@@ -115,17 +122,18 @@ class AnomaliesCache:
             self._failed = True
             return False
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         self.check()
-        while not self._stop.wait(self.every):
+        while not stop.wait(self.every):
             self.check()
 
     def start(self) -> None:
-        """Start the worker (its first check at once)."""
+        """Start the worker (its first check at once). Each worker has its own stop event: one stopped while
+        computing ends after it, even when a new one has started since."""
         if self._thread is None:
-            self._stop.clear()
+            self._stop = threading.Event()
             self._thread = threading.Thread(
-                target=self._run, name="compactobs-overview-anomalies", daemon=True
+                target=self._run, args=(self._stop,), name="compactobs-overview-anomalies", daemon=True
             )
             self._thread.start()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import math
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -172,7 +173,15 @@ def create_app(
         with lock:
             return as_source(source).data_stamp()
 
-    cached = AnomaliesCache(compute_anomalies, data_stamp, anomalies_every)
+    def budgets_changed() -> int | None:
+        # The findings judge budgets from this file: an edit recomputes them (a missing file fails the
+        # computation, which the overview shows).
+        try:
+            return os.stat(budgets_file).st_mtime_ns if budgets_file else None
+        except OSError:
+            return None
+
+    cached = AnomaliesCache(compute_anomalies, data_stamp, anomalies_every, inputs=budgets_changed)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

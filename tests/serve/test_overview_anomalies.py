@@ -18,7 +18,9 @@ from sqlalchemy import Engine, event
 import compactobs
 from compactobs import store
 from compactobs.reports.catalog import run_report
+from compactobs.reports.model import Report
 from compactobs.reports.sources import as_source
+from compactobs.reports.sources.base import DataStamp
 from compactobs.serve import pages
 from compactobs.serve.anomalies import Anomalies, AnomaliesCache
 from compactobs.serve.app import create_app, read_only
@@ -95,6 +97,58 @@ def test_the_cache_recomputes_when_the_data_changed_and_not_otherwise(
     assert second.stamp[2] is not None and first.stamp[2] is not None and second.stamp[2] >= first.stamp[2]
     assert [f["kind"] for f in second.findings or []] == ["unpriced_model"]
     assert cache.check() is False and len(runs) == 2
+
+
+def test_a_change_of_the_budgets_file_recomputes_with_the_data_unchanged() -> None:
+    """The findings judge budgets: an edited budgets file (its modification time) recomputes them."""
+    runs: list[int] = []
+    version = [1]
+
+    def compute() -> Any:
+        runs.append(1)
+        return Report(name="anomalies", columns=[], rows=[])
+
+    cache = AnomaliesCache(compute, lambda: (2, 0, 1), every=3600, inputs=lambda: version[0])
+    assert cache.check() is True and cache.check() is False and len(runs) == 1
+    version[0] = 2  # the file edited; the store as it was
+    assert cache.check() is True and len(runs) == 2
+    assert cache.check() is False and len(runs) == 2
+
+
+def test_a_worker_stopped_mid_computation_does_not_outlive_a_restart() -> None:
+    """stop() while computing, then start(): the old worker ends after its computation; one worker runs."""
+    entered, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def compute() -> Any:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            entered.set()
+            release.wait(30)
+        return Report(name="anomalies", columns=[], rows=[])
+
+    stamp = [0]
+
+    def changing() -> DataStamp:
+        stamp[0] += 1  # every check sees new data: a live worker computes at each check
+        return (stamp[0], 0, 1)
+
+    cache = AnomaliesCache(compute, changing, every=0.01)
+    cache.start()
+    assert entered.wait(30)
+    old = cache._thread
+    assert old is not None
+    threading.Thread(target=cache.stop).start()  # stop waits for the computation: from another thread
+    deadline = time.monotonic() + 30
+    while cache._thread is not None and time.monotonic() < deadline:
+        threading.Event().wait(0.01)
+    cache.start()
+    release.set()
+    old.join(30)
+    assert not old.is_alive()  # the stopped worker ended after its computation instead of looping on
+    cache.stop()
+    workers = [thread for thread in threading.enumerate() if thread.name == "compactobs-overview-anomalies"]
+    assert workers == []
 
 
 def test_before_the_first_computation_the_overview_says_so() -> None:
