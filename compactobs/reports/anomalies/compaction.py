@@ -4,8 +4,10 @@ with their neighbours (`compaction_records`, in `reports.measures.anomalies`).
 Only compacting calls are visited: the turns between two compacting calls are counted with an index range on
 (conversation_id, start_ms), and the previous and next turns are index lookups. The work is linear in the
 calls of the conversations that compact, even for a conversation that compacts at every turn, and on SQLite
-much cheaper than window functions over all those calls (about 5x on 1M calls). Only the compacting calls in
-which some kind may find something come back (`compaction_candidates`, each kind's `candidate` OR-ed).
+cheaper than window functions (ROW_NUMBER, LAG, LEAD) over all those calls: at 1M calls (612,317 turns of
+6,124 compacting conversations) the window pass took 1.7x the CPU; on PostgreSQL, with JIT off, it was no
+faster. Only the compacting calls in which some kind may find something come back (`compaction_candidates`,
+each kind's `candidate` OR-ed).
 """
 
 from __future__ import annotations
