@@ -11,9 +11,13 @@ store (`compactobs.collect.sink`), which makes it durable before the answer goes
 - 200 with `partial_success` for data it does not keep (and why); 503 with Retry-After when the store
   cannot take a batch now (the spool full, or the store busy past the wait bound), so clients retry; 400
   for a body that is not OTLP, which clients must not retry;
-- at most `max_connections` connections served at once (one thread each): a further connection waits up to
-  CONNECTION_WAIT_S for a place (the listening socket's backlog holds the ones behind it), then is answered
-  503 with Retry-After and closed.
+- at most `max_connections` connections served at once (one thread each). A place is held by a request in
+  flight or by a connection idle between requests; when none is free, the longest idle connection is closed
+  to make one, and the new connection waits on a thread of its own (never the accepting thread) up to
+  CONNECTION_WAIT_S for a place, then is answered 503 with Retry-After and closed;
+- deadlines for the whole of a request, not per socket read: the next request's first byte within
+  IDLE_TIMEOUT_S, its head within HEAD_TIMEOUT_S, its body at MIN_BODY_BYTES_PER_S after BODY_GRACE_S. A
+  client that trickles bytes is cut off and its place freed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hmac
+import io
 import ipaddress
 import logging
 import socket
@@ -62,8 +67,22 @@ RETRY_AFTER_S: Final = 1
 DEFAULT_MAX_CONNECTIONS: Final = 64
 """Connections served at once, each on its own thread: the OTLP SDKs keep one or a few per process."""
 CONNECTION_WAIT_S: Final = 1.0
-"""How long a connection beyond the bound waits for a place before it is answered 503."""
+"""How long a connection beyond the bound waits for a place (on its own thread) before it is answered 503."""
+IDLE_TIMEOUT_S: Final = 15.0
+"""A keep-alive connection with no request begun for this long is closed: beyond the SDKs' 5 s batch delay,
+so a steady exporter keeps its connection."""
+HEAD_TIMEOUT_S: Final = 5.0
+"""A request's line and headers, from its first byte, arrive within this or the connection is closed."""
+BODY_GRACE_S: Final = 10.0
+MIN_BODY_BYTES_PER_S: Final = 32 * 1024
+"""A body arrives at this rate at least, after BODY_GRACE_S: 16 MiB within 522 s, 1 MiB within 42 s."""
+WRITE_TIMEOUT_S: Final = 30.0
 _BUSY_READ_BYTES: Final = 64 * 1024
+_BUSY_ANSWER: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: "
+    + str(RETRY_AFTER_S).encode()
+    + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+)
 
 
 _Request = socket.socket | tuple[bytes, socket.socket]
@@ -116,23 +135,56 @@ class _Server(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.receiver = receiver
         self.places = threading.BoundedSemaphore(max_connections)
+        self.waiting = threading.BoundedSemaphore(max_connections)
+        """Connections waiting for a place, each on its own thread: beyond these, one is answered at once."""
+        self._lock = threading.Lock()
+        self._idle: dict[_RequestHandler, None] = {}
+        """Connections between requests, oldest first: the ones closed when a place is wanted."""
         self.turned_away = 0
         """Connections answered 503 because every place stayed taken for CONNECTION_WAIT_S."""
         super().__init__(address, _RequestHandler)
 
     def process_request(self, request: _Request, client_address: _Address) -> None:
-        # On the accepting thread: waiting here is the backpressure (the backlog holds the next ones).
-        if not self.places.acquire(timeout=CONNECTION_WAIT_S):
-            self.turned_away += 1
-            if isinstance(request, socket.socket):  # a TCP server's request is its connection
-                _answer_busy(request)
-            self.shutdown_request(request)
+        # On the accepting thread, which never waits: a place now, or a thread that waits for one.
+        if self.places.acquire(blocking=False):
+            self._hand_off(self.process_request_thread, request, client_address, self.places)
             return
+        self._close_one_idle()
+        if self.waiting.acquire(blocking=False):
+            self._hand_off(self._wait_for_a_place, request, client_address, self.waiting)
+            return
+        self._turn_away(request, linger=False)
+
+    def _hand_off(
+        self,
+        target: Callable[[_Request, _Address], None],
+        request: _Request,
+        client_address: _Address,
+        held: threading.BoundedSemaphore,
+    ) -> None:
         try:
-            super().process_request(request, client_address)
+            threading.Thread(target=target, args=(request, client_address), daemon=True).start()
         except BaseException:
-            self.places.release()
+            held.release()
+            self.shutdown_request(request)
             raise
+
+    def _wait_for_a_place(self, request: _Request, client_address: _Address) -> None:
+        try:
+            placed = self.places.acquire(timeout=CONNECTION_WAIT_S)
+        finally:
+            self.waiting.release()
+        if placed:
+            self.process_request_thread(request, client_address)
+        else:
+            self._turn_away(request, linger=True)
+
+    def _turn_away(self, request: _Request, *, linger: bool) -> None:
+        with self._lock:
+            self.turned_away += 1
+        if isinstance(request, socket.socket):  # a TCP server's request is its connection
+            _answer_busy(request, linger=linger)
+        self.shutdown_request(request)
 
     def process_request_thread(self, request: _Request, client_address: _Address) -> None:
         try:
@@ -140,22 +192,43 @@ class _Server(ThreadingHTTPServer):
         finally:
             self.places.release()
 
+    def idle(self, handler: _RequestHandler) -> None:
+        with self._lock:
+            self._idle[handler] = None
 
-def _answer_busy(connection: socket.socket) -> None:
-    """503 + Retry-After on a connection no thread can serve, without a thread: what has arrived of the
-    request is read first (briefly), so that closing does not reset the connection before the client reads
-    the answer."""
+    def busy(self, handler: _RequestHandler) -> bool:
+        """The handler's connection starts a request; False when it was closed to free its place."""
+        with self._lock:
+            self._idle.pop(handler, None)
+            return not handler.evicted
+
+    def _close_one_idle(self) -> None:
+        with self._lock:
+            if not self._idle:
+                return
+            handler = next(iter(self._idle))
+            del self._idle[handler]
+            handler.evicted = True
+            # Its thread, waiting to read, sees the end of the connection and frees the place.
+            with contextlib.suppress(OSError):
+                handler.connection.shutdown(socket.SHUT_RDWR)
+
+
+def _answer_busy(connection: socket.socket, *, linger: bool) -> None:
+    """503 + Retry-After on a connection no place can serve. With `linger` (on a waiting thread, never the
+    accepting one), what has arrived of the request is read first (briefly), so that closing does not reset
+    the connection before the client reads the answer; without, the answer is sent only if it fits now."""
     try:
+        if not linger:
+            connection.setblocking(False)
+            connection.send(_BUSY_ANSWER)
+            return
         connection.settimeout(0.05)
         with contextlib.suppress(OSError):
             connection.recv(_BUSY_READ_BYTES)
-        connection.sendall(
-            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: "
-            + str(RETRY_AFTER_S).encode()
-            + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
+        connection.sendall(_BUSY_ANSWER)
         connection.shutdown(socket.SHUT_WR)
-        # Until the client closes its side, for a bounded time and amount: the accepting thread waits here.
+        # Until the client closes its side, for a bounded time and amount (on the waiting thread).
         deadline = time.monotonic() + 0.2
         read = 0
         with contextlib.suppress(OSError):
@@ -180,11 +253,64 @@ DRAIN_MAX_BYTES: Final = 64 * 1024 * 1024
 instead of a reset connection; a larger one gets the answer and the connection closed."""
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A connection's bytes under one deadline for a whole phase (not per read): fixed, or moving on with
+    each byte received (a minimum rate). Past it, reading raises TimeoutError."""
+
+    def __init__(self, connection: socket.socket) -> None:
+        super().__init__()
+        self._connection = connection
+        self._start = time.monotonic()
+        self._seconds_per_byte = 0.0
+        self._received = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def within(self, seconds: float, *, bytes_per_s: float | None = None) -> None:
+        """From now, the next bytes arrive within `seconds` (plus one second per `bytes_per_s` received)."""
+        self._start = time.monotonic() + seconds
+        self._seconds_per_byte = 1 / bytes_per_s if bytes_per_s else 0.0
+        self._received = 0
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        remaining = self._start + self._received * self._seconds_per_byte - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the client sent too slowly")
+        self._connection.settimeout(remaining)
+        count = self._connection.recv_into(buffer)
+        self._received += count
+        return count
+
+
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "compactobs-collect"
-    timeout = 30  # a client that stops sending mid-body frees its thread
+    timeout = WRITE_TIMEOUT_S  # for answers; reads run under the phase deadlines of `_DeadlineReader`
     server: _Server
+    evicted = False
+    """Closed while idle to free its place (set by the server under its lock)."""
+
+    def setup(self) -> None:
+        super().setup()
+        self._reader = _DeadlineReader(self.connection)
+        self._buffered = io.BufferedReader(self._reader, 64 * 1024)
+        self.rfile = self._buffered
+
+    def handle_one_request(self) -> None:
+        # Idle until the next request's first byte (closed early when its place is wanted), then its head
+        # within HEAD_TIMEOUT_S; `do_POST` sets the body's deadline.
+        self.server.idle(self)
+        self._reader.within(IDLE_TIMEOUT_S)
+        try:
+            started = bool(self._buffered.peek(1))
+        except OSError:
+            started = False
+        if not self.server.busy(self) or not started:
+            self.close_connection = True
+            return
+        self._reader.within(HEAD_TIMEOUT_S)
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("collect: " + format, *args)
@@ -217,6 +343,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             )
             return
         limit = receiver.max_request_bytes
+        self._reader.within(BODY_GRACE_S, bytes_per_s=MIN_BODY_BYTES_PER_S)
         try:
             body = self._read_body(limit)
             if encoding == "gzip":
@@ -228,6 +355,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 is_json,
                 keep_alive=err.drained,
             )
+            return
+        except TimeoutError:
+            self._fail(HTTPStatus.REQUEST_TIMEOUT, "the body arrived too slowly", is_json)
             return
         except (ValueError, OSError, EOFError, zlib.error) as err:
             self._fail(HTTPStatus.BAD_REQUEST, f"unreadable body: {err}", is_json)
@@ -319,6 +449,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             payload = json_format.MessageToJson(message, indent=None).encode()
         else:
             payload = message.SerializeToString()
+        self.connection.settimeout(self.timeout)  # the read deadline may have left a shorter one
         self.send_response(status)
         self.send_header("Content-Type", JSON if is_json else PROTOBUF)
         self.send_header("Content-Length", str(len(payload)))
@@ -340,7 +471,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         retry_after_s: int | None = None,
         keep_alive: bool = False,
     ) -> None:
-        grpc_code = {401: 16, 404: 12, 413: 8, 415: 3, 400: 3, 500: 13, 503: 14, 429: 8}.get(int(status), 2)
+        grpc_codes = {401: 16, 404: 12, 408: 4, 413: 8, 415: 3, 400: 3, 500: 13, 503: 14, 429: 8}
+        grpc_code = grpc_codes.get(int(status), 2)
         extra = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else {}
         if status == HTTPStatus.UNAUTHORIZED:
             extra["WWW-Authenticate"] = "Bearer"

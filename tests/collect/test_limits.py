@@ -1,12 +1,9 @@
-"""`compactobs collect`'s bounds: connections served at once, and one unreadable record in a batch (a data
-error, not a store stall: rejected alone, never a retryable 503 for the whole batch)."""
+"""`compactobs collect`'s bounds on data: one unreadable record in a batch (a data error, not a store stall:
+rejected alone, never a retryable 503 for the whole batch). Connections held open: test_slow_clients.py."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,39 +20,6 @@ from compactobs.collect.claude_code import ClaudeCodeEvents
 from compactobs.collect.decode import LogRecord
 from tests.collect.test_claude_code import _event, logs_request
 from tests.collect.test_collect import CALL_ID, ITERATION_ID, contract_request, post, prepared, rows
-
-
-def _address(endpoint: str) -> tuple[str, int]:
-    host, port = endpoint.removeprefix("http://").rsplit(":", 1)
-    return host, int(port)
-
-
-def test_connections_beyond_the_bound_are_answered_503_with_retry_after(
-    sqlite_url: str, tmp_path: Path
-) -> None:
-    with Collector(
-        prepared(sqlite_url), http="127.0.0.1:0", max_connections=2, spool_dir=tmp_path / "spool"
-    ) as collector:
-        address = _address(collector.endpoint)
-        with contextlib.ExitStack() as held:
-            # Two idle keep-alive connections take both places (each has a thread waiting for its request).
-            for _ in range(2):
-                held.enter_context(socket.create_connection(address, timeout=30))
-            time.sleep(0.2)  # let the server accept both before the third arrives
-            status, headers, _ = post(
-                collector.endpoint, logs_request(), {"Content-Type": "application/json"}, path="/v1/logs"
-            )
-            assert status == 503 and headers.get("Retry-After") == "1"
-            assert collector.turned_away == 1
-        # The places are free again once those connections close: the same request is served.
-        deadline = time.monotonic() + 30
-        while True:
-            status, _, _ = post(
-                collector.endpoint, logs_request(), {"Content-Type": "application/json"}, path="/v1/logs"
-            )
-            if status == 200 or time.monotonic() > deadline:
-                break
-        assert status == 200
 
 
 def test_a_record_whose_values_break_the_mapping_is_rejected_alone(
