@@ -14,6 +14,11 @@ driver without SQLAlchemy's per-row bind processing, which would cost more than 
   (`IF NOT EXISTS`), so it also works behind a transaction-pooling proxy; ON COMMIT DELETE ROWS empties it.
   psycopg 3 streams rows with its `cursor.copy`; psycopg2 has no row-level COPY, so the rows are written
   in COPY's text format here and sent with `copy_expert`. Same statements, same rows stored.
+
+One exception to "never changes": Claude Code's calls (`supersede`), which `collect` and `import
+claude-code` may send again with more (a fuller snapshot, a compaction's outcome that came in a later batch).
+In the same transaction as the insert, a stored copy that is strictly less complete is deleted first, so the
+insert keeps the fuller one; nothing is lost if the transaction fails, and a replay changes nothing.
 """
 
 from __future__ import annotations
@@ -23,14 +28,15 @@ import itertools
 import sqlite3
 from typing import Any, Protocol
 
-from sqlalchemy import Column, Connection, MetaData, Table, select
+from sqlalchemy import Column, Connection, MetaData, Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import psycopg
 
+from compactobs import semconv as t
 from compactobs.store.mapping import CALL_COLUMNS, ITERATION_COLUMNS, Row
 from compactobs.store.models import calls, iterations
 
-__all__ = ["RowWriter", "writer_for"]
+__all__ = ["RowWriter", "completeness", "supersede", "writer_for"]
 
 _TABLES = ((calls, CALL_COLUMNS), (iterations, ITERATION_COLUMNS))
 
@@ -38,6 +44,53 @@ _TABLES = ((calls, CALL_COLUMNS), (iterations, ITERATION_COLUMNS))
 class RowWriter(Protocol):
     def write(self, connection: Connection, call_rows: list[Row], iteration_rows: list[Row]) -> None:
         """Add the rows inside the connection's transaction (the caller commits)."""
+
+
+_ID, _SERVICE, _OUTPUT, _TRIGGER = (
+    CALL_COLUMNS.index(name) for name in ("call_id", "service_name", "output_tokens", "compaction_trigger")
+)
+
+
+def completeness(output_tokens: object, compaction_trigger: object) -> tuple[int, int]:
+    """How complete a copy of a call is: its output tokens (a streamed snapshot grows), then whether it
+    carries its compaction's outcome (the context it compacted at). A copy replaces another only when
+    strictly more complete, so the order copies arrive in does not matter and sending one again is a no-op."""
+    output = output_tokens if isinstance(output_tokens, int) and not isinstance(output_tokens, bool) else -1
+    return output, int(compaction_trigger is not None)
+
+
+def supersede(connection: Connection, call_rows: list[Row]) -> list[Row]:
+    """Inside the write's transaction: delete the stored Claude Code calls (with their iterations) that a
+    row of `call_rows` holds more completely, and return `call_rows` with only the most complete row of each
+    Claude Code call id (the insert keeps the first). Other services' calls are never written again with
+    other values, so they cost nothing here."""
+    fuller: dict[str, tuple[tuple[int, int], Row]] = {}
+    for row in call_rows:
+        if row[_SERVICE] == t.SERVICE_CLAUDE_CODE:
+            rank = completeness(row[_OUTPUT], row[_TRIGGER])
+            held = fuller.get(row[_ID])
+            if held is None or rank >= held[0]:
+                fuller[row[_ID]] = (rank, row)
+    if not fuller:
+        return call_rows
+    c = calls.c
+    ids = list(fuller)
+    stale = [
+        stored.call_id
+        for start in range(0, len(ids), 500)
+        for stored in connection.execute(
+            select(c.call_id, c.output_tokens, c.compaction_trigger)
+            .where(c.call_id.in_(ids[start : start + 500]))
+            .with_for_update()
+        )
+        if completeness(stored.output_tokens, stored.compaction_trigger) < fuller[stored.call_id][0]
+    ]
+    for start in range(0, len(stale), 500):
+        chunk = stale[start : start + 500]
+        connection.execute(delete(iterations).where(iterations.c.call_id.in_(chunk)))
+        connection.execute(delete(calls).where(c.call_id.in_(chunk)))
+    kept = {id(row) for _, row in fuller.values()}
+    return [row for row in call_rows if row[_SERVICE] != t.SERVICE_CLAUDE_CODE or id(row) in kept]
 
 
 def _keys(table: Table) -> list[str]:
