@@ -30,6 +30,7 @@ same rules as an application's.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 from collections import OrderedDict
@@ -283,11 +284,14 @@ class ClaudeCodeEvents:
                 if waiting is not None:
                     # One outcome per compaction: the session's last compact call takes it.
                     key, call = waiting
+                    earlier = id(call) not in in_batch
+                    if earlier:  # another thread may be recording it now: the outcome goes on a copy
+                        call = copy.copy(call)
                     call.request = replace(call.request, compaction_trigger=outcome[1] or None)
                     call.context_after = outcome[2]
                     if not outcome[3]:
                         call.compactions = (CompactionBlock(index=0, failed=True),)
-                    if id(call) not in in_batch:
+                    if earlier:
                         calls.append((key, call))
                     continue
                 key = compaction_key(session if isinstance(session, str) else None, *outcome[:3])
