@@ -49,6 +49,10 @@ class RowWriter(Protocol):
 _ID, _SERVICE, _OUTPUT, _TRIGGER = (
     CALL_COLUMNS.index(name) for name in ("call_id", "service_name", "output_tokens", "compaction_trigger")
 )
+_CONVERSATION, _INPUT, _COMPACTIONS, _CONTEXT = (
+    CALL_COLUMNS.index(name)
+    for name in ("conversation_id", "input_tokens", "compactions_count", "context_tokens")
+)
 
 
 def completeness(output_tokens: object, compaction_trigger: object) -> tuple[int, int]:
@@ -61,9 +65,10 @@ def completeness(output_tokens: object, compaction_trigger: object) -> tuple[int
 
 def supersede(connection: Connection, call_rows: list[Row]) -> list[Row]:
     """Inside the write's transaction: delete the stored Claude Code calls (with their iterations) that a
-    row of `call_rows` holds more completely, and return `call_rows` with only the most complete row of each
-    Claude Code call id (the insert keeps the first). Other services' calls are never written again with
-    other values, so they cost nothing here."""
+    row of `call_rows` holds more completely (the same call id, or a compaction stored on its own that a
+    compact call with its outcome is: `_standalone_twins`), and return `call_rows` with only the most
+    complete row of each Claude Code call id (the insert keeps the first). Other services' calls are never
+    written again with other values, so they cost nothing here."""
     fuller: dict[str, tuple[tuple[int, int], Row]] = {}
     for row in call_rows:
         if row[_SERVICE] == t.SERVICE_CLAUDE_CODE:
@@ -85,12 +90,38 @@ def supersede(connection: Connection, call_rows: list[Row]) -> list[Row]:
         )
         if completeness(stored.output_tokens, stored.compaction_trigger) < fuller[stored.call_id][0]
     ]
+    stale += _standalone_twins(connection, [row for _, row in fuller.values()])
     for start in range(0, len(stale), 500):
         chunk = stale[start : start + 500]
         connection.execute(delete(iterations).where(iterations.c.call_id.in_(chunk)))
         connection.execute(delete(calls).where(c.call_id.in_(chunk)))
     kept = {id(row) for _, row in fuller.values()}
     return [row for row in call_rows if row[_SERVICE] != t.SERVICE_CLAUDE_CODE or id(row) in kept]
+
+
+def _standalone_twins(connection: Connection, rows: list[Row]) -> list[str]:
+    """The stored compactions of their own (no tokens: a `compaction` event or a transcript's boundary seen
+    without its call) that a compact call of `rows`, given its outcome, is: same session, trigger and
+    context after (the rule `import claude-code` pairs them by). Compactions are rare: a query each."""
+    c = calls.c
+    twins: list[str] = []
+    for row in rows:
+        if row[_TRIGGER] is None or not row[_INPUT] or not row[_COMPACTIONS]:
+            continue
+        if row[_CONVERSATION] is None or row[_CONTEXT] is None:
+            continue
+        twins += connection.scalars(
+            select(c.call_id).where(
+                c.service_name == t.SERVICE_CLAUDE_CODE,
+                c.conversation_id == row[_CONVERSATION],
+                c.compaction_trigger == row[_TRIGGER],
+                c.context_tokens == row[_CONTEXT],
+                c.compactions_count > 0,
+                c.input_tokens == 0,
+                c.call_id != row[_ID],
+            )
+        ).all()
+    return twins
 
 
 def _keys(table: Table) -> list[str]:

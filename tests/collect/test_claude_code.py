@@ -523,3 +523,35 @@ def test_a_batch_mapped_record_by_record_pairs_a_compaction_with_its_call(
         (r["request_id"], r["compactions_count"], r["compaction_trigger"], r["context_tokens"])
         for r in call_rows
     ] == [("req_compact_0", 1, 160000, 150000)]
+
+
+def test_a_boundary_imported_before_collect_pairs_its_compaction_is_replaced_by_the_call(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The transcript first: its boundary (pre 160,000, post 150,000) is a compaction of its own. Then
+    collect gets the loop session, whose compact calls carry that outcome: the boundary's row goes, so the
+    compaction is counted once."""
+    from compactobs.importers.claude_code import import_transcripts
+
+    url = prepared(sqlite_url)
+    transcript = tmp_path / "projects" / "-work" / f"{LOOP_SESSION}.jsonl"
+    transcript.parent.mkdir(parents=True)
+    boundary = {
+        "type": "system",
+        "subtype": "compact_boundary",
+        "sessionId": LOOP_SESSION,
+        "timestamp": "2026-11-30T10:00:05.000Z",
+        "compactMetadata": {"trigger": "auto", "preTokens": 160000, "postTokens": 150000},
+    }
+    transcript.write_text(json.dumps(boundary) + "\n")
+    assert import_transcripts(url, [tmp_path / "projects"], spool_dir=tmp_path / "spool").calls == 1
+    ((alone,), _) = rows(url)
+    assert (alone["input_tokens"], alone["compactions_count"]) == (0, 1)
+    with Collector(url, http="127.0.0.1:0", spool_dir=tmp_path / "spool") as collector:
+        body = logs_request(*_loop_events())
+        post(collector.endpoint, body, {"Content-Type": "application/json"}, path="/v1/logs")
+    call_rows, iteration_rows = rows(url)
+    # As collect alone: 3 compact calls, the failed compaction of its own, the main call; 3 + 1 compactions.
+    assert alone["call_id"] not in {row["call_id"] for row in call_rows}
+    assert alone["call_id"] not in {row["call_id"] for row in iteration_rows}
+    assert len(call_rows) == 5 and sum(row["compactions_count"] for row in call_rows) == 4
