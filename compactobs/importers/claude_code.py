@@ -16,8 +16,8 @@ every other way in.
   session, keyed as `collect` keys a `compaction` event it cannot pair with a call
   (`collect.claude_code.compaction_key`), so `report anomalies` judges it by the same loop rule. A marker
   right after a call that billed a compaction iteration is that call's compaction, not counted again; so
-  is one `collect` already put on its compact call (same session, trigger and context after). When the
-  store cannot be read, that check is skipped and the import says so in its warnings.
+  is one `collect` already put on its compact call (same session, trigger and context after): the store's
+  write leaves it out (`compactobs.store.writer.supersede`), so an unreachable store only delays it.
 - **Once**: a call's ids derive from its request id, as `collect` derives them from Claude Code's
   `api_request` event, so a call both paths see is stored once (the store is keyed by span id).
 - **Incremental**: each file's read offset (of its last whole line) is kept in a state file beside the
@@ -38,18 +38,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from opentelemetry.sdk.trace.export import SpanExportResult
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 
 from compactobs.collect.claude_code import (
-    COMPACTION_KEY_PREFIX,
     CallRecorder,
     call_key,
     compaction_key,
     compaction_observation,
 )
-from compactobs.store import models, open_database
-from compactobs.store.errors import StoreError
 from compactobs.store.exporter import SqlSpanExporter, spool_root
 from compactobs.store.processor import StoreSpanProcessor
 from compactobs.store.spool import spool_key
@@ -77,9 +72,6 @@ class ImportResult:
     calls: int = 0
     """Calls handed to the store (a call stored before, by `collect` or an earlier run, is kept once)."""
     malformed: int = 0
-    unchecked: int = 0
-    """Compaction boundaries imported without checking the store for `collect`'s copy (unreadable)."""
-    unchecked_reason: str = ""
     warnings: list[str] = field(default_factory=list)
 
 
@@ -255,52 +247,6 @@ def _agents_beside(path: Path) -> dict[str, str | None]:
 _AGENT_TYPE_KEYS: Final = ("agentType", "subagent_type", "agent_type")
 
 
-def _without_paired_compactions(
-    database_url: str, calls: list[tuple[str, CallObservation]], result: ImportResult
-) -> list[tuple[str, CallObservation]]:
-    """`calls` less the compaction boundaries `collect` already stored on their call: a compacting call of the
-    same session with the boundary's trigger and context after (`collect` pairs a `compaction` event with
-    its `query_source=compact` call). When the store cannot be read now, `calls` as they are, and a warning
-    in `result`: the import goes on (to the spool, if the store cannot be written either)."""
-    boundaries = [(key, o) for key, o in calls if key.startswith(COMPACTION_KEY_PREFIX)]
-    if not boundaries:
-        return calls
-    try:
-        paired = _paired(database_url, boundaries)
-    except (StoreError, SQLAlchemyError, OSError) as err:
-        reason = err.message if isinstance(err, StoreError) else type(err).__name__
-        result.unchecked += len(boundaries)
-        result.unchecked_reason = reason.splitlines()[0] if reason else "unknown"
-        return calls
-    return [(key, o) for key, o in calls if key not in paired]
-
-
-def _paired(database_url: str, boundaries: list[tuple[str, CallObservation]]) -> set[str]:
-    """The keys of `boundaries` that `collect` stored on their call. Raises StoreError, SQLAlchemyError."""
-    c = models.calls.c
-    paired: set[str] = set()
-    engine = open_database(database_url)
-    try:
-        with engine.connect() as connection:
-            for key, observation in boundaries:
-                found = connection.execute(
-                    select(c.call_id)
-                    .where(
-                        c.conversation_id == observation.conversation_id,
-                        c.compaction_trigger == observation.request.compaction_trigger,
-                        c.context_tokens == observation.context_after,
-                        c.compactions_count > 0,
-                        c.input_tokens > 0,  # a call, not a compaction stored on its own
-                    )
-                    .limit(1)
-                ).first()
-                if found is not None:
-                    paired.add(key)
-    finally:
-        engine.dispose()
-    return paired
-
-
 def import_transcripts(
     database_url: str,
     paths: Iterable[Path] | None = None,
@@ -323,12 +269,11 @@ def import_transcripts(
                 result.warnings.append(f"cannot read {path}: {err.strerror or err}")
                 continue
             result.files += 1
-            calls = _without_paired_compactions(
-                database_url, transcript_calls(lines, result, _agents_beside(path)), result
-            )
+            calls = transcript_calls(lines, result, _agents_beside(path))
             if calls:
-                # A fuller snapshot than the stored copy replaces it in the store's own write (see
-                # compactobs.store.writer.supersede): in one transaction, or spooled with the rest.
+                # The store's own write (compactobs.store.writer.supersede) replaces a stored copy less
+                # complete than this one, and leaves out a boundary `collect` already put on its call: in
+                # one transaction, or when the spool is replayed. Nothing is read from the store here.
                 spans = recorder.spans(calls)
                 if processor.submit(spans) is not SpanExportResult.SUCCESS:
                     result.warnings.append(f"{path}: the store could not keep its calls; run again")
@@ -340,10 +285,5 @@ def import_transcripts(
     offsets.save()
     if result.malformed:
         result.warnings.append(f"{result.malformed} malformed line(s) skipped")
-    if result.unchecked:
-        result.warnings.append(
-            f"{result.unchecked} compaction boundary(ies) not checked against the calls collect stored "
-            f"(the store could not be read: {result.unchecked_reason}); one collect also paired with its "
-            "call is counted twice"
-        )
+
     return result

@@ -18,7 +18,8 @@ driver without SQLAlchemy's per-row bind processing, which would cost more than 
 One exception to "never changes": Claude Code's calls (`supersede`), which `collect` and `import
 claude-code` may send again with more (a fuller snapshot, a compaction's outcome that came in a later batch).
 In the same transaction as the insert, a stored copy that is strictly less complete is deleted first, so the
-insert keeps the fuller one; nothing is lost if the transaction fails, and a replay changes nothing.
+insert keeps the fuller one, and a compaction Claude Code reported without its call is kept once beside the
+call that carries it (see `supersede`); nothing is lost if the transaction fails, a replay changes nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class RowWriter(Protocol):
 _ID, _SERVICE, _OUTPUT, _TRIGGER = (
     CALL_COLUMNS.index(name) for name in ("call_id", "service_name", "output_tokens", "compaction_trigger")
 )
+_ITERATION_CALL = ITERATION_COLUMNS.index("call_id")
 _CONVERSATION, _INPUT, _COMPACTIONS, _CONTEXT = (
     CALL_COLUMNS.index(name)
     for name in ("conversation_id", "input_tokens", "compactions_count", "context_tokens")
@@ -63,12 +65,16 @@ def completeness(output_tokens: object, compaction_trigger: object) -> tuple[int
     return output, int(compaction_trigger is not None)
 
 
-def supersede(connection: Connection, call_rows: list[Row]) -> list[Row]:
+def supersede(
+    connection: Connection, call_rows: list[Row], iteration_rows: list[Row]
+) -> tuple[list[Row], list[Row]]:
     """Inside the write's transaction: delete the stored Claude Code calls (with their iterations) that a
     row of `call_rows` holds more completely (the same call id, or a compaction stored on its own that a
     compact call with its outcome is: `_standalone_twins`), and return `call_rows` with only the most
     complete row of each Claude Code call id (the insert keeps the first). Other services' calls are never
-    written again with other values, so they cost nothing here."""
+    written again with other values, so they cost nothing here. A compaction of its own that a stored
+    compact call already is (`_paired_twin`) is left out, with its iterations: an event sent again after its
+    call was given its outcome, a boundary imported after `collect` paired it."""
     fuller: dict[str, tuple[tuple[int, int], Row]] = {}
     for row in call_rows:
         if row[_SERVICE] == t.SERVICE_CLAUDE_CODE:
@@ -77,7 +83,7 @@ def supersede(connection: Connection, call_rows: list[Row]) -> list[Row]:
             if held is None or rank >= held[0]:
                 fuller[row[_ID]] = (rank, row)
     if not fuller:
-        return call_rows
+        return call_rows, iteration_rows
     c = calls.c
     ids = list(fuller)
     stale = [
@@ -95,8 +101,35 @@ def supersede(connection: Connection, call_rows: list[Row]) -> list[Row]:
         chunk = stale[start : start + 500]
         connection.execute(delete(iterations).where(iterations.c.call_id.in_(chunk)))
         connection.execute(delete(calls).where(c.call_id.in_(chunk)))
-    kept = {id(row) for _, row in fuller.values()}
-    return [row for row in call_rows if row[_SERVICE] != t.SERVICE_CLAUDE_CODE or id(row) in kept]
+    paired = {row[_ID] for _, row in fuller.values() if _paired_twin(connection, row)}
+    kept = {id(row) for _, row in fuller.values() if row[_ID] not in paired}
+    call_rows = [row for row in call_rows if row[_SERVICE] != t.SERVICE_CLAUDE_CODE or id(row) in kept]
+    if paired:
+        iteration_rows = [row for row in iteration_rows if row[_ITERATION_CALL] not in paired]
+    return call_rows, iteration_rows
+
+
+def _paired_twin(connection: Connection, row: Row) -> bool:
+    """Whether `row` is a compaction of its own (no tokens) that a stored compact call is: same session,
+    trigger and context after, the call's outcome."""
+    if row[_INPUT] or not row[_COMPACTIONS] or row[_TRIGGER] is None:
+        return False
+    if row[_CONVERSATION] is None or row[_CONTEXT] is None:
+        return False
+    c = calls.c
+    found = connection.execute(
+        select(c.call_id)
+        .where(
+            c.service_name == t.SERVICE_CLAUDE_CODE,
+            c.conversation_id == row[_CONVERSATION],
+            c.compaction_trigger == row[_TRIGGER],
+            c.context_tokens == row[_CONTEXT],
+            c.compactions_count > 0,
+            c.input_tokens > 0,
+        )
+        .limit(1)
+    ).first()
+    return found is not None
 
 
 def _standalone_twins(connection: Connection, rows: list[Row]) -> list[str]:
