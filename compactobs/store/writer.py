@@ -29,7 +29,7 @@ import itertools
 import sqlite3
 from typing import Any, Protocol
 
-from sqlalchemy import Column, Connection, MetaData, Table, delete, select
+from sqlalchemy import Column, ColumnElement, Connection, MetaData, Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import psycopg
 
@@ -109,51 +109,42 @@ def supersede(
     return call_rows, iteration_rows
 
 
-def _paired_twin(connection: Connection, row: Row) -> bool:
-    """Whether `row` is a compaction of its own (no tokens) that a stored compact call is: same session,
-    trigger and context after, the call's outcome."""
-    if row[_INPUT] or not row[_COMPACTIONS] or row[_TRIGGER] is None:
-        return False
+def _same_compaction(row: Row) -> list[ColumnElement[bool]] | None:
+    """The rule by which two stored rows are one Claude Code compaction: a compact call (tokens) and a
+    compaction seen without its call (no tokens: a `compaction` event, a transcript's boundary) of the same
+    session, trigger and context after. None for a row that is neither, or carries no outcome."""
+    if not row[_COMPACTIONS] or row[_TRIGGER] is None:
+        return None
     if row[_CONVERSATION] is None or row[_CONTEXT] is None:
-        return False
+        return None
     c = calls.c
-    found = connection.execute(
-        select(c.call_id)
-        .where(
-            c.service_name == t.SERVICE_CLAUDE_CODE,
-            c.conversation_id == row[_CONVERSATION],
-            c.compaction_trigger == row[_TRIGGER],
-            c.context_tokens == row[_CONTEXT],
-            c.compactions_count > 0,
-            c.input_tokens > 0,
-        )
-        .limit(1)
-    ).first()
-    return found is not None
+    return [
+        c.service_name == t.SERVICE_CLAUDE_CODE,
+        c.conversation_id == row[_CONVERSATION],
+        c.compaction_trigger == row[_TRIGGER],
+        c.context_tokens == row[_CONTEXT],
+        c.compactions_count > 0,
+        c.call_id != row[_ID],
+    ]
+
+
+def _paired_twin(connection: Connection, row: Row) -> bool:
+    """Whether `row` is a compaction of its own that a stored compact call already carries."""
+    same = _same_compaction(row)
+    if row[_INPUT] or same is None:
+        return False
+    found = connection.execute(select(calls.c.call_id).where(*same, calls.c.input_tokens > 0).limit(1))
+    return found.first() is not None
 
 
 def _standalone_twins(connection: Connection, rows: list[Row]) -> list[str]:
-    """The stored compactions of their own (no tokens: a `compaction` event or a transcript's boundary seen
-    without its call) that a compact call of `rows`, given its outcome, is: same session, trigger and
-    context after (the rule `import claude-code` pairs them by). Compactions are rare: a query each."""
-    c = calls.c
+    """The stored compactions of their own that a compact call of `rows`, given its outcome, is.
+    Compactions are rare: a query each."""
     twins: list[str] = []
     for row in rows:
-        if row[_TRIGGER] is None or not row[_INPUT] or not row[_COMPACTIONS]:
-            continue
-        if row[_CONVERSATION] is None or row[_CONTEXT] is None:
-            continue
-        twins += connection.scalars(
-            select(c.call_id).where(
-                c.service_name == t.SERVICE_CLAUDE_CODE,
-                c.conversation_id == row[_CONVERSATION],
-                c.compaction_trigger == row[_TRIGGER],
-                c.context_tokens == row[_CONTEXT],
-                c.compactions_count > 0,
-                c.input_tokens == 0,
-                c.call_id != row[_ID],
-            )
-        ).all()
+        same = _same_compaction(row)
+        if row[_INPUT] and same is not None:
+            twins += connection.scalars(select(calls.c.call_id).where(*same, calls.c.input_tokens == 0)).all()
     return twins
 
 
