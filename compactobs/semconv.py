@@ -15,6 +15,9 @@ INSTRUMENTATION_SCOPE: Final = "compactobs"
 # Span kinds of record, stored in `compactobs.span.kind` so any sink can tell them apart.
 SPAN_KIND_CALL: Final = "call"
 SPAN_KIND_ITERATION: Final = "iteration"
+SERVICE_CLAUDE_CODE: Final = "claude-code"
+"""The service of Claude Code's calls (`collect`, `import claude-code`): the only calls stored again
+with more (see compactobs.store.writer.supersede)."""
 
 # --- attributes (GenAI semconv) ---
 PROVIDER_NAME: Final = "gen_ai.provider.name"

@@ -11,12 +11,14 @@ same rules as an application's.
 - a `query_source=compact` call (Claude Code summarising its context) is billed as one `compaction`
   iteration, so compaction spend and `report anomalies` count it like a server-side compaction;
 - a `compaction` event (trigger auto or manual, `pre_tokens`, `post_tokens`, `success`) is that compaction's
-  outcome: put on the session's last `query_source=compact` call before it in the same batch of events, as
-  its trigger (`pre_tokens`: the context it compacted at) and its context after (`post_tokens`), failed
-  when `success` is false, so the loop rule of `report anomalies` (rules.py: a compaction leaving >= 80% of
-  its trigger) judges it. A compaction event with no such call (a compaction that failed before its call,
-  or a call sent in another batch) is a compaction of its own, of $0 and no tokens, keyed as the importer
-  keys a transcript's `compact_boundary` (`compaction_key`), so the two paths store it once;
+  outcome: put on the session's last `query_source=compact` call before it, as its trigger (`pre_tokens`:
+  the context it compacted at) and its context after (`post_tokens`), failed when `success` is false, so
+  the loop rule of `report anomalies` (rules.py: a compaction leaving >= 80% of its trigger) judges it.
+  That call may have come in an earlier batch (this process remembers each session's last one): it is sent
+  again with its outcome, and the store replaces the copy it holds (`compactobs.store.writer.supersede`),
+  so the compaction is counted once. A compaction event with no such call (a compaction that failed before
+  its call; a call this process never saw) is a compaction of its own, of $0 and no tokens, keyed as the
+  importer keys a transcript's `compact_boundary` (`compaction_key`), so the two paths store it once;
 - ids: derived from the request id (else the session and the event's sequence number), so an event sent
   twice, or a call both collected and imported from a transcript (`call_key`), is stored once;
 - tags (`compactobs.tag.*`, `--by tag:KEY`): the event's attribution, `agent.name` as `agent`,
@@ -28,8 +30,10 @@ same rules as an application's.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -40,6 +44,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 
+from compactobs import semconv as t
 from compactobs.collect.decode import LogRecord
 from compactobs.pricing.pricer import Pricer, default_pricer
 from compactobs.recorder import Telemetry
@@ -59,7 +64,7 @@ __all__ = [
     "event_tags",
 ]
 
-SERVICE: Final = "claude-code"
+SERVICE: Final = t.SERVICE_CLAUDE_CODE
 SCOPE: Final = "com.anthropic.claude_code.events"
 API_REQUEST: Final = "api_request"
 API_ERROR: Final = "api_error"
@@ -75,6 +80,8 @@ ATTRIBUTION_TAGS: Final = {
 }
 """Claude Code's attribution attributes on `api_request` (and `api_error`) and the tag each becomes."""
 USER_PREFIX: Final = "user."
+REMEMBERED_SESSIONS: Final = 10_000
+"""Sessions whose last compact call `ClaudeCodeEvents` remembers for a `compaction` event of a later batch."""
 
 
 def event_tags(attributes: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -242,15 +249,27 @@ class CallRecorder:
 class ClaudeCodeEvents:
     """Turns Claude Code's events into compactobs' spans (see the module). Thread-safe."""
 
-    def __init__(self, pricer: Pricer | None = None) -> None:
+    def __init__(self, pricer: Pricer | None = None, remembered: int = REMEMBERED_SESSIONS) -> None:
         self._recorder = CallRecorder(pricer)
+        self._lock = threading.Lock()
+        self._compacting: OrderedDict[object, tuple[str, CallObservation]] = OrderedDict()
+        """Per session (the `remembered` most recent), its last `query_source=compact` call not yet given
+        an outcome, with its key: a `compaction` event in a later batch is that call's outcome."""
+        self._remembered = remembered
 
     def spans(self, records: Sequence[LogRecord]) -> tuple[list[ReadableSpan], int, int]:
         """(spans, calls, records not kept): the call and iteration spans of the records' API calls. Other
-        Claude Code events (prompts, tool results...) and other records are not kept."""
+        Claude Code events (prompts, tool results...) and other records are not kept. A compaction whose call
+        came in an earlier batch is that call again, with its outcome: the store keeps the fuller copy
+        (`compactobs.store.writer.supersede`)."""
+        with self._lock:
+            calls, kept = self._calls(records)
+        return self._recorder.spans(calls), len(calls), len(records) - kept
+
+    def _calls(self, records: Sequence[LogRecord]) -> tuple[list[tuple[str, CallObservation]], int]:
         calls: list[tuple[str, CallObservation]] = []
-        compacting: dict[object, list[CallObservation]] = {}
-        """Per session, its `query_source=compact` calls in this batch, in order, not yet given an outcome."""
+        in_batch: set[int] = set()
+        """This batch's observations (ids): given an outcome in place; an earlier batch's is sent again."""
         models: dict[object, str] = {}
         """Per session, the model of its last call in this batch."""
         kept = 0
@@ -261,14 +280,19 @@ class ClaudeCodeEvents:
             if kind == COMPACTION:
                 kept += 1
                 outcome = _compaction_facts(attributes)
-                waiting = compacting.get(session)
-                if waiting:
-                    call = waiting.pop()
-                    waiting.clear()  # one outcome per compaction: earlier unmatched calls stay as they are
+                waiting = self._compacting.pop(session, None)
+                if waiting is not None:
+                    # One outcome per compaction: the session's last compact call takes it.
+                    key, call = waiting
+                    earlier = id(call) not in in_batch
+                    if earlier:  # another thread may be recording it now: the outcome goes on a copy
+                        call = copy.copy(call)
                     call.request = replace(call.request, compaction_trigger=outcome[1] or None)
                     call.context_after = outcome[2]
                     if not outcome[3]:
                         call.compactions = (CompactionBlock(index=0, failed=True),)
+                    if earlier:
+                        calls.append((key, call))
                     continue
                 key = compaction_key(session if isinstance(session, str) else None, *outcome[:3])
                 at = _time_ns(record)
@@ -292,11 +316,15 @@ class ClaudeCodeEvents:
             observation = self.observation(record, kind)
             key = call_key(observation.request_id, session, attributes.get("event.sequence"))
             calls.append((key, observation))
+            in_batch.add(id(observation))
             if observation.request.model is not None:
                 models[session] = observation.request.model
             if kind == API_REQUEST and attributes.get("query_source") == COMPACT_SOURCE:
-                compacting.setdefault(session, []).append(observation)
-        return self._recorder.spans(calls), len(calls), len(records) - kept
+                self._compacting.pop(session, None)
+                self._compacting[session] = (key, observation)
+                while len(self._compacting) > self._remembered:
+                    self._compacting.popitem(last=False)
+        return calls, kept
 
     @staticmethod
     def observation(record: LogRecord, kind: str) -> CallObservation:

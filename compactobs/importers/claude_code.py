@@ -7,15 +7,17 @@ every other way in.
 
 - **Snapshots**: streaming writes a message several times; within one read, the snapshot kept for
   (message id, request id) is the most complete one (the most output tokens, then the last). A later run
-  that reads a more complete snapshot of a call stored before (more output tokens) replaces the stored one;
-  never a call with as many or more (`collect`'s copy, from Claude Code's final `api_request`, is complete).
+  that reads a more complete snapshot of a call stored before (more output tokens) replaces the stored one,
+  in the store's own write (`compactobs.store.writer.supersede`: one transaction, or the spool); never a
+  call with as many or more (`collect`'s copy, from Claude Code's final `api_request`, is complete).
 - **Subagents**: a sidechain message (`isSidechain`, from a subagent's `agent-<id>.jsonl`) is tagged with
   its agent: `agent` (the agent type from `agent-<id>.meta.json` beside it, when it says one) and `agent_id`.
 - **Compactions**: a `compact_boundary` marker (trigger, `preTokens`, `postTokens`) is a compaction of the
   session, keyed as `collect` keys a `compaction` event it cannot pair with a call
   (`collect.claude_code.compaction_key`), so `report anomalies` judges it by the same loop rule. A marker
   right after a call that billed a compaction iteration is that call's compaction, not counted again; so
-  is one `collect` already put on its compact call (same session, trigger and context after).
+  is one `collect` already put on its compact call (same session, trigger and context after): the store's
+  write leaves it out (`compactobs.store.writer.supersede`), so an unreachable store only delays it.
 - **Once**: a call's ids derive from its request id, as `collect` derives them from Claude Code's
   `api_request` event, so a call both paths see is stored once (the store is keyed by span id).
 - **Incremental**: each file's read offset (of its last whole line) is kept in a state file beside the
@@ -29,25 +31,20 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
-from sqlalchemy import delete, select
 
-from compactobs import semconv as t
 from compactobs.collect.claude_code import (
-    COMPACTION_KEY_PREFIX,
     CallRecorder,
     call_key,
     compaction_key,
     compaction_observation,
 )
-from compactobs.store import models, open_database
 from compactobs.store.exporter import SqlSpanExporter, spool_root
 from compactobs.store.processor import StoreSpanProcessor
 from compactobs.store.spool import spool_key
@@ -250,77 +247,6 @@ def _agents_beside(path: Path) -> dict[str, str | None]:
 _AGENT_TYPE_KEYS: Final = ("agentType", "subagent_type", "agent_type")
 
 
-def _drop_less_complete(database_url: str, spans: Sequence[ReadableSpan]) -> None:
-    """Delete the stored calls (and their iterations) that `spans` hold more complete: a call span whose id
-    is stored with fewer output tokens (or none). The store keeps the first copy of a call id, so the more
-    complete snapshot of a later run would otherwise be dropped. A call stored with as many or more (an
-    earlier run's same snapshot, `collect`'s copy) stays: running again changes nothing."""
-    newer: dict[str, int] = {}
-    for span in spans:
-        attributes = span.attributes or {}
-        output = attributes.get(t.TOKENS_OUTPUT)
-        if attributes.get(t.SPAN_KIND) == t.SPAN_KIND_CALL and isinstance(output, int) and span.context:
-            newer[format(span.context.span_id, "016x")] = output
-    if not newer:
-        return
-    engine = open_database(database_url)
-    try:
-        with engine.begin() as connection:
-            stale = [
-                row.call_id
-                for chunk in _chunks(list(newer), 500)
-                for row in connection.execute(
-                    select(models.calls.c.call_id, models.calls.c.output_tokens).where(
-                        models.calls.c.call_id.in_(chunk)
-                    )
-                )
-                if row.output_tokens is None or row.output_tokens < newer[row.call_id]
-            ]
-            for chunk in _chunks(stale, 500):
-                connection.execute(delete(models.iterations).where(models.iterations.c.call_id.in_(chunk)))
-                connection.execute(delete(models.calls).where(models.calls.c.call_id.in_(chunk)))
-    finally:
-        engine.dispose()
-
-
-def _without_paired_compactions(
-    database_url: str, calls: list[tuple[str, CallObservation]]
-) -> list[tuple[str, CallObservation]]:
-    """`calls` less the compaction boundaries `collect` already stored on their call: a compacting call of the
-    same session with the boundary's trigger and context after (`collect` pairs a `compaction` event with
-    its `query_source=compact` call)."""
-    boundaries = [(key, o) for key, o in calls if key.startswith(COMPACTION_KEY_PREFIX)]
-    if not boundaries:
-        return calls
-    c = models.calls.c
-    paired: set[str] = set()
-    engine = open_database(database_url)
-    try:
-        with engine.connect() as connection:
-            for key, observation in boundaries:
-                found = connection.execute(
-                    select(c.call_id)
-                    .where(
-                        c.conversation_id == observation.conversation_id,
-                        c.compaction_trigger == observation.request.compaction_trigger,
-                        c.context_tokens == observation.context_after,
-                        c.compactions_count > 0,
-                        c.input_tokens > 0,  # a call, not a compaction stored on its own
-                    )
-                    .limit(1)
-                ).first()
-                if found is not None:
-                    paired.add(key)
-    finally:
-        engine.dispose()
-    return [(key, o) for key, o in calls if key not in paired]
-
-
-def _chunks(values: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
-
-
 def import_transcripts(
     database_url: str,
     paths: Iterable[Path] | None = None,
@@ -343,12 +269,12 @@ def import_transcripts(
                 result.warnings.append(f"cannot read {path}: {err.strerror or err}")
                 continue
             result.files += 1
-            calls = _without_paired_compactions(
-                database_url, transcript_calls(lines, result, _agents_beside(path))
-            )
+            calls = transcript_calls(lines, result, _agents_beside(path))
             if calls:
+                # The store's own write (compactobs.store.writer.supersede) replaces a stored copy less
+                # complete than this one, and leaves out a boundary `collect` already put on its call: in
+                # one transaction, or when the spool is replayed. Nothing is read from the store here.
                 spans = recorder.spans(calls)
-                _drop_less_complete(database_url, spans)
                 if processor.submit(spans) is not SpanExportResult.SUCCESS:
                     result.warnings.append(f"{path}: the store could not keep its calls; run again")
                     continue
@@ -359,4 +285,5 @@ def import_transcripts(
     offsets.save()
     if result.malformed:
         result.warnings.append(f"{result.malformed} malformed line(s) skipped")
+
     return result

@@ -67,7 +67,7 @@ from compactobs.store.spool import (
     unwritable,
 )
 from compactobs.store.watchdog import SocketWatchdog
-from compactobs.store.writer import writer_for
+from compactobs.store.writer import supersede, writer_for
 from compactobs.untrusted import escape
 
 if TYPE_CHECKING:
@@ -469,7 +469,7 @@ class SqlSpanExporter(SpanExporter):
     def _write(self, call_rows: list[Row], iteration_rows: list[Row]) -> None:
         assert self._engine is not None
         with self._bounded(), self._engine.begin() as connection:
-            self._writer.write(connection, call_rows, iteration_rows)
+            self._writer.write(connection, *supersede(connection, call_rows, iteration_rows))
 
     def _commit_each(self, call_rows: list[Row], iteration_rows: list[Row], refusal: BaseException) -> None:
         """One transaction per call with its iterations, so one bad row does not hold back the batch; a call

@@ -14,6 +14,12 @@ driver without SQLAlchemy's per-row bind processing, which would cost more than 
   (`IF NOT EXISTS`), so it also works behind a transaction-pooling proxy; ON COMMIT DELETE ROWS empties it.
   psycopg 3 streams rows with its `cursor.copy`; psycopg2 has no row-level COPY, so the rows are written
   in COPY's text format here and sent with `copy_expert`. Same statements, same rows stored.
+
+One exception to "never changes": Claude Code's calls (`supersede`), which `collect` and `import
+claude-code` may send again with more (a fuller snapshot, a compaction's outcome that came in a later batch).
+In the same transaction as the insert, a stored copy that is strictly less complete is deleted first, so the
+insert keeps the fuller one, and a compaction Claude Code reported without its call is kept once beside the
+call that carries it (see `supersede`); nothing is lost if the transaction fails, a replay changes nothing.
 """
 
 from __future__ import annotations
@@ -23,14 +29,15 @@ import itertools
 import sqlite3
 from typing import Any, Protocol
 
-from sqlalchemy import Column, Connection, MetaData, Table, select
+from sqlalchemy import Column, ColumnElement, Connection, MetaData, Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import psycopg
 
+from compactobs import semconv as t
 from compactobs.store.mapping import CALL_COLUMNS, ITERATION_COLUMNS, Row
 from compactobs.store.models import calls, iterations
 
-__all__ = ["RowWriter", "writer_for"]
+__all__ = ["RowWriter", "completeness", "supersede", "writer_for"]
 
 _TABLES = ((calls, CALL_COLUMNS), (iterations, ITERATION_COLUMNS))
 
@@ -38,6 +45,107 @@ _TABLES = ((calls, CALL_COLUMNS), (iterations, ITERATION_COLUMNS))
 class RowWriter(Protocol):
     def write(self, connection: Connection, call_rows: list[Row], iteration_rows: list[Row]) -> None:
         """Add the rows inside the connection's transaction (the caller commits)."""
+
+
+_ID, _SERVICE, _OUTPUT, _TRIGGER = (
+    CALL_COLUMNS.index(name) for name in ("call_id", "service_name", "output_tokens", "compaction_trigger")
+)
+_ITERATION_CALL = ITERATION_COLUMNS.index("call_id")
+_CONVERSATION, _INPUT, _COMPACTIONS, _CONTEXT = (
+    CALL_COLUMNS.index(name)
+    for name in ("conversation_id", "input_tokens", "compactions_count", "context_tokens")
+)
+
+
+def completeness(output_tokens: object, compaction_trigger: object) -> tuple[int, int]:
+    """How complete a copy of a call is: its output tokens (a streamed snapshot grows), then whether it
+    carries its compaction's outcome (the context it compacted at). A copy replaces another only when
+    strictly more complete, so the order copies arrive in does not matter and sending one again is a no-op."""
+    output = output_tokens if isinstance(output_tokens, int) and not isinstance(output_tokens, bool) else -1
+    return output, int(compaction_trigger is not None)
+
+
+def supersede(
+    connection: Connection, call_rows: list[Row], iteration_rows: list[Row]
+) -> tuple[list[Row], list[Row]]:
+    """Inside the write's transaction: delete the stored Claude Code calls (with their iterations) that a
+    row of `call_rows` holds more completely (the same call id, or a compaction stored on its own that a
+    compact call with its outcome is: `_standalone_twins`), and return `call_rows` with only the most
+    complete row of each Claude Code call id (the insert keeps the first). Other services' calls are never
+    written again with other values, so they cost nothing here. A compaction of its own that a stored
+    compact call already is (`_paired_twin`) is left out, with its iterations: an event sent again after its
+    call was given its outcome, a boundary imported after `collect` paired it."""
+    fuller: dict[str, tuple[tuple[int, int], Row]] = {}
+    for row in call_rows:
+        if row[_SERVICE] == t.SERVICE_CLAUDE_CODE:
+            rank = completeness(row[_OUTPUT], row[_TRIGGER])
+            held = fuller.get(row[_ID])
+            if held is None or rank >= held[0]:
+                fuller[row[_ID]] = (rank, row)
+    if not fuller:
+        return call_rows, iteration_rows
+    c = calls.c
+    ids = list(fuller)
+    stale = [
+        stored.call_id
+        for start in range(0, len(ids), 500)
+        for stored in connection.execute(
+            select(c.call_id, c.output_tokens, c.compaction_trigger)
+            .where(c.call_id.in_(ids[start : start + 500]))
+            .with_for_update()
+        )
+        if completeness(stored.output_tokens, stored.compaction_trigger) < fuller[stored.call_id][0]
+    ]
+    stale += _standalone_twins(connection, [row for _, row in fuller.values()])
+    for start in range(0, len(stale), 500):
+        chunk = stale[start : start + 500]
+        connection.execute(delete(iterations).where(iterations.c.call_id.in_(chunk)))
+        connection.execute(delete(calls).where(c.call_id.in_(chunk)))
+    paired = {row[_ID] for _, row in fuller.values() if _paired_twin(connection, row)}
+    kept = {id(row) for _, row in fuller.values() if row[_ID] not in paired}
+    call_rows = [row for row in call_rows if row[_SERVICE] != t.SERVICE_CLAUDE_CODE or id(row) in kept]
+    if paired:
+        iteration_rows = [row for row in iteration_rows if row[_ITERATION_CALL] not in paired]
+    return call_rows, iteration_rows
+
+
+def _same_compaction(row: Row) -> list[ColumnElement[bool]] | None:
+    """The rule by which two stored rows are one Claude Code compaction: a compact call (tokens) and a
+    compaction seen without its call (no tokens: a `compaction` event, a transcript's boundary) of the same
+    session, trigger and context after. None for a row that is neither, or carries no outcome."""
+    if not row[_COMPACTIONS] or row[_TRIGGER] is None:
+        return None
+    if row[_CONVERSATION] is None or row[_CONTEXT] is None:
+        return None
+    c = calls.c
+    return [
+        c.service_name == t.SERVICE_CLAUDE_CODE,
+        c.conversation_id == row[_CONVERSATION],
+        c.compaction_trigger == row[_TRIGGER],
+        c.context_tokens == row[_CONTEXT],
+        c.compactions_count > 0,
+        c.call_id != row[_ID],
+    ]
+
+
+def _paired_twin(connection: Connection, row: Row) -> bool:
+    """Whether `row` is a compaction of its own that a stored compact call already carries."""
+    same = _same_compaction(row)
+    if row[_INPUT] or same is None:
+        return False
+    found = connection.execute(select(calls.c.call_id).where(*same, calls.c.input_tokens > 0).limit(1))
+    return found.first() is not None
+
+
+def _standalone_twins(connection: Connection, rows: list[Row]) -> list[str]:
+    """The stored compactions of their own that a compact call of `rows`, given its outcome, is.
+    Compactions are rare: a query each."""
+    twins: list[str] = []
+    for row in rows:
+        same = _same_compaction(row)
+        if row[_INPUT] and same is not None:
+            twins += connection.scalars(select(calls.c.call_id).where(*same, calls.c.input_tokens == 0)).all()
+    return twins
 
 
 def _keys(table: Table) -> list[str]:

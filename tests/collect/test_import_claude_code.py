@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 from decimal import Decimal
 from pathlib import Path
@@ -14,6 +15,9 @@ from typing import Any
 import pytest
 
 from compactobs.importers.claude_code import import_transcripts
+from compactobs.store.exporter import spool_for
+from compactobs.store.spool import parse_line, split_lines
+from tests.faults import sqlite_locked_by_another_process
 
 from .test_claude_code import NPM_CACHE
 from .test_collect import prepared, rows
@@ -243,3 +247,85 @@ def test_subagent_messages_are_tagged_and_compaction_boundaries_make_a_loop(
     finally:
         engine.dispose()
     assert [f["conversation_id"] for f in findings if f["kind"] == "compaction_loop"] == [SESSION]
+
+
+def _closed_port() -> int:
+    """A TCP port on the loopback that nothing listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_an_unreachable_store_spools_the_import(tmp_path: Path) -> None:
+    """PostgreSQL on a closed port: the call and a compaction boundary (one not after a compacting call) go
+    to the spool, nothing read from the store first (whether collect paired the boundary is the store's
+    write's to judge, when the spool is replayed)."""
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/test"
+    path = tmp_path / "projects" / "-work-app" / f"{SESSION}.jsonl"
+    path.parent.mkdir(parents=True)
+    plain = {**COMPACTED_USAGE, "iterations": None}
+    boundary = {
+        "type": "system",
+        "subtype": "compact_boundary",
+        "sessionId": SESSION,
+        "compactMetadata": {"trigger": "manual", "preTokens": 90000, "postTokens": 8000},
+    }
+    lines = [_assistant("msg_1", "req_1", plain, "2026-11-30T10:00:00.000Z"), boundary]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = import_transcripts(url, [tmp_path / "projects"], spool_dir=tmp_path / "spool")
+    assert (result.files, result.lines, result.calls, result.warnings) == (1, 2, 2, [])
+    spooled = spool_for(url, tmp_path / "spool")
+    assert spooled.has_replayable()
+    waiting = [
+        parse_line(line)
+        for segment in sorted(spooled.directory.glob("*.jsonl"))
+        for _, line in split_lines(segment.read_bytes())
+    ]
+    assert sum(len(batch[0]) for batch in waiting if isinstance(batch, tuple)) == 2
+    # Nothing is read twice: the offsets were saved, the rows are durable in the spool.
+    again = import_transcripts(url, [tmp_path / "projects"], spool_dir=tmp_path / "spool")
+    assert (again.lines, again.calls, again.warnings) == (0, 0, [])
+
+
+def test_a_fuller_snapshot_imported_while_sqlite_is_locked_waits_and_loses_nothing(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Run 1 stores the partial snapshot (3,001 output tokens). Run 2 reads the final one while another
+    process holds SQLite's write lock: it returns, spooled; the stored call is still the partial one (not
+    deleted ahead of a write that could not happen). Once the lock is gone, the spool replays and the final
+    snapshot replaces the partial one in the same transaction."""
+    from compactobs.store.exporter import SqlSpanExporter
+
+    path = tmp_path / "claude" / "projects" / "-work-app" / f"{SESSION}.jsonl"
+    path.parent.mkdir(parents=True)
+    steps = [COMPACTED_USAGE["iterations"][0], {"type": "message", "input_tokens": 2000, "output_tokens": 1}]
+    partial = _assistant(
+        "msg_1",
+        "req_1",
+        {**COMPACTED_USAGE, "output_tokens": 1, "iterations": steps},
+        "2026-11-30T10:00:00.000Z",
+    )
+    final = _assistant("msg_1", "req_1", COMPACTED_USAGE, "2026-11-30T10:00:01.000Z")
+    url = prepared(sqlite_url)
+    folder = [tmp_path / "claude" / "projects"]
+    path.write_text(json.dumps(partial) + "\n")
+    import_transcripts(url, folder, spool_dir=tmp_path / "spool")
+    # The partial snapshot: 3,000 (compaction) + 1 (message) = 3,001 output tokens.
+    assert rows(url)[0][0]["output_tokens"] == 3001
+    with path.open("a") as handle:
+        handle.write(json.dumps(final) + "\n")
+    with sqlite_locked_by_another_process(url):
+        result = import_transcripts(url, folder, spool_dir=tmp_path / "spool")
+        assert (result.calls, result.warnings) == (1, [])
+    ((call,), _) = rows(url)
+    assert call["output_tokens"] == 3001
+    exporter = SqlSpanExporter(url, spool_dir=tmp_path / "spool")
+    try:
+        assert exporter.force_flush()
+    finally:
+        exporter.shutdown()
+    ((call,), iteration_rows) = rows(url)
+    # The final snapshot: 3,000 + 500 = 3,500 output tokens, $0.5985 (see CALL_COST), its 2 iterations.
+    assert call["output_tokens"] == 3500 and Decimal(str(call["cost_usd"])) == CALL_COST
+    assert len(iteration_rows) == 2
