@@ -11,7 +11,8 @@ How it stays exact:
   iteration type, priced), the sums of the very SQL expressions the reports use on raw rows (the same
   functions build both), one row kind per report (`level` call, iteration, cache).
 - Triggers mark the slots any write touches (`store.rollup_dirty`, migration 0002); `refresh` recomputes
-  the marked slots, a day of slots per transaction, and deletes only the marks it read.
+  the marked slots, up to a day's worth of them per transaction (slots a day apart or less in one pass),
+  and deletes only the marks it read.
 - A report reads whole, clean slots from the rollups, and from `calls` the partial slots at its window's
   edges, any slot still marked, and the calls whose cache waste depends on the report's clock (writes
   with no next call yet: `store.rollup_open_calls`). The two parts never overlap, so nothing is counted
@@ -77,7 +78,8 @@ READ_ONLY: Final = "compactobs_read_only"
 """An engine's execution option: set, `try_refresh` does not refresh through it (a store opened to read)."""
 _SLOT: Final = literal_column(str(SLOT_MS), BigInteger)
 _CHUNK_SLOTS: Final = 96
-"""Slots recomputed per transaction (a day): short transactions, so writers never wait long."""
+"""Marked slots recomputed per transaction (a day's worth), and the span of one pass of the statements:
+short transactions, so writers never wait long."""
 _MAX_RAW_RANGES: Final = 64
 """More marked slot ranges than this in a window (rollups never refreshed, e.g. a read-only user): read the
 whole window from `calls`, one range scan, rather than an OR of many."""
@@ -112,14 +114,27 @@ def _runs(slots: Sequence[int], limit: int) -> list[tuple[int, int]]:
     return result
 
 
+def _passes(slots: Sequence[int], limit: int) -> list[list[int]]:
+    """Sorted slot starts in groups spanning at most `limit` slots each: the slots one pass recomputes."""
+    result: list[list[int]] = []
+    for slot in slots:
+        if result and (slot - result[-1][0]) // SLOT_MS < limit:
+            result[-1].append(slot)
+        else:
+            result.append([slot])
+    return result
+
+
 @functools.cache
 def _level_statements() -> list[Any]:
-    """INSERT ... SELECT statements recomputing every level of the slots in [`lo`, `hi`) (bound when
-    executed). Built once: each chunk of a refresh runs the same statements, compiled once by SQLAlchemy."""
+    """INSERT ... SELECT statements recomputing every level of the `slots` in [`lo`, `hi`) (bound when
+    executed; the range lets an index find the calls, the list keeps the clean slots between out). Built
+    once: each pass of a refresh runs the same statements, compiled once by SQLAlchemy."""
     c, i = calls.c, iterations.c
     in_range = [
         c.start_ms >= bindparam("lo", type_=BigInteger),
         c.start_ms < bindparam("hi", type_=BigInteger),
+        slot_of(c.start_ms).in_(bindparam("slots", expanding=True, type_=BigInteger)),
     ]
     slot = slot_of(c.start_ms).label("slot_ms")
     call_keys = [
@@ -182,11 +197,13 @@ def _refresh_range(connection: Connection, lo: int, hi: int) -> int:
     if not marks:
         return 0
     slots = sorted({slot for slot, _ in marks})
-    for run_lo, run_hi in _runs(slots, _CHUNK_SLOTS):
+    # One pass per group of marked slots a day apart at most (slots a few hours apart, as sparse traffic
+    # marks them, share one), recomputing those slots only.
+    for group in _passes(slots, _CHUNK_SLOTS):
         for table in (rollups, rollup_open_calls):
-            connection.execute(table.delete().where(table.c.slot_ms >= run_lo, table.c.slot_ms < run_hi))
+            connection.execute(table.delete().where(table.c.slot_ms.in_(group)))
         for statement in _level_statements():
-            connection.execute(statement, {"lo": run_lo, "hi": run_hi})
+            connection.execute(statement, {"lo": group[0], "hi": group[-1] + SLOT_MS, "slots": group})
     # Only the marks read above: one a concurrent writer commits meanwhile stays, for the next refresh.
     connection.execute(
         rollup_dirty.delete().where(
@@ -202,8 +219,9 @@ def _marked_slots(connection: Connection) -> list[int]:
 
 
 def refresh(engine: Engine, progress: Callable[[int, int], None] | None = None) -> RefreshResult:
-    """Recompute the rollups of every marked slot, a day of slots per transaction. `progress(done, total)`
-    is called after each. Raises SQLAlchemyError (the caller decides: reports go on without, reading the
+    """Recompute the rollups of every marked slot, up to `_CHUNK_SLOTS` of them per transaction (consecutive
+    or not: isolated slots, a call every few hours, share transactions). `progress(done, total)` is called
+    after each. Raises SQLAlchemyError (the caller decides: reports go on without, reading the
     marked slots from `calls`)."""
     started = time.perf_counter()
     with engine.connect() as connection:
@@ -217,7 +235,8 @@ def refresh(engine: Engine, progress: Callable[[int, int], None] | None = None) 
     writer = make_engine(engine.url, writer=True, create=False) if sqlite else engine
     done = 0
     try:
-        for run_lo, run_hi in _runs(pending, _CHUNK_SLOTS):
+        for first in range(0, total, _CHUNK_SLOTS):
+            run_lo, run_hi = pending[first], pending[min(first + _CHUNK_SLOTS, total) - 1] + SLOT_MS
             with reading(writer) as connection:
                 if not sqlite:
                     connection.exec_driver_sql(
